@@ -1,0 +1,266 @@
+//! Leader election (§5.2), the election restriction (§5.4.1), pre-vote (thesis 9.6),
+//! leader stickiness (thesis 4.2.3) and check-quorum (thesis 6.2).
+
+use crate::log_macros::debug;
+use crate::message::{RequestVote, RequestVoteResponse};
+use crate::node::{Node, Outgoing};
+use crate::progress::Replication;
+use crate::storage::LogStorage;
+use crate::types::{EntryKind, NodeId, Role, Term};
+
+impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
+    /// A fresh randomized election timeout in `[T, 2T)` ticks (§5.2).
+    pub(crate) fn reset_election_timer(&mut self) {
+        let t = self.cfg.election_ticks as u64;
+        self.election_deadline = self.now + self.rng.in_range(t, t);
+    }
+
+    /// "If election timeout elapses without receiving AppendEntries RPC from current leader
+    /// or granting vote to candidate: convert to candidate" (Figure 2, Followers).
+    pub(crate) fn on_election_timeout(&mut self) {
+        if self.self_voter {
+            self.start_election();
+        } else {
+            self.reset_election_timer();
+        }
+    }
+
+    pub(crate) fn start_election(&mut self) {
+        if self.cfg.pre_vote {
+            self.become_pre_candidate();
+        } else {
+            self.become_candidate();
+        }
+    }
+
+    /// Is a leader known to be alive? Then vote requests of higher terms are ignored.
+    pub(crate) fn in_lease(&self) -> bool {
+        match self.role {
+            Role::Leader => self.cfg.check_quorum,
+            _ => {
+                self.leader.is_some()
+                    && self
+                        .leader_contact
+                        .is_some_and(|t| self.now < t + self.cfg.election_ticks as u64)
+            }
+        }
+    }
+
+    /// "If RPC request or response contains term T > currentTerm: set currentTerm = T,
+    /// convert to follower" (Figure 2, All Servers); also how a candidate or leader steps
+    /// down in its own term.
+    pub(crate) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        if term > self.current_term {
+            self.current_term = term;
+            self.voted_for = None;
+            self.persist_hard_state();
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.leader_contact = leader.map(|_| self.now);
+        self.clear_campaign();
+        self.reset_election_timer();
+        self.log_state_change();
+    }
+
+    fn become_pre_candidate(&mut self) {
+        self.role = Role::PreCandidate;
+        self.leader = None;
+        self.leader_contact = None;
+        self.start_campaign();
+        self.log_state_change();
+        self.count_votes();
+    }
+
+    /// "On conversion to candidate, start election: increment currentTerm, vote for self,
+    /// reset election timer, send RequestVote RPCs to all other servers" (Figure 2).
+    fn become_candidate(&mut self) {
+        self.current_term += 1;
+        self.voted_for = Some(self.cfg.id);
+        self.persist_hard_state();
+        self.campaign_write = self.durability.last_write;
+        self.role = Role::Candidate;
+        self.leader = None;
+        self.leader_contact = None;
+        self.start_campaign();
+        self.log_state_change();
+        self.count_votes();
+    }
+
+    fn start_campaign(&mut self) {
+        self.reset_election_timer();
+        for p in self.peers.iter_mut() {
+            p.vote = None;
+            p.send_request_vote = p.voter;
+            p.send_heartbeat = false;
+        }
+    }
+
+    fn clear_campaign(&mut self) {
+        for p in self.peers.iter_mut() {
+            p.vote = None;
+            p.send_request_vote = false;
+            p.send_heartbeat = false;
+        }
+    }
+
+    /// Wins with votes from a majority; a candidate counts its own vote only once it is
+    /// durable. Loses when a majority refused.
+    pub(crate) fn count_votes(&mut self) {
+        let own = self.self_voter
+            && (self.role == Role::PreCandidate || self.durability.released(self.campaign_write));
+        let granted = own as usize
+            + self
+                .peers
+                .iter()
+                .filter(|p| p.voter && p.vote == Some(true))
+                .count();
+        let refused = self
+            .peers
+            .iter()
+            .filter(|p| p.voter && p.vote == Some(false))
+            .count();
+        let quorum = self.quorum();
+        match self.role {
+            Role::PreCandidate if granted >= quorum => self.become_candidate(),
+            Role::Candidate if granted >= quorum => self.become_leader(),
+            Role::PreCandidate | Role::Candidate if refused >= quorum => {
+                self.become_follower(self.current_term, None)
+            }
+            _ => {}
+        }
+    }
+
+    /// "Upon election: send initial empty AppendEntries RPCs (heartbeat) to each server"
+    /// (Figure 2), after appending the no-op of the new term (§8).
+    fn become_leader(&mut self) {
+        self.role = Role::Leader;
+        self.leader = Some(self.cfg.id);
+        self.leader_contact = None;
+        let next = self.log.last_index() + 1;
+        let now = self.now;
+        for p in self.peers.iter_mut() {
+            p.vote = None;
+            p.send_request_vote = false;
+            p.send_heartbeat = false;
+            p.replication = Replication::new(next, now);
+        }
+        self.heartbeat_deadline = self.now + self.cfg.heartbeat_ticks as u64;
+        self.quorum_deadline = self.now + self.cfg.election_ticks as u64;
+        self.log_state_change();
+        // A full log leaves the leader without its no-op until the host compacts; proposals
+        // report the same error, so the host learns of it.
+        let _ = self.append_as_leader(EntryKind::Noop, &[]);
+        self.advance_commit_index();
+    }
+
+    /// The election restriction (§5.4.1): is the candidate's log at least as up-to-date as
+    /// ours? Compare the terms of the last entries, then the lengths.
+    pub(crate) fn candidate_log_is_up_to_date(&self, m: &RequestVote) -> bool {
+        let last_index = self.log.last_index();
+        let last_term = self.log.term(last_index).unwrap_or(0);
+        (m.last_log_term, m.last_log_index) >= (last_term, last_index)
+    }
+
+    /// RequestVote RPC, receiver implementation (Figure 2): reply false if term <
+    /// currentTerm (handled in `step`); grant if votedFor is null or candidateId and the
+    /// candidate's log is at least as up-to-date as the receiver's.
+    pub(crate) fn on_request_vote(&mut self, peer: usize, m: RequestVote) {
+        let candidate = self.peers[peer].id;
+        let up_to_date = self.candidate_log_is_up_to_date(&m);
+        if m.pre_vote {
+            // Would we vote in the term the pre-candidate would start? We change nothing.
+            let could_vote = m.term > self.current_term
+                || self.voted_for == Some(candidate)
+                || (self.voted_for.is_none() && self.leader.is_none());
+            let grant = up_to_date && could_vote;
+            debug!(
+                "node {} pre-vote for {} granted {}",
+                self.cfg.id, candidate, grant
+            );
+            self.answer_vote(
+                peer,
+                RequestVoteResponse {
+                    term: if grant { m.term } else { self.current_term },
+                    vote_granted: grant,
+                    pre_vote: true,
+                },
+            );
+            return;
+        }
+        let grant = up_to_date && self.voted_for.is_none_or(|v| v == candidate);
+        if grant && self.voted_for.is_none() {
+            self.voted_for = Some(candidate);
+            self.persist_hard_state();
+        }
+        if grant {
+            self.reset_election_timer();
+        }
+        debug!(
+            "node {} vote for {} granted {}",
+            self.cfg.id, candidate, grant
+        );
+        self.answer_vote(
+            peer,
+            RequestVoteResponse {
+                term: self.current_term,
+                vote_granted: grant,
+                pre_vote: false,
+            },
+        );
+    }
+
+    pub(crate) fn on_request_vote_response(&mut self, peer: usize, m: RequestVoteResponse) {
+        let expected = if m.pre_vote {
+            self.role == Role::PreCandidate && m.term == self.current_term + m.vote_granted as u64
+        } else {
+            self.role == Role::Candidate && m.term == self.current_term
+        };
+        if !expected {
+            self.counters.stale += 1;
+            return;
+        }
+        if self.peers[peer].voter {
+            self.peers[peer].vote = Some(m.vote_granted);
+            self.count_votes();
+        }
+    }
+
+    /// The (pre-)vote request to send to peer `i`, once.
+    pub(crate) fn vote_request_for(&mut self, i: usize) -> Option<Outgoing> {
+        if !self.peers[i].send_request_vote {
+            return None;
+        }
+        let pre_vote = self.role == Role::PreCandidate;
+        // A candidate's own vote must be durable before it asks for others' (Figure 2).
+        if !pre_vote && !self.durability.released(self.campaign_write) {
+            return None;
+        }
+        self.peers[i].send_request_vote = false;
+        let last_log_index = self.log.last_index();
+        Some(Outgoing::RequestVote(RequestVote {
+            term: self.current_term + pre_vote as u64,
+            last_log_index,
+            last_log_term: self.log.term(last_log_index).unwrap_or(0),
+            pre_vote,
+        }))
+    }
+
+    /// Check-quorum (thesis 6.2): a leader that has not heard from a majority within an
+    /// election timeout steps down, so a partitioned leader stops believing it leads.
+    pub(crate) fn check_quorum(&mut self) {
+        let active = self.self_voter as usize
+            + self
+                .peers
+                .iter()
+                .filter(|p| p.voter && p.replication.recent_active)
+                .count();
+        for p in self.peers.iter_mut() {
+            p.replication.recent_active = false;
+        }
+        if active < self.quorum() {
+            self.counters.check_quorum_step_downs += 1;
+            self.become_follower(self.current_term, None);
+        }
+    }
+}

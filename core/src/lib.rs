@@ -1,0 +1,101 @@
+//! # Coracle: a sans-IO Raft that runs everywhere
+//!
+//! `coracle` is the Raft consensus state machine and nothing else: messages, ticks and
+//! commands go in; messages to send, writes to make durable, entries to apply and role
+//! changes come out. No clock, no randomness source, no I/O, no allocation after
+//! construction, no panic on any input from the network. It is `#![no_std]` and runs on a
+//! Cortex-M0 as on a server.
+//!
+//! Names follow the Raft paper (Ongaro and Ousterhout, 2014) and Ongaro's thesis: each rule
+//! of Figure 2 lives in the module named after its part of the protocol ([`election`],
+//! [`replication`], [`durability`]).
+//!
+//! ## A complete event loop
+//!
+//! Three nodes in memory, a leader elected, a command committed and applied everywhere:
+//!
+//! ```
+//! use coracle::{ArrayLog, Config, EntryKind, Node, Output, OwnedMessage, Role};
+//!
+//! let members = [1, 2, 3];
+//! let mut nodes: Vec<Node<ArrayLog<64, 32>>> = members
+//!     .iter()
+//!     .map(|&id| Node::new(Config::new(id, id), ArrayLog::new(), &members).unwrap())
+//!     .collect();
+//! let mut applied = vec![Vec::new(); 3];
+//! let mut proposed = false;
+//! for _ in 0..100 {
+//!     for n in nodes.iter_mut() {
+//!         n.tick();
+//!     }
+//!     // Drain every node; deliver messages at once (a real host encodes them with
+//!     // postcard and sends them on a socket).
+//!     let mut mail = Vec::new();
+//!     for (i, n) in nodes.iter_mut().enumerate() {
+//!         let id = n.id();
+//!         while let Some(out) = n.poll_output() {
+//!             match out {
+//!                 Output::Sync(token) => n.synced(token), // memory is "durable" at once
+//!                 Output::Send { to, message } => mail.push((id, to, OwnedMessage::from(&message))),
+//!                 Output::Apply(e) if e.kind == EntryKind::Command => applied[i].push(e.data.to_vec()),
+//!                 Output::Apply(_) => {} // the no-op of a new leader
+//!                 Output::StateChanged(_) => {}
+//!             }
+//!         }
+//!     }
+//!     for (from, to, message) in mail {
+//!         nodes[to as usize - 1].step(from, message.as_message());
+//!     }
+//!     if let Some(leader) = nodes.iter_mut().find(|n| n.role() == Role::Leader) {
+//!         if !proposed {
+//!             leader.propose(b"x=1").unwrap();
+//!             proposed = true;
+//!         }
+//!     }
+//! }
+//! assert!(applied.iter().all(|a| a == &[b"x=1".to_vec()]), "{applied:?}");
+//! ```
+//!
+//! ## Features
+//! - `std` (default): `std::error::Error` for the errors; implies `alloc`.
+//! - `alloc`: [`VecLog`] and [`OwnedEntry`].
+//! - `serde`: `Serialize` for every message, `Deserialize` where it can borrow.
+//! - `defmt`: `defmt::Format` for the public types, and logging through defmt.
+//! - `log`: logging through the `log` crate.
+//!
+//! With no features the crate needs neither `std` nor `alloc`.
+
+#![no_std]
+#![forbid(unsafe_code)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+mod log_macros;
+
+mod config;
+pub mod durability;
+pub mod election;
+mod message;
+mod node;
+mod progress;
+pub mod replication;
+mod rng;
+mod storage;
+mod types;
+
+pub use config::{Config, ConfigError};
+pub use durability::SyncToken;
+#[cfg(feature = "alloc")]
+pub use message::OwnedMessage;
+pub use message::{
+    AppendEntries, AppendEntriesResponse, Entries, Message, RequestVote, RequestVoteResponse,
+};
+pub use node::{Counters, Node, Output, Proposal, ProposeError, StateChange};
+pub use progress::{Progress, ProgressState};
+pub use storage::{ArrayLog, LogStorage, StorageError};
+#[cfg(feature = "alloc")]
+pub use storage::{OwnedEntry, VecLog};
+pub use types::{Entry, EntryKind, HardState, Index, NodeId, Role, Term};

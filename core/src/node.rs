@@ -1,0 +1,697 @@
+//! The node: its state, the inputs it takes and the outputs it gives.
+//!
+//! The run loop of a host, in six steps:
+//! 1. feed one input: [`Node::step`] (a message), [`Node::advance`] (ticks),
+//!    [`Node::propose`], [`Node::synced`] or [`Node::report_unreachable`];
+//! 2. drain [`Node::poll_output`] until it returns `None`;
+//! 3. on [`Output::Sync`], make the storage durable (once for many writes) and call
+//!    [`Node::synced`], then drain again;
+//! 4. send every [`Output::Send`];
+//! 5. apply every [`Output::Apply`] to the state machine, in order;
+//! 6. sleep until a message arrives or [`Node::ticks_until_deadline`] ticks have passed.
+
+use crate::config::{Config, ConfigError};
+use crate::durability::{Durability, Gated, SyncToken};
+use crate::log_macros::info;
+use crate::message::{
+    AppendEntries, AppendEntriesResponse, Entries, Message, RequestVote, RequestVoteResponse,
+};
+use crate::progress::{Progress, Replication};
+use crate::rng::Rng;
+use crate::storage::{LogStorage, StorageError};
+use crate::types::{Entry, EntryKind, HardState, Index, NodeId, Role, Term};
+use core::fmt;
+
+/// One Raft server, driven by its host.
+///
+/// `S` is the log storage; `N` the most *other* members the node can know (its peer
+/// capacity); `I` the capacity of the pipelining window per peer. All memory is inside the
+/// value: no allocation happens after construction.
+///
+/// See the [crate documentation](crate) for a complete event loop.
+pub struct Node<S: LogStorage, const N: usize = 6, const I: usize = 8> {
+    pub(crate) cfg: Config,
+    pub(crate) log: S,
+    pub(crate) current_term: Term,
+    pub(crate) voted_for: Option<NodeId>,
+    pub(crate) role: Role,
+    pub(crate) leader: Option<NodeId>,
+    pub(crate) commit_index: Index,
+    pub(crate) applied: Index,
+    pub(crate) self_voter: bool,
+    pub(crate) peers: heapless::Vec<Peer<I>, N>,
+    pub(crate) now: u64,
+    pub(crate) election_deadline: u64,
+    pub(crate) heartbeat_deadline: u64,
+    pub(crate) quorum_deadline: u64,
+    /// Tick at which the current leader was last heard from.
+    pub(crate) leader_contact: Option<u64>,
+    pub(crate) rng: Rng,
+    /// Sequence number of the write holding this candidate's own vote.
+    pub(crate) campaign_write: u64,
+    pub(crate) durability: Durability,
+    announced: StateChange,
+    send_cursor: usize,
+    pub(crate) counters: Counters,
+}
+
+/// Everything the node keeps about one other member.
+#[derive(Clone, Debug)]
+pub(crate) struct Peer<const I: usize> {
+    pub id: NodeId,
+    pub voter: bool,
+    pub replication: Replication<I>,
+    /// The answer to this node's (pre-)vote request in the current campaign.
+    pub vote: Option<bool>,
+    pub send_request_vote: bool,
+    pub send_heartbeat: bool,
+    pub vote_response: Option<Gated<RequestVoteResponse>>,
+    pub append_response: Option<Gated<AppendEntriesResponse>>,
+}
+
+/// Role, term and leader as last announced with [`Output::StateChanged`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct StateChange {
+    /// The node's role.
+    pub role: Role,
+    /// The node's current term.
+    pub term: Term,
+    /// The leader the node knows of in this term.
+    pub leader: Option<NodeId>,
+}
+
+/// What the node asks of its host. Drain them with [`Node::poll_output`] after every input.
+#[derive(Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Output<'a> {
+    /// The role, term or leader changed.
+    StateChanged(StateChange),
+    /// Make every write to the log storage so far durable, then call [`Node::synced`] with
+    /// this token. Several of these may be answered with one flush and the latest token.
+    Sync(SyncToken),
+    /// Send `message` to node `to`. Losing it is fine: the protocol retries.
+    Send {
+        /// The receiver.
+        to: NodeId,
+        /// The message; AppendEntries borrows its entries from the node's log.
+        message: Message<'a>,
+    },
+    /// This entry is committed: apply it to the state machine. Entries come in index order,
+    /// each once. No-op entries come too, so the host can track the applied index.
+    Apply(Entry<'a>),
+}
+
+/// Why a proposal was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ProposeError {
+    /// Only the leader takes proposals; `leader` is the one this node knows of, if any, so a
+    /// host can redirect or forward.
+    NotLeader {
+        /// The known leader.
+        leader: Option<NodeId>,
+    },
+    /// The command is larger than `Config::max_entry_bytes`.
+    TooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Too many entries are waiting to commit (`Config::max_uncommitted_entries`): retry
+    /// once some commit.
+    Busy,
+    /// The log storage refused the entry (full: compact it; or failed).
+    Storage(StorageError),
+}
+
+impl fmt::Display for ProposeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProposeError::NotLeader { leader: Some(l) } => write!(f, "not the leader; node {l} is"),
+            ProposeError::NotLeader { leader: None } => f.write_str("not the leader; none known"),
+            ProposeError::TooLarge { len, max } => {
+                write!(f, "command of {len} bytes exceeds the limit of {max}")
+            }
+            ProposeError::Busy => f.write_str("too many uncommitted entries; retry later"),
+            ProposeError::Storage(e) => write!(f, "log storage: {e}"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for ProposeError {}
+
+/// Where a proposal went in the log. It is committed when an [`Output::Apply`] with this
+/// index and term comes out; another term at that index means it was lost to a new leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Proposal {
+    /// Index assigned to the entry.
+    pub index: Index,
+    /// Term of the entry.
+    pub term: Term,
+}
+
+/// Counts of inputs the node did not act on, and of other events worth watching.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Counters {
+    /// Messages with a term older than the node's, or answers to requests no longer pending.
+    pub stale: u64,
+    /// Messages from nodes that are not members.
+    pub unknown_sender: u64,
+    /// Messages that break the protocol (inconsistent indexes or terms, impossible answers).
+    pub invalid: u64,
+    /// Vote requests ignored because a live leader was heard from recently.
+    pub ignored_in_lease: u64,
+    /// Entries a follower could not store because its log was full.
+    pub log_full: u64,
+    /// Writes the log storage failed.
+    pub storage_errors: u64,
+    /// Times a leader fell back from streaming to probing a peer (rejection or timeout).
+    pub retransmits: u64,
+    /// Times a peer needed entries already compacted away (needs a snapshot).
+    pub needs_snapshot: u64,
+    /// Times this node stepped down from leader because it lost contact with a quorum.
+    pub check_quorum_step_downs: u64,
+}
+
+/// Something to send, decided before borrowing the log to build it.
+#[derive(Clone, Copy)]
+pub(crate) enum Outgoing {
+    RequestVote(RequestVote),
+    VoteResponse(RequestVoteResponse),
+    AppendResponse(AppendEntriesResponse),
+    Append {
+        prev_log_index: Index,
+        prev_log_term: Term,
+        leader_commit: Index,
+        len: usize,
+    },
+}
+
+impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
+    /// A node that starts (or restarts) as a follower with the log and hard state in `log`.
+    ///
+    /// `members` lists every voting member, this node included if it votes. The host passes
+    /// `config.applied` after a restart so applied entries are not handed out again.
+    pub fn new(config: Config, log: S, members: &[NodeId]) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let self_voter = members.contains(&config.id);
+        let mut peers = heapless::Vec::new();
+        for (i, &id) in members.iter().enumerate() {
+            if members[..i].contains(&id) {
+                return Err(ConfigError::BadMembers);
+            }
+            if id != config.id {
+                peers
+                    .push(Peer::new(id, true))
+                    .map_err(|_| ConfigError::BadMembers)?;
+            }
+        }
+        if members.is_empty() {
+            return Err(ConfigError::BadMembers);
+        }
+        let last = log.last_index();
+        if config.applied > last || config.applied + 1 < log.first_index() {
+            return Err(ConfigError::AppliedBeyondLog);
+        }
+        let HardState {
+            current_term,
+            voted_for,
+        } = log.hard_state();
+        let applied = config.applied;
+        let mut node = Node {
+            rng: Rng::new(config.seed),
+            cfg: config,
+            log,
+            current_term,
+            voted_for,
+            role: Role::Follower,
+            leader: None,
+            commit_index: applied,
+            applied,
+            self_voter,
+            peers,
+            now: 0,
+            election_deadline: 0,
+            heartbeat_deadline: 0,
+            quorum_deadline: 0,
+            leader_contact: None,
+            campaign_write: 0,
+            durability: Durability::new(last),
+            announced: StateChange {
+                role: Role::Follower,
+                term: current_term,
+                leader: None,
+            },
+            send_cursor: 0,
+            counters: Counters::default(),
+        };
+        node.reset_election_timer();
+        Ok(node)
+    }
+
+    // ----- inputs -------------------------------------------------------------------------
+
+    /// One tick of time passed.
+    pub fn tick(&mut self) {
+        self.advance(1);
+    }
+
+    /// `ticks` ticks of time passed. Equivalent to as many calls of [`Node::tick`], but a
+    /// host that slept until [`Node::ticks_until_deadline`] can call it once.
+    pub fn advance(&mut self, ticks: u64) {
+        let target = self.now.saturating_add(ticks);
+        loop {
+            let deadline = self.next_deadline();
+            if deadline > target {
+                break;
+            }
+            self.now = deadline;
+            self.on_deadline();
+        }
+        self.now = target;
+    }
+
+    /// A message arrived from node `from`. Messages from non-members, with stale terms or
+    /// that break the protocol are counted in [`Node::counters`] and otherwise ignored or
+    /// answered with a rejection; nothing here panics.
+    pub fn step(&mut self, from: NodeId, message: Message<'_>) {
+        let Some(peer) = self.peer_index(from) else {
+            self.counters.unknown_sender += 1;
+            return;
+        };
+        let term = message.term();
+        if term > self.current_term {
+            match message {
+                Message::RequestVote(_) if self.in_lease() => {
+                    // Leader stickiness (thesis 4.2.3): a node that hears from a live leader
+                    // does not let a disruptive candidate raise its term.
+                    self.counters.ignored_in_lease += 1;
+                    return;
+                }
+                Message::RequestVote(RequestVote { pre_vote: true, .. }) => {}
+                Message::RequestVoteResponse(RequestVoteResponse {
+                    pre_vote: true,
+                    vote_granted: true,
+                    ..
+                }) => {}
+                Message::AppendEntries(_) => self.become_follower(term, Some(from)),
+                _ => self.become_follower(term, None),
+            }
+        } else if term < self.current_term {
+            self.counters.stale += 1;
+            self.answer_stale(peer, &message);
+            return;
+        }
+        match message {
+            Message::RequestVote(m) => self.on_request_vote(peer, m),
+            Message::RequestVoteResponse(m) => self.on_request_vote_response(peer, m),
+            Message::AppendEntries(m) => self.on_append_entries(peer, &m),
+            Message::AppendEntriesResponse(m) => self.on_append_entries_response(peer, m),
+        }
+    }
+
+    /// The host made the writes announced with `token` (and all before) durable.
+    pub fn synced(&mut self, token: SyncToken) {
+        self.durability.synced(token);
+        match self.role {
+            Role::Leader => self.advance_commit_index(),
+            Role::Candidate => self.count_votes(),
+            _ => {}
+        }
+    }
+
+    /// Appends a command to the log if this node is the leader.
+    pub fn propose(&mut self, command: &[u8]) -> Result<Proposal, ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if command.len() > self.cfg.max_entry_bytes {
+            return Err(ProposeError::TooLarge {
+                len: command.len(),
+                max: self.cfg.max_entry_bytes,
+            });
+        }
+        if self.log.last_index() - self.commit_index >= self.cfg.max_uncommitted_entries {
+            return Err(ProposeError::Busy);
+        }
+        let index = self
+            .append_as_leader(EntryKind::Command, command)
+            .map_err(ProposeError::Storage)?;
+        Ok(Proposal {
+            index,
+            term: self.current_term,
+        })
+    }
+
+    /// The host could not reach `peer` (a connection failed): a leader stops streaming to it
+    /// and probes instead.
+    pub fn report_unreachable(&mut self, peer: NodeId) {
+        if let Some(i) = self.peer_index(peer) {
+            let r = &mut self.peers[i].replication;
+            if r.state == crate::ProgressState::Replicate {
+                r.become_probe(r.match_index + 1);
+            }
+        }
+    }
+
+    /// Starts an election now instead of waiting for the timeout (with a pre-vote first if
+    /// configured). Does nothing on a leader or a non-voter.
+    pub fn campaign(&mut self) {
+        if self.role != Role::Leader && self.self_voter {
+            self.start_election();
+        }
+    }
+
+    /// Drops log entries through `through` (at most the applied index), once the host holds
+    /// a snapshot of its state machine at or beyond it.
+    pub fn compact(&mut self, through: Index) -> Result<(), StorageError> {
+        if through > self.applied {
+            return Err(StorageError::OutOfRange);
+        }
+        self.log.compact(through)
+    }
+
+    // ----- outputs ------------------------------------------------------------------------
+
+    /// The next thing the host must do, or `None` when there is nothing left. Call it until
+    /// it returns `None` after every input.
+    pub fn poll_output(&mut self) -> Option<Output<'_>> {
+        let state = self.state_change();
+        if state != self.announced {
+            self.announced = state;
+            return Some(Output::StateChanged(state));
+        }
+        if let Some(token) = self.durability.take_sync_request() {
+            return Some(Output::Sync(token));
+        }
+        if let Some((peer, outgoing)) = self.next_outgoing() {
+            let to = self.peers[peer].id;
+            let message = self.build_message(outgoing);
+            return Some(Output::Send { to, message });
+        }
+        let ready = self.commit_index.min(self.durability.durable_index);
+        if self.applied < ready && self.log.entry(self.applied + 1).is_some() {
+            self.applied += 1;
+            return self.log.entry(self.applied).map(Output::Apply);
+        }
+        None
+    }
+
+    /// Ticks until the next timer (election timeout, heartbeat, quorum check) fires; 0 if it
+    /// is due. A host can sleep that long unless a message arrives.
+    pub fn ticks_until_deadline(&self) -> u64 {
+        self.next_deadline().saturating_sub(self.now)
+    }
+
+    // ----- observability ------------------------------------------------------------------
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.cfg.id
+    }
+    /// The configuration the node runs with.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+    /// Current role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    /// Current term.
+    pub fn term(&self) -> Term {
+        self.current_term
+    }
+    /// The candidate voted for in the current term.
+    pub fn voted_for(&self) -> Option<NodeId> {
+        self.voted_for
+    }
+    /// The leader known in the current term.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+    /// Highest index known to be committed.
+    pub fn commit_index(&self) -> Index {
+        self.commit_index
+    }
+    /// Highest index handed out with [`Output::Apply`].
+    pub fn applied_index(&self) -> Index {
+        self.applied
+    }
+    /// Index of the last entry in the log.
+    pub fn last_index(&self) -> Index {
+        self.log.last_index()
+    }
+    /// Highest index of the log known to be durable.
+    pub fn durable_index(&self) -> Index {
+        self.durability.durable_index
+    }
+    /// Ticks received so far.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+    /// Replication progress of `peer`, meaningful on a leader.
+    pub fn progress(&self, peer: NodeId) -> Option<Progress> {
+        self.peer_index(peer)
+            .map(|i| self.peers[i].replication.view())
+    }
+    /// Every other member, with whether it votes.
+    pub fn peers(&self) -> impl Iterator<Item = (NodeId, bool)> + '_ {
+        self.peers.iter().map(|p| (p.id, p.voter))
+    }
+    /// Counters of ignored inputs and other events.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+    /// True once a write to the log storage failed: the node then no longer answers
+    /// anything that depends on durability. Restart it on healthy storage.
+    pub fn storage_failed(&self) -> bool {
+        self.durability.failed
+    }
+    /// The log storage.
+    pub fn log(&self) -> &S {
+        &self.log
+    }
+    /// The log storage, to make it durable on [`Output::Sync`]. Changing entries behind the
+    /// node's back breaks the protocol.
+    pub fn log_mut(&mut self) -> &mut S {
+        &mut self.log
+    }
+
+    // ----- internals ----------------------------------------------------------------------
+
+    pub(crate) fn peer_index(&self, id: NodeId) -> Option<usize> {
+        self.peers.iter().position(|p| p.id == id)
+    }
+
+    fn state_change(&self) -> StateChange {
+        StateChange {
+            role: self.role,
+            term: self.current_term,
+            leader: self.leader,
+        }
+    }
+
+    /// Voting members, this node included if it votes.
+    pub(crate) fn voter_count(&self) -> usize {
+        self.self_voter as usize + self.peers.iter().filter(|p| p.voter).count()
+    }
+
+    pub(crate) fn quorum(&self) -> usize {
+        self.voter_count() / 2 + 1
+    }
+
+    fn next_deadline(&self) -> u64 {
+        match self.role {
+            Role::Leader if self.cfg.check_quorum => {
+                self.heartbeat_deadline.min(self.quorum_deadline)
+            }
+            Role::Leader => self.heartbeat_deadline,
+            _ => self.election_deadline,
+        }
+    }
+
+    fn on_deadline(&mut self) {
+        if self.role == Role::Leader {
+            if self.now >= self.heartbeat_deadline {
+                self.heartbeat_deadline = self.now + self.cfg.heartbeat_ticks as u64;
+                self.on_heartbeat_timeout();
+            }
+            if self.cfg.check_quorum && self.now >= self.quorum_deadline {
+                self.quorum_deadline = self.now + self.cfg.election_ticks as u64;
+                self.check_quorum();
+            }
+        } else {
+            self.on_election_timeout();
+        }
+    }
+
+    /// Persists `currentTerm` and `votedFor` (Figure 2: before answering any RPC).
+    pub(crate) fn persist_hard_state(&mut self) {
+        let hard_state = HardState {
+            current_term: self.current_term,
+            voted_for: self.voted_for,
+        };
+        match self.log.set_hard_state(hard_state) {
+            Ok(()) => self.durability.record_write(self.log.last_index()),
+            Err(_) => self.storage_failed_now(),
+        }
+    }
+
+    pub(crate) fn storage_failed_now(&mut self) {
+        self.counters.storage_errors += 1;
+        self.durability.failed = true;
+    }
+
+    pub(crate) fn append_as_leader(
+        &mut self,
+        kind: EntryKind,
+        data: &[u8],
+    ) -> Result<Index, StorageError> {
+        let index = self.log.last_index() + 1;
+        let entry = Entry {
+            index,
+            term: self.current_term,
+            kind,
+            data,
+        };
+        match self.log.append(&entry) {
+            Ok(()) => {
+                self.durability.record_write(index);
+                Ok(index)
+            }
+            Err(e) => {
+                if e == StorageError::Full {
+                    self.counters.log_full += 1;
+                } else {
+                    self.storage_failed_now();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Queues an answer to a vote request; it leaves once what it depends on is durable.
+    pub(crate) fn answer_vote(&mut self, peer: usize, message: RequestVoteResponse) {
+        let after = self.durability.last_write;
+        self.peers[peer].vote_response = Some(Gated { message, after });
+    }
+
+    /// Queues an answer to an AppendEntries, replacing an older one not yet sent (the newer
+    /// answer says at least as much).
+    pub(crate) fn answer_append(&mut self, peer: usize, message: AppendEntriesResponse) {
+        let after = self.durability.last_write;
+        self.peers[peer].append_response = Some(Gated { message, after });
+    }
+
+    fn answer_stale(&mut self, peer: usize, message: &Message<'_>) {
+        let term = self.current_term;
+        match message {
+            Message::AppendEntries(m) => self.answer_append(
+                peer,
+                AppendEntriesResponse {
+                    term,
+                    success: false,
+                    index: m.prev_log_index,
+                    hint_term: 0,
+                    hint_index: self.log.last_index(),
+                },
+            ),
+            Message::RequestVote(m) => self.answer_vote(
+                peer,
+                RequestVoteResponse {
+                    term,
+                    vote_granted: false,
+                    pre_vote: m.pre_vote,
+                },
+            ),
+            _ => {}
+        }
+    }
+
+    /// Picks the next message to send, round-robin over peers.
+    fn next_outgoing(&mut self) -> Option<(usize, Outgoing)> {
+        let n = self.peers.len();
+        for k in 0..n {
+            let i = (self.send_cursor + k) % n;
+            if let Some(out) = self.outgoing_for(i) {
+                self.send_cursor = (i + 1) % n;
+                return Some((i, out));
+            }
+        }
+        None
+    }
+
+    fn outgoing_for(&mut self, i: usize) -> Option<Outgoing> {
+        let durability = &self.durability;
+        let peer = &mut self.peers[i];
+        if let Some(g) = peer.vote_response {
+            if durability.released(g.after) {
+                peer.vote_response = None;
+                return Some(Outgoing::VoteResponse(g.message));
+            }
+        }
+        if let Some(g) = peer.append_response {
+            if durability.released(g.after) {
+                peer.append_response = None;
+                return Some(Outgoing::AppendResponse(g.message));
+            }
+        }
+        match self.role {
+            Role::PreCandidate | Role::Candidate => self.vote_request_for(i),
+            Role::Leader => self.append_for(i),
+            Role::Follower => None,
+        }
+    }
+
+    fn build_message(&self, outgoing: Outgoing) -> Message<'_> {
+        match outgoing {
+            Outgoing::RequestVote(m) => Message::RequestVote(m),
+            Outgoing::VoteResponse(m) => Message::RequestVoteResponse(m),
+            Outgoing::AppendResponse(m) => Message::AppendEntriesResponse(m),
+            Outgoing::Append {
+                prev_log_index,
+                prev_log_term,
+                leader_commit,
+                len,
+            } => Message::AppendEntries(AppendEntries {
+                term: self.current_term,
+                prev_log_index,
+                prev_log_term,
+                leader_commit,
+                entries: Entries::from_log(&self.log, prev_log_index + 1, len),
+            }),
+        }
+    }
+
+    pub(crate) fn log_state_change(&self) {
+        info!(
+            "node {} term {} role {} leader {}",
+            self.cfg.id,
+            self.current_term,
+            self.role as u8,
+            self.leader.unwrap_or(0)
+        );
+    }
+}
+
+impl<const I: usize> Peer<I> {
+    fn new(id: NodeId, voter: bool) -> Self {
+        Peer {
+            id,
+            voter,
+            replication: Replication::new(1, 0),
+            vote: None,
+            send_request_vote: false,
+            send_heartbeat: false,
+            vote_response: None,
+            append_response: None,
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! What a leader knows of each follower (thesis 6.x "progress"): the match and next indexes
+//! of Figure 2, and whether it is probing for the point where the logs agree or streaming
+//! entries with a bounded window of messages in flight.
+
+use crate::types::Index;
+
+/// How the leader replicates to a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ProgressState {
+    /// The leader does not know where the logs agree: one AppendEntries at a time, moving
+    /// `next_index` back on each rejection.
+    Probe,
+    /// The logs agree up to `match_index`: entries stream ahead, up to the in-flight window.
+    Replicate,
+}
+
+/// A read-only view of a peer's replication progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Progress {
+    /// `matchIndex`: highest index known to be replicated on the peer.
+    pub match_index: Index,
+    /// `nextIndex`: index of the next entry to send to the peer.
+    pub next_index: Index,
+    /// Probe or replicate.
+    pub state: ProgressState,
+    /// AppendEntries messages sent and not yet acknowledged.
+    pub inflight: usize,
+    /// Heard from within the current check-quorum period.
+    pub recent_active: bool,
+}
+
+/// The leader-side state for one peer.
+#[derive(Clone, Debug)]
+pub(crate) struct Replication<const I: usize> {
+    pub match_index: Index,
+    pub next_index: Index,
+    pub state: ProgressState,
+    /// In probe state: an AppendEntries was sent and no answer has come yet.
+    pub probe_sent: bool,
+    /// Last index of each AppendEntries in flight, oldest first.
+    pub inflight: heapless::Deque<Index, I>,
+    pub recent_active: bool,
+    /// Tick of the last increase of `match_index` (or of the reset), for retransmission.
+    pub last_progress: u64,
+}
+
+impl<const I: usize> Replication<I> {
+    pub fn new(next_index: Index, now: u64) -> Self {
+        Replication {
+            match_index: 0,
+            next_index,
+            state: ProgressState::Probe,
+            probe_sent: false,
+            inflight: heapless::Deque::new(),
+            recent_active: false,
+            last_progress: now,
+        }
+    }
+
+    /// Back to probing from the last known match.
+    pub fn become_probe(&mut self, next_index: Index) {
+        self.state = ProgressState::Probe;
+        self.next_index = next_index.max(self.match_index + 1);
+        self.probe_sent = false;
+        self.inflight.clear();
+    }
+
+    pub fn become_replicate(&mut self) {
+        self.state = ProgressState::Replicate;
+        self.next_index = self.match_index + 1;
+        self.probe_sent = false;
+        self.inflight.clear();
+    }
+
+    /// Forgets the in-flight messages the peer has acknowledged through `index`.
+    pub fn free_through(&mut self, index: Index) {
+        while self.inflight.front().is_some_and(|&last| last <= index) {
+            self.inflight.pop_front();
+        }
+    }
+
+    pub fn view(&self) -> Progress {
+        Progress {
+            match_index: self.match_index,
+            next_index: self.next_index,
+            state: self.state,
+            inflight: self.inflight.len(),
+            recent_active: self.recent_active,
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! Log replication (§5.3): the AppendEntries receiver, the leader's handling of answers,
+//! probing and pipelining (thesis 10.2.2), heartbeats, retransmission, and the commit rule
+//! (§5.3, §5.4.2 and Figure 8).
+
+use crate::log_macros::debug;
+use crate::message::{AppendEntries, AppendEntriesResponse};
+use crate::node::{Node, Outgoing};
+use crate::progress::ProgressState;
+use crate::storage::{LogStorage, StorageError};
+use crate::types::{Index, Role};
+
+impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
+    /// AppendEntries RPC, receiver implementation (Figure 2).
+    pub(crate) fn on_append_entries(&mut self, peer: usize, m: &AppendEntries<'_>) {
+        let from = self.peers[peer].id;
+        if self.role == Role::Leader || self.leader.is_some_and(|l| l != from) {
+            // Two leaders in one term cannot happen (Election Safety): the sender is broken.
+            self.counters.invalid += 1;
+            return;
+        }
+        if self.role != Role::Follower || self.leader.is_none() {
+            // A candidate that hears from the leader of its term steps down (§5.2).
+            self.become_follower(self.current_term, Some(from));
+        }
+        self.leader_contact = Some(self.now);
+        self.reset_election_timer();
+        if !entries_are_consistent(m) {
+            self.counters.invalid += 1;
+            return;
+        }
+
+        // "Reply false if log doesn't contain an entry at prevLogIndex whose term matches
+        // prevLogTerm." Entries through the commit index are committed, so they match the
+        // leader's (Leader Completeness) and need no check.
+        let last = self.log.last_index();
+        if m.prev_log_index > self.commit_index {
+            if m.prev_log_index > last {
+                self.reject_append(peer, m.prev_log_index, 0, last);
+                return;
+            }
+            let term = self.log.term(m.prev_log_index).unwrap_or(0);
+            if term != m.prev_log_term {
+                let first = self.first_index_of_term(m.prev_log_index, term);
+                self.reject_append(peer, m.prev_log_index, term, first);
+                return;
+            }
+        }
+
+        // "If an existing entry conflicts with a new one (same index but different terms),
+        // delete the existing entry and all that follow it. Append any new entries not
+        // already in the log." Never truncate for an entry we already hold: a stale,
+        // reordered or duplicated append must not cut entries a later one delivered.
+        let mut matched = m.prev_log_index;
+        for entry in m.entries.iter() {
+            if entry.index <= self.commit_index {
+                matched = entry.index;
+                continue;
+            }
+            if entry.index <= self.log.last_index() {
+                if self.log.term(entry.index) == Some(entry.term) {
+                    matched = entry.index;
+                    continue;
+                }
+                if self.log.truncate_suffix(entry.index).is_err() {
+                    self.storage_failed_now();
+                    return;
+                }
+                self.durability.record_truncation(entry.index);
+                self.durability.record_write(self.log.last_index());
+            }
+            match self.log.append(&entry) {
+                Ok(()) => {
+                    self.durability.record_write(entry.index);
+                    matched = entry.index;
+                }
+                Err(StorageError::Full) => {
+                    // Acknowledge what fit; the leader sends the rest again.
+                    self.counters.log_full += 1;
+                    break;
+                }
+                Err(_) => {
+                    self.storage_failed_now();
+                    return;
+                }
+            }
+        }
+        let matched = matched.min(self.log.last_index());
+
+        // "If leaderCommit > commitIndex, set commitIndex = min(leaderCommit, index of last
+        // new entry)."
+        if m.leader_commit > self.commit_index {
+            self.commit_index = self.commit_index.max(m.leader_commit.min(matched));
+        }
+        self.answer_append(
+            peer,
+            AppendEntriesResponse {
+                term: self.current_term,
+                success: true,
+                index: matched,
+                hint_term: 0,
+                hint_index: 0,
+            },
+        );
+    }
+
+    fn reject_append(&mut self, peer: usize, index: Index, hint_term: u64, hint_index: Index) {
+        debug!("node {} rejects append at {}", self.cfg.id, index);
+        self.answer_append(
+            peer,
+            AppendEntriesResponse {
+                term: self.current_term,
+                success: false,
+                index,
+                hint_term,
+                hint_index,
+            },
+        );
+    }
+
+    /// The first index of the run of `term` that ends at `index`, not going below the
+    /// commit index (which matches the leader) or the compaction point.
+    fn first_index_of_term(&self, index: Index, term: u64) -> Index {
+        let floor = self.commit_index.max(self.log.first_index());
+        let mut i = index;
+        while i > floor && self.log.term(i - 1) == Some(term) {
+            i -= 1;
+        }
+        i
+    }
+
+    /// The leader's handling of an AppendEntries answer: advance `matchIndex`/`nextIndex`
+    /// on success, move `nextIndex` back on rejection (§5.3), then the commit rule.
+    pub(crate) fn on_append_entries_response(&mut self, peer: usize, m: AppendEntriesResponse) {
+        if self.role != Role::Leader {
+            self.counters.stale += 1;
+            return;
+        }
+        let last = self.log.last_index();
+        if m.index > last {
+            self.counters.invalid += 1;
+            return;
+        }
+        let next_after_rejection = (!m.success).then(|| self.next_index_after_rejection(&m));
+        let now = self.now;
+        let r = &mut self.peers[peer].replication;
+        r.recent_active = true;
+        if m.success {
+            let advanced = m.index > r.match_index;
+            if advanced {
+                r.match_index = m.index;
+                r.last_progress = now;
+            }
+            r.free_through(m.index);
+            match r.state {
+                ProgressState::Probe => {
+                    r.become_replicate();
+                }
+                ProgressState::Replicate => {
+                    r.next_index = r.next_index.max(r.match_index + 1);
+                }
+            }
+            if advanced {
+                self.advance_commit_index();
+            }
+            return;
+        }
+        let next = next_after_rejection.unwrap_or(m.index);
+        match r.state {
+            // Rejections of messages sent before the peer matched are stale.
+            ProgressState::Replicate if m.index > r.match_index => {
+                r.become_probe(next.min(m.index));
+                self.counters.retransmits += 1;
+            }
+            ProgressState::Probe if m.index + 1 == r.next_index => {
+                r.next_index = next.min(m.index).max(r.match_index + 1);
+                r.probe_sent = false;
+            }
+            _ => self.counters.stale += 1,
+        }
+    }
+
+    /// Where to resume after a rejection, using the follower's hint: skip the whole
+    /// conflicting term, or jump to the end of a short log.
+    fn next_index_after_rejection(&self, m: &AppendEntriesResponse) -> Index {
+        if m.hint_term == 0 {
+            return m.hint_index.saturating_add(1);
+        }
+        // Our last entry of the follower's conflicting term, if we have that term.
+        let mut i = m.index.min(self.log.last_index());
+        let first = self.log.first_index();
+        while i >= first && self.log.term(i).is_some_and(|t| t > m.hint_term) {
+            i -= 1;
+        }
+        if i >= first && self.log.term(i) == Some(m.hint_term) {
+            i + 1
+        } else {
+            m.hint_index.max(1)
+        }
+    }
+
+    /// The commit rule (§5.3, §5.4.2): an index is committed once a majority of voters hold
+    /// it AND its entry is from the leader's current term (Figure 8). The leader counts
+    /// itself only for entries that are durable on its own storage.
+    pub(crate) fn advance_commit_index(&mut self) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let own = self.durability.durable_index;
+        let quorum = self.quorum();
+        let holders = |index: Index| {
+            (self.self_voter && own >= index) as usize
+                + self
+                    .peers
+                    .iter()
+                    .filter(|p| p.voter && p.replication.match_index >= index)
+                    .count()
+        };
+        // The largest index held by a quorum is one of the match indexes.
+        let candidates = core::iter::once(own).chain(
+            self.peers
+                .iter()
+                .filter(|p| p.voter)
+                .map(|p| p.replication.match_index),
+        );
+        let majority_index = candidates
+            .filter(|&i| i > self.commit_index && holders(i) >= quorum)
+            .max();
+        if let Some(index) = majority_index {
+            if self.log.term(index) == Some(self.current_term) {
+                self.commit_index = index;
+            }
+        }
+    }
+
+    /// Leader timer: a heartbeat to every peer, and retransmission for peers whose
+    /// pipelined messages went unanswered.
+    pub(crate) fn on_heartbeat_timeout(&mut self) {
+        let now = self.now;
+        let retransmit = self.cfg.retransmit_ticks as u64;
+        for p in self.peers.iter_mut() {
+            p.send_heartbeat = true;
+            let r = &mut p.replication;
+            if r.state == ProgressState::Replicate
+                && !r.inflight.is_empty()
+                && now >= r.last_progress + retransmit
+            {
+                r.become_probe(r.match_index + 1);
+                r.last_progress = now;
+                self.counters.retransmits += 1;
+            }
+        }
+    }
+
+    /// The next AppendEntries for peer `i`: a probe, a batch within the window, or a
+    /// heartbeat.
+    pub(crate) fn append_for(&mut self, i: usize) -> Option<Outgoing> {
+        let last = self.log.last_index();
+        let window = self.cfg.max_inflight.min(I);
+        let r = &self.peers[i].replication;
+        let send_entries = match r.state {
+            ProgressState::Probe => !r.probe_sent,
+            ProgressState::Replicate => r.next_index <= last && r.inflight.len() < window,
+        };
+        if send_entries {
+            let next = r.next_index;
+            let Some(prev_log_term) = self.log.term(next - 1) else {
+                // The entries this peer needs are compacted away: it needs a snapshot.
+                self.counters.needs_snapshot += 1;
+                self.peers[i].send_heartbeat = false;
+                return None;
+            };
+            let len = self.batch_len(next, last);
+            let leader_commit = self.commit_index;
+            let p = &mut self.peers[i];
+            p.send_heartbeat = false;
+            let r = &mut p.replication;
+            match r.state {
+                ProgressState::Probe => r.probe_sent = true,
+                ProgressState::Replicate => {
+                    r.next_index = next + len as u64;
+                    let _ = r.inflight.push_back(next + len as u64 - 1);
+                }
+            }
+            return Some(Outgoing::Append {
+                prev_log_index: next - 1,
+                prev_log_term,
+                leader_commit,
+                len,
+            });
+        }
+        if self.peers[i].send_heartbeat {
+            self.peers[i].send_heartbeat = false;
+            // prev = matchIndex always passes the consistency check, so a heartbeat carries
+            // the commit index without risking a rejection.
+            let match_index = self.peers[i].replication.match_index;
+            let (prev, prev_term) = match self.log.term(match_index) {
+                Some(t) => (match_index, t),
+                None => (0, 0),
+            };
+            return Some(Outgoing::Append {
+                prev_log_index: prev,
+                prev_log_term: prev_term,
+                leader_commit: self.commit_index.min(prev),
+                len: 0,
+            });
+        }
+        None
+    }
+
+    /// How many entries from `next` go in one message: at least one, at most the entry
+    /// and byte limits.
+    fn batch_len(&self, next: Index, last: Index) -> usize {
+        let mut len = 0usize;
+        let mut bytes = 0usize;
+        let mut index = next;
+        while index <= last && len < self.cfg.max_entries_per_message {
+            let Some(entry) = self.log.entry(index) else {
+                break;
+            };
+            let size = entry.encoded_len_bound();
+            if len > 0 && bytes + size > self.cfg.max_bytes_per_message {
+                break;
+            }
+            bytes += size;
+            len += 1;
+            index += 1;
+        }
+        len
+    }
+}
+
+/// Validation of an AppendEntries from the network: entries must be consecutive after
+/// `prev_log_index`, with terms that never decrease, from `prev_log_term` up to the
+/// leader's term.
+fn entries_are_consistent(m: &AppendEntries<'_>) -> bool {
+    if (m.prev_log_index == 0 && m.prev_log_term != 0) || m.prev_log_term > m.term {
+        return false;
+    }
+    let mut expected_index = m.prev_log_index;
+    let mut min_term = m.prev_log_term;
+    let mut count = 0usize;
+    for e in m.entries.iter() {
+        let Some(index) = expected_index.checked_add(1) else {
+            return false;
+        };
+        if e.index != index || e.term < min_term || e.term > m.term {
+            return false;
+        }
+        expected_index = index;
+        min_term = e.term;
+        count += 1;
+    }
+    count == m.entries.len()
+}

@@ -1,0 +1,1 @@
+//! Coracle over QUIC (issue 6): not built yet. This crate is a placeholder member of the workspace.
