@@ -26,6 +26,11 @@ impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
     }
 
     pub(crate) fn start_election(&mut self) {
+        if self.current_term == u64::MAX {
+            // Only a forged message can bring a term this far; there is no next term.
+            self.reset_election_timer();
+            return;
+        }
         if self.cfg.pre_vote {
             self.become_pre_candidate();
         } else {
@@ -212,7 +217,8 @@ impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
 
     pub(crate) fn on_request_vote_response(&mut self, peer: usize, m: RequestVoteResponse) {
         let expected = if m.pre_vote {
-            self.role == Role::PreCandidate && m.term == self.current_term + m.vote_granted as u64
+            self.role == Role::PreCandidate
+                && m.term == self.current_term.saturating_add(m.vote_granted as u64)
         } else {
             self.role == Role::Candidate && m.term == self.current_term
         };
@@ -239,7 +245,7 @@ impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
         self.peers[i].send_request_vote = false;
         let last_log_index = self.log.last_index();
         Some(Outgoing::RequestVote(RequestVote {
-            term: self.current_term + pre_vote as u64,
+            term: self.current_term.saturating_add(pre_vote as u64),
             last_log_index,
             last_log_term: self.log.term(last_log_index).unwrap_or(0),
             pre_vote,

@@ -1,0 +1,228 @@
+//! Bad input from the network: counted, answered or ignored, never a panic.
+
+use crate::support::*;
+use coracle::{
+    AppendEntries, AppendEntriesResponse, Entries, Entry, EntryKind, Message, RequestVote,
+    RequestVoteResponse,
+};
+use proptest::prelude::*;
+
+fn e(index: u64, term: u64) -> Entry<'static> {
+    Entry {
+        index,
+        term,
+        kind: EntryKind::Command,
+        data: b"",
+    }
+}
+
+fn append<'a>(term: u64, prev: (u64, u64), commit: u64, entries: &'a [Entry<'a>]) -> Message<'a> {
+    Message::AppendEntries(AppendEntries {
+        term,
+        prev_log_index: prev.0,
+        prev_log_term: prev.1,
+        leader_commit: commit,
+        entries: Entries::from_slice(entries),
+    })
+}
+
+#[test]
+fn messages_from_unknown_senders_are_counted_and_dropped() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    let replies = step_and_collect(c.node_mut(1), 99, append(5, (0, 0), 0, &[]));
+    assert!(replies.is_empty());
+    assert_eq!(c.node(1).counters().unknown_sender, 1);
+    assert_eq!(c.node(1).term(), 0);
+    let replies = step_and_collect(c.node_mut(1), 1, append(5, (0, 0), 0, &[]));
+    assert!(
+        replies.is_empty(),
+        "a message from itself is not from a peer"
+    );
+}
+
+#[test]
+fn appends_with_inconsistent_entries_are_counted_and_ignored() {
+    let bad: [&[Entry<'static>]; 5] = [
+        &[e(2, 1)],          // gap after prev
+        &[e(1, 1), e(3, 1)], // gap inside
+        &[e(1, 2), e(2, 1)], // decreasing terms
+        &[e(1, 9)],          // term above the leader's
+        &[e(1, 1), e(1, 1)], // repeated index
+    ];
+    for entries in bad {
+        let mut c = Cluster::new(&[1, 2, 3]);
+        let replies = step_and_collect(c.node_mut(1), 2, append(2, (0, 0), 0, entries));
+        assert!(replies.is_empty(), "{entries:?}");
+        assert_eq!(c.node(1).counters().invalid, 1);
+        assert_eq!(c.node(1).last_index(), 0);
+    }
+    // prevLogTerm above the message term, and prevLogTerm for index 0.
+    for (prev, term) in [((1, 5), 2), ((0, 1), 2)] {
+        let mut c = Cluster::new(&[1, 2, 3]);
+        step_and_collect(c.node_mut(1), 2, append(term, prev, 0, &[]));
+        assert_eq!(c.node(1).counters().invalid, 1);
+    }
+}
+
+#[test]
+fn extreme_indexes_do_not_panic() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    let n = c.node_mut(1);
+    step_and_collect(n, 2, append(1, (u64::MAX, 1), u64::MAX, &[]));
+    step_and_collect(
+        n,
+        2,
+        append(1, (u64::MAX - 1, 1), u64::MAX, &[e(u64::MAX, 1)]),
+    );
+    step_and_collect(n, 2, append(u64::MAX, (0, 0), u64::MAX, &[e(1, 1)]));
+    assert_eq!(
+        n.commit_index(),
+        1,
+        "commit is bounded by what the leader vouched for"
+    );
+    step_and_collect(
+        n,
+        3,
+        Message::RequestVote(RequestVote {
+            term: u64::MAX,
+            last_log_index: u64::MAX,
+            last_log_term: u64::MAX,
+            pre_vote: true,
+        }),
+    );
+}
+
+#[test]
+fn a_leader_ignores_impossible_answers() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    let n = c.node_mut(1);
+    let before = n.progress(2).unwrap();
+    n.step(
+        2,
+        Message::AppendEntriesResponse(AppendEntriesResponse {
+            term: 1,
+            success: true,
+            index: 1000,
+            hint_term: 0,
+            hint_index: 0,
+        }),
+    );
+    assert_eq!(n.counters().invalid, 1);
+    assert_eq!(n.progress(2).unwrap(), before);
+    assert_eq!(n.commit_index(), 1);
+}
+
+#[derive(Clone, Debug)]
+enum Input {
+    Tick(u8),
+    Deliver,
+    Propose(u8),
+    Forge(u8, u8, ForgedMessage),
+}
+
+#[derive(Clone, Debug)]
+enum ForgedMessage {
+    Vote(u64, u64, u64, bool),
+    VoteResponse(u64, bool, bool),
+    Append(u64, u64, u64, u64, Vec<(u64, u64)>),
+    AppendResponse(u64, bool, u64, u64, u64),
+}
+
+fn small() -> impl Strategy<Value = u64> {
+    prop_oneof![0..6u64, Just(u64::MAX), any::<u64>()]
+}
+
+fn forged() -> impl Strategy<Value = ForgedMessage> {
+    prop_oneof![
+        (small(), small(), small(), any::<bool>())
+            .prop_map(|(a, b, c, d)| ForgedMessage::Vote(a, b, c, d)),
+        (small(), any::<bool>(), any::<bool>())
+            .prop_map(|(a, b, c)| ForgedMessage::VoteResponse(a, b, c)),
+        (
+            small(),
+            small(),
+            small(),
+            small(),
+            prop::collection::vec((small(), small()), 0..4)
+        )
+            .prop_map(|(a, b, c, d, e)| ForgedMessage::Append(a, b, c, d, e)),
+        (small(), any::<bool>(), small(), small(), small())
+            .prop_map(|(a, b, c, d, e)| ForgedMessage::AppendResponse(a, b, c, d, e)),
+    ]
+}
+
+fn input() -> impl Strategy<Value = Input> {
+    prop_oneof![
+        4 => (1..5u8).prop_map(Input::Tick),
+        6 => Just(Input::Deliver),
+        2 => any::<u8>().prop_map(Input::Propose),
+        3 => (1..5u8, 1..4u8, forged()).prop_map(|(f, t, m)| Input::Forge(f, t, m)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Random interleavings of real traffic, ticks, proposals and forged messages (from
+    /// members and strangers): nothing panics, and each node's own invariants hold.
+    #[test]
+    fn random_message_sequences_never_panic_and_keep_node_invariants(inputs in prop::collection::vec(input(), 1..300)) {
+        let mut c = Cluster::new(&[1, 2, 3]);
+        let mut last: std::collections::BTreeMap<u64, (u64, u64, u64)> = Default::default();
+        for input in inputs {
+            match input {
+                Input::Tick(n) => for id in 1..=3 { c.tick(id, n as u64) },
+                Input::Deliver => if let Some(env) = c.queue.pop_front() { c.deliver(env) },
+                Input::Propose(b) => for id in 1..=3 { let _ = c.node_mut(id).propose(&[b]); c.drain(id) },
+                Input::Forge(from, to, m) => {
+                    let from = from as u64;
+                    let to = to as u64;
+                    let entries: Vec<Entry<'static>>;
+                    let message = match m {
+                        ForgedMessage::Vote(term, last_log_index, last_log_term, pre_vote) =>
+                            Message::RequestVote(RequestVote { term, last_log_index, last_log_term, pre_vote }),
+                        ForgedMessage::VoteResponse(term, vote_granted, pre_vote) =>
+                            Message::RequestVoteResponse(RequestVoteResponse { term, vote_granted, pre_vote }),
+                        ForgedMessage::Append(term, pi, pt, commit, es) => {
+                            entries = es.iter().map(|&(i, t)| e(i, t)).collect();
+                            return_append(term, pi, pt, commit, &entries, &mut c, from, to);
+                            continue;
+                        }
+                        ForgedMessage::AppendResponse(term, success, index, hint_term, hint_index) =>
+                            Message::AppendEntriesResponse(AppendEntriesResponse { term, success, index, hint_term, hint_index }),
+                    };
+                    c.node_mut(to).step(from, message);
+                    c.drain(to);
+                }
+            }
+            for id in 1..=3u64 {
+                let n = c.node(id);
+                prop_assert!(n.applied_index() <= n.commit_index().max(n.applied_index()));
+                prop_assert!(n.durable_index() <= n.last_index());
+                prop_assert!(n.applied_index() <= n.last_index());
+                let (term, commit, applied) = last.get(&id).copied().unwrap_or_default();
+                prop_assert!(n.term() >= term, "term went back");
+                prop_assert!(n.commit_index() >= commit, "commit went back");
+                prop_assert!(n.applied_index() >= applied, "applied went back");
+                last.insert(id, (n.term(), n.commit_index(), n.applied_index()));
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn return_append(
+    term: u64,
+    pi: u64,
+    pt: u64,
+    commit: u64,
+    entries: &[Entry<'_>],
+    c: &mut Cluster,
+    from: u64,
+    to: u64,
+) {
+    c.node_mut(to)
+        .step(from, append(term, (pi, pt), commit, entries));
+    c.drain(to);
+}

@@ -1,0 +1,12 @@
+//! The rules of the Raft paper, one test each, named after the rule they check.
+
+mod support;
+
+mod bad_input;
+mod durability;
+mod election;
+mod election_restriction;
+mod figure7;
+mod figure8;
+mod proposals;
+mod replication;

@@ -1,0 +1,203 @@
+//! AppendEntries (§5.3), receiver implementation of Figure 2, and the leader's side.
+
+use crate::support::*;
+use coracle::{
+    AppendEntries, AppendEntriesResponse, Entries, Entry, EntryKind, Message, OwnedMessage,
+    ProgressState,
+};
+
+fn entry(index: u64, term: u64) -> Entry<'static> {
+    Entry {
+        index,
+        term,
+        kind: EntryKind::Command,
+        data: b"e",
+    }
+}
+
+fn append<'a>(term: u64, prev: (u64, u64), commit: u64, entries: &'a [Entry<'a>]) -> Message<'a> {
+    Message::AppendEntries(AppendEntries {
+        term,
+        prev_log_index: prev.0,
+        prev_log_term: prev.1,
+        leader_commit: commit,
+        entries: Entries::from_slice(entries),
+    })
+}
+
+fn response(replies: &[(u64, OwnedMessage)]) -> AppendEntriesResponse {
+    match replies.last().map(|(_, m)| m.as_message()) {
+        Some(Message::AppendEntriesResponse(r)) => r,
+        other => panic!("expected an append response, got {other:?}"),
+    }
+}
+
+fn follower(terms: &[u64], term: u64) -> TestNode {
+    coracle::Node::new(default_config(1), log_with_terms(terms, term), &[1, 2, 3]).unwrap()
+}
+
+#[test]
+fn append_entries_with_a_stale_term_is_rejected_with_the_current_term() {
+    let mut n = follower(&[1, 1], 3);
+    let r = response(&step_and_collect(
+        &mut n,
+        2,
+        append(2, (2, 1), 2, &[entry(3, 2)]),
+    ));
+    assert!(!r.success);
+    assert_eq!(r.term, 3);
+    assert_eq!(terms_of(n.log()), vec![1, 1], "nothing appended");
+}
+
+#[test]
+fn append_entries_without_the_previous_entry_is_rejected() {
+    // Log too short: the hint says where it ends.
+    let mut n = follower(&[1, 1], 1);
+    let r = response(&step_and_collect(
+        &mut n,
+        2,
+        append(2, (5, 2), 0, &[entry(6, 2)]),
+    ));
+    assert_eq!(
+        (r.success, r.index, r.hint_term, r.hint_index),
+        (false, 5, 0, 2)
+    );
+    // Term mismatch at prevLogIndex: the hint names our term there and its first index.
+    let mut n = follower(&[1, 2, 2, 2], 2);
+    let r = response(&step_and_collect(
+        &mut n,
+        2,
+        append(3, (4, 3), 0, &[entry(5, 3)]),
+    ));
+    assert_eq!(
+        (r.success, r.index, r.hint_term, r.hint_index),
+        (false, 4, 2, 2)
+    );
+    assert_eq!(terms_of(n.log()), vec![1, 2, 2, 2]);
+}
+
+#[test]
+fn append_entries_deletes_a_conflicting_suffix_and_appends() {
+    let mut n = follower(&[1, 1, 2, 2], 2);
+    let new = [entry(3, 3), entry(4, 3), entry(5, 3)];
+    let r = response(&step_and_collect(&mut n, 2, append(3, (2, 1), 0, &new)));
+    assert_eq!((r.success, r.index), (true, 5));
+    assert_eq!(terms_of(n.log()), vec![1, 1, 3, 3, 3]);
+}
+
+#[test]
+fn a_stale_or_duplicated_append_never_truncates() {
+    let mut n = follower(&[], 1);
+    let batch = [entry(1, 1), entry(2, 1), entry(3, 1)];
+    step_and_collect(&mut n, 2, append(1, (0, 0), 0, &batch));
+    // An older, shorter append arrives late (reordered), then a duplicate.
+    let r = response(&step_and_collect(
+        &mut n,
+        2,
+        append(1, (0, 0), 0, &batch[..1]),
+    ));
+    assert_eq!((r.success, r.index), (true, 1));
+    step_and_collect(&mut n, 2, append(1, (0, 0), 0, &batch));
+    assert_eq!(terms_of(n.log()), vec![1, 1, 1], "entries 2 and 3 survive");
+}
+
+#[test]
+fn commit_index_is_min_of_leader_commit_and_last_new_entry() {
+    let mut n = follower(&[], 1);
+    step_and_collect(
+        &mut n,
+        2,
+        append(1, (0, 0), 10, &[entry(1, 1), entry(2, 1)]),
+    );
+    assert_eq!(n.commit_index(), 2);
+    // A heartbeat with prev = 1 carries commit 10 but only vouches for index 1.
+    let mut n = follower(&[1, 1, 1], 1);
+    step_and_collect(&mut n, 2, append(1, (1, 1), 10, &[]));
+    assert_eq!(n.commit_index(), 1);
+    // The commit index never goes backwards.
+    step_and_collect(&mut n, 2, append(1, (0, 0), 0, &[]));
+    assert_eq!(n.commit_index(), 1);
+}
+
+#[test]
+fn committed_entries_are_applied_in_order_exactly_once() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    for i in 0..20u8 {
+        c.propose(1, &[i]);
+        if i % 3 == 0 {
+            c.stabilize();
+        }
+    }
+    c.run(3);
+    let expected: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i]).collect();
+    for id in [1, 2, 3] {
+        assert_eq!(c.commands(id), expected, "node {id}");
+        let indexes: Vec<u64> = c.applied[&id].iter().map(|e| e.index).collect();
+        assert_eq!(indexes, (1..=21).collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn leader_pipelines_within_the_window_and_batches_by_count_and_bytes() {
+    fn small_batches(id: u64) -> coracle::Config {
+        let mut c = default_config(id);
+        c.max_entries_per_message = 4;
+        c.max_inflight = 2;
+        c.max_bytes_per_message = 200;
+        c
+    }
+    let mut c = Cluster::with(&[1, 2, 3], small_batches, |_| coracle::VecLog::new());
+    c.elect(1);
+    c.queue.clear();
+    for _ in 0..20 {
+        c.node_mut(1).propose(&[0u8; 10]).unwrap();
+    }
+    c.drain(1);
+    let to_2: Vec<_> = c.queue.iter().filter(|e| e.to == 2).collect();
+    assert_eq!(to_2.len(), 2, "two messages in flight at most");
+    assert!(to_2.iter().all(|e| e.message.entries().len() == 4));
+    // Byte limit: 100-byte entries, ~126 bytes with overhead: one per message.
+    c.stabilize();
+    c.queue.clear();
+    c.node_mut(1).propose(&[0u8; 100]).unwrap();
+    c.node_mut(1).propose(&[0u8; 100]).unwrap();
+    c.drain(1);
+    let to_2: Vec<_> = c.queue.iter().filter(|e| e.to == 2).collect();
+    assert!(to_2.iter().all(|e| e.message.entries().len() == 1));
+    c.stabilize();
+    assert_eq!(c.node(2).last_index(), c.node(1).last_index());
+    assert_eq!(
+        c.node(1).progress(2).unwrap().state,
+        ProgressState::Replicate
+    );
+}
+
+#[test]
+fn lost_appends_are_retransmitted() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    c.propose(1, b"lost");
+    // Everything to node 2 is lost once.
+    let lost = c.take(|e| e.to == 2);
+    assert!(!lost.is_empty());
+    c.stabilize();
+    assert_eq!(c.node(2).last_index(), 1);
+    c.run(10);
+    assert_eq!(c.node(2).last_index(), 2);
+    assert_eq!(c.commands(2), vec![b"lost".to_vec()]);
+}
+
+#[test]
+fn rejection_moves_next_index_back_a_whole_term_at_a_time() {
+    // The follower holds a long run of term-2 entries the leader never had.
+    let mut c = Cluster::with(&[1, 2, 3], default_config, |id| match id {
+        1 | 3 => log_with_terms(&[1, 1, 3, 3], 3),
+        _ => log_with_terms(&[1, 1, 2, 2, 2, 2, 2, 2, 2, 2], 2),
+    });
+    c.elect(1);
+    c.stabilize();
+    assert_eq!(c.terms(2), vec![1, 1, 3, 3, 4]);
+    // Two round trips at most: the probe at the end, then the jump over term 2.
+    assert!(c.node(1).counters().retransmits <= 1);
+}

@@ -1,0 +1,300 @@
+//! A small in-process cluster for the paper's rules: explicit message queue, links that can
+//! be cut, syncs answered at once or held, crashes and restarts.
+#![allow(dead_code)]
+
+use coracle::{
+    Config, Entry, EntryKind, HardState, Index, LogStorage, Message, Node, NodeId, OwnedEntry,
+    OwnedMessage, Proposal, Role, SyncToken, Term, VecLog,
+};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+pub type TestNode = Node<VecLog>;
+
+/// A message on its way.
+#[derive(Clone, Debug)]
+pub struct Envelope {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub message: OwnedMessage,
+}
+
+pub struct Cluster {
+    pub members: Vec<NodeId>,
+    pub config: fn(NodeId) -> Config,
+    pub nodes: BTreeMap<NodeId, TestNode>,
+    /// What survives a crash: the log as of the last answered sync.
+    durable: BTreeMap<NodeId, VecLog>,
+    pub queue: VecDeque<Envelope>,
+    pub applied: BTreeMap<NodeId, Vec<OwnedEntry>>,
+    /// Directed links that drop everything.
+    pub cut: BTreeSet<(NodeId, NodeId)>,
+    /// Nodes whose `Output::Sync` waits in `held_syncs` for [`Cluster::sync`]; the others
+    /// are answered at once.
+    pub manual_sync: BTreeSet<NodeId>,
+    pub held_syncs: BTreeMap<NodeId, SyncToken>,
+}
+
+pub fn default_config(id: NodeId) -> Config {
+    Config::new(id, id * 7919)
+}
+
+pub fn log_with_terms(terms: &[Term], current_term: Term) -> VecLog {
+    let mut log = VecLog::new();
+    for (i, &t) in terms.iter().enumerate() {
+        log.append(&Entry {
+            index: i as Index + 1,
+            term: t,
+            kind: EntryKind::Command,
+            data: &[i as u8],
+        })
+        .unwrap();
+    }
+    log.set_hard_state(HardState {
+        current_term,
+        voted_for: None,
+    })
+    .unwrap();
+    log
+}
+
+pub fn terms_of(log: &VecLog) -> Vec<Term> {
+    log.entries().iter().map(|e| e.term).collect()
+}
+
+impl Cluster {
+    pub fn new(ids: &[NodeId]) -> Self {
+        Self::with(ids, default_config, |_| VecLog::new())
+    }
+
+    pub fn with(
+        ids: &[NodeId],
+        config: fn(NodeId) -> Config,
+        log: impl Fn(NodeId) -> VecLog,
+    ) -> Self {
+        let mut c = Cluster {
+            members: ids.to_vec(),
+            config,
+            nodes: BTreeMap::new(),
+            durable: BTreeMap::new(),
+            queue: VecDeque::new(),
+            applied: BTreeMap::new(),
+            cut: BTreeSet::new(),
+            manual_sync: BTreeSet::new(),
+            held_syncs: BTreeMap::new(),
+        };
+        for &id in ids {
+            let log = log(id);
+            c.durable.insert(id, log.clone());
+            c.nodes.insert(id, Node::new(config(id), log, ids).unwrap());
+            c.applied.insert(id, Vec::new());
+        }
+        c
+    }
+
+    pub fn node(&self, id: NodeId) -> &TestNode {
+        &self.nodes[&id]
+    }
+
+    pub fn node_mut(&mut self, id: NodeId) -> &mut TestNode {
+        self.nodes.get_mut(&id).expect("node is up")
+    }
+
+    /// Drains one node's outputs: sends are queued (unless the link is cut), syncs answered
+    /// or held, applies recorded.
+    pub fn drain(&mut self, id: NodeId) {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        loop {
+            let mut sync = None;
+            while let Some(out) = node.poll_output() {
+                match out {
+                    coracle::Output::Send { to, message } => {
+                        if !self.cut.contains(&(id, to)) {
+                            self.queue.push_back(Envelope {
+                                from: id,
+                                to,
+                                message: OwnedMessage::from(&message),
+                            });
+                        }
+                    }
+                    coracle::Output::Sync(t) => sync = Some(t),
+                    coracle::Output::Apply(e) => self.applied.get_mut(&id).unwrap().push(e.into()),
+                    coracle::Output::StateChanged(_) => {}
+                }
+            }
+            match sync {
+                Some(t) if !self.manual_sync.contains(&id) => {
+                    self.durable.insert(id, node.log().clone());
+                    node.synced(t);
+                }
+                Some(t) => {
+                    self.held_syncs.insert(id, t);
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Answers a held sync of node `id`.
+    pub fn sync(&mut self, id: NodeId) {
+        if let Some(t) = self.held_syncs.remove(&id) {
+            let node = self.nodes.get_mut(&id).unwrap();
+            self.durable.insert(id, node.log().clone());
+            node.synced(t);
+            self.drain(id);
+        }
+    }
+
+    pub fn drain_all(&mut self) {
+        let ids: Vec<_> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.drain(id);
+        }
+    }
+
+    /// Delivers one queued message (dropping it if its receiver is down or the link cut).
+    pub fn deliver(&mut self, env: Envelope) {
+        if self.cut.contains(&(env.from, env.to)) {
+            return;
+        }
+        if let Some(node) = self.nodes.get_mut(&env.to) {
+            node.step(env.from, env.message.as_message());
+            self.drain(env.to);
+        }
+    }
+
+    /// Delivers messages until none is left.
+    pub fn stabilize(&mut self) {
+        self.drain_all();
+        let mut budget = 100_000;
+        while let Some(env) = self.queue.pop_front() {
+            self.deliver(env);
+            budget -= 1;
+            assert!(budget > 0, "cluster does not stabilize");
+        }
+    }
+
+    /// Takes the queued messages matching `pred` out of the queue.
+    pub fn take(&mut self, pred: impl Fn(&Envelope) -> bool) -> Vec<Envelope> {
+        let (taken, kept): (Vec<_>, Vec<_>) = self.queue.drain(..).partition(|e| pred(e));
+        self.queue = kept.into();
+        taken
+    }
+
+    pub fn tick(&mut self, id: NodeId, ticks: u64) {
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.advance(ticks);
+        }
+        self.drain(id);
+    }
+
+    /// Ticks every live node, one tick at a time, delivering messages in between.
+    pub fn run(&mut self, ticks: u64) {
+        for _ in 0..ticks {
+            let ids: Vec<_> = self.nodes.keys().copied().collect();
+            for id in ids {
+                self.tick(id, 1);
+            }
+            self.stabilize();
+        }
+    }
+
+    /// Makes `id` campaign and delivers everything; asserts it won.
+    pub fn elect(&mut self, id: NodeId) {
+        self.node_mut(id).campaign();
+        self.stabilize();
+        assert_eq!(self.node(id).role(), Role::Leader, "node {id} did not win");
+    }
+
+    pub fn propose(&mut self, id: NodeId, data: &[u8]) -> Proposal {
+        let p = self.node_mut(id).propose(data).unwrap();
+        self.drain(id);
+        p
+    }
+
+    pub fn isolate(&mut self, id: NodeId) {
+        for &other in &self.members {
+            if other != id {
+                self.cut.insert((id, other));
+                self.cut.insert((other, id));
+            }
+        }
+    }
+
+    pub fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    /// Crashes `id`: everything not synced is lost, queued messages to it too.
+    pub fn crash(&mut self, id: NodeId) {
+        self.nodes.remove(&id);
+        self.held_syncs.remove(&id);
+        self.queue.retain(|e| e.to != id);
+    }
+
+    /// Restarts `id` from its durable log, telling it what it had applied.
+    pub fn restart(&mut self, id: NodeId) {
+        let log = self.durable[&id].clone();
+        let mut config = (self.config)(id);
+        config.applied = self.applied[&id]
+            .last()
+            .map_or(0, |e| e.index)
+            .min(log.last_index());
+        self.nodes
+            .insert(id, Node::new(config, log, &self.members.clone()).unwrap());
+    }
+
+    pub fn leaders(&self) -> Vec<NodeId> {
+        self.nodes
+            .values()
+            .filter(|n| n.role() == Role::Leader)
+            .map(|n| n.id())
+            .collect()
+    }
+
+    pub fn terms(&self, id: NodeId) -> Vec<Term> {
+        terms_of(self.node(id).log())
+    }
+
+    /// Commands applied by `id`, without no-ops.
+    pub fn commands(&self, id: NodeId) -> Vec<Vec<u8>> {
+        self.applied[&id]
+            .iter()
+            .filter(|e| e.kind == EntryKind::Command)
+            .map(|e| e.data.clone())
+            .collect()
+    }
+}
+
+/// Steps `node` with `message` from `from` and returns what it sends back, in order, with
+/// syncs answered.
+pub fn step_and_collect(
+    node: &mut TestNode,
+    from: NodeId,
+    message: Message<'_>,
+) -> Vec<(NodeId, OwnedMessage)> {
+    node.step(from, message);
+    collect(node)
+}
+
+pub fn collect(node: &mut TestNode) -> Vec<(NodeId, OwnedMessage)> {
+    let mut out = Vec::new();
+    loop {
+        let mut sync = None;
+        while let Some(o) = node.poll_output() {
+            match o {
+                coracle::Output::Send { to, message } => {
+                    out.push((to, OwnedMessage::from(&message)))
+                }
+                coracle::Output::Sync(t) => sync = Some(t),
+                _ => {}
+            }
+        }
+        match sync {
+            Some(t) => node.synced(t),
+            None => return out,
+        }
+    }
+}
