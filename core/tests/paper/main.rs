@@ -1,4 +1,5 @@
 //! The rules of the Raft paper, one test each, named after the rule they check.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 
