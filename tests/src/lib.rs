@@ -1,0 +1,2 @@
+//! Deterministic simulator, safety oracles and linearizability checker for Coracle.
+pub mod linearizability;
