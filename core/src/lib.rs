@@ -59,7 +59,7 @@
 //! ## Features
 //! - `std` (default): `std::error::Error` for the errors; implies `alloc`.
 //! - `alloc`: [`VecLog`] and [`OwnedEntry`].
-//! - `serde`: `Serialize` for every message, `Deserialize` where it can borrow.
+//! - `serde`: the wire format, [`wire`]: postcard frames with version and cluster checks.
 //! - `defmt`: `defmt::Format` for the public types, and logging through defmt.
 //! - `log`: logging through the `log` crate.
 //!
@@ -85,6 +85,8 @@ pub mod replication;
 mod rng;
 mod storage;
 mod types;
+#[cfg(feature = "serde")]
+pub mod wire;
 
 pub use config::{Config, ConfigError};
 pub use durability::SyncToken;
