@@ -69,7 +69,8 @@ impl Cluster {
 
     /// A node on `log`. Its seed (election jitter) derives from the cluster's seed.
     fn boot(&self, id: NodeId, log: VecLog) -> Node<VecLog> {
-        let config = Config::new(id, self.seed.wrapping_mul(1000).wrapping_add(id));
+        let mut config = Config::new(id, self.seed.wrapping_mul(1000).wrapping_add(id));
+        config.election_ticks = std::env::var("ET").map(|v| v.parse().unwrap()).unwrap_or(10);
         Node::new(config, log, &MEMBERS).expect("valid configuration")
     }
 
@@ -128,7 +129,7 @@ impl Cluster {
                     // Memory is "durable" at once; a real host flushes its disk here.
                     Output::Sync(token) => node.synced(token),
                     Output::Send { to, message } => {
-                        let at = self.now + 1 + self.random() % 2;
+                        let at = self.now + 1 + self.random() % std::env::var("DL").map(|v| v.parse().unwrap()).unwrap_or(2);
                         self.network
                             .push((at, id, to, OwnedMessage::from(&message)));
                     }

@@ -249,6 +249,7 @@ impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
             last_log_index,
             last_log_term: self.log.term(last_log_index).unwrap_or(0),
             pre_vote,
+            leadership_transfer: false,
         }))
     }
 

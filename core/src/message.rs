@@ -25,6 +25,9 @@ pub struct RequestVote {
     pub last_log_term: Term,
     /// A pre-vote: the receiver changes no state when it answers.
     pub pre_vote: bool,
+    /// Sent on the leader's request (TimeoutNow, thesis 3.10): voters do not ignore it for
+    /// having heard from that leader recently.
+    pub leadership_transfer: bool,
 }
 
 /// The answer to a [`RequestVote`].
@@ -54,6 +57,9 @@ pub struct AppendEntries<'a> {
     pub prev_log_term: Term,
     /// Leader's commit index.
     pub leader_commit: Index,
+    /// The leader's heartbeat round when it sent this message; echoed in the answer so the
+    /// leader knows which round a quorum has answered (ReadIndex, thesis 6.4).
+    pub round: u64,
     /// Entries to store, empty for a heartbeat.
     pub entries: Entries<'a>,
 }
@@ -81,10 +87,13 @@ pub struct AppendEntriesResponse {
     pub hint_term: Term,
     /// Conflict hint: first index of `hint_term`, or the follower's last index.
     pub hint_index: Index,
+    /// The `round` of the AppendEntries this answers.
+    pub round: u64,
 }
 
-/// Every message of the protocol.
+/// Every message of the protocol. New kinds are added at the end (hence non-exhaustive).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 #[cfg_attr(feature = "serde", derive(Serialize))]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Message<'a> {

@@ -49,6 +49,8 @@ pub struct Node<S: LogStorage, const N: usize = 6, const I: usize = 8> {
     pub(crate) rng: Rng,
     /// Sequence number of the write holding this candidate's own vote.
     pub(crate) campaign_write: u64,
+    /// The leader's heartbeat round (ReadIndex confirmation).
+    pub(crate) round: u64,
     pub(crate) durability: Durability,
     announced: StateChange,
     send_cursor: usize,
@@ -82,7 +84,9 @@ pub struct StateChange {
 }
 
 /// What the node asks of its host. Drain them with [`Node::poll_output`] after every input.
+/// New kinds may be added (hence non-exhaustive): ignore the ones you do not know.
 #[derive(Debug)]
+#[non_exhaustive]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Output<'a> {
     /// The role, term or leader changed.
@@ -241,6 +245,7 @@ impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
             quorum_deadline: 0,
             leader_contact: None,
             campaign_write: 0,
+            round: 0,
             durability: Durability::new(last),
             announced: StateChange {
                 role: Role::Follower,
@@ -287,7 +292,7 @@ impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
         let term = message.term();
         if term > self.current_term {
             match message {
-                Message::RequestVote(_) if self.in_lease() => {
+                Message::RequestVote(m) if !m.leadership_transfer && self.in_lease() => {
                     // Leader stickiness (thesis 4.2.3): a node that hears from a live leader
                     // does not let a disruptive candidate raise its term.
                     self.counters.ignored_in_lease += 1;
@@ -601,6 +606,7 @@ impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
                     index: m.prev_log_index,
                     hint_term: 0,
                     hint_index: self.log.last_index(),
+                    round: m.round,
                 },
             ),
             Message::RequestVote(m) => self.answer_vote(
@@ -665,6 +671,7 @@ impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
                 prev_log_index,
                 prev_log_term,
                 leader_commit,
+                round: self.round,
                 entries: Entries::from_log(&self.log, prev_log_index + 1, len),
             }),
         }

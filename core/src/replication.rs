@@ -35,13 +35,13 @@ impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
         let last = self.log.last_index();
         if m.prev_log_index > self.commit_index {
             if m.prev_log_index > last {
-                self.reject_append(peer, m.prev_log_index, 0, last);
+                self.reject_append(peer, m, 0, last);
                 return;
             }
             let term = self.log.term(m.prev_log_index).unwrap_or(0);
             if term != m.prev_log_term {
                 let first = self.first_index_of_term(m.prev_log_index, term);
-                self.reject_append(peer, m.prev_log_index, term, first);
+                self.reject_append(peer, m, term, first);
                 return;
             }
         }
@@ -99,20 +99,31 @@ impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
                 index: matched,
                 hint_term: 0,
                 hint_index: 0,
+                round: m.round,
             },
         );
     }
 
-    fn reject_append(&mut self, peer: usize, index: Index, hint_term: u64, hint_index: Index) {
-        debug!("node {} rejects append at {}", self.cfg.id, index);
+    fn reject_append(
+        &mut self,
+        peer: usize,
+        m: &AppendEntries<'_>,
+        hint_term: u64,
+        hint_index: Index,
+    ) {
+        debug!(
+            "node {} rejects append at {}",
+            self.cfg.id, m.prev_log_index
+        );
         self.answer_append(
             peer,
             AppendEntriesResponse {
                 term: self.current_term,
                 success: false,
-                index,
+                index: m.prev_log_index,
                 hint_term,
                 hint_index,
+                round: m.round,
             },
         );
     }

@@ -13,7 +13,7 @@
 //! ```
 //! use coracle::wire::{self, Envelope};
 //! use coracle::{Message, RequestVote};
-//! let message = Message::RequestVote(RequestVote { term: 3, last_log_index: 7, last_log_term: 2, pre_vote: true });
+//! let message = Message::RequestVote(RequestVote { term: 3, last_log_index: 7, last_log_term: 2, pre_vote: true , leadership_transfer: false});
 //! let mut buf = [0u8; wire::REQUEST_VOTE_MAX];
 //! let bytes = wire::encode(&Envelope::new(42, 1, 2, message), &mut buf).unwrap();
 //! let decoded = wire::decode::<0>(bytes, 42).unwrap();
@@ -43,13 +43,13 @@ const VARINT_LEN: usize = 5;
 /// Largest encoded envelope header: version, cluster, sender, receiver.
 pub const HEADER_MAX: usize = 1 + 3 * VARINT_U64;
 /// Largest encoded RequestVote, header included.
-pub const REQUEST_VOTE_MAX: usize = HEADER_MAX + 1 + 3 * VARINT_U64 + 1;
+pub const REQUEST_VOTE_MAX: usize = HEADER_MAX + 1 + 3 * VARINT_U64 + 2;
 /// Largest encoded RequestVoteResponse, header included.
 pub const REQUEST_VOTE_RESPONSE_MAX: usize = HEADER_MAX + 1 + VARINT_U64 + 2;
 /// Largest encoded AppendEntriesResponse, header included.
-pub const APPEND_ENTRIES_RESPONSE_MAX: usize = HEADER_MAX + 1 + VARINT_U64 + 1 + 3 * VARINT_U64;
+pub const APPEND_ENTRIES_RESPONSE_MAX: usize = HEADER_MAX + 1 + VARINT_U64 + 1 + 4 * VARINT_U64;
 /// Largest encoded AppendEntries without entries (a heartbeat), header included.
-pub const APPEND_ENTRIES_FIXED_MAX: usize = HEADER_MAX + 1 + 4 * VARINT_U64 + VARINT_LEN;
+pub const APPEND_ENTRIES_FIXED_MAX: usize = HEADER_MAX + 1 + 5 * VARINT_U64 + VARINT_LEN;
 
 /// Largest encoded AppendEntries carrying `entries` entries with `data_bytes` bytes of data
 /// in all, header included. A binding sizes its buffers with it and sets
@@ -196,6 +196,7 @@ struct WireAppend<'a, const E: usize> {
     prev_log_index: Index,
     prev_log_term: Term,
     leader_commit: Index,
+    round: u64,
     #[serde(borrow)]
     entries: heapless::Vec<Entry<'a>, E>,
 }
@@ -234,6 +235,7 @@ impl<const E: usize> Decoded<'_, E> {
                 prev_log_index: a.prev_log_index,
                 prev_log_term: a.prev_log_term,
                 leader_commit: a.leader_commit,
+                round: a.round,
                 entries: Entries::from_slice(&a.entries),
             }),
         }
@@ -305,6 +307,7 @@ mod tests {
                 last_log_index: MAX,
                 last_log_term: MAX,
                 pre_vote: true,
+                leadership_transfer: false,
             }),
             REQUEST_VOTE_MAX,
         );
@@ -323,6 +326,7 @@ mod tests {
                 index: MAX,
                 hint_term: MAX,
                 hint_index: MAX,
+                round: 0,
             }),
             APPEND_ENTRIES_RESPONSE_MAX,
         );
@@ -340,6 +344,7 @@ mod tests {
                     prev_log_index: MAX,
                     prev_log_term: MAX,
                     leader_commit: MAX,
+                    round: 0,
                     entries: Entries::from_slice(&entries[..n]),
                 }),
                 append_entries_max(n, n * data.len()),
@@ -417,6 +422,7 @@ mod tests {
             prev_log_index: 0,
             prev_log_term: 0,
             leader_commit: 0,
+            round: 0,
             entries: Entries::from_slice(&entries),
         });
         let mut buf = [0u8; 256];

@@ -22,6 +22,7 @@ fn append<'a>(term: u64, prev: (u64, u64), commit: u64, entries: &'a [Entry<'a>]
         prev_log_index: prev.0,
         prev_log_term: prev.1,
         leader_commit: commit,
+        round: 0,
         entries: Entries::from_slice(entries),
     })
 }
@@ -88,6 +89,7 @@ fn extreme_indexes_do_not_panic() {
             last_log_index: u64::MAX,
             last_log_term: u64::MAX,
             pre_vote: true,
+            leadership_transfer: false,
         }),
     );
 }
@@ -106,6 +108,7 @@ fn a_leader_ignores_impossible_answers() {
             index: 1000,
             hint_term: 0,
             hint_index: 0,
+            round: 0,
         }),
     );
     assert_eq!(n.counters().invalid, 1);
@@ -181,7 +184,7 @@ proptest! {
                     let entries: Vec<Entry<'static>>;
                     let message = match m {
                         ForgedMessage::Vote(term, last_log_index, last_log_term, pre_vote) =>
-                            Message::RequestVote(RequestVote { term, last_log_index, last_log_term, pre_vote }),
+                            Message::RequestVote(RequestVote { term, last_log_index, last_log_term, pre_vote, leadership_transfer: false }),
                         ForgedMessage::VoteResponse(term, vote_granted, pre_vote) =>
                             Message::RequestVoteResponse(RequestVoteResponse { term, vote_granted, pre_vote }),
                         ForgedMessage::Append(term, pi, pt, commit, es) => {
@@ -190,7 +193,7 @@ proptest! {
                             continue;
                         }
                         ForgedMessage::AppendResponse(term, success, index, hint_term, hint_index) =>
-                            Message::AppendEntriesResponse(AppendEntriesResponse { term, success, index, hint_term, hint_index }),
+                            Message::AppendEntriesResponse(AppendEntriesResponse { term, success, index, hint_term, hint_index, round: 0 }),
                     };
                     c.node_mut(to).step(from, message);
                     c.drain(to);

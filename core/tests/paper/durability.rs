@@ -14,6 +14,7 @@ fn a_vote_does_not_leave_before_it_is_durable() {
             last_log_index: 0,
             last_log_term: 0,
             pre_vote: false,
+            leadership_transfer: false,
         }),
     );
     c.drain(1);
@@ -47,6 +48,7 @@ fn an_append_is_not_acknowledged_before_it_is_durable() {
             prev_log_index: 0,
             prev_log_term: 0,
             leader_commit: 0,
+            round: 0,
             entries: Entries::from_slice(&e),
         }),
     );
@@ -140,6 +142,7 @@ fn term_and_vote_survive_a_restart() {
             last_log_index: 0,
             last_log_term: 0,
             pre_vote: false,
+            leadership_transfer: false,
         })
     };
     c.node_mut(1).step(2, vote(5));

@@ -11,6 +11,7 @@ fn vote(term: u64, pre_vote: bool) -> Message<'static> {
         last_log_index: 0,
         last_log_term: 0,
         pre_vote,
+        leadership_transfer: false,
     })
 }
 
@@ -33,6 +34,7 @@ fn heartbeat(term: u64) -> Message<'static> {
         prev_log_index: 0,
         prev_log_term: 0,
         leader_commit: 0,
+        round: 0,
         entries: Entries::EMPTY,
     })
 }
@@ -114,6 +116,7 @@ fn any_message_with_a_higher_term_makes_a_leader_step_down() {
             index: 0,
             hint_term: 0,
             hint_index: 0,
+            round: 0,
         }),
     );
     assert_eq!((n.role(), n.term(), n.leader()), (Role::Follower, 9, None));
@@ -236,6 +239,7 @@ fn follower_that_hears_a_live_leader_ignores_vote_requests() {
         last_log_index: 1,
         last_log_term: 1,
         pre_vote: false,
+        leadership_transfer: false,
     });
     let r = vote_response(&step_and_collect(n, 3, up_to_date));
     assert!(r.vote_granted);

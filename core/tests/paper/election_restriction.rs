@@ -32,6 +32,7 @@ fn election_restriction_table() {
                 last_log_index,
                 last_log_term,
                 pre_vote: false,
+                leadership_transfer: false,
             }),
         );
         let Message::RequestVoteResponse(r) = replies[0].1.as_message() else {

@@ -21,6 +21,7 @@ fn append<'a>(term: u64, prev: (u64, u64), commit: u64, entries: &'a [Entry<'a>]
         prev_log_index: prev.0,
         prev_log_term: prev.1,
         leader_commit: commit,
+        round: 0,
         entries: Entries::from_slice(entries),
     })
 }

@@ -120,7 +120,7 @@ impl Cluster {
                     }
                     coracle::Output::Sync(t) => sync = Some(t),
                     coracle::Output::Apply(e) => self.applied.get_mut(&id).unwrap().push(e.into()),
-                    coracle::Output::StateChanged(_) => {}
+                    _ => {}
                 }
             }
             match sync {
