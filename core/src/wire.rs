@@ -326,7 +326,7 @@ mod tests {
                 index: MAX,
                 hint_term: MAX,
                 hint_index: MAX,
-                round: 0,
+                round: MAX,
             }),
             APPEND_ENTRIES_RESPONSE_MAX,
         );
@@ -344,7 +344,7 @@ mod tests {
                     prev_log_index: MAX,
                     prev_log_term: MAX,
                     leader_commit: MAX,
-                    round: 0,
+                    round: MAX,
                     entries: Entries::from_slice(&entries[..n]),
                 }),
                 append_entries_max(n, n * data.len()),
