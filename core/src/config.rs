@@ -38,6 +38,10 @@ pub struct Config {
     /// Proposals are refused with [`ProposeError::Busy`](crate::ProposeError::Busy) while this
     /// many entries are appended but not committed (back-pressure).
     pub max_uncommitted_entries: u64,
+    /// Clock-drift margin of lease reads, in ticks: the lease lasts
+    /// `election_ticks - lease_drift_ticks` from the start of the heartbeat round a quorum
+    /// answered. Raise it if clocks may drift apart more.
+    pub lease_drift_ticks: u32,
     /// The index the host's state machine has applied (after a restart): entries up to it are
     /// not handed out again.
     pub applied: Index,
@@ -60,6 +64,7 @@ impl Config {
             max_bytes_per_message: 64 * 1024,
             max_entry_bytes: 64 * 1024,
             max_uncommitted_entries: 4096,
+            lease_drift_ticks: 2,
             applied: 0,
         }
     }

@@ -8,7 +8,7 @@ use crate::progress::Replication;
 use crate::storage::LogStorage;
 use crate::types::{EntryKind, NodeId, Role, Term};
 
-impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
+impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I, R> {
     /// A fresh randomized election timeout in `[T, 2T)` ticks (§5.2).
     pub(crate) fn reset_election_timer(&mut self) {
         let t = self.cfg.election_ticks as u64;
@@ -34,7 +34,7 @@ impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
         if self.cfg.pre_vote {
             self.become_pre_candidate();
         } else {
-            self.become_candidate();
+            self.become_candidate(false);
         }
     }
 
@@ -60,15 +60,20 @@ impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
             self.voted_for = None;
             self.persist_hard_state();
         }
+        if self.role != Role::Follower || self.leader != leader {
+            self.fail_reads();
+        }
         self.role = Role::Follower;
         self.leader = leader;
         self.leader_contact = leader.map(|_| self.now);
+        self.transfer = None;
         self.clear_campaign();
         self.reset_election_timer();
         self.log_state_change();
     }
 
     fn become_pre_candidate(&mut self) {
+        self.fail_reads();
         self.role = Role::PreCandidate;
         self.leader = None;
         self.leader_contact = None;
@@ -79,7 +84,13 @@ impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
 
     /// "On conversion to candidate, start election: increment currentTerm, vote for self,
     /// reset election timer, send RequestVote RPCs to all other servers" (Figure 2).
-    fn become_candidate(&mut self) {
+    /// `transfer`: on the leader's request (TimeoutNow), skipping pre-vote.
+    pub(crate) fn become_candidate(&mut self, transfer: bool) {
+        if self.current_term == u64::MAX {
+            return;
+        }
+        self.fail_reads();
+        self.transfer_campaign = transfer;
         self.current_term += 1;
         self.voted_for = Some(self.cfg.id);
         self.persist_hard_state();
@@ -127,7 +138,7 @@ impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
             .count();
         let quorum = self.quorum();
         match self.role {
-            Role::PreCandidate if granted >= quorum => self.become_candidate(),
+            Role::PreCandidate if granted >= quorum => self.become_candidate(false),
             Role::Candidate if granted >= quorum => self.become_leader(),
             Role::PreCandidate | Role::Candidate if refused >= quorum => {
                 self.become_follower(self.current_term, None)
@@ -149,7 +160,13 @@ impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
             p.send_request_vote = false;
             p.send_heartbeat = false;
             p.replication = Replication::new(next, now);
+            p.acked_round = 0;
+            p.send_timeout_now = false;
         }
+        self.round_open = false;
+        self.round_starts.clear();
+        self.lease_start = None;
+        self.transfer = None;
         self.heartbeat_deadline = self.now + self.cfg.heartbeat_ticks as u64;
         self.quorum_deadline = self.now + self.cfg.election_ticks as u64;
         self.log_state_change();
@@ -249,7 +266,7 @@ impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
             last_log_index,
             last_log_term: self.log.term(last_log_index).unwrap_or(0),
             pre_vote,
-            leadership_transfer: false,
+            leadership_transfer: self.transfer_campaign,
         }))
     }
 

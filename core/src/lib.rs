@@ -8,7 +8,8 @@
 //!
 //! Names follow the Raft paper (Ongaro and Ousterhout, 2014) and Ongaro's thesis: each rule
 //! of Figure 2 lives in the module named after its part of the protocol ([`election`],
-//! [`replication`], [`durability`]).
+//! [`replication`], [`durability`]); reads without log writes are in [`read`], leadership
+//! transfer in [`transfer`].
 //!
 //! ## A complete event loop
 //!
@@ -39,7 +40,7 @@
 //!                 Output::Send { to, message } => mail.push((id, to, OwnedMessage::from(&message))),
 //!                 Output::Apply(e) if e.kind == EntryKind::Command => applied[i].push(e.data.to_vec()),
 //!                 Output::Apply(_) => {} // the no-op of a new leader
-//!                 Output::StateChanged(_) => {}
+//!                 _ => {} // role changes, reads
 //!             }
 //!         }
 //!     }
@@ -81,9 +82,11 @@ pub mod election;
 mod message;
 mod node;
 mod progress;
+pub mod read;
 pub mod replication;
 mod rng;
 mod storage;
+pub mod transfer;
 mod types;
 #[cfg(feature = "serde")]
 pub mod wire;
@@ -93,11 +96,14 @@ pub use durability::SyncToken;
 #[cfg(feature = "alloc")]
 pub use message::OwnedMessage;
 pub use message::{
-    AppendEntries, AppendEntriesResponse, Entries, Message, RequestVote, RequestVoteResponse,
+    AppendEntries, AppendEntriesResponse, Entries, Message, ReadIndex, ReadIndexResponse,
+    RequestVote, RequestVoteResponse, TimeoutNow,
 };
 pub use node::{Counters, Node, Output, Proposal, ProposeError, StateChange};
 pub use progress::{Progress, ProgressState};
+pub use read::{ReadError, ReadMode};
 pub use storage::{ArrayLog, LogStorage, StorageError};
 #[cfg(feature = "alloc")]
 pub use storage::{OwnedEntry, VecLog};
+pub use transfer::TransferError;
 pub use types::{Entry, EntryKind, HardState, Index, NodeId, Role, Term};

@@ -91,6 +91,43 @@ pub struct AppendEntriesResponse {
     pub round: u64,
 }
 
+/// TimeoutNow (thesis 3.10): the leader tells a caught-up follower to start an election at
+/// once, to hand leadership over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct TimeoutNow {
+    /// Leader's term.
+    pub term: Term,
+}
+
+/// A follower asks the leader for a read index on behalf of its host (thesis 6.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct ReadIndex {
+    /// Follower's term.
+    pub term: Term,
+    /// The follower's id for the read, echoed in the answer.
+    pub id: u64,
+}
+
+/// The leader's answer to a [`ReadIndex`]: once the follower has applied through `index`,
+/// it may serve the read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct ReadIndexResponse {
+    /// Leader's term.
+    pub term: Term,
+    /// The id of the request.
+    pub id: u64,
+    /// The leader's commit index, confirmed by a quorum after the request arrived.
+    pub index: Index,
+    /// False if the leader could not serve it (no longer leader, too many reads).
+    pub success: bool,
+}
+
 /// Every message of the protocol. New kinds are added at the end (hence non-exhaustive).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -105,6 +142,12 @@ pub enum Message<'a> {
     AppendEntries(AppendEntries<'a>),
     /// An append answer.
     AppendEntriesResponse(AppendEntriesResponse),
+    /// Start an election now (leadership transfer).
+    TimeoutNow(TimeoutNow),
+    /// A follower's request for a read index.
+    ReadIndex(ReadIndex),
+    /// The leader's answer with the read index.
+    ReadIndexResponse(ReadIndexResponse),
 }
 
 impl Message<'_> {
@@ -115,6 +158,25 @@ impl Message<'_> {
             Message::RequestVoteResponse(m) => m.term,
             Message::AppendEntries(m) => m.term,
             Message::AppendEntriesResponse(m) => m.term,
+            Message::TimeoutNow(m) => m.term,
+            Message::ReadIndex(m) => m.term,
+            Message::ReadIndexResponse(m) => m.term,
+        }
+    }
+
+    /// The same message with the entries of an AppendEntries left out.
+    pub fn without_entries(&self) -> Message<'static> {
+        match *self {
+            Message::RequestVote(m) => Message::RequestVote(m),
+            Message::RequestVoteResponse(m) => Message::RequestVoteResponse(m),
+            Message::AppendEntries(m) => Message::AppendEntries(AppendEntries {
+                entries: Entries::EMPTY,
+                ..m
+            }),
+            Message::AppendEntriesResponse(m) => Message::AppendEntriesResponse(m),
+            Message::TimeoutNow(m) => Message::TimeoutNow(m),
+            Message::ReadIndex(m) => Message::ReadIndex(m),
+            Message::ReadIndexResponse(m) => Message::ReadIndexResponse(m),
         }
     }
 
@@ -128,6 +190,9 @@ impl Message<'_> {
             Message::AppendEntries(m) if m.entries.is_empty() => "Heartbeat",
             Message::AppendEntries(_) => "AppendEntries",
             Message::AppendEntriesResponse(_) => "AppendEntriesResponse",
+            Message::TimeoutNow(_) => "TimeoutNow",
+            Message::ReadIndex(_) => "ReadIndex",
+            Message::ReadIndexResponse(_) => "ReadIndexResponse",
         }
     }
 }
@@ -250,7 +315,7 @@ mod owned {
     ///
     /// ```
     /// # use coracle::{Message, OwnedMessage, RequestVote};
-    /// let m = Message::RequestVote(RequestVote { term: 2, last_log_index: 0, last_log_term: 0, pre_vote: false });
+    /// let m = Message::RequestVote(RequestVote { term: 2, last_log_index: 0, last_log_term: 0, pre_vote: false, leadership_transfer: false });
     /// let owned = OwnedMessage::from(&m);
     /// assert_eq!(owned.as_message(), m);
     /// ```
@@ -286,26 +351,13 @@ mod owned {
 
     impl From<&Message<'_>> for OwnedMessage {
         fn from(m: &Message<'_>) -> Self {
-            match *m {
-                Message::AppendEntries(a) => OwnedMessage {
-                    header: Message::AppendEntries(AppendEntries {
-                        entries: Entries::EMPTY,
-                        ..a
-                    }),
-                    entries: a.entries.iter().map(OwnedEntry::from).collect(),
-                },
-                Message::RequestVote(v) => OwnedMessage {
-                    header: Message::RequestVote(v),
-                    entries: Vec::new(),
-                },
-                Message::RequestVoteResponse(v) => OwnedMessage {
-                    header: Message::RequestVoteResponse(v),
-                    entries: Vec::new(),
-                },
-                Message::AppendEntriesResponse(v) => OwnedMessage {
-                    header: Message::AppendEntriesResponse(v),
-                    entries: Vec::new(),
-                },
+            let entries = match m {
+                Message::AppendEntries(a) => a.entries.iter().map(OwnedEntry::from).collect(),
+                _ => Vec::new(),
+            };
+            OwnedMessage {
+                header: m.without_entries(),
+                entries,
             }
         }
     }

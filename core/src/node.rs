@@ -14,22 +14,26 @@ use crate::config::{Config, ConfigError};
 use crate::durability::{Durability, Gated, SyncToken};
 use crate::log_macros::info;
 use crate::message::{
-    AppendEntries, AppendEntriesResponse, Entries, Message, RequestVote, RequestVoteResponse,
+    AppendEntries, AppendEntriesResponse, Entries, Message, ReadIndex, ReadIndexResponse,
+    RequestVote, RequestVoteResponse, TimeoutNow,
 };
 use crate::progress::{Progress, Replication};
+use crate::read::PendingRead;
 use crate::rng::Rng;
 use crate::storage::{LogStorage, StorageError};
+use crate::transfer::Transfer;
 use crate::types::{Entry, EntryKind, HardState, Index, NodeId, Role, Term};
 use core::fmt;
 
 /// One Raft server, driven by its host.
 ///
 /// `S` is the log storage; `N` the most *other* members the node can know (its peer
-/// capacity); `I` the capacity of the pipelining window per peer. All memory is inside the
-/// value: no allocation happens after construction.
+/// capacity); `I` the capacity of the pipelining window per peer; `R` the most reads
+/// pending at once. All memory is inside the value: no allocation happens after
+/// construction.
 ///
 /// See the [crate documentation](crate) for a complete event loop.
-pub struct Node<S: LogStorage, const N: usize = 6, const I: usize = 8> {
+pub struct Node<S: LogStorage, const N: usize = 6, const I: usize = 8, const R: usize = 16> {
     pub(crate) cfg: Config,
     pub(crate) log: S,
     pub(crate) current_term: Term,
@@ -51,6 +55,16 @@ pub struct Node<S: LogStorage, const N: usize = 6, const I: usize = 8> {
     pub(crate) campaign_write: u64,
     /// The leader's heartbeat round (ReadIndex confirmation).
     pub(crate) round: u64,
+    /// The current round's messages have not left yet: new reads can join it.
+    pub(crate) round_open: bool,
+    /// When recent rounds started: (round, tick).
+    pub(crate) round_starts: heapless::Deque<(u64, u64), 16>,
+    /// Start of the leader's lease (tick of the newest round a quorum answered).
+    pub(crate) lease_start: Option<u64>,
+    pub(crate) reads: heapless::Vec<PendingRead, R>,
+    pub(crate) transfer: Option<Transfer>,
+    /// This candidate campaigns on the leader's request (TimeoutNow).
+    pub(crate) transfer_campaign: bool,
     pub(crate) durability: Durability,
     announced: StateChange,
     send_cursor: usize,
@@ -69,6 +83,9 @@ pub(crate) struct Peer<const I: usize> {
     pub send_heartbeat: bool,
     pub vote_response: Option<Gated<RequestVoteResponse>>,
     pub append_response: Option<Gated<AppendEntriesResponse>>,
+    /// Newest heartbeat round this peer answered in the current term.
+    pub acked_round: u64,
+    pub send_timeout_now: bool,
 }
 
 /// Role, term and leader as last announced with [`Output::StateChanged`].
@@ -104,6 +121,19 @@ pub enum Output<'a> {
     /// This entry is committed: apply it to the state machine. Entries come in index order,
     /// each once. No-op entries come too, so the host can track the applied index.
     Apply(Entry<'a>),
+    /// The read `id` ([`Node::read`]) may be served from the state machine now: it has
+    /// applied through `index`, which covers every write committed before the read began.
+    ReadReady {
+        /// The host's id of the read.
+        id: u64,
+        /// The read index.
+        index: Index,
+    },
+    /// The read `id` could not be confirmed (leadership changed or was lost): retry.
+    ReadFailed {
+        /// The host's id of the read.
+        id: u64,
+    },
 }
 
 /// Why a proposal was refused.
@@ -128,6 +158,8 @@ pub enum ProposeError {
     Busy,
     /// The log storage refused the entry (full: compact it; or failed).
     Storage(StorageError),
+    /// Leadership is being handed to another node; retry there once it leads.
+    Transferring,
 }
 
 impl fmt::Display for ProposeError {
@@ -140,6 +172,7 @@ impl fmt::Display for ProposeError {
             }
             ProposeError::Busy => f.write_str("too many uncommitted entries; retry later"),
             ProposeError::Storage(e) => write!(f, "log storage: {e}"),
+            ProposeError::Transferring => f.write_str("leadership transfer under way"),
         }
     }
 }
@@ -180,6 +213,8 @@ pub struct Counters {
     pub needs_snapshot: u64,
     /// Times this node stepped down from leader because it lost contact with a quorum.
     pub check_quorum_step_downs: u64,
+    /// Leadership transfers that timed out.
+    pub transfers_aborted: u64,
 }
 
 /// Something to send, decided before borrowing the log to build it.
@@ -194,9 +229,12 @@ pub(crate) enum Outgoing {
         leader_commit: Index,
         len: usize,
     },
+    TimeoutNow(TimeoutNow),
+    ReadIndex(ReadIndex),
+    ReadIndexResponse(ReadIndexResponse),
 }
 
-impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
+impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I, R> {
     /// A node that starts (or restarts) as a follower with the log and hard state in `log`.
     ///
     /// `members` lists every voting member, this node included if it votes. The host passes
@@ -246,6 +284,12 @@ impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
             leader_contact: None,
             campaign_write: 0,
             round: 0,
+            round_open: false,
+            round_starts: heapless::Deque::new(),
+            lease_start: None,
+            reads: heapless::Vec::new(),
+            transfer: None,
+            transfer_campaign: false,
             durability: Durability::new(last),
             announced: StateChange {
                 role: Role::Follower,
@@ -279,6 +323,8 @@ impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
             self.on_deadline();
         }
         self.now = target;
+        self.expire_forwarded_reads();
+        self.abort_transfer_if_due();
     }
 
     /// A message arrived from node `from`. Messages from non-members, with stale terms or
@@ -317,6 +363,9 @@ impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
             Message::RequestVoteResponse(m) => self.on_request_vote_response(peer, m),
             Message::AppendEntries(m) => self.on_append_entries(peer, &m),
             Message::AppendEntriesResponse(m) => self.on_append_entries_response(peer, m),
+            Message::TimeoutNow(_) => self.on_timeout_now(peer),
+            Message::ReadIndex(m) => self.on_read_index(peer, m),
+            Message::ReadIndexResponse(m) => self.on_read_index_response(m),
         }
     }
 
@@ -336,6 +385,9 @@ impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
             return Err(ProposeError::NotLeader {
                 leader: self.leader,
             });
+        }
+        if self.transfer.is_some() {
+            return Err(ProposeError::Transferring);
         }
         if command.len() > self.cfg.max_entry_bytes {
             return Err(ProposeError::TooLarge {
@@ -406,7 +458,7 @@ impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
             self.applied += 1;
             return self.log.entry(self.applied).map(Output::Apply);
         }
-        None
+        self.next_read_output()
     }
 
     /// Ticks until the next timer (election timeout, heartbeat, quorum check) fires; 0 if it
@@ -512,17 +564,36 @@ impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
         self.voter_count() / 2 + 1
     }
 
+    /// The largest value that a quorum of voters has reached, with this node at `own` and
+    /// each peer at `value(peer)`: the commit rule's "majority of matchIndex[i] >= N", and
+    /// the newest heartbeat round a quorum answered.
+    pub(crate) fn quorum_value(&self, own: u64, value: impl Fn(&Peer<I>) -> u64) -> u64 {
+        let quorum = self.quorum();
+        let voters = || self.peers.iter().filter(|p| p.voter).map(&value);
+        let holders =
+            |v: u64| (self.self_voter && own >= v) as usize + voters().filter(|&x| x >= v).count();
+        core::iter::once(own)
+            .chain(voters())
+            .filter(|&v| holders(v) >= quorum)
+            .max()
+            .unwrap_or(0)
+    }
+
     fn next_deadline(&self) -> u64 {
-        match self.role {
+        let timers = match self.role {
             Role::Leader if self.cfg.check_quorum => {
                 self.heartbeat_deadline.min(self.quorum_deadline)
             }
             Role::Leader => self.heartbeat_deadline,
             _ => self.election_deadline,
-        }
+        };
+        let transfer = self.transfer.map_or(u64::MAX, |t| t.deadline);
+        timers.min(transfer).min(self.read_deadline())
     }
 
     fn on_deadline(&mut self) {
+        self.expire_forwarded_reads();
+        self.abort_transfer_if_due();
         if self.role == Role::Leader {
             if self.now >= self.heartbeat_deadline {
                 self.heartbeat_deadline = self.now + self.cfg.heartbeat_ticks as u64;
@@ -532,7 +603,7 @@ impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
                 self.quorum_deadline = self.now + self.cfg.election_ticks as u64;
                 self.check_quorum();
             }
-        } else {
+        } else if self.now >= self.election_deadline {
             self.on_election_timeout();
         }
     }
@@ -649,9 +720,18 @@ impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
                 return Some(Outgoing::AppendResponse(g.message));
             }
         }
+        if let Some(out) = self.read_message_for(i) {
+            return Some(out);
+        }
         match self.role {
             Role::PreCandidate | Role::Candidate => self.vote_request_for(i),
-            Role::Leader => self.append_for(i),
+            Role::Leader => {
+                let out = self.append_for(i).or_else(|| self.timeout_now_for(i));
+                if matches!(out, Some(Outgoing::Append { .. })) {
+                    self.round_open = false;
+                }
+                out
+            }
             Role::Follower => None,
         }
     }
@@ -661,6 +741,9 @@ impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
             Outgoing::RequestVote(m) => Message::RequestVote(m),
             Outgoing::VoteResponse(m) => Message::RequestVoteResponse(m),
             Outgoing::AppendResponse(m) => Message::AppendEntriesResponse(m),
+            Outgoing::TimeoutNow(m) => Message::TimeoutNow(m),
+            Outgoing::ReadIndex(m) => Message::ReadIndex(m),
+            Outgoing::ReadIndexResponse(m) => Message::ReadIndexResponse(m),
             Outgoing::Append {
                 prev_log_index,
                 prev_log_term,
@@ -699,6 +782,8 @@ impl<const I: usize> Peer<I> {
             send_heartbeat: false,
             vote_response: None,
             append_response: None,
+            acked_round: 0,
+            send_timeout_now: false,
         }
     }
 }

@@ -9,7 +9,7 @@ use crate::progress::ProgressState;
 use crate::storage::{LogStorage, StorageError};
 use crate::types::{Index, Role};
 
-impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
+impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I, R> {
     /// AppendEntries RPC, receiver implementation (Figure 2).
     pub(crate) fn on_append_entries(&mut self, peer: usize, m: &AppendEntries<'_>) {
         let from = self.peers[peer].id;
@@ -151,9 +151,15 @@ impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
             self.counters.invalid += 1;
             return;
         }
+        if m.round > self.round {
+            self.counters.invalid += 1;
+            return;
+        }
         let next_after_rejection = (!m.success).then(|| self.next_index_after_rejection(&m));
         let now = self.now;
-        let r = &mut self.peers[peer].replication;
+        let p = &mut self.peers[peer];
+        p.acked_round = p.acked_round.max(m.round);
+        let r = &mut p.replication;
         r.recent_active = true;
         if m.success {
             let advanced = m.index > r.match_index;
@@ -172,7 +178,9 @@ impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
             }
             if advanced {
                 self.advance_commit_index();
+                self.maybe_send_timeout_now();
             }
+            self.confirm_reads();
             return;
         }
         let next = next_after_rejection.unwrap_or(m.index);
@@ -188,6 +196,7 @@ impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
             }
             _ => self.counters.stale += 1,
         }
+        self.confirm_reads();
     }
 
     /// Where to resume after a rejection, using the follower's hint: skip the whole
@@ -216,36 +225,18 @@ impl<S: LogStorage, const N: usize, const I: usize> Node<S, N, I> {
         if self.role != Role::Leader {
             return;
         }
-        let own = self.durability.durable_index;
-        let quorum = self.quorum();
-        let holders = |index: Index| {
-            (self.self_voter && own >= index) as usize
-                + self
-                    .peers
-                    .iter()
-                    .filter(|p| p.voter && p.replication.match_index >= index)
-                    .count()
-        };
-        // The largest index held by a quorum is one of the match indexes.
-        let candidates = core::iter::once(own).chain(
-            self.peers
-                .iter()
-                .filter(|p| p.voter)
-                .map(|p| p.replication.match_index),
-        );
-        let majority_index = candidates
-            .filter(|&i| i > self.commit_index && holders(i) >= quorum)
-            .max();
-        if let Some(index) = majority_index {
-            if self.log.term(index) == Some(self.current_term) {
-                self.commit_index = index;
-            }
+        let index = self.quorum_value(self.durability.durable_index, |p| p.replication.match_index);
+        if index > self.commit_index && self.log.term(index) == Some(self.current_term) {
+            self.commit_index = index;
+            self.confirm_reads();
         }
     }
 
     /// Leader timer: a heartbeat to every peer, and retransmission for peers whose
     /// pipelined messages went unanswered.
     pub(crate) fn on_heartbeat_timeout(&mut self) {
+        // Each heartbeat starts a round: its answers renew the lease.
+        self.open_round();
         let now = self.now;
         let retransmit = self.cfg.retransmit_ticks as u64;
         for p in self.peers.iter_mut() {

@@ -26,7 +26,8 @@
 //! ```
 
 use crate::message::{
-    AppendEntries, AppendEntriesResponse, Entries, Message, RequestVote, RequestVoteResponse,
+    AppendEntries, AppendEntriesResponse, Entries, Message, ReadIndex, ReadIndexResponse,
+    RequestVote, RequestVoteResponse, TimeoutNow,
 };
 use crate::types::{Entry, Index, NodeId, Term};
 use core::fmt;
@@ -48,6 +49,12 @@ pub const REQUEST_VOTE_MAX: usize = HEADER_MAX + 1 + 3 * VARINT_U64 + 2;
 pub const REQUEST_VOTE_RESPONSE_MAX: usize = HEADER_MAX + 1 + VARINT_U64 + 2;
 /// Largest encoded AppendEntriesResponse, header included.
 pub const APPEND_ENTRIES_RESPONSE_MAX: usize = HEADER_MAX + 1 + VARINT_U64 + 1 + 4 * VARINT_U64;
+/// Largest encoded TimeoutNow, header included.
+pub const TIMEOUT_NOW_MAX: usize = HEADER_MAX + 1 + VARINT_U64;
+/// Largest encoded ReadIndex, header included.
+pub const READ_INDEX_MAX: usize = HEADER_MAX + 1 + 2 * VARINT_U64;
+/// Largest encoded ReadIndexResponse, header included.
+pub const READ_INDEX_RESPONSE_MAX: usize = HEADER_MAX + 1 + 3 * VARINT_U64 + 1;
 /// Largest encoded AppendEntries without entries (a heartbeat), header included.
 pub const APPEND_ENTRIES_FIXED_MAX: usize = HEADER_MAX + 1 + 5 * VARINT_U64 + VARINT_LEN;
 
@@ -209,6 +216,9 @@ enum WireMessage<'a, const E: usize> {
     RequestVoteResponse(RequestVoteResponse),
     AppendEntries(#[serde(borrow)] WireAppend<'a, E>),
     AppendEntriesResponse(AppendEntriesResponse),
+    TimeoutNow(TimeoutNow),
+    ReadIndex(ReadIndex),
+    ReadIndexResponse(ReadIndexResponse),
 }
 
 /// A decoded frame: its addressing and its message, whose entries (at most `E`) borrow
@@ -230,6 +240,9 @@ impl<const E: usize> Decoded<'_, E> {
             WireMessage::RequestVote(m) => Message::RequestVote(*m),
             WireMessage::RequestVoteResponse(m) => Message::RequestVoteResponse(*m),
             WireMessage::AppendEntriesResponse(m) => Message::AppendEntriesResponse(*m),
+            WireMessage::TimeoutNow(m) => Message::TimeoutNow(*m),
+            WireMessage::ReadIndex(m) => Message::ReadIndex(*m),
+            WireMessage::ReadIndexResponse(m) => Message::ReadIndexResponse(*m),
             WireMessage::AppendEntries(a) => Message::AppendEntries(AppendEntries {
                 term: a.term,
                 prev_log_index: a.prev_log_index,
@@ -329,6 +342,23 @@ mod tests {
                 round: MAX,
             }),
             APPEND_ENTRIES_RESPONSE_MAX,
+        );
+        roundtrip(
+            Message::TimeoutNow(TimeoutNow { term: MAX }),
+            TIMEOUT_NOW_MAX,
+        );
+        roundtrip(
+            Message::ReadIndex(ReadIndex { term: MAX, id: MAX }),
+            READ_INDEX_MAX,
+        );
+        roundtrip(
+            Message::ReadIndexResponse(ReadIndexResponse {
+                term: MAX,
+                id: MAX,
+                index: MAX,
+                success: true,
+            }),
+            READ_INDEX_RESPONSE_MAX,
         );
         let data = [7u8; 100];
         let entries: [Entry<'_>; 3] = core::array::from_fn(|i| Entry {

@@ -10,4 +10,6 @@ mod election_restriction;
 mod figure7;
 mod figure8;
 mod proposals;
+mod read;
 mod replication;
+mod transfer;

@@ -26,6 +26,8 @@ pub struct Cluster {
     durable: BTreeMap<NodeId, VecLog>,
     pub queue: VecDeque<Envelope>,
     pub applied: BTreeMap<NodeId, Vec<OwnedEntry>>,
+    /// Reads released: (id, Some(index)) ready, (id, None) failed.
+    pub read_outputs: BTreeMap<NodeId, Vec<(u64, Option<Index>)>>,
     /// Directed links that drop everything.
     pub cut: BTreeSet<(NodeId, NodeId)>,
     /// Nodes whose `Output::Sync` waits in `held_syncs` for [`Cluster::sync`]; the others
@@ -78,6 +80,7 @@ impl Cluster {
             durable: BTreeMap::new(),
             queue: VecDeque::new(),
             applied: BTreeMap::new(),
+            read_outputs: BTreeMap::new(),
             cut: BTreeSet::new(),
             manual_sync: BTreeSet::new(),
             held_syncs: BTreeMap::new(),
@@ -87,6 +90,7 @@ impl Cluster {
             c.durable.insert(id, log.clone());
             c.nodes.insert(id, Node::new(config(id), log, ids).unwrap());
             c.applied.insert(id, Vec::new());
+            c.read_outputs.insert(id, Vec::new());
         }
         c
     }
@@ -109,17 +113,23 @@ impl Cluster {
             let mut sync = None;
             while let Some(out) = node.poll_output() {
                 match out {
-                    coracle::Output::Send { to, message } => {
-                        if !self.cut.contains(&(id, to)) {
-                            self.queue.push_back(Envelope {
-                                from: id,
-                                to,
-                                message: OwnedMessage::from(&message),
-                            });
-                        }
+                    coracle::Output::Send { to, message } if !self.cut.contains(&(id, to)) => {
+                        self.queue.push_back(Envelope {
+                            from: id,
+                            to,
+                            message: OwnedMessage::from(&message),
+                        });
                     }
                     coracle::Output::Sync(t) => sync = Some(t),
                     coracle::Output::Apply(e) => self.applied.get_mut(&id).unwrap().push(e.into()),
+                    coracle::Output::ReadReady { id: r, index } => self
+                        .read_outputs
+                        .get_mut(&id)
+                        .unwrap()
+                        .push((r, Some(index))),
+                    coracle::Output::ReadFailed { id: r } => {
+                        self.read_outputs.get_mut(&id).unwrap().push((r, None))
+                    }
                     _ => {}
                 }
             }

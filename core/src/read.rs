@@ -1,0 +1,321 @@
+//! Linearizable reads without writing to the log: ReadIndex (thesis 6.4) and lease reads
+//! (thesis 6.4.1), on the leader or forwarded to it by a follower.
+//!
+//! ReadIndex: the leader records its commit index (once it has committed an entry of its
+//! own term, so that index covers every earlier committed entry), starts a new heartbeat
+//! round, and releases the read when a quorum has answered a message of that round or a
+//! later one: then it was still the leader after the read arrived. Reads that arrive before
+//! the round's heartbeats leave share the round (batching). The host serves the read once it
+//! has applied through the read index: [`Output::ReadReady`](crate::Output::ReadReady) comes
+//! out after the [`Output::Apply`](crate::Output::Apply) of that index.
+//!
+//! Lease reads skip the round while the leader's lease holds: the leader knows no other
+//! leader can be elected until an election timeout after a quorum last heard from it,
+//! because voters that hear from a live leader ignore vote requests (leader stickiness).
+//! The lease runs from the start of the newest heartbeat round a quorum answered, for
+//! `election_ticks - lease_drift_ticks` ticks. **It relies on bounded clock drift**: if a
+//! follower's clock can run faster than the leader's by more than the margin, a lease read
+//! may be stale. It needs check-quorum; without it, lease reads fall back to ReadIndex.
+
+use crate::message::{ReadIndex, ReadIndexResponse};
+use crate::node::{Node, Outgoing};
+use crate::storage::LogStorage;
+use crate::types::{Index, NodeId, Role};
+use core::fmt;
+
+/// How a read is confirmed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ReadMode {
+    /// Confirm leadership with a heartbeat round (safe whatever the clocks do).
+    ReadIndex,
+    /// Serve at once while the leader's lease holds; fall back to ReadIndex otherwise.
+    /// Relies on bounded clock drift.
+    Lease,
+}
+
+/// Why a read was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ReadError {
+    /// No leader is known to serve or forward the read to.
+    NoLeader,
+    /// Too many reads are pending (the node's `R` capacity).
+    Busy,
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ReadError::NoLeader => "no leader known to serve the read",
+            ReadError::Busy => "too many pending reads; retry later",
+        })
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for ReadError {}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReadState {
+    /// Leader: waits for the first commit of its term.
+    AwaitingTermCommit,
+    /// Leader: waits for a quorum to answer this heartbeat round.
+    AwaitingQuorum { round: u64 },
+    /// Leader: tell the follower that asked.
+    Answer { to: NodeId, success: bool },
+    /// Follower: to be sent to the leader.
+    Forward,
+    /// Follower: sent at this tick; waiting for the answer.
+    Forwarded { since: u64 },
+    /// Serve once applied through `index`.
+    Ready,
+    /// Tell the host it failed.
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PendingRead {
+    pub id: u64,
+    /// The follower that asked the leader, if any.
+    pub from: Option<NodeId>,
+    pub index: Index,
+    pub state: ReadState,
+}
+
+impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I, R> {
+    /// Asks for a linearizable read with the host's `id`. The node answers with
+    /// [`Output::ReadReady`](crate::Output::ReadReady) (serve it from the state machine now)
+    /// or [`Output::ReadFailed`](crate::Output::ReadFailed) (retry, perhaps elsewhere).
+    /// A follower forwards it to its leader.
+    pub fn read(&mut self, id: u64, mode: ReadMode) -> Result<(), ReadError> {
+        if self.reads.is_full() {
+            return Err(ReadError::Busy);
+        }
+        if self.role == Role::Leader {
+            self.register_read(id, None, mode);
+            return Ok(());
+        }
+        if self.leader.is_none() {
+            return Err(ReadError::NoLeader);
+        }
+        let _ = self.reads.push(PendingRead {
+            id,
+            from: None,
+            index: 0,
+            state: ReadState::Forward,
+        });
+        Ok(())
+    }
+
+    /// The leader takes a read (its host's or a follower's).
+    fn register_read(&mut self, id: u64, from: Option<NodeId>, mode: ReadMode) {
+        let index = self.commit_index;
+        let state = if !self.term_committed() {
+            ReadState::AwaitingTermCommit
+        } else if self.quorum() == 1 || (mode == ReadMode::Lease && self.lease_holds()) {
+            self.confirmed(from)
+        } else {
+            ReadState::AwaitingQuorum {
+                round: self.open_round(),
+            }
+        };
+        let _ = self.reads.push(PendingRead {
+            id,
+            from,
+            index,
+            state,
+        });
+    }
+
+    fn confirmed(&self, from: Option<NodeId>) -> ReadState {
+        match from {
+            Some(to) => ReadState::Answer { to, success: true },
+            None => ReadState::Ready,
+        }
+    }
+
+    fn term_committed(&self) -> bool {
+        self.log.term(self.commit_index) == Some(self.current_term)
+    }
+
+    /// The round reads registered now can use: the current one if its messages have not
+    /// left yet, else a new one. Every peer gets a heartbeat of it.
+    pub(crate) fn open_round(&mut self) -> u64 {
+        if !self.round_open {
+            self.round += 1;
+            self.round_open = true;
+            if self.round_starts.is_full() {
+                self.round_starts.pop_front();
+            }
+            let _ = self.round_starts.push_back((self.round, self.now));
+            for p in self.peers.iter_mut() {
+                p.send_heartbeat = true;
+            }
+        }
+        self.round
+    }
+
+    fn lease_holds(&self) -> bool {
+        let lease =
+            (self.cfg.election_ticks as u64).saturating_sub(self.cfg.lease_drift_ticks as u64);
+        self.cfg.check_quorum
+            && self
+                .lease_start
+                .is_some_and(|start| self.now < start + lease)
+    }
+
+    /// The newest round a quorum of voters has answered (the leader answers every round).
+    fn quorum_round(&self) -> u64 {
+        self.quorum_value(self.round, |p| p.acked_round)
+    }
+
+    /// After answers or a commit of the leader's term: release what is confirmed.
+    pub(crate) fn confirm_reads(&mut self) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let acked = self.quorum_round();
+        if let Some(&(_, start)) = self.round_starts.iter().find(|(r, _)| *r == acked) {
+            self.lease_start = Some(self.lease_start.map_or(start, |s| s.max(start)));
+        }
+        let term_committed = self.term_committed();
+        let commit = self.commit_index;
+        let mut need_round = false;
+        for i in 0..self.reads.len() {
+            let read = self.reads[i];
+            match read.state {
+                ReadState::AwaitingTermCommit if term_committed => {
+                    self.reads[i].index = commit;
+                    need_round = true;
+                }
+                ReadState::AwaitingQuorum { round } if round <= acked => {
+                    self.reads[i].state = self.confirmed(read.from);
+                }
+                _ => {}
+            }
+        }
+        if need_round {
+            let round = self.open_round();
+            for r in self.reads.iter_mut() {
+                if r.state == ReadState::AwaitingTermCommit {
+                    r.state = ReadState::AwaitingQuorum { round };
+                }
+            }
+            if self.quorum() == 1 {
+                self.confirm_reads();
+            }
+        }
+    }
+
+    /// A follower asks this node for a read index.
+    pub(crate) fn on_read_index(&mut self, peer: usize, m: ReadIndex) {
+        let from = self.peers[peer].id;
+        if self.role == Role::Leader && !self.reads.is_full() {
+            self.register_read(m.id, Some(from), ReadMode::ReadIndex);
+        } else if !self.reads.is_full() {
+            let _ = self.reads.push(PendingRead {
+                id: m.id,
+                from: Some(from),
+                index: 0,
+                state: ReadState::Answer {
+                    to: from,
+                    success: false,
+                },
+            });
+        } else {
+            self.counters.stale += 1;
+        }
+    }
+
+    /// The leader answered a forwarded read.
+    pub(crate) fn on_read_index_response(&mut self, m: ReadIndexResponse) {
+        let waiting = self.reads.iter_mut().find(|r| {
+            r.id == m.id && r.from.is_none() && matches!(r.state, ReadState::Forwarded { .. })
+        });
+        match waiting {
+            Some(r) if m.success => {
+                r.index = m.index;
+                r.state = ReadState::Ready;
+            }
+            Some(r) => r.state = ReadState::Failed,
+            None => self.counters.stale += 1,
+        }
+    }
+
+    /// Every pending read fails (on a change of role, term or leader).
+    pub(crate) fn fail_reads(&mut self) {
+        for r in self.reads.iter_mut() {
+            r.state = match r.state {
+                ReadState::Answer { to, .. } => ReadState::Answer { to, success: false },
+                _ => ReadState::Failed,
+            };
+        }
+        self.lease_start = None;
+    }
+
+    /// Forwarded reads unanswered for an election timeout fail.
+    pub(crate) fn expire_forwarded_reads(&mut self) {
+        let timeout = self.cfg.election_ticks as u64;
+        for r in self.reads.iter_mut() {
+            if let ReadState::Forwarded { since } = r.state {
+                if self.now >= since + timeout {
+                    r.state = ReadState::Failed;
+                }
+            }
+        }
+    }
+
+    /// When the next forwarded read expires.
+    pub(crate) fn read_deadline(&self) -> u64 {
+        self.reads
+            .iter()
+            .filter_map(|r| match r.state {
+                ReadState::Forwarded { since } => Some(since + self.cfg.election_ticks as u64),
+                _ => None,
+            })
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// A read message for peer `i`: a forwarded request to the leader or an answer.
+    pub(crate) fn read_message_for(&mut self, i: usize) -> Option<Outgoing> {
+        let peer = self.peers[i].id;
+        let term = self.current_term;
+        let now = self.now;
+        let pos = self.reads.iter().position(|r| match r.state {
+            ReadState::Forward => self.leader == Some(peer),
+            ReadState::Answer { to, .. } => to == peer,
+            _ => false,
+        })?;
+        let read = self.reads[pos];
+        if let ReadState::Answer { success, .. } = read.state {
+            self.reads.remove(pos);
+            return Some(Outgoing::ReadIndexResponse(ReadIndexResponse {
+                term,
+                id: read.id,
+                index: read.index,
+                success,
+            }));
+        }
+        self.reads[pos].state = ReadState::Forwarded { since: now };
+        Some(Outgoing::ReadIndex(ReadIndex { term, id: read.id }))
+    }
+
+    /// The next read to hand to the host: ready and applied, or failed.
+    pub(crate) fn next_read_output(&mut self) -> Option<crate::Output<'static>> {
+        let applied = self.applied;
+        let pos = self.reads.iter().position(|r| {
+            (r.state == ReadState::Ready && r.index <= applied) || r.state == ReadState::Failed
+        })?;
+        let read = self.reads.remove(pos);
+        Some(if read.state == ReadState::Ready {
+            crate::Output::ReadReady {
+                id: read.id,
+                index: read.index,
+            }
+        } else {
+            crate::Output::ReadFailed { id: read.id }
+        })
+    }
+}
