@@ -119,7 +119,7 @@ impl Cluster {
                     Output::Apply(entry) => {
                         black_box(entry.data);
                     }
-                    Output::StateChanged(_) => {}
+                    _ => {}
                 }
             }
         }
@@ -208,6 +208,7 @@ fn follower_append(c: &mut Criterion) {
         prev_log_index: 0,
         prev_log_term: 0,
         leader_commit: 0,
+        round: 0,
         entries: Entries::EMPTY,
     };
     follower.step(1, Message::AppendEntries(heartbeat));

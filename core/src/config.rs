@@ -42,6 +42,9 @@ pub struct Config {
     /// `election_ticks - lease_drift_ticks` from the start of the heartbeat round a quorum
     /// answered. Raise it if clocks may drift apart more.
     pub lease_drift_ticks: u32,
+    /// Leave a joint configuration as soon as it commits (otherwise wait for
+    /// `MembershipChange::LeaveJoint`). On by default.
+    pub auto_leave_joint: bool,
     /// The index the host's state machine has applied (after a restart): entries up to it are
     /// not handed out again.
     pub applied: Index,
@@ -65,6 +68,7 @@ impl Config {
             max_entry_bytes: 64 * 1024,
             max_uncommitted_entries: 4096,
             lease_drift_ticks: 2,
+            auto_leave_joint: true,
             applied: 0,
         }
     }

@@ -18,7 +18,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// "If election timeout elapses without receiving AppendEntries RPC from current leader
     /// or granting vote to candidate: convert to candidate" (Figure 2, Followers).
     pub(crate) fn on_election_timeout(&mut self) {
-        if self.self_voter {
+        if self.can_vote() {
             self.start_election();
         } else {
             self.reset_election_timer();
@@ -65,6 +65,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         }
         self.role = Role::Follower;
         self.leader = leader;
+        self.prune_non_members(leader);
         self.leader_contact = leader.map(|_| self.now);
         self.transfer = None;
         self.clear_campaign();
@@ -107,7 +108,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         self.reset_election_timer();
         for p in self.peers.iter_mut() {
             p.vote = None;
-            p.send_request_vote = p.voter;
+            p.send_request_vote = p.voter || p.voter_outgoing;
             p.send_heartbeat = false;
         }
     }
@@ -123,24 +124,14 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// Wins with votes from a majority; a candidate counts its own vote only once it is
     /// durable. Loses when a majority refused.
     pub(crate) fn count_votes(&mut self) {
-        let own = self.self_voter
-            && (self.role == Role::PreCandidate || self.durability.released(self.campaign_write));
-        let granted = own as usize
-            + self
-                .peers
-                .iter()
-                .filter(|p| p.voter && p.vote == Some(true))
-                .count();
-        let refused = self
-            .peers
-            .iter()
-            .filter(|p| p.voter && p.vote == Some(false))
-            .count();
-        let quorum = self.quorum();
+        let own = self.role == Role::PreCandidate || self.durability.released(self.campaign_write);
+        let won = self.quorum_agrees(own, |p| p.vote == Some(true));
+        // Lost: even with every undecided vote, no quorum.
+        let lost = !self.quorum_agrees(true, |p| p.vote != Some(false));
         match self.role {
-            Role::PreCandidate if granted >= quorum => self.become_candidate(false),
-            Role::Candidate if granted >= quorum => self.become_leader(),
-            Role::PreCandidate | Role::Candidate if refused >= quorum => {
+            Role::PreCandidate if won => self.become_candidate(false),
+            Role::Candidate if won => self.become_leader(),
+            Role::PreCandidate | Role::Candidate if lost => {
                 self.become_follower(self.current_term, None)
             }
             _ => {}
@@ -152,6 +143,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     fn become_leader(&mut self) {
         self.role = Role::Leader;
         self.leader = Some(self.cfg.id);
+        self.prune_non_members(None);
         self.leader_contact = None;
         let next = self.log.last_index() + 1;
         let now = self.now;
@@ -201,7 +193,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                 self.cfg.id, candidate, grant
             );
             self.answer_vote(
-                peer,
+                candidate,
                 RequestVoteResponse {
                     term: if grant { m.term } else { self.current_term },
                     vote_granted: grant,
@@ -223,7 +215,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             self.cfg.id, candidate, grant
         );
         self.answer_vote(
-            peer,
+            candidate,
             RequestVoteResponse {
                 term: self.current_term,
                 vote_granted: grant,
@@ -243,7 +235,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             self.counters.stale += 1;
             return;
         }
-        if self.peers[peer].voter {
+        if self.peers[peer].voter || self.peers[peer].voter_outgoing {
             self.peers[peer].vote = Some(m.vote_granted);
             self.count_votes();
         }
@@ -273,16 +265,11 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// Check-quorum (thesis 6.2): a leader that has not heard from a majority within an
     /// election timeout steps down, so a partitioned leader stops believing it leads.
     pub(crate) fn check_quorum(&mut self) {
-        let active = self.self_voter as usize
-            + self
-                .peers
-                .iter()
-                .filter(|p| p.voter && p.replication.recent_active)
-                .count();
+        let active = self.quorum_agrees(true, |p| p.replication.recent_active);
         for p in self.peers.iter_mut() {
             p.replication.recent_active = false;
         }
-        if active < self.quorum() {
+        if !active {
             self.counters.check_quorum_step_downs += 1;
             self.become_follower(self.current_term, None);
         }

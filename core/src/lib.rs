@@ -79,6 +79,7 @@ mod log_macros;
 mod config;
 pub mod durability;
 pub mod election;
+pub mod membership;
 mod message;
 mod node;
 mod progress;
@@ -93,6 +94,7 @@ pub mod wire;
 
 pub use config::{Config, ConfigError};
 pub use durability::SyncToken;
+pub use membership::{Member, MembershipChange, MembershipError};
 #[cfg(feature = "alloc")]
 pub use message::OwnedMessage;
 pub use message::{

@@ -43,6 +43,14 @@ pub struct Node<S: LogStorage, const N: usize = 6, const I: usize = 8, const R: 
     pub(crate) commit_index: Index,
     pub(crate) applied: Index,
     pub(crate) self_voter: bool,
+    /// Voter of the old configuration while joint.
+    pub(crate) self_voter_outgoing: bool,
+    pub(crate) self_learner: bool,
+    /// Index of the configuration entry in use (0: the bootstrap members).
+    pub(crate) config_index: Index,
+    /// The members given at construction, used when the log holds no configuration.
+    bootstrap: heapless::Vec<NodeId, N>,
+    bootstrap_self_voter: bool,
     pub(crate) peers: heapless::Vec<Peer<I>, N>,
     pub(crate) now: u64,
     pub(crate) election_deadline: u64,
@@ -76,6 +84,9 @@ pub struct Node<S: LogStorage, const N: usize = 6, const I: usize = 8, const R: 
 pub(crate) struct Peer<const I: usize> {
     pub id: NodeId,
     pub voter: bool,
+    /// Voter of the old configuration while joint.
+    pub voter_outgoing: bool,
+    pub learner: bool,
     pub replication: Replication<I>,
     /// The answer to this node's (pre-)vote request in the current campaign.
     pub vote: Option<bool>,
@@ -243,6 +254,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         config.validate()?;
         let self_voter = members.contains(&config.id);
         let mut peers = heapless::Vec::new();
+        let mut bootstrap = heapless::Vec::new();
         for (i, &id) in members.iter().enumerate() {
             if members[..i].contains(&id) {
                 return Err(ConfigError::BadMembers);
@@ -251,6 +263,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                 peers
                     .push(Peer::new(id, true))
                     .map_err(|_| ConfigError::BadMembers)?;
+                let _ = bootstrap.push(id);
             }
         }
         if members.is_empty() {
@@ -276,6 +289,11 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             commit_index: applied,
             applied,
             self_voter,
+            self_voter_outgoing: false,
+            self_learner: false,
+            config_index: 0,
+            bootstrap,
+            bootstrap_self_voter: self_voter,
             peers,
             now: 0,
             election_deadline: 0,
@@ -299,6 +317,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             send_cursor: 0,
             counters: Counters::default(),
         };
+        node.load_config_from_log();
         node.reset_election_timer();
         Ok(node)
     }
@@ -331,10 +350,10 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// that break the protocol are counted in [`Node::counters`] and otherwise ignored or
     /// answered with a rejection; nothing here panics.
     pub fn step(&mut self, from: NodeId, message: Message<'_>) {
-        let Some(peer) = self.peer_index(from) else {
+        if self.peer_index(from).is_none() {
             self.counters.unknown_sender += 1;
             return;
-        };
+        }
         let term = message.term();
         if term > self.current_term {
             match message {
@@ -355,9 +374,14 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             }
         } else if term < self.current_term {
             self.counters.stale += 1;
-            self.answer_stale(peer, &message);
+            self.answer_stale(from, &message);
             return;
         }
+        // A change of role may have forgotten a peer that is no member.
+        let Some(peer) = self.peer_index(from) else {
+            self.counters.unknown_sender += 1;
+            return;
+        };
         match message {
             Message::RequestVote(m) => self.on_request_vote(peer, m),
             Message::RequestVoteResponse(m) => self.on_request_vote_response(peer, m),
@@ -421,18 +445,24 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// Starts an election now instead of waiting for the timeout (with a pre-vote first if
     /// configured). Does nothing on a leader or a non-voter.
     pub fn campaign(&mut self) {
-        if self.role != Role::Leader && self.self_voter {
+        if self.role != Role::Leader && self.can_vote() {
             self.start_election();
         }
     }
 
     /// Drops log entries through `through` (at most the applied index), once the host holds
-    /// a snapshot of its state machine at or beyond it.
+    /// a snapshot of its state machine at or beyond it. Until snapshots carry the
+    /// configuration, the newest configuration entry is kept: compaction stops before it.
     pub fn compact(&mut self, through: Index) -> Result<(), StorageError> {
         if through > self.applied {
             return Err(StorageError::OutOfRange);
         }
-        self.log.compact(through)
+        self.log.compact(through.min(self.compaction_limit()))
+    }
+
+    /// Takes the node apart and returns its log storage (to restart it, or to inspect it).
+    pub fn into_log(self) -> S {
+        self.log
     }
 
     // ----- outputs ------------------------------------------------------------------------
@@ -518,10 +548,6 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         self.peer_index(peer)
             .map(|i| self.peers[i].replication.view())
     }
-    /// Every other member, with whether it votes.
-    pub fn peers(&self) -> impl Iterator<Item = (NodeId, bool)> + '_ {
-        self.peers.iter().map(|p| (p.id, p.voter))
-    }
     /// Counters of ignored inputs and other events.
     pub fn counters(&self) -> &Counters {
         &self.counters
@@ -555,28 +581,68 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         }
     }
 
-    /// Voting members, this node included if it votes.
-    pub(crate) fn voter_count(&self) -> usize {
-        self.self_voter as usize + self.peers.iter().filter(|p| p.voter).count()
+    /// Does this node vote, in the configuration or (while joint) the old one?
+    pub(crate) fn can_vote(&self) -> bool {
+        self.self_voter || self.self_voter_outgoing
     }
 
-    pub(crate) fn quorum(&self) -> usize {
-        self.voter_count() / 2 + 1
+    /// Do a majority of the voters agree, `me` saying whether this node does and `peer`
+    /// whether a peer does? While joint: a majority of the new voters AND of the old ones.
+    pub(crate) fn quorum_agrees(&self, me: bool, peer: impl Fn(&Peer<I>) -> bool) -> bool {
+        let majority = |self_in: bool, in_set: fn(&Peer<I>) -> bool| {
+            let mut total = self_in as usize;
+            let mut yes = (self_in && me) as usize;
+            for p in self.peers.iter().filter(|p| in_set(p)) {
+                total += 1;
+                yes += peer(p) as usize;
+            }
+            yes * 2 > total
+        };
+        majority(self.self_voter, |p| p.voter)
+            && (!self.is_joint() || majority(self.self_voter_outgoing, |p| p.voter_outgoing))
     }
 
-    /// The largest value that a quorum of voters has reached, with this node at `own` and
-    /// each peer at `value(peer)`: the commit rule's "majority of matchIndex[i] >= N", and
-    /// the newest heartbeat round a quorum answered.
+    /// The largest value a quorum of voters has reached, with this node at `own` and each
+    /// peer at `value(peer)`: the commit rule's "a majority of matchIndex[i] >= N", and the
+    /// newest heartbeat round a quorum answered.
     pub(crate) fn quorum_value(&self, own: u64, value: impl Fn(&Peer<I>) -> u64) -> u64 {
-        let quorum = self.quorum();
-        let voters = || self.peers.iter().filter(|p| p.voter).map(&value);
-        let holders =
-            |v: u64| (self.self_voter && own >= v) as usize + voters().filter(|&x| x >= v).count();
         core::iter::once(own)
-            .chain(voters())
-            .filter(|&v| holders(v) >= quorum)
+            .chain(
+                self.peers
+                    .iter()
+                    .filter(|p| p.voter || p.voter_outgoing)
+                    .map(&value),
+            )
+            .filter(|&v| self.quorum_agrees(own >= v, |p| value(p) >= v))
             .max()
             .unwrap_or(0)
+    }
+
+    /// Back to the members given at construction.
+    pub(crate) fn restore_bootstrap_members(&mut self) {
+        self.config_index = 0;
+        self.self_voter = self.bootstrap_self_voter;
+        self.self_voter_outgoing = false;
+        self.self_learner = false;
+        let next = self.log.last_index() + 1;
+        let now = self.now;
+        let bootstrap = self.bootstrap.clone();
+        self.peers.retain(|p| bootstrap.contains(&p.id));
+        for &id in bootstrap.iter() {
+            match self.peer_index(id) {
+                Some(i) => {
+                    let p = &mut self.peers[i];
+                    p.voter = true;
+                    p.voter_outgoing = false;
+                    p.learner = false;
+                }
+                None => {
+                    let mut peer = Peer::new(id, true);
+                    peer.replication = Replication::new(next, now);
+                    let _ = self.peers.push(peer);
+                }
+            }
+        }
     }
 
     fn next_deadline(&self) -> u64 {
@@ -654,19 +720,23 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     }
 
     /// Queues an answer to a vote request; it leaves once what it depends on is durable.
-    pub(crate) fn answer_vote(&mut self, peer: usize, message: RequestVoteResponse) {
+    pub(crate) fn answer_vote(&mut self, to: NodeId, message: RequestVoteResponse) {
         let after = self.durability.last_write;
-        self.peers[peer].vote_response = Some(Gated { message, after });
+        if let Some(i) = self.peer_index(to) {
+            self.peers[i].vote_response = Some(Gated { message, after });
+        }
     }
 
     /// Queues an answer to an AppendEntries, replacing an older one not yet sent (the newer
     /// answer says at least as much).
-    pub(crate) fn answer_append(&mut self, peer: usize, message: AppendEntriesResponse) {
+    pub(crate) fn answer_append(&mut self, to: NodeId, message: AppendEntriesResponse) {
         let after = self.durability.last_write;
-        self.peers[peer].append_response = Some(Gated { message, after });
+        if let Some(i) = self.peer_index(to) {
+            self.peers[i].append_response = Some(Gated { message, after });
+        }
     }
 
-    fn answer_stale(&mut self, peer: usize, message: &Message<'_>) {
+    fn answer_stale(&mut self, peer: NodeId, message: &Message<'_>) {
         let term = self.current_term;
         match message {
             Message::AppendEntries(m) => self.answer_append(
@@ -772,10 +842,12 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
 }
 
 impl<const I: usize> Peer<I> {
-    fn new(id: NodeId, voter: bool) -> Self {
+    pub(crate) fn new(id: NodeId, voter: bool) -> Self {
         Peer {
             id,
             voter,
+            voter_outgoing: false,
+            learner: !voter,
             replication: Replication::new(1, 0),
             vote: None,
             send_request_vote: false,

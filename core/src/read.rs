@@ -113,7 +113,9 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         let index = self.commit_index;
         let state = if !self.term_committed() {
             ReadState::AwaitingTermCommit
-        } else if self.quorum() == 1 || (mode == ReadMode::Lease && self.lease_holds()) {
+        } else if self.quorum_agrees(true, |_| false)
+            || (mode == ReadMode::Lease && self.lease_holds())
+        {
             self.confirmed(from)
         } else {
             ReadState::AwaitingQuorum {
@@ -202,7 +204,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                     r.state = ReadState::AwaitingQuorum { round };
                 }
             }
-            if self.quorum() == 1 {
+            if self.quorum_agrees(true, |_| false) {
                 self.confirm_reads();
             }
         }

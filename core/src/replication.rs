@@ -7,7 +7,7 @@ use crate::message::{AppendEntries, AppendEntriesResponse};
 use crate::node::{Node, Outgoing};
 use crate::progress::ProgressState;
 use crate::storage::{LogStorage, StorageError};
-use crate::types::{Index, Role};
+use crate::types::{Index, NodeId, Role};
 
 impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I, R> {
     /// AppendEntries RPC, receiver implementation (Figure 2).
@@ -35,13 +35,13 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         let last = self.log.last_index();
         if m.prev_log_index > self.commit_index {
             if m.prev_log_index > last {
-                self.reject_append(peer, m, 0, last);
+                self.reject_append(from, m, 0, last);
                 return;
             }
             let term = self.log.term(m.prev_log_index).unwrap_or(0);
             if term != m.prev_log_term {
                 let first = self.first_index_of_term(m.prev_log_index, term);
-                self.reject_append(peer, m, term, first);
+                self.reject_append(from, m, term, first);
                 return;
             }
         }
@@ -67,11 +67,15 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                 }
                 self.durability.record_truncation(entry.index);
                 self.durability.record_write(self.log.last_index());
+                self.config_truncated(entry.index);
             }
             match self.log.append(&entry) {
                 Ok(()) => {
                     self.durability.record_write(entry.index);
                     matched = entry.index;
+                    if entry.kind == crate::types::EntryKind::Membership {
+                        self.use_config(entry.index, entry.data);
+                    }
                 }
                 Err(StorageError::Full) => {
                     // Acknowledge what fit; the leader sends the rest again.
@@ -92,7 +96,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             self.commit_index = self.commit_index.max(m.leader_commit.min(matched));
         }
         self.answer_append(
-            peer,
+            from,
             AppendEntriesResponse {
                 term: self.current_term,
                 success: true,
@@ -106,7 +110,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
 
     fn reject_append(
         &mut self,
-        peer: usize,
+        to: NodeId,
         m: &AppendEntries<'_>,
         hint_term: u64,
         hint_index: Index,
@@ -116,7 +120,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             self.cfg.id, m.prev_log_index
         );
         self.answer_append(
-            peer,
+            to,
             AppendEntriesResponse {
                 term: self.current_term,
                 success: false,
@@ -158,6 +162,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         let next_after_rejection = (!m.success).then(|| self.next_index_after_rejection(&m));
         let now = self.now;
         let p = &mut self.peers[peer];
+        let round_advanced = m.round > p.acked_round;
         p.acked_round = p.acked_round.max(m.round);
         let r = &mut p.replication;
         r.recent_active = true;
@@ -180,7 +185,9 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                 self.advance_commit_index();
                 self.maybe_send_timeout_now();
             }
-            self.confirm_reads();
+            if round_advanced {
+                self.confirm_reads();
+            }
             return;
         }
         let next = next_after_rejection.unwrap_or(m.index);
@@ -196,7 +203,9 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             }
             _ => self.counters.stale += 1,
         }
-        self.confirm_reads();
+        if round_advanced {
+            self.confirm_reads();
+        }
     }
 
     /// Where to resume after a rejection, using the follower's hint: skip the whole
@@ -228,7 +237,10 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         let index = self.quorum_value(self.durability.durable_index, |p| p.replication.match_index);
         if index > self.commit_index && self.log.term(index) == Some(self.current_term) {
             self.commit_index = index;
-            self.confirm_reads();
+            if !self.reads.is_empty() {
+                self.confirm_reads();
+            }
+            self.on_config_committed();
         }
     }
 

@@ -97,7 +97,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             self.counters.stale += 1;
             return;
         }
-        if self.self_voter {
+        if self.can_vote() {
             self.become_candidate(true);
         }
     }

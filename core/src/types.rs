@@ -24,6 +24,9 @@ pub enum EntryKind {
     /// The no-op a leader appends at the start of its term (§8, thesis 6.4): committing it
     /// commits everything before it. Hosts apply it as nothing.
     Noop,
+    /// A configuration of the cluster (see [`membership`](crate::membership)). Hosts apply
+    /// it as nothing; the node uses it from the moment it is appended.
+    Membership,
 }
 
 /// One entry of the log, borrowed: the index and term it has in the log, its kind and its data.

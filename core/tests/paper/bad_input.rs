@@ -229,3 +229,30 @@ fn return_append(
         .step(from, append(term, (pi, pt), commit, entries));
     c.drain(to);
 }
+
+#[test]
+fn garbage_configuration_entries_are_counted_and_ignored() {
+    let garbage: [&[u8]; 5] = [
+        &[],
+        &[1, 2, 3],
+        &[0; 9],                          // a member with no role
+        &[2, 0, 0, 0, 0, 0, 0, 0, 4],     // only a learner: no voter
+        &[2, 0, 0, 0, 0, 0, 0, 0, 1 | 4], // voter and learner at once
+    ];
+    for data in garbage {
+        let mut c = Cluster::new(&[1, 2, 3]);
+        let entries = [Entry {
+            index: 1,
+            term: 1,
+            kind: EntryKind::Membership,
+            data,
+        }];
+        step_and_collect(c.node_mut(1), 2, append(1, (0, 0), 0, &entries));
+        assert_eq!(c.node(1).counters().invalid, 1, "{data:?}");
+        assert_eq!(
+            c.node(1).members().filter(|m| m.voter).count(),
+            3,
+            "membership unchanged"
+        );
+    }
+}

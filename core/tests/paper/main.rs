@@ -9,6 +9,7 @@ mod election;
 mod election_restriction;
 mod figure7;
 mod figure8;
+mod membership;
 mod proposals;
 mod read;
 mod replication;

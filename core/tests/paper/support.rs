@@ -34,6 +34,8 @@ pub struct Cluster {
     /// are answered at once.
     pub manual_sync: BTreeSet<NodeId>,
     pub held_syncs: BTreeMap<NodeId, SyncToken>,
+    /// Members a node was started with, when not the cluster's.
+    pub bootstrap: BTreeMap<NodeId, Vec<NodeId>>,
 }
 
 pub fn default_config(id: NodeId) -> Config {
@@ -84,6 +86,7 @@ impl Cluster {
             cut: BTreeSet::new(),
             manual_sync: BTreeSet::new(),
             held_syncs: BTreeMap::new(),
+            bootstrap: BTreeMap::new(),
         };
         for &id in ids {
             let log = log(id);
@@ -93,6 +96,21 @@ impl Cluster {
             c.read_outputs.insert(id, Vec::new());
         }
         c
+    }
+
+    /// Starts a new node `id` that knows the cluster as `bootstrap` (it joins once the
+    /// leader adds it).
+    pub fn join(&mut self, id: NodeId, bootstrap: &[NodeId]) {
+        let log = VecLog::new();
+        self.durable.insert(id, log.clone());
+        self.nodes
+            .insert(id, Node::new((self.config)(id), log, bootstrap).unwrap());
+        self.applied.insert(id, Vec::new());
+        self.read_outputs.insert(id, Vec::new());
+        self.bootstrap.insert(id, bootstrap.to_vec());
+        if !self.members.contains(&id) {
+            self.members.push(id);
+        }
     }
 
     pub fn node(&self, id: NodeId) -> &TestNode {
