@@ -33,6 +33,8 @@ pub struct Config {
     /// Approximate bytes of entries in one AppendEntries message (at least one entry is
     /// always sent). A datagram binding sets this to fit its MTU.
     pub max_bytes_per_message: usize,
+    /// The largest chunk of a snapshot in one InstallSnapshot message, in bytes.
+    pub max_snapshot_chunk_bytes: usize,
     /// The largest command a proposal may carry, in bytes.
     pub max_entry_bytes: usize,
     /// Proposals are refused with [`ProposeError::Busy`](crate::ProposeError::Busy) while this
@@ -66,6 +68,7 @@ impl Config {
             max_entries_per_message: 64,
             max_bytes_per_message: 64 * 1024,
             max_entry_bytes: 64 * 1024,
+            max_snapshot_chunk_bytes: 64 * 1024,
             max_uncommitted_entries: 4096,
             lease_drift_ticks: 2,
             auto_leave_joint: true,
@@ -84,7 +87,10 @@ impl Config {
         if self.retransmit_ticks == 0 {
             return Err(ConfigError::ZeroRetransmit);
         }
-        if self.max_inflight == 0 || self.max_entries_per_message == 0 {
+        if self.max_inflight == 0
+            || self.max_entries_per_message == 0
+            || self.max_snapshot_chunk_bytes == 0
+        {
             return Err(ConfigError::ZeroWindow);
         }
         if self.max_uncommitted_entries == 0 {
@@ -104,7 +110,8 @@ pub enum ConfigError {
     HeartbeatNotBelowElection,
     /// `retransmit_ticks` must be at least 1.
     ZeroRetransmit,
-    /// `max_inflight` and `max_entries_per_message` must be at least 1.
+    /// `max_inflight`, `max_entries_per_message` and `max_snapshot_chunk_bytes` must be at
+    /// least 1.
     ZeroWindow,
     /// `max_uncommitted_entries` must be at least 1.
     ZeroUncommitted,

@@ -86,6 +86,7 @@ mod progress;
 pub mod read;
 pub mod replication;
 mod rng;
+pub mod snapshot;
 mod storage;
 pub mod transfer;
 mod types;
@@ -98,13 +99,13 @@ pub use membership::{Member, MembershipChange, MembershipError};
 #[cfg(feature = "alloc")]
 pub use message::OwnedMessage;
 pub use message::{
-    AppendEntries, AppendEntriesResponse, Entries, Message, ReadIndex, ReadIndexResponse,
-    RequestVote, RequestVoteResponse, TimeoutNow,
+    AppendEntries, AppendEntriesResponse, Entries, InstallSnapshot, InstallSnapshotResponse,
+    Message, ReadIndex, ReadIndexResponse, RequestVote, RequestVoteResponse, TimeoutNow,
 };
 pub use node::{Counters, Node, Output, Proposal, ProposeError, StateChange};
 pub use progress::{Progress, ProgressState};
 pub use read::{ReadError, ReadMode};
-pub use storage::{ArrayLog, LogStorage, StorageError};
+pub use storage::{ArrayLog, LogStorage, SnapshotMeta, StorageError, MAX_MEMBERS};
 #[cfg(feature = "alloc")]
 pub use storage::{OwnedEntry, VecLog};
 pub use transfer::TransferError;

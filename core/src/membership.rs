@@ -149,6 +149,11 @@ fn records(data: &[u8]) -> Option<impl Iterator<Item = Member> + Clone + '_> {
     valid.then_some(iter)
 }
 
+/// Is `data` a valid encoded configuration?
+pub(crate) fn records_valid(data: &[u8]) -> bool {
+    records(data).is_some()
+}
+
 /// Encodes members into `buf`; `None` if it does not fit.
 fn encode(members: impl Iterator<Item = Member>, buf: &mut [u8]) -> Option<usize> {
     let mut n = 0;
@@ -411,7 +416,10 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             }
             i -= 1;
         }
-        self.restore_bootstrap_members();
+        match self.log.snapshot_meta() {
+            Some(meta) if !meta.config().is_empty() => self.use_config(meta.index, meta.config()),
+            _ => self.restore_bootstrap_members(),
+        }
     }
 
     /// On the leader, after the commit index moved: leave a committed joint configuration
@@ -437,13 +445,16 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             .retain(|p| p.voter || p.voter_outgoing || p.learner || Some(p.id) == keep);
     }
 
-    /// The compaction point may not pass the newest configuration entry until snapshots
-    /// carry the configuration: a restart must find it in the log.
+    /// How far the log may be compacted: through the kept snapshot if there is one (it
+    /// carries the configuration); without one, not past the newest configuration entry,
+    /// which a restart must find in the log.
     pub(crate) fn compaction_limit(&self) -> Index {
-        if self.config_index == 0 {
-            Index::MAX
-        } else {
-            self.config_index - 1
+        match self.log.snapshot_meta() {
+            // A follower that needs compacted entries gets the snapshot, which carries the
+            // configuration in force at its index.
+            Some(meta) => meta.index,
+            None if self.config_index == 0 => Index::MAX,
+            None => self.config_index - 1,
         }
     }
 }

@@ -128,6 +128,46 @@ pub struct ReadIndexResponse {
     pub success: bool,
 }
 
+/// InstallSnapshot RPC (§7), in chunks: the leader sends a follower that needs compacted
+/// entries its snapshot, `data` being the bytes from `offset`. Resumable: the follower
+/// answers with the offset it expects next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct InstallSnapshot<'a> {
+    /// Leader's term.
+    pub term: Term,
+    /// The snapshot replaces all entries up through and including this index.
+    pub last_included_index: Index,
+    /// Term of `last_included_index`.
+    pub last_included_term: Term,
+    /// Total length of the snapshot in bytes.
+    pub size: u64,
+    /// Byte offset of `data` in the snapshot.
+    pub offset: u64,
+    /// The configuration in force at `last_included_index` (a membership entry's encoding).
+    #[cfg_attr(feature = "serde", serde(borrow))]
+    pub config: &'a [u8],
+    /// The chunk.
+    #[cfg_attr(feature = "serde", serde(borrow))]
+    pub data: &'a [u8],
+}
+
+/// The answer to an [`InstallSnapshot`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct InstallSnapshotResponse {
+    /// Follower's term.
+    pub term: Term,
+    /// The snapshot this answers.
+    pub last_included_index: Index,
+    /// The next byte offset the follower expects; the snapshot's size once installed.
+    pub next_offset: u64,
+    /// The follower holds everything through `last_included_index` now.
+    pub done: bool,
+}
+
 /// Every message of the protocol. New kinds are added at the end (hence non-exhaustive).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -148,6 +188,10 @@ pub enum Message<'a> {
     ReadIndex(ReadIndex),
     /// The leader's answer with the read index.
     ReadIndexResponse(ReadIndexResponse),
+    /// A chunk of the leader's snapshot.
+    InstallSnapshot(InstallSnapshot<'a>),
+    /// A snapshot chunk answer.
+    InstallSnapshotResponse(InstallSnapshotResponse),
 }
 
 impl Message<'_> {
@@ -161,10 +205,13 @@ impl Message<'_> {
             Message::TimeoutNow(m) => m.term,
             Message::ReadIndex(m) => m.term,
             Message::ReadIndexResponse(m) => m.term,
+            Message::InstallSnapshot(m) => m.term,
+            Message::InstallSnapshotResponse(m) => m.term,
         }
     }
 
-    /// The same message with the entries of an AppendEntries left out.
+    /// The same message with the entries of an AppendEntries (and the bytes of an
+    /// InstallSnapshot) left out.
     pub fn without_entries(&self) -> Message<'static> {
         match *self {
             Message::RequestVote(m) => Message::RequestVote(m),
@@ -177,6 +224,12 @@ impl Message<'_> {
             Message::TimeoutNow(m) => Message::TimeoutNow(m),
             Message::ReadIndex(m) => Message::ReadIndex(m),
             Message::ReadIndexResponse(m) => Message::ReadIndexResponse(m),
+            Message::InstallSnapshot(m) => Message::InstallSnapshot(InstallSnapshot {
+                config: &[],
+                data: &[],
+                ..m
+            }),
+            Message::InstallSnapshotResponse(m) => Message::InstallSnapshotResponse(m),
         }
     }
 
@@ -193,6 +246,8 @@ impl Message<'_> {
             Message::TimeoutNow(_) => "TimeoutNow",
             Message::ReadIndex(_) => "ReadIndex",
             Message::ReadIndexResponse(_) => "ReadIndexResponse",
+            Message::InstallSnapshot(_) => "InstallSnapshot",
+            Message::InstallSnapshotResponse(_) => "InstallSnapshotResponse",
         }
     }
 }
@@ -324,6 +379,8 @@ mod owned {
         /// The message with its entries left out.
         header: Message<'static>,
         entries: Vec<OwnedEntry>,
+        /// An InstallSnapshot's configuration and data.
+        snapshot: (Vec<u8>, Vec<u8>),
     }
 
     impl OwnedMessage {
@@ -333,6 +390,11 @@ mod owned {
                 Message::AppendEntries(a) => Message::AppendEntries(AppendEntries {
                     entries: Entries(Repr::Owned(&self.entries)),
                     ..a
+                }),
+                Message::InstallSnapshot(m) => Message::InstallSnapshot(InstallSnapshot {
+                    config: &self.snapshot.0,
+                    data: &self.snapshot.1,
+                    ..m
                 }),
                 other => other,
             }
@@ -355,9 +417,14 @@ mod owned {
                 Message::AppendEntries(a) => a.entries.iter().map(OwnedEntry::from).collect(),
                 _ => Vec::new(),
             };
+            let snapshot = match m {
+                Message::InstallSnapshot(i) => (i.config.to_vec(), i.data.to_vec()),
+                _ => (Vec::new(), Vec::new()),
+            };
             OwnedMessage {
                 header: m.without_entries(),
                 entries,
+                snapshot,
             }
         }
     }

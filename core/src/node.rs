@@ -14,12 +14,13 @@ use crate::config::{Config, ConfigError};
 use crate::durability::{Durability, Gated, SyncToken};
 use crate::log_macros::info;
 use crate::message::{
-    AppendEntries, AppendEntriesResponse, Entries, Message, ReadIndex, ReadIndexResponse,
-    RequestVote, RequestVoteResponse, TimeoutNow,
+    AppendEntries, AppendEntriesResponse, Entries, InstallSnapshotResponse, Message, ReadIndex,
+    ReadIndexResponse, RequestVote, RequestVoteResponse, TimeoutNow,
 };
 use crate::progress::{Progress, Replication};
 use crate::read::PendingRead;
 use crate::rng::Rng;
+use crate::storage::SnapshotMeta;
 use crate::storage::{LogStorage, StorageError};
 use crate::transfer::Transfer;
 use crate::types::{Entry, EntryKind, HardState, Index, NodeId, Role, Term};
@@ -73,6 +74,14 @@ pub struct Node<S: LogStorage, const N: usize = 6, const I: usize = 8, const R: 
     pub(crate) transfer: Option<Transfer>,
     /// This candidate campaigns on the leader's request (TimeoutNow).
     pub(crate) transfer_campaign: bool,
+    /// Leader: the snapshot being sent to followers that need it.
+    pub(crate) snapshot_out: Option<SnapshotMeta>,
+    /// Follower: the snapshot being received and the next offset expected.
+    pub(crate) incoming_snapshot: Option<(SnapshotMeta, u64)>,
+    /// A snapshot the host must restore its state machine from.
+    pub(crate) restore_pending: Option<SnapshotMeta>,
+    /// The log filled up: ask the host for a snapshot.
+    pub(crate) snapshot_needed: bool,
     pub(crate) durability: Durability,
     announced: StateChange,
     send_cursor: usize,
@@ -94,6 +103,7 @@ pub(crate) struct Peer<const I: usize> {
     pub send_heartbeat: bool,
     pub vote_response: Option<Gated<RequestVoteResponse>>,
     pub append_response: Option<Gated<AppendEntriesResponse>>,
+    pub snapshot_response: Option<Gated<InstallSnapshotResponse>>,
     /// Newest heartbeat round this peer answered in the current term.
     pub acked_round: u64,
     pub send_timeout_now: bool,
@@ -145,6 +155,17 @@ pub enum Output<'a> {
         /// The host's id of the read.
         id: u64,
     },
+    /// A snapshot was installed from the leader (or the state machine is behind the kept
+    /// one after a restart): restore the state machine from the snapshot the storage keeps
+    /// ([`LogStorage::snapshot_meta`]). Entries after it follow as [`Output::Apply`].
+    RestoreSnapshot {
+        /// The snapshot's last included index: the state machine's applied index after it.
+        index: Index,
+        /// Its term.
+        term: Term,
+    },
+    /// The log storage is full: take a snapshot at the applied index and compact.
+    SnapshotNeeded,
 }
 
 /// Why a proposal was refused.
@@ -243,6 +264,11 @@ pub(crate) enum Outgoing {
     TimeoutNow(TimeoutNow),
     ReadIndex(ReadIndex),
     ReadIndexResponse(ReadIndexResponse),
+    InstallSnapshot {
+        offset: u64,
+        len: usize,
+    },
+    InstallSnapshotResponse(InstallSnapshotResponse),
 }
 
 impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I, R> {
@@ -270,7 +296,12 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             return Err(ConfigError::BadMembers);
         }
         let last = log.last_index();
-        if config.applied > last || config.applied + 1 < log.first_index() {
+        let restore = match log.snapshot_meta() {
+            // The state machine is behind the snapshot: restore it first.
+            Some(meta) if config.applied < meta.index => Some(meta),
+            _ => None,
+        };
+        if config.applied > last || (config.applied + 1 < log.first_index() && restore.is_none()) {
             return Err(ConfigError::AppliedBeyondLog);
         }
         let HardState {
@@ -308,6 +339,10 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             reads: heapless::Vec::new(),
             transfer: None,
             transfer_campaign: false,
+            snapshot_out: None,
+            incoming_snapshot: None,
+            restore_pending: None,
+            snapshot_needed: false,
             durability: Durability::new(last),
             announced: StateChange {
                 role: Role::Follower,
@@ -317,6 +352,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             send_cursor: 0,
             counters: Counters::default(),
         };
+        node.restore_pending = restore;
         node.load_config_from_log();
         node.reset_election_timer();
         Ok(node)
@@ -369,7 +405,9 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                     vote_granted: true,
                     ..
                 }) => {}
-                Message::AppendEntries(_) => self.become_follower(term, Some(from)),
+                Message::AppendEntries(_) | Message::InstallSnapshot(_) => {
+                    self.become_follower(term, Some(from))
+                }
                 _ => self.become_follower(term, None),
             }
         } else if term < self.current_term {
@@ -390,6 +428,8 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             Message::TimeoutNow(_) => self.on_timeout_now(peer),
             Message::ReadIndex(m) => self.on_read_index(peer, m),
             Message::ReadIndexResponse(m) => self.on_read_index_response(m),
+            Message::InstallSnapshot(m) => self.on_install_snapshot(peer, &m),
+            Message::InstallSnapshotResponse(m) => self.on_install_snapshot_response(peer, m),
         }
     }
 
@@ -478,10 +518,19 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         if let Some(token) = self.durability.take_sync_request() {
             return Some(Output::Sync(token));
         }
+        if core::mem::take(&mut self.snapshot_needed) {
+            return Some(Output::SnapshotNeeded);
+        }
         if let Some((peer, outgoing)) = self.next_outgoing() {
             let to = self.peers[peer].id;
             let message = self.build_message(outgoing);
             return Some(Output::Send { to, message });
+        }
+        if let Some(meta) = self.take_restore() {
+            return Some(Output::RestoreSnapshot {
+                index: meta.index,
+                term: meta.term,
+            });
         }
         let ready = self.commit_index.min(self.durability.durable_index);
         if self.applied < ready && self.log.entry(self.applied + 1).is_some() {
@@ -711,6 +760,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             Err(e) => {
                 if e == StorageError::Full {
                     self.counters.log_full += 1;
+                    self.snapshot_needed = true;
                 } else {
                     self.storage_failed_now();
                 }
@@ -733,6 +783,14 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         let after = self.durability.last_write;
         if let Some(i) = self.peer_index(to) {
             self.peers[i].append_response = Some(Gated { message, after });
+        }
+    }
+
+    /// Queues an answer to an InstallSnapshot chunk.
+    pub(crate) fn answer_snapshot(&mut self, to: NodeId, message: InstallSnapshotResponse) {
+        let after = self.durability.last_write;
+        if let Some(i) = self.peer_index(to) {
+            self.peers[i].snapshot_response = Some(Gated { message, after });
         }
     }
 
@@ -790,6 +848,12 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                 return Some(Outgoing::AppendResponse(g.message));
             }
         }
+        if let Some(g) = peer.snapshot_response {
+            if durability.released(g.after) {
+                peer.snapshot_response = None;
+                return Some(Outgoing::InstallSnapshotResponse(g.message));
+            }
+        }
         if let Some(out) = self.read_message_for(i) {
             return Some(out);
         }
@@ -814,6 +878,10 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             Outgoing::TimeoutNow(m) => Message::TimeoutNow(m),
             Outgoing::ReadIndex(m) => Message::ReadIndex(m),
             Outgoing::ReadIndexResponse(m) => Message::ReadIndexResponse(m),
+            Outgoing::InstallSnapshot { offset, len } => {
+                Message::InstallSnapshot(self.install_snapshot_message(offset, len))
+            }
+            Outgoing::InstallSnapshotResponse(m) => Message::InstallSnapshotResponse(m),
             Outgoing::Append {
                 prev_log_index,
                 prev_log_term,
@@ -854,6 +922,7 @@ impl<const I: usize> Peer<I> {
             send_heartbeat: false,
             vote_response: None,
             append_response: None,
+            snapshot_response: None,
             acked_round: 0,
             send_timeout_now: false,
         }

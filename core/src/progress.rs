@@ -13,6 +13,9 @@ pub enum ProgressState {
     Probe,
     /// The logs agree up to `match_index`: entries stream ahead, up to the in-flight window.
     Replicate,
+    /// The peer needs entries compacted away: the leader sends its snapshot, a chunk at a
+    /// time.
+    Snapshot,
 }
 
 /// A read-only view of a peer's replication progress.
@@ -44,6 +47,9 @@ pub(crate) struct Replication<const I: usize> {
     pub recent_active: bool,
     /// Tick of the last increase of `match_index` (or of the reset), for retransmission.
     pub last_progress: u64,
+    /// In snapshot state: the snapshot being sent and the next byte to send.
+    pub snapshot_index: Index,
+    pub snapshot_offset: u64,
 }
 
 impl<const I: usize> Replication<I> {
@@ -56,6 +62,8 @@ impl<const I: usize> Replication<I> {
             inflight: heapless::Deque::new(),
             recent_active: false,
             last_progress: now,
+            snapshot_index: 0,
+            snapshot_offset: 0,
         }
     }
 

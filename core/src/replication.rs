@@ -80,6 +80,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                 Err(StorageError::Full) => {
                     // Acknowledge what fit; the leader sends the rest again.
                     self.counters.log_full += 1;
+                    self.snapshot_needed = true;
                     break;
                 }
                 Err(_) => {
@@ -180,6 +181,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                 ProgressState::Replicate => {
                     r.next_index = r.next_index.max(r.match_index + 1);
                 }
+                ProgressState::Snapshot => {}
             }
             if advanced {
                 self.advance_commit_index();
@@ -262,6 +264,15 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                 r.last_progress = now;
                 self.counters.retransmits += 1;
             }
+            if r.state == ProgressState::Snapshot
+                && r.probe_sent
+                && now >= r.last_progress + retransmit
+            {
+                // The chunk or its answer was lost: send it again.
+                r.probe_sent = false;
+                r.last_progress = now;
+                self.counters.retransmits += 1;
+            }
         }
     }
 
@@ -274,12 +285,20 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         let send_entries = match r.state {
             ProgressState::Probe => !r.probe_sent,
             ProgressState::Replicate => r.next_index <= last && r.inflight.len() < window,
+            ProgressState::Snapshot => false,
         };
+        let next = r.next_index;
+        if r.state == ProgressState::Snapshot {
+            if let Some(chunk) = self.snapshot_chunk_for(i) {
+                return Some(chunk);
+            }
+        }
         if send_entries {
-            let next = r.next_index;
             let Some(prev_log_term) = self.log.term(next - 1) else {
-                // The entries this peer needs are compacted away: it needs a snapshot.
-                self.counters.needs_snapshot += 1;
+                // The entries this peer needs are compacted away: send the snapshot.
+                if self.start_snapshot(i) {
+                    return self.snapshot_chunk_for(i);
+                }
                 self.peers[i].send_heartbeat = false;
                 return None;
             };
@@ -294,6 +313,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                     r.next_index = next + len as u64;
                     let _ = r.inflight.push_back(next + len as u64 - 1);
                 }
+                ProgressState::Snapshot => {}
             }
             return Some(Outgoing::Append {
                 prev_log_index: next - 1,

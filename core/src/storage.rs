@@ -55,8 +55,8 @@ pub trait LogStorage {
     fn first_index(&self) -> Index;
     /// Index of the last entry (`first_index() - 1` when no entry is kept).
     fn last_index(&self) -> Index;
-    /// Term of the entry at `index`, for `first_index() - 1 ..= last_index()`; `Some(0)` for
-    /// index 0; `None` outside that range.
+    /// Term of the entry at `index`, for `first_index() - 1 ..= last_index()` (so `Some(0)`
+    /// for index 0 of a log never compacted); `None` outside that range.
     fn term(&self, index: Index) -> Option<Term>;
     /// The entry at `index`, if kept.
     fn entry(&self, index: Index) -> Option<Entry<'_>>;
@@ -66,6 +66,76 @@ pub trait LogStorage {
     fn truncate_suffix(&mut self, from: Index) -> Result<(), StorageError>;
     /// Drops the entries `first_index()..=through`, remembering the term of `through`.
     fn compact(&mut self, through: Index) -> Result<(), StorageError>;
+
+    /// The metadata of the snapshot kept, if this storage keeps snapshots. The default keeps
+    /// none: a leader then cannot bring back a follower that needs compacted entries.
+    fn snapshot_meta(&self) -> Option<SnapshotMeta> {
+        None
+    }
+
+    /// Up to `max` bytes of the kept snapshot from `offset` (empty past its end).
+    fn snapshot_chunk(&self, offset: u64, max: usize) -> Result<&[u8], StorageError> {
+        let _ = (offset, max);
+        Err(StorageError::Unavailable)
+    }
+
+    /// Stores a chunk of a snapshot being received. `offset` 0 starts a new one.
+    fn receive_snapshot_chunk(
+        &mut self,
+        meta: &SnapshotMeta,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), StorageError> {
+        let _ = (meta, offset, data);
+        Err(StorageError::Unavailable)
+    }
+
+    /// The snapshot being received is complete: it becomes the kept snapshot and the log
+    /// restarts after it (entries after `meta.index` are kept if the log holds `meta.index`
+    /// with `meta.term`, otherwise all entries go).
+    fn install_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), StorageError> {
+        let _ = meta;
+        Err(StorageError::Unavailable)
+    }
+}
+
+/// The most members a snapshot's configuration holds.
+pub const MAX_MEMBERS: usize = 32;
+
+/// What a snapshot stands for: the state machine after applying every entry through
+/// `index` (of `term`), `size` bytes long, and the configuration in force at `index`
+/// (thesis 5.1: the snapshot carries the latest configuration).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotMeta {
+    /// Last index the snapshot covers (`lastIncludedIndex`).
+    pub index: Index,
+    /// Term of that entry (`lastIncludedTerm`).
+    pub term: Term,
+    /// Length of the snapshot in bytes.
+    pub size: u64,
+    config_len: u16,
+    config: [u8; MAX_MEMBERS * 9],
+}
+
+impl SnapshotMeta {
+    /// Metadata with the encoded configuration `config` (as in a membership entry); `None`
+    /// if it is larger than [`MAX_MEMBERS`] members.
+    pub fn new(index: Index, term: Term, size: u64, config: &[u8]) -> Option<Self> {
+        let mut buf = [0u8; MAX_MEMBERS * 9];
+        buf.get_mut(..config.len())?.copy_from_slice(config);
+        Some(SnapshotMeta {
+            index,
+            term,
+            size,
+            config_len: config.len() as u16,
+            config: buf,
+        })
+    }
+
+    /// The encoded configuration (empty: the bootstrap members).
+    pub fn config(&self) -> &[u8] {
+        &self.config[..self.config_len as usize]
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -153,9 +223,6 @@ impl<const CAP: usize, const DATA: usize> LogStorage for ArrayLog<CAP, DATA> {
     }
 
     fn term(&self, index: Index) -> Option<Term> {
-        if index == 0 {
-            return Some(0);
-        }
         if index + 1 == self.first {
             return Some(self.compacted_term);
         }
@@ -267,6 +334,8 @@ mod vec_log {
         first: Index,
         compacted_term: Term,
         hard_state: HardState,
+        snapshot: Option<(SnapshotMeta, Vec<u8>)>,
+        incoming: Option<(SnapshotMeta, Vec<u8>)>,
     }
 
     impl VecLog {
@@ -277,12 +346,26 @@ mod vec_log {
                 first: 1,
                 compacted_term: 0,
                 hard_state: HardState::default(),
+                snapshot: None,
+                incoming: None,
             }
         }
 
         /// The entries kept, in order.
         pub fn entries(&self) -> &[OwnedEntry] {
             &self.entries
+        }
+
+        /// Keeps `data` as the snapshot described by `meta` (taken by the host at an applied
+        /// index); compact the log through `meta.index` afterwards with
+        /// [`Node::compact`](crate::Node::compact).
+        pub fn save_snapshot(&mut self, meta: SnapshotMeta, data: Vec<u8>) {
+            self.snapshot = Some((meta, data));
+        }
+
+        /// The snapshot kept, with its bytes.
+        pub fn snapshot(&self) -> Option<(&SnapshotMeta, &[u8])> {
+            self.snapshot.as_ref().map(|(m, d)| (m, d.as_slice()))
         }
 
         fn position(&self, index: Index) -> Option<usize> {
@@ -313,9 +396,6 @@ mod vec_log {
         }
 
         fn term(&self, index: Index) -> Option<Term> {
-            if index == 0 {
-                return Some(0);
-            }
             if index + 1 == self.first {
                 return Some(self.compacted_term);
             }
@@ -352,6 +432,55 @@ mod vec_log {
             self.compacted_term = term;
             Ok(())
         }
+
+        fn snapshot_meta(&self) -> Option<SnapshotMeta> {
+            self.snapshot.as_ref().map(|(m, _)| *m)
+        }
+
+        fn snapshot_chunk(&self, offset: u64, max: usize) -> Result<&[u8], StorageError> {
+            let (_, data) = self.snapshot.as_ref().ok_or(StorageError::Unavailable)?;
+            let start = (offset as usize).min(data.len());
+            let end = start.saturating_add(max).min(data.len());
+            Ok(&data[start..end])
+        }
+
+        fn receive_snapshot_chunk(
+            &mut self,
+            meta: &SnapshotMeta,
+            offset: u64,
+            data: &[u8],
+        ) -> Result<(), StorageError> {
+            if offset == 0 {
+                self.incoming = Some((*meta, Vec::new()));
+            }
+            match &mut self.incoming {
+                Some((m, buf)) if m == meta && buf.len() as u64 == offset => {
+                    buf.extend_from_slice(data);
+                    Ok(())
+                }
+                _ => Err(StorageError::OutOfRange),
+            }
+        }
+
+        fn install_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), StorageError> {
+            match self.incoming.take() {
+                Some((m, data)) if &m == meta && data.len() as u64 == meta.size => {
+                    if self.term(meta.index) == Some(meta.term) {
+                        self.compact(meta.index)?;
+                    } else {
+                        self.entries.clear();
+                        self.first = meta.index + 1;
+                        self.compacted_term = meta.term;
+                    }
+                    self.snapshot = Some((m, data));
+                    Ok(())
+                }
+                other => {
+                    self.incoming = other;
+                    Err(StorageError::OutOfRange)
+                }
+            }
+        }
     }
 }
 
@@ -383,7 +512,7 @@ mod tests {
         log.compact(1).unwrap();
         assert_eq!(log.first_index(), 2);
         assert_eq!(log.term(1), Some(1));
-        assert_eq!(log.term(0), Some(0));
+        assert_eq!(log.term(0), None, "compacted away");
         assert_eq!(log.entry(1), None);
         assert_eq!(log.truncate_suffix(1), Err(StorageError::Compacted));
         log.append(&e(3, 5, b"z")).unwrap();

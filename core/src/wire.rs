@@ -26,8 +26,8 @@
 //! ```
 
 use crate::message::{
-    AppendEntries, AppendEntriesResponse, Entries, Message, ReadIndex, ReadIndexResponse,
-    RequestVote, RequestVoteResponse, TimeoutNow,
+    AppendEntries, AppendEntriesResponse, Entries, InstallSnapshot, InstallSnapshotResponse,
+    Message, ReadIndex, ReadIndexResponse, RequestVote, RequestVoteResponse, TimeoutNow,
 };
 use crate::types::{Entry, Index, NodeId, Term};
 use core::fmt;
@@ -55,6 +55,15 @@ pub const TIMEOUT_NOW_MAX: usize = HEADER_MAX + 1 + VARINT_U64;
 pub const READ_INDEX_MAX: usize = HEADER_MAX + 1 + 2 * VARINT_U64;
 /// Largest encoded ReadIndexResponse, header included.
 pub const READ_INDEX_RESPONSE_MAX: usize = HEADER_MAX + 1 + 3 * VARINT_U64 + 1;
+/// Largest encoded InstallSnapshotResponse, header included.
+pub const INSTALL_SNAPSHOT_RESPONSE_MAX: usize = HEADER_MAX + 1 + 3 * VARINT_U64 + 1;
+
+/// Largest encoded InstallSnapshot carrying `config_bytes` of configuration and
+/// `data_bytes` of snapshot, header included.
+pub const fn install_snapshot_max(config_bytes: usize, data_bytes: usize) -> usize {
+    HEADER_MAX + 1 + 5 * VARINT_U64 + 2 * VARINT_LEN + config_bytes + data_bytes
+}
+
 /// Largest encoded AppendEntries without entries (a heartbeat), header included.
 pub const APPEND_ENTRIES_FIXED_MAX: usize = HEADER_MAX + 1 + 5 * VARINT_U64 + VARINT_LEN;
 
@@ -219,6 +228,8 @@ enum WireMessage<'a, const E: usize> {
     TimeoutNow(TimeoutNow),
     ReadIndex(ReadIndex),
     ReadIndexResponse(ReadIndexResponse),
+    InstallSnapshot(#[serde(borrow)] InstallSnapshot<'a>),
+    InstallSnapshotResponse(InstallSnapshotResponse),
 }
 
 /// A decoded frame: its addressing and its message, whose entries (at most `E`) borrow
@@ -243,6 +254,8 @@ impl<const E: usize> Decoded<'_, E> {
             WireMessage::TimeoutNow(m) => Message::TimeoutNow(*m),
             WireMessage::ReadIndex(m) => Message::ReadIndex(*m),
             WireMessage::ReadIndexResponse(m) => Message::ReadIndexResponse(*m),
+            WireMessage::InstallSnapshot(m) => Message::InstallSnapshot(*m),
+            WireMessage::InstallSnapshotResponse(m) => Message::InstallSnapshotResponse(*m),
             WireMessage::AppendEntries(a) => Message::AppendEntries(AppendEntries {
                 term: a.term,
                 prev_log_index: a.prev_log_index,
@@ -359,6 +372,27 @@ mod tests {
                 success: true,
             }),
             READ_INDEX_RESPONSE_MAX,
+        );
+        roundtrip(
+            Message::InstallSnapshotResponse(InstallSnapshotResponse {
+                term: MAX,
+                last_included_index: MAX,
+                next_offset: MAX,
+                done: true,
+            }),
+            INSTALL_SNAPSHOT_RESPONSE_MAX,
+        );
+        roundtrip(
+            Message::InstallSnapshot(InstallSnapshot {
+                term: MAX,
+                last_included_index: MAX,
+                last_included_term: MAX,
+                size: MAX,
+                offset: MAX,
+                config: &[1; 27],
+                data: &[2; 300],
+            }),
+            install_snapshot_max(27, 300),
         );
         let data = [7u8; 100];
         let entries: [Entry<'_>; 3] = core::array::from_fn(|i| Entry {

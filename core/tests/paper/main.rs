@@ -13,4 +13,5 @@ mod membership;
 mod proposals;
 mod read;
 mod replication;
+mod snapshot;
 mod transfer;

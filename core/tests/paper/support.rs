@@ -26,6 +26,10 @@ pub struct Cluster {
     durable: BTreeMap<NodeId, VecLog>,
     pub queue: VecDeque<Envelope>,
     pub applied: BTreeMap<NodeId, Vec<OwnedEntry>>,
+    /// Snapshots each node was told to restore.
+    pub restored: BTreeMap<NodeId, Vec<coracle::SnapshotMeta>>,
+    /// Times each node asked for a snapshot.
+    pub snapshots_needed: BTreeMap<NodeId, usize>,
     /// Reads released: (id, Some(index)) ready, (id, None) failed.
     pub read_outputs: BTreeMap<NodeId, Vec<(u64, Option<Index>)>>,
     /// Directed links that drop everything.
@@ -83,6 +87,8 @@ impl Cluster {
             queue: VecDeque::new(),
             applied: BTreeMap::new(),
             read_outputs: BTreeMap::new(),
+            restored: BTreeMap::new(),
+            snapshots_needed: BTreeMap::new(),
             cut: BTreeSet::new(),
             manual_sync: BTreeSet::new(),
             held_syncs: BTreeMap::new(),
@@ -147,6 +153,14 @@ impl Cluster {
                         .push((r, Some(index))),
                     coracle::Output::ReadFailed { id: r } => {
                         self.read_outputs.get_mut(&id).unwrap().push((r, None))
+                    }
+                    coracle::Output::RestoreSnapshot { index, .. } => {
+                        let meta = node.log().snapshot_meta().expect("a kept snapshot");
+                        assert_eq!(meta.index, index);
+                        self.restored.entry(id).or_default().push(meta)
+                    }
+                    coracle::Output::SnapshotNeeded => {
+                        *self.snapshots_needed.entry(id).or_default() += 1
                     }
                     _ => {}
                 }
@@ -284,6 +298,20 @@ impl Cluster {
 
     pub fn terms(&self, id: NodeId) -> Vec<Term> {
         terms_of(self.node(id).log())
+    }
+
+    /// Node `id` snapshots its state machine (here: the commands it applied, concatenated)
+    /// at its applied index and compacts its log through it.
+    pub fn snapshot(&mut self, id: NodeId) -> coracle::SnapshotMeta {
+        let data: Vec<u8> = self.commands(id).concat();
+        let node = self.node_mut(id);
+        let applied = node.applied_index();
+        let meta = node.snapshot_meta_at(applied, data.len() as u64).unwrap();
+        node.log_mut().save_snapshot(meta, data);
+        node.compact(applied).unwrap();
+        let log = node.log().clone();
+        self.durable.insert(id, log);
+        meta
     }
 
     /// Commands applied by `id`, without no-ops.

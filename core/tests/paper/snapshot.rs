@@ -1,0 +1,260 @@
+//! Snapshots and compaction (§7): InstallSnapshot in chunks, resumable; the configuration
+//! travels in the snapshot.
+
+use crate::support::*;
+use coracle::{
+    ArrayLog, Config, InstallSnapshot, LogStorage, MembershipChange, Message, Node, NodeId, Output,
+};
+
+fn small_chunks(id: NodeId) -> Config {
+    let mut c = default_config(id);
+    c.max_snapshot_chunk_bytes = 4;
+    c
+}
+
+/// Leader 1 compacts past what node 3 has; node 3 is cut off meanwhile.
+fn compacted_cluster() -> (Cluster, coracle::SnapshotMeta) {
+    let mut c = Cluster::with(&[1, 2, 3], small_chunks, |_| coracle::VecLog::new());
+    c.elect(1);
+    c.isolate(3);
+    for i in 0..10u8 {
+        c.propose(1, &[b'a' + i]);
+    }
+    c.stabilize();
+    let meta = c.snapshot(1);
+    assert_eq!(meta.index, 11);
+    assert_eq!(c.node(1).log().first_index(), 12);
+    (c, meta)
+}
+
+fn chunk_offset(e: &Envelope) -> Option<u64> {
+    match e.message.as_message() {
+        Message::InstallSnapshot(m) if e.to == 3 => Some(m.offset),
+        _ => None,
+    }
+}
+
+/// Runs `ticks` ticks, delivering only the messages `deliver` accepts.
+fn run_filtered(c: &mut Cluster, ticks: u64, mut deliver: impl FnMut(&Envelope) -> bool) {
+    for _ in 0..ticks {
+        let ids: Vec<_> = c.nodes.keys().copied().collect();
+        for id in ids {
+            c.tick(id, 1);
+        }
+        while let Some(env) = c.queue.pop_front() {
+            if deliver(&env) {
+                c.deliver(env);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_follower_behind_the_compacted_log_gets_the_snapshot_in_chunks() {
+    let (mut c, meta) = compacted_cluster();
+    c.heal();
+    c.propose(1, b"after");
+    let mut chunks = 0;
+    run_filtered(&mut c, 10, |e| {
+        chunks += chunk_offset(e).is_some() as usize;
+        true
+    });
+    assert_eq!(chunks, 3, "10 bytes in chunks of 4");
+    assert_eq!(
+        c.restored[&3],
+        vec![meta],
+        "the host restores from the snapshot"
+    );
+    let (kept, bytes) = c.node(3).log().snapshot().unwrap();
+    assert_eq!((kept, bytes), (&meta, &b"abcdefghij"[..]));
+    assert_eq!(c.node(3).log().first_index(), 12);
+    c.run(2);
+    assert_eq!(
+        c.commands(3),
+        vec![b"after".to_vec()],
+        "then the log after it"
+    );
+    assert_eq!(c.node(3).applied_index(), c.node(1).applied_index());
+}
+
+#[test]
+fn an_interrupted_install_resumes_where_it_stopped() {
+    let (mut c, meta) = compacted_cluster();
+    c.heal();
+    let mut dropped = false;
+    run_filtered(&mut c, 20, |e| {
+        let drop = chunk_offset(e) == Some(4) && !dropped;
+        dropped |= drop;
+        !drop
+    });
+    assert!(dropped);
+    assert_eq!(c.restored[&3], vec![meta]);
+    assert!(c.node(1).counters().retransmits >= 1);
+}
+
+#[test]
+fn a_new_leader_with_the_same_snapshot_resumes_the_transfer() {
+    let mut c = Cluster::with(&[1, 2, 3], small_chunks, |_| coracle::VecLog::new());
+    c.elect(1);
+    c.isolate(3);
+    for i in 0..10u8 {
+        c.propose(1, &[b'a' + i]);
+    }
+    c.stabilize();
+    c.run(1); // node 2 learns the commit index
+    let meta = c.snapshot(1);
+    assert_eq!(c.snapshot(2), meta, "same state machine, same snapshot");
+    c.heal();
+    // Node 3 gets two chunks from leader 1, then leader 1 dies.
+    let mut got = 0;
+    run_filtered(&mut c, 10, |e| {
+        if got == 2 {
+            return false;
+        }
+        got += chunk_offset(e).is_some() as usize;
+        true
+    });
+    assert_eq!(got, 2);
+    c.crash(1);
+    let mut from_2 = Vec::new();
+    run_filtered(&mut c, 40, |e| {
+        if e.from == 2 {
+            from_2.extend(chunk_offset(e));
+        }
+        true
+    });
+    assert_eq!(c.leaders(), vec![2]);
+    assert_eq!(
+        from_2,
+        vec![0, 8],
+        "node 3 answered the first chunk with where it stopped"
+    );
+    assert_eq!(c.restored[&3], vec![meta]);
+}
+
+#[test]
+fn a_new_node_joins_as_a_learner_from_a_snapshot_then_the_log() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    for i in 0..5u8 {
+        c.propose(1, &[b'0' + i]);
+    }
+    c.stabilize();
+    for id in [1, 2, 3] {
+        c.snapshot(id);
+    }
+    c.join(4, &[1, 2, 3]);
+    c.node_mut(1)
+        .change_membership(MembershipChange::AddLearner(4))
+        .unwrap();
+    c.propose(1, b"5");
+    c.run(5);
+    assert_eq!(c.restored[&4].len(), 1, "operations 1..N from the snapshot");
+    assert_eq!(c.commands(4), vec![b"5".to_vec()], "N+1.. from the log");
+    assert!(c.node(4).members().any(|m| m.id == 4 && m.learner));
+}
+
+#[test]
+fn the_snapshot_carries_the_configuration() {
+    let mut c = Cluster::with(&[1, 2, 3], small_chunks, |_| coracle::VecLog::new());
+    c.elect(1);
+    c.stabilize();
+    c.node_mut(1)
+        .change_membership(MembershipChange::AddLearner(9))
+        .unwrap();
+    c.isolate(3);
+    c.stabilize();
+    c.run(2);
+    let meta = c.snapshot(1);
+    assert!(!meta.config().is_empty());
+    c.heal();
+    c.run(10);
+    assert!(
+        c.node(3).members().any(|m| m.id == 9 && m.learner),
+        "learned from the snapshot"
+    );
+    c.crash(3);
+    c.restart(3);
+    assert!(
+        c.node(3).members().any(|m| m.id == 9 && m.learner),
+        "and after a restart"
+    );
+}
+
+#[test]
+fn a_restarted_node_behind_its_snapshot_restores_first() {
+    let (mut c, meta) = compacted_cluster();
+    c.crash(1);
+    c.applied.insert(1, Vec::new()); // the state machine was lost
+    c.restart(1);
+    c.drain(1);
+    assert_eq!(c.restored[&1], vec![meta]);
+    assert_eq!(c.node(1).applied_index(), meta.index);
+}
+
+#[test]
+fn a_full_fixed_capacity_log_asks_the_host_for_a_snapshot() {
+    let mut n: Node<ArrayLog<8, 4>> = Node::new(Config::new(1, 1), ArrayLog::new(), &[1]).unwrap();
+    n.campaign();
+    let mut needed = 0;
+    for round in 0..20 {
+        if round > 0 && n.propose(b"x").is_err() {
+            // back-pressure, never a panic
+        }
+        loop {
+            let mut sync = None;
+            while let Some(o) = n.poll_output() {
+                match o {
+                    Output::Sync(t) => sync = Some(t),
+                    Output::SnapshotNeeded => needed += 1,
+                    _ => {}
+                }
+            }
+            match sync {
+                Some(t) => n.synced(t),
+                None => break,
+            }
+        }
+    }
+    assert!(needed >= 1, "the host was asked to snapshot");
+    let applied = n.applied_index();
+    n.compact(applied).unwrap();
+    assert!(n.propose(b"y").is_ok());
+}
+
+#[test]
+fn inconsistent_snapshot_chunks_are_counted_and_ignored() {
+    let bad = [
+        (4, 5, &b"x"[..]),   // offset beyond size
+        (2, 0, &b"xyz"[..]), // more data than size
+    ];
+    for (size, offset, data) in bad {
+        let mut c = Cluster::new(&[1, 2, 3]);
+        let m = Message::InstallSnapshot(InstallSnapshot {
+            term: 1,
+            last_included_index: 5,
+            last_included_term: 1,
+            size,
+            offset,
+            config: &[],
+            data,
+        });
+        let replies = step_and_collect(c.node_mut(1), 2, m);
+        assert!(replies.is_empty(), "{replies:?}");
+        assert_eq!(c.node(1).counters().invalid, 1);
+    }
+    // A configuration that is not one.
+    let mut c = Cluster::new(&[1, 2, 3]);
+    let m = Message::InstallSnapshot(InstallSnapshot {
+        term: 1,
+        last_included_index: 5,
+        last_included_term: 1,
+        size: 1,
+        offset: 0,
+        config: &[1, 2, 3],
+        data: b"x",
+    });
+    step_and_collect(c.node_mut(1), 2, m);
+    assert_eq!(c.node(1).counters().invalid, 1);
+    assert_eq!(c.node(1).log().first_index(), 1);
+}
