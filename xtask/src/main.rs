@@ -1,0 +1,59 @@
+//! Repository automation for Coracle, run as `cargo xtask <command>` (an alias in
+//! `.cargo/config.toml`). Dependency-free on purpose: it builds in seconds on a fresh
+//! machine.
+//!
+//! Commands:
+//! - `nostd`: builds the core for bare-metal targets without `std` or `alloc`, checks
+//!   that no dependency turns `std`/`alloc` on, and links a `#![no_std]` program that
+//!   uses the core with no global allocator (`xtask/nostd-check/`).
+//! - `size`: the flash and static RAM of that program, per target, read from its ELF.
+
+mod cmd;
+mod elf;
+mod nostd;
+mod size;
+
+use std::process::ExitCode;
+
+const HELP: &str = "\
+cargo xtask <command>
+
+commands:
+  nostd          build the core with --no-default-features for thumbv6m-none-eabi,
+                 thumbv7em-none-eabihf and riscv32imc-unknown-none-elf (and with
+                 --features serde,defmt for thumbv7em-none-eabihf); check that no
+                 dependency enables `std` or `alloc`; link xtask/nostd-check, a
+                 #![no_std] program that drives the core with no global allocator,
+                 for each target. Installs missing targets with rustup.
+  size [--sections]
+                 flash (text + rodata + data) and static RAM (data + bss) of
+                 xtask/nostd-check per target: the core's footprint on its own
+  help           this message
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (command, rest) = match args.split_first() {
+        Some((command, rest)) => (command.as_str(), rest),
+        None => ("help", &[][..]),
+    };
+    let result = match command {
+        "help" | "-h" | "--help" => {
+            print!("{HELP}");
+            Ok(())
+        }
+        "nostd" => nostd::run(rest),
+        "size" => size::run(rest),
+        other => {
+            eprint!("error: unknown command `{other}`\n\n{HELP}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
