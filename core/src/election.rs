@@ -55,6 +55,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// convert to follower" (Figure 2, All Servers); also how a candidate or leader steps
     /// down in its own term.
     pub(crate) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        let was_follower = self.role == Role::Follower;
         if term > self.current_term {
             self.current_term = term;
             self.voted_for = None;
@@ -69,7 +70,12 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         self.leader_contact = leader.map(|_| self.now);
         self.transfer = None;
         self.clear_campaign();
-        self.reset_election_timer();
+        // Figure 2: the timer restarts on hearing from the leader or granting a vote, not
+        // on adopting the term of a candidate this node may refuse (a follower that did
+        // restart it could be kept from campaigning forever by candidates that cannot win).
+        if !was_follower || leader.is_some() {
+            self.reset_election_timer();
+        }
         self.log_state_change();
     }
 

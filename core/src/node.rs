@@ -777,13 +777,27 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         }
     }
 
-    /// Queues an answer to an AppendEntries, replacing an older one not yet sent (the newer
-    /// answer says at least as much).
+    /// Queues an answer to an AppendEntries, merged with one not yet sent: a success
+    /// keeps the higher matched index; a rejection is not hidden by a later success that
+    /// says less (a heartbeat's); the newest heartbeat round is echoed either way.
     pub(crate) fn answer_append(&mut self, to: NodeId, message: AppendEntriesResponse) {
         let after = self.durability.last_write;
-        if let Some(i) = self.peer_index(to) {
-            self.peers[i].append_response = Some(Gated { message, after });
-        }
+        let Some(i) = self.peer_index(to) else { return };
+        let slot = &mut self.peers[i].append_response;
+        let message = match slot {
+            Some(old) if old.message.term == message.term => {
+                let old = old.message;
+                let round = old.round.max(message.round);
+                let kept = match (old.success, message.success) {
+                    (true, true) if old.index > message.index => old,
+                    (false, true) if message.index < old.index => old,
+                    _ => message,
+                };
+                AppendEntriesResponse { round, ..kept }
+            }
+            _ => message,
+        };
+        *slot = Some(Gated { message, after });
     }
 
     /// Queues an answer to an InstallSnapshot chunk.

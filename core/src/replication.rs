@@ -175,8 +175,13 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             }
             r.free_through(m.index);
             match r.state {
-                ProgressState::Probe => {
+                // The answer to the probe (it matched at nextIndex - 1 or beyond), not to a
+                // heartbeat, which only vouches for matchIndex.
+                ProgressState::Probe if m.index + 1 >= r.next_index => {
                     r.become_replicate();
+                }
+                ProgressState::Probe => {
+                    r.probe_sent = false;
                 }
                 ProgressState::Replicate => {
                     r.next_index = r.next_index.max(r.match_index + 1);
