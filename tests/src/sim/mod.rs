@@ -1,0 +1,416 @@
+//! A deterministic cluster simulator: real `coracle` nodes in one thread, driven by a
+//! seeded scheduler.
+//!
+//! One `u64` seed decides everything: node configurations and election jitter, network
+//! latency, loss, duplication and reordering, partitions (full, asymmetric and partial),
+//! crashes that lose unsynced writes, restarts, pauses, clock rate skew, fsync delays and
+//! the client workload. The same seed replays the same run, event for event.
+//!
+//! The pieces:
+//! - [`SimLog`]: log storage with a durable image and a volatile tail;
+//! - [`Network`](network::Network): links and message fates;
+//! - [`Client`](client::Client) and [`kv`]: a key-value workload whose history is checked
+//!   for linearizability;
+//! - [`Cluster`]: the hosts, the event queue, the nemesis that injects faults, and the
+//!   [`Oracles`](crate::oracle::Oracles) run after every event.
+//!
+//! ```
+//! use coracle_tests::sim::{run, SimOptions};
+//!
+//! let report = run(42, &SimOptions { steps: 3_000, ..SimOptions::default() }, None);
+//! assert!(report.is_ok(), "{report}");
+//! ```
+
+pub mod client;
+mod cluster;
+pub mod kv;
+pub mod network;
+pub mod rng;
+pub mod storage;
+
+pub use cluster::{Cluster, SimNode};
+pub use storage::{LogImage, SimLog};
+
+use crate::linearizability::Key;
+use crate::oracle::Violation;
+use coracle::Config;
+use std::fmt;
+use std::io::Write;
+
+/// Simulated time, in microseconds.
+pub type Time = u64;
+
+/// The nominal length of a tick (1 ms); with clock skew each node ticks a bit faster or
+/// slower.
+pub const TICK: Time = 1_000;
+
+/// Which classes of faults the simulator injects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Faults {
+    /// Messages are lost at random.
+    pub drop: bool,
+    /// Messages are delivered twice at random.
+    pub duplicate: bool,
+    /// Messages on one link may overtake each other.
+    pub reorder: bool,
+    /// Latency follows a distribution with a long tail (otherwise it is fixed).
+    pub delay: bool,
+    /// Full partitions into groups.
+    pub partition: bool,
+    /// Links cut in one direction only.
+    pub asymmetric: bool,
+    /// Partial partitions (A, B, C connected; D reaches only B; E only C).
+    pub partial: bool,
+    /// Nodes crash (losing unsynced writes) and restart.
+    pub crash: bool,
+    /// A crash may keep a prefix of the unsynced writes (torn fsync).
+    pub torn: bool,
+    /// Nodes pause (a stopped process) and resume.
+    pub pause: bool,
+    /// Nodes tick at different rates.
+    pub skew: bool,
+}
+
+impl Faults {
+    /// Every fault class.
+    pub const ALL: Faults = Faults {
+        drop: true,
+        duplicate: true,
+        reorder: true,
+        delay: true,
+        partition: true,
+        asymmetric: true,
+        partial: true,
+        crash: true,
+        torn: true,
+        pause: true,
+        skew: true,
+    };
+
+    /// No fault at all: a perfect network with fixed latency.
+    pub const NONE: Faults = Faults {
+        drop: false,
+        duplicate: false,
+        reorder: false,
+        delay: false,
+        partition: false,
+        asymmetric: false,
+        partial: false,
+        crash: false,
+        torn: false,
+        pause: false,
+        skew: false,
+    };
+
+    const NAMES: [&'static str; 11] = [
+        "drop",
+        "dup",
+        "reorder",
+        "delay",
+        "partition",
+        "asym",
+        "partial",
+        "crash",
+        "torn",
+        "pause",
+        "skew",
+    ];
+
+    fn flags(&self) -> [bool; 11] {
+        [
+            self.drop,
+            self.duplicate,
+            self.reorder,
+            self.delay,
+            self.partition,
+            self.asymmetric,
+            self.partial,
+            self.crash,
+            self.torn,
+            self.pause,
+            self.skew,
+        ]
+    }
+
+    fn flag_mut(&mut self, i: usize) -> &mut bool {
+        match i {
+            0 => &mut self.drop,
+            1 => &mut self.duplicate,
+            2 => &mut self.reorder,
+            3 => &mut self.delay,
+            4 => &mut self.partition,
+            5 => &mut self.asymmetric,
+            6 => &mut self.partial,
+            7 => &mut self.crash,
+            8 => &mut self.torn,
+            9 => &mut self.pause,
+            _ => &mut self.skew,
+        }
+    }
+
+    /// Parses a comma-separated list of fault classes: `all`, `none`, or any of `drop`,
+    /// `dup`, `reorder`, `delay`, `partition`, `asym`, `partial`, `crash`, `torn`, `pause`,
+    /// `skew`; a class prefixed with `-` is removed (`all,-pause`).
+    pub fn parse(s: &str) -> Result<Faults, String> {
+        let mut faults = Faults::NONE;
+        for word in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            let (on, name) = match word.strip_prefix('-') {
+                Some(rest) => (false, rest),
+                None => (true, word),
+            };
+            match name {
+                "all" => faults = if on { Faults::ALL } else { Faults::NONE },
+                "none" => faults = Faults::NONE,
+                _ => {
+                    let i = Self::NAMES.iter().position(|&n| n == name).ok_or_else(|| {
+                        format!(
+                            "unknown fault class `{name}` (known: all, none, {})",
+                            Self::NAMES.join(", ")
+                        )
+                    })?;
+                    *faults.flag_mut(i) = on;
+                }
+            }
+        }
+        Ok(faults)
+    }
+
+    /// True if some fault needs the nemesis (partitions, crashes, pauses, loss).
+    pub fn any_nemesis(&self) -> bool {
+        self.drop
+            || self.duplicate
+            || self.partition
+            || self.asymmetric
+            || self.partial
+            || self.crash
+            || self.pause
+    }
+}
+
+impl fmt::Display for Faults {
+    /// The form [`Faults::parse`] reads back.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == Faults::ALL {
+            return f.write_str("all");
+        }
+        let on: Vec<&str> = self
+            .flags()
+            .iter()
+            .zip(Self::NAMES)
+            .filter(|(on, _)| **on)
+            .map(|(_, n)| n)
+            .collect();
+        if on.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&on.join(","))
+        }
+    }
+}
+
+/// A deliberately broken storage, to show that the oracles catch a broken node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bug {
+    /// A restarted node comes back without its vote and one term back: it can vote twice
+    /// in a term.
+    VoteAmnesia,
+    /// A restarted node loses the last entries it had reported durable.
+    LoseDurable,
+    /// A host that does not lead answers reads from its own state machine at once,
+    /// bypassing the log: stale reads, which the linearizability checker must catch.
+    StaleReads,
+}
+
+impl Bug {
+    /// Parses `vote-amnesia`, `lose-durable` or `stale-reads`.
+    pub fn parse(s: &str) -> Result<Bug, String> {
+        match s {
+            "vote-amnesia" => Ok(Bug::VoteAmnesia),
+            "lose-durable" => Ok(Bug::LoseDurable),
+            "stale-reads" => Ok(Bug::StaleReads),
+            _ => Err(format!(
+                "unknown bug `{s}` (known: vote-amnesia, lose-durable, stale-reads)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Bug {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Bug::VoteAmnesia => "vote-amnesia",
+            Bug::LoseDurable => "lose-durable",
+            Bug::StaleReads => "stale-reads",
+        })
+    }
+}
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    /// Cluster size (1 to 9).
+    pub nodes: usize,
+    /// Events to run while faults are injected, before everything heals.
+    pub steps: u64,
+    /// The fault classes.
+    pub faults: Faults,
+    /// Simulated clients.
+    pub clients: usize,
+    /// Keys of the workload.
+    pub keys: Key,
+    /// A deliberately broken storage.
+    pub bug: Option<Bug>,
+    /// The node configuration (id, seed and applied are set per node); `None` picks one
+    /// at random from the seed (timeouts, window, batch size, pre-vote, check-quorum).
+    pub config: Option<Config>,
+    /// Check the client history for linearizability at the end.
+    pub check_linearizability: bool,
+    /// After everything heals: ticks within which a leader must be elected; clients must
+    /// complete an operation within three times as many, and every node must catch up
+    /// within as many again.
+    pub liveness_ticks: u64,
+    /// Search steps per key for the linearizability check.
+    pub linearizability_budget: u64,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            nodes: 5,
+            steps: 20_000,
+            faults: Faults::ALL,
+            clients: 3,
+            keys: 3,
+            bug: None,
+            config: None,
+            check_linearizability: true,
+            liveness_ticks: 200,
+            linearizability_budget: 2_000_000,
+        }
+    }
+}
+
+/// The verdict on the client history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Linearizability {
+    /// Not checked.
+    Skipped,
+    /// Linearizable.
+    Linearizable,
+    /// Not linearizable: the checker's report.
+    NotLinearizable(String),
+    /// The search budget ran out for these keys.
+    Unknown(Vec<Key>),
+}
+
+/// Counts of what happened in a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Simulated time at the end, in microseconds.
+    pub sim_time: Time,
+    /// Messages sent by nodes.
+    pub messages: u64,
+    /// Messages lost (loss, partitions, crashed receivers).
+    pub dropped: u64,
+    /// Leaders elected (distinct terms).
+    pub elections: u64,
+    /// Crashes.
+    pub crashes: u64,
+    /// Pauses.
+    pub pauses: u64,
+    /// Network changes (partitions, cuts, heals).
+    pub network_changes: u64,
+    /// Last committed index.
+    pub committed: u64,
+    /// Client operations answered.
+    pub ops_ok: u64,
+    /// Client operations that timed out.
+    pub ops_timed_out: u64,
+}
+
+/// The outcome of one seed.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    /// The seed.
+    pub seed: u64,
+    /// Events processed.
+    pub events: u64,
+    /// Safety and liveness violations (the run stops at the first safety one).
+    pub violations: Vec<Violation>,
+    /// The linearizability verdict.
+    pub linearizability: Linearizability,
+    /// Counts.
+    pub stats: Stats,
+}
+
+impl RunReport {
+    /// No violation and not found non-linearizable.
+    pub fn is_ok(&self) -> bool {
+        self.violations.is_empty()
+            && !matches!(self.linearizability, Linearizability::NotLinearizable(_))
+    }
+}
+
+impl fmt::Display for RunReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.stats;
+        write!(
+            f,
+            "seed {}: {} events, {:.1} ms simulated, {} elections, commit {}, {} ops ok, \
+             {} timed out, {} crashes, {} pauses, {} network changes, {}/{} messages lost",
+            self.seed,
+            self.events,
+            s.sim_time as f64 / 1000.0,
+            s.elections,
+            s.committed,
+            s.ops_ok,
+            s.ops_timed_out,
+            s.crashes,
+            s.pauses,
+            s.network_changes,
+            s.dropped,
+            s.messages
+        )?;
+        for v in &self.violations {
+            write!(f, "\n  violation: {v}")?;
+        }
+        match &self.linearizability {
+            Linearizability::NotLinearizable(r) => write!(f, "\n  not linearizable: {r}")?,
+            Linearizability::Unknown(keys) => {
+                write!(f, "\n  linearizability unknown for keys {keys:?}")?
+            }
+            Linearizability::Linearizable | Linearizability::Skipped => {}
+        }
+        Ok(())
+    }
+}
+
+/// Runs one seed: faults for `options.steps` events, then healing and the liveness
+/// checks, then the linearizability check. With `trace`, every event and every node's
+/// state after it are written there.
+pub fn run(seed: u64, options: &SimOptions, trace: Option<Box<dyn Write>>) -> RunReport {
+    let mut cluster = Cluster::new(seed, options.clone(), trace);
+    cluster.run_faults(options.steps);
+    cluster.heal_and_check_liveness();
+    cluster.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_parse_and_print() {
+        assert_eq!(Faults::parse("all"), Ok(Faults::ALL));
+        assert_eq!(Faults::parse("none"), Ok(Faults::NONE));
+        let f = Faults::parse("all,-pause,-torn").expect("parse");
+        assert!(!f.pause && !f.torn && f.crash);
+        assert_eq!(Faults::parse(&f.to_string()), Ok(f));
+        assert_eq!(Faults::ALL.to_string(), "all");
+        assert!(Faults::parse("drop,bogus").is_err());
+        assert_eq!(
+            Faults::parse("drop,dup").map(|f| f.to_string()),
+            Ok("drop,dup".into())
+        );
+    }
+}

@@ -1,0 +1,275 @@
+//! Core bugs the simulator found, each as a minimal test that failed before the fix; kept
+//! as regression tests.
+
+use coracle::{
+    Config, Entry, EntryKind, HardState, LogStorage, Message, Node, NodeId, Output, OwnedMessage,
+    RequestVote, Role, SyncToken, VecLog,
+};
+use coracle_tests::sim::{run, Faults, SimOptions};
+
+type TestNode = Node<VecLog>;
+
+/// A node whose syncs the test answers by hand (or at once).
+struct Host {
+    node: TestNode,
+    auto_sync: bool,
+    unsynced: Option<SyncToken>,
+}
+
+impl Host {
+    fn new(id: NodeId) -> Self {
+        let mut config = Config::new(id, id);
+        config.pre_vote = false;
+        config.check_quorum = false;
+        Host {
+            node: Node::new(config, VecLog::new(), &[1, 2, 3]).expect("node"),
+            auto_sync: true,
+            unsynced: None,
+        }
+    }
+
+    /// Drains the outputs; returns the messages to send.
+    fn drain(&mut self) -> Vec<(NodeId, NodeId, OwnedMessage)> {
+        let from = self.node.id();
+        let mut out = Vec::new();
+        loop {
+            match self.node.poll_output() {
+                None => break,
+                Some(Output::Sync(token)) => {
+                    if self.auto_sync {
+                        self.node.synced(token);
+                    } else {
+                        self.unsynced = Some(token);
+                    }
+                }
+                Some(Output::Send { to, message }) => {
+                    out.push((from, to, OwnedMessage::from(&message)))
+                }
+                Some(_) => {}
+            }
+        }
+        out
+    }
+}
+
+struct Net {
+    hosts: Vec<Host>,
+    mail: Vec<(NodeId, NodeId, OwnedMessage)>,
+}
+
+impl Net {
+    fn new() -> Self {
+        Net {
+            hosts: (1..=3).map(Host::new).collect(),
+            mail: Vec::new(),
+        }
+    }
+
+    fn host(&mut self, id: NodeId) -> &mut Host {
+        &mut self.hosts[id as usize - 1]
+    }
+
+    fn collect(&mut self) {
+        for h in self.hosts.iter_mut() {
+            let out = h.drain();
+            self.mail.extend(out);
+        }
+    }
+
+    /// Delivers messages that `keep` accepts (dropping the others) until none is left.
+    fn settle(&mut self, keep: impl Fn(NodeId, NodeId) -> bool) {
+        self.collect();
+        while !self.mail.is_empty() {
+            for (from, to, m) in std::mem::take(&mut self.mail) {
+                if keep(from, to) {
+                    self.host(to).node.step(from, m.as_message());
+                }
+            }
+            self.collect();
+        }
+    }
+
+    /// Takes the pending messages from `from` to `to`.
+    fn take(&mut self, from: NodeId, to: NodeId) -> Vec<OwnedMessage> {
+        self.collect();
+
+        let (mine, rest) = std::mem::take(&mut self.mail)
+            .into_iter()
+            .partition(|(f, t, _)| (*f, *t) == (from, to));
+        self.mail = rest;
+        mine.into_iter().map(|(_, _, m)| m).collect()
+    }
+}
+
+/// Found by `sim --seed 27` (5 nodes, `max_inflight` 1, one entry per message): after a
+/// new leader is elected, a follower that was behind is sent the whole log again from
+/// index 1, one entry per round trip, so catching up took longer than 200 ticks.
+///
+/// The leader probes the lagging follower; the follower stores the probe's entries and
+/// its answer waits for the fsync. Meanwhile a heartbeat arrives with `prev = matchIndex
+/// = 0` (the leader knows nothing of the follower yet), and its answer ("success, index
+/// 0") replaces the pending, more informative one (`answer_append` assumes "the newer
+/// answer says at least as much", which does not hold here). The leader, in probe state,
+/// takes that success as the match point and starts replicating from index 1.
+///
+/// A second trigger, found by `sim --seed 1073 --steps 100000` (and seed 1143): the probe's
+/// rejection is lost, the next heartbeat (`prev = matchIndex = 0`) succeeds, and the
+/// leader in probe state again switches to replicating from index 1. With a window of one
+/// message of one entry, re-sending 1,200 entries the follower already holds takes longer
+/// than the liveness bound, so no client completes an operation in time.
+#[test]
+
+fn a_heartbeat_answer_does_not_hide_a_pending_probe_answer() {
+    let mut net = Net::new();
+    net.host(1).node.campaign();
+    net.settle(|_, _| true);
+    assert_eq!(net.host(1).node.role(), Role::Leader);
+    for i in 0..10u8 {
+        net.host(1).node.propose(&[i]).expect("propose");
+    }
+    net.settle(|_, _| true);
+    // Five more entries that node 3 misses.
+    for i in 10..15u8 {
+        net.host(1).node.propose(&[i]).expect("propose");
+    }
+    net.settle(|from, to| from != 3 && to != 3);
+    let lagging = net.host(3).node.last_index();
+    assert!(lagging < net.host(2).node.last_index());
+
+    // Node 2 takes over with node 1's vote (node 3, which heard from the leader
+    // recently, ignores the request). Node 1's traffic is left out from here on.
+    net.host(2).node.campaign();
+    for m in net.take(2, 1) {
+        net.host(1).node.step(2, m.as_message());
+    }
+    for m in net.take(1, 2) {
+        net.host(2).node.step(1, m.as_message());
+    }
+    assert_eq!(net.host(2).node.role(), Role::Leader);
+    let leader_last = net.host(2).node.last_index();
+    assert!(
+        lagging < leader_last,
+        "node 3 is behind: {lagging} < {leader_last}"
+    );
+
+    // The first probe (after the leader's last entry) is rejected: node 3's log is short.
+    for m in net.take(2, 3) {
+        net.host(3).node.step(2, m.as_message());
+    }
+    for m in net.take(3, 2) {
+        net.host(2).node.step(3, m.as_message());
+    }
+    // The second probe carries the missing entries; node 3 stores them, and its answer
+    // waits for the fsync.
+    net.host(3).auto_sync = false;
+    for m in net.take(2, 3) {
+        net.host(3).node.step(2, m.as_message());
+    }
+    assert!(net.take(3, 2).is_empty(), "nothing leaves before the fsync");
+    // A heartbeat with prev = matchIndex = 0 arrives before the fsync completes.
+    net.host(2).node.tick();
+    for m in net.take(2, 3) {
+        net.host(3).node.step(2, m.as_message());
+    }
+    let token = net
+        .host(3)
+        .unsynced
+        .take()
+        .expect("node 3 wrote the probe's entries");
+    net.host(3).node.synced(token);
+    assert_eq!(net.host(3).node.last_index(), leader_last);
+    let answers = net.take(3, 2);
+    let best = answers
+        .iter()
+        .filter_map(|m| match m.as_message() {
+            Message::AppendEntriesResponse(r) if r.success => Some(r.index),
+            _ => None,
+        })
+        .max();
+    assert_eq!(
+        best,
+        Some(net.host(3).node.last_index()),
+        "node 3 holds entries through {} but only tells the leader {best:?}",
+        net.host(3).node.last_index()
+    );
+}
+
+/// Found by `sim --seed 26 --steps 8000` (5 nodes, pre-vote off): after every fault healed
+/// no leader was elected within 200 ticks, while the term climbed from 28 to 51.
+///
+/// Only nodes 1 and 4 held the most up-to-date log. Nodes 2, 3 and 5, whose logs are
+/// behind, kept timing out and campaigning in ever higher terms; each of their vote
+/// requests made nodes 1 and 4 adopt the new term through `become_follower`, which resets
+/// the election timer, although they refused the vote. With three stale candidates the gap
+/// between two requests is almost always shorter than an election timeout, so the only
+/// nodes that could win never campaign: a livelock. Figure 2 resets the timer only on an
+/// AppendEntries from the current leader or when granting a vote (etcd-style pre-vote
+/// hides this, but `pre_vote` is a documented option).
+#[test]
+
+fn refusing_a_stale_candidate_does_not_reset_the_election_timer() {
+    let mut log = VecLog::new();
+    log.append(&Entry {
+        index: 1,
+        term: 1,
+        kind: EntryKind::Command,
+        data: b"x",
+    })
+    .expect("append");
+    log.set_hard_state(HardState {
+        current_term: 1,
+        voted_for: None,
+    })
+    .expect("hard state");
+    let mut config = Config::new(1, 1);
+    config.pre_vote = false;
+    let mut node: Node<VecLog> = Node::new(config, log, &[1, 2, 3]).expect("node");
+    node.tick();
+    node.tick();
+    let before = node.ticks_until_deadline();
+    // A candidate with an empty log, in a higher term: refused.
+    node.step(
+        2,
+        Message::RequestVote(RequestVote {
+            term: 5,
+            last_log_index: 0,
+            last_log_term: 0,
+            pre_vote: false,
+            leadership_transfer: false,
+        }),
+    );
+    while node.poll_output().is_some() {}
+    assert_eq!(node.term(), 5);
+    assert_eq!(node.voted_for(), None, "the stale candidate is refused");
+    assert!(
+        node.ticks_until_deadline() <= before,
+        "the election timer was reset from {before} to {} ticks by a refused vote",
+        node.ticks_until_deadline()
+    );
+}
+
+/// The simulator run that found the livelock above.
+#[test]
+
+fn seed_26_elects_a_leader_after_healing() {
+    let options = SimOptions {
+        steps: 8_000,
+        faults: Faults::ALL,
+        ..SimOptions::default()
+    };
+    let report = run(26, &options, None);
+    assert!(report.is_ok(), "{report}");
+}
+
+/// The long simulator run that hit the second trigger of the first bug.
+#[test]
+
+fn seed_1073_clients_progress_after_healing() {
+    let options = SimOptions {
+        steps: 100_000,
+        faults: Faults::ALL,
+        ..SimOptions::default()
+    };
+    let report = run(1073, &options, None);
+    assert!(report.is_ok(), "{report}");
+}

@@ -1,0 +1,131 @@
+//! A fixed set of seeds under every fault class, a few cluster sizes and fault mixes, and
+//! determinism: a seed replays event for event. Heavier runs belong to the `sim` binary
+//! (`cargo run --release -p coracle-tests --bin sim -- --seeds 500`).
+
+use coracle_tests::sim::{run, Cluster, Faults, Linearizability, SimOptions};
+use std::cell::RefCell;
+use std::io::Write;
+use std::rc::Rc;
+
+/// Debug builds are slow: keep each seed short here.
+const STEPS: u64 = 8_000;
+
+fn options(nodes: usize, faults: &str) -> SimOptions {
+    SimOptions {
+        nodes,
+        steps: STEPS,
+        faults: Faults::parse(faults).expect("faults"),
+        ..SimOptions::default()
+    }
+}
+
+fn check_seeds(seeds: std::ops::Range<u64>, options: &SimOptions) {
+    let mut events = 0;
+    let mut ops = 0;
+    for seed in seeds {
+        let report = run(seed, options, None);
+        assert!(
+            report.is_ok(),
+            "{report}\nreplay: cargo run --release -p coracle-tests --bin sim -- --seed {seed} \
+             --steps {} --nodes {} --faults {} --trace",
+            options.steps,
+            options.nodes,
+            options.faults
+        );
+        assert_ne!(
+            report.linearizability,
+            Linearizability::Skipped,
+            "the history is checked"
+        );
+        events += report.events;
+        ops += report.stats.ops_ok;
+    }
+    assert!(events > 0 && ops > 0, "the runs did something");
+}
+
+#[test]
+fn five_nodes_every_fault() {
+    check_seeds(0..31, &options(5, "all"));
+}
+
+#[test]
+fn three_nodes_every_fault() {
+    check_seeds(100..120, &options(3, "all"));
+}
+
+#[test]
+fn seven_nodes_every_fault() {
+    check_seeds(200..206, &options(7, "all"));
+}
+
+#[test]
+fn one_and_two_nodes() {
+    check_seeds(300..303, &options(1, "all"));
+    check_seeds(310..313, &options(2, "all"));
+}
+
+#[test]
+fn crashes_only_with_torn_writes() {
+    check_seeds(400..410, &options(5, "crash,torn,delay"));
+}
+
+#[test]
+fn network_faults_only() {
+    check_seeds(
+        500..510,
+        &options(5, "drop,dup,reorder,delay,partition,asym,partial"),
+    );
+}
+
+#[test]
+fn no_faults_at_all() {
+    let report = run(600, &options(5, "none"), None);
+    assert!(report.is_ok(), "{report}");
+    assert_eq!(report.stats.ops_timed_out, 0, "{report}");
+    assert_eq!(report.stats.elections, 1, "{report}");
+}
+
+/// A `Write` into a shared buffer, to capture traces.
+#[derive(Clone, Default)]
+struct Buffer(Rc<RefCell<Vec<u8>>>);
+
+impl Write for Buffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.borrow_mut().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn traced(seed: u64, options: &SimOptions) -> (String, String) {
+    let buffer = Buffer::default();
+    let mut cluster = Cluster::new(seed, options.clone(), Some(Box::new(buffer.clone())));
+    cluster.run_faults(options.steps);
+    cluster.heal_and_check_liveness();
+    let report = cluster.finish();
+    let trace = String::from_utf8(buffer.0.borrow().clone()).expect("utf-8");
+    (trace, format!("{report:?}"))
+}
+
+#[test]
+fn a_seed_replays_event_for_event() {
+    let options = SimOptions {
+        steps: 1_500,
+        ..options(5, "all")
+    };
+    let (trace_a, report_a) = traced(42, &options);
+    let (trace_b, report_b) = traced(42, &options);
+    assert!(trace_a == trace_b, "same seed, different traces");
+    assert_eq!(report_a, report_b);
+    let (trace_c, _) = traced(43, &options);
+    assert_ne!(trace_a, trace_c);
+    // The trace names events and shows node states.
+    assert!(trace_a.contains("deliver "), "{}", &trace_a[..2000]);
+    assert!(trace_a.contains("tick n"));
+    assert!(trace_a.contains("n1 "));
+    // Tracing does not change the run.
+    let untraced = run(42, &options, None);
+    assert_eq!(format!("{untraced:?}"), report_a);
+}
