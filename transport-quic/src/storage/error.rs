@@ -1,0 +1,161 @@
+//! What can go wrong with the files of a [`FileLog`](super::FileLog), in detail.
+//!
+//! The [`LogStorage`](coracle::LogStorage) trait can only say
+//! [`StorageError::Unavailable`](coracle::StorageError::Unavailable) (or `Full`); the
+//! detailed cause is kept and readable with [`FileLog::last_error`](super::FileLog::last_error).
+
+use coracle::Index;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// An error of the durable log, naming the file (and offset) it concerns.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum FileLogError {
+    /// An operation on a file or directory failed.
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What was being done (`"create segment"`, `"sync"`, …).
+        op: &'static str,
+        /// The operating system's error (`No space left on device`, `Permission denied`, …).
+        source: io::Error,
+    },
+    /// A file holds bytes this crate cannot have written: a checksum, a header or the order
+    /// of entries is wrong somewhere other than a torn tail. The log refuses to open rather
+    /// than drop data silently; move the file away or restore it from a replica.
+    Corrupt {
+        /// The damaged file.
+        file: PathBuf,
+        /// Byte offset of the damage in the file.
+        offset: u64,
+        /// What is wrong there.
+        reason: String,
+    },
+    /// Another [`FileLog`](super::FileLog) (in this or another process) has the directory
+    /// open.
+    Locked(PathBuf),
+    /// Appending would take the segments past the configured quota
+    /// ([`Options::max_log_bytes`](super::Options::max_log_bytes)): compact the log (after a
+    /// snapshot) to make room.
+    QuotaExceeded {
+        /// The data directory.
+        dir: PathBuf,
+        /// The quota in bytes.
+        limit: u64,
+        /// Bytes the segments would need.
+        needed: u64,
+    },
+    /// An entry's data is larger than [`Options::max_entry_bytes`](super::Options::max_entry_bytes).
+    EntryTooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A snapshot older than the one already saved.
+    StaleSnapshot {
+        /// Index of the snapshot offered.
+        index: Index,
+        /// Index of the snapshot on disk.
+        saved: Index,
+    },
+    /// An earlier write or sync failed, so what is on disk is unknown (after a failed fsync
+    /// the kernel may have dropped the dirty pages): the log takes no more writes. Reopen it
+    /// to recover from what is really on disk.
+    Failed,
+}
+
+impl FileLogError {
+    /// The [`io::ErrorKind`] closest to this error (for [`FileLog::sync`](super::FileLog::sync),
+    /// which answers with an [`io::Error`]).
+    pub fn kind(&self) -> io::ErrorKind {
+        match self {
+            FileLogError::Io { source, .. } => source.kind(),
+            FileLogError::Corrupt { .. } => io::ErrorKind::InvalidData,
+            FileLogError::Locked(_) => io::ErrorKind::ResourceBusy,
+            FileLogError::QuotaExceeded { .. } => io::ErrorKind::QuotaExceeded,
+            FileLogError::EntryTooLarge { .. } | FileLogError::StaleSnapshot { .. } => {
+                io::ErrorKind::InvalidInput
+            }
+            FileLogError::Failed => io::ErrorKind::Other,
+        }
+    }
+
+    pub(crate) fn corrupt(file: &Path, offset: u64, reason: impl Into<String>) -> Self {
+        FileLogError::Corrupt {
+            file: file.to_path_buf(),
+            offset,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// `map_err(io_err(path, "what"))`: wraps an [`io::Error`] with the path and the operation.
+pub(crate) fn io_err(path: &Path, op: &'static str) -> impl FnOnce(io::Error) -> FileLogError {
+    let path = path.to_path_buf();
+    move |source| FileLogError::Io { path, op, source }
+}
+
+impl fmt::Display for FileLogError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FileLogError::Io { path, op, source } => {
+                write!(f, "{op} {}: {source}", path.display())?;
+                match source.kind() {
+                    io::ErrorKind::StorageFull => f.write_str(" (the disk is full)"),
+                    io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
+                        f.write_str(" (is the data directory read-only?)")
+                    }
+                    _ => Ok(()),
+                }
+            }
+            FileLogError::Corrupt {
+                file,
+                offset,
+                reason,
+            } => write!(
+                f,
+                "corrupt log file {} at offset {offset}: {reason}; refusing to open rather than lose data",
+                file.display()
+            ),
+            FileLogError::Locked(path) => write!(
+                f,
+                "data directory {} is in use: {} is locked by another open log",
+                path.parent().unwrap_or(path).display(),
+                path.display()
+            ),
+            FileLogError::QuotaExceeded { dir, limit, needed } => write!(
+                f,
+                "log in {} is full: {needed} bytes needed, quota is {limit} bytes (compact after a snapshot)",
+                dir.display()
+            ),
+            FileLogError::EntryTooLarge { len, max } => {
+                write!(f, "entry of {len} bytes is larger than the limit of {max} bytes")
+            }
+            FileLogError::StaleSnapshot { index, saved } => write!(
+                f,
+                "snapshot at index {index} is older than the saved one at index {saved}"
+            ),
+            FileLogError::Failed => f.write_str(
+                "an earlier write to the log failed; the log takes no more writes until it is reopened",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for FileLogError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FileLogError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl From<FileLogError> for io::Error {
+    fn from(e: FileLogError) -> Self {
+        io::Error::new(e.kind(), e)
+    }
+}

@@ -1,0 +1,740 @@
+//! A durable log on disk for the server binding: [`FileLog`], a segmented, append-only,
+//! checksummed [`LogStorage`] with group commit.
+//!
+//! ```
+//! use coracle::{Entry, EntryKind, HardState, LogStorage};
+//! use coracle_quic::storage::FileLog;
+//!
+//! let dir = std::env::temp_dir().join(format!("coracle-doc-{}", std::process::id()));
+//! # let _ = std::fs::remove_dir_all(&dir);
+//! let mut log = FileLog::open(&dir)?;
+//! log.set_hard_state(HardState { current_term: 1, voted_for: Some(1) }).unwrap();
+//! log.append(&Entry { index: 1, term: 1, kind: EntryKind::Command, data: b"x=1" }).unwrap();
+//! log.sync()?; // on Output::Sync(token); then node.synced(token)
+//! drop(log);
+//!
+//! let log = FileLog::open(&dir)?;
+//! assert_eq!(log.entry(1).unwrap().data, b"x=1");
+//! assert_eq!(log.hard_state().voted_for, Some(1));
+//! # drop(log);
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Durability and group commit
+//!
+//! [`append`](LogStorage::append) and [`set_hard_state`](LogStorage::set_hard_state) only
+//! buffer. [`FileLog::sync`] makes everything buffered durable: first the hard state (if it
+//! changed), then the buffered records with one `write` and one `fdatasync` of the active
+//! segment, however many entries there are. The host calls it on
+//! [`Output::Sync`](coracle::Output::Sync) and then hands the token back with
+//! [`Node::synced`](coracle::Node::synced). Dropping a `FileLog` does **not** sync: what was
+//! buffered is lost, exactly as in a crash, and the node never acknowledged it.
+//!
+//! There is no per-write metadata flush: records are appended with `fdatasync`, which
+//! writes the inode only for the size change of the group; the directory is fsynced only
+//! when a file is created, renamed or removed (new segment, compaction, hard state,
+//! snapshot). Segments are not preallocated: preallocated space reads back as zeros that
+//! recovery would have to tell from damage, and extending the file costs one size update
+//! per group, not per entry.
+//!
+//! A few operations do their I/O at once and are durable when they return: a
+//! [`truncate_suffix`](LogStorage::truncate_suffix) that cuts records already written, a
+//! segment roll-over (a full [`sync`](FileLog::sync), then the new segment), the deletion of
+//! segments by [`compact`](LogStorage::compact), and [`FileLog::save_snapshot`].
+//!
+//! Order inside `sync`: the hard state goes first. A crash between the two leaves a newer
+//! term or vote with an older log, which is the state of a node that lost some unacknowledged
+//! appends: safe. (The other order could leave entries of a term newer than the durable
+//! `currentTerm`.)
+//!
+//! # Truncation and crashes
+//!
+//! `truncate_suffix(from)` must never let the cut entries come back, neither alone nor,
+//! worse, mixed with the new entries written after them (an old entry of term 2 durable
+//! after a new one of term 3 would break Log Matching). The argument:
+//!
+//! 1. Records reach a file only in `sync` (and roll-over, which syncs). So the records on
+//!    disk are always the durable prefix of the log, and a buffered record is never on disk.
+//! 2. If every cut entry is still buffered, truncation drops them from the buffer: nothing
+//!    on disk changes, and no new record can land after them because they never land.
+//! 3. Otherwise, before `truncate_suffix` returns, it deletes the segments after the one
+//!    holding `from` (newest first, then fsyncs the directory), truncates the segment holding
+//!    `from` at that entry's record and fsyncs the file. Only then can new entries be
+//!    buffered, and they are written after the cut. A crash during the cut leaves a prefix
+//!    of the old log that is at least `from - 1` long (files are removed from the end, then
+//!    the last one shortened), and a crash after it leaves the cut log: the cut entries never
+//!    reappear once the call returned, and never after a new entry.
+//! 4. Losing the cut entries early (before the hard state of the message that caused the cut
+//!    is durable) is safe: entries in conflict with a leader are not committed (the leader
+//!    has every committed entry, Leader Completeness), and the node acknowledges nothing of
+//!    the message before its next sync.
+//!
+//! The cost is one fsync (plus one of the directory if segments go) inside the call that
+//! truncates durable entries; that happens only when a new leader overwrites an
+//! uncommitted suffix, which is rare.
+//!
+//! # Compaction
+//!
+//! [`compact(through)`](LogStorage::compact) forgets `first_index()..=through` in memory at
+//! once and deletes every segment whose entries are all `<= through` (oldest first, then
+//! fsyncs the directory); the segment still holding live entries, and always the active
+//! one, stay. The host compacts only through an index it holds a snapshot of
+//! ([`Node::compact`](coracle::Node::compact)): on open the log starts at the first
+//! remaining segment, then the saved snapshot moves the start up to its index (entries the
+//! snapshot covers are forgotten again). Compacting past the saved snapshot makes the log
+//! start past it after a restart.
+//!
+//! # Snapshots
+//!
+//! [`FileLog::save_snapshot`] writes the snapshot atomically (temporary file, fsync, rename,
+//! fsync of the directory). If the log holds the snapshot's last entry (same index and
+//! term) the log is left alone: when to compact is the host's choice. Otherwise (a snapshot
+//! installed from a leader, past the end of the log or in conflict with it) the whole log
+//! is discarded and restarts after the snapshot (§7). On open the snapshot is the
+//! compaction point, and the same rule repairs a crash in the middle of a discard.
+//!
+//! # Memory
+//!
+//! The [`LogStorage`] trait lends entries out (`entry(&self, i) -> Option<Entry<'_>>`), so
+//! every uncompacted entry is also kept in memory, as a [`OwnedEntry`] (about 48 bytes plus
+//! its data plus the allocator's overhead) and its 8-byte file offset. Reads never touch the
+//! disk and a reopen reads every segment once; the price is memory proportional to the
+//! uncompacted log, which the host bounds by snapshotting and compacting. Total disk use
+//! can be bounded with [`Options::max_log_bytes`].
+//!
+//! # On-disk format (version 1)
+//!
+//! | file | what |
+//! |---|---|
+//! | `LOCK` | empty; holds the exclusive lock of an open `FileLog` |
+//! | `00000000000000000001.seg` | a [`segment`]: header, then records ([`record`]) |
+//! | `hard_state` | term and vote ([`hard_state`]) |
+//! | `snapshot` | the latest snapshot ([`snapshot`]) |
+//! | `*.tmp` | a file being written before its rename; removed on open |
+//!
+//! Integers are little-endian; checksums are CRC-32 (IEEE) computed with `crc32fast`.
+//! Every file format starts with an 8-byte magic and the format version.
+//!
+//! # Recovery
+//!
+//! See [`recovery`]: a torn tail of the last segment is cut off and reported
+//! ([`FileLog::recovery`]); damage anywhere else refuses to open with
+//! [`FileLogError::Corrupt`], naming the file and the offset.
+//!
+//! Known limit: if the machine dies *inside* `sync` and the file system persisted a later
+//! page of that last write but not an earlier one, the hole is followed by valid records
+//! and recovery refuses to open (an error, never a silent loss, although in that case
+//! nothing acknowledged was lost). The same holds if an entry's data happens to contain a
+//! whole valid record right after a torn one.
+
+mod dir;
+mod error;
+pub mod hard_state;
+pub mod record;
+pub mod recovery;
+pub mod segment;
+pub mod snapshot;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::FileLogError;
+pub use recovery::TailCut;
+pub use snapshot::Snapshot;
+
+use coracle::{Entry, HardState, Index, LogStorage, OwnedEntry, StorageError, Term};
+use error::io_err;
+use segment::Segment;
+use std::fs::{self, File};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// Settings of a [`FileLog`].
+///
+/// ```
+/// use coracle_quic::storage::Options;
+/// let options = Options::new().segment_bytes(8 << 20).max_log_bytes(Some(1 << 30));
+/// # let _ = options;
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    segment_bytes: u64,
+    max_entry_bytes: usize,
+    max_log_bytes: Option<u64>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            segment_bytes: 64 << 20,
+            max_entry_bytes: 16 << 20,
+            max_log_bytes: None,
+        }
+    }
+}
+
+impl Options {
+    /// The defaults: 64 MiB segments, entries up to 16 MiB, no quota.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A new segment starts once the active one holds this many bytes (at least one
+    /// record per segment, whatever the value).
+    pub fn segment_bytes(mut self, bytes: u64) -> Self {
+        self.segment_bytes = bytes;
+        self
+    }
+
+    /// The largest entry data accepted ([`StorageError::EntryTooLarge`] past it). Recovery
+    /// treats a record claiming more as damage, so reopen with a limit at least as large.
+    pub fn max_entry_bytes(mut self, bytes: usize) -> Self {
+        self.max_entry_bytes = bytes.min(u32::MAX as usize - record::ENTRY_HEADER);
+        self
+    }
+
+    /// A quota on the bytes of all segments. An append past it fails with
+    /// [`StorageError::Full`] (the node counts it and pushes back; the host compacts after
+    /// a snapshot to make room) and [`FileLog::last_error`] says
+    /// [`FileLogError::QuotaExceeded`]. Use it to keep a log from filling the disk, where
+    /// the failure would be an I/O error that stops the node.
+    pub fn max_log_bytes(mut self, bytes: Option<u64>) -> Self {
+        self.max_log_bytes = bytes;
+        self
+    }
+}
+
+/// Counters of the I/O a [`FileLog`] did since it was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// `fsync`/`fdatasync` calls on files and directories, all causes together.
+    pub fsyncs: u64,
+    /// Calls of [`FileLog::sync`] that had something to write.
+    pub syncs: u64,
+    /// Bytes of records written to segments.
+    pub bytes_written: u64,
+    /// Segments created.
+    pub segments_created: u64,
+    /// Segments deleted (compaction, truncation, discard by a snapshot).
+    pub segments_deleted: u64,
+}
+
+/// What [`FileLog::open`] found and repaired.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecoveryReport {
+    /// A torn tail cut off the last segment.
+    pub tail_cut: Option<TailCut>,
+    /// Temporary files of interrupted atomic writes, removed.
+    pub leftovers_removed: Vec<PathBuf>,
+    /// The log did not hold the snapshot's last entry and was discarded (§7).
+    pub discarded_by_snapshot: bool,
+    /// Segments read.
+    pub segments: usize,
+    /// Entries read (before the snapshot's compaction).
+    pub entries: usize,
+}
+
+/// A durable [`LogStorage`]: segments of checksummed records in a directory, the hard state
+/// and a snapshot beside them, every uncompacted entry also in memory. See the
+/// [module docs](self) for the guarantees and the format.
+pub struct FileLog {
+    dir: PathBuf,
+    options: Options,
+    /// Held for the lock; released when dropped.
+    _lock: File,
+    hard_state: HardState,
+    hard_state_dirty: bool,
+    /// Entries `first..`, in order.
+    entries: Vec<OwnedEntry>,
+    /// Offset of each entry's record in its segment.
+    offsets: Vec<u64>,
+    first: Index,
+    /// Term of entry `first - 1`.
+    compacted_term: Term,
+    /// In order; never empty; the last is the active one.
+    segments: Vec<Segment>,
+    /// Handle of the last segment.
+    active: File,
+    /// Records for the active segment, after `segments.last().len`, not yet written.
+    pending: Vec<u8>,
+    snapshot: Option<(Index, Term)>,
+    failed: bool,
+    last_error: Option<FileLogError>,
+    stats: Stats,
+    recovery: RecoveryReport,
+}
+
+impl FileLog {
+    /// Opens (creating it if needed) the log in `dir` with the default [`Options`].
+    pub fn open(dir: impl AsRef<Path>) -> Result<FileLog, FileLogError> {
+        Self::open_with(dir, Options::default())
+    }
+
+    /// Opens (creating it if needed) the log in `dir`: takes the directory lock, removes
+    /// leftover temporary files, reads the hard state, the snapshot and every segment,
+    /// cuts a torn tail, and applies the snapshot as the compaction point.
+    pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<FileLog, FileLogError> {
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir).map_err(io_err(&dir, "create data directory"))?;
+        let lock = dir::lock(&dir)?;
+        let mut report = RecoveryReport {
+            leftovers_removed: dir::remove_leftovers(&dir)?,
+            ..RecoveryReport::default()
+        };
+        let hard_state = hard_state::read(&dir)?.unwrap_or_default();
+        let snapshot = snapshot::read(&dir, false)?.map(|s| (s.index, s.term));
+        let replayed = recovery::replay(&dir, options.max_entry_bytes + record::ENTRY_HEADER)?;
+        report.tail_cut = replayed.tail_cut;
+        report.segments = replayed.segments.len();
+        report.entries = replayed.entries.len();
+        let mut stats = Stats::default();
+        if report.tail_cut.is_some() {
+            stats.fsyncs += 1;
+        }
+        let mut segments = replayed.segments;
+        let active = match segments.last() {
+            Some(last) => segment::open_for_write(last)?,
+            None => {
+                let (base, prev_term) = snapshot.map_or((1, 0), |(i, t)| (i + 1, t));
+                let (seg, file) = segment::create(&dir, base, prev_term)?;
+                stats.fsyncs += 2;
+                stats.segments_created += 1;
+                segments.push(seg);
+                file
+            }
+        };
+        let (first, compacted_term) = (segments[0].base, segments[0].prev_term);
+        let mut log = FileLog {
+            dir,
+            options,
+            _lock: lock,
+            hard_state,
+            hard_state_dirty: false,
+            entries: replayed.entries,
+            offsets: replayed.offsets,
+            first,
+            compacted_term,
+            segments,
+            active,
+            pending: Vec::new(),
+            snapshot,
+            failed: false,
+            last_error: None,
+            stats,
+            recovery: report,
+        };
+        if let Some((index, term)) = snapshot {
+            if log.term(index) == Some(term) {
+                if index >= log.first {
+                    log.forget_through(index, term);
+                    log.delete_compacted_segments()?;
+                }
+            } else if index + 1 >= log.first {
+                log.discard_all(index, term)?;
+                log.recovery.discarded_by_snapshot = true;
+            }
+        }
+        Ok(log)
+    }
+
+    /// Makes every write so far durable: the hard state (if it changed) by atomic
+    /// replacement, then the buffered records with one write and one `fdatasync`. Call it
+    /// on [`Output::Sync`](coracle::Output::Sync), then
+    /// [`Node::synced`](coracle::Node::synced).
+    ///
+    /// After a failure the log takes no more writes (the kernel may have dropped the pages
+    /// a failed fsync could not write, so retrying would lie); reopen it. The detailed
+    /// error is also kept in [`last_error`](Self::last_error).
+    pub fn sync(&mut self) -> io::Result<()> {
+        if self.failed {
+            return Err(FileLogError::Failed.into());
+        }
+        self.sync_inner().map_err(|e| {
+            let out = io::Error::new(e.kind(), e.to_string());
+            self.fail(e);
+            out
+        })
+    }
+
+    fn sync_inner(&mut self) -> Result<(), FileLogError> {
+        if !self.hard_state_dirty && self.pending.is_empty() {
+            return Ok(());
+        }
+        self.stats.syncs += 1;
+        if self.hard_state_dirty {
+            hard_state::write(&self.dir, self.hard_state)?;
+            self.stats.fsyncs += 2;
+            self.hard_state_dirty = false;
+        }
+        if !self.pending.is_empty() {
+            let seg = self.segments.last_mut().ok_or(FileLogError::Failed)?;
+            let path = &seg.path;
+            self.active
+                .seek(SeekFrom::Start(seg.len))
+                .map_err(io_err(path, "seek in segment"))?;
+            self.active
+                .write_all(&self.pending)
+                .map_err(io_err(path, "write segment"))?;
+            self.active
+                .sync_data()
+                .map_err(io_err(path, "sync segment"))?;
+            self.stats.fsyncs += 1;
+            self.stats.bytes_written += self.pending.len() as u64;
+            seg.len += self.pending.len() as u64;
+            self.pending.clear();
+        }
+        Ok(())
+    }
+
+    /// Saves a snapshot of the state machine through `index` (whose entry had `term`)
+    /// durably and atomically, replacing the previous one. If the log does not hold that
+    /// entry, the log is discarded and restarts at `index + 1` (§7); otherwise the log is
+    /// left as it is and the host compacts when it likes.
+    pub fn save_snapshot(
+        &mut self,
+        index: Index,
+        term: Term,
+        data: &[u8],
+    ) -> Result<(), FileLogError> {
+        if self.failed {
+            return Err(FileLogError::Failed);
+        }
+        if let Some((saved, _)) = self.snapshot {
+            if index < saved {
+                return Err(FileLogError::StaleSnapshot { index, saved });
+            }
+        }
+        snapshot::write(&self.dir, index, term, data)?;
+        self.stats.fsyncs += 2;
+        self.snapshot = Some((index, term));
+        if self.term(index) != Some(term) && index + 1 >= self.first {
+            self.discard_all(index, term)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the saved snapshot back (checking its checksum), if there is one.
+    pub fn load_snapshot(&self) -> Result<Option<Snapshot>, FileLogError> {
+        snapshot::read(&self.dir, true)
+    }
+
+    /// Index and term of the saved snapshot, if any.
+    pub fn snapshot_point(&self) -> Option<(Index, Term)> {
+        self.snapshot
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The detailed cause of the last error answered through [`LogStorage`] (which can
+    /// only say [`StorageError::Unavailable`] or `Full`) or [`sync`](Self::sync).
+    pub fn last_error(&self) -> Option<&FileLogError> {
+        self.last_error.as_ref()
+    }
+
+    /// True once a write failed: the log takes no more writes until reopened.
+    pub fn is_failed(&self) -> bool {
+        self.failed
+    }
+
+    /// I/O counters since open.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// What open found and repaired.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// Bytes buffered and not yet written (made durable by the next [`sync`](Self::sync)).
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Bytes of all segments, buffered records included.
+    pub fn disk_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.len).sum::<u64>() + self.pending.len() as u64
+    }
+
+    /// The segment files, oldest first.
+    pub fn segment_paths(&self) -> impl Iterator<Item = &Path> {
+        self.segments.iter().map(|s| s.path.as_path())
+    }
+
+    // ----- internals ----------------------------------------------------------------------
+
+    fn fail(&mut self, e: FileLogError) {
+        self.failed = true;
+        self.last_error = Some(e);
+    }
+
+    /// Records `e` and answers the trait: a failed write poisons the log.
+    fn unavailable(&mut self, e: FileLogError) -> StorageError {
+        self.fail(e);
+        StorageError::Unavailable
+    }
+
+    fn position(&self, index: Index) -> Option<usize> {
+        let pos = usize::try_from(index.checked_sub(self.first)?).ok()?;
+        (pos < self.entries.len()).then_some(pos)
+    }
+
+    /// Which segment holds the record of entry `index` (kept in memory).
+    fn segment_of(&self, index: Index) -> usize {
+        self.segments
+            .partition_point(|s| s.base <= index)
+            .saturating_sub(1)
+    }
+
+    /// Starts a new segment for entry `base`: syncs everything first, so only the last
+    /// segment can ever have a torn tail.
+    fn roll_over(&mut self, base: Index) -> Result<(), FileLogError> {
+        self.sync_inner()?;
+        let prev_term = self.term(base - 1).unwrap_or(0);
+        let (seg, file) = segment::create(&self.dir, base, prev_term)?;
+        self.stats.fsyncs += 2;
+        self.stats.segments_created += 1;
+        self.segments.push(seg);
+        self.active = file;
+        Ok(())
+    }
+
+    /// Durably cuts the log at entry `from`, whose record is in segment `seg` at `offset`
+    /// and already written (see "Truncation and crashes" in the module docs).
+    fn cut_durable(&mut self, seg: usize, offset: u64) -> Result<(), FileLogError> {
+        self.pending.clear();
+        let mut removed = false;
+        while self.segments.len() > seg + 1 {
+            if let Some(s) = self.segments.pop() {
+                fs::remove_file(&s.path).map_err(io_err(&s.path, "remove truncated segment"))?;
+                self.stats.segments_deleted += 1;
+                removed = true;
+            }
+        }
+        if removed {
+            dir::sync_dir(&self.dir)?;
+            self.stats.fsyncs += 1;
+        }
+        let s = &mut self.segments[seg];
+        let file = segment::open_for_write(s)?;
+        file.set_len(offset)
+            .map_err(io_err(&s.path, "truncate segment"))?;
+        file.sync_all()
+            .map_err(io_err(&s.path, "sync truncated segment"))?;
+        self.stats.fsyncs += 1;
+        s.len = offset;
+        self.active = file;
+        Ok(())
+    }
+
+    /// Forgets entries `first..=through` in memory (`term` is the term of `through`).
+    fn forget_through(&mut self, through: Index, term: Term) {
+        let n = usize::try_from(through + 1 - self.first)
+            .unwrap_or(usize::MAX)
+            .min(self.entries.len());
+        self.entries.drain(..n);
+        self.offsets.drain(..n);
+        self.first = through + 1;
+        self.compacted_term = term;
+    }
+
+    /// Deletes the segments whose entries are all compacted, oldest first. The active
+    /// segment always stays.
+    fn delete_compacted_segments(&mut self) -> Result<(), FileLogError> {
+        let mut removed = 0;
+        while self.segments.len() - removed >= 2 && self.segments[removed + 1].base <= self.first {
+            if let Err(e) = fs::remove_file(&self.segments[removed].path) {
+                let err = io_err(&self.segments[removed].path, "remove compacted segment")(e);
+                self.segments.drain(..removed);
+                self.stats.segments_deleted += removed as u64;
+                return Err(err);
+            }
+            removed += 1;
+        }
+        self.segments.drain(..removed);
+        if removed > 0 {
+            self.stats.segments_deleted += removed as u64;
+            dir::sync_dir(&self.dir)?;
+            self.stats.fsyncs += 1;
+        }
+        Ok(())
+    }
+
+    /// Discards the whole log, which restarts after the snapshot at `index`/`term` (§7).
+    /// Segments go newest first; a crash in the middle leaves a prefix, which the next open
+    /// discards again because the snapshot is durable already.
+    fn discard_all(&mut self, index: Index, term: Term) -> Result<(), FileLogError> {
+        let result = self.discard_all_inner(index, term);
+        if let Err(e) = &result {
+            // The files are in an unknown state: no more writes.
+            self.failed = true;
+            self.last_error = Some(FileLogError::Io {
+                path: self.dir.clone(),
+                op: "discard the log for a snapshot",
+                source: io::Error::new(e.kind(), e.to_string()),
+            });
+        }
+        result
+    }
+
+    fn discard_all_inner(&mut self, index: Index, term: Term) -> Result<(), FileLogError> {
+        self.pending.clear();
+        self.entries.clear();
+        self.offsets.clear();
+        self.first = index + 1;
+        self.compacted_term = term;
+        while let Some(s) = self.segments.pop() {
+            fs::remove_file(&s.path).map_err(io_err(&s.path, "remove discarded segment"))?;
+            self.stats.segments_deleted += 1;
+        }
+        dir::sync_dir(&self.dir)?;
+        self.stats.fsyncs += 1;
+        let (seg, file) = segment::create(&self.dir, index + 1, term)?;
+        self.stats.fsyncs += 2;
+        self.stats.segments_created += 1;
+        self.segments.push(seg);
+        self.active = file;
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for FileLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileLog")
+            .field("dir", &self.dir)
+            .field("first_index", &self.first)
+            .field("last_index", &self.last_index())
+            .field("hard_state", &self.hard_state)
+            .field("segments", &self.segments.len())
+            .field("pending_bytes", &self.pending.len())
+            .field("snapshot", &self.snapshot)
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogStorage for FileLog {
+    fn hard_state(&self) -> HardState {
+        self.hard_state
+    }
+
+    /// Buffers the hard state; [`FileLog::sync`] makes it durable.
+    fn set_hard_state(&mut self, hard_state: HardState) -> Result<(), StorageError> {
+        if self.failed {
+            return Err(StorageError::Unavailable);
+        }
+        if hard_state != self.hard_state {
+            self.hard_state = hard_state;
+            self.hard_state_dirty = true;
+        }
+        Ok(())
+    }
+
+    fn first_index(&self) -> Index {
+        self.first
+    }
+
+    fn last_index(&self) -> Index {
+        self.first + self.entries.len() as u64 - 1
+    }
+
+    fn term(&self, index: Index) -> Option<Term> {
+        if index + 1 == self.first {
+            return Some(self.compacted_term);
+        }
+        self.position(index).map(|p| self.entries[p].term)
+    }
+
+    fn entry(&self, index: Index) -> Option<Entry<'_>> {
+        self.position(index).map(|p| self.entries[p].as_entry())
+    }
+
+    /// Buffers the entry; [`FileLog::sync`] makes it durable. Starting a new segment syncs.
+    fn append(&mut self, entry: &Entry<'_>) -> Result<(), StorageError> {
+        if self.failed {
+            return Err(StorageError::Unavailable);
+        }
+        if entry.index != self.last_index() + 1 {
+            return Err(StorageError::OutOfRange);
+        }
+        if entry.data.len() > self.options.max_entry_bytes {
+            self.last_error = Some(FileLogError::EntryTooLarge {
+                len: entry.data.len(),
+                max: self.options.max_entry_bytes,
+            });
+            return Err(StorageError::EntryTooLarge);
+        }
+        let record_len = record::entry_record_len(entry.data.len()) as u64;
+        let active_len = self.segments.last().map_or(0, |s| s.len) + self.pending.len() as u64;
+        let roll = active_len >= self.options.segment_bytes && active_len > segment::HEADER as u64;
+        if let Some(limit) = self.options.max_log_bytes {
+            let needed =
+                self.disk_bytes() + record_len + if roll { segment::HEADER as u64 } else { 0 };
+            if needed > limit {
+                self.last_error = Some(FileLogError::QuotaExceeded {
+                    dir: self.dir.clone(),
+                    limit,
+                    needed,
+                });
+                return Err(StorageError::Full);
+            }
+        }
+        if roll {
+            if let Err(e) = self.roll_over(entry.index) {
+                return Err(self.unavailable(e));
+            }
+        }
+        let offset = self.segments.last().map_or(0, |s| s.len) + self.pending.len() as u64;
+        record::push_entry(&mut self.pending, entry);
+        self.entries.push(OwnedEntry::from(*entry));
+        self.offsets.push(offset);
+        Ok(())
+    }
+
+    /// Cuts `from..` off. Entries only buffered are dropped from the buffer; entries
+    /// already on disk are cut durably before this returns (one fsync; see the module docs).
+    fn truncate_suffix(&mut self, from: Index) -> Result<(), StorageError> {
+        if from < self.first {
+            return Err(StorageError::Compacted);
+        }
+        let Some(pos) = self.position(from) else {
+            return Ok(());
+        };
+        if self.failed {
+            return Err(StorageError::Unavailable);
+        }
+        let offset = self.offsets[pos];
+        let seg = self.segment_of(from);
+        let written = self.segments[seg].len;
+        if seg + 1 == self.segments.len() && offset >= written {
+            self.pending.truncate((offset - written) as usize);
+        } else if let Err(e) = self.cut_durable(seg, offset) {
+            return Err(self.unavailable(e));
+        }
+        self.entries.truncate(pos);
+        self.offsets.truncate(pos);
+        Ok(())
+    }
+
+    /// Forgets `first_index()..=through` and deletes the segments that hold only those
+    /// entries. If deleting fails the entries are forgotten all the same, the error is in
+    /// [`FileLog::last_error`], `Unavailable` is returned, and the next compaction retries.
+    fn compact(&mut self, through: Index) -> Result<(), StorageError> {
+        if through < self.first {
+            return Ok(());
+        }
+        let term = self.term(through).ok_or(StorageError::OutOfRange)?;
+        self.forget_through(through, term);
+        if let Err(e) = self.delete_compacted_segments() {
+            self.last_error = Some(e);
+            return Err(StorageError::Unavailable);
+        }
+        Ok(())
+    }
+}
