@@ -60,7 +60,8 @@
 //! ## Features
 //! - `std` (default): `std::error::Error` for the errors; implies `alloc`.
 //! - `alloc`: [`VecLog`] and [`OwnedEntry`].
-//! - `serde`: the wire format, [`wire`]: postcard frames with version and cluster checks.
+//! - `serde`: the wire format (module `wire`): postcard frames with version and cluster
+//!   checks.
 //! - `defmt`: `defmt::Format` for the public types, and logging through defmt.
 //! - `log`: logging through the `log` crate.
 //!
