@@ -44,6 +44,13 @@ pub struct Config {
     /// `election_ticks - lease_drift_ticks` from the start of the heartbeat round a quorum
     /// answered. Raise it if clocks may drift apart more.
     pub lease_drift_ticks: u32,
+    /// Election priority (the bully algorithm's rank, inside Raft): a node outranked by `k`
+    /// voters waits `k * election_ticks / 2` more ticks before campaigning, and a leader
+    /// hands leadership to a caught-up voter of higher priority. Priorities of the other
+    /// members are set with [`Node::set_priority`](crate::Node::set_priority). Safety never
+    /// depends on them: votes still follow the election restriction. 0 for all (the
+    /// default) changes nothing.
+    pub priority: u8,
     /// Leave a joint configuration as soon as it commits (otherwise wait for
     /// `MembershipChange::LeaveJoint`). On by default.
     pub auto_leave_joint: bool,
@@ -72,6 +79,7 @@ impl Config {
             max_uncommitted_entries: 4096,
             lease_drift_ticks: 2,
             auto_leave_joint: true,
+            priority: 0,
             applied: 0,
         }
     }

@@ -9,10 +9,41 @@ use crate::storage::LogStorage;
 use crate::types::{EntryKind, NodeId, Role, Term};
 
 impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I, R> {
-    /// A fresh randomized election timeout in `[T, 2T)` ticks (§5.2).
+    /// A fresh randomized election timeout in `[T, 2T)` ticks (§5.2), later by `T/2` for
+    /// each voter of higher priority, so the highest-ranked live node campaigns first.
     pub(crate) fn reset_election_timer(&mut self) {
         let t = self.cfg.election_ticks as u64;
-        self.election_deadline = self.now + self.rng.in_range(t, t);
+        let me = self.cfg.priority;
+        let outranked = self
+            .peers
+            .iter()
+            .filter(|p| (p.voter || p.voter_outgoing) && p.priority > me)
+            .count() as u64;
+        self.election_deadline = self.now + outranked * (t / 2) + self.rng.in_range(t, t);
+    }
+
+    /// A leader hands leadership to a caught-up, active voter of higher priority (the
+    /// bully algorithm's rule, done with a safe leadership transfer).
+    pub(crate) fn hand_over_to_higher_priority(&mut self) {
+        if self.transfer.is_some() {
+            return;
+        }
+        let last = self.log.last_index();
+        let me = self.cfg.priority;
+        let best = self
+            .peers
+            .iter()
+            .filter(|p| {
+                p.voter
+                    && p.priority > me
+                    && p.replication.recent_active
+                    && p.replication.match_index == last
+            })
+            .max_by_key(|p| p.priority)
+            .map(|p| p.id);
+        if let Some(id) = best {
+            let _ = self.transfer_leadership(id);
+        }
     }
 
     /// "If election timeout elapses without receiving AppendEntries RPC from current leader

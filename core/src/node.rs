@@ -106,6 +106,8 @@ pub(crate) struct Peer<const I: usize> {
     pub snapshot_response: Option<Gated<InstallSnapshotResponse>>,
     /// Newest heartbeat round this peer answered in the current term.
     pub acked_round: u64,
+    /// Its election priority.
+    pub priority: u8,
     pub send_timeout_now: bool,
 }
 
@@ -597,6 +599,20 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         self.peer_index(peer)
             .map(|i| self.peers[i].replication.view())
     }
+    /// Sets the election priority of member `peer` (see `Config::priority`); a node not
+    /// leading draws its election timeout again with the new ranks. Returns false if `peer`
+    /// is not a member this node knows.
+    pub fn set_priority(&mut self, peer: NodeId, priority: u8) -> bool {
+        let Some(i) = self.peer_index(peer) else {
+            return false;
+        };
+        self.peers[i].priority = priority;
+        if self.role != Role::Leader {
+            self.reset_election_timer();
+        }
+        true
+    }
+
     /// Counters of ignored inputs and other events.
     pub fn counters(&self) -> &Counters {
         &self.counters
@@ -939,6 +955,7 @@ impl<const I: usize> Peer<I> {
             snapshot_response: None,
             acked_round: 0,
             send_timeout_now: false,
+            priority: 0,
         }
     }
 }

@@ -254,6 +254,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// Leader timer: a heartbeat to every peer, and retransmission for peers whose
     /// pipelined messages went unanswered.
     pub(crate) fn on_heartbeat_timeout(&mut self) {
+        self.hand_over_to_higher_priority();
         // Each heartbeat starts a round: its answers renew the lease.
         self.open_round();
         let now = self.now;

@@ -10,6 +10,7 @@ mod election_restriction;
 mod figure7;
 mod figure8;
 mod membership;
+mod priority;
 mod proposals;
 mod read;
 mod replication;
