@@ -1,15 +1,33 @@
 //! Coracle over authenticated UDP datagrams.
 //!
-//! This crate is the security layer and the datagram frame of Coracle's UDP
-//! binding. It seals an opaque payload (the encoded Raft message) into a
-//! datagram and opens it again, and it is what stands between the network
-//! and the Raft core: forged, replayed, truncated, oversized or misdirected
-//! datagrams are counted and dropped here, and none reaches the core.
+//! This crate is Coracle's UDP binding. Its layers, from the wire up:
 //!
-//! It is `#![no_std]` and allocation-free: every buffer is the caller's
-//! [`heapless::Vec`] ([`Datagram`]) or slice, every table has a capacity
-//! fixed at compile time, and it does no I/O (the `std` feature is reserved
-//! for the socket drivers).
+//! - the security layer and the datagram frame ([`Sealer`], [`Opener`]):
+//!   it seals an opaque payload into a datagram and opens it again, and it
+//!   is what stands between the network and the Raft core: forged, replayed,
+//!   truncated, oversized or misdirected datagrams are counted and dropped
+//!   here, and none reaches the core;
+//! - the codec ([`codec`]): core messages encoded with postcard straight
+//!   into the datagram buffer and decoded in place, checked against the
+//!   authenticated header, with the `Config` limits that make every
+//!   AppendEntries fit the MTU ([`codec::mtu_config`]);
+//! - the node pump ([`node::UdpNode`]): a core node wired to a link, driven
+//!   by datagrams and time, sans-IO;
+//! - the async node loop ([`event_loop::run`]), written once over small
+//!   [`event_loop::Datagrams`] and [`event_loop::Clock`] traits, and its
+//!   drivers: [`smol`] (feature `smol`, default: `async-io` sockets and
+//!   timers, a [`smol::NodeHandle`] for other tasks) and `embassy`
+//!   (feature `embassy`, no_std: embassy-net and embassy-time). The example
+//!   `examples/std_loop.rs` is a blocking `std::net::UdpSocket` loop.
+//!
+//! Without default features it is `#![no_std]` and allocation-free: every
+//! buffer is the caller's [`heapless::Vec`] ([`Datagram`]) or slice, every
+//! table has a capacity fixed at compile time.
+//!
+//! # Features
+//! - `std`: `Durable` for the core's `VecLog`.
+//! - `smol` (default, implies `std`): the async-io driver.
+//! - `embassy`: the embassy-net driver (no_std).
 //!
 //! # Frame
 //!
@@ -79,13 +97,23 @@
 //! ```
 #![no_std]
 
+#[cfg(feature = "std")]
+extern crate std;
+
 pub mod auth;
+pub mod codec;
 pub mod counter;
 pub mod drops;
+#[cfg(feature = "embassy")]
+pub mod embassy;
+pub mod event_loop;
 pub mod frame;
+pub mod node;
 pub mod open;
 pub mod replay;
 pub mod seal;
+#[cfg(feature = "smol")]
+pub mod smol;
 
 pub use auth::{ClusterKey, KEY_LEN};
 pub use counter::{CounterError, SendCounter};

@@ -1,12 +1,15 @@
-//! Sealing and opening never touch the heap: a counting global allocator
-//! watches this thread while datagrams are sealed, opened and rejected.
+//! Sealing and opening never touch the heap, nor do encoding and decoding:
+//! a counting global allocator watches this thread while datagrams are
+//! encoded and sealed, opened and decoded, and rejected.
 // A global allocator is an `unsafe impl`: test-only, forwarding to `System`.
 #![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use coracle_udp::{ClusterKey, Datagram, Opener, Sealer, SendCounter};
+use coracle::{AppendEntries, Entries, Entry, EntryKind, Message};
+use coracle_udp::codec::{self, Link, DEFAULT_ENTRIES};
+use coracle_udp::{ClusterKey, Datagram, Opener, Sealer, SendCounter, DEFAULT_MTU};
 
 thread_local! {
     static WATCHING: Cell<bool> = const { Cell::new(false) };
@@ -64,4 +67,68 @@ fn seal_and_open_do_not_allocate() {
 
     assert_eq!(ALLOCATIONS.with(Cell::get), 0);
     assert_eq!(opened, (0..1000).sum::<usize>());
+}
+
+#[test]
+fn encode_seal_and_open_decode_do_not_allocate() {
+    let key = ClusterKey::from_bytes([9; 32]);
+    let ready = || {
+        let mut counter = SendCounter::resume(None, 1 << 20);
+        counter.persisted(0);
+        counter
+    };
+    let mut alice: Link<4> = Link::new(&key, 5, 1, ready());
+    let mut bob: Link<4> = Link::new(&key, 5, 2, ready());
+    bob.add_peer(1).expect("room");
+    let data = [0x3Cu8; codec::max_entry_bytes(DEFAULT_MTU)];
+    let entries: Vec<Entry<'_>> = (0..DEFAULT_ENTRIES as u64)
+        .map(|i| Entry {
+            index: 100 + i,
+            term: 7,
+            kind: EntryKind::Command,
+            data: &data[..(i as usize * 7) % 20],
+        })
+        .collect();
+    let full = [Entry {
+        index: 100,
+        term: 7,
+        kind: EntryKind::Command,
+        data: &data,
+    }];
+    let append = |entries| {
+        Message::AppendEntries(AppendEntries {
+            term: 7,
+            prev_log_index: 99,
+            prev_log_term: 7,
+            leader_commit: 99,
+            round: 3,
+            entries: Entries::from_slice(entries),
+        })
+    };
+    let mut datagram: Datagram = Datagram::new();
+    let mut garbage = [0x01u8; 300];
+
+    WATCHING.with(|w| w.set(true));
+    let mut decoded = 0usize;
+    for i in 0..500 {
+        let message = if i % 2 == 0 {
+            append(&full[..])
+        } else {
+            append(&entries[..])
+        };
+        alice.encode_seal(2, &message, &mut datagram).expect("fits");
+        let mut replay = datagram.clone();
+        let received = bob
+            .open_decode::<DEFAULT_ENTRIES>(&mut datagram)
+            .expect("authentic");
+        if let Message::AppendEntries(a) = received.message() {
+            decoded += a.entries.len();
+        }
+        assert!(bob.open_decode::<DEFAULT_ENTRIES>(&mut replay).is_err());
+        assert!(bob.open_decode::<DEFAULT_ENTRIES>(&mut garbage).is_err());
+    }
+    WATCHING.with(|w| w.set(false));
+
+    assert_eq!(ALLOCATIONS.with(Cell::get), 0);
+    assert_eq!(decoded, 250 * (1 + DEFAULT_ENTRIES));
 }
