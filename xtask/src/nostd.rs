@@ -17,13 +17,16 @@ pub const TARGETS: [&str; 3] = [
     "riscv32imc-unknown-none-elf",
 ];
 
-/// The feature sets the core is built with, as (target, extra features); every build
-/// also has `--no-default-features`.
-const BUILDS: [(&str, &[&str]); 4] = [
-    ("thumbv6m-none-eabi", &[]),
-    ("thumbv7em-none-eabihf", &[]),
-    ("riscv32imc-unknown-none-elf", &[]),
-    ("thumbv7em-none-eabihf", &["serde", "defmt"]),
+/// The bare-metal builds, as (package, target, extra features); every build also has
+/// `--no-default-features`. The core on every target; the datagram binding's codec and
+/// security layer on the smallest one, and its embassy driver on a Cortex-M4.
+const BUILDS: [(&str, &str, &[&str]); 6] = [
+    (CORE, "thumbv6m-none-eabi", &[]),
+    (CORE, "thumbv7em-none-eabihf", &[]),
+    (CORE, "riscv32imc-unknown-none-elf", &[]),
+    (CORE, "thumbv7em-none-eabihf", &["serde", "defmt"]),
+    ("coracle-udp", "thumbv6m-none-eabi", &[]),
+    ("coracle-udp", "thumbv7em-none-eabihf", &["embassy"]),
 ];
 
 /// Features whose presence in the dependency graph of a bare-metal build means that
@@ -50,16 +53,16 @@ pub fn run(args: &[String]) -> Result<()> {
     ensure_targets(&TARGETS)?;
 
     let mut checks = Checks::default();
-    for (target, features) in BUILDS {
+    for (package, target, features) in BUILDS {
         let label = format!(
-            "{CORE} {}: no std/alloc in dependency features",
+            "{package} {}: no std/alloc in dependency features",
             flags(features)
         );
-        checks.run(target, &label, || tree_check(target, features));
+        checks.run(target, &label, || tree_check(package, target, features));
     }
-    for (target, features) in BUILDS {
-        let label = format!("{CORE} {}", flags(features));
-        checks.run(target, &label, || build_core(target, features));
+    for (package, target, features) in BUILDS {
+        let label = format!("{package} {}", flags(features));
+        checks.run(target, &label, || build(package, target, features));
     }
     let target_dir = cmd::target_dir()?;
     for target in TARGETS {
@@ -197,11 +200,11 @@ fn target_installed(sysroot: &Path, target: &str) -> bool {
     })
 }
 
-/// Checks, with `cargo tree`, that no dependency of the core on `target` (normal edges,
+/// Checks, with `cargo tree`, that no dependency of `package` on `target` (normal edges,
 /// proc-macros excluded since they run on the host) has a `std` or `alloc` feature on.
-fn tree_check(target: &str, features: &[&str]) -> Result<String> {
+fn tree_check(package: &str, target: &str, features: &[&str]) -> Result<String> {
     let mut command = cmd::cargo();
-    command.args(["tree", "--package", CORE, "--no-default-features"]);
+    command.args(["tree", "--package", package, "--no-default-features"]);
     if !features.is_empty() {
         command.args(["--features", &features.join(",")]);
     }
@@ -292,13 +295,13 @@ fn count_crates(tree: &str) -> usize {
     crates.len()
 }
 
-/// Builds the core library for `target`.
-fn build_core(target: &str, features: &[&str]) -> Result<String> {
+/// Builds the library of `package` for `target`.
+fn build(package: &str, target: &str, features: &[&str]) -> Result<String> {
     let mut command = cmd::cargo();
     command.args([
         "build",
         "--package",
-        CORE,
+        package,
         "--lib",
         "--no-default-features",
         "--target",
