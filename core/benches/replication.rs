@@ -12,9 +12,10 @@
 //! Run with `cargo bench -p coracle`.
 
 use coracle::{
-    AppendEntries, ArrayLog, Config, Entries, Entry, EntryKind, Message, Node, Output, Role,
+    AppendEntries, ArrayLog, Config, Entries, Entry, EntryKind, LogStorage, Message, Node, Output,
+    ReadMode, Role, SnapshotMeta, VecLog,
 };
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,6 +78,8 @@ fn allocations() -> u64 {
 /// Three nodes with ids 1, 2, 3 at positions 0, 1, 2; node 1 leads.
 struct Cluster {
     nodes: [RaftNode; 3],
+    /// Reads released on the leader so far.
+    reads_ready: u64,
 }
 
 impl Cluster {
@@ -87,7 +90,10 @@ impl Cluster {
             config.max_entries_per_message = BATCH;
             Node::new(config, Log::new(), &members).expect("valid configuration")
         });
-        let mut cluster = Box::new(Cluster { nodes });
+        let mut cluster = Box::new(Cluster {
+            nodes,
+            reads_ready: 0,
+        });
         cluster.nodes[0].campaign();
         while cluster.pump() {}
         assert_eq!(cluster.nodes[0].role(), Role::Leader, "node 1 won");
@@ -119,11 +125,29 @@ impl Cluster {
                     Output::Apply(entry) => {
                         black_box(entry.data);
                     }
+                    Output::ReadReady { id, .. } => {
+                        black_box(id);
+                        self.reads_ready += 1;
+                    }
                     _ => {}
                 }
             }
         }
         busy
+    }
+
+    /// Issues `count` ReadIndex reads on the leader and drives the cluster until all are
+    /// released (they share one heartbeat round).
+    fn read(&mut self, count: u64) {
+        let target = self.reads_ready + count;
+        for id in 0..count {
+            self.nodes[0]
+                .read(id, ReadMode::ReadIndex)
+                .expect("the leader takes it");
+        }
+        while self.reads_ready < target {
+            self.pump();
+        }
     }
 
     /// Proposes `count` commands on the leader and drives the cluster until the leader has
@@ -150,6 +174,86 @@ impl Cluster {
 }
 
 // ----- benchmarks -------------------------------------------------------------------------
+
+/// ReadIndex reads per second on the leader of the 3-node cluster: batches of 16 reads
+/// (the node's pending-read capacity) share one heartbeat round.
+fn read_index(c: &mut Criterion) {
+    let mut group = c.benchmark_group("reads");
+    let mut cluster = Cluster::new();
+    cluster.commit(1); // the leader's term has a committed entry
+    for batch in [1u64, 16] {
+        group.throughput(Throughput::Elements(batch));
+        group.bench_function(format!("read_index_batch_{batch}"), |b| {
+            b.iter(|| cluster.read(batch))
+        });
+    }
+    group.finish();
+}
+
+/// Snapshot install throughput through the core: a leader sends a 1 MiB snapshot in
+/// 64 KiB chunks to a follower behind its compaction point (in-memory `VecLog`, so this is
+/// the chunking overhead of the core plus memory copies).
+fn snapshot_install(c: &mut Criterion) {
+    const SIZE: usize = 1 << 20;
+    let mut group = c.benchmark_group("snapshot");
+    group.throughput(Throughput::Bytes(SIZE as u64));
+    group.bench_function("install_1MiB", |b| {
+        b.iter_batched(
+            || {
+                let mut leader_log = VecLog::new();
+                leader_log
+                    .append(&Entry {
+                        index: 1,
+                        term: 1,
+                        kind: EntryKind::Command,
+                        data: b"x",
+                    })
+                    .expect("append");
+                let meta = SnapshotMeta::new(1, 1, SIZE as u64, &[]).expect("meta");
+                leader_log.save_snapshot(meta, vec![7u8; SIZE]);
+                leader_log.compact(1).expect("compact");
+                let mut config = Config::new(1, 1);
+                config.applied = 1;
+                let leader: Node<VecLog> = Node::new(config, leader_log, &[1, 2]).expect("leader");
+                let follower: Node<VecLog> =
+                    Node::new(Config::new(2, 2), VecLog::new(), &[1, 2]).expect("follower");
+                [leader, follower]
+            },
+            |mut nodes| {
+                nodes[0].campaign();
+                let mut restored = false;
+                while !restored {
+                    let mut busy = false;
+                    for i in 0..2 {
+                        let (a, b) = nodes.split_at_mut(1);
+                        let (node, other) = if i == 0 {
+                            (&mut a[0], &mut b[0])
+                        } else {
+                            (&mut b[0], &mut a[0])
+                        };
+                        let from = node.id();
+                        while let Some(output) = node.poll_output() {
+                            busy = true;
+                            match output {
+                                Output::Sync(token) => node.synced(token),
+                                Output::Send { message, .. } => other.step(from, message),
+                                Output::RestoreSnapshot { .. } => restored = true,
+                                _ => {}
+                            }
+                        }
+                    }
+                    if !busy {
+                        nodes[0].tick();
+                        nodes[1].tick();
+                    }
+                }
+                nodes
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
 
 /// (c) Heap allocations per committed entry in the steady state: none.
 fn allocation_check(_: &mut Criterion) {
@@ -260,6 +364,6 @@ criterion_group! {
         .sample_size(20)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = allocation_check, cluster_commits, follower_append
+    targets = allocation_check, cluster_commits, follower_append, read_index, snapshot_install
 }
 criterion_main!(benches);
