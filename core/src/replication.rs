@@ -12,18 +12,9 @@ use crate::types::{Index, NodeId, Role};
 impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I, R> {
     /// AppendEntries RPC, receiver implementation (Figure 2).
     pub(crate) fn on_append_entries(&mut self, peer: usize, m: &AppendEntries<'_>) {
-        let from = self.peers[peer].id;
-        if self.role == Role::Leader || self.leader.is_some_and(|l| l != from) {
-            // Two leaders in one term cannot happen (Election Safety): the sender is broken.
-            self.counters.invalid += 1;
+        let Some(from) = self.accept_leader(peer) else {
             return;
-        }
-        if self.role != Role::Follower || self.leader.is_none() {
-            // A candidate that hears from the leader of its term steps down (§5.2).
-            self.become_follower(self.current_term, Some(from));
-        }
-        self.leader_contact = Some(self.now);
-        self.reset_election_timer();
+        };
         if !entries_are_consistent(m) {
             self.counters.invalid += 1;
             return;
@@ -107,6 +98,23 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                 round: m.round,
             },
         );
+    }
+
+    /// The sender of an AppendEntries or InstallSnapshot of the current term is its leader:
+    /// a candidate steps down (§5.2), the election timer restarts. `None` if another node
+    /// already leads this term (impossible by Election Safety: the sender is broken).
+    pub(crate) fn accept_leader(&mut self, peer: usize) -> Option<NodeId> {
+        let from = self.peers[peer].id;
+        if self.role == Role::Leader || self.leader.is_some_and(|l| l != from) {
+            self.counters.invalid += 1;
+            return None;
+        }
+        if self.role != Role::Follower || self.leader.is_none() {
+            self.become_follower(self.current_term, Some(from));
+        }
+        self.leader_contact = Some(self.now);
+        self.reset_election_timer();
+        Some(from)
     }
 
     fn reject_append(

@@ -98,16 +98,9 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
 
     /// InstallSnapshot RPC, receiver implementation (Figure 13, in chunks).
     pub(crate) fn on_install_snapshot(&mut self, peer: usize, m: &InstallSnapshot<'_>) {
-        let from = self.peers[peer].id;
-        if self.role == Role::Leader || self.leader.is_some_and(|l| l != from) {
-            self.counters.invalid += 1;
+        let Some(from) = self.accept_leader(peer) else {
             return;
-        }
-        if self.role != Role::Follower || self.leader.is_none() {
-            self.become_follower(self.current_term, Some(from));
-        }
-        self.leader_contact = Some(self.now);
-        self.reset_election_timer();
+        };
         let consistent = m.offset <= m.size
             && (m.data.len() as u64) <= m.size - m.offset
             && m.last_included_term <= m.term

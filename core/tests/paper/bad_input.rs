@@ -1,31 +1,8 @@
 //! Bad input from the network: counted, answered or ignored, never a panic.
 
 use crate::support::*;
-use coracle::{
-    AppendEntries, AppendEntriesResponse, Entries, Entry, EntryKind, Message, RequestVote,
-    RequestVoteResponse,
-};
+use coracle::{AppendEntriesResponse, Entry, EntryKind, Message, RequestVote, RequestVoteResponse};
 use proptest::prelude::*;
-
-fn e(index: u64, term: u64) -> Entry<'static> {
-    Entry {
-        index,
-        term,
-        kind: EntryKind::Command,
-        data: b"",
-    }
-}
-
-fn append<'a>(term: u64, prev: (u64, u64), commit: u64, entries: &'a [Entry<'a>]) -> Message<'a> {
-    Message::AppendEntries(AppendEntries {
-        term,
-        prev_log_index: prev.0,
-        prev_log_term: prev.1,
-        leader_commit: commit,
-        round: 0,
-        entries: Entries::from_slice(entries),
-    })
-}
 
 #[test]
 fn messages_from_unknown_senders_are_counted_and_dropped() {
@@ -44,11 +21,11 @@ fn messages_from_unknown_senders_are_counted_and_dropped() {
 #[test]
 fn appends_with_inconsistent_entries_are_counted_and_ignored() {
     let bad: [&[Entry<'static>]; 5] = [
-        &[e(2, 1)],          // gap after prev
-        &[e(1, 1), e(3, 1)], // gap inside
-        &[e(1, 2), e(2, 1)], // decreasing terms
-        &[e(1, 9)],          // term above the leader's
-        &[e(1, 1), e(1, 1)], // repeated index
+        &[entry(2, 1)],              // gap after prev
+        &[entry(1, 1), entry(3, 1)], // gap inside
+        &[entry(1, 2), entry(2, 1)], // decreasing terms
+        &[entry(1, 9)],              // term above the leader's
+        &[entry(1, 1), entry(1, 1)], // repeated index
     ];
     for entries in bad {
         let mut c = Cluster::new(&[1, 2, 3]);
@@ -73,9 +50,9 @@ fn extreme_indexes_do_not_panic() {
     step_and_collect(
         n,
         2,
-        append(1, (u64::MAX - 1, 1), u64::MAX, &[e(u64::MAX, 1)]),
+        append(1, (u64::MAX - 1, 1), u64::MAX, &[entry(u64::MAX, 1)]),
     );
-    step_and_collect(n, 2, append(u64::MAX, (0, 0), u64::MAX, &[e(1, 1)]));
+    step_and_collect(n, 2, append(u64::MAX, (0, 0), u64::MAX, &[entry(1, 1)]));
     assert_eq!(
         n.commit_index(),
         1,
@@ -188,7 +165,7 @@ proptest! {
                         ForgedMessage::VoteResponse(term, vote_granted, pre_vote) =>
                             Message::RequestVoteResponse(RequestVoteResponse { term, vote_granted, pre_vote }),
                         ForgedMessage::Append(term, pi, pt, commit, es) => {
-                            entries = es.iter().map(|&(i, t)| e(i, t)).collect();
+                            entries = es.iter().map(|&(i, t)| entry(i, t)).collect();
                             return_append(term, pi, pt, commit, &entries, &mut c, from, to);
                             continue;
                         }

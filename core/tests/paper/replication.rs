@@ -1,30 +1,7 @@
 //! AppendEntries (§5.3), receiver implementation of Figure 2, and the leader's side.
 
 use crate::support::*;
-use coracle::{
-    AppendEntries, AppendEntriesResponse, Entries, Entry, EntryKind, Message, OwnedMessage,
-    ProgressState,
-};
-
-fn entry(index: u64, term: u64) -> Entry<'static> {
-    Entry {
-        index,
-        term,
-        kind: EntryKind::Command,
-        data: b"e",
-    }
-}
-
-fn append<'a>(term: u64, prev: (u64, u64), commit: u64, entries: &'a [Entry<'a>]) -> Message<'a> {
-    Message::AppendEntries(AppendEntries {
-        term,
-        prev_log_index: prev.0,
-        prev_log_term: prev.1,
-        leader_commit: commit,
-        round: 0,
-        entries: Entries::from_slice(entries),
-    })
-}
+use coracle::{AppendEntriesResponse, Message, OwnedMessage, ProgressState};
 
 fn response(replies: &[(u64, OwnedMessage)]) -> AppendEntriesResponse {
     match replies.last().map(|(_, m)| m.as_message()) {

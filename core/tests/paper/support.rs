@@ -354,3 +354,30 @@ pub fn collect(node: &mut TestNode) -> Vec<(NodeId, OwnedMessage)> {
         }
     }
 }
+
+/// A command entry with one byte of data.
+pub fn entry(index: Index, term: Term) -> Entry<'static> {
+    Entry {
+        index,
+        term,
+        kind: EntryKind::Command,
+        data: b"e",
+    }
+}
+
+/// An AppendEntries of `term` after `prev` = (index, term) carrying `entries`.
+pub fn append<'a>(
+    term: Term,
+    prev: (Index, Term),
+    commit: Index,
+    entries: &'a [Entry<'a>],
+) -> Message<'a> {
+    Message::AppendEntries(coracle::AppendEntries {
+        term,
+        prev_log_index: prev.0,
+        prev_log_term: prev.1,
+        leader_commit: commit,
+        round: 0,
+        entries: coracle::Entries::from_slice(entries),
+    })
+}
