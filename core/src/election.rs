@@ -69,8 +69,13 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         }
     }
 
-    /// Is a leader known to be alive? Then vote requests of higher terms are ignored.
+    /// Is a leader known to be alive? Then vote requests of higher terms are ignored. A node
+    /// that restarted does not know, so it assumes so for an election timeout: it may have
+    /// answered a leader whose lease is still running before it went down.
     pub(crate) fn in_lease(&self) -> bool {
+        if self.now < self.vote_guard_until {
+            return true;
+        }
         match self.role {
             Role::Leader => self.cfg.check_quorum,
             _ => {

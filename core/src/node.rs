@@ -74,6 +74,8 @@ pub struct Node<S: LogStorage, const N: usize = 6, const I: usize = 8, const R: 
     pub(crate) transfer: Option<Transfer>,
     /// This candidate campaigns on the leader's request (TimeoutNow).
     pub(crate) transfer_campaign: bool,
+    /// A restarted node ignores vote requests until this tick (lease safety).
+    pub(crate) vote_guard_until: u64,
     /// Leader: the snapshot being sent to followers that need it.
     pub(crate) snapshot_out: Option<SnapshotMeta>,
     /// Follower: the snapshot being received and the next offset expected.
@@ -311,6 +313,11 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             voted_for,
         } = log.hard_state();
         let applied = config.applied;
+        let vote_guard_until = if current_term > 0 {
+            config.election_ticks as u64
+        } else {
+            0
+        };
         let mut node = Node {
             rng: Rng::new(config.seed),
             cfg: config,
@@ -341,6 +348,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             reads: heapless::Vec::new(),
             transfer: None,
             transfer_campaign: false,
+            vote_guard_until,
             snapshot_out: None,
             incoming_snapshot: None,
             restore_pending: None,
@@ -599,6 +607,15 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         self.peer_index(peer)
             .map(|i| self.peers[i].replication.view())
     }
+    /// Lifts the guard a restarted node keeps for its first election timeout, during which
+    /// it ignores vote requests of higher terms (it may have answered a leader whose lease
+    /// is still running before it went down). Call it only if this node cannot have heard
+    /// from a leader within the last election timeout: it was down for longer, or its state
+    /// was built by hand.
+    pub fn skip_vote_guard(&mut self) {
+        self.vote_guard_until = 0;
+    }
+
     /// Sets the election priority of member `peer` (see `Config::priority`); a node not
     /// leading draws its election timeout again with the new ranks. Returns false if `peer`
     /// is not a member this node knows.

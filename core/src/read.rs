@@ -158,10 +158,16 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         self.round
     }
 
+    /// The lease holds while no other leader can have been elected: a quorum answered a
+    /// round that started less than `election_ticks - lease_drift_ticks` ago (voters ignore
+    /// vote requests for `election_ticks` after hearing from the leader, and for as long
+    /// after they start), and no leadership transfer is under way (its campaign bypasses
+    /// that rule).
     fn lease_holds(&self) -> bool {
         let lease =
             (self.cfg.election_ticks as u64).saturating_sub(self.cfg.lease_drift_ticks as u64);
         self.cfg.check_quorum
+            && self.transfer.is_none()
             && self
                 .lease_start
                 .is_some_and(|start| self.now < start + lease)

@@ -184,3 +184,38 @@ fn pending_reads_fail_when_the_leader_steps_down() {
     assert_eq!(reads(&mut c, 1), vec![(3, None)]);
     let _ = Output::ReadFailed { id: 3 };
 }
+
+/// A restarted voter may have answered the old leader just before it went down: it ignores
+/// vote requests for an election timeout, so the old leader's lease stays sound.
+#[test]
+fn a_restarted_voter_does_not_vote_within_an_election_timeout() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    c.run(2);
+    c.crash(2);
+    c.restart(2);
+    let vote = Message::RequestVote(coracle::RequestVote {
+        term: 5,
+        last_log_index: 10,
+        last_log_term: 5,
+        pre_vote: false,
+        leadership_transfer: false,
+    });
+    assert!(step_and_collect(c.node_mut(2), 3, vote).is_empty());
+    assert_eq!(c.node(2).term(), 1);
+    c.node_mut(2).advance(10);
+    assert!(!step_and_collect(c.node_mut(2), 3, vote).is_empty());
+}
+
+/// A leader handing over leadership stops serving lease reads: the transfer's campaign
+/// gets through the voters' leader stickiness.
+#[test]
+fn no_lease_reads_during_a_leadership_transfer() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    c.run(2);
+    c.isolate(2);
+    c.node_mut(1).transfer_leadership(2).unwrap();
+    c.node_mut(1).read(1, ReadMode::Lease).unwrap();
+    assert!(reads(&mut c, 1).is_empty(), "not served from the lease");
+}
