@@ -224,6 +224,7 @@ fn refusing_a_stale_candidate_does_not_reset_the_election_timer() {
     let mut config = Config::new(1, 1);
     config.pre_vote = false;
     let mut node: Node<VecLog> = Node::new(config, log, &[1, 2, 3]).expect("node");
+    node.skip_vote_guard(); // a state built by hand, not a restart after a recent leader
     node.tick();
     node.tick();
     let before = node.ticks_until_deadline();
