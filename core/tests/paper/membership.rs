@@ -291,3 +291,28 @@ fn a_restarted_node_takes_its_configuration_from_the_log() {
     let m: Vec<Member> = c.node(2).members().collect();
     assert_eq!(m.len(), 2);
 }
+
+#[test]
+fn adding_a_node_while_a_follower_is_partitioned() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    c.stabilize();
+    c.isolate(3);
+    c.join(4, &[1, 2, 3]);
+    c.cut.insert((3, 4));
+    c.cut.insert((4, 3));
+    change(&mut c, 1, Change::AddLearner(4)).unwrap();
+    c.run(3);
+    change(&mut c, 1, Change::AddVoter(4)).unwrap();
+    c.run(3);
+    // Four voters, one cut off: 1, 2 and 4 are a quorum and keep committing.
+    assert_eq!(voters(&c, 1), vec![1, 2, 3, 4]);
+    let p = c.propose(1, b"while 3 is away");
+    c.run(3);
+    assert!(c.node(1).commit_index() >= p.index);
+    // Node 3 comes back and learns the new configuration from the log.
+    c.heal();
+    c.run(10);
+    assert_eq!(voters(&c, 3), vec![1, 2, 3, 4]);
+    assert!(c.commands(3).contains(&b"while 3 is away".to_vec()));
+}
