@@ -1,18 +1,33 @@
 //! # coracle-quic: the server binding of Coracle
 //!
-//! Meant to hold everything a Coracle node needs on a Linux server (issue 6): the QUIC
-//! transport (quinn + rustls, mutual TLS, on smol), the reference KV service and the
-//! `coracle` command. **Those are not built yet.** What this crate holds today is the
-//! storage part: [`storage::FileLog`], a durable, segmented, checksummed log on disk that
-//! implements [`coracle::LogStorage`], with group commit (one fsync for many entries),
-//! crash-safe truncation, compaction by whole segments, an atomically replaced hard state
-//! and atomic snapshots, recovery that cuts a torn tail and refuses any other damage, and a
-//! lock on the data directory.
+//! Everything a Coracle node needs on a Linux server:
 //!
-//! The host's loop with a `FileLog`: feed the node, drain its outputs, and on
-//! [`Output::Sync(token)`](coracle::Output::Sync) call
-//! `node.log_mut().sync()` and then `node.synced(token)`.
+//! - [`certs`]: the cluster CA, node certificates that carry the node id, client
+//!   certificates with a `client` or `admin` role (rcgen);
+//! - [`tls`]: mutual TLS 1.3 for QUIC with our own ALPN, client certificates verified
+//!   against the cluster CA;
+//! - [`transport`]: Raft messages between nodes over quinn on smol: one connection per pair
+//!   of nodes, the sender's id taken from its certificate, datagrams for small messages and
+//!   streams for entries and snapshots, malformed frames counted and their stream closed;
+//! - [`storage`]: [`storage::FileLog`], a durable, segmented, checksummed log on disk that
+//!   implements [`coracle::LogStorage`], with group commit (one fsync for many entries);
+//! - [`server`]: the node runtime (the core, the log, the transport and a timer in one
+//!   loop), serving the replicated KV store of [`kv`] over the protocol of [`protocol`];
+//! - [`client`]: the client library (follows the leader, exactly-once writes,
+//!   linearizable reads);
+//! - [`config`]: the node's configuration file (`node.toml`).
+//!
+//! The `coracle` command (`src/main.rs`) ties them together: `coracle certs`, `coracle
+//! node`, `coracle kv`, `coracle admin`.
 
 #![warn(missing_docs)]
 
+pub mod certs;
+pub mod client;
+pub mod config;
+pub mod kv;
+pub mod protocol;
+pub mod server;
 pub mod storage;
+pub mod tls;
+pub mod transport;

@@ -1,0 +1,423 @@
+//! The client library of the replicated KV store (what `coracle kv` and `coracle admin`
+//! use).
+//!
+//! A [`Client`] connects over QUIC with its client certificate to any node it is given,
+//! and follows the leader: a node that cannot serve a request answers with the leader's
+//! address, and the client retries there; on a connection failure or a "retry" answer it
+//! tries the next node with a growing backoff, until the request's deadline
+//! ([`Client::with_timeout`]).
+//!
+//! Writes are exactly-once: each gets a sequence number in the client's session, kept
+//! across retries, and the state machine applies a `(session, seq)` pair at most once.
+//! Reads are linearizable by default ([`Consistency::Linearizable`]).
+//!
+//! ```no_run
+//! use coracle_quic::client::Client;
+//! use coracle_quic::tls::Credentials;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let creds = Credentials::load("certs/ca.pem".as_ref(), "certs/client-alice.pem".as_ref(), "certs/client-alice.key".as_ref())?;
+//! let client = Client::new(&creds, vec!["127.0.0.1:7001".parse()?])?;
+//! smol::block_on(async {
+//!     client.put("greeting", "hello").await?;
+//!     assert_eq!(client.get("greeting").await?, Some(b"hello".to_vec()));
+//!     let (swapped, _) = client.cas("greeting", Some("hello"), Some("bye")).await?;
+//!     assert!(swapped);
+//!     Ok(())
+//! })
+//! # }
+//! ```
+
+use crate::certs::ANY_NODE_NAME;
+use crate::protocol::{
+    AdminOp, Consistency, ErrorKind, NodeStatus, ReadOp, Request, Response, WriteOp, WriteOutcome,
+    MAX_CLIENT_FRAME,
+};
+use crate::tls::{self, Credentials, QuicSettings, TlsError};
+use crate::transport::read_frame;
+use coracle::Index;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Why a client call failed.
+#[derive(Debug)]
+pub enum ClientError {
+    /// The client's certificates are unusable.
+    Tls(TlsError),
+    /// The local endpoint could not be created.
+    Io(std::io::Error),
+    /// No node answered in time; the last problem seen.
+    Timeout(String),
+    /// A node refused the request for good.
+    Server {
+        /// What kind of refusal.
+        kind: ErrorKind,
+        /// The node's explanation.
+        message: String,
+    },
+    /// The answer does not fit the request.
+    Protocol(String),
+    /// No node address was given.
+    NoNodes,
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Tls(e) => write!(f, "{e}"),
+            ClientError::Io(e) => write!(f, "{e}"),
+            ClientError::Timeout(last) => write!(f, "no answer in time (last: {last})"),
+            ClientError::Server { kind, message } => write!(f, "{kind:?}: {message}"),
+            ClientError::Protocol(m) => write!(f, "unexpected answer: {m}"),
+            ClientError::NoNodes => f.write_str("no node address given"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// A connection to the cluster, shared by concurrent calls (`&self` methods).
+pub struct Client {
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+    nodes: Vec<SocketAddr>,
+    current: Mutex<Option<(SocketAddr, quinn::Connection)>>,
+    cursor: AtomicUsize,
+    session: u64,
+    next_seq: AtomicU64,
+    outstanding: Mutex<BTreeSet<u64>>,
+    timeout: Duration,
+    attempt_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("nodes", &self.nodes)
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Client {
+    /// A client that presents `creds` and knows the nodes at `nodes` (one is enough: it
+    /// follows redirects to the leader). A random session id is chosen.
+    pub fn new(creds: &Credentials, nodes: Vec<SocketAddr>) -> Result<Client, ClientError> {
+        let first = nodes.first().ok_or(ClientError::NoNodes)?;
+        let bind: SocketAddr = if first.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let config =
+            tls::client_config(creds, &QuicSettings::default()).map_err(ClientError::Tls)?;
+        let endpoint = quinn::Endpoint::client(bind).map_err(ClientError::Io)?;
+        Ok(Client {
+            endpoint,
+            config,
+            nodes,
+            current: Mutex::new(None),
+            cursor: AtomicUsize::new(0),
+            session: random_u64(),
+            next_seq: AtomicU64::new(1),
+            outstanding: Mutex::new(BTreeSet::new()),
+            timeout: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_millis(500),
+        })
+    }
+
+    /// Gives up on a call after `timeout` (default 10 s), retries included.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Retries a single attempt that has no answer after `timeout` (default 2 s).
+    pub fn with_attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = timeout;
+        self
+    }
+
+    /// Gives up connecting to a node after `timeout` (default 500 ms) and tries the next.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// This client's session id (deduplication of writes).
+    pub fn session(&self) -> u64 {
+        self.session
+    }
+
+    /// Sets `key` to `value`; returns the previous value.
+    pub async fn put(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>, ClientError> {
+        let op = WriteOp::Put {
+            key: key.into(),
+            value: value.into(),
+        };
+        match self.write(op).await? {
+            (WriteOutcome::Done { previous }, _) => Ok(previous),
+            (other, _) => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Removes `key`; returns the value it had.
+    pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<Option<Vec<u8>>, ClientError> {
+        match self.write(WriteOp::Delete { key: key.into() }).await? {
+            (WriteOutcome::Done { previous }, _) => Ok(previous),
+            (other, _) => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Sets `key` to `new` (removes it if `None`) if its value is `expected` (absent if
+    /// `None`). Returns whether it swapped, and the value found.
+    pub async fn cas(
+        &self,
+        key: impl Into<Vec<u8>>,
+        expected: Option<impl Into<Vec<u8>>>,
+        new: Option<impl Into<Vec<u8>>>,
+    ) -> Result<(bool, Option<Vec<u8>>), ClientError> {
+        let op = WriteOp::Cas {
+            key: key.into(),
+            expected: expected.map(Into::into),
+            new: new.map(Into::into),
+        };
+        match self.write(op).await? {
+            (WriteOutcome::Cas { swapped, current }, _) => Ok((swapped, current)),
+            (other, _) => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Runs a write exactly once (retries keep its sequence number); its outcome and log
+    /// index.
+    pub async fn write(&self, op: WriteOp) -> Result<(WriteOutcome, Index), ClientError> {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let ack_below = {
+            let mut out = lock(&self.outstanding);
+            out.insert(seq);
+            out.first().copied().unwrap_or(seq)
+        };
+        let request = Request::Write {
+            client: self.session,
+            seq,
+            ack_below,
+            op,
+        };
+        let result = self.call(&request).await;
+        lock(&self.outstanding).remove(&seq);
+        match result? {
+            Response::Written { outcome, index } => Ok((outcome, index)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The value of `key`, linearizable.
+    pub async fn get(&self, key: impl Into<Vec<u8>>) -> Result<Option<Vec<u8>>, ClientError> {
+        self.get_with(key, Consistency::Linearizable).await
+    }
+
+    /// The value of `key` with the given consistency.
+    pub async fn get_with(
+        &self,
+        key: impl Into<Vec<u8>>,
+        consistency: Consistency,
+    ) -> Result<Option<Vec<u8>>, ClientError> {
+        let request = Request::Read {
+            op: ReadOp::Get { key: key.into() },
+            consistency,
+        };
+        match self.call(&request).await? {
+            Response::Value(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Up to `limit` pairs whose key starts with `prefix`, in key order.
+    pub async fn list(
+        &self,
+        prefix: impl Into<Vec<u8>>,
+        limit: u32,
+        consistency: Consistency,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ClientError> {
+        let request = Request::Read {
+            op: ReadOp::List {
+                prefix: prefix.into(),
+                limit,
+            },
+            consistency,
+        };
+        match self.call(&request).await? {
+            Response::Pairs(p) => Ok(p),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The status of the node at `addr` (no redirect).
+    pub async fn status_of(&self, addr: SocketAddr) -> Result<NodeStatus, ClientError> {
+        match self.attempt(addr, &Request::Status).await? {
+            Response::Status(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Runs an admin operation on the leader (needs an admin certificate).
+    pub async fn admin(&self, op: AdminOp) -> Result<(), ClientError> {
+        match self.call(&Request::Admin(op)).await? {
+            Response::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sends `request`, following redirects and retrying until an answer other than a
+    /// redirect or "retry" comes, or the timeout passes. A write sent twice this way with
+    /// the same session and sequence number is applied once.
+    pub async fn call(&self, request: &Request) -> Result<Response, ClientError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut target = lock(&self.current).as_ref().map(|(a, _)| *a);
+        let mut backoff = Duration::from_millis(10);
+        let mut last;
+        loop {
+            let addr = match target.take() {
+                Some(a) => a,
+                None => {
+                    let i = self.cursor.fetch_add(1, Ordering::Relaxed);
+                    self.nodes[i % self.nodes.len()]
+                }
+            };
+            match self.attempt(addr, request).await {
+                Ok(Response::Redirect {
+                    addr: Some(leader), ..
+                }) => match leader.parse::<SocketAddr>() {
+                    Ok(a) if a != addr => {
+                        target = Some(a);
+                        continue;
+                    }
+                    _ => last = format!("redirect from {addr} to {leader}"),
+                },
+                Ok(Response::Redirect { addr: None, leader }) => {
+                    last = format!("{addr}: leader {leader:?} without address")
+                }
+                Ok(Response::Error {
+                    kind: ErrorKind::Retry,
+                    message,
+                }) => last = format!("{addr}: {message}"),
+                Ok(Response::Error { kind, message }) => {
+                    return Err(ClientError::Server { kind, message })
+                }
+                Ok(other) => return Ok(other),
+                Err(e) => {
+                    last = format!("{addr}: {e}");
+                    let mut cur = lock(&self.current);
+                    if cur.as_ref().is_some_and(|(a, _)| *a == addr) {
+                        *cur = None;
+                    }
+                }
+            }
+            if Instant::now() + backoff >= deadline {
+                return Err(ClientError::Timeout(last));
+            }
+            smol::Timer::after(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(300));
+        }
+    }
+
+    /// One attempt of `request` at the node at `addr`: no redirect, no retry.
+    pub async fn attempt(
+        &self,
+        addr: SocketAddr,
+        request: &Request,
+    ) -> Result<Response, ClientError> {
+        let bytes =
+            postcard::to_allocvec(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let work = async {
+            let conn = self.connection(addr).await?;
+            let (mut send, mut recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let mut frame = (bytes.len() as u32).to_le_bytes().to_vec();
+            frame.extend_from_slice(&bytes);
+            send.write_all(&frame)
+                .await
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let _ = send.finish();
+            let answer = read_frame(&mut recv, MAX_CLIENT_FRAME)
+                .await
+                .map_err(|e| ClientError::Protocol(e.to_string()))?
+                .ok_or_else(|| ClientError::Protocol("stream closed without an answer".into()))?;
+            postcard::from_bytes::<Response>(&answer)
+                .map_err(|e| ClientError::Protocol(e.to_string()))
+        };
+        let timeout = self.attempt_timeout;
+        smol::future::or(work, async {
+            smol::Timer::after(timeout).await;
+            Err(ClientError::Timeout(format!("{addr} did not answer")))
+        })
+        .await
+    }
+
+    async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, ClientError> {
+        if let Some((a, c)) = lock(&self.current).as_ref() {
+            if *a == addr && c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let connecting = self
+            .endpoint
+            .connect_with(self.config.clone(), addr, ANY_NODE_NAME)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let timeout = self.connect_timeout;
+        let conn = smol::future::or(
+            async {
+                connecting
+                    .await
+                    .map_err(|e| ClientError::Protocol(format!("connect to {addr}: {e}")))
+            },
+            async {
+                smol::Timer::after(timeout).await;
+                Err(ClientError::Timeout(format!("connect to {addr} timed out")))
+            },
+        )
+        .await?;
+        *lock(&self.current) = Some((addr, conn.clone()));
+        Ok(conn)
+    }
+
+    /// Closes the connection.
+    pub fn close(&self) {
+        self.endpoint.close(quinn::VarInt::from_u32(0), b"bye");
+    }
+}
+
+fn unexpected(r: Response) -> ClientError {
+    match r {
+        Response::Error { kind, message } => ClientError::Server { kind, message },
+        other => ClientError::Protocol(format!("{other:?}")),
+    }
+}

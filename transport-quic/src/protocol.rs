@@ -1,0 +1,258 @@
+//! The KV protocol between clients and nodes, and the commands the log carries.
+//!
+//! A client opens one bidirectional QUIC stream per request, writes one frame (a 4-byte
+//! little-endian length, then a postcard [`Request`]), finishes the stream, and reads one
+//! frame holding a [`Response`]. Enum variants are only ever appended (postcard encodes
+//! the variant index).
+
+use coracle::{Index, NodeId, Term};
+use serde::{Deserialize, Serialize};
+
+/// A change to the key-value store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteOp {
+    /// Set `key` to `value`.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Remove `key`.
+    Delete {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// Set `key` to `new` (remove it if `None`) only if its value is `expected` (absent if
+    /// `None`).
+    Cas {
+        /// The key.
+        key: Vec<u8>,
+        /// The value it must have now.
+        expected: Option<Vec<u8>>,
+        /// The value it gets.
+        new: Option<Vec<u8>>,
+    },
+}
+
+/// What a write did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteOutcome {
+    /// A put or delete; the value the key had before.
+    Done {
+        /// The previous value.
+        previous: Option<Vec<u8>>,
+    },
+    /// A compare-and-set.
+    Cas {
+        /// The value matched and was replaced.
+        swapped: bool,
+        /// The value the key had when the CAS was applied.
+        current: Option<Vec<u8>>,
+    },
+    /// The request's sequence number is below what the client already acknowledged: a
+    /// late duplicate, not applied.
+    Stale,
+}
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Consistency {
+    /// Linearizable through ReadIndex (a heartbeat round confirms the leader). The default.
+    #[default]
+    Linearizable,
+    /// Linearizable while the leader's lease holds (relies on bounded clock drift).
+    Lease,
+    /// Whatever the node that answers has applied: may be stale, served by any node.
+    Stale,
+}
+
+/// A read of the key-value store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadOp {
+    /// The value of `key`.
+    Get {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// Keys starting with `prefix`, in order, at most `limit`.
+    List {
+        /// The prefix (empty: every key).
+        prefix: Vec<u8>,
+        /// The most pairs returned.
+        limit: u32,
+    },
+}
+
+/// Membership and leadership operations (admin certificates only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminOp {
+    /// Add node `id`, reachable at `addr`, as a learner.
+    AddLearner {
+        /// Its id.
+        id: NodeId,
+        /// Its address (`host:port`).
+        addr: String,
+    },
+    /// Make learner `id` a voter.
+    Promote {
+        /// Its id.
+        id: NodeId,
+    },
+    /// Remove node `id` from the cluster.
+    Remove {
+        /// Its id.
+        id: NodeId,
+    },
+    /// Hand leadership to node `id`.
+    Transfer {
+        /// Its id.
+        id: NodeId,
+    },
+}
+
+/// A request from a client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// A write, deduplicated by `(client, seq)`: a retry with the same pair is applied once.
+    Write {
+        /// The client's session id (random, chosen by the client).
+        client: u64,
+        /// The request's sequence number in the session (from 1).
+        seq: u64,
+        /// Every sequence number below this has been answered: the state machine may forget
+        /// their outcomes.
+        ack_below: u64,
+        /// The write.
+        op: WriteOp,
+    },
+    /// A read.
+    Read {
+        /// The read.
+        op: ReadOp,
+        /// How fresh it must be.
+        consistency: Consistency,
+    },
+    /// The node's view of the cluster.
+    Status,
+    /// A membership or leadership operation.
+    Admin(AdminOp),
+}
+
+/// A member as reported by [`NodeStatus`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// Its id.
+    pub id: NodeId,
+    /// Votes.
+    pub voter: bool,
+    /// Its address, if known.
+    pub addr: Option<String>,
+    /// Connected to the answering node right now.
+    pub connected: bool,
+    /// Replication progress seen by the leader: highest index known to match.
+    pub match_index: Option<Index>,
+}
+
+/// A node's view of itself and the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The answering node.
+    pub id: NodeId,
+    /// `Follower`, `PreCandidate`, `Candidate` or `Leader`.
+    pub role: String,
+    /// Its current term.
+    pub term: Term,
+    /// The leader it knows of.
+    pub leader: Option<NodeId>,
+    /// Its commit index.
+    pub commit: Index,
+    /// Its applied index.
+    pub applied: Index,
+    /// Its last log index.
+    pub last_index: Index,
+    /// The members of the configuration in use.
+    pub members: Vec<MemberStatus>,
+    /// Keys in the store.
+    pub keys: u64,
+    /// Transport counters: connections refused at the handshake.
+    pub refused_connections: u64,
+    /// Transport counters: malformed frames and datagrams received.
+    pub malformed_frames: u64,
+    /// Transport counters: frames dropped because a peer was unreachable or slow.
+    pub dropped_frames: u64,
+}
+
+/// Why a request failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// Try again (no leader yet, leadership changed, too busy); a write retried with the
+    /// same sequence number is applied at most once.
+    Retry,
+    /// The certificate does not allow the operation.
+    Forbidden,
+    /// The request is not valid.
+    BadRequest,
+    /// The node refused or failed the operation.
+    Failed,
+}
+
+/// A node's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// A write committed and applied.
+    Written {
+        /// What it did.
+        outcome: WriteOutcome,
+        /// Its log index.
+        index: Index,
+    },
+    /// The value of a key.
+    Value(Option<Vec<u8>>),
+    /// Key-value pairs of a listing.
+    Pairs(Vec<(Vec<u8>, Vec<u8>)>),
+    /// The node's status.
+    Status(NodeStatus),
+    /// An admin operation was accepted.
+    Done,
+    /// This node is not the leader: ask `leader` at `addr`.
+    Redirect {
+        /// The leader known, if any.
+        leader: Option<NodeId>,
+        /// Its address, if known.
+        addr: Option<String>,
+    },
+    /// The request failed.
+    Error {
+        /// What kind of failure.
+        kind: ErrorKind,
+        /// A human-readable explanation.
+        message: String,
+    },
+}
+
+/// An entry of the replicated log (the state machine's command).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// A client's write.
+    Write {
+        /// Session id.
+        client: u64,
+        /// Sequence number.
+        seq: u64,
+        /// Acknowledged below.
+        ack_below: u64,
+        /// The write.
+        op: WriteOp,
+    },
+    /// Where node `id` listens, so every node can reach a member added later.
+    SetAddress {
+        /// The node.
+        id: NodeId,
+        /// Its address.
+        addr: String,
+    },
+}
+
+/// Largest frame accepted on a client stream.
+pub const MAX_CLIENT_FRAME: usize = 16 << 20;

@@ -1,0 +1,762 @@
+//! The node runtime: one thread owns the core [`Node`](coracle::Node) with its
+//! [`FileLog`], the [`Kv`] state machine and a timer; the transport and the client sessions
+//! run as smol tasks and talk to it through channels.
+//!
+//! The loop (the core's six steps): wait for a message, a client request or the next
+//! deadline; advance the clock by the ticks that passed; feed what arrived (draining
+//! everything queued, so one loop iteration handles a batch); drain the outputs: send
+//! messages, apply committed entries, answer reads; on `Output::Sync` remember the token
+//! and, once the drain is done, call [`FileLog::sync`] **once** for everything (group
+//! commit) and hand the token back with `synced`, then drain again.
+//!
+//! ```no_run
+//! use coracle_quic::{config::NodeConfig, server::RunningNode};
+//! let cfg = NodeConfig::load("node.toml".as_ref())?;
+//! let node = RunningNode::start(&cfg)?;
+//! println!("listening on {}", node.local_addr());
+//! node.shutdown()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use crate::certs::Identity;
+use crate::config::{ConfigError, NodeConfig};
+use crate::kv::{Applied, Kv};
+use crate::protocol::{
+    AdminOp, Command, Consistency, ErrorKind, MemberStatus, NodeStatus, ReadOp, Request, Response,
+    MAX_CLIENT_FRAME,
+};
+use crate::storage::{FileLog, FileLogError, Options};
+use crate::tls::{Credentials, TlsError};
+use crate::transport::{
+    encode_frame, read_frame, Class, Inbound, Transport, TransportStats, DECODE_ENTRIES,
+    ERR_MALFORMED,
+};
+use coracle::wire::{self, Envelope};
+use coracle::{
+    EntryKind, Index, MembershipChange, NodeId, Output, ProposeError, ReadMode, Role, Term,
+};
+use smol::channel::{self, Receiver, Sender};
+use smol::future::FutureExt;
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{error, info, warn};
+
+/// Most other members a node knows (the core's peer capacity).
+pub const PEERS: usize = 8;
+/// AppendEntries in flight per follower at most.
+pub const INFLIGHT: usize = 16;
+/// Reads pending at once at most.
+pub const READS: usize = 1024;
+
+/// The core node as this binding runs it.
+pub type CoreNode = coracle::Node<FileLog, PEERS, INFLIGHT, READS>;
+
+/// Why a node could not start or stopped.
+#[derive(Debug)]
+pub enum NodeError {
+    /// The configuration is invalid.
+    Config(ConfigError),
+    /// Certificates are missing or invalid.
+    Tls(TlsError),
+    /// The certificate is not this node's.
+    WrongCertificate {
+        /// The id in the configuration.
+        id: NodeId,
+        /// The identity in the certificate.
+        found: String,
+    },
+    /// The data directory cannot be opened (locked, corrupt, unreadable).
+    Storage(FileLogError),
+    /// The core refused the configuration.
+    Core(coracle::ConfigError),
+    /// The listen address cannot be bound.
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Making the log durable failed: the node stopped (restart it on healthy storage).
+    Sync(std::io::Error),
+    /// The node thread panicked.
+    Panicked,
+}
+
+impl fmt::Display for NodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeError::Config(e) => write!(f, "{e}"),
+            NodeError::Tls(e) => write!(f, "{e}"),
+            NodeError::WrongCertificate { id, found } => write!(
+                f,
+                "the certificate is for {found}, but the configuration says node {id}"
+            ),
+            NodeError::Storage(e) => write!(f, "data directory: {e}"),
+            NodeError::Core(e) => write!(f, "raft configuration: {e}"),
+            NodeError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            NodeError::Sync(e) => write!(f, "log sync failed, node stopped: {e}"),
+            NodeError::Panicked => f.write_str("the node thread panicked"),
+        }
+    }
+}
+
+impl std::error::Error for NodeError {}
+
+/// A request for the node thread.
+enum Call {
+    Client {
+        request: Request,
+        identity: Identity,
+        reply: Sender<Response>,
+    },
+    Shutdown,
+}
+
+/// A node running in its own thread, with its transport on the smol executor.
+pub struct RunningNode {
+    id: NodeId,
+    thread: Option<std::thread::JoinHandle<Result<(), NodeError>>>,
+    calls: Sender<Call>,
+    local_addr: SocketAddr,
+    transport: Arc<Transport>,
+}
+
+impl fmt::Debug for RunningNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunningNode")
+            .field("id", &self.id)
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningNode {
+    /// Opens the data directory, loads the certificates, binds the address and starts the
+    /// node. Errors name what is wrong (bad certificate, locked directory, address in use).
+    pub fn start(cfg: &NodeConfig) -> Result<RunningNode, NodeError> {
+        let creds =
+            Credentials::load(&cfg.tls.ca, &cfg.tls.cert, &cfg.tls.key).map_err(NodeError::Tls)?;
+        match creds.identity().map_err(NodeError::Tls)? {
+            Identity::Node(id) if id == cfg.id => {}
+            other => {
+                return Err(NodeError::WrongCertificate {
+                    id: cfg.id,
+                    found: other.to_string(),
+                })
+            }
+        }
+        let options = Options::new()
+            .segment_bytes(cfg.storage.segment_bytes)
+            .max_log_bytes(cfg.storage.max_log_bytes)
+            .max_entry_bytes(cfg.raft.max_entry_bytes + 1024);
+        let log = FileLog::open_with(&cfg.data_dir, options).map_err(NodeError::Storage)?;
+        if let Some(cut) = &log.recovery().tail_cut {
+            warn!(node = cfg.id, ?cut, "recovery cut a torn tail off the log");
+        }
+        let voters = cfg.voters();
+        let node = CoreNode::new(cfg.raft_config(0), log, &voters).map_err(NodeError::Core)?;
+        let (in_tx, in_rx) = channel::bounded(65_536);
+        let (call_tx, call_rx) = channel::bounded(65_536);
+        let stats_slot: Arc<std::sync::OnceLock<Arc<TransportStats>>> = Arc::default();
+        let on_client = {
+            let calls = call_tx.clone();
+            let stats_slot = stats_slot.clone();
+            Arc::new(move |conn: quinn::Connection, identity: Identity| {
+                let stats = stats_slot.get().cloned().unwrap_or_default();
+                smol::spawn(serve_client(conn, identity, calls.clone(), stats)).detach();
+            })
+        };
+        let transport = Transport::start(
+            cfg.id,
+            cfg.cluster_id,
+            cfg.listen,
+            &creds,
+            &cfg.quic(),
+            cfg.transport_settings(),
+            in_tx,
+            on_client,
+        )
+        .map_err(|source| NodeError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+        let _ = stats_slot.set(transport.stats().clone());
+        let local_addr = transport.local_addr().map_err(|source| NodeError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+        let mut addrs = HashMap::new();
+        for p in &cfg.peers {
+            transport.set_address(p.id, p.addr);
+            addrs.insert(p.id, p.addr.to_string());
+        }
+        addrs.insert(cfg.id, local_addr.to_string());
+        for &v in &voters {
+            transport.ensure_link(v);
+        }
+        let host = Host {
+            id: cfg.id,
+            cluster: cfg.cluster_id,
+            transport: transport.clone(),
+            kv: Kv::new(),
+            writes: HashMap::new(),
+            reads: HashMap::new(),
+            next_read: 1,
+            addrs,
+            tick: cfg.tick(),
+        };
+        info!(node = cfg.id, addr = %local_addr, data = %cfg.data_dir.display(), voters = ?voters, "node started");
+        let thread = std::thread::Builder::new()
+            .name(format!("coracle-node-{}", cfg.id))
+            .spawn(move || smol::block_on(host.run(node, in_rx, call_rx)))
+            .map_err(|source| NodeError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        Ok(RunningNode {
+            id: cfg.id,
+            thread: Some(thread),
+            calls: call_tx,
+            local_addr,
+            transport,
+        })
+    }
+
+    /// The address the node listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The transport's counters.
+    pub fn stats(&self) -> &TransportStats {
+        self.transport.stats()
+    }
+
+    /// True once the node thread has stopped (after an error, or a shutdown).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Stops the node: makes the log durable, closes the connections, waits for the thread.
+    pub fn shutdown(mut self) -> Result<(), NodeError> {
+        let _ = self.calls.try_send(Call::Shutdown);
+        self.join()
+    }
+
+    /// Waits until the node stops by itself (an error) or is shut down.
+    pub fn join(&mut self) -> Result<(), NodeError> {
+        match self.thread.take() {
+            Some(t) => t.join().map_err(|_| NodeError::Panicked)?,
+            None => Ok(()),
+        }
+    }
+
+    /// Asks the node to stop without waiting.
+    pub fn request_shutdown(&self) {
+        let _ = self.calls.try_send(Call::Shutdown);
+    }
+}
+
+impl Drop for RunningNode {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            let _ = self.calls.try_send(Call::Shutdown);
+            let _ = self.join();
+        }
+    }
+}
+
+enum PendingWrite {
+    Client(Sender<Response>),
+    Admin(Sender<Response>),
+}
+
+struct Host {
+    id: NodeId,
+    cluster: u64,
+    transport: Arc<Transport>,
+    kv: Kv,
+    writes: HashMap<Index, (Term, PendingWrite)>,
+    reads: HashMap<u64, (ReadOp, Sender<Response>)>,
+    next_read: u64,
+    addrs: HashMap<NodeId, String>,
+    tick: Duration,
+}
+
+enum Wake {
+    In(Inbound),
+    Call(Call),
+    Timer,
+    Closed,
+}
+
+fn retry(message: impl Into<String>) -> Response {
+    Response::Error {
+        kind: ErrorKind::Retry,
+        message: message.into(),
+    }
+}
+
+fn failed(kind: ErrorKind, message: impl Into<String>) -> Response {
+    Response::Error {
+        kind,
+        message: message.into(),
+    }
+}
+
+/// Decodes a checked frame and steps it (kept out of the async state: the decoded
+/// entries live on the stack only here).
+fn step_frame(node: &mut CoreNode, cluster: u64, from: NodeId, frame: &[u8]) {
+    if let Ok(d) = wire::decode::<DECODE_ENTRIES>(frame, cluster) {
+        node.step(from, d.message());
+    }
+}
+
+impl Host {
+    async fn run(
+        mut self,
+        mut node: CoreNode,
+        inbound: Receiver<Inbound>,
+        calls: Receiver<Call>,
+    ) -> Result<(), NodeError> {
+        let start = Instant::now();
+        let mut ticks: u64 = 0;
+        let tick_nanos = (self.tick.as_nanos().max(1)).min(u64::MAX as u128) as u64;
+        self.drain(&mut node)?;
+        let mut shutdown = false;
+        while !shutdown {
+            let wait = node.ticks_until_deadline().clamp(1, 1000);
+            let deadline = start + Duration::from_nanos(tick_nanos.saturating_mul(ticks + wait));
+            let wake = async {
+                match inbound.recv().await {
+                    Ok(m) => Wake::In(m),
+                    Err(_) => Wake::Closed,
+                }
+            }
+            .or(async {
+                match calls.recv().await {
+                    Ok(c) => Wake::Call(c),
+                    Err(_) => Wake::Closed,
+                }
+            })
+            .or(async {
+                smol::Timer::at(deadline).await;
+                Wake::Timer
+            })
+            .await;
+            let now = (start.elapsed().as_nanos() / u128::from(tick_nanos)) as u64;
+            if now > ticks {
+                node.advance(now - ticks);
+                ticks = now;
+            }
+            let mut batch = vec![wake];
+            for _ in 0..1024 {
+                match inbound.try_recv() {
+                    Ok(m) => batch.push(Wake::In(m)),
+                    Err(_) => break,
+                }
+            }
+            for _ in 0..1024 {
+                match calls.try_recv() {
+                    Ok(c) => batch.push(Wake::Call(c)),
+                    Err(_) => break,
+                }
+            }
+            for wake in batch {
+                match wake {
+                    Wake::In(Inbound::Message { from, frame }) => {
+                        step_frame(&mut node, self.cluster, from, &frame)
+                    }
+                    Wake::In(Inbound::Unreachable(peer)) => node.report_unreachable(peer),
+                    Wake::Call(Call::Client {
+                        request,
+                        identity,
+                        reply,
+                    }) => self.on_request(&mut node, request, identity, reply),
+                    Wake::Call(Call::Shutdown) | Wake::Closed => shutdown = true,
+                    Wake::Timer => {}
+                }
+                self.drain(&mut node)?;
+            }
+        }
+        info!(node = self.id, "shutting down");
+        node.log_mut().sync().map_err(NodeError::Sync)?;
+        self.transport.close();
+        self.transport.wait_idle(Duration::from_millis(500)).await;
+        Ok(())
+    }
+
+    /// Drains the node's outputs, with one fsync per round for every write so far.
+    fn drain(&mut self, node: &mut CoreNode) -> Result<(), NodeError> {
+        loop {
+            let mut sync = None;
+            let mut membership = false;
+            while let Some(out) = node.poll_output() {
+                match out {
+                    Output::Sync(token) => sync = Some(token),
+                    Output::Send { to, message } => {
+                        let class = Class::of(&message);
+                        match encode_frame(&Envelope::new(self.cluster, self.id, to, message)) {
+                            Ok(frame) => self.transport.send(to, class, frame),
+                            Err(e) => warn!(node = self.id, to, error = %e, "cannot encode"),
+                        }
+                    }
+                    Output::Apply(entry) => {
+                        let (index, term) = (entry.index, entry.term);
+                        let applied = match entry.kind {
+                            EntryKind::Command => self.kv.apply(index, entry.data),
+                            EntryKind::Membership => {
+                                membership = true;
+                                self.kv.skip(index);
+                                Applied::Ignored
+                            }
+                            _ => {
+                                self.kv.skip(index);
+                                Applied::Ignored
+                            }
+                        };
+                        self.applied(index, term, applied);
+                    }
+                    Output::ReadReady { id, .. } => {
+                        if let Some((op, reply)) = self.reads.remove(&id) {
+                            let _ = reply.try_send(self.serve(&op));
+                        }
+                    }
+                    Output::ReadFailed { id } => {
+                        if let Some((_, reply)) = self.reads.remove(&id) {
+                            let _ = reply.try_send(retry("read not confirmed; retry"));
+                        }
+                    }
+                    Output::StateChanged(s) => {
+                        info!(node = self.id, role = ?s.role, term = s.term, leader = ?s.leader, "state changed");
+                        if s.role != Role::Leader {
+                            for (_, (_, w)) in self.writes.drain() {
+                                let reply = match w {
+                                    PendingWrite::Client(r) | PendingWrite::Admin(r) => r,
+                                };
+                                let _ = reply.try_send(retry("leadership changed; retry"));
+                            }
+                        }
+                    }
+                    Output::RestoreSnapshot { index, .. } => {
+                        error!(
+                            node = self.id,
+                            index, "snapshot restore requested, but this build keeps no snapshots"
+                        );
+                    }
+                    Output::SnapshotNeeded => {
+                        warn!(
+                            node = self.id,
+                            "the log is full (quota); snapshots are not supported yet"
+                        )
+                    }
+                    _ => {}
+                }
+            }
+            if membership {
+                let ids: Vec<NodeId> = node.members().map(|m| m.id).collect();
+                for id in ids {
+                    self.transport.ensure_link(id);
+                }
+            }
+            match sync {
+                Some(token) => {
+                    node.log_mut().sync().map_err(|e| {
+                        error!(node = self.id, error = %e, "log sync failed; stopping");
+                        NodeError::Sync(e)
+                    })?;
+                    node.synced(token);
+                }
+                None => return Ok(()),
+            }
+        }
+    }
+
+    fn applied(&mut self, index: Index, term: Term, applied: Applied) {
+        if let Applied::Address(id, addr) = &applied {
+            if let Ok(a) = addr.parse::<SocketAddr>() {
+                self.transport.set_address(*id, a);
+            }
+            self.addrs.insert(*id, addr.clone());
+        }
+        let Some((pterm, w)) = self.writes.remove(&index) else {
+            return;
+        };
+        let response = if pterm != term {
+            retry("the write was lost to a new leader; retry")
+        } else {
+            match (&w, applied) {
+                (PendingWrite::Client(_), Applied::Write(outcome)) => {
+                    Response::Written { outcome, index }
+                }
+                (PendingWrite::Admin(_), _) => Response::Done,
+                _ => failed(ErrorKind::Failed, "unexpected entry"),
+            }
+        };
+        let reply = match w {
+            PendingWrite::Client(r) | PendingWrite::Admin(r) => r,
+        };
+        let _ = reply.try_send(response);
+    }
+
+    fn serve(&self, op: &ReadOp) -> Response {
+        match op {
+            ReadOp::Get { key } => Response::Value(self.kv.get(key).map(<[u8]>::to_vec)),
+            ReadOp::List { prefix, limit } => {
+                Response::Pairs(self.kv.list(prefix, (*limit).min(100_000) as usize))
+            }
+        }
+    }
+
+    fn redirect(&self, leader: Option<NodeId>) -> Response {
+        match leader {
+            Some(l) if l != self.id => Response::Redirect {
+                leader: Some(l),
+                addr: self.addrs.get(&l).cloned(),
+            },
+            _ => retry("no leader known; retry"),
+        }
+    }
+
+    fn on_request(
+        &mut self,
+        node: &mut CoreNode,
+        request: Request,
+        identity: Identity,
+        reply: Sender<Response>,
+    ) {
+        match request {
+            Request::Write {
+                client,
+                seq,
+                ack_below,
+                op,
+            } => {
+                let command = Command::Write {
+                    client,
+                    seq,
+                    ack_below,
+                    op,
+                };
+                self.propose(node, &command, PendingWrite::Client(reply));
+            }
+            Request::Read { op, consistency } => {
+                let mode = match consistency {
+                    Consistency::Stale => {
+                        let _ = reply.try_send(self.serve(&op));
+                        return;
+                    }
+                    Consistency::Linearizable => ReadMode::ReadIndex,
+                    Consistency::Lease => ReadMode::Lease,
+                };
+                let id = self.next_read;
+                self.next_read += 1;
+                match node.read(id, mode) {
+                    Ok(()) => {
+                        self.reads.insert(id, (op, reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.try_send(retry(e.to_string()));
+                    }
+                }
+            }
+            Request::Status => {
+                let _ = reply.try_send(Response::Status(self.status(node)));
+            }
+            Request::Admin(op) => {
+                if !matches!(identity, Identity::Client { admin: true, .. }) {
+                    let _ = reply.try_send(failed(
+                        ErrorKind::Forbidden,
+                        format!("{identity} may not run admin operations"),
+                    ));
+                    return;
+                }
+                info!(node = self.id, by = %identity, ?op, "admin operation");
+                self.admin(node, op, reply);
+            }
+        }
+    }
+
+    fn propose(&mut self, node: &mut CoreNode, command: &Command, pending: PendingWrite) {
+        let reply = match &pending {
+            PendingWrite::Client(r) | PendingWrite::Admin(r) => r.clone(),
+        };
+        let bytes = match postcard::to_allocvec(command) {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = reply.try_send(failed(ErrorKind::BadRequest, e.to_string()));
+                return;
+            }
+        };
+        match node.propose(&bytes) {
+            Ok(p) => {
+                self.writes.insert(p.index, (p.term, pending));
+            }
+            Err(ProposeError::NotLeader { leader }) => {
+                let _ = reply.try_send(self.redirect(leader));
+            }
+            Err(e @ (ProposeError::Busy | ProposeError::Transferring)) => {
+                let _ = reply.try_send(retry(e.to_string()));
+            }
+            Err(e @ ProposeError::TooLarge { .. }) => {
+                let _ = reply.try_send(failed(ErrorKind::BadRequest, e.to_string()));
+            }
+            Err(e) => {
+                let _ = reply.try_send(failed(ErrorKind::Failed, e.to_string()));
+            }
+        }
+    }
+
+    fn admin(&mut self, node: &mut CoreNode, op: AdminOp, reply: Sender<Response>) {
+        if node.role() != Role::Leader {
+            let _ = reply.try_send(self.redirect(node.leader()));
+            return;
+        }
+        let change = match op {
+            AdminOp::AddLearner { id, addr } => {
+                let Ok(sock) = addr.parse::<SocketAddr>() else {
+                    let _ = reply.try_send(failed(
+                        ErrorKind::BadRequest,
+                        format!("{addr:?} is not an ip:port address"),
+                    ));
+                    return;
+                };
+                self.transport.set_address(id, sock);
+                self.addrs.insert(id, addr.clone());
+                let command = Command::SetAddress { id, addr };
+                let (tx, _rx) = channel::bounded(1);
+                self.propose(node, &command, PendingWrite::Admin(tx));
+                MembershipChange::AddLearner(id)
+            }
+            AdminOp::Promote { id } => MembershipChange::AddVoter(id),
+            AdminOp::Remove { id } => MembershipChange::Remove(id),
+            AdminOp::Transfer { id } => {
+                let _ = reply.try_send(match node.transfer_leadership(id) {
+                    Ok(()) => Response::Done,
+                    Err(e) => failed(ErrorKind::Failed, e.to_string()),
+                });
+                return;
+            }
+        };
+        match node.change_membership(change) {
+            Ok(p) => {
+                self.writes
+                    .insert(p.index, (p.term, PendingWrite::Admin(reply)));
+            }
+            Err(coracle::MembershipError::NotLeader { leader }) => {
+                let _ = reply.try_send(self.redirect(leader));
+            }
+            Err(
+                e @ (coracle::MembershipError::ChangeInProgress
+                | coracle::MembershipError::TermNotCommitted
+                | coracle::MembershipError::Transferring),
+            ) => {
+                let _ = reply.try_send(retry(e.to_string()));
+            }
+            Err(e) => {
+                let _ = reply.try_send(failed(ErrorKind::Failed, e.to_string()));
+            }
+        }
+    }
+
+    fn status(&self, node: &CoreNode) -> NodeStatus {
+        let stats = self.transport.stats();
+        NodeStatus {
+            id: self.id,
+            role: format!("{:?}", node.role()),
+            term: node.term(),
+            leader: node.leader(),
+            commit: node.commit_index(),
+            applied: node.applied_index(),
+            last_index: node.last_index(),
+            members: node
+                .members()
+                .map(|m| MemberStatus {
+                    id: m.id,
+                    voter: m.voter,
+                    addr: self.addrs.get(&m.id).cloned(),
+                    connected: m.id == self.id || self.transport.connected(m.id),
+                    match_index: if node.role() == Role::Leader {
+                        if m.id == self.id {
+                            Some(node.last_index())
+                        } else {
+                            node.progress(m.id).map(|p| p.match_index)
+                        }
+                    } else {
+                        None
+                    },
+                })
+                .collect(),
+            keys: self.kv.len() as u64,
+            refused_connections: TransportStats::get(&stats.refused),
+            malformed_frames: TransportStats::get(&stats.malformed),
+            dropped_frames: TransportStats::get(&stats.dropped),
+        }
+    }
+}
+
+/// Serves one client connection: a bidirectional stream per request.
+async fn serve_client(
+    conn: quinn::Connection,
+    identity: Identity,
+    calls: Sender<Call>,
+    stats: Arc<TransportStats>,
+) {
+    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+        let calls = calls.clone();
+        let identity = identity.clone();
+        let stats = stats.clone();
+        smol::spawn(async move {
+            let response = match read_frame(&mut recv, MAX_CLIENT_FRAME).await {
+                Ok(Some(bytes)) => match postcard::from_bytes::<Request>(&bytes) {
+                    Ok(request) => {
+                        let (tx, rx) = channel::bounded(1);
+                        let call = Call::Client {
+                            request,
+                            identity: identity.clone(),
+                            reply: tx,
+                        };
+                        if calls.send(call).await.is_err() {
+                            retry("the node is shutting down")
+                        } else {
+                            rx.recv()
+                                .await
+                                .unwrap_or_else(|_| retry("the node is shutting down"))
+                        }
+                    }
+                    Err(e) => {
+                        stats
+                            .malformed
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        warn!(client = %identity, error = %e, "malformed request");
+                        failed(ErrorKind::BadRequest, format!("malformed request: {e}"))
+                    }
+                },
+                Ok(None) => return,
+                Err(e) => {
+                    stats
+                        .malformed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    warn!(client = %identity, error = %e, "malformed frame: stream closed");
+                    let _ = recv.stop(quinn::VarInt::from_u32(ERR_MALFORMED));
+                    return;
+                }
+            };
+            if let Ok(bytes) = postcard::to_allocvec(&response) {
+                let mut frame = (bytes.len() as u32).to_le_bytes().to_vec();
+                frame.extend_from_slice(&bytes);
+                let _ = send.write_all(&frame).await;
+                let _ = send.finish();
+            }
+        })
+        .detach();
+    }
+}

@@ -1,0 +1,619 @@
+//! Raft messages between nodes over QUIC.
+//!
+//! - **One connection per pair of nodes.** The node with the lower id dials the one with the
+//!   higher id (verifying the server name `node-<id>.coracle`), and redials with
+//!   exponential backoff when the connection drops; the higher one accepts. Keep-alives
+//!   hold idle connections open and an idle timeout detects dead peers, which are then
+//!   reported unreachable to the core.
+//! - **Who sent it comes from the certificate.** The TLS handshake verifies the peer's
+//!   certificate against the cluster CA (both ways); the node id is read from it. Every
+//!   frame's envelope must say `from` = that id and `to` = this node, or it is malformed.
+//!   A peer without a certificate, or with one from another CA, fails the handshake: no
+//!   byte of Raft is read from it, and the refusal is logged and counted.
+//! - **Per message kind.** Small messages (votes, heartbeats, acknowledgements, reads) go
+//!   as QUIC datagrams when they fit; AppendEntries with entries go on a long-lived
+//!   unidirectional stream; InstallSnapshot chunks on another stream with its own queue,
+//!   so a snapshot never delays heartbeats or entries. Stream frames are a 4-byte
+//!   little-endian length and the core's postcard envelope ([`coracle::wire`]).
+//! - **Bad input.** A malformed frame (bad length, bad version or cluster, undecodable,
+//!   wrong sender or receiver) stops that stream with [`ERR_MALFORMED`], is logged and
+//!   counted in [`TransportStats::malformed`]; the connection and the node go on. A
+//!   malformed datagram is counted and dropped.
+//! - **Back-pressure.** Each peer has a bounded send queue; when it is full (the peer is
+//!   slow or gone) frames are dropped and counted, and Raft retransmits.
+
+use crate::certs::{node_server_name, Identity};
+use crate::tls;
+use bytes::Bytes;
+use coracle::wire;
+use coracle::{Message, NodeId};
+use smol::channel::{self, Receiver, Sender, TrySendError};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tracing::{debug, info, warn};
+
+/// The most entries one decoded AppendEntries may carry.
+pub const DECODE_ENTRIES: usize = 512;
+/// Application error code of a stream stopped for a malformed frame.
+pub const ERR_MALFORMED: u32 = 0x4d;
+/// Application error code of a connection closed by a node that is shutting down.
+pub const ERR_SHUTDOWN: u32 = 0x5d;
+/// Application error code of a connection replaced by a newer one from the same peer.
+pub const ERR_REPLACED: u32 = 0x52;
+/// Application error code of a connection whose certificate carries no usable identity.
+pub const ERR_IDENTITY: u32 = 0x49;
+
+/// Something the transport hands to the node.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A checked frame from node `from` (decode it with [`wire::decode`] and step it).
+    Message {
+        /// The sender, from its certificate.
+        from: NodeId,
+        /// The envelope, already checked once.
+        frame: Bytes,
+    },
+    /// The connection to `peer` failed or closed.
+    Unreachable(NodeId),
+}
+
+/// Counters of the transport.
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    /// Connections refused at the handshake (no certificate, another CA, wrong ALPN...).
+    pub refused: AtomicU64,
+    /// Malformed frames and datagrams received.
+    pub malformed: AtomicU64,
+    /// Frames dropped on the send side (no connection, queue full, send error).
+    pub dropped: AtomicU64,
+    /// Messages sent as datagrams.
+    pub datagrams_sent: AtomicU64,
+    /// Messages sent on streams.
+    pub stream_frames_sent: AtomicU64,
+    /// Messages received and handed to the node.
+    pub received: AtomicU64,
+    /// Connections established with other nodes (either direction).
+    pub connections: AtomicU64,
+}
+
+impl TransportStats {
+    fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+    /// A counter's value.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Settings of the transport.
+#[derive(Clone, Debug)]
+pub struct TransportSettings {
+    /// First delay before redialing a peer.
+    pub reconnect_min: Duration,
+    /// Largest delay between redials.
+    pub reconnect_max: Duration,
+    /// Largest stream frame accepted, in bytes.
+    pub max_frame: usize,
+    /// Frames queued per peer before dropping.
+    pub queue: usize,
+}
+
+impl Default for TransportSettings {
+    fn default() -> Self {
+        TransportSettings {
+            reconnect_min: Duration::from_millis(50),
+            reconnect_max: Duration::from_secs(2),
+            max_frame: 16 << 20,
+            queue: 4096,
+        }
+    }
+}
+
+/// Which path a message takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// Small: a datagram if it fits, else the log stream.
+    Small,
+    /// AppendEntries with entries: the log stream.
+    Log,
+    /// InstallSnapshot: the snapshot stream.
+    Bulk,
+}
+
+impl Class {
+    /// The path for `message`.
+    pub fn of(message: &Message<'_>) -> Class {
+        match message {
+            Message::AppendEntries(a) if !a.entries.is_empty() => Class::Log,
+            Message::InstallSnapshot(_) => Class::Bulk,
+            _ => Class::Small,
+        }
+    }
+}
+
+/// Encodes `envelope` as a stream frame: 4-byte length, then the envelope.
+pub fn encode_frame(envelope: &wire::Envelope<'_>) -> Result<Bytes, wire::WireError> {
+    let len = wire::encoded_len(envelope);
+    let mut buf = vec![0u8; 4 + len];
+    let n = wire::encode(envelope, &mut buf[4..])?.len();
+    buf.truncate(4 + n);
+    buf[..4].copy_from_slice(&(n as u32).to_le_bytes());
+    Ok(Bytes::from(buf))
+}
+
+/// Why a received frame was refused.
+#[derive(Debug)]
+pub enum FrameError {
+    /// Not a frame of our cluster and version.
+    Wire(wire::WireError),
+    /// The envelope names another sender than the certificate.
+    WrongSender {
+        /// From the certificate.
+        expected: NodeId,
+        /// From the envelope.
+        claimed: NodeId,
+    },
+    /// The envelope is for another node.
+    WrongReceiver(NodeId),
+    /// The length prefix exceeds the limit.
+    TooLarge(usize),
+    /// The stream ended inside a frame.
+    Truncated,
+    /// The peer reset the stream or the connection closed (not the peer's fault).
+    Interrupted,
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::Wire(e) => write!(f, "{e}"),
+            FrameError::WrongSender { expected, claimed } => write!(
+                f,
+                "envelope claims sender {claimed}, certificate says {expected}"
+            ),
+            FrameError::WrongReceiver(to) => write!(f, "frame addressed to node {to}"),
+            FrameError::TooLarge(n) => write!(f, "frame of {n} bytes exceeds the limit"),
+            FrameError::Truncated => f.write_str("stream ended inside a frame"),
+            FrameError::Interrupted => f.write_str("stream reset or connection lost"),
+        }
+    }
+}
+
+/// Checks a received envelope: our version and cluster, decodable, from `from` to `me`.
+pub fn check_frame(bytes: &[u8], cluster: u64, from: NodeId, me: NodeId) -> Result<(), FrameError> {
+    let d = wire::decode::<DECODE_ENTRIES>(bytes, cluster).map_err(FrameError::Wire)?;
+    if d.from != from {
+        return Err(FrameError::WrongSender {
+            expected: from,
+            claimed: d.from,
+        });
+    }
+    if d.to != me {
+        return Err(FrameError::WrongReceiver(d.to));
+    }
+    Ok(())
+}
+
+/// Reads one length-prefixed frame of at most `max` bytes; `Ok(None)` at a clean end of
+/// the stream.
+pub async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    max: usize,
+) -> Result<Option<Vec<u8>>, FrameError> {
+    let mut len = [0u8; 4];
+    match recv.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(read_error(e)),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > max {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut buf = vec![0u8; len];
+    recv.read_exact(&mut buf).await.map_err(read_error)?;
+    Ok(Some(buf))
+}
+
+fn read_error(e: quinn::ReadExactError) -> FrameError {
+    match e {
+        quinn::ReadExactError::FinishedEarly(_) => FrameError::Truncated,
+        quinn::ReadExactError::ReadError(_) => FrameError::Interrupted,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct Link {
+    peer: NodeId,
+    conn: Mutex<Option<quinn::Connection>>,
+}
+
+impl Link {
+    fn current(&self) -> Option<quinn::Connection> {
+        lock(&self.conn).clone()
+    }
+}
+
+struct LinkHandle {
+    link: Arc<Link>,
+    main: Sender<(Class, Bytes)>,
+    bulk: Sender<(Class, Bytes)>,
+}
+
+/// Handles connections from clients (non-node certificates).
+pub type ClientHandler = Arc<dyn Fn(quinn::Connection, Identity) + Send + Sync>;
+
+/// The QUIC transport of one node. Cheap to share (`Arc`).
+pub struct Transport {
+    id: NodeId,
+    cluster: u64,
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    settings: TransportSettings,
+    links: Mutex<HashMap<NodeId, LinkHandle>>,
+    addrs: Mutex<HashMap<NodeId, SocketAddr>>,
+    isolated: Mutex<HashSet<NodeId>>,
+    stats: Arc<TransportStats>,
+    inbound: Sender<Inbound>,
+    closing: AtomicBool,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("id", &self.id)
+            .field("cluster", &self.cluster)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Transport {
+    /// Binds `listen` and starts accepting connections. Node connections feed `inbound`;
+    /// client connections go to `on_client`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        id: NodeId,
+        cluster: u64,
+        listen: SocketAddr,
+        creds: &tls::Credentials,
+        quic: &tls::QuicSettings,
+        settings: TransportSettings,
+        inbound: Sender<Inbound>,
+        on_client: ClientHandler,
+    ) -> Result<Arc<Transport>, std::io::Error> {
+        let server = tls::server_config(creds, quic).map_err(std::io::Error::other)?;
+        let client_config = tls::client_config(creds, quic).map_err(std::io::Error::other)?;
+        let endpoint = quinn::Endpoint::server(server, listen)?;
+        let t = Arc::new(Transport {
+            id,
+            cluster,
+            endpoint,
+            client_config,
+            settings,
+            links: Mutex::new(HashMap::new()),
+            addrs: Mutex::new(HashMap::new()),
+            isolated: Mutex::new(HashSet::new()),
+            stats: Arc::new(TransportStats::default()),
+            inbound,
+            closing: AtomicBool::new(false),
+        });
+        smol::spawn(accept_loop(t.clone(), on_client)).detach();
+        Ok(t)
+    }
+
+    /// The address the endpoint is bound to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Arc<TransportStats> {
+        &self.stats
+    }
+
+    /// Where node `id` listens (to dial it).
+    pub fn set_address(&self, id: NodeId, addr: SocketAddr) {
+        if id != self.id {
+            lock(&self.addrs).insert(id, addr);
+        }
+    }
+
+    /// The address of node `id`, if known.
+    pub fn address(&self, id: NodeId) -> Option<SocketAddr> {
+        lock(&self.addrs).get(&id).copied()
+    }
+
+    /// True while a connection to `peer` is up.
+    pub fn connected(&self, peer: NodeId) -> bool {
+        lock(&self.links)
+            .get(&peer)
+            .is_some_and(|h| h.link.current().is_some())
+    }
+
+    /// Fault injection (admin only): drop every frame to and from `peer` while isolated.
+    pub fn set_isolated(&self, peer: NodeId, isolated: bool) {
+        let mut set = lock(&self.isolated);
+        if isolated {
+            set.insert(peer);
+        } else {
+            set.remove(&peer);
+        }
+    }
+
+    fn is_isolated(&self, peer: NodeId) -> bool {
+        lock(&self.isolated).contains(&peer)
+    }
+
+    /// Queues a frame ([`encode_frame`]) for `to`. Never blocks: a full queue drops it.
+    pub fn send(self: &Arc<Self>, to: NodeId, class: Class, frame: Bytes) {
+        if to == self.id || self.closing.load(Ordering::Relaxed) {
+            return;
+        }
+        let (main, bulk) = {
+            let mut links = lock(&self.links);
+            let h = links.entry(to).or_insert_with(|| self.new_link(to));
+            (h.main.clone(), h.bulk.clone())
+        };
+        let queue = if class == Class::Bulk { bulk } else { main };
+        match queue.try_send((class, frame)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Closed(_)) => {
+                TransportStats::inc(&self.stats.dropped)
+            }
+        }
+    }
+
+    /// Makes sure a link (and, if this node dials, a dialer) exists for `peer`.
+    pub fn ensure_link(self: &Arc<Self>, peer: NodeId) {
+        if peer == self.id {
+            return;
+        }
+        let mut links = lock(&self.links);
+        links.entry(peer).or_insert_with(|| self.new_link(peer));
+    }
+
+    fn new_link(self: &Arc<Self>, peer: NodeId) -> LinkHandle {
+        let link = Arc::new(Link {
+            peer,
+            conn: Mutex::new(None),
+        });
+        let (main, main_rx) = channel::bounded(self.settings.queue);
+        let (bulk, bulk_rx) = channel::bounded(64);
+        smol::spawn(writer(self.clone(), link.clone(), main_rx)).detach();
+        smol::spawn(writer(self.clone(), link.clone(), bulk_rx)).detach();
+        if self.id < peer {
+            smol::spawn(dialer(self.clone(), link.clone())).detach();
+        }
+        LinkHandle { link, main, bulk }
+    }
+
+    /// Installs a connection to `peer` (replacing an older one) and starts reading it.
+    fn install(self: &Arc<Self>, peer: NodeId, conn: quinn::Connection) {
+        let link = {
+            let mut links = lock(&self.links);
+            let h = links.entry(peer).or_insert_with(|| self.new_link(peer));
+            h.link.clone()
+        };
+        let old = lock(&link.conn).replace(conn.clone());
+        if let Some(old) = old {
+            if old.stable_id() != conn.stable_id() {
+                old.close(quinn::VarInt::from_u32(ERR_REPLACED), b"replaced");
+            }
+        }
+        TransportStats::inc(&self.stats.connections);
+        info!(node = self.id, peer, remote = %conn.remote_address(), "connected");
+        smol::spawn(read_datagrams(self.clone(), peer, conn.clone())).detach();
+        smol::spawn(accept_streams(self.clone(), peer, conn.clone())).detach();
+        let t = self.clone();
+        smol::spawn(async move {
+            let reason = conn.closed().await;
+            let mut current = lock(&link.conn);
+            if current
+                .as_ref()
+                .is_some_and(|c| c.stable_id() == conn.stable_id())
+            {
+                *current = None;
+                drop(current);
+                info!(node = t.id, peer, %reason, "disconnected");
+                let _ = t.inbound.try_send(Inbound::Unreachable(peer));
+            }
+        })
+        .detach();
+    }
+
+    /// Closes every connection and stops dialing.
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+        lock(&self.links).clear();
+        self.endpoint
+            .close(quinn::VarInt::from_u32(ERR_SHUTDOWN), b"shutdown");
+    }
+
+    /// Waits (up to `timeout`) until the connections are closed cleanly.
+    pub async fn wait_idle(&self, timeout: Duration) {
+        let idle = self.endpoint.wait_idle();
+        smol::future::or(idle, async {
+            smol::Timer::after(timeout).await;
+        })
+        .await;
+    }
+
+    async fn deliver(&self, from: NodeId, frame: Bytes) {
+        if self.is_isolated(from) {
+            return;
+        }
+        TransportStats::inc(&self.stats.received);
+        let _ = self.inbound.send(Inbound::Message { from, frame }).await;
+    }
+}
+
+async fn accept_loop(t: Arc<Transport>, on_client: ClientHandler) {
+    while let Some(incoming) = t.endpoint.accept().await {
+        let t = t.clone();
+        let on_client = on_client.clone();
+        smol::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    TransportStats::inc(&t.stats.refused);
+                    warn!(node = t.id, %remote, error = %e, "refused connection");
+                    return;
+                }
+            };
+            match tls::peer_identity(&conn) {
+                Some(Identity::Node(peer)) if peer != t.id => t.install(peer, conn),
+                Some(id @ Identity::Client { .. }) => {
+                    debug!(node = t.id, %remote, client = %id, "client connected");
+                    on_client(conn, id)
+                }
+                other => {
+                    TransportStats::inc(&t.stats.refused);
+                    warn!(node = t.id, %remote, identity = ?other, "refused connection: unusable identity");
+                    conn.close(quinn::VarInt::from_u32(ERR_IDENTITY), b"identity");
+                }
+            }
+        })
+        .detach();
+    }
+}
+
+async fn dialer(t: Arc<Transport>, link: Arc<Link>) {
+    let peer = link.peer;
+    let mut backoff = t.settings.reconnect_min;
+    let mut failures = 0u32;
+    while !t.closing.load(Ordering::Relaxed) && lock(&t.links).contains_key(&peer) {
+        if let Some(conn) = link.current() {
+            // Connected (perhaps by the peer): wait until that connection ends, then give
+            // the task that forgets it a chance to run (never spin on a closed one).
+            conn.closed().await;
+            smol::Timer::after(t.settings.reconnect_min).await;
+            continue;
+        }
+        if let Some(addr) = t.address(peer) {
+            let name = node_server_name(peer);
+            match t
+                .endpoint
+                .connect_with(t.client_config.clone(), addr, &name)
+            {
+                Ok(connecting) => match connecting.await {
+                    Ok(conn) => {
+                        if tls::peer_identity(&conn) == Some(Identity::Node(peer)) {
+                            backoff = t.settings.reconnect_min;
+                            failures = 0;
+                            t.install(peer, conn.clone());
+                            conn.closed().await;
+                            smol::Timer::after(t.settings.reconnect_min).await;
+                            continue;
+                        }
+                        conn.close(quinn::VarInt::from_u32(ERR_IDENTITY), b"identity");
+                        warn!(node = t.id, peer, "peer certificate is not node {peer}'s");
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        if failures == 1 || failures.is_multiple_of(50) {
+                            debug!(node = t.id, peer, %addr, error = %e, failures, "dial failed");
+                        }
+                    }
+                },
+                Err(e) => warn!(node = t.id, peer, %addr, error = %e, "cannot dial"),
+            }
+        }
+        smol::Timer::after(backoff).await;
+        backoff = (backoff * 2).min(t.settings.reconnect_max);
+    }
+}
+
+async fn writer(t: Arc<Transport>, link: Arc<Link>, rx: Receiver<(Class, Bytes)>) {
+    let mut stream: Option<(usize, quinn::SendStream)> = None;
+    while let Ok((class, frame)) = rx.recv().await {
+        let Some(conn) = link.current() else {
+            TransportStats::inc(&t.stats.dropped);
+            continue;
+        };
+        if t.is_isolated(link.peer) {
+            continue;
+        }
+        if class == Class::Small
+            && conn
+                .max_datagram_size()
+                .is_some_and(|max| frame.len() - 4 <= max)
+        {
+            match conn.send_datagram(frame.slice(4..)) {
+                Ok(()) => {
+                    TransportStats::inc(&t.stats.datagrams_sent);
+                    continue;
+                }
+                Err(quinn::SendDatagramError::TooLarge) => {}
+                Err(_) => {
+                    TransportStats::inc(&t.stats.dropped);
+                    continue;
+                }
+            }
+        }
+        if stream.as_ref().map(|(id, _)| *id) != Some(conn.stable_id()) {
+            stream = match conn.open_uni().await {
+                Ok(s) => Some((conn.stable_id(), s)),
+                Err(_) => None,
+            };
+        }
+        let sent = match stream.as_mut() {
+            Some((_, s)) => s.write_all(&frame).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            TransportStats::inc(&t.stats.stream_frames_sent);
+        } else {
+            stream = None;
+            TransportStats::inc(&t.stats.dropped);
+        }
+    }
+}
+
+async fn read_datagrams(t: Arc<Transport>, peer: NodeId, conn: quinn::Connection) {
+    while let Ok(d) = conn.read_datagram().await {
+        match check_frame(&d, t.cluster, peer, t.id) {
+            Ok(()) => t.deliver(peer, d).await,
+            Err(e) => {
+                TransportStats::inc(&t.stats.malformed);
+                warn!(node = t.id, peer, error = %e, "malformed datagram dropped");
+            }
+        }
+    }
+}
+
+async fn accept_streams(t: Arc<Transport>, peer: NodeId, conn: quinn::Connection) {
+    while let Ok(recv) = conn.accept_uni().await {
+        smol::spawn(read_stream(t.clone(), peer, recv)).detach();
+    }
+}
+
+async fn read_stream(t: Arc<Transport>, peer: NodeId, mut recv: quinn::RecvStream) {
+    loop {
+        let result = match read_frame(&mut recv, t.settings.max_frame).await {
+            Ok(None) => return,
+            Ok(Some(frame)) => {
+                let frame = Bytes::from(frame);
+                check_frame(&frame, t.cluster, peer, t.id).map(|()| frame)
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(frame) => t.deliver(peer, frame).await,
+            Err(FrameError::Interrupted) => return,
+            Err(e) => {
+                TransportStats::inc(&t.stats.malformed);
+                warn!(node = t.id, peer, error = %e, "malformed frame: stream closed");
+                let _ = recv.stop(quinn::VarInt::from_u32(ERR_MALFORMED));
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Shared helpers of the loopback tests: a temporary directory with a CA, certificates and
+//! node configurations on free 127.0.0.1 ports.
+#![allow(dead_code, clippy::unwrap_used)] // test support code: panics are the failure report
+
+use coracle_quic::certs::{Ca, Identity};
+use coracle_quic::client::Client;
+use coracle_quic::config::NodeConfig;
+use coracle_quic::tls::Credentials;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "coracle-quic-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Free UDP ports on 127.0.0.1 (bound then released: a small race, fine on loopback).
+pub fn free_addrs(n: usize) -> Vec<SocketAddr> {
+    let sockets: Vec<_> = (0..n)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    sockets.iter().map(|s| s.local_addr().unwrap()).collect()
+}
+
+/// A cluster's files: CA, node and client certificates, configurations.
+pub struct Setup {
+    pub dir: TempDir,
+    pub ca: Ca,
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl Setup {
+    pub fn new(tag: &str, nodes: usize) -> Setup {
+        let dir = TempDir::new(tag);
+        let certs = dir.0.join("certs");
+        let ca = Ca::generate("test", 2).unwrap();
+        ca.write(&certs).unwrap();
+        for id in 1..=nodes as u64 {
+            let identity = Identity::Node(id);
+            ca.issue(&identity, 2)
+                .unwrap()
+                .write(&certs, &identity.file_stem())
+                .unwrap();
+        }
+        for (name, admin) in [("alice", false), ("ops", true)] {
+            let identity = Identity::Client {
+                name: name.into(),
+                admin,
+            };
+            ca.issue(&identity, 2)
+                .unwrap()
+                .write(&certs, &identity.file_stem())
+                .unwrap();
+        }
+        Setup {
+            addrs: free_addrs(nodes),
+            dir,
+            ca,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir.0
+    }
+
+    pub fn certs(&self) -> PathBuf {
+        self.dir.0.join("certs")
+    }
+
+    /// The configuration text of node `id` (1-based), short timeouts for tests.
+    pub fn config_text(&self, id: u64) -> String {
+        let mut s = format!(
+            "id = {id}\ncluster_id = 7\nlisten = \"{}\"\ndata_dir = \"data/node-{id}\"\n",
+            self.addrs[id as usize - 1]
+        );
+        for (i, a) in self.addrs.iter().enumerate() {
+            s += &format!("[[peers]]\nid = {}\naddr = \"{a}\"\n", i + 1);
+        }
+        s += &format!(
+            "[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/node-{id}.pem\"\nkey = \"certs/node-{id}.key\"\n"
+        );
+        s += "[raft]\nelection_timeout_ms = 200\nheartbeat_ms = 30\n";
+        s += "[transport]\nkeep_alive_ms = 200\nidle_timeout_ms = 1000\nreconnect_max_ms = 300\n";
+        s
+    }
+
+    pub fn write_config(&self, id: u64) -> PathBuf {
+        let path = self.dir.0.join(format!("node-{id}.toml"));
+        std::fs::write(&path, self.config_text(id)).unwrap();
+        path
+    }
+
+    pub fn config(&self, id: u64) -> NodeConfig {
+        NodeConfig::parse(&self.config_text(id), self.path()).unwrap()
+    }
+
+    pub fn creds(&self, stem: &str) -> Credentials {
+        let c = self.certs();
+        Credentials::load(
+            &c.join("ca.pem"),
+            &c.join(format!("{stem}.pem")),
+            &c.join(format!("{stem}.key")),
+        )
+        .unwrap()
+    }
+
+    pub fn client(&self, stem: &str) -> Client {
+        Client::new(&self.creds(stem), self.addrs.clone())
+            .unwrap()
+            .with_timeout(Duration::from_secs(20))
+            .with_attempt_timeout(Duration::from_secs(1))
+    }
+}
+
+/// Polls `f` until it returns `Some` or `limit` passes (liveness bound, not a timing
+/// assertion).
+pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The leader the nodes at `addrs` agree on, if any (asked through `client`).
+pub fn leader(client: &Client, addrs: &[SocketAddr]) -> Option<u64> {
+    smol::block_on(async {
+        let mut found = None;
+        for &a in addrs {
+            if let Ok(s) = client.status_of(a).await {
+                if s.role == "Leader" {
+                    found = Some(s.id);
+                }
+            }
+        }
+        found
+    })
+}

@@ -1,0 +1,307 @@
+//! Real QUIC endpoints in one test process: refused handshakes (no certificate, another
+//! CA), garbage to the UDP port and to open streams, envelopes that lie about their
+//! sender, and exactly-once writes on retry.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns: a panic is the report
+
+mod common;
+
+use common::{wait_for, Setup};
+use coracle::wire::Envelope;
+use coracle::{Message, RequestVote};
+use coracle_quic::certs::{Ca, Identity, ANY_NODE_NAME};
+use coracle_quic::protocol::{Request, Response, WriteOp, WriteOutcome};
+use coracle_quic::server::RunningNode;
+use coracle_quic::tls::{self, Credentials, QuicSettings};
+use coracle_quic::transport::{encode_frame, TransportStats};
+use rustls::pki_types::{pem::PemObject, CertificateDer};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn single_node(tag: &str) -> (Setup, RunningNode) {
+    let setup = Setup::new(tag, 1);
+    let node = RunningNode::start(&setup.config(1)).unwrap();
+    // Wait until it leads (a one-node cluster elects itself).
+    let client = setup.client("client-alice");
+    let ready = wait_for(Duration::from_secs(20), || {
+        smol::block_on(client.put("ready", "1")).ok()
+    });
+    assert!(ready.is_some(), "single node did not take a write");
+    client.close();
+    (setup, node)
+}
+
+fn endpoint() -> quinn::Endpoint {
+    quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap()
+}
+
+/// A client TLS config that trusts `ca_pem` and presents no certificate.
+fn no_cert_config(ca_pem: &str) -> quinn::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![tls::ALPN.to_vec()];
+    quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+    ))
+}
+
+/// Tries a Status request over `config`; true if an answer came.
+async fn request_answered(config: quinn::ClientConfig, addr: SocketAddr) -> bool {
+    let ep = endpoint();
+    let attempt = async {
+        let conn = ep
+            .connect_with(config, addr, ANY_NODE_NAME)
+            .ok()?
+            .await
+            .ok()?;
+        let (mut send, mut recv) = conn.open_bi().await.ok()?;
+        let bytes = postcard::to_allocvec(&Request::Status).ok()?;
+        let mut frame = (bytes.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&bytes);
+        send.write_all(&frame).await.ok()?;
+        send.finish().ok()?;
+        let answer = recv.read_to_end(1 << 20).await.ok()?;
+        Some(!answer.is_empty())
+    };
+    let answered = smol::future::or(attempt, async {
+        smol::Timer::after(Duration::from_secs(5)).await;
+        None
+    })
+    .await
+    .unwrap_or(false);
+    ep.close(0u32.into(), b"");
+    answered
+}
+
+#[test]
+fn connections_without_a_certificate_or_from_another_ca_are_refused() {
+    let (setup, node) = single_node("refuse");
+    let addr = node.local_addr();
+    let refused = || TransportStats::get(&node.stats().refused);
+
+    // Our own client certificate works (the control).
+    let good = tls::client_config(&setup.creds("client-alice"), &QuicSettings::default()).unwrap();
+    assert!(smol::block_on(request_answered(good, addr)));
+    assert_eq!(refused(), 0);
+
+    // No certificate at all.
+    let before = refused();
+    assert!(!smol::block_on(request_answered(
+        no_cert_config(setup.ca.cert_pem()),
+        addr
+    )));
+    assert!(wait_for(Duration::from_secs(5), || (refused() > before)
+        .then_some(()))
+    .is_some());
+
+    // A certificate from another CA (which even claims to be node 2): refused too.
+    let other = Ca::generate("other", 1).unwrap();
+    let forged = other.issue(&Identity::Node(2), 1).unwrap();
+    let creds =
+        Credentials::from_pem(setup.ca.cert_pem(), &forged.cert_pem, &forged.key_pem).unwrap();
+    let before = refused();
+    let config = tls::client_config(&creds, &QuicSettings::default()).unwrap();
+    assert!(!smol::block_on(request_answered(config, addr)));
+    assert!(wait_for(Duration::from_secs(5), || (refused() > before)
+        .then_some(()))
+    .is_some());
+
+    // Nothing of them reached the node as a Raft message.
+    assert_eq!(TransportStats::get(&node.stats().received), 0);
+    node.shutdown().unwrap();
+}
+
+#[test]
+fn garbage_on_the_udp_port_and_on_open_streams_is_counted_and_survived() {
+    let (setup, node) = single_node("garbage");
+    let addr = node.local_addr();
+    let malformed = || TransportStats::get(&node.stats().malformed);
+
+    // 1. Random datagrams of every size to the UDP port (quinn drops what is no QUIC).
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for len in 0..1500usize {
+        let bytes: Vec<u8> = (0..len % 1400)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let _ = udp.send_to(&bytes, addr);
+    }
+
+    // 2. A peer with a valid node certificate (node 2) that sends garbage.
+    let issued = setup.ca.issue(&Identity::Node(2), 1).unwrap();
+    let creds =
+        Credentials::from_pem(setup.ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap();
+    let config = tls::client_config(&creds, &QuicSettings::default()).unwrap();
+    let ep = endpoint();
+    smol::block_on(async {
+        let conn = ep
+            .connect_with(config, addr, "node-1.coracle")
+            .unwrap()
+            .await
+            .unwrap();
+        let mut expected = malformed();
+        // a) bytes that are no frame, b) a length prefix past the limit, c) a valid
+        // envelope that claims to come from node 3, d) one for another cluster.
+        let vote = Message::RequestVote(RequestVote {
+            term: 1,
+            last_log_index: 0,
+            last_log_term: 0,
+            pre_vote: true,
+            leadership_transfer: false,
+        });
+        let lying = encode_frame(&Envelope::new(7, 3, 1, vote)).unwrap();
+        let other_cluster = encode_frame(&Envelope::new(8, 2, 1, vote)).unwrap();
+        let cases: Vec<Vec<u8>> = vec![
+            b"\x05\x00\x00\x00hello garbage".to_vec(),
+            u32::MAX.to_le_bytes().to_vec(),
+            lying.to_vec(),
+            other_cluster.to_vec(),
+        ];
+        for case in cases {
+            let mut s = conn.open_uni().await.unwrap();
+            s.write_all(&case).await.unwrap();
+            // (Not finished: the stream stays open, as a live peer's would.)
+            // The node stops the stream with an error code.
+            let stopped = smol::future::or(async { s.stopped().await.ok().flatten() }, async {
+                smol::Timer::after(Duration::from_secs(5)).await;
+                None
+            })
+            .await;
+            assert_eq!(
+                stopped,
+                Some(coracle_quic::transport::ERR_MALFORMED.into()),
+                "stream not stopped"
+            );
+            expected += 1;
+            assert!(
+                wait_for(Duration::from_secs(5), || (malformed() >= expected)
+                    .then_some(()))
+                .is_some()
+            );
+        }
+        // e) Malformed and lying datagrams are counted and dropped.
+        conn.send_datagram(bytes::Bytes::from_static(b"\x01\x07garbage"))
+            .unwrap();
+        conn.send_datagram(lying.slice(4..)).unwrap();
+        expected += 2;
+        assert!(
+            wait_for(Duration::from_secs(5), || (malformed() >= expected)
+                .then_some(()))
+            .is_some()
+        );
+        // The connection itself is still usable: a good frame gets through.
+        let good = encode_frame(&Envelope::new(7, 2, 1, vote)).unwrap();
+        let mut s = conn.open_uni().await.unwrap();
+        s.write_all(&good).await.unwrap();
+        let _ = s.finish();
+        assert!(wait_for(Duration::from_secs(5), || {
+            (TransportStats::get(&node.stats().received) >= 1).then_some(())
+        })
+        .is_some());
+
+        // 3. Garbage on a client's request stream: a malformed-request answer, counted.
+        let client_cfg =
+            tls::client_config(&setup.creds("client-alice"), &QuicSettings::default()).unwrap();
+        let c = ep
+            .connect_with(client_cfg, addr, ANY_NODE_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let before = malformed();
+        let (mut send, mut recv) = c.open_bi().await.unwrap();
+        send.write_all(b"\x03\x00\x00\x00\xff\xff\xff")
+            .await
+            .unwrap();
+        let _ = send.finish();
+        let answer = recv.read_to_end(1 << 16).await.unwrap();
+        let response: Response = postcard::from_bytes(&answer[4..]).unwrap();
+        assert!(matches!(response, Response::Error { .. }), "{response:?}");
+        assert!(malformed() > before);
+    });
+    ep.close(0u32.into(), b"");
+
+    // The node is alive and well.
+    let client = setup.client("client-alice");
+    smol::block_on(async {
+        client.put("after", "garbage").await.unwrap();
+        assert_eq!(
+            client.get("after").await.unwrap(),
+            Some(b"garbage".to_vec())
+        );
+    });
+    node.shutdown().unwrap();
+}
+
+#[test]
+fn a_retried_write_is_applied_once() {
+    let (setup, node) = single_node("once");
+    let client = setup.client("client-alice");
+    let write = |seq: u64, value: &str| Request::Write {
+        client: 4242,
+        seq,
+        ack_below: 1,
+        op: WriteOp::Put {
+            key: b"k".to_vec(),
+            value: value.as_bytes().to_vec(),
+        },
+    };
+    smol::block_on(async {
+        let first = client.call(&write(1, "one")).await.unwrap();
+        let Response::Written { outcome, index } = first else {
+            panic!("{first:?}")
+        };
+        assert_eq!(outcome, WriteOutcome::Done { previous: None });
+        client.call(&write(2, "two")).await.unwrap();
+        // The retry of seq 1 (say its answer was lost): same outcome and index, not applied.
+        // (The retry is a new log entry, deduplicated when applied.)
+        let retry = client.call(&write(1, "one")).await.unwrap();
+        let Response::Written {
+            outcome,
+            index: again,
+        } = retry
+        else {
+            panic!("{retry:?}")
+        };
+        assert_eq!(outcome, WriteOutcome::Done { previous: None });
+        assert!(again > index);
+        assert_eq!(client.get("k").await.unwrap(), Some(b"two".to_vec()));
+    });
+    node.shutdown().unwrap();
+}
+
+#[test]
+fn startup_errors_are_clear() {
+    let setup = Setup::new("startup", 1);
+    let cfg = setup.config(1);
+    let node = RunningNode::start(&cfg).unwrap();
+    // The same data directory twice: locked.
+    let mut other = cfg.clone();
+    other.listen = "127.0.0.1:0".parse().unwrap();
+    let err = RunningNode::start(&other).unwrap_err().to_string();
+    assert!(err.contains("in use") || err.contains("lock"), "{err}");
+    node.shutdown().unwrap();
+    // A certificate of another node.
+    let mut wrong = setup.config(1);
+    wrong.tls.cert = setup.certs().join("client-alice.pem");
+    wrong.tls.key = setup.certs().join("client-alice.key");
+    let err = RunningNode::start(&wrong).unwrap_err().to_string();
+    assert!(err.contains("client alice"), "{err}");
+    // A missing key.
+    let mut missing = setup.config(1);
+    missing.tls.key = setup.certs().join("nope.key");
+    let err = RunningNode::start(&missing).unwrap_err().to_string();
+    assert!(err.contains("nope.key"), "{err}");
+}
