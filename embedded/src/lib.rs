@@ -1,2 +1,22 @@
-//! Firmware for a cluster of boards (issue 7): not built yet.
-#![no_std]
+//! Coracle on boards (issue 7): the parts of the firmware that do not touch
+//! hardware, so they are tested on the host, and the host side of the QEMU
+//! cluster.
+//!
+//! - [`counters`]: the replicated state machine, a table of counters in
+//!   `heapless` storage;
+//! - [`board`]: a board's node id, address and peers, read from its MAC, so
+//!   one image serves every board;
+//! - [`journal`]: a Raft log on any `embedded-storage` NorFlash that
+//!   survives a reboot ([`journal::FlashLog`]), and the UDP link's
+//!   send-counter mark ([`journal::MarkStore`]);
+//! - `hub` (feature `std`): the Ethernet hub between QEMU boards.
+//!
+//! The QEMU firmware is `embedded/qemu/` (its own workspace: it builds for
+//! `thumbv7m-none-eabi`); `cargo xtask qemu-cluster` runs a cluster of it.
+#![cfg_attr(not(feature = "std"), no_std)]
+
+pub mod board;
+pub mod counters;
+#[cfg(feature = "std")]
+pub mod hub;
+pub mod journal;

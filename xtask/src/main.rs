@@ -7,10 +7,13 @@
 //!   that no dependency turns `std`/`alloc` on, and links a `#![no_std]` program that
 //!   uses the core with no global allocator (`xtask/nostd-check/`).
 //! - `size`: the flash and static RAM of that program, per target, read from its ELF.
+//! - `qemu-cluster`: a cluster of QEMU boards running the firmware of `embedded/qemu`,
+//!   with the checks of issue 7 (see `qemu.rs`).
 
 mod cmd;
 mod elf;
 mod nostd;
+mod qemu;
 mod size;
 
 use std::process::ExitCode;
@@ -28,6 +31,14 @@ commands:
   size [--sections]
                  flash (text + rodata + data) and static RAM (data + bss) of
                  xtask/nostd-check per target: the core's footprint on its own
+  qemu-cluster [--boards 3|4|5]
+                 build embedded/qemu (the mps2-an385 firmware) and the hub, boot that
+                 many boards as QEMU processes on one emulated Ethernet, show their
+                 defmt logs with a board prefix, and check election, commit and
+                 agreement, a killed leader's replacement within 2 election timeouts,
+                 restart from flash and catch-up, cut-off and heal without disturbing
+                 the leader, commit under 20 % frame loss (needs qemu-system-arm and
+                 defmt-print; exits non-zero if a check fails)
   help           this message
 ";
 
@@ -44,6 +55,7 @@ fn main() -> ExitCode {
         }
         "nostd" => nostd::run(rest),
         "size" => size::run(rest),
+        "qemu-cluster" => qemu::run(rest),
         other => {
             eprint!("error: unknown command `{other}`\n\n{HELP}");
             return ExitCode::from(2);

@@ -1,10 +1,17 @@
 //! `cargo xtask size`: the flash and static RAM the core takes on each bare-metal target,
 //! measured on the link-check program (the core alone, with a panic handler that loops
-//! and no runtime crate), and the size of a node value.
+//! and no runtime crate), and the size of a node value; and the QEMU board firmware
+//! (`embedded/qemu`) against its budget.
 
 use crate::cmd::{self, Error, Result};
 use crate::elf::Footprint;
 use crate::nostd::{self, TARGETS};
+use crate::qemu;
+
+/// Issue 7's budget for the QEMU firmware with 5 peers: 96 KiB of flash.
+const FIRMWARE_FLASH_BUDGET: u64 = 96 * 1024;
+/// And 48 KiB of static RAM.
+const FIRMWARE_RAM_BUDGET: u64 = 48 * 1024;
 
 /// Symbols of the link-check program holding `size_of` its node and its log.
 const NODE_BYTES: &str = "CORACLE_NODE_BYTES";
@@ -53,6 +60,16 @@ pub fn run(args: &[String]) -> Result<()> {
             log_bytes: elf.read_u32_symbol(&bytes, LOG_BYTES),
         });
     }
+    // The QEMU board firmware (embedded/qemu), with its budget of issue 7.
+    let firmware = qemu::build_firmware(&target_dir)?;
+    let (elf, _) = nostd::read_elf_with_bytes(&firmware)?;
+    let firmware_footprint = elf.footprint();
+    rows.push(Row {
+        target: "qemu firmware (thumbv7m)",
+        footprint: firmware_footprint,
+        node_bytes: None,
+        log_bytes: None,
+    });
     print!("{}", table(&rows));
     println!("bytes; flash = text + rodata + data (initial values); static RAM = data + bss");
     println!(
@@ -61,6 +78,20 @@ pub fn run(args: &[String]) -> Result<()> {
          in a static"
     );
     println!("program: xtask/nostd-check (release: opt-level = \"s\", LTO, panic = \"abort\")");
+    println!(
+        "qemu firmware: embedded/qemu for mps2-an385, 5 peers, 128-entry log, UDP MTU 1024, \
+         embassy-net, defmt (DEFMT_LOG=info); budget {} B flash, {} B static RAM, no heap",
+        FIRMWARE_FLASH_BUDGET, FIRMWARE_RAM_BUDGET
+    );
+    if firmware_footprint.flash() > FIRMWARE_FLASH_BUDGET
+        || firmware_footprint.ram() > FIRMWARE_RAM_BUDGET
+    {
+        return Err(Error::new(format!(
+            "the QEMU firmware is over its budget: {} B flash (max {FIRMWARE_FLASH_BUDGET}), {} B static RAM (max {FIRMWARE_RAM_BUDGET})",
+            firmware_footprint.flash(),
+            firmware_footprint.ram()
+        )));
+    }
     Ok(())
 }
 

@@ -1,0 +1,296 @@
+//! Coracle on a QEMU `mps2-an385` board: a Raft node over authenticated
+//! UDP on the board's LAN9118, replicating a table of counters, with its
+//! log in (semihosting-file) flash. One image serves every board: the node
+//! id, the address and the peers come from the MAC QEMU gives the board
+//! (see `coracle_embedded::board`). Logs go out as defmt over semihosting.
+//!
+//! The leader proposes `counter[its id] += 1` every 500 ms until the log
+//! holds [`PROPOSE_UNTIL`] entries; every board logs each entry it applies
+//! with the digest of its table, and a status line every 500 ms, which is
+//! what `cargo xtask qemu-cluster` reads.
+#![no_std]
+#![no_main]
+
+mod flash;
+mod lan9118;
+mod time;
+
+use coracle::{Config, Node, NodeId, Output, Role};
+use coracle_embedded::board::{Board, UDP_PORT};
+use coracle_embedded::counters::{Add, CounterTable};
+use coracle_embedded::journal::{FlashLog, MarkStore};
+use coracle_udp::codec::{mtu_config, Link};
+use coracle_udp::event_loop::Control;
+use coracle_udp::node::{Application, UdpNode};
+use coracle_udp::{ClusterKey, SendCounter};
+use defmt::{error, info, warn};
+use defmt_semihosting as _;
+use embassy_net::udp::{PacketMetadata, UdpSocket};
+use embassy_net::{IpEndpoint, Ipv4Address, Ipv4Cidr, StackResources, StaticConfigV4};
+use embassy_time::{Duration, Instant, Timer};
+use static_cell::StaticCell;
+
+use flash::SemihostingFlash;
+use lan9118::Lan9118;
+
+/// Peer capacity of the node: up to 5 boards (4 peers, one spare).
+const PEERS: usize = 5;
+/// Largest datagram: fits an Ethernet frame with room to spare.
+const MTU: usize = 1024;
+/// Entries in one AppendEntries (and the decoder's capacity).
+const ENTRIES: usize = 16;
+/// Entries the log holds (the journal keeps them all: no snapshots).
+const LOG_CAP: usize = 128;
+/// Bytes of one command (an `Add` is 6).
+const DATA: usize = 8;
+/// The leader proposes until the log holds this many entries.
+const PROPOSE_UNTIL: u64 = LOG_CAP as u64 - 24;
+/// Counters in the table.
+const COUNTERS: usize = 8;
+/// The core's tick.
+const TICK_MS: u64 = 10;
+/// Minimum election timeout, in ticks (500 ms; randomized to [500, 1000) ms).
+const ELECTION_TICKS: u32 = 50;
+/// Bytes of each flash file.
+const LOG_FLASH: usize = 64 * 1024;
+const MARK_FLASH: usize = 4 * 1024;
+/// The cluster's id and key. A demo key: a product provisions its own.
+const CLUSTER: u64 = 0x00c0_ac1e;
+const KEY: [u8; 32] = *b"coracle qemu cluster demo key!!!";
+
+type Log = FlashLog<SemihostingFlash<LOG_FLASH>, LOG_CAP, DATA>;
+type Udp = UdpNode<Log, PEERS, MTU, ENTRIES>;
+
+defmt::timestamp!("{=u64:ms}", time::now_ms());
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    error!("panic: {}", defmt::Display2Format(info));
+    cortex_m_semihosting::debug::exit(cortex_m_semihosting::debug::EXIT_FAILURE);
+    loop {
+        cortex_m::asm::wfi();
+    }
+}
+
+/// Stops the board with a message (QEMU exits with a failure).
+fn halt(why: &str) -> ! {
+    error!("halt: {=str}", why);
+    cortex_m_semihosting::debug::exit(cortex_m_semihosting::debug::EXIT_FAILURE);
+    loop {
+        cortex_m::asm::wfi();
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Follower => "follower",
+        Role::PreCandidate => "precandidate",
+        Role::Candidate => "candidate",
+        Role::Leader => "leader",
+    }
+}
+
+/// The board's application: the counter table, the send-counter store,
+/// and the periodic proposals and status lines.
+struct App {
+    id: NodeId,
+    table: CounterTable<COUNTERS>,
+    marks: MarkStore<SemihostingFlash<MARK_FLASH>>,
+    next_tick: Instant,
+    ticks: u32,
+}
+
+impl Application for App {
+    fn output(&mut self, output: Output<'_>) {
+        match output {
+            Output::Apply(entry) => {
+                let refused = self.table.apply(&entry).is_err();
+                info!(
+                    "apply index={=u64} term={=u64} digest={=u32:08x} commands={=u64} refused={=bool}",
+                    entry.index,
+                    entry.term,
+                    self.table.digest(),
+                    self.table.commands(),
+                    refused
+                );
+            }
+            Output::StateChanged(s) => info!(
+                "state role={=str} term={=u64} leader={=u64}",
+                role_name(s.role),
+                s.term,
+                s.leader.unwrap_or(0)
+            ),
+            Output::SnapshotNeeded => warn!("log full"),
+            _ => {}
+        }
+    }
+
+    fn persist_counter(&mut self, mark: u64) -> bool {
+        self.marks.store(mark).is_ok()
+    }
+}
+
+impl Control<Udp> for App {
+    type Command = ();
+
+    async fn next_command(&mut self) -> Option<()> {
+        // An absolute deadline: cancel-safe (the loop drops this future
+        // whenever a datagram or a timer comes first).
+        Timer::at(self.next_tick).await;
+        self.next_tick += Duration::from_millis(100);
+        Some(())
+    }
+
+    fn command(&mut self, udp: &mut Udp, (): ()) {
+        self.ticks = self.ticks.wrapping_add(1);
+        if !self.ticks.is_multiple_of(5) {
+            return;
+        }
+        let node = udp.node_mut();
+        if node.role() == Role::Leader && node.last_index() < PROPOSE_UNTIL {
+            let add = Add {
+                counter: self.id as u8,
+                delta: 1,
+            };
+            if let Err(e) = node.propose(&add.encode()) {
+                warn!("propose failed: {}", defmt::Debug2Format(&e));
+            }
+        }
+        let node = udp.node();
+        info!(
+            "status role={=str} term={=u64} leader={=u64} commit={=u64} applied={=u64} last={=u64} digest={=u32:08x} sent={=u64} dropped={=u64}",
+            role_name(node.role()),
+            node.term(),
+            node.leader().unwrap_or(0),
+            node.commit_index(),
+            self.table.applied(),
+            node.last_index(),
+            self.table.digest(),
+            udp.link().counters().sent,
+            udp.link().drops().total(),
+        );
+    }
+}
+
+#[cortex_m_rt::entry]
+fn main() -> ! {
+    let Some(cp) = cortex_m::Peripherals::take() else {
+        halt("core peripherals taken twice")
+    };
+    time::start(cp.SYST);
+
+    let nic = match Lan9118::new(lan9118::BASE) {
+        Ok(nic) => nic,
+        Err(e) => {
+            error!("LAN9118: {}", e);
+            halt("no network")
+        }
+    };
+    let mac = nic.mac();
+    let board = match Board::from_mac(mac) {
+        Ok(board) => board,
+        Err(e) => {
+            error!("{}", defmt::Display2Format(&e));
+            halt("not a cluster board")
+        }
+    };
+    let id = board.id();
+    let ip = board.ip();
+    info!(
+        "boot board={=u64} boards={=usize} mac={=[u8]:02x} ip={}.{}.{}.{} lan9118={=u32:08x}",
+        id,
+        board.boards(),
+        mac,
+        ip[0],
+        ip[1],
+        ip[2],
+        ip[3],
+        nic.id_rev()
+    );
+
+    // The log and the send-counter mark, from flash.
+    let log_flash =
+        SemihostingFlash::open(c"coracle-log.bin").unwrap_or_else(|_| halt("log flash"));
+    let mark_flash =
+        SemihostingFlash::open(c"coracle-mark.bin").unwrap_or_else(|_| halt("mark flash"));
+    let log = Log::open(log_flash).unwrap_or_else(|_| halt("log journal"));
+    let marks = MarkStore::open(mark_flash).unwrap_or_else(|_| halt("mark store"));
+    let hs = coracle::LogStorage::hard_state(&log);
+    info!(
+        "restored term={=u64} vote={=u64} last={=u64} records={=usize} flash_used={=usize} mark={=u64}",
+        hs.current_term,
+        hs.voted_for.unwrap_or(0),
+        coracle::LogStorage::last_index(&log),
+        log.replayed(),
+        log.used(),
+        marks.mark().unwrap_or(0)
+    );
+
+    // The node.
+    let mut config = mtu_config::<MTU, ENTRIES>(Config::new(id, board.seed()));
+    config.election_ticks = ELECTION_TICKS;
+    config.heartbeat_ticks = 10;
+    config.retransmit_ticks = 20;
+    config.max_entry_bytes = DATA;
+    let node = Node::new(config, log, &board.members()).unwrap_or_else(|_| halt("node config"));
+    let key = ClusterKey::from_bytes(KEY);
+    let counter = SendCounter::resume(marks.mark(), 1024);
+    let link = Link::new(&key, CLUSTER, id, counter);
+    static UDP: StaticCell<Udp> = StaticCell::new();
+    let udp = UDP.init(UdpNode::new(node, link).unwrap_or_else(|_| halt("peer table")));
+
+    // The network.
+    let net_config = embassy_net::Config::ipv4_static(StaticConfigV4 {
+        address: Ipv4Cidr::new(Ipv4Address::new(ip[0], ip[1], ip[2], ip[3]), 24),
+        gateway: None,
+        dns_servers: Default::default(),
+    });
+    static RESOURCES: StaticCell<StackResources<2>> = StaticCell::new();
+    let (stack, mut runner) = embassy_net::new(
+        nic,
+        net_config,
+        RESOURCES.init(StackResources::new()),
+        board.seed(),
+    );
+    static RX_META: StaticCell<[PacketMetadata; 16]> = StaticCell::new();
+    static TX_META: StaticCell<[PacketMetadata; 16]> = StaticCell::new();
+    static RX_BUF: StaticCell<[u8; 4 * MTU]> = StaticCell::new();
+    static TX_BUF: StaticCell<[u8; 4 * MTU]> = StaticCell::new();
+    let mut socket = UdpSocket::new(
+        stack,
+        RX_META.init([PacketMetadata::EMPTY; 16]),
+        RX_BUF.init([0; 4 * MTU]),
+        TX_META.init([PacketMetadata::EMPTY; 16]),
+        TX_BUF.init([0; 4 * MTU]),
+    );
+    if socket.bind(UDP_PORT).is_err() {
+        halt("bind");
+    }
+    let mut peers: heapless::Vec<(NodeId, IpEndpoint), PEERS> = heapless::Vec::new();
+    for peer in board.peers() {
+        let [a, b, c, d] = coracle_embedded::board::ip_of(peer);
+        let _ = peers.push((
+            peer,
+            IpEndpoint::new(Ipv4Address::new(a, b, c, d).into(), UDP_PORT),
+        ));
+    }
+
+    let mut app = App {
+        id,
+        table: CounterTable::new(),
+        marks,
+        next_tick: Instant::now(),
+        ticks: 0,
+    };
+    time::block_on(embassy_futures::join::join(
+        runner.run(),
+        coracle_udp::embassy::run_node(
+            udp,
+            &mut app,
+            socket,
+            &peers,
+            Duration::from_millis(TICK_MS),
+        ),
+    ));
+    halt("node loop ended")
+}
