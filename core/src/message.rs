@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 /// RequestVote RPC (§5.2), invoked by candidates to gather votes, and by pre-candidates to ask
 /// whether they could win (then `term` is the term they would campaign in).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct RequestVote {
@@ -31,7 +31,7 @@ pub struct RequestVote {
 }
 
 /// The answer to a [`RequestVote`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct RequestVoteResponse {
@@ -45,7 +45,7 @@ pub struct RequestVoteResponse {
 }
 
 /// AppendEntries RPC (§5.3), invoked by the leader to replicate entries; also the heartbeat.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize))]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct AppendEntries<'a> {
@@ -73,7 +73,7 @@ pub struct AppendEntries<'a> {
 /// stores for that term"): `hint_term == 0` means the follower's log ends at `hint_index`;
 /// otherwise the follower holds term `hint_term` at `prev_log_index`, and its first entry of
 /// that term is at `hint_index`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct AppendEntriesResponse {
@@ -93,7 +93,7 @@ pub struct AppendEntriesResponse {
 
 /// TimeoutNow (thesis 3.10): the leader tells a caught-up follower to start an election at
 /// once, to hand leadership over.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct TimeoutNow {
@@ -102,7 +102,7 @@ pub struct TimeoutNow {
 }
 
 /// A follower asks the leader for a read index on behalf of its host (thesis 6.4).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct ReadIndex {
@@ -114,7 +114,7 @@ pub struct ReadIndex {
 
 /// The leader's answer to a [`ReadIndex`]: once the follower has applied through `index`,
 /// it may serve the read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct ReadIndexResponse {
@@ -131,7 +131,7 @@ pub struct ReadIndexResponse {
 /// InstallSnapshot RPC (§7), in chunks: the leader sends a follower that needs compacted
 /// entries its snapshot, `data` being the bytes from `offset`. Resumable: the follower
 /// answers with the offset it expects next.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct InstallSnapshot<'a> {
@@ -154,7 +154,7 @@ pub struct InstallSnapshot<'a> {
 }
 
 /// The answer to an [`InstallSnapshot`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct InstallSnapshotResponse {
@@ -323,6 +323,12 @@ impl<'a> Entries<'a> {
 impl fmt::Debug for Entries<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl Default for Entries<'_> {
+    fn default() -> Self {
+        Entries::EMPTY
     }
 }
 

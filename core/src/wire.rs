@@ -233,7 +233,9 @@ enum WireMessage<'a, const E: usize> {
 }
 
 /// A decoded frame: its addressing and its message, whose entries (at most `E`) borrow
-/// from the input bytes.
+/// from the input bytes. [`Decoded::message`] borrows this value (the entries live in it),
+/// so keep the `Decoded` alive while the message is in use:
+/// `let d = wire::decode::<E>(bytes, cluster)?; node.step(d.from, d.message());`.
 pub struct Decoded<'a, const E: usize> {
     /// The cluster it belongs to (already checked).
     pub cluster: u64,
