@@ -183,15 +183,17 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             learner: self.self_learner,
         };
         let is_member = me.voter || me.voter_outgoing || me.learner;
-        is_member
-            .then_some(me)
-            .into_iter()
-            .chain(self.peers.iter().map(|p| Member {
-                id: p.id,
-                voter: p.voter,
-                voter_outgoing: p.voter_outgoing,
-                learner: p.learner,
-            }))
+        is_member.then_some(me).into_iter().chain(
+            self.peers
+                .iter()
+                .filter(|p| p.voter || p.voter_outgoing || p.learner)
+                .map(|p| Member {
+                    id: p.id,
+                    voter: p.voter,
+                    voter_outgoing: p.voter_outgoing,
+                    learner: p.learner,
+                }),
+        )
     }
 
     /// True while the configuration in use is joint (C_old,new).

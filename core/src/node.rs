@@ -80,8 +80,9 @@ pub struct Node<S: LogStorage, const N: usize = 6, const I: usize = 8, const R: 
     pub(crate) snapshot_out: Option<SnapshotMeta>,
     /// Follower: the snapshot being received and the next offset expected.
     pub(crate) incoming_snapshot: Option<(SnapshotMeta, u64)>,
-    /// A snapshot the host must restore its state machine from.
-    pub(crate) restore_pending: Option<SnapshotMeta>,
+    /// A snapshot the host must restore its state machine from, once the write with this
+    /// sequence number is durable.
+    pub(crate) restore_pending: Option<(SnapshotMeta, u64)>,
     /// The log filled up: ask the host for a snapshot.
     pub(crate) snapshot_needed: bool,
     pub(crate) durability: Durability,
@@ -362,7 +363,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             send_cursor: 0,
             counters: Counters::default(),
         };
-        node.restore_pending = restore;
+        node.restore_pending = restore.map(|meta| (meta, 0));
         node.load_config_from_log();
         node.reset_election_timer();
         Ok(node)
@@ -396,7 +397,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// that break the protocol are counted in [`Node::counters`] and otherwise ignored or
     /// answered with a rejection; nothing here panics.
     pub fn step(&mut self, from: NodeId, message: Message<'_>) {
-        if self.peer_index(from).is_none() {
+        if self.peer_index(from).is_none() && !self.admit_unknown_leader(from, &message) {
             self.counters.unknown_sender += 1;
             return;
         }
@@ -650,6 +651,23 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     }
 
     // ----- internals ----------------------------------------------------------------------
+
+    /// A node outside this node's configuration that sends what only a leader sends, in a
+    /// term at least ours, is followed all the same (thesis 4.1): this node may simply not
+    /// have the entry that added it yet. It is tracked as a peer that counts in nothing.
+    fn admit_unknown_leader(&mut self, from: NodeId, message: &Message<'_>) -> bool {
+        let leader_traffic = matches!(
+            message,
+            Message::AppendEntries(_) | Message::InstallSnapshot(_)
+        );
+        if from == self.cfg.id || !leader_traffic || message.term() < self.current_term {
+            return false;
+        }
+        let mut peer = Peer::new(from, false);
+        peer.learner = false;
+        peer.replication = Replication::new(self.log.last_index() + 1, self.now);
+        self.peers.push(peer).is_ok()
+    }
 
     pub(crate) fn peer_index(&self, id: NodeId) -> Option<usize> {
         self.peers.iter().position(|p| p.id == id)

@@ -64,8 +64,33 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         true
     }
 
+    /// Leader: the host kept a new snapshot (or dropped it) since transfers began: every
+    /// transfer restarts with the snapshot kept now, so chunks never mix two snapshots.
+    fn refresh_snapshot_out(&mut self) {
+        let current = self.log.snapshot_meta();
+        if current == self.snapshot_out {
+            return;
+        }
+        self.snapshot_out = current;
+        for p in self.peers.iter_mut() {
+            let r = &mut p.replication;
+            if r.state != ProgressState::Snapshot {
+                continue;
+            }
+            match current {
+                Some(meta) => {
+                    r.snapshot_index = meta.index;
+                    r.snapshot_offset = 0;
+                    r.probe_sent = false;
+                }
+                None => r.become_probe(r.match_index + 1),
+            }
+        }
+    }
+
     /// Leader: the next chunk for peer `i`, if none is in flight.
     pub(crate) fn snapshot_chunk_for(&mut self, i: usize) -> Option<Outgoing> {
+        self.refresh_snapshot_out();
         let meta = self.snapshot_out?;
         let r = &self.peers[i].replication;
         if r.probe_sent || r.snapshot_index != meta.index {
@@ -168,7 +193,9 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         self.durability.record_write(self.log.last_index());
         self.commit_index = self.commit_index.max(meta.index);
         if self.applied < meta.index {
-            self.restore_pending = Some(meta);
+            // Restored once the installed snapshot is durable, as entries are applied only
+            // once durable: a host's state machine never runs ahead of its storage.
+            self.restore_pending = Some((meta, self.durability.last_write));
         }
         self.load_config_from_log();
         let a = answer(meta.size, true);
@@ -211,7 +238,11 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
 
     /// The snapshot for the host to restore, before any entry after it is applied.
     pub(crate) fn take_restore(&mut self) -> Option<SnapshotMeta> {
-        let meta = self.restore_pending.take()?;
+        let (meta, after) = self.restore_pending?;
+        if !self.durability.released(after) {
+            return None;
+        }
+        self.restore_pending = None;
         self.applied = self.applied.max(meta.index);
         Some(meta)
     }

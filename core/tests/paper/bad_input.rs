@@ -7,15 +7,42 @@ use proptest::prelude::*;
 #[test]
 fn messages_from_unknown_senders_are_counted_and_dropped() {
     let mut c = Cluster::new(&[1, 2, 3]);
-    let replies = step_and_collect(c.node_mut(1), 99, append(5, (0, 0), 0, &[]));
-    assert!(replies.is_empty());
-    assert_eq!(c.node(1).counters().unknown_sender, 1);
+    let vote = Message::RequestVote(RequestVote {
+        term: 5,
+        ..Default::default()
+    });
+    assert!(step_and_collect(c.node_mut(1), 99, vote).is_empty());
+    let answer = Message::RequestVoteResponse(RequestVoteResponse {
+        term: 5,
+        vote_granted: true,
+        pre_vote: false,
+    });
+    assert!(step_and_collect(c.node_mut(1), 99, answer).is_empty());
+    assert_eq!(c.node(1).counters().unknown_sender, 2);
     assert_eq!(c.node(1).term(), 0);
     let replies = step_and_collect(c.node_mut(1), 1, append(5, (0, 0), 0, &[]));
     assert!(
         replies.is_empty(),
         "a message from itself is not from a peer"
     );
+}
+
+/// Thesis 4.1: a member that has not yet appended the entry adding a node still follows
+/// that node once it leads; it counts in nothing until the configuration says so.
+#[test]
+fn a_leader_outside_the_configuration_is_followed() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    let replies = step_and_collect(c.node_mut(1), 9, append(5, (0, 0), 0, &[entry(1, 5)]));
+    assert!(matches!(
+        replies.as_slice(),
+        [(9, m)] if matches!(m.as_message(), Message::AppendEntriesResponse(r) if r.success)
+    ));
+    assert_eq!((c.node(1).term(), c.node(1).leader()), (5, Some(9)));
+    assert!(c.node(1).members().all(|m| m.id != 9), "not a member");
+    // A stale one is still dropped.
+    let mut c = Cluster::with(&[1, 2, 3], default_config, |_| log_with_terms(&[], 7));
+    assert!(step_and_collect(c.node_mut(1), 9, append(5, (0, 0), 0, &[])).is_empty());
+    assert_eq!(c.node(1).counters().unknown_sender, 1);
 }
 
 #[test]
