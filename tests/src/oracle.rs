@@ -19,6 +19,18 @@
 //! - **Durability**: the committed prefix, which includes every entry whose result was
 //!   acknowledged to a client, stays on the durable storage of a majority whatever crashes.
 //!
+//! - **Snapshots**: a snapshot installed from a leader ends with the committed entry at its
+//!   index; the state machine restored from a snapshot, and after every applied entry, is
+//!   the same on every node at the same index (compared by digest, so State Machine Safety
+//!   holds across compacted logs);
+//! - **Membership**: a leader, candidate or pre-candidate is a voter of the configuration
+//!   it uses (or of the old half while joint; a leader whose own removal is not committed
+//!   yet still leads); a leader commits an index only once a quorum of the configuration
+//!   it uses (both halves while joint) holds it durably; Durability counts that quorum.
+//!
+//! Logs may be compacted: where an index is compacted away, the chain hash at the
+//! compaction point stands for the whole prefix through it.
+//!
 //! Every check costs O(1) or O(log n) per observation, so they can run after every event.
 //!
 //! ```
@@ -52,6 +64,10 @@ pub trait LogView {
     /// The id of the entry at `index` (`index` 0 is the empty prefix); `None` if the log
     /// does not hold it.
     fn entry_id(&self, index: Index) -> Option<EntryId>;
+    /// The last index compacted away (its id is still known); 0 if none.
+    fn compacted_index(&self) -> Index {
+        0
+    }
 }
 
 /// A broken property, with what is needed to understand it.
@@ -163,6 +179,37 @@ pub enum Violation {
         /// Why.
         reason: String,
     },
+    /// A node led or campaigned while not a voter of the configuration it uses.
+    NotAVoter {
+        /// The node.
+        node: NodeId,
+        /// Its term.
+        term: Term,
+        /// "leader", "candidate" or "pre-candidate".
+        role: &'static str,
+    },
+    /// A leader committed an index that no quorum of its configuration holds durably.
+    CommitWithoutQuorum {
+        /// The leader.
+        node: NodeId,
+        /// Its term.
+        term: Term,
+        /// The index committed.
+        index: Index,
+        /// The voters (new half while joint) that hold it.
+        holders: Vec<NodeId>,
+        /// The voters of the configuration (then the old half while joint).
+        voters: Vec<NodeId>,
+    },
+    /// A node's state machine differs from another's at the same applied index.
+    StateDiverged {
+        /// The node.
+        node: NodeId,
+        /// The applied index.
+        index: Index,
+        /// "apply" or "restore".
+        what: &'static str,
+    },
     /// After every fault healed, the cluster did not make progress in time.
     Liveness {
         /// What did not happen.
@@ -262,6 +309,26 @@ impl fmt::Display for Violation {
             Violation::RestartFailed { node, reason } => {
                 write!(f, "node {node} could not restart: {reason}")
             }
+            Violation::NotAVoter { node, term, role } => write!(
+                f,
+                "node {node} is {role} in term {term} but no voter of its configuration"
+            ),
+            Violation::CommitWithoutQuorum {
+                node,
+                term,
+                index,
+                holders,
+                voters,
+            } => write!(
+                f,
+                "leader {node} of term {term} committed {index}, held durably only by \
+                 {holders:?} of voters {voters:?}"
+            ),
+            Violation::StateDiverged { node, index, what } => write!(
+                f,
+                "State Machine Safety: the state machine of node {node} after {what} at \
+                 index {index} differs from another node's at that index"
+            ),
             Violation::Liveness { what } => write!(f, "Liveness: {what}"),
         }
     }
@@ -290,6 +357,10 @@ pub struct Oracles {
     committed: Vec<Committed>,
     nodes: BTreeMap<NodeId, NodeTrack>,
     acknowledged: Index,
+    /// State machine digests by applied index.
+    states: HashMap<Index, u64>,
+    /// The configuration (voters, old voters while joint) of the latest commit by a leader.
+    quorum: (Vec<NodeId>, Vec<NodeId>),
     violations: Vec<Violation>,
 }
 
@@ -303,6 +374,8 @@ impl Oracles {
             committed: Vec::new(),
             nodes: members.iter().map(|&m| (m, NodeTrack::default())).collect(),
             acknowledged: 0,
+            states: HashMap::new(),
+            quorum: (members.to_vec(), Vec::new()),
             violations: Vec::new(),
         }
     }
@@ -354,7 +427,7 @@ impl Oracles {
     /// for every current leader when the committed prefix grows.
     pub fn check_complete(&mut self, leader: NodeId, term: Term, log: &dyn LogView) {
         let p = self.committed.partition_point(|c| c.in_term < term);
-        if p == 0 || log.entry_id(p as Index) == Some(self.committed[p - 1].id) {
+        if p == 0 || self.holds(log, p as Index) {
             return;
         }
         let index = self.first_mismatch(log, p as Index);
@@ -424,7 +497,7 @@ impl Oracles {
         track.commit = commit;
         let known = self.committed.len() as Index;
         let upto = commit.min(known);
-        if upto > 0 && log.entry_id(upto) != Some(self.committed[upto as usize - 1].id) {
+        if upto > 0 && !self.holds(log, upto) {
             let index = self.first_mismatch(log, upto);
             let node_term = log.entry_id(index).map_or(0, |id| id.term);
             self.violations.push(Violation::StateMachineSafety {
@@ -516,10 +589,158 @@ impl Oracles {
         }
     }
 
+    /// Whether `log` holds the committed prefix through `index` (known committed): by the
+    /// chain hash at `index`, or at the compaction point if `index` is compacted away (a
+    /// compaction point beyond what is known committed is not judged).
+    pub fn holds(&self, log: &dyn LogView, index: Index) -> bool {
+        let at = index.max(log.compacted_index());
+        match self.committed_entry(at) {
+            Some(id) => log.entry_id(at) == Some(id),
+            None => at > index,
+        }
+    }
+
+    /// `node` restored its state machine from a snapshot through `index`, whose last entry
+    /// has id `id` (if its log still knows it), to a store with digest `digest`.
+    pub fn restored(&mut self, node: NodeId, index: Index, id: Option<EntryId>, digest: u64) {
+        let track = self.nodes.entry(node).or_default();
+        if index <= track.applied {
+            let expected = track.applied + 1;
+            self.violations.push(Violation::AppliedOutOfOrder {
+                node,
+                expected,
+                got: index,
+            });
+        }
+        track.applied = track.applied.max(index);
+        if let (Some(id), Some(c)) = (id, self.committed_entry(index)) {
+            if id != c {
+                self.violations.push(Violation::StateMachineSafety {
+                    node,
+                    index,
+                    committed_term: c.term,
+                    node_term: id.term,
+                    what: "restore",
+                });
+            }
+        }
+        self.state(node, index, digest, "restore");
+    }
+
+    /// `node` installed a snapshot from a leader ending at `index` with id `id`: it must be
+    /// the committed entry.
+    pub fn installed(&mut self, node: NodeId, index: Index, id: EntryId) {
+        match self.committed_entry(index) {
+            Some(c) if c == id => {}
+            c => self.violations.push(Violation::StateMachineSafety {
+                node,
+                index,
+                committed_term: c.map_or(0, |c| c.term),
+                node_term: id.term,
+                what: "install",
+            }),
+        }
+    }
+
+    /// `node`'s state machine has digest `digest` after applying (or restoring) through
+    /// `index`: the same on every node.
+    pub fn state(&mut self, node: NodeId, index: Index, digest: u64, what: &'static str) {
+        match self.states.get(&index) {
+            Some(&d) if d != digest => {
+                self.violations
+                    .push(Violation::StateDiverged { node, index, what })
+            }
+            Some(_) => {}
+            None => {
+                self.states.insert(index, digest);
+            }
+        }
+    }
+
+    /// `node`, in `term`, is a leader ("leader"), candidate or pre-candidate that is not a
+    /// voter of the configuration it uses (the caller decides; a leader whose removal is not
+    /// committed yet is fine).
+    pub fn not_a_voter(&mut self, node: NodeId, term: Term, role: &'static str) {
+        self.violations
+            .push(Violation::NotAVoter { node, term, role });
+    }
+
+    /// Leader `node` of `term` advanced its commit index to `index` using the configuration
+    /// with `voters` (and `outgoing`, the old voters, while joint): a majority of each
+    /// must hold the prefix through `index` on durable storage. `durable` yields the durable
+    /// image of every node, by id. The configuration is kept for the Durability check.
+    pub fn leader_committed<'a>(
+        &mut self,
+        node: NodeId,
+        term: Term,
+        index: Index,
+        voters: &[NodeId],
+        outgoing: &[NodeId],
+        durable: impl Iterator<Item = (NodeId, &'a dyn LogView)>,
+    ) {
+        let holders: Vec<NodeId> = durable
+            .filter(|&(_, log)| self.holds(log, index))
+            .map(|(id, _)| id)
+            .collect();
+        for half in [voters, outgoing] {
+            if half.is_empty() {
+                continue;
+            }
+            let count = half.iter().filter(|v| holders.contains(v)).count();
+            if count < half.len() / 2 + 1 {
+                self.violations.push(Violation::CommitWithoutQuorum {
+                    node,
+                    term,
+                    index,
+                    holders: holders.into_iter().filter(|h| half.contains(h)).collect(),
+                    voters: half.to_vec(),
+                });
+                return;
+            }
+        }
+        self.quorum = (voters.to_vec(), outgoing.to_vec());
+    }
+
+    /// Durability with membership: the committed prefix must be on the durable storage of
+    /// a majority of the configuration that last committed (of each half while joint).
+    /// `durable` yields the durable image of every node, crashed ones included, by id.
+    pub fn check_durable_by<'a>(
+        &mut self,
+        durable: impl Iterator<Item = (NodeId, &'a dyn LogView)>,
+    ) {
+        let Some(last) = self.committed.last() else {
+            return;
+        };
+        let last = last.id;
+        let index = self.committed.len() as Index;
+        let holders: Vec<NodeId> = durable
+            .filter(|(_, log)| log.entry_id(index) == Some(last) || self.holds(*log, index))
+            .map(|(id, _)| id)
+            .collect();
+        let (voters, outgoing) = (self.quorum.0.clone(), self.quorum.1.clone());
+        for half in [&voters, &outgoing] {
+            if half.is_empty() {
+                continue;
+            }
+            let count = half.iter().filter(|v| holders.contains(v)).count();
+            let needed = half.len() / 2 + 1;
+            if count < needed {
+                self.violations.push(Violation::Durability {
+                    committed: index,
+                    acknowledged: self.acknowledged,
+                    holders: count,
+                    needed,
+                });
+                return;
+            }
+        }
+    }
+
     /// The first index `<= upto` where `log` departs from the committed prefix (chain
     /// hashes make "same prefix through i" monotone in i, so a binary search works).
     fn first_mismatch(&self, log: &dyn LogView, upto: Index) -> Index {
-        let (mut lo, mut hi) = (0, upto); // prefix through lo matches; through hi does not
+        // prefix through lo matches; through hi does not
+        let (mut lo, mut hi) = (log.compacted_index().min(upto.saturating_sub(1)), upto);
         while hi - lo > 1 {
             let mid = lo + (hi - lo) / 2;
             if log.entry_id(mid) == Some(self.committed[mid as usize - 1].id) {

@@ -274,3 +274,141 @@ fn seed_1073_clients_progress_after_healing() {
     let report = run(1073, &options, None);
     assert!(report.is_ok(), "{report}");
 }
+
+// ----- found by the simulator's membership, snapshot and read classes (open) -------------
+
+use coracle::ProgressState;
+use coracle_tests::sim::{Change, Cluster};
+
+/// Quiet options for hand-driven scenarios: no fault, no client, no operator.
+fn quiet(nodes: usize, faults: &str, chunk: usize) -> SimOptions {
+    let mut config = Config::new(0, 0);
+    config.max_snapshot_chunk_bytes = chunk;
+    SimOptions {
+        nodes,
+        faults: Faults::parse(faults).expect("faults"),
+        clients: 0,
+        config: Some(config),
+        ..SimOptions::default()
+    }
+}
+
+fn elect(c: &mut Cluster, id: NodeId) {
+    c.campaign(id);
+    assert!(c.run_until(100, |c| c.leader() == Some(id)), "n{id} leads");
+}
+
+fn put_and_commit(c: &mut Cluster, leader: NodeId, key: u64, value: u64) {
+    let p = c.put(leader, key, value).expect("proposed");
+    assert!(
+        c.run_until(100, |c| c
+            .node(leader)
+            .is_some_and(|n| n.applied_index() >= p.index)),
+        "put {key}={value} applied"
+    );
+}
+
+/// Sim seed 67 (`sim --seed 67 --faults all`, before the host worked around it): a leader
+/// that takes a new snapshot while it sends an older one to a follower goes on sending
+/// chunks under the old snapshot's metadata, read from the new snapshot's bytes
+/// (`snapshot_chunk_for`/`install_snapshot_message` never check that
+/// `log.snapshot_meta()` is still `snapshot_out`). The follower installs a mix of both and
+/// restores a state machine that no node ever had.
+#[test]
+
+fn replacing_the_snapshot_during_a_transfer_corrupts_the_followers_state() {
+    let mut c = Cluster::new(1, quiet(3, "none", 8), None);
+    elect(&mut c, 1);
+    for k in 0..3 {
+        put_and_commit(&mut c, 1, k, 100 + k);
+    }
+    c.partition(&[&[1, 2], &[3]]);
+    for k in 0..3 {
+        put_and_commit(&mut c, 1, k, 200 + k);
+    }
+    c.snapshot(1);
+    c.heal();
+    let sending = |c: &Cluster| {
+        c.node(1)
+            .and_then(|n| n.progress(3))
+            .is_some_and(|p| p.state == ProgressState::Snapshot)
+    };
+    assert!(
+        c.run_until(50, sending),
+        "the leader sends node 3 the snapshot"
+    );
+    for _ in 0..6 {
+        c.step(); // a few chunks go
+    }
+    for k in 0..3 {
+        let p = c.put(1, k, 300 + k).expect("proposed");
+        assert!(c.run_until(5, |c| c
+            .node(1)
+            .is_some_and(|n| n.applied_index() >= p.index)));
+    }
+    c.snapshot(1); // same size (same keys), different bytes
+    c.run_for_ticks(100);
+    assert!(c.violations().is_empty(), "{:?}", c.violations());
+    for k in 0..3 {
+        assert_eq!(c.kv_get(3, k), c.kv_get(1, k), "key {k}");
+    }
+}
+
+/// Sim seeds 6 and 44 (`sim --seeds 100 --faults all`, before the operator avoided it):
+/// a member that missed the configuration entry adding a node ignores that node once it
+/// leads (`Node::step` drops messages from senders outside the configuration), so it never
+/// catches up. Thesis 4.1: servers process incoming RPCs without consulting their
+/// configurations.
+#[test]
+
+fn a_member_that_missed_a_new_leaders_addition_still_follows_it() {
+    let mut c = Cluster::new(1, quiet(3, "membership", 64 * 1024), None);
+    c.set_operator(false);
+    elect(&mut c, 1);
+    put_and_commit(&mut c, 1, 0, 1);
+    c.partition(&[&[1, 2, 4], &[3]]);
+    c.change_membership(1, Change::AddLearner(4))
+        .expect("add learner");
+    put_and_commit(&mut c, 1, 0, 2);
+    c.run_for_ticks(20);
+    c.change_membership(1, Change::AddVoter(4))
+        .expect("promote");
+    put_and_commit(&mut c, 1, 0, 3);
+    c.transfer_leadership(1, 4).expect("transfer");
+    assert!(c.run_until(100, |c| c.leader() == Some(4)), "n4 leads");
+    put_and_commit(&mut c, 4, 0, 4);
+    c.heal();
+    let caught_up = |c: &Cluster| {
+        let last = c.node(4).map_or(0, |n| n.last_index());
+        c.node(3).is_some_and(|n| n.applied_index() == last)
+    };
+    assert!(
+        c.run_until(300, caught_up),
+        "node 3 catches up with leader 4"
+    );
+}
+
+/// Every install in this run: the core asks the host to restore its state machine from an
+/// installed snapshot (`Output::RestoreSnapshot`) before that snapshot is durable, whereas
+/// `Output::Apply` waits for durability. A host whose state machine persists and that
+/// crashes in between holds a state machine ahead of its durable log and cannot restart
+/// (`ConfigError::AppliedBeyondLog`; sim seed 1 before the host worked around it).
+#[test]
+
+fn a_snapshot_is_restored_only_once_durable() {
+    let mut c = Cluster::new(1, quiet(3, "delay", 64 * 1024), None);
+    elect(&mut c, 1);
+    c.partition(&[&[1, 2], &[3]]);
+    for k in 0..3 {
+        put_and_commit(&mut c, 1, k, k);
+    }
+    c.snapshot(1);
+    c.heal();
+    assert!(
+        c.run_until(100, |c| c.kv_get(3, 2) == Some(2)),
+        "node 3 restored"
+    );
+    let report = c.finish();
+    assert!(report.stats.installs > 0, "{report}");
+    assert_eq!(report.stats.restores_not_durable, 0, "{report}");
+}

@@ -333,3 +333,28 @@ fn stale_reads_are_caught_by_the_linearizability_checker() {
         "followers serving reads from their own state must produce a stale read"
     );
 }
+
+#[test]
+fn unconfirmed_reads_are_caught_by_the_linearizability_checker() {
+    let options = SimOptions {
+        steps: 4_000,
+        bug: Some(Bug::UnconfirmedReads),
+        read_percent: 100,
+        ..SimOptions::default()
+    };
+    let found = (0..40).find(|&seed| {
+        let report = run(seed, &options, None);
+        matches!(
+            report.linearizability,
+            coracle_tests::sim::Linearizability::NotLinearizable(_)
+        )
+    });
+    let seed = found.expect("a leader answering reads without confirmation must be stale");
+    // The same seed with reads confirmed by the core is linearizable.
+    let fixed = SimOptions {
+        bug: None,
+        ..options
+    };
+    let report = run(seed, &fixed, None);
+    assert!(report.is_ok(), "{report}");
+}

@@ -78,6 +78,42 @@ fn network_faults_only() {
 }
 
 #[test]
+fn membership_churn_with_crashes_and_partitions() {
+    check_seeds(
+        700..708,
+        &options(5, "membership,crash,partition,delay,snapshot"),
+    );
+}
+
+#[test]
+fn leadership_transfers_under_loss() {
+    check_seeds(720..726, &options(5, "transfer,drop,reorder,delay,pause"));
+}
+
+#[test]
+fn snapshots_with_crashes_and_torn_writes() {
+    check_seeds(740..748, &options(3, "snapshot,crash,torn,partition,delay"));
+}
+
+#[test]
+fn new_classes_exercise_their_features() {
+    let mut totals = (0, 0, 0, 0, 0);
+    for seed in 760..764 {
+        let report = run(seed, &options(5, "all"), None);
+        assert!(report.is_ok(), "{report}");
+        let s = &report.stats;
+        totals.0 += s.membership_changes;
+        totals.1 += s.transfers;
+        totals.2 += s.snapshots;
+        totals.3 += s.installs;
+        totals.4 += s.reads;
+    }
+    let (changes, transfers, snapshots, installs, reads) = totals;
+    assert!(changes > 0 && transfers > 0, "{totals:?}");
+    assert!(snapshots > 0 && installs > 0 && reads > 0, "{totals:?}");
+}
+
+#[test]
 fn no_faults_at_all() {
     let report = run(600, &options(5, "none"), None);
     assert!(report.is_ok(), "{report}");

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! sim --seeds N [--start S] [--steps M] [--nodes K] [--faults LIST] [--clients C]
-//!     [--keys K] [--bug vote-amnesia|lose-durable|stale-reads] [--no-lin] [--verbose]
+//!     [--keys K] [--bug vote-amnesia|lose-durable|stale-reads|unconfirmed-reads]
+//!     [--no-lin] [--verbose]
 //! sim --seed S [same options] [--trace]
 //! ```
 //!
@@ -22,12 +23,13 @@ options:
   --steps M          events with faults before everything heals (default 20000)
   --nodes K          cluster size, 1 to 9 (default 5)
   --faults LIST      fault classes: all, none, or a comma list of drop, dup, reorder,
-                     delay, partition, asym, partial, crash, torn, pause, skew;
-                     `-name` removes one (default all)
+                     delay, partition, asym, partial, crash, torn, pause, skew,
+                     membership, transfer, snapshot; `-name` removes one (default all)
   --clients C        simulated clients (default 3)
   --keys K           keys of the workload (default 3)
-  --bug NAME         break the host on purpose: vote-amnesia, lose-durable or
-                     stale-reads (the oracles or the checker must then fail)
+  --bug NAME         break the host on purpose: vote-amnesia, lose-durable,
+                     stale-reads or unconfirmed-reads (the oracles or the checker
+                     must then fail)
   --no-lin           skip the linearizability check
   --verbose          print a line for every seed
   --trace            print every event and every node's state (with --seed)";

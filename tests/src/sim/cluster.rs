@@ -1,5 +1,6 @@
 //! The cluster: hosts around real nodes, the event queue, the nemesis that injects faults,
-//! and the oracles checked after every event.
+//! the operator that changes membership and transfers leadership, and the oracles checked
+//! after every event.
 
 use crate::linearizability::{self, Budget, CheckResult, History, Key, Value};
 use crate::oracle::{LogView, Oracles, Violation};
@@ -10,8 +11,9 @@ use crate::sim::rng::{mix64, SimRng};
 use crate::sim::storage::{LogImage, SimLog};
 use crate::sim::{Bug, Linearizability, RunReport, SimOptions, Stats, Time, TICK};
 use coracle::{
-    Config, EntryKind, Index, Message, Node, NodeId, Output, OwnedMessage, Proposal, ProposeError,
-    Role, SyncToken, Term,
+    Config, EntryKind, Index, LogStorage, MembershipChange, MembershipError, Message, Node, NodeId,
+    Output, OwnedMessage, Proposal, ProposeError, ReadError, ReadMode, Role, SyncToken, Term,
+    TransferError,
 };
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
@@ -72,6 +74,7 @@ enum Event {
         seq: u64,
     },
     Nemesis,
+    Operator,
     Restart {
         node: usize,
         incarnation: u64,
@@ -115,6 +118,93 @@ struct Pending {
     attempt: u32,
 }
 
+/// A read taken with `Node::read`, waiting for `ReadReady` or `ReadFailed`.
+#[derive(Clone, Copy, Debug)]
+struct PendingRead {
+    client: usize,
+    seq: u64,
+    attempt: u32,
+    key: Key,
+}
+
+/// A membership change as the operator asks it (owning its member lists).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// `MembershipChange::AddLearner`.
+    AddLearner(NodeId),
+    /// `MembershipChange::AddVoter`.
+    AddVoter(NodeId),
+    /// `MembershipChange::Demote`.
+    Demote(NodeId),
+    /// `MembershipChange::Remove`.
+    Remove(NodeId),
+    /// `MembershipChange::Joint`.
+    Joint {
+        /// The new voters.
+        voters: Vec<NodeId>,
+        /// The new learners.
+        learners: Vec<NodeId>,
+    },
+    /// `MembershipChange::LeaveJoint`.
+    LeaveJoint,
+}
+
+impl Change {
+    fn as_change(&self) -> MembershipChange<'_> {
+        match self {
+            Change::AddLearner(id) => MembershipChange::AddLearner(*id),
+            Change::AddVoter(id) => MembershipChange::AddVoter(*id),
+            Change::Demote(id) => MembershipChange::Demote(*id),
+            Change::Remove(id) => MembershipChange::Remove(*id),
+            Change::Joint { voters, learners } => MembershipChange::Joint { voters, learners },
+            Change::LeaveJoint => MembershipChange::LeaveJoint,
+        }
+    }
+}
+
+/// The configuration a node uses: voters, old voters while joint, learners.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// Voters (of the new configuration while joint).
+    pub voters: Vec<NodeId>,
+    /// Voters of the old configuration while joint (empty otherwise).
+    pub outgoing: Vec<NodeId>,
+    /// Learners.
+    pub learners: Vec<NodeId>,
+}
+
+impl Membership {
+    /// The configuration `node` uses now.
+    pub fn of(node: &SimNode) -> Self {
+        let mut m = Membership::default();
+        for member in node.members() {
+            if member.voter {
+                m.voters.push(member.id);
+            }
+            if member.voter_outgoing {
+                m.outgoing.push(member.id);
+            }
+            if member.learner {
+                m.learners.push(member.id);
+            }
+        }
+        m
+    }
+
+    /// Whether `id` is in the configuration at all.
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.voters.contains(&id) || self.outgoing.contains(&id) || self.learners.contains(&id)
+    }
+
+    /// Whether `agree` holds for a majority of the voters (and of the old voters while
+    /// joint).
+    pub fn quorum(&self, agree: impl Fn(NodeId) -> bool) -> bool {
+        [&self.voters, &self.outgoing].iter().all(|half| {
+            half.is_empty() || half.iter().filter(|&&v| agree(v)).count() > half.len() / 2
+        })
+    }
+}
+
 /// What surrounds one node: its process state, disk, state machine and clock.
 struct Host {
     id: NodeId,
@@ -131,6 +221,12 @@ struct Host {
     inbox: Vec<Event>,
     kv: Kv,
     pending: HashMap<Index, Pending>,
+    reads: HashMap<u64, PendingRead>,
+    next_read: u64,
+    /// The host snapshots once it has applied through this index.
+    snapshot_due: Index,
+    /// The state machine was restored from a snapshot not yet durable (a core quirk).
+    volatile_restore: bool,
     disk_free_at: Time,
 }
 
@@ -139,6 +235,7 @@ struct Before {
     role: Role,
     term: Term,
     last: Index,
+    commit: Index,
     truncations: u64,
 }
 
@@ -148,6 +245,7 @@ impl Before {
             role: node.role(),
             term: node.term(),
             last: node.last_index(),
+            commit: node.commit_index(),
             truncations: node.log().truncations(),
         }
     }
@@ -161,6 +259,18 @@ enum Input {
     Request(Request),
     Propose(Vec<u8>),
     Campaign,
+    /// Snapshot now; `true` even while sending one to a peer.
+    Snapshot(bool),
+    Change(Change),
+    Transfer(NodeId),
+}
+
+/// What an operator input returned.
+enum Outcome {
+    Proposed(Result<Proposal, ProposeError>),
+    Changed(Result<Proposal, MembershipError>),
+    Transferred(Result<(), TransferError>),
+    Done,
 }
 
 /// An output of a node, copied out so the node can be used again.
@@ -173,6 +283,17 @@ enum Drained {
         term: Term,
         command: Option<Command>,
     },
+    ReadReady {
+        id: u64,
+        index: Index,
+    },
+    ReadFailed {
+        id: u64,
+    },
+    Restore {
+        index: Index,
+    },
+    SnapshotNeeded,
 }
 
 /// A simulated cluster. Drive it event by event ([`Cluster::step`]), for a while
@@ -192,9 +313,11 @@ pub struct Cluster {
     rng_disk: SimRng,
     rng_fault: SimRng,
     rng_client: SimRng,
+    rng_op: SimRng,
     clients: Vec<Client>,
     clients_on: bool,
     nemesis_on: bool,
+    operator_on: bool,
     history: History,
     oracles: Oracles,
     events: u64,
@@ -214,14 +337,21 @@ impl Cluster {
         let mut rng_disk = root.fork();
         let rng_fault = root.fork();
         let rng_client = root.fork();
-        let n = options.nodes.clamp(1, 9);
+        let rng_op = root.fork();
+        let faults = options.faults;
+        let voters = options.nodes.clamp(1, 9);
+        let n = if faults.membership {
+            (voters + 2).min(9)
+        } else {
+            voters
+        };
         let template = options
             .config
             .clone()
-            .unwrap_or_else(|| random_config(&mut rng_config));
-        let members: Vec<NodeId> = (1..=n as NodeId).collect();
-        let faults = options.faults;
-        let hosts = members
+            .unwrap_or_else(|| random_config(&mut rng_config, &faults));
+        let members: Vec<NodeId> = (1..=voters as NodeId).collect();
+        let universe: Vec<NodeId> = (1..=n as NodeId).collect();
+        let hosts = universe
             .iter()
             .map(|&id| Host {
                 id,
@@ -239,6 +369,10 @@ impl Cluster {
                 inbox: Vec::new(),
                 kv: Kv::new(),
                 pending: HashMap::new(),
+                reads: HashMap::new(),
+                next_read: 0,
+                snapshot_due: 0,
+                volatile_restore: false,
                 disk_free_at: 0,
             })
             .collect();
@@ -257,9 +391,11 @@ impl Cluster {
             rng_disk,
             rng_fault,
             rng_client,
+            rng_op,
             clients,
             clients_on: false,
             nemesis_on: faults.any_nemesis(),
+            operator_on: faults.any_operator(),
             history: History::new(),
             events: 0,
             stats: Stats::default(),
@@ -280,7 +416,12 @@ impl Cluster {
             cluster.template
         );
         for i in 0..n {
+            cluster.hosts[i].snapshot_due = cluster.next_snapshot(0);
             cluster.start_node(i);
+        }
+        if cluster.operator_on {
+            let at = cluster.rng_op.range(30, 100) * TICK;
+            cluster.schedule(at, Event::Operator);
         }
         cluster.set_clients(cluster.options.clients > 0);
         if cluster.nemesis_on {
@@ -374,8 +515,9 @@ impl Cluster {
         // for it (a stalled node still fails).
         let catch_up = bound + 2 * self.committed_index();
         if !self.run_until(catch_up, |c| c.converged()) {
+            let why = self.lagging();
             self.liveness(format!(
-                "the nodes did not converge on the leader's log within {catch_up} ticks"
+                "the nodes did not converge on the leader's log within {catch_up} ticks: {why}"
             ));
         }
     }
@@ -499,8 +641,56 @@ impl Cluster {
         let Some(i) = self.index_of(id) else {
             return not_leader;
         };
-        self.node_input(i, Input::Propose(command.encode()))
-            .unwrap_or(not_leader)
+        match self.node_input(i, Input::Propose(command.encode())) {
+            Some(Outcome::Proposed(r)) => r,
+            _ => not_leader,
+        }
+    }
+
+    /// Asks node `id` to change the membership (as an operator would).
+    pub fn change_membership(
+        &mut self,
+        id: NodeId,
+        change: Change,
+    ) -> Result<Proposal, MembershipError> {
+        let not_leader = Err(MembershipError::NotLeader { leader: None });
+        let Some(i) = self.index_of(id) else {
+            return not_leader;
+        };
+        match self.node_input(i, Input::Change(change)) {
+            Some(Outcome::Changed(r)) => r,
+            _ => not_leader,
+        }
+    }
+
+    /// Asks node `id` to hand leadership to `target`.
+    pub fn transfer_leadership(&mut self, id: NodeId, target: NodeId) -> Result<(), TransferError> {
+        let not_leader = Err(TransferError::NotLeader { leader: None });
+        let Some(i) = self.index_of(id) else {
+            return not_leader;
+        };
+        match self.node_input(i, Input::Transfer(target)) {
+            Some(Outcome::Transferred(r)) => r,
+            _ => not_leader,
+        }
+    }
+
+    /// Makes the host of node `id` snapshot its state machine at its applied index now and
+    /// compact its whole log through it, even while it sends a snapshot to a peer.
+    pub fn snapshot(&mut self, id: NodeId) {
+        if let Some(i) = self.index_of(id) {
+            self.node_input(i, Input::Snapshot(true));
+        }
+    }
+
+    /// Turns the operator (membership changes, transfers) on or off.
+    pub fn set_operator(&mut self, on: bool) {
+        let was = self.operator_on;
+        self.operator_on = on;
+        if on && !was {
+            let at = self.now + self.rng_op.range(20, 120) * TICK;
+            self.schedule(at, Event::Operator);
+        }
     }
 
     /// Makes node `id` campaign now.
@@ -535,19 +725,25 @@ impl Cluster {
         self.index_of(id).and_then(|i| self.hosts[i].kv.get(key))
     }
 
-    /// A leader followed by a majority (itself included) in its term, if there is one.
+    /// A leader followed by a quorum of its configuration (itself included) in its term,
+    /// if there is one.
     pub fn leader(&self) -> Option<NodeId> {
-        let quorum = self.members.len() / 2 + 1;
         self.running().find_map(|l| {
             if l.role() != Role::Leader {
                 return None;
             }
-            let followers = self
-                .running()
-                .filter(|n| n.term() == l.term() && n.leader() == Some(l.id()))
-                .count();
-            (followers >= quorum).then_some(l.id())
+            let config = Membership::of(l);
+            let follows = |id: NodeId| {
+                self.node(id)
+                    .is_some_and(|n| n.term() == l.term() && n.leader() == Some(l.id()))
+            };
+            config.quorum(follows).then_some(l.id())
         })
+    }
+
+    /// The configuration node `id` uses, if it runs.
+    pub fn membership(&self, id: NodeId) -> Option<Membership> {
+        self.node(id).map(Membership::of)
     }
 
     /// Every running node that believes it leads, with its term.
@@ -558,19 +754,64 @@ impl Cluster {
             .collect()
     }
 
-    /// True when every node runs, a leader leads, and every node has applied the
-    /// leader's whole log.
+    /// True when every member of the leader's configuration runs and has applied the
+    /// leader's whole log (nodes outside it are not waited for).
     pub fn converged(&self) -> bool {
         let Some(l) = self.leader().and_then(|l| self.node(l)) else {
             return false;
         };
         let last = l.last_index();
+        let config = Membership::of(l);
         l.commit_index() == last
             && self.hosts.iter().all(|h| {
-                h.node.as_ref().is_some_and(|n| {
-                    n.applied_index() == last && n.log().entry_id(last) == l.log().entry_id(last)
-                })
+                !config.contains(h.id)
+                    || h.node.as_ref().is_some_and(|n| {
+                        n.applied_index() == last
+                            && n.log().entry_id(last) == l.log().entry_id(last)
+                    })
             })
+    }
+
+    /// Why the cluster has not converged: the members that lag, and for each whether it
+    /// knows the leader as a peer (a node ignores messages from nodes it does not know).
+    fn lagging(&self) -> String {
+        let Some(l) = self.leader().and_then(|l| self.node(l)) else {
+            return "no leader".into();
+        };
+        let config = Membership::of(l);
+        let mut out = format!(
+            "leader n{} at {} (commit {}), config {:?}:",
+            l.id(),
+            l.last_index(),
+            l.commit_index(),
+            config
+        );
+        for h in &self.hosts {
+            if !config.contains(h.id) {
+                continue;
+            }
+            match h.node.as_deref() {
+                None => {
+                    let _ = write!(out, " n{} down;", h.id);
+                }
+                Some(n) if n.applied_index() != l.last_index() => {
+                    let _ = write!(
+                        out,
+                        " n{} applied {} last {}{};",
+                        h.id,
+                        n.applied_index(),
+                        n.last_index(),
+                        if n.progress(l.id()).is_none() && n.id() != l.id() {
+                            " (does not know the leader: ignores it)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                Some(_) => {}
+            }
+        }
+        out
     }
 
     /// Every violation found so far.
@@ -641,6 +882,10 @@ impl Cluster {
                 let period = h.tick_period;
                 note!(self, "tick n{}", h.id);
                 self.node_input(node, Input::Tick);
+                let h = &self.hosts[node];
+                if self.options.faults.snapshot && h.kv.applied() >= h.snapshot_due {
+                    self.node_input(node, Input::Snapshot(false));
+                }
                 self.schedule(self.now + period, Event::Tick { node, epoch });
             }
             Event::Deliver { from, to, message } => {
@@ -778,6 +1023,7 @@ impl Cluster {
                 self.schedule(at, Event::ClientStart { client });
             }
             Event::Nemesis => self.nemesis(),
+            Event::Operator => self.operator(),
             Event::Restart { node, incarnation } => {
                 if self.hosts[node].incarnation == incarnation {
                     self.restart_node(node);
@@ -796,10 +1042,10 @@ impl Cluster {
     }
 
     /// Feeds one input to node `i`, then runs the oracles and handles every output.
-    fn node_input(&mut self, i: usize, input: Input) -> Option<Result<Proposal, ProposeError>> {
+    fn node_input(&mut self, i: usize, input: Input) -> Option<Outcome> {
         let mut node = self.hosts[i].node.take()?;
         let before = Before::of(&node);
-        let mut result = None;
+        let mut result = Outcome::Done;
         let mut synced = false;
         match input {
             Input::Tick => node.tick(),
@@ -811,20 +1057,116 @@ impl Cluster {
                 synced = true;
             }
             Input::Request(request) => self.serve(i, &mut node, request),
-            Input::Propose(command) => result = Some(node.propose(&command)),
+            Input::Propose(command) => result = Outcome::Proposed(node.propose(&command)),
             Input::Campaign => node.campaign(),
+            Input::Snapshot(force) => self.take_snapshot(i, &mut node, force),
+            Input::Change(change) => {
+                let r = node.change_membership(change.as_change());
+                note!(self, "OPERATOR n{}: {change:?} -> {r:?}", node.id());
+                if r.is_ok() {
+                    self.stats.membership_changes += 1;
+                }
+                result = Outcome::Changed(r);
+            }
+            Input::Transfer(target) => {
+                let r = node.transfer_leadership(target);
+                note!(
+                    self,
+                    "OPERATOR n{}: transfer to n{target} -> {r:?}",
+                    node.id()
+                );
+                if r.is_ok() {
+                    self.stats.transfers += 1;
+                }
+                result = Outcome::Transferred(r);
+            }
         }
         self.after_input(i, &mut node, before);
         if synced {
             self.check_durable(Some(&node));
         }
         self.hosts[i].node = Some(node);
-        result
+        Some(result)
+    }
+
+    /// The host of node `i` snapshots its state machine at its applied index and compacts
+    /// its log, keeping a random tail.
+    fn take_snapshot(&mut self, i: usize, node: &mut SimNode, force: bool) {
+        let kv = &self.hosts[i].kv;
+        let applied = kv.applied();
+        let due = self.next_snapshot(applied);
+        self.hosts[i].snapshot_due = due;
+        if applied == 0 || applied != node.applied_index() {
+            return;
+        }
+        if node
+            .log()
+            .snapshot_meta()
+            .is_some_and(|m| m.index >= applied)
+        {
+            return;
+        }
+        // Known core issue (tests/tests/core_bugs.rs): a leader sending a snapshot reads
+        // its chunks from whatever snapshot the storage keeps now, so replacing it mid-way
+        // corrupts the follower's. Wait until no peer is being sent one.
+        let sending = !force
+            && node.role() == Role::Leader
+            && self.hosts.iter().any(|h| {
+                node.progress(h.id)
+                    .is_some_and(|p| p.state == coracle::ProgressState::Snapshot)
+            });
+        if sending {
+            self.hosts[i].snapshot_due = applied + 1;
+            return;
+        }
+        let Some(id) = node.log().entry_id(applied) else {
+            return;
+        };
+        let data = self.hosts[i].kv.snapshot(id.chain);
+        let Some(meta) = node.snapshot_meta_at(applied, data.len() as u64) else {
+            self.harness(format!(
+                "node {} gives no snapshot metadata at its applied index {applied}",
+                node.id()
+            ));
+            return;
+        };
+        if let Err(e) = node.log_mut().save_snapshot(meta, data) {
+            self.harness(format!("saving a snapshot: {e}"));
+            return;
+        }
+        let tail = if force || self.rng_disk.chance(0.3) {
+            0
+        } else {
+            self.rng_disk.range(0, 30)
+        };
+        let through = applied.saturating_sub(tail);
+        let r = node.compact(through);
+        self.stats.snapshots += 1;
+        note!(
+            self,
+            "SNAPSHOT n{} at {applied}/{}, compact through {through}: {r:?} (first index now {})",
+            node.id(),
+            meta.term,
+            node.log().live().first_index()
+        );
+    }
+
+    /// The applied index at which a host snapshots next.
+    fn next_snapshot(&mut self, applied: Index) -> Index {
+        applied + self.rng_disk.range(10, 120)
     }
 
     /// A client request reached node `i`.
     fn serve(&mut self, i: usize, node: &mut SimNode, request: Request) {
         let (seq, attempt) = (request.command.seq, request.attempt);
+        if let linearizability::Op::Get { key } = request.command.op {
+            if self.options.bug != Some(Bug::StaleReads)
+                && self.rng_client.below(100) < self.options.read_percent
+            {
+                self.read(i, node, request, key);
+                return;
+            }
+        }
         if let (Some(Bug::StaleReads), linearizability::Op::Get { key }, false) = (
             self.options.bug,
             request.command.op,
@@ -878,6 +1220,58 @@ impl Cluster {
         }
     }
 
+    /// A get served as a linearizable read through `Node::read`.
+    fn read(&mut self, i: usize, node: &mut SimNode, request: Request, key: Key) {
+        let (seq, attempt) = (request.command.seq, request.attempt);
+        if self.options.bug == Some(Bug::UnconfirmedReads) && node.role() == Role::Leader {
+            let output = linearizability::Output::Read(self.hosts[i].kv.get(key));
+            self.send_reply(
+                request.client,
+                Reply::Done {
+                    seq,
+                    attempt,
+                    output,
+                },
+            );
+            return;
+        }
+        let t = &self.template;
+        let lease_safe = !self.options.faults.skew
+            || u64::from(t.lease_drift_ticks) * 13 > u64::from(t.election_ticks) * 6;
+        let mode = if lease_safe && self.rng_client.chance(0.3) {
+            ReadMode::Lease
+        } else {
+            ReadMode::ReadIndex
+        };
+        let h = &mut self.hosts[i];
+        h.next_read += 1;
+        let id = h.next_read;
+        match node.read(id, mode) {
+            Ok(()) => {
+                note!(
+                    self,
+                    "n{} reads {key} for client {} seq {seq} ({mode:?}, read {id})",
+                    node.id(),
+                    request.command.client
+                );
+                self.hosts[i].reads.insert(
+                    id,
+                    PendingRead {
+                        client: request.client,
+                        seq,
+                        attempt,
+                        key,
+                    },
+                );
+            }
+            Err(ReadError::NoLeader) => {
+                let hint = node.leader();
+                self.send_reply(request.client, Reply::NotLeader { seq, attempt, hint });
+            }
+            Err(ReadError::Busy) => self.send_reply(request.client, Reply::Retry { seq, attempt }),
+        }
+    }
+
     /// The oracles, then every output of the node.
     fn after_input(&mut self, i: usize, node: &mut SimNode, before: Before) {
         let id = node.id();
@@ -886,7 +1280,29 @@ impl Cluster {
                 self.oracles.appended(id, index, entry);
             }
         }
+        if node.log().has_installed() {
+            let installed: Vec<(Index, crate::oracle::EntryId)> =
+                node.log_mut().take_installed().collect();
+            for (index, entry) in installed {
+                self.stats.installs += 1;
+                note!(self, "n{id} installs a snapshot through {index}");
+                self.oracles.installed(id, index, entry);
+            }
+        }
         let (role, term) = (node.role(), node.term());
+        if role != Role::Follower {
+            let me = node.members().find(|m| m.id == id);
+            let votes = me.is_some_and(|m| m.voter || m.voter_outgoing);
+            let removal_pending = node.log().live().config_index() > node.commit_index();
+            let name = match role {
+                Role::Leader => "leader",
+                Role::Candidate => "candidate",
+                _ => "pre-candidate",
+            };
+            if !(votes || (role == Role::Leader && removal_pending)) {
+                self.oracles.not_a_voter(id, term, name);
+            }
+        }
         if role == Role::Leader {
             if before.role == Role::Leader && before.term == term {
                 self.oracles.leader_stepped(
@@ -913,6 +1329,22 @@ impl Cluster {
                 }
             }
         }
+        if before.role == Role::Leader
+            && before.term == term
+            && node.commit_index() > before.commit
+            && self.oracles.violations().is_empty()
+        {
+            let config = Membership::of(node);
+            let durable = durable_images(&self.hosts, Some(node));
+            self.oracles.leader_committed(
+                id,
+                term,
+                node.commit_index(),
+                &config.voters,
+                &config.outgoing,
+                durable.into_iter(),
+            );
+        }
         self.drain(i, node);
     }
 
@@ -934,7 +1366,10 @@ impl Cluster {
                         _ => None,
                     },
                 },
-                // Reads go through the log in this simulator; other outputs are ignored.
+                Some(Output::ReadReady { id, index }) => Drained::ReadReady { id, index },
+                Some(Output::ReadFailed { id }) => Drained::ReadFailed { id },
+                Some(Output::RestoreSnapshot { index, .. }) => Drained::Restore { index },
+                Some(Output::SnapshotNeeded) => Drained::SnapshotNeeded,
                 Some(_) => continue,
             };
             match drained {
@@ -970,8 +1405,91 @@ impl Cluster {
                     term,
                     command,
                 } => self.apply(i, node, index, term, command),
+                Drained::ReadReady { id: rid, index } => {
+                    let Some(r) = self.hosts[i].reads.remove(&rid) else {
+                        continue;
+                    };
+                    let applied = self.hosts[i].kv.applied();
+                    if applied < index {
+                        self.harness(format!(
+                            "node {id}: read {rid} ready at index {index}, but only {applied} \
+                             is applied"
+                        ));
+                        continue;
+                    }
+                    let value = self.hosts[i].kv.get(r.key);
+                    note!(
+                        self,
+                        "n{id} read {rid} ready at {index} (applied {applied}): key {} = {value:?}",
+                        r.key
+                    );
+                    self.stats.reads += 1;
+                    self.send_reply(
+                        r.client,
+                        Reply::Done {
+                            seq: r.seq,
+                            attempt: r.attempt,
+                            output: linearizability::Output::Read(value),
+                        },
+                    );
+                }
+                Drained::ReadFailed { id: rid } => {
+                    if let Some(r) = self.hosts[i].reads.remove(&rid) {
+                        note!(self, "n{id} read {rid} failed");
+                        self.send_reply(
+                            r.client,
+                            Reply::Retry {
+                                seq: r.seq,
+                                attempt: r.attempt,
+                            },
+                        );
+                    }
+                }
+                Drained::Restore { index } => self.restore(i, node, index),
+                Drained::SnapshotNeeded => self.hosts[i].snapshot_due = 0,
             }
         }
+    }
+
+    /// The node asks its host to restore the state machine from the snapshot its storage
+    /// keeps.
+    fn restore(&mut self, i: usize, node: &SimNode, index: Index) {
+        let id = node.id();
+        let Some((meta, data)) = node.log().live().snapshot() else {
+            self.harness(format!(
+                "node {id}: restore through {index} without a snapshot"
+            ));
+            return;
+        };
+        let Some(kv) = Kv::restore(data).filter(|kv| meta.index == index && kv.applied() == index)
+        else {
+            self.harness(format!(
+                "node {id}: restore through {index}, but the snapshot kept is through {}",
+                meta.index
+            ));
+            return;
+        };
+        if node
+            .log()
+            .durable()
+            .snapshot()
+            .is_none_or(|(m, _)| m.index < index)
+        {
+            // The core asks for the restore before the installed snapshot is durable
+            // (unlike Apply, which waits for durability): see `restart_node`.
+            self.stats.restores_not_durable += 1;
+            self.hosts[i].volatile_restore = true;
+        }
+        let digest = kv.digest();
+        note!(
+            self,
+            "n{id} restores its state machine from the snapshot through {index}"
+        );
+        let h = &mut self.hosts[i];
+        h.kv = kv;
+        h.pending.retain(|&p, _| p > index);
+        self.oracles
+            .restored(id, index, node.log().entry_id(index), digest);
     }
 
     fn send(&mut self, from: usize, to: NodeId, message: OwnedMessage) {
@@ -1061,6 +1579,8 @@ impl Cluster {
                 None
             }
         };
+        let digest = h.kv.digest();
+        self.oracles.state(id, index, digest, "apply");
         note!(
             self,
             "n{id} applies {index}/{term}{}",
@@ -1287,6 +1807,7 @@ impl Cluster {
         h.paused_since = None;
         h.inbox.clear();
         h.pending.clear();
+        h.reads.clear();
         let incarnation = h.incarnation;
         self.stats.crashes += 1;
         note!(
@@ -1305,9 +1826,22 @@ impl Cluster {
         match self.options.bug {
             Some(Bug::VoteAmnesia) => image.forget_vote(),
             Some(Bug::LoseDurable) => image.forget_entries(self.rng_fault.range(1, 3) as usize),
-            Some(Bug::StaleReads) | None => {}
+            Some(Bug::StaleReads) | Some(Bug::UnconfirmedReads) | None => {}
         }
-        let keep_state_machine = self.rng_fault.chance(0.5);
+        let mut keep_state_machine = self.rng_fault.chance(0.5);
+        let last = image.last_index();
+        let h = &mut self.hosts[i];
+        if std::mem::take(&mut h.volatile_restore) && h.kv.applied() > last {
+            // Known core issue (tests/tests/core_bugs.rs): RestoreSnapshot comes before the
+            // installed snapshot is durable; a host whose state machine persists must then
+            // drop a state machine that is ahead of its durable log.
+            note!(
+                self,
+                "n{} state machine restored from a snapshot lost in the crash",
+                i + 1
+            );
+            keep_state_machine = false;
+        }
         if !keep_state_machine {
             self.hosts[i].kv = Kv::new();
         }
@@ -1364,6 +1898,7 @@ impl Cluster {
 
     fn heal_everything(&mut self) {
         self.nemesis_on = false;
+        self.operator_on = false;
         self.network.heal();
         self.network.drop_rate = 0.0;
         self.network.duplicate_rate = 0.0;
@@ -1512,21 +2047,152 @@ impl Cluster {
         }
     }
 
+    // ----- the operator -------------------------------------------------------------------
+
+    /// Asks the leader for a membership change or a leadership transfer, then comes back.
+    fn operator(&mut self) {
+        if !self.operator_on {
+            note!(self, "operator (off)");
+            return;
+        }
+        let at = self.now + self.rng_op.range(20, 120) * TICK;
+        self.schedule(at, Event::Operator);
+        let leader = self
+            .hosts
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.paused_since.is_none())
+            .filter_map(|(i, h)| h.node.as_deref().map(|n| (i, n)))
+            .filter(|(_, n)| n.role() == Role::Leader)
+            .max_by_key(|(_, n)| n.term())
+            .map(|(i, n)| (i, n.id(), Membership::of(n)));
+        let Some((li, lid, config)) = leader else {
+            note!(self, "operator: no leader to ask");
+            return;
+        };
+        let f = self.options.faults;
+        let transfer = f.transfer && (!f.membership || self.rng_op.chance(0.4));
+        if transfer {
+            let others: Vec<NodeId> = config
+                .voters
+                .iter()
+                .copied()
+                .filter(|&v| v != lid)
+                .collect();
+            if others.is_empty() {
+                return;
+            }
+            let target = others[self.rng_op.index(others.len())];
+            self.node_input(li, Input::Transfer(target));
+            return;
+        }
+        if let Some(change) = self.pick_change(lid, &config) {
+            self.node_input(li, Input::Change(change));
+        }
+    }
+
+    /// A membership change that makes sense for leader `lid` with configuration `config`.
+    /// A node is added only if it runs and knows every voter (a node ignores messages from
+    /// nodes it does not know).
+    fn pick_change(&mut self, lid: NodeId, config: &Membership) -> Option<Change> {
+        if !config.outgoing.is_empty() {
+            return Some(Change::LeaveJoint);
+        }
+        let knows_voters = |h: &Host| {
+            h.paused_since.is_none()
+                && h.node.as_deref().is_some_and(|n| {
+                    config
+                        .voters
+                        .iter()
+                        .all(|&v| v == n.id() || n.progress(v).is_some())
+                })
+        };
+        let outsiders: Vec<NodeId> = self
+            .hosts
+            .iter()
+            .filter(|h| !config.contains(h.id) && knows_voters(h))
+            .map(|h| h.id)
+            .collect();
+        // A new voter may lead: every member must know it already. (The core ignores
+        // messages from nodes outside a node's configuration, so a member that missed the
+        // entry adding a new leader could never catch up: see tests/tests/core_bugs.rs.)
+        let members: Vec<NodeId> = self
+            .hosts
+            .iter()
+            .filter(|h| config.contains(h.id))
+            .map(|h| h.id)
+            .collect();
+        let known_by_members = |c: &Cluster, v: NodeId| {
+            members.iter().all(|&m| {
+                m == v
+                    || c.hosts[(m - 1) as usize]
+                        .node
+                        .as_deref()
+                        .is_some_and(|n| n.progress(v).is_some())
+            })
+        };
+        let voters = &config.voters;
+        let learners = &config.learners;
+        let pick = |rng: &mut SimRng, v: &[NodeId]| v[rng.index(v.len())];
+        let mut options: Vec<Change> = Vec::new();
+        if !outsiders.is_empty() {
+            options.push(Change::AddLearner(pick(&mut self.rng_op, &outsiders)));
+            let o = pick(&mut self.rng_op, &outsiders);
+            if voters.len() < 6 && self.rng_op.chance(0.3) && known_by_members(self, o) {
+                options.push(Change::AddVoter(o));
+            }
+        }
+        if !learners.is_empty() {
+            let l = pick(&mut self.rng_op, learners);
+            if voters.len() < 6 && known_by_members(self, l) {
+                options.push(Change::AddVoter(l));
+            }
+            options.push(Change::Remove(l));
+        }
+        if voters.len() > 3 {
+            options.push(Change::Demote(pick(&mut self.rng_op, voters)));
+            options.push(Change::Remove(pick(&mut self.rng_op, voters)));
+        }
+        // Joint consensus to a random configuration of 3 to 5 voters.
+        let mut pool: Vec<NodeId> = voters
+            .iter()
+            .chain(learners)
+            .chain(&outsiders)
+            .copied()
+            .filter(|&v| voters.contains(&v) || known_by_members(self, v))
+            .collect();
+        pool.sort_unstable();
+        for k in (1..pool.len()).rev() {
+            let j = self.rng_op.index(k + 1);
+            pool.swap(k, j);
+        }
+        if pool.len() >= 3 {
+            let size = (self.rng_op.range(3, 5) as usize).min(pool.len());
+            let (new_voters, rest) = pool.split_at(size);
+            let new_learners: Vec<NodeId> = rest
+                .iter()
+                .copied()
+                .filter(|&id| config.contains(id) && self.rng_op.chance(0.5))
+                .collect();
+            options.push(Change::Joint {
+                voters: new_voters.to_vec(),
+                learners: new_learners,
+            });
+        }
+        let _ = lid;
+        if options.is_empty() {
+            return None;
+        }
+        Some(options.swap_remove(self.rng_op.index(options.len())))
+    }
+
     // ----- checks and traces --------------------------------------------------------------
 
     /// Durability: the committed prefix on a majority of durable images. `current` is a
     /// node taken out of its host while it handles an input.
     fn check_durable(&mut self, current: Option<&SimNode>) {
-        let images = self
-            .hosts
-            .iter()
-            .filter_map(|h| match (&h.node, &h.image) {
-                (Some(n), _) => Some(n.log().durable() as &dyn LogView),
-                (None, Some(image)) => Some(image as &dyn LogView),
-                (None, None) => None,
-            })
-            .chain(current.map(|n| n.log().durable() as &dyn LogView));
-        self.oracles.check_durable(images);
+        let images = durable_images(&self.hosts, current);
+        self.oracles.check_durable_by(images.into_iter());
     }
 
     fn liveness(&mut self, what: String) {
@@ -1585,9 +2251,15 @@ impl Cluster {
                     } else {
                         ""
                     };
+                    let kind = match n.members().find(|m| m.id == h.id) {
+                        None => "x",
+                        Some(m) if m.learner => "~",
+                        Some(m) if !m.voter => "-",
+                        Some(_) => "",
+                    };
                     let _ = write!(
                         s,
-                        "n{} {role} t{} c{} a{} l{} d{}{paused}",
+                        "n{}{kind} {role} t{} c{} a{} l{} d{}{paused}",
                         h.id,
                         n.term(),
                         n.commit_index(),
@@ -1595,6 +2267,10 @@ impl Cluster {
                         n.last_index(),
                         n.durable_index()
                     );
+                    let first = n.log().live().first_index();
+                    if first > 1 {
+                        let _ = write!(s, " f{first}");
+                    }
                 }
             }
         }
@@ -1607,8 +2283,24 @@ impl Cluster {
     }
 }
 
+/// The durable image of every node, by id (`current` is a node taken out of its host).
+fn durable_images<'a>(
+    hosts: &'a [Host],
+    current: Option<&'a SimNode>,
+) -> Vec<(NodeId, &'a dyn LogView)> {
+    hosts
+        .iter()
+        .filter_map(|h| match (&h.node, &h.image) {
+            (Some(n), _) => Some((h.id, n.log().durable() as &dyn LogView)),
+            (None, Some(image)) => Some((h.id, image as &dyn LogView)),
+            (None, None) => None,
+        })
+        .chain(current.map(|n| (n.id(), n.log().durable() as &dyn LogView)))
+        .collect()
+}
+
 /// A random node configuration: what varies between seeds besides faults.
-fn random_config(rng: &mut SimRng) -> Config {
+fn random_config(rng: &mut SimRng, faults: &crate::sim::Faults) -> Config {
     let mut c = Config::new(0, 0);
     c.election_ticks = 10;
     c.heartbeat_ticks = rng.range(1, 3) as u32;
@@ -1618,6 +2310,13 @@ fn random_config(rng: &mut SimRng) -> Config {
     c.max_inflight = rng.range(1, 8) as usize;
     c.max_entries_per_message = [1, 4, 16, 64][rng.index(4)];
     c.max_uncommitted_entries = if rng.chance(0.2) { 8 } else { 4096 };
+    c.max_snapshot_chunk_bytes = [8, 32, 4096][rng.index(3)];
+    // Clock rates differ by up to 130/70 with skew: the lease must leave that margin.
+    c.lease_drift_ticks = if faults.skew {
+        5
+    } else {
+        rng.range(1, 3) as u32
+    };
     c
 }
 

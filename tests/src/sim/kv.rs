@@ -1,7 +1,12 @@
 //! The key-value state machine the simulated clients use, and how its commands are encoded
-//! in log entries.
+//! in log entries, and how the store is serialized into a snapshot.
+//!
+//! A snapshot's bytes: the last included index and the chain hash of that entry (see
+//! [`crate::sim::storage`]), the number of keys, then each key and value in key order, all
+//! little-endian `u64`s.
 
 use crate::linearizability::{Key, Op, Output, Value};
+use crate::sim::rng::mix64;
 use coracle::Index;
 use std::collections::HashMap;
 
@@ -124,6 +129,51 @@ impl Kv {
     pub fn get(&self, key: Key) -> Option<Value> {
         self.map.get(&key).copied()
     }
+
+    /// A hash of the contents (not of the applied index): equal stores have equal digests.
+    pub fn digest(&self) -> u64 {
+        self.map.iter().fold(self.map.len() as u64, |h, (&k, &v)| {
+            h.wrapping_add(mix64(mix64(k ^ 0x5851_F42D_4C95_7F2D) ^ v))
+        })
+    }
+
+    /// The store serialized as a snapshot taken at `applied` (which `chain` identifies).
+    pub fn snapshot(&self, chain: u64) -> Vec<u8> {
+        let mut pairs: Vec<(Key, Value)> = self.map.iter().map(|(&k, &v)| (k, v)).collect();
+        pairs.sort_unstable();
+        let mut out = Vec::with_capacity(24 + 16 * pairs.len());
+        out.extend_from_slice(&self.applied.to_le_bytes());
+        out.extend_from_slice(&chain.to_le_bytes());
+        out.extend_from_slice(&(pairs.len() as u64).to_le_bytes());
+        for (k, v) in pairs {
+            out.extend_from_slice(&k.to_le_bytes());
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out
+    }
+
+    /// The store a snapshot holds; `None` if the bytes are not one.
+    pub fn restore(bytes: &[u8]) -> Option<Kv> {
+        let word = |i: usize| -> Option<u64> {
+            let b = bytes.get(i * 8..i * 8 + 8)?;
+            Some(u64::from_le_bytes(b.try_into().ok()?))
+        };
+        let applied = word(0)?;
+        let n = usize::try_from(word(2)?).ok()?;
+        if bytes.len() != 24 + 16 * n {
+            return None;
+        }
+        let mut map = HashMap::with_capacity(n);
+        for i in 0..n {
+            map.insert(word(3 + 2 * i)?, word(4 + 2 * i)?);
+        }
+        Some(Kv { map, applied })
+    }
+}
+
+/// The chain hash of the last entry a snapshot covers, read from its bytes.
+pub fn snapshot_chain(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?))
 }
 
 #[cfg(test)]
@@ -177,5 +227,22 @@ mod tests {
         kv.apply(5, &Op::Delete { key: 1 });
         assert_eq!(kv.get(1), None);
         assert_eq!(kv.applied(), 5);
+    }
+
+    #[test]
+    fn snapshots_round_trip() {
+        let mut kv = Kv::new();
+        kv.apply(1, &Op::Put { key: 1, value: 5 });
+        kv.apply(2, &Op::Put { key: 7, value: 9 });
+        let bytes = kv.snapshot(0xABCD);
+        assert_eq!(snapshot_chain(&bytes), Some(0xABCD));
+        let back = Kv::restore(&bytes).expect("restore");
+        assert_eq!(
+            (back.get(1), back.get(7), back.applied()),
+            (Some(5), Some(9), 2)
+        );
+        assert_eq!(back.digest(), kv.digest());
+        assert_ne!(Kv::new().digest(), kv.digest());
+        assert!(Kv::restore(&bytes[..bytes.len() - 1]).is_none());
     }
 }

@@ -3,8 +3,10 @@
 //!
 //! One `u64` seed decides everything: node configurations and election jitter, network
 //! latency, loss, duplication and reordering, partitions (full, asymmetric and partial),
-//! crashes that lose unsynced writes, restarts, pauses, clock rate skew, fsync delays and
-//! the client workload. The same seed replays the same run, event for event.
+//! crashes that lose unsynced writes, restarts, pauses, clock rate skew, fsync delays,
+//! membership churn and leadership transfers asked by an operator, snapshots and log
+//! compaction by the hosts, and the client workload (writes through the log, reads through
+//! ReadIndex or leases). The same seed replays the same run, event for event.
 //!
 //! The pieces:
 //! - [`SimLog`]: log storage with a durable image and a volatile tail;
@@ -28,7 +30,7 @@ pub mod network;
 pub mod rng;
 pub mod storage;
 
-pub use cluster::{Cluster, SimNode};
+pub use cluster::{Change, Cluster, Membership, SimNode};
 pub use storage::{LogImage, SimLog};
 
 use crate::linearizability::Key;
@@ -69,6 +71,14 @@ pub struct Faults {
     pub pause: bool,
     /// Nodes tick at different rates.
     pub skew: bool,
+    /// An operator changes the membership among a universe of two more ids than the
+    /// initial voters: learners added, promoted, demoted, removed, joint changes.
+    pub membership: bool,
+    /// An operator asks the leader to hand leadership to another voter.
+    pub transfer: bool,
+    /// Hosts snapshot their state machine and compact their logs, so lagging and restarted
+    /// nodes need InstallSnapshot.
+    pub snapshot: bool,
 }
 
 impl Faults {
@@ -85,6 +95,9 @@ impl Faults {
         torn: true,
         pause: true,
         skew: true,
+        membership: true,
+        transfer: true,
+        snapshot: true,
     };
 
     /// No fault at all: a perfect network with fixed latency.
@@ -100,9 +113,12 @@ impl Faults {
         torn: false,
         pause: false,
         skew: false,
+        membership: false,
+        transfer: false,
+        snapshot: false,
     };
 
-    const NAMES: [&'static str; 11] = [
+    const NAMES: [&'static str; 14] = [
         "drop",
         "dup",
         "reorder",
@@ -114,9 +130,12 @@ impl Faults {
         "torn",
         "pause",
         "skew",
+        "membership",
+        "transfer",
+        "snapshot",
     ];
 
-    fn flags(&self) -> [bool; 11] {
+    fn flags(&self) -> [bool; 14] {
         [
             self.drop,
             self.duplicate,
@@ -129,6 +148,9 @@ impl Faults {
             self.torn,
             self.pause,
             self.skew,
+            self.membership,
+            self.transfer,
+            self.snapshot,
         ]
     }
 
@@ -144,13 +166,17 @@ impl Faults {
             7 => &mut self.crash,
             8 => &mut self.torn,
             9 => &mut self.pause,
-            _ => &mut self.skew,
+            10 => &mut self.skew,
+            11 => &mut self.membership,
+            12 => &mut self.transfer,
+            _ => &mut self.snapshot,
         }
     }
 
     /// Parses a comma-separated list of fault classes: `all`, `none`, or any of `drop`,
     /// `dup`, `reorder`, `delay`, `partition`, `asym`, `partial`, `crash`, `torn`, `pause`,
-    /// `skew`; a class prefixed with `-` is removed (`all,-pause`).
+    /// `skew`, `membership`, `transfer`, `snapshot`; a class prefixed with `-` is removed
+    /// (`all,-pause`).
     pub fn parse(s: &str) -> Result<Faults, String> {
         let mut faults = Faults::NONE;
         for word in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
@@ -173,6 +199,11 @@ impl Faults {
             }
         }
         Ok(faults)
+    }
+
+    /// True if some fault needs the operator (membership changes, transfers).
+    pub fn any_operator(&self) -> bool {
+        self.membership || self.transfer
     }
 
     /// True if some fault needs the nemesis (partitions, crashes, pauses, loss).
@@ -219,17 +250,23 @@ pub enum Bug {
     /// A host that does not lead answers reads from its own state machine at once,
     /// bypassing the log: stale reads, which the linearizability checker must catch.
     StaleReads,
+    /// A host that believes it leads answers a linearizable read at once from its state
+    /// machine, without the core confirming leadership (no ReadIndex round, no wait for
+    /// the apply of the read index): a deposed or new leader serves stale values.
+    UnconfirmedReads,
 }
 
 impl Bug {
-    /// Parses `vote-amnesia`, `lose-durable` or `stale-reads`.
+    /// Parses `vote-amnesia`, `lose-durable`, `stale-reads` or `unconfirmed-reads`.
     pub fn parse(s: &str) -> Result<Bug, String> {
         match s {
             "vote-amnesia" => Ok(Bug::VoteAmnesia),
             "lose-durable" => Ok(Bug::LoseDurable),
             "stale-reads" => Ok(Bug::StaleReads),
+            "unconfirmed-reads" => Ok(Bug::UnconfirmedReads),
             _ => Err(format!(
-                "unknown bug `{s}` (known: vote-amnesia, lose-durable, stale-reads)"
+                "unknown bug `{s}` (known: vote-amnesia, lose-durable, stale-reads, \
+                 unconfirmed-reads)"
             )),
         }
     }
@@ -241,6 +278,7 @@ impl fmt::Display for Bug {
             Bug::VoteAmnesia => "vote-amnesia",
             Bug::LoseDurable => "lose-durable",
             Bug::StaleReads => "stale-reads",
+            Bug::UnconfirmedReads => "unconfirmed-reads",
         })
     }
 }
@@ -248,7 +286,8 @@ impl fmt::Display for Bug {
 /// What to simulate.
 #[derive(Clone, Debug)]
 pub struct SimOptions {
-    /// Cluster size (1 to 9).
+    /// Cluster size (1 to 9): the initial voters. With the `membership` fault class the
+    /// universe holds up to two more ids (at most 9), which start as non-members.
     pub nodes: usize,
     /// Events to run while faults are injected, before everything heals.
     pub steps: u64,
@@ -271,6 +310,9 @@ pub struct SimOptions {
     pub liveness_ticks: u64,
     /// Search steps per key for the linearizability check.
     pub linearizability_budget: u64,
+    /// Share of gets (0 to 100 percent) served as linearizable reads through `Node::read`
+    /// (ReadIndex, or a lease when clocks do not skew) instead of through the log.
+    pub read_percent: u64,
 }
 
 impl Default for SimOptions {
@@ -286,6 +328,7 @@ impl Default for SimOptions {
             check_linearizability: true,
             liveness_ticks: 200,
             linearizability_budget: 2_000_000,
+            read_percent: 50,
         }
     }
 }
@@ -326,6 +369,18 @@ pub struct Stats {
     pub ops_ok: u64,
     /// Client operations that timed out.
     pub ops_timed_out: u64,
+    /// Reads served through `Node::read`.
+    pub reads: u64,
+    /// Snapshots taken by hosts.
+    pub snapshots: u64,
+    /// Snapshots installed from a leader (restores of a state machine).
+    pub installs: u64,
+    /// Membership changes the leader accepted.
+    pub membership_changes: u64,
+    /// Leadership transfers the leader accepted.
+    pub transfers: u64,
+    /// Restores of a state machine from an installed snapshot not yet durable.
+    pub restores_not_durable: u64,
 }
 
 /// The outcome of one seed.
@@ -357,7 +412,8 @@ impl fmt::Display for RunReport {
         write!(
             f,
             "seed {}: {} events, {:.1} ms simulated, {} elections, commit {}, {} ops ok, \
-             {} timed out, {} crashes, {} pauses, {} network changes, {}/{} messages lost",
+             {} timed out, {} crashes, {} pauses, {} network changes, {}/{} messages lost, \
+             {} reads, {} snapshots, {} installs, {} membership changes, {} transfers",
             self.seed,
             self.events,
             s.sim_time as f64 / 1000.0,
@@ -369,7 +425,12 @@ impl fmt::Display for RunReport {
             s.pauses,
             s.network_changes,
             s.dropped,
-            s.messages
+            s.messages,
+            s.reads,
+            s.snapshots,
+            s.installs,
+            s.membership_changes,
+            s.transfers
         )?;
         for v in &self.violations {
             write!(f, "\n  violation: {v}")?;

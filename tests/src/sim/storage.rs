@@ -12,10 +12,17 @@
 //! and of the chain hash of the entry before it. Two logs hold the same prefix through
 //! index `i` exactly when their chain hashes at `i` are equal (up to hash collisions),
 //! which lets the oracles check Log Matching and compare committed prefixes in O(1).
+//!
+//! Snapshots follow the same rules. The host's own snapshot ([`SimLog::save_snapshot`]),
+//! a compaction, and a snapshot installed from the leader
+//! ([`LogStorage::install_snapshot`]) are writes like the others: durable with the sync
+//! that follows them, lost in a crash before it. Chunks being received are volatile. A
+//! snapshot's bytes start with the chain hash of its last included entry (see
+//! [`crate::sim::kv`]), so the chain of hashes goes on across an installed snapshot.
 
 use crate::oracle::{EntryId, LogView};
 use crate::sim::rng::mix64;
-use coracle::{Entry, EntryKind, HardState, Index, LogStorage, StorageError, Term};
+use coracle::{Entry, EntryKind, HardState, Index, LogStorage, SnapshotMeta, StorageError, Term};
 use std::collections::VecDeque;
 use std::rc::Rc;
 
@@ -35,6 +42,10 @@ enum Write {
     Append(Stored),
     Truncate(Index),
     Compact(Index),
+    /// The host's snapshot of its state machine (kept, not yet compacted).
+    SaveSnapshot(SnapshotMeta, Rc<[u8]>),
+    /// A snapshot received from the leader, installed: the log restarts after it.
+    Install(SnapshotMeta, Rc<[u8]>, u64),
 }
 
 /// The content of a log: entries, compaction point and hard state. Both the live view and
@@ -47,6 +58,9 @@ pub struct LogImage {
     compacted_term: Term,
     compacted_chain: u64,
     hard_state: HardState,
+    snapshot: Option<(SnapshotMeta, Rc<[u8]>)>,
+    /// Indexes of the membership entries appended (newest last; compacted ones stay).
+    configs: Vec<Index>,
 }
 
 impl Default for LogImage {
@@ -57,6 +71,8 @@ impl Default for LogImage {
             compacted_term: 0,
             compacted_chain: 0,
             hard_state: HardState::default(),
+            snapshot: None,
+            configs: Vec::new(),
         }
     }
 }
@@ -75,6 +91,23 @@ impl LogImage {
     /// The hard state of this image.
     pub fn hard_state(&self) -> HardState {
         self.hard_state
+    }
+
+    /// The index of the first entry kept (one past the compaction point).
+    pub fn first_index(&self) -> Index {
+        self.first
+    }
+
+    /// The snapshot kept, with its bytes.
+    pub fn snapshot(&self) -> Option<(&SnapshotMeta, &[u8])> {
+        self.snapshot.as_ref().map(|(m, d)| (m, &d[..]))
+    }
+
+    /// The index of the newest membership entry appended (a compacted one included; 0 if
+    /// none). A configuration taken from an installed snapshot counts at the snapshot's
+    /// index.
+    pub fn config_index(&self) -> Index {
+        self.configs.last().copied().unwrap_or(0)
     }
 
     fn get(&self, index: Index) -> Option<&Stored> {
@@ -116,12 +149,36 @@ impl LogImage {
     fn apply(&mut self, write: &Write) -> Result<(), StorageError> {
         match write {
             Write::HardState(hs) => self.hard_state = *hs,
-            Write::Append(s) => self.entries.push(s.clone()),
+            Write::Append(s) => {
+                if s.kind == EntryKind::Membership {
+                    self.configs.push(self.last_index() + 1);
+                }
+                self.entries.push(s.clone())
+            }
             Write::Truncate(from) => {
                 if *from < self.first {
                     return Err(StorageError::Compacted);
                 }
                 self.entries.truncate((from - self.first) as usize);
+                while self.configs.last().is_some_and(|&c| c >= *from) {
+                    self.configs.pop();
+                }
+            }
+            Write::SaveSnapshot(meta, data) => self.snapshot = Some((*meta, data.clone())),
+            Write::Install(meta, data, chain) => {
+                if meta.index >= self.first && self.term(meta.index) == Some(meta.term) {
+                    self.apply(&Write::Compact(meta.index))?;
+                } else {
+                    self.entries.clear();
+                    self.first = meta.index + 1;
+                    self.compacted_term = meta.term;
+                    self.compacted_chain = *chain;
+                    self.configs.clear();
+                    if !meta.config().is_empty() {
+                        self.configs.push(meta.index);
+                    }
+                }
+                self.snapshot = Some((*meta, data.clone()));
             }
             Write::Compact(through) => {
                 if *through < self.first {
@@ -167,6 +224,9 @@ impl LogView for LogImage {
     fn entry_id(&self, index: Index) -> Option<EntryId> {
         self.id(index)
     }
+    fn compacted_index(&self) -> Index {
+        self.first - 1
+    }
 }
 
 /// Hash of one entry chained to the hash of the entry before it.
@@ -194,6 +254,10 @@ pub struct SimLog {
     appended: Vec<(Index, EntryId)>,
     /// Truncations so far, for the Leader Append-Only oracle.
     truncations: u64,
+    /// The snapshot being received from a leader (volatile).
+    incoming: Option<(SnapshotMeta, Vec<u8>)>,
+    /// Snapshots installed from a leader since the last [`SimLog::take_installed`].
+    installed: Vec<(Index, EntryId)>,
 }
 
 impl SimLog {
@@ -271,6 +335,23 @@ impl SimLog {
         self.truncations
     }
 
+    /// Keeps `data` as the host's snapshot described by `meta` (a write like the others:
+    /// durable with the next sync). Compact through `meta.index` afterwards.
+    pub fn save_snapshot(&mut self, meta: SnapshotMeta, data: Vec<u8>) -> Result<(), StorageError> {
+        self.write(Write::SaveSnapshot(meta, Rc::from(data)))
+    }
+
+    /// Whether snapshots were installed since the last [`SimLog::take_installed`].
+    pub fn has_installed(&self) -> bool {
+        !self.installed.is_empty()
+    }
+
+    /// The snapshots installed from a leader since the last call, with the id of their last
+    /// included entry (for the oracles).
+    pub fn take_installed(&mut self) -> std::vec::Drain<'_, (Index, EntryId)> {
+        self.installed.drain(..)
+    }
+
     fn write(&mut self, write: Write) -> Result<(), StorageError> {
         self.live.apply(&write)?;
         self.pending.push_back(write);
@@ -285,6 +366,9 @@ impl LogView for SimLog {
     }
     fn entry_id(&self, index: Index) -> Option<EntryId> {
         self.live.id(index)
+    }
+    fn compacted_index(&self) -> Index {
+        self.live.first - 1
     }
 }
 
@@ -306,6 +390,10 @@ impl LogStorage for SimLog {
     }
 
     fn term(&self, index: Index) -> Option<Term> {
+        // Index 0 has term 0 only in a log never compacted.
+        if index + 1 < self.live.first {
+            return None;
+        }
         self.live.term(index)
     }
 
@@ -350,6 +438,56 @@ impl LogStorage for SimLog {
 
     fn compact(&mut self, through: Index) -> Result<(), StorageError> {
         self.write(Write::Compact(through))
+    }
+
+    fn snapshot_meta(&self) -> Option<SnapshotMeta> {
+        self.live.snapshot.as_ref().map(|(m, _)| *m)
+    }
+
+    fn snapshot_chunk(&self, offset: u64, max: usize) -> Result<&[u8], StorageError> {
+        let (_, data) = self
+            .live
+            .snapshot
+            .as_ref()
+            .ok_or(StorageError::Unavailable)?;
+        let start = usize::try_from(offset).map_or(data.len(), |o| o.min(data.len()));
+        let end = start.saturating_add(max).min(data.len());
+        Ok(&data[start..end])
+    }
+
+    fn receive_snapshot_chunk(
+        &mut self,
+        meta: &SnapshotMeta,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), StorageError> {
+        if offset == 0 {
+            self.incoming = Some((*meta, Vec::new()));
+        }
+        match &mut self.incoming {
+            Some((m, buf)) if m == meta && buf.len() as u64 == offset => {
+                buf.extend_from_slice(data);
+                Ok(())
+            }
+            _ => Err(StorageError::OutOfRange),
+        }
+    }
+
+    fn install_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), StorageError> {
+        match self.incoming.take() {
+            Some((m, data)) if &m == meta && data.len() as u64 == meta.size => {
+                let chain =
+                    crate::sim::kv::snapshot_chain(&data).ok_or(StorageError::OutOfRange)?;
+                self.write(Write::Install(m, Rc::from(data), chain))?;
+                let id = self.live.id(meta.index).ok_or(StorageError::OutOfRange)?;
+                self.installed.push((meta.index, id));
+                Ok(())
+            }
+            other => {
+                self.incoming = other;
+                Err(StorageError::OutOfRange)
+            }
+        }
     }
 }
 
