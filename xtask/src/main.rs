@@ -9,7 +9,10 @@
 //! - `size`: the flash and static RAM of that program, per target, read from its ELF.
 //! - `qemu-cluster`: a cluster of QEMU boards running the firmware of `embedded/qemu`,
 //!   with the checks of issue 7 (see `qemu.rs`).
+//! - `board`: builds the real-board firmware (`embedded/nucleo-f429zi`) and prints its
+//!   footprint (see `board.rs`).
 
+mod board;
 mod cmd;
 mod elf;
 mod nostd;
@@ -39,6 +42,8 @@ commands:
                  restart from flash and catch-up, cut-off and heal without disturbing
                  the leader, commit under 20 % frame loss (needs qemu-system-arm and
                  defmt-print; exits non-zero if a check fails)
+  board          build embedded/nucleo-f429zi (the NUCLEO-F429ZI firmware, its own
+                 workspace, thumbv7em-none-eabihf) and print its flash and RAM
   help           this message
 ";
 
@@ -56,6 +61,7 @@ fn main() -> ExitCode {
         "nostd" => nostd::run(rest),
         "size" => size::run(rest),
         "qemu-cluster" => qemu::run(rest),
+        "board" => board::run(rest),
         other => {
             eprint!("error: unknown command `{other}`\n\n{HELP}");
             return ExitCode::from(2);
