@@ -127,6 +127,12 @@ pub struct StorageConfig {
     pub segment_bytes: u64,
     /// Quota on all segments (bytes), none if absent.
     pub max_log_bytes: Option<u64>,
+    /// Snapshot the state machine after this many entries applied since the last
+    /// snapshot (0: only when the log is full).
+    pub snapshot_entries: u64,
+    /// Entries kept in the log behind a snapshot (so a follower a little behind gets
+    /// entries, not the whole snapshot).
+    pub snapshot_keep_entries: u64,
 }
 
 impl Default for StorageConfig {
@@ -134,6 +140,8 @@ impl Default for StorageConfig {
         StorageConfig {
             segment_bytes: 64 << 20,
             max_log_bytes: None,
+            snapshot_entries: 100_000,
+            snapshot_keep_entries: 10_000,
         }
     }
 }

@@ -21,7 +21,9 @@
 
 use crate::protocol::{Command, WriteOp, WriteOutcome};
 use coracle::{Index, NodeId};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
 
 /// Sessions remembered at most.
 pub const MAX_SESSIONS: usize = 65_536;
@@ -168,7 +170,118 @@ impl Kv {
     pub fn malformed(&self) -> u64 {
         self.malformed
     }
+
+    /// The whole state as bytes, for a snapshot: the keys and values, the exactly-once
+    /// session table (so a write retried after the snapshot is still answered with its first
+    /// outcome), the node addresses and the applied index. Replicas with the same applied
+    /// index produce the same bytes.
+    ///
+    /// ```
+    /// use coracle_quic::kv::Kv;
+    /// let kv = Kv::new();
+    /// let bytes = kv.snapshot()?;
+    /// assert_eq!(Kv::restore(&bytes)?.applied(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn snapshot(&self) -> Result<Vec<u8>, KvSnapshotError> {
+        let mut sessions: Vec<(u64, SessionImage)> = self
+            .sessions
+            .iter()
+            .map(|(&client, s)| {
+                let image = SessionImage {
+                    ack_below: s.ack_below,
+                    outcomes: s.outcomes.iter().map(|(&q, o)| (q, o.clone())).collect(),
+                    last_index: s.last_index,
+                };
+                (client, image)
+            })
+            .collect();
+        sessions.sort_unstable_by_key(|(client, _)| *client);
+        let image = Image {
+            version: SNAPSHOT_VERSION,
+            applied: self.applied,
+            malformed: self.malformed,
+            data: self
+                .data
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            sessions,
+            addresses: self
+                .addresses
+                .iter()
+                .map(|(&id, a)| (id, a.clone()))
+                .collect(),
+        };
+        postcard::to_allocvec(&image).map_err(|e| KvSnapshotError(e.to_string()))
+    }
+
+    /// The state [`snapshot`](Self::snapshot) wrote. Bytes of another format version, or
+    /// that are no snapshot, are an error (the node stops rather than run with a wrong
+    /// state).
+    pub fn restore(bytes: &[u8]) -> Result<Kv, KvSnapshotError> {
+        let image: Image = postcard::from_bytes(bytes)
+            .map_err(|e| KvSnapshotError(format!("not a KV snapshot: {e}")))?;
+        if image.version != SNAPSHOT_VERSION {
+            return Err(KvSnapshotError(format!(
+                "KV snapshot format {} is not {SNAPSHOT_VERSION}",
+                image.version
+            )));
+        }
+        let mut kv = Kv {
+            data: image.data.into_iter().collect(),
+            applied: image.applied,
+            malformed: image.malformed,
+            addresses: image.addresses.into_iter().collect(),
+            ..Kv::default()
+        };
+        for (client, s) in image.sessions {
+            kv.by_age.insert((s.last_index, client));
+            kv.sessions.insert(
+                client,
+                Session {
+                    ack_below: s.ack_below,
+                    outcomes: s.outcomes.into_iter().collect(),
+                    last_index: s.last_index,
+                },
+            );
+        }
+        Ok(kv)
+    }
 }
+
+/// Version of the KV snapshot format.
+const SNAPSHOT_VERSION: u32 = 1;
+
+/// The KV state as a snapshot stores it (postcard).
+#[derive(Serialize, Deserialize)]
+struct Image {
+    version: u32,
+    applied: Index,
+    malformed: u64,
+    data: Vec<(Vec<u8>, Vec<u8>)>,
+    sessions: Vec<(u64, SessionImage)>,
+    addresses: Vec<(NodeId, String)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SessionImage {
+    ack_below: u64,
+    outcomes: Vec<(u64, WriteOutcome)>,
+    last_index: Index,
+}
+
+/// A KV snapshot that cannot be written or read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvSnapshotError(pub String);
+
+impl fmt::Display for KvSnapshotError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KV snapshot: {}", self.0)
+    }
+}
+
+impl std::error::Error for KvSnapshotError {}
 
 fn apply_op(data: &mut BTreeMap<Vec<u8>, Vec<u8>>, op: WriteOp) -> WriteOutcome {
     match op {
@@ -248,6 +361,41 @@ mod tests {
         assert_eq!(kv.get(b"k"), Some(&b"2"[..]));
         assert_eq!(kv.apply(6, b"\xff\xff garbage"), Applied::Ignored);
         assert_eq!(kv.malformed(), 1);
+    }
+
+    #[test]
+    fn a_snapshot_restores_data_sessions_and_addresses() {
+        let mut kv = Kv::new();
+        let a = cmd(1, 1, 1, put("k", "1"));
+        kv.apply(1, &a);
+        kv.apply(2, &cmd(2, 5, 5, put("j", "2")));
+        let addr = postcard::to_allocvec(&Command::SetAddress {
+            id: 4,
+            addr: "127.0.0.1:9".into(),
+        })
+        .unwrap();
+        kv.apply(3, &addr);
+        kv.skip(4);
+        let bytes = kv.snapshot().unwrap();
+        let mut back = Kv::restore(&bytes).unwrap();
+        assert_eq!(back.snapshot().unwrap(), bytes, "same state, same bytes");
+        assert_eq!(back.applied(), 4);
+        assert_eq!(back.get(b"k"), Some(&b"1"[..]));
+        assert_eq!(
+            back.addresses().get(&4).map(String::as_str),
+            Some("127.0.0.1:9")
+        );
+        // The session table came along: a retry gets its first outcome, not a new one.
+        kv.apply(5, &cmd(1, 2, 1, put("k", "2")));
+        back.apply(5, &cmd(1, 2, 1, put("k", "2")));
+        assert_eq!(back.apply(6, &a), kv.apply(6, &a));
+        assert_eq!(
+            back.apply(6, &a),
+            Applied::Write(WriteOutcome::Done { previous: None })
+        );
+        assert_eq!(back.snapshot(), kv.snapshot());
+        assert!(Kv::restore(b"\xff\xff\xff").is_err());
+        assert!(Kv::restore(&[]).is_err());
     }
 
     #[test]

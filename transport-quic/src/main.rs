@@ -8,13 +8,18 @@
 //! coracle kv --name alice put greeting hello
 //! coracle kv --name alice get greeting
 //! coracle admin --name ops status
+//! coracle demo                      # a 3-node cluster as processes: live view or script
+//! coracle bench --clients 64        # throughput and latency percentiles
 //! ```
+
+mod bench;
+mod demo;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use coracle_quic::certs::{Ca, Identity};
 use coracle_quic::client::Client;
 use coracle_quic::config::NodeConfig;
-use coracle_quic::protocol::{AdminOp, Consistency};
+use coracle_quic::protocol::{AdminOp, Consistency, Request, Response};
 use coracle_quic::server::RunningNode;
 use coracle_quic::tls::Credentials;
 use std::net::SocketAddr;
@@ -48,6 +53,9 @@ enum Command {
         /// The node's configuration (see examples/node.toml).
         #[arg(long, short)]
         config: PathBuf,
+        /// Shut down when standard input closes (used by `coracle demo` for its children).
+        #[arg(long, hide = true)]
+        watch_stdin: bool,
     },
     /// Use the replicated key-value store.
     Kv {
@@ -63,6 +71,12 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// A 3-node cluster as local processes: a live view in a terminal, or (with --script or
+    /// without a terminal) the classic failure scenarios with measured times.
+    Demo(demo::DemoArgs),
+    /// Measure throughput and latency percentiles against a cluster (one it starts, or
+    /// one given with --nodes).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -221,13 +235,23 @@ enum AdminCommand {
         /// Its id.
         id: u64,
     },
+    /// Fault injection: cut each node given with --nodes off from PEERS (Raft messages to
+    /// and from them are dropped; clients still reach it).
+    Isolate {
+        /// The peers' ids, comma-separated.
+        #[arg(value_delimiter = ',', required = true)]
+        peers: Vec<u64>,
+    },
+    /// Undo `isolate` on every node given with --nodes.
+    Heal,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log.as_deref());
     match run(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("coracle: {e}");
             ExitCode::FAILURE
@@ -255,14 +279,37 @@ fn init_logging(filter: Option<&str>) {
 
 type Error = Box<dyn std::error::Error>;
 
-fn run(command: Command) -> Result<(), Error> {
+/// Runs a command; `Ok(false)` when it ran but an outcome was not the expected one.
+fn run(command: Command) -> Result<bool, Error> {
     match command {
         Command::Certs { command } => certs(command),
-        Command::Node { config } => node(config),
+        Command::Node {
+            config,
+            watch_stdin,
+        } => node(config, watch_stdin),
         Command::Kv { conn, command } => smol::block_on(kv(conn, command)),
         Command::Admin { conn, command } => smol::block_on(admin(conn, command)),
+        Command::Demo(args) => demo::run(args),
+        Command::Bench(args) => bench::run(args),
+    }
+    .map(|()| true)
+    .or_else(|e| match e.downcast::<Unexpected>() {
+        Ok(_) => Ok(false),
+        Err(e) => Err(e),
+    })
+}
+
+/// A command ran to its end but an outcome was not the expected one (already reported).
+#[derive(Debug)]
+struct Unexpected;
+
+impl std::fmt::Display for Unexpected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an outcome was not the expected one")
     }
 }
+
+impl std::error::Error for Unexpected {}
 
 fn certs(command: CertsCommand) -> Result<(), Error> {
     match command {
@@ -298,15 +345,34 @@ fn certs(command: CertsCommand) -> Result<(), Error> {
     Ok(())
 }
 
-fn node(config: PathBuf) -> Result<(), Error> {
+fn node(config: PathBuf, watch_stdin: bool) -> Result<(), Error> {
     use smol::stream::StreamExt;
     let cfg = NodeConfig::load(&config)?;
     let mut signals =
         async_signal::Signals::new([async_signal::Signal::Int, async_signal::Signal::Term])?;
     let mut node = RunningNode::start(&cfg)?;
+    let (stdin_closed, stdin_watch) = smol::channel::bounded::<()>(1);
+    if watch_stdin {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+            let _ = stdin_closed.try_send(());
+        });
+    }
     let stopped_by_signal = smol::block_on(async {
         let signal = async {
-            signals.next().await;
+            smol::future::or(
+                async {
+                    signals.next().await;
+                },
+                async {
+                    // Never resolves unless the watcher above reports the end of stdin.
+                    let _ = stdin_watch.recv().await;
+                    if !watch_stdin {
+                        smol::future::pending::<()>().await;
+                    }
+                },
+            )
+            .await;
             true
         };
         let finished = async {
@@ -438,9 +504,42 @@ async fn admin(conn: ClientArgs, command: AdminCommand) -> Result<(), Error> {
         AdminCommand::Promote { id } => AdminOp::Promote { id },
         AdminCommand::Remove { id } => AdminOp::Remove { id },
         AdminCommand::Transfer { id } => AdminOp::Transfer { id },
+        AdminCommand::Isolate { peers } => return isolate(&client, &conn.nodes, peers).await,
+        AdminCommand::Heal => return isolate(&client, &conn.nodes, Vec::new()).await,
     };
     client.admin(op).await?;
     println!("done");
     client.close();
+    Ok(())
+}
+
+/// Sends the fault-injection order to each node at `nodes` (not redirected).
+async fn isolate(client: &Client, nodes: &[SocketAddr], peers: Vec<u64>) -> Result<(), Error> {
+    let request = Request::Admin(AdminOp::Isolate {
+        peers: peers.clone(),
+    });
+    let mut failures = 0;
+    for &addr in nodes {
+        match client.attempt(addr, &request).await {
+            Ok(Response::Done) if peers.is_empty() => println!("{addr}: healed"),
+            Ok(Response::Done) => println!("{addr}: isolated from {peers:?}"),
+            Ok(Response::Error { kind, message }) => {
+                failures += 1;
+                println!("{addr}: {kind:?}: {message}")
+            }
+            Ok(other) => {
+                failures += 1;
+                println!("{addr}: unexpected answer {other:?}")
+            }
+            Err(e) => {
+                failures += 1;
+                println!("{addr}: {e}")
+            }
+        }
+    }
+    client.close();
+    if failures > 0 {
+        return Err(format!("{failures} node(s) did not take the order").into());
+    }
     Ok(())
 }

@@ -109,6 +109,15 @@ pub enum AdminOp {
         /// Its id.
         id: NodeId,
     },
+    /// Fault injection, answered by the node it is sent to (never redirected): drop every
+    /// Raft message between that node and each of `peers`, and stop dropping for the
+    /// others; an empty list heals it. Client connections are not affected, so the node
+    /// stays observable and can be healed. Used by `coracle demo` to split the cluster on
+    /// loopback.
+    Isolate {
+        /// The peers it may not talk to from now on.
+        peers: Vec<NodeId>,
+    },
 }
 
 /// A request from a client.

@@ -81,6 +81,9 @@ pub enum NodeError {
     },
     /// Making the log durable failed: the node stopped (restart it on healthy storage).
     Sync(std::io::Error),
+    /// A snapshot of the state machine cannot be written or restored: the node stopped
+    /// rather than run with a wrong state.
+    Snapshot(String),
     /// The node thread panicked.
     Panicked,
 }
@@ -98,6 +101,7 @@ impl fmt::Display for NodeError {
             NodeError::Core(e) => write!(f, "raft configuration: {e}"),
             NodeError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             NodeError::Sync(e) => write!(f, "log sync failed, node stopped: {e}"),
+            NodeError::Snapshot(m) => write!(f, "snapshot: {m}"),
             NodeError::Panicked => f.write_str("the node thread panicked"),
         }
     }
@@ -157,6 +161,7 @@ impl RunningNode {
             warn!(node = cfg.id, ?cut, "recovery cut a torn tail off the log");
         }
         let voters = cfg.voters();
+        let last_snapshot = log.snapshot_point().map_or(0, |(index, _)| index);
         let node = CoreNode::new(cfg.raft_config(0), log, &voters).map_err(NodeError::Core)?;
         let (in_tx, in_rx) = channel::bounded(65_536);
         let (call_tx, call_rx) = channel::bounded(65_536);
@@ -207,6 +212,12 @@ impl RunningNode {
             next_read: 1,
             addrs,
             tick: cfg.tick(),
+            snapshots: Snapshots {
+                every: cfg.storage.snapshot_entries,
+                keep: cfg.storage.snapshot_keep_entries,
+                last: last_snapshot,
+                wanted: false,
+            },
         };
         info!(node = cfg.id, addr = %local_addr, data = %cfg.data_dir.display(), voters = ?voters, "node started");
         let thread = std::thread::Builder::new()
@@ -289,6 +300,19 @@ struct Host {
     next_read: u64,
     addrs: HashMap<NodeId, String>,
     tick: Duration,
+    snapshots: Snapshots,
+}
+
+/// When the host snapshots its state machine (`[storage]` of `node.toml`).
+struct Snapshots {
+    /// Snapshot after this many entries applied since the last one (0: only when full).
+    every: u64,
+    /// Entries kept in the log behind a snapshot.
+    keep: u64,
+    /// Index of the last snapshot saved or restored.
+    last: Index,
+    /// The log is full: snapshot (and compact all it covers) as soon as possible.
+    wanted: bool,
 }
 
 enum Wake {
@@ -384,8 +408,11 @@ impl Host {
                     Wake::Call(Call::Shutdown) | Wake::Closed => shutdown = true,
                     Wake::Timer => {}
                 }
-                self.drain(&mut node)?;
             }
+            // Group commit: one drain (so one fsync) for everything that arrived together.
+            // The core computes its outputs when they are polled, so draining once per
+            // batch rather than once per input loses nothing.
+            self.drain(&mut node)?;
         }
         info!(node = self.id, "shutting down");
         node.log_mut().sync().map_err(NodeError::Sync)?;
@@ -447,20 +474,17 @@ impl Host {
                         }
                     }
                     Output::RestoreSnapshot { index, .. } => {
-                        error!(
-                            node = self.id,
-                            index, "snapshot restore requested, but this build keeps no snapshots"
-                        );
+                        self.restore_snapshot(node, index)?;
+                        membership = true;
                     }
                     Output::SnapshotNeeded => {
-                        warn!(
-                            node = self.id,
-                            "the log is full (quota); snapshots are not supported yet"
-                        )
+                        warn!(node = self.id, "the log is full: snapshot and compact");
+                        self.snapshots.wanted = true;
                     }
                     _ => {}
                 }
             }
+            self.maybe_snapshot(node)?;
             if membership {
                 let ids: Vec<NodeId> = node.members().map(|m| m.id).collect();
                 for id in ids {
@@ -478,6 +502,123 @@ impl Host {
                 None => return Ok(()),
             }
         }
+    }
+
+    /// Snapshots the state machine if it is due (every `snapshot_entries` applied entries,
+    /// or the log is full), saves it durably in the log's directory and compacts the log
+    /// behind it, keeping `snapshot_keep_entries` (none when the log is full).
+    ///
+    /// Replacing the kept snapshot while a leader sends it to a follower is safe: the core
+    /// restarts every transfer from offset 0 with the new snapshot, so a follower never gets
+    /// chunks of two snapshots. (Waiting for transfers to end instead would stop
+    /// compaction for as long as a follower that needs a snapshot stays down.)
+    ///
+    /// The snapshot is taken on the node thread: serializing the KV state and one fsync of
+    /// the file (plus one of the directory) pause the event loop that long.
+    fn maybe_snapshot(&mut self, node: &mut CoreNode) -> Result<(), NodeError> {
+        let s = &self.snapshots;
+        let index = node.applied_index();
+        let due = s.every > 0 && index >= s.last.saturating_add(s.every);
+        if !due && !s.wanted {
+            return Ok(());
+        }
+        if index > s.last {
+            if self.kv.applied() != index {
+                warn!(
+                    node = self.id,
+                    index,
+                    kv = self.kv.applied(),
+                    "state machine behind; no snapshot"
+                );
+                return Ok(());
+            }
+            let bytes = self
+                .kv
+                .snapshot()
+                .map_err(|e| NodeError::Snapshot(e.to_string()))?;
+            let Some(meta) = node.snapshot_meta_at(index, bytes.len() as u64) else {
+                warn!(
+                    node = self.id,
+                    index, "no snapshot metadata at the applied index"
+                );
+                return Ok(());
+            };
+            self.snapshots.last = index;
+            if let Err(e) = node.log_mut().save_snapshot(&meta, bytes) {
+                error!(node = self.id, index, error = %e, "cannot save a snapshot");
+                if node.log().is_failed() {
+                    return Err(NodeError::Storage(e));
+                }
+                return Ok(());
+            }
+            info!(node = self.id, index, bytes = meta.size, "snapshot saved");
+        }
+        let keep = if self.snapshots.wanted {
+            0
+        } else {
+            self.snapshots.keep
+        };
+        self.snapshots.wanted = false;
+        let through = self.snapshots.last.saturating_sub(keep).min(index);
+        if through >= coracle::LogStorage::first_index(node.log()) {
+            if let Err(e) = node.compact(through) {
+                warn!(node = self.id, through, error = %e, "compaction failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the state machine with the snapshot the log keeps (installed from the
+    /// leader, or found on disk at start), through `index`.
+    fn restore_snapshot(&mut self, node: &CoreNode, index: Index) -> Result<(), NodeError> {
+        let snapshot = node.log().snapshot().ok_or_else(|| {
+            NodeError::Snapshot(format!(
+                "restore to index {index} asked, but no snapshot is kept"
+            ))
+        })?;
+        if snapshot.meta.index != index {
+            return Err(NodeError::Snapshot(format!(
+                "restore to index {index} asked, but the snapshot kept is at {}",
+                snapshot.meta.index
+            )));
+        }
+        let kv = Kv::restore(&snapshot.data).map_err(|e| NodeError::Snapshot(e.to_string()))?;
+        if kv.applied() != index {
+            return Err(NodeError::Snapshot(format!(
+                "the snapshot at index {index} holds a state machine at index {}",
+                kv.applied()
+            )));
+        }
+        for (&id, addr) in kv.addresses() {
+            if let Ok(a) = addr.parse::<SocketAddr>() {
+                self.transport.set_address(id, a);
+            }
+            self.addrs.insert(id, addr.clone());
+        }
+        self.kv = kv;
+        self.snapshots.last = self.snapshots.last.max(index);
+        // Writes proposed here and covered by the snapshot: their outcome is in the session
+        // table, which a retry reads.
+        let covered: Vec<Index> = self
+            .writes
+            .keys()
+            .copied()
+            .filter(|&i| i <= index)
+            .collect();
+        for i in covered {
+            if let Some((_, PendingWrite::Client(r) | PendingWrite::Admin(r))) =
+                self.writes.remove(&i)
+            {
+                let _ = r.try_send(retry("the state machine was replaced by a snapshot; retry"));
+            }
+        }
+        info!(
+            node = self.id,
+            index,
+            keys = self.kv.len(),
+            "state machine restored from a snapshot"
+        );
+        Ok(())
     }
 
     fn applied(&mut self, index: Index, term: Term, applied: Applied) {
@@ -609,6 +750,10 @@ impl Host {
             Err(e @ ProposeError::TooLarge { .. }) => {
                 let _ = reply.try_send(failed(ErrorKind::BadRequest, e.to_string()));
             }
+            Err(ProposeError::Storage(coracle::StorageError::Full)) => {
+                // The node asked for a snapshot (SnapshotNeeded): room soon.
+                let _ = reply.try_send(retry("the log is full; compacting; retry"));
+            }
             Err(e) => {
                 let _ = reply.try_send(failed(ErrorKind::Failed, e.to_string()));
             }
@@ -616,6 +761,19 @@ impl Host {
     }
 
     fn admin(&mut self, node: &mut CoreNode, op: AdminOp, reply: Sender<Response>) {
+        if let AdminOp::Isolate { peers } = &op {
+            let ids: Vec<NodeId> = node.members().map(|m| m.id).chain(peers.clone()).collect();
+            for id in ids.into_iter().filter(|&id| id != self.id) {
+                self.transport.set_isolated(id, peers.contains(&id));
+            }
+            warn!(
+                node = self.id,
+                ?peers,
+                "fault injection: isolated from these peers"
+            );
+            let _ = reply.try_send(Response::Done);
+            return;
+        }
         if node.role() != Role::Leader {
             let _ = reply.try_send(self.redirect(node.leader()));
             return;
@@ -645,6 +803,7 @@ impl Host {
                 });
                 return;
             }
+            AdminOp::Isolate { .. } => return, // answered above, on any node
         };
         match node.change_membership(change) {
             Ok(p) => {

@@ -61,6 +61,19 @@ pub enum FileLogError {
         /// Index of the snapshot on disk.
         saved: Index,
     },
+    /// The snapshot file is of a format version this build does not read. Version 1 (no
+    /// membership configuration) cannot be migrated safely: if the log still holds every
+    /// entry from index 1, delete the file; otherwise rebuild this node's data directory
+    /// from a replica (remove it and let the node catch up through InstallSnapshot).
+    SnapshotVersion {
+        /// The snapshot file.
+        file: PathBuf,
+        /// The version found.
+        version: u32,
+    },
+    /// A snapshot does not fit its metadata (its length differs from the size announced,
+    /// it is older than the one kept, or no snapshot is being received).
+    BadSnapshot(String),
     /// An earlier write or sync failed, so what is on disk is unknown (after a failed fsync
     /// the kernel may have dropped the dirty pages): the log takes no more writes. Reopen it
     /// to recover from what is really on disk.
@@ -79,6 +92,8 @@ impl FileLogError {
             FileLogError::EntryTooLarge { .. } | FileLogError::StaleSnapshot { .. } => {
                 io::ErrorKind::InvalidInput
             }
+            FileLogError::SnapshotVersion { .. } => io::ErrorKind::InvalidData,
+            FileLogError::BadSnapshot(_) => io::ErrorKind::InvalidInput,
             FileLogError::Failed => io::ErrorKind::Other,
         }
     }
@@ -138,6 +153,16 @@ impl fmt::Display for FileLogError {
                 f,
                 "snapshot at index {index} is older than the saved one at index {saved}"
             ),
+            FileLogError::SnapshotVersion { file, version } => write!(
+                f,
+                "snapshot file {} has format version {version}, this build reads only version {}; \
+                 a version 1 snapshot has no membership configuration and cannot be migrated: \
+                 delete it if the log still starts at index 1, otherwise rebuild this node's \
+                 data directory from a replica",
+                file.display(),
+                super::snapshot::VERSION
+            ),
+            FileLogError::BadSnapshot(m) => write!(f, "bad snapshot: {m}"),
             FileLogError::Failed => f.write_str(
                 "an earlier write to the log failed; the log takes no more writes until it is reopened",
             ),

@@ -41,7 +41,8 @@
 //! A few operations do their I/O at once and are durable when they return: a
 //! [`truncate_suffix`](LogStorage::truncate_suffix) that cuts records already written, a
 //! segment roll-over (a full [`sync`](FileLog::sync), then the new segment), the deletion of
-//! segments by [`compact`](LogStorage::compact), and [`FileLog::save_snapshot`].
+//! segments by [`compact`](LogStorage::compact), [`FileLog::save_snapshot`] and
+//! [`install_snapshot`](LogStorage::install_snapshot).
 //!
 //! Order inside `sync`: the hard state goes first. A crash between the two leaves a newer
 //! term or vote with an older log, which is the state of a node that lost some unacknowledged
@@ -87,12 +88,51 @@
 //!
 //! # Snapshots
 //!
-//! [`FileLog::save_snapshot`] writes the snapshot atomically (temporary file, fsync, rename,
-//! fsync of the directory). If the log holds the snapshot's last entry (same index and
-//! term) the log is left alone: when to compact is the host's choice. Otherwise (a snapshot
-//! installed from a leader, past the end of the log or in conflict with it) the whole log
-//! is discarded and restarts after the snapshot (§7). On open the snapshot is the
-//! compaction point, and the same rule repairs a crash in the middle of a discard.
+//! One snapshot is kept, in the file `snapshot` ([format version 2](snapshot): index,
+//! term, size, the membership configuration in force at the index, the state machine's
+//! bytes, and a CRC-32 over all of it). It gets there two ways, both atomic:
+//!
+//! - The host snapshots its own state machine: [`FileLog::save_snapshot`] writes
+//!   `snapshot.tmp`, fsyncs it, renames it over `snapshot` and fsyncs the directory before
+//!   it returns. If the log holds the snapshot's last entry (same index and term) the log
+//!   is left alone: when to compact is the host's choice.
+//! - A leader sends it ([`LogStorage::receive_snapshot_chunk`], then
+//!   [`LogStorage::install_snapshot`]). Chunks go to `snapshot.incoming.tmp`: the header is
+//!   written when offset 0 arrives, each chunk at its offset (a chunk sent again overwrites,
+//!   so a transfer resumes at any offset up to what was received). Nothing of it is fsynced
+//!   and it is not part of the durable state: open removes it. `install_snapshot` then, in
+//!   this order: (1) reads the data back, appends the checksum and fsyncs the file; (2)
+//!   renames it over `snapshot` and fsyncs the directory; (3) restarts the log after the
+//!   snapshot: if the log holds `index` with `term` it is compacted through `index`
+//!   (entries after it stay), otherwise every segment is deleted (newest first, then a
+//!   directory fsync) and an empty segment starting at `index + 1` is created. All of this
+//!   is done and durable when `install_snapshot` returns, before the next `sync()`.
+//!
+//! Crash safety: the durable state is "the `snapshot` file, and the segments interpreted
+//! relative to it". On open the snapshot is the compaction point: if the segments hold the
+//! snapshot's last entry, entries up to it are forgotten (and whole segments of them
+//! deleted); if they do not, the log is discarded and restarts after the snapshot (§7).
+//! So step (3) is exactly what open does, and a crash anywhere in the install leaves:
+//!
+//! - before the rename is durable: the old `snapshot` file (whole) and the old segments
+//!   (the temporary file is removed): the old state;
+//! - after it: the new `snapshot` file (whole: it was fsynced before the rename) and some
+//!   prefix of the old segments, or the new empty segment; open applies the new snapshot to
+//!   them, giving the same log as a completed install: the new state.
+//!
+//! The rename is the commit point; a mix of an old snapshot with a new log, or a half
+//! written snapshot, cannot be read. The tests stop an install at each step and reopen.
+//!
+//! The kept snapshot's bytes are also held in memory, so
+//! [`snapshot_chunk`](LogStorage::snapshot_chunk) can lend them out as the trait requires
+//! (a borrowed slice) without a disk read or `unsafe` memory mapping. A host with an
+//! in-memory state machine (the KV service) already holds the same state once more, so
+//! this at most doubles its memory; memory mapping would save that copy but needs `unsafe`
+//! and turns a file truncated by someone else into a `SIGBUS` instead of an error.
+//!
+//! Format version 1 snapshot files (no configuration) are refused on open with
+//! [`FileLogError::SnapshotVersion`], a message that says what to do: a configuration
+//! cannot be made up safely.
 //!
 //! # Memory
 //!
@@ -110,7 +150,8 @@
 //! | `LOCK` | empty; holds the exclusive lock of an open `FileLog` |
 //! | `00000000000000000001.seg` | a [`segment`]: header, then records ([`record`]) |
 //! | `hard_state` | term and vote ([`hard_state`]) |
-//! | `snapshot` | the latest snapshot ([`snapshot`]) |
+//! | `snapshot` | the latest snapshot ([`snapshot`], its own format version 2) |
+//! | `snapshot.incoming.tmp` | a snapshot being received from a leader; removed on open |
 //! | `*.tmp` | a file being written before its rename; removed on open |
 //!
 //! Integers are little-endian; checksums are CRC-32 (IEEE) computed with `crc32fast`.
@@ -143,7 +184,7 @@ pub use error::FileLogError;
 pub use recovery::TailCut;
 pub use snapshot::Snapshot;
 
-use coracle::{Entry, HardState, Index, LogStorage, OwnedEntry, StorageError, Term};
+use coracle::{Entry, HardState, Index, LogStorage, OwnedEntry, SnapshotMeta, StorageError, Term};
 use error::io_err;
 use segment::Segment;
 use std::fs::{self, File};
@@ -260,7 +301,13 @@ pub struct FileLog {
     active: File,
     /// Records for the active segment, after `segments.last().len`, not yet written.
     pending: Vec<u8>,
-    snapshot: Option<(Index, Term)>,
+    /// The snapshot kept, bytes included (see "Snapshots" in the module docs).
+    snapshot: Option<Snapshot>,
+    /// A snapshot being received from a leader.
+    incoming: Option<snapshot::Incoming>,
+    /// Test only: the step of a snapshot install at which to stop, as a crash would.
+    #[cfg(test)]
+    crash_at: Option<&'static str>,
     failed: bool,
     last_error: Option<FileLogError>,
     stats: Stats,
@@ -285,7 +332,8 @@ impl FileLog {
             ..RecoveryReport::default()
         };
         let hard_state = hard_state::read(&dir)?.unwrap_or_default();
-        let snapshot = snapshot::read(&dir, false)?.map(|s| (s.index, s.term));
+        let snapshot = snapshot::read(&dir)?;
+        let point = snapshot.as_ref().map(|s| (s.meta.index, s.meta.term));
         let replayed = recovery::replay(&dir, options.max_entry_bytes + record::ENTRY_HEADER)?;
         report.tail_cut = replayed.tail_cut;
         report.segments = replayed.segments.len();
@@ -298,7 +346,7 @@ impl FileLog {
         let active = match segments.last() {
             Some(last) => segment::open_for_write(last)?,
             None => {
-                let (base, prev_term) = snapshot.map_or((1, 0), |(i, t)| (i + 1, t));
+                let (base, prev_term) = point.map_or((1, 0), |(i, t)| (i + 1, t));
                 let (seg, file) = segment::create(&dir, base, prev_term)?;
                 stats.fsyncs += 2;
                 stats.segments_created += 1;
@@ -321,12 +369,15 @@ impl FileLog {
             active,
             pending: Vec::new(),
             snapshot,
+            incoming: None,
+            #[cfg(test)]
+            crash_at: None,
             failed: false,
             last_error: None,
             stats,
             recovery: report,
         };
-        if let Some((index, term)) = snapshot {
+        if let Some((index, term)) = point {
             if log.term(index) == Some(term) {
                 if index >= log.first {
                     log.forget_through(index, term);
@@ -389,41 +440,58 @@ impl FileLog {
         Ok(())
     }
 
-    /// Saves a snapshot of the state machine through `index` (whose entry had `term`)
-    /// durably and atomically, replacing the previous one. If the log does not hold that
-    /// entry, the log is discarded and restarts at `index + 1` (§7); otherwise the log is
-    /// left as it is and the host compacts when it likes.
+    /// Saves `data`, the state machine through `meta.index`, as the snapshot described by
+    /// `meta` (built with [`Node::snapshot_meta_at`](coracle::Node::snapshot_meta_at)),
+    /// durably and atomically, replacing the previous one; the bytes are kept in memory to
+    /// be sent to followers. If the log does not hold the snapshot's last entry, the log is
+    /// discarded and restarts at `meta.index + 1` (§7); otherwise the log is left as it is
+    /// and the host compacts when it likes ([`Node::compact`](coracle::Node::compact)).
     pub fn save_snapshot(
         &mut self,
-        index: Index,
-        term: Term,
-        data: &[u8],
+        meta: &SnapshotMeta,
+        data: Vec<u8>,
     ) -> Result<(), FileLogError> {
         if self.failed {
             return Err(FileLogError::Failed);
         }
-        if let Some((saved, _)) = self.snapshot {
-            if index < saved {
-                return Err(FileLogError::StaleSnapshot { index, saved });
+        if meta.size != data.len() as u64 {
+            return Err(FileLogError::BadSnapshot(format!(
+                "{} bytes given for a snapshot of {} bytes",
+                data.len(),
+                meta.size
+            )));
+        }
+        if let Some(saved) = &self.snapshot {
+            if meta.index < saved.meta.index {
+                return Err(FileLogError::StaleSnapshot {
+                    index: meta.index,
+                    saved: saved.meta.index,
+                });
             }
         }
-        snapshot::write(&self.dir, index, term, data)?;
+        snapshot::write(&self.dir, meta, &data)?;
         self.stats.fsyncs += 2;
-        self.snapshot = Some((index, term));
-        if self.term(index) != Some(term) && index + 1 >= self.first {
-            self.discard_all(index, term)?;
+        self.snapshot = Some(Snapshot { meta: *meta, data });
+        if self.term(meta.index) != Some(meta.term) && meta.index + 1 >= self.first {
+            self.discard_all(meta.index, meta.term)?;
         }
         Ok(())
     }
 
-    /// Reads the saved snapshot back (checking its checksum), if there is one.
+    /// Reads the saved snapshot back from its file (checking its checksum), if there is one.
     pub fn load_snapshot(&self) -> Result<Option<Snapshot>, FileLogError> {
-        snapshot::read(&self.dir, true)
+        snapshot::read(&self.dir)
+    }
+
+    /// The snapshot kept (its metadata and bytes), if any: what the host restores its state
+    /// machine from on [`Output::RestoreSnapshot`](coracle::Output::RestoreSnapshot).
+    pub fn snapshot(&self) -> Option<&Snapshot> {
+        self.snapshot.as_ref()
     }
 
     /// Index and term of the saved snapshot, if any.
     pub fn snapshot_point(&self) -> Option<(Index, Term)> {
-        self.snapshot
+        self.snapshot.as_ref().map(|s| (s.meta.index, s.meta.term))
     }
 
     /// The data directory.
@@ -468,6 +536,72 @@ impl FileLog {
     }
 
     // ----- internals ----------------------------------------------------------------------
+
+    /// Test only: stops at `step` as a crash would (the test then drops the log unsynced
+    /// and reopens it). A no-op otherwise.
+    #[allow(clippy::unused_self)]
+    fn crash_point(&self, step: &'static str) -> Result<(), FileLogError> {
+        #[cfg(test)]
+        if self.crash_at == Some(step) {
+            return Err(FileLogError::BadSnapshot(format!(
+                "simulated crash at {step}"
+            )));
+        }
+        let _ = step;
+        Ok(())
+    }
+
+    /// Stops snapshot installs at `step` as a crash would (tests of crash safety).
+    #[cfg(test)]
+    pub(crate) fn crash_at(&mut self, step: Option<&'static str>) {
+        self.crash_at = step;
+    }
+
+    /// Installs the snapshot received in full (see "Snapshots" in the module docs for the
+    /// order of the steps and why a crash between any two leaves the old or the new state).
+    fn install_incoming(&mut self, meta: &SnapshotMeta) -> Result<(), FileLogError> {
+        let mut incoming = match self.incoming.take() {
+            Some(i) if &i.meta == meta && i.received == meta.size => i,
+            other => {
+                self.incoming = other;
+                return Err(FileLogError::BadSnapshot(format!(
+                    "snapshot at index {} is not received in full",
+                    meta.index
+                )));
+            }
+        };
+        if let Some(saved) = &self.snapshot {
+            if meta.index < saved.meta.index {
+                return Err(FileLogError::StaleSnapshot {
+                    index: meta.index,
+                    saved: saved.meta.index,
+                });
+            }
+        }
+        // 1. The temporary file becomes a complete snapshot file, fsynced.
+        let data = incoming.seal()?;
+        self.stats.fsyncs += 1;
+        self.crash_point("sealed")?;
+        // 2. It replaces the old snapshot in one rename, made durable by a directory fsync.
+        let path = self.dir.join(snapshot::FILE);
+        fs::rename(&incoming.path, &path).map_err(io_err(&path, "rename snapshot into place"))?;
+        self.crash_point("renamed")?;
+        dir::sync_dir(&self.dir)?;
+        self.stats.fsyncs += 1;
+        self.crash_point("dir-synced")?;
+        self.snapshot = Some(Snapshot { meta: *meta, data });
+        // 3. The log restarts after it: compacted if it holds the snapshot's last entry,
+        //    otherwise discarded (what open does too, so a crash here is repaired there).
+        if self.term(meta.index) == Some(meta.term) {
+            if meta.index >= self.first {
+                self.forget_through(meta.index, meta.term);
+                self.delete_compacted_segments()?;
+            }
+        } else if meta.index + 1 >= self.first {
+            self.discard_all(meta.index, meta.term)?;
+        }
+        Ok(())
+    }
 
     fn fail(&mut self, e: FileLogError) {
         self.failed = true;
@@ -592,6 +726,7 @@ impl FileLog {
         while let Some(s) = self.segments.pop() {
             fs::remove_file(&s.path).map_err(io_err(&s.path, "remove discarded segment"))?;
             self.stats.segments_deleted += 1;
+            self.crash_point("discarding")?;
         }
         dir::sync_dir(&self.dir)?;
         self.stats.fsyncs += 1;
@@ -613,7 +748,11 @@ impl std::fmt::Debug for FileLog {
             .field("hard_state", &self.hard_state)
             .field("segments", &self.segments.len())
             .field("pending_bytes", &self.pending.len())
-            .field("snapshot", &self.snapshot)
+            .field("snapshot", &self.snapshot_point())
+            .field(
+                "incoming",
+                &self.incoming.as_ref().map(|i| (i.meta.index, i.received)),
+            )
             .field("failed", &self.failed)
             .finish_non_exhaustive()
     }
@@ -736,5 +875,80 @@ impl LogStorage for FileLog {
             return Err(StorageError::Unavailable);
         }
         Ok(())
+    }
+
+    fn snapshot_meta(&self) -> Option<SnapshotMeta> {
+        self.snapshot.as_ref().map(|s| s.meta)
+    }
+
+    /// Borrowed from the copy of the snapshot kept in memory: no disk read.
+    fn snapshot_chunk(&self, offset: u64, max: usize) -> Result<&[u8], StorageError> {
+        let data = &self
+            .snapshot
+            .as_ref()
+            .ok_or(StorageError::Unavailable)?
+            .data;
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
+        let end = start.saturating_add(max).min(data.len());
+        Ok(&data[start..end])
+    }
+
+    /// Writes the chunk into the temporary file of the snapshot being received (not
+    /// fsynced: it is not part of the durable state until installed). Offset 0 starts a new
+    /// one; another offset must be at most what was received of the same snapshot.
+    fn receive_snapshot_chunk(
+        &mut self,
+        meta: &SnapshotMeta,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), StorageError> {
+        if self.failed {
+            return Err(StorageError::Unavailable);
+        }
+        let fits = offset
+            .checked_add(data.len() as u64)
+            .is_some_and(|end| end <= meta.size);
+        if !fits {
+            return Err(StorageError::OutOfRange);
+        }
+        if offset == 0 {
+            self.incoming = None;
+            match snapshot::Incoming::start(&self.dir, meta) {
+                Ok(i) => self.incoming = Some(i),
+                Err(e) => {
+                    self.last_error = Some(e);
+                    return Err(StorageError::Unavailable);
+                }
+            }
+        }
+        let result = match &mut self.incoming {
+            Some(i) if &i.meta == meta && offset <= i.received => i.write_at(offset, data),
+            _ => return Err(StorageError::OutOfRange),
+        };
+        result.map_err(|e| {
+            self.incoming = None;
+            self.last_error = Some(e);
+            StorageError::Unavailable
+        })
+    }
+
+    /// Makes the snapshot received the kept one, durably and atomically (fsync of the file,
+    /// rename over the old snapshot, fsync of the directory) before it returns, then
+    /// restarts the log after it: entries after `meta.index` stay if the log holds
+    /// `meta.index` with `meta.term`, otherwise every entry goes.
+    fn install_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), StorageError> {
+        if self.failed {
+            return Err(StorageError::Unavailable);
+        }
+        match self.install_incoming(meta) {
+            Ok(()) => Ok(()),
+            Err(e @ (FileLogError::BadSnapshot(_) | FileLogError::StaleSnapshot { .. })) => {
+                self.last_error = Some(e);
+                Err(StorageError::OutOfRange)
+            }
+            Err(e) => Err(self.unavailable(e)),
+        }
     }
 }

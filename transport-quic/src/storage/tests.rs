@@ -37,6 +37,16 @@ fn data(index: Index, len: usize) -> Vec<u8> {
     (0..len).map(|i| (index as usize * 31 + i) as u8).collect()
 }
 
+/// Metadata of a snapshot of `data` at `index`/`term` with the bootstrap configuration.
+fn meta(index: Index, term: Term, data: &[u8]) -> SnapshotMeta {
+    SnapshotMeta::new(index, term, data.len() as u64, &[]).unwrap()
+}
+
+/// Saves `data` as the host's snapshot at `index`/`term`.
+fn save(log: &mut FileLog, index: Index, term: Term, data: &[u8]) -> Result<(), FileLogError> {
+    log.save_snapshot(&meta(index, term, data), data.to_vec())
+}
+
 fn append(log: &mut FileLog, index: Index, term: Term) {
     let d = data(index, (index % 7) as usize * 5);
     log.append(&Entry {
@@ -196,7 +206,7 @@ fn the_storage_contract_holds_as_for_vec_log() {
         assert_eq!(view(&log), view(&model), "step {i}");
     }
     assert_eq!(view(&log).0, 4);
-    log.save_snapshot(3, 5, b"s").unwrap();
+    save(&mut log, 3, 5, b"s").unwrap();
     log.sync().unwrap();
     drop(log);
     let log = FileLog::open(dir.path()).unwrap();
@@ -527,11 +537,11 @@ fn a_snapshot_is_atomic_and_is_the_compaction_point() {
         assert_eq!(log.load_snapshot().unwrap(), None);
         append_range(&mut log, 1..=20, 1);
         log.sync().unwrap();
-        log.save_snapshot(10, 1, b"state at 10").unwrap();
+        save(&mut log, 10, 1, b"state at 10").unwrap();
         assert_eq!(log.first_index(), 1, "the host decides when to compact");
         assert_eq!(log.snapshot_point(), Some((10, 1)));
         assert!(matches!(
-            log.save_snapshot(9, 1, b"older"),
+            save(&mut log, 9, 1, b"older"),
             Err(FileLogError::StaleSnapshot {
                 index: 9,
                 saved: 10
@@ -545,8 +555,7 @@ fn a_snapshot_is_atomic_and_is_the_compaction_point() {
     assert_eq!(
         snap,
         Snapshot {
-            index: 10,
-            term: 1,
+            meta: meta(10, 1, b"state at 10"),
             data: b"state at 10".to_vec()
         }
     );
@@ -576,7 +585,7 @@ fn a_snapshot_the_log_does_not_hold_discards_the_log() {
         append_range(&mut log, 1..=5, 1);
         log.sync().unwrap();
         // Installed from a leader, past the end of the log.
-        log.save_snapshot(50, 3, b"s50").unwrap();
+        save(&mut log, 50, 3, b"s50").unwrap();
         assert_eq!(
             (log.first_index(), log.last_index(), log.term(50)),
             (51, 50, Some(3))
@@ -589,11 +598,11 @@ fn a_snapshot_the_log_does_not_hold_discards_the_log() {
         assert_eq!(contents(&log), expected(51..=52, 3));
         assert!(!log.recovery().discarded_by_snapshot);
         // A snapshot in conflict with the log (same index, other term).
-        log.save_snapshot(52, 4, b"s52").unwrap();
+        save(&mut log, 52, 4, b"s52").unwrap();
         assert_eq!((log.first_index(), log.last_index()), (53, 52));
     }
     // A crash between saving a snapshot and discarding the log: open finishes the job.
-    snapshot::write(dir.path(), 60, 5, b"s60").unwrap();
+    snapshot::write(dir.path(), &meta(60, 5, b"s60"), b"s60").unwrap();
     let log = FileLog::open(dir.path()).unwrap();
     assert!(log.recovery().discarded_by_snapshot);
     assert_eq!(
@@ -637,7 +646,7 @@ fn compaction_deletes_whole_segments_and_survives_reopen() {
         first_kept = first_kept.max(log.first_index());
         assert!(log.first_index() <= 51);
         assert_eq!(contents(&log), expected(log.first_index()..=100, 1));
-        log.save_snapshot(50, 1, b"s").unwrap();
+        save(&mut log, 50, 1, b"s").unwrap();
     }
     let log = FileLog::open_with(dir.path(), small_segments()).unwrap();
     assert_eq!((log.first_index(), log.last_index()), (51, 100));
@@ -984,4 +993,460 @@ fn throughput_of_appends_with_group_commit() {
         log.stats().bytes_written as f64 / secs / (1 << 20) as f64,
         dir.path().display()
     );
+}
+
+// ----- snapshots received from a leader --------------------------------------------------
+
+/// Sends `data` as the snapshot `m` in chunks of `chunk` bytes.
+fn receive(log: &mut FileLog, m: &SnapshotMeta, data: &[u8], chunk: usize) {
+    if data.is_empty() {
+        log.receive_snapshot_chunk(m, 0, &[]).unwrap();
+    }
+    for (i, c) in data.chunks(chunk).enumerate() {
+        log.receive_snapshot_chunk(m, (i * chunk) as u64, c)
+            .unwrap();
+    }
+}
+
+fn state_bytes(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(7) ^ seed).collect()
+}
+
+const CONFIG: &[u8] = b"\x03 some configuration";
+
+#[test]
+fn a_snapshot_received_in_chunks_is_installed_with_its_configuration() {
+    let dir = TempDir::new("receive");
+    let data = state_bytes(1000, 1);
+    let m = SnapshotMeta::new(40, 3, data.len() as u64, CONFIG).unwrap();
+    {
+        let mut log = FileLog::open_with(dir.path(), small_segments()).unwrap();
+        append_range(&mut log, 1..=20, 1);
+        log.sync().unwrap();
+        assert_eq!(log.snapshot_meta(), None);
+        assert!(log.snapshot_chunk(0, 10).is_err());
+        receive(&mut log, &m, &data, 300);
+        assert_eq!(log.snapshot_meta(), None, "not installed yet");
+        log.install_snapshot(&m).unwrap();
+        assert_eq!(log.snapshot_meta(), Some(m));
+        assert_eq!(log.snapshot_meta().unwrap().config(), CONFIG);
+        assert_eq!((log.first_index(), log.last_index()), (41, 40));
+        assert_eq!(log.term(40), Some(3));
+        assert_eq!(log.snapshot_chunk(0, 10).unwrap(), &data[..10]);
+        assert_eq!(log.snapshot_chunk(995, 10).unwrap(), &data[995..]);
+        assert_eq!(log.snapshot_chunk(5000, 10).unwrap(), b"");
+        assert_eq!(segment_files(dir.path()).len(), 1);
+        assert!(!dir.path().join(snapshot::INCOMING).exists());
+        append_range(&mut log, 41..=45, 3);
+        log.sync().unwrap();
+    }
+    let log = FileLog::open_with(dir.path(), small_segments()).unwrap();
+    assert_eq!(log.snapshot_meta(), Some(m));
+    assert_eq!(log.snapshot().unwrap().data, data);
+    assert_eq!(log.load_snapshot().unwrap().unwrap().data, data);
+    assert_eq!(contents(&log), expected(41..=45, 3));
+}
+
+#[test]
+fn an_installed_snapshot_the_log_holds_keeps_the_entries_after_it() {
+    let dir = TempDir::new("receive-keep");
+    let data = state_bytes(64, 2);
+    let m = SnapshotMeta::new(60, 1, data.len() as u64, &[]).unwrap();
+    {
+        let mut log = FileLog::open_with(dir.path(), small_segments()).unwrap();
+        append_range(&mut log, 1..=100, 1);
+        log.sync().unwrap();
+        let before = segment_files(dir.path()).len();
+        receive(&mut log, &m, &data, 64);
+        log.install_snapshot(&m).unwrap();
+        assert_eq!((log.first_index(), log.last_index()), (61, 100));
+        assert!(
+            segment_files(dir.path()).len() < before,
+            "whole segments dropped"
+        );
+        assert_eq!(contents(&log), expected(61..=100, 1));
+    }
+    let log = FileLog::open_with(dir.path(), small_segments()).unwrap();
+    assert_eq!(contents(&log), expected(61..=100, 1));
+    assert_eq!(log.snapshot_point(), Some((60, 1)));
+}
+
+#[test]
+fn a_snapshot_transfer_resumes_at_an_offset_and_refuses_what_does_not_fit() {
+    let dir = TempDir::new("receive-resume");
+    let data = state_bytes(100, 3);
+    let m = SnapshotMeta::new(10, 2, 100, &[]).unwrap();
+    let other = SnapshotMeta::new(11, 2, 100, &[]).unwrap();
+    let mut log = FileLog::open(dir.path()).unwrap();
+    // Not started: only offset 0 starts one.
+    assert_eq!(
+        log.receive_snapshot_chunk(&m, 10, &data[10..20]),
+        Err(StorageError::OutOfRange)
+    );
+    log.receive_snapshot_chunk(&m, 0, &data[..40]).unwrap();
+    // A gap, another snapshot, or past the announced size: refused.
+    assert_eq!(
+        log.receive_snapshot_chunk(&m, 50, &data[50..60]),
+        Err(StorageError::OutOfRange)
+    );
+    assert_eq!(
+        log.receive_snapshot_chunk(&other, 40, &data[40..60]),
+        Err(StorageError::OutOfRange)
+    );
+    assert_eq!(
+        log.receive_snapshot_chunk(&m, 90, &[0; 20]),
+        Err(StorageError::OutOfRange)
+    );
+    // Incomplete: not installed, and the transfer goes on.
+    assert_eq!(log.install_snapshot(&m), Err(StorageError::OutOfRange));
+    assert!(!log.is_failed());
+    // Resent from an earlier offset (a lost answer): overwrites, then goes on.
+    log.receive_snapshot_chunk(&m, 20, &data[20..70]).unwrap();
+    log.receive_snapshot_chunk(&m, 70, &data[70..]).unwrap();
+    log.install_snapshot(&m).unwrap();
+    assert_eq!(log.snapshot().unwrap().data, data);
+    // Nothing is being received any more.
+    assert_eq!(log.install_snapshot(&m), Err(StorageError::OutOfRange));
+    // A new transfer restarts at offset 0, and an older snapshot is refused.
+    let old = SnapshotMeta::new(5, 1, 3, &[]).unwrap();
+    log.receive_snapshot_chunk(&old, 0, b"abc").unwrap();
+    assert_eq!(log.install_snapshot(&old), Err(StorageError::OutOfRange));
+    assert!(matches!(
+        log.last_error(),
+        Some(FileLogError::StaleSnapshot {
+            index: 5,
+            saved: 10
+        })
+    ));
+    assert_eq!(log.snapshot_point(), Some((10, 2)));
+}
+
+/// (snapshot point, snapshot bytes, entries) of the log in `dir` after a reopen.
+type Seen = (Option<(Index, Term)>, Vec<u8>, Vec<(Index, Term, Vec<u8>)>);
+
+fn seen(dir: &Path) -> Seen {
+    let log = FileLog::open_with(dir, small_segments()).unwrap();
+    (
+        log.snapshot_point(),
+        log.snapshot().map(|s| s.data.clone()).unwrap_or_default(),
+        contents(&log),
+    )
+}
+
+#[test]
+fn a_crash_at_any_step_of_an_install_leaves_the_old_or_the_new_state() {
+    // (snapshot index, term): past the log (discard) and inside it (compaction).
+    for (index, term) in [(30, 2), (15, 1)] {
+        let steps = [
+            Some("receiving"),
+            Some("sealed"),
+            Some("renamed"),
+            Some("dir-synced"),
+            Some("discarding"),
+            None,
+        ];
+        for step in steps {
+            let dir = TempDir::new("install-crash");
+            let old_data = state_bytes(30, 4);
+            let new_data = state_bytes(500, 5);
+            let m = SnapshotMeta::new(index, term, new_data.len() as u64, CONFIG).unwrap();
+            {
+                let mut log = FileLog::open_with(dir.path(), small_segments()).unwrap();
+                append_range(&mut log, 1..=20, 1);
+                log.sync().unwrap();
+                save(&mut log, 5, 1, &old_data).unwrap();
+                log.compact(5).unwrap();
+            }
+            let old = seen(dir.path());
+            {
+                let mut log = FileLog::open_with(dir.path(), small_segments()).unwrap();
+                if step == Some("receiving") {
+                    receive(&mut log, &m, &new_data[..200], 100);
+                    drop(log); // the crash
+                } else {
+                    receive(&mut log, &m, &new_data, 128);
+                    log.crash_at(step);
+                    let r = log.install_snapshot(&m);
+                    // "discarding" only happens when the log does not hold the index.
+                    assert_eq!(
+                        r.is_ok(),
+                        step.is_none() || (step == Some("discarding") && index == 15),
+                        "{step:?} {index}"
+                    );
+                }
+            }
+            let after = seen(dir.path());
+            let new_entries = if index == 15 {
+                expected(16..=20, 1)
+            } else {
+                vec![]
+            };
+            let new: Seen = (Some((index, term)), new_data.clone(), new_entries);
+            let expect = match step {
+                Some("receiving" | "sealed") => &old,
+                _ => &new,
+            };
+            assert_eq!(&after, expect, "crash at {step:?}, snapshot at {index}");
+            assert!(!dir.path().join(snapshot::INCOMING).exists());
+            // And the reopened log takes writes after the snapshot.
+            let mut log = FileLog::open_with(dir.path(), small_segments()).unwrap();
+            let next = log.last_index() + 1;
+            append(&mut log, next, 9);
+            log.sync().unwrap();
+        }
+    }
+}
+
+#[test]
+fn snapshot_files_of_version_1_are_refused_with_a_clear_error() {
+    let dir = TempDir::new("snapshot-v1");
+    drop(FileLog::open(dir.path()).unwrap());
+    snapshot::write_v1(dir.path(), 10, 1, b"old format");
+    let e = FileLog::open(dir.path()).unwrap_err();
+    assert!(
+        matches!(e, FileLogError::SnapshotVersion { version: 1, .. }),
+        "{e}"
+    );
+    let message = e.to_string();
+    assert!(message.contains("version 1"), "{message}");
+    assert!(message.contains("cannot be migrated"), "{message}");
+}
+
+#[test]
+fn a_damaged_or_truncated_snapshot_file_is_refused_at_every_offset() {
+    let dir = TempDir::new("snapshot-damage");
+    let data = state_bytes(40, 6);
+    {
+        let mut log = FileLog::open(dir.path()).unwrap();
+        let m = SnapshotMeta::new(7, 2, data.len() as u64, CONFIG).unwrap();
+        log.save_snapshot(&m, data.clone()).unwrap();
+    }
+    let path = dir.path().join(snapshot::FILE);
+    let good = fs::read(&path).unwrap();
+    assert_eq!(good.len(), 40 + CONFIG.len() + data.len() + 4);
+    for i in 0..good.len() {
+        let mut bad = good.clone();
+        bad[i] ^= 0x10;
+        fs::write(&path, &bad).unwrap();
+        let e = snapshot::read(dir.path()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                FileLogError::Corrupt { .. } | FileLogError::SnapshotVersion { .. }
+            ),
+            "flip at {i}: {e}"
+        );
+        fs::write(&path, &good[..i]).unwrap();
+        assert!(snapshot::read(dir.path()).is_err(), "cut at {i}");
+    }
+    fs::write(&path, &good).unwrap();
+    let log = FileLog::open(dir.path()).unwrap();
+    assert_eq!(log.snapshot().unwrap().data, data);
+    assert_eq!(log.snapshot_meta().unwrap().config(), CONFIG);
+}
+
+#[derive(Clone, Debug)]
+enum SnapOp {
+    Append {
+        len: usize,
+        new_term: bool,
+    },
+    Sync,
+    /// The host snapshots at a point chosen by this fraction of the kept range, and
+    /// compacts through it.
+    Save(f64),
+    /// A snapshot from a leader: past the log's end, or inside it (same term: the log is
+    /// compacted; other term: discarded); stopped at a crash step (index into
+    /// `INSTALL_STEPS`, past its end: no crash).
+    Install {
+        inside: Option<(f64, bool)>,
+        step: usize,
+        len: usize,
+    },
+    Crash,
+}
+
+const INSTALL_STEPS: [&str; 4] = ["sealed", "renamed", "dir-synced", "discarding"];
+
+fn snap_op() -> impl Strategy<Value = SnapOp> {
+    prop_oneof![
+        8 => (0usize..40, proptest::bool::weighted(0.1))
+            .prop_map(|(len, new_term)| SnapOp::Append { len, new_term }),
+        3 => Just(SnapOp::Sync),
+        1 => (0.0f64..1.0).prop_map(SnapOp::Save),
+        2 => (
+            proptest::option::of((0.0f64..1.0, proptest::bool::ANY)),
+            0usize..8,
+            0usize..300
+        )
+            .prop_map(|(inside, step, len)| SnapOp::Install { inside, step, len }),
+        1 => Just(SnapOp::Crash),
+    ]
+}
+
+/// The model of a log with snapshots: the snapshot, the entries kept after `first - 1`, and
+/// the index through which entries are on disk.
+struct SnapModel {
+    snap: Option<(Index, Term, Vec<u8>)>,
+    entries: Vec<OwnedEntry>,
+    first: Index,
+    prev_term: Term,
+    durable: Index,
+}
+
+impl SnapModel {
+    fn last(&self) -> Index {
+        self.first + self.entries.len() as Index - 1
+    }
+
+    fn term(&self, i: Index) -> Option<Term> {
+        if i + 1 == self.first {
+            return Some(self.prev_term);
+        }
+        let p = usize::try_from(i.checked_sub(self.first)?).ok()?;
+        self.entries.get(p).map(|e| e.term)
+    }
+
+    /// The snapshot at `index`/`term` is in place; the log restarts after it.
+    fn restart_after(&mut self, index: Index, term: Term, data: Vec<u8>) {
+        if self.term(index) == Some(term) {
+            let n = (index + 1 - self.first) as usize;
+            self.entries.drain(..n.min(self.entries.len()));
+        } else {
+            self.entries.clear();
+            self.durable = index;
+        }
+        self.first = index + 1;
+        self.prev_term = term;
+        self.snap = Some((index, term, data));
+    }
+
+    /// Checks `log` against the model (in memory, or reopened after a crash).
+    fn check(&self, log: &FileLog) -> Result<(), TestCaseError> {
+        prop_assert_eq!(log.snapshot_point(), self.snap.as_ref().map(|s| (s.0, s.1)));
+        prop_assert_eq!(
+            log.snapshot().map(|s| s.data.clone()),
+            self.snap.as_ref().map(|s| s.2.clone())
+        );
+        prop_assert_eq!(log.first_index(), self.first);
+        prop_assert_eq!(log.term(self.first - 1), Some(self.prev_term));
+        prop_assert_eq!(log.last_index(), self.last());
+        for e in &self.entries {
+            prop_assert_eq!(log.entry(e.index), Some(e.as_entry()));
+        }
+        Ok(())
+    }
+
+    /// After a crash: the log is a prefix of the model after the snapshot, at least as long
+    /// as what was on disk (less what a discard took).
+    fn crashed(&mut self, log: &FileLog) -> Result<(), TestCaseError> {
+        let got = log.last_index();
+        let base = self.snap.as_ref().map_or(0, |s| s.0);
+        // Entries the snapshot covers are forgotten again on open.
+        if self.first <= base {
+            let n = (base + 1 - self.first) as usize;
+            self.entries.drain(..n.min(self.entries.len()));
+            self.first = base + 1;
+            self.prev_term = self.snap.as_ref().map_or(0, |s| s.1);
+        }
+        let durable = self.durable.max(base);
+        prop_assert!(
+            got >= base && got <= self.last(),
+            "log ends at {got}, snapshot {base}, model {}",
+            self.last()
+        );
+        if got < durable {
+            // Only a discard (the snapshot's entry never reached the disk) loses more.
+            prop_assert_eq!(got, base, "durable entries lost");
+            prop_assert!(self.durable < base || log.recovery().discarded_by_snapshot);
+        }
+        self.entries.truncate((got + 1 - self.first) as usize);
+        self.durable = got;
+        self.check(log)
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Random appends, host snapshots, snapshots installed from a leader (with a crash at
+    /// any step), syncs and crashes against a model: the snapshot and the log after it are
+    /// always those of one state (the old or the new one), never a mix.
+    #[test]
+    fn random_snapshots_and_crashes_match_the_model(ops in proptest::collection::vec(snap_op(), 1..60)) {
+        let dir = TempDir::new("prop-snap");
+        let options = Options::new().segment_bytes(200);
+        let mut log = FileLog::open_with(dir.path(), options.clone()).unwrap();
+        let mut m = SnapModel { snap: None, entries: Vec::new(), first: 1, prev_term: 0, durable: 0 };
+        let mut term: Term = 1;
+        for op in ops {
+            match op {
+                SnapOp::Append { len, new_term } => {
+                    term += u64::from(new_term);
+                    let index = m.last() + 1;
+                    let e = OwnedEntry { index, term, kind: EntryKind::Command, data: data(index + term, len) };
+                    log.append(&e.as_entry()).unwrap();
+                    m.entries.push(e);
+                }
+                SnapOp::Sync => {
+                    log.sync().unwrap();
+                    m.durable = m.last();
+                }
+                SnapOp::Save(f) => {
+                    let lo = (m.first - 1).max(m.snap.as_ref().map_or(0, |s| s.0)).max(1);
+                    if lo > m.last() {
+                        continue;
+                    }
+                    let index = lo + ((m.last() - lo) as f64 * f) as Index;
+                    let t = m.term(index).unwrap();
+                    let bytes = data(index * 3, (index % 50) as usize);
+                    save(&mut log, index, t, &bytes).unwrap();
+                    log.compact(index).unwrap();
+                    m.restart_after(index, t, bytes);
+                }
+                SnapOp::Install { inside, step, len } => {
+                    let lo = m.first.max(m.snap.as_ref().map_or(0, |s| s.0) + 1);
+                    let (index, t) = match inside {
+                        Some((f, same)) if lo <= m.last() => {
+                            let index = lo + ((m.last() - lo) as f64 * f) as Index;
+                            let t = m.term(index).unwrap();
+                            (index, if same { t } else { term + 1 })
+                        }
+                        _ => (m.last() + 1 + len as Index % 3, term + 1),
+                    };
+                    term = term.max(t);
+                    let bytes = data(index * 5, len);
+                    let meta = SnapshotMeta::new(index, t, bytes.len() as u64, CONFIG).unwrap();
+                    receive(&mut log, &meta, &bytes, 64);
+                    let crash = INSTALL_STEPS.get(step).copied();
+                    log.crash_at(crash);
+                    match log.install_snapshot(&meta) {
+                        Ok(()) => m.restart_after(index, t, bytes),
+                        Err(_) => {
+                            let s = crash.unwrap();
+                            drop(log);
+                            log = FileLog::open_with(dir.path(), options.clone()).unwrap();
+                            if s != "sealed" {
+                                // The rename happened: the new snapshot is in place.
+                                m.snap = Some((index, t, bytes.clone()));
+                                if m.term(index) != Some(t) {
+                                    m.durable = m.durable.min(index);
+                                }
+                            }
+                            m.crashed(&log)?;
+                            term = term.max(log.term(log.last_index()).unwrap_or(0));
+                            continue;
+                        }
+                    }
+                }
+                SnapOp::Crash => {
+                    drop(log);
+                    log = FileLog::open_with(dir.path(), options.clone()).unwrap();
+                    m.crashed(&log)?;
+                    continue;
+                }
+            }
+            m.check(&log)?;
+        }
+    }
 }

@@ -1,0 +1,284 @@
+//! Larger clusters and membership changes on loopback:
+//!
+//! - five `coracle node` processes elect a leader, commit writes, survive `kill -9` of the
+//!   leader with every acknowledged write kept, and the killed node catches up after a
+//!   restart from its data directory;
+//! - against a running 3-node cluster, through the admin client: a new node is added as a
+//!   learner (it joins from a snapshot: the log is compacted already), promoted to voter,
+//!   another member is removed, and leadership is transferred to the new node.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns: a panic is the report
+
+mod common;
+
+use common::{leader, wait_for, Setup};
+use coracle_quic::client::Client;
+use coracle_quic::config::NodeConfig;
+use coracle_quic::protocol::{AdminOp, Consistency, NodeStatus};
+use coracle_quic::server::RunningNode;
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_coracle");
+
+/// A node process, killed (SIGKILL) when dropped.
+struct Proc(Option<Child>);
+
+impl Proc {
+    fn kill(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn_node(setup: &Setup, id: u64) -> Proc {
+    let config = setup.write_config(id);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(setup.path().join(format!("node-{id}.log")))
+        .unwrap();
+    let child = Command::new(BIN)
+        .args(["node", "--log", "info", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    Proc(Some(child))
+}
+
+fn status(client: &Client, setup: &Setup, id: u64) -> Option<NodeStatus> {
+    smol::block_on(client.status_of(setup.addrs[id as usize - 1])).ok()
+}
+
+/// Waits until every node in `ids` has applied the commit index of `leader_id`.
+fn wait_caught_up(setup: &Setup, client: &Client, leader_id: u64, ids: &[u64]) {
+    let done = wait_for(Duration::from_secs(30), || {
+        let commit = status(client, setup, leader_id)?.commit;
+        ids.iter()
+            .all(|&id| status(client, setup, id).is_some_and(|s| s.applied >= commit))
+            .then_some(())
+    });
+    assert!(done.is_some(), "nodes {ids:?} did not catch up");
+}
+
+#[test]
+fn five_processes_elect_commit_survive_a_leader_kill_and_restart() {
+    let setup = Setup::new("c5", 5);
+    let mut procs: Vec<Proc> = (1..=5).map(|id| spawn_node(&setup, id)).collect();
+    let client = setup.client("client-alice");
+    let first = wait_for(Duration::from_secs(20), || leader(&client, &setup.addrs))
+        .expect("a leader within 20 s");
+    smol::block_on(async {
+        for i in 0..30 {
+            client.put(format!("k{i}"), format!("v{i}")).await.unwrap();
+        }
+    });
+
+    procs[first as usize - 1].kill();
+    smol::block_on(async {
+        for i in 30..60 {
+            client.put(format!("k{i}"), format!("v{i}")).await.unwrap();
+        }
+    });
+    let second = wait_for(Duration::from_secs(20), || {
+        leader(&client, &setup.addrs).filter(|&l| l != first)
+    })
+    .expect("a new leader");
+    assert_ne!(first, second);
+
+    // Every acknowledged write is there, read linearizably.
+    smol::block_on(async {
+        for i in 0..60 {
+            let v = client.get(format!("k{i}")).await.unwrap();
+            assert_eq!(v, Some(format!("v{i}").into_bytes()), "k{i}");
+        }
+    });
+
+    // The killed node restarts from its data directory and catches up; all five agree.
+    procs[first as usize - 1] = spawn_node(&setup, first);
+    wait_caught_up(&setup, &client, second, &[1, 2, 3, 4, 5]);
+    let restarted = status(&client, &setup, first).unwrap();
+    assert_eq!(restarted.leader, Some(second));
+    assert_eq!(restarted.members.iter().filter(|m| m.voter).count(), 5);
+    for id in 1..=5 {
+        let c = Client::new(
+            &setup.creds("client-alice"),
+            vec![setup.addrs[id as usize - 1]],
+        )
+        .unwrap();
+        let all = smol::block_on(c.list("k", 1000, Consistency::Stale)).unwrap();
+        assert_eq!(all.len(), 60, "node {id}");
+        c.close();
+    }
+    client.close();
+}
+
+/// Node `id` of a cluster that starts with voters 1, 2 and 3 (node 4 joins later);
+/// snapshots every 30 entries so the new node joins from a snapshot.
+fn member_config(setup: &Setup, id: u64) -> NodeConfig {
+    let text = format!("voters = [1, 2, 3]\n{}", setup.config_text(id))
+        + "[storage]\nsnapshot_entries = 30\nsnapshot_keep_entries = 5\n";
+    NodeConfig::parse(&text, setup.path()).unwrap()
+}
+
+/// Starts node `id`; retried while its address is still held by the endpoint of its
+/// previous run, which closes in the background.
+fn start_member(setup: &Setup, id: u64) -> RunningNode {
+    wait_for(Duration::from_secs(10), || {
+        RunningNode::start(&member_config(setup, id)).ok()
+    })
+    .expect("node restarts")
+}
+
+fn voters(s: &NodeStatus) -> Vec<u64> {
+    let mut v: Vec<u64> = s.members.iter().filter(|m| m.voter).map(|m| m.id).collect();
+    v.sort_unstable();
+    v
+}
+
+#[test]
+fn membership_changes_through_the_admin_client_on_a_running_cluster() {
+    let setup = Setup::new("members", 4);
+    let mut nodes: BTreeMap<u64, RunningNode> = (1..=3)
+        .map(|id| (id, RunningNode::start(&member_config(&setup, id)).unwrap()))
+        .collect();
+    let client = setup.client("client-alice");
+    let admin = setup.client("admin-ops");
+    let first = wait_for(Duration::from_secs(20), || leader(&client, &setup.addrs))
+        .expect("a leader within 20 s");
+    let mut model = BTreeMap::new();
+    smol::block_on(async {
+        for i in 0..80 {
+            client.put(format!("k{i}"), format!("v{i}")).await.unwrap();
+            model.insert(format!("k{i}"), format!("v{i}"));
+        }
+    });
+
+    // A plain client may not change the membership.
+    let refused = smol::block_on(client.admin(AdminOp::Promote { id: 4 }));
+    assert!(refused.is_err());
+
+    // 1. Node 4 starts (knowing voters 1-3) and is added as a learner; the log it needs is
+    //    compacted away, so it gets the snapshot, then the log.
+    nodes.insert(4, RunningNode::start(&member_config(&setup, 4)).unwrap());
+    smol::block_on(admin.admin(AdminOp::AddLearner {
+        id: 4,
+        addr: setup.addrs[3].to_string(),
+    }))
+    .unwrap();
+    wait_caught_up(&setup, &client, first, &[4]);
+    let s4 = status(&client, &setup, 4).unwrap();
+    assert!(
+        s4.members.iter().any(|m| m.id == 4 && !m.voter),
+        "a learner"
+    );
+    assert_eq!(s4.keys, 80);
+
+    // 2. Promoted to voter.
+    smol::block_on(admin.admin(AdminOp::Promote { id: 4 })).unwrap();
+    let four = wait_for(Duration::from_secs(20), || {
+        let s = status(&client, &setup, first)?;
+        (voters(&s) == [1, 2, 3, 4]).then_some(())
+    });
+    assert!(four.is_some(), "node 4 did not become a voter");
+
+    // 3. Another follower is removed.
+    let removed = (1..=3).find(|&id| id != first).unwrap();
+    smol::block_on(admin.admin(AdminOp::Remove { id: removed })).unwrap();
+    let expected: Vec<u64> = [1, 2, 3, 4]
+        .into_iter()
+        .filter(|&id| id != removed)
+        .collect();
+    let gone = wait_for(Duration::from_secs(20), || {
+        let s = status(&client, &setup, first)?;
+        (voters(&s) == expected && s.members.iter().all(|m| m.id != removed)).then_some(())
+    });
+    assert!(gone.is_some(), "node {removed} was not removed");
+    nodes.remove(&removed).unwrap().shutdown().unwrap();
+
+    // 4. Leadership goes to the new node.
+    let moved = wait_for(Duration::from_secs(20), || {
+        if status(&client, &setup, 4).is_some_and(|s| s.role == "Leader") {
+            return Some(());
+        }
+        let _ = smol::block_on(admin.admin(AdminOp::Transfer { id: 4 }));
+        None
+    });
+    assert!(moved.is_some(), "leadership did not move to node 4");
+
+    // The cluster goes on under its new membership, and the members agree.
+    smol::block_on(async {
+        for i in 80..100 {
+            client.put(format!("k{i}"), format!("v{i}")).await.unwrap();
+            model.insert(format!("k{i}"), format!("v{i}"));
+        }
+        for (k, v) in &model {
+            let got = client.get(k.clone()).await.unwrap();
+            assert_eq!(got.as_deref(), Some(v.as_bytes()), "{k}");
+        }
+    });
+    wait_caught_up(&setup, &client, 4, &expected);
+    for &id in &expected {
+        let s = status(&client, &setup, id).unwrap();
+        assert_eq!(s.leader, Some(4), "node {id}");
+        assert_eq!(s.keys, 100, "node {id}");
+    }
+
+    // 5. More writes: every member snapshots past the membership changes and compacts
+    //    them away; after a cold restart the configuration comes from the snapshots (the
+    //    node.toml files still name voters 1, 2, 3).
+    smol::block_on(async {
+        for i in 100..140 {
+            client.put(format!("k{i}"), format!("v{i}")).await.unwrap();
+        }
+    });
+    wait_caught_up(&setup, &client, 4, &expected);
+    client.close();
+    admin.close();
+    for (_, n) in std::mem::take(&mut nodes) {
+        n.shutdown().unwrap();
+    }
+    for &id in &expected {
+        let log = coracle_quic::storage::FileLog::open(member_config(&setup, id).data_dir).unwrap();
+        let meta = coracle::LogStorage::snapshot_meta(&log).expect("a snapshot");
+        assert!(
+            !meta.config().is_empty(),
+            "node {id}: the snapshot carries the configuration"
+        );
+        assert!(coracle::LogStorage::first_index(&log) > meta.index.min(100));
+    }
+    for &id in &expected {
+        nodes.insert(id, start_member(&setup, id));
+    }
+    let client = setup.client("client-alice");
+    let l = wait_for(Duration::from_secs(20), || leader(&client, &setup.addrs))
+        .expect("a leader after the restart");
+    let s = status(&client, &setup, l).unwrap();
+    assert_eq!(
+        voters(&s),
+        expected,
+        "the membership survived compaction and restart"
+    );
+    smol::block_on(async {
+        client.put("after", "restart").await.unwrap();
+        let all = client
+            .list("k", 1000, Consistency::Linearizable)
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 140);
+    });
+    client.close();
+    for (_, n) in nodes {
+        n.shutdown().unwrap();
+    }
+}
