@@ -412,13 +412,34 @@ impl Host {
             // Group commit: one drain (so one fsync) for everything that arrived together.
             // The core computes its outputs when they are polled, so draining once per
             // batch rather than once per input loses nothing.
-            self.drain(&mut node)?;
+            if let Err(e) = self.drain(&mut node) {
+                return Err(self.stop_on_error(e).await);
+            }
         }
         info!(node = self.id, "shutting down");
         node.log_mut().sync().map_err(NodeError::Sync)?;
         self.transport.close();
         self.transport.wait_idle(Duration::from_millis(500)).await;
         Ok(())
+    }
+
+    /// The node stops on `e` (a failed fsync, a snapshot that cannot be restored): every
+    /// pending request is answered with the error, so clients learn why (say, "the disk is
+    /// full") rather than time out, and the answers get a moment to leave before the
+    /// connections close.
+    async fn stop_on_error(&mut self, e: NodeError) -> NodeError {
+        let message = e.to_string();
+        let pending = self.writes.drain().map(|(_, (_, w))| match w {
+            PendingWrite::Client(r) | PendingWrite::Admin(r) => r,
+        });
+        let reads = self.reads.drain().map(|(_, (_, r))| r);
+        for reply in pending.chain(reads) {
+            let _ = reply.try_send(failed(ErrorKind::Failed, message.clone()));
+        }
+        smol::Timer::after(Duration::from_millis(200)).await;
+        self.transport.close();
+        self.transport.wait_idle(Duration::from_millis(300)).await;
+        e
     }
 
     /// Drains the node's outputs, with one fsync per round for every write so far.
