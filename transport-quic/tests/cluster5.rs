@@ -10,51 +10,13 @@
 
 mod common;
 
-use common::{leader, wait_for, Setup};
+use common::{leader, spawn_node, wait_for, Proc, Setup};
 use coracle_quic::client::Client;
 use coracle_quic::config::NodeConfig;
 use coracle_quic::protocol::{AdminOp, Consistency, NodeStatus};
 use coracle_quic::server::RunningNode;
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-const BIN: &str = env!("CARGO_BIN_EXE_coracle");
-
-/// A node process, killed (SIGKILL) when dropped.
-struct Proc(Option<Child>);
-
-impl Proc {
-    fn kill(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill(); // SIGKILL
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn spawn_node(setup: &Setup, id: u64) -> Proc {
-    let config = setup.write_config(id);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(setup.path().join(format!("node-{id}.log")))
-        .unwrap();
-    let child = Command::new(BIN)
-        .args(["node", "--log", "info", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    Proc(Some(child))
-}
 
 fn status(client: &Client, setup: &Setup, id: u64) -> Option<NodeStatus> {
     smol::block_on(client.status_of(setup.addrs[id as usize - 1])).ok()

@@ -15,70 +15,15 @@
 
 mod common;
 
-use common::{leader, wait_for, Setup};
+use common::{leader, node_log, spawn_node, spawn_with, wait_for, Proc, Setup, BIN};
 use coracle_quic::client::{Client, ClientError};
 use coracle_quic::protocol::Consistency;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_coracle");
-
-/// A node process, killed (SIGKILL) when dropped. Only the child it holds is ever killed.
-struct Proc(Option<Child>);
-
-impl Proc {
-    fn kill(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill(); // SIGKILL
-            let _ = c.wait();
-        }
-    }
-
-    /// Waits up to `limit` for the process to exit by itself.
-    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let child = self.0.as_mut()?;
-        let status = wait_for(limit, || child.try_wait().unwrap())?;
-        self.0 = None;
-        Some(status)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn node_log(setup: &Setup, id: u64) -> PathBuf {
-    setup.path().join(format!("node-{id}.log"))
-}
-
-/// Starts `coracle node` with the configuration in `config`, its log appended to the
-/// node's log file.
-fn spawn_with(setup: &Setup, id: u64, config: &Path) -> Proc {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(node_log(setup, id))
-        .unwrap();
-    let child = Command::new(BIN)
-        .args(["node", "--log", "info", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    Proc(Some(child))
-}
-
-fn spawn_node(setup: &Setup, id: u64) -> Proc {
-    let config = setup.write_config(id);
-    spawn_with(setup, id, &config)
-}
 
 /// Writes a configuration of node `id` whose data directory is `data_dir` (plus `extra`
 /// TOML appended).

@@ -6,45 +6,9 @@
 
 mod common;
 
-use common::{leader, wait_for, Setup};
-use std::process::{Child, Command, Stdio};
+use common::{leader, spawn_node, wait_for, Proc, Setup, BIN};
+use std::process::{Command, Stdio};
 use std::time::Duration;
-
-const BIN: &str = env!("CARGO_BIN_EXE_coracle");
-
-struct Proc(Option<Child>);
-
-impl Proc {
-    fn kill(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill(); // SIGKILL
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn spawn_node(setup: &Setup, id: u64) -> Proc {
-    let config = setup.write_config(id);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(setup.path().join(format!("node-{id}.log")))
-        .unwrap();
-    let child = Command::new(BIN)
-        .args(["node", "--log", "info", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    Proc(Some(child))
-}
 
 #[test]
 fn three_processes_elect_commit_and_survive_a_leader_kill() {

@@ -160,3 +160,60 @@ pub fn leader(client: &Client, addrs: &[SocketAddr]) -> Option<u64> {
         found
     })
 }
+
+// ----- node processes ------------------------------------------------------------------
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_coracle");
+
+/// A node process, killed (SIGKILL) when dropped. Only the child it holds is ever killed.
+pub struct Proc(pub Option<std::process::Child>);
+
+impl Proc {
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits up to `limit` for the process to exit by itself.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.0.as_mut()?;
+        let status = wait_for(limit, || child.try_wait().unwrap())?;
+        self.0 = None;
+        Some(status)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn node_log(setup: &Setup, id: u64) -> PathBuf {
+    setup.path().join(format!("node-{id}.log"))
+}
+
+/// Starts `coracle node` with the configuration in `config`, its log appended to the
+/// node's log file.
+pub fn spawn_with(setup: &Setup, id: u64, config: &Path) -> Proc {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(node_log(setup, id))
+        .unwrap();
+    let child = std::process::Command::new(BIN)
+        .args(["node", "--log", "info", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    Proc(Some(child))
+}
+
+pub fn spawn_node(setup: &Setup, id: u64) -> Proc {
+    let config = setup.write_config(id);
+    spawn_with(setup, id, &config)
+}
