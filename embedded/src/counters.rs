@@ -147,6 +147,68 @@ impl<const N: usize> CounterTable<N> {
         self.refused
     }
 
+    /// Bytes of [`CounterTable::encode`]: fixed for a table of `N`
+    /// counters (the applied index, the command counts, the number of
+    /// counters, and `N` slots of name and value).
+    pub const ENCODED_LEN: usize = 25 + 9 * N;
+
+    /// The table as a snapshot: [`CounterTable::ENCODED_LEN`] bytes into
+    /// `out`, counters in name order, unused slots zero. Returns the length.
+    ///
+    /// # Errors
+    /// [`CommandError::TableFull`] if `out` is shorter than
+    /// [`CounterTable::ENCODED_LEN`].
+    pub fn encode(&self, out: &mut [u8]) -> Result<usize, CommandError> {
+        let out = out
+            .get_mut(..Self::ENCODED_LEN)
+            .ok_or(CommandError::TableFull)?;
+        out.fill(0);
+        out[..8].copy_from_slice(&self.applied.to_le_bytes());
+        out[8..16].copy_from_slice(&self.commands.to_le_bytes());
+        out[16..24].copy_from_slice(&self.refused.to_le_bytes());
+        out[24] = self.values.len() as u8;
+        let mut at = 25;
+        for name in 0..=u8::MAX {
+            if let Some(value) = self.values.get(&name) {
+                out[at] = name;
+                out[at + 1..at + 9].copy_from_slice(&value.to_le_bytes());
+                at += 9;
+            }
+        }
+        Ok(Self::ENCODED_LEN)
+    }
+
+    /// A table from a snapshot made by [`CounterTable::encode`].
+    ///
+    /// # Errors
+    /// [`CommandError::Malformed`] unless `bytes` is such a snapshot of a
+    /// table of at most `N` counters.
+    pub fn decode(bytes: &[u8]) -> Result<Self, CommandError> {
+        let count = usize::from(*bytes.get(24).ok_or(CommandError::Malformed)?);
+        if count > N || bytes.len() < 25 + 9 * count {
+            return Err(CommandError::Malformed);
+        }
+        let u64_at = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[at..at + 8]);
+            b
+        };
+        let mut table = Self {
+            values: heapless::LinearMap::new(),
+            applied: u64::from_le_bytes(u64_at(0)),
+            commands: u64::from_le_bytes(u64_at(8)),
+            refused: u64::from_le_bytes(u64_at(16)),
+        };
+        for slot in 0..count {
+            let at = 25 + 9 * slot;
+            let value = i64::from_le_bytes(u64_at(at + 1));
+            if table.values.insert(bytes[at], value).is_err() {
+                return Err(CommandError::Malformed);
+            }
+        }
+        Ok(table)
+    }
+
     /// FNV-1a over the counters in name order, the command counts and the
     /// applied index: equal tables at equal indexes have equal digests.
     #[must_use]
@@ -182,6 +244,27 @@ mod tests {
             kind: EntryKind::Command,
             data,
         }
+    }
+
+    #[test]
+    fn a_snapshot_round_trips_and_garbage_is_refused() {
+        let mut t: CounterTable<4> = CounterTable::new();
+        for (i, name) in [3u8, 1, 3, 2].into_iter().enumerate() {
+            let add = Add {
+                counter: name,
+                delta: 5,
+            }
+            .encode();
+            t.apply(&command(i as u64 + 1, &add)).unwrap();
+        }
+        let mut buf = [0u8; CounterTable::<4>::ENCODED_LEN];
+        assert_eq!(t.encode(&mut buf), Ok(buf.len()));
+        let back = CounterTable::<4>::decode(&buf).unwrap();
+        assert_eq!(back.digest(), t.digest());
+        assert_eq!((back.get(3), back.applied(), back.commands()), (10, 4, 4));
+        assert!(t.encode(&mut [0u8; 8]).is_err());
+        assert!(CounterTable::<4>::decode(&buf[..20]).is_err());
+        assert!(CounterTable::<1>::decode(&buf).is_err());
     }
 
     #[test]

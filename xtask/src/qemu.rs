@@ -14,8 +14,15 @@
 //! 5. a follower cut off by the hub and healed rejoins without disturbing
 //!    the leader (pre-vote: no board's term moves);
 //! 6. entries still commit while the hub drops 20 % of the frames;
-//! 7. at the end, for every index two boards both applied, their digests
-//!    agree (State Machine Safety across the whole run).
+//! 7. every board's journal compacted (snapshot of its counter table, log
+//!    rewritten into the other flash bank: a `compacted` line) at least
+//!    once, and the cluster kept committing past the highest of those
+//!    first compaction points: the boards run indefinitely;
+//! 8. a follower killed after its journal compacted restarts from the
+//!    snapshot in its flash and catches up;
+//! 9. at the end, for every index two boards both applied, their digests
+//!    agree (State Machine Safety across the whole run, snapshots a board
+//!    restored from or installed included).
 //!
 //! Exits non-zero if any check fails; the logs stay in the run directory.
 
@@ -81,6 +88,13 @@ struct View {
     digests: BTreeMap<u64, String>,
     /// Highest term any state or status line of this board showed.
     max_term: u64,
+    /// `compacted` lines, and the index the first one compacted through.
+    compactions: u64,
+    first_compaction: Option<u64>,
+    /// Snapshots installed from a leader (`installed snapshot` lines).
+    installs: u64,
+    /// The index of the snapshot the board booted from (0: none).
+    restored_snapshot: Option<u64>,
 }
 
 /// `key=value` pairs after `word ` in `line`.
@@ -116,9 +130,28 @@ impl View {
             if let Some(d) = f.get("digest") {
                 self.digests.insert(index, d.to_string());
             }
+        } else if let Some(f) = fields(line, "compacted") {
+            let through = num(&f, "through");
+            self.compactions += 1;
+            self.first_compaction.get_or_insert(through);
+            if let Some(d) = f.get("digest") {
+                self.digests.insert(through, d.to_string());
+            }
+        } else if let Some(f) = fields(line, "installed") {
+            let index = num(&f, "index");
+            self.installs += 1;
+            self.applied = self.applied.max(index);
+            if let Some(d) = f.get("digest") {
+                self.digests.insert(index, d.to_string());
+            }
         } else if let Some(f) = fields(line, "restored") {
             self.restored_last = Some(num(&f, "last"));
             self.term = num(&f, "term");
+            let snapshot = num(&f, "snapshot");
+            self.restored_snapshot = Some(snapshot);
+            if let (true, Some(d)) = (snapshot > 0, f.get("digest")) {
+                self.digests.insert(snapshot, d.to_string());
+            }
         }
         self.max_term = self.max_term.max(self.term);
     }
@@ -565,7 +598,75 @@ fn scenario(c: &mut Cluster, report: &mut Report) -> Result<()> {
     );
     let _ = c.hub("stats");
 
-    // 7. Safety over the whole run.
+    // 7. The journals compacted, and the cluster committed past that.
+    let compacted_past = |c: &Cluster| {
+        let all = c.views.iter().all(|v| v.compactions > 0);
+        let point = c
+            .views
+            .iter()
+            .filter_map(|v| v.first_compaction)
+            .max()
+            .unwrap_or(u64::MAX);
+        (all && c.common_applied() > point).then_some(point)
+    };
+    let took = c.wait(Duration::from_secs(60), |c| compacted_past(c).is_some());
+    let compactions: Vec<u64> = c.views.iter().map(|v| v.compactions).collect();
+    let installs: u64 = c.views.iter().map(|v| v.installs).sum();
+    report.check(
+        "journals compacted and the cluster committed past it",
+        match (took, compacted_past(c)) {
+            (Some(_), Some(point)) => Ok(format!(
+                "compactions per board {compactions:?} (every board's first at index <= {point}), \
+                 {installs} snapshots installed from a leader, every board applied through {}",
+                c.common_applied()
+            )),
+            _ => Err(format!(
+                "compactions per board {compactions:?}, first at {:?}, common applied {}",
+                c.views
+                    .iter()
+                    .map(|v| v.first_compaction)
+                    .collect::<Vec<_>>(),
+                c.common_applied()
+            )),
+        },
+    );
+
+    // 8. A board restarts from its compacted journal: its table from the
+    //    snapshot in flash, the entries after it from the log.
+    if let Some((leader, _)) = c.agreed_leader() {
+        let board = (1..=boards).find(|&n| n != leader).unwrap_or(1);
+        c.kill(board);
+        println!("==> killed board {board} (a follower with a compacted journal)");
+        c.boot(board)?;
+        let _ = c.wait(Duration::from_secs(10), |c| {
+            c.views[board - 1].restored_snapshot.is_some()
+        });
+        let snapshot = c.views[board - 1].restored_snapshot.unwrap_or(0);
+        // New entries too: it keeps committing after the restart.
+        let goal = c.views[leader - 1].commit.max(snapshot) + 2;
+        let caught = c
+            .wait(Duration::from_secs(30), |c| {
+                c.views[board - 1].applied >= goal && c.divergence().is_none()
+            })
+            .is_some();
+        report.check(
+            "a board restarts from its snapshot in flash and catches up",
+            if snapshot > 0 && caught {
+                Ok(format!(
+                    "board {board} booted from its snapshot at index {snapshot}, then applied through {} (goal {goal})",
+                    c.views[board - 1].applied
+                ))
+            } else {
+                Err(format!(
+                    "board {board} booted from snapshot {snapshot}, applied {} of {goal}, {:?}",
+                    c.views[board - 1].applied,
+                    c.divergence()
+                ))
+            },
+        );
+    }
+
+    // 9. Safety over the whole run.
     let _ = c.wait(Duration::from_secs(2), |_| false);
     let compared: usize = c.views.iter().map(|v| v.digests.len()).sum();
     report.check(
@@ -669,5 +770,13 @@ mod tests {
         assert_eq!(v.digests.get(&9).map(String::as_str), Some("deadbeef"));
         v.update("0.002 INFO restored term=4 vote=1 last=8 records=9 flash_used=280 mark=0");
         assert_eq!((v.restored_last, v.max_term), (Some(8), 4));
+        v.update("3.1 INFO compacted through=16 first=17 last=18 bank=1 generation=1 flash_used=96 digest=0b");
+        v.update("4.1 INFO compacted through=32 first=33 last=33 bank=0 generation=2 flash_used=96 digest=0c");
+        assert_eq!((v.compactions, v.first_compaction), (2, Some(16)));
+        assert_eq!(v.digests.get(&32).map(String::as_str), Some("0c"));
+        v.update("5.0 INFO installed snapshot index=48 term=5 digest=0d commands=40");
+        assert_eq!((v.installs, v.applied, v.max_term), (1, 48, 4));
+        v.update("0.002 INFO restored term=5 vote=1 last=50 records=9 flash_used=280 mark=0 snapshot=48 digest=0d");
+        assert_eq!((v.restored_last, v.term), (Some(50), 5));
     }
 }

@@ -4,10 +4,15 @@
 //! id, the address and the peers come from the MAC QEMU gives the board
 //! (see `coracle_embedded::board`). Logs go out as defmt over semihosting.
 //!
-//! The leader proposes `counter[its id] += 1` every 500 ms until the log
-//! holds [`PROPOSE_UNTIL`] entries; every board logs each entry it applies
-//! with the digest of its table, and a status line every 500 ms, which is
-//! what `cargo xtask qemu-cluster` reads.
+//! The leader proposes `counter[its id] += 1` every 500 ms, for as long as
+//! the board runs: every [`COMPACT_EVERY`] applied entries (or when the log
+//! or its flash bank fills) a board snapshots its counter table into the
+//! journal and compacts the log (a `compacted` line), so neither the RAM
+//! log nor the flash ever fills. A board that falls behind the leader's
+//! snapshot gets it (InstallSnapshot) and restores its table from it (an
+//! `installed snapshot` line). Every board logs each entry it applies with
+//! the digest of its table, and a status line every 500 ms, which is what
+//! `cargo xtask qemu-cluster` reads.
 #![no_std]
 #![no_main]
 
@@ -15,7 +20,9 @@ mod flash;
 mod lan9118;
 mod time;
 
-use coracle::{Config, Node, NodeId, Output, Role};
+use core::cell::RefCell;
+
+use coracle::{Config, Node, NodeId, Output, Role, SnapshotMeta};
 use coracle_embedded::board::{Board, UDP_PORT};
 use coracle_embedded::counters::{Add, CounterTable};
 use coracle_embedded::journal::{FlashLog, MarkStore};
@@ -39,14 +46,19 @@ const PEERS: usize = 5;
 const MTU: usize = 1024;
 /// Entries in one AppendEntries (and the decoder's capacity).
 const ENTRIES: usize = 16;
-/// Entries the log holds (the journal keeps them all: no snapshots).
+/// Entries the RAM log holds (compaction keeps it short).
 const LOG_CAP: usize = 128;
 /// Bytes of one command (an `Add` is 6).
 const DATA: usize = 8;
-/// The leader proposes until the log holds this many entries.
-const PROPOSE_UNTIL: u64 = LOG_CAP as u64 - 24;
 /// Counters in the table.
 const COUNTERS: usize = 8;
+/// Bytes of a snapshot of the table.
+const SNAP: usize = CounterTable::<COUNTERS>::ENCODED_LEN;
+/// A snapshot and a compaction every this many applied entries.
+const COMPACT_EVERY: u64 = 16;
+/// The leader stops proposing while this many entries are uncommitted
+/// (followers away): room stays for theirs.
+const UNCOMMITTED: u64 = 32;
 /// The core's tick.
 const TICK_MS: u64 = 10;
 /// Minimum election timeout, in ticks (500 ms; randomized to [500, 1000) ms).
@@ -58,7 +70,22 @@ const MARK_FLASH: usize = 4 * 1024;
 const CLUSTER: u64 = 0x00c0_ac1e;
 const KEY: [u8; 32] = *b"coracle qemu cluster demo key!!!";
 
-type Log = FlashLog<SemihostingFlash<LOG_FLASH>, LOG_CAP, DATA>;
+type Log = FlashLog<SemihostingFlash<LOG_FLASH>, LOG_CAP, DATA, SNAP>;
+type Table = CounterTable<COUNTERS>;
+
+/// The table of the snapshot the log installed last (from a leader), until
+/// `Output::RestoreSnapshot` takes it (the application cannot reach the log
+/// when that output arrives).
+static INSTALLED: cortex_m::interrupt::Mutex<RefCell<Option<Table>>> =
+    cortex_m::interrupt::Mutex::new(RefCell::new(None));
+
+/// The log's install hook: keeps the installed snapshot's table.
+fn on_install(meta: &SnapshotMeta, data: &[u8]) {
+    let table = Table::decode(data)
+        .ok()
+        .filter(|t| t.applied() == meta.index);
+    cortex_m::interrupt::free(|cs| *INSTALLED.borrow(cs).borrow_mut() = table);
+}
 type Udp = UdpNode<Log, PEERS, MTU, ENTRIES>;
 
 defmt::timestamp!("{=u64:ms}", time::now_ms());
@@ -94,7 +121,9 @@ fn role_name(role: Role) -> &'static str {
 /// and the periodic proposals and status lines.
 struct App {
     id: NodeId,
-    table: CounterTable<COUNTERS>,
+    table: Table,
+    /// The node asked for a snapshot (its log is full).
+    snapshot_needed: bool,
     marks: MarkStore<SemihostingFlash<MARK_FLASH>>,
     next_tick: Instant,
     ticks: u32,
@@ -120,13 +149,76 @@ impl Application for App {
                 s.term,
                 s.leader.unwrap_or(0)
             ),
-            Output::SnapshotNeeded => warn!("log full"),
+            Output::RestoreSnapshot { index, term } => {
+                let table = cortex_m::interrupt::free(|cs| INSTALLED.borrow(cs).take());
+                match table {
+                    Some(table) if table.applied() == index => self.table = table,
+                    _ => halt("the snapshot to restore is missing"),
+                }
+                info!(
+                    "installed snapshot index={=u64} term={=u64} digest={=u32:08x} commands={=u64}",
+                    index,
+                    term,
+                    self.table.digest(),
+                    self.table.commands()
+                );
+            }
+            Output::SnapshotNeeded => {
+                warn!("log full: snapshot needed");
+                self.snapshot_needed = true;
+            }
             _ => {}
         }
     }
 
     fn persist_counter(&mut self, mark: u64) -> bool {
         self.marks.store(mark).is_ok()
+    }
+}
+
+impl App {
+    /// Snapshots the table and compacts the log through its applied index,
+    /// every [`COMPACT_EVERY`] entries, or sooner when the log or its flash
+    /// bank fills.
+    fn compact(&mut self, udp: &mut Udp) {
+        let node = udp.node_mut();
+        let applied = self.table.applied();
+        let log = node.log();
+        let kept = coracle::LogStorage::snapshot_meta(log).map_or(0, |m| m.index);
+        let bank_full = log.used() * 4 > log.bank_size() * 3;
+        let due = applied >= kept + COMPACT_EVERY || self.snapshot_needed || bank_full;
+        if applied <= kept || !due {
+            return;
+        }
+        self.snapshot_needed = false;
+        let mut bytes = [0u8; SNAP];
+        let Ok(len) = self.table.encode(&mut bytes) else {
+            return;
+        };
+        let Some(meta) = node.snapshot_meta_at(applied, len as u64) else {
+            return;
+        };
+        if let Err(e) = node.log_mut().save_snapshot(meta, &bytes[..len]) {
+            warn!("snapshot refused: {}", defmt::Display2Format(&e));
+            return;
+        }
+        match node.compact(applied) {
+            Ok(()) => {
+                let log = node.log();
+                let (bank, generation) = log.bank();
+                info!(
+                    "compacted through={=u64} first={=u64} last={=u64} bank={=usize} generation={=u64} flash_used={=usize} digest={=u32:08x}",
+                    applied,
+                    coracle::LogStorage::first_index(log),
+                    coracle::LogStorage::last_index(log),
+                    bank,
+                    generation,
+                    log.used(),
+                    self.table.digest()
+                );
+            }
+            Err(e) => warn!("compaction failed: {}", defmt::Display2Format(&e)),
+        }
     }
 }
 
@@ -146,8 +238,9 @@ impl Control<Udp> for App {
         if !self.ticks.is_multiple_of(5) {
             return;
         }
+        self.compact(udp);
         let node = udp.node_mut();
-        if node.role() == Role::Leader && node.last_index() < PROPOSE_UNTIL {
+        if node.role() == Role::Leader && node.last_index() < node.commit_index() + UNCOMMITTED {
             let add = Add {
                 counter: self.id as u8,
                 delta: 1,
@@ -213,17 +306,26 @@ fn main() -> ! {
         SemihostingFlash::open(c"coracle-log.bin").unwrap_or_else(|_| halt("log flash"));
     let mark_flash =
         SemihostingFlash::open(c"coracle-mark.bin").unwrap_or_else(|_| halt("mark flash"));
-    let log = Log::open(log_flash).unwrap_or_else(|_| halt("log journal"));
+    let mut log = Log::open(log_flash).unwrap_or_else(|_| halt("log journal"));
+    log.set_install_hook(on_install);
+    // The table from the snapshot the journal keeps; entries after it are
+    // applied again from the log.
+    let table = match log.snapshot() {
+        Some((_, data)) => Table::decode(data).unwrap_or_else(|_| halt("snapshot")),
+        None => Table::new(),
+    };
     let marks = MarkStore::open(mark_flash).unwrap_or_else(|_| halt("mark store"));
     let hs = coracle::LogStorage::hard_state(&log);
     info!(
-        "restored term={=u64} vote={=u64} last={=u64} records={=usize} flash_used={=usize} mark={=u64}",
+        "restored term={=u64} vote={=u64} last={=u64} records={=usize} flash_used={=usize} mark={=u64} snapshot={=u64} digest={=u32:08x}",
         hs.current_term,
         hs.voted_for.unwrap_or(0),
         coracle::LogStorage::last_index(&log),
         log.replayed(),
         log.used(),
-        marks.mark().unwrap_or(0)
+        marks.mark().unwrap_or(0),
+        table.applied(),
+        table.digest()
     );
 
     // The node.
@@ -232,6 +334,7 @@ fn main() -> ! {
     config.heartbeat_ticks = 10;
     config.retransmit_ticks = 20;
     config.max_entry_bytes = DATA;
+    config.applied = table.applied();
     let node = Node::new(config, log, &board.members()).unwrap_or_else(|_| halt("node config"));
     let key = ClusterKey::from_bytes(KEY);
     let counter = SendCounter::resume(marks.mark(), 1024);
@@ -277,7 +380,8 @@ fn main() -> ! {
 
     let mut app = App {
         id,
-        table: CounterTable::new(),
+        table,
+        snapshot_needed: false,
         marks,
         next_tick: Instant::now(),
         ticks: 0,
