@@ -358,7 +358,8 @@ fn node(config: PathBuf, watch_stdin: bool) -> Result<(), Error> {
             let _ = stdin_closed.try_send(());
         });
     }
-    let stopped_by_signal = smol::block_on(async {
+    // Waits with a plain parker (the executor thread drives the reactor; see server.rs).
+    let stopped_by_signal = smol::future::block_on(async {
         let signal = async {
             smol::future::or(
                 async {

@@ -222,7 +222,10 @@ impl RunningNode {
         info!(node = cfg.id, addr = %local_addr, data = %cfg.data_dir.display(), voters = ?voters, "node started");
         let thread = std::thread::Builder::new()
             .name(format!("coracle-node-{}", cfg.id))
-            .spawn(move || smol::block_on(host.run(node, in_rx, call_rx)))
+            // A plain parker, not `smol::block_on`: the executor thread drives the I/O
+            // reactor, so a packet's event and the tasks it wakes stay on one thread (a
+            // second reactor driver here would hand every event over with a thread switch).
+            .spawn(move || smol::future::block_on(host.run(node, in_rx, call_rx)))
             .map_err(|source| NodeError::Bind {
                 addr: cfg.listen,
                 source,
