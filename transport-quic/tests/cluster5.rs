@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{leader, spawn_node, wait_for, Proc, Setup};
+use common::{leader, spawn_node, wait_for, writes_survive_a_leader_kill, Proc, Setup};
 use coracle_quic::client::Client;
 use coracle_quic::config::NodeConfig;
 use coracle_quic::protocol::{AdminOp, Consistency, NodeStatus};
@@ -38,33 +38,7 @@ fn five_processes_elect_commit_survive_a_leader_kill_and_restart() {
     let setup = Setup::new("c5", 5);
     let mut procs: Vec<Proc> = (1..=5).map(|id| spawn_node(&setup, id)).collect();
     let client = setup.client("client-alice");
-    let first = wait_for(Duration::from_secs(20), || leader(&client, &setup.addrs))
-        .expect("a leader within 20 s");
-    smol::block_on(async {
-        for i in 0..30 {
-            client.put(format!("k{i}"), format!("v{i}")).await.unwrap();
-        }
-    });
-
-    procs[first as usize - 1].kill();
-    smol::block_on(async {
-        for i in 30..60 {
-            client.put(format!("k{i}"), format!("v{i}")).await.unwrap();
-        }
-    });
-    let second = wait_for(Duration::from_secs(20), || {
-        leader(&client, &setup.addrs).filter(|&l| l != first)
-    })
-    .expect("a new leader");
-    assert_ne!(first, second);
-
-    // Every acknowledged write is there, read linearizably.
-    smol::block_on(async {
-        for i in 0..60 {
-            let v = client.get(format!("k{i}")).await.unwrap();
-            assert_eq!(v, Some(format!("v{i}").into_bytes()), "k{i}");
-        }
-    });
+    let (first, second) = writes_survive_a_leader_kill(&setup, &mut procs, &client, 30);
 
     // The killed node restarts from its data directory and catches up; all five agree.
     procs[first as usize - 1] = spawn_node(&setup, first);

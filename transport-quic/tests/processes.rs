@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{leader, spawn_node, wait_for, Proc, Setup, BIN};
+use common::{spawn_node, wait_for, writes_survive_a_leader_kill, Proc, Setup, BIN};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -15,35 +15,8 @@ fn three_processes_elect_commit_and_survive_a_leader_kill() {
     let setup = Setup::new("procs", 3);
     let mut procs: Vec<Proc> = (1..=3).map(|id| spawn_node(&setup, id)).collect();
     let client = setup.client("client-alice");
-    let first = wait_for(Duration::from_secs(20), || leader(&client, &setup.addrs))
-        .expect("a leader within 20 s");
-
+    let (first, second) = writes_survive_a_leader_kill(&setup, &mut procs, &client, 20);
     smol::block_on(async {
-        for i in 0..20 {
-            client.put(format!("k{i}"), format!("v{i}")).await.unwrap();
-        }
-    });
-
-    procs[first as usize - 1].kill();
-
-    // Writes go on under a new leader (the client follows it).
-    smol::block_on(async {
-        for i in 20..40 {
-            client.put(format!("k{i}"), format!("v{i}")).await.unwrap();
-        }
-    });
-    let second = wait_for(Duration::from_secs(20), || {
-        leader(&client, &setup.addrs).filter(|&l| l != first)
-    })
-    .expect("a new leader");
-    assert_ne!(first, second);
-
-    // Every acknowledged write is there, read linearizably.
-    smol::block_on(async {
-        for i in 0..40 {
-            let v = client.get(format!("k{i}")).await.unwrap();
-            assert_eq!(v, Some(format!("v{i}").into_bytes()), "k{i}");
-        }
         let listed = client
             .list("k", 100, coracle_quic::protocol::Consistency::Linearizable)
             .await

@@ -217,3 +217,40 @@ pub fn spawn_node(setup: &Setup, id: u64) -> Proc {
     let config = setup.write_config(id);
     spawn_with(setup, id, &config)
 }
+
+/// The common first act of the process tests: wait for a leader, write `k0..k{n}`, kill the
+/// leader (SIGKILL), write `k{n}..k{2n}` under the new leader (the client follows it), and
+/// read all `2n` back linearizably. Returns the first and the second leader.
+pub fn writes_survive_a_leader_kill(
+    setup: &Setup,
+    procs: &mut [Proc],
+    client: &Client,
+    n: usize,
+) -> (u64, u64) {
+    let first = wait_for(Duration::from_secs(20), || leader(client, &setup.addrs))
+        .expect("a leader within 20 s");
+    smol::block_on(async {
+        for i in 0..n {
+            client.put(format!("k{i}"), format!("v{i}")).await.unwrap();
+        }
+    });
+    procs[first as usize - 1].kill();
+    smol::block_on(async {
+        for i in n..2 * n {
+            client.put(format!("k{i}"), format!("v{i}")).await.unwrap();
+        }
+    });
+    let second = wait_for(Duration::from_secs(20), || {
+        leader(client, &setup.addrs).filter(|&l| l != first)
+    })
+    .expect("a new leader");
+    assert_ne!(first, second);
+    // Every acknowledged write is there, read linearizably.
+    smol::block_on(async {
+        for i in 0..2 * n {
+            let v = client.get(format!("k{i}")).await.unwrap();
+            assert_eq!(v, Some(format!("v{i}").into_bytes()), "k{i}");
+        }
+    });
+    (first, second)
+}
