@@ -2,6 +2,7 @@
 //! hardware, so they are tested on the host, and the host side of the QEMU
 //! cluster.
 //!
+//! - [`compaction`]: when a board snapshots its table and compacts its log;
 //! - [`counters`]: the replicated state machine, a table of counters in
 //!   `heapless` storage;
 //! - [`board`]: a board's node id, address and peers, read from its MAC, so
@@ -16,6 +17,7 @@
 #![cfg_attr(not(feature = "std"), no_std)]
 
 pub mod board;
+pub mod compaction;
 pub mod counters;
 #[cfg(feature = "std")]
 pub mod hub;

@@ -38,6 +38,7 @@ use core::cell::RefCell;
 
 use coracle::{Config, Node, NodeId, Output, Role, SnapshotMeta};
 use coracle_embedded::board::{mac_for, Board, UDP_PORT};
+use coracle_embedded::compaction::snapshot_and_compact;
 use coracle_embedded::counters::{Add, CounterTable};
 use coracle_embedded::journal::{FlashLog, MarkStore};
 use coracle_udp::codec::{mtu_config, Link};
@@ -246,43 +247,20 @@ impl App {
     /// every [`COMPACT_EVERY`] entries, or sooner when the log or its flash
     /// bank fills.
     fn compact(&mut self, udp: &mut Udp) {
-        let node = udp.node_mut();
-        let applied = self.table.applied();
-        let log = node.log();
-        let kept = coracle::LogStorage::snapshot_meta(log).map_or(0, |m| m.index);
-        let bank_full = log.used() * 4 > log.bank_size() * 3;
-        let due = applied >= kept + COMPACT_EVERY || self.snapshot_needed || bank_full;
-        if applied <= kept || !due {
-            return;
-        }
-        self.snapshot_needed = false;
-        let mut bytes = [0u8; SNAP];
-        let Ok(len) = self.table.encode(&mut bytes) else {
-            return;
-        };
-        let Some(meta) = node.snapshot_meta_at(applied, len as u64) else {
-            return;
-        };
-        if let Err(e) = node.log_mut().save_snapshot(meta, &bytes[..len]) {
-            warn!("snapshot refused: {}", defmt::Display2Format(&e));
-            return;
-        }
-        match node.compact(applied) {
-            Ok(()) => {
-                let log = node.log();
-                let (bank, generation) = log.bank();
-                info!(
-                    "compacted through={=u64} first={=u64} last={=u64} bank={=usize} generation={=u64} flash_used={=usize} digest={=u32:08x}",
-                    applied,
-                    coracle::LogStorage::first_index(log),
-                    coracle::LogStorage::last_index(log),
-                    bank,
-                    generation,
-                    log.used(),
-                    self.table.digest()
-                );
-            }
-            Err(e) => warn!("compaction failed: {}", defmt::Display2Format(&e)),
+        let needed = &mut self.snapshot_needed;
+        match snapshot_and_compact(udp.node_mut(), &self.table, COMPACT_EVERY, needed) {
+            Ok(Some(c)) => info!(
+                "compacted through={=u64} first={=u64} last={=u64} bank={=usize} generation={=u64} flash_used={=usize} digest={=u32:08x}",
+                c.through,
+                c.first,
+                c.last,
+                c.bank.0,
+                c.bank.1,
+                c.flash_used,
+                self.table.digest()
+            ),
+            Ok(None) => {}
+            Err(e) => warn!("compaction failed: {}", defmt::Debug2Format(&e)),
         }
     }
 }
