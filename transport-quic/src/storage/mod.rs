@@ -314,6 +314,25 @@ pub struct FileLog {
     recovery: RecoveryReport,
 }
 
+/// Records written by [`FileLog::write_buffered`] and not yet durable: [`complete`]
+/// (`fdatasync` of their segment) may run on any thread.
+///
+/// [`complete`]: PendingSync::complete
+#[derive(Debug)]
+pub struct PendingSync {
+    file: File,
+    path: PathBuf,
+}
+
+impl PendingSync {
+    /// Makes the records durable (blocks for one `fdatasync`).
+    pub fn complete(self) -> Result<(), FileLogError> {
+        self.file
+            .sync_data()
+            .map_err(io_err(&self.path, "sync segment"))
+    }
+}
+
 impl FileLog {
     /// Opens (creating it if needed) the log in `dir` with the default [`Options`].
     pub fn open(dir: impl AsRef<Path>) -> Result<FileLog, FileLogError> {
@@ -411,8 +430,46 @@ impl FileLog {
     }
 
     fn sync_inner(&mut self) -> Result<(), FileLogError> {
+        match self.write_inner()? {
+            Some(pending) => pending.complete(),
+            None => Ok(()),
+        }
+    }
+
+    /// The first half of [`sync`](Self::sync), so the `fdatasync` can run on another
+    /// thread while this one goes on: makes the hard state durable (if it changed; rare),
+    /// writes the buffered records with one write, and returns the [`PendingSync`] that
+    /// makes them durable. `None`: nothing was buffered, and every record written before
+    /// is durable once the last `PendingSync` completed.
+    ///
+    /// Only what was written before a `PendingSync` is durable when it completes; report
+    /// its result with [`sync_completed`](Self::sync_completed) before calling
+    /// [`Node::synced`](coracle::Node::synced). Run one at a time: a write during an
+    /// `fdatasync` is not covered by it, and is written by the next call.
+    pub fn write_buffered(&mut self) -> io::Result<Option<PendingSync>> {
+        if self.failed {
+            return Err(FileLogError::Failed.into());
+        }
+        self.write_inner().map_err(|e| {
+            let out = io::Error::new(e.kind(), e.to_string());
+            self.fail(e);
+            out
+        })
+    }
+
+    /// Takes the result of a [`PendingSync`]: a failure poisons the log, as a failed
+    /// [`sync`](Self::sync) does.
+    pub fn sync_completed(&mut self, result: Result<(), FileLogError>) -> io::Result<()> {
+        result.map_err(|e| {
+            let out = io::Error::new(e.kind(), e.to_string());
+            self.fail(e);
+            out
+        })
+    }
+
+    fn write_inner(&mut self) -> Result<Option<PendingSync>, FileLogError> {
         if !self.hard_state_dirty && self.pending.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         self.stats.syncs += 1;
         if self.hard_state_dirty {
@@ -420,24 +477,29 @@ impl FileLog {
             self.stats.fsyncs += 2;
             self.hard_state_dirty = false;
         }
-        if !self.pending.is_empty() {
-            let seg = self.segments.last_mut().ok_or(FileLogError::Failed)?;
-            let path = &seg.path;
-            self.active
-                .seek(SeekFrom::Start(seg.len))
-                .map_err(io_err(path, "seek in segment"))?;
-            self.active
-                .write_all(&self.pending)
-                .map_err(io_err(path, "write segment"))?;
-            self.active
-                .sync_data()
-                .map_err(io_err(path, "sync segment"))?;
-            self.stats.fsyncs += 1;
-            self.stats.bytes_written += self.pending.len() as u64;
-            seg.len += self.pending.len() as u64;
-            self.pending.clear();
+        if self.pending.is_empty() {
+            return Ok(None);
         }
-        Ok(())
+        let seg = self.segments.last_mut().ok_or(FileLogError::Failed)?;
+        let path = &seg.path;
+        let file = self
+            .active
+            .try_clone()
+            .map_err(io_err(path, "duplicate the segment handle"))?;
+        self.active
+            .seek(SeekFrom::Start(seg.len))
+            .map_err(io_err(path, "seek in segment"))?;
+        self.active
+            .write_all(&self.pending)
+            .map_err(io_err(path, "write segment"))?;
+        self.stats.fsyncs += 1;
+        self.stats.bytes_written += self.pending.len() as u64;
+        seg.len += self.pending.len() as u64;
+        self.pending.clear();
+        Ok(Some(PendingSync {
+            file,
+            path: path.clone(),
+        }))
     }
 
     /// Saves `data`, the state machine through `meta.index`, as the snapshot described by

@@ -268,6 +268,63 @@ fn group_commit_is_one_fsync_for_many_appends() {
 }
 
 #[test]
+fn a_sync_split_across_threads_makes_what_it_wrote_durable() {
+    let dir = TempDir::new("split");
+    let mut log = FileLog::open(dir.path()).unwrap();
+    append_range(&mut log, 1..=100, 1);
+    let pending = log
+        .write_buffered()
+        .unwrap()
+        .expect("records were buffered");
+    assert_eq!(log.pending_bytes(), 0);
+    // The fdatasync runs on another thread while this one appends more.
+    let fsync = std::thread::spawn(move || pending.complete());
+    append_range(&mut log, 101..=150, 1);
+    log.sync_completed(fsync.join().unwrap()).unwrap();
+    // The appends made meanwhile were not covered: the next round writes them.
+    let next = log
+        .write_buffered()
+        .unwrap()
+        .expect("101..=150 still buffered");
+    log.sync_completed(next.complete()).unwrap();
+    assert!(
+        log.write_buffered().unwrap().is_none(),
+        "nothing left to write"
+    );
+    drop(log);
+    assert_eq!(
+        contents(&FileLog::open(dir.path()).unwrap()),
+        expected(1..=150, 1)
+    );
+
+    // A truncation of written records while their fdatasync is running is durable by
+    // itself; the cut records do not come back.
+    let dir = TempDir::new("split-truncate");
+    let mut log = FileLog::open(dir.path()).unwrap();
+    append_range(&mut log, 1..=10, 1);
+    let pending = log.write_buffered().unwrap().unwrap();
+    log.truncate_suffix(6).unwrap();
+    log.sync_completed(pending.complete()).unwrap();
+    drop(log);
+    assert_eq!(
+        contents(&FileLog::open(dir.path()).unwrap()),
+        expected(1..=5, 1)
+    );
+
+    // A failed fdatasync poisons the log, as a failed sync does.
+    let dir = TempDir::new("split-fail");
+    let mut log = FileLog::open(dir.path()).unwrap();
+    append_range(&mut log, 1..=3, 1);
+    let _written = log.write_buffered().unwrap().unwrap();
+    assert!(log.sync_completed(Err(FileLogError::Failed)).is_err());
+    assert!(log.is_failed());
+    assert!(
+        log.write_buffered().is_err(),
+        "no more writes after a failed sync"
+    );
+}
+
+#[test]
 fn truncated_entries_never_come_back_after_a_crash() {
     let dir = TempDir::new("truncate");
     {
