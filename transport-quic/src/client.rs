@@ -7,6 +7,10 @@
 //! tries the next node with a growing backoff, until the request's deadline
 //! ([`Client::with_timeout`]).
 //!
+//! Calls share one QUIC connection and one stream: each request is written with an id and
+//! the call waits for the answer with that id, so concurrent calls on one `Client` are in
+//! flight together (pipelined) and requests written together leave in the same packets.
+//!
 //! Writes are exactly-once: each gets a sequence number in the client's session, kept
 //! across retries, and the state machine applies a `(session, seq)` pair at most once.
 //! Reads are linearizable by default ([`Consistency::Linearizable`]).
@@ -29,17 +33,18 @@
 
 use crate::certs::ANY_NODE_NAME;
 use crate::protocol::{
-    AdminOp, Consistency, ErrorKind, NodeStatus, ReadOp, Request, Response, WriteOp, WriteOutcome,
-    MAX_CLIENT_FRAME,
+    append_frame, AdminOp, Consistency, ErrorKind, NodeStatus, ReadOp, Request, Response,
+    ResponseFrame, WriteOp, WriteOutcome, MAX_CLIENT_FRAME,
 };
 use crate::tls::{self, Credentials, QuicSettings, TlsError};
 use crate::transport::read_frame;
 use coracle::Index;
-use std::collections::BTreeSet;
+use smol::channel::{self, Sender};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 /// Why a client call failed.
@@ -84,7 +89,7 @@ pub struct Client {
     endpoint: quinn::Endpoint,
     config: quinn::ClientConfig,
     nodes: Vec<SocketAddr>,
-    current: Mutex<Option<(SocketAddr, quinn::Connection)>>,
+    current: Mutex<Option<Arc<Session>>>,
     cursor: AtomicUsize,
     session: u64,
     next_seq: AtomicU64,
@@ -299,7 +304,7 @@ impl Client {
     /// the same session and sequence number is applied once.
     pub async fn call(&self, request: &Request) -> Result<Response, ClientError> {
         let deadline = Instant::now() + self.timeout;
-        let mut target = lock(&self.current).as_ref().map(|(a, _)| *a);
+        let mut target = lock(&self.current).as_ref().map(|s| s.addr);
         let mut backoff = Duration::from_millis(10);
         let mut last;
         loop {
@@ -334,7 +339,7 @@ impl Client {
                 Err(e) => {
                     last = format!("{addr}: {e}");
                     let mut cur = lock(&self.current);
-                    if cur.as_ref().is_some_and(|(a, _)| *a == addr) {
+                    if cur.as_ref().is_some_and(|s| s.addr == addr) {
                         *cur = None;
                     }
                 }
@@ -353,26 +358,9 @@ impl Client {
         addr: SocketAddr,
         request: &Request,
     ) -> Result<Response, ClientError> {
-        let bytes =
-            postcard::to_allocvec(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let work = async {
-            let conn = self.connection(addr).await?;
-            let (mut send, mut recv) = conn
-                .open_bi()
-                .await
-                .map_err(|e| ClientError::Protocol(e.to_string()))?;
-            let mut frame = (bytes.len() as u32).to_le_bytes().to_vec();
-            frame.extend_from_slice(&bytes);
-            send.write_all(&frame)
-                .await
-                .map_err(|e| ClientError::Protocol(e.to_string()))?;
-            let _ = send.finish();
-            let answer = read_frame(&mut recv, MAX_CLIENT_FRAME)
-                .await
-                .map_err(|e| ClientError::Protocol(e.to_string()))?
-                .ok_or_else(|| ClientError::Protocol("stream closed without an answer".into()))?;
-            postcard::from_bytes::<Response>(&answer)
-                .map_err(|e| ClientError::Protocol(e.to_string()))
+            let session = self.session_with(addr).await?;
+            session.call(request).await
         };
         let timeout = self.attempt_timeout;
         smol::future::or(work, async {
@@ -382,10 +370,12 @@ impl Client {
         .await
     }
 
-    async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, ClientError> {
-        if let Some((a, c)) = lock(&self.current).as_ref() {
-            if *a == addr && c.close_reason().is_none() {
-                return Ok(c.clone());
+    /// The session with the node at `addr`: the current one, or a new connection and
+    /// request stream (which replaces the current one).
+    async fn session_with(&self, addr: SocketAddr) -> Result<Arc<Session>, ClientError> {
+        if let Some(s) = lock(&self.current).as_ref() {
+            if s.addr == addr && s.is_usable() {
+                return Ok(s.clone());
             }
         }
         let connecting = self
@@ -393,11 +383,16 @@ impl Client {
             .connect_with(self.config.clone(), addr, ANY_NODE_NAME)
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let timeout = self.connect_timeout;
-        let conn = smol::future::or(
+        let (conn, send, recv) = smol::future::or(
             async {
-                connecting
+                let conn = connecting
                     .await
-                    .map_err(|e| ClientError::Protocol(format!("connect to {addr}: {e}")))
+                    .map_err(|e| ClientError::Protocol(format!("connect to {addr}: {e}")))?;
+                let (send, recv) = conn
+                    .open_bi()
+                    .await
+                    .map_err(|e| ClientError::Protocol(format!("open a stream to {addr}: {e}")))?;
+                Ok((conn, send, recv))
             },
             async {
                 smol::Timer::after(timeout).await;
@@ -405,13 +400,99 @@ impl Client {
             },
         )
         .await?;
-        *lock(&self.current) = Some((addr, conn.clone()));
-        Ok(conn)
+        let session = Arc::new(Session {
+            addr,
+            conn,
+            send: smol::lock::Mutex::new(send),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            broken: AtomicBool::new(false),
+        });
+        smol::spawn(read_answers(Arc::downgrade(&session), recv)).detach();
+        *lock(&self.current) = Some(session.clone());
+        Ok(session)
     }
 
     /// Closes the connection.
     pub fn close(&self) {
         self.endpoint.close(quinn::VarInt::from_u32(0), b"bye");
+    }
+}
+
+/// A connection to one node and the stream that carries the requests: answers come back
+/// tagged with the request's id, in any order. Dropped (closed) once no call uses it and
+/// the client moved on.
+struct Session {
+    addr: SocketAddr,
+    conn: quinn::Connection,
+    send: smol::lock::Mutex<quinn::SendStream>,
+    /// Calls waiting for an answer, by request id.
+    pending: Mutex<HashMap<u64, Sender<Response>>>,
+    next_id: AtomicU64,
+    /// The stream or connection failed: a new session is needed.
+    broken: AtomicBool,
+}
+
+impl Session {
+    fn is_usable(&self) -> bool {
+        !self.broken.load(Ordering::Relaxed) && self.conn.close_reason().is_none()
+    }
+
+    async fn call(&self, request: &Request) -> Result<Response, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut frame = Vec::new();
+        // `(id, request)` encodes exactly as a `RequestFrame` (postcard writes a struct's
+        // fields in order), without cloning the request.
+        append_frame(&mut frame, &(id, request))
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let (tx, rx) = channel::bounded(1);
+        lock(&self.pending).insert(id, tx);
+        // Forgets the call if it ends early (an error, or the caller's timeout dropped it).
+        let _forget = Forget(self, id);
+        let written = self.send.lock().await.write_all(&frame).await;
+        if let Err(e) = written {
+            self.broken.store(true, Ordering::Relaxed);
+            return Err(ClientError::Protocol(format!("{}: {e}", self.addr)));
+        }
+        rx.recv()
+            .await
+            .map_err(|_| ClientError::Protocol(format!("{}: connection lost", self.addr)))
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.conn.close(quinn::VarInt::from_u32(0), b"done");
+    }
+}
+
+struct Forget<'a>(&'a Session, u64);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.pending).remove(&self.1);
+    }
+}
+
+/// Hands each answer on the session's stream to the call waiting for it, until the stream
+/// ends or the session is dropped; then every waiting call learns the connection is lost.
+async fn read_answers(session: Weak<Session>, mut recv: quinn::RecvStream) {
+    loop {
+        let frame = read_frame(&mut recv, MAX_CLIENT_FRAME).await;
+        let Some(s) = session.upgrade() else { return };
+        let answer = match frame {
+            Ok(Some(bytes)) => postcard::from_bytes::<ResponseFrame>(&bytes).ok(),
+            _ => None,
+        };
+        let Some(ResponseFrame { id, response }) = answer else {
+            s.broken.store(true, Ordering::Relaxed);
+            lock(&s.pending).clear();
+            return;
+        };
+        let waiting = lock(&s.pending).remove(&id);
+        if let Some(tx) = waiting {
+            let _ = tx.try_send(response);
+        }
     }
 }
 

@@ -22,6 +22,7 @@
 use crate::protocol::{Command, WriteOp, WriteOutcome};
 use coracle::{Index, NodeId};
 use serde::{Deserialize, Serialize};
+use serde_bytes::{ByteBuf, Bytes};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
@@ -197,20 +198,16 @@ impl Kv {
             })
             .collect();
         sessions.sort_unstable_by_key(|(client, _)| *client);
-        let image = Image {
+        let image = ImageOut {
             version: SNAPSHOT_VERSION,
             applied: self.applied,
             malformed: self.malformed,
-            data: self
-                .data
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            data: Pairs(&self.data),
             sessions,
             addresses: self
                 .addresses
                 .iter()
-                .map(|(&id, a)| (id, a.clone()))
+                .map(|(&id, a)| (id, a.as_str()))
                 .collect(),
         };
         postcard::to_allocvec(&image).map_err(|e| KvSnapshotError(e.to_string()))
@@ -229,7 +226,11 @@ impl Kv {
             )));
         }
         let mut kv = Kv {
-            data: image.data.into_iter().collect(),
+            data: image
+                .data
+                .into_iter()
+                .map(|(k, v)| (k.into_vec(), v.into_vec()))
+                .collect(),
             applied: image.applied,
             malformed: image.malformed,
             addresses: image.addresses.into_iter().collect(),
@@ -253,15 +254,37 @@ impl Kv {
 /// Version of the KV snapshot format.
 const SNAPSHOT_VERSION: u32 = 1;
 
-/// The KV state as a snapshot stores it (postcard).
-#[derive(Serialize, Deserialize)]
+/// The KV state as a snapshot stores it (postcard). Keys and values are byte strings
+/// (`serde_bytes`: one copy each, not a sequence of single bytes).
+#[derive(Deserialize)]
 struct Image {
     version: u32,
     applied: Index,
     malformed: u64,
-    data: Vec<(Vec<u8>, Vec<u8>)>,
+    data: Vec<(ByteBuf, ByteBuf)>,
     sessions: Vec<(u64, SessionImage)>,
     addresses: Vec<(NodeId, String)>,
+}
+
+/// [`Image`] as it is written: borrowing the store, so a snapshot does not copy it first.
+#[derive(Serialize)]
+struct ImageOut<'a> {
+    version: u32,
+    applied: Index,
+    malformed: u64,
+    data: Pairs<'a>,
+    sessions: Vec<(u64, SessionImage)>,
+    addresses: Vec<(NodeId, &'a str)>,
+}
+
+/// The store's pairs, serialized as a sequence of byte-string pairs (the shape of
+/// [`Image::data`]).
+struct Pairs<'a>(&'a BTreeMap<Vec<u8>, Vec<u8>>);
+
+impl Serialize for Pairs<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|(k, v)| (Bytes::new(k), Bytes::new(v))))
+    }
 }
 
 #[derive(Serialize, Deserialize)]

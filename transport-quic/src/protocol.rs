@@ -1,9 +1,17 @@
 //! The KV protocol between clients and nodes, and the commands the log carries.
 //!
-//! A client opens one bidirectional QUIC stream per request, writes one frame (a 4-byte
-//! little-endian length, then a postcard [`Request`]), finishes the stream, and reads one
-//! frame holding a [`Response`]. Enum variants are only ever appended (postcard encodes
-//! the variant index).
+//! A client opens a bidirectional QUIC stream and sends requests on it, each as one frame
+//! (a 4-byte little-endian length, then a postcard [`RequestFrame`]: an id of the client's
+//! choosing and the [`Request`]), without waiting for the answers. The node answers each on
+//! the same stream with a [`ResponseFrame`] carrying the request's id, in the order the
+//! answers are ready (a read may overtake a write). So one stream carries many requests
+//! in flight, and answers that are ready together leave together. A stream may carry a
+//! single request too. Enum variants are only ever appended (postcard encodes the variant
+//! index).
+//!
+//! A frame whose length exceeds [`MAX_CLIENT_FRAME`] stops the stream. A frame that does
+//! not decode is answered with [`ErrorKind::BadRequest`] under its id (id 0 when even the
+//! id is unreadable), and the stream goes on.
 
 use coracle::{Index, NodeId, Term};
 use serde::{Deserialize, Serialize};
@@ -14,23 +22,29 @@ pub enum WriteOp {
     /// Set `key` to `value`.
     Put {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Remove `key`.
     Delete {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// Set `key` to `new` (remove it if `None`) only if its value is `expected` (absent if
     /// `None`).
     Cas {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The value it must have now.
+        #[serde(with = "serde_bytes")]
         expected: Option<Vec<u8>>,
         /// The value it gets.
+        #[serde(with = "serde_bytes")]
         new: Option<Vec<u8>>,
     },
 }
@@ -41,6 +55,7 @@ pub enum WriteOutcome {
     /// A put or delete; the value the key had before.
     Done {
         /// The previous value.
+        #[serde(with = "serde_bytes")]
         previous: Option<Vec<u8>>,
     },
     /// A compare-and-set.
@@ -48,6 +63,7 @@ pub enum WriteOutcome {
         /// The value matched and was replaced.
         swapped: bool,
         /// The value the key had when the CAS was applied.
+        #[serde(with = "serde_bytes")]
         current: Option<Vec<u8>>,
     },
     /// The request's sequence number is below what the client already acknowledged: a
@@ -73,11 +89,13 @@ pub enum ReadOp {
     /// The value of `key`.
     Get {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// Keys starting with `prefix`, in order, at most `limit`.
     List {
         /// The prefix (empty: every key).
+        #[serde(with = "serde_bytes")]
         prefix: Vec<u8>,
         /// The most pairs returned.
         limit: u32,
@@ -217,7 +235,7 @@ pub enum Response {
         index: Index,
     },
     /// The value of a key.
-    Value(Option<Vec<u8>>),
+    Value(#[serde(with = "serde_bytes")] Option<Vec<u8>>),
     /// Key-value pairs of a listing.
     Pairs(Vec<(Vec<u8>, Vec<u8>)>),
     /// The node's status.
@@ -265,3 +283,39 @@ pub enum Command {
 
 /// Largest frame accepted on a client stream.
 pub const MAX_CLIENT_FRAME: usize = 16 << 20;
+
+/// A request as a client stream carries it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestFrame {
+    /// Chosen by the client (not 0), unique among its requests in flight on the stream.
+    pub id: u64,
+    /// The request.
+    pub request: Request,
+}
+
+/// An answer as a client stream carries it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseFrame {
+    /// The id of the request answered (0: a frame whose id could not be read).
+    pub id: u64,
+    /// The answer.
+    pub response: Response,
+}
+
+/// Appends `value` to `buf` as a client stream frame: a 4-byte little-endian length, then
+/// the postcard bytes.
+pub fn append_frame<T: Serialize>(buf: &mut Vec<u8>, value: &T) -> Result<(), postcard::Error> {
+    let bytes = postcard::to_allocvec(value)?;
+    buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&bytes);
+    Ok(())
+}
+
+/// Decodes the body of a request frame. When the request does not decode but its id does,
+/// the error comes with the id, so the answer can name it.
+pub fn decode_request(body: &[u8]) -> Result<RequestFrame, (u64, postcard::Error)> {
+    postcard::from_bytes::<RequestFrame>(body).map_err(|e| {
+        let id = postcard::take_from_bytes::<u64>(body).map_or(0, |(id, _)| id);
+        (id, e)
+    })
+}

@@ -1,13 +1,18 @@
-//! The node runtime: one thread owns the core [`Node`](coracle::Node) with its
+//! The node runtime: one smol task owns the core [`Node`](coracle::Node) with its
 //! [`FileLog`], the [`Kv`] state machine and a timer; the transport and the client sessions
-//! run as smol tasks and talk to it through channels.
+//! are tasks on the same executor thread and talk to it through channels (no thread
+//! switch on the way of a request, a message or an answer). Only `fdatasync` runs
+//! elsewhere, on a helper thread of the node, so the event loop never waits for the disk.
 //!
-//! The loop (the core's six steps): wait for a message, a client request or the next
-//! deadline; advance the clock by the ticks that passed; feed what arrived (draining
-//! everything queued, so one loop iteration handles a batch); drain the outputs: send
-//! messages, apply committed entries, answer reads; on `Output::Sync` remember the token
-//! and, once the drain is done, call [`FileLog::sync`] **once** for everything (group
-//! commit) and hand the token back with `synced`, then drain again.
+//! The loop (the core's six steps): wait for a message, a client request, a finished
+//! `fdatasync` or the next deadline; advance the clock by the ticks that passed; feed what
+//! arrived (draining everything queued, so one loop iteration handles a batch); drain the
+//! outputs: send messages, apply committed entries, answer reads; on `Output::Sync`
+//! remember the token. Then group commit: if no `fdatasync` is running,
+//! [`FileLog::write_buffered`] writes everything buffered with one write and the helper
+//! makes it durable; when it reports back, the node gets the token with `synced`. Writes
+//! that arrive meanwhile wait for the next one, so one `fdatasync` covers all that arrived
+//! while the previous one ran.
 //!
 //! ```no_run
 //! use coracle_quic::{config::NodeConfig, server::RunningNode};
@@ -22,18 +27,19 @@ use crate::certs::Identity;
 use crate::config::{ConfigError, NodeConfig};
 use crate::kv::{Applied, Kv};
 use crate::protocol::{
-    AdminOp, Command, Consistency, ErrorKind, MemberStatus, NodeStatus, ReadOp, Request, Response,
-    MAX_CLIENT_FRAME,
+    append_frame, decode_request, AdminOp, Command, Consistency, ErrorKind, MemberStatus,
+    NodeStatus, ReadOp, Request, RequestFrame, Response, ResponseFrame, MAX_CLIENT_FRAME,
 };
-use crate::storage::{FileLog, FileLogError, Options};
+use crate::storage::{FileLog, FileLogError, Options, PendingSync};
 use crate::tls::{Credentials, TlsError};
 use crate::transport::{
-    encode_frame, read_frame, Class, Inbound, Transport, TransportStats, DECODE_ENTRIES,
-    ERR_MALFORMED,
+    encode_frame, read_frame, Class, FrameError, Inbound, Transport, TransportStats,
+    DECODE_ENTRIES, ERR_MALFORMED,
 };
 use coracle::wire::{self, Envelope};
 use coracle::{
-    EntryKind, Index, MembershipChange, NodeId, Output, ProposeError, ReadMode, Role, Term,
+    EntryKind, Index, MembershipChange, NodeId, Output, ProposeError, ReadMode, Role, SyncToken,
+    Term,
 };
 use smol::channel::{self, Receiver, Sender};
 use smol::future::FutureExt;
@@ -84,7 +90,7 @@ pub enum NodeError {
     /// A snapshot of the state machine cannot be written or restored: the node stopped
     /// rather than run with a wrong state.
     Snapshot(String),
-    /// The node thread panicked.
+    /// The node's event loop panicked (a bug).
     Panicked,
 }
 
@@ -102,27 +108,52 @@ impl fmt::Display for NodeError {
             NodeError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             NodeError::Sync(e) => write!(f, "log sync failed, node stopped: {e}"),
             NodeError::Snapshot(m) => write!(f, "snapshot: {m}"),
-            NodeError::Panicked => f.write_str("the node thread panicked"),
+            NodeError::Panicked => f.write_str("the node's event loop panicked"),
         }
     }
 }
 
 impl std::error::Error for NodeError {}
 
-/// A request for the node thread.
+/// A request for the node's event loop.
 enum Call {
     Client {
         request: Request,
         identity: Identity,
-        reply: Sender<Response>,
+        reply: Reply,
     },
     Shutdown,
 }
 
-/// A node running in its own thread, with its transport on the smol executor.
+/// Where the answer to one client request goes: its id, and the answer queue of the stream
+/// it came on.
+#[derive(Clone)]
+struct Reply {
+    id: u64,
+    to: Sender<ResponseFrame>,
+}
+
+impl Reply {
+    /// A reply nobody waits for (an operation the node starts by itself).
+    fn nobody() -> Reply {
+        Reply {
+            id: 0,
+            to: channel::bounded(1).0,
+        }
+    }
+
+    fn send(&self, response: Response) {
+        let _ = self.to.try_send(ResponseFrame {
+            id: self.id,
+            response,
+        });
+    }
+}
+
+/// A node running as a task on the smol executor, with its transport.
 pub struct RunningNode {
     id: NodeId,
-    thread: Option<std::thread::JoinHandle<Result<(), NodeError>>>,
+    task: Option<smol::Task<Result<(), NodeError>>>,
     calls: Sender<Call>,
     local_addr: SocketAddr,
     transport: Arc<Transport>,
@@ -162,7 +193,10 @@ impl RunningNode {
         }
         let voters = cfg.voters();
         let last_snapshot = log.snapshot_point().map_or(0, |(index, _)| index);
-        let node = CoreNode::new(cfg.raft_config(0), log, &voters).map_err(NodeError::Core)?;
+        // Boxed: the node's fixed-capacity tables make it large, and the event loop's future
+        // is moved a few times before it lands on the executor.
+        let node =
+            Box::new(CoreNode::new(cfg.raft_config(0), log, &voters).map_err(NodeError::Core)?);
         let (in_tx, in_rx) = channel::bounded(65_536);
         let (call_tx, call_rx) = channel::bounded(65_536);
         let stats_slot: Arc<std::sync::OnceLock<Arc<TransportStats>>> = Arc::default();
@@ -218,21 +252,25 @@ impl RunningNode {
                 last: last_snapshot,
                 wanted: false,
             },
+            want_sync: None,
+            syncing: None,
         };
         info!(node = cfg.id, addr = %local_addr, data = %cfg.data_dir.display(), voters = ?voters, "node started");
-        let thread = std::thread::Builder::new()
-            .name(format!("coracle-node-{}", cfg.id))
-            // A plain parker, not `smol::block_on`: the executor thread drives the I/O
-            // reactor, so a packet's event and the tasks it wakes stay on one thread (a
-            // second reactor driver here would hand every event over with a thread switch).
-            .spawn(move || smol::future::block_on(host.run(node, in_rx, call_rx)))
-            .map_err(|source| NodeError::Bind {
-                addr: cfg.listen,
-                source,
-            })?;
+        let (durable_tx, durable_rx) = channel::bounded(1);
+        let fsync = spawn_fsync_thread(cfg.id, durable_tx).map_err(|source| NodeError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+        let run = Box::pin(host.run(node, in_rx, call_rx, fsync, durable_rx));
+        let task = smol::spawn(async move {
+            std::panic::AssertUnwindSafe(run)
+                .catch_unwind()
+                .await
+                .unwrap_or(Err(NodeError::Panicked))
+        });
         Ok(RunningNode {
             id: cfg.id,
-            thread: Some(thread),
+            task: Some(task),
             calls: call_tx,
             local_addr,
             transport,
@@ -254,12 +292,12 @@ impl RunningNode {
         self.transport.stats()
     }
 
-    /// True once the node thread has stopped (after an error, or a shutdown).
+    /// True once the node has stopped (after an error, or a shutdown).
     pub fn is_finished(&self) -> bool {
-        self.thread.as_ref().is_none_or(|t| t.is_finished())
+        self.task.as_ref().is_none_or(|t| t.is_finished())
     }
 
-    /// Stops the node: makes the log durable, closes the connections, waits for the thread.
+    /// Stops the node: makes the log durable, closes the connections, waits for the end.
     pub fn shutdown(mut self) -> Result<(), NodeError> {
         let _ = self.calls.try_send(Call::Shutdown);
         self.join()
@@ -267,8 +305,10 @@ impl RunningNode {
 
     /// Waits until the node stops by itself (an error) or is shut down.
     pub fn join(&mut self) -> Result<(), NodeError> {
-        match self.thread.take() {
-            Some(t) => t.join().map_err(|_| NodeError::Panicked)?,
+        match self.task.take() {
+            // A plain parker, not `smol::block_on`: the executor thread drives the I/O
+            // reactor (a second driver would hand every event over with a thread switch).
+            Some(t) => smol::future::block_on(t),
             None => Ok(()),
         }
     }
@@ -281,7 +321,7 @@ impl RunningNode {
 
 impl Drop for RunningNode {
     fn drop(&mut self) {
-        if self.thread.is_some() {
+        if self.task.is_some() {
             let _ = self.calls.try_send(Call::Shutdown);
             let _ = self.join();
         }
@@ -289,8 +329,8 @@ impl Drop for RunningNode {
 }
 
 enum PendingWrite {
-    Client(Sender<Response>),
-    Admin(Sender<Response>),
+    Client(Reply),
+    Admin(Reply),
 }
 
 struct Host {
@@ -299,11 +339,15 @@ struct Host {
     transport: Arc<Transport>,
     kv: Kv,
     writes: HashMap<Index, (Term, PendingWrite)>,
-    reads: HashMap<u64, (ReadOp, Sender<Response>)>,
+    reads: HashMap<u64, (ReadOp, Reply)>,
     next_read: u64,
     addrs: HashMap<NodeId, String>,
     tick: Duration,
     snapshots: Snapshots,
+    /// The newest `Output::Sync` token not yet handed to the fsync thread.
+    want_sync: Option<SyncToken>,
+    /// The token the fsync thread is making durable.
+    syncing: Option<SyncToken>,
 }
 
 /// When the host snapshots its state machine (`[storage]` of `node.toml`).
@@ -321,8 +365,27 @@ struct Snapshots {
 enum Wake {
     In(Inbound),
     Call(Call),
+    Durable(Result<(), FileLogError>),
     Timer,
     Closed,
+}
+
+/// The node's fsync thread: runs each [`PendingSync`] it is given and reports the result.
+fn spawn_fsync_thread(
+    id: NodeId,
+    done: Sender<Result<(), FileLogError>>,
+) -> std::io::Result<std::sync::mpsc::Sender<PendingSync>> {
+    let (tx, rx) = std::sync::mpsc::channel::<PendingSync>();
+    std::thread::Builder::new()
+        .name(format!("coracle-fsync-{id}"))
+        .spawn(move || {
+            while let Ok(pending) = rx.recv() {
+                if done.send_blocking(pending.complete()).is_err() {
+                    return;
+                }
+            }
+        })?;
+    Ok(tx)
 }
 
 fn retry(message: impl Into<String>) -> Response {
@@ -350,14 +413,18 @@ fn step_frame(node: &mut CoreNode, cluster: u64, from: NodeId, frame: &[u8]) {
 impl Host {
     async fn run(
         mut self,
-        mut node: CoreNode,
+        mut node: Box<CoreNode>,
         inbound: Receiver<Inbound>,
         calls: Receiver<Call>,
+        fsync: std::sync::mpsc::Sender<PendingSync>,
+        durable: Receiver<Result<(), FileLogError>>,
     ) -> Result<(), NodeError> {
         let start = Instant::now();
         let mut ticks: u64 = 0;
         let tick_nanos = (self.tick.as_nanos().max(1)).min(u64::MAX as u128) as u64;
-        self.drain(&mut node)?;
+        if let Err(e) = self.settle(&mut node, &fsync) {
+            return Err(self.stop_on_error(e).await);
+        }
         let mut shutdown = false;
         while !shutdown {
             let wait = node.ticks_until_deadline().clamp(1, 1000);
@@ -371,6 +438,12 @@ impl Host {
             .or(async {
                 match calls.recv().await {
                     Ok(c) => Wake::Call(c),
+                    Err(_) => Wake::Closed,
+                }
+            })
+            .or(async {
+                match durable.recv().await {
+                    Ok(r) => Wake::Durable(r),
                     Err(_) => Wake::Closed,
                 }
             })
@@ -408,14 +481,23 @@ impl Host {
                         identity,
                         reply,
                     }) => self.on_request(&mut node, request, identity, reply),
+                    Wake::Durable(result) => {
+                        if let Err(e) = node.log_mut().sync_completed(result) {
+                            error!(node = self.id, error = %e, "log sync failed; stopping");
+                            return Err(self.stop_on_error(NodeError::Sync(e)).await);
+                        }
+                        if let Some(token) = self.syncing.take() {
+                            node.synced(token);
+                        }
+                    }
                     Wake::Call(Call::Shutdown) | Wake::Closed => shutdown = true,
                     Wake::Timer => {}
                 }
             }
-            // Group commit: one drain (so one fsync) for everything that arrived together.
-            // The core computes its outputs when they are polled, so draining once per
-            // batch rather than once per input loses nothing.
-            if let Err(e) = self.drain(&mut node) {
+            // One drain for everything that arrived together: the core computes its
+            // outputs when they are polled, so draining once per batch rather than once
+            // per input loses nothing, and the writes of the batch share one fsync.
+            if let Err(e) = self.settle(&mut node, &fsync) {
                 return Err(self.stop_on_error(e).await);
             }
         }
@@ -437,7 +519,7 @@ impl Host {
         });
         let reads = self.reads.drain().map(|(_, (_, r))| r);
         for reply in pending.chain(reads) {
-            let _ = reply.try_send(failed(ErrorKind::Failed, message.clone()));
+            reply.send(failed(ErrorKind::Failed, message.clone()));
         }
         smol::Timer::after(Duration::from_millis(200)).await;
         self.transport.close();
@@ -445,87 +527,109 @@ impl Host {
         e
     }
 
-    /// Drains the node's outputs, with one fsync per round for every write so far.
-    fn drain(&mut self, node: &mut CoreNode) -> Result<(), NodeError> {
+    /// Drains the node's outputs and starts making the writes durable (group commit): if
+    /// no fsync is running, everything buffered is written and handed to the fsync thread;
+    /// if nothing was left to write, every write is durable already and the node is told
+    /// so at once (then drained again).
+    fn settle(
+        &mut self,
+        node: &mut CoreNode,
+        fsync: &std::sync::mpsc::Sender<PendingSync>,
+    ) -> Result<(), NodeError> {
         loop {
-            let mut sync = None;
-            let mut membership = false;
-            while let Some(out) = node.poll_output() {
-                match out {
-                    Output::Sync(token) => sync = Some(token),
-                    Output::Send { to, message } => {
-                        let class = Class::of(&message);
-                        match encode_frame(&Envelope::new(self.cluster, self.id, to, message)) {
-                            Ok(frame) => self.transport.send(to, class, frame),
-                            Err(e) => warn!(node = self.id, to, error = %e, "cannot encode"),
-                        }
-                    }
-                    Output::Apply(entry) => {
-                        let (index, term) = (entry.index, entry.term);
-                        let applied = match entry.kind {
-                            EntryKind::Command => self.kv.apply(index, entry.data),
-                            EntryKind::Membership => {
-                                membership = true;
-                                self.kv.skip(index);
-                                Applied::Ignored
-                            }
-                            _ => {
-                                self.kv.skip(index);
-                                Applied::Ignored
-                            }
-                        };
-                        self.applied(index, term, applied);
-                    }
-                    Output::ReadReady { id, .. } => {
-                        if let Some((op, reply)) = self.reads.remove(&id) {
-                            let _ = reply.try_send(self.serve(&op));
-                        }
-                    }
-                    Output::ReadFailed { id } => {
-                        if let Some((_, reply)) = self.reads.remove(&id) {
-                            let _ = reply.try_send(retry("read not confirmed; retry"));
-                        }
-                    }
-                    Output::StateChanged(s) => {
-                        info!(node = self.id, role = ?s.role, term = s.term, leader = ?s.leader, "state changed");
-                        if s.role != Role::Leader {
-                            for (_, (_, w)) in self.writes.drain() {
-                                let reply = match w {
-                                    PendingWrite::Client(r) | PendingWrite::Admin(r) => r,
-                                };
-                                let _ = reply.try_send(retry("leadership changed; retry"));
-                            }
-                        }
-                    }
-                    Output::RestoreSnapshot { index, .. } => {
-                        self.restore_snapshot(node, index)?;
-                        membership = true;
-                    }
-                    Output::SnapshotNeeded => {
-                        warn!(node = self.id, "the log is full: snapshot and compact");
-                        self.snapshots.wanted = true;
-                    }
-                    _ => {}
-                }
+            self.drain(node)?;
+            if self.syncing.is_some() {
+                return Ok(());
             }
-            self.maybe_snapshot(node)?;
-            if membership {
-                let ids: Vec<NodeId> = node.members().map(|m| m.id).collect();
-                for id in ids {
-                    self.transport.ensure_link(id);
-                }
-            }
-            match sync {
-                Some(token) => {
-                    node.log_mut().sync().map_err(|e| {
-                        error!(node = self.id, error = %e, "log sync failed; stopping");
-                        NodeError::Sync(e)
+            let Some(token) = self.want_sync.take() else {
+                return Ok(());
+            };
+            let written = node.log_mut().write_buffered().map_err(|e| {
+                error!(node = self.id, error = %e, "log write failed; stopping");
+                NodeError::Sync(e)
+            })?;
+            match written {
+                Some(pending) => {
+                    fsync.send(pending).map_err(|_| {
+                        NodeError::Sync(std::io::Error::other("the fsync thread is gone"))
                     })?;
-                    node.synced(token);
+                    self.syncing = Some(token);
+                    return Ok(());
                 }
-                None => return Ok(()),
+                None => node.synced(token),
             }
         }
+    }
+
+    /// Drains the node's outputs; remembers the newest `Output::Sync` token.
+    fn drain(&mut self, node: &mut CoreNode) -> Result<(), NodeError> {
+        let mut membership = false;
+        while let Some(out) = node.poll_output() {
+            match out {
+                Output::Sync(token) => self.want_sync = Some(token),
+                Output::Send { to, message } => {
+                    let class = Class::of(&message);
+                    match encode_frame(&Envelope::new(self.cluster, self.id, to, message)) {
+                        Ok(frame) => self.transport.send(to, class, frame),
+                        Err(e) => warn!(node = self.id, to, error = %e, "cannot encode"),
+                    }
+                }
+                Output::Apply(entry) => {
+                    let (index, term) = (entry.index, entry.term);
+                    let applied = match entry.kind {
+                        EntryKind::Command => self.kv.apply(index, entry.data),
+                        EntryKind::Membership => {
+                            membership = true;
+                            self.kv.skip(index);
+                            Applied::Ignored
+                        }
+                        _ => {
+                            self.kv.skip(index);
+                            Applied::Ignored
+                        }
+                    };
+                    self.applied(index, term, applied);
+                }
+                Output::ReadReady { id, .. } => {
+                    if let Some((op, reply)) = self.reads.remove(&id) {
+                        reply.send(self.serve(&op));
+                    }
+                }
+                Output::ReadFailed { id } => {
+                    if let Some((_, reply)) = self.reads.remove(&id) {
+                        reply.send(retry("read not confirmed; retry"));
+                    }
+                }
+                Output::StateChanged(s) => {
+                    info!(node = self.id, role = ?s.role, term = s.term, leader = ?s.leader, "state changed");
+                    if s.role != Role::Leader {
+                        for (_, (_, w)) in self.writes.drain() {
+                            let reply = match w {
+                                PendingWrite::Client(r) | PendingWrite::Admin(r) => r,
+                            };
+                            reply.send(retry("leadership changed; retry"));
+                        }
+                    }
+                }
+                Output::RestoreSnapshot { index, .. } => {
+                    self.restore_snapshot(node, index)?;
+                    membership = true;
+                }
+                Output::SnapshotNeeded => {
+                    warn!(node = self.id, "the log is full: snapshot and compact");
+                    self.snapshots.wanted = true;
+                }
+                _ => {}
+            }
+        }
+        self.maybe_snapshot(node)?;
+        if membership {
+            let ids: Vec<NodeId> = node.members().map(|m| m.id).collect();
+            for id in ids {
+                self.transport.ensure_link(id);
+            }
+        }
+        Ok(())
     }
 
     /// Snapshots the state machine if it is due (every `snapshot_entries` applied entries,
@@ -537,8 +641,9 @@ impl Host {
     /// chunks of two snapshots. (Waiting for transfers to end instead would stop
     /// compaction for as long as a follower that needs a snapshot stays down.)
     ///
-    /// The snapshot is taken on the node thread: serializing the KV state and one fsync of
-    /// the file (plus one of the directory) pause the event loop that long.
+    /// The snapshot is taken in the event loop: serializing the KV state and one fsync of
+    /// the file (plus one of the directory) pause the event loop, and with it this node's
+    /// transport, that long.
     fn maybe_snapshot(&mut self, node: &mut CoreNode) -> Result<(), NodeError> {
         let s = &self.snapshots;
         let index = node.applied_index();
@@ -633,7 +738,7 @@ impl Host {
             if let Some((_, PendingWrite::Client(r) | PendingWrite::Admin(r))) =
                 self.writes.remove(&i)
             {
-                let _ = r.try_send(retry("the state machine was replaced by a snapshot; retry"));
+                r.send(retry("the state machine was replaced by a snapshot; retry"));
             }
         }
         info!(
@@ -669,7 +774,7 @@ impl Host {
         let reply = match w {
             PendingWrite::Client(r) | PendingWrite::Admin(r) => r,
         };
-        let _ = reply.try_send(response);
+        reply.send(response);
     }
 
     fn serve(&self, op: &ReadOp) -> Response {
@@ -696,7 +801,7 @@ impl Host {
         node: &mut CoreNode,
         request: Request,
         identity: Identity,
-        reply: Sender<Response>,
+        reply: Reply,
     ) {
         match request {
             Request::Write {
@@ -716,7 +821,7 @@ impl Host {
             Request::Read { op, consistency } => {
                 let mode = match consistency {
                     Consistency::Stale => {
-                        let _ = reply.try_send(self.serve(&op));
+                        reply.send(self.serve(&op));
                         return;
                     }
                     Consistency::Linearizable => ReadMode::ReadIndex,
@@ -729,16 +834,16 @@ impl Host {
                         self.reads.insert(id, (op, reply));
                     }
                     Err(e) => {
-                        let _ = reply.try_send(retry(e.to_string()));
+                        reply.send(retry(e.to_string()));
                     }
                 }
             }
             Request::Status => {
-                let _ = reply.try_send(Response::Status(self.status(node)));
+                reply.send(Response::Status(self.status(node)));
             }
             Request::Admin(op) => {
                 if !matches!(identity, Identity::Client { admin: true, .. }) {
-                    let _ = reply.try_send(failed(
+                    reply.send(failed(
                         ErrorKind::Forbidden,
                         format!("{identity} may not run admin operations"),
                     ));
@@ -757,7 +862,7 @@ impl Host {
         let bytes = match postcard::to_allocvec(command) {
             Ok(b) => b,
             Err(e) => {
-                let _ = reply.try_send(failed(ErrorKind::BadRequest, e.to_string()));
+                reply.send(failed(ErrorKind::BadRequest, e.to_string()));
                 return;
             }
         };
@@ -766,25 +871,25 @@ impl Host {
                 self.writes.insert(p.index, (p.term, pending));
             }
             Err(ProposeError::NotLeader { leader }) => {
-                let _ = reply.try_send(self.redirect(leader));
+                reply.send(self.redirect(leader));
             }
             Err(e @ (ProposeError::Busy | ProposeError::Transferring)) => {
-                let _ = reply.try_send(retry(e.to_string()));
+                reply.send(retry(e.to_string()));
             }
             Err(e @ ProposeError::TooLarge { .. }) => {
-                let _ = reply.try_send(failed(ErrorKind::BadRequest, e.to_string()));
+                reply.send(failed(ErrorKind::BadRequest, e.to_string()));
             }
             Err(ProposeError::Storage(coracle::StorageError::Full)) => {
                 // The node asked for a snapshot (SnapshotNeeded): room soon.
-                let _ = reply.try_send(retry("the log is full; compacting; retry"));
+                reply.send(retry("the log is full; compacting; retry"));
             }
             Err(e) => {
-                let _ = reply.try_send(failed(ErrorKind::Failed, e.to_string()));
+                reply.send(failed(ErrorKind::Failed, e.to_string()));
             }
         }
     }
 
-    fn admin(&mut self, node: &mut CoreNode, op: AdminOp, reply: Sender<Response>) {
+    fn admin(&mut self, node: &mut CoreNode, op: AdminOp, reply: Reply) {
         if let AdminOp::Isolate { peers } = &op {
             let ids: Vec<NodeId> = node.members().map(|m| m.id).chain(peers.clone()).collect();
             for id in ids.into_iter().filter(|&id| id != self.id) {
@@ -795,17 +900,17 @@ impl Host {
                 ?peers,
                 "fault injection: isolated from these peers"
             );
-            let _ = reply.try_send(Response::Done);
+            reply.send(Response::Done);
             return;
         }
         if node.role() != Role::Leader {
-            let _ = reply.try_send(self.redirect(node.leader()));
+            reply.send(self.redirect(node.leader()));
             return;
         }
         let change = match op {
             AdminOp::AddLearner { id, addr } => {
                 let Ok(sock) = addr.parse::<SocketAddr>() else {
-                    let _ = reply.try_send(failed(
+                    reply.send(failed(
                         ErrorKind::BadRequest,
                         format!("{addr:?} is not an ip:port address"),
                     ));
@@ -814,14 +919,13 @@ impl Host {
                 self.transport.set_address(id, sock);
                 self.addrs.insert(id, addr.clone());
                 let command = Command::SetAddress { id, addr };
-                let (tx, _rx) = channel::bounded(1);
-                self.propose(node, &command, PendingWrite::Admin(tx));
+                self.propose(node, &command, PendingWrite::Admin(Reply::nobody()));
                 MembershipChange::AddLearner(id)
             }
             AdminOp::Promote { id } => MembershipChange::AddVoter(id),
             AdminOp::Remove { id } => MembershipChange::Remove(id),
             AdminOp::Transfer { id } => {
-                let _ = reply.try_send(match node.transfer_leadership(id) {
+                reply.send(match node.transfer_leadership(id) {
                     Ok(()) => Response::Done,
                     Err(e) => failed(ErrorKind::Failed, e.to_string()),
                 });
@@ -835,17 +939,17 @@ impl Host {
                     .insert(p.index, (p.term, PendingWrite::Admin(reply)));
             }
             Err(coracle::MembershipError::NotLeader { leader }) => {
-                let _ = reply.try_send(self.redirect(leader));
+                reply.send(self.redirect(leader));
             }
             Err(
                 e @ (coracle::MembershipError::ChangeInProgress
                 | coracle::MembershipError::TermNotCommitted
                 | coracle::MembershipError::Transferring),
             ) => {
-                let _ = reply.try_send(retry(e.to_string()));
+                reply.send(retry(e.to_string()));
             }
             Err(e) => {
-                let _ = reply.try_send(failed(ErrorKind::Failed, e.to_string()));
+                reply.send(failed(ErrorKind::Failed, e.to_string()));
             }
         }
     }
@@ -886,60 +990,107 @@ impl Host {
     }
 }
 
-/// Serves one client connection: a bidirectional stream per request.
+/// Serves one client connection: each bidirectional stream it opens carries requests.
 async fn serve_client(
     conn: quinn::Connection,
     identity: Identity,
     calls: Sender<Call>,
     stats: Arc<TransportStats>,
 ) {
-    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-        let calls = calls.clone();
-        let identity = identity.clone();
-        let stats = stats.clone();
-        smol::spawn(async move {
-            let response = match read_frame(&mut recv, MAX_CLIENT_FRAME).await {
-                Ok(Some(bytes)) => match postcard::from_bytes::<Request>(&bytes) {
-                    Ok(request) => {
-                        let (tx, rx) = channel::bounded(1);
-                        let call = Call::Client {
-                            request,
-                            identity: identity.clone(),
-                            reply: tx,
-                        };
-                        if calls.send(call).await.is_err() {
-                            retry("the node is shutting down")
-                        } else {
-                            rx.recv()
-                                .await
-                                .unwrap_or_else(|_| retry("the node is shutting down"))
-                        }
-                    }
-                    Err(e) => {
-                        stats
-                            .malformed
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        warn!(client = %identity, error = %e, "malformed request");
-                        failed(ErrorKind::BadRequest, format!("malformed request: {e}"))
-                    }
-                },
-                Ok(None) => return,
-                Err(e) => {
-                    stats
-                        .malformed
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    warn!(client = %identity, error = %e, "malformed frame: stream closed");
-                    let _ = recv.stop(quinn::VarInt::from_u32(ERR_MALFORMED));
-                    return;
-                }
-            };
-            if let Ok(bytes) = postcard::to_allocvec(&response) {
-                let mut frame = (bytes.len() as u32).to_le_bytes().to_vec();
-                frame.extend_from_slice(&bytes);
-                let _ = send.write_all(&frame).await;
-                let _ = send.finish();
-            }
-        })
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let answers = {
+            let (to, queue) = channel::unbounded();
+            smol::spawn(write_answers(send, queue)).detach();
+            to
+        };
+        smol::spawn(read_requests(
+            recv,
+            answers,
+            identity.clone(),
+            calls.clone(),
+            stats.clone(),
+        ))
         .detach();
     }
+}
+
+/// Reads the requests of one client stream and hands them to the node, without
+/// waiting for their answers (the client pipelines).
+async fn read_requests(
+    mut recv: quinn::RecvStream,
+    answers: Sender<ResponseFrame>,
+    identity: Identity,
+    calls: Sender<Call>,
+    stats: Arc<TransportStats>,
+) {
+    loop {
+        let bytes = match read_frame(&mut recv, MAX_CLIENT_FRAME).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) | Err(FrameError::Interrupted) => return,
+            Err(e) => {
+                stats
+                    .malformed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                warn!(client = %identity, error = %e, "malformed frame: stream closed");
+                let _ = recv.stop(quinn::VarInt::from_u32(ERR_MALFORMED));
+                return;
+            }
+        };
+        let reply = match decode_request(&bytes) {
+            Ok(RequestFrame { id, request }) => {
+                let reply = Reply {
+                    id,
+                    to: answers.clone(),
+                };
+                let call = Call::Client {
+                    request,
+                    identity: identity.clone(),
+                    reply,
+                };
+                match calls.send(call).await {
+                    Ok(()) => continue,
+                    Err(channel::SendError(Call::Client { reply, .. })) => {
+                        reply.send(retry("the node is shutting down"));
+                        return;
+                    }
+                    Err(_) => return,
+                }
+            }
+            Err((id, e)) => {
+                stats
+                    .malformed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                warn!(client = %identity, error = %e, "malformed request");
+                Reply {
+                    id,
+                    to: answers.clone(),
+                }
+            }
+        };
+        reply.send(failed(ErrorKind::BadRequest, "malformed request"));
+    }
+}
+
+/// Writes the answers of one client stream: every answer ready when the task runs leaves
+/// in one write. Finishes the stream once the requests ended and all were answered.
+async fn write_answers(mut send: quinn::SendStream, queue: Receiver<ResponseFrame>) {
+    let mut buf = Vec::new();
+    while let Ok(first) = queue.recv().await {
+        buf.clear();
+        let mut next = Some(first);
+        while let Some(answer) = next {
+            if let Err(e) = append_frame(&mut buf, &answer) {
+                warn!(error = %e, "cannot encode an answer");
+            }
+            next = if buf.len() < 1 << 20 {
+                queue.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if send.write_all(&buf).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
 }

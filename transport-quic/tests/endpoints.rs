@@ -9,7 +9,9 @@ use common::{wait_for, Setup};
 use coracle::wire::Envelope;
 use coracle::{Message, RequestVote};
 use coracle_quic::certs::{Ca, Identity, ANY_NODE_NAME};
-use coracle_quic::protocol::{Request, Response, WriteOp, WriteOutcome};
+use coracle_quic::protocol::{
+    append_frame, ErrorKind, Request, RequestFrame, Response, ResponseFrame, WriteOp, WriteOutcome,
+};
 use coracle_quic::server::RunningNode;
 use coracle_quic::tls::{self, Credentials, QuicSettings};
 use coracle_quic::transport::{encode_frame, TransportStats};
@@ -63,9 +65,12 @@ async fn request_answered(config: quinn::ClientConfig, addr: SocketAddr) -> bool
             .await
             .ok()?;
         let (mut send, mut recv) = conn.open_bi().await.ok()?;
-        let bytes = postcard::to_allocvec(&Request::Status).ok()?;
-        let mut frame = (bytes.len() as u32).to_le_bytes().to_vec();
-        frame.extend_from_slice(&bytes);
+        let mut frame = Vec::new();
+        let request = RequestFrame {
+            id: 1,
+            request: Request::Status,
+        };
+        append_frame(&mut frame, &request).ok()?;
         send.write_all(&frame).await.ok()?;
         send.finish().ok()?;
         let answer = recv.read_to_end(1 << 20).await.ok()?;
@@ -212,7 +217,9 @@ fn garbage_on_the_udp_port_and_on_open_streams_is_counted_and_survived() {
         })
         .is_some());
 
-        // 3. Garbage on a client's request stream: a malformed-request answer, counted.
+        // 3. Garbage on a client's request stream: a malformed-request answer under the
+        // request's id, counted, and the stream goes on (a good request after it is
+        // answered); a length past the limit stops the stream.
         let client_cfg =
             tls::client_config(&setup.creds("client-alice"), &QuicSettings::default()).unwrap();
         let c = ep
@@ -222,13 +229,61 @@ fn garbage_on_the_udp_port_and_on_open_streams_is_counted_and_survived() {
             .unwrap();
         let before = malformed();
         let (mut send, mut recv) = c.open_bi().await.unwrap();
-        send.write_all(b"\x03\x00\x00\x00\xff\xff\xff")
-            .await
-            .unwrap();
+        let mut frames = Vec::new();
+        // id 9 (one varint byte), then a request that does not decode.
+        frames.extend_from_slice(b"\x04\x00\x00\x00\x09\xff\xff\xff");
+        // Bytes that are not even an id.
+        frames.extend_from_slice(b"\x03\x00\x00\x00\xff\xff\xff");
+        append_frame(
+            &mut frames,
+            &RequestFrame {
+                id: 10,
+                request: Request::Status,
+            },
+        )
+        .unwrap();
+        send.write_all(&frames).await.unwrap();
         let _ = send.finish();
         let answer = recv.read_to_end(1 << 16).await.unwrap();
-        let response: Response = postcard::from_bytes(&answer[4..]).unwrap();
-        assert!(matches!(response, Response::Error { .. }), "{response:?}");
+        let mut answers = Vec::new();
+        let mut rest = &answer[..];
+        while rest.len() >= 4 {
+            let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+            let frame: ResponseFrame = postcard::from_bytes(&rest[4..4 + len]).unwrap();
+            answers.push(frame);
+            rest = &rest[4 + len..];
+        }
+        assert!(rest.is_empty());
+        answers.sort_by_key(|f| f.id);
+        let ids: Vec<u64> = answers.iter().map(|f| f.id).collect();
+        assert_eq!(ids, [0, 9, 10], "{answers:?}");
+        for f in &answers[..2] {
+            assert!(
+                matches!(
+                    &f.response,
+                    Response::Error {
+                        kind: ErrorKind::BadRequest,
+                        ..
+                    }
+                ),
+                "{f:?}"
+            );
+        }
+        assert!(
+            matches!(answers[2].response, Response::Status(_)),
+            "{answers:?}"
+        );
+        assert!(malformed() >= before + 2);
+
+        let before = malformed();
+        let (mut send, _recv) = c.open_bi().await.unwrap();
+        send.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
+        let stopped = smol::future::or(async { send.stopped().await.ok().flatten() }, async {
+            smol::Timer::after(Duration::from_secs(5)).await;
+            None
+        })
+        .await;
+        assert_eq!(stopped, Some(coracle_quic::transport::ERR_MALFORMED.into()));
         assert!(malformed() > before);
     });
     ep.close(0u32.into(), b"");
@@ -280,6 +335,54 @@ fn a_retried_write_is_applied_once() {
         assert_eq!(client.get("k").await.unwrap(), Some(b"two".to_vec()));
     });
     node.shutdown().unwrap();
+}
+
+#[test]
+fn concurrent_calls_on_one_client_are_pipelined_and_get_their_own_answers() {
+    let (setup, node) = single_node("pipelined");
+    let client = setup.client("client-alice");
+    smol::block_on(async {
+        // 200 writes in flight at once on one connection and stream, then 200 reads: every
+        // call must get the answer to its own request, whatever order they come in.
+        let writes = (0..200).map(|i| client.put(format!("p{i}"), format!("v{i}")));
+        for r in join_all(writes).await {
+            assert_eq!(r.unwrap(), None);
+        }
+        let reads = (0..200).map(|i| client.get(format!("p{i}")));
+        for (i, r) in join_all(reads).await.into_iter().enumerate() {
+            assert_eq!(r.unwrap(), Some(format!("v{i}").into_bytes()));
+        }
+    });
+    client.close();
+    node.shutdown().unwrap();
+}
+
+/// Runs the futures concurrently (on this thread) and returns their outputs in order.
+async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let tasks: Vec<_> = futures.map(|f| Box::pin(f)).collect();
+    let mut slots: Vec<Option<F::Output>> = tasks.iter().map(|_| None).collect();
+    let mut tasks: Vec<_> = tasks.into_iter().map(Some).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (task, slot) in tasks.iter_mut().zip(slots.iter_mut()) {
+            if let Some(t) = task {
+                match t.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        *slot = Some(v);
+                        *task = None;
+                    }
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    slots.into_iter().map(|s| s.unwrap()).collect()
 }
 
 #[test]
