@@ -55,8 +55,10 @@
 //! worse, mixed with the new entries written after them (an old entry of term 2 durable
 //! after a new one of term 3 would break Log Matching). The argument:
 //!
-//! 1. Records reach a file only in `sync` (and roll-over, which syncs). So the records on
-//!    disk are always the durable prefix of the log, and a buffered record is never on disk.
+//! 1. Records reach a file only in `sync`, `write_buffered` (whose `fdatasync` follows) and
+//!    roll-over (which syncs the old segment, unconditionally). So the records on disk are
+//!    always a prefix of the log, durable except perhaps for the tail of the last segment,
+//!    and a buffered record is never on disk.
 //! 2. If every cut entry is still buffered, truncation drops them from the buffer: nothing
 //!    on disk changes, and no new record can land after them because they never land.
 //! 3. Otherwise, before `truncate_suffix` returns, it deletes the segments after the one
@@ -419,21 +421,8 @@ impl FileLog {
     /// a failed fsync could not write, so retrying would lie); reopen it. The detailed
     /// error is also kept in [`last_error`](Self::last_error).
     pub fn sync(&mut self) -> io::Result<()> {
-        if self.failed {
-            return Err(FileLogError::Failed.into());
-        }
-        self.sync_inner().map_err(|e| {
-            let out = io::Error::new(e.kind(), e.to_string());
-            self.fail(e);
-            out
-        })
-    }
-
-    fn sync_inner(&mut self) -> Result<(), FileLogError> {
-        match self.write_inner()? {
-            Some(pending) => pending.complete(),
-            None => Ok(()),
-        }
+        let written = self.write_buffered()?;
+        self.sync_completed(written.map_or(Ok(()), PendingSync::complete))
     }
 
     /// The first half of [`sync`](Self::sync), so the `fdatasync` can run on another
@@ -450,16 +439,17 @@ impl FileLog {
         if self.failed {
             return Err(FileLogError::Failed.into());
         }
-        self.write_inner().map_err(|e| {
-            let out = io::Error::new(e.kind(), e.to_string());
-            self.fail(e);
-            out
-        })
+        let written = self.write_inner();
+        self.poison_on_error(written)
     }
 
     /// Takes the result of a [`PendingSync`]: a failure poisons the log, as a failed
     /// [`sync`](Self::sync) does.
     pub fn sync_completed(&mut self, result: Result<(), FileLogError>) -> io::Result<()> {
+        self.poison_on_error(result)
+    }
+
+    fn poison_on_error<T>(&mut self, result: Result<T, FileLogError>) -> io::Result<T> {
         result.map_err(|e| {
             let out = io::Error::new(e.kind(), e.to_string());
             self.fail(e);
@@ -689,9 +679,24 @@ impl FileLog {
     }
 
     /// Starts a new segment for entry `base`: syncs everything first, so only the last
-    /// segment can ever have a torn tail.
+    /// segment can ever have a torn tail. The `fdatasync` is unconditional: records
+    /// written by [`write_buffered`](Self::write_buffered) may still wait for theirs on
+    /// another thread.
     fn roll_over(&mut self, base: Index) -> Result<(), FileLogError> {
-        self.sync_inner()?;
+        match self.write_inner()? {
+            Some(pending) => pending.complete()?,
+            None => {
+                let path = self
+                    .segments
+                    .last()
+                    .map(|s| s.path.clone())
+                    .unwrap_or_default();
+                self.active
+                    .sync_data()
+                    .map_err(io_err(&path, "sync segment"))?;
+                self.stats.fsyncs += 1;
+            }
+        }
         let prev_term = self.term(base - 1).unwrap_or(0);
         let (seg, file) = segment::create(&self.dir, base, prev_term)?;
         self.stats.fsyncs += 2;

@@ -325,6 +325,29 @@ fn a_sync_split_across_threads_makes_what_it_wrote_durable() {
 }
 
 #[test]
+fn a_roll_over_syncs_the_old_segment_even_with_nothing_buffered() {
+    // Records written by write_buffered whose fdatasync has not run (here: never will):
+    // the roll-over must make them durable itself before a new segment exists, or a crash
+    // could leave a torn tail in a segment that is no longer the last (an error at open).
+    let dir = TempDir::new("split-roll");
+    let mut log = FileLog::open_with(dir.path(), small_segments()).unwrap();
+    let mut index = 0;
+    loop {
+        index += 1;
+        let segments = log.stats().segments_created;
+        let fsyncs = log.stats().fsyncs;
+        append(&mut log, index, 1);
+        if log.stats().segments_created > segments {
+            // Nothing was buffered: one fdatasync of the old segment, two to create the new.
+            assert_eq!(log.stats().fsyncs, fsyncs + 3, "at index {index}");
+            break;
+        }
+        assert!(index < 100, "no roll-over");
+        let _never_completed = log.write_buffered().unwrap();
+    }
+}
+
+#[test]
 fn truncated_entries_never_come_back_after_a_crash() {
     let dir = TempDir::new("truncate");
     {
