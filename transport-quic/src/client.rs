@@ -449,10 +449,16 @@ impl Session {
         lock(&self.pending).insert(id, tx);
         // Forgets the call if it ends early (an error, or the caller's timeout dropped it).
         let _forget = Forget(self, id);
-        let written = self.send.lock().await.write_all(&frame).await;
-        if let Err(e) = written {
-            self.broken.store(true, Ordering::Relaxed);
-            return Err(ClientError::Protocol(format!("{}: {e}", self.addr)));
+        {
+            let mut send = self.send.lock().await;
+            // A call dropped in the middle of its write (the attempt's timeout) leaves part
+            // of a frame on the stream: every later frame would be misread, so the session
+            // is retired unless the write completes.
+            let torn = Retire(self);
+            if let Err(e) = send.write_all(&frame).await {
+                return Err(ClientError::Protocol(format!("{}: {e}", self.addr)));
+            }
+            std::mem::forget(torn);
         }
         rx.recv()
             .await
@@ -463,6 +469,14 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.conn.close(quinn::VarInt::from_u32(0), b"done");
+    }
+}
+
+struct Retire<'a>(&'a Session);
+
+impl Drop for Retire<'_> {
+    fn drop(&mut self) {
+        self.0.broken.store(true, Ordering::Relaxed);
     }
 }
 
