@@ -196,7 +196,9 @@ pub fn node_log(setup: &Setup, id: u64) -> PathBuf {
 }
 
 /// Starts `coracle node` with the configuration in `config`, its log appended to the
-/// node's log file.
+/// node's log file. Its standard input is a pipe held by the returned `Proc`
+/// (`--watch-stdin`): if this test process dies without dropping it (an abort), the node
+/// stops instead of running on as an orphan.
 pub fn spawn_with(setup: &Setup, id: u64, config: &Path) -> Proc {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -204,8 +206,9 @@ pub fn spawn_with(setup: &Setup, id: u64, config: &Path) -> Proc {
         .open(node_log(setup, id))
         .unwrap();
     let child = std::process::Command::new(BIN)
-        .args(["node", "--log", "info", "--config"])
+        .args(["node", "--log", "info", "--watch-stdin", "--config"])
         .arg(config)
+        .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(log)
         .spawn()
