@@ -30,7 +30,7 @@ use crate::protocol::{
     append_frame, decode_request, AdminOp, Command, Consistency, ErrorKind, MemberStatus,
     NodeStatus, ReadOp, Request, RequestFrame, Response, ResponseFrame, MAX_CLIENT_FRAME,
 };
-use crate::storage::{FileLog, FileLogError, Options, PendingSync};
+use crate::storage::{FileLog, FileLogError, Options, PendingSync, WrittenSnapshot};
 use crate::tls::{Credentials, TlsError};
 use crate::transport::{
     encode_frame, read_frame, Class, FrameError, Inbound, Transport, TransportStats,
@@ -236,6 +236,7 @@ impl RunningNode {
         for &v in &voters {
             transport.ensure_link(v);
         }
+        let (written_tx, written_rx) = channel::bounded(1);
         let host = Host {
             id: cfg.id,
             cluster: cfg.cluster_id,
@@ -250,7 +251,10 @@ impl RunningNode {
                 every: cfg.storage.snapshot_entries,
                 keep: cfg.storage.snapshot_keep_entries,
                 last: last_snapshot,
+                failed: 0,
                 wanted: false,
+                writing: false,
+                written: written_tx,
             },
             want_sync: None,
             syncing: None,
@@ -261,7 +265,7 @@ impl RunningNode {
             addr: cfg.listen,
             source,
         })?;
-        let run = Box::pin(host.run(node, in_rx, call_rx, fsync, durable_rx));
+        let run = Box::pin(host.run(node, in_rx, call_rx, fsync, durable_rx, written_rx));
         let task = smol::spawn(async move {
             std::panic::AssertUnwindSafe(run)
                 .catch_unwind()
@@ -356,16 +360,27 @@ struct Snapshots {
     every: u64,
     /// Entries kept in the log behind a snapshot.
     keep: u64,
-    /// Index of the last snapshot saved or restored.
+    /// Index of the last snapshot saved or restored: the log is compacted only behind it.
     last: Index,
+    /// Index of the last snapshot that could not be saved (the next try waits until the
+    /// next one is due, or the log is full again).
+    failed: Index,
     /// The log is full: snapshot (and compact all it covers) as soon as possible.
     wanted: bool,
+    /// A snapshot's file is being written on its own thread (one at a time).
+    writing: bool,
+    /// Where that thread reports.
+    written: Sender<SnapshotWritten>,
 }
+
+/// What a snapshot thread reports: the snapshot durable in its temporary file, or why not.
+type SnapshotWritten = Result<WrittenSnapshot, FileLogError>;
 
 enum Wake {
     In(Inbound),
     Call(Call),
     Durable(Result<(), FileLogError>),
+    Snapshot(Box<SnapshotWritten>),
     Timer,
     Closed,
 }
@@ -418,6 +433,7 @@ impl Host {
         calls: Receiver<Call>,
         fsync: std::sync::mpsc::Sender<PendingSync>,
         durable: Receiver<Result<(), FileLogError>>,
+        snapshots: Receiver<SnapshotWritten>,
     ) -> Result<(), NodeError> {
         let start = Instant::now();
         let mut ticks: u64 = 0;
@@ -444,6 +460,12 @@ impl Host {
             .or(async {
                 match durable.recv().await {
                     Ok(r) => Wake::Durable(r),
+                    Err(_) => Wake::Closed,
+                }
+            })
+            .or(async {
+                match snapshots.recv().await {
+                    Ok(r) => Wake::Snapshot(Box::new(r)),
                     Err(_) => Wake::Closed,
                 }
             })
@@ -488,6 +510,11 @@ impl Host {
                         }
                         if let Some(token) = self.syncing.take() {
                             node.synced(token);
+                        }
+                    }
+                    Wake::Snapshot(result) => {
+                        if let Err(e) = self.snapshot_written(&mut node, *result) {
+                            return Err(self.stop_on_error(e).await);
                         }
                     }
                     Wake::Call(Call::Shutdown) | Wake::Closed => shutdown = true,
@@ -633,55 +660,109 @@ impl Host {
     }
 
     /// Snapshots the state machine if it is due (every `snapshot_entries` applied entries,
-    /// or the log is full), saves it durably in the log's directory and compacts the log
-    /// behind it, keeping `snapshot_keep_entries` (none when the log is full).
+    /// or the log is full): serializes it here, and writes and fsyncs the file on a thread
+    /// of its own, so the event loop (and this node's transport, on the same thread) only
+    /// pauses for the serialization. [`snapshot_written`](Self::snapshot_written) takes it
+    /// from there.
     ///
     /// Replacing the kept snapshot while a leader sends it to a follower is safe: the core
     /// restarts every transfer from offset 0 with the new snapshot, so a follower never gets
     /// chunks of two snapshots. (Waiting for transfers to end instead would stop
     /// compaction for as long as a follower that needs a snapshot stays down.)
-    ///
-    /// The snapshot is taken in the event loop: serializing the KV state and one fsync of
-    /// the file (plus one of the directory) pause the event loop, and with it this node's
-    /// transport, that long.
     fn maybe_snapshot(&mut self, node: &mut CoreNode) -> Result<(), NodeError> {
         let s = &self.snapshots;
         let index = node.applied_index();
-        let due = s.every > 0 && index >= s.last.saturating_add(s.every);
-        if !due && !s.wanted {
+        let due = s.every > 0 && index >= s.last.max(s.failed).saturating_add(s.every);
+        if s.writing || (!due && !s.wanted) {
             return Ok(());
         }
-        if index > s.last {
-            if self.kv.applied() != index {
-                warn!(
-                    node = self.id,
-                    index,
-                    kv = self.kv.applied(),
-                    "state machine behind; no snapshot"
-                );
-                return Ok(());
-            }
-            let bytes = self
-                .kv
-                .snapshot()
-                .map_err(|e| NodeError::Snapshot(e.to_string()))?;
-            let Some(meta) = node.snapshot_meta_at(index, bytes.len() as u64) else {
-                warn!(
-                    node = self.id,
-                    index, "no snapshot metadata at the applied index"
-                );
-                return Ok(());
-            };
-            self.snapshots.last = index;
-            if let Err(e) = node.log_mut().save_snapshot(&meta, bytes) {
-                error!(node = self.id, index, error = %e, "cannot save a snapshot");
-                if node.log().is_failed() {
-                    return Err(NodeError::Storage(e));
-                }
-                return Ok(());
-            }
-            info!(node = self.id, index, bytes = meta.size, "snapshot saved");
+        if index <= s.last {
+            // The log is full but the snapshot is up to date: compact all it covers.
+            self.compact(node, index);
+            return Ok(());
         }
+        if self.kv.applied() != index {
+            warn!(
+                node = self.id,
+                index,
+                kv = self.kv.applied(),
+                "state machine behind; no snapshot"
+            );
+            return Ok(());
+        }
+        let bytes = self
+            .kv
+            .snapshot()
+            .map_err(|e| NodeError::Snapshot(e.to_string()))?;
+        let Some(meta) = node.snapshot_meta_at(index, bytes.len() as u64) else {
+            warn!(
+                node = self.id,
+                index, "no snapshot metadata at the applied index"
+            );
+            return Ok(());
+        };
+        let write = match node.log().prepare_snapshot(&meta, bytes) {
+            Ok(w) => w,
+            Err(e) => return self.snapshot_failed(node, index, e),
+        };
+        let done = self.snapshots.written.clone();
+        std::thread::Builder::new()
+            .name(format!("coracle-snapshot-{}", self.id))
+            .spawn(move || {
+                let _ = done.send_blocking(write.write());
+            })
+            .map_err(|e| NodeError::Snapshot(format!("cannot start the snapshot thread: {e}")))?;
+        self.snapshots.writing = true;
+        Ok(())
+    }
+
+    /// A snapshot's file is written (or failed): makes it the one kept and compacts the
+    /// log behind it, keeping `snapshot_keep_entries` (none when the log is full).
+    fn snapshot_written(
+        &mut self,
+        node: &mut CoreNode,
+        result: SnapshotWritten,
+    ) -> Result<(), NodeError> {
+        self.snapshots.writing = false;
+        let adopted = result.and_then(|written| {
+            let index = written.meta().index;
+            node.log_mut().adopt_snapshot(written).map(|()| index)
+        });
+        match adopted {
+            Ok(index) => {
+                info!(node = self.id, index, "snapshot saved");
+                self.snapshots.last = self.snapshots.last.max(index);
+                self.compact(node, index);
+                Ok(())
+            }
+            Err(e @ FileLogError::StaleSnapshot { .. }) => {
+                info!(node = self.id, error = %e, "snapshot dropped: a newer one is kept");
+                Ok(())
+            }
+            Err(e) => self.snapshot_failed(node, node.applied_index(), e),
+        }
+    }
+
+    /// A snapshot could not be saved: the node stops if the log is failed; otherwise it
+    /// tries again when the next one is due (or the log reports itself full again). Nothing
+    /// is compacted behind a snapshot that was not saved.
+    fn snapshot_failed(
+        &mut self,
+        node: &CoreNode,
+        index: Index,
+        e: FileLogError,
+    ) -> Result<(), NodeError> {
+        error!(node = self.id, index, error = %e, "cannot save a snapshot");
+        self.snapshots.failed = index;
+        self.snapshots.wanted = false;
+        if node.log().is_failed() {
+            return Err(NodeError::Storage(e));
+        }
+        Ok(())
+    }
+
+    /// Compacts the log behind the kept snapshot (at most through `index`).
+    fn compact(&mut self, node: &mut CoreNode, index: Index) {
         let keep = if self.snapshots.wanted {
             0
         } else {
@@ -694,7 +775,6 @@ impl Host {
                 warn!(node = self.id, through, error = %e, "compaction failed");
             }
         }
-        Ok(())
     }
 
     /// Replaces the state machine with the snapshot the log keeps (installed from the

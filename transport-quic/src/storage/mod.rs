@@ -95,8 +95,9 @@
 //! bytes, and a CRC-32 over all of it). It gets there two ways, both atomic:
 //!
 //! - The host snapshots its own state machine: [`FileLog::save_snapshot`] writes
-//!   `snapshot.tmp`, fsyncs it, renames it over `snapshot` and fsyncs the directory before
-//!   it returns. If the log holds the snapshot's last entry (same index and term) the log
+//!   `snapshot.saving.tmp`, fsyncs it, renames it over `snapshot` and fsyncs the directory
+//!   before it returns (or in steps, the writing on another thread:
+//!   [`FileLog::prepare_snapshot`], [`SnapshotWrite::write`], [`FileLog::adopt_snapshot`]). If the log holds the snapshot's last entry (same index and term) the log
 //!   is left alone: when to compact is the host's choice.
 //! - A leader sends it ([`LogStorage::receive_snapshot_chunk`], then
 //!   [`LogStorage::install_snapshot`]). Chunks go to `snapshot.incoming.tmp`: the header is
@@ -316,6 +317,39 @@ pub struct FileLog {
     recovery: RecoveryReport,
 }
 
+/// A snapshot checked by [`FileLog::prepare_snapshot`], to be written to its temporary
+/// file by [`write`](SnapshotWrite::write) on any thread.
+#[derive(Debug)]
+pub struct SnapshotWrite {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+    path: PathBuf,
+}
+
+impl SnapshotWrite {
+    /// Writes and fsyncs the temporary file (the slow part of saving a snapshot).
+    pub fn write(self) -> Result<WrittenSnapshot, FileLogError> {
+        snapshot::write_file(&self.path, &self.meta, &self.data)?;
+        Ok(WrittenSnapshot(self))
+    }
+
+    /// The snapshot's metadata.
+    pub fn meta(&self) -> &SnapshotMeta {
+        &self.meta
+    }
+}
+
+/// A snapshot durable in its temporary file, for [`FileLog::adopt_snapshot`].
+#[derive(Debug)]
+pub struct WrittenSnapshot(SnapshotWrite);
+
+impl WrittenSnapshot {
+    /// The snapshot's metadata.
+    pub fn meta(&self) -> &SnapshotMeta {
+        &self.0.meta
+    }
+}
+
 /// Records written by [`FileLog::write_buffered`] and not yet durable: [`complete`]
 /// (`fdatasync` of their segment) may run on any thread.
 ///
@@ -503,6 +537,19 @@ impl FileLog {
         meta: &SnapshotMeta,
         data: Vec<u8>,
     ) -> Result<(), FileLogError> {
+        let written = self.prepare_snapshot(meta, data)?.write()?;
+        self.adopt_snapshot(written)
+    }
+
+    /// [`save_snapshot`](Self::save_snapshot) in three steps, so the slow one (writing and
+    /// fsyncing the file) can run on another thread while the log goes on: this checks the
+    /// snapshot; [`SnapshotWrite::write`] writes it to a temporary file; and
+    /// [`adopt_snapshot`](Self::adopt_snapshot) renames that into place.
+    pub fn prepare_snapshot(
+        &self,
+        meta: &SnapshotMeta,
+        data: Vec<u8>,
+    ) -> Result<SnapshotWrite, FileLogError> {
         if self.failed {
             return Err(FileLogError::Failed);
         }
@@ -513,21 +560,47 @@ impl FileLog {
                 meta.size
             )));
         }
-        if let Some(saved) = &self.snapshot {
-            if meta.index < saved.meta.index {
-                return Err(FileLogError::StaleSnapshot {
-                    index: meta.index,
-                    saved: saved.meta.index,
-                });
-            }
+        self.check_not_stale(meta)?;
+        Ok(SnapshotWrite {
+            meta: *meta,
+            data,
+            path: self.dir.join(snapshot::SAVING),
+        })
+    }
+
+    /// Makes a snapshot written by [`SnapshotWrite::write`] the one kept: renames its file
+    /// over the old one and fsyncs the directory; then, as
+    /// [`save_snapshot`](Self::save_snapshot) does, discards the log if it does not hold
+    /// the snapshot's last entry. A snapshot older than the one kept now (a leader's was
+    /// installed meanwhile) is dropped with [`FileLogError::StaleSnapshot`].
+    pub fn adopt_snapshot(&mut self, written: WrittenSnapshot) -> Result<(), FileLogError> {
+        let WrittenSnapshot(SnapshotWrite { meta, data, path }) = written;
+        if self.failed {
+            return Err(FileLogError::Failed);
         }
-        snapshot::write(&self.dir, meta, &data)?;
+        if let Err(e) = self.check_not_stale(&meta) {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        std::fs::rename(&path, self.dir.join(snapshot::FILE))
+            .map_err(io_err(&path, "rename into place"))?;
+        dir::sync_dir(&self.dir)?;
         self.stats.fsyncs += 2;
-        self.snapshot = Some(Snapshot { meta: *meta, data });
+        self.snapshot = Some(Snapshot { meta, data });
         if self.term(meta.index) != Some(meta.term) && meta.index + 1 >= self.first {
             self.discard_all(meta.index, meta.term)?;
         }
         Ok(())
+    }
+
+    fn check_not_stale(&self, meta: &SnapshotMeta) -> Result<(), FileLogError> {
+        match &self.snapshot {
+            Some(saved) if meta.index < saved.meta.index => Err(FileLogError::StaleSnapshot {
+                index: meta.index,
+                saved: saved.meta.index,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Reads the saved snapshot back from its file (checking its checksum), if there is one.

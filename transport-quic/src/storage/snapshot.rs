@@ -27,7 +27,6 @@
 //! released node ever wrote one (version 1 snapshots were only written through the library
 //! API, never by `coracle node`).
 
-use super::dir;
 use super::error::{io_err, FileLogError};
 use super::record::le_u64;
 use coracle::SnapshotMeta;
@@ -72,14 +71,35 @@ pub(crate) fn header(meta: &SnapshotMeta) -> Vec<u8> {
     h
 }
 
+/// Name of the temporary file a snapshot of the host's state machine is written to before
+/// it is renamed over [`FILE`].
+pub(crate) const SAVING: &str = "snapshot.saving.tmp";
+
 /// Saves a snapshot durably and atomically, replacing the previous one.
+#[cfg(test)]
 pub(crate) fn write(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> Result<(), FileLogError> {
+    let tmp = dir.join(SAVING);
+    write_file(&tmp, meta, data)?;
+    std::fs::rename(&tmp, dir.join(FILE)).map_err(io_err(&tmp, "rename into place"))?;
+    super::dir::sync_dir(dir)
+}
+
+/// Writes the snapshot file of `meta` and `data` at `path` and fsyncs it.
+pub(crate) fn write_file(
+    path: &Path,
+    meta: &SnapshotMeta,
+    data: &[u8],
+) -> Result<(), FileLogError> {
     let h = header(meta);
     let mut crc = crc32fast::Hasher::new();
     crc.update(&h);
     crc.update(data);
     let crc = crc.finalize().to_le_bytes();
-    dir::write_atomically(dir, FILE, &[&h, data, &crc])
+    let mut file = File::create(path).map_err(io_err(path, "create"))?;
+    for part in [&h[..], data, &crc] {
+        file.write_all(part).map_err(io_err(path, "write"))?;
+    }
+    file.sync_all().map_err(io_err(path, "sync"))
 }
 
 /// A snapshot being received from a leader, in its temporary file.

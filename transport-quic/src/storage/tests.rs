@@ -629,7 +629,7 @@ fn a_snapshot_is_atomic_and_is_the_compaction_point() {
         ));
     }
     // A crash while writing a newer snapshot.
-    fs::write(dir.path().join("snapshot.tmp"), b"CORASNAP half").unwrap();
+    fs::write(dir.path().join(snapshot::SAVING), b"CORASNAP half").unwrap();
     let log = FileLog::open(dir.path()).unwrap();
     let snap = log.load_snapshot().unwrap().unwrap();
     assert_eq!(
@@ -655,6 +655,63 @@ fn a_snapshot_is_atomic_and_is_the_compaction_point() {
         matches!(&e, FileLogError::Corrupt { file, .. } if file == &path),
         "{e}"
     );
+}
+
+#[test]
+fn a_snapshot_written_on_another_thread_is_adopted_unless_a_newer_one_came() {
+    let dir = TempDir::new("snapshot-steps");
+    let mut log = FileLog::open(dir.path()).unwrap();
+    append_range(&mut log, 1..=30, 1);
+    log.sync().unwrap();
+    // Written on another thread while the log goes on, then adopted.
+    let write = log
+        .prepare_snapshot(&meta(10, 1, b"at 10"), b"at 10".to_vec())
+        .unwrap();
+    let written = std::thread::spawn(move || write.write())
+        .join()
+        .unwrap()
+        .unwrap();
+    append_range(&mut log, 31..=32, 1);
+    assert_eq!(log.snapshot_point(), None, "not kept before it is adopted");
+    log.adopt_snapshot(written).unwrap();
+    assert_eq!(log.snapshot_point(), Some((10, 1)));
+
+    // A newer snapshot saved while an older one was being written: the older is dropped,
+    // its temporary file too, and the newer stays on disk.
+    let older = log
+        .prepare_snapshot(&meta(15, 1, b"at 15"), b"at 15".to_vec())
+        .unwrap()
+        .write()
+        .unwrap();
+    save(&mut log, 20, 1, b"at 20").unwrap();
+    assert!(matches!(
+        log.adopt_snapshot(older),
+        Err(FileLogError::StaleSnapshot {
+            index: 15,
+            saved: 20
+        })
+    ));
+    assert!(!dir.path().join(snapshot::SAVING).exists());
+    assert!(log
+        .prepare_snapshot(&meta(19, 1, b"x"), b"x".to_vec())
+        .is_err());
+
+    // A crash between the write and the adoption: the temporary file is removed on open
+    // and the snapshot adopted before is the one found.
+    let _unadopted = log
+        .prepare_snapshot(&meta(25, 1, b"at 25"), b"at 25".to_vec())
+        .unwrap()
+        .write()
+        .unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let log = FileLog::open(dir.path()).unwrap();
+    assert_eq!(log.snapshot_point(), Some((20, 1)));
+    assert_eq!(
+        log.recovery().leftovers_removed,
+        vec![dir.path().join(snapshot::SAVING)]
+    );
+    assert_eq!(log.last_index(), 32);
 }
 
 #[test]
