@@ -59,7 +59,8 @@
 //!
 //! ## Features
 //! - `std` (default): `std::error::Error` for the errors; implies `alloc`.
-//! - `alloc`: [`VecLog`] and [`OwnedEntry`].
+//! - `alloc`: [`VecLog`] and [`OwnedEntry`]; [`IncomingSnapshot`] for logs of your own that
+//!   keep their snapshot in memory.
 //! - `serde`: the wire format (module `wire`): postcard frames with version and cluster
 //!   checks.
 //! - `defmt`: `defmt::Format` for the public types, and logging through defmt.
@@ -106,8 +107,10 @@ pub use message::{
 pub use node::{Counters, Node, Output, Proposal, ProposeError, StateChange};
 pub use progress::{Progress, ProgressState};
 pub use read::{ReadError, ReadMode};
-pub use storage::{ArrayLog, LogStorage, SnapshotMeta, StorageError, MAX_MEMBERS};
+pub use storage::{
+    snapshot_chunk_of, ArrayLog, LogStorage, SnapshotMeta, StorageError, MAX_MEMBERS,
+};
 #[cfg(feature = "alloc")]
-pub use storage::{OwnedEntry, VecLog};
+pub use storage::{IncomingSnapshot, OwnedEntry, VecLog};
 pub use transfer::TransferError;
 pub use types::{Entry, EntryKind, HardState, Index, NodeId, Role, Term};

@@ -282,7 +282,15 @@ impl<const CAP: usize, const DATA: usize> LogStorage for ArrayLog<CAP, DATA> {
 }
 
 #[cfg(feature = "alloc")]
-pub use vec_log::{OwnedEntry, VecLog};
+pub use vec_log::{IncomingSnapshot, OwnedEntry, VecLog};
+
+/// The chunk of a snapshot's bytes `data` at `offset`, at most `max` bytes (empty past the
+/// end): [`LogStorage::snapshot_chunk`] for a log that keeps its snapshot in memory.
+pub fn snapshot_chunk_of(data: &[u8], offset: u64, max: usize) -> &[u8] {
+    let start = usize::try_from(offset).map_or(data.len(), |o| o.min(data.len()));
+    let end = start.saturating_add(max).min(data.len());
+    &data[start..end]
+}
 
 #[cfg(feature = "alloc")]
 mod vec_log {
@@ -335,7 +343,48 @@ mod vec_log {
         compacted_term: Term,
         hard_state: HardState,
         snapshot: Option<(SnapshotMeta, Vec<u8>)>,
-        incoming: Option<(SnapshotMeta, Vec<u8>)>,
+        incoming: IncomingSnapshot,
+    }
+
+    /// A snapshot being received from a leader, in memory: the rules of
+    /// [`LogStorage::receive_snapshot_chunk`] and [`LogStorage::install_snapshot`] for a log
+    /// that keeps its snapshot in memory ([`VecLog`], or one of your own).
+    #[derive(Clone, Debug, Default, PartialEq, Eq)]
+    pub struct IncomingSnapshot(Option<(SnapshotMeta, Vec<u8>)>);
+
+    impl IncomingSnapshot {
+        /// Takes the chunk of snapshot `meta` at `offset`: offset 0 starts it over (a new
+        /// snapshot, or the same one resent); any other chunk must continue the same
+        /// snapshot exactly where the bytes received so far end.
+        pub fn receive(
+            &mut self,
+            meta: &SnapshotMeta,
+            offset: u64,
+            data: &[u8],
+        ) -> Result<(), StorageError> {
+            if offset == 0 {
+                self.0 = Some((*meta, Vec::new()));
+            }
+            match &mut self.0 {
+                Some((m, buf)) if m == meta && buf.len() as u64 == offset => {
+                    buf.extend_from_slice(data);
+                    Ok(())
+                }
+                _ => Err(StorageError::OutOfRange),
+            }
+        }
+
+        /// The bytes of snapshot `meta` if they all arrived (they are taken); otherwise
+        /// nothing changes and the answer is [`StorageError::OutOfRange`].
+        pub fn take_complete(&mut self, meta: &SnapshotMeta) -> Result<Vec<u8>, StorageError> {
+            match self.0.take() {
+                Some((m, data)) if &m == meta && data.len() as u64 == meta.size => Ok(data),
+                other => {
+                    self.0 = other;
+                    Err(StorageError::OutOfRange)
+                }
+            }
+        }
     }
 
     impl VecLog {
@@ -347,7 +396,7 @@ mod vec_log {
                 compacted_term: 0,
                 hard_state: HardState::default(),
                 snapshot: None,
-                incoming: None,
+                incoming: IncomingSnapshot::default(),
             }
         }
 
@@ -439,9 +488,7 @@ mod vec_log {
 
         fn snapshot_chunk(&self, offset: u64, max: usize) -> Result<&[u8], StorageError> {
             let (_, data) = self.snapshot.as_ref().ok_or(StorageError::Unavailable)?;
-            let start = (offset as usize).min(data.len());
-            let end = start.saturating_add(max).min(data.len());
-            Ok(&data[start..end])
+            Ok(snapshot_chunk_of(data, offset, max))
         }
 
         fn receive_snapshot_chunk(
@@ -450,36 +497,20 @@ mod vec_log {
             offset: u64,
             data: &[u8],
         ) -> Result<(), StorageError> {
-            if offset == 0 {
-                self.incoming = Some((*meta, Vec::new()));
-            }
-            match &mut self.incoming {
-                Some((m, buf)) if m == meta && buf.len() as u64 == offset => {
-                    buf.extend_from_slice(data);
-                    Ok(())
-                }
-                _ => Err(StorageError::OutOfRange),
-            }
+            self.incoming.receive(meta, offset, data)
         }
 
         fn install_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), StorageError> {
-            match self.incoming.take() {
-                Some((m, data)) if &m == meta && data.len() as u64 == meta.size => {
-                    if self.term(meta.index) == Some(meta.term) {
-                        self.compact(meta.index)?;
-                    } else {
-                        self.entries.clear();
-                        self.first = meta.index + 1;
-                        self.compacted_term = meta.term;
-                    }
-                    self.snapshot = Some((m, data));
-                    Ok(())
-                }
-                other => {
-                    self.incoming = other;
-                    Err(StorageError::OutOfRange)
-                }
+            let data = self.incoming.take_complete(meta)?;
+            if self.term(meta.index) == Some(meta.term) {
+                self.compact(meta.index)?;
+            } else {
+                self.entries.clear();
+                self.first = meta.index + 1;
+                self.compacted_term = meta.term;
             }
+            self.snapshot = Some((*meta, data));
+            Ok(())
         }
     }
 }
@@ -525,6 +556,16 @@ mod tests {
     #[test]
     fn array_log_follows_the_storage_contract() {
         exercise(&mut ArrayLog::<4, 4>::new());
+    }
+
+    #[test]
+    fn snapshot_chunks_are_cut_within_the_bytes() {
+        let data = b"0123456789";
+        assert_eq!(snapshot_chunk_of(data, 0, 4), b"0123");
+        assert_eq!(snapshot_chunk_of(data, 8, 4), b"89");
+        assert_eq!(snapshot_chunk_of(data, 10, 4), b"");
+        assert_eq!(snapshot_chunk_of(data, u64::MAX, usize::MAX), b"");
+        assert_eq!(snapshot_chunk_of(data, 3, usize::MAX), b"3456789");
     }
 
     #[cfg(feature = "alloc")]

@@ -865,12 +865,7 @@ impl<F: NorFlash, const CAP: usize, const DATA: usize, const SNAP: usize> LogSto
         if self.snapshot.is_none() {
             return Err(StorageError::Unavailable);
         }
-        let data = &self.snapshot_data[..];
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(data.len());
-        let end = start.saturating_add(max).min(data.len());
-        Ok(&data[start..end])
+        Ok(coracle::snapshot_chunk_of(&self.snapshot_data, offset, max))
     }
 
     fn receive_snapshot_chunk(

@@ -22,7 +22,10 @@
 
 use crate::oracle::{EntryId, LogView};
 use crate::sim::rng::mix64;
-use coracle::{Entry, EntryKind, HardState, Index, LogStorage, SnapshotMeta, StorageError, Term};
+use coracle::{
+    snapshot_chunk_of, Entry, EntryKind, HardState, IncomingSnapshot, Index, LogStorage,
+    SnapshotMeta, StorageError, Term,
+};
 use std::collections::VecDeque;
 use std::rc::Rc;
 
@@ -255,7 +258,7 @@ pub struct SimLog {
     /// Truncations so far, for the Leader Append-Only oracle.
     truncations: u64,
     /// The snapshot being received from a leader (volatile).
-    incoming: Option<(SnapshotMeta, Vec<u8>)>,
+    incoming: IncomingSnapshot,
     /// Snapshots installed from a leader since the last [`SimLog::take_installed`].
     installed: Vec<(Index, EntryId)>,
 }
@@ -450,9 +453,7 @@ impl LogStorage for SimLog {
             .snapshot
             .as_ref()
             .ok_or(StorageError::Unavailable)?;
-        let start = usize::try_from(offset).map_or(data.len(), |o| o.min(data.len()));
-        let end = start.saturating_add(max).min(data.len());
-        Ok(&data[start..end])
+        Ok(snapshot_chunk_of(data, offset, max))
     }
 
     fn receive_snapshot_chunk(
@@ -461,33 +462,16 @@ impl LogStorage for SimLog {
         offset: u64,
         data: &[u8],
     ) -> Result<(), StorageError> {
-        if offset == 0 {
-            self.incoming = Some((*meta, Vec::new()));
-        }
-        match &mut self.incoming {
-            Some((m, buf)) if m == meta && buf.len() as u64 == offset => {
-                buf.extend_from_slice(data);
-                Ok(())
-            }
-            _ => Err(StorageError::OutOfRange),
-        }
+        self.incoming.receive(meta, offset, data)
     }
 
     fn install_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), StorageError> {
-        match self.incoming.take() {
-            Some((m, data)) if &m == meta && data.len() as u64 == meta.size => {
-                let chain =
-                    crate::sim::kv::snapshot_chain(&data).ok_or(StorageError::OutOfRange)?;
-                self.write(Write::Install(m, Rc::from(data), chain))?;
-                let id = self.live.id(meta.index).ok_or(StorageError::OutOfRange)?;
-                self.installed.push((meta.index, id));
-                Ok(())
-            }
-            other => {
-                self.incoming = other;
-                Err(StorageError::OutOfRange)
-            }
-        }
+        let data = self.incoming.take_complete(meta)?;
+        let chain = crate::sim::kv::snapshot_chain(&data).ok_or(StorageError::OutOfRange)?;
+        self.write(Write::Install(*meta, Rc::from(data), chain))?;
+        let id = self.live.id(meta.index).ok_or(StorageError::OutOfRange)?;
+        self.installed.push((meta.index, id));
+        Ok(())
     }
 }
 

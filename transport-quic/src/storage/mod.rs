@@ -1028,11 +1028,7 @@ impl LogStorage for FileLog {
             .as_ref()
             .ok_or(StorageError::Unavailable)?
             .data;
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(data.len());
-        let end = start.saturating_add(max).min(data.len());
-        Ok(&data[start..end])
+        Ok(coracle::snapshot_chunk_of(data, offset, max))
     }
 
     /// Writes the chunk into the temporary file of the snapshot being received (not
