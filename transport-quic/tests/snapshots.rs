@@ -259,3 +259,51 @@ fn a_full_log_is_snapshotted_and_compacted_to_make_room() {
     assert!(log.disk_bytes() <= 24576);
     assert!(coracle::LogStorage::first_index(&log) > 100);
 }
+
+#[test]
+fn a_full_log_whose_snapshot_cannot_be_saved_loses_nothing() {
+    let setup = Setup::new("snap-unsaved", 1);
+    let text = setup.config_text(1)
+        + "[storage]\nsegment_bytes = 2048\nmax_log_bytes = 24576\nsnapshot_entries = 0\n";
+    let cfg = NodeConfig::parse(&text, setup.path()).unwrap();
+    let node = RunningNode::start(&cfg).unwrap();
+    // A directory where the snapshot's temporary file goes: every save fails, the log
+    // itself stays healthy.
+    let blocker = cfg.data_dir.join("snapshot.saving.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let client = setup
+        .client("client-alice")
+        .with_timeout(Duration::from_secs(3));
+    let acknowledged = smol::block_on(async {
+        let mut n = 0;
+        while n < 500 && client.put(format!("k{n:03}"), value(n)).await.is_ok() {
+            n += 1;
+        }
+        n
+    });
+    assert!(acknowledged < 500, "the log never filled up");
+    client.close();
+    node.shutdown().unwrap();
+    // Nothing was compacted behind a snapshot that was never saved.
+    std::fs::remove_dir(&blocker).unwrap();
+    let log = FileLog::open(&cfg.data_dir).unwrap();
+    assert!(log.snapshot().is_none());
+    assert_eq!(coracle::LogStorage::first_index(&log), 1);
+    drop(log);
+    // Restarted with a writable directory: every acknowledged write is there, and the full
+    // log snapshots and compacts to make room.
+    let node = RunningNode::start(&cfg).unwrap();
+    let client = setup.client("client-alice");
+    smol::block_on(async {
+        for i in 0..acknowledged {
+            let got = client.get(format!("k{i:03}")).await.unwrap();
+            assert_eq!(got, Some(value(i).into_bytes()), "write {i} lost");
+        }
+        for i in 0..100 {
+            client.put(format!("after{i}"), "x").await.unwrap();
+        }
+    });
+    client.close();
+    node.shutdown().unwrap();
+    assert!(FileLog::open(&cfg.data_dir).unwrap().snapshot().is_some());
+}
