@@ -10,12 +10,17 @@
 //! - [`journal`]: a Raft log on any `embedded-storage` NorFlash that
 //!   survives a reboot ([`journal::FlashLog`]), and the UDP link's
 //!   send-counter mark ([`journal::MarkStore`]);
+//! - `app` (feature `firmware`): the application every firmware runs (the
+//!   table, the periodic proposals, compaction, the log lines), generic over
+//!   its flash and its board's hooks;
 //! - `hub` (feature `std`): the Ethernet hub between QEMU boards.
 //!
 //! The QEMU firmware is `embedded/qemu/` (its own workspace: it builds for
 //! `thumbv7m-none-eabi`); `cargo xtask qemu-cluster` runs a cluster of it.
 #![cfg_attr(not(feature = "std"), no_std)]
 
+#[cfg(feature = "firmware")]
+pub mod app;
 pub mod board;
 pub mod compaction;
 pub mod counters;

@@ -34,16 +34,13 @@
 #![no_std]
 #![no_main]
 
-use core::cell::RefCell;
-
-use coracle::{Config, Node, NodeId, Output, Role, SnapshotMeta};
+use coracle::{Config, Node, NodeId, Role, SnapshotMeta};
+use coracle_embedded::app::{App, BoardHooks, Installed, Settings};
 use coracle_embedded::board::{mac_for, Board, UDP_PORT};
-use coracle_embedded::compaction::snapshot_and_compact;
-use coracle_embedded::counters::{Add, CounterTable};
+use coracle_embedded::counters::CounterTable;
 use coracle_embedded::journal::{FlashLog, MarkStore};
 use coracle_udp::codec::{mtu_config, Link};
-use coracle_udp::event_loop::Control;
-use coracle_udp::node::{Application, UdpNode};
+use coracle_udp::node::UdpNode;
 use coracle_udp::{ClusterKey, SendCounter};
 use defmt::{error, info, warn};
 use defmt_rtt as _;
@@ -56,7 +53,7 @@ use embassy_stm32::gpio::{Input, Level, Output as Pin, Pull, Speed};
 use embassy_stm32::peripherals::{ETH, ETH_SMA};
 use embassy_stm32::time::Hertz;
 use embassy_stm32::{bind_interrupts, uid};
-use embassy_time::{Duration, Instant, Timer};
+use embassy_time::Duration;
 use static_cell::StaticCell;
 
 /// The cluster's identity, from the build (see `build.rs`).
@@ -101,17 +98,12 @@ type Log = FlashLog<Bank2Region3<'static, Blocking>, LOG_CAP, DATA, SNAP>;
 type Table = CounterTable<COUNTERS>;
 
 /// The table of the snapshot the log installed last (from a leader), until
-/// `Output::RestoreSnapshot` takes it (the application cannot reach the log
-/// when that output arrives).
-static INSTALLED: cortex_m::interrupt::Mutex<RefCell<Option<Table>>> =
-    cortex_m::interrupt::Mutex::new(RefCell::new(None));
+/// `Output::RestoreSnapshot` takes it.
+static INSTALLED: Installed<COUNTERS> = Installed::new();
 
 /// The log's install hook: keeps the installed snapshot's table.
 fn on_install(meta: &SnapshotMeta, data: &[u8]) {
-    let table = Table::decode(data)
-        .ok()
-        .filter(|t| t.applied() == meta.index);
-    cortex_m::interrupt::free(|cs| *INSTALLED.borrow(cs).borrow_mut() = table);
+    INSTALLED.keep(meta, data);
 }
 
 type Marks = MarkStore<Bank2Region1<'static, Blocking>>;
@@ -148,15 +140,6 @@ fn red_led_and_stop() -> ! {
     }
 }
 
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Follower => "follower",
-        Role::PreCandidate => "precandidate",
-        Role::Candidate => "candidate",
-        Role::Leader => "leader",
-    }
-}
-
 /// This board's `(id, boards)`: its place in the `CORACLE_UIDS` table, or
 /// the fixed setting of the image.
 fn identity(uid: &[u8; 12]) -> (u8, u8) {
@@ -175,136 +158,23 @@ fn identity(uid: &[u8; 12]) -> (u8, u8) {
     }
 }
 
-/// The board's application: the counter table, the send-counter store,
-/// the periodic proposals and status lines, and the leader LED.
-struct App {
-    id: NodeId,
-    table: Table,
-    /// The node asked for a snapshot (its log is full).
-    snapshot_needed: bool,
-    marks: Marks,
-    next_tick: Instant,
-    ticks: u32,
+/// The NUCLEO board's hooks: LD1 (green) lit while this board leads; a
+/// halt lights LD3.
+struct Hooks {
     leader_led: Pin<'static>,
 }
 
-impl Application for App {
-    fn output(&mut self, output: Output<'_>) {
-        match output {
-            Output::Apply(entry) => {
-                let refused = self.table.apply(&entry).is_err();
-                info!(
-                    "apply index={=u64} term={=u64} digest={=u32:08x} commands={=u64} refused={=bool}",
-                    entry.index,
-                    entry.term,
-                    self.table.digest(),
-                    self.table.commands(),
-                    refused
-                );
-            }
-            Output::StateChanged(s) => {
-                self.leader_led.set_level(if s.role == Role::Leader {
-                    Level::High
-                } else {
-                    Level::Low
-                });
-                info!(
-                    "state role={=str} term={=u64} leader={=u64}",
-                    role_name(s.role),
-                    s.term,
-                    s.leader.unwrap_or(0)
-                );
-            }
-            Output::RestoreSnapshot { index, term } => {
-                let table = cortex_m::interrupt::free(|cs| INSTALLED.borrow(cs).take());
-                match table {
-                    Some(table) if table.applied() == index => self.table = table,
-                    _ => halt("the snapshot to restore is missing"),
-                }
-                info!(
-                    "installed snapshot index={=u64} term={=u64} digest={=u32:08x} commands={=u64}",
-                    index,
-                    term,
-                    self.table.digest(),
-                    self.table.commands()
-                );
-            }
-            Output::SnapshotNeeded => {
-                warn!("log full: snapshot needed");
-                self.snapshot_needed = true;
-            }
-            _ => {}
-        }
+impl BoardHooks for Hooks {
+    fn role_changed(&mut self, role: Role) {
+        self.leader_led.set_level(if role == Role::Leader {
+            Level::High
+        } else {
+            Level::Low
+        });
     }
 
-    fn persist_counter(&mut self, mark: u64) -> bool {
-        self.marks.store(mark).is_ok()
-    }
-}
-
-impl App {
-    /// Snapshots the table and compacts the log through its applied index,
-    /// every [`COMPACT_EVERY`] entries, or sooner when the log or its flash
-    /// bank fills.
-    fn compact(&mut self, udp: &mut Udp) {
-        let needed = &mut self.snapshot_needed;
-        match snapshot_and_compact(udp.node_mut(), &self.table, COMPACT_EVERY, needed) {
-            Ok(Some(c)) => info!(
-                "compacted through={=u64} first={=u64} last={=u64} bank={=usize} generation={=u64} flash_used={=usize} digest={=u32:08x}",
-                c.through,
-                c.first,
-                c.last,
-                c.bank.0,
-                c.bank.1,
-                c.flash_used,
-                self.table.digest()
-            ),
-            Ok(None) => {}
-            Err(e) => warn!("compaction failed: {}", defmt::Debug2Format(&e)),
-        }
-    }
-}
-
-impl Control<Udp> for App {
-    type Command = ();
-
-    async fn next_command(&mut self) -> Option<()> {
-        // An absolute deadline: cancel-safe (the loop drops this future
-        // whenever a datagram or a timer comes first).
-        Timer::at(self.next_tick).await;
-        self.next_tick += Duration::from_millis(100);
-        Some(())
-    }
-
-    fn command(&mut self, udp: &mut Udp, (): ()) {
-        self.ticks = self.ticks.wrapping_add(1);
-        if !self.ticks.is_multiple_of(5) {
-            return;
-        }
-        self.compact(udp);
-        let node = udp.node_mut();
-        if node.role() == Role::Leader && node.last_index() < node.commit_index() + UNCOMMITTED {
-            let add = Add {
-                counter: self.id as u8,
-                delta: 1,
-            };
-            if let Err(e) = node.propose(&add.encode()) {
-                warn!("propose failed: {}", defmt::Debug2Format(&e));
-            }
-        }
-        let node = udp.node();
-        info!(
-            "status role={=str} term={=u64} leader={=u64} commit={=u64} applied={=u64} last={=u64} digest={=u32:08x} sent={=u64} dropped={=u64}",
-            role_name(node.role()),
-            node.term(),
-            node.leader().unwrap_or(0),
-            node.commit_index(),
-            self.table.applied(),
-            node.last_index(),
-            self.table.digest(),
-            udp.link().counters().sent,
-            udp.link().drops().total(),
-        );
+    fn halt(&mut self, why: &str) -> ! {
+        halt(why)
     }
 }
 
@@ -500,15 +370,14 @@ async fn main(spawner: Spawner) {
         ));
     }
 
-    let mut app = App {
-        id,
-        table,
-        snapshot_needed: false,
-        marks,
-        next_tick: Instant::now(),
-        ticks: 0,
+    let settings = Settings {
+        compact_every: COMPACT_EVERY,
+        uncommitted: UNCOMMITTED,
+    };
+    let hooks = Hooks {
         leader_led: Pin::new(p.PB0, Level::Low, Speed::Low),
     };
+    let mut app = App::new(id, table, marks, &INSTALLED, settings, hooks);
     coracle_udp::embassy::run_node(
         udp,
         &mut app,
