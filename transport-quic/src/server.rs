@@ -125,12 +125,24 @@ enum Call {
     Shutdown,
 }
 
+/// Requests of one client stream in flight at most. The next request is read only once an
+/// answer has been written out, so a client that pipelines without reading its answers
+/// meets QUIC flow control instead of growing the node's queues.
+pub const REQUESTS_IN_FLIGHT: usize = 1024;
+
+/// One of a stream's [`REQUESTS_IN_FLIGHT`], held until the request's answer is written.
+type Permit = Option<Arc<smol::lock::SemaphoreGuardArc>>;
+
+/// An answer on its way to the stream's writer, with the request's permit.
+type Answer = (ResponseFrame, Permit);
+
 /// Where the answer to one client request goes: its id, and the answer queue of the stream
 /// it came on.
 #[derive(Clone)]
 struct Reply {
     id: u64,
-    to: Sender<ResponseFrame>,
+    to: Sender<Answer>,
+    permit: Permit,
 }
 
 impl Reply {
@@ -139,14 +151,16 @@ impl Reply {
         Reply {
             id: 0,
             to: channel::bounded(1).0,
+            permit: None,
         }
     }
 
     fn send(&self, response: Response) {
-        let _ = self.to.try_send(ResponseFrame {
+        let frame = ResponseFrame {
             id: self.id,
             response,
-        });
+        };
+        let _ = self.to.try_send((frame, self.permit.clone()));
     }
 }
 
@@ -1098,12 +1112,14 @@ async fn serve_client(
 /// waiting for their answers (the client pipelines).
 async fn read_requests(
     mut recv: quinn::RecvStream,
-    answers: Sender<ResponseFrame>,
+    answers: Sender<Answer>,
     identity: Identity,
     calls: Sender<Call>,
     stats: Arc<TransportStats>,
 ) {
+    let in_flight = Arc::new(smol::lock::Semaphore::new(REQUESTS_IN_FLIGHT));
     loop {
+        let permit = Some(Arc::new(in_flight.acquire_arc().await));
         let bytes = match read_frame(&mut recv, MAX_CLIENT_FRAME).await {
             Ok(Some(bytes)) => bytes,
             Ok(None) | Err(FrameError::Interrupted) => return,
@@ -1121,6 +1137,7 @@ async fn read_requests(
                 let reply = Reply {
                     id,
                     to: answers.clone(),
+                    permit,
                 };
                 let call = Call::Client {
                     request,
@@ -1144,6 +1161,7 @@ async fn read_requests(
                 Reply {
                     id,
                     to: answers.clone(),
+                    permit,
                 }
             }
         };
@@ -1152,16 +1170,19 @@ async fn read_requests(
 }
 
 /// Writes the answers of one client stream: every answer ready when the task runs leaves
-/// in one write. Finishes the stream once the requests ended and all were answered.
-async fn write_answers(mut send: quinn::SendStream, queue: Receiver<ResponseFrame>) {
+/// in one write, and then their requests' permits are returned. Finishes the stream once
+/// the requests ended and all were answered.
+async fn write_answers(mut send: quinn::SendStream, queue: Receiver<Answer>) {
     let mut buf = Vec::new();
+    let mut permits = Vec::new();
     while let Ok(first) = queue.recv().await {
         buf.clear();
         let mut next = Some(first);
-        while let Some(answer) = next {
+        while let Some((answer, permit)) = next {
             if let Err(e) = append_frame(&mut buf, &answer) {
                 warn!(error = %e, "cannot encode an answer");
             }
+            permits.push(permit);
             next = if buf.len() < 1 << 20 {
                 queue.try_recv().ok()
             } else {
@@ -1171,6 +1192,7 @@ async fn write_answers(mut send: quinn::SendStream, queue: Receiver<ResponseFram
         if send.write_all(&buf).await.is_err() {
             return;
         }
+        permits.clear();
     }
     let _ = send.finish();
 }

@@ -92,10 +92,11 @@ fn connections_without_a_certificate_or_from_another_ca_are_refused() {
     let addr = node.local_addr();
     let refused = || TransportStats::get(&node.stats().refused);
 
-    // Our own client certificate works (the control).
+    // Our own client certificate works (the control). (No check that `refused` is still 0:
+    // on a loaded machine a handshake of the start-up probe that its client gave up on is
+    // counted too.)
     let good = tls::client_config(&setup.creds("client-alice"), &QuicSettings::default()).unwrap();
     assert!(smol::block_on(request_answered(good, addr)));
-    assert_eq!(refused(), 0);
 
     // No certificate at all.
     let before = refused();
@@ -354,6 +355,54 @@ fn concurrent_calls_on_one_client_are_pipelined_and_get_their_own_answers() {
         }
     });
     client.close();
+    node.shutdown().unwrap();
+}
+
+#[test]
+fn more_requests_than_may_be_in_flight_on_one_stream_are_all_answered() {
+    let (setup, node) = single_node("in-flight");
+    let ep = endpoint();
+    let config =
+        tls::client_config(&setup.creds("client-alice"), &QuicSettings::default()).unwrap();
+    let requests = 3 * coracle_quic::server::REQUESTS_IN_FLIGHT as u64;
+    let answered = smol::block_on(async {
+        let conn = ep
+            .connect_with(config, node.local_addr(), ANY_NODE_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let mut frames = Vec::new();
+        for id in 1..=requests {
+            let request = RequestFrame {
+                id,
+                request: Request::Status,
+            };
+            append_frame(&mut frames, &request).unwrap();
+        }
+        // All written before any answer is read: the node reads on as answers leave.
+        send.write_all(&frames).await.unwrap();
+        let _ = send.finish();
+        let answer = smol::future::or(async { recv.read_to_end(64 << 20).await.ok() }, async {
+            smol::Timer::after(Duration::from_secs(30)).await;
+            None
+        })
+        .await
+        .expect("every answer within 30 s");
+        let mut ids = Vec::new();
+        let mut rest = &answer[..];
+        while rest.len() >= 4 {
+            let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+            let frame: ResponseFrame = postcard::from_bytes(&rest[4..4 + len]).unwrap();
+            assert!(matches!(frame.response, Response::Status(_)), "{frame:?}");
+            ids.push(frame.id);
+            rest = &rest[4 + len..];
+        }
+        ids.sort_unstable();
+        ids
+    });
+    assert_eq!(answered, (1..=requests).collect::<Vec<_>>());
+    ep.close(0u32.into(), b"");
     node.shutdown().unwrap();
 }
 
