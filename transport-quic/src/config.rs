@@ -125,6 +125,8 @@ impl Default for TransportConfig {
 pub struct StorageConfig {
     /// Segment size (bytes).
     pub segment_bytes: u64,
+    /// Preallocate segments with zeros ahead of time (see `storage::Options::preallocate`).
+    pub preallocate: bool,
     /// Quota on all segments (bytes), none if absent.
     pub max_log_bytes: Option<u64>,
     /// Snapshot the state machine after this many entries applied since the last
@@ -139,6 +141,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             segment_bytes: 64 << 20,
+            preallocate: true,
             max_log_bytes: None,
             snapshot_entries: 100_000,
             snapshot_keep_entries: 10_000,

@@ -199,6 +199,7 @@ impl RunningNode {
         }
         let options = Options::new()
             .segment_bytes(cfg.storage.segment_bytes)
+            .preallocate(cfg.storage.preallocate)
             .max_log_bytes(cfg.storage.max_log_bytes)
             .max_entry_bytes(cfg.raft.max_entry_bytes + 1024);
         let log = FileLog::open_with(&cfg.data_dir, options).map_err(NodeError::Storage)?;

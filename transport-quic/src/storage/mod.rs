@@ -31,12 +31,24 @@
 //! [`Node::synced`](coracle::Node::synced). Dropping a `FileLog` does **not** sync: what was
 //! buffered is lost, exactly as in a crash, and the node never acknowledged it.
 //!
-//! There is no per-write metadata flush: records are appended with `fdatasync`, which
-//! writes the inode only for the size change of the group; the directory is fsynced only
-//! when a file is created, renamed or removed (new segment, compaction, hard state,
-//! snapshot). Segments are not preallocated: preallocated space reads back as zeros that
-//! recovery would have to tell from damage, and extending the file costs one size update
-//! per group, not per entry.
+//! There is no per-write metadata flush: records are written with `fdatasync`; the directory
+//! is fsynced only when a file is created, renamed or removed (new segment, compaction, hard
+//! state, snapshot).
+//!
+//! # Preallocation
+//!
+//! With [`Options::preallocate`] (the default), segments are preallocated: once the active
+//! segment holds a little data (1 MiB, or half a segment if segments are smaller), a thread
+//! writes a segment's worth of zeros to a spare file and fsyncs it; the next roll-over makes
+//! the spare the new segment ([`segment`]). Records then overwrite zeros, and the
+//! `fdatasync` of a group has no file size to update, which makes it about a third faster
+//! on this project's machines. A segment that is not preallocated (the first one, or one
+//! created while no spare was ready) is rolled over as soon as a spare is ready, so a busy
+//! log soon writes into preallocated space; an idle one never pays for a spare. Preparing
+//! the spare never blocks the log: without one, a roll-over creates a plain segment, and a
+//! spare that cannot be written (a full disk) is only skipped. The spare and the zeros of
+//! the active segment take disk space that [`Options::max_log_bytes`] does not count (up to
+//! two segments' worth).
 //!
 //! A few operations do their I/O at once and are durable when they return: a
 //! [`truncate_suffix`](LogStorage::truncate_suffix) that cuts records already written, a
@@ -193,6 +205,8 @@ use segment::Segment;
 use std::fs::{self, File};
 use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Settings of a [`FileLog`].
 ///
@@ -206,6 +220,7 @@ pub struct Options {
     segment_bytes: u64,
     max_entry_bytes: usize,
     max_log_bytes: Option<u64>,
+    preallocate: bool,
 }
 
 impl Default for Options {
@@ -214,12 +229,13 @@ impl Default for Options {
             segment_bytes: 64 << 20,
             max_entry_bytes: 16 << 20,
             max_log_bytes: None,
+            preallocate: true,
         }
     }
 }
 
 impl Options {
-    /// The defaults: 64 MiB segments, entries up to 16 MiB, no quota.
+    /// The defaults: 64 MiB segments, preallocated; entries up to 16 MiB; no quota.
     pub fn new() -> Self {
         Self::default()
     }
@@ -247,6 +263,18 @@ impl Options {
         self.max_log_bytes = bytes;
         self
     }
+
+    /// Whether segments are preallocated with zeros by a helper thread (see
+    /// "Preallocation" in the [module docs](self)). On by default.
+    pub fn preallocate(mut self, on: bool) -> Self {
+        self.preallocate = on;
+        self
+    }
+
+    /// Bytes the active segment holds before a spare is prepared.
+    fn spare_after(&self) -> u64 {
+        (1 << 20).min(self.segment_bytes / 2)
+    }
 }
 
 /// Counters of the I/O a [`FileLog`] did since it was opened.
@@ -263,6 +291,10 @@ pub struct Stats {
     pub segments_created: u64,
     /// Segments deleted (compaction, truncation, discard by a snapshot).
     pub segments_deleted: u64,
+    /// Segments created from a preallocated spare (counted in `segments_created` too).
+    pub segments_preallocated: u64,
+    /// Spares that could not be prepared (say, the disk is full); the log went on without.
+    pub spares_failed: u64,
 }
 
 /// What [`FileLog::open`] found and repaired.
@@ -308,6 +340,8 @@ pub struct FileLog {
     snapshot: Option<Snapshot>,
     /// A snapshot being received from a leader.
     incoming: Option<snapshot::Incoming>,
+    /// The next segment, preallocated.
+    spare: Spare,
     /// Test only: the step of a snapshot install at which to stop, as a crash would.
     #[cfg(test)]
     crash_at: Option<&'static str>,
@@ -315,6 +349,24 @@ pub struct FileLog {
     last_error: Option<FileLogError>,
     stats: Stats,
     recovery: RecoveryReport,
+}
+
+/// Where the preallocated next segment is.
+#[derive(Debug, Default)]
+enum Spare {
+    /// None yet (the active segment is not full enough to want one).
+    #[default]
+    None,
+    /// A thread is writing it.
+    Preparing {
+        done: std::sync::mpsc::Receiver<Result<Option<segment::Spare>, FileLogError>>,
+        cancel: Arc<AtomicBool>,
+        thread: std::thread::JoinHandle<()>,
+    },
+    /// Written and fsynced.
+    Ready(segment::Spare),
+    /// It could not be written; tried again for the next segment.
+    Failed,
 }
 
 /// A snapshot checked by [`FileLog::prepare_snapshot`], to be written to its temporary
@@ -425,6 +477,7 @@ impl FileLog {
             pending: Vec::new(),
             snapshot,
             incoming: None,
+            spare: Spare::None,
             #[cfg(test)]
             crash_at: None,
             failed: false,
@@ -519,11 +572,89 @@ impl FileLog {
         self.stats.fsyncs += 1;
         self.stats.bytes_written += self.pending.len() as u64;
         seg.len += self.pending.len() as u64;
+        let path = path.clone();
         self.pending.clear();
-        Ok(Some(PendingSync {
-            file,
-            path: path.clone(),
-        }))
+        self.maybe_prepare_spare();
+        Ok(Some(PendingSync { file, path }))
+    }
+
+    /// Starts preparing the next segment once the active one holds enough to want it.
+    fn maybe_prepare_spare(&mut self) {
+        let active_len = self.segments.last().map_or(0, |s| s.len);
+        if !self.options.preallocate
+            || !matches!(self.spare, Spare::None)
+            || active_len < self.options.spare_after()
+        {
+            return;
+        }
+        let (tx, done) = std::sync::mpsc::channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (dir, bytes, stop) = (self.dir.clone(), self.options.segment_bytes, cancel.clone());
+        let spawned = std::thread::Builder::new()
+            .name("coracle-spare".into())
+            .spawn(move || {
+                let _ = tx.send(segment::prepare_spare(&dir, bytes, &stop));
+            });
+        self.spare = match spawned {
+            Ok(thread) => Spare::Preparing {
+                done,
+                cancel,
+                thread,
+            },
+            Err(_) => {
+                self.stats.spares_failed += 1;
+                Spare::Failed
+            }
+        };
+    }
+
+    /// True if a spare is ready (taking the preparing thread's result if it is done).
+    fn spare_ready(&mut self) -> bool {
+        if let Spare::Preparing { done, .. } = &self.spare {
+            self.spare = match done.try_recv() {
+                Ok(Ok(Some(spare))) => Spare::Ready(spare),
+                Ok(Ok(None) | Err(_)) | Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    self.stats.spares_failed += 1;
+                    Spare::Failed
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => return false,
+            };
+        }
+        matches!(self.spare, Spare::Ready(_))
+    }
+
+    /// Creates the segment starting at `base` (from the spare if one is ready) and makes
+    /// it the active one.
+    fn new_segment(&mut self, base: Index, prev_term: Term) -> Result<(), FileLogError> {
+        let created = if self.spare_ready() {
+            let Spare::Ready(spare) = std::mem::take(&mut self.spare) else {
+                unreachable!("spare_ready said so");
+            };
+            self.stats.segments_preallocated += 1;
+            segment::create_from_spare(&self.dir, base, prev_term, spare)?
+        } else {
+            if matches!(self.spare, Spare::Failed) {
+                self.spare = Spare::None;
+            }
+            segment::create(&self.dir, base, prev_term)?
+        };
+        self.stats.fsyncs += 2;
+        self.stats.segments_created += 1;
+        self.segments.push(created.0);
+        self.active = created.1;
+        Ok(())
+    }
+
+    /// Test only: waits until the spare being prepared is ready (or failed).
+    #[cfg(test)]
+    pub(crate) fn wait_for_spare(&mut self) -> bool {
+        if let Spare::Preparing { done, .. } = &self.spare {
+            self.spare = match done.recv() {
+                Ok(Ok(Some(spare))) => Spare::Ready(spare),
+                _ => Spare::Failed,
+            };
+        }
+        matches!(self.spare, Spare::Ready(_))
     }
 
     /// Saves `data`, the state machine through `meta.index`, as the snapshot described by
@@ -756,27 +887,26 @@ impl FileLog {
     /// written by [`write_buffered`](Self::write_buffered) may still wait for theirs on
     /// another thread.
     fn roll_over(&mut self, base: Index) -> Result<(), FileLogError> {
-        match self.write_inner()? {
+        let written = self.write_inner()?;
+        let seg = self.segments.last_mut().ok_or(FileLogError::Failed)?;
+        if seg.preallocated {
+            // Only the last segment may end in zeros (see `recovery`).
+            self.active
+                .set_len(seg.len)
+                .map_err(io_err(&seg.path, "trim the preallocated tail of a segment"))?;
+            seg.preallocated = false;
+        }
+        match written {
             Some(pending) => pending.complete()?,
             None => {
-                let path = self
-                    .segments
-                    .last()
-                    .map(|s| s.path.clone())
-                    .unwrap_or_default();
                 self.active
                     .sync_data()
-                    .map_err(io_err(&path, "sync segment"))?;
+                    .map_err(io_err(&seg.path, "sync segment"))?;
                 self.stats.fsyncs += 1;
             }
         }
         let prev_term = self.term(base - 1).unwrap_or(0);
-        let (seg, file) = segment::create(&self.dir, base, prev_term)?;
-        self.stats.fsyncs += 2;
-        self.stats.segments_created += 1;
-        self.segments.push(seg);
-        self.active = file;
-        Ok(())
+        self.new_segment(base, prev_term)
     }
 
     /// Durably cuts the log at entry `from`, whose record is in segment `seg` at `offset`
@@ -803,6 +933,7 @@ impl FileLog {
             .map_err(io_err(&s.path, "sync truncated segment"))?;
         self.stats.fsyncs += 1;
         s.len = offset;
+        s.preallocated = false;
         self.active = file;
         Ok(())
     }
@@ -870,12 +1001,30 @@ impl FileLog {
         }
         dir::sync_dir(&self.dir)?;
         self.stats.fsyncs += 1;
-        let (seg, file) = segment::create(&self.dir, index + 1, term)?;
-        self.stats.fsyncs += 2;
-        self.stats.segments_created += 1;
-        self.segments.push(seg);
-        self.active = file;
-        Ok(())
+        self.new_segment(index + 1, term)
+    }
+}
+
+impl Drop for FileLog {
+    /// Stops a spare being prepared and removes an unused one (open would remove it too).
+    fn drop(&mut self) {
+        match std::mem::take(&mut self.spare) {
+            Spare::Preparing {
+                done,
+                cancel,
+                thread,
+            } => {
+                cancel.store(true, Ordering::Relaxed);
+                let _ = thread.join();
+                if let Ok(Ok(Some(spare))) = done.try_recv() {
+                    let _ = fs::remove_file(&spare.path);
+                }
+            }
+            Spare::Ready(spare) => {
+                let _ = fs::remove_file(&spare.path);
+            }
+            Spare::None | Spare::Failed => {}
+        }
     }
 }
 
@@ -950,8 +1099,15 @@ impl LogStorage for FileLog {
             return Err(StorageError::EntryTooLarge);
         }
         let record_len = record::entry_record_len(entry.data.len()) as u64;
-        let active_len = self.segments.last().map_or(0, |s| s.len) + self.pending.len() as u64;
-        let roll = active_len >= self.options.segment_bytes && active_len > segment::HEADER as u64;
+        let active = self.segments.last();
+        let preallocated = active.is_some_and(|s| s.preallocated);
+        let active_len = active.map_or(0, |s| s.len) + self.pending.len() as u64;
+        // A segment that is not preallocated ends as soon as a spare is ready.
+        let roll = active_len > segment::HEADER as u64
+            && (active_len >= self.options.segment_bytes
+                || (!preallocated
+                    && active_len >= self.options.spare_after()
+                    && self.spare_ready()));
         if let Some(limit) = self.options.max_log_bytes {
             let needed =
                 self.disk_bytes() + record_len + if roll { segment::HEADER as u64 } else { 0 };

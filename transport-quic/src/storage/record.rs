@@ -93,10 +93,14 @@ pub(crate) fn read_frame(
     Ok((payload, at + FRAME_HEADER + len))
 }
 
-/// The first offset after `from` where a valid frame starts, if any.
-pub(crate) fn find_valid_frame(buf: &[u8], from: usize, max_payload: usize) -> Option<usize> {
-    (from..buf.len().saturating_sub(FRAME_HEADER - 1))
-        .find(|&p| read_frame(buf, p, max_payload).is_ok())
+/// The first offset in `starts` where a valid frame starts in `buf`, if any.
+pub(crate) fn find_valid_frame(
+    buf: &[u8],
+    starts: std::ops::Range<usize>,
+    max_payload: usize,
+) -> Option<usize> {
+    let end = starts.end.min(buf.len().saturating_sub(FRAME_HEADER - 1));
+    (starts.start..end).find(|&p| read_frame(buf, p, max_payload).is_ok())
 }
 
 /// Decodes the payload of a valid frame into an entry.
@@ -174,8 +178,8 @@ mod tests {
         }
         buf.extend(framed(2, b"def"));
         buf[3] ^= 0x10;
-        assert_eq!(find_valid_frame(&buf, 1, 1 << 20), Some(first));
-        assert_eq!(find_valid_frame(&buf, first + 1, 1 << 20), None);
+        assert_eq!(find_valid_frame(&buf, 1..buf.len(), 1 << 20), Some(first));
+        assert_eq!(find_valid_frame(&buf, first + 1..buf.len(), 1 << 20), None);
         assert_eq!(
             read_frame(&buf, 0, 2),
             Err("record header checksum mismatch")

@@ -7,8 +7,12 @@
 //! segment. Recovery therefore decides as follows, for the first record that fails its
 //! checks (incomplete, bad header checksum, implausible length, bad payload checksum):
 //!
+//! - in the last segment, with only zeros after it: the **end** of a preallocated segment
+//!   ([`segment`]); nothing is cut or reported (a record always has
+//!   non-zero bytes, so no record, whole or torn, is lost this way);
 //! - in the last segment, with no valid record anywhere after it (every later byte offset
-//!   is tried, which the header checksum makes cheap): a **torn tail**. The file is cut
+//!   up to the last non-zero byte is tried, which the header checksum makes cheap): a
+//!   **torn tail**. The file is cut
 //!   there (truncated and fsynced) and the cut is reported in
 //!   [`RecoveryReport::tail_cut`](super::RecoveryReport::tail_cut);
 //! - in the last segment, followed by a valid record: **corruption in the middle**;
@@ -139,7 +143,14 @@ pub(crate) fn replay(dir: &Path, max_payload: usize) -> Result<Replayed, FileLog
                     ));
                 }
                 Err(reason) => {
-                    if let Some(valid) = record::find_valid_frame(&bytes, at + 1, max_payload) {
+                    // Zeros to the end: the preallocated part of the segment, not damage.
+                    let Some(last) = bytes[at..].iter().rposition(|&b| b != 0) else {
+                        break at;
+                    };
+                    // A valid record has a non-zero byte in its header (the checksum of
+                    // eight zero bytes is not zero), so none starts after `at + last`.
+                    let search = at + 1..at + last + 1;
+                    if let Some(valid) = record::find_valid_frame(&bytes, search, max_payload) {
                         return Err(FileLogError::corrupt(
                             path,
                             at as u64,
@@ -162,6 +173,7 @@ pub(crate) fn replay(dir: &Path, max_payload: usize) -> Result<Replayed, FileLog
             prev_term,
             path: path.clone(),
             len: end as u64,
+            preallocated: end < bytes.len() && out.tail_cut.is_none(),
         });
     }
     Ok(out)

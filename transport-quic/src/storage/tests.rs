@@ -80,8 +80,58 @@ fn expected(range: std::ops::RangeInclusive<Index>, term: Term) -> Vec<(Index, T
         .collect()
 }
 
+/// Small segments, never preallocated (so where segments start does not depend on how
+/// fast a spare is written; the preallocation tests use [`preallocated`]).
 fn small_segments() -> Options {
-    Options::new().segment_bytes(256)
+    Options::new().segment_bytes(256).preallocate(false)
+}
+
+/// Segments of 4 KiB, preallocated.
+fn preallocated() -> Options {
+    Options::new().segment_bytes(4096)
+}
+
+/// Opens a log in `dir` that holds entries `1..=last_index()` of term 1, synced: the first
+/// segment (never preallocated) some, the active one, preallocated, the last 10.
+fn open_preallocated(dir: &Path) -> FileLog {
+    let mut log = FileLog::open_with(dir, preallocated()).unwrap();
+    let mut next = 1;
+    // Until a spare is wanted (half a segment), then until it is used.
+    while log.stats().segments_preallocated == 0 {
+        append(&mut log, next, 1);
+        log.sync().unwrap();
+        next += 1;
+        if !matches!(log.spare, Spare::None) {
+            assert!(log.wait_for_spare(), "the spare is written");
+        }
+    }
+    append_range(&mut log, next..=next + 8, 1);
+    log.sync().unwrap();
+    assert!(log.segments.last().unwrap().preallocated);
+    log
+}
+
+/// The record offsets of a segment file that ends in zeros, and where the zeros start.
+fn records_before_zeros(bytes: &[u8]) -> (Vec<usize>, usize) {
+    let mut at = segment::HEADER;
+    let mut starts = Vec::new();
+    while let Ok((_, next)) = record::read_frame(bytes, at, 1 << 20) {
+        starts.push(at);
+        at = next;
+    }
+    assert!(
+        bytes[at..].iter().all(|&b| b == 0),
+        "zeros after the records"
+    );
+    (starts, at)
+}
+
+fn temporary_files(dir: &Path) -> Vec<PathBuf> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(dir::TMP_SUFFIX))
+        .collect()
 }
 
 /// The offsets where the records of a segment file start, and its length.
@@ -469,6 +519,160 @@ fn a_torn_tail_is_cut_at_every_offset() {
         assert_eq!(log.term(whole as Index + 1), Some(2));
         assert_eq!(log.recovery().tail_cut, None);
     }
+}
+
+#[test]
+fn a_preallocated_segment_is_written_in_place_and_its_zeros_are_the_end() {
+    let dir = TempDir::new("prealloc");
+    let log = open_preallocated(dir.path());
+    let n = log.last_index();
+    let files = segment_files(dir.path());
+    assert_eq!(files.len(), 2);
+    let first = fs::read(&files[0]).unwrap();
+    assert_eq!(
+        record_starts(&first).len() as u64,
+        log.segments[1].base - 1,
+        "the first segment holds only records, no zeros"
+    );
+    assert_eq!(fs::metadata(&files[1]).unwrap().len(), 4096, "preallocated");
+    let (starts, end) = records_before_zeros(&fs::read(&files[1]).unwrap());
+    assert_eq!(starts.len(), 10);
+    drop(log);
+
+    // Reopened: the zeros are the end of the log, not a torn tail; writing goes on at the
+    // end of the records, inside the preallocated space.
+    let mut log = FileLog::open_with(dir.path(), preallocated()).unwrap();
+    assert_eq!(contents(&log), expected(1..=n, 1));
+    assert_eq!(log.recovery().tail_cut, None);
+    assert_eq!(log.segments[1].len, end as u64);
+    append_range(&mut log, n + 1..=n + 5, 2);
+    log.sync().unwrap();
+    drop(log);
+    let log = FileLog::open_with(dir.path(), preallocated()).unwrap();
+    let mut want = expected(1..=n, 1);
+    want.extend(expected(n + 1..=n + 5, 2));
+    assert_eq!(contents(&log), want);
+    assert_eq!(fs::metadata(&files[1]).unwrap().len(), 4096);
+    assert!(temporary_files(dir.path()).is_empty());
+}
+
+#[test]
+fn a_full_preallocated_segment_is_trimmed_when_the_next_one_starts() {
+    let dir = TempDir::new("prealloc-roll");
+    let mut log = open_preallocated(dir.path());
+    let mut next = log.last_index() + 1;
+    while log.segments.len() < 4 {
+        append(&mut log, next, 1);
+        log.sync().unwrap();
+        log.wait_for_spare();
+        next += 1;
+    }
+    assert!(log.stats().segments_preallocated >= 3);
+    let files = segment_files(dir.path());
+    for file in &files[..3] {
+        let bytes = fs::read(file).unwrap();
+        let ends = record_starts(&bytes);
+        assert!(!ends.is_empty(), "{} holds records only", file.display());
+    }
+    drop(log);
+    let log = FileLog::open_with(dir.path(), preallocated()).unwrap();
+    assert_eq!(contents(&log), expected(1..=next - 1, 1));
+    assert_eq!(log.recovery().tail_cut, None);
+}
+
+#[test]
+fn a_torn_write_into_preallocated_space_is_cut_at_every_offset() {
+    let dir = TempDir::new("prealloc-torn");
+    let log = open_preallocated(dir.path());
+    let n = log.last_index();
+    let seg = log.segments[1].path.clone();
+    let base = log.segments[1].base;
+    drop(log);
+    let original = fs::read(&seg).unwrap();
+    let (starts, end) = records_before_zeros(&original);
+    let last = *starts.last().unwrap();
+    // A crash in the middle of the last write: a prefix of its bytes landed, the zeros of
+    // the preallocated space follow.
+    for landed in last..=end {
+        let mut bytes = original.clone();
+        bytes[landed..end].fill(0);
+        fs::write(&seg, &bytes).unwrap();
+        let mut log = FileLog::open_with(dir.path(), preallocated()).unwrap();
+        // Bytes that are zeros anyway change nothing when they do not land.
+        let intact = original[landed..end].iter().all(|&b| b == 0);
+        let whole = if intact { n } else { n - 1 };
+        assert_eq!(contents(&log), expected(1..=whole, 1), "landed {landed}");
+        match &log.recovery().tail_cut {
+            None => assert!(landed == last || intact, "landed {landed}"),
+            Some(t) => assert_eq!(t.offset, last as u64, "landed {landed}"),
+        }
+        // The log goes on after the cut, and the cut bytes never come back.
+        append(&mut log, whole + 1, 2);
+        log.sync().unwrap();
+        drop(log);
+        let log = FileLog::open_with(dir.path(), preallocated()).unwrap();
+        assert_eq!(log.last_index(), whole + 1, "landed {landed}");
+        assert_eq!(log.term(whole + 1), Some(2));
+        drop(log);
+        fs::write(&seg, &original).unwrap();
+    }
+    // Damage before valid records is corruption, zeros after them or not.
+    let mut bytes = original.clone();
+    bytes[starts[0] + 20] ^= 0x40;
+    fs::write(&seg, &bytes).unwrap();
+    match FileLog::open_with(dir.path(), preallocated()) {
+        Err(FileLogError::Corrupt { offset, .. }) => assert_eq!(offset, starts[0] as u64),
+        other => panic!("damage in the middle of segment {base}: {other:?}"),
+    }
+}
+
+#[test]
+fn entries_cut_inside_preallocated_space_never_come_back() {
+    let dir = TempDir::new("prealloc-truncate");
+    let mut log = open_preallocated(dir.path());
+    let n = log.last_index();
+    log.truncate_suffix(n - 5).unwrap();
+    append_range(&mut log, n - 5..=n - 4, 2);
+    log.sync().unwrap();
+    drop(log);
+    let log = FileLog::open_with(dir.path(), preallocated()).unwrap();
+    let mut want = expected(1..=n - 6, 1);
+    want.extend(expected(n - 5..=n - 4, 2));
+    assert_eq!(contents(&log), want);
+    assert_eq!(log.recovery().tail_cut, None);
+}
+
+#[test]
+fn a_spare_is_not_left_behind_when_the_log_is_dropped() {
+    let dir = TempDir::new("spare-drop");
+    // Ready and unused.
+    let mut log = FileLog::open_with(dir.path(), preallocated()).unwrap();
+    while matches!(log.spare, Spare::None) {
+        let next = log.last_index() + 1;
+        append(&mut log, next, 1);
+        log.sync().unwrap();
+    }
+    assert!(log.wait_for_spare());
+    assert_eq!(temporary_files(dir.path()).len(), 1);
+    drop(log);
+    assert!(temporary_files(dir.path()).is_empty());
+    // Being written (1 GiB of zeros would take seconds): cancelled and removed.
+    let options = Options::new().segment_bytes(1 << 30);
+    let mut log = FileLog::open_with(dir.path(), options).unwrap();
+    let big = vec![7u8; 64 << 10];
+    for index in log.last_index() + 1..=log.last_index() + 17 {
+        let e = Entry {
+            index,
+            term: 1,
+            kind: EntryKind::Command,
+            data: &big,
+        };
+        log.append(&e).unwrap();
+    }
+    log.sync().unwrap();
+    assert!(matches!(log.spare, Spare::Preparing { .. }));
+    drop(log);
+    assert!(temporary_files(dir.path()).is_empty());
 }
 
 /// Opens `dir`, retrying for a moment while its lock is held: another test of this process
@@ -1063,6 +1267,8 @@ proptest! {
                 }
                 Op::Sync => {
                     log.sync().unwrap();
+                    // Spares are ready when wanted: most segments are preallocated.
+                    log.wait_for_spare();
                     durable_floor = last;
                     hard_states_since_sync = vec![hard_state];
                 }
