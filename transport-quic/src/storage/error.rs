@@ -44,6 +44,9 @@ pub enum FileLogError {
         dir: PathBuf,
         /// The quota in bytes.
         limit: u64,
+        /// The part of it only the protocol's own entries may use (see
+        /// [`Options::max_log_bytes`](super::Options::max_log_bytes)); 0 for those entries.
+        reserved: u64,
         /// Bytes the segments would need.
         needed: u64,
     },
@@ -141,9 +144,16 @@ impl fmt::Display for FileLogError {
                 path.parent().unwrap_or(path).display(),
                 path.display()
             ),
-            FileLogError::QuotaExceeded { dir, limit, needed } => write!(
+            FileLogError::QuotaExceeded {
+                dir,
+                limit,
+                reserved,
+                needed,
+            } => write!(
                 f,
-                "log in {} is full: {needed} bytes needed, quota is {limit} bytes (compact after a snapshot)",
+                "log in {} is full: {needed} bytes needed, quota is {limit} bytes \
+                 ({reserved} of them kept for leader no-ops and configuration changes; \
+                 compact after a snapshot)",
                 dir.display()
             ),
             FileLogError::EntryTooLarge { len, max } => {

@@ -199,7 +199,9 @@ pub use error::FileLogError;
 pub use recovery::TailCut;
 pub use snapshot::Snapshot;
 
-use coracle::{Entry, HardState, Index, LogStorage, OwnedEntry, SnapshotMeta, StorageError, Term};
+use coracle::{
+    Entry, EntryKind, HardState, Index, LogStorage, OwnedEntry, SnapshotMeta, StorageError, Term,
+};
 use error::io_err;
 use segment::Segment;
 use std::fs::{self, File};
@@ -259,6 +261,11 @@ impl Options {
     /// a snapshot to make room) and [`FileLog::last_error`] says
     /// [`FileLogError::QuotaExceeded`]. Use it to keep a log from filling the disk, where
     /// the failure would be an I/O error that stops the node.
+    ///
+    /// The last sixteenth of the quota (at most 64 KiB) takes only no-op and membership
+    /// entries: a log full of commands must still let a new leader commit its no-op,
+    /// or after a restart no entry could be committed, so none applied, snapshotted and
+    /// compacted, and the log would stay full for good.
     pub fn max_log_bytes(mut self, bytes: Option<u64>) -> Self {
         self.max_log_bytes = bytes;
         self
@@ -269,6 +276,11 @@ impl Options {
     pub fn preallocate(mut self, on: bool) -> Self {
         self.preallocate = on;
         self
+    }
+
+    /// The bytes of the quota only no-op and membership entries may use.
+    fn reserved(limit: u64) -> u64 {
+        (limit / 16).min(64 << 10)
     }
 
     /// Bytes the active segment holds before a spare is prepared.
@@ -1111,10 +1123,15 @@ impl LogStorage for FileLog {
         if let Some(limit) = self.options.max_log_bytes {
             let needed =
                 self.disk_bytes() + record_len + if roll { segment::HEADER as u64 } else { 0 };
-            if needed > limit {
+            let reserved = match entry.kind {
+                EntryKind::Command => Options::reserved(limit),
+                EntryKind::Noop | EntryKind::Membership => 0,
+            };
+            if needed > limit - reserved {
                 self.last_error = Some(FileLogError::QuotaExceeded {
                     dir: self.dir.clone(),
                     limit,
+                    reserved,
                     needed,
                 });
                 return Err(StorageError::Full);

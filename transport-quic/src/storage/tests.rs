@@ -1134,13 +1134,54 @@ fn a_full_log_is_a_clear_error_and_compaction_makes_room() {
         assert!(next < 1000);
     }
     log.sync().unwrap();
-    assert!(log.disk_bytes() <= 1024);
+    assert!(log.disk_bytes() <= 1024 - 64);
     let e = log.last_error().unwrap();
     assert!(
-        matches!(e, FileLogError::QuotaExceeded { limit: 1024, .. }),
+        matches!(
+            e,
+            FileLogError::QuotaExceeded {
+                limit: 1024,
+                reserved: 64,
+                ..
+            }
+        ),
         "{e}"
     );
     assert!(e.to_string().contains("full"), "{e}");
+    // The reserve takes a new leader's no-op and a configuration change, until it is full
+    // too.
+    for kind in [EntryKind::Noop, EntryKind::Membership] {
+        let e = Entry {
+            index: next,
+            term: 2,
+            kind,
+            data: if kind == EntryKind::Noop {
+                b""
+            } else {
+                b"conf"
+            },
+        };
+        log.append(&e).unwrap();
+        next += 1;
+    }
+    loop {
+        let e = Entry {
+            index: next,
+            term: 2,
+            kind: EntryKind::Noop,
+            data: b"",
+        };
+        match log.append(&e) {
+            Ok(()) => next += 1,
+            Err(e) => {
+                assert_eq!(e, StorageError::Full);
+                break;
+            }
+        }
+        assert!(next < 1000);
+    }
+    assert!(log.disk_bytes() <= 1024);
+    log.sync().unwrap();
     assert!(
         !log.is_failed(),
         "a full log is back-pressure, not a failure"
@@ -1148,7 +1189,7 @@ fn a_full_log_is_a_clear_error_and_compaction_makes_room() {
     log.compact(next - 2).unwrap();
     log.append(&Entry {
         index: next,
-        term: 1,
+        term: 2,
         kind: EntryKind::Command,
         data: b"room again",
     })
