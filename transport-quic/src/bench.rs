@@ -227,7 +227,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
                 let result = if read {
                     client.get_with(key, consistency).await.map(|_| ())
                 } else {
-                    client.put(key, value.as_slice()).await.map(|_| ())
+                    client.put(key, value.as_slice()).await
                 };
                 let end = Instant::now();
                 let nanos = end.duration_since(t).as_nanos().min(u128::from(u64::MAX)) as u64;

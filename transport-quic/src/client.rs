@@ -23,8 +23,10 @@
 //! let client = Client::new(&creds, vec!["127.0.0.1:7001".parse()?])?;
 //! smol::block_on(async {
 //!     client.put("greeting", "hello").await?;
-//!     assert_eq!(client.get("greeting").await?, Some(b"hello".to_vec()));
-//!     let (swapped, _) = client.cas("greeting", Some("hello"), Some("bye")).await?;
+//!     // The value replaced, when it is wanted (it costs a copy on every replica).
+//!     assert_eq!(client.put_returning_previous("greeting", "hi").await?, Some(b"hello".to_vec()));
+//!     assert_eq!(client.get("greeting").await?, Some(b"hi".to_vec()));
+//!     let (swapped, _) = client.cas("greeting", Some("hi"), Some("bye")).await?;
 //!     assert!(swapped);
 //!     Ok(())
 //! })
@@ -176,15 +178,40 @@ impl Client {
         self.session
     }
 
-    /// Sets `key` to `value`; returns the previous value.
+    /// Sets `key` to `value`. The cheap put: the node neither keeps nor sends back the
+    /// value the key had; [`put_returning_previous`](Self::put_returning_previous) does.
     pub async fn put(
         &self,
         key: impl Into<Vec<u8>>,
         value: impl Into<Vec<u8>>,
+    ) -> Result<(), ClientError> {
+        self.put_op(key.into(), value.into(), false)
+            .await
+            .map(|_| ())
+    }
+
+    /// Sets `key` to `value` and returns the value it had (`None`: it had none), as etcd's
+    /// `prev_kv`. Costs more than [`put`](Self::put): the node copies the previous value
+    /// into the write's outcome, keeps it until this client acknowledges the write, and
+    /// sends it back. A retry of the write returns the same value.
+    pub async fn put_returning_previous(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>, ClientError> {
+        self.put_op(key.into(), value.into(), true).await
+    }
+
+    async fn put_op(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        return_previous: bool,
     ) -> Result<Option<Vec<u8>>, ClientError> {
         let op = WriteOp::Put {
-            key: key.into(),
-            value: value.into(),
+            key,
+            value,
+            return_previous,
         };
         match self.write(op).await? {
             (WriteOutcome::Done { previous }, _) => Ok(previous),
@@ -192,9 +219,32 @@ impl Client {
         }
     }
 
-    /// Removes `key`; returns the value it had.
-    pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<Option<Vec<u8>>, ClientError> {
-        match self.write(WriteOp::Delete { key: key.into() }).await? {
+    /// Removes `key` (nothing happens if it is absent). The value it had is neither kept
+    /// nor sent back; [`delete_returning_previous`](Self::delete_returning_previous)
+    /// returns it.
+    pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<(), ClientError> {
+        self.delete_op(key.into(), false).await.map(|_| ())
+    }
+
+    /// Removes `key` and returns the value it had (`None`: it was absent), as etcd's
+    /// `prev_kv`. A retry of the write returns the same value.
+    pub async fn delete_returning_previous(
+        &self,
+        key: impl Into<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>, ClientError> {
+        self.delete_op(key.into(), true).await
+    }
+
+    async fn delete_op(
+        &self,
+        key: Vec<u8>,
+        return_previous: bool,
+    ) -> Result<Option<Vec<u8>>, ClientError> {
+        let op = WriteOp::Delete {
+            key,
+            return_previous,
+        };
+        match self.write(op).await? {
             (WriteOutcome::Done { previous }, _) => Ok(previous),
             (other, _) => Err(ClientError::Protocol(format!("{other:?}"))),
         }

@@ -7,11 +7,21 @@
 //! [`MAX_SESSIONS`] the least recently used one is forgotten, deterministically (by log
 //! index), so every replica forgets the same one.
 //!
+//! The pairs are in a hash index for point reads and writes (an overwrite of an existing
+//! key is one hash probe, no walk down a tree of heap-allocated keys), with the keys also
+//! in an ordered set for listings and snapshots (in key order). Keys of up to 22 bytes are
+//! held in place, longer ones in one allocation both share. Commands are decoded borrowing
+//! from the entry, so an overwrite that does not ask for the previous value copies the new
+//! one into the old one's buffer and allocates nothing. A put or delete returns the
+//! previous value only when it asks for it (`return_previous`); otherwise that value is
+//! neither copied into the session's outcome table nor sent back.
+//!
 //! ```
 //! use coracle_quic::kv::{Applied, Kv};
 //! use coracle_quic::protocol::{Command, WriteOp, WriteOutcome};
 //! let mut kv = Kv::new();
-//! let put = Command::Write { client: 7, seq: 1, ack_below: 1, op: WriteOp::Put { key: b"k".to_vec(), value: b"v".to_vec() } };
+//! let op = WriteOp::Put { key: b"k".to_vec(), value: b"v".to_vec(), return_previous: false };
+//! let put = Command::Write { client: 7, seq: 1, ack_below: 1, op };
 //! let bytes = postcard::to_allocvec(&put).unwrap();
 //! assert_eq!(kv.apply(1, &bytes), Applied::Write(WriteOutcome::Done { previous: None }));
 //! // The same request again (a retry): the first outcome, not applied twice.
@@ -19,12 +29,16 @@
 //! assert_eq!(kv.get(b"k"), Some(&b"v"[..]));
 //! ```
 
-use crate::protocol::{Command, WriteOp, WriteOutcome};
+use crate::protocol::WriteOutcome;
+#[cfg(doc)]
+use crate::protocol::{Command, WriteOp};
 use coracle::{Index, NodeId};
 use serde::{Deserialize, Serialize};
 use serde_bytes::{ByteBuf, Bytes};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
+use std::ops::Bound;
+use std::sync::Arc;
 
 /// Sessions remembered at most.
 pub const MAX_SESSIONS: usize = 65_536;
@@ -34,8 +48,263 @@ pub const MAX_OUTCOMES_PER_SESSION: usize = 4096;
 #[derive(Debug, Default, Clone)]
 struct Session {
     ack_below: u64,
-    outcomes: BTreeMap<u64, WriteOutcome>,
+    outcomes: Outcomes,
     last_index: Index,
+}
+
+/// A session's unacknowledged outcomes, by sequence number (ascending, each once). A
+/// client's writes mostly arrive in order and are acknowledged in order, so an insertion
+/// is mostly a push at the back and forgetting is a pop at the front; the few outcomes
+/// kept (one per write in flight) make a binary search cheaper than a tree.
+#[derive(Debug, Default, Clone)]
+struct Outcomes(VecDeque<(u64, WriteOutcome)>);
+
+impl Outcomes {
+    fn get(&self, seq: u64) -> Option<&WriteOutcome> {
+        let i = self.0.binary_search_by_key(&seq, |(s, _)| *s).ok()?;
+        self.0.get(i).map(|(_, o)| o)
+    }
+
+    /// Records the outcome of `seq` (not recorded yet).
+    fn insert(&mut self, seq: u64, outcome: WriteOutcome) {
+        match self.0.back() {
+            Some(&(last, _)) if last >= seq => {
+                let i = self.0.partition_point(|(s, _)| *s < seq);
+                if self.0.get(i).is_some_and(|(s, _)| *s == seq) {
+                    self.0[i].1 = outcome;
+                } else {
+                    self.0.insert(i, (seq, outcome));
+                }
+            }
+            _ => self.0.push_back((seq, outcome)),
+        }
+    }
+
+    /// Forgets the outcomes below `ack`.
+    fn forget_below(&mut self, ack: u64) {
+        while self.0.front().is_some_and(|(s, _)| *s < ack) {
+            self.0.pop_front();
+        }
+    }
+
+    /// Forgets the lowest outcomes until at most `max` are left.
+    fn truncate_front(&mut self, max: usize) {
+        while self.0.len() > max {
+            self.0.pop_front();
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(u64, WriteOutcome)> {
+        self.0.iter()
+    }
+
+    fn from_unordered(mut outcomes: Vec<(u64, WriteOutcome)>) -> Self {
+        // A snapshot writes them in order; a stable sort and keeping the last of equal
+        // sequence numbers is what collecting into a map did.
+        outcomes.sort_by_key(|(s, _)| *s);
+        let mut kept: VecDeque<(u64, WriteOutcome)> = VecDeque::with_capacity(outcomes.len());
+        for (s, o) in outcomes {
+            match kept.back_mut() {
+                Some(last) if last.0 == s => last.1 = o,
+                _ => kept.push_back((s, o)),
+            }
+        }
+        Outcomes(kept)
+    }
+}
+
+/// A key of the store: up to [`Key::INLINE`] bytes held in place (no allocation, and a hash
+/// probe or tree walk compares it without following a pointer to a cold cache line),
+/// longer ones on the heap, shared by the clones (the hash index and the ordered map
+/// hold the same allocation). Hashed, compared and ordered as the byte string it holds
+/// (so it can be looked up by `&[u8]`).
+#[derive(Clone)]
+enum Key {
+    Inline { len: u8, bytes: [u8; Key::INLINE] },
+    Shared(Arc<[u8]>),
+}
+
+impl Key {
+    /// Longest key held in place (the enum is then as large as a fat pointer and a word).
+    const INLINE: usize = 22;
+
+    fn new(key: &[u8]) -> Key {
+        if key.len() <= Key::INLINE {
+            let mut bytes = [0; Key::INLINE];
+            bytes[..key.len()].copy_from_slice(key);
+            Key::Inline {
+                len: key.len() as u8,
+                bytes,
+            }
+        } else {
+            Key::Shared(key.into())
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Key::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Key::Shared(k) => k,
+        }
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl std::ops::Deref for Key {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As `[u8]` hashes, so a lookup by `&[u8]` finds it.
+        self.as_slice().hash(state)
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Key {}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Key) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Key) -> std::cmp::Ordering {
+        self.as_slice().cmp(other.as_slice())
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_slice())
+    }
+}
+
+/// The key-value pairs: a hash index from key to value for point reads and writes (an
+/// overwrite of an existing key is one hash probe, comparing a key held in place, not a
+/// walk down a tree of heap-allocated keys), and the same keys in order (a long key's
+/// allocation is shared by both) for listings and snapshots, which look each value up in
+/// the index. Both hold the same keys.
+#[derive(Debug, Default, Clone)]
+struct Store {
+    index: HashMap<Key, Vec<u8>>,
+    order: BTreeSet<Key>,
+    /// Bytes of all keys and values (to size a snapshot's buffer).
+    bytes: usize,
+}
+
+impl Store {
+    fn get(&self, key: &[u8]) -> Option<&Vec<u8>> {
+        self.index.get(key)
+    }
+
+    /// Sets `key` to `value`; the value it had if `previous` is asked for. Without it, an
+    /// existing value's buffer is reused when the new value fits it well (no allocation,
+    /// and no free of a buffer gone cold).
+    fn put(&mut self, key: &[u8], value: &[u8], previous: bool) -> Option<Vec<u8>> {
+        let Some(v) = self.index.get_mut(key) else {
+            self.insert_new(key, value.to_vec());
+            return None;
+        };
+        self.bytes = self.bytes + value.len() - v.len();
+        if previous {
+            Some(std::mem::replace(v, value.to_vec()))
+        } else {
+            if v.capacity() >= value.len() && v.capacity() / 2 <= value.len() {
+                v.clear();
+                v.extend_from_slice(value);
+            } else {
+                *v = value.to_vec();
+            }
+            None
+        }
+    }
+
+    /// Sets `key` to `value`; the value it had.
+    fn insert(&mut self, key: &[u8], value: Vec<u8>) -> Option<Vec<u8>> {
+        if let Some(v) = self.index.get_mut(key) {
+            self.bytes = self.bytes + value.len() - v.len();
+            return Some(std::mem::replace(v, value));
+        }
+        self.insert_new(key, value);
+        None
+    }
+
+    /// Adds `key` (not in the store) with `value`.
+    fn insert_new(&mut self, key: &[u8], value: Vec<u8>) {
+        self.bytes += key.len() + value.len();
+        let key = Key::new(key);
+        self.order.insert(key.clone());
+        self.index.insert(key, value);
+    }
+
+    /// Removes `key`; the value it had.
+    fn remove(&mut self, key: &[u8]) -> Option<Vec<u8>> {
+        let (key, value) = self.index.remove_entry(key)?;
+        self.order.remove(&key);
+        self.bytes -= key.len() + value.len();
+        Some(value)
+    }
+
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// The value of `key`, a key of `order` (so of `index` too).
+    fn value_of(&self, key: &[u8]) -> &[u8] {
+        self.index.get(key).map_or(&[][..], Vec::as_slice)
+    }
+
+    /// The pairs from `from` on, in key order.
+    fn range_from<'a>(&'a self, from: &[u8]) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+        self.order
+            .range::<[u8], _>((Bound::Included(from), Bound::Unbounded))
+            .map(|k| (&k[..], self.value_of(k)))
+    }
+
+    /// Every pair, in key order (of known length: a snapshot writes it first).
+    fn iter(&self) -> impl ExactSizeIterator<Item = (&[u8], &[u8])> {
+        self.order.iter().map(|k| (&k[..], self.value_of(k)))
+    }
+
+    fn from_pairs(pairs: Vec<(ByteBuf, ByteBuf)>) -> Self {
+        let mut store = Store {
+            index: HashMap::with_capacity(pairs.len()),
+            ..Store::default()
+        };
+        let mut keys = Vec::with_capacity(pairs.len());
+        for (k, v) in pairs {
+            let v = v.into_vec();
+            if let Some(old) = store.index.get_mut(&k[..]) {
+                // A key twice (no snapshot of ours has that): the last value, as a map.
+                store.bytes = store.bytes + v.len() - old.len();
+                *old = v;
+                continue;
+            }
+            store.bytes += k.len() + v.len();
+            let k = Key::new(&k);
+            keys.push(k.clone());
+            store.index.insert(k, v);
+        }
+        // In key order already (a snapshot writes them so): a bulk build.
+        store.order = keys.into_iter().collect();
+        store
+    }
 }
 
 /// What applying a command did.
@@ -52,9 +321,14 @@ pub enum Applied {
 /// The replicated key-value store.
 #[derive(Debug, Default, Clone)]
 pub struct Kv {
-    data: BTreeMap<Vec<u8>, Vec<u8>>,
+    data: Store,
     sessions: HashMap<u64, Session>,
-    by_age: BTreeSet<(Index, u64)>,
+    /// `(last_index, client)` of the sessions as they were when an eviction last needed
+    /// them, most recently used first (so the least recently used is popped from the end).
+    /// Built only when a session must be forgotten, not maintained per write: an entry is
+    /// still valid while its session's `last_index` is the same; a session written since
+    /// (or created since) is more recent than every entry, because log indices only grow.
+    by_age: Vec<(Index, u64)>,
     addresses: BTreeMap<NodeId, String>,
     applied: Index,
     malformed: u64,
@@ -70,7 +344,8 @@ impl Kv {
     /// [`Kv::malformed`] and applied as nothing, by every replica alike.
     pub fn apply(&mut self, index: Index, data: &[u8]) -> Applied {
         self.applied = index;
-        let command: Command = match postcard::from_bytes(data) {
+        // Decoded in place: keys and values are copied only where they are kept.
+        let command: CommandRef<'_> = match postcard::from_bytes(data) {
             Ok(c) => c,
             Err(_) => {
                 self.malformed += 1;
@@ -78,11 +353,11 @@ impl Kv {
             }
         };
         match command {
-            Command::SetAddress { id, addr } => {
-                self.addresses.insert(id, addr.clone());
-                Applied::Address(id, addr)
+            CommandRef::SetAddress { id, addr } => {
+                self.addresses.insert(id, addr.to_owned());
+                Applied::Address(id, addr.to_owned())
             }
-            Command::Write {
+            CommandRef::Write {
                 client,
                 seq,
                 ack_below,
@@ -102,34 +377,53 @@ impl Kv {
         client: u64,
         seq: u64,
         ack_below: u64,
-        op: WriteOp,
+        op: WriteOpRef<'_>,
     ) -> WriteOutcome {
         let session = self.sessions.entry(client).or_default();
-        self.by_age.remove(&(session.last_index, client));
         session.last_index = index;
-        self.by_age.insert((index, client));
         session.ack_below = session.ack_below.max(ack_below);
-        let ack = session.ack_below;
-        session.outcomes.retain(|&s, _| s >= ack);
+        session.outcomes.forget_below(session.ack_below);
         let outcome = if seq < session.ack_below {
             WriteOutcome::Stale
-        } else if let Some(done) = session.outcomes.get(&seq) {
+        } else if let Some(done) = session.outcomes.get(seq) {
             done.clone()
         } else {
             let outcome = apply_op(&mut self.data, op);
             session.outcomes.insert(seq, outcome.clone());
-            while session.outcomes.len() > MAX_OUTCOMES_PER_SESSION {
-                session.outcomes.pop_first();
-            }
+            session.outcomes.truncate_front(MAX_OUTCOMES_PER_SESSION);
             outcome
         };
         while self.sessions.len() > MAX_SESSIONS {
-            let Some((_, oldest)) = self.by_age.pop_first() else {
-                break;
-            };
-            self.sessions.remove(&oldest);
+            self.forget_least_recently_used();
         }
         outcome
+    }
+
+    /// Forgets the session written least recently (the lowest `(last_index, client)`, the
+    /// same on every replica).
+    fn forget_least_recently_used(&mut self) {
+        loop {
+            let Some((at, client)) = self.by_age.pop() else {
+                if self.sessions.is_empty() {
+                    return;
+                }
+                self.by_age = self
+                    .sessions
+                    .iter()
+                    .map(|(&c, s)| (s.last_index, c))
+                    .collect();
+                self.by_age.sort_unstable_by(|a, b| b.cmp(a));
+                continue;
+            };
+            if self
+                .sessions
+                .get(&client)
+                .is_some_and(|s| s.last_index == at)
+            {
+                self.sessions.remove(&client);
+                return;
+            }
+        }
     }
 
     /// The value of `key`.
@@ -140,10 +434,10 @@ impl Kv {
     /// Up to `limit` pairs whose key starts with `prefix`, in key order.
     pub fn list(&self, prefix: &[u8], limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
         self.data
-            .range(prefix.to_vec()..)
+            .range_from(prefix)
             .take_while(|(k, _)| k.starts_with(prefix))
             .take(limit)
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
             .collect()
     }
 
@@ -154,7 +448,7 @@ impl Kv {
 
     /// True when no key is set.
     pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
+        self.data.len() == 0
     }
 
     /// The index of the last entry applied.
@@ -191,7 +485,7 @@ impl Kv {
             .map(|(&client, s)| {
                 let image = SessionImage {
                     ack_below: s.ack_below,
-                    outcomes: s.outcomes.iter().map(|(&q, o)| (q, o.clone())).collect(),
+                    outcomes: s.outcomes.iter().cloned().collect(),
                     last_index: s.last_index,
                 };
                 (client, image)
@@ -210,7 +504,23 @@ impl Kv {
                 .map(|(&id, a)| (id, a.as_str()))
                 .collect(),
         };
-        postcard::to_allocvec(&image).map_err(|e| KvSnapshotError(e.to_string()))
+        // Sized up front (at most 10 bytes of lengths a pair, a little for the rest): no
+        // doubling and copying of a buffer of the whole store.
+        let outcome_bytes: usize = image
+            .sessions
+            .iter()
+            .flat_map(|(_, s)| s.outcomes.iter())
+            .map(|(_, o)| 32 + outcome_len(o))
+            .sum();
+        let estimate = self.data.bytes
+            + 10 * self.data.len()
+            + 64 * image.sessions.len()
+            + outcome_bytes
+            + 32 * self.addresses.len()
+            + self.addresses.values().map(String::len).sum::<usize>()
+            + 64;
+        postcard::to_extend(&image, Vec::with_capacity(estimate))
+            .map_err(|e| KvSnapshotError(e.to_string()))
     }
 
     /// The state [`snapshot`](Self::snapshot) wrote. Bytes of another format version, or
@@ -226,28 +536,71 @@ impl Kv {
             )));
         }
         let mut kv = Kv {
-            data: image
-                .data
-                .into_iter()
-                .map(|(k, v)| (k.into_vec(), v.into_vec()))
-                .collect(),
+            data: Store::from_pairs(image.data),
             applied: image.applied,
             malformed: image.malformed,
             addresses: image.addresses.into_iter().collect(),
             ..Kv::default()
         };
         for (client, s) in image.sessions {
-            kv.by_age.insert((s.last_index, client));
             kv.sessions.insert(
                 client,
                 Session {
                     ack_below: s.ack_below,
-                    outcomes: s.outcomes.into_iter().collect(),
+                    outcomes: Outcomes::from_unordered(s.outcomes),
                     last_index: s.last_index,
                 },
             );
         }
         Ok(kv)
+    }
+}
+
+/// [`Command`] as [`Kv::apply`] decodes it: the same encoding (postcard goes by variant
+/// index and field order), borrowing the keys and values from the entry's bytes. Kept in
+/// step with `Command` by a test that converts every variant with an exhaustive match.
+#[derive(Debug, PartialEq, Eq, Deserialize)]
+enum CommandRef<'a> {
+    Write {
+        client: u64,
+        seq: u64,
+        ack_below: u64,
+        #[serde(borrow)]
+        op: WriteOpRef<'a>,
+    },
+    SetAddress {
+        id: NodeId,
+        addr: &'a str,
+    },
+}
+
+/// [`WriteOp`] borrowing its byte strings (see [`CommandRef`]).
+#[derive(Debug, PartialEq, Eq, Deserialize)]
+enum WriteOpRef<'a> {
+    Put {
+        key: &'a [u8],
+        value: &'a [u8],
+        return_previous: bool,
+    },
+    Delete {
+        key: &'a [u8],
+        return_previous: bool,
+    },
+    Cas {
+        key: &'a [u8],
+        #[serde(borrow)]
+        expected: Option<&'a [u8]>,
+        #[serde(borrow)]
+        new: Option<&'a [u8]>,
+    },
+}
+
+/// Bytes of the values an outcome carries.
+fn outcome_len(o: &WriteOutcome) -> usize {
+    match o {
+        WriteOutcome::Done { previous } => previous.as_ref().map_or(0, Vec::len),
+        WriteOutcome::Cas { current, .. } => current.as_ref().map_or(0, Vec::len),
+        WriteOutcome::Stale => 0,
     }
 }
 
@@ -279,7 +632,7 @@ struct ImageOut<'a> {
 
 /// The store's pairs, serialized as a sequence of byte-string pairs (the shape of
 /// [`Image::data`]).
-struct Pairs<'a>(&'a BTreeMap<Vec<u8>, Vec<u8>>);
+struct Pairs<'a>(&'a Store);
 
 impl Serialize for Pairs<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -306,20 +659,30 @@ impl fmt::Display for KvSnapshotError {
 
 impl std::error::Error for KvSnapshotError {}
 
-fn apply_op(data: &mut BTreeMap<Vec<u8>, Vec<u8>>, op: WriteOp) -> WriteOutcome {
+fn apply_op(data: &mut Store, op: WriteOpRef<'_>) -> WriteOutcome {
     match op {
-        WriteOp::Put { key, value } => WriteOutcome::Done {
-            previous: data.insert(key, value),
+        WriteOpRef::Put {
+            key,
+            value,
+            return_previous,
+        } => WriteOutcome::Done {
+            previous: data.put(key, value, return_previous),
         },
-        WriteOp::Delete { key } => WriteOutcome::Done {
-            previous: data.remove(&key),
-        },
-        WriteOp::Cas { key, expected, new } => {
-            let current = data.get(&key).cloned();
-            if current == expected {
-                match new {
-                    Some(v) => data.insert(key, v),
-                    None => data.remove(&key),
+        WriteOpRef::Delete {
+            key,
+            return_previous,
+        } => {
+            let previous = data.remove(key);
+            WriteOutcome::Done {
+                previous: previous.filter(|_| return_previous),
+            }
+        }
+        WriteOpRef::Cas { key, expected, new } => {
+            if data.get(key).map(Vec::as_slice) == expected {
+                // The value replaced is the one expected: moved out, not copied.
+                let current = match new {
+                    Some(v) => data.insert(key, v.to_vec()),
+                    None => data.remove(key),
                 };
                 WriteOutcome::Cas {
                     swapped: true,
@@ -328,7 +691,7 @@ fn apply_op(data: &mut BTreeMap<Vec<u8>, Vec<u8>>, op: WriteOp) -> WriteOutcome 
             } else {
                 WriteOutcome::Cas {
                     swapped: false,
-                    current,
+                    current: data.get(key).cloned(),
                 }
             }
         }
@@ -338,6 +701,94 @@ fn apply_op(data: &mut BTreeMap<Vec<u8>, Vec<u8>>, op: WriteOp) -> WriteOutcome 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::{Command, WriteOp};
+
+    /// [`CommandRef`] of `c`: an exhaustive match, so a variant or field added to
+    /// [`Command`] or [`WriteOp`] does not compile here until the mirror has it too.
+    fn mirror(c: &Command) -> CommandRef<'_> {
+        match c {
+            Command::Write {
+                client,
+                seq,
+                ack_below,
+                op,
+            } => CommandRef::Write {
+                client: *client,
+                seq: *seq,
+                ack_below: *ack_below,
+                op: match op {
+                    WriteOp::Put {
+                        key,
+                        value,
+                        return_previous,
+                    } => WriteOpRef::Put {
+                        key,
+                        value,
+                        return_previous: *return_previous,
+                    },
+                    WriteOp::Delete {
+                        key,
+                        return_previous,
+                    } => WriteOpRef::Delete {
+                        key,
+                        return_previous: *return_previous,
+                    },
+                    WriteOp::Cas { key, expected, new } => WriteOpRef::Cas {
+                        key,
+                        expected: expected.as_deref(),
+                        new: new.as_deref(),
+                    },
+                },
+            },
+            Command::SetAddress { id, addr } => CommandRef::SetAddress { id: *id, addr },
+        }
+    }
+
+    #[test]
+    fn commands_decode_in_place_as_they_were_encoded() {
+        let w = |op| Command::Write {
+            client: u64::MAX,
+            seq: 300,
+            ack_below: 2,
+            op,
+        };
+        let commands = [
+            w(WriteOp::Put {
+                key: b"k".to_vec(),
+                value: vec![7; 300],
+                return_previous: true,
+            }),
+            w(WriteOp::Put {
+                key: vec![],
+                value: vec![],
+                return_previous: false,
+            }),
+            w(WriteOp::Delete {
+                key: b"d".to_vec(),
+                return_previous: false,
+            }),
+            w(WriteOp::Cas {
+                key: b"c".to_vec(),
+                expected: None,
+                new: Some(b"n".to_vec()),
+            }),
+            w(WriteOp::Cas {
+                key: b"c".to_vec(),
+                expected: Some(vec![]),
+                new: None,
+            }),
+            Command::SetAddress {
+                id: 3,
+                addr: "[::1]:7003".into(),
+            },
+        ];
+        for c in &commands {
+            let bytes = postcard::to_allocvec(c).unwrap();
+            let decoded: CommandRef<'_> = postcard::from_bytes(&bytes).unwrap();
+            assert_eq!(decoded, mirror(c));
+        }
+        assert_eq!(std::mem::size_of::<Key>(), 24);
+    }
 
     fn cmd(client: u64, seq: u64, ack_below: u64, op: WriteOp) -> Vec<u8> {
         postcard::to_allocvec(&Command::Write {
@@ -349,11 +800,138 @@ mod tests {
         .unwrap()
     }
 
+    /// A put that asks for the previous value.
     fn put(k: &str, v: &str) -> WriteOp {
         WriteOp::Put {
             key: k.into(),
             value: v.into(),
+            return_previous: true,
         }
+    }
+
+    /// A put that does not.
+    fn cheap_put(k: &str, v: &str) -> WriteOp {
+        WriteOp::Put {
+            key: k.into(),
+            value: v.into(),
+            return_previous: false,
+        }
+    }
+
+    fn done(previous: Option<&str>) -> Applied {
+        Applied::Write(WriteOutcome::Done {
+            previous: previous.map(|p| p.as_bytes().to_vec()),
+        })
+    }
+
+    #[test]
+    fn the_previous_value_is_returned_only_when_asked() {
+        let mut kv = Kv::new();
+        assert_eq!(kv.apply(1, &cmd(1, 1, 1, cheap_put("k", "1"))), done(None));
+        let cheap = cmd(1, 2, 1, cheap_put("k", "2"));
+        assert_eq!(kv.apply(2, &cheap), done(None), "not asked: not returned");
+        let asked = cmd(1, 3, 1, put("k", "3"));
+        assert_eq!(kv.apply(3, &asked), done(Some("2")));
+        assert_eq!(kv.get(b"k"), Some(&b"3"[..]));
+        // Retries (seq 1..3 are not acknowledged yet) return the first outcome, either
+        // way, even though "k" changed since.
+        kv.apply(4, &cmd(2, 1, 1, cheap_put("k", "4")));
+        assert_eq!(kv.apply(5, &cheap), done(None));
+        assert_eq!(kv.apply(6, &asked), done(Some("2")));
+        assert_eq!(
+            kv.get(b"k"),
+            Some(&b"4"[..]),
+            "retries are not applied again"
+        );
+        // Deletes alike.
+        let del = |key: &str, return_previous| WriteOp::Delete {
+            key: key.into(),
+            return_previous,
+        };
+        let cheap_del = cmd(1, 4, 1, del("k", false));
+        assert_eq!(kv.apply(7, &cheap_del), done(None));
+        assert_eq!(kv.get(b"k"), None);
+        kv.apply(8, &cmd(1, 5, 1, cheap_put("k", "5")));
+        let asked_del = cmd(1, 6, 1, del("k", true));
+        assert_eq!(kv.apply(9, &asked_del), done(Some("5")));
+        assert_eq!(kv.apply(10, &cmd(1, 7, 1, del("k", true))), done(None));
+        assert_eq!(kv.apply(11, &cheap_del), done(None));
+        assert_eq!(kv.apply(12, &asked_del), done(Some("5")));
+        // The outcomes kept hold the previous value only when asked for.
+        let session = &kv.sessions[&1];
+        let kept: Vec<bool> = session
+            .outcomes
+            .iter()
+            .map(|(_, o)| matches!(o, WriteOutcome::Done { previous: Some(_) }))
+            .collect();
+        assert_eq!(kept, [false, false, true, false, false, true, false]);
+        // And a restored replica answers retries the same.
+        let mut back = Kv::restore(&kv.snapshot().unwrap()).unwrap();
+        assert_eq!(back.apply(13, &asked), done(Some("2")));
+        assert_eq!(back.apply(14, &cheap), done(None));
+    }
+
+    #[test]
+    fn outcomes_arriving_out_of_order_are_kept_in_order() {
+        let o = |n: u8| WriteOutcome::Done {
+            previous: Some(vec![n]),
+        };
+        let mut outcomes = Outcomes::default();
+        for seq in [5, 3, 9, 4, 7] {
+            outcomes.insert(seq, o(seq as u8));
+        }
+        let seqs = |os: &Outcomes| os.iter().map(|(s, _)| *s).collect::<Vec<_>>();
+        assert_eq!(seqs(&outcomes), [3, 4, 5, 7, 9]);
+        assert_eq!(outcomes.get(7), Some(&o(7)));
+        assert_eq!(outcomes.get(6), None);
+        outcomes.forget_below(5);
+        assert_eq!(seqs(&outcomes), [5, 7, 9]);
+        outcomes.truncate_front(2);
+        assert_eq!(seqs(&outcomes), [7, 9]);
+        let back = Outcomes::from_unordered(vec![(9, o(1)), (7, o(7)), (9, o(9))]);
+        assert_eq!(seqs(&back), [7, 9]);
+        assert_eq!(
+            back.get(9),
+            Some(&o(9)),
+            "the last of equal ones, as a map kept"
+        );
+    }
+
+    #[test]
+    fn the_least_recently_used_session_is_forgotten() {
+        let mut kv = Kv::new();
+        let mut index = 0;
+        let mut apply = |kv: &mut Kv, client: u64, seq: u64| {
+            index += 1;
+            kv.apply(index, &cmd(client, seq, 1, put(&format!("k{client}"), "v")))
+        };
+        for client in 1..=MAX_SESSIONS as u64 {
+            apply(&mut kv, client, 1);
+        }
+        // Session 1 writes again: 2 is now the least recently used.
+        apply(&mut kv, 1, 2);
+        let mut replica = Kv::restore(&kv.snapshot().unwrap()).unwrap();
+        let new = MAX_SESSIONS as u64 + 1;
+        apply(&mut kv, new, 1);
+        assert_eq!(kv.sessions.len(), MAX_SESSIONS);
+        assert!(kv.sessions.contains_key(&1) && !kv.sessions.contains_key(&2));
+        // 3 writes again: 4 goes next (3's old place in the eviction order is stale).
+        apply(&mut kv, 3, 2);
+        apply(&mut kv, new + 1, 1);
+        assert!(kv.sessions.contains_key(&3) && !kv.sessions.contains_key(&4));
+        assert!(kv.sessions.contains_key(&5));
+        // A replica restored before (with no eviction order built) forgets the same.
+        let mut index = MAX_SESSIONS as u64 + 1;
+        for (client, seq) in [(new, 1), (3, 2), (new + 1, 1)] {
+            index += 1;
+            replica.apply(index, &cmd(client, seq, 1, put(&format!("k{client}"), "v")));
+        }
+        assert_eq!(replica.snapshot(), kv.snapshot());
+        // A retry of a forgotten session's write is applied again (its outcome is gone).
+        assert_eq!(
+            kv.apply(index + 1, &cmd(2, 1, 1, put("k2", "v"))),
+            done(Some("v"))
+        );
     }
 
     #[test]
@@ -456,8 +1034,131 @@ mod tests {
             refused,
             Applied::Write(WriteOutcome::Cas { swapped: false, .. })
         ));
-        w(&mut kv, WriteOp::Delete { key: "a/2".into() });
+        w(
+            &mut kv,
+            WriteOp::Delete {
+                key: "a/2".into(),
+                return_previous: true,
+            },
+        );
         assert_eq!(kv.list(b"a/", 10), vec![(b"a/1".to_vec(), b"x2".to_vec())]);
         assert_eq!(kv.list(b"", 10).len(), 2);
+    }
+
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            Put(u8, u8, bool),
+            Delete(u8, bool),
+            Cas(u8, Option<u8>, Option<u8>),
+            List(u8, u8),
+            Retry(u8),
+            Snapshot,
+        }
+
+        fn key(k: u8) -> Vec<u8> {
+            // Keys of different lengths that share prefixes: "", "a", "aa", "ab", ...
+            let k = k % 24;
+            (0..k % 4)
+                .map(|i| b'a' + (k >> (2 * i)) % 3)
+                .chain(std::iter::repeat_n(b'/', usize::from(k / 12)))
+                .collect()
+        }
+
+        fn value(v: u8) -> Vec<u8> {
+            vec![v % 5; usize::from(v % 3)]
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => (any::<u8>(), any::<u8>(), any::<bool>()).prop_map(|(k, v, p)| Op::Put(k, v, p)),
+                2 => (any::<u8>(), any::<bool>()).prop_map(|(k, p)| Op::Delete(k, p)),
+                2 => (any::<u8>(), any::<Option<u8>>(), any::<Option<u8>>())
+                    .prop_map(|(k, e, n)| Op::Cas(k, e, n)),
+                2 => (any::<u8>(), any::<u8>()).prop_map(|(p, l)| Op::List(p, l)),
+                1 => any::<u8>().prop_map(Op::Retry),
+                1 => Just(Op::Snapshot),
+            ]
+        }
+
+        proptest! {
+            /// The store answers as a plain ordered map does: outcomes (the previous value
+            /// only when asked), reads and prefix listings in key order, across snapshots;
+            /// a retry returns the first outcome and changes nothing.
+            #[test]
+            fn the_store_behaves_as_an_ordered_map(ops in proptest::collection::vec(op(), 1..200)) {
+                let mut kv = Kv::new();
+                let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+                let mut sent: Vec<(Vec<u8>, Applied)> = Vec::new();
+                let mut index = 0;
+                for op in ops {
+                    let (wop, expected) = match op {
+                        Op::Put(k, v, p) => {
+                            let old = model.insert(key(k), value(v));
+                            let op = WriteOp::Put { key: key(k), value: value(v), return_previous: p };
+                            (op, WriteOutcome::Done { previous: old.filter(|_| p) })
+                        }
+                        Op::Delete(k, p) => {
+                            let old = model.remove(&key(k));
+                            (WriteOp::Delete { key: key(k), return_previous: p },
+                             WriteOutcome::Done { previous: old.filter(|_| p) })
+                        }
+                        Op::Cas(k, e, n) => {
+                            let current = model.get(&key(k)).cloned();
+                            let swapped = current == e.map(value);
+                            if swapped {
+                                match n {
+                                    Some(n) => model.insert(key(k), value(n)),
+                                    None => model.remove(&key(k)),
+                                };
+                            }
+                            let op = WriteOp::Cas { key: key(k), expected: e.map(value), new: n.map(value) };
+                            (op, WriteOutcome::Cas { swapped, current })
+                        }
+                        Op::List(p, limit) => {
+                            let prefix = key(p);
+                            let limit = usize::from(limit % 8);
+                            let want: Vec<_> = model
+                                .range(prefix.clone()..)
+                                .take_while(|(k, _)| k.starts_with(&prefix))
+                                .take(limit)
+                                .map(|(k, v)| (k.clone(), v.clone()))
+                                .collect();
+                            prop_assert_eq!(kv.list(&prefix, limit), want);
+                            continue;
+                        }
+                        Op::Retry(i) => {
+                            if let Some((bytes, first)) = sent.get(usize::from(i) % sent.len().max(1)) {
+                                index += 1;
+                                prop_assert_eq!(&kv.apply(index, bytes), first);
+                            }
+                            continue;
+                        }
+                        Op::Snapshot => {
+                            let bytes = kv.snapshot().unwrap();
+                            kv = Kv::restore(&bytes).unwrap();
+                            prop_assert_eq!(kv.snapshot().unwrap(), bytes);
+                            continue;
+                        }
+                    };
+                    index += 1;
+                    // Nothing is acknowledged: every write stays retryable.
+                    let bytes = cmd(1, index, 1, wop);
+                    let applied = kv.apply(index, &bytes);
+                    prop_assert_eq!(&applied, &Applied::Write(expected));
+                    sent.push((bytes, applied));
+                }
+                prop_assert_eq!(kv.len(), model.len());
+                prop_assert_eq!(kv.is_empty(), model.is_empty());
+                for k in 0..24 {
+                    prop_assert_eq!(kv.get(&key(k)), model.get(&key(k)).map(Vec::as_slice));
+                }
+                let all: Vec<_> = model.into_iter().collect();
+                prop_assert_eq!(kv.list(b"", usize::MAX), all);
+            }
+        }
     }
 }

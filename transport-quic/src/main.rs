@@ -163,12 +163,16 @@ impl From<ConsistencyArg> for Consistency {
 
 #[derive(Subcommand)]
 enum KvCommand {
-    /// Set KEY to VALUE (prints the previous value).
+    /// Set KEY to VALUE (prints `ok`, or the previous value with --previous).
     Put {
         /// The key.
         key: String,
         /// The value.
         value: String,
+        /// Ask for the value KEY had and print it (`previous: …`); the node then copies it
+        /// and sends it back, which a plain put does not pay for.
+        #[arg(long)]
+        previous: bool,
     },
     /// Print the value of KEY.
     Get {
@@ -178,10 +182,13 @@ enum KvCommand {
         #[arg(long, value_enum, default_value = "linearizable")]
         consistency: ConsistencyArg,
     },
-    /// Delete KEY (prints the value it had).
+    /// Delete KEY (prints `ok`, or the value it had with --previous).
     Del {
         /// The key.
         key: String,
+        /// Ask for the value KEY had and print it (`deleted: …`).
+        #[arg(long)]
+        previous: bool,
     },
     /// Compare-and-set: set KEY to --new (or delete it with no --new) if it holds
     /// --expected (or is absent with no --expected).
@@ -420,8 +427,21 @@ fn show(v: Option<Vec<u8>>) -> String {
 async fn kv(conn: ClientArgs, command: KvCommand) -> Result<(), Error> {
     let client = client(&conn)?;
     match command {
-        KvCommand::Put { key, value } => {
-            println!("previous: {}", show(client.put(key, value).await?))
+        KvCommand::Put {
+            key,
+            value,
+            previous: true,
+        } => println!(
+            "previous: {}",
+            show(client.put_returning_previous(key, value).await?)
+        ),
+        KvCommand::Put {
+            key,
+            value,
+            previous: false,
+        } => {
+            client.put(key, value).await?;
+            println!("ok");
         }
         KvCommand::Get { key, consistency } => {
             match client.get_with(key, consistency.into()).await? {
@@ -432,7 +452,20 @@ async fn kv(conn: ClientArgs, command: KvCommand) -> Result<(), Error> {
                 }
             }
         }
-        KvCommand::Del { key } => println!("deleted: {}", show(client.delete(key).await?)),
+        KvCommand::Del {
+            key,
+            previous: true,
+        } => println!(
+            "deleted: {}",
+            show(client.delete_returning_previous(key).await?)
+        ),
+        KvCommand::Del {
+            key,
+            previous: false,
+        } => {
+            client.delete(key).await?;
+            println!("ok");
+        }
         KvCommand::Cas { key, expected, new } => {
             let (swapped, current) = client.cas(key, expected, new).await?;
             if swapped {

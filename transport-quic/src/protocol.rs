@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 /// A change to the key-value store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WriteOp {
-    /// Set `key` to `value`.
+    /// Set `key` to `value`. Answered with [`WriteOutcome::Done`], whose `previous` is the
+    /// value `key` had when `return_previous` is set, and always `None` otherwise.
     Put {
         /// The key.
         #[serde(with = "serde_bytes")]
@@ -27,12 +28,19 @@ pub enum WriteOp {
         /// The value.
         #[serde(with = "serde_bytes")]
         value: Vec<u8>,
+        /// Return the value `key` had (as etcd's `prev_kv`). Off, the state machine neither
+        /// copies it nor keeps it in the session's outcome table until the client
+        /// acknowledges the write, and the answer does not carry it: the cheap put.
+        return_previous: bool,
     },
-    /// Remove `key`.
+    /// Remove `key`. Answered with [`WriteOutcome::Done`], whose `previous` is the value
+    /// `key` had when `return_previous` is set, and always `None` otherwise.
     Delete {
         /// The key.
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        /// Return the value removed (as etcd's `prev_kv`); see [`WriteOp::Put`].
+        return_previous: bool,
     },
     /// Set `key` to `new` (remove it if `None`) only if its value is `expected` (absent if
     /// `None`).
@@ -52,9 +60,10 @@ pub enum WriteOp {
 /// What a write did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WriteOutcome {
-    /// A put or delete; the value the key had before.
+    /// A put or delete was applied.
     Done {
-        /// The previous value.
+        /// The value the key had before, if the write asked for it (`return_previous`);
+        /// `None` when the key was absent or the write did not ask.
         #[serde(with = "serde_bytes")]
         previous: Option<Vec<u8>>,
     },

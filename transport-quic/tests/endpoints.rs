@@ -312,6 +312,8 @@ fn a_retried_write_is_applied_once() {
         op: WriteOp::Put {
             key: b"k".to_vec(),
             value: value.as_bytes().to_vec(),
+            // Asked for: a retry answered `None` shows it was not applied again.
+            return_previous: true,
         },
     };
     smol::block_on(async {
@@ -347,11 +349,17 @@ fn concurrent_calls_on_one_client_are_pipelined_and_get_their_own_answers() {
         // call must get the answer to its own request, whatever order they come in.
         let writes = (0..200).map(|i| client.put(format!("p{i}"), format!("v{i}")));
         for r in join_all(writes).await {
-            assert_eq!(r.unwrap(), None);
+            r.unwrap();
+        }
+        // Overwrites that return the value replaced: each answer names its own key's.
+        let writes =
+            (0..200).map(|i| client.put_returning_previous(format!("p{i}"), format!("w{i}")));
+        for (i, r) in join_all(writes).await.into_iter().enumerate() {
+            assert_eq!(r.unwrap(), Some(format!("v{i}").into_bytes()));
         }
         let reads = (0..200).map(|i| client.get(format!("p{i}")));
         for (i, r) in join_all(reads).await.into_iter().enumerate() {
-            assert_eq!(r.unwrap(), Some(format!("v{i}").into_bytes()));
+            assert_eq!(r.unwrap(), Some(format!("w{i}").into_bytes()));
         }
     });
     client.close();

@@ -100,7 +100,7 @@ fn the_command_line_issues_certificates_serves_kv_and_shuts_down_cleanly() {
         coracle(&all, &dir)
     };
     let put = wait_for(Duration::from_secs(20), || {
-        let o = kv(&["put", "colour", "blue"]);
+        let o = kv(&["put", "--previous", "colour", "blue"]);
         o.status.success().then_some(o)
     })
     .expect("the node takes writes");
@@ -123,9 +123,18 @@ fn the_command_line_issues_certificates_serves_kv_and_shuts_down_cleanly() {
         ok(kv(&["get", "colour", "--consistency", "stale"])).trim(),
         "green"
     );
-    ok(kv(&["put", "shape", "round"]));
+    // Without --previous, a put does not ask for (nor print) the value it replaced.
+    assert_eq!(ok(kv(&["put", "shape", "square"])).trim(), "ok");
+    assert_eq!(
+        ok(kv(&["put", "--previous", "shape", "round"])).trim(),
+        "previous: square"
+    );
     assert_eq!(ok(kv(&["list", "s"])).trim(), "shape\tround");
-    ok(kv(&["del", "shape"]));
+    assert_eq!(
+        ok(kv(&["del", "--previous", "shape"])).trim(),
+        "deleted: round"
+    );
+    assert_eq!(ok(kv(&["del", "shape"])).trim(), "ok");
     assert!(!kv(&["get", "shape"]).status.success());
 
     let status = ok(coracle(

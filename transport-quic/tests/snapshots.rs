@@ -97,6 +97,8 @@ fn session_write() -> Request {
         op: WriteOp::Put {
             key: b"session".to_vec(),
             value: b"first".to_vec(),
+            // Asked for: a retry answered `None` shows it was not applied again.
+            return_previous: true,
         },
     }
 }

@@ -398,6 +398,7 @@ impl Cluster {
             op: WriteOp::Put {
                 key: key.as_bytes().to_vec(),
                 value: value.as_bytes().to_vec(),
+                return_previous: false,
             },
         }
     }
