@@ -30,6 +30,25 @@ pub(crate) fn lock(dir: &Path) -> Result<File, FileLogError> {
     }
 }
 
+/// Bytes written between two `fdatasync`s when a large file is written in the background
+/// (a snapshot, a spare segment). Flushed at once, tens of MiB hold the disk for tens of
+/// milliseconds, and the log's own `fdatasync`s queue behind them: measured with 64
+/// clients, p99.9 30-50 ms with one flush per file, 4-6 ms with one per 128 KiB.
+pub(crate) const FLUSH_CHUNK: usize = 128 << 10;
+
+/// Writes `bytes` to `file` with an `fdatasync` after each [`FLUSH_CHUNK`].
+pub(crate) fn write_in_flushes(
+    file: &mut File,
+    bytes: &[u8],
+    path: &Path,
+) -> Result<(), FileLogError> {
+    for chunk in bytes.chunks(FLUSH_CHUNK) {
+        file.write_all(chunk).map_err(io_err(path, "write"))?;
+        file.sync_data().map_err(io_err(path, "sync"))?;
+    }
+    Ok(())
+}
+
 /// Makes the directory entries of `dir` (files created, renamed or removed) durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), FileLogError> {
     File::open(dir)

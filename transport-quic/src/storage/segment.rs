@@ -66,7 +66,8 @@ pub(crate) struct Spare {
 }
 
 /// Writes a spare of `bytes` zeros in `dir` under a temporary name (removed on open if
-/// never used) and fsyncs it. Returns `None`, leaving no file, if `cancel` is set meanwhile.
+/// never used), with an `fdatasync` per [`dir::FLUSH_CHUNK`] so it never holds the disk
+/// for long. Returns `None`, leaving no file, if `cancel` is set meanwhile.
 pub(crate) fn prepare_spare(
     dir: &Path,
     bytes: u64,
@@ -90,8 +91,7 @@ fn write_zeros(
     bytes: u64,
     cancel: &AtomicBool,
 ) -> Result<Option<Spare>, FileLogError> {
-    const CHUNK: u64 = 1 << 20;
-    let zeros = vec![0u8; CHUNK.min(bytes) as usize];
+    let zeros = vec![0u8; dir::FLUSH_CHUNK.min(bytes as usize)];
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -103,9 +103,8 @@ fn write_zeros(
         if cancel.load(Ordering::Relaxed) {
             return Ok(None);
         }
-        let n = CHUNK.min(bytes - written) as usize;
-        file.write_all(&zeros[..n])
-            .map_err(io_err(path, "write spare segment"))?;
+        let n = (bytes - written).min(zeros.len() as u64) as usize;
+        dir::write_in_flushes(&mut file, &zeros[..n], path)?;
         written += n as u64;
     }
     file.sync_all()

@@ -96,9 +96,9 @@ pub(crate) fn write_file(
     crc.update(data);
     let crc = crc.finalize().to_le_bytes();
     let mut file = File::create(path).map_err(io_err(path, "create"))?;
-    for part in [&h[..], data, &crc] {
-        file.write_all(part).map_err(io_err(path, "write"))?;
-    }
+    file.write_all(&h).map_err(io_err(path, "write"))?;
+    super::dir::write_in_flushes(&mut file, data, path)?;
+    file.write_all(&crc).map_err(io_err(path, "write"))?;
     file.sync_all().map_err(io_err(path, "sync"))
 }
 
