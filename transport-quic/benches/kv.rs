@@ -148,6 +148,20 @@ fn kv(c: &mut Criterion) {
     g.bench_function("snapshot", |b| {
         b.iter(|| black_box(load.kv.snapshot().expect("a snapshot")))
     });
+    // The same, written out in steps as a node does it (no writes in between).
+    let mut kv = load.kv.clone();
+    g.bench_function("snapshot_in_steps", |b| {
+        b.iter(|| {
+            kv.begin_snapshot().expect("a snapshot");
+            loop {
+                if let Some(done) =
+                    kv.continue_snapshot(coracle_quic::server::SNAPSHOT_PAIRS_PER_STEP)
+                {
+                    break black_box(done.expect("a snapshot"));
+                }
+            }
+        })
+    });
     g.finish();
 }
 

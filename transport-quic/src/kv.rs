@@ -206,9 +206,109 @@ struct Store {
     order: BTreeSet<Key>,
     /// Bytes of all keys and values (to size a snapshot's buffer).
     bytes: usize,
+    /// The pairs as they were when a snapshot began, while it is written out.
+    frozen: Option<Frozen>,
+}
+
+/// The pairs of a snapshot being written out a few at a time while writes go on (see
+/// [`Kv::begin_snapshot`]): keys up to `written` are written already; a key after it is
+/// written with its value from `before` if it changed since the snapshot began (`None`:
+/// it had no value then), with its current value otherwise.
+#[derive(Debug, Default, Clone)]
+struct Frozen {
+    written: Option<Key>,
+    before: BTreeMap<Key, Option<Vec<u8>>>,
 }
 
 impl Store {
+    /// Before `key` changes: keeps its value for the snapshot being written, if that has
+    /// not passed it yet and it did not change before.
+    fn keep_for_snapshot(&mut self, key: &[u8]) {
+        let Some(frozen) = &mut self.frozen else {
+            return;
+        };
+        if frozen.written.as_deref().is_some_and(|w| key <= w) || frozen.before.contains_key(key) {
+            return;
+        }
+        let value = self.index.get(key).cloned();
+        frozen.before.insert(Key::new(key), value);
+    }
+
+    /// Appends up to `max` more pairs of the snapshot being written to `out` (postcard:
+    /// each key and value a byte string); the pairs appended.
+    fn write_frozen(&mut self, out: &mut Vec<u8>, max: usize) -> Result<usize, postcard::Error> {
+        let Some(frozen) = &self.frozen else {
+            return Ok(0);
+        };
+        let after = match &frozen.written {
+            Some(w) => Bound::Excluded(&w[..]),
+            None => Bound::Unbounded,
+        };
+        let mut now = self
+            .order
+            .range::<[u8], _>((after, Bound::Unbounded))
+            .peekable();
+        let mut then = frozen
+            .before
+            .range::<[u8], _>((after, Bound::Unbounded))
+            .peekable();
+        let (mut n, mut last) = (0, None);
+        while n < max {
+            // The next key of either; a key in both takes its value from `before`.
+            let next_now = now.peek().copied();
+            let next_then = then.peek().map(|(k, _)| *k);
+            let from_then = match (next_now, next_then) {
+                (None, None) => break,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some(a), Some(b)) => b <= a,
+            };
+            let (key, value) = if from_then {
+                let Some((b, v)) = then.next() else { break };
+                if next_now == Some(b) {
+                    now.next();
+                }
+                (b, v.as_deref())
+            } else {
+                let Some(k) = now.next() else { break };
+                (k, Some(self.value_of(k)))
+            };
+            last = Some(key.clone());
+            if let Some(v) = value {
+                let taken = std::mem::take(out);
+                *out = postcard::to_extend(&(Bytes::new(key), Bytes::new(v)), taken)?;
+                n += 1;
+            }
+        }
+        let Some(frozen) = &mut self.frozen else {
+            return Ok(n);
+        };
+        if let Some(last) = last {
+            // What `before` held up to `last` is written: dropped.
+            frozen.before = frozen.before.split_off(&last);
+            frozen.before.remove(&last);
+            frozen.written = Some(last);
+        }
+        Ok(n)
+    }
+
+    /// True once every pair of the snapshot being written is written (or none is).
+    fn frozen_done(&self) -> bool {
+        let Some(frozen) = &self.frozen else {
+            return true;
+        };
+        let after = match &frozen.written {
+            Some(w) => Bound::Excluded(&w[..]),
+            None => Bound::Unbounded,
+        };
+        frozen.before.is_empty()
+            && self
+                .order
+                .range::<[u8], _>((after, Bound::Unbounded))
+                .next()
+                .is_none()
+    }
+
     fn get(&self, key: &[u8]) -> Option<&Vec<u8>> {
         self.index.get(key)
     }
@@ -217,6 +317,7 @@ impl Store {
     /// existing value's buffer is reused when the new value fits it well (no allocation,
     /// and no free of a buffer gone cold).
     fn put(&mut self, key: &[u8], value: &[u8], previous: bool) -> Option<Vec<u8>> {
+        self.keep_for_snapshot(key);
         let Some(v) = self.index.get_mut(key) else {
             self.insert_new(key, value.to_vec());
             return None;
@@ -237,6 +338,7 @@ impl Store {
 
     /// Sets `key` to `value`; the value it had.
     fn insert(&mut self, key: &[u8], value: Vec<u8>) -> Option<Vec<u8>> {
+        self.keep_for_snapshot(key);
         if let Some(v) = self.index.get_mut(key) {
             self.bytes = self.bytes + value.len() - v.len();
             return Some(std::mem::replace(v, value));
@@ -255,6 +357,7 @@ impl Store {
 
     /// Removes `key`; the value it had.
     fn remove(&mut self, key: &[u8]) -> Option<Vec<u8>> {
+        self.keep_for_snapshot(key);
         let (key, value) = self.index.remove_entry(key)?;
         self.order.remove(&key);
         self.bytes -= key.len() + value.len();
@@ -332,6 +435,21 @@ pub struct Kv {
     addresses: BTreeMap<NodeId, String>,
     applied: Index,
     malformed: u64,
+    /// The snapshot being written out a few pairs at a time.
+    snapshot: Option<SnapshotJob>,
+}
+
+/// A snapshot begun by [`Kv::begin_snapshot`].
+#[derive(Debug, Default, Clone)]
+struct SnapshotJob {
+    /// The applied index it is of.
+    index: Index,
+    /// What is written so far: the header, then the pairs.
+    out: Vec<u8>,
+    /// The pairs still to write.
+    pairs_left: usize,
+    /// The rest, as it was when the snapshot began: the sessions and the addresses.
+    tail: Vec<u8>,
 }
 
 impl Kv {
@@ -479,6 +597,100 @@ impl Kv {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn snapshot(&self) -> Result<Vec<u8>, KvSnapshotError> {
+        let tail = self.snapshot_tail()?;
+        let image = ImageHead {
+            version: SNAPSHOT_VERSION,
+            applied: self.applied,
+            malformed: self.malformed,
+            data: Pairs(&self.data),
+        };
+        let out = Vec::with_capacity(self.snapshot_estimate() + tail.len());
+        let mut out = postcard::to_extend(&image, out).map_err(snapshot_error)?;
+        out.extend_from_slice(&tail);
+        Ok(out)
+    }
+
+    /// Begins a snapshot of the state as it is now (at [`applied`](Self::applied)), to be
+    /// written out a few pairs at a time by [`continue_snapshot`](Self::continue_snapshot)
+    /// while writes go on: a node's loop stays responsive however large the state is. The
+    /// bytes are those [`snapshot`](Self::snapshot) returns now. A snapshot begun before
+    /// and not finished is dropped.
+    ///
+    /// Until it is finished, the first write to each key not yet written out keeps a copy
+    /// of that key's value (at most one per key).
+    ///
+    /// ```
+    /// use coracle_quic::kv::Kv;
+    /// let mut kv = Kv::new();
+    /// let whole = kv.snapshot()?;
+    /// kv.begin_snapshot()?;
+    /// let bytes = loop {
+    ///     if let Some(done) = kv.continue_snapshot(1000) {
+    ///         break done?;
+    ///     }
+    /// };
+    /// assert_eq!(bytes, whole);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn begin_snapshot(&mut self) -> Result<(), KvSnapshotError> {
+        self.snapshot = None;
+        let tail = self.snapshot_tail()?;
+        let head = (
+            SNAPSHOT_VERSION,
+            self.applied,
+            self.malformed,
+            self.data.len() as u64,
+        );
+        let out = Vec::with_capacity(self.snapshot_estimate() + tail.len());
+        let out = postcard::to_extend(&head, out).map_err(snapshot_error)?;
+        self.data.frozen = Some(Frozen::default());
+        self.snapshot = Some(SnapshotJob {
+            index: self.applied,
+            out,
+            pairs_left: self.data.len(),
+            tail,
+        });
+        Ok(())
+    }
+
+    /// Writes out up to `pairs` more pairs of the snapshot begun by
+    /// [`begin_snapshot`](Self::begin_snapshot); once all are, returns its bytes (and the
+    /// store keeps no more copies). `None` while there are more, or if none was begun.
+    pub fn continue_snapshot(&mut self, pairs: usize) -> Option<Result<Vec<u8>, KvSnapshotError>> {
+        let job = self.snapshot.as_mut()?;
+        let written = match self.data.write_frozen(&mut job.out, pairs) {
+            Ok(n) => n,
+            Err(e) => return self.end_snapshot(Err(snapshot_error(e))),
+        };
+        job.pairs_left = job.pairs_left.saturating_sub(written);
+        if !self.data.frozen_done() {
+            return None;
+        }
+        let mut out = std::mem::take(&mut job.out);
+        if job.pairs_left != 0 {
+            let e = format!("snapshot lacks {} pairs", job.pairs_left);
+            return self.end_snapshot(Err(KvSnapshotError(e)));
+        }
+        out.extend_from_slice(&job.tail);
+        self.end_snapshot(Ok(out))
+    }
+
+    /// The applied index of the snapshot being written out, if one is.
+    pub fn snapshot_in_progress(&self) -> Option<Index> {
+        self.snapshot.as_ref().map(|job| job.index)
+    }
+
+    fn end_snapshot(
+        &mut self,
+        result: Result<Vec<u8>, KvSnapshotError>,
+    ) -> Option<Result<Vec<u8>, KvSnapshotError>> {
+        self.snapshot = None;
+        self.data.frozen = None;
+        Some(result)
+    }
+
+    /// The end of a snapshot: the exactly-once sessions (by client) and the addresses.
+    fn snapshot_tail(&self) -> Result<Vec<u8>, KvSnapshotError> {
         let mut sessions: Vec<(u64, SessionImage)> = self
             .sessions
             .iter()
@@ -492,35 +704,18 @@ impl Kv {
             })
             .collect();
         sessions.sort_unstable_by_key(|(client, _)| *client);
-        let image = ImageOut {
-            version: SNAPSHOT_VERSION,
-            applied: self.applied,
-            malformed: self.malformed,
-            data: Pairs(&self.data),
-            sessions,
-            addresses: self
-                .addresses
-                .iter()
-                .map(|(&id, a)| (id, a.as_str()))
-                .collect(),
-        };
-        // Sized up front (at most 10 bytes of lengths a pair, a little for the rest): no
-        // doubling and copying of a buffer of the whole store.
-        let outcome_bytes: usize = image
-            .sessions
+        let addresses: Vec<(NodeId, &str)> = self
+            .addresses
             .iter()
-            .flat_map(|(_, s)| s.outcomes.iter())
-            .map(|(_, o)| 32 + outcome_len(o))
-            .sum();
-        let estimate = self.data.bytes
-            + 10 * self.data.len()
-            + 64 * image.sessions.len()
-            + outcome_bytes
-            + 32 * self.addresses.len()
-            + self.addresses.values().map(String::len).sum::<usize>()
-            + 64;
-        postcard::to_extend(&image, Vec::with_capacity(estimate))
-            .map_err(|e| KvSnapshotError(e.to_string()))
+            .map(|(&id, a)| (id, a.as_str()))
+            .collect();
+        postcard::to_allocvec(&(sessions, addresses)).map_err(snapshot_error)
+    }
+
+    /// Bytes of a snapshot's header and pairs, a little over (at most 10 bytes of lengths
+    /// a pair): its buffer is allocated once, not doubled and copied.
+    fn snapshot_estimate(&self) -> usize {
+        self.data.bytes + 10 * self.data.len() + 64
     }
 
     /// The state [`snapshot`](Self::snapshot) wrote. Bytes of another format version, or
@@ -595,15 +790,6 @@ enum WriteOpRef<'a> {
     },
 }
 
-/// Bytes of the values an outcome carries.
-fn outcome_len(o: &WriteOutcome) -> usize {
-    match o {
-        WriteOutcome::Done { previous } => previous.as_ref().map_or(0, Vec::len),
-        WriteOutcome::Cas { current, .. } => current.as_ref().map_or(0, Vec::len),
-        WriteOutcome::Stale => 0,
-    }
-}
-
 /// Version of the KV snapshot format.
 const SNAPSHOT_VERSION: u32 = 1;
 
@@ -620,14 +806,14 @@ struct Image {
 }
 
 /// [`Image`] as it is written: borrowing the store, so a snapshot does not copy it first.
+/// The start of [`Image`] as [`Kv::snapshot`] writes it (postcard writes the fields of a
+/// struct one after the other, so the sessions and addresses follow as a tuple).
 #[derive(Serialize)]
-struct ImageOut<'a> {
+struct ImageHead<'a> {
     version: u32,
     applied: Index,
     malformed: u64,
     data: Pairs<'a>,
-    sessions: Vec<(u64, SessionImage)>,
-    addresses: Vec<(NodeId, &'a str)>,
 }
 
 /// The store's pairs, serialized as a sequence of byte-string pairs (the shape of
@@ -658,6 +844,10 @@ impl fmt::Display for KvSnapshotError {
 }
 
 impl std::error::Error for KvSnapshotError {}
+
+fn snapshot_error(e: postcard::Error) -> KvSnapshotError {
+    KvSnapshotError(e.to_string())
+}
 
 fn apply_op(data: &mut Store, op: WriteOpRef<'_>) -> WriteOutcome {
     match op {
@@ -1057,6 +1247,10 @@ mod tests {
             List(u8, u8),
             Retry(u8),
             Snapshot,
+            /// Begin a snapshot written out a few pairs at a time.
+            BeginSnapshot,
+            /// Write out up to this many more pairs of it.
+            Step(u8),
         }
 
         fn key(k: u8) -> Vec<u8> {
@@ -1081,19 +1275,24 @@ mod tests {
                 2 => (any::<u8>(), any::<u8>()).prop_map(|(p, l)| Op::List(p, l)),
                 1 => any::<u8>().prop_map(Op::Retry),
                 1 => Just(Op::Snapshot),
+                1 => Just(Op::BeginSnapshot),
+                3 => any::<u8>().prop_map(Op::Step),
             ]
         }
 
         proptest! {
             /// The store answers as a plain ordered map does: outcomes (the previous value
             /// only when asked), reads and prefix listings in key order, across snapshots;
-            /// a retry returns the first outcome and changes nothing.
+            /// a retry returns the first outcome and changes nothing. A snapshot written
+            /// out step by step while writes go on is the snapshot of when it began.
             #[test]
             fn the_store_behaves_as_an_ordered_map(ops in proptest::collection::vec(op(), 1..200)) {
                 let mut kv = Kv::new();
                 let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
                 let mut sent: Vec<(Vec<u8>, Applied)> = Vec::new();
                 let mut index = 0;
+                // The bytes the snapshot being written out must end as.
+                let mut begun: Option<Vec<u8>> = None;
                 for op in ops {
                     let (wop, expected) = match op {
                         Op::Put(k, v, p) => {
@@ -1141,6 +1340,20 @@ mod tests {
                             let bytes = kv.snapshot().unwrap();
                             kv = Kv::restore(&bytes).unwrap();
                             prop_assert_eq!(kv.snapshot().unwrap(), bytes);
+                            prop_assert_eq!(kv.snapshot_in_progress(), None);
+                            begun = None;
+                            continue;
+                        }
+                        Op::BeginSnapshot => {
+                            begun = Some(kv.snapshot().unwrap());
+                            kv.begin_snapshot().unwrap();
+                            prop_assert_eq!(kv.snapshot_in_progress(), Some(index));
+                            continue;
+                        }
+                        Op::Step(n) => {
+                            if let Some(done) = kv.continue_snapshot(usize::from(n % 4)) {
+                                prop_assert_eq!(Some(done.unwrap()), begun.take());
+                            }
                             continue;
                         }
                     };
@@ -1151,6 +1364,15 @@ mod tests {
                     prop_assert_eq!(&applied, &Applied::Write(expected));
                     sent.push((bytes, applied));
                 }
+                if let Some(want) = begun {
+                    let got = loop {
+                        if let Some(done) = kv.continue_snapshot(1) {
+                            break done.unwrap();
+                        }
+                    };
+                    prop_assert_eq!(got, want);
+                }
+                prop_assert_eq!(kv.snapshot_in_progress(), None);
                 prop_assert_eq!(kv.len(), model.len());
                 prop_assert_eq!(kv.is_empty(), model.is_empty());
                 for k in 0..24 {

@@ -60,6 +60,10 @@ pub const READS: usize = 1024;
 /// The core node as this binding runs it.
 pub type CoreNode = coracle::Node<FileLog, PEERS, INFLIGHT, READS>;
 
+/// Key-value pairs of a snapshot written out per turn of a node's event loop (about half a
+/// millisecond at 256-byte values).
+pub const SNAPSHOT_PAIRS_PER_STEP: usize = 2048;
+
 /// Why a node could not start or stopped.
 #[derive(Debug)]
 pub enum NodeError {
@@ -268,6 +272,7 @@ impl RunningNode {
                 last: last_snapshot,
                 failed: 0,
                 wanted: false,
+                building: None,
                 writing: false,
                 written: written_tx,
             },
@@ -382,6 +387,8 @@ struct Snapshots {
     failed: Index,
     /// The log is full: snapshot (and compact all it covers) as soon as possible.
     wanted: bool,
+    /// The snapshot the state machine is writing out (its size still 0).
+    building: Option<coracle::SnapshotMeta>,
     /// A snapshot's file is being written on its own thread (one at a time).
     writing: bool,
     /// Where that thread reports.
@@ -459,6 +466,7 @@ impl Host {
         let mut shutdown = false;
         while !shutdown {
             let wait = node.ticks_until_deadline().clamp(1, 1000);
+            let building = self.snapshots.building.is_some();
             let deadline = start + Duration::from_nanos(tick_nanos.saturating_mul(ticks + wait));
             let wake = async {
                 match inbound.recv().await {
@@ -487,6 +495,15 @@ impl Host {
             .or(async {
                 smol::Timer::at(deadline).await;
                 Wake::Timer
+            })
+            .or(async {
+                if building {
+                    // The next pairs of the snapshot, once the transport had its turn.
+                    smol::future::yield_now().await;
+                    Wake::Timer
+                } else {
+                    std::future::pending().await
+                }
             })
             .await;
             let now = (start.elapsed().as_nanos() / u128::from(tick_nanos)) as u64;
@@ -675,16 +692,20 @@ impl Host {
     }
 
     /// Snapshots the state machine if it is due (every `snapshot_entries` applied entries,
-    /// or the log is full): serializes it here, and writes and fsyncs the file on a thread
-    /// of its own, so the event loop (and this node's transport, on the same thread) only
-    /// pauses for the serialization. [`snapshot_written`](Self::snapshot_written) takes it
-    /// from there.
+    /// or the log is full): the state machine writes it out [`SNAPSHOT_PAIRS_PER_STEP`]
+    /// pairs per turn of the event loop (while writes go on: [`Kv::begin_snapshot`]), so
+    /// the loop, and this node's transport on the same thread, never pause for long,
+    /// however large the state; then a thread of its own writes and fsyncs the file.
+    /// [`snapshot_written`](Self::snapshot_written) takes it from there.
     ///
     /// Replacing the kept snapshot while a leader sends it to a follower is safe: the core
     /// restarts every transfer from offset 0 with the new snapshot, so a follower never gets
     /// chunks of two snapshots. (Waiting for transfers to end instead would stop
     /// compaction for as long as a follower that needs a snapshot stays down.)
     fn maybe_snapshot(&mut self, node: &mut CoreNode) -> Result<(), NodeError> {
+        if self.snapshots.building.is_some() {
+            return self.continue_snapshot(node);
+        }
         let s = &self.snapshots;
         let index = node.applied_index();
         let due = s.every > 0 && index >= s.last.max(s.failed).saturating_add(s.every);
@@ -705,17 +726,39 @@ impl Host {
             );
             return Ok(());
         }
-        let bytes = self
-            .kv
-            .snapshot()
-            .map_err(|e| NodeError::Snapshot(e.to_string()))?;
-        let Some(meta) = node.snapshot_meta_at(index, bytes.len() as u64) else {
+        // The size is known once it is written out.
+        let Some(meta) = node.snapshot_meta_at(index, 0) else {
             warn!(
                 node = self.id,
                 index, "no snapshot metadata at the applied index"
             );
             return Ok(());
         };
+        self.kv
+            .begin_snapshot()
+            .map_err(|e| NodeError::Snapshot(e.to_string()))?;
+        self.snapshots.building = Some(meta);
+        self.continue_snapshot(node)
+    }
+
+    /// Writes out the next pairs of the snapshot being built; once it is whole, hands it
+    /// to a thread that writes its file.
+    fn continue_snapshot(&mut self, node: &mut CoreNode) -> Result<(), NodeError> {
+        let Some(mut meta) = self.snapshots.building else {
+            return Ok(());
+        };
+        if self.kv.snapshot_in_progress() != Some(meta.index) {
+            // The state machine was replaced by a leader's snapshot meanwhile.
+            self.snapshots.building = None;
+            return Ok(());
+        }
+        let Some(result) = self.kv.continue_snapshot(SNAPSHOT_PAIRS_PER_STEP) else {
+            return Ok(());
+        };
+        self.snapshots.building = None;
+        let bytes = result.map_err(|e| NodeError::Snapshot(e.to_string()))?;
+        meta.size = bytes.len() as u64;
+        let index = meta.index;
         let write = match node.log().prepare_snapshot(&meta, bytes) {
             Ok(w) => w,
             Err(e) => return self.snapshot_failed(node, index, e),
