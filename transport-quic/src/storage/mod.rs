@@ -466,7 +466,7 @@ impl FileLog {
             Some(last) => segment::open_for_write(last)?,
             None => {
                 let (base, prev_term) = point.map_or((1, 0), |(i, t)| (i + 1, t));
-                let (seg, file) = segment::create(&dir, base, prev_term)?;
+                let (seg, file) = segment::create(&dir, base, prev_term, None)?;
                 stats.fsyncs += 2;
                 stats.segments_created += 1;
                 segments.push(seg);
@@ -638,18 +638,18 @@ impl FileLog {
     /// Creates the segment starting at `base` (from the spare if one is ready) and makes
     /// it the active one.
     fn new_segment(&mut self, base: Index, prev_term: Term) -> Result<(), FileLogError> {
-        let created = if self.spare_ready() {
-            let Spare::Ready(spare) = std::mem::take(&mut self.spare) else {
-                unreachable!("spare_ready said so");
-            };
-            self.stats.segments_preallocated += 1;
-            segment::create_from_spare(&self.dir, base, prev_term, spare)?
-        } else {
-            if matches!(self.spare, Spare::Failed) {
-                self.spare = Spare::None;
-            }
-            segment::create(&self.dir, base, prev_term)?
+        let spare = match self.spare_ready().then(|| std::mem::take(&mut self.spare)) {
+            Some(Spare::Ready(spare)) => Some(spare),
+            _ => None,
         };
+        if matches!(self.spare, Spare::Failed) {
+            // Tried again for the next segment.
+            self.spare = Spare::None;
+        }
+        if spare.is_some() {
+            self.stats.segments_preallocated += 1;
+        }
+        let created = segment::create(&self.dir, base, prev_term, spare)?;
         self.stats.fsyncs += 2;
         self.stats.segments_created += 1;
         self.segments.push(created.0);

@@ -31,7 +31,6 @@ use super::error::{io_err, FileLogError};
 use super::record::le_u64;
 use coracle::{Index, Term};
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -159,51 +158,34 @@ pub(crate) fn decode_header(bytes: &[u8], path: &Path) -> Result<(Index, Term), 
     Ok((le_u64(&h[12..20]), le_u64(&h[20..28])))
 }
 
-/// Creates the segment starting at `base` durably (see the module docs) and returns it
-/// with a handle open for writing.
+/// Creates the segment starting at `base` durably (see the module docs), from `spare` if
+/// one is given (its header written over the first zeros), and returns it with a handle
+/// open for writing.
 pub(crate) fn create(
     dir: &Path,
     base: Index,
     prev_term: Term,
+    spare: Option<Spare>,
 ) -> Result<(Segment, File), FileLogError> {
-    let path = dir.join(name(base));
-    let tmp = dir.join(format!("{}{TMP_SUFFIX}", name(base)));
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(io_err(&tmp, "create segment"))?;
-    file.write_all(&encode_header(base, prev_term))
+    let preallocated = spare.is_some();
+    let (tmp, file) = match spare {
+        Some(Spare { path, file }) => (path, file),
+        None => {
+            let tmp = dir.join(format!("{}{TMP_SUFFIX}", name(base)));
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)
+                .map_err(io_err(&tmp, "create segment"))?;
+            (tmp, file)
+        }
+    };
+    file.write_all_at(&encode_header(base, prev_term), 0)
         .map_err(io_err(&tmp, "write segment header"))?;
     file.sync_all()
         .map_err(io_err(&tmp, "sync segment header"))?;
-    fs::rename(&tmp, &path).map_err(io_err(&path, "rename segment into place"))?;
-    dir::sync_dir(dir)?;
-    let segment = Segment {
-        base,
-        prev_term,
-        path,
-        len: HEADER as u64,
-        preallocated: false,
-    };
-    Ok((segment, file))
-}
-
-/// Makes `spare` the segment starting at `base`, durably: its header written over the first
-/// zeros and fsynced, then the rename into place and a directory fsync.
-pub(crate) fn create_from_spare(
-    dir: &Path,
-    base: Index,
-    prev_term: Term,
-    spare: Spare,
-) -> Result<(Segment, File), FileLogError> {
-    let Spare { path: tmp, file } = spare;
-    file.write_all_at(&encode_header(base, prev_term), 0)
-        .map_err(io_err(&tmp, "write segment header"))?;
-    file.sync_data()
-        .map_err(io_err(&tmp, "sync segment header"))?;
     let path = dir.join(name(base));
     fs::rename(&tmp, &path).map_err(io_err(&path, "rename segment into place"))?;
     dir::sync_dir(dir)?;
@@ -212,7 +194,7 @@ pub(crate) fn create_from_spare(
         prev_term,
         path,
         len: HEADER as u64,
-        preallocated: true,
+        preallocated,
     };
     Ok((segment, file))
 }
