@@ -129,8 +129,8 @@ pub struct StorageConfig {
     pub preallocate: bool,
     /// Quota on all segments (bytes), none if absent.
     pub max_log_bytes: Option<u64>,
-    /// Snapshot the state machine after this many entries applied since the last
-    /// snapshot (0: only when the log is full).
+    /// Snapshot the state machine about every this many applied entries, on a grid shifted
+    /// by a third of it per node id so the nodes take turns (0: only when the log is full).
     pub snapshot_entries: u64,
     /// Entries kept in the log behind a snapshot (so a follower a little behind gets
     /// entries, not the whole snapshot).
