@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{wait_for, Setup};
+use common::{join_all, wait_for, Setup};
 use coracle::wire::Envelope;
 use coracle::{Message, RequestVote};
 use coracle_quic::certs::{Ca, Identity, ANY_NODE_NAME};
@@ -412,34 +412,6 @@ fn more_requests_than_may_be_in_flight_on_one_stream_are_all_answered() {
     assert_eq!(answered, (1..=requests).collect::<Vec<_>>());
     ep.close(0u32.into(), b"");
     node.shutdown().unwrap();
-}
-
-/// Runs the futures concurrently (on this thread) and returns their outputs in order.
-async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let tasks: Vec<_> = futures.map(|f| Box::pin(f)).collect();
-    let mut slots: Vec<Option<F::Output>> = tasks.iter().map(|_| None).collect();
-    let mut tasks: Vec<_> = tasks.into_iter().map(Some).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (task, slot) in tasks.iter_mut().zip(slots.iter_mut()) {
-            if let Some(t) = task {
-                match t.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => {
-                        *slot = Some(v);
-                        *task = None;
-                    }
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    slots.into_iter().map(|s| s.unwrap()).collect()
 }
 
 #[test]

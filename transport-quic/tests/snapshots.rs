@@ -7,11 +7,12 @@
 
 mod common;
 
-use common::{leader, wait_for, Setup};
+use common::{join_all, leader, wait_for, Setup};
 use coracle_quic::client::Client;
 use coracle_quic::config::NodeConfig;
+use coracle_quic::kv::Kv;
 use coracle_quic::protocol::{Consistency, Request, Response, WriteOp, WriteOutcome};
-use coracle_quic::server::RunningNode;
+use coracle_quic::server::{RunningNode, SNAPSHOT_PAIRS_PER_STEP};
 use coracle_quic::storage::FileLog;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -308,4 +309,89 @@ fn a_full_log_whose_snapshot_cannot_be_saved_loses_nothing() {
     client.close();
     node.shutdown().unwrap();
     assert!(FileLog::open(&cfg.data_dir).unwrap().snapshot().is_some());
+}
+
+#[test]
+fn a_snapshot_of_many_steps_is_taken_while_writes_go_on() {
+    let setup = Setup::new("snap-steps", 1);
+    let text =
+        setup.config_text(1) + "[storage]\nsnapshot_entries = 9000\nsnapshot_keep_entries = 10\n";
+    let cfg = NodeConfig::parse(&text, setup.path()).unwrap();
+    let node = RunningNode::start(&cfg).unwrap();
+    let client = setup.client("client-alice");
+    // 12 000 keys, then 4 000 of them again, by 16 writers that each wait for their answer:
+    // the snapshot (due at index 12 000 for node 1) takes several turns of the node's loop
+    // to write out, and the writes keep coming meanwhile, new keys and overwrites alike.
+    let (keys, writes, writers) = (12_000, 16_000, 16);
+    let key = |i: usize| format!("k{:05}", i % keys);
+    smol::block_on(async {
+        let writer = |w: usize| {
+            let client = &client;
+            async move {
+                for i in (w..writes).step_by(writers) {
+                    client.put(key(i), value(i)).await.unwrap();
+                }
+            }
+        };
+        join_all((0..writers).map(writer)).await;
+    });
+    client.close();
+    node.shutdown().unwrap();
+    let mut last = BTreeMap::new();
+    for i in 0..writes {
+        last.insert(key(i).into_bytes(), value(i).into_bytes());
+    }
+    let expected: Vec<_> = last.into_iter().collect();
+
+    // The snapshot and the log after it make the final state.
+    let log = FileLog::open(&cfg.data_dir).unwrap();
+    let snapshot = log.snapshot().expect("a snapshot was saved");
+    let mut kv = Kv::restore(&snapshot.data).unwrap();
+    assert_eq!(kv.applied(), snapshot.meta.index);
+    assert!(
+        kv.len() > SNAPSHOT_PAIRS_PER_STEP,
+        "{} pairs: one step",
+        kv.len()
+    );
+    // Nothing written after its index leaked into it (each value is written once).
+    let at_snapshot = kv.list(b"", usize::MAX);
+    let mut later = std::collections::BTreeSet::new();
+    for index in snapshot.meta.index + 1..=coracle::LogStorage::last_index(&log) {
+        let entry = coracle::LogStorage::entry(&log, index).unwrap();
+        match entry.kind {
+            coracle::EntryKind::Command => {
+                if let Ok(coracle_quic::protocol::Command::Write {
+                    op: WriteOp::Put { value, .. },
+                    ..
+                }) = postcard::from_bytes(entry.data)
+                {
+                    later.insert(value);
+                }
+                kv.apply(index, entry.data);
+            }
+            _ => kv.skip(index),
+        }
+    }
+    assert!(
+        later.len() > 64,
+        "writes went on after the snapshot's index"
+    );
+    for (k, v) in &at_snapshot {
+        assert!(
+            !later.contains(v),
+            "{k:?} has a value written after the snapshot"
+        );
+    }
+    assert_eq!(kv.list(b"", usize::MAX), expected);
+    drop(log);
+
+    // And a restart from them serves it (retried while the old endpoint lets go of the
+    // address).
+    let node =
+        wait_for(Duration::from_secs(10), || RunningNode::start(&cfg).ok()).expect("node restarts");
+    let client = setup.client("client-alice");
+    let all = smol::block_on(client.list("", 1_000_000, Consistency::Linearizable)).unwrap();
+    assert_eq!(all, expected);
+    client.close();
+    node.shutdown().unwrap();
 }

@@ -257,3 +257,31 @@ pub fn writes_survive_a_leader_kill(
     });
     (first, second)
 }
+
+/// Runs the futures concurrently (on this thread) and returns their outputs in order.
+pub async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let tasks: Vec<_> = futures.map(|f| Box::pin(f)).collect();
+    let mut slots: Vec<Option<F::Output>> = tasks.iter().map(|_| None).collect();
+    let mut tasks: Vec<_> = tasks.into_iter().map(Some).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (task, slot) in tasks.iter_mut().zip(slots.iter_mut()) {
+            if let Some(t) = task {
+                match t.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        *slot = Some(v);
+                        *task = None;
+                    }
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    slots.into_iter().map(|s| s.unwrap()).collect()
+}
