@@ -235,10 +235,14 @@ impl Store {
     }
 
     /// Appends up to `max` more pairs of the snapshot being written to `out` (postcard:
-    /// each key and value a byte string); the pairs appended.
-    fn write_frozen(&mut self, out: &mut Vec<u8>, max: usize) -> Result<usize, postcard::Error> {
+    /// each key and value a byte string); the pairs appended, and whether that was all.
+    fn write_frozen(
+        &mut self,
+        out: &mut Vec<u8>,
+        max: usize,
+    ) -> Result<(usize, bool), postcard::Error> {
         let Some(frozen) = &self.frozen else {
-            return Ok(0);
+            return Ok((0, true));
         };
         let after = match &frozen.written {
             Some(w) => Bound::Excluded(&w[..]),
@@ -280,8 +284,9 @@ impl Store {
                 n += 1;
             }
         }
+        let done = now.peek().is_none() && then.peek().is_none();
         let Some(frozen) = &mut self.frozen else {
-            return Ok(n);
+            return Ok((n, done));
         };
         if let Some(last) = last {
             // What `before` held up to `last` is written: dropped.
@@ -289,24 +294,7 @@ impl Store {
             frozen.before.remove(&last);
             frozen.written = Some(last);
         }
-        Ok(n)
-    }
-
-    /// True once every pair of the snapshot being written is written (or none is).
-    fn frozen_done(&self) -> bool {
-        let Some(frozen) = &self.frozen else {
-            return true;
-        };
-        let after = match &frozen.written {
-            Some(w) => Bound::Excluded(&w[..]),
-            None => Bound::Unbounded,
-        };
-        frozen.before.is_empty()
-            && self
-                .order
-                .range::<[u8], _>((after, Bound::Unbounded))
-                .next()
-                .is_none()
+        Ok((n, done))
     }
 
     fn get(&self, key: &[u8]) -> Option<&Vec<u8>> {
@@ -658,12 +646,12 @@ impl Kv {
     /// store keeps no more copies). `None` while there are more, or if none was begun.
     pub fn continue_snapshot(&mut self, pairs: usize) -> Option<Result<Vec<u8>, KvSnapshotError>> {
         let job = self.snapshot.as_mut()?;
-        let written = match self.data.write_frozen(&mut job.out, pairs) {
-            Ok(n) => n,
+        let (written, done) = match self.data.write_frozen(&mut job.out, pairs) {
+            Ok(step) => step,
             Err(e) => return self.end_snapshot(Err(snapshot_error(e))),
         };
         job.pairs_left = job.pairs_left.saturating_sub(written);
-        if !self.data.frozen_done() {
+        if !done {
             return None;
         }
         let mut out = std::mem::take(&mut job.out);
