@@ -12,6 +12,10 @@
 //! coracle bench --clients 64        # throughput and latency percentiles
 //! ```
 
+/// mimalloc rather than the system allocator: see its entry in Cargo.toml for why.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench;
 mod demo;
 
