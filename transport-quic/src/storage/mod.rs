@@ -37,18 +37,21 @@
 //!
 //! # Preallocation
 //!
-//! With [`Options::preallocate`] (the default), segments are preallocated: once the active
-//! segment holds a little data (1 MiB, or half a segment if segments are smaller), a thread
-//! writes a segment's worth of zeros to a spare file and fsyncs it; the next roll-over makes
-//! the spare the new segment ([`segment`]). Records then overwrite zeros, and the
-//! `fdatasync` of a group has no file size to update, which makes it about a third faster
-//! on this project's machines. A segment that is not preallocated (the first one, or one
-//! created while no spare was ready) is rolled over as soon as a spare is ready, so a busy
-//! log soon writes into preallocated space; an idle one never pays for a spare. Preparing
-//! the spare never blocks the log: without one, a roll-over creates a plain segment, and a
-//! spare that cannot be written (a full disk) is only skipped. The spare and the zeros of
-//! the active segment take disk space that [`Options::max_log_bytes`] does not count (up to
-//! two segments' worth).
+//! With [`Options::preallocate`] (the default), segments are preallocated: the next
+//! roll-over makes a spare file the new segment ([`segment`]), and records overwrite what
+//! it holds instead of growing a file, so the `fdatasync` of a group has no file size to
+//! update, which makes it about a third faster on this project's machines. The spare is a
+//! segment that compaction dropped, renamed rather than deleted (**recycled**: nothing to
+//! write), or else a segment's worth of zeros that a thread writes and fsyncs once the
+//! active segment holds enough to want one (1 MiB, or half a segment if segments are
+//! smaller, if the active segment is not preallocated; three quarters of it if it is, so a
+//! log that compacts as it goes recycles and never writes zeros). A segment that is not
+//! preallocated (the first one, or one created while no spare was ready) is rolled over as
+//! soon as a spare is ready, so a busy log soon writes into preallocated space; an idle one
+//! never pays for a spare. Preparing the spare never blocks the log: without one, a
+//! roll-over creates a plain segment, and a spare that cannot be written (a full disk) is
+//! only skipped. The spare and the rest of the active segment take disk space that
+//! [`Options::max_log_bytes`] does not count (up to two segments' worth).
 //!
 //! A few operations do their I/O at once and are durable when they return: a
 //! [`truncate_suffix`](LogStorage::truncate_suffix) that cuts records already written, a
@@ -283,9 +286,15 @@ impl Options {
         (limit / 16).min(64 << 10)
     }
 
-    /// Bytes the active segment holds before a spare is prepared.
-    fn spare_after(&self) -> u64 {
-        (1 << 20).min(self.segment_bytes / 2)
+    /// Bytes the active segment holds before a spare of zeros is prepared: soon if it is
+    /// not preallocated (to end it early), late if it is (so compaction has a chance to
+    /// hand over a segment to recycle first).
+    fn spare_after(&self, active_preallocated: bool) -> u64 {
+        if active_preallocated {
+            self.segment_bytes / 4 * 3
+        } else {
+            (1 << 20).min(self.segment_bytes / 2)
+        }
     }
 }
 
@@ -305,6 +314,9 @@ pub struct Stats {
     pub segments_deleted: u64,
     /// Segments created from a preallocated spare (counted in `segments_created` too).
     pub segments_preallocated: u64,
+    /// Of those, segments made from a compacted one (counted in `segments_deleted` when
+    /// compaction dropped it).
+    pub segments_recycled: u64,
     /// Spares that could not be prepared (say, the disk is full); the log went on without.
     pub spares_failed: u64,
 }
@@ -375,7 +387,7 @@ enum Spare {
         cancel: Arc<AtomicBool>,
         thread: std::thread::JoinHandle<()>,
     },
-    /// Written and fsynced.
+    /// Written and fsynced, or a recycled segment.
     Ready(segment::Spare),
     /// It could not be written; tried again for the next segment.
     Failed,
@@ -592,10 +604,13 @@ impl FileLog {
 
     /// Starts preparing the next segment once the active one holds enough to want it.
     fn maybe_prepare_spare(&mut self) {
-        let active_len = self.segments.last().map_or(0, |s| s.len);
+        let (active_len, preallocated) = self
+            .segments
+            .last()
+            .map_or((0, false), |s| (s.len, s.preallocated));
         if !self.options.preallocate
             || !matches!(self.spare, Spare::None)
-            || active_len < self.options.spare_after()
+            || active_len < self.options.spare_after(preallocated)
         {
             return;
         }
@@ -646,8 +661,9 @@ impl FileLog {
             // Tried again for the next segment.
             self.spare = Spare::None;
         }
-        if spare.is_some() {
+        if let Some(spare) = &spare {
             self.stats.segments_preallocated += 1;
+            self.stats.segments_recycled += u64::from(spare.recycled);
         }
         let created = segment::create(&self.dir, base, prev_term, spare)?;
         self.stats.fsyncs += 2;
@@ -961,11 +977,15 @@ impl FileLog {
         self.compacted_term = term;
     }
 
-    /// Deletes the segments whose entries are all compacted, oldest first. The active
-    /// segment always stays.
+    /// Deletes the segments whose entries are all compacted, oldest first, or keeps one as
+    /// the spare (see "Preallocation" in the module docs). The active segment always stays.
     fn delete_compacted_segments(&mut self) -> Result<(), FileLogError> {
         let mut removed = 0;
         while self.segments.len() - removed >= 2 && self.segments[removed + 1].base <= self.first {
+            if self.recycle(removed) {
+                removed += 1;
+                continue;
+            }
             if let Err(e) = fs::remove_file(&self.segments[removed].path) {
                 let err = io_err(&self.segments[removed].path, "remove compacted segment")(e);
                 self.segments.drain(..removed);
@@ -981,6 +1001,48 @@ impl FileLog {
             self.stats.fsyncs += 1;
         }
         Ok(())
+    }
+
+    /// Makes compacted segment `i` the spare, if a spare is wanted and the segment is large
+    /// enough to be worth it: it replaces no spare, a failed one, or one still being
+    /// written (stopped). Only compaction recycles: the entries it drops are below every
+    /// index the log can hold again, which recovery relies on; truncated or discarded
+    /// segments are deleted. False if the segment is still to be deleted.
+    fn recycle(&mut self, i: usize) -> bool {
+        let s = &self.segments[i];
+        if !self.options.preallocate
+            || s.len < self.options.segment_bytes / 2
+            || matches!(self.spare, Spare::Ready(_))
+        {
+            return false;
+        }
+        let Ok(spare) = segment::recycle(&self.dir, &s.path) else {
+            return false;
+        };
+        self.drop_spare();
+        self.spare = Spare::Ready(spare);
+        true
+    }
+
+    /// Stops a spare being prepared and removes an unused one.
+    fn drop_spare(&mut self) {
+        match std::mem::take(&mut self.spare) {
+            Spare::Preparing {
+                done,
+                cancel,
+                thread,
+            } => {
+                cancel.store(true, Ordering::Relaxed);
+                let _ = thread.join();
+                if let Ok(Ok(Some(spare))) = done.try_recv() {
+                    let _ = fs::remove_file(&spare.path);
+                }
+            }
+            Spare::Ready(spare) => {
+                let _ = fs::remove_file(&spare.path);
+            }
+            Spare::None | Spare::Failed => {}
+        }
     }
 
     /// Discards the whole log, which restarts after the snapshot at `index`/`term` (§7).
@@ -1020,23 +1082,7 @@ impl FileLog {
 impl Drop for FileLog {
     /// Stops a spare being prepared and removes an unused one (open would remove it too).
     fn drop(&mut self) {
-        match std::mem::take(&mut self.spare) {
-            Spare::Preparing {
-                done,
-                cancel,
-                thread,
-            } => {
-                cancel.store(true, Ordering::Relaxed);
-                let _ = thread.join();
-                if let Ok(Ok(Some(spare))) = done.try_recv() {
-                    let _ = fs::remove_file(&spare.path);
-                }
-            }
-            Spare::Ready(spare) => {
-                let _ = fs::remove_file(&spare.path);
-            }
-            Spare::None | Spare::Failed => {}
-        }
+        self.drop_spare();
     }
 }
 
@@ -1118,7 +1164,7 @@ impl LogStorage for FileLog {
         let roll = active_len > segment::HEADER as u64
             && (active_len >= self.options.segment_bytes
                 || (!preallocated
-                    && active_len >= self.options.spare_after()
+                    && active_len >= self.options.spare_after(false)
                     && self.spare_ready()));
         if let Some(limit) = self.options.max_log_bytes {
             let needed =

@@ -103,6 +103,14 @@ pub(crate) fn find_valid_frame(
     (starts.start..end).find(|&p| read_frame(buf, p, max_payload).is_ok())
 }
 
+/// The index of the entry in the payload of a valid frame (`None`: not an entry record).
+pub(crate) fn index_of(payload: &[u8]) -> Option<u64> {
+    match payload.get(..ENTRY_HEADER) {
+        Some(h) if h[0] == RECORD_ENTRY => Some(le_u64(&h[1..9])),
+        _ => None,
+    }
+}
+
 /// Decodes the payload of a valid frame into an entry.
 pub(crate) fn decode_entry(payload: &[u8]) -> Result<OwnedEntry, &'static str> {
     if payload.len() < ENTRY_HEADER {

@@ -10,12 +10,17 @@
 //! - in the last segment, with only zeros after it: the **end** of a preallocated segment
 //!   ([`segment`]); nothing is cut or reported (a record always has
 //!   non-zero bytes, so no record, whole or torn, is lost this way);
-//! - in the last segment, with no valid record anywhere after it (every later byte offset
-//!   up to the last non-zero byte is tried, which the header checksum makes cheap): a
-//!   **torn tail**. The file is cut
+//! - in the last segment, followed by a valid record of this segment (an index from its
+//!   base on; every later byte offset up to the last non-zero byte is tried, which the
+//!   header checksum makes cheap): **corruption in the middle**;
+//! - in the last segment, followed by valid records of an earlier segment only (indices
+//!   below its base), or being one: the **end** of a recycled segment, whose old records
+//!   follow the new ones until overwritten. Nothing is cut or reported: what is there,
+//!   old records or the torn bytes of a write that did not complete, is overwritten by
+//!   the next write;
+//! - in the last segment, with no valid record after it: a **torn tail**. The file is cut
 //!   there (truncated and fsynced) and the cut is reported in
 //!   [`RecoveryReport::tail_cut`](super::RecoveryReport::tail_cut);
-//! - in the last segment, followed by a valid record: **corruption in the middle**;
 //! - in any other segment: **corruption**.
 //!
 //! Corruption is an error naming the file and the offset ([`FileLogError::Corrupt`]); the
@@ -117,6 +122,21 @@ pub(crate) fn replay(dir: &Path, max_payload: usize) -> Result<Replayed, FileLog
                 break at;
             }
             match record::read_frame(&bytes, at, max_payload) {
+                Ok((payload, _))
+                    if last_segment && record::index_of(payload).is_some_and(|i| i < *base) =>
+                {
+                    // A record of the segment this one was recycled from.
+                    match rest_of_last_segment(&bytes, at, *base, max_payload) {
+                        Rest::Corrupt(valid) => {
+                            return Err(FileLogError::corrupt(
+                                path,
+                                at as u64,
+                                format!("a record of an earlier segment, but a valid record follows at offset {valid}"),
+                            ))
+                        }
+                        Rest::Zeros | Rest::Recycled | Rest::Torn => break at,
+                    }
+                }
                 Ok((payload, next)) => {
                     let entry = record::decode_entry(payload)
                         .map_err(|reason| FileLogError::corrupt(path, at as u64, reason))?;
@@ -142,30 +162,26 @@ pub(crate) fn replay(dir: &Path, max_payload: usize) -> Result<Replayed, FileLog
                         format!("{reason}, in a segment that is not the last one"),
                     ));
                 }
-                Err(reason) => {
-                    // Zeros to the end: the preallocated part of the segment, not damage.
-                    let Some(last) = bytes[at..].iter().rposition(|&b| b != 0) else {
-                        break at;
-                    };
-                    // A valid record has a non-zero byte in its header (the checksum of
-                    // eight zero bytes is not zero), so none starts after `at + last`.
-                    let search = at + 1..at + last + 1;
-                    if let Some(valid) = record::find_valid_frame(&bytes, search, max_payload) {
+                Err(reason) => match rest_of_last_segment(&bytes, at, *base, max_payload) {
+                    Rest::Zeros | Rest::Recycled => break at,
+                    Rest::Corrupt(valid) => {
                         return Err(FileLogError::corrupt(
                             path,
                             at as u64,
                             format!("{reason}, but a valid record follows at offset {valid}"),
                         ));
                     }
-                    cut(path, at as u64)?;
-                    out.tail_cut = Some(TailCut {
-                        file: path.clone(),
-                        offset: at as u64,
-                        bytes: (bytes.len() - at) as u64,
-                        reason,
-                    });
-                    break at;
-                }
+                    Rest::Torn => {
+                        cut(path, at as u64)?;
+                        out.tail_cut = Some(TailCut {
+                            file: path.clone(),
+                            offset: at as u64,
+                            bytes: (bytes.len() - at) as u64,
+                            reason,
+                        });
+                        break at;
+                    }
+                },
             }
         };
         out.segments.push(Segment {
@@ -177,6 +193,48 @@ pub(crate) fn replay(dir: &Path, max_payload: usize) -> Result<Replayed, FileLog
         });
     }
     Ok(out)
+}
+
+/// What the last segment holds from the first offset that does not continue the log.
+#[derive(Debug, PartialEq, Eq)]
+enum Rest {
+    /// Only zeros: a preallocated segment's space.
+    Zeros,
+    /// Valid records of an earlier segment (and maybe torn bytes before them): a recycled
+    /// segment's space.
+    Recycled,
+    /// A valid record of this segment at this offset: damage in the middle.
+    Corrupt(usize),
+    /// Nothing valid: a torn tail.
+    Torn,
+}
+
+/// Looks at what follows `at` in the last segment `bytes`, whose first entry is `base`.
+fn rest_of_last_segment(bytes: &[u8], at: usize, base: u64, max_payload: usize) -> Rest {
+    let Some(last) = bytes[at..].iter().rposition(|&b| b != 0) else {
+        return Rest::Zeros;
+    };
+    // A valid record has a non-zero byte in its header (the checksum of eight zero bytes
+    // is not zero), so none starts after `at + last`.
+    let end = at + last + 1;
+    let mut from = at;
+    let mut recycled = false;
+    while let Some(valid) = record::find_valid_frame(bytes, from..end, max_payload) {
+        let Ok((payload, next)) = record::read_frame(bytes, valid, max_payload) else {
+            break;
+        };
+        if record::index_of(payload).is_none_or(|i| i >= base) {
+            return Rest::Corrupt(valid);
+        }
+        // Old records lie back to back: the next one starts where this one ends.
+        recycled = true;
+        from = next;
+    }
+    if recycled {
+        Rest::Recycled
+    } else {
+        Rest::Torn
+    }
 }
 
 /// Cuts a torn tail off durably.

@@ -17,14 +17,21 @@
 //! A segment is created under a temporary name, its header fsynced, then renamed into place
 //! and the directory fsynced: a file with a segment name always has a whole header.
 //!
-//! A segment may be preallocated: made from a spare, a file of zeros written and fsynced
-//! ahead of time on another thread, whose header is written over its first bytes. Records
-//! then overwrite zeros instead of growing the file, so the `fdatasync` of a group has no
-//! file size to update (on ext4 on this project's VM: about 250 µs instead of 370 µs with
-//! three logs flushing at once; `fallocate` does not help, its unwritten extents need a
-//! metadata update on first write too). The zeros after the last record are the end of the
-//! log (see [`recovery`](super::recovery)); a segment that stops being the last is first
-//! trimmed to its records, so only the last segment ever has such a tail.
+//! A segment may be preallocated: made from a spare whose header is written over its first
+//! bytes. Records then overwrite what the spare holds instead of growing the file, so the
+//! `fdatasync` of a group has no file size to update (on ext4 on this project's VM: about
+//! 250 µs instead of 370 µs with three logs flushing at once; `fallocate` does not help,
+//! its unwritten extents need a metadata update on first write too). A spare is either
+//! - a **recycled** segment: one that compaction dropped, renamed instead of deleted. Its
+//!   old records stay after the new ones until overwritten; every one of them has an index
+//!   below the new segment's base (compaction only drops entries below every index the
+//!   log can ever hold again), which is how recovery tells them from the log; or
+//! - a file of **zeros** written and fsynced ahead of time on another thread, when no
+//!   compacted segment is at hand.
+//!
+//! What follows the last record, zeros or old records, is the end of the log (see
+//! [`recovery`](super::recovery)); a segment that stops being the last is first trimmed
+//! to its records, so only the last segment ever has such a tail.
 
 use super::dir::{self, TMP_SUFFIX};
 use super::error::{io_err, FileLogError};
@@ -57,11 +64,23 @@ pub(crate) struct Segment {
     pub preallocated: bool,
 }
 
-/// A file of zeros, durable, ready to become the next segment.
+/// A file, durable, ready to become the next segment.
 #[derive(Debug)]
 pub(crate) struct Spare {
     pub path: PathBuf,
     pub file: File,
+    /// A compacted segment (old records), not zeros.
+    pub recycled: bool,
+}
+
+/// A temporary name for a spare in `dir` (removed on open if never used).
+fn spare_path(dir: &Path) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!(
+        "spare-{}-{n}{EXTENSION}{TMP_SUFFIX}",
+        std::process::id()
+    ))
 }
 
 /// Writes a spare of `bytes` zeros in `dir` under a temporary name (removed on open if
@@ -72,12 +91,7 @@ pub(crate) fn prepare_spare(
     bytes: u64,
     cancel: &AtomicBool,
 ) -> Result<Option<Spare>, FileLogError> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let path = dir.join(format!(
-        "spare-{}-{n}{EXTENSION}{TMP_SUFFIX}",
-        std::process::id()
-    ));
+    let path = spare_path(dir);
     let result = write_zeros(&path, bytes, cancel);
     if !matches!(result, Ok(Some(_))) {
         let _ = fs::remove_file(&path);
@@ -111,7 +125,26 @@ fn write_zeros(
     Ok(Some(Spare {
         path: path.to_path_buf(),
         file,
+        recycled: false,
     }))
+}
+
+/// Makes the compacted segment at `path` a spare: renames it to a temporary name (so it
+/// is no longer part of the log, exactly as if deleted; the caller fsyncs the directory).
+/// On an error nothing changed.
+pub(crate) fn recycle(dir: &Path, path: &Path) -> Result<Spare, FileLogError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io_err(path, "open compacted segment to recycle it"))?;
+    let spare = spare_path(dir);
+    fs::rename(path, &spare).map_err(io_err(path, "rename compacted segment to a spare"))?;
+    Ok(Spare {
+        path: spare,
+        file,
+        recycled: true,
+    })
 }
 
 /// The file name of the segment starting at `base`.
@@ -159,7 +192,7 @@ pub(crate) fn decode_header(bytes: &[u8], path: &Path) -> Result<(Index, Term), 
 }
 
 /// Creates the segment starting at `base` durably (see the module docs), from `spare` if
-/// one is given (its header written over the first zeros), and returns it with a handle
+/// one is given (its header written over its first bytes), and returns it with a handle
 /// open for writing.
 pub(crate) fn create(
     dir: &Path,
@@ -169,7 +202,7 @@ pub(crate) fn create(
 ) -> Result<(Segment, File), FileLogError> {
     let preallocated = spare.is_some();
     let (tmp, file) = match spare {
-        Some(Spare { path, file }) => (path, file),
+        Some(Spare { path, file, .. }) => (path, file),
         None => {
             let tmp = dir.join(format!("{}{TMP_SUFFIX}", name(base)));
             let file = OpenOptions::new()

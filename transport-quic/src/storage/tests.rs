@@ -626,6 +626,173 @@ fn a_torn_write_into_preallocated_space_is_cut_at_every_offset() {
     }
 }
 
+/// The entries a test wrote, as (index, term, data), from index 1.
+type Written = Vec<(Index, Term, Vec<u8>)>;
+
+/// Appends the next entry of `written` with `len` bytes of data in `term`.
+fn append_next(log: &mut FileLog, written: &mut Written, term: Term, len: usize) {
+    let index = written.len() as Index + 1;
+    let d = data(index, len);
+    log.append(&Entry {
+        index,
+        term,
+        kind: EntryKind::Command,
+        data: &d,
+    })
+    .unwrap();
+    written.push((index, term, d));
+}
+
+/// What `log` should hold of `written` (from its first index).
+fn kept(log: &FileLog, written: &Written) -> Written {
+    written[log.first_index() as usize - 1..].to_vec()
+}
+
+/// Opens a log in `dir` whose active segment was recycled from a compacted one: it holds
+/// a few synced records (data lengths from `len`), then old records of the segment it was.
+fn open_recycled(dir: &Path, written: &mut Written, len: impl Fn(Index) -> usize) -> FileLog {
+    let mut log = FileLog::open_with(dir, preallocated()).unwrap();
+    while log.segments.len() < 3 {
+        let next = written.len() as Index + 1;
+        append_next(&mut log, written, 1, len(next));
+        log.sync().unwrap();
+    }
+    // No spare of zeros in the way: the compacted segment becomes the spare.
+    log.drop_spare();
+    let through = log.segments[1].base - 1;
+    log.compact(through).unwrap();
+    assert!(matches!(&log.spare, Spare::Ready(s) if s.recycled));
+    assert!(
+        temporary_files(dir).len() == 1 && segment_files(dir).len() == 2,
+        "renamed, not deleted"
+    );
+    while log.stats().segments_recycled == 0 {
+        let next = written.len() as Index + 1;
+        append_next(&mut log, written, 1, len(next));
+        log.sync().unwrap();
+    }
+    for _ in 0..5 {
+        let next = written.len() as Index + 1;
+        append_next(&mut log, written, 1, len(next));
+    }
+    log.sync().unwrap();
+    let active = log.segments.last().unwrap();
+    assert!(active.preallocated);
+    assert!(
+        active.len < fs::metadata(&active.path).unwrap().len(),
+        "old records follow"
+    );
+    log
+}
+
+/// The offsets of the records of a recycled segment file (entries from `base` on), and
+/// where they end; checks that a record of the old segment starts somewhere after.
+fn records_before_old_ones(bytes: &[u8], base: Index) -> (Vec<usize>, usize) {
+    let mut at = segment::HEADER;
+    let mut starts = Vec::new();
+    while let Ok((payload, next)) = record::read_frame(bytes, at, 1 << 20) {
+        if record::index_of(payload).unwrap() < base {
+            break;
+        }
+        starts.push(at);
+        at = next;
+    }
+    let old = record::find_valid_frame(bytes, at..bytes.len(), 1 << 20).unwrap();
+    let (payload, _) = record::read_frame(bytes, old, 1 << 20).unwrap();
+    assert!(record::index_of(payload).unwrap() < base);
+    (starts, at)
+}
+
+#[test]
+fn a_compacted_segment_is_recycled_and_its_old_records_are_the_end() {
+    let dir = TempDir::new("recycle");
+    let mut written = Written::new();
+    // Records of one size: the new records end exactly where an old one starts, which
+    // recovery must take for the end, not for an entry out of sequence.
+    let log = open_recycled(dir.path(), &mut written, |_| 40);
+    let seg = log.segments.last().unwrap().path.clone();
+    let base = log.segments.last().unwrap().base;
+    let end = log.segments.last().unwrap().len as usize;
+    assert_eq!(log.stats().segments_recycled, 1);
+    drop(log);
+    let bytes = fs::read(&seg).unwrap();
+    let (payload, _) = record::read_frame(&bytes, end, 1 << 20).unwrap();
+    assert!(record::index_of(payload).unwrap() < base, "an old record at the end");
+
+    let mut log = FileLog::open_with(dir.path(), preallocated()).unwrap();
+    assert_eq!(contents(&log), kept(&log, &written));
+    assert_eq!(log.recovery().tail_cut, None);
+    assert_eq!(log.segments.last().unwrap().len, end as u64);
+    assert!(log.segments.last().unwrap().preallocated);
+    // Writing goes on over the old records, in a newer term, and survives a reopen.
+    for len in [3, 90, 0] {
+        append_next(&mut log, &mut written, 2, len);
+    }
+    log.sync().unwrap();
+    drop(log);
+    let log = FileLog::open_with(dir.path(), preallocated()).unwrap();
+    assert_eq!(contents(&log), kept(&log, &written));
+    assert_eq!(log.recovery().tail_cut, None);
+    assert!(temporary_files(dir.path()).is_empty());
+}
+
+#[test]
+fn a_torn_write_into_a_recycled_segment_ends_the_log_at_every_offset() {
+    let dir = TempDir::new("recycle-torn");
+    let mut written = Written::new();
+    let mut log = open_recycled(dir.path(), &mut written, |i| (i % 7) as usize * 5);
+    let seg = log.segments.last().unwrap().path.clone();
+    let base = log.segments.last().unwrap().base;
+    let before = fs::read(&seg).unwrap();
+    // The last write: two records.
+    append_next(&mut log, &mut written, 1, 33);
+    append_next(&mut log, &mut written, 1, 12);
+    log.sync().unwrap();
+    drop(log);
+    let after = fs::read(&seg).unwrap();
+    let (starts, end) = records_before_old_ones(&after, base);
+    let (first_of_write, second) = (starts[starts.len() - 2], starts[starts.len() - 1]);
+    let n = written.len();
+    // A crash in the middle of the last write: a prefix of its bytes landed, the old
+    // records of the recycled segment (as they were before the write) follow.
+    for landed in first_of_write..=end {
+        let mut bytes = after[..landed].to_vec();
+        bytes.extend_from_slice(&before[landed..]);
+        fs::write(&seg, &bytes).unwrap();
+        let mut log = FileLog::open_with(dir.path(), preallocated()).unwrap();
+        let whole = if landed == end {
+            n
+        } else if landed >= second {
+            n - 1
+        } else {
+            n - 2
+        };
+        assert_eq!(
+            contents(&log),
+            kept(&log, &written[..whole].to_vec()),
+            "landed {landed}"
+        );
+        assert_eq!(log.recovery().tail_cut, None, "landed {landed}");
+        // The log goes on over the torn bytes, and they never come back.
+        let mut now = written[..whole].to_vec();
+        append_next(&mut log, &mut now, 2, 7);
+        log.sync().unwrap();
+        drop(log);
+        let log = FileLog::open_with(dir.path(), preallocated()).unwrap();
+        assert_eq!(contents(&log), kept(&log, &now), "landed {landed}");
+        drop(log);
+        fs::write(&seg, &after).unwrap();
+    }
+    // Damage before valid records of the segment is corruption, old records after or not.
+    let mut bytes = after.clone();
+    bytes[starts[1] + 20] ^= 0x40;
+    fs::write(&seg, &bytes).unwrap();
+    match FileLog::open_with(dir.path(), preallocated()) {
+        Err(FileLogError::Corrupt { offset, .. }) => assert_eq!(offset, starts[1] as u64),
+        other => panic!("damage in the middle of segment {base}: {other:?}"),
+    }
+}
+
 #[test]
 fn entries_cut_inside_preallocated_space_never_come_back() {
     let dir = TempDir::new("prealloc-truncate");
