@@ -717,7 +717,10 @@ fn a_compacted_segment_is_recycled_and_its_old_records_are_the_end() {
     drop(log);
     let bytes = fs::read(&seg).unwrap();
     let (payload, _) = record::read_frame(&bytes, end, 1 << 20).unwrap();
-    assert!(record::index_of(payload).unwrap() < base, "an old record at the end");
+    assert!(
+        record::index_of(payload).unwrap() < base,
+        "an old record at the end"
+    );
 
     let mut log = FileLog::open_with(dir.path(), preallocated()).unwrap();
     assert_eq!(contents(&log), kept(&log, &written));
