@@ -603,39 +603,50 @@ impl Host {
     /// no fsync is running, everything buffered is written and handed to the fsync thread;
     /// if nothing was left to write, every write is durable already and the node is told
     /// so at once (then drained again).
+    ///
+    /// The fsync starts before the entries committed meanwhile are applied (the core hands
+    /// out messages first, then entries to apply; [`drain`](Self::drain) stops at the
+    /// first of those for it): on a follower, whose answer waits for the fsync, applying
+    /// a batch first would delay every answer by the time it takes.
     fn settle(
         &mut self,
         node: &mut CoreNode,
         fsync: &std::sync::mpsc::Sender<PendingSync>,
     ) -> Result<(), NodeError> {
         loop {
-            self.drain(node)?;
-            if self.syncing.is_some() {
-                return Ok(());
-            }
-            let Some(token) = self.want_sync.take() else {
-                return Ok(());
-            };
-            let written = node.log_mut().write_buffered().map_err(|e| {
-                error!(node = self.id, error = %e, "log write failed; stopping");
-                NodeError::Sync(e)
-            })?;
-            match written {
-                Some(pending) => {
-                    fsync.send(pending).map_err(|_| {
-                        NodeError::Sync(std::io::Error::other("the fsync thread is gone"))
+            let drained = self.drain(node)?;
+            if self.syncing.is_none() {
+                if let Some(token) = self.want_sync.take() {
+                    let written = node.log_mut().write_buffered().map_err(|e| {
+                        error!(node = self.id, error = %e, "log write failed; stopping");
+                        NodeError::Sync(e)
                     })?;
-                    self.syncing = Some(token);
-                    return Ok(());
+                    match written {
+                        Some(pending) => {
+                            fsync.send(pending).map_err(|_| {
+                                NodeError::Sync(std::io::Error::other("the fsync thread is gone"))
+                            })?;
+                            self.syncing = Some(token);
+                        }
+                        None => {
+                            node.synced(token);
+                            continue;
+                        }
+                    }
                 }
-                None => node.synced(token),
+            }
+            if drained {
+                return Ok(());
             }
         }
     }
 
-    /// Drains the node's outputs; remembers the newest `Output::Sync` token.
-    fn drain(&mut self, node: &mut CoreNode) -> Result<(), NodeError> {
+    /// Drains the node's outputs; remembers the newest `Output::Sync` token. Stops early
+    /// (false) after the first entry applied while a sync is wanted and none runs, so the
+    /// caller starts it before the rest are applied.
+    fn drain(&mut self, node: &mut CoreNode) -> Result<bool, NodeError> {
         let mut membership = false;
+        let mut drained = true;
         while let Some(out) = node.poll_output() {
             match out {
                 Output::Sync(token) => self.want_sync = Some(token),
@@ -661,6 +672,10 @@ impl Host {
                         }
                     };
                     self.applied(index, term, applied);
+                    if self.want_sync.is_some() && self.syncing.is_none() {
+                        drained = false;
+                        break;
+                    }
                 }
                 Output::ReadReady { id, .. } => {
                     if let Some((op, reply)) = self.reads.remove(&id) {
@@ -694,14 +709,16 @@ impl Host {
                 _ => {}
             }
         }
-        self.maybe_snapshot(node)?;
         if membership {
             let ids: Vec<NodeId> = node.members().map(|m| m.id).collect();
             for id in ids {
                 self.transport.ensure_link(id);
             }
         }
-        Ok(())
+        if drained {
+            self.maybe_snapshot(node)?;
+        }
+        Ok(drained)
     }
 
     /// Snapshots the state machine if it is due (every `snapshot_entries` applied entries,
