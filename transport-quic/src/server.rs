@@ -416,7 +416,10 @@ enum Wake {
     Call(Call),
     Durable(Result<(), FileLogError>),
     Snapshot(Box<SnapshotWritten>),
-    Timer,
+    /// The timer fired (maybe before the node's deadline, which may have moved).
+    Fired,
+    /// A turn given to the transport while a snapshot is written out.
+    Yielded,
     Closed,
 }
 
@@ -477,10 +480,20 @@ impl Host {
             return Err(self.stop_on_error(e).await);
         }
         let mut shutdown = false;
+        // One timer, re-armed only when the deadline comes sooner than the one it is set
+        // for (or it fired): each arming wakes the reactor with a syscall, and a follower's
+        // deadline moves later with every message from the leader. Firing early costs one
+        // turn of the loop.
+        let mut timer = smol::Timer::never();
+        let mut armed: Option<Instant> = None;
         while !shutdown {
             let wait = node.ticks_until_deadline().clamp(1, 1000);
             let building = self.snapshots.building.is_some();
             let deadline = start + Duration::from_nanos(tick_nanos.saturating_mul(ticks + wait));
+            if armed.is_none_or(|a| deadline < a) {
+                timer.set_at(deadline);
+                armed = Some(deadline);
+            }
             let wake = async {
                 match inbound.recv().await {
                     Ok(m) => Wake::In(m),
@@ -506,14 +519,14 @@ impl Host {
                 }
             })
             .or(async {
-                smol::Timer::at(deadline).await;
-                Wake::Timer
+                (&mut timer).await;
+                Wake::Fired
             })
             .or(async {
                 if building {
                     // The next pairs of the snapshot, once the transport had its turn.
                     smol::future::yield_now().await;
-                    Wake::Timer
+                    Wake::Yielded
                 } else {
                     std::future::pending().await
                 }
@@ -563,7 +576,8 @@ impl Host {
                         }
                     }
                     Wake::Call(Call::Shutdown) | Wake::Closed => shutdown = true,
-                    Wake::Timer => {}
+                    Wake::Fired => armed = None,
+                    Wake::Yielded => {}
                 }
             }
             // One drain for everything that arrived together: the core computes its
