@@ -39,7 +39,7 @@ use crate::protocol::{
     ResponseFrame, WriteOp, WriteOutcome, MAX_CLIENT_FRAME,
 };
 use crate::tls::{self, Credentials, QuicSettings, TlsError};
-use crate::transport::read_frame;
+use crate::transport::FrameReader;
 use coracle::Index;
 use smol::channel::{self, Sender};
 use std::collections::{BTreeSet, HashMap};
@@ -540,9 +540,10 @@ impl Drop for Forget<'_> {
 
 /// Hands each answer on the session's stream to the call waiting for it, until the stream
 /// ends or the session is dropped; then every waiting call learns the connection is lost.
-async fn read_answers(session: Weak<Session>, mut recv: quinn::RecvStream) {
+async fn read_answers(session: Weak<Session>, recv: quinn::RecvStream) {
+    let mut frames = FrameReader::new(recv);
     loop {
-        let frame = read_frame(&mut recv, MAX_CLIENT_FRAME).await;
+        let frame = frames.next(MAX_CLIENT_FRAME).await;
         let Some(s) = session.upgrade() else { return };
         let answer = match frame {
             Ok(Some(bytes)) => postcard::from_bytes::<ResponseFrame>(&bytes).ok(),

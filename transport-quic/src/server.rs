@@ -33,7 +33,7 @@ use crate::protocol::{
 use crate::storage::{FileLog, FileLogError, Options, PendingSync, WrittenSnapshot};
 use crate::tls::{Credentials, TlsError};
 use crate::transport::{
-    encode_frame, read_frame, Class, FrameError, Inbound, Transport, TransportStats,
+    encode_frame, Class, FrameError, FrameReader, Inbound, Transport, TransportStats,
     DECODE_ENTRIES, ERR_MALFORMED,
 };
 use coracle::wire::{self, Envelope};
@@ -121,10 +121,10 @@ impl std::error::Error for NodeError {}
 
 /// A request for the node's event loop.
 enum Call {
+    /// The requests read together from one client stream.
     Client {
-        request: Request,
-        identity: Identity,
-        reply: Reply,
+        requests: Vec<(Request, Reply)>,
+        identity: Arc<Identity>,
     },
     Shutdown,
 }
@@ -556,11 +556,11 @@ impl Host {
                         step_frame(&mut node, self.cluster, from, &frame)
                     }
                     Wake::In(Inbound::Unreachable(peer)) => node.report_unreachable(peer),
-                    Wake::Call(Call::Client {
-                        request,
-                        identity,
-                        reply,
-                    }) => self.on_request(&mut node, request, identity, reply),
+                    Wake::Call(Call::Client { requests, identity }) => {
+                        for (request, reply) in requests {
+                            self.on_request(&mut node, request, &identity, reply);
+                        }
+                    }
                     Wake::Durable(result) => {
                         if let Err(e) = node.log_mut().sync_completed(result) {
                             error!(node = self.id, error = %e, "log sync failed; stopping");
@@ -982,7 +982,7 @@ impl Host {
         &mut self,
         node: &mut CoreNode,
         request: Request,
-        identity: Identity,
+        identity: &Identity,
         reply: Reply,
     ) {
         match request {
@@ -1199,61 +1199,87 @@ async fn serve_client(
 /// Reads the requests of one client stream and hands them to the node, without
 /// waiting for their answers (the client pipelines).
 async fn read_requests(
-    mut recv: quinn::RecvStream,
+    recv: quinn::RecvStream,
     answers: Sender<Answer>,
     identity: Identity,
     calls: Sender<Call>,
     stats: Arc<TransportStats>,
 ) {
+    let identity = Arc::new(identity);
     let in_flight = Arc::new(smol::lock::Semaphore::new(REQUESTS_IN_FLIGHT));
+    let mut frames = FrameReader::new(recv);
     loop {
-        let permit = Some(Arc::new(in_flight.acquire_arc().await));
-        let bytes = match read_frame(&mut recv, MAX_CLIENT_FRAME).await {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) | Err(FrameError::Interrupted) => return,
-            Err(e) => {
-                stats
-                    .malformed
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                warn!(client = %identity, error = %e, "malformed frame: stream closed");
-                let _ = recv.stop(quinn::VarInt::from_u32(ERR_MALFORMED));
+        // The first request is waited for; those read with it go to the node together.
+        let mut permit = Some(Arc::new(in_flight.acquire_arc().await));
+        let mut next = frames.next(MAX_CLIENT_FRAME).await;
+        let mut requests = Vec::new();
+        // The stream ended (or was refused): the requests read before go on, then no more.
+        let mut ended = false;
+        loop {
+            let bytes = match next {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) | Err(FrameError::Interrupted) => {
+                    ended = true;
+                    break;
+                }
+                Err(e) => {
+                    stats
+                        .malformed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    warn!(client = %identity, error = %e, "malformed frame: stream closed");
+                    frames.stop(ERR_MALFORMED);
+                    ended = true;
+                    break;
+                }
+            };
+            match decode_request(&bytes) {
+                Ok(RequestFrame { id, request }) => {
+                    let reply = Reply {
+                        id,
+                        to: answers.clone(),
+                        permit,
+                    };
+                    requests.push((request, reply));
+                }
+                Err((id, e)) => {
+                    stats
+                        .malformed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    warn!(client = %identity, error = %e, "malformed request");
+                    let reply = Reply {
+                        id,
+                        to: answers.clone(),
+                        permit,
+                    };
+                    reply.send(failed(ErrorKind::BadRequest, "malformed request"));
+                }
+            }
+            permit = match in_flight.try_acquire_arc() {
+                Some(p) => Some(Arc::new(p)),
+                None => break,
+            };
+            next = match frames.buffered(MAX_CLIENT_FRAME) {
+                Ok(None) => break,
+                other => other,
+            };
+        }
+        if !requests.is_empty() {
+            let call = Call::Client {
+                requests,
+                identity: identity.clone(),
+            };
+            if let Err(channel::SendError(call)) = calls.send(call).await {
+                if let Call::Client { requests, .. } = call {
+                    for (_, reply) in requests {
+                        reply.send(retry("the node is shutting down"));
+                    }
+                }
                 return;
             }
-        };
-        let reply = match decode_request(&bytes) {
-            Ok(RequestFrame { id, request }) => {
-                let reply = Reply {
-                    id,
-                    to: answers.clone(),
-                    permit,
-                };
-                let call = Call::Client {
-                    request,
-                    identity: identity.clone(),
-                    reply,
-                };
-                match calls.send(call).await {
-                    Ok(()) => continue,
-                    Err(channel::SendError(Call::Client { reply, .. })) => {
-                        reply.send(retry("the node is shutting down"));
-                        return;
-                    }
-                    Err(_) => return,
-                }
-            }
-            Err((id, e)) => {
-                stats
-                    .malformed
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                warn!(client = %identity, error = %e, "malformed request");
-                Reply {
-                    id,
-                    to: answers.clone(),
-                    permit,
-                }
-            }
-        };
-        reply.send(failed(ErrorKind::BadRequest, "malformed request"));
+        }
+        if ended {
+            return;
+        }
     }
 }
 

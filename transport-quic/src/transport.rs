@@ -24,7 +24,7 @@
 
 use crate::certs::{node_server_name, Identity};
 use crate::tls;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use coracle::wire;
 use coracle::{Message, NodeId};
 use smol::channel::{self, Receiver, Sender, TrySendError};
@@ -198,31 +198,57 @@ pub fn check_frame(bytes: &[u8], cluster: u64, from: NodeId, me: NodeId) -> Resu
     Ok(())
 }
 
-/// Reads one length-prefixed frame of at most `max` bytes; `Ok(None)` at a clean end of
-/// the stream.
-pub async fn read_frame(
-    recv: &mut quinn::RecvStream,
-    max: usize,
-) -> Result<Option<Vec<u8>>, FrameError> {
-    let mut len = [0u8; 4];
-    match recv.read_exact(&mut len).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(e) => return Err(read_error(e)),
-    }
-    let len = u32::from_le_bytes(len) as usize;
-    if len > max {
-        return Err(FrameError::TooLarge(len));
-    }
-    let mut buf = vec![0u8; len];
-    recv.read_exact(&mut buf).await.map_err(read_error)?;
-    Ok(Some(buf))
+/// Reads the length-prefixed frames of a stream: whatever the stream holds is taken in
+/// one call (not two per frame), and each frame is handed out as a slice of that buffer,
+/// without a copy.
+pub struct FrameReader {
+    recv: quinn::RecvStream,
+    buf: BytesMut,
 }
 
-fn read_error(e: quinn::ReadExactError) -> FrameError {
-    match e {
-        quinn::ReadExactError::FinishedEarly(_) => FrameError::Truncated,
-        quinn::ReadExactError::ReadError(_) => FrameError::Interrupted,
+impl FrameReader {
+    /// Reads the frames of `recv`.
+    pub fn new(recv: quinn::RecvStream) -> FrameReader {
+        FrameReader {
+            recv,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// The next frame of at most `max` bytes; `Ok(None)` at a clean end of the stream.
+    pub async fn next(&mut self, max: usize) -> Result<Option<Bytes>, FrameError> {
+        loop {
+            if let Some(frame) = self.buffered(max)? {
+                return Ok(Some(frame));
+            }
+            match self.recv.read_chunk(usize::MAX, true).await {
+                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
+                Ok(None) if self.buf.is_empty() => return Ok(None),
+                Ok(None) => return Err(FrameError::Truncated),
+                Err(_) => return Err(FrameError::Interrupted),
+            }
+        }
+    }
+
+    /// The next frame if the bytes already read hold all of it (never waits).
+    pub fn buffered(&mut self, max: usize) -> Result<Option<Bytes>, FrameError> {
+        let Some(prefix) = self.buf.get(..4) else {
+            return Ok(None);
+        };
+        let len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+        if len > max {
+            return Err(FrameError::TooLarge(len));
+        }
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let mut frame = self.buf.split_to(4 + len).freeze();
+        Ok(Some(frame.split_off(4)))
+    }
+
+    /// Asks the peer to stop sending on the stream (`code` says why).
+    pub fn stop(&mut self, code: u32) {
+        let _ = self.recv.stop(quinn::VarInt::from_u32(code));
     }
 }
 
@@ -595,14 +621,12 @@ async fn accept_streams(t: Arc<Transport>, peer: NodeId, conn: quinn::Connection
     }
 }
 
-async fn read_stream(t: Arc<Transport>, peer: NodeId, mut recv: quinn::RecvStream) {
+async fn read_stream(t: Arc<Transport>, peer: NodeId, recv: quinn::RecvStream) {
+    let mut frames = FrameReader::new(recv);
     loop {
-        let result = match read_frame(&mut recv, t.settings.max_frame).await {
+        let result = match frames.next(t.settings.max_frame).await {
             Ok(None) => return,
-            Ok(Some(frame)) => {
-                let frame = Bytes::from(frame);
-                check_frame(&frame, t.cluster, peer, t.id).map(|()| frame)
-            }
+            Ok(Some(frame)) => check_frame(&frame, t.cluster, peer, t.id).map(|()| frame),
             Err(e) => Err(e),
         };
         match result {
@@ -611,7 +635,7 @@ async fn read_stream(t: Arc<Transport>, peer: NodeId, mut recv: quinn::RecvStrea
             Err(e) => {
                 TransportStats::inc(&t.stats.malformed);
                 warn!(node = t.id, peer, error = %e, "malformed frame: stream closed");
-                let _ = recv.stop(quinn::VarInt::from_u32(ERR_MALFORMED));
+                frames.stop(ERR_MALFORMED);
                 return;
             }
         }

@@ -286,6 +286,30 @@ fn garbage_on_the_udp_port_and_on_open_streams_is_counted_and_survived() {
         .await;
         assert_eq!(stopped, Some(coracle_quic::transport::ERR_MALFORMED.into()));
         assert!(malformed() > before);
+
+        // A request, then a length prefix past the limit, read together: the request is
+        // answered, the stream stopped and counted.
+        let before = malformed();
+        let (mut send, mut recv) = c.open_bi().await.unwrap();
+        let mut bytes = Vec::new();
+        append_frame(
+            &mut bytes,
+            &RequestFrame {
+                id: 11,
+                request: Request::Status,
+            },
+        )
+        .unwrap();
+        bytes.extend_from_slice(&u32::MAX.to_le_bytes());
+        send.write_all(&bytes).await.unwrap();
+        let _ = send.finish();
+        let answer = recv.read_to_end(1 << 16).await.unwrap();
+        let len = u32::from_le_bytes(answer[..4].try_into().unwrap()) as usize;
+        assert_eq!(answer.len(), 4 + len, "one answer");
+        let frame: ResponseFrame = postcard::from_bytes(&answer[4..]).unwrap();
+        assert_eq!(frame.id, 11);
+        assert!(matches!(frame.response, Response::Status(_)), "{frame:?}");
+        assert!(malformed() > before);
     });
     ep.close(0u32.into(), b"");
 
