@@ -125,7 +125,8 @@ impl Default for TransportConfig {
 pub struct StorageConfig {
     /// Segment size (bytes).
     pub segment_bytes: u64,
-    /// Preallocate segments with zeros ahead of time (see `storage::Options::preallocate`).
+    /// Preallocate segments: reuse compacted ones, or write zeros ahead of time (see
+    /// `storage::Options::preallocate`).
     pub preallocate: bool,
     /// Quota on all segments (bytes), none if absent.
     pub max_log_bytes: Option<u64>,

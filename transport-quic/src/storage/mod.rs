@@ -274,8 +274,9 @@ impl Options {
         self
     }
 
-    /// Whether segments are preallocated with zeros by a helper thread (see
-    /// "Preallocation" in the [module docs](self)). On by default.
+    /// Whether segments are preallocated: recycled from compacted ones, or else written
+    /// with zeros by a helper thread (see "Preallocation" in the [module docs](self)). On
+    /// by default.
     pub fn preallocate(mut self, on: bool) -> Self {
         self.preallocate = on;
         self
