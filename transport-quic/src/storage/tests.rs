@@ -586,7 +586,6 @@ fn a_torn_write_into_preallocated_space_is_cut_at_every_offset() {
     let log = open_preallocated(dir.path());
     let n = log.last_index();
     let seg = log.segments[1].path.clone();
-    let base = log.segments[1].base;
     drop(log);
     let original = fs::read(&seg).unwrap();
     let (starts, end) = records_before_zeros(&original);
@@ -617,12 +616,18 @@ fn a_torn_write_into_preallocated_space_is_cut_at_every_offset() {
         fs::write(&seg, &original).unwrap();
     }
     // Damage before valid records is corruption, zeros after them or not.
-    let mut bytes = original.clone();
-    bytes[starts[0] + 20] ^= 0x40;
-    fs::write(&seg, &bytes).unwrap();
-    match FileLog::open_with(dir.path(), preallocated()) {
-        Err(FileLogError::Corrupt { offset, .. }) => assert_eq!(offset, starts[0] as u64),
-        other => panic!("damage in the middle of segment {base}: {other:?}"),
+    assert_damage_is_corruption(dir.path(), &seg, &original, starts[0]);
+}
+
+/// Flips a bit inside the record at `at` of segment `seg` (whose bytes are `bytes`), which
+/// valid records follow: opening the log must refuse it, naming that record.
+fn assert_damage_is_corruption(dir: &Path, seg: &Path, bytes: &[u8], at: usize) {
+    let mut bytes = bytes.to_vec();
+    bytes[at + 20] ^= 0x40;
+    fs::write(seg, &bytes).unwrap();
+    match FileLog::open_with(dir, preallocated()) {
+        Err(FileLogError::Corrupt { offset, .. }) => assert_eq!(offset, at as u64),
+        other => panic!("damage in the middle of {}: {other:?}", seg.display()),
     }
 }
 
@@ -787,13 +792,7 @@ fn a_torn_write_into_a_recycled_segment_ends_the_log_at_every_offset() {
         fs::write(&seg, &after).unwrap();
     }
     // Damage before valid records of the segment is corruption, old records after or not.
-    let mut bytes = after.clone();
-    bytes[starts[1] + 20] ^= 0x40;
-    fs::write(&seg, &bytes).unwrap();
-    match FileLog::open_with(dir.path(), preallocated()) {
-        Err(FileLogError::Corrupt { offset, .. }) => assert_eq!(offset, starts[1] as u64),
-        other => panic!("damage in the middle of segment {base}: {other:?}"),
-    }
+    assert_damage_is_corruption(dir.path(), &seg, &after, starts[1]);
 }
 
 #[test]
