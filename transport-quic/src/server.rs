@@ -1232,25 +1232,22 @@ async fn read_requests(
                     break;
                 }
             };
-            match decode_request(&bytes) {
-                Ok(RequestFrame { id, request }) => {
-                    let reply = Reply {
-                        id,
-                        to: answers.clone(),
-                        permit,
-                    };
-                    requests.push((request, reply));
-                }
-                Err((id, e)) => {
+            let (id, request) = match decode_request(&bytes) {
+                Ok(RequestFrame { id, request }) => (id, Ok(request)),
+                Err((id, e)) => (id, Err(e)),
+            };
+            let reply = Reply {
+                id,
+                to: answers.clone(),
+                permit,
+            };
+            match request {
+                Ok(request) => requests.push((request, reply)),
+                Err(e) => {
                     stats
                         .malformed
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     warn!(client = %identity, error = %e, "malformed request");
-                    let reply = Reply {
-                        id,
-                        to: answers.clone(),
-                        permit,
-                    };
                     reply.send(failed(ErrorKind::BadRequest, "malformed request"));
                 }
             }
