@@ -139,7 +139,14 @@ impl Client {
         };
         let config =
             tls::client_config(creds, &QuicSettings::default()).map_err(ClientError::Tls)?;
-        let endpoint = quinn::Endpoint::client(bind).map_err(ClientError::Io)?;
+        let socket = crate::transport::bind_udp(bind).map_err(ClientError::Io)?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            std::sync::Arc::new(quinn::SmolRuntime),
+        )
+        .map_err(ClientError::Io)?;
         Ok(Client {
             endpoint,
             config,
