@@ -359,8 +359,11 @@ pub struct Oracles {
     acknowledged: Index,
     /// State machine digests by applied index.
     states: HashMap<Index, u64>,
-    /// The configuration (voters, old voters while joint) of the latest commit by a leader.
+    /// The configuration (voters, old voters while joint) of the leader that committed the
+    /// newest index, and that index. A deposed leader that still commits an older index
+    /// (with a configuration of its own that will never commit) does not replace it.
     quorum: (Vec<NodeId>, Vec<NodeId>),
+    quorum_index: Index,
     violations: Vec<Violation>,
 }
 
@@ -376,6 +379,7 @@ impl Oracles {
             acknowledged: 0,
             states: HashMap::new(),
             quorum: (members.to_vec(), Vec::new()),
+            quorum_index: 0,
             violations: Vec::new(),
         }
     }
@@ -668,7 +672,8 @@ impl Oracles {
     /// Leader `node` of `term` advanced its commit index to `index` using the configuration
     /// with `voters` (and `outgoing`, the old voters, while joint): a majority of each
     /// must hold the prefix through `index` on durable storage. `durable` yields the durable
-    /// image of every node, by id. The configuration is kept for the Durability check.
+    /// image of every node, by id. The configuration is kept for the Durability check if
+    /// `index` is the newest committed by a leader so far.
     pub fn leader_committed<'a>(
         &mut self,
         node: NodeId,
@@ -698,7 +703,10 @@ impl Oracles {
                 return;
             }
         }
-        self.quorum = (voters.to_vec(), outgoing.to_vec());
+        if index >= self.quorum_index {
+            self.quorum = (voters.to_vec(), outgoing.to_vec());
+            self.quorum_index = index;
+        }
     }
 
     /// Durability with membership: the committed prefix must be on the durable storage of

@@ -256,6 +256,37 @@ fn a_committed_prefix_on_a_minority_breaks_durability() {
     );
 }
 
+/// Sim seed 18694 (`--nodes 3`, before the fix): a deposed leader of term 1 that goes on
+/// committing an older index, with a joint configuration adding node 4 that never
+/// commits, made Durability judge the newer commit by that configuration (3 holders of
+/// 4 needed) rather than by the one that committed it (2 of 3).
+#[test]
+fn a_deposed_leaders_late_commit_does_not_change_the_durability_quorum() {
+    let mut o = Oracles::new(&[1, 2, 3]);
+    let new = log(&[1, 1, 2], 0xA);
+    let old = log(&[1, 1, 1], 0xA);
+    let images = || -> [(u64, &dyn LogView); 4] { [(1, &new), (2, &old), (3, &new), (4, &old)] };
+    assert!(o.commit(1, 2, 3, &new));
+    o.leader_committed(1, 2, 3, &[1, 2, 3], &[], images().into_iter());
+    // The deposed leader commits index 2 (of term 1: the same entry) in its joint
+    // configuration; a majority of both halves holds it.
+    o.commit(2, 1, 2, &old);
+    o.leader_committed(2, 1, 2, &[1, 2, 3, 4], &[1, 2, 3], images().into_iter());
+    o.check_durable_by(images().into_iter());
+    assert!(o.violations().is_empty(), "{:?}", o.violations());
+    // Against the newest commit's configuration, a minority is still caught.
+    let images = [(1, &new as &dyn LogView), (2, &old), (3, &old), (4, &old)];
+    o.check_durable_by(images.into_iter());
+    assert!(matches!(
+        o.violations(),
+        [Violation::Durability {
+            holders: 1,
+            needed: 2,
+            ..
+        }]
+    ));
+}
+
 /// Options that make double votes likely: three nodes, frequent crashes, no pre-vote.
 fn crashy(bug: Bug) -> SimOptions {
     let mut config = Config::new(0, 0);
