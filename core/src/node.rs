@@ -397,7 +397,11 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// that break the protocol are counted in [`Node::counters`] and otherwise ignored or
     /// answered with a rejection; nothing here panics.
     pub fn step(&mut self, from: NodeId, message: Message<'_>) {
-        if self.peer_index(from).is_none() && !self.admit_unknown_leader(from, &message) {
+        let vote_request = matches!(message, Message::RequestVote(_)) && from != self.cfg.id;
+        if self.peer_index(from).is_none()
+            && !vote_request
+            && !self.admit_unknown_leader(from, &message)
+        {
             self.counters.unknown_sender += 1;
             return;
         }
@@ -422,14 +426,28 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                 _ => self.become_follower(term, None),
             }
         } else if term < self.current_term {
+            if self.peer_index(from).is_none() {
+                self.counters.unknown_sender += 1;
+                return;
+            }
             self.counters.stale += 1;
             self.answer_stale(from, &message);
             return;
         }
         // A change of role may have forgotten a peer that is no member.
-        let Some(peer) = self.peer_index(from) else {
-            self.counters.unknown_sender += 1;
-            return;
+        let peer = match self.peer_index(from) {
+            Some(peer) => peer,
+            None if vote_request && self.role != Role::Leader => match self.admit_stranger(from) {
+                Some(peer) => peer,
+                None => {
+                    self.counters.unknown_sender += 1;
+                    return;
+                }
+            },
+            None => {
+                self.counters.unknown_sender += 1;
+                return;
+            }
         };
         match message {
             Message::RequestVote(m) => self.on_request_vote(peer, m),
@@ -663,10 +681,21 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         if from == self.cfg.id || !leader_traffic || message.term() < self.current_term {
             return false;
         }
+        self.admit_stranger(from).is_some()
+    }
+
+    /// Tracks `from`, a node outside the configuration, as a peer that counts in nothing
+    /// (so it can be answered), until the next change of role or configuration forgets it.
+    /// A candidate is answered this way too (thesis 4.1: "servers process incoming RPC
+    /// requests without consulting their current configurations"): a node that missed the
+    /// entry adding a voter may be the vote that voter needs, when its log is the only
+    /// one up to date enough to lead. `None` if the peer table is full.
+    fn admit_stranger(&mut self, from: NodeId) -> Option<usize> {
         let mut peer = Peer::new(from, false);
         peer.learner = false;
         peer.replication = Replication::new(self.log.last_index() + 1, self.now);
-        self.peers.push(peer).is_ok()
+        self.peers.push(peer).ok()?;
+        Some(self.peers.len() - 1)
     }
 
     pub(crate) fn peer_index(&self, id: NodeId) -> Option<usize> {

@@ -412,3 +412,48 @@ fn a_snapshot_is_restored_only_once_durable() {
     assert!(report.stats.installs > 0, "{report}");
     assert_eq!(report.stats.restores_not_durable, 0, "{report}");
 }
+
+/// Thesis 4.1: a member that missed the entry adding a voter must still answer that voter's
+/// vote requests. Here node 4 has just become a voter (quorum 3 of 4) and holds an entry
+/// that node 2 lacks; leader 1 crashes. Node 2 cannot win (4 refuses it: its log is behind),
+/// so node 4 must, and it needs node 3, which still runs the configuration without it.
+/// Before the core answered candidates outside its configuration, no leader was ever
+/// elected.
+#[test]
+fn a_member_that_missed_a_new_voters_addition_still_votes_for_it() {
+    let mut c = Cluster::new(1, quiet(3, "membership", 64 * 1024), None);
+    c.set_operator(false);
+    elect(&mut c, 1);
+    put_and_commit(&mut c, 1, 0, 1);
+    c.partition(&[&[1, 2, 4], &[3]]);
+    c.change_membership(1, Change::AddLearner(4))
+        .expect("add learner");
+    put_and_commit(&mut c, 1, 0, 2);
+    c.run_for_ticks(20);
+    c.change_membership(1, Change::AddVoter(4))
+        .expect("promote");
+    put_and_commit(&mut c, 1, 0, 3);
+    c.run_for_ticks(20);
+    // An entry only node 4 gets.
+    c.partition(&[&[1, 4], &[2], &[3]]);
+    let p = c.put(1, 0, 4).expect("proposed");
+    assert!(
+        c.run_until(50, |c| c.node(4).is_some_and(|n| n.last_index() >= p.index)),
+        "node 4 has the entry"
+    );
+    assert!(c.node(2).is_some_and(|n| n.last_index() < p.index));
+    assert!(c.node(3).is_some_and(|n| n.members().all(|m| m.id != 4)));
+    c.crash(1);
+    c.heal();
+    assert!(
+        c.run_until(500, |c| c.leader() == Some(4)),
+        "node 4 is elected with node 3's vote"
+    );
+    assert!(
+        c.run_until(100, |c| c
+            .node(3)
+            .is_some_and(|n| n.applied_index() >= p.index)),
+        "node 3 follows node 4 and applies its entry"
+    );
+    assert!(c.violations().is_empty(), "{:?}", c.violations());
+}

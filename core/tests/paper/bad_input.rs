@@ -1,23 +1,27 @@
 //! Bad input from the network: counted, answered or ignored, never a panic.
 
 use crate::support::*;
-use coracle::{AppendEntriesResponse, Entry, EntryKind, Message, RequestVote, RequestVoteResponse};
+use coracle::{
+    AppendEntriesResponse, Entry, EntryKind, Message, NodeId, RequestVote, RequestVoteResponse,
+};
 use proptest::prelude::*;
 
 #[test]
 fn messages_from_unknown_senders_are_counted_and_dropped() {
     let mut c = Cluster::new(&[1, 2, 3]);
-    let vote = Message::RequestVote(RequestVote {
-        term: 5,
-        ..Default::default()
-    });
-    assert!(step_and_collect(c.node_mut(1), 99, vote).is_empty());
     let answer = Message::RequestVoteResponse(RequestVoteResponse {
         term: 5,
         vote_granted: true,
         pre_vote: false,
     });
     assert!(step_and_collect(c.node_mut(1), 99, answer).is_empty());
+    let ack = Message::AppendEntriesResponse(AppendEntriesResponse {
+        term: 5,
+        success: true,
+        index: 1,
+        ..Default::default()
+    });
+    assert!(step_and_collect(c.node_mut(1), 99, ack).is_empty());
     assert_eq!(c.node(1).counters().unknown_sender, 2);
     assert_eq!(c.node(1).term(), 0);
     let replies = step_and_collect(c.node_mut(1), 1, append(5, (0, 0), 0, &[]));
@@ -25,6 +29,114 @@ fn messages_from_unknown_senders_are_counted_and_dropped() {
         replies.is_empty(),
         "a message from itself is not from a peer"
     );
+    let vote = Message::RequestVote(RequestVote {
+        term: 6,
+        ..Default::default()
+    });
+    assert!(
+        step_and_collect(c.node_mut(1), 1, vote).is_empty(),
+        "nor is a vote request from itself"
+    );
+}
+
+/// The answer of node 1 to `request` from node 9, outside its configuration.
+fn answer_to_stranger(c: &mut Cluster, request: RequestVote) -> Option<RequestVoteResponse> {
+    answer_to(c, 9, request)
+}
+
+fn answer_to(c: &mut Cluster, from: NodeId, request: RequestVote) -> Option<RequestVoteResponse> {
+    match step_and_collect(c.node_mut(1), from, Message::RequestVote(request)).as_slice() {
+        [] => None,
+        [(to, m)] if *to == from => match m.as_message() {
+            Message::RequestVoteResponse(r) => Some(r),
+            other => panic!("not a vote answer: {other:?}"),
+        },
+        other => panic!("unexpected messages: {other:?}"),
+    }
+}
+
+/// Thesis 4.1 ("servers process incoming RPC requests without consulting their current
+/// configurations"): a member that has not yet appended the entry adding a voter still
+/// answers that voter's (pre-)vote requests; its vote may be the one the voter needs. The
+/// voter stays out of the configuration.
+#[test]
+fn a_candidate_outside_the_configuration_is_answered() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    let pre = RequestVote {
+        term: 5,
+        pre_vote: true,
+        ..Default::default()
+    };
+    let r = answer_to_stranger(&mut c, pre).expect("a pre-vote answer");
+    assert!(r.vote_granted && r.pre_vote && r.term == 5, "{r:?}");
+    assert_eq!(c.node(1).term(), 0, "a pre-vote changes nothing");
+
+    let vote = RequestVote {
+        term: 5,
+        ..Default::default()
+    };
+    let r = answer_to_stranger(&mut c, vote).expect("a vote answer");
+    assert!(r.vote_granted && !r.pre_vote && r.term == 5, "{r:?}");
+    assert_eq!((c.node(1).term(), c.node(1).voted_for()), (5, Some(9)));
+    assert!(c.node(1).members().all(|m| m.id != 9), "not a member");
+    assert_eq!(c.node(1).counters().unknown_sender, 0);
+
+    // One vote per term, strangers included.
+    let other = RequestVote {
+        term: 5,
+        ..Default::default()
+    };
+    let r = step_and_collect(c.node_mut(1), 2, Message::RequestVote(other));
+    assert!(matches!(
+        r.as_slice(),
+        [(2, m)] if matches!(m.as_message(), Message::RequestVoteResponse(r) if !r.vote_granted)
+    ));
+
+    // A stale one from another stranger is dropped; one with a log behind this node's is
+    // refused.
+    let stale = RequestVote {
+        term: 4,
+        ..Default::default()
+    };
+    assert_eq!(answer_to(&mut c, 8, stale), None);
+    assert_eq!(c.node(1).counters().unknown_sender, 1);
+    let mut c = Cluster::with(&[1, 2, 3], default_config, |_| log_with_terms(&[1, 1], 1));
+    let behind = RequestVote {
+        term: 5,
+        last_log_index: 1,
+        last_log_term: 1,
+        ..Default::default()
+    };
+    let r = answer_to_stranger(&mut c, behind).expect("a refusal");
+    assert!(!r.vote_granted && r.term == 5, "{r:?}");
+    assert_eq!(c.node(1).voted_for(), None);
+}
+
+/// A leader answers no stranger's pre-vote (it would then track it as a peer to replicate
+/// to); a stranger's vote in a higher term makes it a follower first, which answers.
+#[test]
+fn a_leader_admits_no_stranger_until_it_steps_down() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    let term = c.node(1).term();
+    let last = c.node(1).last_index();
+    let pre = RequestVote {
+        term: term + 1,
+        last_log_index: last,
+        last_log_term: term,
+        pre_vote: true,
+        // Not ignored for the leader's lease.
+        leadership_transfer: true,
+    };
+    assert_eq!(answer_to_stranger(&mut c, pre), None);
+    assert_eq!(c.node(1).counters().unknown_sender, 1);
+    let vote = RequestVote {
+        pre_vote: false,
+        ..pre
+    };
+    let r = answer_to_stranger(&mut c, vote).expect("an answer once a follower");
+    assert!(r.vote_granted, "{r:?}");
+    assert_eq!(c.node(1).role(), coracle::Role::Follower);
 }
 
 /// Thesis 4.1: a member that has not yet appended the entry adding a node still follows
