@@ -49,7 +49,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// "If election timeout elapses without receiving AppendEntries RPC from current leader
     /// or granting vote to candidate: convert to candidate" (Figure 2, Followers).
     pub(crate) fn on_election_timeout(&mut self) {
-        if self.can_vote() {
+        if self.may_campaign() {
             self.start_election();
         } else {
             self.reset_election_timer();

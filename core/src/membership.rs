@@ -352,6 +352,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             return;
         }
         self.config_index = index;
+        self.self_voter_before = self.can_vote();
         self.self_voter = false;
         self.self_voter_outgoing = false;
         self.self_learner = false;
@@ -402,26 +403,47 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
 
     /// The newest configuration entry in the log, or the bootstrap members.
     pub(crate) fn load_config_from_log(&mut self) {
+        let mut latest = [0u8; max_config_bytes(32)];
+        let Some((index, len)) = self.config_entry_through(self.log.last_index(), &mut latest)
+        else {
+            self.use_snapshot_or_bootstrap_config();
+            return;
+        };
+        // The configuration before it first, for `self_voter_before`.
+        let mut before = [0u8; max_config_bytes(32)];
+        match self.config_entry_through(index - 1, &mut before) {
+            Some((i, n)) => self.use_config(i, &before[..n]),
+            None => self.use_snapshot_or_bootstrap_config(),
+        }
+        self.use_config(index, &latest[..len]);
+    }
+
+    /// The newest configuration entry of the log at or before `through`, copied into
+    /// `buf`: its index and length.
+    fn config_entry_through(&self, through: Index, buf: &mut [u8]) -> Option<(Index, usize)> {
         let first = self.log.first_index();
-        let mut i = self.log.last_index();
+        let mut i = through;
         while i >= first && i > 0 {
             if let Some(e) = self.log.entry(i) {
                 if e.kind == EntryKind::Membership {
-                    let mut buf = [0u8; max_config_bytes(32)];
                     if let Some(dst) = buf.get_mut(..e.data.len()) {
                         dst.copy_from_slice(e.data);
-                        let len = e.data.len();
-                        self.use_config(i, &buf[..len]);
-                        return;
+                        return Some((i, e.data.len()));
                     }
                 }
             }
             i -= 1;
         }
+        None
+    }
+
+    /// The configuration of the kept snapshot, or else the bootstrap members (both committed).
+    fn use_snapshot_or_bootstrap_config(&mut self) {
         match self.log.snapshot_meta() {
             Some(meta) if !meta.config().is_empty() => self.use_config(meta.index, meta.config()),
             _ => self.restore_bootstrap_members(),
         }
+        self.self_voter_before = false;
     }
 
     /// On the leader, after the commit index moved: leave a committed joint configuration

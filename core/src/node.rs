@@ -47,6 +47,9 @@ pub struct Node<S: LogStorage, const N: usize = 6, const I: usize = 8, const R: 
     /// Voter of the old configuration while joint.
     pub(crate) self_voter_outgoing: bool,
     pub(crate) self_learner: bool,
+    /// Voter (of either half) of the configuration before the one in use, if that came from
+    /// a configuration entry of the log ([`Node::may_campaign`]).
+    pub(crate) self_voter_before: bool,
     /// Index of the configuration entry in use (0: the bootstrap members).
     pub(crate) config_index: Index,
     /// The members given at construction, used when the log holds no configuration.
@@ -332,6 +335,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             self_voter,
             self_voter_outgoing: false,
             self_learner: false,
+            self_voter_before: false,
             config_index: 0,
             bootstrap,
             bootstrap_self_voter: self_voter,
@@ -514,7 +518,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// Starts an election now instead of waiting for the timeout (with a pre-vote first if
     /// configured). Does nothing on a leader or a non-voter.
     pub fn campaign(&mut self) {
-        if self.role != Role::Leader && self.can_vote() {
+        if self.role != Role::Leader && self.may_campaign() {
             self.start_election();
         }
     }
@@ -713,6 +717,18 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// Does this node vote, in the configuration or (while joint) the old one?
     pub(crate) fn can_vote(&self) -> bool {
         self.self_voter || self.self_voter_outgoing
+    }
+
+    /// May this node stand for election? A voter may. So may a node that was a voter until
+    /// a configuration entry it does not know to be committed (that entry may never commit),
+    /// counting the votes of that configuration's voters: otherwise, when only nodes such
+    /// an entry leaves out hold it, they refuse every other candidate (their logs are
+    /// longer) and never campaign themselves, and no leader is ever elected. Any winner
+    /// still needs a majority of the voters of the configuration it uses, so election
+    /// safety holds; once the entry commits, a leader it leaves out steps down (thesis
+    /// 4.2.2).
+    pub(crate) fn may_campaign(&self) -> bool {
+        self.can_vote() || (self.self_voter_before && self.config_index > self.commit_index)
     }
 
     /// Do a majority of the voters agree, `me` saying whether this node does and `peer`

@@ -662,7 +662,7 @@ impl Oracles {
     }
 
     /// `node`, in `term`, is a leader ("leader"), candidate or pre-candidate that is not a
-    /// voter of the configuration it uses (the caller decides; a leader whose removal is not
+    /// voter of the configuration it uses (the caller decides; a node whose removal is not
     /// committed yet is fine).
     pub fn not_a_voter(&mut self, node: NodeId, term: Term, role: &'static str) {
         self.violations

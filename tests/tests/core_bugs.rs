@@ -457,3 +457,62 @@ fn a_member_that_missed_a_new_voters_addition_still_votes_for_it() {
     );
     assert!(c.violations().is_empty(), "{:?}", c.violations());
 }
+
+/// Sim seed 4017 (`--nodes 7`): a joint change from voters {1, 2, 3} to {1, 4, 5} with 3 as
+/// a learner; the leader, 2, appends the entry leaving the joint configuration and only
+/// node 3 gets it. Then 2 crashes. Nodes 2 and 3 now use the new configuration, in which
+/// they are no voters, so they never campaign, and they refuse every candidate: their
+/// logs are longer.
+/// Nodes 1, 4 and 5 still use the joint configuration and need 2 of {1, 2, 3}: no leader
+/// is ever elected, even once node 2 is back.
+#[test]
+fn a_configuration_change_whose_last_entry_only_leaving_voters_hold_still_elects() {
+    let mut options = quiet(3, "membership", 64 * 1024);
+    if let Some(config) = options.config.as_mut() {
+        config.auto_leave_joint = false;
+    }
+    let mut c = Cluster::new(1, options, None);
+    c.set_operator(false);
+    elect(&mut c, 2);
+    put_and_commit(&mut c, 2, 0, 1);
+    for learner in [4, 5] {
+        c.change_membership(2, Change::AddLearner(learner))
+            .expect("add learner");
+        put_and_commit(&mut c, 2, 0, learner);
+    }
+    c.run_for_ticks(20);
+    let joint = c
+        .change_membership(
+            2,
+            Change::Joint {
+                voters: vec![1, 4, 5],
+                learners: vec![3],
+            },
+        )
+        .expect("joint");
+    assert!(
+        c.run_until(100, |c| (1..=5).all(|id| c
+            .node(id)
+            .is_some_and(|n| n.commit_index() >= joint.index))),
+        "the joint configuration commits everywhere"
+    );
+    c.partition(&[&[2, 3], &[1], &[4], &[5]]);
+    let leave = c
+        .change_membership(2, Change::LeaveJoint)
+        .expect("leave joint");
+    let durable = |c: &Cluster, id| c.node(id).is_some_and(|n| n.durable_index() >= leave.index);
+    assert!(
+        c.run_until(50, |c| durable(c, 2) && durable(c, 3)),
+        "nodes 2 and 3 hold the entry leaving the joint configuration"
+    );
+    c.crash(2);
+    c.heal();
+    c.restart(2);
+    assert!(
+        c.run_until(500, |c| c.leader().is_some()),
+        "a leader is elected"
+    );
+    let leader = c.leader().expect("a leader");
+    put_and_commit(&mut c, leader, 0, 9);
+    assert!(c.violations().is_empty(), "{:?}", c.violations());
+}

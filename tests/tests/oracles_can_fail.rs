@@ -373,7 +373,7 @@ fn unconfirmed_reads_are_caught_by_the_linearizability_checker() {
         read_percent: 100,
         ..SimOptions::default()
     };
-    let found = (0..40).find(|&seed| {
+    let found = (0..200).find(|&seed| {
         let report = run(seed, &options, None);
         matches!(
             report.linearizability,

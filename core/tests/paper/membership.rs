@@ -316,3 +316,45 @@ fn adding_a_node_while_a_follower_is_partitioned() {
     assert_eq!(voters(&c, 3), vec![1, 2, 3, 4]);
     assert!(c.commands(3).contains(&b"while 3 is away".to_vec()));
 }
+
+/// A node left out by a configuration entry it does not know to be committed may still
+/// stand for election, counting the votes of that configuration. Voters {1, 2}; leader 2
+/// removes itself while cut off, so only it holds the entry, and restarts. Node 1 needs
+/// 2's vote, which 2 refuses (its log is longer); had 2 not campaigned for being no voter
+/// of its configuration, no leader would ever be elected. It wins node 1's vote, commits
+/// its removal, and steps down; node 1 then leads alone.
+#[test]
+fn a_node_left_out_by_an_uncommitted_configuration_may_still_be_elected() {
+    let mut c = Cluster::new(&[1, 2]);
+    c.elect(2);
+    c.stabilize();
+    c.isolate(2);
+    change(&mut c, 2, Change::Remove(2)).unwrap();
+    c.crash(2);
+    c.restart(2);
+    assert_eq!(voters(&c, 2), vec![1], "from its log");
+    c.heal();
+    c.run(200);
+    assert_eq!(c.leaders(), vec![1]);
+    assert_eq!(voters(&c, 1), vec![1]);
+    let p = c.propose(1, b"after");
+    c.run(3);
+    assert!(c.node(1).commit_index() >= p.index);
+}
+
+/// The same rule does not let a removed follower disturb the cluster: it cannot learn that
+/// its removal committed (nobody replicates to it any more) and campaigns, but only with
+/// pre-votes that the voters, hearing from their leader, ignore.
+#[test]
+fn a_removed_follower_does_not_disturb_the_cluster() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    c.stabilize();
+    change(&mut c, 1, Change::Remove(3)).unwrap();
+    c.run(5);
+    let term = c.node(1).term();
+    c.run(300);
+    assert_eq!(c.leaders(), vec![1]);
+    assert_eq!(c.node(1).term(), term, "the removed node raised no term");
+    assert_eq!(voters(&c, 1), vec![1, 2]);
+}

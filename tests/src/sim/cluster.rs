@@ -1299,7 +1299,9 @@ impl Cluster {
                 Role::Candidate => "candidate",
                 _ => "pre-candidate",
             };
-            if !(votes || (role == Role::Leader && removal_pending)) {
+            // A node left out by a configuration entry not yet committed may still
+            // campaign and lead (`Node::may_campaign`).
+            if !(votes || removal_pending) {
                 self.oracles.not_a_voter(id, term, name);
             }
         }
