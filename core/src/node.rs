@@ -674,15 +674,20 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
 
     // ----- internals ----------------------------------------------------------------------
 
-    /// A node outside this node's configuration that sends what only a leader sends, in a
-    /// term at least ours, is followed all the same (thesis 4.1): this node may simply not
-    /// have the entry that added it yet. It is tracked as a peer that counts in nothing.
+    /// A node outside this node's configuration that sends what only a leader sends is
+    /// followed all the same if its term is at least ours (thesis 4.1): this node may
+    /// simply not have the entry that added it yet. In an older term it is answered with
+    /// ours, as a member would be, so it steps down: otherwise a node whose term went up
+    /// while it knew no leader would ignore the leader for good. It is tracked as a peer
+    /// that counts in nothing.
     fn admit_unknown_leader(&mut self, from: NodeId, message: &Message<'_>) -> bool {
         let leader_traffic = matches!(
             message,
             Message::AppendEntries(_) | Message::InstallSnapshot(_)
         );
-        if from == self.cfg.id || !leader_traffic || message.term() < self.current_term {
+        let stale = message.term() < self.current_term;
+        // A leader takes in no stranger: it would replicate to it.
+        if from == self.cfg.id || !leader_traffic || (stale && self.role == Role::Leader) {
             return false;
         }
         self.admit_stranger(from).is_some()
