@@ -2094,45 +2094,18 @@ impl Cluster {
     }
 
     /// A membership change that makes sense for leader `lid` with configuration `config`.
-    /// A node is added only if it runs and knows every voter (a node ignores messages from
-    /// nodes it does not know).
+    /// A node is added only if it runs. Members need not know a node added as a voter, nor
+    /// it them: nodes follow leaders and answer candidates outside their configuration.
     fn pick_change(&mut self, lid: NodeId, config: &Membership) -> Option<Change> {
         if !config.outgoing.is_empty() {
             return Some(Change::LeaveJoint);
         }
-        let knows_voters = |h: &Host| {
-            h.paused_since.is_none()
-                && h.node.as_deref().is_some_and(|n| {
-                    config
-                        .voters
-                        .iter()
-                        .all(|&v| v == n.id() || n.progress(v).is_some())
-                })
-        };
         let outsiders: Vec<NodeId> = self
             .hosts
             .iter()
-            .filter(|h| !config.contains(h.id) && knows_voters(h))
+            .filter(|h| !config.contains(h.id) && h.paused_since.is_none() && h.node.is_some())
             .map(|h| h.id)
             .collect();
-        // A new voter may lead: every member must know it already. (The core ignores
-        // messages from nodes outside a node's configuration, so a member that missed the
-        // entry adding a new leader could never catch up: see tests/tests/core_bugs.rs.)
-        let members: Vec<NodeId> = self
-            .hosts
-            .iter()
-            .filter(|h| config.contains(h.id))
-            .map(|h| h.id)
-            .collect();
-        let known_by_members = |c: &Cluster, v: NodeId| {
-            members.iter().all(|&m| {
-                m == v
-                    || c.hosts[(m - 1) as usize]
-                        .node
-                        .as_deref()
-                        .is_some_and(|n| n.progress(v).is_some())
-            })
-        };
         let voters = &config.voters;
         let learners = &config.learners;
         let pick = |rng: &mut SimRng, v: &[NodeId]| v[rng.index(v.len())];
@@ -2140,13 +2113,13 @@ impl Cluster {
         if !outsiders.is_empty() {
             options.push(Change::AddLearner(pick(&mut self.rng_op, &outsiders)));
             let o = pick(&mut self.rng_op, &outsiders);
-            if voters.len() < 6 && self.rng_op.chance(0.3) && known_by_members(self, o) {
+            if voters.len() < 6 && self.rng_op.chance(0.3) {
                 options.push(Change::AddVoter(o));
             }
         }
         if !learners.is_empty() {
             let l = pick(&mut self.rng_op, learners);
-            if voters.len() < 6 && known_by_members(self, l) {
+            if voters.len() < 6 {
                 options.push(Change::AddVoter(l));
             }
             options.push(Change::Remove(l));
@@ -2161,7 +2134,6 @@ impl Cluster {
             .chain(learners)
             .chain(&outsiders)
             .copied()
-            .filter(|&v| voters.contains(&v) || known_by_members(self, v))
             .collect();
         pool.sort_unstable();
         for k in (1..pool.len()).rev() {
