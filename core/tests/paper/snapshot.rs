@@ -258,3 +258,55 @@ fn inconsistent_snapshot_chunks_are_counted_and_ignored() {
     assert_eq!(c.node(1).counters().invalid, 1);
     assert_eq!(c.node(1).log().first_index(), 1);
 }
+
+/// A node that restarts from its own snapshot (its state machine empty) counts the
+/// snapshot's index as committed: a snapshot holds only committed entries. Sim seed 10490:
+/// the commit index stayed at 0, so a leader's InstallSnapshot for that same point was not
+/// seen as stale, and installing it cut the log's entries after it from a log that had
+/// compacted exactly through it.
+#[test]
+fn a_snapshot_restored_at_restart_counts_as_committed() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    for i in 0..3u8 {
+        c.propose(1, &[i]);
+    }
+    c.stabilize();
+    let meta = c.snapshot(2);
+    c.propose(1, b"after");
+    c.stabilize();
+    let log = c.node(2).log().clone();
+    let last = log.last_index();
+    assert!(last > meta.index);
+
+    let mut node = TestNode::new(default_config(2), log, &[1, 2, 3]).unwrap();
+    let mut restored = None;
+    while let Some(o) = node.poll_output() {
+        if let coracle::Output::RestoreSnapshot { index, .. } = o {
+            restored = Some(index);
+        }
+    }
+    assert_eq!(restored, Some(meta.index));
+    assert!(node.commit_index() >= meta.index);
+
+    let data = c
+        .node(1)
+        .log()
+        .snapshot()
+        .map_or(Vec::new(), |(_, d)| d.to_vec());
+    let install = Message::InstallSnapshot(InstallSnapshot {
+        term: node.term(),
+        last_included_index: meta.index,
+        last_included_term: meta.term,
+        size: meta.size,
+        offset: 0,
+        config: meta.config(),
+        data: &data,
+    });
+    let replies = step_and_collect(&mut node, 1, install);
+    assert!(matches!(
+        replies.as_slice(),
+        [(1, m)] if matches!(m.as_message(), Message::InstallSnapshotResponse(r) if r.done)
+    ));
+    assert_eq!(node.log().last_index(), last, "the entries after it stay");
+}

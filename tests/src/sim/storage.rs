@@ -169,7 +169,9 @@ impl LogImage {
             }
             Write::SaveSnapshot(meta, data) => self.snapshot = Some((*meta, data.clone())),
             Write::Install(meta, data, chain) => {
-                if meta.index >= self.first && self.term(meta.index) == Some(meta.term) {
+                // The log holds the snapshot's last entry (or compacted exactly through
+                // it): the entries after it stay.
+                if self.term(meta.index) == Some(meta.term) {
                     self.apply(&Write::Compact(meta.index))?;
                 } else {
                     self.entries.clear();
@@ -529,6 +531,27 @@ mod tests {
         assert_eq!(a.entry_id(2), b.entry_id(2));
         assert_eq!(a.take_appended().count(), 2);
         assert_eq!(b.take_appended().count(), 3);
+    }
+
+    /// Sim seed 10490 (with the operator adding voters members do not know): installing a
+    /// snapshot at the point the log is compacted through, with its term, kept no entry
+    /// after it, unlike every other log of the project.
+    #[test]
+    fn a_snapshot_installed_at_the_compaction_point_keeps_the_entries_after_it() {
+        let mut log = SimLog::new();
+        for i in 1..=4 {
+            log.append(&e(i, 1, b"v")).expect("append");
+        }
+        log.compact(2).expect("compact");
+        let meta = SnapshotMeta::new(2, 1, 16, &[]).expect("meta");
+        let mut data = vec![0u8; 16];
+        let chain = log.live().id(2).expect("entry 2").chain;
+        data[8..16].copy_from_slice(&chain.to_le_bytes());
+        log.receive_snapshot_chunk(&meta, 0, &data).expect("chunk");
+        log.install_snapshot(&meta).expect("install");
+        let live = log.live();
+        assert_eq!((live.id(3).is_some(), live.id(4).is_some()), (true, true));
+        assert_eq!(LogStorage::first_index(&log), 3);
     }
 
     #[test]
