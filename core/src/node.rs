@@ -237,7 +237,8 @@ pub struct Proposal {
 pub struct Counters {
     /// Messages with a term older than the node's, or answers to requests no longer pending.
     pub stale: u64,
-    /// Messages from nodes that are not members.
+    /// Messages from nodes that are not members (other than leader and candidate
+    /// requests, which are answered).
     pub unknown_sender: u64,
     /// Messages that break the protocol (inconsistent indexes or terms, impossible answers).
     pub invalid: u64,
@@ -397,9 +398,11 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         self.abort_transfer_if_due();
     }
 
-    /// A message arrived from node `from`. Messages from non-members, with stale terms or
-    /// that break the protocol are counted in [`Node::counters`] and otherwise ignored or
-    /// answered with a rejection; nothing here panics.
+    /// A message arrived from node `from`. Messages with stale terms or that break the
+    /// protocol are counted in [`Node::counters`] and otherwise ignored or answered with a
+    /// rejection; nothing here panics. A node outside the configuration is answered when it
+    /// acts as a leader or candidate (thesis 4.1: this node may lack the entry that added
+    /// it); anything else it sends is dropped.
     pub fn step(&mut self, from: NodeId, message: Message<'_>) {
         let vote_request = matches!(message, Message::RequestVote(_)) && from != self.cfg.id;
         if self.peer_index(from).is_none()
