@@ -331,7 +331,8 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             voted_for,
             role: Role::Follower,
             leader: None,
-            commit_index: applied,
+            // A snapshot holds only committed entries.
+            commit_index: restore.map_or(applied, |m| m.index.max(applied)),
             applied,
             self_voter,
             self_voter_outgoing: false,

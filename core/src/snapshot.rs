@@ -244,10 +244,6 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         }
         self.restore_pending = None;
         self.applied = self.applied.max(meta.index);
-        // A snapshot holds only committed entries. (After a restart the commit index starts
-        // at the host's applied index: without this, a leader's InstallSnapshot for a point
-        // this node restored from would not be seen as stale.)
-        self.commit_index = self.commit_index.max(meta.index);
         Some(meta)
     }
 }

@@ -260,10 +260,11 @@ fn inconsistent_snapshot_chunks_are_counted_and_ignored() {
 }
 
 /// A node that restarts from its own snapshot (its state machine empty) counts the
-/// snapshot's index as committed: a snapshot holds only committed entries. Sim seed 10490:
-/// the commit index stayed at 0, so a leader's InstallSnapshot for that same point was not
-/// seen as stale, and installing it cut the log's entries after it from a log that had
-/// compacted exactly through it.
+/// snapshot's index as committed from the start: a snapshot holds only committed entries.
+/// Sim seed 10490: the commit index stayed at 0, so a leader's InstallSnapshot for that same
+/// point was not seen as stale, and installing it cut the log's entries after it from a log
+/// that had compacted exactly through it. Sim seed 3426: an election timeout before the
+/// restore let the node campaign on a configuration it took for uncommitted.
 #[test]
 fn a_snapshot_restored_at_restart_counts_as_committed() {
     let mut c = Cluster::new(&[1, 2, 3]);
@@ -280,6 +281,7 @@ fn a_snapshot_restored_at_restart_counts_as_committed() {
     assert!(last > meta.index);
 
     let mut node = TestNode::new(default_config(2), log, &[1, 2, 3]).unwrap();
+    assert!(node.commit_index() >= meta.index, "before the restore too");
     let mut restored = None;
     while let Some(o) = node.poll_output() {
         if let coracle::Output::RestoreSnapshot { index, .. } = o {
