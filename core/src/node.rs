@@ -47,8 +47,9 @@ pub struct Node<S: LogStorage, const N: usize = 6, const I: usize = 8, const R: 
     /// Voter of the old configuration while joint.
     pub(crate) self_voter_outgoing: bool,
     pub(crate) self_learner: bool,
-    /// Voter (of either half) of the configuration before the one in use, if that came from
-    /// a configuration entry of the log ([`Node::may_campaign`]).
+    /// Voter (of either half) of the configuration before the one in use
+    /// ([`Node::may_campaign`]); false when the one in use is the snapshot's or the
+    /// bootstrap members (both committed).
     pub(crate) self_voter_before: bool,
     /// Index of the configuration entry in use (0: the bootstrap members).
     pub(crate) config_index: Index,
@@ -520,7 +521,8 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     }
 
     /// Starts an election now instead of waiting for the timeout (with a pre-vote first if
-    /// configured). Does nothing on a leader or a non-voter.
+    /// configured). Does nothing on a leader or a node that may not stand: a non-voter,
+    /// unless a configuration entry not known to be committed left it out after it voted.
     pub fn campaign(&mut self) {
         if self.role != Role::Leader && self.may_campaign() {
             self.start_election();
