@@ -92,6 +92,8 @@ pub struct Client {
     config: quinn::ClientConfig,
     nodes: Vec<SocketAddr>,
     current: Mutex<Option<Arc<Session>>>,
+    /// Held while a connection is being made (see `session_with`).
+    connecting: smol::lock::Mutex<()>,
     cursor: AtomicUsize,
     session: u64,
     next_seq: AtomicU64,
@@ -152,6 +154,7 @@ impl Client {
             config,
             nodes,
             current: Mutex::new(None),
+            connecting: smol::lock::Mutex::new(()),
             cursor: AtomicUsize::new(0),
             session: random_u64(),
             next_seq: AtomicU64::new(1),
@@ -428,12 +431,17 @@ impl Client {
     }
 
     /// The session with the node at `addr`: the current one, or a new connection and
-    /// request stream (which replaces the current one).
+    /// request stream (which replaces the current one). Calls that find no session wait for
+    /// the one connection being made rather than each making their own: 200 calls started
+    /// at once on a new client made 200 handshakes, and on a slow machine none finished
+    /// within the connect timeout, round after round.
     async fn session_with(&self, addr: SocketAddr) -> Result<Arc<Session>, ClientError> {
-        if let Some(s) = lock(&self.current).as_ref() {
-            if s.addr == addr && s.is_usable() {
-                return Ok(s.clone());
-            }
+        if let Some(s) = self.current_session(addr) {
+            return Ok(s);
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(s) = self.current_session(addr) {
+            return Ok(s);
         }
         let connecting = self
             .endpoint
@@ -468,6 +476,14 @@ impl Client {
         smol::spawn(read_answers(Arc::downgrade(&session), recv)).detach();
         *lock(&self.current) = Some(session.clone());
         Ok(session)
+    }
+
+    /// The current session, if it is with `addr` and usable.
+    fn current_session(&self, addr: SocketAddr) -> Option<Arc<Session>> {
+        lock(&self.current)
+            .as_ref()
+            .filter(|s| s.addr == addr && s.is_usable())
+            .cloned()
     }
 
     /// Closes the connection.

@@ -77,6 +77,8 @@ pub struct TransportStats {
     pub received: AtomicU64,
     /// Connections established with other nodes (either direction).
     pub connections: AtomicU64,
+    /// Client connections accepted.
+    pub client_connections: AtomicU64,
 }
 
 impl TransportStats {
@@ -502,6 +504,7 @@ async fn accept_loop(t: Arc<Transport>, on_client: ClientHandler) {
             match tls::peer_identity(&conn) {
                 Some(Identity::Node(peer)) if peer != t.id => t.install(peer, conn),
                 Some(id @ Identity::Client { .. }) => {
+                    TransportStats::inc(&t.stats.client_connections);
                     debug!(node = t.id, %remote, client = %id, "client connected");
                     on_client(conn, id)
                 }
