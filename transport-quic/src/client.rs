@@ -92,8 +92,9 @@ pub struct Client {
     config: quinn::ClientConfig,
     nodes: Vec<SocketAddr>,
     current: Mutex<Option<Arc<Session>>>,
-    /// Held while a connection is being made (see `session_with`).
-    connecting: smol::lock::Mutex<()>,
+    /// One gate per node address, held while a connection to it is being made (see
+    /// `session_with`).
+    gates: Mutex<HashMap<SocketAddr, Arc<Gate>>>,
     cursor: AtomicUsize,
     session: u64,
     next_seq: AtomicU64,
@@ -154,7 +155,7 @@ impl Client {
             config,
             nodes,
             current: Mutex::new(None),
-            connecting: smol::lock::Mutex::new(()),
+            gates: Mutex::new(HashMap::new()),
             cursor: AtomicUsize::new(0),
             session: random_u64(),
             next_seq: AtomicU64::new(1),
@@ -364,11 +365,19 @@ impl Client {
     /// the same session and sequence number is applied once.
     pub async fn call(&self, request: &Request) -> Result<Response, ClientError> {
         let deadline = Instant::now() + self.timeout;
-        let mut target = lock(&self.current).as_ref().map(|s| s.addr);
+        let mut target: Option<SocketAddr> = None;
         let mut backoff = Duration::from_millis(10);
         let mut last;
         loop {
-            let addr = match target.take() {
+            // The node a redirect named; else the current session (after a failure, the
+            // one another call made meanwhile); else the next node in turn.
+            let current = || {
+                lock(&self.current)
+                    .as_ref()
+                    .filter(|s| s.is_usable())
+                    .map(|s| s.addr)
+            };
+            let addr = match target.take().or_else(current) {
                 Some(a) => a,
                 None => {
                     let i = self.cursor.fetch_add(1, Ordering::Relaxed);
@@ -431,18 +440,35 @@ impl Client {
     }
 
     /// The session with the node at `addr`: the current one, or a new connection and
-    /// request stream (which replaces the current one). Calls that find no session wait for
-    /// the one connection being made rather than each making their own: 200 calls started
-    /// at once on a new client made 200 handshakes, and on a slow machine none finished
-    /// within the connect timeout, round after round.
+    /// request stream (which replaces the current one). Calls that find no session with
+    /// `addr` wait for the one connection to it being made rather than each making their
+    /// own (200 calls started at once on a new client made 200 handshakes, and on a slow
+    /// machine none finished within the connect timeout, round after round), and if it
+    /// fails they fail with it at once, free to try another node.
     async fn session_with(&self, addr: SocketAddr) -> Result<Arc<Session>, ClientError> {
         if let Some(s) = self.current_session(addr) {
             return Ok(s);
         }
-        let _connecting = self.connecting.lock().await;
+        let gate = lock(&self.gates).entry(addr).or_default().clone();
+        let failures = gate.failures.load(Ordering::Relaxed);
+        let _held = gate.held.lock().await;
         if let Some(s) = self.current_session(addr) {
             return Ok(s);
         }
+        if gate.failures.load(Ordering::Relaxed) != failures {
+            return Err(ClientError::Timeout(format!(
+                "connect to {addr} failed (another call's attempt)"
+            )));
+        }
+        let made = self.connect(addr).await;
+        if made.is_err() {
+            gate.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        made
+    }
+
+    /// A new connection and request stream to the node at `addr`, made the current session.
+    async fn connect(&self, addr: SocketAddr) -> Result<Arc<Session>, ClientError> {
         let connecting = self
             .endpoint
             .connect_with(self.config.clone(), addr, ANY_NODE_NAME)
@@ -490,6 +516,14 @@ impl Client {
     pub fn close(&self) {
         self.endpoint.close(quinn::VarInt::from_u32(0), b"bye");
     }
+}
+
+/// Connections to one node address are made one at a time (`Client::session_with`).
+#[derive(Default)]
+struct Gate {
+    held: smol::lock::Mutex<()>,
+    /// Connections to the address that could not be made.
+    failures: AtomicU64,
 }
 
 /// A connection to one node and the stream that carries the requests: answers come back

@@ -466,3 +466,38 @@ fn startup_errors_are_clear() {
     let err = RunningNode::start(&missing).unwrap_err().to_string();
     assert!(err.contains("nope.key"), "{err}");
 }
+
+/// Calls that wait for a connection being made share its outcome: when it fails they fail
+/// with it at once (and may try another node) rather than each trying the same dead
+/// address in turn. A node that never answers counts the datagrams of the attempts.
+#[test]
+fn calls_waiting_for_a_failed_connection_fail_with_it() {
+    let setup = Setup::new("black-hole", 1);
+    let hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    hole.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let addr = hole.local_addr().unwrap();
+    let request = Request::Read {
+        op: coracle_quic::protocol::ReadOp::Get { key: b"k".to_vec() },
+        consistency: coracle_quic::protocol::Consistency::Linearizable,
+    };
+    // The datagrams `calls` concurrent attempts on one new client send to the hole.
+    let datagrams = |calls: usize| {
+        let client = coracle_quic::client::Client::new(&setup.creds("client-alice"), vec![addr])
+            .unwrap()
+            .with_connect_timeout(Duration::from_millis(300))
+            .with_attempt_timeout(Duration::from_secs(5));
+        let results = smol::block_on(join_all((0..calls).map(|_| client.attempt(addr, &request))));
+        assert!(results.iter().all(|r| r.is_err()));
+        client.close();
+        let mut buf = [0u8; 2048];
+        let mut n = 0;
+        while hole.recv(&mut buf).is_ok() {
+            n += 1;
+        }
+        n
+    };
+    let one = datagrams(1);
+    assert!(one > 0);
+    assert_eq!(datagrams(20), one, "one connection attempt for 20 calls");
+}
