@@ -371,12 +371,7 @@ impl Client {
         loop {
             // The node a redirect named; else the current session (after a failure, the
             // one another call made meanwhile); else the next node in turn.
-            let current = || {
-                lock(&self.current)
-                    .as_ref()
-                    .filter(|s| s.is_usable())
-                    .map(|s| s.addr)
-            };
+            let current = || self.usable_session().map(|s| s.addr);
             let addr = match target.take().or_else(current) {
                 Some(a) => a,
                 None => {
@@ -504,12 +499,17 @@ impl Client {
         Ok(session)
     }
 
-    /// The current session, if it is with `addr` and usable.
-    fn current_session(&self, addr: SocketAddr) -> Option<Arc<Session>> {
+    /// The current session, if it is usable.
+    fn usable_session(&self) -> Option<Arc<Session>> {
         lock(&self.current)
             .as_ref()
-            .filter(|s| s.addr == addr && s.is_usable())
+            .filter(|s| s.is_usable())
             .cloned()
+    }
+
+    /// The current session, if it is with `addr` and usable.
+    fn current_session(&self, addr: SocketAddr) -> Option<Arc<Session>> {
+        self.usable_session().filter(|s| s.addr == addr)
     }
 
     /// Closes the connection.
