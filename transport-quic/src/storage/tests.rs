@@ -48,14 +48,7 @@ fn save(log: &mut FileLog, index: Index, term: Term, data: &[u8]) -> Result<(), 
 }
 
 fn append(log: &mut FileLog, index: Index, term: Term) {
-    let d = data(index, (index % 7) as usize * 5);
-    log.append(&Entry {
-        index,
-        term,
-        kind: EntryKind::Command,
-        data: &d,
-    })
-    .unwrap();
+    append_command(log, index, term, &data(index, (index % 7) as usize * 5));
 }
 
 fn append_range(log: &mut FileLog, range: std::ops::RangeInclusive<Index>, term: Term) {
@@ -638,14 +631,19 @@ type Written = Vec<(Index, Term, Vec<u8>)>;
 fn append_next(log: &mut FileLog, written: &mut Written, term: Term, len: usize) {
     let index = written.len() as Index + 1;
     let d = data(index, len);
+    append_command(log, index, term, &d);
+    written.push((index, term, d));
+}
+
+/// Appends a command entry (the append must succeed).
+fn append_command(log: &mut FileLog, index: Index, term: Term, data: &[u8]) {
     log.append(&Entry {
         index,
         term,
         kind: EntryKind::Command,
-        data: &d,
+        data,
     })
     .unwrap();
-    written.push((index, term, d));
 }
 
 /// What `log` should hold of `written` (from its first index).
