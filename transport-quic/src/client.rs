@@ -144,7 +144,7 @@ impl Client {
             tls::client_config(creds, &QuicSettings::default()).map_err(ClientError::Tls)?;
         let socket = crate::transport::bind_udp(bind).map_err(ClientError::Io)?;
         let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            tls::endpoint_config(),
             None,
             socket,
             std::sync::Arc::new(quinn::SmolRuntime),

@@ -319,7 +319,7 @@ impl Transport {
         let server = tls::server_config(creds, quic).map_err(std::io::Error::other)?;
         let client_config = tls::client_config(creds, quic).map_err(std::io::Error::other)?;
         let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            tls::endpoint_config(),
             Some(server),
             bind_udp(listen)?,
             Arc::new(quinn::SmolRuntime),
