@@ -205,7 +205,8 @@ impl RunningNode {
             .segment_bytes(cfg.storage.segment_bytes)
             .preallocate(cfg.storage.preallocate)
             .max_log_bytes(cfg.storage.max_log_bytes)
-            .max_entry_bytes(cfg.raft.max_entry_bytes + 1024);
+            .max_entry_bytes(cfg.raft.max_entry_bytes + 1024)
+            .keep_behind_snapshot(cfg.storage.snapshot_keep_entries);
         let log = FileLog::open_with(&cfg.data_dir, options).map_err(NodeError::Storage)?;
         if let Some(cut) = &log.recovery().tail_cut {
             warn!(node = cfg.id, ?cut, "recovery cut a torn tail off the log");

@@ -226,6 +226,7 @@ pub struct Options {
     max_entry_bytes: usize,
     max_log_bytes: Option<u64>,
     preallocate: bool,
+    keep_behind_snapshot: u64,
 }
 
 impl Default for Options {
@@ -235,12 +236,14 @@ impl Default for Options {
             max_entry_bytes: 16 << 20,
             max_log_bytes: None,
             preallocate: true,
+            keep_behind_snapshot: 0,
         }
     }
 }
 
 impl Options {
-    /// The defaults: 64 MiB segments, preallocated; entries up to 16 MiB; no quota.
+    /// The defaults: 64 MiB segments, preallocated; entries up to 16 MiB; no quota; no
+    /// entry kept behind the snapshot on open.
     pub fn new() -> Self {
         Self::default()
     }
@@ -279,6 +282,15 @@ impl Options {
     /// by default.
     pub fn preallocate(mut self, on: bool) -> Self {
         self.preallocate = on;
+        self
+    }
+
+    /// Entries behind the snapshot that [`FileLog::open_with`] keeps, of those the segments
+    /// still hold: a host that compacts `n` entries behind each snapshot (so a follower a
+    /// little behind gets entries, not the whole snapshot) gives `n`, and a restart leaves
+    /// the log as compaction did. 0 by default: the log starts right after the snapshot.
+    pub fn keep_behind_snapshot(mut self, entries: u64) -> Self {
+        self.keep_behind_snapshot = entries;
         self
     }
 
@@ -454,7 +466,8 @@ impl FileLog {
 
     /// Opens (creating it if needed) the log in `dir`: takes the directory lock, removes
     /// leftover temporary files, reads the hard state, the snapshot and every segment,
-    /// cuts a torn tail, and applies the snapshot as the compaction point.
+    /// cuts a torn tail, and compacts the log through the snapshot (less
+    /// [`Options::keep_behind_snapshot`] entries).
     pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<FileLog, FileLogError> {
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir).map_err(io_err(&dir, "create data directory"))?;
@@ -512,8 +525,9 @@ impl FileLog {
         };
         if let Some((index, term)) = point {
             if log.term(index) == Some(term) {
-                if index >= log.first {
-                    log.forget_through(index, term);
+                let through = index.saturating_sub(log.options.keep_behind_snapshot);
+                if let Some(term) = log.term(through).filter(|_| through >= log.first) {
+                    log.forget_through(through, term);
                     log.delete_compacted_segments()?;
                 }
             } else if index + 1 >= log.first {

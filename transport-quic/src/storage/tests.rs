@@ -1598,6 +1598,43 @@ fn a_snapshot_received_in_chunks_is_installed_with_its_configuration() {
     assert_eq!(contents(&log), expected(41..=45, 3));
 }
 
+/// A host that compacts `keep` entries behind each snapshot finds them again after a
+/// restart, of those the segments still hold (one segment here: all of them), and the
+/// log starts right after the snapshot by default.
+#[test]
+fn a_reopened_log_keeps_the_entries_asked_for_behind_its_snapshot() {
+    let dir = TempDir::new("keep-behind");
+    {
+        let mut log = FileLog::open(dir.path()).unwrap();
+        append_range(&mut log, 1..=20, 1);
+        append_range(&mut log, 21..=30, 2);
+        log.sync().unwrap();
+        save(&mut log, 25, 2, b"state at 25").unwrap();
+        log.compact(25 - 8).unwrap();
+    }
+    let reopen = |keep| {
+        let log = FileLog::open_with(dir.path(), Options::new().keep_behind_snapshot(keep));
+        let log = log.unwrap();
+        assert_eq!(log.snapshot_point(), Some((25, 2)));
+        (
+            log.first_index(),
+            log.term(log.first_index() - 1),
+            contents(&log),
+        )
+    };
+    let mut kept = expected(18..=20, 1);
+    kept.extend(expected(21..=30, 2));
+    assert_eq!(reopen(8), (18, Some(1), kept));
+    let mut kept = expected(15..=20, 1);
+    kept.extend(expected(21..=30, 2));
+    assert_eq!(reopen(11), (15, Some(1), kept), "more than compaction kept");
+    assert_eq!(reopen(0), (26, Some(2), expected(26..=30, 2)));
+    // Opening drops entries for good only with their segment: still there for a larger keep.
+    let mut all = expected(1..=20, 1);
+    all.extend(expected(21..=30, 2));
+    assert_eq!(reopen(100), (1, Some(0), all));
+}
+
 #[test]
 fn an_installed_snapshot_the_log_holds_keeps_the_entries_after_it() {
     let dir = TempDir::new("receive-keep");
