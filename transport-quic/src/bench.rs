@@ -11,7 +11,7 @@
 use crate::demo::cluster::{poll, Cluster, Options, CLIENT};
 use crate::Error;
 use clap::{Args, ValueEnum};
-use coracle_quic::client::Client;
+use coracle_quic::client::ClientEndpoint;
 use coracle_quic::protocol::Consistency;
 use coracle_quic::tls::Credentials;
 use hdrhistogram::Histogram;
@@ -176,13 +176,19 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
         .connections
         .unwrap_or(args.clients)
         .clamp(1, args.clients);
+    // One UDP socket for all the connections, as an application serving many users has.
+    let bind: SocketAddr = match nodes.first() {
+        Some(a) if a.is_ipv6() => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        _ => ([0, 0, 0, 0], 0).into(),
+    };
+    let endpoint = ClientEndpoint::new(&creds, bind)?;
     let clients = (0..connections)
         .map(|i| {
             // Spread the first contact; every client follows redirects to the leader.
             let mut list = nodes.clone();
             list.rotate_left(i as usize % nodes.len());
             Ok(Arc::new(
-                Client::new(&creds, list)?.with_timeout(Duration::from_secs(30)),
+                endpoint.client(list)?.with_timeout(Duration::from_secs(30)),
             ))
         })
         .collect::<Result<Vec<_>, Error>>()?;
@@ -293,9 +299,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
         }
         (results, window)
     });
-    for c in &clients {
-        c.close();
-    }
+    endpoint.close();
     let mut writes = histogram()?;
     let mut reads = histogram()?;
     let mut errors = 0;

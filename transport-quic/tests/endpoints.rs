@@ -9,6 +9,7 @@ use common::{join_all, wait_for, Setup};
 use coracle::wire::Envelope;
 use coracle::{Message, RequestVote};
 use coracle_quic::certs::{Ca, Identity, ANY_NODE_NAME};
+use coracle_quic::client::{ClientEndpoint, ClientError};
 use coracle_quic::protocol::{
     append_frame, ErrorKind, Request, RequestFrame, Response, ResponseFrame, WriteOp, WriteOutcome,
 };
@@ -392,6 +393,32 @@ fn concurrent_calls_on_one_client_are_pipelined_and_get_their_own_answers() {
         }
     });
     client.close();
+    node.shutdown().unwrap();
+}
+
+/// Clients made by one `ClientEndpoint` share its socket, but each has a connection and an
+/// exactly-once session of its own: the second client's first write is applied, not taken
+/// for a retry of the first client's. Closing one client leaves the other working; closing
+/// the endpoint ends both.
+#[test]
+fn clients_on_one_endpoint_have_their_own_connections_and_sessions() {
+    let (setup, node) = single_node("shared-endpoint");
+    let bind = "127.0.0.1:0".parse().unwrap();
+    let endpoint = ClientEndpoint::new(&setup.creds("client-alice"), bind).unwrap();
+    let a = endpoint.client(vec![node.local_addr()]).unwrap();
+    let b = endpoint.client(vec![node.local_addr()]).unwrap();
+    let connections = || TransportStats::get(&node.stats().client_connections);
+    let before = connections();
+    smol::block_on(async {
+        a.put("k", "from a").await.unwrap();
+        b.put("k", "from b").await.unwrap();
+        assert_eq!(a.get("k").await.unwrap(), Some(b"from b".to_vec()));
+        assert_eq!(connections(), before + 2);
+        a.close();
+        assert_eq!(b.get("k").await.unwrap(), Some(b"from b".to_vec()));
+        endpoint.close();
+        assert!(matches!(b.get("k").await, Err(ClientError::Closed)));
+    });
     node.shutdown().unwrap();
 }
 
