@@ -177,11 +177,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
         .unwrap_or(args.clients)
         .clamp(1, args.clients);
     // One UDP socket for all the connections, as an application serving many users has.
-    let bind: SocketAddr = match nodes.first() {
-        Some(a) if a.is_ipv6() => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-        _ => ([0, 0, 0, 0], 0).into(),
-    };
-    let endpoint = ClientEndpoint::new(&creds, bind)?;
+    let endpoint = ClientEndpoint::for_nodes(&creds, &nodes)?;
     let clients = (0..connections)
         .map(|i| {
             // Spread the first contact; every client follows redirects to the leader.

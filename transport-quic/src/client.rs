@@ -128,6 +128,16 @@ impl ClientEndpoint {
         Ok(ClientEndpoint { endpoint, config })
     }
 
+    /// An endpoint on any port of the unspecified address (IPv4 or IPv6) of the first of
+    /// `nodes`'s family.
+    pub fn for_nodes(creds: &Credentials, nodes: &[SocketAddr]) -> Result<Self, ClientError> {
+        let bind: SocketAddr = match nodes.first().ok_or(ClientError::NoNodes)? {
+            SocketAddr::V4(_) => ([0, 0, 0, 0], 0).into(),
+            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        ClientEndpoint::new(creds, bind)
+    }
+
     /// A client on this endpoint that knows the nodes at `nodes` (see [`Client::new`]).
     /// Its [`close`](Client::close) closes its own connection only (a later call connects
     /// again).
@@ -190,13 +200,7 @@ impl Client {
     /// A client that presents `creds` and knows the nodes at `nodes` (one is enough: it
     /// follows redirects to the leader). A random session id is chosen.
     pub fn new(creds: &Credentials, nodes: Vec<SocketAddr>) -> Result<Client, ClientError> {
-        let first = nodes.first().ok_or(ClientError::NoNodes)?;
-        let bind: SocketAddr = if first.is_ipv4() {
-            ([0, 0, 0, 0], 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        Client::on(ClientEndpoint::new(creds, bind)?, true, nodes)
+        Client::on(ClientEndpoint::for_nodes(creds, &nodes)?, true, nodes)
     }
 
     fn on(
