@@ -189,10 +189,6 @@ pub fn endpoint_config() -> quinn::EndpointConfig {
 }
 
 fn transport(settings: &QuicSettings) -> Result<Arc<quinn::TransportConfig>, TlsError> {
-    transport_config(settings).map(Arc::new)
-}
-
-fn transport_config(settings: &QuicSettings) -> Result<quinn::TransportConfig, TlsError> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(settings.keep_alive));
     t.max_idle_timeout(Some(
@@ -208,7 +204,7 @@ fn transport_config(settings: &QuicSettings) -> Result<quinn::TransportConfig, T
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(MAX_UDP_PAYLOAD);
     t.mtu_discovery_config(Some(mtu));
-    Ok(t)
+    Ok(Arc::new(t))
 }
 
 /// The server side of a node: requires a client certificate signed by the cluster CA.
@@ -269,118 +265,12 @@ pub fn any_node() -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::certs::{node_server_name, Ca};
-    use std::time::Instant;
-
-    fn node_creds(ca: &Ca, id: u64) -> Credentials {
-        let issued = ca.issue(&Identity::Node(id), 1).unwrap();
-        Credentials::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap()
-    }
-
-    fn endpoint(server: Option<quinn::ServerConfig>) -> quinn::Endpoint {
-        let socket = crate::transport::bind_udp(([127, 0, 0, 1], 0).into()).unwrap();
-        quinn::Endpoint::new(
-            endpoint_config(),
-            server,
-            socket,
-            Arc::new(quinn::SmolRuntime),
-        )
-        .unwrap()
-    }
-
-    /// Sends data over a stream from a client to a server on loopback, both with the
-    /// settings of nodes: 8 KiB at a time with pauses until `enough` says so (at most 10 s;
-    /// quinn probes the path only when a connection has nothing else to send), then 16 MiB
-    /// at once; returns the client's connection statistics once all of it arrived (a
-    /// stall of 30 s fails).
-    fn transfer(enough: impl Fn(&quinn::ConnectionStats) -> bool) -> quinn::ConnectionStats {
-        let ca = Ca::generate("mtu-test", 1).unwrap();
-        let settings = QuicSettings::default();
-        let server = server_config(&node_creds(&ca, 1), &settings).unwrap();
-        let client = client_config(&node_creds(&ca, 2), &settings).unwrap();
-        let server = endpoint(Some(server));
-        let addr = server.local_addr().unwrap();
-        let run = async {
-            let receiver = smol::spawn(async move {
-                let conn = server.accept().await.unwrap().await.unwrap();
-                let (_, mut recv) = conn.accept_bi().await.unwrap();
-                let mut total = 0;
-                while let Some(chunk) = recv.read_chunk(usize::MAX, true).await.unwrap() {
-                    total += chunk.bytes.len();
-                }
-                total
-            });
-            let conn = endpoint(None)
-                .connect_with(client, addr, &node_server_name(1))
-                .unwrap()
-                .await
-                .unwrap();
-            let (mut send, _) = conn.open_bi().await.unwrap();
-            let block = vec![7u8; 1 << 20];
-            let (mut sent, start) = (0, Instant::now());
-            while !enough(&conn.stats()) {
-                assert!(
-                    start.elapsed() < Duration::from_secs(10),
-                    "{:?}",
-                    conn.stats()
-                );
-                send.write_all(&block[..8 << 10]).await.unwrap();
-                sent += 8 << 10;
-                smol::Timer::after(Duration::from_millis(1)).await;
-            }
-            for _ in 0..16 {
-                send.write_all(&block).await.unwrap();
-                sent += block.len();
-            }
-            send.finish().unwrap();
-            assert_eq!(receiver.await, sent);
-            Some(conn.stats())
-        };
-        let timeout = async {
-            smol::Timer::after(Duration::from_secs(30)).await;
-            None
-        };
-        smol::block_on(smol::future::or(run, timeout)).expect("the transfer stalled")
-    }
-
-    /// On loopback, MTU discovery finds datagrams larger than Ethernet's, up to the cap.
-    #[test]
-    fn mtu_discovery_finds_more_than_ethernet_on_loopback() {
-        let stats = transfer(|s| s.path.current_mtu > 1452);
-        assert!(stats.path.current_mtu <= MAX_UDP_PAYLOAD, "{stats:?}");
-    }
-
-    /// On a path of 1500 bytes (loopback with that MTU, in a network namespace of the
-    /// test's own), the probes above it are lost and discovery settles on what the path
-    /// carries. Skipped (with a message) where unprivileged namespaces are not allowed.
-    #[test]
-    fn on_an_ethernet_sized_path_discovery_settles_on_what_it_carries() {
-        const INSIDE: &str = "CORACLE_TEST_IN_NETNS";
-        if std::env::var_os(INSIDE).is_none() {
-            let exe = std::env::current_exe().unwrap();
-            let test = "tls::tests::on_an_ethernet_sized_path_discovery_settles_on_what_it_carries";
-            let script = format!("ip link set lo mtu 1500 up && exec \"$0\" --exact {test}");
-            let status = std::process::Command::new("unshare")
-                .args(["--user", "--map-root-user", "--net", "sh", "-c", &script])
-                .arg(exe)
-                .env(INSIDE, "1")
-                .status();
-            match status {
-                Ok(s) if s.code() == Some(0) => {}
-                Ok(s) if s.code() == Some(101) => panic!("the test failed in the namespace"),
-                other => eprintln!("skipped: no network namespace ({other:?})"),
-            }
-            return;
-        }
-        let stats = transfer(|s| s.path.current_mtu > 1200);
-        assert!(stats.path.current_mtu <= 1472, "{stats:?}");
-        assert!(stats.path.lost_plpmtud_probes > 0, "{stats:?}");
-    }
 
     /// quinn's largest send at the cap, [`QUINN_SEGMENTS_PER_SEND`] datagrams of
     /// [`MAX_UDP_PAYLOAD`] bytes in one `sendmsg`, is taken by the kernel; one more
     /// datagram's worth is refused, which is what the cap guards against. (Where the
-    /// kernel has no segmentation offload, quinn sends one datagram at a time.)
+    /// kernel has no segmentation offload, quinn sends one datagram at a time.) MTU
+    /// discovery itself is tested in `tests/mtu.rs`.
     #[test]
     fn quinns_largest_send_at_the_cap_is_taken_by_the_kernel() {
         let socket = crate::transport::bind_udp(([127, 0, 0, 1], 0).into()).unwrap();
