@@ -30,8 +30,13 @@ const RECORD: usize = 9;
 pub enum MembershipChange<'a> {
     /// Add a learner: it receives the log, never votes and never counts in a quorum.
     AddLearner(NodeId),
-    /// Add a voter (single-server change), or promote a learner that has caught up.
+    /// Add a node that is not a member yet as a voter at once (single-server change). It
+    /// counts in the quorum before it holds the log, so availability may suffer until it
+    /// catches up: prefer [`MembershipChange::AddLearner`], then
+    /// [`MembershipChange::Promote`] (thesis 4.2.1).
     AddVoter(NodeId),
+    /// Promote a learner that holds every committed entry to voter (single-server change).
+    Promote(NodeId),
     /// Turn a voter into a learner (single-server change).
     Demote(NodeId),
     /// Remove a voter or learner (single-server change). Removing the leader makes it step
@@ -64,7 +69,8 @@ pub enum MembershipError {
     TermNotCommitted,
     /// The change would leave no voter.
     LastVoter,
-    /// The node is not a member (or not the kind of member the change needs).
+    /// The node is not a member, or not the kind of member the change needs (only a
+    /// learner is promoted, only a voter demoted).
     UnknownNode,
     /// The node is already a member of that kind.
     AlreadyMember,
@@ -91,7 +97,9 @@ impl fmt::Display for MembershipError {
                 f.write_str("the leader has not committed an entry of its term yet")
             }
             MembershipError::LastVoter => f.write_str("the change would leave no voter"),
-            MembershipError::UnknownNode => f.write_str("no such member"),
+            MembershipError::UnknownNode => {
+                f.write_str("no such member, or not the kind of member the change needs")
+            }
             MembershipError::AlreadyMember => f.write_str("already a member of that kind"),
             MembershipError::TooManyMembers => f.write_str("more members than the peer capacity"),
             MembershipError::LearnerBehind => f.write_str("the learner has not caught up"),
@@ -245,8 +253,21 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                 })
                 .map_err(|_| MembershipError::TooManyMembers)?;
             }
-            MembershipChange::AddVoter(id) => match find(&list, id) {
+            MembershipChange::AddVoter(id) => {
+                if find(&list, id).is_some() {
+                    return Err(MembershipError::AlreadyMember);
+                }
+                list.push(Member {
+                    id,
+                    voter: true,
+                    voter_outgoing: false,
+                    learner: false,
+                })
+                .map_err(|_| MembershipError::TooManyMembers)?;
+            }
+            MembershipChange::Promote(id) => match find(&list, id) {
                 Some(i) if list[i].voter => return Err(MembershipError::AlreadyMember),
+                Some(i) if !list[i].learner => return Err(MembershipError::UnknownNode),
                 Some(i) => {
                     let caught_up = id == self.cfg.id
                         || self.peer_index(id).is_some_and(|p| {
@@ -258,14 +279,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                     list[i].voter = true;
                     list[i].learner = false;
                 }
-                None => list
-                    .push(Member {
-                        id,
-                        voter: true,
-                        voter_outgoing: false,
-                        learner: false,
-                    })
-                    .map_err(|_| MembershipError::TooManyMembers)?,
+                None => return Err(MembershipError::UnknownNode),
             },
             MembershipChange::Demote(id) => match find(&list, id) {
                 Some(i) if list[i].voter => {
@@ -275,6 +289,9 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                 _ => return Err(MembershipError::UnknownNode),
             },
             MembershipChange::Remove(id) => match find(&list, id) {
+                Some(i) if list[i].voter && list.iter().filter(|m| m.voter).count() == 1 => {
+                    return Err(MembershipError::LastVoter)
+                }
                 Some(i) => {
                     list.remove(i);
                 }

@@ -366,8 +366,7 @@ fn voter_4_added_while_3_is_cut_off() -> Cluster {
         .expect("add learner");
     put_and_commit(&mut c, 1, 0, 2);
     c.run_for_ticks(20);
-    c.change_membership(1, Change::AddVoter(4))
-        .expect("promote");
+    c.change_membership(1, Change::Promote(4)).expect("promote");
     put_and_commit(&mut c, 1, 0, 3);
     c
 }

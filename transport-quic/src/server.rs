@@ -1090,6 +1090,7 @@ impl Host {
             reply.send(self.redirect(node.leader()));
             return;
         }
+        let mut new_address = None;
         let change = match op {
             AdminOp::AddLearner { id, addr } => {
                 let Ok(sock) = addr.parse::<SocketAddr>() else {
@@ -1099,13 +1100,10 @@ impl Host {
                     ));
                     return;
                 };
-                self.transport.set_address(id, sock);
-                self.addrs.insert(id, addr.clone());
-                let command = Command::SetAddress { id, addr };
-                self.propose(node, &command, PendingWrite::Admin(Reply::nobody()));
+                new_address = Some((id, sock, addr));
                 MembershipChange::AddLearner(id)
             }
-            AdminOp::Promote { id } => MembershipChange::AddVoter(id),
+            AdminOp::Promote { id } => MembershipChange::Promote(id),
             AdminOp::Remove { id } => MembershipChange::Remove(id),
             AdminOp::Transfer { id } => {
                 reply.send(match node.transfer_leadership(id) {
@@ -1120,6 +1118,13 @@ impl Host {
             Ok(p) => {
                 self.writes
                     .insert(p.index, (p.term, PendingWrite::Admin(reply)));
+                // Only once the core took the change: a refused one leaves no address behind.
+                if let Some((id, sock, addr)) = new_address {
+                    self.transport.set_address(id, sock);
+                    self.addrs.insert(id, addr.clone());
+                    let command = Command::SetAddress { id, addr };
+                    self.propose(node, &command, PendingWrite::Admin(Reply::nobody()));
+                }
             }
             Err(coracle::MembershipError::NotLeader { leader }) => {
                 reply.send(self.redirect(leader));

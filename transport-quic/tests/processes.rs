@@ -142,6 +142,40 @@ fn the_command_line_issues_certificates_serves_kv_and_shuts_down_cleanly() {
         &dir,
     ));
     assert!(status.contains("Leader"), "{status}");
+    // Membership changes are checked against the configuration (issue 15, item 5: `promote
+    // 9` once said "done" and added a voter that does not exist).
+    let admin = |args: &[&str]| {
+        let mut all = vec![
+            "admin",
+            "--nodes",
+            &addr,
+            "--name",
+            "root",
+            "--timeout-ms",
+            "3000",
+        ];
+        all.extend_from_slice(args);
+        coracle(&all, &dir)
+    };
+    for (args, expected) in [
+        (&["promote", "9"][..], "no such member"),
+        (&["promote", "1"][..], "already a member"),
+        (&["remove", "9"][..], "no such member"),
+        (&["remove", "1"][..], "no voter"),
+        (&["add-learner", "1", "127.0.0.1:9"][..], "already a member"),
+        (&["transfer", "9"][..], "not another voting member"),
+        (&["transfer", "1"][..], "not another voting member"),
+    ] {
+        let refused = admin(args);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    let status = ok(admin(&["status"]));
+    assert!(
+        status.trim_end().ends_with("  1"),
+        "only node 1 is a member: {status}"
+    );
     // A plain client may not run admin operations.
     let denied = coracle(
         &["admin", "--nodes", &addr, "--name", "bob", "transfer", "2"],

@@ -59,12 +59,12 @@ fn a_learner_is_promoted_once_caught_up() {
     change(&mut c, 1, Change::AddLearner(4)).unwrap();
     c.run(3);
     assert_eq!(
-        change(&mut c, 1, Change::AddVoter(4)),
+        change(&mut c, 1, Change::Promote(4)),
         Err(Error::LearnerBehind)
     );
     c.heal();
     c.run(8);
-    change(&mut c, 1, Change::AddVoter(4)).unwrap();
+    change(&mut c, 1, Change::Promote(4)).unwrap();
     c.run(3);
     for id in [1, 2, 3, 4] {
         assert_eq!(voters(&c, id), vec![1, 2, 3, 4], "node {id}");
@@ -110,7 +110,36 @@ fn invalid_requests_return_clear_errors() {
         change(&mut c, 1, Change::Remove(9)),
         Err(Error::UnknownNode)
     );
+    // Promoting an id that is no member once added a voter that does not exist (issue 15,
+    // item 5: `coracle admin promote 9` said "done" and the cluster then needed node 9).
+    assert_eq!(
+        change(&mut c, 1, Change::Promote(9)),
+        Err(Error::UnknownNode)
+    );
+    assert_eq!(
+        change(&mut c, 1, Change::Promote(2)),
+        Err(Error::AlreadyMember)
+    );
+    assert_eq!(
+        change(&mut c, 1, Change::AddVoter(2)),
+        Err(Error::AlreadyMember)
+    );
+    assert_eq!(
+        change(&mut c, 1, Change::AddVoter(4)),
+        Err(Error::AlreadyMember),
+        "node 4 is a learner: promote it"
+    );
+    assert_eq!(
+        change(&mut c, 1, Change::Demote(4)),
+        Err(Error::UnknownNode)
+    );
     assert_eq!(change(&mut c, 1, Change::LeaveJoint), Err(Error::NotJoint));
+    let voters_before: Vec<_> = c.node(1).members().filter(|m| m.voter).collect();
+    assert_eq!(
+        voters_before.len(),
+        3,
+        "nothing refused changed the configuration"
+    );
     assert_eq!(
         change(
             &mut c,
@@ -303,7 +332,7 @@ fn adding_a_node_while_a_follower_is_partitioned() {
     c.cut.insert((4, 3));
     change(&mut c, 1, Change::AddLearner(4)).unwrap();
     c.run(3);
-    change(&mut c, 1, Change::AddVoter(4)).unwrap();
+    change(&mut c, 1, Change::Promote(4)).unwrap();
     c.run(3);
     // Four voters, one cut off: 1, 2 and 4 are a quorum and keep committing.
     assert_eq!(voters(&c, 1), vec![1, 2, 3, 4]);

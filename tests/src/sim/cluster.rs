@@ -134,6 +134,8 @@ pub enum Change {
     AddLearner(NodeId),
     /// `MembershipChange::AddVoter`.
     AddVoter(NodeId),
+    /// `MembershipChange::Promote`.
+    Promote(NodeId),
     /// `MembershipChange::Demote`.
     Demote(NodeId),
     /// `MembershipChange::Remove`.
@@ -154,6 +156,7 @@ impl Change {
         match self {
             Change::AddLearner(id) => MembershipChange::AddLearner(*id),
             Change::AddVoter(id) => MembershipChange::AddVoter(*id),
+            Change::Promote(id) => MembershipChange::Promote(*id),
             Change::Demote(id) => MembershipChange::Demote(*id),
             Change::Remove(id) => MembershipChange::Remove(*id),
             Change::Joint { voters, learners } => MembershipChange::Joint { voters, learners },
@@ -2120,7 +2123,7 @@ impl Cluster {
         if !learners.is_empty() {
             let l = pick(&mut self.rng_op, learners);
             if voters.len() < 6 {
-                options.push(Change::AddVoter(l));
+                options.push(Change::Promote(l));
             }
             options.push(Change::Remove(l));
         }
