@@ -915,20 +915,31 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         }
     }
 
+    /// Answers a request of an older term with a refusal carrying our term, so its sender
+    /// learns that term (Figure 2: "If RPC request or response contains term T >
+    /// currentTerm: set currentTerm = T"). Every request kind is answered: a leader whose
+    /// InstallSnapshot went unanswered kept sending it to a voter of a higher term forever.
+    /// TimeoutNow has no answer of its own; an AppendEntries refusal carries the term.
+    /// Answers of an older term need no answer.
     fn answer_stale(&mut self, peer: NodeId, message: &Message<'_>) {
         let term = self.current_term;
+        let refuse_append = |index, round| AppendEntriesResponse {
+            term,
+            success: false,
+            index,
+            hint_term: 0,
+            hint_index: self.log.last_index(),
+            round,
+        };
         match message {
-            Message::AppendEntries(m) => self.answer_append(
-                peer,
-                AppendEntriesResponse {
-                    term,
-                    success: false,
-                    index: m.prev_log_index,
-                    hint_term: 0,
-                    hint_index: self.log.last_index(),
-                    round: m.round,
-                },
-            ),
+            Message::AppendEntries(m) => {
+                let a = refuse_append(m.prev_log_index, m.round);
+                self.answer_append(peer, a)
+            }
+            Message::TimeoutNow(_) => {
+                let a = refuse_append(0, 0);
+                self.answer_append(peer, a)
+            }
             Message::RequestVote(m) => self.answer_vote(
                 peer,
                 RequestVoteResponse {
@@ -937,7 +948,20 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                     pre_vote: m.pre_vote,
                 },
             ),
-            _ => {}
+            Message::InstallSnapshot(m) => self.answer_snapshot(
+                peer,
+                InstallSnapshotResponse {
+                    term,
+                    last_included_index: m.last_included_index,
+                    next_offset: 0,
+                    done: false,
+                },
+            ),
+            Message::ReadIndex(m) => self.refuse_read_index(peer, m.id),
+            Message::RequestVoteResponse(_)
+            | Message::AppendEntriesResponse(_)
+            | Message::InstallSnapshotResponse(_)
+            | Message::ReadIndexResponse(_) => {}
         }
     }
 

@@ -221,17 +221,21 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         let from = self.peers[peer].id;
         if self.role == Role::Leader && !self.reads.is_full() {
             self.register_read(m.id, Some(from), ReadMode::ReadIndex);
-        } else if !self.reads.is_full() {
-            let _ = self.reads.push(PendingRead {
-                id: m.id,
-                from: Some(from),
-                index: 0,
-                state: ReadState::Answer {
-                    to: from,
-                    success: false,
-                },
-            });
         } else {
+            self.refuse_read_index(from, m.id);
+        }
+    }
+
+    /// Answers the read `id` that node `to` asked for with a failure (this node cannot
+    /// serve it); the answer carries the current term.
+    pub(crate) fn refuse_read_index(&mut self, to: NodeId, id: u64) {
+        let refusal = PendingRead {
+            id,
+            from: Some(to),
+            index: 0,
+            state: ReadState::Answer { to, success: false },
+        };
+        if self.reads.push(refusal).is_err() {
             self.counters.stale += 1;
         }
     }

@@ -102,6 +102,52 @@ fn request_vote_with_a_stale_term_is_refused_with_the_current_term() {
     assert_eq!(c.node(1).counters().stale, 1);
 }
 
+/// Figure 2: "If RPC request or response contains term T > currentTerm: set currentTerm =
+/// T". The sender of a request in an older term learns ours only if it is answered: a
+/// leader whose InstallSnapshot (or TimeoutNow) was dropped without a word kept sending it
+/// to a voter of a higher term forever, while leader stickiness made it ignore that voter's
+/// vote requests (issue 15, item 11: seed 301182). Every request of a stale term is
+/// answered with the current term; answers of a stale term need none.
+#[test]
+fn every_request_with_a_stale_term_is_answered_with_the_current_term() {
+    let snapshot = Message::InstallSnapshot(coracle::InstallSnapshot {
+        term: 6,
+        last_included_index: 5,
+        last_included_term: 6,
+        size: 3,
+        offset: 0,
+        config: &[],
+        data: b"abc",
+    });
+    let timeout_now = Message::TimeoutNow(coracle::TimeoutNow { term: 6 });
+    let read_index = Message::ReadIndex(coracle::ReadIndex { term: 6, id: 77 });
+    for (name, message) in [
+        ("AppendEntries", heartbeat(6)),
+        ("RequestVote", vote(6, false)),
+        ("InstallSnapshot", snapshot),
+        ("TimeoutNow", timeout_now),
+        ("ReadIndex", read_index),
+    ] {
+        let mut c = Cluster::with(&[1, 2, 3], default_config, |_| log_with_terms(&[], 7));
+        let replies = step_and_collect(c.node_mut(1), 2, message);
+        let terms: Vec<u64> = replies
+            .iter()
+            .filter(|(to, _)| *to == 2)
+            .map(|(_, m)| m.as_message().term())
+            .collect();
+        assert_eq!(terms, vec![7], "{name}: one answer carrying term 7");
+        assert_eq!(c.node(1).term(), 7, "{name}: our term is unchanged");
+
+        // The stale sender, whatever its role, adopts the term it hears.
+        let mut sender = Cluster::with(&[1, 2, 3], default_config, |_| log_with_terms(&[], 5));
+        sender.elect(2);
+        let answer = replies[0].1.as_message();
+        sender.node_mut(2).step(1, answer);
+        assert_eq!(sender.node(2).term(), 7, "{name}: the sender learns term 7");
+        assert_eq!(sender.node(2).role(), Role::Follower, "{name}");
+    }
+}
+
 #[test]
 fn any_message_with_a_higher_term_makes_a_leader_step_down() {
     let mut c = Cluster::new(&[1, 2, 3]);
