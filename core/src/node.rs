@@ -257,6 +257,10 @@ pub struct Counters {
     pub check_quorum_step_downs: u64,
     /// Leadership transfers that timed out.
     pub transfers_aborted: u64,
+    /// Times a follower rejected an entry at or below its `matchIndex` (it lost entries it
+    /// had acknowledged, or a late rejection overtook newer answers): the leader lowered
+    /// `matchIndex` and probed it again.
+    pub match_resets: u64,
 }
 
 /// Something to send, decided before borrowing the log to build it.

@@ -206,6 +206,27 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             return;
         }
         let next = next_after_rejection.unwrap_or(m.index);
+        if m.index <= r.match_index && r.state != ProgressState::Snapshot {
+            // The peer rejects an entry at or below its `matchIndex`: it no longer holds
+            // what it acknowledged (a disk that lost its tail) or, rarely, this is a
+            // rejection of an older probe that a reordering network delivered late. Either
+            // way only a lower `matchIndex` is true for sure: what its answer says it
+            // holds when its log is just shorter (the prefix it acknowledged before), and
+            // nothing when it holds another term there. Probe again from there; a stale
+            // rejection costs one more round trip, a kept `matchIndex` would leave the peer
+            // stuck for good (heartbeats carry `prevLogIndex = matchIndex`).
+            r.match_index = if m.hint_term == 0 {
+                r.match_index.min(m.hint_index)
+            } else {
+                0
+            };
+            r.become_probe(next.min(m.index));
+            self.counters.match_resets += 1;
+            if round_advanced {
+                self.confirm_reads();
+            }
+            return;
+        }
         match r.state {
             // Rejections of messages sent before the peer matched are stale.
             ProgressState::Replicate if m.index > r.match_index => {

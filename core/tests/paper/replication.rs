@@ -1,7 +1,7 @@
 //! AppendEntries (§5.3), receiver implementation of Figure 2, and the leader's side.
 
 use crate::support::*;
-use coracle::{AppendEntriesResponse, Message, OwnedMessage, ProgressState};
+use coracle::{AppendEntriesResponse, Message, OwnedMessage, ProgressState, Role};
 
 fn response(replies: &[(u64, OwnedMessage)]) -> AppendEntriesResponse {
     match replies.last().map(|(_, m)| m.as_message()) {
@@ -178,4 +178,42 @@ fn rejection_moves_next_index_back_a_whole_term_at_a_time() {
     assert_eq!(c.terms(2), vec![1, 1, 3, 3, 4]);
     // Two round trips at most: the probe at the end, then the jump over term 2.
     assert!(c.node(1).counters().retransmits <= 1);
+}
+
+/// A follower whose disk lost entries it had acknowledged (a truncated segment, a torn
+/// write) restarts with a shorter log. The leader must notice from the follower's answers
+/// that the log is shorter than the follower's `matchIndex` and probe again from what the
+/// follower really holds; keeping the old `matchIndex` left it stuck for good (issue 15,
+/// item 1: heartbeats carry `prevLogIndex = matchIndex`, which the follower rejects, and the
+/// rejection looked stale).
+#[test]
+fn a_follower_that_lost_acknowledged_entries_is_caught_up() {
+    for keep in [0, 4] {
+        let mut c = Cluster::new(&[1, 2, 3]);
+        c.elect(1);
+        for i in 0..10u8 {
+            c.propose(1, &[i]);
+        }
+        c.stabilize();
+        let last = c.node(1).last_index();
+        assert_eq!(c.node(3).last_index(), last);
+        assert_eq!(c.node(1).progress(3).unwrap().match_index, last);
+
+        c.crash(3);
+        c.lose_durable_tail(3, keep);
+        c.restart(3);
+        assert_eq!(c.node(3).last_index(), keep);
+        // Heartbeats alone (no new proposal) must bring it back.
+        c.run(40);
+        assert_eq!(c.node(1).role(), Role::Leader, "leadership never moved");
+        assert_eq!(
+            c.node(3).last_index(),
+            last,
+            "keep {keep}: follower caught up (progress {:?})",
+            c.node(1).progress(3)
+        );
+        assert_eq!(c.node(3).commit_index(), c.node(1).commit_index());
+        assert_eq!(c.node(1).progress(3).unwrap().match_index, last);
+        assert!(c.node(1).counters().match_resets > 0);
+    }
 }

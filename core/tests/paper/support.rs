@@ -291,6 +291,15 @@ impl Cluster {
             .insert(id, Node::new(config, log, &self.members.clone()).unwrap());
     }
 
+    /// The disk of `id` loses every entry after `keep_through` (a torn or truncated log, or
+    /// a disk that lied about a flush): what a restart will find.
+    pub fn lose_durable_tail(&mut self, id: NodeId, keep_through: Index) {
+        let log = self.durable.get_mut(&id).expect("a known node");
+        if keep_through < log.last_index() {
+            log.truncate_suffix(keep_through + 1).unwrap();
+        }
+    }
+
     pub fn leaders(&self) -> Vec<NodeId> {
         self.nodes
             .values()

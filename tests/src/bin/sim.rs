@@ -24,7 +24,9 @@ options:
   --nodes K          cluster size, 1 to 9 (default 5)
   --faults LIST      fault classes: all, none, or a comma list of drop, dup, reorder,
                      delay, partition, asym, partial, crash, torn, pause, skew,
-                     membership, transfer, snapshot; `-name` removes one (default all)
+                     membership, transfer, snapshot; `-name` removes one (default all);
+                     lose-tail (not in all: a restart loses entries it acknowledged,
+                     which every other node holds)
   --clients C        simulated clients (default 3)
   --keys K           keys of the workload (default 3)
   --bug NAME         break the host on purpose: vote-amnesia, lose-durable,

@@ -1824,7 +1824,41 @@ impl Cluster {
         Some(incarnation)
     }
 
+    /// How many entries at the end of crashed node `i`'s log every other node's disk holds
+    /// too (same index and chain): what a `lose-tail` fault may take from it without losing
+    /// anything the cluster relies on. None unless the others are a majority by themselves.
+    fn losable_tail(&self, i: usize) -> u64 {
+        let Some(image) = self.hosts[i].image.as_ref() else {
+            return 0;
+        };
+        let others: Vec<&dyn LogView> = durable_images(&self.hosts, None)
+            .into_iter()
+            .filter(|&(id, _)| id != self.hosts[i].id)
+            .map(|(_, view)| view)
+            .collect();
+        if others.len() * 2 <= self.hosts.len() {
+            return 0;
+        }
+        // Entries the snapshot covers are not lost with the log's tail.
+        let snapshot = image.snapshot().map_or(0, |(meta, _)| meta.index);
+        let floor = image.first_index().max(snapshot + 1).max(1);
+        let mut index = image.last_index();
+        while index >= floor {
+            let id = image.id(index);
+            if id.is_none() || !others.iter().all(|o| o.entry_id(index) == id) {
+                break;
+            }
+            index -= 1;
+        }
+        image.last_index() - index
+    }
+
     fn restart_node(&mut self, i: usize) {
+        let losable = if self.options.faults.lose_tail && self.rng_fault.chance(0.5) {
+            self.losable_tail(i).min(self.rng_fault.range(1, 40))
+        } else {
+            0
+        };
         let Some(image) = self.hosts[i].image.as_mut() else {
             return;
         };
@@ -1833,8 +1867,22 @@ impl Cluster {
             Some(Bug::LoseDurable) => image.forget_entries(self.rng_fault.range(1, 3) as usize),
             Some(Bug::StaleReads) | Some(Bug::UnconfirmedReads) | None => {}
         }
+        let before = image.last_index();
+        image.forget_entries(losable as usize);
+        let lost = before - image.last_index();
         let mut keep_state_machine = self.rng_fault.chance(0.5);
         let last = image.last_index();
+        if lost > 0 {
+            self.stats.tails_lost += 1;
+            self.stats.entries_lost += lost;
+            note!(
+                self,
+                "n{} disk lost its tail: {lost} entries through {before}",
+                i + 1
+            );
+            // A state machine kept on disk beside the log is no longer backed by it.
+            keep_state_machine &= self.hosts[i].kv.applied() <= last;
+        }
         let h = &mut self.hosts[i];
         if std::mem::take(&mut h.volatile_restore) && h.kv.applied() > last {
             // Known core issue (tests/tests/core_bugs.rs): RestoreSnapshot comes before the

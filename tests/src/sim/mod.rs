@@ -79,6 +79,12 @@ pub struct Faults {
     /// Hosts snapshot their state machine and compact their logs, so lagging and restarted
     /// nodes need InstallSnapshot.
     pub snapshot: bool,
+    /// A restart may find the log shorter than what the node reported durable (a disk
+    /// that lied about a flush, a segment cut by hand): the leader must notice and catch
+    /// it up. Outside Raft's fault model, so not part of `all`; only entries every other
+    /// node's disk also holds are lost (when the others are a majority), so safety must
+    /// still hold and every oracle still runs.
+    pub lose_tail: bool,
 }
 
 impl Faults {
@@ -98,6 +104,7 @@ impl Faults {
         membership: true,
         transfer: true,
         snapshot: true,
+        lose_tail: false,
     };
 
     /// No fault at all: a perfect network with fixed latency.
@@ -116,9 +123,10 @@ impl Faults {
         membership: false,
         transfer: false,
         snapshot: false,
+        lose_tail: false,
     };
 
-    const NAMES: [&'static str; 14] = [
+    const NAMES: [&'static str; 15] = [
         "drop",
         "dup",
         "reorder",
@@ -133,9 +141,10 @@ impl Faults {
         "membership",
         "transfer",
         "snapshot",
+        "lose-tail",
     ];
 
-    fn flags(&self) -> [bool; 14] {
+    fn flags(&self) -> [bool; 15] {
         [
             self.drop,
             self.duplicate,
@@ -151,6 +160,7 @@ impl Faults {
             self.membership,
             self.transfer,
             self.snapshot,
+            self.lose_tail,
         ]
     }
 
@@ -169,14 +179,15 @@ impl Faults {
             10 => &mut self.skew,
             11 => &mut self.membership,
             12 => &mut self.transfer,
-            _ => &mut self.snapshot,
+            13 => &mut self.snapshot,
+            _ => &mut self.lose_tail,
         }
     }
 
     /// Parses a comma-separated list of fault classes: `all`, `none`, or any of `drop`,
     /// `dup`, `reorder`, `delay`, `partition`, `asym`, `partial`, `crash`, `torn`, `pause`,
-    /// `skew`, `membership`, `transfer`, `snapshot`; a class prefixed with `-` is removed
-    /// (`all,-pause`).
+    /// `skew`, `membership`, `transfer`, `snapshot`, `lose-tail` (not part of `all`); a
+    /// class prefixed with `-` is removed (`all,-pause`).
     pub fn parse(s: &str) -> Result<Faults, String> {
         let mut faults = Faults::NONE;
         for word in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
@@ -223,6 +234,14 @@ impl fmt::Display for Faults {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if *self == Faults::ALL {
             return f.write_str("all");
+        }
+        if *self
+            == (Faults {
+                lose_tail: true,
+                ..Faults::ALL
+            })
+        {
+            return f.write_str("all,lose-tail");
         }
         let on: Vec<&str> = self
             .flags()
@@ -381,6 +400,11 @@ pub struct Stats {
     pub transfers: u64,
     /// Restores of a state machine from an installed snapshot not yet durable.
     pub restores_not_durable: u64,
+    /// Restarts that found the log shorter than what the node had reported durable
+    /// (`lose-tail`), and the entries they lost.
+    pub tails_lost: u64,
+    /// Entries lost that way.
+    pub entries_lost: u64,
 }
 
 /// The outcome of one seed.
