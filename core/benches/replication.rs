@@ -12,8 +12,8 @@
 //! Run with `cargo bench -p coracle`.
 
 use coracle::{
-    AppendEntries, ArrayLog, Config, Entries, Entry, EntryKind, LogStorage, Message, Node, Output,
-    ReadMode, Role, SnapshotMeta, VecLog,
+    AppendEntries, ArrayLog, Config, Entries, Entry, EntryKind, InstallSnapshot, MemStore, Message,
+    Node, Output, ReadMode, Role, SnapshotMeta, VecLog,
 };
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -88,6 +88,7 @@ impl Cluster {
         let nodes = members.map(|id| {
             let mut config = Config::new(id, id);
             config.max_entries_per_message = BATCH;
+            config.keep_entries_behind_snapshot = MARGIN;
             Node::new(config, Log::new(), &members).expect("valid configuration")
         });
         let mut cluster = Box::new(Cluster {
@@ -112,7 +113,10 @@ impl Cluster {
             while let Some(output) = node.poll_output() {
                 busy = true;
                 match output {
-                    Output::Sync(token) => node.synced(token),
+                    Output::Persist(batch) => {
+                        let token = batch.token;
+                        node.persisted(token)
+                    }
                     Output::Send { to, message } => {
                         let k = (to - 1) as usize;
                         let receiver = if k < i {
@@ -163,11 +167,11 @@ impl Cluster {
         while self.nodes[0].applied_index() < last {
             self.pump();
         }
-        // Snapshot and compact now and then, as a host would.
+        // Snapshot (the state machine is nothing here) and compact now and then, as a host
+        // would; the log keeps MARGIN entries behind.
         if last % 128 < count as u64 {
             for node in self.nodes.iter_mut() {
-                let through = node.applied_index().saturating_sub(MARGIN);
-                node.compact(through).expect("through <= applied");
+                let _ = node.snapshot_taken(node.applied_index());
             }
         }
     }
@@ -191,8 +195,8 @@ fn read_index(c: &mut Criterion) {
 }
 
 /// Snapshot install throughput through the core: a leader sends a 1 MiB snapshot in
-/// 64 KiB chunks to a follower behind its compaction point (in-memory `VecLog`, so this is
-/// the chunking overhead of the core plus memory copies).
+/// 64 KiB chunks to a follower behind its compaction point (both stores are `MemStore`s in
+/// memory, so this is the chunking overhead of the core plus memory copies).
 fn snapshot_install(c: &mut Criterion) {
     const SIZE: usize = 1 << 20;
     let mut group = c.benchmark_group("snapshot");
@@ -200,31 +204,25 @@ fn snapshot_install(c: &mut Criterion) {
     group.bench_function("install_1MiB", |b| {
         b.iter_batched(
             || {
+                let mut store = MemStore::new();
+                store.snapshot =
+                    Some((SnapshotMeta::new(1, 1, &[]).expect("meta"), vec![7u8; SIZE]));
+                store.compacted = (1, 1);
                 let mut leader_log = VecLog::new();
-                leader_log
-                    .append(&Entry {
-                        index: 1,
-                        term: 1,
-                        kind: EntryKind::Command,
-                        data: b"x",
-                    })
-                    .expect("append");
-                let meta = SnapshotMeta::new(1, 1, SIZE as u64, &[]).expect("meta");
-                leader_log.save_snapshot(meta, vec![7u8; SIZE]);
-                leader_log.compact(1).expect("compact");
+                store.recover(&mut leader_log).expect("recover");
                 let mut config = Config::new(1, 1);
                 config.applied = 1;
                 let leader: Node<VecLog> = Node::new(config, leader_log, &[1, 2]).expect("leader");
                 let follower: Node<VecLog> =
                     Node::new(Config::new(2, 2), VecLog::new(), &[1, 2]).expect("follower");
-                [leader, follower]
+                ([leader, follower], [store, MemStore::new()])
             },
-            |mut nodes| {
+            |(mut nodes, mut stores)| {
                 nodes[0].campaign();
                 let mut restored = false;
                 while !restored {
                     let mut busy = false;
-                    for i in 0..2 {
+                    for (i, store) in stores.iter_mut().enumerate() {
                         let (a, b) = nodes.split_at_mut(1);
                         let (node, other) = if i == 0 {
                             (&mut a[0], &mut b[0])
@@ -235,8 +233,27 @@ fn snapshot_install(c: &mut Criterion) {
                         while let Some(output) = node.poll_output() {
                             busy = true;
                             match output {
-                                Output::Sync(token) => node.synced(token),
+                                Output::Persist(batch) => {
+                                    store.persist(&batch);
+                                    let token = batch.token;
+                                    node.persisted(token)
+                                }
                                 Output::Send { message, .. } => other.step(from, message),
+                                Output::SendSnapshot {
+                                    message, max_len, ..
+                                } => {
+                                    let index = message.last_included_index;
+                                    if let Some((data, done)) =
+                                        store.snapshot_chunk(index, message.offset, max_len)
+                                    {
+                                        let chunk = InstallSnapshot {
+                                            data,
+                                            done,
+                                            ..message
+                                        };
+                                        other.step(from, Message::InstallSnapshot(chunk));
+                                    }
+                                }
                                 Output::RestoreSnapshot { .. } => restored = true,
                                 _ => {}
                             }
@@ -294,7 +311,10 @@ fn cluster_commits(c: &mut Criterion) {
 fn drain(node: &mut RaftNode) {
     while let Some(output) = node.poll_output() {
         match output {
-            Output::Sync(token) => node.synced(token),
+            Output::Persist(batch) => {
+                let token = batch.token;
+                node.persisted(token)
+            }
             other => {
                 black_box(other);
             }
@@ -305,8 +325,10 @@ fn drain(node: &mut RaftNode) {
 /// (d) One AppendEntries of 64 entries at a follower, outputs drained.
 fn follower_append(c: &mut Criterion) {
     let members = [1, 2, 3];
+    let mut config = Config::new(2, 2);
+    config.keep_entries_behind_snapshot = MARGIN;
     let mut follower: Box<RaftNode> =
-        Box::new(Node::new(Config::new(2, 2), Log::new(), &members).expect("valid"));
+        Box::new(Node::new(config, Log::new(), &members).expect("valid"));
     let heartbeat = AppendEntries {
         term: 1,
         prev_log_index: 0,
@@ -347,8 +369,7 @@ fn follower_append(c: &mut Criterion) {
                 follower.step(1, Message::AppendEntries(message));
                 drain(&mut follower);
                 prev += BATCH as u64;
-                let through = follower.applied_index().saturating_sub(MARGIN);
-                follower.compact(through).expect("through <= applied");
+                let _ = follower.snapshot_taken(follower.applied_index());
             }
             start.elapsed()
         })

@@ -97,8 +97,12 @@ impl Cluster {
             while let Some(output) = node.poll_output() {
                 match output {
                     Output::StateChanged(change) => announce(now, id, change),
-                    // Memory is "durable" at once; a real host flushes its disk here.
-                    Output::Sync(token) => node.synced(token),
+                    // Memory is "durable" at once; a real host writes the batch to its
+                    // disk and flushes it here (or on another thread), then reports it.
+                    Output::Persist(batch) => {
+                        let token = batch.token;
+                        node.persisted(token)
+                    }
                     Output::Send { to, message } => {
                         self.network.push((id, to, OwnedMessage::from(&message)))
                     }

@@ -33,7 +33,8 @@ pub struct Config {
     /// Approximate bytes of entries in one AppendEntries message (at least one entry is
     /// always sent). A datagram binding sets this to fit its MTU.
     pub max_bytes_per_message: usize,
-    /// The largest chunk of a snapshot in one InstallSnapshot message, in bytes.
+    /// The size of the chunks a snapshot is sent in, in bytes (one InstallSnapshot each;
+    /// the last may be shorter). Up to `max_inflight` chunks are in flight to a follower.
     pub max_snapshot_chunk_bytes: usize,
     /// The largest command a proposal may carry, in bytes.
     pub max_entry_bytes: usize,
@@ -57,6 +58,10 @@ pub struct Config {
     /// The index the host's state machine has applied (after a restart): entries up to it are
     /// not handed out again.
     pub applied: Index,
+    /// Entries kept in the log behind a snapshot taken with
+    /// [`Node::snapshot_taken`](crate::Node::snapshot_taken), so a follower a little behind
+    /// gets entries rather than the whole snapshot.
+    pub keep_entries_behind_snapshot: u64,
 }
 
 impl Config {
@@ -81,6 +86,7 @@ impl Config {
             auto_leave_joint: true,
             priority: 0,
             applied: 0,
+            keep_entries_behind_snapshot: 0,
         }
     }
 

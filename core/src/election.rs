@@ -137,7 +137,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         self.current_term += 1;
         self.voted_for = Some(self.cfg.id);
         self.persist_hard_state();
-        self.campaign_write = self.durability.last_write;
+        self.campaign_write = self.durability.last_write();
         self.role = Role::Candidate;
         self.leader = None;
         self.leader_contact = None;

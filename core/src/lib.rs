@@ -36,11 +36,16 @@
 //!         let id = n.id();
 //!         while let Some(out) = n.poll_output() {
 //!             match out {
-//!                 Output::Sync(token) => n.synced(token), // memory is "durable" at once
+//!                 // Memory is "durable" at once; a real host writes the batch to disk first.
+//!                 Output::Persist(batch) => {
+//!                     let token = batch.token;
+//!                     n.persisted(token)
+//!                 }
 //!                 Output::Send { to, message } => mail.push((id, to, OwnedMessage::from(&message))),
 //!                 Output::Apply(e) if e.kind == EntryKind::Command => applied[i].push(e.data.to_vec()),
 //!                 Output::Apply(_) => {} // the no-op of a new leader
-//!                 _ => {} // role changes, reads
+//!                 // Role changes, reads; an ArrayLog never misses, and no snapshot is taken.
+//!                 _ => {}
 //!             }
 //!         }
 //!     }
@@ -59,8 +64,9 @@
 //!
 //! ## Features
 //! - `std` (default): `std::error::Error` for the errors; implies `alloc`.
-//! - `alloc`: [`VecLog`] and [`OwnedEntry`]; [`IncomingSnapshot`] for logs of your own that
-//!   keep their snapshot in memory.
+//! - `alloc`: [`VecLog`], [`CachedLog`] (a memory log bounded by a byte budget, for logs
+//!   that live on disk), [`MemStore`] (a durable store in memory: tests, examples, and the
+//!   model for a store of your own) and [`OwnedEntry`].
 //! - `serde`: the wire format (module `wire`): postcard frames with version and cluster
 //!   checks.
 //! - `defmt`: `defmt::Format` for the public types, and logging through defmt.
@@ -96,7 +102,7 @@ mod types;
 pub mod wire;
 
 pub use config::{Config, ConfigError};
-pub use durability::SyncToken;
+pub use durability::{Persist, SnapshotChunkWrite, SnapshotWrite, SyncToken};
 pub use membership::{Member, MembershipChange, MembershipError};
 #[cfg(feature = "alloc")]
 pub use message::OwnedMessage;
@@ -107,10 +113,9 @@ pub use message::{
 pub use node::{Counters, Node, Output, Proposal, ProposeError, StateChange};
 pub use progress::{Progress, ProgressState};
 pub use read::{ReadError, ReadMode};
-pub use storage::{
-    snapshot_chunk_of, ArrayLog, LogStorage, SnapshotMeta, StorageError, MAX_MEMBERS,
-};
+pub use snapshot::SnapshotError;
+pub use storage::{conformance, ArrayLog, LogStorage, SnapshotMeta, StorageError, MAX_MEMBERS};
 #[cfg(feature = "alloc")]
-pub use storage::{IncomingSnapshot, OwnedEntry, VecLog};
+pub use storage::{CachedLog, MemStore, OwnedEntry, VecLog};
 pub use transfer::TransferError;
 pub use types::{Entry, EntryKind, HardState, Index, NodeId, Role, Term};

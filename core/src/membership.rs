@@ -485,17 +485,4 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         self.peers
             .retain(|p| p.voter || p.voter_outgoing || p.learner || Some(p.id) == keep);
     }
-
-    /// How far the log may be compacted: through the kept snapshot if there is one (it
-    /// carries the configuration); without one, not past the newest configuration entry,
-    /// which a restart must find in the log.
-    pub(crate) fn compaction_limit(&self) -> Index {
-        match self.log.snapshot_meta() {
-            // A follower that needs compacted entries gets the snapshot, which carries the
-            // configuration in force at its index.
-            Some(meta) => meta.index,
-            None if self.config_index == 0 => Index::MAX,
-            None => self.config_index - 1,
-        }
-    }
 }

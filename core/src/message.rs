@@ -129,8 +129,8 @@ pub struct ReadIndexResponse {
 }
 
 /// InstallSnapshot RPC (§7), in chunks: the leader sends a follower that needs compacted
-/// entries its snapshot, `data` being the bytes from `offset`. Resumable: the follower
-/// answers with the offset it expects next.
+/// entries its snapshot, `data` being the bytes from `offset`, `done` on the last chunk.
+/// Resumable: the follower answers with the offset it expects next.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -141,10 +141,10 @@ pub struct InstallSnapshot<'a> {
     pub last_included_index: Index,
     /// Term of `last_included_index`.
     pub last_included_term: Term,
-    /// Total length of the snapshot in bytes.
-    pub size: u64,
     /// Byte offset of `data` in the snapshot.
     pub offset: u64,
+    /// `data` ends the snapshot.
+    pub done: bool,
     /// The configuration in force at `last_included_index` (a membership entry's encoding).
     #[cfg_attr(feature = "serde", serde(borrow))]
     pub config: &'a [u8],
@@ -162,7 +162,7 @@ pub struct InstallSnapshotResponse {
     pub term: Term,
     /// The snapshot this answers.
     pub last_included_index: Index,
-    /// The next byte offset the follower expects; the snapshot's size once installed.
+    /// The next byte offset the follower expects (the snapshot's size once installed).
     pub next_offset: u64,
     /// The follower holds everything through `last_included_index` now.
     pub done: bool,

@@ -2,20 +2,27 @@
 //!
 //! The run loop of a host, in six steps:
 //! 1. feed one input: [`Node::step`] (a message), [`Node::advance`] (ticks),
-//!    [`Node::propose`], [`Node::synced`] or [`Node::report_unreachable`];
+//!    [`Node::propose`], [`Node::read`], a membership change or transfer, or a report from
+//!    the host ([`Node::persisted`], [`Node::fetched`], [`Node::snapshot_taken`],
+//!    [`Node::report_unreachable`]);
 //! 2. drain [`Node::poll_output`] until it returns `None`;
-//! 3. on [`Output::Sync`], make the storage durable (once for many writes) and call
-//!    [`Node::synced`], then drain again;
-//! 4. send every [`Output::Send`];
-//! 5. apply every [`Output::Apply`] to the state machine, in order;
-//! 6. sleep until a message arrives or [`Node::ticks_until_deadline`] ticks have passed.
+//! 3. hand every [`Output::Persist`] batch to the durable store (now, or on another thread)
+//!    and call [`Node::persisted`] with its token once it is durable (one flush for many
+//!    batches); read back what [`Output::Fetch`] asks for and hand it in with
+//!    [`Node::fetched`];
+//! 4. send every [`Output::Send`], and every [`Output::SendSnapshot`] with the chunk read
+//!    from the kept snapshot;
+//! 5. apply every [`Output::Apply`] to the state machine, in order; serve
+//!    [`Output::ReadReady`]; restore on [`Output::RestoreSnapshot`];
+//! 6. sleep until a message or a report arrives or [`Node::ticks_until_deadline`] ticks
+//!    have passed.
 
 use crate::config::{Config, ConfigError};
-use crate::durability::{Durability, Gated, SyncToken};
+use crate::durability::{Durability, Gated, Persist, SyncToken};
 use crate::log_macros::info;
 use crate::message::{
-    AppendEntries, AppendEntriesResponse, Entries, InstallSnapshotResponse, Message, ReadIndex,
-    ReadIndexResponse, RequestVote, RequestVoteResponse, TimeoutNow,
+    AppendEntries, AppendEntriesResponse, Entries, InstallSnapshot, InstallSnapshotResponse,
+    Message, ReadIndex, ReadIndexResponse, RequestVote, RequestVoteResponse, TimeoutNow,
 };
 use crate::progress::{Progress, Replication};
 use crate::read::PendingRead;
@@ -90,9 +97,21 @@ pub struct Node<S: LogStorage, const N: usize = 6, const I: usize = 8, const R: 
     /// The log filled up: ask the host for a snapshot.
     pub(crate) snapshot_needed: bool,
     pub(crate) durability: Durability,
+    pub(crate) fetch: Fetch,
+    /// The last index the memory log was told it may drop ([`LogStorage::release`]).
+    released: Index,
     announced: StateChange,
     send_cursor: usize,
     pub(crate) counters: Counters,
+}
+
+/// Entries whose data the memory log lacks, asked of the host ([`Output::Fetch`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Fetch {
+    /// To ask for at the next [`Node::poll_output`].
+    wanted: Option<(Index, Index)>,
+    /// Asked for; no answer yet.
+    in_flight: bool,
 }
 
 /// Everything the node keeps about one other member.
@@ -131,22 +150,48 @@ pub struct StateChange {
 }
 
 /// What the node asks of its host. Drain them with [`Node::poll_output`] after every input.
-/// New kinds may be added (hence non-exhaustive): ignore the ones you do not know.
+///
+/// Exhaustive on purpose: every kind but [`Output::StateChanged`] asks the host to act, and
+/// a host that silently dropped a kind it did not know (a write, a fetch, a snapshot chunk
+/// to send) would break the protocol without a word. A new kind is a breaking change, so
+/// every host's `match` has to say what it does with it.
 #[derive(Debug)]
-#[non_exhaustive]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Output<'a> {
     /// The role, term or leader changed.
     StateChanged(StateChange),
-    /// Make every write to the log storage so far durable, then call [`Node::synced`] with
-    /// this token. Several of these may be answered with one flush and the latest token.
-    Sync(SyncToken),
+    /// Writes for the durable store: perform them in order (see [`Persist`]), then call
+    /// [`Node::persisted`] with the batch's token once they are durable. Batches may be
+    /// made durable together; the latest token covers every earlier batch.
+    Persist(Persist<'a>),
+    /// Read the entries `from..=to` back from the durable store (their data is not in
+    /// memory) and hand them in with [`Node::fetched`] (a prefix is fine), or call
+    /// [`Node::fetch_failed`]. One fetch is asked at a time.
+    Fetch {
+        /// First index wanted.
+        from: Index,
+        /// Last index wanted.
+        to: Index,
+    },
     /// Send `message` to node `to`. Losing it is fine: the protocol retries.
     Send {
         /// The receiver.
         to: NodeId,
         /// The message; AppendEntries borrows its entries from the node's log.
         message: Message<'a>,
+    },
+    /// Send node `to` a chunk of the kept snapshot: read up to `max_len` bytes of the
+    /// snapshot at `message.last_included_index` from `message.offset` into
+    /// `message.data`, set `message.done` if they reach its end, and send the message. A
+    /// chunk past the end is not sent. If the store no longer holds that snapshot, send
+    /// nothing: the node starts over with the snapshot it knows of.
+    SendSnapshot {
+        /// The receiver.
+        to: NodeId,
+        /// Everything but the bytes.
+        message: InstallSnapshot<'a>,
+        /// The most bytes the chunk may carry.
+        max_len: usize,
     },
     /// This entry is committed: apply it to the state machine. Entries come in index order,
     /// each once. No-op entries come too, so the host can track the applied index.
@@ -164,16 +209,17 @@ pub enum Output<'a> {
         /// The host's id of the read.
         id: u64,
     },
-    /// A snapshot was installed from the leader (or the state machine is behind the kept
-    /// one after a restart): restore the state machine from the snapshot the storage keeps
-    /// ([`LogStorage::snapshot_meta`]). Entries after it follow as [`Output::Apply`].
+    /// The kept snapshot is ahead of the state machine (installed from the leader, and
+    /// durable; or found at a restart): restore the state machine from it. Entries after
+    /// it follow as [`Output::Apply`].
     RestoreSnapshot {
         /// The snapshot's last included index: the state machine's applied index after it.
         index: Index,
         /// Its term.
         term: Term,
     },
-    /// The log storage is full: take a snapshot at the applied index and compact.
+    /// The memory log is full: take a snapshot at the applied index
+    /// ([`Node::snapshot_taken`]) so the log can be compacted.
     SnapshotNeeded,
 }
 
@@ -247,8 +293,12 @@ pub struct Counters {
     pub ignored_in_lease: u64,
     /// Entries a follower could not store because its log was full.
     pub log_full: u64,
-    /// Writes the log storage failed.
+    /// Failures of the durable store the host reported ([`Node::persist_failed`]).
     pub storage_errors: u64,
+    /// Fetches of entries whose data was not in memory ([`Output::Fetch`]).
+    pub fetches: u64,
+    /// Fetches the host could not serve ([`Node::fetch_failed`]).
+    pub fetch_failures: u64,
     /// Times a leader fell back from streaming to probing a peer (rejection or timeout).
     pub retransmits: u64,
     /// Times a peer needed entries already compacted away (needs a snapshot).
@@ -280,7 +330,7 @@ pub(crate) enum Outgoing {
     ReadIndexResponse(ReadIndexResponse),
     InstallSnapshot {
         offset: u64,
-        len: usize,
+        max_len: usize,
     },
     InstallSnapshotResponse(InstallSnapshotResponse),
 }
@@ -366,6 +416,8 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             restore_pending: None,
             snapshot_needed: false,
             durability: Durability::new(last),
+            fetch: Fetch::default(),
+            released: 0,
             announced: StateChange {
                 role: Role::Follower,
                 term: current_term,
@@ -475,14 +527,44 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         }
     }
 
-    /// The host made the writes announced with `token` (and all before) durable.
-    pub fn synced(&mut self, token: SyncToken) {
+    /// The host made the [`Output::Persist`] batch of `token` (and every batch before it)
+    /// durable.
+    pub fn persisted(&mut self, token: SyncToken) {
         self.durability.synced(token);
         match self.role {
             Role::Leader => self.advance_commit_index(),
             Role::Candidate => self.count_votes(),
             _ => {}
         }
+    }
+
+    /// The host could not make a batch durable (a write or a flush failed): from now on the
+    /// node acknowledges nothing, grants no vote and applies nothing more
+    /// ([`Node::storage_failed`]); what was acknowledged before stays true. Restart the
+    /// node on a healthy store.
+    pub fn persist_failed(&mut self) {
+        self.counters.storage_errors += 1;
+        self.durability.failed = true;
+    }
+
+    /// The entries asked for with [`Output::Fetch`], read back from the durable store (all
+    /// of them or a prefix; consecutive). Those the memory log has room for are kept, and
+    /// the node goes on sending and applying.
+    pub fn fetched<'e>(&mut self, entries: impl IntoIterator<Item = Entry<'e>>) {
+        self.fetch.in_flight = false;
+        for entry in entries {
+            if self.log.insert_fetched(&entry).is_err() {
+                break;
+            }
+        }
+    }
+
+    /// The host could not read back what [`Output::Fetch`] asked for. The node asks again
+    /// when it next needs the entries (a follower that needs compacted entries gets the
+    /// snapshot instead).
+    pub fn fetch_failed(&mut self) {
+        self.fetch.in_flight = false;
+        self.counters.fetch_failures += 1;
     }
 
     /// Appends a command to the log if this node is the leader.
@@ -533,16 +615,6 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         }
     }
 
-    /// Drops log entries through `through` (at most the applied index), once the host holds
-    /// a snapshot of its state machine at or beyond it. Until snapshots carry the
-    /// configuration, the newest configuration entry is kept: compaction stops before it.
-    pub fn compact(&mut self, through: Index) -> Result<(), StorageError> {
-        if through > self.applied {
-            return Err(StorageError::OutOfRange);
-        }
-        self.log.compact(through.min(self.compaction_limit()))
-    }
-
     /// Takes the node apart and returns its log storage (to restart it, or to inspect it).
     pub fn into_log(self) -> S {
         self.log
@@ -558,16 +630,15 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             self.announced = state;
             return Some(Output::StateChanged(state));
         }
-        if let Some(token) = self.durability.take_sync_request() {
-            return Some(Output::Sync(token));
+        if self.durability.has_batch() {
+            return self.durability.take_batch(&self.log).map(Output::Persist);
         }
         if core::mem::take(&mut self.snapshot_needed) {
             return Some(Output::SnapshotNeeded);
         }
         if let Some((peer, outgoing)) = self.next_outgoing() {
             let to = self.peers[peer].id;
-            let message = self.build_message(outgoing);
-            return Some(Output::Send { to, message });
+            return Some(self.build_output(to, outgoing));
         }
         if let Some(meta) = self.take_restore() {
             return Some(Output::RestoreSnapshot {
@@ -576,11 +647,45 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             });
         }
         let ready = self.commit_index.min(self.durability.durable_index);
-        if self.applied < ready && self.log.entry(self.applied + 1).is_some() {
-            self.applied += 1;
-            return self.log.entry(self.applied).map(Output::Apply);
+        // Entries the kept snapshot covers come with its restore, not one by one.
+        if self.applied < ready && self.applied >= self.log.first_index() - 1 {
+            if self.log.entry(self.applied + 1).is_some() {
+                self.applied += 1;
+                return self.log.entry(self.applied).map(Output::Apply);
+            }
+            self.want_entries(self.applied + 1);
         }
+        if let Some((from, to)) = self.fetch.wanted.take() {
+            self.fetch.in_flight = true;
+            self.counters.fetches += 1;
+            return Some(Output::Fetch { from, to });
+        }
+        self.release_memory();
         self.next_read_output()
+    }
+
+    /// The memory log may drop the data of entries that are durable and applied.
+    fn release_memory(&mut self) {
+        let through = self.applied.min(self.durability.durable_index);
+        if through > self.released {
+            self.released = through;
+            self.log.release(through);
+        }
+    }
+
+    /// Entry `from` is needed and its data is not in memory: ask the host for it and the
+    /// missing ones after it (up to a pipeline's worth), unless a fetch is under way.
+    pub(crate) fn want_entries(&mut self, from: Index) {
+        if self.fetch.in_flight || self.fetch.wanted.is_some() || from < self.log.first_index() {
+            return;
+        }
+        let span = (self.cfg.max_entries_per_message * self.cfg.max_inflight.min(I)) as u64;
+        let last = self.log.last_index();
+        let mut to = from;
+        while to < last && to + 1 < from + span && self.log.entry(to + 1).is_none() {
+            to += 1;
+        }
+        self.fetch.wanted = Some((from, to));
     }
 
     /// Ticks until the next timer (election timeout, heartbeat, quorum check) fires; 0 if it
@@ -667,19 +772,15 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     pub fn counters(&self) -> &Counters {
         &self.counters
     }
-    /// True once a write to the log storage failed: the node then no longer answers
-    /// anything that depends on durability. Restart it on healthy storage.
+    /// True once the host reported a failed write ([`Node::persist_failed`]): the node
+    /// then no longer answers anything that depends on durability. Restart it on a healthy
+    /// store.
     pub fn storage_failed(&self) -> bool {
         self.durability.failed
     }
     /// The log storage.
     pub fn log(&self) -> &S {
         &self.log
-    }
-    /// The log storage, to make it durable on [`Output::Sync`]. Changing entries behind the
-    /// node's back breaks the protocol.
-    pub fn log_mut(&mut self) -> &mut S {
-        &mut self.log
     }
 
     // ----- internals ----------------------------------------------------------------------
@@ -836,19 +937,11 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
 
     /// Persists `currentTerm` and `votedFor` (Figure 2: before answering any RPC).
     pub(crate) fn persist_hard_state(&mut self) {
-        let hard_state = HardState {
+        self.log.set_hard_state(HardState {
             current_term: self.current_term,
             voted_for: self.voted_for,
-        };
-        match self.log.set_hard_state(hard_state) {
-            Ok(()) => self.durability.record_write(self.log.last_index()),
-            Err(_) => self.storage_failed_now(),
-        }
-    }
-
-    pub(crate) fn storage_failed_now(&mut self) {
-        self.counters.storage_errors += 1;
-        self.durability.failed = true;
+        });
+        self.durability.note_hard_state();
     }
 
     pub(crate) fn append_as_leader(
@@ -863,17 +956,18 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             kind,
             data,
         };
+        if self.durability.failed {
+            return Err(StorageError::Unavailable);
+        }
         match self.log.append(&entry) {
             Ok(()) => {
-                self.durability.record_write(index);
+                self.durability.note_append(index);
                 Ok(index)
             }
             Err(e) => {
                 if e == StorageError::Full {
                     self.counters.log_full += 1;
                     self.snapshot_needed = true;
-                } else {
-                    self.storage_failed_now();
                 }
                 Err(e)
             }
@@ -882,7 +976,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
 
     /// Queues an answer to a vote request; it leaves once what it depends on is durable.
     pub(crate) fn answer_vote(&mut self, to: NodeId, message: RequestVoteResponse) {
-        let after = self.durability.last_write;
+        let after = self.durability.last_write();
         if let Some(i) = self.peer_index(to) {
             self.peers[i].vote_response = Some(Gated { message, after });
         }
@@ -892,7 +986,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// keeps the higher matched index; a rejection is not hidden by a later success that
     /// says less (a heartbeat's); the newest heartbeat round is echoed either way.
     pub(crate) fn answer_append(&mut self, to: NodeId, message: AppendEntriesResponse) {
-        let after = self.durability.last_write;
+        let after = self.durability.last_write();
         let Some(i) = self.peer_index(to) else { return };
         let slot = &mut self.peers[i].append_response;
         let message = match slot {
@@ -913,7 +1007,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
 
     /// Queues an answer to an InstallSnapshot chunk.
     pub(crate) fn answer_snapshot(&mut self, to: NodeId, message: InstallSnapshotResponse) {
-        let after = self.durability.last_write;
+        let after = self.durability.last_write();
         if let Some(i) = self.peer_index(to) {
             self.peers[i].snapshot_response = Some(Gated { message, after });
         }
@@ -1019,16 +1113,20 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         }
     }
 
-    fn build_message(&self, outgoing: Outgoing) -> Message<'_> {
-        match outgoing {
+    fn build_output(&self, to: NodeId, outgoing: Outgoing) -> Output<'_> {
+        let message = match outgoing {
             Outgoing::RequestVote(m) => Message::RequestVote(m),
             Outgoing::VoteResponse(m) => Message::RequestVoteResponse(m),
             Outgoing::AppendResponse(m) => Message::AppendEntriesResponse(m),
             Outgoing::TimeoutNow(m) => Message::TimeoutNow(m),
             Outgoing::ReadIndex(m) => Message::ReadIndex(m),
             Outgoing::ReadIndexResponse(m) => Message::ReadIndexResponse(m),
-            Outgoing::InstallSnapshot { offset, len } => {
-                Message::InstallSnapshot(self.install_snapshot_message(offset, len))
+            Outgoing::InstallSnapshot { offset, max_len } => {
+                return Output::SendSnapshot {
+                    to,
+                    message: self.install_snapshot_header(offset),
+                    max_len,
+                }
             }
             Outgoing::InstallSnapshotResponse(m) => Message::InstallSnapshotResponse(m),
             Outgoing::Append {
@@ -1044,7 +1142,8 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                 round: self.round,
                 entries: Entries::from_log(&self.log, prev_log_index + 1, len),
             }),
-        }
+        };
+        Output::Send { to, message }
     }
 
     pub(crate) fn log_state_change(&self) {

@@ -47,9 +47,11 @@ pub(crate) struct Replication<const I: usize> {
     pub recent_active: bool,
     /// Tick of the last increase of `match_index` (or of the reset), for retransmission.
     pub last_progress: u64,
-    /// In snapshot state: the snapshot being sent and the next byte to send.
+    /// In snapshot state: the snapshot being sent, the next byte to send, and the offset
+    /// the follower last said it expects.
     pub snapshot_index: Index,
-    pub snapshot_offset: u64,
+    pub snapshot_sent: u64,
+    pub snapshot_acked: u64,
 }
 
 impl<const I: usize> Replication<I> {
@@ -63,8 +65,20 @@ impl<const I: usize> Replication<I> {
             recent_active: false,
             last_progress: now,
             snapshot_index: 0,
-            snapshot_offset: 0,
+            snapshot_sent: 0,
+            snapshot_acked: 0,
         }
+    }
+
+    /// Sends snapshot `index` from its start.
+    pub fn become_snapshot(&mut self, index: Index, now: u64) {
+        self.state = ProgressState::Snapshot;
+        self.snapshot_index = index;
+        self.snapshot_sent = 0;
+        self.snapshot_acked = 0;
+        self.probe_sent = false;
+        self.inflight.clear();
+        self.last_progress = now;
     }
 
     /// Back to probing from the last known match.

@@ -52,31 +52,25 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                     matched = entry.index;
                     continue;
                 }
-                if self.log.truncate_suffix(entry.index).is_err() {
-                    self.storage_failed_now();
-                    return;
-                }
-                self.durability.record_truncation(entry.index);
-                self.durability.record_write(self.log.last_index());
+                self.log.truncate_suffix(entry.index);
+                self.durability.note_truncation(entry.index);
                 self.config_truncated(entry.index);
             }
             match self.log.append(&entry) {
                 Ok(()) => {
-                    self.durability.record_write(entry.index);
+                    self.durability.note_append(entry.index);
                     matched = entry.index;
                     if entry.kind == crate::types::EntryKind::Membership {
                         self.use_config(entry.index, entry.data);
                     }
                 }
-                Err(StorageError::Full) => {
-                    // Acknowledge what fit; the leader sends the rest again.
+                Err(e) => {
+                    // Acknowledge what fit; the leader sends the rest again. A full log
+                    // asks the host for a snapshot; an entry larger than a slot of this
+                    // log is counted (the hosts' limits disagree).
                     self.counters.log_full += 1;
-                    self.snapshot_needed = true;
+                    self.snapshot_needed |= e == StorageError::Full;
                     break;
-                }
-                Err(_) => {
-                    self.storage_failed_now();
-                    return;
                 }
             }
         }
@@ -300,11 +294,11 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                 self.counters.retransmits += 1;
             }
             if r.state == ProgressState::Snapshot
-                && r.probe_sent
+                && r.snapshot_sent > r.snapshot_acked
                 && now >= r.last_progress + retransmit
             {
-                // The chunk or its answer was lost: send it again.
-                r.probe_sent = false;
+                // A chunk or its answer was lost: send again from where the follower stands.
+                r.snapshot_sent = r.snapshot_acked;
                 r.last_progress = now;
                 self.counters.retransmits += 1;
             }
@@ -338,6 +332,11 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                 return None;
             };
             let len = self.batch_len(next, last);
+            if len == 0 && next <= last {
+                // The data of `next` is not in memory: ask the host, send when it is.
+                self.want_entries(next);
+                return self.heartbeat_for(i);
+            }
             let leader_commit = self.commit_index;
             let p = &mut self.peers[i];
             p.send_heartbeat = false;
@@ -357,6 +356,11 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                 len,
             });
         }
+        self.heartbeat_for(i)
+    }
+
+    /// A heartbeat for peer `i`, if one is due.
+    fn heartbeat_for(&mut self, i: usize) -> Option<Outgoing> {
         if self.peers[i].send_heartbeat {
             self.peers[i].send_heartbeat = false;
             // prev = matchIndex always passes the consistency check, so a heartbeat carries

@@ -1,49 +1,124 @@
-//! Snapshots and log compaction (§7, thesis chapter 5).
+//! Snapshots and log compaction (§7, thesis chapter 5), one protocol for every host.
 //!
-//! The host snapshots its state machine at an applied index: it builds the metadata with
-//! [`Node::snapshot_meta_at`], keeps the bytes in its storage (e.g.
-//! [`VecLog::save_snapshot`](crate::VecLog::save_snapshot)), and compacts the log with
-//! [`Node::compact`]. A leader whose follower needs compacted entries sends the snapshot in
-//! chunks of at most `Config::max_snapshot_chunk_bytes` (InstallSnapshot), one at a time;
-//! the follower answers with the offset it expects next, so a lost chunk or a new leader in
-//! the same term resumes where it stopped. The follower stores the chunks through its
-//! storage, installs the snapshot when complete, and asks its host to restore its state
-//! machine from it with [`Output::RestoreSnapshot`](crate::Output::RestoreSnapshot).
+//! **Taking one.** The host writes its state machine at an applied index to its own
+//! snapshot store, then calls [`Node::snapshot_taken`] (one call): the node builds the
+//! metadata (the term there and the configuration in force there), keeps it, asks the host
+//! to record it ([`SnapshotWrite::Taken`](crate::SnapshotWrite::Taken)) and compacts its log behind it, keeping
+//! `Config::keep_entries_behind_snapshot` entries.
+//!
+//! **Sending one.** The node never holds snapshot bytes. A leader whose follower needs
+//! entries compacted away asks the host to send chunks of the kept snapshot
+//! ([`Output::SendSnapshot`](crate::Output::SendSnapshot)): fixed-size chunks of
+//! `Config::max_snapshot_chunk_bytes`, up to the in-flight window at once, the host reading
+//! each from its store and marking the one that reaches the end as the last. The size need
+//! not be known up front. The follower answers each chunk with the offset it expects next,
+//! so a lost chunk, a new leader in the same term or a host restart resumes where the
+//! follower stopped.
+//!
+//! **Receiving one.** The follower takes a chunk only at the offset it expects, of the
+//! snapshot it is receiving (offset 0 starts a new one), and hands the bytes to the host's
+//! store through the memory log ([`SnapshotChunkWrite`](crate::SnapshotChunkWrite)). With
+//! the last chunk it installs the snapshot: the log keeps its entries after the snapshot's
+//! index if it holds that index with that term, and otherwise restarts after it (§7); the
+//! configuration comes from the snapshot's metadata. Once the install is durable the host
+//! is asked to restore its state machine from it
+//! ([`Output::RestoreSnapshot`](crate::Output::RestoreSnapshot)): a state machine never runs
+//! ahead of its durable storage.
 
+use crate::durability::KeptSnapshot;
 use crate::membership::records_valid;
 use crate::message::{InstallSnapshot, InstallSnapshotResponse};
 use crate::node::{Node, Outgoing};
 use crate::progress::ProgressState;
 use crate::storage::{LogStorage, SnapshotMeta};
 use crate::types::{EntryKind, Index, Role};
+use core::fmt;
+
+/// Why [`Node::snapshot_taken`] refused a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum SnapshotError {
+    /// The index is beyond what the state machine has applied.
+    NotApplied,
+    /// The kept snapshot already covers this index.
+    Stale,
+    /// The log no longer knows the term of this index.
+    Compacted,
+    /// The configuration in force there has more members than a snapshot can carry.
+    TooManyMembers,
+}
+
+impl fmt::Display for SnapshotError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SnapshotError::NotApplied => "the index is beyond the applied index",
+            SnapshotError::Stale => "the kept snapshot already covers this index",
+            SnapshotError::Compacted => "the log no longer knows the term of this index",
+            SnapshotError::TooManyMembers => "the configuration is too large for a snapshot",
+        })
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for SnapshotError {}
 
 impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I, R> {
-    /// The metadata of a snapshot of the state machine at `index` (at most the applied
-    /// index) that is `size` bytes long: its term and the configuration in force there.
-    /// `None` if `index` is not applied or its term is no longer known.
-    pub fn snapshot_meta_at(&self, index: Index, size: u64) -> Option<SnapshotMeta> {
+    /// The host's snapshot store holds its state machine as of applied `index`, durably:
+    /// the node keeps it as its snapshot (returning the metadata: the term of `index` and
+    /// the configuration in force there), asks the host to record that metadata with it
+    /// ([`SnapshotWrite::Taken`](crate::SnapshotWrite::Taken) in the next [`Output::Persist`](crate::Output::Persist)),
+    /// sends it to followers that need compacted entries, and compacts its log through
+    /// `index` minus `Config::keep_entries_behind_snapshot`.
+    pub fn snapshot_taken(&mut self, index: Index) -> Result<SnapshotMeta, SnapshotError> {
         if index > self.applied {
-            return None;
+            return Err(SnapshotError::NotApplied);
         }
-        let term = self.log.term(index)?;
+        if self.log.snapshot_meta().is_some_and(|m| m.index >= index) {
+            return Err(SnapshotError::Stale);
+        }
+        let term = self.log.term(index).ok_or(SnapshotError::Compacted)?;
+        let mut buf = [0u8; crate::storage::MAX_MEMBERS * 9];
+        let config = self.config_bytes_at(index, &mut buf);
+        let meta = SnapshotMeta::new(index, term, config).ok_or(SnapshotError::TooManyMembers)?;
+        self.log.set_snapshot_meta(meta);
+        self.durability.note_snapshot(KeptSnapshot::Taken(meta));
+        let through = index.saturating_sub(self.cfg.keep_entries_behind_snapshot);
+        if through >= self.log.first_index() {
+            self.log.compact(through);
+            self.durability.note_compaction(through);
+        }
+        debug_assert!(self.log.first_index() <= index + 1);
+        Ok(meta)
+    }
+
+    /// The encoded configuration in force at `index` (the newest membership entry at or
+    /// before it, or else the kept snapshot's), copied into `buf`.
+    fn config_bytes_at<'b>(&self, index: Index, buf: &'b mut [u8]) -> &'b [u8] {
         let first = self.log.first_index();
         let mut i = index;
         while i >= first && i > 0 {
             if let Some(e) = self.log.entry(i) {
                 if e.kind == EntryKind::Membership {
-                    return SnapshotMeta::new(index, term, size, e.data);
+                    return match buf.get_mut(..e.data.len()) {
+                        Some(dst) => {
+                            dst.copy_from_slice(e.data);
+                            dst
+                        }
+                        None => &[],
+                    };
                 }
             }
             i -= 1;
         }
-        let config = self
-            .log
-            .snapshot_meta()
-            .map(|m| m.config().len())
-            .unwrap_or(0);
         match self.log.snapshot_meta() {
-            Some(m) if config > 0 => SnapshotMeta::new(index, term, size, m.config()),
-            _ => SnapshotMeta::new(index, term, size, &[]),
+            Some(m) => match buf.get_mut(..m.config().len()) {
+                Some(dst) => {
+                    dst.copy_from_slice(m.config());
+                    dst
+                }
+                None => &[],
+            },
+            None => &[],
         }
     }
 
@@ -55,69 +130,62 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         };
         self.snapshot_out = Some(meta);
         let r = &mut self.peers[i].replication;
-        r.state = ProgressState::Snapshot;
-        r.snapshot_index = meta.index;
-        r.snapshot_offset = 0;
-        r.probe_sent = false;
-        r.inflight.clear();
-        r.last_progress = self.now;
+        r.become_snapshot(meta.index, self.now);
         true
     }
 
-    /// Leader: the host kept a new snapshot (or dropped it) since transfers began: every
-    /// transfer restarts with the snapshot kept now, so chunks never mix two snapshots.
+    /// Leader: the host kept a new snapshot since transfers began: every transfer restarts
+    /// with the snapshot kept now, so chunks never mix two snapshots.
     fn refresh_snapshot_out(&mut self) {
         let current = self.log.snapshot_meta();
         if current == self.snapshot_out {
             return;
         }
         self.snapshot_out = current;
+        let now = self.now;
         for p in self.peers.iter_mut() {
             let r = &mut p.replication;
             if r.state != ProgressState::Snapshot {
                 continue;
             }
             match current {
-                Some(meta) => {
-                    r.snapshot_index = meta.index;
-                    r.snapshot_offset = 0;
-                    r.probe_sent = false;
-                }
+                Some(meta) => r.become_snapshot(meta.index, now),
                 None => r.become_probe(r.match_index + 1),
             }
         }
     }
 
-    /// Leader: the next chunk for peer `i`, if none is in flight.
+    /// Leader: the next chunk for peer `i`, if the window has room.
     pub(crate) fn snapshot_chunk_for(&mut self, i: usize) -> Option<Outgoing> {
         self.refresh_snapshot_out();
         let meta = self.snapshot_out?;
-        let r = &self.peers[i].replication;
-        if r.probe_sent || r.snapshot_index != meta.index {
+        let window = self.cfg.max_inflight.min(I) as u64;
+        let chunk = self.cfg.max_snapshot_chunk_bytes as u64;
+        let r = &mut self.peers[i].replication;
+        if r.snapshot_index != meta.index || r.snapshot_sent >= r.snapshot_acked + window * chunk {
             return None;
         }
-        let offset = r.snapshot_offset;
-        let len = self
-            .log
-            .snapshot_chunk(offset, self.cfg.max_snapshot_chunk_bytes)
-            .map(|c| c.len())
-            .ok()?;
-        self.peers[i].replication.probe_sent = true;
+        let offset = r.snapshot_sent;
+        r.snapshot_sent = offset + chunk;
         self.peers[i].send_heartbeat = false;
-        Some(Outgoing::InstallSnapshot { offset, len })
+        Some(Outgoing::InstallSnapshot {
+            offset,
+            max_len: self.cfg.max_snapshot_chunk_bytes,
+        })
     }
 
-    /// Builds the InstallSnapshot of a chunk decided by `snapshot_chunk_for`.
-    pub(crate) fn install_snapshot_message(&self, offset: u64, len: usize) -> InstallSnapshot<'_> {
+    /// The InstallSnapshot of a chunk at `offset` of the snapshot being sent, but for its
+    /// bytes (the host reads them).
+    pub(crate) fn install_snapshot_header(&self, offset: u64) -> InstallSnapshot<'_> {
         let meta = self.snapshot_out.as_ref();
         InstallSnapshot {
             term: self.current_term,
             last_included_index: meta.map_or(0, |m| m.index),
             last_included_term: meta.map_or(0, |m| m.term),
-            size: meta.map_or(0, |m| m.size),
             offset,
+            done: false,
             config: meta.map_or(&[][..], |m| m.config()),
-            data: self.log.snapshot_chunk(offset, len).unwrap_or(&[]),
+            data: &[],
         }
     }
 
@@ -126,17 +194,11 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         let Some(from) = self.accept_leader(peer) else {
             return;
         };
-        let consistent = m.offset <= m.size
-            && (m.data.len() as u64) <= m.size - m.offset
-            && m.last_included_term <= m.term
+        let consistent = m.last_included_term <= m.term
             && m.last_included_index > 0
+            && m.offset.checked_add(m.data.len() as u64).is_some()
             && (m.config.is_empty() || records_valid(m.config));
-        let meta = SnapshotMeta::new(
-            m.last_included_index,
-            m.last_included_term,
-            m.size,
-            m.config,
-        );
+        let meta = SnapshotMeta::new(m.last_included_index, m.last_included_term, m.config);
         let (true, Some(meta)) = (consistent, meta) else {
             self.counters.invalid += 1;
             return;
@@ -150,7 +212,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         };
         if meta.index <= self.commit_index {
             // Everything it covers is committed here already.
-            let a = answer(meta.size, true);
+            let a = answer(m.offset + m.data.len() as u64, true);
             self.answer_snapshot(from, a);
             return;
         }
@@ -163,43 +225,52 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             Some((im, next)) if im == meta => next,
             _ => 0,
         };
-        if m.offset != expected {
+        // One chunk waits in the memory log until the host takes it; a second one, or one
+        // that does not fit, is asked for again.
+        if m.offset != expected
+            || self.durability.failed
+            || self.durability.holds_chunk()
+            || self.log.stage_snapshot_chunk(m.data).is_err()
+        {
             let a = answer(expected, false);
             self.answer_snapshot(from, a);
             return;
         }
-        if self
-            .log
-            .receive_snapshot_chunk(&meta, m.offset, m.data)
-            .is_err()
-        {
-            self.storage_failed_now();
-            return;
-        }
+        self.durability.note_snapshot_chunk(meta, m.offset);
         let next = m.offset + m.data.len() as u64;
         self.incoming_snapshot = Some((meta, next));
-        if next < meta.size {
+        if !m.done {
             let a = answer(next, false);
             self.answer_snapshot(from, a);
             return;
         }
-        // Complete: the log restarts after the snapshot.
-        if self.log.install_snapshot(&meta).is_err() {
-            self.storage_failed_now();
-            return;
-        }
+        self.install(meta);
+        let a = answer(next, true);
+        self.answer_snapshot(from, a);
+    }
+
+    /// The snapshot received is complete: it becomes the kept one, and the log keeps what
+    /// follows it if it holds its last entry, or restarts after it (§7).
+    fn install(&mut self, meta: SnapshotMeta) {
         self.incoming_snapshot = None;
-        self.durability.record_truncation(self.log.last_index() + 1);
-        self.durability.record_write(self.log.last_index());
+        if self.log.term(meta.index) == Some(meta.term) {
+            self.log.compact(meta.index);
+            self.durability.note_compaction(meta.index);
+        } else {
+            self.log.reset(meta.index, meta.term);
+            self.durability.note_reset(meta.index, meta.term);
+        }
+        self.log.set_snapshot_meta(meta);
+        self.durability
+            .note_snapshot(KeptSnapshot::Installed(meta));
+        debug_assert_eq!(self.log.term(meta.index), Some(meta.term));
         self.commit_index = self.commit_index.max(meta.index);
         if self.applied < meta.index {
-            // Restored once the installed snapshot is durable, as entries are applied only
-            // once durable: a host's state machine never runs ahead of its storage.
-            self.restore_pending = Some((meta, self.durability.last_write));
+            // Restored once the install is durable, as entries are applied only once
+            // durable: a host's state machine never runs ahead of its storage.
+            self.restore_pending = Some((meta, self.durability.last_write()));
         }
         self.load_config_from_log();
-        let a = answer(meta.size, true);
-        self.answer_snapshot(from, a);
     }
 
     /// Leader: a follower answered a chunk.
@@ -213,7 +284,6 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             return;
         }
         let now = self.now;
-        let size = self.snapshot_out.map_or(0, |s| s.size);
         let r = &mut self.peers[peer].replication;
         r.recent_active = true;
         if m.done {
@@ -231,9 +301,13 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             self.counters.stale += 1;
             return;
         }
-        r.snapshot_offset = m.next_offset.min(size);
-        r.probe_sent = false;
-        r.last_progress = now;
+        // The follower's offset only grows; a lost chunk is sent again when the window
+        // stalls for the retransmission timeout (`on_heartbeat_timeout`).
+        if m.next_offset > r.snapshot_acked {
+            r.snapshot_acked = m.next_offset;
+            r.snapshot_sent = r.snapshot_sent.max(m.next_offset);
+            r.last_progress = now;
+        }
     }
 
     /// The snapshot for the host to restore, before any entry after it is applied.

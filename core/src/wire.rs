@@ -33,8 +33,9 @@ use crate::types::{Entry, Index, NodeId, Term};
 use core::fmt;
 use serde::{Deserialize, Serialize};
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// The protocol version this build speaks. Version 2: InstallSnapshot carries `done` on
+/// its last chunk instead of the snapshot's size (snapshots are streamed).
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Largest encoding of a varint `u64`.
 const VARINT_U64: usize = 10;
@@ -61,7 +62,7 @@ pub const INSTALL_SNAPSHOT_RESPONSE_MAX: usize = HEADER_MAX + 1 + 3 * VARINT_U64
 /// Largest encoded InstallSnapshot carrying `config_bytes` of configuration and
 /// `data_bytes` of snapshot, header included.
 pub const fn install_snapshot_max(config_bytes: usize, data_bytes: usize) -> usize {
-    HEADER_MAX + 1 + 5 * VARINT_U64 + 2 * VARINT_LEN + config_bytes + data_bytes
+    HEADER_MAX + 1 + 4 * VARINT_U64 + 1 + 2 * VARINT_LEN + config_bytes + data_bytes
 }
 
 /// Largest encoded AppendEntries without entries (a heartbeat), header included.
@@ -389,8 +390,8 @@ mod tests {
                 term: MAX,
                 last_included_index: MAX,
                 last_included_term: MAX,
-                size: MAX,
                 offset: MAX,
+                done: true,
                 config: &[1; 27],
                 data: &[2; 300],
             }),
@@ -435,10 +436,12 @@ mod tests {
             })
         );
         let mut v = buf;
-        v[0] = 2;
+        v[0] = PROTOCOL_VERSION + 1;
         assert_eq!(
             decode::<0>(&v[..len], 5).err(),
-            Some(WireError::WrongVersion { found: 2 })
+            Some(WireError::WrongVersion {
+                found: PROTOCOL_VERSION + 1
+            })
         );
         assert_eq!(
             decode::<0>(&buf[..len + 1], 5).err(),

@@ -114,8 +114,8 @@ fn every_request_with_a_stale_term_is_answered_with_the_current_term() {
         term: 6,
         last_included_index: 5,
         last_included_term: 6,
-        size: 3,
         offset: 0,
+        done: false,
         config: &[],
         data: b"abc",
     });

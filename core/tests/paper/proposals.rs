@@ -1,7 +1,7 @@
 //! Proposals: redirection, assigned index and term, back-pressure.
 
 use crate::support::*;
-use coracle::{ArrayLog, Config, Node, Output, ProposeError, Role, StorageError};
+use coracle::{ArrayLog, Config, Node, ProposeError, Role, StorageError};
 
 #[test]
 fn a_proposal_on_a_follower_names_the_leader() {
@@ -71,17 +71,8 @@ fn too_many_uncommitted_entries_is_back_pressure() {
 fn a_full_fixed_capacity_log_is_an_error_not_a_panic() {
     let mut n: Node<ArrayLog<4, 8>> = Node::new(Config::new(1, 1), ArrayLog::new(), &[1]).unwrap();
     n.campaign();
-    let drain = |n: &mut Node<ArrayLog<4, 8>>| loop {
-        let mut sync = None;
-        while let Some(o) = n.poll_output() {
-            if let Output::Sync(t) = o {
-                sync = Some(t);
-            }
-        }
-        match sync {
-            Some(t) => n.synced(t),
-            None => break,
-        }
+    let drain = |n: &mut Node<ArrayLog<4, 8>>| {
+        drain_outputs(n);
     };
     drain(&mut n);
     assert_eq!(n.role(), Role::Leader);
@@ -95,6 +86,6 @@ fn a_full_fixed_capacity_log_is_an_error_not_a_panic() {
     assert!(n.propose(&[0; 9]).is_err());
     drain(&mut n);
     assert_eq!(n.applied_index(), 4);
-    n.compact(4).unwrap();
+    n.snapshot_taken(4).unwrap();
     assert!(n.propose(b"y").is_ok(), "room again after compaction");
 }

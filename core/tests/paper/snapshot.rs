@@ -3,7 +3,8 @@
 
 use crate::support::*;
 use coracle::{
-    ArrayLog, Config, InstallSnapshot, LogStorage, MembershipChange, Message, Node, NodeId, Output,
+    ArrayLog, Config, InstallSnapshot, LogStorage, MembershipChange, Message, Node, NodeId,
+    SnapshotError,
 };
 
 fn small_chunks(id: NodeId) -> Config {
@@ -65,8 +66,8 @@ fn a_follower_behind_the_compacted_log_gets_the_snapshot_in_chunks() {
         vec![meta],
         "the host restores from the snapshot"
     );
-    let (kept, bytes) = c.node(3).log().snapshot().unwrap();
-    assert_eq!((kept, bytes), (&meta, &b"abcdefghij"[..]));
+    assert_eq!(c.node(3).log().snapshot_meta(), Some(meta));
+    assert_eq!(c.snapshot_bytes(3), b"abcdefghij");
     assert_eq!(c.node(3).log().first_index(), 12);
     c.run(2);
     assert_eq!(
@@ -93,8 +94,43 @@ fn an_interrupted_install_resumes_where_it_stopped() {
 }
 
 #[test]
+fn chunks_stream_within_the_window() {
+    let (mut c, meta) = compacted_cluster();
+    c.heal();
+    // Deliver one message at a time until the leader starts the transfer.
+    let mut chunks = Vec::new();
+    'run: for _ in 0..50 {
+        c.tick(1, 1);
+        loop {
+            chunks = c.queue.iter().filter_map(chunk_offset).collect();
+            if !chunks.is_empty() {
+                break 'run;
+            }
+            let Some(env) = c.queue.pop_front() else {
+                break;
+            };
+            c.deliver(env);
+        }
+    }
+    assert_eq!(
+        chunks,
+        vec![0, 4, 8],
+        "three chunks in flight at once, not one by one"
+    );
+    c.stabilize();
+    assert_eq!(c.restored[&3], vec![meta]);
+}
+
+/// One chunk in flight at a time, so the test sees where a transfer resumes.
+fn one_chunk_at_a_time(id: NodeId) -> Config {
+    let mut c = small_chunks(id);
+    c.max_inflight = 1;
+    c
+}
+
+#[test]
 fn a_new_leader_with_the_same_snapshot_resumes_the_transfer() {
-    let mut c = Cluster::with(&[1, 2, 3], small_chunks, |_| coracle::VecLog::new());
+    let mut c = Cluster::with(&[1, 2, 3], one_chunk_at_a_time, |_| coracle::VecLog::new());
     c.elect(1);
     c.isolate(3);
     for i in 0..10u8 {
@@ -201,43 +237,79 @@ fn a_full_fixed_capacity_log_asks_the_host_for_a_snapshot() {
         if round > 0 && n.propose(b"x").is_err() {
             // back-pressure, never a panic
         }
-        loop {
-            let mut sync = None;
-            while let Some(o) = n.poll_output() {
-                match o {
-                    Output::Sync(t) => sync = Some(t),
-                    Output::SnapshotNeeded => needed += 1,
-                    _ => {}
-                }
-            }
-            match sync {
-                Some(t) => n.synced(t),
-                None => break,
-            }
-        }
+        needed += drain_outputs(&mut n)
+            .iter()
+            .filter(|o| *o == "SnapshotNeeded")
+            .count();
     }
     assert!(needed >= 1, "the host was asked to snapshot");
     let applied = n.applied_index();
-    n.compact(applied).unwrap();
+    let meta = n.snapshot_taken(applied).unwrap();
+    assert_eq!(meta.index, applied);
+    assert_eq!(n.log().first_index(), applied + 1, "compacted behind it");
     assert!(n.propose(b"y").is_ok());
+}
+
+#[test]
+fn taking_a_snapshot_is_one_call_with_clear_refusals() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    for i in 0..4u8 {
+        c.propose(1, &[i]);
+    }
+    c.stabilize();
+    let applied = c.node(1).applied_index();
+    let n = c.node_mut(1);
+    assert_eq!(
+        n.snapshot_taken(applied + 1),
+        Err(SnapshotError::NotApplied)
+    );
+    let meta = n.snapshot_taken(applied - 2).unwrap();
+    assert_eq!((meta.index, meta.term), (applied - 2, 1));
+    assert_eq!(n.snapshot_taken(applied - 3), Err(SnapshotError::Stale));
+    c.drain(1);
+    // The batch asked the host to record it and to drop what it covers.
+    let store = &c.written[&1];
+    assert_eq!(store.snapshot.as_ref().map(|(m, _)| *m), Some(meta));
+    assert_eq!(store.compacted.0, meta.index);
+}
+
+/// The node keeps entries behind its snapshot when asked to, so a follower a little
+/// behind gets entries rather than the whole snapshot.
+#[test]
+fn entries_behind_a_snapshot_are_kept_as_configured() {
+    fn keep_two(id: NodeId) -> Config {
+        let mut c = default_config(id);
+        c.keep_entries_behind_snapshot = 2;
+        c
+    }
+    let mut c = Cluster::with(&[1, 2, 3], keep_two, |_| coracle::VecLog::new());
+    c.elect(1);
+    for i in 0..6u8 {
+        c.propose(1, &[i]);
+    }
+    c.stabilize();
+    let meta = c.snapshot(1);
+    assert_eq!(c.node(1).log().first_index(), meta.index - 1);
+    assert_eq!(c.written[&1].compacted.0, meta.index - 2);
 }
 
 #[test]
 fn inconsistent_snapshot_chunks_are_counted_and_ignored() {
     let bad = [
-        (4, 5, &b"x"[..]),   // offset beyond size
-        (2, 0, &b"xyz"[..]), // more data than size
+        (3, 0, &[][..]),          // a last included term above the message's term
+        (1, u64::MAX, &b"x"[..]), // an offset whose end overflows
     ];
-    for (size, offset, data) in bad {
+    for (last_included_term, offset, config) in bad {
         let mut c = Cluster::new(&[1, 2, 3]);
         let m = Message::InstallSnapshot(InstallSnapshot {
             term: 1,
             last_included_index: 5,
-            last_included_term: 1,
-            size,
+            last_included_term,
             offset,
-            config: &[],
-            data,
+            done: false,
+            config,
+            data: b"xy",
         });
         let replies = step_and_collect(c.node_mut(1), 2, m);
         assert!(replies.is_empty(), "{replies:?}");
@@ -249,14 +321,46 @@ fn inconsistent_snapshot_chunks_are_counted_and_ignored() {
         term: 1,
         last_included_index: 5,
         last_included_term: 1,
-        size: 1,
         offset: 0,
+        done: true,
         config: &[1, 2, 3],
         data: b"x",
     });
     step_and_collect(c.node_mut(1), 2, m);
     assert_eq!(c.node(1).counters().invalid, 1);
     assert_eq!(c.node(1).log().first_index(), 1);
+}
+
+/// A chunk at an offset the follower does not expect is answered with the one it does,
+/// and nothing is written.
+#[test]
+fn a_chunk_out_of_order_is_answered_with_the_offset_expected() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    let chunk = |offset, data| {
+        Message::InstallSnapshot(InstallSnapshot {
+            term: 1,
+            last_included_index: 5,
+            last_included_term: 1,
+            offset,
+            done: false,
+            config: &[],
+            data,
+        })
+    };
+    let answers = step_and_collect(c.node_mut(1), 2, chunk(0, b"abc"));
+    let next = |a: &[(u64, coracle::OwnedMessage)]| match a[0].1.as_message() {
+        Message::InstallSnapshotResponse(r) => r.next_offset,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(next(&answers), 3);
+    let answers = step_and_collect(c.node_mut(1), 2, chunk(7, b"zzz"));
+    assert_eq!(next(&answers), 3, "a gap: resend from 3");
+    let answers = step_and_collect(c.node_mut(1), 2, chunk(3, b"de"));
+    assert_eq!(next(&answers), 5);
+    assert_eq!(
+        c.written[&1].incoming, None,
+        "the harness writes only on drain"
+    );
 }
 
 /// A node that restarts from its own snapshot (its state machine empty) counts the
@@ -291,17 +395,13 @@ fn a_snapshot_restored_at_restart_counts_as_committed() {
     assert_eq!(restored, Some(meta.index));
     assert!(node.commit_index() >= meta.index);
 
-    let data = c
-        .node(1)
-        .log()
-        .snapshot()
-        .map_or(Vec::new(), |(_, d)| d.to_vec());
+    let data = c.snapshot_bytes(2);
     let install = Message::InstallSnapshot(InstallSnapshot {
         term: node.term(),
         last_included_index: meta.index,
         last_included_term: meta.term,
-        size: meta.size,
         offset: 0,
+        done: true,
         config: meta.config(),
         data: &data,
     });

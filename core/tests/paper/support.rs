@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 use coracle::{
-    Config, Entry, EntryKind, HardState, Index, LogStorage, Message, Node, NodeId, OwnedEntry,
-    OwnedMessage, Proposal, Role, SyncToken, Term, VecLog,
+    Config, Entry, EntryKind, HardState, Index, InstallSnapshot, LogStorage, MemStore, Message,
+    Node, NodeId, Output, OwnedEntry, OwnedMessage, Proposal, Role, SyncToken, Term, VecLog,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -22,8 +22,10 @@ pub struct Cluster {
     pub members: Vec<NodeId>,
     pub config: fn(NodeId) -> Config,
     pub nodes: BTreeMap<NodeId, TestNode>,
-    /// What survives a crash: the log as of the last answered sync.
-    durable: BTreeMap<NodeId, VecLog>,
+    /// What survives a crash: each node's store as of the last answered sync.
+    pub durable: BTreeMap<NodeId, MemStore>,
+    /// Each node's store with every batch written, durable or not (what it reads from).
+    pub written: BTreeMap<NodeId, MemStore>,
     pub queue: VecDeque<Envelope>,
     pub applied: BTreeMap<NodeId, Vec<OwnedEntry>>,
     /// Snapshots each node was told to restore.
@@ -60,9 +62,20 @@ pub fn log_with_terms(terms: &[Term], current_term: Term) -> VecLog {
     log.set_hard_state(HardState {
         current_term,
         voted_for: None,
-    })
-    .unwrap();
+    });
     log
+}
+
+/// The store that holds what `log` holds (a node built by hand starts from it).
+pub fn store_of(log: &VecLog) -> MemStore {
+    let mut store = MemStore::new();
+    store.hard_state = log.hard_state();
+    store.entries = log.entries().to_vec();
+    store.compacted = (
+        log.first_index() - 1,
+        log.term(log.first_index() - 1).unwrap_or(0),
+    );
+    store
 }
 
 pub fn terms_of(log: &VecLog) -> Vec<Term> {
@@ -84,6 +97,7 @@ impl Cluster {
             config,
             nodes: BTreeMap::new(),
             durable: BTreeMap::new(),
+            written: BTreeMap::new(),
             queue: VecDeque::new(),
             applied: BTreeMap::new(),
             read_outputs: BTreeMap::new(),
@@ -96,7 +110,8 @@ impl Cluster {
         };
         for &id in ids {
             let log = log(id);
-            c.durable.insert(id, log.clone());
+            c.durable.insert(id, store_of(&log));
+            c.written.insert(id, store_of(&log));
             let mut node = Node::new(config(id), log, ids).unwrap();
             // A state built by hand: no leader can have been heard from recently.
             node.skip_vote_guard();
@@ -111,7 +126,8 @@ impl Cluster {
     /// leader adds it).
     pub fn join(&mut self, id: NodeId, bootstrap: &[NodeId]) {
         let log = VecLog::new();
-        self.durable.insert(id, log.clone());
+        self.durable.insert(id, MemStore::new());
+        self.written.insert(id, MemStore::new());
         self.nodes
             .insert(id, Node::new((self.config)(id), log, bootstrap).unwrap());
         self.applied.insert(id, Vec::new());
@@ -130,48 +146,76 @@ impl Cluster {
         self.nodes.get_mut(&id).expect("node is up")
     }
 
-    /// Drains one node's outputs: sends are queued (unless the link is cut), syncs answered
-    /// or held, applies recorded.
+    /// Drains one node's outputs: sends are queued (unless the link is cut), batches
+    /// written and made durable (or held), applies recorded, snapshot chunks read from the
+    /// node's store.
     pub fn drain(&mut self, id: NodeId) {
         let Some(node) = self.nodes.get_mut(&id) else {
             return;
         };
+        let written = self.written.get_mut(&id).expect("a store");
         loop {
             let mut sync = None;
             while let Some(out) = node.poll_output() {
                 match out {
-                    coracle::Output::Send { to, message } if !self.cut.contains(&(id, to)) => {
+                    Output::Send { to, message } if !self.cut.contains(&(id, to)) => {
                         self.queue.push_back(Envelope {
                             from: id,
                             to,
                             message: OwnedMessage::from(&message),
                         });
                     }
-                    coracle::Output::Sync(t) => sync = Some(t),
-                    coracle::Output::Apply(e) => self.applied.get_mut(&id).unwrap().push(e.into()),
-                    coracle::Output::ReadReady { id: r, index } => self
+                    Output::SendSnapshot {
+                        to,
+                        message,
+                        max_len,
+                    } if !self.cut.contains(&(id, to)) => {
+                        let Some((data, done)) = written.snapshot_chunk(
+                            message.last_included_index,
+                            message.offset,
+                            max_len,
+                        ) else {
+                            continue;
+                        };
+                        let chunk = InstallSnapshot {
+                            data,
+                            done,
+                            ..message
+                        };
+                        self.queue.push_back(Envelope {
+                            from: id,
+                            to,
+                            message: OwnedMessage::from(&Message::InstallSnapshot(chunk)),
+                        });
+                    }
+                    Output::Persist(batch) => {
+                        written.persist(&batch);
+                        sync = Some(batch.token);
+                    }
+                    Output::Fetch { .. } => panic!("a VecLog never misses"),
+                    Output::Apply(e) => self.applied.get_mut(&id).unwrap().push(e.into()),
+                    Output::ReadReady { id: r, index } => self
                         .read_outputs
                         .get_mut(&id)
                         .unwrap()
                         .push((r, Some(index))),
-                    coracle::Output::ReadFailed { id: r } => {
+                    Output::ReadFailed { id: r } => {
                         self.read_outputs.get_mut(&id).unwrap().push((r, None))
                     }
-                    coracle::Output::RestoreSnapshot { index, .. } => {
+                    Output::RestoreSnapshot { index, .. } => {
                         let meta = node.log().snapshot_meta().expect("a kept snapshot");
                         assert_eq!(meta.index, index);
                         self.restored.entry(id).or_default().push(meta)
                     }
-                    coracle::Output::SnapshotNeeded => {
-                        *self.snapshots_needed.entry(id).or_default() += 1
+                    Output::SnapshotNeeded => *self.snapshots_needed.entry(id).or_default() += 1,
+                    Output::Send { .. } | Output::SendSnapshot { .. } | Output::StateChanged(_) => {
                     }
-                    _ => {}
                 }
             }
             match sync {
                 Some(t) if !self.manual_sync.contains(&id) => {
-                    self.durable.insert(id, node.log().clone());
-                    node.synced(t);
+                    self.durable.insert(id, written.clone());
+                    node.persisted(t);
                 }
                 Some(t) => {
                     self.held_syncs.insert(id, t);
@@ -186,8 +230,8 @@ impl Cluster {
     pub fn sync(&mut self, id: NodeId) {
         if let Some(t) = self.held_syncs.remove(&id) {
             let node = self.nodes.get_mut(&id).unwrap();
-            self.durable.insert(id, node.log().clone());
-            node.synced(t);
+            self.durable.insert(id, self.written[&id].clone());
+            node.persisted(t);
             self.drain(id);
         }
     }
@@ -277,11 +321,13 @@ impl Cluster {
         self.nodes.remove(&id);
         self.held_syncs.remove(&id);
         self.queue.retain(|e| e.to != id);
+        self.written.insert(id, self.durable[&id].clone());
     }
 
-    /// Restarts `id` from its durable log, telling it what it had applied.
+    /// Restarts `id` from its durable store, telling it what it had applied.
     pub fn restart(&mut self, id: NodeId) {
-        let log = self.durable[&id].clone();
+        let mut log = VecLog::new();
+        self.durable[&id].recover(&mut log).unwrap();
         let mut config = (self.config)(id);
         config.applied = self.applied[&id]
             .last()
@@ -294,10 +340,9 @@ impl Cluster {
     /// The disk of `id` loses every entry after `keep_through` (a torn or truncated log, or
     /// a disk that lied about a flush): what a restart will find.
     pub fn lose_durable_tail(&mut self, id: NodeId, keep_through: Index) {
-        let log = self.durable.get_mut(&id).expect("a known node");
-        if keep_through < log.last_index() {
-            log.truncate_suffix(keep_through + 1).unwrap();
-        }
+        let store = self.durable.get_mut(&id).expect("a known node");
+        let keep = keep_through.saturating_sub(store.compacted.0) as usize;
+        store.entries.truncate(keep);
     }
 
     pub fn leaders(&self) -> Vec<NodeId> {
@@ -313,17 +358,26 @@ impl Cluster {
     }
 
     /// Node `id` snapshots its state machine (here: the commands it applied, concatenated)
-    /// at its applied index and compacts its log through it.
+    /// at its applied index, which compacts its log through it.
     pub fn snapshot(&mut self, id: NodeId) -> coracle::SnapshotMeta {
         let data: Vec<u8> = self.commands(id).concat();
-        let node = self.node_mut(id);
-        let applied = node.applied_index();
-        let meta = node.snapshot_meta_at(applied, data.len() as u64).unwrap();
-        node.log_mut().save_snapshot(meta, data);
-        node.compact(applied).unwrap();
-        let log = node.log().clone();
-        self.durable.insert(id, log);
+        let applied = self.node(id).applied_index();
+        for store in [&mut self.written, &mut self.durable] {
+            store
+                .get_mut(&id)
+                .unwrap()
+                .save_taken(applied, data.clone());
+        }
+        let meta = self.node_mut(id).snapshot_taken(applied).unwrap();
+        self.drain(id);
         meta
+    }
+
+    /// The bytes of the snapshot node `id` keeps.
+    pub fn snapshot_bytes(&self, id: NodeId) -> Vec<u8> {
+        let (meta, bytes) = self.written[&id].snapshot.clone().expect("a kept snapshot");
+        assert_eq!(Some(meta), self.node(id).log().snapshot_meta());
+        bytes
     }
 
     /// Commands applied by `id`, without no-ops.
@@ -353,15 +407,32 @@ pub fn collect(node: &mut TestNode) -> Vec<(NodeId, OwnedMessage)> {
         let mut sync = None;
         while let Some(o) = node.poll_output() {
             match o {
-                coracle::Output::Send { to, message } => {
-                    out.push((to, OwnedMessage::from(&message)))
-                }
-                coracle::Output::Sync(t) => sync = Some(t),
+                Output::Send { to, message } => out.push((to, OwnedMessage::from(&message))),
+                Output::Persist(batch) => sync = Some(batch.token),
                 _ => {}
             }
         }
         match sync {
-            Some(t) => node.synced(t),
+            Some(t) => node.persisted(t),
+            None => return out,
+        }
+    }
+}
+
+/// Drains `node`, answering every batch at once, and returns the outputs that are not
+/// batches, as text (for tests that look at what a lone node asks of its host).
+pub fn drain_outputs<S: LogStorage>(node: &mut Node<S>) -> Vec<String> {
+    let mut out = Vec::new();
+    loop {
+        let mut sync: Option<SyncToken> = None;
+        while let Some(o) = node.poll_output() {
+            match o {
+                Output::Persist(batch) => sync = Some(batch.token),
+                other => out.push(format!("{other:?}")),
+            }
+        }
+        match sync {
+            Some(t) => node.persisted(t),
             None => return out,
         }
     }
