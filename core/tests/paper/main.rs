@@ -7,6 +7,7 @@ mod bad_input;
 mod durability;
 mod election;
 mod election_restriction;
+mod fetch;
 mod figure7;
 mod figure8;
 mod membership;

@@ -1,0 +1,214 @@
+//! Reads that miss memory (issue 16): a node whose memory log holds only its newest
+//! entries (`CachedLog`) asks its host for older ones (`Output::Fetch`) to send them to a
+//! follower behind, or to apply them after a restart, and goes on once they are handed in.
+
+use coracle::{
+    CachedLog, Config, Entry, EntryKind, InstallSnapshot, LogStorage, MemStore, Message, Node,
+    NodeId, Output, OwnedMessage, Role,
+};
+
+type CachedNode = Node<CachedLog>;
+
+/// Nodes with a memory budget of a few entries, each with its store; messages delivered in
+/// order; fetches served from the store at once (or refused, when told).
+struct Net {
+    nodes: Vec<CachedNode>,
+    stores: Vec<MemStore>,
+    mail: Vec<(NodeId, NodeId, OwnedMessage)>,
+    fetches: usize,
+    refuse_fetches: usize,
+    applied: Vec<Vec<u64>>,
+    /// The most bytes of entry data a node held in memory at once.
+    peak_memory: usize,
+}
+
+const BUDGET: usize = 4 * (100 + 64);
+
+fn cached_config(id: NodeId) -> Config {
+    let mut c = Config::new(id, id);
+    c.max_entries_per_message = 4;
+    c
+}
+
+impl Net {
+    fn new(n: u64) -> Net {
+        let members: Vec<NodeId> = (1..=n).collect();
+        Net {
+            nodes: members
+                .iter()
+                .map(|&id| Node::new(cached_config(id), CachedLog::new(BUDGET), &members).unwrap())
+                .collect(),
+            stores: members.iter().map(|_| MemStore::new()).collect(),
+            mail: Vec::new(),
+            fetches: 0,
+            refuse_fetches: 0,
+            applied: members.iter().map(|_| Vec::new()).collect(),
+            peak_memory: 0,
+        }
+    }
+
+    fn drain(&mut self, i: usize, cut: &[NodeId]) {
+        loop {
+            let mut ack = None;
+            let mut fetch = None;
+            let node = &mut self.nodes[i];
+            let store = &mut self.stores[i];
+            let id = node.id();
+            while let Some(out) = node.poll_output() {
+                match out {
+                    Output::Persist(batch) => {
+                        store.persist(&batch);
+                        ack = Some(batch.token);
+                    }
+                    Output::Fetch { from, to } => fetch = Some((from, to)),
+                    Output::Send { to, message } if !cut.contains(&to) && !cut.contains(&id) => {
+                        self.mail.push((id, to, OwnedMessage::from(&message)))
+                    }
+                    Output::SendSnapshot {
+                        to,
+                        message,
+                        max_len,
+                    } => {
+                        let Some((data, done)) =
+                            store.snapshot_chunk(message.last_included_index, message.offset, max_len)
+                        else {
+                            continue;
+                        };
+                        let chunk = InstallSnapshot {
+                            data,
+                            done,
+                            ..message
+                        };
+                        let m = Message::InstallSnapshot(chunk);
+                        self.mail.push((id, to, OwnedMessage::from(&m)));
+                    }
+                    Output::Apply(e) => self.applied[i].push(e.index),
+                    _ => {}
+                }
+            }
+            if let Some(t) = ack {
+                node.persisted(t);
+            }
+            if let Some((from, to)) = fetch {
+                self.fetches += 1;
+                if self.refuse_fetches > 0 {
+                    self.refuse_fetches -= 1;
+                    node.fetch_failed();
+                } else {
+                    node.fetched(store.fetch(from, to));
+                }
+            }
+            self.peak_memory = self.peak_memory.max(node.log().bytes_in_memory());
+            if ack.is_none() && fetch.is_none() {
+                return;
+            }
+        }
+    }
+
+    /// Ticks every node `ticks` times, delivering everything in between; `cut` nodes
+    /// neither send nor receive.
+    fn run(&mut self, ticks: u64, cut: &[NodeId]) {
+        for _ in 0..ticks {
+            for i in 0..self.nodes.len() {
+                self.nodes[i].tick();
+                self.drain(i, cut);
+            }
+            while !self.mail.is_empty() {
+                for (from, to, m) in std::mem::take(&mut self.mail) {
+                    if cut.contains(&to) || cut.contains(&from) {
+                        continue;
+                    }
+                    let k = (to - 1) as usize;
+                    self.nodes[k].step(from, m.as_message());
+                    self.drain(k, cut);
+                }
+            }
+        }
+    }
+
+    fn leader(&self) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.role() == Role::Leader)
+            .expect("a leader")
+    }
+
+    fn propose(&mut self, count: usize, cut: &[NodeId]) {
+        let l = self.leader();
+        for k in 0..count {
+            let data = [k as u8; 100];
+            self.nodes[l].propose(&data).unwrap();
+            self.drain(l, cut);
+            self.run(1, cut);
+        }
+    }
+}
+
+#[test]
+fn a_leader_reads_back_what_a_follower_behind_needs() {
+    let mut net = Net::new(3);
+    net.nodes[0].campaign();
+    net.run(20, &[]);
+    assert_eq!(net.leader(), 0);
+    // Node 3 is away while 40 entries commit; the leader's memory keeps about 4.
+    net.propose(40, &[3]);
+    let last = net.nodes[0].last_index();
+    assert!(net.nodes[0].log().entry(2).is_none(), "old entries left memory");
+    assert_eq!(net.fetches, 0, "nobody needed them yet");
+    net.run(40, &[]);
+    assert_eq!(net.nodes[2].last_index(), last, "node 3 caught up");
+    assert_eq!(net.applied[2], (1..=last).collect::<Vec<_>>());
+    assert!(net.fetches >= 40 / 4, "read back in batches: {}", net.fetches);
+    assert!(net.nodes[0].counters().fetches as usize >= net.fetches);
+    // Memory stayed bounded by the budget plus the window of entries read back.
+    assert!(
+        net.peak_memory <= 2 * BUDGET + 200,
+        "peak {} for a budget of {BUDGET}",
+        net.peak_memory
+    );
+}
+
+#[test]
+fn a_fetch_the_host_cannot_serve_is_asked_again() {
+    let mut net = Net::new(3);
+    net.nodes[0].campaign();
+    net.run(20, &[]);
+    net.propose(20, &[3]);
+    net.refuse_fetches = 3;
+    net.run(40, &[]);
+    assert_eq!(net.nodes[2].last_index(), net.nodes[0].last_index());
+    assert_eq!(net.nodes[0].counters().fetch_failures, 3);
+}
+
+#[test]
+fn a_restarted_node_reads_back_what_it_must_apply() {
+    let mut net = Net::new(1);
+    net.nodes[0].campaign();
+    net.run(20, &[]);
+    net.propose(12, &[]);
+    let last = net.nodes[0].last_index();
+    // A restart with a state machine that lost everything: the host fills the memory log
+    // with terms only (as a file log does for entries it does not want to read at boot).
+    let store = net.stores[0].clone();
+    let mut log = CachedLog::new(BUDGET);
+    log.set_hard_state(store.hard_state);
+    for e in &store.entries {
+        match e.kind {
+            EntryKind::Membership => log
+                .append(&Entry {
+                    index: e.index,
+                    term: e.term,
+                    kind: e.kind,
+                    data: &e.data,
+                })
+                .unwrap(),
+            kind => log.append_without_data(e.index, e.term, kind).unwrap(),
+        }
+    }
+    net.nodes[0] = Node::new(cached_config(1), log, &[1]).unwrap();
+    net.applied[0].clear();
+    net.run(30, &[]);
+    // Everything again, in order, then the no-op of the new term.
+    assert_eq!(net.applied[0], (1..=last + 1).collect::<Vec<_>>());
+    assert!(net.fetches > 0);
+}
