@@ -8,6 +8,16 @@ use crate::progress::Replication;
 use crate::storage::LogStorage;
 use crate::types::{EntryKind, NodeId, Role, Term};
 
+/// The campaign of a candidate.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Campaign {
+    /// Sequence number of the batch holding the candidate's own vote: it counts, and its
+    /// vote requests leave, only once that is durable.
+    pub own_vote: u64,
+    /// The campaign is on the leader's request (TimeoutNow): voters do not ignore it.
+    pub transfer: bool,
+}
+
 impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I, R> {
     /// A fresh randomized election timeout in `[T, 2T)` ticks (§5.2), later by `T/2` for
     /// each voter of higher priority, so the highest-ranked live node campaigns first.
@@ -19,7 +29,8 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             .iter()
             .filter(|p| (p.voter || p.voter_outgoing) && p.priority > me)
             .count() as u64;
-        self.election_deadline = self.now + outranked * (t / 2) + self.rng.in_range(t, t);
+        self.timers.election_deadline =
+            self.timers.now + outranked * (t / 2) + self.rng.in_range(t, t);
     }
 
     /// A leader hands leadership to a caught-up, active voter of higher priority (the
@@ -73,7 +84,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// that restarted does not know, so it assumes so for an election timeout: it may have
     /// answered a leader whose lease is still running before it went down.
     pub(crate) fn in_lease(&self) -> bool {
-        if self.now < self.vote_guard_until {
+        if self.timers.now < self.timers.vote_guard_until {
             return true;
         }
         match self.role {
@@ -81,8 +92,9 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             _ => {
                 self.leader.is_some()
                     && self
+                        .timers
                         .leader_contact
-                        .is_some_and(|t| self.now < t + self.cfg.election_ticks as u64)
+                        .is_some_and(|t| self.timers.now < t + self.cfg.election_ticks as u64)
             }
         }
     }
@@ -103,7 +115,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         self.role = Role::Follower;
         self.leader = leader;
         self.prune_non_members(leader);
-        self.leader_contact = leader.map(|_| self.now);
+        self.timers.leader_contact = leader.map(|_| self.timers.now);
         self.transfer = None;
         self.clear_campaign();
         // Figure 2: the timer restarts on hearing from the leader or granting a vote, not
@@ -119,7 +131,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         self.fail_reads();
         self.role = Role::PreCandidate;
         self.leader = None;
-        self.leader_contact = None;
+        self.timers.leader_contact = None;
         self.start_campaign();
         self.log_state_change();
         self.count_votes();
@@ -133,14 +145,14 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             return;
         }
         self.fail_reads();
-        self.transfer_campaign = transfer;
+        self.campaign.transfer = transfer;
         self.current_term += 1;
         self.voted_for = Some(self.cfg.id);
         self.persist_hard_state();
-        self.campaign_write = self.durability.last_write();
+        self.campaign.own_vote = self.durability.last_write();
         self.role = Role::Candidate;
         self.leader = None;
-        self.leader_contact = None;
+        self.timers.leader_contact = None;
         self.start_campaign();
         self.log_state_change();
         self.count_votes();
@@ -166,7 +178,8 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// Wins with votes from a majority; a candidate counts its own vote only once it is
     /// durable. Loses when a majority refused.
     pub(crate) fn count_votes(&mut self) {
-        let own = self.role == Role::PreCandidate || self.durability.released(self.campaign_write);
+        let own =
+            self.role == Role::PreCandidate || self.durability.released(self.campaign.own_vote);
         let won = self.quorum_agrees(own, |p| p.vote == Some(true));
         // Lost: even with every undecided vote, no quorum.
         let lost = !self.quorum_agrees(true, |p| p.vote != Some(false));
@@ -186,9 +199,9 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         self.role = Role::Leader;
         self.leader = Some(self.cfg.id);
         self.prune_non_members(None);
-        self.leader_contact = None;
+        self.timers.leader_contact = None;
         let next = self.log.last_index() + 1;
-        let now = self.now;
+        let now = self.timers.now;
         for p in self.peers.iter_mut() {
             p.vote = None;
             p.send_request_vote = false;
@@ -197,12 +210,12 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             p.acked_round = 0;
             p.send_timeout_now = false;
         }
-        self.round_open = false;
-        self.round_starts.clear();
-        self.lease_start = None;
+        self.reads.round_open = false;
+        self.reads.round_starts.clear();
+        self.reads.lease_start = None;
         self.transfer = None;
-        self.heartbeat_deadline = self.now + self.cfg.heartbeat_ticks as u64;
-        self.quorum_deadline = self.now + self.cfg.election_ticks as u64;
+        self.timers.heartbeat_deadline = self.timers.now + self.cfg.heartbeat_ticks as u64;
+        self.timers.quorum_deadline = self.timers.now + self.cfg.election_ticks as u64;
         self.log_state_change();
         // A full log leaves the leader without its no-op until the host compacts; proposals
         // report the same error, so the host learns of it.
@@ -290,7 +303,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         }
         let pre_vote = self.role == Role::PreCandidate;
         // A candidate's own vote must be durable before it asks for others' (Figure 2).
-        if !pre_vote && !self.durability.released(self.campaign_write) {
+        if !pre_vote && !self.durability.released(self.campaign.own_vote) {
             return None;
         }
         self.peers[i].send_request_vote = false;
@@ -300,7 +313,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             last_log_index,
             last_log_term: self.log.term(last_log_index).unwrap_or(0),
             pre_vote,
-            leadership_transfer: self.transfer_campaign,
+            leadership_transfer: self.campaign.transfer,
         }))
     }
 

@@ -25,6 +25,41 @@ const VOTER_OUTGOING: u8 = 2;
 const LEARNER: u8 = 4;
 const RECORD: usize = 9;
 
+/// This node's place in the configuration in use, and the members it was started with.
+#[derive(Clone, Debug)]
+pub(crate) struct Membership<const N: usize> {
+    /// Voter of the configuration in use (of its new half while joint).
+    pub voter: bool,
+    /// Voter of the old half while joint.
+    pub voter_outgoing: bool,
+    pub learner: bool,
+    /// Voter (of either half) of the configuration before the one in use
+    /// ([`Node::may_campaign`]); false when the one in use is the snapshot's or the
+    /// bootstrap members (both committed).
+    pub voter_before: bool,
+    /// Index of the configuration entry in use (0: the bootstrap members).
+    pub index: Index,
+    /// The other members given at construction, used while the log holds no
+    /// configuration.
+    pub bootstrap: heapless::Vec<NodeId, N>,
+    /// This node is one of the members given at construction.
+    pub bootstrap_voter: bool,
+}
+
+impl<const N: usize> Membership<N> {
+    pub fn new(bootstrap: heapless::Vec<NodeId, N>, voter: bool) -> Self {
+        Membership {
+            voter,
+            voter_outgoing: false,
+            learner: false,
+            voter_before: false,
+            index: 0,
+            bootstrap,
+            bootstrap_voter: voter,
+        }
+    }
+}
+
 /// A change of membership, proposed on the leader with [`Node::change_membership`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MembershipChange<'a> {
@@ -186,9 +221,9 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     pub fn members(&self) -> impl Iterator<Item = Member> + '_ {
         let me = Member {
             id: self.cfg.id,
-            voter: self.self_voter,
-            voter_outgoing: self.self_voter_outgoing,
-            learner: self.self_learner,
+            voter: self.membership.voter,
+            voter_outgoing: self.membership.voter_outgoing,
+            learner: self.membership.learner,
         };
         let is_member = me.voter || me.voter_outgoing || me.learner;
         is_member.then_some(me).into_iter().chain(
@@ -206,7 +241,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
 
     /// True while the configuration in use is joint (C_old,new).
     pub fn is_joint(&self) -> bool {
-        self.self_voter_outgoing || self.peers.iter().any(|p| p.voter_outgoing)
+        self.membership.voter_outgoing || self.peers.iter().any(|p| p.voter_outgoing)
     }
 
     /// Proposes a membership change. It takes effect on each node as soon as the node
@@ -224,7 +259,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         if self.transfer.is_some() {
             return Err(MembershipError::Transferring);
         }
-        if self.config_index > self.commit_index {
+        if self.membership.index > self.commit_index {
             return Err(MembershipError::ChangeInProgress);
         }
         if self.log.term(self.commit_index) != Some(self.current_term) {
@@ -368,23 +403,23 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             self.counters.invalid += 1;
             return;
         }
-        self.config_index = index;
-        self.self_voter_before = self.can_vote();
-        self.self_voter = false;
-        self.self_voter_outgoing = false;
-        self.self_learner = false;
+        self.membership.index = index;
+        self.membership.voter_before = self.can_vote();
+        self.membership.voter = false;
+        self.membership.voter_outgoing = false;
+        self.membership.learner = false;
         for p in self.peers.iter_mut() {
             p.voter = false;
             p.voter_outgoing = false;
             p.learner = false;
         }
         let next = self.log.last_index() + 1;
-        let now = self.now;
+        let now = self.timers.now;
         for m in members {
             if m.id == self.cfg.id {
-                self.self_voter = m.voter;
-                self.self_voter_outgoing = m.voter_outgoing;
-                self.self_learner = m.learner;
+                self.membership.voter = m.voter;
+                self.membership.voter_outgoing = m.voter_outgoing;
+                self.membership.learner = m.learner;
                 continue;
             }
             let i = match self.peer_index(m.id) {
@@ -413,7 +448,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// After the log lost entries from `from` on: if the configuration came from one of
     /// them, go back to the newest configuration still in the log (or the bootstrap one).
     pub(crate) fn config_truncated(&mut self, from: Index) {
-        if self.config_index >= from {
+        if self.membership.index >= from {
             self.load_config_from_log();
         }
     }
@@ -460,21 +495,21 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             Some(meta) if !meta.config().is_empty() => self.use_config(meta.index, meta.config()),
             _ => self.restore_bootstrap_members(),
         }
-        self.self_voter_before = false;
+        self.membership.voter_before = false;
     }
 
     /// On the leader, after the commit index moved: leave a committed joint configuration
     /// automatically, and step down once a configuration without this node commits.
     pub(crate) fn on_config_committed(&mut self) {
         if self.role != Role::Leader
-            || self.config_index > self.commit_index
-            || self.config_index == 0
+            || self.membership.index > self.commit_index
+            || self.membership.index == 0
         {
             return;
         }
         if self.is_joint() && self.cfg.auto_leave_joint {
             let _ = self.change_membership(MembershipChange::LeaveJoint);
-        } else if !self.self_voter && !self.self_voter_outgoing {
+        } else if !self.membership.voter && !self.membership.voter_outgoing {
             // Removed (or demoted): hand over by stepping down; the others elect a leader.
             self.become_follower(self.current_term, None);
         }

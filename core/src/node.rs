@@ -19,15 +19,17 @@
 
 use crate::config::{Config, ConfigError};
 use crate::durability::{Durability, Gated, Persist, SyncToken};
+use crate::election::Campaign;
 use crate::log_macros::info;
+use crate::membership::Membership;
 use crate::message::{
     AppendEntries, AppendEntriesResponse, Entries, InstallSnapshot, InstallSnapshotResponse,
     Message, ReadIndex, ReadIndexResponse, RequestVote, RequestVoteResponse, TimeoutNow,
 };
-use crate::progress::{Progress, Replication};
-use crate::read::PendingRead;
+use crate::progress::{Progress, ProgressState, Replication};
+use crate::read::Reads;
 use crate::rng::Rng;
-use crate::storage::SnapshotMeta;
+use crate::snapshot::SnapshotTransfer;
 use crate::storage::{LogStorage, StorageError};
 use crate::transfer::Transfer;
 use crate::types::{Entry, EntryKind, HardState, Index, NodeId, Role, Term};
@@ -43,66 +45,64 @@ use core::fmt;
 /// See the [crate documentation](crate) for a complete event loop.
 pub struct Node<S: LogStorage, const N: usize = 6, const I: usize = 8, const R: usize = 16> {
     pub(crate) cfg: Config,
+    /// The node's memory of its log, hard state and kept snapshot.
     pub(crate) log: S,
+    /// `currentTerm` (Figure 2, persistent).
     pub(crate) current_term: Term,
+    /// `votedFor` (Figure 2, persistent).
     pub(crate) voted_for: Option<NodeId>,
     pub(crate) role: Role,
+    /// The leader of `current_term`, once known.
     pub(crate) leader: Option<NodeId>,
+    /// `commitIndex` (Figure 2, volatile).
     pub(crate) commit_index: Index,
+    /// `lastApplied` (Figure 2, volatile): the last index handed out with
+    /// [`Output::Apply`] or covered by [`Output::RestoreSnapshot`].
     pub(crate) applied: Index,
-    pub(crate) self_voter: bool,
-    /// Voter of the old configuration while joint.
-    pub(crate) self_voter_outgoing: bool,
-    pub(crate) self_learner: bool,
-    /// Voter (of either half) of the configuration before the one in use
-    /// ([`Node::may_campaign`]); false when the one in use is the snapshot's or the
-    /// bootstrap members (both committed).
-    pub(crate) self_voter_before: bool,
-    /// Index of the configuration entry in use (0: the bootstrap members).
-    pub(crate) config_index: Index,
-    /// The members given at construction, used when the log holds no configuration.
-    bootstrap: heapless::Vec<NodeId, N>,
-    bootstrap_self_voter: bool,
+    /// This node's place in the configuration in use.
+    pub(crate) membership: Membership<N>,
+    /// Every other member (and strangers answered for a while), with what this node keeps
+    /// about each: its role in the configuration, replication progress, votes, pending
+    /// answers.
     pub(crate) peers: heapless::Vec<Peer<I>, N>,
-    pub(crate) now: u64,
-    pub(crate) election_deadline: u64,
-    pub(crate) heartbeat_deadline: u64,
-    pub(crate) quorum_deadline: u64,
-    /// Tick at which the current leader was last heard from.
-    pub(crate) leader_contact: Option<u64>,
+    pub(crate) timers: Timers,
     pub(crate) rng: Rng,
-    /// Sequence number of the write holding this candidate's own vote.
-    pub(crate) campaign_write: u64,
-    /// The leader's heartbeat round (ReadIndex confirmation).
-    pub(crate) round: u64,
-    /// The current round's messages have not left yet: new reads can join it.
-    pub(crate) round_open: bool,
-    /// When recent rounds started: (round, tick).
-    pub(crate) round_starts: heapless::Deque<(u64, u64), 16>,
-    /// Start of the leader's lease (tick of the newest round a quorum answered).
-    pub(crate) lease_start: Option<u64>,
-    pub(crate) reads: heapless::Vec<PendingRead, R>,
+    pub(crate) campaign: Campaign,
+    pub(crate) reads: Reads<R>,
     pub(crate) transfer: Option<Transfer>,
-    /// This candidate campaigns on the leader's request (TimeoutNow).
-    pub(crate) transfer_campaign: bool,
-    /// A restarted node ignores vote requests until this tick (lease safety).
-    pub(crate) vote_guard_until: u64,
-    /// Leader: the snapshot being sent to followers that need it.
-    pub(crate) snapshot_out: Option<SnapshotMeta>,
-    /// Follower: the snapshot being received and the next offset expected.
-    pub(crate) incoming_snapshot: Option<(SnapshotMeta, u64)>,
-    /// A snapshot the host must restore its state machine from, once the write with this
-    /// sequence number is durable.
-    pub(crate) restore_pending: Option<(SnapshotMeta, u64)>,
-    /// The log filled up: ask the host for a snapshot.
-    pub(crate) snapshot_needed: bool,
+    pub(crate) snapshots: SnapshotTransfer,
     pub(crate) durability: Durability,
     pub(crate) fetch: Fetch,
     /// The last index the memory log was told it may drop ([`LogStorage::release`]).
     released: Index,
-    announced: StateChange,
-    send_cursor: usize,
+    outbox: Outbox,
     pub(crate) counters: Counters,
+}
+
+/// The clock of the node, in ticks, and the deadlines it keeps.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Timers {
+    /// Ticks received so far.
+    pub now: u64,
+    /// Follower and candidate: when to campaign.
+    pub election_deadline: u64,
+    /// Leader: when to send the next heartbeats.
+    pub heartbeat_deadline: u64,
+    /// Leader with check-quorum: when to check that a quorum was heard from.
+    pub quorum_deadline: u64,
+    /// Tick at which the current leader was last heard from.
+    pub leader_contact: Option<u64>,
+    /// A restarted node ignores vote requests until this tick (lease safety).
+    pub vote_guard_until: u64,
+}
+
+/// What the node has announced and where its round-robin over peers stands.
+#[derive(Clone, Copy, Debug)]
+struct Outbox {
+    /// Role, term and leader as last announced with [`Output::StateChanged`].
+    announced: StateChange,
+    /// The peer to look at first for the next message.
+    cursor: usize,
 }
 
 /// Entries whose data the memory log lacks, asked of the host ([`Output::Fetch`]).
@@ -118,15 +118,23 @@ pub(crate) struct Fetch {
 #[derive(Clone, Debug)]
 pub(crate) struct Peer<const I: usize> {
     pub id: NodeId,
+    /// Voter of the configuration in use (of its new half while joint).
     pub voter: bool,
     /// Voter of the old configuration while joint.
     pub voter_outgoing: bool,
     pub learner: bool,
+    /// Leader: `nextIndex`, `matchIndex` and the pipeline to it.
     pub replication: Replication<I>,
     /// The answer to this node's (pre-)vote request in the current campaign.
     pub vote: Option<bool>,
+    /// Candidate: its vote request is still to be sent.
     pub send_request_vote: bool,
+    /// Leader: a heartbeat is due.
     pub send_heartbeat: bool,
+    /// Leader: TimeoutNow is due (leadership transfer).
+    pub send_timeout_now: bool,
+    /// Answers waiting for the batch they depend on to be durable (at most one of each
+    /// kind: a newer one replaces or merges with the older).
     pub vote_response: Option<Gated<RequestVoteResponse>>,
     pub append_response: Option<Gated<AppendEntriesResponse>>,
     pub snapshot_response: Option<Gated<InstallSnapshotResponse>>,
@@ -134,7 +142,6 @@ pub(crate) struct Peer<const I: usize> {
     pub acked_round: u64,
     /// Its election priority.
     pub priority: u8,
-    pub send_timeout_now: bool,
 }
 
 /// Role, term and leader as last announced with [`Output::StateChanged`].
@@ -389,44 +396,30 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             // A snapshot holds only committed entries.
             commit_index: restore.map_or(applied, |m| m.index.max(applied)),
             applied,
-            self_voter,
-            self_voter_outgoing: false,
-            self_learner: false,
-            self_voter_before: false,
-            config_index: 0,
-            bootstrap,
-            bootstrap_self_voter: self_voter,
+            membership: Membership::new(bootstrap, self_voter),
             peers,
-            now: 0,
-            election_deadline: 0,
-            heartbeat_deadline: 0,
-            quorum_deadline: 0,
-            leader_contact: None,
-            campaign_write: 0,
-            round: 0,
-            round_open: false,
-            round_starts: heapless::Deque::new(),
-            lease_start: None,
-            reads: heapless::Vec::new(),
+            timers: Timers {
+                vote_guard_until,
+                ..Timers::default()
+            },
+            campaign: Campaign::default(),
+            reads: Reads::new(),
             transfer: None,
-            transfer_campaign: false,
-            vote_guard_until,
-            snapshot_out: None,
-            incoming_snapshot: None,
-            restore_pending: None,
-            snapshot_needed: false,
+            snapshots: SnapshotTransfer::default(),
             durability: Durability::new(last),
             fetch: Fetch::default(),
             released: 0,
-            announced: StateChange {
-                role: Role::Follower,
-                term: current_term,
-                leader: None,
+            outbox: Outbox {
+                announced: StateChange {
+                    role: Role::Follower,
+                    term: current_term,
+                    leader: None,
+                },
+                cursor: 0,
             },
-            send_cursor: 0,
             counters: Counters::default(),
         };
-        node.restore_pending = restore.map(|meta| (meta, 0));
+        node.snapshots.restore = restore.map(|meta| (meta, 0));
         node.load_config_from_log();
         node.reset_election_timer();
         Ok(node)
@@ -442,18 +435,19 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// `ticks` ticks of time passed. Equivalent to as many calls of [`Node::tick`], but a
     /// host that slept until [`Node::ticks_until_deadline`] can call it once.
     pub fn advance(&mut self, ticks: u64) {
-        let target = self.now.saturating_add(ticks);
+        let target = self.timers.now.saturating_add(ticks);
         loop {
             let deadline = self.next_deadline();
             if deadline > target {
                 break;
             }
-            self.now = deadline;
+            self.timers.now = deadline;
             self.on_deadline();
         }
-        self.now = target;
+        self.timers.now = target;
         self.expire_forwarded_reads();
         self.abort_transfer_if_due();
+        self.debug_check();
     }
 
     /// A message arrived from node `from`. Messages with stale terms or that break the
@@ -525,6 +519,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             Message::InstallSnapshot(m) => self.on_install_snapshot(peer, &m),
             Message::InstallSnapshotResponse(m) => self.on_install_snapshot_response(peer, m),
         }
+        self.debug_check();
     }
 
     /// The host made the [`Output::Persist`] batch of `token` (and every batch before it)
@@ -536,6 +531,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             Role::Candidate => self.count_votes(),
             _ => {}
         }
+        self.debug_check();
     }
 
     /// The host could not make a batch durable (a write or a flush failed): from now on the
@@ -626,14 +622,14 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// it returns `None` after every input.
     pub fn poll_output(&mut self) -> Option<Output<'_>> {
         let state = self.state_change();
-        if state != self.announced {
-            self.announced = state;
+        if state != self.outbox.announced {
+            self.outbox.announced = state;
             return Some(Output::StateChanged(state));
         }
         if self.durability.has_batch() {
             return self.durability.take_batch(&self.log).map(Output::Persist);
         }
-        if core::mem::take(&mut self.snapshot_needed) {
+        if core::mem::take(&mut self.snapshots.needed) {
             return Some(Output::SnapshotNeeded);
         }
         if let Some((peer, outgoing)) = self.next_outgoing() {
@@ -651,6 +647,11 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         if self.applied < ready && self.applied >= self.log.first_index() - 1 {
             if self.log.entry(self.applied + 1).is_some() {
                 self.applied += 1;
+                debug_assert!(
+                    self.applied <= self.commit_index
+                        && self.applied <= self.durability.durable_index,
+                    "an entry is applied only once committed and durable here"
+                );
                 return self.log.entry(self.applied).map(Output::Apply);
             }
             self.want_entries(self.applied + 1);
@@ -691,7 +692,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// Ticks until the next timer (election timeout, heartbeat, quorum check) fires; 0 if it
     /// is due. A host can sleep that long unless a message arrives.
     pub fn ticks_until_deadline(&self) -> u64 {
-        self.next_deadline().saturating_sub(self.now)
+        self.next_deadline().saturating_sub(self.timers.now)
     }
 
     // ----- observability ------------------------------------------------------------------
@@ -738,7 +739,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     }
     /// Ticks received so far.
     pub fn now(&self) -> u64 {
-        self.now
+        self.timers.now
     }
     /// Replication progress of `peer`, meaningful on a leader.
     pub fn progress(&self, peer: NodeId) -> Option<Progress> {
@@ -751,7 +752,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// from a leader within the last election timeout: it was down for longer, or its state
     /// was built by hand.
     pub fn skip_vote_guard(&mut self) {
-        self.vote_guard_until = 0;
+        self.timers.vote_guard_until = 0;
     }
 
     /// Sets the election priority of member `peer` (see `Config::priority`); a node not
@@ -785,6 +786,52 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
 
     // ----- internals ----------------------------------------------------------------------
 
+    /// The invariants the node relies on between inputs (debug builds only).
+    fn debug_check(&self) {
+        let last = self.log.last_index();
+        debug_assert!(
+            self.applied <= self.commit_index,
+            "lastApplied {} beyond commitIndex {}",
+            self.applied,
+            self.commit_index
+        );
+        debug_assert!(
+            self.commit_index <= last,
+            "commitIndex {} beyond the log's last index {last}",
+            self.commit_index
+        );
+        debug_assert!(
+            self.durability.durable_index <= last,
+            "durable index {} beyond the log's last index {last}",
+            self.durability.durable_index
+        );
+        debug_assert!(
+            self.log.term(last).is_none_or(|t| t <= self.current_term),
+            "the last entry's term is newer than currentTerm {}",
+            self.current_term
+        );
+        debug_assert!(
+            self.membership.index <= last,
+            "configuration beyond the log"
+        );
+        debug_assert_eq!(
+            self.role == Role::Leader,
+            self.leader == Some(self.cfg.id),
+            "a node leads exactly when it knows itself as leader"
+        );
+        debug_assert!(
+            self.peers.iter().all(|p| {
+                let r = &p.replication;
+                r.state == ProgressState::Snapshot || r.match_index < r.next_index
+            }),
+            "matchIndex below nextIndex for every peer not sent a snapshot"
+        );
+        debug_assert!(
+            self.peers.iter().all(|p| p.id != self.cfg.id),
+            "this node is no peer of its own"
+        );
+    }
+
     /// A node outside this node's configuration that sends what only a leader sends is
     /// followed all the same if its term is at least ours (thesis 4.1): this node may
     /// simply not have the entry that added it yet. In an older term it is answered with
@@ -813,7 +860,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     fn admit_stranger(&mut self, from: NodeId) -> Option<usize> {
         let mut peer = Peer::new(from, false);
         peer.learner = false;
-        peer.replication = Replication::new(self.log.last_index() + 1, self.now);
+        peer.replication = Replication::new(self.log.last_index() + 1, self.timers.now);
         self.peers.push(peer).ok()?;
         Some(self.peers.len() - 1)
     }
@@ -832,7 +879,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
 
     /// Does this node vote, in the configuration or (while joint) the old one?
     pub(crate) fn can_vote(&self) -> bool {
-        self.self_voter || self.self_voter_outgoing
+        self.membership.voter || self.membership.voter_outgoing
     }
 
     /// May this node stand for election? A voter may. So may a node that was a voter until
@@ -844,7 +891,8 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// safety holds; once the entry commits, a leader it leaves out steps down (thesis
     /// 4.2.2).
     pub(crate) fn may_campaign(&self) -> bool {
-        self.can_vote() || (self.self_voter_before && self.config_index > self.commit_index)
+        self.can_vote()
+            || (self.membership.voter_before && self.membership.index > self.commit_index)
     }
 
     /// Do a majority of the voters agree, `me` saying whether this node does and `peer`
@@ -859,8 +907,8 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             }
             yes * 2 > total
         };
-        majority(self.self_voter, |p| p.voter)
-            && (!self.is_joint() || majority(self.self_voter_outgoing, |p| p.voter_outgoing))
+        majority(self.membership.voter, |p| p.voter)
+            && (!self.is_joint() || majority(self.membership.voter_outgoing, |p| p.voter_outgoing))
     }
 
     /// The largest value a quorum of voters has reached, with this node at `own` and each
@@ -881,13 +929,13 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
 
     /// Back to the members given at construction.
     pub(crate) fn restore_bootstrap_members(&mut self) {
-        self.config_index = 0;
-        self.self_voter = self.bootstrap_self_voter;
-        self.self_voter_outgoing = false;
-        self.self_learner = false;
+        self.membership.index = 0;
+        self.membership.voter = self.membership.bootstrap_voter;
+        self.membership.voter_outgoing = false;
+        self.membership.learner = false;
         let next = self.log.last_index() + 1;
-        let now = self.now;
-        let bootstrap = self.bootstrap.clone();
+        let now = self.timers.now;
+        let bootstrap = self.membership.bootstrap.clone();
         self.peers.retain(|p| bootstrap.contains(&p.id));
         for &id in bootstrap.iter() {
             match self.peer_index(id) {
@@ -908,11 +956,12 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
 
     fn next_deadline(&self) -> u64 {
         let timers = match self.role {
-            Role::Leader if self.cfg.check_quorum => {
-                self.heartbeat_deadline.min(self.quorum_deadline)
-            }
-            Role::Leader => self.heartbeat_deadline,
-            _ => self.election_deadline,
+            Role::Leader if self.cfg.check_quorum => self
+                .timers
+                .heartbeat_deadline
+                .min(self.timers.quorum_deadline),
+            Role::Leader => self.timers.heartbeat_deadline,
+            _ => self.timers.election_deadline,
         };
         let transfer = self.transfer.map_or(u64::MAX, |t| t.deadline);
         timers.min(transfer).min(self.read_deadline())
@@ -922,15 +971,15 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         self.expire_forwarded_reads();
         self.abort_transfer_if_due();
         if self.role == Role::Leader {
-            if self.now >= self.heartbeat_deadline {
-                self.heartbeat_deadline = self.now + self.cfg.heartbeat_ticks as u64;
+            if self.timers.now >= self.timers.heartbeat_deadline {
+                self.timers.heartbeat_deadline = self.timers.now + self.cfg.heartbeat_ticks as u64;
                 self.on_heartbeat_timeout();
             }
-            if self.cfg.check_quorum && self.now >= self.quorum_deadline {
-                self.quorum_deadline = self.now + self.cfg.election_ticks as u64;
+            if self.cfg.check_quorum && self.timers.now >= self.timers.quorum_deadline {
+                self.timers.quorum_deadline = self.timers.now + self.cfg.election_ticks as u64;
                 self.check_quorum();
             }
-        } else if self.now >= self.election_deadline {
+        } else if self.timers.now >= self.timers.election_deadline {
             self.on_election_timeout();
         }
     }
@@ -967,7 +1016,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             Err(e) => {
                 if e == StorageError::Full {
                     self.counters.log_full += 1;
-                    self.snapshot_needed = true;
+                    self.snapshots.needed = true;
                 }
                 Err(e)
             }
@@ -1067,9 +1116,9 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     fn next_outgoing(&mut self) -> Option<(usize, Outgoing)> {
         let n = self.peers.len();
         for k in 0..n {
-            let i = (self.send_cursor + k) % n;
+            let i = (self.outbox.cursor + k) % n;
             if let Some(out) = self.outgoing_for(i) {
-                self.send_cursor = (i + 1) % n;
+                self.outbox.cursor = (i + 1) % n;
                 return Some((i, out));
             }
         }
@@ -1082,7 +1131,15 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         if let Some(g) = peer.vote_response {
             if durability.released(g.after) {
                 peer.vote_response = None;
-                return Some(Outgoing::VoteResponse(g.message));
+                let m = g.message;
+                debug_assert!(
+                    !m.vote_granted
+                        || m.pre_vote
+                        || m.term < self.current_term
+                        || self.voted_for == Some(peer.id),
+                    "a vote leaves only once recorded (durably: it waited for its batch)"
+                );
+                return Some(Outgoing::VoteResponse(m));
             }
         }
         if let Some(g) = peer.append_response {
@@ -1105,7 +1162,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             Role::Leader => {
                 let out = self.append_for(i).or_else(|| self.timeout_now_for(i));
                 if matches!(out, Some(Outgoing::Append { .. })) {
-                    self.round_open = false;
+                    self.reads.round_open = false;
                 }
                 out
             }
@@ -1139,7 +1196,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                 prev_log_index,
                 prev_log_term,
                 leader_commit,
-                round: self.round,
+                round: self.reads.round,
                 entries: Entries::from_log(&self.log, prev_log_index + 1, len),
             }),
         };

@@ -56,6 +56,32 @@ impl fmt::Display for ReadError {
 #[cfg(feature = "std")]
 impl std::error::Error for ReadError {}
 
+/// The reads pending on this node and the leader's heartbeat rounds that confirm them.
+#[derive(Clone, Debug)]
+pub(crate) struct Reads<const R: usize> {
+    pub pending: heapless::Vec<PendingRead, R>,
+    /// The leader's heartbeat round (ReadIndex confirmation).
+    pub round: u64,
+    /// The current round's messages have not left yet: new reads can join it.
+    pub round_open: bool,
+    /// When recent rounds started: (round, tick).
+    pub round_starts: heapless::Deque<(u64, u64), 16>,
+    /// Start of the leader's lease (tick of the newest round a quorum answered).
+    pub lease_start: Option<u64>,
+}
+
+impl<const R: usize> Reads<R> {
+    pub fn new() -> Self {
+        Reads {
+            pending: heapless::Vec::new(),
+            round: 0,
+            round_open: false,
+            round_starts: heapless::Deque::new(),
+            lease_start: None,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ReadState {
     /// Leader: waits for the first commit of its term.
@@ -89,7 +115,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// or [`Output::ReadFailed`](crate::Output::ReadFailed) (retry, perhaps elsewhere).
     /// A follower forwards it to its leader.
     pub fn read(&mut self, id: u64, mode: ReadMode) -> Result<(), ReadError> {
-        if self.reads.is_full() {
+        if self.reads.pending.is_full() {
             return Err(ReadError::Busy);
         }
         if self.role == Role::Leader {
@@ -99,7 +125,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         if self.leader.is_none() {
             return Err(ReadError::NoLeader);
         }
-        let _ = self.reads.push(PendingRead {
+        let _ = self.reads.pending.push(PendingRead {
             id,
             from: None,
             index: 0,
@@ -122,7 +148,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                 round: self.open_round(),
             }
         };
-        let _ = self.reads.push(PendingRead {
+        let _ = self.reads.pending.push(PendingRead {
             id,
             from,
             index,
@@ -144,18 +170,21 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// The round reads registered now can use: the current one if its messages have not
     /// left yet, else a new one. Every peer gets a heartbeat of it.
     pub(crate) fn open_round(&mut self) -> u64 {
-        if !self.round_open {
-            self.round += 1;
-            self.round_open = true;
-            if self.round_starts.is_full() {
-                self.round_starts.pop_front();
+        if !self.reads.round_open {
+            self.reads.round += 1;
+            self.reads.round_open = true;
+            if self.reads.round_starts.is_full() {
+                self.reads.round_starts.pop_front();
             }
-            let _ = self.round_starts.push_back((self.round, self.now));
+            let _ = self
+                .reads
+                .round_starts
+                .push_back((self.reads.round, self.timers.now));
             for p in self.peers.iter_mut() {
                 p.send_heartbeat = true;
             }
         }
-        self.round
+        self.reads.round
     }
 
     /// The lease holds while no other leader can have been elected: a quorum answered a
@@ -169,13 +198,14 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         self.cfg.check_quorum
             && self.transfer.is_none()
             && self
+                .reads
                 .lease_start
-                .is_some_and(|start| self.now < start + lease)
+                .is_some_and(|start| self.timers.now < start + lease)
     }
 
     /// The newest round a quorum of voters has answered (the leader answers every round).
     fn quorum_round(&self) -> u64 {
-        self.quorum_value(self.round, |p| p.acked_round)
+        self.quorum_value(self.reads.round, |p| p.acked_round)
     }
 
     /// After answers or a commit of the leader's term: release what is confirmed.
@@ -184,28 +214,28 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             return;
         }
         let acked = self.quorum_round();
-        if let Some(&(_, start)) = self.round_starts.iter().find(|(r, _)| *r == acked) {
-            self.lease_start = Some(self.lease_start.map_or(start, |s| s.max(start)));
+        if let Some(&(_, start)) = self.reads.round_starts.iter().find(|(r, _)| *r == acked) {
+            self.reads.lease_start = Some(self.reads.lease_start.map_or(start, |s| s.max(start)));
         }
         let term_committed = self.term_committed();
         let commit = self.commit_index;
         let mut need_round = false;
-        for i in 0..self.reads.len() {
-            let read = self.reads[i];
+        for i in 0..self.reads.pending.len() {
+            let read = self.reads.pending[i];
             match read.state {
                 ReadState::AwaitingTermCommit if term_committed => {
-                    self.reads[i].index = commit;
+                    self.reads.pending[i].index = commit;
                     need_round = true;
                 }
                 ReadState::AwaitingQuorum { round } if round <= acked => {
-                    self.reads[i].state = self.confirmed(read.from);
+                    self.reads.pending[i].state = self.confirmed(read.from);
                 }
                 _ => {}
             }
         }
         if need_round {
             let round = self.open_round();
-            for r in self.reads.iter_mut() {
+            for r in self.reads.pending.iter_mut() {
                 if r.state == ReadState::AwaitingTermCommit {
                     r.state = ReadState::AwaitingQuorum { round };
                 }
@@ -219,7 +249,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// A follower asks this node for a read index.
     pub(crate) fn on_read_index(&mut self, peer: usize, m: ReadIndex) {
         let from = self.peers[peer].id;
-        if self.role == Role::Leader && !self.reads.is_full() {
+        if self.role == Role::Leader && !self.reads.pending.is_full() {
             self.register_read(m.id, Some(from), ReadMode::ReadIndex);
         } else {
             self.refuse_read_index(from, m.id);
@@ -235,14 +265,14 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             index: 0,
             state: ReadState::Answer { to, success: false },
         };
-        if self.reads.push(refusal).is_err() {
+        if self.reads.pending.push(refusal).is_err() {
             self.counters.stale += 1;
         }
     }
 
     /// The leader answered a forwarded read.
     pub(crate) fn on_read_index_response(&mut self, m: ReadIndexResponse) {
-        let waiting = self.reads.iter_mut().find(|r| {
+        let waiting = self.reads.pending.iter_mut().find(|r| {
             r.id == m.id && r.from.is_none() && matches!(r.state, ReadState::Forwarded { .. })
         });
         match waiting {
@@ -257,21 +287,21 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
 
     /// Every pending read fails (on a change of role, term or leader).
     pub(crate) fn fail_reads(&mut self) {
-        for r in self.reads.iter_mut() {
+        for r in self.reads.pending.iter_mut() {
             r.state = match r.state {
                 ReadState::Answer { to, .. } => ReadState::Answer { to, success: false },
                 _ => ReadState::Failed,
             };
         }
-        self.lease_start = None;
+        self.reads.lease_start = None;
     }
 
     /// Forwarded reads unanswered for an election timeout fail.
     pub(crate) fn expire_forwarded_reads(&mut self) {
         let timeout = self.cfg.election_ticks as u64;
-        for r in self.reads.iter_mut() {
+        for r in self.reads.pending.iter_mut() {
             if let ReadState::Forwarded { since } = r.state {
-                if self.now >= since + timeout {
+                if self.timers.now >= since + timeout {
                     r.state = ReadState::Failed;
                 }
             }
@@ -281,6 +311,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// When the next forwarded read expires.
     pub(crate) fn read_deadline(&self) -> u64 {
         self.reads
+            .pending
             .iter()
             .filter_map(|r| match r.state {
                 ReadState::Forwarded { since } => Some(since + self.cfg.election_ticks as u64),
@@ -294,15 +325,15 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     pub(crate) fn read_message_for(&mut self, i: usize) -> Option<Outgoing> {
         let peer = self.peers[i].id;
         let term = self.current_term;
-        let now = self.now;
-        let pos = self.reads.iter().position(|r| match r.state {
+        let now = self.timers.now;
+        let pos = self.reads.pending.iter().position(|r| match r.state {
             ReadState::Forward => self.leader == Some(peer),
             ReadState::Answer { to, .. } => to == peer,
             _ => false,
         })?;
-        let read = self.reads[pos];
+        let read = self.reads.pending[pos];
         if let ReadState::Answer { success, .. } = read.state {
-            self.reads.remove(pos);
+            self.reads.pending.remove(pos);
             return Some(Outgoing::ReadIndexResponse(ReadIndexResponse {
                 term,
                 id: read.id,
@@ -310,17 +341,17 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                 success,
             }));
         }
-        self.reads[pos].state = ReadState::Forwarded { since: now };
+        self.reads.pending[pos].state = ReadState::Forwarded { since: now };
         Some(Outgoing::ReadIndex(ReadIndex { term, id: read.id }))
     }
 
     /// The next read to hand to the host: ready and applied, or failed.
     pub(crate) fn next_read_output(&mut self) -> Option<crate::Output<'static>> {
         let applied = self.applied;
-        let pos = self.reads.iter().position(|r| {
+        let pos = self.reads.pending.iter().position(|r| {
             (r.state == ReadState::Ready && r.index <= applied) || r.state == ReadState::Failed
         })?;
-        let read = self.reads.remove(pos);
+        let read = self.reads.pending.remove(pos);
         Some(if read.state == ReadState::Ready {
             crate::Output::ReadReady {
                 id: read.id,

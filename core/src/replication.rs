@@ -69,7 +69,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                     // asks the host for a snapshot; an entry larger than a slot of this
                     // log is counted (the hosts' limits disagree).
                     self.counters.log_full += 1;
-                    self.snapshot_needed |= e == StorageError::Full;
+                    self.snapshots.needed |= e == StorageError::Full;
                     break;
                 }
             }
@@ -106,7 +106,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         if self.role != Role::Follower || self.leader.is_none() {
             self.become_follower(self.current_term, Some(from));
         }
-        self.leader_contact = Some(self.now);
+        self.timers.leader_contact = Some(self.timers.now);
         self.reset_election_timer();
         Some(from)
     }
@@ -158,12 +158,12 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             self.counters.invalid += 1;
             return;
         }
-        if m.round > self.round {
+        if m.round > self.reads.round {
             self.counters.invalid += 1;
             return;
         }
         let next_after_rejection = (!m.success).then(|| self.next_index_after_rejection(&m));
-        let now = self.now;
+        let now = self.timers.now;
         let p = &mut self.peers[peer];
         let round_advanced = m.round > p.acked_round;
         p.acked_round = p.acked_round.max(m.round);
@@ -266,8 +266,13 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         }
         let index = self.quorum_value(self.durability.durable_index, |p| p.replication.match_index);
         if index > self.commit_index && self.log.term(index) == Some(self.current_term) {
+            debug_assert!(
+                index <= self.durability.durable_index
+                    || self.quorum_agrees(false, |p| p.replication.match_index >= index),
+                "the leader counts itself only for entries durable here"
+            );
             self.commit_index = index;
-            if !self.reads.is_empty() {
+            if !self.reads.pending.is_empty() {
                 self.confirm_reads();
             }
             self.on_config_committed();
@@ -280,7 +285,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         self.hand_over_to_higher_priority();
         // Each heartbeat starts a round: its answers renew the lease.
         self.open_round();
-        let now = self.now;
+        let now = self.timers.now;
         let retransmit = self.cfg.retransmit_ticks as u64;
         for p in self.peers.iter_mut() {
             p.send_heartbeat = true;

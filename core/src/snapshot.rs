@@ -34,6 +34,21 @@ use crate::storage::{LogStorage, SnapshotMeta};
 use crate::types::{EntryKind, Index, Role};
 use core::fmt;
 
+/// Snapshots on their way: the one a leader sends, the one a follower receives, and one
+/// the host must restore its state machine from.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct SnapshotTransfer {
+    /// Leader: the snapshot being sent to followers that need it.
+    pub sending: Option<SnapshotMeta>,
+    /// Follower: the snapshot being received and the next offset expected.
+    pub receiving: Option<(SnapshotMeta, u64)>,
+    /// A snapshot the host must restore its state machine from, once the batch with this
+    /// sequence number is durable.
+    pub restore: Option<(SnapshotMeta, u64)>,
+    /// The memory log filled up: ask the host for a snapshot.
+    pub needed: bool,
+}
+
 /// Why [`Node::snapshot_taken`] refused a snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -128,9 +143,9 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             self.counters.needs_snapshot += 1;
             return false;
         };
-        self.snapshot_out = Some(meta);
+        self.snapshots.sending = Some(meta);
         let r = &mut self.peers[i].replication;
-        r.become_snapshot(meta.index, self.now);
+        r.become_snapshot(meta.index, self.timers.now);
         true
     }
 
@@ -138,11 +153,11 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// with the snapshot kept now, so chunks never mix two snapshots.
     fn refresh_snapshot_out(&mut self) {
         let current = self.log.snapshot_meta();
-        if current == self.snapshot_out {
+        if current == self.snapshots.sending {
             return;
         }
-        self.snapshot_out = current;
-        let now = self.now;
+        self.snapshots.sending = current;
+        let now = self.timers.now;
         for p in self.peers.iter_mut() {
             let r = &mut p.replication;
             if r.state != ProgressState::Snapshot {
@@ -158,7 +173,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// Leader: the next chunk for peer `i`, if the window has room.
     pub(crate) fn snapshot_chunk_for(&mut self, i: usize) -> Option<Outgoing> {
         self.refresh_snapshot_out();
-        let meta = self.snapshot_out?;
+        let meta = self.snapshots.sending?;
         let window = self.cfg.max_inflight.min(I) as u64;
         let chunk = self.cfg.max_snapshot_chunk_bytes as u64;
         let r = &mut self.peers[i].replication;
@@ -177,7 +192,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// The InstallSnapshot of a chunk at `offset` of the snapshot being sent, but for its
     /// bytes (the host reads them).
     pub(crate) fn install_snapshot_header(&self, offset: u64) -> InstallSnapshot<'_> {
-        let meta = self.snapshot_out.as_ref();
+        let meta = self.snapshots.sending.as_ref();
         InstallSnapshot {
             term: self.current_term,
             last_included_index: meta.map_or(0, |m| m.index),
@@ -217,11 +232,11 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             return;
         }
         // A new snapshot starts at offset 0; the same snapshot from a new leader resumes.
-        let same = self.incoming_snapshot.is_some_and(|(im, _)| im == meta);
+        let same = self.snapshots.receiving.is_some_and(|(im, _)| im == meta);
         if m.offset == 0 && !same {
-            self.incoming_snapshot = Some((meta, 0));
+            self.snapshots.receiving = Some((meta, 0));
         }
-        let expected = match self.incoming_snapshot {
+        let expected = match self.snapshots.receiving {
             Some((im, next)) if im == meta => next,
             _ => 0,
         };
@@ -238,7 +253,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         }
         self.durability.note_snapshot_chunk(meta, m.offset);
         let next = m.offset + m.data.len() as u64;
-        self.incoming_snapshot = Some((meta, next));
+        self.snapshots.receiving = Some((meta, next));
         if !m.done {
             let a = answer(next, false);
             self.answer_snapshot(from, a);
@@ -252,7 +267,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// The snapshot received is complete: it becomes the kept one, and the log keeps what
     /// follows it if it holds its last entry, or restarts after it (§7).
     fn install(&mut self, meta: SnapshotMeta) {
-        self.incoming_snapshot = None;
+        self.snapshots.receiving = None;
         if self.log.term(meta.index) == Some(meta.term) {
             self.log.compact(meta.index);
             self.durability.note_compaction(meta.index);
@@ -261,14 +276,13 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             self.durability.note_reset(meta.index, meta.term);
         }
         self.log.set_snapshot_meta(meta);
-        self.durability
-            .note_snapshot(KeptSnapshot::Installed(meta));
+        self.durability.note_snapshot(KeptSnapshot::Installed(meta));
         debug_assert_eq!(self.log.term(meta.index), Some(meta.term));
         self.commit_index = self.commit_index.max(meta.index);
         if self.applied < meta.index {
             // Restored once the install is durable, as entries are applied only once
             // durable: a host's state machine never runs ahead of its storage.
-            self.restore_pending = Some((meta, self.durability.last_write()));
+            self.snapshots.restore = Some((meta, self.durability.last_write()));
         }
         self.load_config_from_log();
     }
@@ -283,7 +297,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             self.counters.invalid += 1;
             return;
         }
-        let now = self.now;
+        let now = self.timers.now;
         let r = &mut self.peers[peer].replication;
         r.recent_active = true;
         if m.done {
@@ -312,11 +326,11 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
 
     /// The snapshot for the host to restore, before any entry after it is applied.
     pub(crate) fn take_restore(&mut self) -> Option<SnapshotMeta> {
-        let (meta, after) = self.restore_pending?;
+        let (meta, after) = self.snapshots.restore?;
         if !self.durability.released(after) {
             return None;
         }
-        self.restore_pending = None;
+        self.snapshots.restore = None;
         self.applied = self.applied.max(meta.index);
         Some(meta)
     }

@@ -60,7 +60,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         }
         self.transfer = Some(Transfer {
             target,
-            deadline: self.now + self.cfg.election_ticks as u64,
+            deadline: self.timers.now + self.cfg.election_ticks as u64,
             sent: false,
         });
         self.maybe_send_timeout_now();
@@ -85,7 +85,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     }
 
     pub(crate) fn abort_transfer_if_due(&mut self) {
-        if self.transfer.is_some_and(|t| self.now >= t.deadline) {
+        if self.transfer.is_some_and(|t| self.timers.now >= t.deadline) {
             self.transfer = None;
             self.counters.transfers_aborted += 1;
         }

@@ -69,9 +69,11 @@ impl Net {
                         message,
                         max_len,
                     } => {
-                        let Some((data, done)) =
-                            store.snapshot_chunk(message.last_included_index, message.offset, max_len)
-                        else {
+                        let Some((data, done)) = store.snapshot_chunk(
+                            message.last_included_index,
+                            message.offset,
+                            max_len,
+                        ) else {
                             continue;
                         };
                         let chunk = InstallSnapshot {
@@ -153,12 +155,19 @@ fn a_leader_reads_back_what_a_follower_behind_needs() {
     // Node 3 is away while 40 entries commit; the leader's memory keeps about 4.
     net.propose(40, &[3]);
     let last = net.nodes[0].last_index();
-    assert!(net.nodes[0].log().entry(2).is_none(), "old entries left memory");
+    assert!(
+        net.nodes[0].log().entry(2).is_none(),
+        "old entries left memory"
+    );
     assert_eq!(net.fetches, 0, "nobody needed them yet");
     net.run(40, &[]);
     assert_eq!(net.nodes[2].last_index(), last, "node 3 caught up");
     assert_eq!(net.applied[2], (1..=last).collect::<Vec<_>>());
-    assert!(net.fetches >= 40 / 4, "read back in batches: {}", net.fetches);
+    assert!(
+        net.fetches >= 40 / 4,
+        "read back in batches: {}",
+        net.fetches
+    );
     assert!(net.nodes[0].counters().fetches as usize >= net.fetches);
     // Memory stayed bounded by the budget plus the window of entries read back.
     assert!(
