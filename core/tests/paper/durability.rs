@@ -1,6 +1,6 @@
 //! The durability contract: nothing leaves before what it depends on is durable.
 
-use crate::support::*;
+use crate::host::*;
 use coracle::{AppendEntries, Entries, Entry, EntryKind, Message, RequestVote, Role};
 
 #[test]

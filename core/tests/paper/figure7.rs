@@ -2,7 +2,7 @@
 //! draws (missing entries, extra uncommitted entries, both). The leader forces every
 //! follower's log to match its own.
 
-use crate::support::*;
+use crate::host::*;
 use coracle::Role;
 
 const LEADER: &[u64] = &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6];

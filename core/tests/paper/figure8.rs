@@ -4,7 +4,7 @@
 //! The state of Figure 8 (c): S1 leads term 4, S5 (which led term 3) is down. Index 2 holds
 //! S1's entry of term 2 on S1 and S2; S5 holds a different entry of term 3 at index 2.
 
-use crate::support::*;
+use crate::host::*;
 use coracle::{Config, Message, NodeId, Role};
 
 const S: [NodeId; 5] = [1, 2, 3, 4, 5];

@@ -1,7 +1,8 @@
 //! The rules of the Raft paper, one test each, named after the rule they check.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+#[path = "../host/mod.rs"]
+mod host;
 
 mod bad_input;
 mod durability;

@@ -1,6 +1,6 @@
 //! Membership changes (thesis chapter 4): learners, single-server changes, joint consensus.
 
-use crate::support::*;
+use crate::host::*;
 use coracle::{Member, MembershipChange as Change, MembershipError as Error, NodeId, Role};
 
 fn sorted(ids: impl Iterator<Item = NodeId>) -> Vec<NodeId> {

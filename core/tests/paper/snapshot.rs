@@ -1,7 +1,7 @@
 //! Snapshots and compaction (§7): InstallSnapshot in chunks, resumable; the configuration
 //! travels in the snapshot.
 
-use crate::support::*;
+use crate::host::*;
 use coracle::{
     ArrayLog, Config, InstallSnapshot, LogStorage, MembershipChange, Message, Node, NodeId,
     SnapshotError,
@@ -221,7 +221,7 @@ fn the_snapshot_carries_the_configuration() {
 fn a_restarted_node_behind_its_snapshot_restores_first() {
     let (mut c, meta) = compacted_cluster();
     c.crash(1);
-    c.applied.insert(1, Vec::new()); // the state machine was lost
+    c.forget_state_machine(1);
     c.restart(1);
     c.drain(1);
     assert_eq!(c.restored[&1], vec![meta]);
