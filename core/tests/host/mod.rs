@@ -337,7 +337,7 @@ impl Cluster {
                         ) else {
                             note(trace, depth, EventKind::Host, || {
                                 format!(
-                                    "{id}->{to} no chunk at offset {} of snapshot {}: nothing sent",
+                                    "{id} has no chunk at offset {} of snapshot {} for {to}: nothing sent",
                                     message.offset,
                                     text::at(
                                         message.last_included_index,
