@@ -8,8 +8,6 @@ mod bad_input;
 mod durability;
 mod election;
 mod election_restriction;
-mod figure7;
-mod figure8;
 mod membership;
 mod priority;
 mod proposals;

@@ -31,6 +31,7 @@
 //!   (or I) to its snapshot store and tells the node.
 //! - `inject A->B MESSAGE`: delivers a message written as the transcript prints one.
 //! - `status [IDS]`, `log [IDS]`, `disk [IDS]`, `counters [IDS]`, `queue`: print state.
+//! - `reset`: a new, empty cluster (the next scene of the file).
 //!
 //! A node whose host does not hold its batches makes each durable as soon as it is
 //! drained (silently); a held batch prints `(held)`, and `N persisted #k` when it is made
@@ -118,6 +119,7 @@ impl Env {
         let id = || -> Result<NodeId, String> { number(arg(0)?) };
         let mut quiet = false;
         match cmd.as_str() {
+            "reset" => *self = Env::new(),
             "campaign" => {
                 let id = id()?;
                 self.up(id)?.campaign();
