@@ -5,7 +5,6 @@
 mod host;
 
 mod bad_input;
-mod durability;
 mod election;
 mod election_restriction;
 mod membership;

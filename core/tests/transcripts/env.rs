@@ -11,7 +11,8 @@
 //!   [check-quorum=false]`: starts N new nodes (ids after the highest so far) that know the
 //!   cluster as `voters` (by default the new nodes). Input lines `id: t1 t2 ...` give a
 //!   node a log of empty commands of those terms, with current term `term`.
-//! - `campaign N`, `propose N DATA`, `transfer N M`, `read N ID [lease]`,
+//! - `campaign N`, `propose N DATA...` (one proposal per word, in one input: the node is
+//!   drained after the last), `transfer N M`, `read N ID [lease]`,
 //!   `change N add-learner|add-voter|promote|demote|remove M`,
 //!   `change N joint voters=(..) [learners=(..)]`, `change N leave-joint`.
 //! - `tick IDS [T]`: T ticks (default 1) pass on each node.
@@ -127,14 +128,16 @@ impl Env {
             }
             "propose" => {
                 let id = id()?;
-                let rest = line.splitn(3, ' ').nth(2).unwrap_or("").trim();
-                let data = match text::parse_bytes(rest) {
-                    Ok(d) => d,
-                    Err(_) => rest.as_bytes().to_vec(),
-                };
-                match self.up(id)?.propose(&data) {
-                    Ok(p) => writeln!(out, "{id} proposed {}", text::at(p.index, p.term)).unwrap(),
-                    Err(e) => writeln!(out, "{id} refused: {e:?}").unwrap(),
+                if args.len() < 2 {
+                    return Err("propose N DATA...".into());
+                }
+                for word in &args[1..] {
+                    let data = text::parse_bytes(word).unwrap_or_else(|_| word.as_bytes().to_vec());
+                    match self.up(id)?.propose(&data) {
+                        Ok(p) => writeln!(out, "{id} proposed {}", text::at(p.index, p.term)),
+                        Err(e) => writeln!(out, "{id} refused: {e:?}"),
+                    }
+                    .unwrap();
                 }
                 self.c.drain(id);
             }

@@ -63,7 +63,7 @@ macro_rules! transcripts {
     };
 }
 
-transcripts!(basics, figure7, figure8);
+transcripts!(basics, durability, figure7, figure8);
 
 #[test]
 fn every_transcript_has_a_test() {
