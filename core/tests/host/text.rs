@@ -35,12 +35,13 @@ pub fn bytes(data: &[u8]) -> String {
     }
 }
 
-/// A configuration entry's data (or a snapshot's): `(v=1,2,3 old=1,2 l=4)`; `()` for the
-/// bootstrap members; hex when it does not decode.
+/// A configuration entry's data (or a snapshot's): `(v=1,2,3 old=1,2 l=4)`, ids in order;
+/// `()` for the bootstrap members; hex when it does not decode.
 pub fn config(data: &[u8]) -> String {
-    let Some(members) = decode_config(data) else {
+    let Some(mut members) = decode_config(data) else {
         return format!("({})", bytes(data));
     };
+    members.sort();
     let list = |f: fn(&(u64, u8)) -> bool| {
         members
             .iter()

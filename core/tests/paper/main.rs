@@ -7,7 +7,6 @@ mod host;
 mod bad_input;
 mod election;
 mod election_restriction;
-mod membership;
 mod priority;
 mod proposals;
 mod read;

@@ -457,7 +457,7 @@ impl Env {
         };
         match self.up(id)?.change_membership(change) {
             Ok(p) => writeln!(out, "{id} proposed {}", text::at(p.index, p.term)),
-            Err(e) => writeln!(out, "{id} refused: {e:?}"),
+            Err(e) => writeln!(out, "{id} refused {}: {e:?}", args.join(" ")),
         }
         .unwrap();
         Ok(())

@@ -63,7 +63,17 @@ macro_rules! transcripts {
     };
 }
 
-transcripts!(basics, durability, figure7, figure8);
+transcripts!(
+    basics,
+    durability,
+    figure7,
+    figure8,
+    membership_joint,
+    membership_learners,
+    membership_log,
+    membership_refusals,
+    membership_removal,
+);
 
 #[test]
 fn every_transcript_has_a_test() {
