@@ -18,8 +18,9 @@
 //! - `tick IDS [T]`: T ticks (default 1) pass on each node.
 //! - `run T [quiet]`: T rounds of one tick on every node then `stabilize`. Quiet prints
 //!   only state changes, applies, restores and reads, and how many messages went by.
-//! - `deliver [FROM->TO] [kind=K] [count=C]`: delivers the messages queued now (those that
-//!   match; `*` for any node), not the ones they cause. `drop` takes the same filter.
+//! - `deliver [FROM->TO] [kind=K] [where=TEXT] [count=C]`: delivers the messages queued now
+//!   (those that match: `*` for any node, K a kind as printed, TEXT a part of the message as
+//!   printed; the first C of them), not the ones they cause. `drop` takes the same filter.
 //! - `stabilize`: delivers messages, and makes the batches of nodes that do not hold them
 //!   durable, until nothing is left.
 //! - `hold IDS`: the hosts of these nodes keep their Persist batches (written, not durable)
@@ -187,6 +188,7 @@ impl Env {
                 };
                 let kind = opt(&args, "kind").map(str::to_string);
                 let count = opt(&args, "count").map(number::<usize>).transpose()?;
+                let containing = opt(&args, "where").map(str::to_string);
                 let mut taken = 0;
                 let matches = |e: &Envelope| {
                     from.is_none_or(|f| f == e.from)
@@ -194,6 +196,9 @@ impl Env {
                         && kind
                             .as_ref()
                             .is_none_or(|k| e.message.as_message().kind() == k)
+                        && containing.as_ref().is_none_or(|w| {
+                            text::message(&e.message.as_message()).contains(w.as_str())
+                        })
                 };
                 let mut chosen = Vec::new();
                 let mut kept = std::collections::VecDeque::new();

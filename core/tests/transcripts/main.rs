@@ -73,6 +73,9 @@ transcripts!(
     membership_log,
     membership_refusals,
     membership_removal,
+    snapshot_install,
+    snapshot_taking,
+    snapshot_chunks,
 );
 
 #[test]
