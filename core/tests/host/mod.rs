@@ -124,8 +124,6 @@ impl Machine {
 
 pub struct Cluster {
     pub members: Vec<NodeId>,
-    /// The configuration of nodes that join later.
-    pub config: Box<dyn Fn(NodeId) -> Config>,
     /// Each node's configuration (it restarts with it).
     pub configs: BTreeMap<NodeId, Config>,
     pub nodes: BTreeMap<NodeId, TestNode>,
@@ -138,10 +136,6 @@ pub struct Cluster {
     /// Each host's state machine (it survives a crash: the host keeps it with its applied
     /// index, given back at a restart).
     pub machines: BTreeMap<NodeId, Machine>,
-    /// Snapshots each node was told to restore.
-    pub restored: BTreeMap<NodeId, Vec<SnapshotMeta>>,
-    /// Times each node asked for a snapshot.
-    pub snapshots_needed: BTreeMap<NodeId, usize>,
     /// Reads released: (id, Some(index)) ready, (id, None) failed.
     pub read_outputs: BTreeMap<NodeId, Vec<(u64, Option<Index>)>>,
     /// Directed links that drop everything.
@@ -223,11 +217,10 @@ impl Cluster {
         Self::with(ids, default_config, |_| VecLog::new())
     }
 
-    /// A cluster with no node yet; `config` configures nodes that join.
-    pub fn empty(config: impl Fn(NodeId) -> Config + 'static) -> Self {
+    /// A cluster with no node yet.
+    pub fn empty() -> Self {
         Cluster {
             members: Vec::new(),
-            config: Box::new(config),
             configs: BTreeMap::new(),
             nodes: BTreeMap::new(),
             durable: BTreeMap::new(),
@@ -236,8 +229,6 @@ impl Cluster {
             applied: BTreeMap::new(),
             machines: BTreeMap::new(),
             read_outputs: BTreeMap::new(),
-            restored: BTreeMap::new(),
-            snapshots_needed: BTreeMap::new(),
             cut: BTreeSet::new(),
             manual_sync: BTreeSet::new(),
             held_syncs: BTreeMap::new(),
@@ -249,13 +240,12 @@ impl Cluster {
 
     pub fn with(
         ids: &[NodeId],
-        config: impl Fn(NodeId) -> Config + 'static,
+        config: impl Fn(NodeId) -> Config,
         log: impl Fn(NodeId) -> VecLog,
     ) -> Self {
-        let mut c = Cluster::empty(config);
+        let mut c = Cluster::empty();
         for &id in ids {
-            let config = (c.config)(id);
-            c.add(config, log(id), ids);
+            c.add(config(id), log(id), ids);
             // A state built by hand: no leader can have been heard from recently.
             c.node_mut(id).skip_vote_guard();
         }
@@ -278,13 +268,6 @@ impl Cluster {
         if !self.members.contains(&id) {
             self.members.push(id);
         }
-    }
-
-    /// Starts a new node `id` that knows the cluster as `bootstrap` (it joins once the
-    /// leader adds it).
-    pub fn join(&mut self, id: NodeId, bootstrap: &[NodeId]) {
-        let config = (self.config)(id);
-        self.add(config, VecLog::new(), bootstrap);
     }
 
     pub fn node(&self, id: NodeId) -> &TestNode {
@@ -409,14 +392,10 @@ impl Cluster {
                             )
                         });
                         machine.restore(index, data);
-                        self.restored.entry(id).or_default().push(meta)
                     }
-                    Output::SnapshotNeeded => {
-                        note(trace, depth, EventKind::Host, || {
-                            format!("{id} snapshot-needed")
-                        });
-                        *self.snapshots_needed.entry(id).or_default() += 1
-                    }
+                    Output::SnapshotNeeded => note(trace, depth, EventKind::Host, || {
+                        format!("{id} snapshot-needed")
+                    }),
                     Output::StateChanged(s) => note(trace, depth, EventKind::State, || {
                         let leader = s.leader.map_or("none".to_string(), |l| l.to_string());
                         format!("{id} state {:?} term={} leader={leader}", s.role, s.term)
@@ -613,20 +592,6 @@ impl Cluster {
         let meta = self.node_mut(id).snapshot_taken(index);
         self.drain(id);
         meta
-    }
-
-    /// Node `id` snapshots its state machine at its applied index, which compacts its log
-    /// through it.
-    pub fn snapshot(&mut self, id: NodeId) -> SnapshotMeta {
-        let applied = self.node(id).applied_index();
-        self.take_snapshot(id, applied).unwrap()
-    }
-
-    /// The bytes of the snapshot node `id` keeps.
-    pub fn snapshot_bytes(&self, id: NodeId) -> Vec<u8> {
-        let (meta, bytes) = self.written[&id].snapshot.clone().expect("a kept snapshot");
-        assert_eq!(Some(meta), self.node(id).log().snapshot_meta());
-        bytes
     }
 
     /// Commands applied by `id`, without no-ops.

@@ -89,7 +89,7 @@ fn link(s: &str) -> Result<(Option<NodeId>, Option<NodeId>), String> {
 
 impl Env {
     pub fn new() -> Self {
-        let mut c = Cluster::empty(crate::host::default_config);
+        let mut c = Cluster::empty();
         c.trace = Some(Vec::new());
         Env { c }
     }
