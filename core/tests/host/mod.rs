@@ -212,6 +212,30 @@ fn note(
     }
 }
 
+/// Queues `message` from `from` to `to`, unless the link is cut (it is recorded either way).
+fn post(
+    queue: &mut VecDeque<Envelope>,
+    trace: &mut Option<Vec<Event>>,
+    depth: usize,
+    cut: &BTreeSet<(NodeId, NodeId)>,
+    from: NodeId,
+    to: NodeId,
+    message: &Message<'_>,
+) {
+    let cut = cut.contains(&(from, to));
+    note(trace, depth, EventKind::Send, || {
+        let dropped = if cut { " -- dropped: link cut" } else { "" };
+        format!("{from}->{to} {}{dropped}", text::message(message))
+    });
+    if !cut {
+        queue.push_back(Envelope {
+            from,
+            to,
+            message: OwnedMessage::from(message),
+        });
+    }
+}
+
 impl Cluster {
     pub fn new(ids: &[NodeId]) -> Self {
         Self::with(ids, default_config, |_| VecLog::new())
@@ -295,18 +319,7 @@ impl Cluster {
             while let Some(out) = node.poll_output() {
                 match out {
                     Output::Send { to, message } => {
-                        let cut = self.cut.contains(&(id, to));
-                        note(trace, depth, EventKind::Send, || {
-                            let dropped = if cut { " -- dropped: link cut" } else { "" };
-                            format!("{id}->{to} {}{dropped}", text::message(&message))
-                        });
-                        if !cut {
-                            self.queue.push_back(Envelope {
-                                from: id,
-                                to,
-                                message: OwnedMessage::from(&message),
-                            });
-                        }
+                        post(&mut self.queue, trace, depth, &self.cut, id, to, &message)
                     }
                     Output::SendSnapshot {
                         to,
@@ -335,18 +348,7 @@ impl Cluster {
                             done,
                             ..message
                         });
-                        let cut = self.cut.contains(&(id, to));
-                        note(trace, depth, EventKind::Send, || {
-                            let dropped = if cut { " -- dropped: link cut" } else { "" };
-                            format!("{id}->{to} {}{dropped}", text::message(&chunk))
-                        });
-                        if !cut {
-                            self.queue.push_back(Envelope {
-                                from: id,
-                                to,
-                                message: OwnedMessage::from(&chunk),
-                            });
-                        }
+                        post(&mut self.queue, trace, depth, &self.cut, id, to, &chunk)
                     }
                     Output::Persist(batch) => {
                         note(trace, depth, EventKind::Persist, || {

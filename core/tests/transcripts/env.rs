@@ -387,6 +387,13 @@ impl Env {
         }
     }
 
+    fn node(&self, id: NodeId) -> Result<&crate::host::TestNode, String> {
+        self.c
+            .nodes
+            .get(&id)
+            .ok_or_else(|| format!("node {id} is down"))
+    }
+
     fn up(&mut self, id: NodeId) -> Result<&mut crate::host::TestNode, String> {
         self.c
             .nodes
@@ -519,11 +526,7 @@ impl Env {
     }
 
     fn log_line(&self, id: NodeId) -> Result<String, String> {
-        let n = self
-            .c
-            .nodes
-            .get(&id)
-            .ok_or_else(|| format!("node {id} is down"))?;
+        let n = self.node(id)?;
         let log = n.log();
         let mut s = String::new();
         let first = log.first_index();
@@ -575,31 +578,18 @@ impl Env {
     }
 
     fn counters_line(&self, id: NodeId) -> Result<String, String> {
-        let n = self
-            .c
-            .nodes
-            .get(&id)
-            .ok_or_else(|| format!("node {id} is down"))?;
-        let c = n.counters();
-        let all = [
-            ("stale", c.stale),
-            ("unknown-sender", c.unknown_sender),
-            ("invalid", c.invalid),
-            ("ignored-in-lease", c.ignored_in_lease),
-            ("log-full", c.log_full),
-            ("storage-errors", c.storage_errors),
-            ("fetches", c.fetches),
-            ("fetch-failures", c.fetch_failures),
-            ("retransmits", c.retransmits),
-            ("needs-snapshot", c.needs_snapshot),
-            ("check-quorum-step-downs", c.check_quorum_step_downs),
-            ("transfers-aborted", c.transfers_aborted),
-            ("match-resets", c.match_resets),
-        ];
-        let nonzero: Vec<String> = all
-            .iter()
-            .filter(|(_, v)| *v > 0)
-            .map(|(k, v)| format!("{k}={v}"))
+        let n = self.node(id)?;
+        // Every counter, from its Debug form, so a new one shows up by itself.
+        let all = format!("{:?}", n.counters());
+        let fields = all
+            .split_once('{')
+            .and_then(|(_, f)| f.strip_suffix('}'))
+            .unwrap_or("");
+        let nonzero: Vec<String> = fields
+            .split(',')
+            .filter_map(|f| f.trim().split_once(": "))
+            .filter(|(_, v)| *v != "0")
+            .map(|(k, v)| format!("{}={v}", k.replace('_', "-")))
             .collect();
         Ok(if nonzero.is_empty() {
             "all zero".into()
