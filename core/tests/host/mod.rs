@@ -122,11 +122,14 @@ impl Machine {
     }
 }
 
-pub struct Cluster {
+/// The cluster; `S` is the nodes' memory log (each node's disk is a [`MemStore`]).
+pub struct Cluster<S: LogStorage = VecLog> {
     pub members: Vec<NodeId>,
     /// Each node's configuration (it restarts with it).
     pub configs: BTreeMap<NodeId, Config>,
-    pub nodes: BTreeMap<NodeId, TestNode>,
+    pub nodes: BTreeMap<NodeId, Node<S>>,
+    /// Makes each node's empty memory log (at a start or a restart).
+    fresh_log: BTreeMap<NodeId, Box<dyn Fn() -> S>>,
     /// What survives a crash: each node's store as of the last acknowledged batch.
     pub durable: BTreeMap<NodeId, MemStore>,
     /// Each node's store with every batch written, durable or not (what it reads from).
@@ -236,15 +239,32 @@ fn post(
     }
 }
 
-impl Cluster {
+impl Cluster<VecLog> {
     pub fn new(ids: &[NodeId]) -> Self {
         Self::with(ids, default_config, |_| VecLog::new())
     }
 
+    pub fn with(
+        ids: &[NodeId],
+        config: impl Fn(NodeId) -> Config,
+        log: impl Fn(NodeId) -> VecLog,
+    ) -> Self {
+        let mut c = Cluster::empty();
+        for &id in ids {
+            c.add(config(id), store_of(&log(id)), ids, VecLog::new);
+            // A state built by hand: no leader can have been heard from recently.
+            c.node_mut(id).skip_vote_guard();
+        }
+        c
+    }
+}
+
+impl<S: LogStorage> Cluster<S> {
     /// A cluster with no node yet.
     pub fn empty() -> Self {
         Cluster {
             members: Vec::new(),
+            fresh_log: BTreeMap::new(),
             configs: BTreeMap::new(),
             nodes: BTreeMap::new(),
             durable: BTreeMap::new(),
@@ -262,28 +282,23 @@ impl Cluster {
         }
     }
 
-    pub fn with(
-        ids: &[NodeId],
-        config: impl Fn(NodeId) -> Config,
-        log: impl Fn(NodeId) -> VecLog,
-    ) -> Self {
-        let mut c = Cluster::empty();
-        for &id in ids {
-            c.add(config(id), log(id), ids);
-            // A state built by hand: no leader can have been heard from recently.
-            c.node_mut(id).skip_vote_guard();
-        }
-        c
-    }
-
-    /// Starts node `config.id` from `log` (its disk holds the same), knowing the cluster as
-    /// `bootstrap`.
-    pub fn add(&mut self, config: Config, log: VecLog, bootstrap: &[NodeId]) {
+    /// Starts node `config.id` from its disk `disk` (its memory log, made by `fresh_log`, is
+    /// filled from it as at a restart), knowing the cluster as `bootstrap`.
+    pub fn add(
+        &mut self,
+        config: Config,
+        disk: MemStore,
+        bootstrap: &[NodeId],
+        fresh_log: impl Fn() -> S + 'static,
+    ) {
         let id = config.id;
-        self.durable.insert(id, store_of(&log));
-        self.written.insert(id, store_of(&log));
+        let mut log = fresh_log();
+        disk.recover(&mut log).unwrap();
+        self.durable.insert(id, disk.clone());
+        self.written.insert(id, disk);
         self.nodes
             .insert(id, Node::new(config.clone(), log, bootstrap).unwrap());
+        self.fresh_log.insert(id, Box::new(fresh_log));
         self.configs.insert(id, config);
         self.applied.insert(id, Vec::new());
         self.machines.insert(id, Machine::default());
@@ -294,11 +309,11 @@ impl Cluster {
         }
     }
 
-    pub fn node(&self, id: NodeId) -> &TestNode {
+    pub fn node(&self, id: NodeId) -> &Node<S> {
         &self.nodes[&id]
     }
 
-    pub fn node_mut(&mut self, id: NodeId) -> &mut TestNode {
+    pub fn node_mut(&mut self, id: NodeId) -> &mut Node<S> {
         self.nodes.get_mut(&id).expect("node is up")
     }
 
@@ -358,7 +373,13 @@ impl Cluster {
                         written.persist(&batch);
                         sync = Some(batch.token);
                     }
-                    Output::Fetch { .. } => panic!("a VecLog never misses"),
+                    Output::Fetch { from, to } => {
+                        let found = written.fetch(from, to).count();
+                        note(trace, depth, EventKind::Host, || {
+                            format!("{id} fetch {from}..={to}: {found} read from disk")
+                        });
+                        node.fetched(written.fetch(from, to));
+                    }
                     Output::Apply(e) => {
                         note(trace, depth, EventKind::Apply, || {
                             format!("{id} apply {}", text::entry(&e))
@@ -535,7 +556,7 @@ impl Cluster {
     /// Restarts `id` from its durable store, with its configuration and bootstrap members,
     /// telling it what its state machine has applied.
     pub fn restart(&mut self, id: NodeId) {
-        let mut log = VecLog::new();
+        let mut log = (self.fresh_log[&id])();
         self.durable[&id].recover(&mut log).unwrap();
         let mut config = self.configs[&id].clone();
         let machine = self.machines.get_mut(&id).unwrap();
@@ -576,7 +597,10 @@ impl Cluster {
     }
 
     pub fn terms(&self, id: NodeId) -> Vec<Term> {
-        terms_of(self.node(id).log())
+        let log = self.node(id).log();
+        (log.first_index()..=log.last_index())
+            .map(|i| log.term(i).expect("terms are in memory"))
+            .collect()
     }
 
     /// The host of `id` writes its state machine as of applied `index` to its snapshot

@@ -8,9 +8,11 @@
 //!
 //! - `add-nodes N [voters=(1,2,3)] [term=T] [election=E] [heartbeat=H] [retransmit=R]
 //!   [chunk=B] [inflight=I] [per-message=M] [keep=K] [pre-vote=false]
-//!   [check-quorum=false]`: starts N new nodes (ids after the highest so far) that know the
-//!   cluster as `voters` (by default the new nodes). Input lines `id: t1 t2 ...` give a
-//!   node a log of empty commands of those terms, with current term `term`.
+//!   [check-quorum=false] [memory=BYTES]`: starts N new nodes (ids after the highest so
+//!   far) that know the cluster as `voters` (by default the new nodes). Input lines
+//!   `id: t1 t2 ...` give a node a log of empty commands of those terms, with current term
+//!   `term`. A node's memory log keeps every entry, or with `memory` about that many bytes
+//!   of entries: older ones are read back from its disk when needed (`fetch`).
 //! - `campaign N`, `propose N DATA...` (one proposal per word, in one input: the node is
 //!   drained after the last), `transfer N M`, `read N ID [lease]`,
 //!   `change N add-learner|add-voter|promote|demote|remove M`,
@@ -42,12 +44,16 @@
 
 use crate::host::text;
 use crate::host::{Cluster, Envelope, EventKind};
-use coracle::{Config, LogStorage, MembershipChange, NodeId, ProgressState, ReadMode, Role, Term};
+use coracle::{
+    CachedLog, Config, LogStorage, MembershipChange, Node, NodeId, ProgressState, ReadMode, Role,
+    Term,
+};
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
 pub struct Env {
-    c: Cluster,
+    /// Every memory log is a [`CachedLog`]: unbounded unless `add-nodes memory=BYTES`.
+    c: Cluster<CachedLog>,
 }
 
 type Args = Vec<String>;
@@ -387,14 +393,14 @@ impl Env {
         }
     }
 
-    fn node(&self, id: NodeId) -> Result<&crate::host::TestNode, String> {
+    fn node(&self, id: NodeId) -> Result<&Node<CachedLog>, String> {
         self.c
             .nodes
             .get(&id)
             .ok_or_else(|| format!("node {id} is down"))
     }
 
-    fn up(&mut self, id: NodeId) -> Result<&mut crate::host::TestNode, String> {
+    fn up(&mut self, id: NodeId) -> Result<&mut Node<CachedLog>, String> {
         self.c
             .nodes
             .get_mut(&id)
@@ -433,8 +439,10 @@ impl Env {
         for &id in &ids {
             let config = configure(id, args)?;
             let terms = logs.remove(&id).unwrap_or_default();
-            let log = crate::host::log_of(&terms, term, |_| Vec::new());
-            self.c.add(config, log, &voters);
+            let disk = crate::host::store_of(&crate::host::log_of(&terms, term, |_| Vec::new()));
+            let budget = opt(args, "memory").map_or(Ok(usize::MAX), number)?;
+            self.c
+                .add(config, disk, &voters, move || CachedLog::new(budget));
             // A state built by hand: no leader can have been heard from recently.
             self.c.node_mut(id).skip_vote_guard();
         }
@@ -537,8 +545,14 @@ impl Env {
         if let Some(meta) = log.snapshot_meta() {
             write!(s, "snapshot=({}) ", text::snapshot_meta(&meta)).unwrap();
         }
+        let on_disk = (first..=log.last_index())
+            .filter(|&i| log.entry(i).is_none())
+            .count();
         let entries = (first..=log.last_index()).filter_map(|i| log.entry(i));
         write!(s, "entries={}", text::entries(entries)).unwrap();
+        if on_disk > 0 {
+            write!(s, " (and {on_disk} on disk only)").unwrap();
+        }
         Ok(s)
     }
 
@@ -608,7 +622,7 @@ fn configure(id: NodeId, args: &[String]) -> Result<Config, String> {
             return Err(format!("add-nodes: unknown option {a}"));
         };
         match key {
-            "voters" | "term" => {}
+            "voters" | "term" | "memory" => {}
             "election" => c.election_ticks = number(value)?,
             "heartbeat" => c.heartbeat_ticks = number(value)?,
             "retransmit" => c.retransmit_ticks = number(value)?,

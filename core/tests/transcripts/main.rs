@@ -66,6 +66,7 @@ macro_rules! transcripts {
 transcripts!(
     basics,
     durability,
+    fetch,
     figure7,
     figure8,
     membership_joint,
