@@ -261,7 +261,8 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             self.durability.note_reset(meta.index, meta.term);
         }
         self.log.set_snapshot_meta(meta);
-        self.durability.note_snapshot(KeptSnapshot::Installed(meta));
+        self.durability
+            .note_snapshot(KeptSnapshot::Installed(meta));
         debug_assert_eq!(self.log.term(meta.index), Some(meta.term));
         self.commit_index = self.commit_index.max(meta.index);
         if self.applied < meta.index {
