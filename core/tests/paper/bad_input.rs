@@ -1,6 +1,6 @@
 //! Bad input from the network: counted, answered or ignored, never a panic.
 
-use crate::support::*;
+use crate::host::*;
 use coracle::{
     AppendEntriesResponse, Entry, EntryKind, Message, NodeId, RequestVote, RequestVoteResponse,
 };

@@ -1,6 +1,6 @@
 //! Leader election (§5.2), pre-vote (thesis 9.6), leader stickiness and check-quorum.
 
-use crate::support::*;
+use crate::host::*;
 use coracle::{
     AppendEntries, Config, Entries, Message, NodeId, RequestVote, RequestVoteResponse, Role,
 };

@@ -1,7 +1,7 @@
 //! §5.4.1: a voter denies its vote if its own log is more up-to-date than the candidate's:
 //! compare the terms of the last entries, then the lengths.
 
-use crate::support::*;
+use crate::host::*;
 use coracle::{Message, RequestVote};
 
 #[test]

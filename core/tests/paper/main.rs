@@ -1,16 +1,13 @@
 //! The rules of the Raft paper, one test each, named after the rule they check.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+#[path = "../host/mod.rs"]
+mod host;
 
 mod bad_input;
-mod durability;
 mod election;
 mod election_restriction;
 mod fetch;
-mod figure7;
-mod figure8;
-mod membership;
 mod priority;
 mod proposals;
 mod read;

@@ -1,7 +1,7 @@
 //! Election priority: a bully algorithm's ranks, done inside Raft so that safety never
 //! depends on them.
 
-use crate::support::*;
+use crate::host::*;
 use coracle::{Config, LogStorage, NodeId, Role};
 
 /// Node `id` has priority `id`: node 3 ranks highest.

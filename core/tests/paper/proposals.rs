@@ -1,6 +1,6 @@
 //! Proposals: redirection, assigned index and term, back-pressure.
 
-use crate::support::*;
+use crate::host::*;
 use coracle::{ArrayLog, Config, Node, ProposeError, Role, StorageError};
 
 #[test]

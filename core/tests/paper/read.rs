@@ -1,7 +1,7 @@
 //! Linearizable reads (thesis 6.4): ReadIndex, lease reads, forwarding, and the stale-read
 //! hazard of a deposed leader.
 
-use crate::support::*;
+use crate::host::*;
 use coracle::{Message, Output, ReadError, ReadMode, Role};
 
 /// Drains `id` and returns the reads it released: (id, Some(index)) ready, (id, None) failed.

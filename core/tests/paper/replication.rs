@@ -1,6 +1,6 @@
 //! AppendEntries (§5.3), receiver implementation of Figure 2, and the leader's side.
 
-use crate::support::*;
+use crate::host::*;
 use coracle::{AppendEntriesResponse, Message, OwnedMessage, ProgressState, Role};
 
 fn response(replies: &[(u64, OwnedMessage)]) -> AppendEntriesResponse {

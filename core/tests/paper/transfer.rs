@@ -1,6 +1,6 @@
 //! Leadership transfer (thesis 3.10).
 
-use crate::support::*;
+use crate::host::*;
 use coracle::{ProposeError, Role, TransferError};
 
 #[test]
