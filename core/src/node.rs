@@ -548,6 +548,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// the node goes on sending and applying.
     pub fn fetched<'e>(&mut self, entries: impl IntoIterator<Item = Entry<'e>>) {
         self.fetch.in_flight = false;
+        self.log.clear_fetched();
         for entry in entries {
             if self.log.insert_fetched(&entry).is_err() {
                 break;

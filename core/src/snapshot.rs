@@ -174,9 +174,11 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     pub(crate) fn snapshot_chunk_for(&mut self, i: usize) -> Option<Outgoing> {
         self.refresh_snapshot_out();
         let meta = self.snapshots.sending?;
-        let window = self.cfg.max_inflight.min(I) as u64;
         let chunk = self.cfg.max_snapshot_chunk_bytes as u64;
         let r = &mut self.peers[i].replication;
+        // One chunk until the first answer (a small snapshot ends there), then one more per
+        // chunk answered, up to the window: the host reads few chunks past the end.
+        let window = (1 + r.snapshot_acked / chunk).min(self.cfg.max_inflight.min(I) as u64);
         if r.snapshot_index != meta.index || r.snapshot_sent >= r.snapshot_acked + window * chunk {
             return None;
         }

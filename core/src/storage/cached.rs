@@ -288,6 +288,10 @@ impl LogStorage for CachedLog {
         &self.chunk
     }
 
+    fn clear_fetched(&mut self) {
+        self.clear_window();
+    }
+
     fn release(&mut self, index: Index) {
         self.released = self.released.max(index);
         self.evict();
@@ -310,15 +314,11 @@ impl LogStorage for CachedLog {
         if !follows {
             self.clear_window();
         }
+        // Room for half the budget, and always for one entry; never by dropping an entry
+        // of the same fetch (the node needs them in order).
         let owned = OwnedEntry::from(*entry);
         let limit = (self.budget / 2).max(cost(&owned));
-        while self.window_bytes + cost(&owned) > limit {
-            match self.window.pop_front() {
-                Some(e) => self.window_bytes -= cost(&e),
-                None => break,
-            }
-        }
-        if self.window_bytes + cost(&owned) > limit {
+        if !self.window.is_empty() && self.window_bytes + cost(&owned) > limit {
             return Err(StorageError::Full);
         }
         self.window_bytes += cost(&owned);
@@ -371,12 +371,17 @@ mod tests {
         assert!(log.entry(10).is_some(), "the newest entry stays");
 
         // Read back what was dropped: a window of consecutive entries, half the budget.
-        for i in 3..=5 {
+        log.clear_fetched();
+        for i in 3..=4 {
             log.insert_fetched(&e(i, 1 + i / 4, EntryKind::Command))
                 .unwrap();
         }
-        assert!(log.entry(4).is_some() && log.entry(5).is_some());
-        assert!(log.entry(3).is_none(), "the window holds two entries");
+        assert_eq!(
+            log.insert_fetched(&e(5, 2, EntryKind::Command)),
+            Err(StorageError::Full),
+            "the window holds two entries, and keeps the first ones of a fetch"
+        );
+        assert!(log.entry(3).is_some() && log.entry(4).is_some());
         assert_eq!(
             log.insert_fetched(&e(4, 2, EntryKind::Command)),
             Ok(()),

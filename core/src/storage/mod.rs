@@ -130,9 +130,13 @@ pub trait LogStorage {
     fn release(&mut self, index: Index) {
         let _ = index;
     }
+    /// The host is handing in what a fetch read back: what earlier fetches read is not
+    /// needed any more (the default keeps nothing to drop).
+    fn clear_fetched(&mut self) {}
     /// An entry the host read back from its durable store, asked for with
     /// [`Output::Fetch`](crate::Output::Fetch): keep it in memory if there is room (`Full`
-    /// otherwise). The default refuses (a log that never drops data is never asked).
+    /// otherwise: never by dropping an entry of the same fetch). The default refuses (a log
+    /// that never drops data is never asked).
     fn insert_fetched(&mut self, entry: &Entry<'_>) -> Result<(), StorageError> {
         let _ = entry;
         Err(StorageError::Full)
