@@ -101,6 +101,9 @@ fn value_size(s: &str) -> Result<usize, String> {
     }
 }
 
+/// How long a client's call may take, retries included.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Latencies in nanoseconds, 1 µs to 60 s, 3 significant digits.
 fn histogram() -> Result<Histogram<u64>, Error> {
     Ok(Histogram::new_with_bounds(1_000, 60_000_000_000, 3)?)
@@ -196,9 +199,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
             // Spread the first contact; every client follows redirects to the leader.
             let mut list = nodes.clone();
             list.rotate_left(i as usize % nodes.len());
-            Ok(Arc::new(
-                endpoint.client(list)?.with_timeout(Duration::from_secs(30)),
-            ))
+            Ok(Arc::new(endpoint.client(list)?.with_timeout(CALL_TIMEOUT)))
         })
         .collect::<Result<Vec<_>, Error>>()?;
     let consistency = match args.consistency {
@@ -290,8 +291,21 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
         let measured_start = Instant::now();
         match args.count {
             Some(_) => {
+                // Until the count is reached, or no request completed for a whole call
+                // timeout (the cluster is gone: waiting longer would wait forever).
+                let mut progress = (0, Instant::now());
                 while !stop.load(Ordering::Relaxed) {
                     smol::Timer::after(Duration::from_millis(5)).await;
+                    let n = done.load(Ordering::Relaxed);
+                    if n != progress.0 {
+                        progress = (n, Instant::now());
+                    } else if progress.1.elapsed() > CALL_TIMEOUT {
+                        eprintln!(
+                            "no request completed for {} s; stopping",
+                            CALL_TIMEOUT.as_secs()
+                        );
+                        stop.store(true, Ordering::Relaxed);
+                    }
                 }
             }
             None => {

@@ -246,6 +246,47 @@ fn nonsense_flags_are_refused_without_a_panic() {
     assert!(String::from_utf8_lossy(&ok.stdout).contains("valid until"));
 }
 
+/// `bench --count N` against a cluster that answers nothing stops after a call timeout
+/// (30 s) without progress, with an error (it waited forever).
+#[test]
+fn a_counted_bench_against_no_cluster_gives_up() {
+    let setup = Setup::new("bench-count", 1);
+    let certs = setup.certs();
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let nodes = silent.local_addr().unwrap().to_string();
+    let mut child = Command::new(BIN)
+        .args([
+            "bench",
+            "--nodes",
+            &nodes,
+            "--certs",
+            certs.to_str().unwrap(),
+        ])
+        .args([
+            "--name",
+            "alice",
+            "--clients",
+            "2",
+            "--count",
+            "5",
+            "--warmup",
+            "0",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Liveness bound: 30 s of calls, then the stall is seen; 90 s is generous.
+    let status = wait_for(Duration::from_secs(90), || child.try_wait().unwrap());
+    if status.is_none() {
+        let _ = child.kill();
+        panic!("bench --count waited forever for a cluster that answers nothing");
+    }
+    let out = child.wait_with_output().unwrap();
+    fails_with(out, "bench --count 5", "no request completed");
+}
+
 /// Writes `text` as a configuration next to the setup's certificates.
 fn config_file(setup: &Setup, name: &str, text: &str) -> std::path::PathBuf {
     let path = setup.path().join(name);
