@@ -33,7 +33,7 @@ use crate::protocol::{
 use crate::storage::{FileLog, FileLogError, Options, PendingSync, WrittenSnapshot};
 use crate::tls::{Credentials, TlsError};
 use crate::transport::{
-    encode_frame, Class, FrameError, FrameReader, Inbound, Transport, TransportStats,
+    encode_frame, Class, FrameError, FrameReader, Inbound, StartError, Transport, TransportStats,
     DECODE_ENTRIES, ERR_MALFORMED,
 };
 use coracle::wire::{self, Envelope};
@@ -89,6 +89,8 @@ pub enum NodeError {
         /// The error.
         source: std::io::Error,
     },
+    /// A thread of the node (the one that makes the log durable) cannot be started.
+    Thread(std::io::Error),
     /// Making the log durable failed: the node stopped (restart it on healthy storage).
     Sync(std::io::Error),
     /// A snapshot of the state machine cannot be written or restored: the node stopped
@@ -110,6 +112,7 @@ impl fmt::Display for NodeError {
             NodeError::Storage(e) => write!(f, "data directory: {e}"),
             NodeError::Core(e) => write!(f, "raft configuration: {e}"),
             NodeError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            NodeError::Thread(e) => write!(f, "cannot start the node's fsync thread: {e}"),
             NodeError::Sync(e) => write!(f, "log sync failed, node stopped: {e}"),
             NodeError::Snapshot(m) => write!(f, "snapshot: {m}"),
             NodeError::Panicked => f.write_str("the node's event loop panicked"),
@@ -238,9 +241,12 @@ impl RunningNode {
             in_tx,
             on_client,
         )
-        .map_err(|source| NodeError::Bind {
-            addr: cfg.listen,
-            source,
+        .map_err(|e| match e {
+            StartError::Tls(e) => NodeError::Tls(e),
+            StartError::Bind(source) => NodeError::Bind {
+                addr: cfg.listen,
+                source,
+            },
         })?;
         let _ = stats_slot.set(transport.stats().clone());
         let local_addr = transport.local_addr().map_err(|source| NodeError::Bind {
@@ -252,7 +258,8 @@ impl RunningNode {
             transport.set_address(p.id, p.addr);
             addrs.insert(p.id, p.addr.to_string());
         }
-        addrs.insert(cfg.id, local_addr.to_string());
+        // Where the others reach this node: its [[peers]] entry (`listen` may be 0.0.0.0).
+        addrs.insert(cfg.id, cfg.advertised().unwrap_or(local_addr).to_string());
         for &v in &voters {
             transport.ensure_link(v);
         }
@@ -282,10 +289,7 @@ impl RunningNode {
         };
         info!(node = cfg.id, addr = %local_addr, data = %cfg.data_dir.display(), voters = ?voters, "node started");
         let (durable_tx, durable_rx) = channel::bounded(1);
-        let fsync = spawn_fsync_thread(cfg.id, durable_tx).map_err(|source| NodeError::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
+        let fsync = spawn_fsync_thread(cfg.id, durable_tx).map_err(NodeError::Thread)?;
         let run = Box::pin(host.run(node, in_rx, call_rx, fsync, durable_rx, written_rx));
         let task = smol::spawn(async move {
             std::panic::AssertUnwindSafe(run)
@@ -1172,6 +1176,8 @@ impl Host {
                 .collect(),
             keys: self.kv.len() as u64,
             refused_connections: TransportStats::get(&stats.refused),
+            handshakes_abandoned: TransportStats::get(&stats.handshakes_abandoned),
+            stray_datagrams: TransportStats::get(&stats.stray_datagrams),
             malformed_frames: TransportStats::get(&stats.malformed),
             dropped_frames: TransportStats::get(&stats.dropped),
         }
