@@ -897,10 +897,10 @@ fn figure_8() -> Vec<Step> {
             }
             format!(
                 "(c) S1 restarts, reconnected to {}; S{} stays down, S2 cut off. Only S1 \
-                 can win: its log ends with term {}, theirs with term {}.",
+                 can win: its log is longer (index {} of term {}) than theirs.",
                 names(&v.group),
                 v.b,
-                v.term,
+                v.index,
                 v.term
             )
         }),

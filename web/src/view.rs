@@ -10,7 +10,7 @@ use crate::sim::{Sim, HEARTBEAT_TICKS, LATENCY, TICK};
 use crate::timeline::Timeline;
 
 /// Log entries sent per node: the last ones of the longest log.
-pub const LOG_WINDOW: u64 = 40;
+pub const LOG_WINDOW: u64 = 28;
 
 /// The page's state of `timeline`.
 pub fn render(timeline: &Timeline) -> String {
@@ -58,6 +58,7 @@ fn write_nodes(j: &mut Json, sim: &Sim, nodes: &[NodeView]) {
         .unwrap_or(0);
     let window_start = longest.saturating_sub(LOG_WINDOW - 1).max(1);
     j.key("from").number(window_start);
+    j.key("window").number(LOG_WINDOW);
     j.key("nodes").begin_array();
     for (i, v) in nodes.iter().enumerate() {
         let id = i as u64 + 1;
