@@ -11,13 +11,17 @@
 //!   with the checks of issue 7 (see `qemu.rs`).
 //! - `board`: builds the real-board firmware (`embedded/nucleo-f429zi`) and prints its
 //!   footprint (see `board.rs`).
+//! - `web`, `web-test`: builds and serves the interactive model (`web/`), or drives it in
+//!   headless Chromium (see `web.rs`; the static server is `serve.rs`).
 
 mod board;
 mod cmd;
 mod elf;
 mod nostd;
 mod qemu;
+mod serve;
 mod size;
+mod web;
 
 use std::process::ExitCode;
 
@@ -44,6 +48,18 @@ commands:
                  defmt-print; exits non-zero if a check fails)
   board          build embedded/nucleo-f429zi (the NUCLEO-F429ZI firmware, its own
                  workspace, thumbv7em-none-eabihf) and print its flash and RAM
+  web [--port N] [--out DIR] [--no-serve]
+                 build the interactive model (web/: the coracle-web crate for
+                 wasm32-unknown-unknown, wasm-bindgen's glue, web/www) into
+                 target/web (or DIR) and serve it on http://127.0.0.1:8720/ (or N)
+                 until Ctrl-C. Needs `cargo install wasm-bindgen-cli --version X`,
+                 X the wasm-bindgen of Cargo.lock
+  web-test [--screenshots DIR]
+                 build the page and drive it in headless Chromium
+                 (web/tests/page.test.mjs: Node, playwright-core from `cd web &&
+                 npm ci`, /usr/bin/chromium or CORACLE_CHROMIUM); screenshots go to
+                 target/web-screenshots. Prints SKIPPED and succeeds when a tool is
+                 missing, unless CORACLE_BROWSER_REQUIRED=1
   help           this message
 ";
 
@@ -62,6 +78,8 @@ fn main() -> ExitCode {
         "size" => size::run(rest),
         "qemu-cluster" => qemu::run(rest),
         "board" => board::run(rest),
+        "web" => web::run(rest),
+        "web-test" => web::test(rest),
         other => {
             eprint!("error: unknown command `{other}`\n\n{HELP}");
             return ExitCode::from(2);
