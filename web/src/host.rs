@@ -103,6 +103,14 @@ impl Membership {
 #[derive(Clone, Debug)]
 pub struct Packet(OwnedMessage);
 
+impl Packet {
+    /// Its fields in a line, for the page (made only for the messages drawn, not for every
+    /// message sent).
+    pub fn text(&self) -> String {
+        describe(&self.0.as_message())
+    }
+}
+
 /// What the page shows of a message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MessageInfo {
@@ -115,8 +123,6 @@ pub struct MessageInfo {
     pub entries: Vec<Term>,
     /// For an answer: granted, success, or snapshot installed.
     pub ok: Option<bool>,
-    /// Its fields in a line.
-    pub text: String,
 }
 
 /// A message a node asks to send.
@@ -287,6 +293,7 @@ impl Host {
     /// Crashes the node: its volatile state (role, commit index, state machine, timers)
     /// is gone; its log and hard state stay (every write was made durable at once).
     pub fn crash(&mut self) {
+        self.membership = self.membership();
         if let State::Up(node) = std::mem::replace(&mut self.state, State::Down(Box::default())) {
             self.state = State::Down(Box::new(node.into_log()));
             self.kv = Kv::default();
@@ -318,7 +325,6 @@ impl Host {
             Ok(node) => {
                 self.state = State::Up(Box::new(node));
                 self.kv = Kv::default();
-                self.note_membership();
                 Ok(())
             }
             Err(e) => {
@@ -414,7 +420,6 @@ impl Host {
             .change_membership(change)
             .map(|p| p.index)
             .map_err(|e| Refused(e.to_string()))?;
-        self.note_membership();
         Ok(index)
     }
 
@@ -438,7 +443,7 @@ impl Host {
                 Output::Sync(token) => node.synced(token),
                 Output::Send { to, message } => sends.push(Send {
                     to,
-                    info: describe(&message),
+                    info: info(&message),
                     packet: Packet(OwnedMessage::from(&message)),
                 }),
                 Output::Apply(entry) if entry.kind == EntryKind::Command => {
@@ -459,7 +464,6 @@ impl Host {
                 _ => {}
             }
         }
-        self.note_membership();
     }
 
     /// Takes a snapshot of the state machine once `every` entries were applied since the
@@ -483,14 +487,15 @@ impl Host {
         let _ = node.compact(applied.saturating_sub(keep));
     }
 
-    fn note_membership(&mut self) {
-        if let State::Up(node) = &self.state {
-            let me = node.members().find(|m| m.id == self.id);
-            self.membership = match me {
-                Some(m) if m.voter || m.voter_outgoing => Membership::Voter,
-                Some(m) if m.learner => Membership::Learner,
-                _ => Membership::Outside,
-            };
+    /// What the node is in the configuration it uses.
+    fn membership(&self) -> Membership {
+        let State::Up(node) = &self.state else {
+            return self.membership;
+        };
+        match node.members().find(|m| m.id == self.id) {
+            Some(m) if m.voter || m.voter_outgoing => Membership::Voter,
+            Some(m) if m.learner => Membership::Learner,
+            _ => Membership::Outside,
         }
     }
 
@@ -528,7 +533,7 @@ impl Host {
                     commit: node.commit_index(),
                     applied: node.applied_index(),
                     progress,
-                    membership: self.membership,
+                    membership: self.membership(),
                     state: self.kv.describe(),
                     ..log_view(node.log())
                 }
@@ -585,82 +590,71 @@ fn describe_change(id: NodeId, change: StateChange) -> String {
     }
 }
 
-/// The page's summary of a message.
-fn describe(message: &Message<'_>) -> MessageInfo {
-    let mut entries = Vec::new();
-    let (ok, text) = match message {
-        Message::RequestVote(m) => (
-            None,
-            format!(
-                "term {}, last log entry {} of term {}{}",
-                m.term,
-                m.last_log_index,
-                m.last_log_term,
-                if m.leadership_transfer {
-                    " (leadership transfer)"
-                } else {
-                    ""
-                }
-            ),
-        ),
-        Message::RequestVoteResponse(m) => (
-            Some(m.vote_granted),
-            format!(
-                "term {}, {}",
-                m.term,
-                if m.vote_granted { "granted" } else { "refused" }
-            ),
-        ),
-        Message::AppendEntries(m) => {
-            entries = m.entries.iter().map(|e| e.term).collect();
-            (
-                None,
-                format!(
-                    "term {}, after entry {} of term {}, {} entries, commit {}",
-                    m.term,
-                    m.prev_log_index,
-                    m.prev_log_term,
-                    entries.len(),
-                    m.leader_commit
-                ),
-            )
-        }
-        Message::AppendEntriesResponse(m) if m.success => (
-            Some(true),
-            format!("term {}, holds through {}", m.term, m.index),
-        ),
-        Message::AppendEntriesResponse(m) => (
-            Some(false),
-            format!(
-                "term {}, no entry {} of that term (hint: index {}, term {})",
-                m.term, m.index, m.hint_index, m.hint_term
-            ),
-        ),
-        Message::TimeoutNow(m) => (None, format!("term {}, campaign now", m.term)),
-        Message::InstallSnapshot(m) => (
-            None,
-            format!(
-                "term {}, snapshot through {} (term {}), bytes {}..{} of {}",
-                m.term,
-                m.last_included_index,
-                m.last_included_term,
-                m.offset,
-                m.offset + m.data.len() as u64,
-                m.size
-            ),
-        ),
-        Message::InstallSnapshotResponse(m) => (
-            Some(m.done),
-            format!("term {}, next byte {}", m.term, m.next_offset),
-        ),
-        other => (None, format!("term {}", other.term())),
+/// What the page shows of a message, without its text.
+fn info(message: &Message<'_>) -> MessageInfo {
+    let (entries, ok) = match message {
+        Message::AppendEntries(m) => (m.entries.iter().map(|e| e.term).collect(), None),
+        Message::RequestVoteResponse(m) => (Vec::new(), Some(m.vote_granted)),
+        Message::AppendEntriesResponse(m) => (Vec::new(), Some(m.success)),
+        Message::InstallSnapshotResponse(m) => (Vec::new(), Some(m.done)),
+        _ => (Vec::new(), None),
     };
     MessageInfo {
         kind: message.kind(),
         term: message.term(),
         entries,
         ok,
-        text,
+    }
+}
+
+/// The fields of a message in a line.
+fn describe(message: &Message<'_>) -> String {
+    match message {
+        Message::RequestVote(m) => format!(
+            "term {}, last log entry {} of term {}{}",
+            m.term,
+            m.last_log_index,
+            m.last_log_term,
+            if m.leadership_transfer {
+                " (leadership transfer)"
+            } else {
+                ""
+            }
+        ),
+        Message::RequestVoteResponse(m) => format!(
+            "term {}, {}",
+            m.term,
+            if m.vote_granted { "granted" } else { "refused" }
+        ),
+        Message::AppendEntries(m) => format!(
+            "term {}, after entry {} of term {}, {} entries, commit {}",
+            m.term,
+            m.prev_log_index,
+            m.prev_log_term,
+            m.entries.len(),
+            m.leader_commit
+        ),
+        Message::AppendEntriesResponse(m) if m.success => {
+            format!("term {}, holds through {}", m.term, m.index)
+        }
+        Message::AppendEntriesResponse(m) => format!(
+            "term {}, no entry {} of that term (hint: index {}, term {})",
+            m.term, m.index, m.hint_index, m.hint_term
+        ),
+        Message::TimeoutNow(m) => format!("term {}, campaign now", m.term),
+        Message::InstallSnapshot(m) => format!(
+            "term {}, snapshot through {} (term {}), bytes {}..{} of {}",
+            m.term,
+            m.last_included_index,
+            m.last_included_term,
+            m.offset,
+            m.offset + m.data.len() as u64,
+            m.size
+        ),
+        Message::InstallSnapshotResponse(m) => {
+            format!("term {}, next byte {}", m.term, m.next_offset)
+        }
+        other => format!("term {}", other.term()),
     }
 }
 

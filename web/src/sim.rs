@@ -121,6 +121,13 @@ pub struct Flight {
     packet: Packet,
 }
 
+impl Flight {
+    /// Its fields in a line.
+    pub fn text(&self) -> String {
+        self.packet.text()
+    }
+}
+
 /// A message that was lost: its link was cut or its receiver was down.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Lost {
@@ -269,17 +276,19 @@ impl Sim {
     // ----- time ---------------------------------------------------------------------------
 
     fn next_event(&self) -> Option<(Time, Event)> {
-        let mut best: Option<(Time, Event)> = None;
+        // At equal times: deliveries (oldest message first, so a link keeps its order),
+        // then timers (lowest id first), then the script.
+        let mut best: Option<(Time, Event)> = self
+            .flights
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, f)| (f.arrive, f.id))
+            .map(|(i, f)| (f.arrive, Event::Deliver(i)));
         let mut consider = |at: Time, event: Event| {
             if best.is_none_or(|(t, _)| at < t) {
                 best = Some((at, event));
             }
         };
-        // In order of preference at equal times: deliveries (oldest first), timers (lowest
-        // id first), the script.
-        for (i, f) in self.flights.iter().enumerate() {
-            consider(f.arrive, Event::Deliver(i));
-        }
         for (i, s) in self.slots.iter().enumerate() {
             if let Some(at) = s.timer {
                 consider(at, Event::Timer(i));
@@ -336,7 +345,7 @@ impl Sim {
         self.events += 1;
         match event {
             Event::Deliver(i) => {
-                let flight = self.flights.remove(i);
+                let flight = self.flights.swap_remove(i);
                 let to = (flight.to - 1) as usize;
                 if self.slots[to].host.is_up() {
                     self.sync_clock(to);

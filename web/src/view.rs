@@ -146,7 +146,7 @@ fn write_messages(j: &mut Json, sim: &Sim) {
             j.number(t);
         }
         j.end_array();
-        j.key("text").string(&f.info.text);
+        j.key("text").string(&f.text());
         j.end_object();
     }
     j.end_array();
