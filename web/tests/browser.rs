@@ -6,37 +6,19 @@
 //! passes, unless `CORACLE_BROWSER_REQUIRED=1` (set by `.ci/run`), which makes a skip a
 //! failure. Screenshots go to `target/web-screenshots`.
 
+use coracle_tests::xtask::cargo_xtask;
 use std::path::Path;
-use std::process::Command;
 
 #[test]
 fn the_page_in_headless_chromium() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("web/ is in the workspace");
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    // A target folder of its own: the outer `cargo test` may hold the lock of the
-    // workspace's. The screenshots go to the workspace's target folder all the same.
-    let target = tmp.join("web-test");
+    // The screenshots go to the workspace's target folder, the build to one of its own.
     let screenshots = tmp.parent().map_or_else(
         || tmp.join("web-screenshots"),
         |t| t.join("web-screenshots"),
     );
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(root)
-        .env("CARGO_TARGET_DIR", &target)
-        .args([
-            "run",
-            "--quiet",
-            "-p",
-            "xtask",
-            "--",
-            "web-test",
-            "--screenshots",
-        ])
-        .arg(&screenshots)
-        .status()
-        .expect("cargo runs");
+    let mut args = vec!["web-test".into(), "--screenshots".into()];
+    args.push(screenshots.into_os_string());
+    let status = cargo_xtask(&tmp.join("web-test"), args);
     assert!(status.success(), "cargo xtask web-test failed: {status}");
 }
