@@ -318,6 +318,19 @@ fn write_many(s: &mut Sim, leader: NodeId, count: usize) -> Index {
     last_of(s, leader)
 }
 
+/// Waits for a leader that has committed an entry of its term, then acts.
+fn when_leader(act: crate::script::Act) -> Step {
+    until("a leader", |s, _| settled(s).is_some(), act)
+}
+
+/// Remembers the first leader and its term, and writes `count` commands through it (the
+/// last index in `v.index`).
+fn lead_and_write(s: &mut Sim, v: &mut Vars, count: usize) {
+    first_leader(s, v);
+    v.index = write_many(s, v.a, count);
+}
+
+/// Remembers the first leader and its term, and says how it was elected.
 fn first_leader(s: &mut Sim, v: &mut Vars) -> String {
     v.a = settled(s).unwrap_or(1);
     v.term = s.term(v.a);
@@ -332,7 +345,7 @@ fn first_leader(s: &mut Sim, v: &mut Vars) -> String {
 
 fn replica_crash() -> Vec<Step> {
     vec![
-        until("a leader", |s, _| settled(s).is_some(), first_leader),
+        when_leader(first_leader),
         after(150, |s, v| {
             v.b = other_than(s, &[v.a]);
             s.crash(v.b);
@@ -400,7 +413,7 @@ fn replica_crash_verdict(s: &Sim, v: &Vars) -> Result<(), String> {
 
 fn leader_crash() -> Vec<Step> {
     vec![
-        until("a leader", |s, _| settled(s).is_some(), first_leader),
+        when_leader(first_leader),
         after(100, |s, v| {
             s.crash(v.a);
             format!(
@@ -473,25 +486,21 @@ fn leader_crash_verdict(s: &Sim, v: &Vars) -> Result<(), String> {
 
 fn net_split() -> Vec<Step> {
     vec![
-        until(
-            "a leader",
-            |s, _| settled(s).is_some(),
-            |s, v| {
-                first_leader(s, v);
-                v.b = other_than(s, &[v.a]);
-                v.group = others(s, &[v.a, v.b]);
-                s.partition(&[vec![v.a, v.b], v.group.clone()]);
-                format!(
-                    "S{} leads term {}. The network splits: S{} and S{} on one side (2 of 5, a \
+        when_leader(|s, v| {
+            first_leader(s, v);
+            v.b = other_than(s, &[v.a]);
+            v.group = others(s, &[v.a, v.b]);
+            s.partition(&[vec![v.a, v.b], v.group.clone()]);
+            format!(
+                "S{} leads term {}. The network splits: S{} and S{} on one side (2 of 5, a \
                  minority), {} on the other.",
-                    v.a,
-                    v.term,
-                    v.a,
-                    v.b,
-                    names(&v.group)
-                )
-            },
-        ),
+                v.a,
+                v.term,
+                v.a,
+                v.b,
+                names(&v.group)
+            )
+        }),
         after(20, |s, v| {
             v.index = s.write_to(v.a).map_or(0, |(index, _)| index);
             format!(
@@ -571,25 +580,21 @@ fn net_split_verdict(s: &Sim, v: &Vars) -> Result<(), String> {
 
 fn two_leaders() -> Vec<Step> {
     vec![
-        until(
-            "a leader",
-            |s, _| settled(s).is_some(),
-            |s, v| {
-                first_leader(s, v);
-                v.b = other_than(s, &[v.a]);
-                v.group = others(s, &[v.a, v.b]);
-                s.partition(&[vec![v.a, v.b], v.group.clone()]);
-                format!(
-                    "S{} leads term {}. Check-quorum is off in this run, so a leader does not \
+        when_leader(|s, v| {
+            first_leader(s, v);
+            v.b = other_than(s, &[v.a]);
+            v.group = others(s, &[v.a, v.b]);
+            s.partition(&[vec![v.a, v.b], v.group.clone()]);
+            format!(
+                "S{} leads term {}. Check-quorum is off in this run, so a leader does not \
                  notice that it lost its majority. The network splits: S{} and S{} | {}.",
-                    v.a,
-                    v.term,
-                    v.a,
-                    v.b,
-                    names(&v.group)
-                )
-            },
-        ),
+                v.a,
+                v.term,
+                v.a,
+                v.b,
+                names(&v.group)
+            )
+        }),
         until(
             "the majority to elect a leader",
             |s, v| {
@@ -654,19 +659,14 @@ fn two_leaders_verdict(s: &Sim, v: &Vars) -> Result<(), String> {
 
 fn node_start() -> Vec<Step> {
     vec![
-        until(
-            "a leader",
-            |s, _| settled(s).is_some(),
-            |s, v| {
-                first_leader(s, v);
-                v.index = write_many(s, v.a, 5);
-                format!(
-                    "S5 is switched off. The other four elected S{} in term {} (3 of 5 is a \
+        when_leader(|s, v| {
+            lead_and_write(s, v, 5);
+            format!(
+                "S5 is switched off. The other four elected S{} in term {} (3 of 5 is a \
                  majority) and commit five writes.",
-                    v.a, v.term
-                )
-            },
-        ),
+                v.a, v.term
+            )
+        }),
         until(
             "the writes to commit",
             |s, v| commit_of(s, v.a) >= v.index,
@@ -707,19 +707,14 @@ fn node_start_verdict(s: &Sim, v: &Vars) -> Result<(), String> {
 
 fn cold_start() -> Vec<Step> {
     vec![
-        until(
-            "a leader",
-            |s, _| settled(s).is_some(),
-            |s, v| {
-                first_leader(s, v);
-                v.index = write_many(s, v.a, 3);
-                format!(
-                    "All five nodes started at once with empty logs. S{} won term {} and takes \
+        when_leader(|s, v| {
+            lead_and_write(s, v, 3);
+            format!(
+                "All five nodes started at once with empty logs. S{} won term {} and takes \
                  three writes.",
-                    v.a, v.term
-                )
-            },
-        ),
+                v.a, v.term
+            )
+        }),
         until(
             "the writes to be applied everywhere",
             |s, v| all_agree(s) && commit_of(s, v.a) >= v.index,
@@ -1006,28 +1001,24 @@ fn figure_8_verdict(s: &Sim, v: &Vars) -> Result<(), String> {
 
 fn partial_partition() -> Vec<Step> {
     vec![
-        until(
-            "a leader",
-            |s, _| settled(s).is_some(),
-            |s, v| {
-                first_leader(s, v);
-                let mut order = vec![v.a];
-                order.extend(others(s, &[v.a]));
-                s.bridge(&order);
-                v.group = order;
-                format!(
-                    "S{} leads term {}. The network partly fails: {} stay connected; S{} reaches \
+        when_leader(|s, v| {
+            first_leader(s, v);
+            let mut order = vec![v.a];
+            order.extend(others(s, &[v.a]));
+            s.bridge(&order);
+            v.group = order;
+            format!(
+                "S{} leads term {}. The network partly fails: {} stay connected; S{} reaches \
                  only S{}, S{} only S{}. Neither hears the leader.",
-                    v.a,
-                    v.term,
-                    names(&v.group[..3]),
-                    v.group[3],
-                    v.group[1],
-                    v.group[4],
-                    v.group[2]
-                )
-            },
-        ),
+                v.a,
+                v.term,
+                names(&v.group[..3]),
+                v.group[3],
+                v.group[1],
+                v.group[4],
+                v.group[2]
+            )
+        }),
         after(1500, |s, v| {
             let (c, d) = (v.group[3], v.group[4]);
             v.other = s.term(c).max(s.term(d));
@@ -1112,15 +1103,10 @@ fn partial_without_pre_vote_verdict(s: &Sim, v: &Vars) -> Result<(), String> {
 
 fn transfer() -> Vec<Step> {
     vec![
-        until(
-            "a leader",
-            |s, _| settled(s).is_some(),
-            |s, v| {
-                first_leader(s, v);
-                v.index = write_many(s, v.a, 3);
-                format!("S{} leads term {} and takes three writes.", v.a, v.term)
-            },
-        ),
+        when_leader(|s, v| {
+            lead_and_write(s, v, 3);
+            format!("S{} leads term {} and takes three writes.", v.a, v.term)
+        }),
         until(
             "the writes to be applied everywhere",
             |s, v| all_agree(s) && commit_of(s, v.a) >= v.index,
@@ -1170,20 +1156,15 @@ fn transfer_verdict(s: &Sim, v: &Vars) -> Result<(), String> {
 
 fn learner() -> Vec<Step> {
     vec![
-        until(
-            "a leader",
-            |s, _| settled(s).is_some(),
-            |s, v| {
-                first_leader(s, v);
-                v.index = write_many(s, v.a, 4);
-                format!(
-                    "S1 to S3 are the voters; S{} leads term {} and takes four writes. S4 runs \
+        when_leader(|s, v| {
+            lead_and_write(s, v, 4);
+            format!(
+                "S1 to S3 are the voters; S{} leads term {} and takes four writes. S4 runs \
                  but is outside the configuration: nobody sends it anything, and it never \
                  campaigns.",
-                    v.a, v.term
-                )
-            },
-        ),
+                v.a, v.term
+            )
+        }),
         until(
             "the writes to commit",
             |s, v| commit_of(s, v.a) >= v.index,
