@@ -195,6 +195,10 @@ function makeMessage(m) {
     const t = el('text', { fill: k.response ? (m.ok === false ? '#dc2626' : k.color) : '#fff' }, g);
     t.textContent = label;
   }
+  // The entries an AppendEntries carries, coloured by term (the first four).
+  m.entries.slice(0, 4).forEach((term, i) => {
+    el('rect', { x: k.r + 2 + i * 6, y: -3, width: 5, height: 6, fill: termColor(term), stroke: '#334155', 'stroke-width': 0.5 }, g);
+  });
   const title = el('title', {}, g);
   title.textContent = `${m.kind} S${m.from}→S${m.to}: ${m.text}`;
   $('layer-messages').appendChild(g);
