@@ -169,14 +169,22 @@ function drawNodes(s) {
   }
 }
 
+// Each lane's tooltip says what is in flight on it (messages themselves let clicks through
+// to the lanes under them).
 function drawLanes(s) {
   const cut = new Set(s.cut.map(([a, b]) => `${a}-${b}`));
+  const inFlight = new Map();
+  for (const m of s.msgs) {
+    const key = `${m.from}-${m.to}`;
+    inFlight.set(key, (inFlight.get(key) || '') + `\n${m.kind}: ${m.text}`);
+  }
   for (const [key, lane] of lanes) {
     const isCut = cut.has(key);
     setAttr(lane.line, 'class', isCut ? 'lane cut' : 'lane');
     setAttr(lane.hit, 'data-cut', isCut);
     const [a, b] = key.split('-');
-    setText(lane.title, `S${a}→S${b} ${isCut ? 'cut' : 'up'}: click to ${isCut ? 'heal' : 'cut'} this direction, shift-click both`);
+    setText(lane.title, `S${a}→S${b} ${isCut ? 'cut' : 'up'}: click to ${isCut ? 'heal' : 'cut'} ` +
+      `this direction, shift-click both${inFlight.get(key) || ''}`);
   }
 }
 
