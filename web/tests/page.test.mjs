@@ -123,6 +123,29 @@ test('clicking the leader crashes it and a new leader of a higher term appears',
   await page.close();
 });
 
+test('pause stops time, step moves one event, and the slowest speed is a hundredth of real time', async () => {
+  const { page, problems } = await open('?seed=6&nodes=3');
+  await pause(page);
+  const paused = await state(page);
+  await page.waitForTimeout(300);
+  assert.equal((await state(page)).t, paused.t, 'no time passes while paused');
+  await page.click('#step');
+  const stepped = await state(page);
+  assert.equal(stepped.playing, false);
+  assert.ok(stepped.events > paused.events && stepped.t >= paused.t, 'one event later');
+  // 0.01x: one second of real time is 10 ms of simulated time (bound: 200 ms, generous
+  // for a loaded machine's frame clock).
+  await setSpeed(page, '0');
+  await page.click('#play');
+  const before = await state(page);
+  await page.waitForTimeout(1000);
+  const after = await state(page);
+  assert.ok(after.t > before.t && after.t - before.t < 200_000, `${after.t - before.t} µs`);
+  assert.equal(await page.textContent('#speed-label'), '0.010×');
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
 test('links are cut one way by a click, both ways by a shift-click, and healed', async () => {
   const { page, problems } = await open('?seed=3&nodes=4');
   await pause(page);
