@@ -680,9 +680,10 @@ fn node_start() -> Vec<Step> {
             |s, v| caught_up(s, 5, v.a),
             |s, v| {
                 format!(
-                    "The first heartbeat told S5 the term and the leader. S{}'s probes found \
-                     its log empty (nextIndex walked back to 1) and streamed the entries: S5 \
-                     holds the whole log and applied it: {}.",
+                    "The first heartbeat told S5 the term and the leader. S5 rejected it (no \
+                     entry before it) with the hint that its log is empty, so S{} moved \
+                     nextIndex back to 1 and streamed the entries: S5 holds the whole log and \
+                     applied it: {}.",
                     v.a,
                     state_of(s, 5)
                 )
