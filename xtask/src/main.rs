@@ -3,7 +3,7 @@
 //! machine.
 //!
 //! Commands:
-//! - `nostd`: builds the core for bare-metal targets without `std` or `alloc`, checks
+//! - `nostd`: builds the core for bare-metal targets (and wasm32) without `std` or `alloc`, checks
 //!   that no dependency turns `std`/`alloc` on, and links a `#![no_std]` program that
 //!   uses the core with no global allocator (`xtask/nostd-check/`).
 //! - `size`: the flash and static RAM of that program, per target, read from its ELF.
@@ -30,8 +30,9 @@ cargo xtask <command>
 
 commands:
   nostd          build the core with --no-default-features for thumbv6m-none-eabi,
-                 thumbv7em-none-eabihf and riscv32imc-unknown-none-elf (and with
-                 --features serde,defmt for thumbv7em-none-eabihf); check that no
+                 thumbv7em-none-eabihf, riscv32imc-unknown-none-elf and
+                 wasm32-unknown-unknown (and with --features serde,defmt for
+                 thumbv7em-none-eabihf); check that no
                  dependency enables `std` or `alloc`; link xtask/nostd-check, a
                  #![no_std] program that drives the core with no global allocator,
                  for each target. Installs missing targets with rustup.
