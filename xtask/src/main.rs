@@ -11,6 +11,8 @@
 //!   with the checks of issue 7 (see `qemu.rs`).
 //! - `board`: builds the real-board firmware (`embedded/nucleo-f429zi`) and prints its
 //!   footprint (see `board.rs`).
+//! - `soak`: the simulator over fresh seeds for some minutes on every core (see
+//!   `soak.rs`).
 
 mod board;
 mod cmd;
@@ -18,6 +20,7 @@ mod elf;
 mod nostd;
 mod qemu;
 mod size;
+mod soak;
 
 use std::process::ExitCode;
 
@@ -44,6 +47,12 @@ commands:
                  defmt-print; exits non-zero if a check fails)
   board          build embedded/nucleo-f429zi (the NUCLEO-F429ZI firmware, its own
                  workspace, thumbv7em-none-eabihf) and print its flash and RAM
+  soak [--minutes N] [sim options]
+                 run the simulator over fresh seeds for N minutes (default 10) on every
+                 core: 3/5/7 nodes, 50000 steps, every fault class, every history
+                 checked for linearizability; prints the totals, the seed range and the
+                 replay command of every failing seed; fails if any seed failed. Run it
+                 before every submission that touches the core or a host.
   help           this message
 ";
 
@@ -62,6 +71,7 @@ fn main() -> ExitCode {
         "size" => size::run(rest),
         "qemu-cluster" => qemu::run(rest),
         "board" => board::run(rest),
+        "soak" => soak::run(rest),
         other => {
             eprint!("error: unknown command `{other}`\n\n{HELP}");
             return ExitCode::from(2);

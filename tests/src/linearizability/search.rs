@@ -389,7 +389,8 @@ impl<'a> Search<'a> {
                     let Some(frame) = stack.pop() else {
                         return match best {
                             Some(snapshot) => Run::Stuck(snapshot),
-                            // Never seen: the root level always gives a snapshot.
+                            // Not expected: the furthest return event reached gives a
+                            // snapshot. Were it to happen, no verdict beats a wrong one.
                             None => Run::Exhausted,
                         };
                     };
