@@ -16,6 +16,7 @@
 
 use coracle_tests::linearizability::{self, Budget, History};
 use coracle_tests::oracle::Violation;
+use coracle_tests::sim::rng::mix64;
 use coracle_tests::sim::{Bug, Cluster, Faults, Linearizability, RunReport, SimOptions};
 use std::io::{BufWriter, Write};
 use std::panic::{self, AssertUnwindSafe};
@@ -344,11 +345,20 @@ fn run_seeds(
     next: &(dyn Fn() -> Option<u64> + Sync),
     progress: &(dyn Fn(&Totals) + Sync),
 ) -> Totals {
+    /// Counts a worker as finished when it ends, also by a panic (which the scope then
+    /// passes on), so the progress loop below always ends.
+    struct Finished<'a>(&'a AtomicU64);
+    impl Drop for Finished<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
     let totals = Mutex::new(Totals::default());
     let finished = AtomicU64::new(0);
     std::thread::scope(|scope| {
         for _ in 0..args.threads {
             scope.spawn(|| {
+                let _finished = Finished(&finished);
                 while let Some(seed) = next() {
                     let options = args.options_for(seed);
                     let result = run_one(seed, &options, None, None);
@@ -360,7 +370,6 @@ fn run_seeds(
                         let _ = out.flush();
                     }
                 }
-                finished.fetch_add(1, Ordering::Relaxed);
             });
         }
         let mut last = Instant::now();
@@ -382,17 +391,14 @@ fn fresh_base() -> u64 {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    let mut z = nanos.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    (z ^ (z >> 31)) & ((1 << 40) - 1)
+    mix64(nanos) & ((1 << 40) - 1)
 }
 
 fn print_summary(totals: &Totals, wall: Duration, threads: usize) {
     let per_thread = totals.events as f64 / totals.simulated.as_secs_f64().max(1e-9);
     let overall = totals.events as f64 / wall.as_secs_f64().max(1e-9);
     println!(
-        "simulation: {:.1} s over {threads} thread(s) ({:.0} events/s, {:.0} per thread); \
+        "simulation: {:.1} s of {threads} thread(s) ({:.0} events/s, {:.0} per thread); \
          linearizability checks: {:.2} s; undecided histories: {}",
         totals.simulated.as_secs_f64(),
         overall,
