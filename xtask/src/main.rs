@@ -13,6 +13,8 @@
 //!   footprint (see `board.rs`).
 //! - `web`, `web-test`: builds and serves the interactive model (`web/`), or drives it in
 //!   headless Chromium (see `web.rs`; the static server is `serve.rs`).
+//! - `soak`: the simulator over fresh seeds for some minutes on every core (see
+//!   `soak.rs`).
 
 mod board;
 mod cmd;
@@ -22,6 +24,7 @@ mod qemu;
 mod serve;
 mod size;
 mod web;
+mod soak;
 
 use std::process::ExitCode;
 
@@ -61,6 +64,12 @@ commands:
                  npm ci`, /usr/bin/chromium or CORACLE_CHROMIUM); screenshots go to
                  target/web-screenshots. Prints SKIPPED and succeeds when a tool is
                  missing, unless CORACLE_BROWSER_REQUIRED=1
+  soak [--minutes N] [sim options]
+                 run the simulator over fresh seeds for N minutes (default 10) on every
+                 core: 3/5/7 nodes, 50000 steps, every fault class, every history
+                 checked for linearizability; prints the totals, the seed range and the
+                 replay command of every failing seed; fails if any seed failed. Run it
+                 before every submission that touches the core or a host.
   help           this message
 ";
 
@@ -81,6 +90,7 @@ fn main() -> ExitCode {
         "board" => board::run(rest),
         "web" => web::run(rest),
         "web-test" => web::test(rest),
+        "soak" => soak::run(rest),
         other => {
             eprint!("error: unknown command `{other}`\n\n{HELP}");
             return ExitCode::from(2);
