@@ -30,7 +30,7 @@ use crate::protocol::{
     append_frame, decode_request, AdminOp, Command, Consistency, ErrorKind, MemberStatus,
     NodeStatus, ReadOp, Request, RequestFrame, Response, ResponseFrame, MAX_CLIENT_FRAME,
 };
-use crate::storage::{FileLog, FileLogError, Options, PendingSync, WrittenSnapshot};
+use crate::storage::{FileLog, FileLogError, PendingSync, WrittenSnapshot};
 use crate::tls::{Credentials, TlsError};
 use crate::transport::{
     encode_frame, Class, FrameError, FrameReader, Inbound, Transport, TransportStats,
@@ -201,13 +201,8 @@ impl RunningNode {
                 })
             }
         }
-        let options = Options::new()
-            .segment_bytes(cfg.storage.segment_bytes)
-            .preallocate(cfg.storage.preallocate)
-            .max_log_bytes(cfg.storage.max_log_bytes)
-            .max_entry_bytes(cfg.raft.max_entry_bytes + 1024)
-            .keep_behind_snapshot(cfg.storage.snapshot_keep_entries);
-        let log = FileLog::open_with(&cfg.data_dir, options).map_err(NodeError::Storage)?;
+        let log =
+            FileLog::open_with(&cfg.data_dir, cfg.log_options()).map_err(NodeError::Storage)?;
         if let Some(cut) = &log.recovery().tail_cut {
             warn!(node = cfg.id, ?cut, "recovery cut a torn tail off the log");
         }

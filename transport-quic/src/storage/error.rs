@@ -50,6 +50,21 @@ pub enum FileLogError {
         /// Bytes the segments would need.
         needed: u64,
     },
+    /// The quota ([`Options::max_log_bytes`](super::Options::max_log_bytes)) is smaller
+    /// than [`Options::min_log_bytes`](super::Options::min_log_bytes): compaction could
+    /// never bring the log under it, and the log would stay full.
+    QuotaTooSmall {
+        /// The quota in bytes.
+        limit: u64,
+        /// The smallest quota that works with these segments and entries.
+        least: u64,
+        /// The segment size.
+        segment_bytes: u64,
+        /// The largest entry's data.
+        max_entry_bytes: usize,
+        /// The largest segment size that works with this quota, if any does.
+        largest_segment_bytes: Option<u64>,
+    },
     /// An entry's data is larger than [`Options::max_entry_bytes`](super::Options::max_entry_bytes).
     EntryTooLarge {
         /// Its length.
@@ -92,9 +107,9 @@ impl FileLogError {
             FileLogError::Corrupt { .. } => io::ErrorKind::InvalidData,
             FileLogError::Locked(_) => io::ErrorKind::ResourceBusy,
             FileLogError::QuotaExceeded { .. } => io::ErrorKind::QuotaExceeded,
-            FileLogError::EntryTooLarge { .. } | FileLogError::StaleSnapshot { .. } => {
-                io::ErrorKind::InvalidInput
-            }
+            FileLogError::EntryTooLarge { .. }
+            | FileLogError::StaleSnapshot { .. }
+            | FileLogError::QuotaTooSmall { .. } => io::ErrorKind::InvalidInput,
             FileLogError::SnapshotVersion { .. } => io::ErrorKind::InvalidData,
             FileLogError::BadSnapshot(_) => io::ErrorKind::InvalidInput,
             FileLogError::Failed => io::ErrorKind::Other,
@@ -156,6 +171,25 @@ impl fmt::Display for FileLogError {
                  compact after a snapshot)",
                 dir.display()
             ),
+            FileLogError::QuotaTooSmall {
+                limit,
+                least,
+                segment_bytes,
+                max_entry_bytes,
+                largest_segment_bytes,
+            } => {
+                write!(
+                    f,
+                    "a log quota of {limit} bytes is too small for segments of {segment_bytes} \
+                     bytes and entries of up to {max_entry_bytes} bytes: compaction deletes \
+                     whole segments and never the one being written, so the log could stay \
+                     full for good; the quota must be at least {least} bytes"
+                )?;
+                match largest_segment_bytes {
+                    Some(s) => write!(f, " (or segments at most {s} bytes)"),
+                    None => Ok(()),
+                }
+            }
             FileLogError::EntryTooLarge { len, max } => {
                 write!(f, "entry of {len} bytes is larger than the limit of {max} bytes")
             }

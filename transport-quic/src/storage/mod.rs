@@ -272,6 +272,9 @@ impl Options {
     /// entries: a log full of commands must still let a new leader commit its no-op,
     /// or after a restart no entry could be committed, so none applied, snapshotted and
     /// compacted, and the log would stay full for good.
+    ///
+    /// The quota must be at least [`min_log_bytes`](Self::min_log_bytes):
+    /// [`FileLog::open_with`] refuses a smaller one ([`FileLogError::QuotaTooSmall`]).
     pub fn max_log_bytes(mut self, bytes: Option<u64>) -> Self {
         self.max_log_bytes = bytes;
         self
@@ -299,6 +302,56 @@ impl Options {
         (limit / 16).min(64 << 10)
     }
 
+    /// The most bytes one segment can take: a segment ends once it holds
+    /// [`segment_bytes`](Self::segment_bytes), so the record that crosses the line can be
+    /// a largest entry's.
+    fn largest_segment(&self) -> u64 {
+        let largest_record = record::entry_record_len(self.max_entry_bytes) as u64;
+        self.segment_bytes
+            .saturating_add(largest_record)
+            .saturating_add(segment::HEADER as u64)
+    }
+
+    /// The smallest quota ([`max_log_bytes`](Self::max_log_bytes)) a log with these
+    /// segments and entries can live with: three of its largest segments, and at least
+    /// [`MIN_LOG_BYTES`].
+    ///
+    /// Why: compaction frees whole segments and never the one being written, which can
+    /// hold up to a largest segment. After a snapshot and compaction of everything
+    /// applied, that segment, one more largest entry (with the header of the next
+    /// segment) and the reserve for no-ops must fit in the quota, or every append of a
+    /// command fails for good (with 64 MiB segments and an 8 MiB quota, the first segment
+    /// never ended, so nothing could ever be deleted). Three segments leave room for at
+    /// least one segment of new entries per compaction, whatever the sizes.
+    pub fn min_log_bytes(&self) -> u64 {
+        self.largest_segment().saturating_mul(3).max(MIN_LOG_BYTES)
+    }
+
+    /// The largest [`segment_bytes`](Self::segment_bytes) that works with a quota of
+    /// `limit` bytes and these entries, if any does.
+    pub fn max_segment_bytes_for(&self, limit: u64) -> Option<u64> {
+        let fixed = self.largest_segment() - self.segment_bytes;
+        if limit < MIN_LOG_BYTES {
+            return None;
+        }
+        (limit / 3).checked_sub(fixed).filter(|&s| s > 0)
+    }
+
+    /// Checks that the options can work together: a quota, if any, of at least
+    /// [`min_log_bytes`](Self::min_log_bytes). [`FileLog::open_with`] calls it.
+    pub fn check(&self) -> Result<(), FileLogError> {
+        match self.max_log_bytes {
+            Some(limit) if limit < self.min_log_bytes() => Err(FileLogError::QuotaTooSmall {
+                limit,
+                least: self.min_log_bytes(),
+                segment_bytes: self.segment_bytes,
+                max_entry_bytes: self.max_entry_bytes,
+                largest_segment_bytes: self.max_segment_bytes_for(limit),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Bytes the active segment holds before a spare of zeros is prepared: soon if it is
     /// not preallocated (to end it early), late if it is (so compaction has a chance to
     /// hand over a segment to recycle first).
@@ -310,6 +363,11 @@ impl Options {
         }
     }
 }
+
+/// The smallest quota ([`Options::max_log_bytes`]) accepted whatever the segments: its
+/// reserve for no-ops and configuration entries (a sixteenth) is then at least 1 KiB, room
+/// for a few of them and the header of a new segment.
+pub const MIN_LOG_BYTES: u64 = 16 << 10;
 
 /// Counters of the I/O a [`FileLog`] did since it was opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -469,6 +527,7 @@ impl FileLog {
     /// cuts a torn tail, and compacts the log through the snapshot (less
     /// [`Options::keep_behind_snapshot`] entries).
     pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<FileLog, FileLogError> {
+        options.check()?;
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir).map_err(io_err(&dir, "create data directory"))?;
         let lock = dir::lock(&dir)?;

@@ -1281,7 +1281,9 @@ fn a_read_only_directory_is_a_clear_error() {
 #[test]
 fn a_full_log_is_a_clear_error_and_compaction_makes_room() {
     let dir = TempDir::new("full");
-    let options = small_segments().max_log_bytes(Some(1024));
+    let options = small_segments()
+        .max_entry_bytes(100)
+        .max_log_bytes(Some(MIN_LOG_BYTES));
     let mut log = FileLog::open_with(dir.path(), options).unwrap();
     let mut next = 1;
     loop {
@@ -1301,14 +1303,14 @@ fn a_full_log_is_a_clear_error_and_compaction_makes_room() {
         assert!(next < 1000);
     }
     log.sync().unwrap();
-    assert!(log.disk_bytes() <= 1024 - 64);
+    assert!(log.disk_bytes() <= MIN_LOG_BYTES - 1024);
     let e = log.last_error().unwrap();
     assert!(
         matches!(
             e,
             FileLogError::QuotaExceeded {
-                limit: 1024,
-                reserved: 64,
+                limit: MIN_LOG_BYTES,
+                reserved: 1024,
                 ..
             }
         ),
@@ -1347,7 +1349,7 @@ fn a_full_log_is_a_clear_error_and_compaction_makes_room() {
         }
         assert!(next < 1000);
     }
-    assert!(log.disk_bytes() <= 1024);
+    assert!(log.disk_bytes() <= MIN_LOG_BYTES);
     log.sync().unwrap();
     assert!(
         !log.is_failed(),
@@ -1374,6 +1376,113 @@ fn a_full_log_is_a_clear_error_and_compaction_makes_room() {
         text.contains("write segment") && text.contains(".seg") && text.contains("disk is full"),
         "{text}"
     );
+}
+
+#[test]
+fn a_quota_compaction_cannot_get_under_is_refused() {
+    // The report's settings, scaled down: one segment is larger than the whole quota, so
+    // the first segment never ends, compaction never deletes it, and the log stays full.
+    let options = small_segments()
+        .segment_bytes(64 << 10)
+        .max_entry_bytes(1000)
+        .max_log_bytes(Some(MIN_LOG_BYTES));
+    let dir = TempDir::new("quota-small");
+    let e = FileLog::open_with(dir.path(), options.clone()).unwrap_err();
+    let least = options.min_log_bytes();
+    assert!(
+        matches!(e, FileLogError::QuotaTooSmall { limit: MIN_LOG_BYTES, least: l, .. } if l == least),
+        "{e}"
+    );
+    let text = e.to_string();
+    assert!(text.contains(&format!("at least {least} bytes")), "{text}");
+    assert!(
+        !dir.path().exists(),
+        "nothing is created for refused options"
+    );
+    // The smallest quota named works; one byte less does not; nor does a quota that
+    // leaves no room for a no-op, whatever the segments.
+    assert!(options.clone().max_log_bytes(Some(least)).check().is_ok());
+    assert!(options
+        .clone()
+        .max_log_bytes(Some(least - 1))
+        .check()
+        .is_err());
+    let tiny = small_segments().segment_bytes(1).max_entry_bytes(1);
+    assert!(tiny.clone().max_log_bytes(Some(1)).check().is_err());
+    assert!(tiny
+        .clone()
+        .max_log_bytes(Some(MIN_LOG_BYTES))
+        .check()
+        .is_ok());
+    // The largest segments named for a quota work with it.
+    let quota = 1 << 20;
+    let s = options.max_segment_bytes_for(quota).unwrap();
+    assert!(options
+        .clone()
+        .segment_bytes(s)
+        .max_log_bytes(Some(quota))
+        .check()
+        .is_ok());
+    let over = options
+        .clone()
+        .segment_bytes(s + 1)
+        .max_log_bytes(Some(quota));
+    assert!(over.check().is_err());
+    assert_eq!(Options::new().max_log_bytes(None).check().ok(), Some(()));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Whatever the segments, entries and quota (as long as the quota is accepted), a log
+    /// that is full of applied commands makes room by compaction: after compacting
+    /// everything, a largest command fits, every time round.
+    #[test]
+    fn a_full_log_always_makes_room_by_compaction(
+        segment_bytes in 1u64..20_000,
+        max_entry in 1usize..5_000,
+        extra in 0u64..30_000,
+        sizes in proptest::collection::vec(0usize..5_000, 1..40),
+    ) {
+        let options = Options::new()
+            .preallocate(false)
+            .segment_bytes(segment_bytes)
+            .max_entry_bytes(max_entry);
+        let quota = options.min_log_bytes() + extra;
+        let options = options.max_log_bytes(Some(quota));
+        let dir = TempDir::new("quota-room");
+        let mut log = FileLog::open_with(dir.path(), options).unwrap();
+        let mut next = 1;
+        let mut sizes = sizes.iter().cycle();
+        for _round in 0..3 {
+            // Fill with commands until one does not fit.
+            loop {
+                let len = sizes.next().copied().unwrap_or(0).min(max_entry);
+                let d = vec![9u8; len];
+                let e = Entry { index: next, term: 1, kind: EntryKind::Command, data: &d };
+                match log.append(&e) {
+                    Ok(()) => next += 1,
+                    Err(e) => {
+                        prop_assert_eq!(e, StorageError::Full);
+                        break;
+                    }
+                }
+            }
+            log.sync().unwrap();
+            prop_assert!(log.disk_bytes() <= quota);
+            // A new leader's no-op still fits (the reserve).
+            let noop = Entry { index: next, term: 1, kind: EntryKind::Noop, data: b"" };
+            log.append(&noop).unwrap();
+            next += 1;
+            // Snapshot and compact all: a largest command fits again.
+            log.compact(next - 1).unwrap();
+            let d = vec![7u8; max_entry];
+            let e = Entry { index: next, term: 1, kind: EntryKind::Command, data: &d };
+            prop_assert_eq!(log.append(&e), Ok(()));
+            next += 1;
+            log.sync().unwrap();
+        }
+    }
 }
 
 #[test]
