@@ -341,6 +341,7 @@ impl NodeConfig {
                     .saturating_add(ENTRY_ENVELOPE_BYTES),
             )
             .keep_behind_snapshot(self.storage.snapshot_keep_entries)
+            .member(self.cluster_id, self.id)
     }
 
     /// The initial voters.

@@ -36,7 +36,7 @@ fn encode(hs: HardState) -> [u8; LEN] {
     b
 }
 
-fn decode(b: &[u8]) -> Result<HardState, (u64, &'static str)> {
+pub(crate) fn decode(b: &[u8]) -> Result<HardState, (u64, &'static str)> {
     if b.len() != LEN {
         return Err((0, "hard state file has the wrong length"));
     }

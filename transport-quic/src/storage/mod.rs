@@ -190,6 +190,8 @@
 mod dir;
 mod error;
 pub mod hard_state;
+pub mod identity;
+pub mod incarnations;
 pub mod record;
 pub mod recovery;
 pub mod segment;
@@ -198,8 +200,10 @@ pub mod snapshot;
 #[cfg(test)]
 mod tests;
 
-pub use error::FileLogError;
-pub use recovery::TailCut;
+pub use error::{Damage, FileLogError};
+pub use identity::DirIdentity;
+pub use incarnations::{Incarnations, Verdict};
+pub use recovery::{Leftover, Superseded, TailCut};
 pub use snapshot::Snapshot;
 
 use coracle::{
@@ -227,6 +231,7 @@ pub struct Options {
     max_log_bytes: Option<u64>,
     preallocate: bool,
     keep_behind_snapshot: u64,
+    member: Option<(u64, coracle::NodeId)>,
 }
 
 impl Default for Options {
@@ -237,6 +242,7 @@ impl Default for Options {
             max_log_bytes: None,
             preallocate: true,
             keep_behind_snapshot: 0,
+            member: None,
         }
     }
 }
@@ -294,6 +300,15 @@ impl Options {
     /// the log as compaction did. 0 by default: the log starts right after the snapshot.
     pub fn keep_behind_snapshot(mut self, entries: u64) -> Self {
         self.keep_behind_snapshot = entries;
+        self
+    }
+
+    /// The node this log belongs to: written into the directory's identity when it is
+    /// initialised, and checked on every later open (another node's or cluster's directory
+    /// is refused with [`Damage::WrongIdentity`]). Without it nothing is checked, and a new
+    /// directory's identity says cluster 0, node 0.
+    pub fn member(mut self, cluster: u64, node: coracle::NodeId) -> Self {
+        self.member = Some((cluster, node));
         self
     }
 
@@ -400,12 +415,47 @@ pub struct RecoveryReport {
     pub tail_cut: Option<TailCut>,
     /// Temporary files of interrupted atomic writes, removed.
     pub leftovers_removed: Vec<PathBuf>,
+    /// The same, with what each was.
+    pub leftovers: Vec<Leftover>,
     /// The log did not hold the snapshot's last entry and was discarded (§7).
     pub discarded_by_snapshot: bool,
+    /// The entries discarded then (first and last index), if there were any.
+    pub discarded: Option<(Index, Index)>,
+    /// Segments left by an interrupted discard, removed.
+    pub superseded: Option<Superseded>,
+    /// The directory was new: its identity, hard state and first segment were written.
+    pub initialised: bool,
+    /// The directory was written before identities existed and was given one.
+    pub adopted: bool,
     /// Segments read.
     pub segments: usize,
     /// Entries read (before the snapshot's compaction).
     pub entries: usize,
+}
+
+impl RecoveryReport {
+    /// One line for each thing recovery dropped or repaired, saying which entries it
+    /// concerned (for the host's log, at WARN: each is the trace of a crash or of damage).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.leftovers.iter().map(ToString::to_string).collect();
+        if let Some(t) = &self.tail_cut {
+            out.push(t.to_string());
+        }
+        if let Some(s) = &self.superseded {
+            out.push(s.to_string());
+        }
+        if self.discarded_by_snapshot {
+            out.push(match self.discarded {
+                Some((a, b)) => format!(
+                    "discarded the log, entries {a}..={b} ({} entries): it does not hold the snapshot's last entry, so the snapshot replaces it \
+                     (the entries up to the snapshot's index are in it; later ones conflicted with it and were never committed)",
+                    b + 1 - a
+                ),
+                None => "the log restarts after the snapshot (it held no entry)".into(),
+            });
+        }
+        out
+    }
 }
 
 /// A durable [`LogStorage`]: segments of checksummed records in a directory, the hard state
@@ -416,6 +466,7 @@ pub struct FileLog {
     options: Options,
     /// Held for the lock; released when dropped.
     _lock: File,
+    identity: DirIdentity,
     hard_state: HardState,
     hard_state_dirty: bool,
     /// Entries `first..`, in order.
@@ -444,6 +495,10 @@ pub struct FileLog {
     last_error: Option<FileLogError>,
     stats: Stats,
     recovery: RecoveryReport,
+    /// Every entry up to this index is durable (what the next durability mark says).
+    durable: Index,
+    /// The last index written by the [`PendingSync`] in flight.
+    in_flight: Option<Index>,
 }
 
 /// Where the preallocated next segment is.
@@ -531,21 +586,117 @@ impl FileLog {
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir).map_err(io_err(&dir, "create data directory"))?;
         let lock = dir::lock(&dir)?;
+        let leftovers = dir::remove_leftovers(&dir, |path| Leftover {
+            path: path.to_path_buf(),
+            what: recovery::describe_leftover(path),
+        })?;
         let mut report = RecoveryReport {
-            leftovers_removed: dir::remove_leftovers(&dir)?,
+            leftovers_removed: leftovers.iter().map(|l| l.path.clone()).collect(),
+            leftovers,
             ..RecoveryReport::default()
         };
-        let hard_state = hard_state::read(&dir)?.unwrap_or_default();
+        let damaged = |damage| FileLogError::Damaged {
+            dir: dir.clone(),
+            damage,
+        };
+        let identity = identity::read(&dir)?;
+        if let (Some(found), Some((cluster, node))) = (identity, options.member) {
+            if (found.cluster, found.node) != (cluster, node) {
+                return Err(damaged(Damage::WrongIdentity {
+                    found,
+                    cluster,
+                    node,
+                }));
+            }
+        }
+        let hard_state = hard_state::read(&dir)?;
         let snapshot = snapshot::read(&dir)?;
         let point = snapshot.as_ref().map(|s| (s.meta.index, s.meta.term));
-        let replayed = recovery::replay(&dir, options.max_entry_bytes + record::ENTRY_HEADER)?;
-        report.tail_cut = replayed.tail_cut;
-        report.segments = replayed.segments.len();
-        report.entries = replayed.entries.len();
+        let replayed =
+            recovery::replay(&dir, options.max_entry_bytes + record::ENTRY_HEADER, point)?;
+        let newest_term = replayed
+            .entries
+            .last()
+            .map(|e| e.term)
+            .into_iter()
+            .chain(point.map(|(_, t)| t))
+            .max()
+            .unwrap_or(0);
+        let fresh = identity.is_none()
+            && hard_state.is_none()
+            && snapshot.is_none()
+            && replayed.segments.is_empty();
+        // Incomplete durable state: a directory that had a hard state or segments (it has
+        // an identity, or entries, or a snapshot) and lost them.
+        let had_state = identity.is_some() || newest_term > 0 || snapshot.is_some();
+        if hard_state.is_none() && had_state {
+            return Err(damaged(Damage::MissingHardState { newest_term }));
+        }
+        if replayed.segments.is_empty() && !fresh {
+            return Err(damaged(Damage::NoSegments {
+                snapshot: point.map(|(i, _)| i),
+            }));
+        }
+        // Entries once durable and now gone, unless the snapshot covers them or replaces
+        // the log anyway.
+        let last_index =
+            replayed.segments.first().map_or(0, |s| s.base - 1) + replayed.entries.len() as u64;
+        let first = replayed.segments.first().map_or(1, |s| s.base);
+        let log_term = |i: Index| {
+            if i + 1 == first {
+                replayed.segments.first().map(|s| s.prev_term)
+            } else {
+                usize::try_from(i.checked_sub(first)?)
+                    .ok()
+                    .and_then(|p| replayed.entries.get(p))
+                    .map(|e| e.term)
+            }
+        };
+        let replaced = point.is_some_and(|(i, t)| log_term(i) != Some(t) && i + 1 >= first);
+        if let (Some(last), false) = (replayed.segments.last(), replaced) {
+            let covered = point.map_or(0, |(i, _)| i);
+            if let Some(mark) = last.mark {
+                if mark.sealed {
+                    return Err(damaged(Damage::MissingSegments {
+                        file: last.path.clone(),
+                        from: last_index + 1,
+                    }));
+                }
+                let from = (last_index + 1).max(covered + 1);
+                if mark.durable >= from {
+                    return Err(damaged(Damage::LostEntries {
+                        file: last.path.clone(),
+                        from,
+                        to: mark.durable,
+                    }));
+                }
+            }
+        }
         let mut stats = Stats::default();
-        if report.tail_cut.is_some() {
+        // The directory is consistent: repair what a crash left, then make it whole.
+        if let Some(tail) = &replayed.tail {
+            recovery::cut(tail)?;
             stats.fsyncs += 1;
         }
+        if let Some(superseded) = &replayed.superseded {
+            for f in &superseded.files {
+                fs::remove_file(f).map_err(io_err(f, "remove superseded segment"))?;
+            }
+            dir::sync_dir(&dir)?;
+            stats.fsyncs += 1;
+        }
+        report.tail_cut = replayed.tail;
+        report.superseded = replayed.superseded;
+        report.segments = replayed.segments.len();
+        report.entries = replayed.entries.len();
+        let hard_state = match hard_state {
+            Some(hs) => hs,
+            None => {
+                hard_state::write(&dir, HardState::default())?;
+                stats.fsyncs += 2;
+                HardState::default()
+            }
+        };
         let mut segments = replayed.segments;
         let active = match segments.last() {
             Some(last) => segment::open_for_write(last)?,
@@ -558,11 +709,32 @@ impl FileLog {
                 file
             }
         };
+        // What was read is durable from now on (a crash of the process may have left
+        // written records unsynced): the next mark may say so.
+        active
+            .sync_data()
+            .map_err(io_err(&dir, "sync the last segment"))?;
+        stats.fsyncs += 1;
+        let identity = match identity {
+            Some(id) => id,
+            None => {
+                // The last step of initialising (or adopting) a directory: from now on a
+                // missing file is damage.
+                let (cluster, node) = options.member.unwrap_or((0, 0));
+                let id = DirIdentity::new(cluster, node);
+                identity::write(&dir, &id)?;
+                stats.fsyncs += 2;
+                report.initialised = fresh;
+                report.adopted = !fresh;
+                id
+            }
+        };
         let (first, compacted_term) = (segments[0].base, segments[0].prev_term);
         let mut log = FileLog {
             dir,
             options,
             _lock: lock,
+            identity,
             hard_state,
             hard_state_dirty: false,
             entries: replayed.entries,
@@ -581,6 +753,8 @@ impl FileLog {
             last_error: None,
             stats,
             recovery: report,
+            durable: 0,
+            in_flight: None,
         };
         if let Some((index, term)) = point {
             if log.term(index) == Some(term) {
@@ -590,11 +764,53 @@ impl FileLog {
                     log.delete_compacted_segments()?;
                 }
             } else if index + 1 >= log.first {
+                let entries = log.first..=log.last_index();
+                log.recovery.discarded =
+                    (!entries.is_empty()).then(|| (*entries.start(), *entries.end()));
                 log.discard_all(index, term)?;
                 log.recovery.discarded_by_snapshot = true;
             }
         }
+        log.durable = log.last_index();
         Ok(log)
+    }
+
+    /// This data directory's identity (its incarnation is what the node announces to its
+    /// peers).
+    pub fn identity(&self) -> DirIdentity {
+        self.identity
+    }
+
+    /// Checks what a host that rebuilds its state machine from the snapshot and the log
+    /// (as `coracle node` does) needs on top of what [`open`](Self::open) checks: every
+    /// entry after the snapshot (from index 1 without one) is in the log
+    /// ([`Damage::Gap`]), and the hard state's term is at least the newest entry's
+    /// ([`Damage::StaleHardState`]: a host following Raft makes the term durable before
+    /// any entry of it).
+    pub fn check_complete(&self) -> Result<(), FileLogError> {
+        let damaged = |damage| {
+            Err(FileLogError::Damaged {
+                dir: self.dir.clone(),
+                damage,
+            })
+        };
+        let covered = self.snapshot_point().map_or(0, |(i, _)| i);
+        if covered + 1 < self.first {
+            return damaged(Damage::Gap {
+                from: covered + 1,
+                to: self.first - 1,
+            });
+        }
+        let last = self.last_index();
+        let log_term = self.term(last).unwrap_or(0);
+        if last >= self.first && log_term > self.hard_state.current_term {
+            return damaged(Damage::StaleHardState {
+                term: self.hard_state.current_term,
+                log_term,
+                index: last,
+            });
+        }
+        Ok(())
     }
 
     /// Makes every write so far durable: the hard state (if it changed) by atomic
@@ -631,7 +847,11 @@ impl FileLog {
     /// Takes the result of a [`PendingSync`]: a failure poisons the log, as a failed
     /// [`sync`](Self::sync) does.
     pub fn sync_completed(&mut self, result: Result<(), FileLogError>) -> io::Result<()> {
-        self.poison_on_error(result)
+        self.poison_on_error(result)?;
+        if let Some(index) = self.in_flight.take() {
+            self.durable = self.durable.max(index);
+        }
+        Ok(())
     }
 
     fn poison_on_error<T>(&mut self, result: Result<T, FileLogError>) -> io::Result<T> {
@@ -656,6 +876,11 @@ impl FileLog {
             return Ok(None);
         }
         let seg = self.segments.last_mut().ok_or(FileLogError::Failed)?;
+        // What the previous sync made durable, in this one's fdatasync (see "Durability
+        // marks" in `segment`): never more than is durable, whatever a crash keeps.
+        if seg.mark.is_some_and(|m| m.durable < self.durable) {
+            segment::write_mark(&self.active, seg, self.durable, false)?;
+        }
         let path = &seg.path;
         let file = self
             .active
@@ -672,6 +897,7 @@ impl FileLog {
         seg.len += self.pending.len() as u64;
         let path = path.clone();
         self.pending.clear();
+        self.in_flight = Some(self.last_index());
         self.maybe_prepare_spare();
         Ok(Some(PendingSync { file, path }))
     }
@@ -1007,14 +1233,39 @@ impl FileLog {
                 self.stats.fsyncs += 1;
             }
         }
+        self.durable = base - 1;
+        self.in_flight = None;
+        // Sealed once its records are durable and before the next segment exists: a last
+        // segment that is sealed tells that the ones after it were lost.
+        if seg.mark.is_some() {
+            segment::write_mark(&self.active, seg, base - 1, true)?;
+            self.active
+                .sync_data()
+                .map_err(io_err(&seg.path, "sync the sealed segment"))?;
+            self.stats.fsyncs += 1;
+        }
         let prev_term = self.term(base - 1).unwrap_or(0);
         self.new_segment(base, prev_term)
     }
 
     /// Durably cuts the log at entry `from`, whose record is in segment `seg` at `offset`
     /// and already written (see "Truncation and crashes" in the module docs).
-    fn cut_durable(&mut self, seg: usize, offset: u64) -> Result<(), FileLogError> {
+    fn cut_durable(&mut self, seg: usize, offset: u64, from: Index) -> Result<(), FileLogError> {
         self.pending.clear();
+        // First the marks of that segment and the later ones say no more than what stays,
+        // and none is sealed, durably: then no step of the cut looks like lost entries.
+        let keep = from - 1;
+        self.durable = self.durable.min(keep);
+        self.in_flight = self.in_flight.map(|i| i.min(keep));
+        for s in &mut self.segments[seg..] {
+            if let Some(m) = s.mark.filter(|m| m.sealed || m.durable > keep) {
+                let file = segment::open_for_write(s)?;
+                segment::write_mark(&file, s, m.durable.min(keep), false)?;
+                file.sync_data()
+                    .map_err(io_err(&s.path, "sync the lowered durability mark"))?;
+                self.stats.fsyncs += 1;
+            }
+        }
         let mut removed = false;
         while self.segments.len() > seg + 1 {
             if let Some(s) = self.segments.pop() {
@@ -1136,20 +1387,51 @@ impl FileLog {
         result
     }
 
+    /// The order keeps a segment on disk at every step (a directory without one is
+    /// damage): the segments after the new start go, newest first (a crash leaves a prefix
+    /// of the old log, which the durable snapshot replaces again on open); the new, empty
+    /// segment is created (replacing one of the same name); the older ones go (a crash
+    /// leaves them before the new one, which starts right after the snapshot: recovery
+    /// removes them as superseded).
     fn discard_all_inner(&mut self, index: Index, term: Term) -> Result<(), FileLogError> {
         self.pending.clear();
         self.entries.clear();
         self.offsets.clear();
         self.first = index + 1;
         self.compacted_term = term;
-        while let Some(s) = self.segments.pop() {
+        self.durable = index;
+        self.in_flight = None;
+        let base = index + 1;
+        while self.segments.last().is_some_and(|s| s.base > base) {
+            if let Some(s) = self.segments.pop() {
+                fs::remove_file(&s.path).map_err(io_err(&s.path, "remove discarded segment"))?;
+                self.stats.segments_deleted += 1;
+                self.crash_point("discarding")?;
+            }
+        }
+        // Only the last segment may end in zeros or old records (see `recovery`).
+        if let Some(s) = self.segments.last_mut().filter(|s| s.preallocated) {
+            self.active
+                .set_len(s.len)
+                .and_then(|()| self.active.sync_data())
+                .map_err(io_err(&s.path, "trim the preallocated tail of a segment"))?;
+            self.stats.fsyncs += 1;
+            s.preallocated = false;
+        }
+        let older = std::mem::take(&mut self.segments);
+        self.new_segment(base, term)?;
+        self.crash_point("discarding")?;
+        let mut removed = false;
+        for s in older.iter().filter(|s| s.base != base) {
             fs::remove_file(&s.path).map_err(io_err(&s.path, "remove discarded segment"))?;
             self.stats.segments_deleted += 1;
-            self.crash_point("discarding")?;
+            removed = true;
         }
-        dir::sync_dir(&self.dir)?;
-        self.stats.fsyncs += 1;
-        self.new_segment(index + 1, term)
+        if removed {
+            dir::sync_dir(&self.dir)?;
+            self.stats.fsyncs += 1;
+        }
+        Ok(())
     }
 }
 
@@ -1234,8 +1516,9 @@ impl LogStorage for FileLog {
         let active = self.segments.last();
         let preallocated = active.is_some_and(|s| s.preallocated);
         let active_len = active.map_or(0, |s| s.len) + self.pending.len() as u64;
+        let holds_records = active.is_some_and(|s| active_len > s.records_start());
         // A segment that is not preallocated ends as soon as a spare is ready.
-        let roll = active_len > segment::HEADER as u64
+        let roll = holds_records
             && (active_len >= self.options.segment_bytes
                 || (!preallocated
                     && active_len >= self.options.spare_after(false)
@@ -1286,7 +1569,7 @@ impl LogStorage for FileLog {
         let written = self.segments[seg].len;
         if seg + 1 == self.segments.len() && offset >= written {
             self.pending.truncate((offset - written) as usize);
-        } else if let Err(e) = self.cut_durable(seg, offset) {
+        } else if let Err(e) = self.cut_durable(seg, offset, from) {
             return Err(self.unavailable(e));
         }
         self.entries.truncate(pos);
