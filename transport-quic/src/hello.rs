@@ -22,8 +22,11 @@
 //! dialer   -> acceptor  verdict on the acceptor; then both ends finish the stream
 //! ```
 //!
-//! Little-endian. The node id in a hello must be the one in the peer's certificate. A peer
-//! that does not answer within [`HELLO_TIMEOUT`] is dropped like a failed dial.
+//! Little-endian. The node id in a hello must be the one in the peer's certificate:
+//! anything else is a malformed hello (counted in
+//! [`TransportStats::malformed`], the connection closed with
+//! [`ERR_MALFORMED`](crate::transport::ERR_MALFORMED)). A peer that does not answer
+//! within [`HELLO_TIMEOUT`] is dropped like a failed dial.
 
 use crate::storage::{Incarnations, Verdict};
 use crate::transport::TransportStats;
@@ -92,8 +95,10 @@ impl Greeting {
 /// Why a hello failed.
 #[derive(Debug)]
 enum HelloError {
-    /// The stream failed or the peer sent something else than a hello.
+    /// The stream failed or took too long.
     Protocol(String),
+    /// The peer sent something else than a hello (counted as malformed).
+    Malformed(String),
     /// One end refused the other's incarnation.
     Refused,
 }
@@ -106,7 +111,7 @@ fn le_u64(b: &[u8]) -> u64 {
 
 /// The peer's incarnation from its hello, checked against the cluster and its certificate.
 fn decode_hello(b: &[u8], cluster: u64, peer: NodeId) -> Result<u64, HelloError> {
-    let bad = |m: &str| Err(HelloError::Protocol(m.to_string()));
+    let bad = |m: &str| Err(HelloError::Malformed(m.to_string()));
     if &b[..8] != MAGIC {
         return bad("not a hello");
     }
@@ -134,7 +139,7 @@ fn decode_verdict(b: &[u8]) -> Result<Option<u64>, HelloError> {
     match b[0] {
         1 => Ok(None),
         0 => Ok(Some(le_u64(&b[1..9]))),
-        _ => Err(HelloError::Protocol("bad verdict".into())),
+        _ => Err(HelloError::Malformed("bad verdict".into())),
     }
 }
 
@@ -274,6 +279,17 @@ pub async fn exchange(
                 .refused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             conn.close(quinn::VarInt::from_u32(ERR_INCARNATION), b"incarnation");
+            false
+        }
+        Err(HelloError::Malformed(e)) => {
+            stats
+                .malformed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            warn!(node = g.me, peer, error = %e, "malformed hello; connection closed");
+            conn.close(
+                quinn::VarInt::from_u32(crate::transport::ERR_MALFORMED),
+                b"hello",
+            );
             false
         }
         Err(HelloError::Protocol(e)) => {

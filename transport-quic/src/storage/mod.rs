@@ -122,9 +122,11 @@
 //!   this order: (1) reads the data back, appends the checksum and fsyncs the file; (2)
 //!   renames it over `snapshot` and fsyncs the directory; (3) restarts the log after the
 //!   snapshot: if the log holds `index` with `term` it is compacted through `index`
-//!   (entries after it stay), otherwise every segment is deleted (newest first, then a
-//!   directory fsync) and an empty segment starting at `index + 1` is created. All of this
-//!   is done and durable when `install_snapshot` returns, before the next `sync()`.
+//!   (entries after it stay), otherwise the log is discarded: the segments after
+//!   `index + 1` are deleted (newest first), an empty segment starting at `index + 1` is
+//!   created (replacing one of that name), then the older segments are deleted, so a
+//!   segment is on disk at every step. All of this is done and durable when
+//!   `install_snapshot` returns, before the next `sync()`.
 //!
 //! Crash safety: the durable state is "the `snapshot` file, and the segments interpreted
 //! relative to it". On open the snapshot is the compaction point: if the segments hold the
@@ -135,7 +137,8 @@
 //! - before the rename is durable: the old `snapshot` file (whole) and the old segments
 //!   (the temporary file is removed): the old state;
 //! - after it: the new `snapshot` file (whole: it was fsynced before the rename) and some
-//!   prefix of the old segments, or the new empty segment; open applies the new snapshot to
+//!   prefix of the old segments, or the new empty segment after some old ones (which
+//!   recovery removes as superseded: see [`recovery`]); open applies the new snapshot to
 //!   them, giving the same log as a completed install: the new state.
 //!
 //! The rename is the commit point; a mix of an old snapshot with a new log, or a half
@@ -161,14 +164,16 @@
 //! uncompacted log, which the host bounds by snapshotting and compacting. Total disk use
 //! can be bounded with [`Options::max_log_bytes`].
 //!
-//! # On-disk format (version 1)
+//! # On-disk format
 //!
 //! | file | what |
 //! |---|---|
 //! | `LOCK` | empty; holds the exclusive lock of an open `FileLog` |
-//! | `00000000000000000001.seg` | a [`segment`]: header, then records ([`record`]) |
+//! | `identity` | cluster, node and incarnation of the directory ([`identity`]); written once |
+//! | `00000000000000000001.seg` | a [`segment`] (format version 2, version 1 still read): header, durability marks, then records ([`record`]) |
 //! | `hard_state` | term and vote ([`hard_state`]) |
 //! | `snapshot` | the latest snapshot ([`snapshot`], its own format version 2) |
+//! | `incarnations` | the incarnation of each member the node talked to ([`incarnations`]; the node runtime's, not the log's) |
 //! | `snapshot.incoming.tmp` | a snapshot being received from a leader; removed on open |
 //! | `*.tmp` | a file being written before its rename; removed on open |
 //!
@@ -177,15 +182,40 @@
 //!
 //! # Recovery
 //!
-//! See [`recovery`]: a torn tail of the last segment is cut off and reported
-//! ([`FileLog::recovery`]); damage anywhere else refuses to open with
-//! [`FileLogError::Corrupt`], naming the file and the offset.
+//! See [`recovery`]: a torn tail of the last segment is cut off; damage anywhere else
+//! refuses to open with [`FileLogError::Corrupt`], naming the file, the offset and the
+//! entries concerned. What open removes or cuts is reported with the entries it concerns
+//! ([`RecoveryReport::warnings`]): a torn tail (the entries of the write a crash
+//! interrupted, never durable), leftover temporary files (what each was), segments a
+//! snapshot superseded, a log discarded for a snapshot.
+//!
+//! # Incomplete durable state
+//!
+//! A node that forgets its vote, or entries it acknowledged, can break Raft's guarantees
+//! (vote twice in a term; help elect a leader without a committed entry). Open therefore
+//! refuses, with [`FileLogError::Damaged`], a directory whose durable state is incomplete
+//! ([`Damage`] says what, the message how to repair):
+//!
+//! - its identity says it was initialised, but the hard state or every segment is gone;
+//!   without an identity (a directory from before identities), entries or a snapshot
+//!   without a hard state;
+//! - the last segment ends before its durability mark (a file cut short, a disk that lost
+//!   writes), or is sealed while no segment follows (later segments deleted): the range of
+//!   entries lost is named;
+//! - it is another node's or cluster's directory ([`Options::member`]).
+//!
+//! [`FileLog::check_complete`] adds what a host that rebuilds its state machine from the
+//! snapshot and the log needs: no gap between them, a hard state no older than the log.
+//! An empty directory is a new node; that it must not rejoin as the voter it replaces is
+//! for its peers to tell ([`crate::hello`]).
 //!
 //! Known limit: if the machine dies *inside* `sync` and the file system persisted a later
 //! page of that last write but not an earlier one, the hole is followed by valid records
 //! and recovery refuses to open (an error, never a silent loss, although in that case
 //! nothing acknowledged was lost). The same holds if an entry's data happens to contain a
-//! whole valid record right after a torn one.
+//! whole valid record right after a torn one. A directory restored from an older copy of
+//! itself (hard state, log and marks all older together) cannot be told from the real
+//! one, here or by the peers (same incarnation).
 
 mod dir;
 mod error;
