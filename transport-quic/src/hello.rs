@@ -28,6 +28,7 @@
 //! [`ERR_MALFORMED`](crate::transport::ERR_MALFORMED)). A peer that does not answer
 //! within [`HELLO_TIMEOUT`] is dropped like a failed dial.
 
+use crate::storage::record::le_u64;
 use crate::storage::{Incarnations, Verdict};
 use crate::transport::TransportStats;
 use coracle::NodeId;
@@ -101,12 +102,6 @@ enum HelloError {
     Malformed(String),
     /// One end refused the other's incarnation.
     Refused,
-}
-
-fn le_u64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_le_bytes(a)
 }
 
 /// The peer's incarnation from its hello, checked against the cluster and its certificate.

@@ -76,6 +76,23 @@ pub(crate) fn write_atomically(
     sync_dir(dir)
 }
 
+/// Reads the small file `dir/name` whole and decodes it (`decode` says at which offset
+/// and why it is not valid); `None` if there is no such file.
+pub(crate) fn read_decoded<T>(
+    dir: &Path,
+    name: &str,
+    decode: impl FnOnce(&[u8]) -> Result<T, (u64, &'static str)>,
+) -> Result<Option<T>, FileLogError> {
+    let path = dir.join(name);
+    match fs::read(&path) {
+        Ok(bytes) => decode(&bytes)
+            .map(Some)
+            .map_err(|(offset, reason)| FileLogError::corrupt(&path, offset, reason)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(&path, "read")(e)),
+    }
+}
+
 /// Removes the `*.tmp` files a crash left behind (never renamed into place, so never part
 /// of the durable state), each described by `describe` before it goes.
 pub(crate) fn remove_leftovers<T>(

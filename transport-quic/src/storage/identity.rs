@@ -23,11 +23,9 @@
 //! with another incarnation, and its peers refuse it as the voter it was.
 
 use super::dir;
-use super::error::{io_err, FileLogError};
+use super::error::FileLogError;
 use super::record::le_u64;
 use coracle::NodeId;
-use std::fs;
-use std::io;
 use std::path::Path;
 
 /// Name of the identity file.
@@ -110,14 +108,7 @@ fn decode(b: &[u8]) -> Result<DirIdentity, (u64, &'static str)> {
 
 /// Reads the identity of `dir`; `None` if it has none.
 pub(crate) fn read(dir: &Path) -> Result<Option<DirIdentity>, FileLogError> {
-    let path = dir.join(FILE);
-    match fs::read(&path) {
-        Ok(bytes) => decode(&bytes)
-            .map(Some)
-            .map_err(|(offset, reason)| FileLogError::corrupt(&path, offset, reason)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err(&path, "read")(e)),
-    }
+    dir::read_decoded(dir, FILE, decode)
 }
 
 /// Writes the identity of `dir` durably and atomically.

@@ -18,12 +18,10 @@
 //! record (the applied index at which the member was recorded), forgets nothing.
 
 use super::dir;
-use super::error::{io_err, FileLogError};
+use super::error::FileLogError;
 use super::record::le_u64;
 use coracle::{Index, NodeId};
 use std::collections::BTreeMap;
-use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -68,13 +66,7 @@ pub struct Incarnations {
 impl Incarnations {
     /// Reads the record of the data directory `dir` (empty if it has none).
     pub fn open(dir: &Path) -> Result<Incarnations, FileLogError> {
-        let path = dir.join(FILE);
-        let known = match fs::read(&path) {
-            Ok(bytes) => decode(&bytes)
-                .map_err(|(offset, reason)| FileLogError::corrupt(&path, offset, reason))?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(io_err(&path, "read")(e)),
-        };
+        let known = dir::read_decoded(dir, FILE, decode)?.unwrap_or_default();
         Ok(Incarnations {
             dir: dir.to_path_buf(),
             known: Mutex::new(known),
@@ -200,6 +192,7 @@ fn decode(b: &[u8]) -> Result<BTreeMap<NodeId, Known>, (u64, &'static str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn members_are_recorded_durably_checked_and_forgotten_when_removed() {
