@@ -83,7 +83,7 @@ impl fmt::Display for TailCut {
         match self.durable {
             Some(d) => write!(
                 f,
-                "; every entry up to {d} was durable and is still there, so the dropped ones were never acknowledged (a crash during a write)"
+                "; every entry up to {d} was durable and is still there: the dropped ones are those of the last write, which a crash interrupted, so they were never acknowledged (unless the disk lost a write that had completed)"
             ),
             None => f.write_str(
                 "; this segment (format version 1) has no durability mark: if this was not a crash during a write, acknowledged entries may be lost",
