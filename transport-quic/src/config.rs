@@ -21,6 +21,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Bytes a command's log entry may take beyond `raft.max_entry_bytes` (the KV command's
+/// session, sequence number and encoding).
+const ENTRY_ENVELOPE_BYTES: usize = 1024;
+
 /// The example configuration, with every field explained.
 pub const EXAMPLE: &str = include_str!("../examples/node.toml");
 
@@ -269,6 +273,10 @@ impl NodeConfig {
         self.raft.check(&mut problems);
         self.transport.check(&self.raft, &mut problems);
         self.storage.check(&mut problems);
+        if problems.is_empty() {
+            // Only once every value is sane on its own.
+            self.check_log_quota(&mut problems);
+        }
         match problems.len() {
             0 => Ok(()),
             1 => Err(ConfigError::Invalid(problems.remove(0))),
@@ -366,6 +374,48 @@ impl NodeConfig {
                 ));
             }
         }
+    }
+
+    /// `[storage]` against what the log needs: a quota compaction can get under.
+    fn check_log_quota(&self, problems: &mut Vec<String>) {
+        let Err(crate::storage::FileLogError::QuotaTooSmall {
+            limit,
+            least,
+            largest_segment_bytes,
+            ..
+        }) = self.log_options().check()
+        else {
+            return;
+        };
+        let instead = match largest_segment_bytes {
+            Some(s) => format!(", or storage.segment_bytes to at most {s}"),
+            None if limit >= crate::storage::MIN_LOG_BYTES => {
+                ", or lower storage.segment_bytes and raft.max_entry_bytes".into()
+            }
+            None => String::new(),
+        };
+        problems.push(format!(
+            "storage.max_log_bytes = {limit} is too small for storage.segment_bytes = {} and \
+             raft.max_entry_bytes = {}: compaction deletes whole segments and never the one \
+             being written (up to a segment plus one entry), so the log could stay full and \
+             refuse every write for good. Set storage.max_log_bytes to at least {least}{instead}",
+            self.storage.segment_bytes, self.raft.max_entry_bytes
+        ));
+    }
+
+    /// The options of this node's log.
+    pub fn log_options(&self) -> crate::storage::Options {
+        crate::storage::Options::new()
+            .segment_bytes(self.storage.segment_bytes)
+            .preallocate(self.storage.preallocate)
+            .max_log_bytes(self.storage.max_log_bytes)
+            .max_entry_bytes(
+                self.raft
+                    .max_entry_bytes
+                    .saturating_add(ENTRY_ENVELOPE_BYTES),
+            )
+            .keep_behind_snapshot(self.storage.snapshot_keep_entries)
+            .member(self.cluster_id, self.id)
     }
 
     /// The initial voters.

@@ -324,6 +324,8 @@ pub struct Transport {
     stats: Arc<TransportStats>,
     inbound: Sender<Inbound>,
     closing: AtomicBool,
+    /// The hello every node connection starts with ([`crate::hello`]).
+    greeting: crate::hello::Greeting,
 }
 
 impl std::fmt::Debug for Transport {
@@ -336,8 +338,8 @@ impl std::fmt::Debug for Transport {
 }
 
 impl Transport {
-    /// Binds `listen` and starts accepting connections. Node connections feed `inbound`;
-    /// client connections go to `on_client`.
+    /// Binds `listen` and starts accepting connections. Node connections start with
+    /// `greeting`'s hello, then feed `inbound`; client connections go to `on_client`.
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         id: NodeId,
@@ -348,6 +350,7 @@ impl Transport {
         settings: TransportSettings,
         inbound: Sender<Inbound>,
         on_client: ClientHandler,
+        greeting: crate::hello::Greeting,
     ) -> Result<Arc<Transport>, StartError> {
         let server = tls::server_config(creds, quic).map_err(StartError::Tls)?;
         let client_config = tls::client_config(creds, quic).map_err(StartError::Tls)?;
@@ -372,6 +375,7 @@ impl Transport {
             stats,
             inbound,
             closing: AtomicBool::new(false),
+            greeting,
         });
         smol::spawn(accept_loop(t.clone(), on_client)).detach();
         Ok(t)
@@ -587,7 +591,11 @@ async fn accept_loop(t: Arc<Transport>, on_client: ClientHandler) {
                 }
             };
             match tls::peer_identity(&conn) {
-                Some(Identity::Node(peer)) if peer != t.id => t.install(peer, conn),
+                Some(Identity::Node(peer)) if peer != t.id => {
+                    if crate::hello::exchange(&t.greeting, peer, &conn, false, &t.stats).await {
+                        t.install(peer, conn)
+                    }
+                }
                 Some(id @ Identity::Client { .. }) => {
                     TransportStats::inc(&t.stats.client_connections);
                     debug!(node = t.id, %remote, client = %id, "client connected");
@@ -628,7 +636,12 @@ async fn dialer(t: Arc<Transport>, link: Arc<Link>) {
             {
                 Ok(connecting) => match connecting.await {
                     Ok(conn) => {
-                        if tls::peer_identity(&conn) == Some(Identity::Node(peer)) {
+                        if tls::peer_identity(&conn) != Some(Identity::Node(peer)) {
+                            conn.close(quinn::VarInt::from_u32(ERR_IDENTITY), b"identity");
+                            warn!(node = t.id, peer, "peer certificate is not node {peer}'s");
+                        } else if crate::hello::exchange(&t.greeting, peer, &conn, true, &t.stats)
+                            .await
+                        {
                             backoff = t.settings.reconnect_min;
                             failures = 0;
                             t.install(peer, conn.clone());
@@ -636,8 +649,6 @@ async fn dialer(t: Arc<Transport>, link: Arc<Link>) {
                             smol::Timer::after(t.settings.reconnect_min).await;
                             continue;
                         }
-                        conn.close(quinn::VarInt::from_u32(ERR_IDENTITY), b"identity");
-                        warn!(node = t.id, peer, "peer certificate is not node {peer}'s");
                     }
                     Err(e) => {
                         failures += 1;

@@ -231,18 +231,45 @@ fn garbage_on_the_udp_port_and_on_open_streams_is_counted_and_survived() {
         "garbage without a connection is no malformed frame"
     );
 
-    // 2. A peer with a valid node certificate (node 2) that sends garbage.
+    // 2. A peer with a valid node certificate (node 2) that sends garbage: first instead
+    // of its hello (the connection is closed, counted), then after it.
     let issued = setup.ca.issue(&Identity::Node(2), 1).unwrap();
     let creds =
         Credentials::from_pem(setup.ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap();
     let config = tls::client_config(&creds, &QuicSettings::default()).unwrap();
     let ep = endpoint();
     smol::block_on(async {
+        let before = malformed();
+        let conn = ep
+            .connect_with(config.clone(), addr, "node-1.coracle")
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut s, _r) = conn.open_bi().await.unwrap();
+        s.write_all(&[0x5a; 64]).await.unwrap();
+        let closed = smol::future::or(async { Some(conn.closed().await) }, async {
+            smol::Timer::after(Duration::from_secs(10)).await;
+            None
+        })
+        .await;
+        assert!(
+            matches!(&closed, Some(quinn::ConnectionError::ApplicationClosed(c))
+                if c.error_code == coracle_quic::transport::ERR_MALFORMED.into()),
+            "{closed:?}"
+        );
+        assert!(malformed() > before);
+
         let conn = ep
             .connect_with(config, addr, "node-1.coracle")
             .unwrap()
             .await
             .unwrap();
+        let book_dir = setup.path().join("fake-node-2");
+        std::fs::create_dir_all(&book_dir).unwrap();
+        let book = Arc::new(coracle_quic::storage::Incarnations::open(&book_dir).unwrap());
+        let greeting = coracle_quic::hello::Greeting::new(7, 2, 0x2222, book);
+        let stats = TransportStats::default();
+        assert!(coracle_quic::hello::exchange(&greeting, 1, &conn, true, &stats).await);
         let mut expected = malformed();
         // a) bytes that are no frame, b) a length prefix past the limit, c) a valid
         // envelope that claims to come from node 3, d) one for another cluster.
