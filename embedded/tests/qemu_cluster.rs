@@ -7,6 +7,7 @@
 //! `CORACLE_QEMU_REQUIRED=1` (set by `.ci/run`), which makes a skip a
 //! failure.
 
+use coracle_tests::xtask::cargo_xtask;
 use std::path::Path;
 use std::process::Command;
 
@@ -48,28 +49,10 @@ fn qemu_cluster_elects_commits_survives_a_kill_and_a_partition() {
         return;
     }
     let boards = std::env::var("CORACLE_QEMU_BOARDS").unwrap_or_else(|_| "3".into());
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("embedded/ is in the workspace");
     // A target folder of its own: the outer `cargo test` may hold the lock
     // of the workspace's.
     let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("qemu-cluster");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(root)
-        .env("CARGO_TARGET_DIR", &target)
-        .args([
-            "run",
-            "--quiet",
-            "-p",
-            "xtask",
-            "--",
-            "qemu-cluster",
-            "--boards",
-            &boards,
-        ])
-        .status()
-        .expect("cargo runs");
+    let status = cargo_xtask(&target, ["qemu-cluster", "--boards", &boards]);
     assert!(
         status.success(),
         "cargo xtask qemu-cluster failed: {status}"

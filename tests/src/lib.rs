@@ -2,3 +2,4 @@
 pub mod linearizability;
 pub mod oracle;
 pub mod sim;
+pub mod xtask;

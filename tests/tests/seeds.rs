@@ -26,11 +26,8 @@ fn check_seeds(seeds: std::ops::Range<u64>, options: &SimOptions) {
         let report = run(seed, options, None);
         assert!(
             report.is_ok(),
-            "{report}\nreplay: cargo run --release -p coracle-tests --bin sim -- --seed {seed} \
-             --steps {} --nodes {} --faults {} --trace",
-            options.steps,
-            options.nodes,
-            options.faults
+            "{report}\nreplay: {}",
+            options.replay_command(seed)
         );
         assert_ne!(
             report.linearizability,

@@ -8,11 +8,11 @@
 //! so the percentiles are those of the service, not of an open-loop arrival process).
 //! Only the requests that complete inside the measured window (after the warm-up) count.
 
-use crate::demo::cluster::{poll, Cluster, Options, CLIENT};
+use crate::demo::cluster::{poll, Cluster, Options, CLIENT, ELECTION_TIMEOUT_MS};
 use crate::Error;
 use clap::{Args, ValueEnum};
 use coracle_quic::client::ClientEndpoint;
-use coracle_quic::protocol::Consistency;
+use coracle_quic::protocol::{Consistency, MAX_CLIENT_FRAME};
 use coracle_quic::tls::Credentials;
 use hdrhistogram::Histogram;
 use std::fmt::Write as _;
@@ -40,10 +40,10 @@ pub struct BenchArgs {
     #[arg(long, short = 'c', default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub clients: u32,
     /// QUIC connections the clients share (default: one per client).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub connections: Option<u32>,
-    /// Bytes per value written.
-    #[arg(long, default_value_t = 256)]
+    /// Bytes per value written (at most the largest client request, 16 MiB).
+    #[arg(long, default_value_t = 256, value_parser = value_size)]
     pub value_size: usize,
     /// Fraction of requests that are reads (0 = only writes, 1 = only reads).
     #[arg(long, default_value_t = 0.0)]
@@ -54,14 +54,15 @@ pub struct BenchArgs {
     /// Number of distinct keys.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub keys: u64,
-    /// Seconds measured (after the warm-up); ignored with --count.
-    #[arg(long, default_value_t = 10.0)]
+    /// Seconds measured (after the warm-up, more than 0, at most a day); ignored with
+    /// --count.
+    #[arg(long, default_value_t = 10.0, value_parser = seconds)]
     pub duration: f64,
     /// Measure this many requests instead of a duration.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
-    /// Seconds of warm-up, not measured.
-    #[arg(long, default_value_t = 2.0)]
+    /// Seconds of warm-up, not measured (at most a day).
+    #[arg(long, default_value_t = 2.0, value_parser = seconds)]
     pub warmup: f64,
     /// Write the latency distribution as an SVG plot to this file.
     #[arg(long)]
@@ -80,9 +81,28 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=7))]
     pub cluster_nodes: u8,
     /// Without --nodes: the nodes' election timeout in milliseconds.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(ELECTION_TIMEOUT_MS))]
     pub election_timeout_ms: u64,
 }
+
+/// Parses a number of seconds: finite, not negative, at most a day.
+fn seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=86_400.0).contains(&v) => Ok(v),
+        _ => Err("a number of seconds from 0 to 86400 (a day)".into()),
+    }
+}
+
+/// Parses a value size: at most what one client request carries.
+fn value_size(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(v) if v <= MAX_CLIENT_FRAME => Ok(v),
+        _ => Err(format!("a number of bytes from 0 to {MAX_CLIENT_FRAME}")),
+    }
+}
+
+/// How long a client's call may take, retries included.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Latencies in nanoseconds, 1 µs to 60 s, 3 significant digits.
 fn histogram() -> Result<Histogram<u64>, Error> {
@@ -137,12 +157,8 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
     if !(0.0..=1.0).contains(&args.reads) {
         return Err("--reads is a fraction between 0 and 1".into());
     }
-    let valid_times = args.duration > 0.0
-        && args.duration.is_finite()
-        && args.warmup >= 0.0
-        && args.warmup.is_finite();
-    if !valid_times {
-        return Err("--duration must be positive and --warmup not negative".into());
+    if args.duration <= 0.0 {
+        return Err("--duration must be more than 0 seconds".into());
     }
     let mut cluster = None;
     let nodes = if args.nodes.is_empty() {
@@ -183,9 +199,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
             // Spread the first contact; every client follows redirects to the leader.
             let mut list = nodes.clone();
             list.rotate_left(i as usize % nodes.len());
-            Ok(Arc::new(
-                endpoint.client(list)?.with_timeout(Duration::from_secs(30)),
-            ))
+            Ok(Arc::new(endpoint.client(list)?.with_timeout(CALL_TIMEOUT)))
         })
         .collect::<Result<Vec<_>, Error>>()?;
     let consistency = match args.consistency {
@@ -277,8 +291,21 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
         let measured_start = Instant::now();
         match args.count {
             Some(_) => {
+                // Until the count is reached, or no request completed for a whole call
+                // timeout (the cluster is gone: waiting longer would wait forever).
+                let mut progress = (0, Instant::now());
                 while !stop.load(Ordering::Relaxed) {
                     smol::Timer::after(Duration::from_millis(5)).await;
+                    let n = done.load(Ordering::Relaxed);
+                    if n != progress.0 {
+                        progress = (n, Instant::now());
+                    } else if progress.1.elapsed() > CALL_TIMEOUT {
+                        eprintln!(
+                            "no request completed for {} s; stopping",
+                            CALL_TIMEOUT.as_secs()
+                        );
+                        stop.store(true, Ordering::Relaxed);
+                    }
                 }
             }
             None => {

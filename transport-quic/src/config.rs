@@ -11,14 +11,19 @@
 //! assert_eq!(cfg.voters(), vec![1, 2, 3]);
 //! ```
 
+use crate::protocol::MAX_CLIENT_FRAME;
 use crate::tls::QuicSettings;
 use crate::transport::{TransportSettings, DECODE_ENTRIES};
 use coracle::NodeId;
 use serde::Deserialize;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// Bytes a command's log entry may take beyond `raft.max_entry_bytes` (the KV command's
+/// session, sequence number and encoding).
+const ENTRY_ENVELOPE_BYTES: usize = 1024;
 
 /// The example configuration, with every field explained.
 pub const EXAMPLE: &str = include_str!("../examples/node.toml");
@@ -231,6 +236,9 @@ impl NodeConfig {
                 path: path.to_path_buf(),
                 message,
             },
+            ConfigError::Invalid(message) => {
+                ConfigError::Invalid(format!("{}: {message}", path.display()))
+            }
             other => other,
         })
     }
@@ -241,61 +249,173 @@ impl NodeConfig {
             path: PathBuf::new(),
             message: e.to_string(),
         })?;
-        for p in [
-            &mut cfg.data_dir,
-            &mut cfg.tls.ca,
-            &mut cfg.tls.cert,
-            &mut cfg.tls.key,
+        let mut problems = Vec::new();
+        for (key, p) in [
+            ("data_dir", &mut cfg.data_dir),
+            ("tls.ca", &mut cfg.tls.ca),
+            ("tls.cert", &mut cfg.tls.cert),
+            ("tls.key", &mut cfg.tls.key),
         ] {
-            if p.is_relative() {
+            if p.as_os_str().is_empty() {
+                problems.push(format!("{key} = \"\": a path is needed"));
+            } else if p.is_relative() {
                 *p = base.join(&*p);
             }
         }
-        cfg.validate()?;
+        cfg.validate(problems)?;
         Ok(cfg)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |m: String| Err(ConfigError::Invalid(m));
+    /// Checks every value and how the values fit together; all problems are reported at
+    /// once, each with its key.
+    fn validate(&self, mut problems: Vec<String>) -> Result<(), ConfigError> {
+        self.check_members(&mut problems);
+        self.raft.check(&mut problems);
+        self.transport.check(&self.raft, &mut problems);
+        self.storage.check(&mut problems);
+        if problems.is_empty() {
+            // Only once every value is sane on its own.
+            self.check_log_quota(&mut problems);
+        }
+        match problems.len() {
+            0 => Ok(()),
+            1 => Err(ConfigError::Invalid(problems.remove(0))),
+            n => Err(ConfigError::Invalid(format!(
+                "{n} problems:\n  {}",
+                problems.join("\n  ")
+            ))),
+        }
+    }
+
+    /// `id`, `listen`, `voters` and `[[peers]]`.
+    fn check_members(&self, problems: &mut Vec<String>) {
+        let mut bad = |m: String| problems.push(m);
+        if self.id == 0 {
+            bad("id = 0: node ids start at 1".into());
+        }
         let mut ids: Vec<NodeId> = self.peers.iter().map(|p| p.id).collect();
         ids.sort_unstable();
         if ids.windows(2).any(|w| w[0] == w[1]) {
-            return bad("a peer id appears twice in [[peers]]".into());
+            bad("[[peers]]: a peer id appears twice".into());
+        }
+        let mut addrs: Vec<SocketAddr> = self.peers.iter().map(|p| p.addr).collect();
+        addrs.sort_unstable();
+        if addrs.windows(2).any(|w| w[0] == w[1]) {
+            bad("[[peers]]: two peers have the same addr".into());
+        }
+        for p in &self.peers {
+            if p.id == 0 {
+                bad("[[peers]] id = 0: node ids start at 1".into());
+            }
+            if let Err(e) = check_node_addr(p.addr) {
+                bad(format!(
+                    "[[peers]] id = {}: addr = \"{}\": {e}",
+                    p.id, p.addr
+                ));
+            }
+        }
+        if self.peers.len() > crate::server::PEERS + 1 {
+            bad(format!(
+                "[[peers]] lists {} members; this build supports at most {}",
+                self.peers.len(),
+                crate::server::PEERS + 1
+            ));
+        }
+        if self.listen.ip().is_multicast() || self.listen.ip() == Ipv4Addr::BROADCAST {
+            bad(format!(
+                "listen = \"{}\": a node listens on one of its own addresses",
+                self.listen
+            ));
+        }
+        match self.peers.iter().find(|p| p.id == self.id) {
+            Some(me) if !listens_at(self.listen, me.addr) => bad(format!(
+                "listen = \"{}\" is not where [[peers]] says node {} is ({}): the other \
+                 nodes would dial an address nobody listens on (listen on that address, or on \
+                 {} with its port)",
+                self.listen,
+                self.id,
+                me.addr,
+                if me.addr.is_ipv4() { "0.0.0.0" } else { "[::]" },
+            )),
+            Some(_) => {}
+            None if self.peers.is_empty() => {} // a cluster of this node alone
+            None => bad(format!(
+                "id = {}: this node is missing from [[peers]] (ids {}); add its own entry \
+                 with the address the others reach it at",
+                self.id,
+                ids.iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
         }
         let voters = self.voters();
         if voters.is_empty() {
-            return bad("no voters".into());
+            bad("voters = []: a cluster needs at least one voter".into());
         }
         if voters.len() > 7 {
-            return bad("at most 7 members are supported by this build".into());
-        }
-        let r = &self.raft;
-        if r.tick_ms == 0 {
-            return bad("raft.tick_ms must be at least 1".into());
-        }
-        if r.heartbeat_ms < r.tick_ms || r.heartbeat_ms >= r.election_timeout_ms {
-            return bad(
-                "raft.heartbeat_ms must be at least one tick and below raft.election_timeout_ms"
-                    .into(),
-            );
-        }
-        if r.max_entries_per_message == 0 || r.max_entries_per_message > DECODE_ENTRIES {
-            return bad(format!(
-                "raft.max_entries_per_message must be in 1..={DECODE_ENTRIES}"
+            bad(format!(
+                "voters: {} voters; this build supports at most 7",
+                voters.len()
             ));
         }
-        if r.max_bytes_per_message + 4096 > self.transport.max_frame_bytes {
-            return bad(
-                "transport.max_frame_bytes must exceed raft.max_bytes_per_message by 4 KiB".into(),
-            );
+        let mut sorted = voters.clone();
+        sorted.sort_unstable();
+        if sorted.windows(2).any(|w| w[0] == w[1]) {
+            bad("voters: an id appears twice".into());
         }
-        if self.transport.idle_timeout_ms <= self.transport.keep_alive_ms {
-            return bad("transport.idle_timeout_ms must exceed transport.keep_alive_ms".into());
+        if sorted.first() == Some(&0) {
+            bad("voters: node ids start at 1".into());
         }
-        if self.transport.queue == 0 || self.transport.reconnect_min_ms == 0 {
-            return bad("transport.queue and transport.reconnect_min_ms must be positive".into());
+        for v in voters {
+            if v != self.id && !self.peers.iter().any(|p| p.id == v) {
+                bad(format!(
+                    "voters: node {v} has no address in [[peers]], so no node can reach it"
+                ));
+            }
         }
-        Ok(())
+    }
+
+    /// `[storage]` against what the log needs: a quota compaction can get under.
+    fn check_log_quota(&self, problems: &mut Vec<String>) {
+        let Err(crate::storage::FileLogError::QuotaTooSmall {
+            limit,
+            least,
+            largest_segment_bytes,
+            ..
+        }) = self.log_options().check()
+        else {
+            return;
+        };
+        let instead = match largest_segment_bytes {
+            Some(s) => format!(", or storage.segment_bytes to at most {s}"),
+            None if limit >= crate::storage::MIN_LOG_BYTES => {
+                ", or lower storage.segment_bytes and raft.max_entry_bytes".into()
+            }
+            None => String::new(),
+        };
+        problems.push(format!(
+            "storage.max_log_bytes = {limit} is too small for storage.segment_bytes = {} and \
+             raft.max_entry_bytes = {}: compaction deletes whole segments and never the one \
+             being written (up to a segment plus one entry), so the log could stay full and \
+             refuse every write for good. Set storage.max_log_bytes to at least {least}{instead}",
+            self.storage.segment_bytes, self.raft.max_entry_bytes
+        ));
+    }
+
+    /// The options of this node's log.
+    pub fn log_options(&self) -> crate::storage::Options {
+        crate::storage::Options::new()
+            .segment_bytes(self.storage.segment_bytes)
+            .preallocate(self.storage.preallocate)
+            .max_log_bytes(self.storage.max_log_bytes)
+            .max_entry_bytes(
+                self.raft
+                    .max_entry_bytes
+                    .saturating_add(ENTRY_ENVELOPE_BYTES),
+            )
+            .keep_behind_snapshot(self.storage.snapshot_keep_entries)
+            .member(self.cluster_id, self.id)
     }
 
     /// The initial voters.
@@ -311,6 +431,12 @@ impl NodeConfig {
                 v
             }
         }
+    }
+
+    /// Where the other nodes reach this one: its own `[[peers]]` address (which `listen`
+    /// may differ from by an unspecified IP such as `0.0.0.0`), if it is listed.
+    pub fn advertised(&self) -> Option<SocketAddr> {
+        self.peers.iter().find(|p| p.id == self.id).map(|p| p.addr)
     }
 
     /// The core's configuration.
@@ -358,6 +484,202 @@ impl NodeConfig {
     }
 }
 
+/// The longest duration any `*_ms` setting takes: a day. Longer is a typo, not a plan, and
+/// every value up to it fits the tick and duration arithmetic with room to spare.
+pub const MAX_MS: u64 = 86_400_000;
+/// The longest tick: a second.
+pub const MAX_TICK_MS: u64 = 1000;
+/// The most frames queued per peer (`transport.queue`): the queue's memory is taken when
+/// the peer's link is made, about 50 bytes a frame.
+pub const MAX_QUEUE: usize = 1 << 20;
+/// The smallest segment (`storage.segment_bytes`): below it nearly every entry would get a
+/// file of its own.
+pub const MIN_SEGMENT_BYTES: u64 = 1024;
+/// The largest segment: each is preallocated in full, and a spare is kept ahead.
+pub const MAX_SEGMENT_BYTES: u64 = 64 << 30;
+/// Room for an AppendEntries' envelope around its entries in a stream frame.
+const FRAME_OVERHEAD: usize = 4096;
+
+/// Checks that `addr` can be a node's address (where it is dialed): a port, and an IP that
+/// names one host.
+pub fn check_node_addr(addr: SocketAddr) -> Result<(), String> {
+    let ip = addr.ip();
+    if addr.port() == 0 {
+        return Err("port 0 is no port to reach a node at".into());
+    }
+    if ip.is_unspecified() {
+        return Err(format!(
+            "{ip} names no host; give the address the node is reached at"
+        ));
+    }
+    if ip.is_multicast() || ip == Ipv4Addr::BROADCAST {
+        return Err(format!(
+            "{ip} is a multicast or broadcast address, not a node's"
+        ));
+    }
+    Ok(())
+}
+
+/// True if a socket bound to `listen` receives what is sent to `addr`: the same port, and
+/// the same IP or the unspecified one (`0.0.0.0` for IPv4, `[::]` for both families).
+fn listens_at(listen: SocketAddr, addr: SocketAddr) -> bool {
+    let ip = listen.ip();
+    listen.port() == addr.port()
+        && (ip == addr.ip() || (ip.is_unspecified() && (ip.is_ipv6() || addr.is_ipv4())))
+}
+
+/// `key = value` for messages.
+fn shown(key: &str, value: impl fmt::Display) -> String {
+    format!("{key} = {value}")
+}
+
+impl RaftSettings {
+    fn check(&self, problems: &mut Vec<String>) {
+        let mut bad = |key: &str, value: u64, why: String| {
+            problems.push(format!("{}: {why}", shown(&format!("raft.{key}"), value)))
+        };
+        let r = self;
+        if !(1..=MAX_TICK_MS).contains(&r.tick_ms) {
+            bad("tick_ms", r.tick_ms, format!("must be 1 to {MAX_TICK_MS}"));
+            return; // the checks below count in ticks
+        }
+        if r.election_timeout_ms < 2 * r.tick_ms || r.election_timeout_ms > MAX_MS {
+            bad(
+                "election_timeout_ms",
+                r.election_timeout_ms,
+                format!(
+                    "must be at least 2 ticks (raft.tick_ms = {}) and at most {MAX_MS} (a day)",
+                    r.tick_ms
+                ),
+            );
+        } else if r.heartbeat_ms < r.tick_ms
+            || r.heartbeat_ms / r.tick_ms >= r.election_timeout_ms / r.tick_ms
+        {
+            bad(
+                "heartbeat_ms",
+                r.heartbeat_ms,
+                format!(
+                    "must be at least one tick ({} ms) and, in whole ticks, below \
+                     raft.election_timeout_ms ({})",
+                    r.tick_ms, r.election_timeout_ms
+                ),
+            );
+        }
+        if !(1..=DECODE_ENTRIES).contains(&r.max_entries_per_message) {
+            bad(
+                "max_entries_per_message",
+                r.max_entries_per_message as u64,
+                format!("must be 1 to {DECODE_ENTRIES}"),
+            );
+        }
+        if r.max_bytes_per_message == 0 {
+            bad("max_bytes_per_message", 0, "must be at least 1".into());
+        }
+        if !(1..=crate::server::INFLIGHT).contains(&r.max_inflight) {
+            bad(
+                "max_inflight",
+                r.max_inflight as u64,
+                format!("must be 1 to {}", crate::server::INFLIGHT),
+            );
+        }
+        if r.max_uncommitted_entries == 0 {
+            bad(
+                "max_uncommitted_entries",
+                0,
+                "must be at least 1 (0 refuses every proposal)".into(),
+            );
+        }
+        if !(1..=MAX_CLIENT_FRAME).contains(&r.max_entry_bytes) {
+            bad(
+                "max_entry_bytes",
+                r.max_entry_bytes as u64,
+                format!(
+                    "must be 1 to {MAX_CLIENT_FRAME} (the largest client request); 0 refuses \
+                     every command"
+                ),
+            );
+        }
+    }
+}
+
+impl TransportConfig {
+    fn check(&self, raft: &RaftSettings, problems: &mut Vec<String>) {
+        let mut bad = |key: &str, value: u64, why: String| {
+            problems.push(format!(
+                "{}: {why}",
+                shown(&format!("transport.{key}"), value)
+            ))
+        };
+        let t = self;
+        if !(1..=MAX_MS).contains(&t.keep_alive_ms) {
+            bad(
+                "keep_alive_ms",
+                t.keep_alive_ms,
+                format!("must be 1 to {MAX_MS}"),
+            );
+        }
+        if t.idle_timeout_ms <= t.keep_alive_ms || t.idle_timeout_ms > MAX_MS {
+            bad(
+                "idle_timeout_ms",
+                t.idle_timeout_ms,
+                format!(
+                    "must exceed transport.keep_alive_ms ({}) and be at most {MAX_MS}",
+                    t.keep_alive_ms
+                ),
+            );
+        }
+        if !(1..=MAX_MS).contains(&t.reconnect_min_ms) {
+            bad(
+                "reconnect_min_ms",
+                t.reconnect_min_ms,
+                format!("must be 1 to {MAX_MS}"),
+            );
+        }
+        if t.reconnect_max_ms < t.reconnect_min_ms || t.reconnect_max_ms > MAX_MS {
+            bad(
+                "reconnect_max_ms",
+                t.reconnect_max_ms,
+                format!(
+                    "must be at least transport.reconnect_min_ms ({}) and at most {MAX_MS}",
+                    t.reconnect_min_ms
+                ),
+            );
+        }
+        // An AppendEntries carries at least one entry, however large, and a stream frame
+        // holds one message: a frame limit below either would refuse replication forever.
+        let needed = raft
+            .max_bytes_per_message
+            .max(raft.max_entry_bytes)
+            .saturating_add(FRAME_OVERHEAD);
+        if t.max_frame_bytes < needed || t.max_frame_bytes > u32::MAX as usize {
+            bad(
+                "max_frame_bytes",
+                t.max_frame_bytes as u64,
+                format!(
+                    "must be at least {needed} (raft.max_bytes_per_message and \
+                     raft.max_entry_bytes, plus {FRAME_OVERHEAD}) and at most {} (a 4-byte \
+                     length)",
+                    u32::MAX
+                ),
+            );
+        }
+        if !(1..=MAX_QUEUE).contains(&t.queue) {
+            bad("queue", t.queue as u64, format!("must be 1 to {MAX_QUEUE}"));
+        }
+    }
+}
+
+impl StorageConfig {
+    fn check(&self, problems: &mut Vec<String>) {
+        if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&self.segment_bytes) {
+            problems.push(format!(
+                "{}: must be {MIN_SEGMENT_BYTES} to {MAX_SEGMENT_BYTES} (64 GiB)",
+                shown("storage.segment_bytes", self.segment_bytes)
+            ));
+        }
+    }
+}
+
 /// A seed for the election jitter that differs per node and per start.
 fn seed(id: NodeId) -> u64 {
     use std::hash::{BuildHasher, Hasher};
@@ -385,5 +707,290 @@ mod tests {
             NodeConfig::parse(&bad, Path::new(".")),
             Err(ConfigError::Invalid(_))
         ));
+    }
+
+    /// The problems `text` has, or `None` if it is accepted.
+    fn problems(text: &str) -> Option<String> {
+        match NodeConfig::parse(text, Path::new("/base")) {
+            Ok(_) => None,
+            Err(ConfigError::Invalid(m)) => Some(m),
+            Err(e) => panic!("not a validation error: {e}"),
+        }
+    }
+
+    /// Every key of the example with a value that makes no sense: each is refused with a
+    /// message that names the key.
+    #[test]
+    fn nonsense_values_are_refused_naming_the_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("id = 1\n", "id = 0\n", "id = 0"),
+            ("id = 1\n", "id = 4\n", "missing from [[peers]]"),
+            (
+                "listen = \"127.0.0.1:7001\"",
+                "listen = \"127.0.0.1:7002\"",
+                "listen",
+            ),
+            (
+                "listen = \"127.0.0.1:7001\"",
+                "listen = \"127.0.0.2:7001\"",
+                "listen",
+            ),
+            (
+                "listen = \"127.0.0.1:7001\"",
+                "listen = \"0.0.0.0:7009\"",
+                "listen",
+            ),
+            (
+                "listen = \"127.0.0.1:7001\"",
+                "listen = \"[::]:7009\"",
+                "listen",
+            ),
+            (
+                "listen = \"127.0.0.1:7001\"",
+                "listen = \"224.0.0.1:7001\"",
+                "listen",
+            ),
+            ("data_dir = \"data/node-1\"", "data_dir = \"\"", "data_dir"),
+            ("ca = \"certs/ca.pem\"", "ca = \"\"", "tls.ca"),
+            ("cert = \"certs/node-1.pem\"", "cert = \"\"", "tls.cert"),
+            ("key = \"certs/node-1.key\"", "key = \"\"", "tls.key"),
+            ("# voters = [1, 2, 3]", "voters = [1, 2, 2]", "voters"),
+            ("# voters = [1, 2, 3]", "voters = [1, 2, 9]", "node 9"),
+            ("# voters = [1, 2, 3]", "voters = []", "voters"),
+            (
+                "id = 2\naddr = \"127.0.0.1:7002\"",
+                "id = 0\naddr = \"127.0.0.1:7002\"",
+                "[[peers]] id = 0",
+            ),
+            (
+                "id = 2\naddr = \"127.0.0.1:7002\"",
+                "id = 3\naddr = \"127.0.0.1:7002\"",
+                "twice",
+            ),
+            (
+                "addr = \"127.0.0.1:7002\"",
+                "addr = \"127.0.0.1:7003\"",
+                "same addr",
+            ),
+            (
+                "addr = \"127.0.0.1:7002\"",
+                "addr = \"127.0.0.1:0\"",
+                "port 0",
+            ),
+            (
+                "addr = \"127.0.0.1:7002\"",
+                "addr = \"0.0.0.0:7002\"",
+                "names no host",
+            ),
+            (
+                "addr = \"127.0.0.1:7002\"",
+                "addr = \"255.255.255.255:7002\"",
+                "broadcast",
+            ),
+            ("tick_ms = 1", "tick_ms = 0", "raft.tick_ms"),
+            ("tick_ms = 1", "tick_ms = 5000", "raft.tick_ms"),
+            ("tick_ms = 1", "tick_ms = 200", "raft.election_timeout_ms"),
+            ("tick_ms = 1", "tick_ms = 60", "raft.heartbeat_ms"),
+            (
+                "election_timeout_ms = 300",
+                "election_timeout_ms = 0",
+                "raft.election_timeout_ms",
+            ),
+            (
+                "election_timeout_ms = 300",
+                "election_timeout_ms = 9223372036854775807",
+                "raft.election_timeout_ms",
+            ),
+            ("heartbeat_ms = 50", "heartbeat_ms = 0", "raft.heartbeat_ms"),
+            (
+                "heartbeat_ms = 50",
+                "heartbeat_ms = 300",
+                "raft.heartbeat_ms",
+            ),
+            (
+                "max_entries_per_message = 256",
+                "max_entries_per_message = 0",
+                "raft.max_entries_per_message",
+            ),
+            (
+                "max_entries_per_message = 256",
+                "max_entries_per_message = 513",
+                "raft.max_entries_per_message",
+            ),
+            (
+                "max_bytes_per_message = 1048576",
+                "max_bytes_per_message = 0",
+                "raft.max_bytes_per_message",
+            ),
+            (
+                "max_bytes_per_message = 1048576",
+                "max_bytes_per_message = 9223372036854775807",
+                "transport.max_frame_bytes",
+            ),
+            ("max_inflight = 8", "max_inflight = 0", "raft.max_inflight"),
+            ("max_inflight = 8", "max_inflight = 17", "raft.max_inflight"),
+            (
+                "max_uncommitted_entries = 8192",
+                "max_uncommitted_entries = 0",
+                "raft.max_uncommitted_entries",
+            ),
+            (
+                "max_entry_bytes = 1048576",
+                "max_entry_bytes = 0",
+                "raft.max_entry_bytes",
+            ),
+            (
+                "max_entry_bytes = 1048576",
+                "max_entry_bytes = 9223372036854775807",
+                "raft.max_entry_bytes",
+            ),
+            (
+                "max_entry_bytes = 1048576",
+                "max_entry_bytes = 16777216",
+                "transport.max_frame_bytes",
+            ),
+            (
+                "keep_alive_ms = 500",
+                "keep_alive_ms = 0",
+                "transport.keep_alive_ms",
+            ),
+            (
+                "keep_alive_ms = 500",
+                "keep_alive_ms = 9223372036854775807",
+                "transport.keep_alive_ms",
+            ),
+            (
+                "idle_timeout_ms = 3000",
+                "idle_timeout_ms = 500",
+                "transport.idle_timeout_ms",
+            ),
+            (
+                "idle_timeout_ms = 3000",
+                "idle_timeout_ms = 9223372036854775807",
+                "transport.idle_timeout_ms",
+            ),
+            (
+                "reconnect_min_ms = 50",
+                "reconnect_min_ms = 0",
+                "transport.reconnect_min_ms",
+            ),
+            (
+                "reconnect_max_ms = 2000",
+                "reconnect_max_ms = 10",
+                "transport.reconnect_max_ms",
+            ),
+            (
+                "reconnect_max_ms = 2000",
+                "reconnect_max_ms = 9223372036854775807",
+                "transport.reconnect_max_ms",
+            ),
+            (
+                "max_frame_bytes = 16777216",
+                "max_frame_bytes = 0",
+                "transport.max_frame_bytes",
+            ),
+            (
+                "max_frame_bytes = 16777216",
+                "max_frame_bytes = 9223372036854775807",
+                "transport.max_frame_bytes",
+            ),
+            ("queue = 4096", "queue = 0", "transport.queue"),
+            (
+                "queue = 4096",
+                "queue = 9223372036854775807",
+                "transport.queue",
+            ),
+            (
+                "segment_bytes = 67108864",
+                "segment_bytes = 0",
+                "storage.segment_bytes",
+            ),
+            (
+                "segment_bytes = 67108864",
+                "segment_bytes = 9223372036854775807",
+                "storage.segment_bytes",
+            ),
+        ];
+        for (from, to, key) in cases {
+            assert!(EXAMPLE.contains(from), "the example has no {from:?}");
+            let text = EXAMPLE.replacen(from, to, 1);
+            let m = problems(&text).unwrap_or_else(|| panic!("{to:?} was accepted"));
+            assert!(m.contains(key), "{to:?}: {m}");
+        }
+    }
+
+    #[test]
+    fn legitimate_variants_are_accepted() {
+        for (from, to) in [
+            // Listening on every address of the host, on the port the others dial.
+            ("listen = \"127.0.0.1:7001\"", "listen = \"0.0.0.0:7001\""),
+            ("listen = \"127.0.0.1:7001\"", "listen = \"[::]:7001\""),
+            // A node that joins later as a learner: not among the initial voters.
+            ("# voters = [1, 2, 3]", "voters = [2, 3]"),
+            // The smallest values that make sense.
+            ("tick_ms = 1", "tick_ms = 25"),
+            ("segment_bytes = 67108864", "segment_bytes = 1024"),
+            ("max_entry_bytes = 1048576", "max_entry_bytes = 1"),
+        ] {
+            let text = EXAMPLE.replacen(from, to, 1);
+            assert_eq!(problems(&text), None, "{to:?}");
+        }
+        // A cluster of one node, with no [[peers]] at all.
+        let alone = EXAMPLE[..EXAMPLE.find("\n[[peers]]").unwrap()].to_string()
+            + &EXAMPLE[EXAMPLE.find("\n[tls]").unwrap()..];
+        let cfg = NodeConfig::parse(&alone, Path::new("/base")).unwrap();
+        assert_eq!(cfg.voters(), vec![1]);
+        assert_eq!(cfg.advertised(), None);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = EXAMPLE
+            .replace("segment_bytes = 67108864", "segment_bytes = 0")
+            .replace("max_entry_bytes = 1048576", "max_entry_bytes = 0");
+        let m = problems(&text).unwrap();
+        assert!(m.starts_with("2 problems"), "{m}");
+        assert!(
+            m.contains("storage.segment_bytes") && m.contains("raft.max_entry_bytes"),
+            "{m}"
+        );
+    }
+
+    /// The largest values accepted turn into ticks and durations without overflow.
+    #[test]
+    fn the_largest_accepted_values_convert_without_overflow() {
+        let text = EXAMPLE
+            .replace("tick_ms = 1", &format!("tick_ms = {MAX_TICK_MS}"))
+            .replace(
+                "election_timeout_ms = 300",
+                &format!("election_timeout_ms = {MAX_MS}"),
+            )
+            .replace(
+                "heartbeat_ms = 50",
+                &format!("heartbeat_ms = {}", MAX_MS - MAX_TICK_MS),
+            )
+            .replace(
+                "keep_alive_ms = 500",
+                &format!("keep_alive_ms = {}", MAX_MS - 1),
+            )
+            .replace(
+                "idle_timeout_ms = 3000",
+                &format!("idle_timeout_ms = {MAX_MS}"),
+            )
+            .replace(
+                "reconnect_min_ms = 50",
+                &format!("reconnect_min_ms = {MAX_MS}"),
+            )
+            .replace(
+                "reconnect_max_ms = 2000",
+                &format!("reconnect_max_ms = {MAX_MS}"),
+            );
+        let cfg = NodeConfig::parse(&text, Path::new("/base")).unwrap();
+        let core = cfg.raft_config(0);
+        assert!(core.validate().is_ok());
+        assert!(core.heartbeat_ticks < core.election_ticks);
+        assert!(quinn::IdleTimeout::try_from(cfg.quic().idle_timeout).is_ok());
+        let t = cfg.transport_settings();
+        assert!(t.reconnect_max.checked_mul(2).is_some());
     }
 }

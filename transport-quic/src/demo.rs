@@ -22,7 +22,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(3..=7))]
     pub nodes: u8,
     /// Minimum election timeout of the nodes, in milliseconds.
-    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(20..=60_000))]
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(cluster::ELECTION_TIMEOUT_MS))]
     pub election_timeout_ms: u64,
     /// Heartbeat interval of the leader, in milliseconds.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(5..=10_000))]

@@ -9,6 +9,9 @@
 //! - [`transport`]: Raft messages between nodes over quinn on smol: one connection per pair
 //!   of nodes, the sender's id taken from its certificate, datagrams for small messages and
 //!   streams for entries and snapshots, malformed frames counted and their stream closed;
+//!   [`stray`] counts the datagrams to a node's port that are no QUIC packet for it;
+//! - [`hello`]: what two nodes say first on a new connection: the incarnation of their data
+//!   directories, so a node that lost its disk is refused as the voter it was;
 //! - [`storage`]: [`storage::FileLog`], a durable, segmented, checksummed log on disk that
 //!   implements [`coracle::LogStorage`], with group commit (one fsync for many entries);
 //! - [`server`]: the node runtime (the core, the log, the transport and a timer in one
@@ -25,9 +28,11 @@
 pub mod certs;
 pub mod client;
 pub mod config;
+pub mod hello;
 pub mod kv;
 pub mod protocol;
 pub mod server;
 pub mod storage;
+pub mod stray;
 pub mod tls;
 pub mod transport;

@@ -38,7 +38,10 @@ use std::time::Duration;
     about = "Coracle: Raft over QUIC with mutual TLS"
 )]
 struct Cli {
-    /// Log filter, e.g. `info`, `debug`, `coracle_quic=debug,quinn=warn` (or RUST_LOG).
+    /// Log filter, e.g. `info`, `debug`, `coracle_quic=debug,quinn=warn` (or RUST_LOG):
+    /// comma-separated `LEVEL` or `TARGET=LEVEL`, levels off, error, warn, info, debug,
+    /// trace. Logs are coloured only when standard error is a terminal (and NO_COLOR is
+    /// unset).
     #[arg(long, global = true)]
     log: Option<String>,
     #[command(subcommand)]
@@ -90,10 +93,10 @@ enum CertsCommand {
         /// Where to write the files.
         #[arg(long, default_value = "certs")]
         dir: PathBuf,
-        /// A name for the CA (shown in its subject).
+        /// A name for the CA (shown in its subject; 1 to 53 characters).
         #[arg(long, default_value = "cluster")]
         name: String,
-        /// Validity in days.
+        /// Validity in days (at least 1; the certificate cannot end after 9999-12-31).
         #[arg(long, default_value_t = 3650)]
         days: u32,
     },
@@ -101,15 +104,15 @@ enum CertsCommand {
     Issue {
         /// What to issue.
         kind: IssueKind,
-        /// The node id or the client name.
+        /// The node id (1 or more) or the client name (letters, digits, `-`, `_`).
         who: String,
-        /// The client may run admin operations.
+        /// The client may run admin operations (client certificates only).
         #[arg(long)]
         admin: bool,
         /// The directory holding ca.pem/ca.key, where the new files go.
         #[arg(long, default_value = "certs")]
         dir: PathBuf,
-        /// Validity in days.
+        /// Validity in days (at least 1; it ends with the CA's validity at the latest).
         #[arg(long, default_value_t = 825)]
         days: u32,
     },
@@ -131,7 +134,8 @@ struct ClientArgs {
         global = true,
         value_delimiter = ',',
         env = "CORACLE_NODES",
-        default_value = "127.0.0.1:7001"
+        default_value = "127.0.0.1:7001",
+        value_parser = node_addr,
     )]
     nodes: Vec<SocketAddr>,
     /// Directory of the certificates (ca.pem, client-NAME.pem/.key or admin-NAME.pem/.key).
@@ -140,8 +144,8 @@ struct ClientArgs {
     /// Client name: uses admin-NAME.* if it exists, else client-NAME.*.
     #[arg(long, global = true, env = "CORACLE_NAME", default_value = "admin")]
     name: String,
-    /// Give up after this many milliseconds.
-    #[arg(long, global = true, default_value_t = 10_000)]
+    /// Give up after this many milliseconds (1 ms to a day).
+    #[arg(long, global = true, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_MS))]
     timeout_ms: u64,
 }
 
@@ -211,8 +215,8 @@ enum KvCommand {
         /// The prefix (all keys if not given).
         #[arg(default_value = "")]
         prefix: String,
-        /// Most pairs to print.
-        #[arg(long, default_value_t = 1000)]
+        /// Most pairs to print (at least 1).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
         limit: u32,
         /// How fresh the listing must be.
         #[arg(long, value_enum, default_value = "linearizable")]
@@ -227,39 +231,72 @@ enum AdminCommand {
     /// Add node ID, listening at ADDR, as a learner.
     AddLearner {
         /// Its id.
+        #[arg(value_parser = node_id)]
         id: u64,
-        /// Its address (ip:port).
-        addr: String,
+        /// Its address (ip:port), as the other nodes reach it.
+        #[arg(value_parser = node_addr)]
+        addr: SocketAddr,
     },
     /// Make learner ID a voter.
     Promote {
         /// Its id.
+        #[arg(value_parser = node_id)]
         id: u64,
     },
     /// Remove node ID.
     Remove {
         /// Its id.
+        #[arg(value_parser = node_id)]
         id: u64,
     },
     /// Hand leadership to node ID.
     Transfer {
         /// Its id.
+        #[arg(value_parser = node_id)]
         id: u64,
     },
     /// Fault injection: cut each node given with --nodes off from PEERS (Raft messages to
     /// and from them are dropped; clients still reach it).
     Isolate {
         /// The peers' ids, comma-separated.
-        #[arg(value_delimiter = ',', required = true)]
+        #[arg(value_delimiter = ',', required = true, value_parser = node_id)]
         peers: Vec<u64>,
     },
     /// Undo `isolate` on every node given with --nodes.
     Heal,
 }
 
+/// The longest `--timeout-ms`: a day (a longer wait is a typo, not a plan).
+const MAX_TIMEOUT_MS: u64 = 86_400_000;
+
+/// Parses a node id given on the command line: a number of 1 or more.
+pub(crate) fn node_id(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("node ids start at 1".into()),
+        Ok(id) => Ok(id),
+        Err(_) => Err(format!(
+            "not a node id (a whole number from 1 to {})",
+            u64::MAX
+        )),
+    }
+}
+
+/// Parses a node's address given on the command line (`ip:port`, one a node can listen
+/// on and be reached at).
+pub(crate) fn node_addr(s: &str) -> Result<SocketAddr, String> {
+    let addr = s
+        .parse::<SocketAddr>()
+        .map_err(|_| "not an ip:port address (e.g. 127.0.0.1:7001 or [::1]:7001)".to_string())?;
+    coracle_quic::config::check_node_addr(addr)?;
+    Ok(addr)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log.as_deref());
+    if let Err(e) = init_logging(cli.log.as_deref()) {
+        eprintln!("coracle: {e}");
+        return ExitCode::from(2);
+    }
     match run(cli.command) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -270,22 +307,61 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(filter: Option<&str>) {
+/// Sets up the logs on standard error: the filter of `--log`, else of `RUST_LOG`, else
+/// `info`; a filter that is not one is an error (never silently another filter). Colours
+/// only on a terminal, so log files hold plain text.
+fn init_logging(flag: Option<&str>) -> Result<(), String> {
+    use std::io::IsTerminal;
     use tracing_subscriber::prelude::*;
-    let spec = filter
-        .map(str::to_string)
-        .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| "info".into());
-    let targets: tracing_subscriber::filter::Targets = spec.parse().unwrap_or_else(|_| {
-        tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
-    });
+    let (spec, source) = match (flag, std::env::var("RUST_LOG")) {
+        (Some(f), _) => (f.to_string(), "--log"),
+        (None, Ok(env)) => (env, "RUST_LOG"),
+        (None, Err(_)) => ("info".to_string(), "the default"),
+    };
+    let targets = log_filter(&spec).map_err(|e| format!("{source} {spec:?}: {e}"))?;
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
+                .with_ansi(colour)
                 .with_filter(targets),
         )
         .try_init();
+    Ok(())
+}
+
+/// Parses a log filter: comma-separated `LEVEL` or `TARGET=LEVEL`. tracing's own parser
+/// takes a bare word that is no level (a typo such as `infoo`) as a target to log at every
+/// level, so that everything else goes silent: refused here.
+fn log_filter(spec: &str) -> Result<tracing_subscriber::filter::Targets, String> {
+    const LEVELS: &str = "off, error, warn, info, debug, trace";
+    if spec.trim().is_empty() {
+        return Err(format!("an empty log filter; give a level ({LEVELS})"));
+    }
+    for directive in spec.split(',') {
+        let directive = directive.trim();
+        if directive.is_empty() {
+            return Err("an empty directive between commas".into());
+        }
+        let (target, level) = match directive.split_once('=') {
+            Some((target, level)) => (Some(target), level),
+            None => (None, directive),
+        };
+        if target.is_some_and(|t| t.is_empty()) {
+            return Err(format!("{directive:?} names no target before '='"));
+        }
+        if level
+            .parse::<tracing::level_filters::LevelFilter>()
+            .is_err()
+        {
+            return Err(format!(
+                "{level:?} is not a level ({LEVELS}); a directive is LEVEL or TARGET=LEVEL"
+            ));
+        }
+    }
+    spec.parse().map_err(|e| format!("{e}"))
 }
 
 type Error = Box<dyn std::error::Error>;
@@ -327,7 +403,12 @@ fn certs(command: CertsCommand) -> Result<(), Error> {
         CertsCommand::Init { dir, name, days } => {
             let ca = Ca::generate(&name, days)?;
             let (cert, key) = ca.write(&dir)?;
-            println!("wrote {} and {}", cert.display(), key.display());
+            println!(
+                "wrote {} and {}, valid until {}",
+                cert.display(),
+                key.display(),
+                coracle_quic::certs::date(ca.not_after())
+            );
         }
         CertsCommand::Issue {
             kind,
@@ -337,19 +418,29 @@ fn certs(command: CertsCommand) -> Result<(), Error> {
             days,
         } => {
             let ca = Ca::load(&dir.join("ca.pem"), &dir.join("ca.key"))?;
-            let identity = match kind {
-                IssueKind::Node => Identity::Node(
-                    who.parse()
-                        .map_err(|_| format!("node id {who:?} is not a number"))?,
-                ),
-                IssueKind::Client => Identity::Client { name: who, admin },
-            };
+            let identity =
+                match kind {
+                    IssueKind::Node if admin => return Err(
+                        "--admin is for client certificates: a node certificate carries no role"
+                            .into(),
+                    ),
+                    IssueKind::Node => {
+                        Identity::Node(node_id(&who).map_err(|e| format!("node id {who:?}: {e}"))?)
+                    }
+                    IssueKind::Client => Identity::Client { name: who, admin },
+                };
             let issued = ca.issue(&identity, days)?;
             let (cert, key) = issued.write(&dir, &identity.file_stem())?;
+            let capped = if issued.not_after == ca.not_after() {
+                " (the CA's own end: a certificate cannot outlive its CA)"
+            } else {
+                ""
+            };
             println!(
-                "wrote {} and {} for {identity}",
+                "wrote {} and {} for {identity}, valid until {}{capped}",
                 cert.display(),
-                key.display()
+                key.display(),
+                coracle_quic::certs::date(issued.not_after),
             );
         }
     }
@@ -505,6 +596,7 @@ async fn admin(conn: ClientArgs, command: AdminCommand) -> Result<(), Error> {
                 "{:>4} {:>12} {:>6} {:>6} {:>8} {:>8} {:>8}  members",
                 "node", "role", "term", "leader", "commit", "applied", "last"
             );
+            let mut answered = Vec::new();
             for &addr in &conn.nodes {
                 match client.status_of(addr).await {
                     Ok(s) => {
@@ -530,15 +622,41 @@ async fn admin(conn: ClientArgs, command: AdminCommand) -> Result<(), Error> {
                             s.applied,
                             s.last_index,
                             members.join(" ")
-                        )
+                        );
+                        answered.push(s);
                     }
                     Err(e) => println!("{addr}: unreachable ({e})"),
+                }
+            }
+            if !answered.is_empty() {
+                println!(
+                    "\n{:>4} {:>8} {:>20} {:>15} {:>16} {:>14}  (transport counters)",
+                    "node",
+                    "refused",
+                    "handshakes abandoned",
+                    "stray datagrams",
+                    "malformed frames",
+                    "dropped frames"
+                );
+                for s in &answered {
+                    println!(
+                        "{:>4} {:>8} {:>20} {:>15} {:>16} {:>14}",
+                        s.id,
+                        s.refused_connections,
+                        s.handshakes_abandoned,
+                        s.stray_datagrams,
+                        s.malformed_frames,
+                        s.dropped_frames
+                    );
                 }
             }
             client.close();
             return Ok(());
         }
-        AdminCommand::AddLearner { id, addr } => AdminOp::AddLearner { id, addr },
+        AdminCommand::AddLearner { id, addr } => AdminOp::AddLearner {
+            id,
+            addr: addr.to_string(),
+        },
         AdminCommand::Promote { id } => AdminOp::Promote { id },
         AdminCommand::Remove { id } => AdminOp::Remove { id },
         AdminCommand::Transfer { id } => AdminOp::Transfer { id },
@@ -580,4 +698,57 @@ async fn isolate(client: &Client, nodes: &[SocketAddr], peers: Vec<u64>) -> Resu
         return Err(format!("{failures} node(s) did not take the order").into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A log filter that is none is an error, never silently another filter: a bare word
+    /// that is no level (tracing takes it as a target, which silences everything else).
+    #[test]
+    fn log_filters_that_are_none_are_refused() {
+        for good in [
+            "info",
+            "debug",
+            "off",
+            "coracle_quic=debug,quinn=warn",
+            "warn, x=trace",
+        ] {
+            assert!(log_filter(good).is_ok(), "{good}");
+        }
+        for (bad, why) in [
+            ("infoo", "not a level"),
+            ("", "empty"),
+            ("  ", "empty"),
+            ("info,,debug", "empty directive"),
+            ("=info", "no target"),
+            ("a=b=c", "not a level"),
+            ("coracle_quic=verbose", "not a level"),
+        ] {
+            let e = log_filter(bad).unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn node_ids_and_addresses_on_the_command_line_are_checked() {
+        assert_eq!(node_id("7"), Ok(7));
+        assert!(node_id("0").unwrap_err().contains("start at 1"));
+        for bad in ["", "-1", "x", "18446744073709551616", "1.5"] {
+            assert!(node_id(bad).unwrap_err().contains("not a node id"), "{bad}");
+        }
+        assert!(node_addr("127.0.0.1:7001").is_ok());
+        assert!(node_addr("[::1]:7001").is_ok());
+        for bad in [
+            "127.0.0.1:0",
+            "0.0.0.0:7001",
+            "[::]:7001",
+            "224.0.0.1:7001",
+            "x",
+            "127.0.0.1",
+        ] {
+            assert!(node_addr(bad).is_err(), "{bad}");
+        }
+    }
 }

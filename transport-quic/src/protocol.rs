@@ -217,6 +217,11 @@ pub struct NodeStatus {
     pub malformed_frames: u64,
     /// Transport counters: frames dropped because a peer was unreachable or slow.
     pub dropped_frames: u64,
+    /// Transport counters: handshakes the other side gave up (timed out, closed, or
+    /// refused this node's certificate).
+    pub handshakes_abandoned: u64,
+    /// Transport counters: UDP datagrams that were no QUIC packet for this node.
+    pub stray_datagrams: u64,
 }
 
 /// Why a request failed.

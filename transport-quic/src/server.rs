@@ -30,10 +30,10 @@ use crate::protocol::{
     append_frame, decode_request, AdminOp, Command, Consistency, ErrorKind, MemberStatus,
     NodeStatus, ReadOp, Request, RequestFrame, Response, ResponseFrame, MAX_CLIENT_FRAME,
 };
-use crate::storage::{FileLog, FileLogError, Options, PendingSync, WrittenSnapshot};
+use crate::storage::{FileLog, FileLogError, Incarnations, PendingSync, WrittenSnapshot};
 use crate::tls::{Credentials, TlsError};
 use crate::transport::{
-    encode_frame, Class, FrameError, FrameReader, Inbound, Transport, TransportStats,
+    encode_frame, Class, FrameError, FrameReader, Inbound, StartError, Transport, TransportStats,
     DECODE_ENTRIES, ERR_MALFORMED,
 };
 use coracle::wire::{self, Envelope};
@@ -80,6 +80,17 @@ pub enum NodeError {
     },
     /// The data directory cannot be opened (locked, corrupt, unreadable).
     Storage(FileLogError),
+    /// The data directory's durable state is incomplete, inconsistent or damaged
+    /// ([`FileLogError::Damaged`], [`FileLogError::Corrupt`]): the message says what and
+    /// how to repair, with this node's id and address in the commands.
+    DurableState {
+        /// This node's id.
+        id: NodeId,
+        /// Its address.
+        addr: SocketAddr,
+        /// What is wrong.
+        source: FileLogError,
+    },
     /// The core refused the configuration.
     Core(coracle::ConfigError),
     /// The listen address cannot be bound.
@@ -89,6 +100,8 @@ pub enum NodeError {
         /// The error.
         source: std::io::Error,
     },
+    /// A thread of the node (the one that makes the log durable) cannot be started.
+    Thread(std::io::Error),
     /// Making the log durable failed: the node stopped (restart it on healthy storage).
     Sync(std::io::Error),
     /// A snapshot of the state machine cannot be written or restored: the node stopped
@@ -108,8 +121,12 @@ impl fmt::Display for NodeError {
                 "the certificate is for {found}, but the configuration says node {id}"
             ),
             NodeError::Storage(e) => write!(f, "data directory: {e}"),
+            NodeError::DurableState { id, addr, source } => {
+                write!(f, "{source} (for this node, ID is {id} and ADDR is {addr})")
+            }
             NodeError::Core(e) => write!(f, "raft configuration: {e}"),
             NodeError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            NodeError::Thread(e) => write!(f, "cannot start the node's fsync thread: {e}"),
             NodeError::Sync(e) => write!(f, "log sync failed, node stopped: {e}"),
             NodeError::Snapshot(m) => write!(f, "snapshot: {m}"),
             NodeError::Panicked => f.write_str("the node's event loop panicked"),
@@ -201,16 +218,15 @@ impl RunningNode {
                 })
             }
         }
-        let options = Options::new()
-            .segment_bytes(cfg.storage.segment_bytes)
-            .preallocate(cfg.storage.preallocate)
-            .max_log_bytes(cfg.storage.max_log_bytes)
-            .max_entry_bytes(cfg.raft.max_entry_bytes + 1024)
-            .keep_behind_snapshot(cfg.storage.snapshot_keep_entries);
-        let log = FileLog::open_with(&cfg.data_dir, options).map_err(NodeError::Storage)?;
-        if let Some(cut) = &log.recovery().tail_cut {
-            warn!(node = cfg.id, ?cut, "recovery cut a torn tail off the log");
-        }
+        let log = open_log(cfg)?;
+        let incarnations =
+            Arc::new(Incarnations::open(&cfg.data_dir).map_err(|e| durable_state(cfg, e))?);
+        let greeting = crate::hello::Greeting::new(
+            cfg.cluster_id,
+            cfg.id,
+            log.identity().incarnation,
+            incarnations.clone(),
+        );
         let voters = cfg.voters();
         let last_snapshot = log.snapshot_point().map_or(0, |(index, _)| index);
         // Boxed: the node's fixed-capacity tables make it large, and the event loop's future
@@ -237,10 +253,14 @@ impl RunningNode {
             cfg.transport_settings(),
             in_tx,
             on_client,
+            greeting,
         )
-        .map_err(|source| NodeError::Bind {
-            addr: cfg.listen,
-            source,
+        .map_err(|e| match e {
+            StartError::Tls(e) => NodeError::Tls(e),
+            StartError::Bind(source) => NodeError::Bind {
+                addr: cfg.listen,
+                source,
+            },
         })?;
         let _ = stats_slot.set(transport.stats().clone());
         let local_addr = transport.local_addr().map_err(|source| NodeError::Bind {
@@ -252,7 +272,8 @@ impl RunningNode {
             transport.set_address(p.id, p.addr);
             addrs.insert(p.id, p.addr.to_string());
         }
-        addrs.insert(cfg.id, local_addr.to_string());
+        // Where the others reach this node: its [[peers]] entry (`listen` may be 0.0.0.0).
+        addrs.insert(cfg.id, cfg.advertised().unwrap_or(local_addr).to_string());
         for &v in &voters {
             transport.ensure_link(v);
         }
@@ -279,13 +300,11 @@ impl RunningNode {
             },
             want_sync: None,
             syncing: None,
+            incarnations,
         };
         info!(node = cfg.id, addr = %local_addr, data = %cfg.data_dir.display(), voters = ?voters, "node started");
         let (durable_tx, durable_rx) = channel::bounded(1);
-        let fsync = spawn_fsync_thread(cfg.id, durable_tx).map_err(|source| NodeError::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
+        let fsync = spawn_fsync_thread(cfg.id, durable_tx).map_err(NodeError::Thread)?;
         let run = Box::pin(host.run(node, in_rx, call_rx, fsync, durable_rx, written_rx));
         let task = smol::spawn(async move {
             std::panic::AssertUnwindSafe(run)
@@ -373,6 +392,8 @@ struct Host {
     want_sync: Option<SyncToken>,
     /// The token the fsync thread is making durable.
     syncing: Option<SyncToken>,
+    /// The incarnations of the members this node has talked to ([`crate::hello`]).
+    incarnations: Arc<Incarnations>,
 }
 
 /// When the host snapshots its state machine (`[storage]` of `node.toml`).
@@ -407,6 +428,60 @@ fn next_snapshot(last: Index, every: u64, id: NodeId) -> Index {
     let phase = every / 3 * (id % 3);
     let earliest = last.saturating_add((every / 2).max(1));
     earliest.saturating_add((phase + every - earliest % every) % every)
+}
+
+/// Opens the node's log: refuses a data directory whose durable state is incomplete (the
+/// log's own checks, and what rebuilding the state machine needs), and logs at WARN what
+/// recovery dropped or repaired, with the entries concerned.
+fn open_log(cfg: &NodeConfig) -> Result<FileLog, NodeError> {
+    let log =
+        FileLog::open_with(&cfg.data_dir, cfg.log_options()).map_err(|e| durable_state(cfg, e))?;
+    log.check_complete().map_err(|e| durable_state(cfg, e))?;
+    let r = log.recovery();
+    if r.initialised {
+        info!(node = cfg.id, data = %cfg.data_dir.display(), incarnation = %format_args!("{:016x}", log.identity().incarnation), "new data directory");
+    } else if r.adopted {
+        warn!(node = cfg.id, data = %cfg.data_dir.display(), "data directory from before identity files: adopted (identity written)");
+    }
+    for w in r.warnings() {
+        warn!(node = cfg.id, "recovery: {w}");
+    }
+    let hs = coracle::LogStorage::hard_state(&log);
+    info!(
+        node = cfg.id,
+        term = hs.current_term,
+        voted_for = ?hs.voted_for,
+        first = coracle::LogStorage::first_index(&log),
+        last = coracle::LogStorage::last_index(&log),
+        snapshot = ?log.snapshot_point(),
+        "log recovered"
+    );
+    Ok(log)
+}
+
+/// The error of a data directory that cannot be used, with this node's id and address for
+/// the repair commands when it is damaged.
+fn durable_state(cfg: &NodeConfig, e: FileLogError) -> NodeError {
+    match e {
+        FileLogError::Damaged { .. } | FileLogError::Corrupt { .. } => NodeError::DurableState {
+            id: cfg.id,
+            addr: cfg.listen,
+            source: e,
+        },
+        e => NodeError::Storage(e),
+    }
+}
+
+/// The members of a configuration entry's data (for each member, its id and a flag byte:
+/// the core's encoding, see `coracle::membership`).
+fn config_members(data: &[u8]) -> Vec<NodeId> {
+    data.chunks_exact(9)
+        .map(|r| {
+            let mut id = [0u8; 8];
+            id.copy_from_slice(&r[..8]);
+            NodeId::from_le_bytes(id)
+        })
+        .collect()
 }
 
 /// What a snapshot thread reports: the snapshot durable in its temporary file, or why not.
@@ -661,6 +736,8 @@ impl Host {
     /// caller starts it before the rest are applied.
     fn drain(&mut self, node: &mut CoreNode) -> Result<bool, NodeError> {
         let mut membership = false;
+        // The configuration applied last in this drain (index and members).
+        let mut applied_config: Option<(Index, Vec<NodeId>)> = None;
         let mut drained = true;
         while let Some(out) = node.poll_output() {
             match out {
@@ -678,6 +755,7 @@ impl Host {
                         EntryKind::Command => self.kv.apply(index, entry.data),
                         EntryKind::Membership => {
                             membership = true;
+                            applied_config = Some((index, config_members(entry.data)));
                             self.kv.skip(index);
                             Applied::Ignored
                         }
@@ -716,6 +794,12 @@ impl Host {
                 Output::RestoreSnapshot { index, .. } => {
                     self.restore_snapshot(node, index)?;
                     membership = true;
+                    let config = coracle::LogStorage::snapshot_meta(node.log())
+                        .map(|m| config_members(m.config()))
+                        .filter(|m| !m.is_empty());
+                    if let Some(members) = config {
+                        applied_config = Some((index, members));
+                    }
                 }
                 Output::SnapshotNeeded => {
                     warn!(node = self.id, "the log is full: snapshot and compact");
@@ -730,10 +814,30 @@ impl Host {
                 self.transport.ensure_link(id);
             }
         }
+        self.incarnations.set_applied(node.applied_index());
+        if let Some((index, members)) = applied_config {
+            self.forget_removed(index, &members);
+        }
         if drained {
             self.maybe_snapshot(node)?;
         }
         Ok(drained)
+    }
+
+    /// A configuration of `members` was applied at `index`: the members it lacks are
+    /// forgotten by the hello ([`crate::hello`]), so one removed and added back with a new
+    /// data directory is taken. (A file rewrite on this thread: configurations are rare.)
+    fn forget_removed(&mut self, index: Index, members: &[NodeId]) {
+        match self.incarnations.forget_absent(members, index) {
+            Ok(gone) if !gone.is_empty() => info!(
+                node = self.id,
+                index,
+                ?gone,
+                "removed members forgotten: a new data directory of theirs will be taken"
+            ),
+            Ok(_) => {}
+            Err(e) => warn!(node = self.id, error = %e, "cannot forget removed members"),
+        }
     }
 
     /// Snapshots the state machine if it is due (every `snapshot_entries` applied entries,
@@ -1172,6 +1276,8 @@ impl Host {
                 .collect(),
             keys: self.kv.len() as u64,
             refused_connections: TransportStats::get(&stats.refused),
+            handshakes_abandoned: TransportStats::get(&stats.handshakes_abandoned),
+            stray_datagrams: TransportStats::get(&stats.stray_datagrams),
             malformed_frames: TransportStats::get(&stats.malformed),
             dropped_frames: TransportStats::get(&stats.dropped),
         }

@@ -3,7 +3,8 @@
 //! provider, so nothing depends on a process-wide default.
 
 use crate::certs::{Identity, ANY_NODE_NAME};
-use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+use rustls::pki_types::pem::{PemObject, SectionKind};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 use std::fmt;
@@ -26,7 +27,24 @@ pub enum TlsError {
         /// The error.
         message: String,
     },
-    /// The files were read but rustls refused them (key does not match, bad CA...).
+    /// The private key is not the key of the certificate.
+    KeyMismatch {
+        /// The certificate.
+        cert: PathBuf,
+        /// The private key.
+        key: PathBuf,
+    },
+    /// The certificate is not one the CA vouches for: signed by another CA, expired, not
+    /// yet valid. Every node would refuse it during the handshake.
+    Untrusted {
+        /// The certificate.
+        cert: PathBuf,
+        /// The CA certificate.
+        ca: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The files were read but rustls refused them (unsupported key type, bad CA...).
     Config(String),
 }
 
@@ -38,6 +56,19 @@ impl fmt::Display for TlsError {
                 path,
                 message,
             } => write!(f, "{what} {}: {message}", path.display()),
+            TlsError::KeyMismatch { cert, key } => write!(
+                f,
+                "private key {} does not belong to certificate {} (the public key in the \
+                 certificate is another key's; give the .key file written with that .pem)",
+                key.display(),
+                cert.display()
+            ),
+            TlsError::Untrusted { cert, ca, reason } => write!(
+                f,
+                "certificate {} is refused by the CA {}: {reason}",
+                cert.display(),
+                ca.display()
+            ),
             TlsError::Config(m) => write!(f, "TLS configuration: {m}"),
         }
     }
@@ -63,42 +94,201 @@ impl Clone for Credentials {
     }
 }
 
-fn certs_from(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let err = |message: String| TlsError::File {
+/// The PEM sections of a file, or what is wrong with it.
+fn pem_sections(bytes: &[u8]) -> Result<Vec<(SectionKind, Vec<u8>)>, String> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err("the file is empty".into());
+    }
+    let sections = <(SectionKind, Vec<u8>)>::pem_slice_iter(bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("damaged PEM ({e})"))?;
+    if sections.is_empty() {
+        return Err("no PEM section in it (-----BEGIN ...-----): not a PEM file".into());
+    }
+    Ok(sections)
+}
+
+/// What a file holds, for messages: "a certificate", "a private key"...
+fn holds(sections: &[(SectionKind, Vec<u8>)]) -> String {
+    let kinds: Vec<&str> = sections
+        .iter()
+        .map(|(kind, _)| match kind {
+            SectionKind::Certificate => "a certificate",
+            SectionKind::PrivateKey | SectionKind::RsaPrivateKey | SectionKind::EcPrivateKey => {
+                "a private key"
+            }
+            SectionKind::PublicKey => "a public key",
+            SectionKind::Crl => "a revocation list",
+            SectionKind::Csr => "a certificate request",
+            _ => "another PEM section",
+        })
+        .collect();
+    kinds.join(" and ")
+}
+
+fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError::File {
         what,
         path: path.to_path_buf(),
-        message,
-    };
-    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(e.to_string()))?;
+        message: e.to_string(),
+    })
+}
+
+/// The certificates in PEM text, or why there are none.
+fn certs_in(bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let sections = pem_sections(bytes)?;
+    let certs: Vec<CertificateDer<'static>> = sections
+        .iter()
+        .filter(|(kind, _)| *kind == SectionKind::Certificate)
+        .map(|(_, der)| CertificateDer::from(der.clone()))
+        .collect();
     if certs.is_empty() {
-        return Err(err("no PEM certificate in the file".into()));
+        return Err(format!("it holds {}, not a certificate", holds(&sections)));
     }
     Ok(certs)
 }
 
+/// The private key in PEM text, or why there is none.
+fn key_in(bytes: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
+    let sections = pem_sections(bytes)?;
+    sections
+        .iter()
+        .find_map(|(kind, der)| PrivateKeyDer::from_pem(*kind, der.clone()))
+        .ok_or_else(|| format!("it holds {}, not a private key", holds(&sections)))
+}
+
+fn certs_from(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    certs_in(&read_file(what, path)?).map_err(|message| TlsError::File {
+        what,
+        path: path.to_path_buf(),
+        message,
+    })
+}
+
+/// Checks that every certificate of a CA file is a CA's.
+fn check_ca(path: &Path, certs: &[CertificateDer<'static>]) -> Result<(), TlsError> {
+    for cert in certs {
+        let is_ca = x509_parser::parse_x509_certificate(cert).map(|(_, c)| c.is_ca());
+        let message = match is_ca {
+            Ok(true) => continue,
+            Ok(false) => "not a CA certificate (the ca.pem that `coracle certs init` wrote is one)"
+                .to_string(),
+            Err(e) => format!("a certificate that cannot be parsed ({e})"),
+        };
+        return Err(TlsError::File {
+            what: "CA certificate",
+            path: path.to_path_buf(),
+            message,
+        });
+    }
+    Ok(())
+}
+
+/// Pairs the certificate chain with its key; `KeyMismatch` if they are not a pair.
+fn certified(
+    chain: &[CertificateDer<'static>],
+    key: &PrivateKeyDer<'static>,
+    paths: Option<(&Path, &Path)>,
+) -> Result<(), TlsError> {
+    use rustls::sign::CertifiedKey;
+    match CertifiedKey::from_der(chain.to_vec(), key.clone_key(), &provider()) {
+        Ok(_) => Ok(()),
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            let (cert, key) = paths.unwrap_or((Path::new("(certificate)"), Path::new("(key)")));
+            Err(TlsError::KeyMismatch {
+                cert: cert.to_path_buf(),
+                key: key.to_path_buf(),
+            })
+        }
+        Err(e) => Err(match paths {
+            Some((_, key)) => TlsError::File {
+                what: "private key",
+                path: key.to_path_buf(),
+                message: format!("not a key this build can use ({e})"),
+            },
+            None => TlsError::Config(format!("private key: {e}")),
+        }),
+    }
+}
+
 impl Credentials {
-    /// Loads the CA certificate, this party's certificate (chain) and its private key.
+    /// Loads the CA certificate, this party's certificate (chain) and its private key, and
+    /// checks them as the peers will: the key is the certificate's, the certificate is
+    /// signed by the CA and valid now. Each error names the file and what is wrong with it
+    /// (a key where the certificate should be, a certificate of another cluster, an expired
+    /// one...).
     pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<Credentials, TlsError> {
         let ca_certs = certs_from("CA certificate", ca)?;
+        check_ca(ca, &ca_certs)?;
         let chain = certs_from("certificate", cert)?;
-        let key_bytes = std::fs::read(key).map_err(|e| TlsError::File {
-            what: "private key",
-            path: key.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        let key = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| TlsError::File {
-            what: "private key",
-            path: key.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        Ok(Credentials {
+        let key_der =
+            key_in(&read_file("private key", key)?).map_err(|message| TlsError::File {
+                what: "private key",
+                path: key.to_path_buf(),
+                message,
+            })?;
+        certified(&chain, &key_der, Some((cert, key)))?;
+        let creds = Credentials {
             ca: ca_certs,
             chain,
-            key,
-        })
+            key: key_der,
+        };
+        creds.verify_own().map_err(|reason| TlsError::Untrusted {
+            cert: cert.to_path_buf(),
+            ca: ca.to_path_buf(),
+            reason,
+        })?;
+        Ok(creds)
+    }
+
+    /// Verifies this party's own certificate against its CA, as a peer will (a client
+    /// certificate check: every certificate of ours carries client authentication).
+    fn verify_own(&self) -> Result<(), String> {
+        let verifier = WebPkiClientVerifier::builder_with_provider(
+            self.roots().map_err(|e| e.to_string())?,
+            provider(),
+        )
+        .build()
+        .map_err(|e| e.to_string())?;
+        let (leaf, intermediates) = self
+            .chain
+            .split_first()
+            .ok_or("the certificate file holds no certificate")?;
+        let validity = x509_parser::parse_x509_certificate(leaf)
+            .map(|(_, c)| {
+                let v = c.validity();
+                (v.not_before.to_datetime(), v.not_after.to_datetime())
+            })
+            .ok();
+        let now = rustls::pki_types::UnixTime::now();
+        match verifier.verify_client_cert(leaf, intermediates, now) {
+            Ok(_) => Ok(()),
+            Err(rustls::Error::InvalidCertificate(e)) => Err(match e {
+                rustls::CertificateError::UnknownIssuer
+                | rustls::CertificateError::BadSignature => {
+                    "it is not signed by this CA (a certificate of another cluster?); issue \
+                     one with `coracle certs issue` from this CA"
+                        .to_string()
+                }
+                rustls::CertificateError::Expired
+                | rustls::CertificateError::ExpiredContext { .. } => match validity {
+                    Some((_, end)) => {
+                        format!("it expired on {}; issue a new one", crate::certs::date(end))
+                    }
+                    None => "it has expired; issue a new one".into(),
+                },
+                rustls::CertificateError::NotValidYet
+                | rustls::CertificateError::NotValidYetContext { .. } => match validity {
+                    Some((start, _)) => format!(
+                        "it is not valid before {} (is this machine's clock right?)",
+                        crate::certs::date(start)
+                    ),
+                    None => "it is not valid yet (is this machine's clock right?)".into(),
+                },
+                other => format!("{other}"),
+            }),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Credentials from PEM text (CA certificate, certificate, key).
@@ -108,12 +298,14 @@ impl Credentials {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| TlsError::Config(format!("{what}: {e}")))
         };
-        Ok(Credentials {
+        let creds = Credentials {
             ca: parse("CA certificate", ca)?,
             chain: parse("certificate", cert)?,
-            key: PrivateKeyDer::from_pem_slice(key.as_bytes())
+            key: key_in(key.as_bytes())
                 .map_err(|e| TlsError::Config(format!("private key: {e}")))?,
-        })
+        };
+        certified(&creds.chain, &creds.key, None)?;
+        Ok(creds)
     }
 
     /// The identity in this party's own certificate.
@@ -292,5 +484,127 @@ mod tests {
         if segments == QUINN_SEGMENTS_PER_SEND {
             assert!(send(segments + 1).is_err(), "the cap could be higher");
         }
+    }
+
+    /// Files in a temporary directory: a cluster CA, node 1's files, another CA's node.
+    struct Files(std::path::PathBuf);
+
+    impl Files {
+        fn new(tag: &str) -> Files {
+            use crate::certs::{Ca, Identity};
+            let dir =
+                std::env::temp_dir().join(format!("coracle-tls-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let ca = Ca::generate("t", 2).unwrap();
+            ca.write(&dir).unwrap();
+            ca.issue(&Identity::Node(1), 1)
+                .unwrap()
+                .write(&dir, "node-1")
+                .unwrap();
+            ca.issue(&Identity::Node(2), 1)
+                .unwrap()
+                .write(&dir, "node-2")
+                .unwrap();
+            let other = Ca::generate("other", 2).unwrap();
+            other
+                .issue(&Identity::Node(1), 1)
+                .unwrap()
+                .write(&dir, "foreign")
+                .unwrap();
+            std::fs::write(dir.join("empty"), b"").unwrap();
+            std::fs::write(dir.join("garbage"), b"\x00\x01 not pem at all").unwrap();
+            Files(dir)
+        }
+
+        fn load(&self, ca: &str, cert: &str, key: &str) -> Result<Credentials, TlsError> {
+            Credentials::load(&self.0.join(ca), &self.0.join(cert), &self.0.join(key))
+        }
+
+        /// The error message of loading these files.
+        fn error(&self, ca: &str, cert: &str, key: &str) -> String {
+            match self.load(ca, cert, key) {
+                Ok(_) => panic!("{ca} {cert} {key} accepted"),
+                Err(e) => e.to_string(),
+            }
+        }
+    }
+
+    impl Drop for Files {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Each wrong file is named, with what it holds instead ("private key ...: no items
+    /// found" was all a swapped key file got, and a key of another certificate showed only
+    /// as "cannot listen on ...: KeyMismatch").
+    #[test]
+    fn wrong_certificate_files_are_named_with_what_is_wrong() {
+        let f = Files::new("wrong");
+        assert!(f.load("ca.pem", "node-1.pem", "node-1.key").is_ok());
+        let cases = [
+            // A certificate where the key should be, and the other way round.
+            (("ca.pem", "node-1.pem", "node-1.pem"), "private key"),
+            (
+                ("ca.pem", "node-1.pem", "node-1.pem"),
+                "holds a certificate, not a private key",
+            ),
+            (
+                ("ca.pem", "node-1.key", "node-1.key"),
+                "holds a private key, not a certificate",
+            ),
+            (
+                ("ca.key", "node-1.pem", "node-1.key"),
+                "holds a private key, not a certificate",
+            ),
+            // Empty and non-PEM files.
+            (("ca.pem", "node-1.pem", "empty"), "empty"),
+            (("ca.pem", "garbage", "node-1.key"), "not a PEM file"),
+            (("ca.pem", "node-1.pem", "missing"), "missing"),
+            // A key of another certificate.
+            (
+                ("ca.pem", "node-1.pem", "node-2.key"),
+                "does not belong to certificate",
+            ),
+            // A node certificate given as the CA.
+            (
+                ("node-2.pem", "node-1.pem", "node-1.key"),
+                "not a CA certificate",
+            ),
+            // A certificate of another cluster's CA.
+            (
+                ("ca.pem", "foreign.pem", "foreign.key"),
+                "not signed by this CA",
+            ),
+        ];
+        for ((ca, cert, key), expected) in cases {
+            let m = f.error(ca, cert, key);
+            assert!(m.contains(expected), "{ca} {cert} {key}: {m}");
+        }
+    }
+
+    #[test]
+    fn an_expired_certificate_is_refused_with_its_date() {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        use time::{Duration, OffsetDateTime};
+        let f = Files::new("expired");
+        let now = OffsetDateTime::now_utc();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["node-1.coracle".to_string()]).unwrap();
+        params.not_before = now - Duration::days(10);
+        params.not_after = now - Duration::days(2);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        std::fs::write(f.0.join("old-ca.pem"), ca_cert.pem()).unwrap();
+        std::fs::write(f.0.join("old.pem"), cert.pem()).unwrap();
+        std::fs::write(f.0.join("old.key"), key.serialize_pem()).unwrap();
+        let m = f.error("old-ca.pem", "old.pem", "old.key");
+        let date = crate::certs::date(params.not_after);
+        assert!(m.contains("expired on") && m.contains(&date), "{m}");
     }
 }

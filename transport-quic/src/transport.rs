@@ -9,7 +9,11 @@
 //!   certificate against the cluster CA (both ways); the node id is read from it. Every
 //!   frame's envelope must say `from` = that id and `to` = this node, or it is malformed.
 //!   A peer without a certificate, or with one from another CA, fails the handshake: no
-//!   byte of Raft is read from it, and the refusal is logged and counted.
+//!   byte of Raft is read from it, and the refusal is logged with its reason and counted
+//!   ([`TransportStats::refused`]); a peer that gives up during the handshake (it went
+//!   away, closed, or refused this node's certificate) is counted apart
+//!   ([`TransportStats::handshakes_abandoned`]). A dial that fails the handshake is logged
+//!   (WARN) on the dialling side too.
 //! - **Per message kind.** Small messages (votes, heartbeats, acknowledgements, reads) go
 //!   as QUIC datagrams when they fit; AppendEntries with entries go on a long-lived
 //!   unidirectional stream; InstallSnapshot chunks on another stream with its own queue,
@@ -18,7 +22,9 @@
 //! - **Bad input.** A malformed frame (bad length, bad version or cluster, undecodable,
 //!   wrong sender or receiver) stops that stream with [`ERR_MALFORMED`], is logged and
 //!   counted in [`TransportStats::malformed`]; the connection and the node go on. A
-//!   malformed datagram is counted and dropped.
+//!   malformed datagram is counted and dropped. A UDP datagram that is no QUIC packet for
+//!   this node at all is dropped by quinn and counted in [`TransportStats::stray_datagrams`]
+//!   ([`stray`](crate::stray)).
 //! - **Back-pressure.** Each peer has a bounded send queue; when it is full (the peer is
 //!   slow or gone) frames are dropped and counted, and Raft retransmits.
 
@@ -63,8 +69,15 @@ pub enum Inbound {
 /// Counters of the transport.
 #[derive(Debug, Default)]
 pub struct TransportStats {
-    /// Connections refused at the handshake (no certificate, another CA, wrong ALPN...).
+    /// Connections this node refused at the handshake (no certificate, another CA, wrong
+    /// ALPN, an unusable identity...); each is logged with its reason.
     pub refused: AtomicU64,
+    /// Handshakes the other side gave up: it went silent (timed out), closed, or refused
+    /// this node's certificate. Not refusals of this node's.
+    pub handshakes_abandoned: AtomicU64,
+    /// UDP datagrams to this node's port that are no QUIC packet for it (garbage, another
+    /// QUIC version, a connection ID this node never gave out): quinn drops them.
+    pub stray_datagrams: AtomicU64,
     /// Malformed frames and datagrams received.
     pub malformed: AtomicU64,
     /// Frames dropped on the send side (no connection, queue full, send error).
@@ -82,8 +95,8 @@ pub struct TransportStats {
 }
 
 impl TransportStats {
-    fn inc(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn inc(counter: &AtomicU64) -> u64 {
+        counter.fetch_add(1, Ordering::Relaxed) + 1
     }
     /// A counter's value.
     pub fn get(counter: &AtomicU64) -> u64 {
@@ -275,6 +288,26 @@ struct LinkHandle {
     bulk: Sender<(Class, Bytes)>,
 }
 
+/// Why a transport could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// rustls or quinn refused the TLS configuration.
+    Tls(tls::TlsError),
+    /// The address cannot be bound.
+    Bind(std::io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Tls(e) => write!(f, "{e}"),
+            StartError::Bind(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
 /// Handles connections from clients (non-node certificates).
 pub type ClientHandler = Arc<dyn Fn(quinn::Connection, Identity) + Send + Sync>;
 
@@ -291,6 +324,8 @@ pub struct Transport {
     stats: Arc<TransportStats>,
     inbound: Sender<Inbound>,
     closing: AtomicBool,
+    /// The hello every node connection starts with ([`crate::hello`]).
+    greeting: crate::hello::Greeting,
 }
 
 impl std::fmt::Debug for Transport {
@@ -303,8 +338,8 @@ impl std::fmt::Debug for Transport {
 }
 
 impl Transport {
-    /// Binds `listen` and starts accepting connections. Node connections feed `inbound`;
-    /// client connections go to `on_client`.
+    /// Binds `listen` and starts accepting connections. Node connections start with
+    /// `greeting`'s hello, then feed `inbound`; client connections go to `on_client`.
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         id: NodeId,
@@ -315,15 +350,19 @@ impl Transport {
         settings: TransportSettings,
         inbound: Sender<Inbound>,
         on_client: ClientHandler,
-    ) -> Result<Arc<Transport>, std::io::Error> {
-        let server = tls::server_config(creds, quic).map_err(std::io::Error::other)?;
-        let client_config = tls::client_config(creds, quic).map_err(std::io::Error::other)?;
-        let endpoint = quinn::Endpoint::new(
-            tls::endpoint_config(),
-            Some(server),
-            bind_udp(listen)?,
-            Arc::new(quinn::SmolRuntime),
-        )?;
+        greeting: crate::hello::Greeting,
+    ) -> Result<Arc<Transport>, StartError> {
+        let server = tls::server_config(creds, quic).map_err(StartError::Tls)?;
+        let client_config = tls::client_config(creds, quic).map_err(StartError::Tls)?;
+        let stats = Arc::new(TransportStats::default());
+        let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::SmolRuntime);
+        let socket = runtime
+            .wrap_udp_socket(bind_udp(listen).map_err(StartError::Bind)?)
+            .map_err(StartError::Bind)?;
+        let (config, socket) = crate::stray::counting_socket(id, socket, stats.clone());
+        let endpoint =
+            quinn::Endpoint::new_with_abstract_socket(config, Some(server), socket, runtime)
+                .map_err(StartError::Bind)?;
         let t = Arc::new(Transport {
             id,
             cluster,
@@ -333,9 +372,10 @@ impl Transport {
             links: Mutex::new(HashMap::new()),
             addrs: Mutex::new(HashMap::new()),
             isolated: Mutex::new(HashSet::new()),
-            stats: Arc::new(TransportStats::default()),
+            stats,
             inbound,
             closing: AtomicBool::new(false),
+            greeting,
         });
         smol::spawn(accept_loop(t.clone(), on_client)).detach();
         Ok(t)
@@ -398,7 +438,7 @@ impl Transport {
         match queue.try_send((class, frame)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Closed(_)) => {
-                TransportStats::inc(&self.stats.dropped)
+                TransportStats::inc(&self.stats.dropped);
             }
         }
     }
@@ -487,6 +527,42 @@ impl Transport {
     }
 }
 
+/// How a handshake ended without a connection, from this side's point of view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HandshakeFailure {
+    /// This side refused the peer (its certificate, protocol or QUIC version).
+    Refused,
+    /// The peer refused this side (a TLS alert: it does not trust this certificate...).
+    RefusedByPeer,
+    /// The peer went away, closed or reset before the handshake completed.
+    Abandoned,
+    /// This side is shutting down.
+    ShuttingDown,
+}
+
+impl HandshakeFailure {
+    fn of(e: &quinn::ConnectionError) -> HandshakeFailure {
+        use quinn::ConnectionError as E;
+        match e {
+            E::TransportError(_) | E::VersionMismatch | E::CidsExhausted => {
+                HandshakeFailure::Refused
+            }
+            E::ConnectionClosed(close) if is_tls_alert(close.error_code) => {
+                HandshakeFailure::RefusedByPeer
+            }
+            E::ConnectionClosed(_) | E::ApplicationClosed(_) | E::Reset | E::TimedOut => {
+                HandshakeFailure::Abandoned
+            }
+            E::LocallyClosed => HandshakeFailure::ShuttingDown,
+        }
+    }
+}
+
+/// True for QUIC's `CRYPTO_ERROR` codes (0x100 + a TLS alert, RFC 9000 20.1).
+fn is_tls_alert(code: quinn::TransportErrorCode) -> bool {
+    (0x100..0x200).contains(&u64::from(code))
+}
+
 async fn accept_loop(t: Arc<Transport>, on_client: ClientHandler) {
     while let Some(incoming) = t.endpoint.accept().await {
         let t = t.clone();
@@ -496,13 +572,30 @@ async fn accept_loop(t: Arc<Transport>, on_client: ClientHandler) {
             let conn = match incoming.await {
                 Ok(c) => c,
                 Err(e) => {
-                    TransportStats::inc(&t.stats.refused);
-                    warn!(node = t.id, %remote, error = %e, "refused connection");
+                    match HandshakeFailure::of(&e) {
+                        HandshakeFailure::Refused => {
+                            TransportStats::inc(&t.stats.refused);
+                            warn!(node = t.id, %remote, reason = %e, "refused connection");
+                        }
+                        HandshakeFailure::RefusedByPeer => {
+                            TransportStats::inc(&t.stats.handshakes_abandoned);
+                            warn!(node = t.id, %remote, reason = %e, "handshake abandoned: the peer refused this node's certificate");
+                        }
+                        HandshakeFailure::Abandoned => {
+                            TransportStats::inc(&t.stats.handshakes_abandoned);
+                            debug!(node = t.id, %remote, reason = %e, "handshake abandoned by the peer");
+                        }
+                        HandshakeFailure::ShuttingDown => {}
+                    }
                     return;
                 }
             };
             match tls::peer_identity(&conn) {
-                Some(Identity::Node(peer)) if peer != t.id => t.install(peer, conn),
+                Some(Identity::Node(peer)) if peer != t.id => {
+                    if crate::hello::exchange(&t.greeting, peer, &conn, false, &t.stats).await {
+                        t.install(peer, conn)
+                    }
+                }
                 Some(id @ Identity::Client { .. }) => {
                     TransportStats::inc(&t.stats.client_connections);
                     debug!(node = t.id, %remote, client = %id, "client connected");
@@ -510,7 +603,11 @@ async fn accept_loop(t: Arc<Transport>, on_client: ClientHandler) {
                 }
                 other => {
                     TransportStats::inc(&t.stats.refused);
-                    warn!(node = t.id, %remote, identity = ?other, "refused connection: unusable identity");
+                    let reason = match other {
+                        Some(Identity::Node(_)) => "its certificate names this node's own id",
+                        _ => "its certificate carries no coracle identity",
+                    };
+                    warn!(node = t.id, %remote, reason, "refused connection");
                     conn.close(quinn::VarInt::from_u32(ERR_IDENTITY), b"identity");
                 }
             }
@@ -539,7 +636,12 @@ async fn dialer(t: Arc<Transport>, link: Arc<Link>) {
             {
                 Ok(connecting) => match connecting.await {
                     Ok(conn) => {
-                        if tls::peer_identity(&conn) == Some(Identity::Node(peer)) {
+                        if tls::peer_identity(&conn) != Some(Identity::Node(peer)) {
+                            conn.close(quinn::VarInt::from_u32(ERR_IDENTITY), b"identity");
+                            warn!(node = t.id, peer, "peer certificate is not node {peer}'s");
+                        } else if crate::hello::exchange(&t.greeting, peer, &conn, true, &t.stats)
+                            .await
+                        {
                             backoff = t.settings.reconnect_min;
                             failures = 0;
                             t.install(peer, conn.clone());
@@ -547,13 +649,22 @@ async fn dialer(t: Arc<Transport>, link: Arc<Link>) {
                             smol::Timer::after(t.settings.reconnect_min).await;
                             continue;
                         }
-                        conn.close(quinn::VarInt::from_u32(ERR_IDENTITY), b"identity");
-                        warn!(node = t.id, peer, "peer certificate is not node {peer}'s");
                     }
                     Err(e) => {
                         failures += 1;
-                        if failures == 1 || failures.is_multiple_of(50) {
-                            debug!(node = t.id, peer, %addr, error = %e, failures, "dial failed");
+                        let report = failures == 1 || failures.is_multiple_of(50);
+                        match HandshakeFailure::of(&e) {
+                            // The handshake ran and failed: a certificate or protocol problem
+                            // that waiting will not fix, reported on this side too.
+                            HandshakeFailure::Refused | HandshakeFailure::RefusedByPeer
+                                if report =>
+                            {
+                                warn!(node = t.id, peer, %addr, error = %e, failures, "dial failed: TLS handshake with the peer failed");
+                            }
+                            _ if report => {
+                                debug!(node = t.id, peer, %addr, error = %e, failures, "dial failed");
+                            }
+                            _ => {}
                         }
                     }
                 },

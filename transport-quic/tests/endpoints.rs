@@ -93,11 +93,11 @@ fn connections_without_a_certificate_or_from_another_ca_are_refused() {
     let addr = node.local_addr();
     let refused = || TransportStats::get(&node.stats().refused);
 
-    // Our own client certificate works (the control). (No check that `refused` is still 0:
-    // on a loaded machine a handshake of the start-up probe that its client gave up on is
-    // counted too.)
+    // Our own client certificate works (the control), and nothing was refused so far (a
+    // start-up probe that its client gave up on is no refusal).
     let good = tls::client_config(&setup.creds("client-alice"), &QuicSettings::default()).unwrap();
     assert!(smol::block_on(request_answered(good, addr)));
+    assert_eq!(refused(), 0);
 
     // No certificate at all.
     let before = refused();
@@ -126,13 +126,80 @@ fn connections_without_a_certificate_or_from_another_ca_are_refused() {
     node.shutdown().unwrap();
 }
 
+/// Clients that give up during the handshake are counted apart from the connections the
+/// node refused (they were counted as refused): one that goes silent after its first
+/// packet, and one that refuses the node's certificate (it trusts another CA).
+#[test]
+fn handshakes_given_up_by_the_client_are_not_counted_as_refusals() {
+    let (setup, node) = single_node("abandon");
+    let addr = node.local_addr();
+    let refused = || TransportStats::get(&node.stats().refused);
+    let abandoned = || TransportStats::get(&node.stats().handshakes_abandoned);
+    let (refused_before, abandoned_before) = (refused(), abandoned());
+
+    // 1. A client that sends its Initial packet and is never heard of again: its first
+    // datagram is caught on a socket of ours, then sent to the node from another socket
+    // that never answers. The node's handshake times out (its idle timeout, 1 s here).
+    let catcher = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    catcher
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let good = tls::client_config(&setup.creds("client-alice"), &QuicSettings::default()).unwrap();
+    let ep = endpoint();
+    let _connecting = ep
+        .connect_with(good, catcher.local_addr().unwrap(), ANY_NODE_NAME)
+        .unwrap();
+    let mut initial = vec![0u8; 65536];
+    let (n, _) = catcher.recv_from(&mut initial).unwrap();
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    silent.send_to(&initial[..n], addr).unwrap();
+    ep.close(0u32.into(), b"");
+
+    // 2. A client that does not trust the node's certificate (another CA) and so aborts
+    // the handshake with a TLS alert.
+    let other = Ca::generate("other", 1).unwrap();
+    let mine = setup
+        .ca
+        .issue(
+            &Identity::Client {
+                name: "bob".into(),
+                admin: false,
+            },
+            1,
+        )
+        .unwrap();
+    let distrustful =
+        Credentials::from_pem(other.cert_pem(), &mine.cert_pem, &mine.key_pem).unwrap();
+    let config = tls::client_config(&distrustful, &QuicSettings::default()).unwrap();
+    assert!(!smol::block_on(request_answered(config, addr)));
+
+    // Liveness bound: the node's idle timeout is 1 s; 20 s is generous on a loaded machine.
+    let both = wait_for(Duration::from_secs(20), || {
+        (abandoned() >= abandoned_before + 2).then_some(())
+    });
+    assert!(
+        both.is_some(),
+        "{} abandoned handshakes counted",
+        abandoned() - abandoned_before
+    );
+    assert_eq!(
+        refused(),
+        refused_before,
+        "a client's giving up is no refusal"
+    );
+    node.shutdown().unwrap();
+}
+
 #[test]
 fn garbage_on_the_udp_port_and_on_open_streams_is_counted_and_survived() {
     let (setup, node) = single_node("garbage");
     let addr = node.local_addr();
     let malformed = || TransportStats::get(&node.stats().malformed);
 
-    // 1. Random datagrams of every size to the UDP port (quinn drops what is no QUIC).
+    // 1. Random datagrams of every size to the UDP port: quinn drops them (they are no
+    // QUIC), and every one is counted as a stray datagram (nothing counted them before).
+    let stray = || TransportStats::get(&node.stats().stray_datagrams);
+    let stray_before = stray();
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     for len in 0..1500usize {
@@ -145,20 +212,64 @@ fn garbage_on_the_udp_port_and_on_open_streams_is_counted_and_survived() {
             })
             .collect();
         let _ = udp.send_to(&bytes, addr);
+        if len % 50 == 49 {
+            // Paced, so the kernel's receive buffer never overflows.
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
+    let counted = wait_for(Duration::from_secs(10), || {
+        (stray() >= stray_before + 1500).then_some(())
+    });
+    assert!(
+        counted.is_some(),
+        "{} of 1500 garbage datagrams counted",
+        stray() - stray_before
+    );
+    assert_eq!(
+        malformed(),
+        0,
+        "garbage without a connection is no malformed frame"
+    );
 
-    // 2. A peer with a valid node certificate (node 2) that sends garbage.
+    // 2. A peer with a valid node certificate (node 2) that sends garbage: first instead
+    // of its hello (the connection is closed, counted), then after it.
     let issued = setup.ca.issue(&Identity::Node(2), 1).unwrap();
     let creds =
         Credentials::from_pem(setup.ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap();
     let config = tls::client_config(&creds, &QuicSettings::default()).unwrap();
     let ep = endpoint();
     smol::block_on(async {
+        let before = malformed();
+        let conn = ep
+            .connect_with(config.clone(), addr, "node-1.coracle")
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut s, _r) = conn.open_bi().await.unwrap();
+        s.write_all(&[0x5a; 64]).await.unwrap();
+        let closed = smol::future::or(async { Some(conn.closed().await) }, async {
+            smol::Timer::after(Duration::from_secs(10)).await;
+            None
+        })
+        .await;
+        assert!(
+            matches!(&closed, Some(quinn::ConnectionError::ApplicationClosed(c))
+                if c.error_code == coracle_quic::transport::ERR_MALFORMED.into()),
+            "{closed:?}"
+        );
+        assert!(malformed() > before);
+
         let conn = ep
             .connect_with(config, addr, "node-1.coracle")
             .unwrap()
             .await
             .unwrap();
+        let book_dir = setup.path().join("fake-node-2");
+        std::fs::create_dir_all(&book_dir).unwrap();
+        let book = Arc::new(coracle_quic::storage::Incarnations::open(&book_dir).unwrap());
+        let greeting = coracle_quic::hello::Greeting::new(7, 2, 0x2222, book);
+        let stats = TransportStats::default();
+        assert!(coracle_quic::hello::exchange(&greeting, 1, &conn, true, &stats).await);
         let mut expected = malformed();
         // a) bytes that are no frame, b) a length prefix past the limit, c) a valid
         // envelope that claims to come from node 3, d) one for another cluster.

@@ -237,7 +237,9 @@ fn a_node_down_past_the_compaction_point_catches_up_through_a_snapshot_and_resta
 fn a_full_log_is_snapshotted_and_compacted_to_make_room() {
     let setup = Setup::new("snap-full", 1);
     // No periodic snapshots: only "the log is full" (a 24 KiB quota) triggers them.
-    let text = setup.config_text(1)
+    let text = setup
+        .config_text(1)
+        .replace("[raft]\n", "[raft]\nmax_entry_bytes = 2048\n")
         + "[storage]\nsegment_bytes = 2048\nmax_log_bytes = 24576\nsnapshot_entries = 0\n";
     let cfg = NodeConfig::parse(&text, setup.path()).unwrap();
     let node = RunningNode::start(&cfg).unwrap();
@@ -266,7 +268,9 @@ fn a_full_log_is_snapshotted_and_compacted_to_make_room() {
 #[test]
 fn a_full_log_whose_snapshot_cannot_be_saved_loses_nothing() {
     let setup = Setup::new("snap-unsaved", 1);
-    let text = setup.config_text(1)
+    let text = setup
+        .config_text(1)
+        .replace("[raft]\n", "[raft]\nmax_entry_bytes = 2048\n")
         + "[storage]\nsegment_bytes = 2048\nmax_log_bytes = 24576\nsnapshot_entries = 0\n";
     let cfg = NodeConfig::parse(&text, setup.path()).unwrap();
     let node = RunningNode::start(&cfg).unwrap();

@@ -17,13 +17,16 @@ pub const TARGETS: [&str; 3] = [
     "riscv32imc-unknown-none-elf",
 ];
 
-/// The bare-metal builds, as (package, target, extra features); every build also has
+/// The builds without std, as (package, target, extra features); every build also has
 /// `--no-default-features`. The core on every target; the datagram binding's codec and
 /// security layer on the smallest one, and its embassy driver on a Cortex-M4.
-const BUILDS: [(&str, &str, &[&str]); 6] = [
+const BUILDS: [(&str, &str, &[&str]); 7] = [
     (CORE, "thumbv6m-none-eabi", &[]),
     (CORE, "thumbv7em-none-eabihf", &[]),
     (CORE, "riscv32imc-unknown-none-elf", &[]),
+    // The browser (the interactive model of `web/` builds it with std; this proves the
+    // no_std core builds there too).
+    (CORE, crate::web::WASM_TARGET, &[]),
     (CORE, "thumbv7em-none-eabihf", &["serde", "defmt"]),
     ("coracle-udp", "thumbv6m-none-eabi", &[]),
     ("coracle-udp", "thumbv7em-none-eabihf", &["embassy"]),
@@ -51,6 +54,7 @@ pub fn run(args: &[String]) -> Result<()> {
         )));
     }
     ensure_targets(&TARGETS)?;
+    ensure_targets(&[crate::web::WASM_TARGET])?;
 
     let mut checks = Checks::default();
     for (package, target, features) in BUILDS {

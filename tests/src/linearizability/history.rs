@@ -364,3 +364,183 @@ impl History {
         }
     }
 }
+
+/// One operation per line, as [`Operation`] displays it, in [`OpId`] order: the text form
+/// that [`History::from_str`](core::str::FromStr) reads back, to save a history found by
+/// a run and check it again later.
+impl fmt::Display for History {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for operation in &self.ops {
+            writeln!(f, "{operation}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A line of a saved history that cannot be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseHistoryError {
+    /// The line number, from 1.
+    pub line: usize,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for ParseHistoryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.reason)
+    }
+}
+
+impl std::error::Error for ParseHistoryError {}
+
+/// Reads the text form written by [`History`]'s `Display`: one line per operation, such
+/// as `client 3 [t=10..t=25] get(k=1) -> Some(7)` or
+/// `client 2 [t=4..t=inf] cas(k=1, expected=None, new=Some(3)) -> indeterminate`.
+/// Empty lines and lines starting with `#` are skipped; operation ids follow the order of
+/// the lines.
+///
+/// ```
+/// use coracle_tests::linearizability::{check, Budget, History};
+///
+/// let history: History = "# a stale read\n\
+///     client 1 [t=0..t=5] put(k=1, v=7) -> ok\n\
+///     client 2 [t=10..t=12] get(k=1) -> None\n"
+///     .parse()?;
+/// assert_eq!(history.len(), 2);
+/// assert!(check(&history, Budget::default()).report().is_some());
+/// assert_eq!(history.to_string().parse::<History>()?, history);
+/// # Ok::<(), coracle_tests::linearizability::ParseHistoryError>(())
+/// ```
+impl core::str::FromStr for History {
+    type Err = ParseHistoryError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut history = History::new();
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            parse_operation(&mut history, line).map_err(|reason| ParseHistoryError {
+                line: number + 1,
+                reason,
+            })?;
+        }
+        Ok(history)
+    }
+}
+
+/// Parses one line of a saved history into `history`.
+fn parse_operation(history: &mut History, line: &str) -> Result<(), String> {
+    let rest = expect_prefix(line, "client ")?;
+    let (client, rest) = split_once(rest, " [t=")?;
+    let client = number(client, "client id")?;
+    let (invoked, rest) = split_once(rest, "..t=")?;
+    let invoked = number(invoked, "invocation time")?;
+    let (completed, rest) = split_once(rest, "] ")?;
+    let completed = match completed {
+        "inf" => None,
+        t => Some(number(t, "completion time")?),
+    };
+    let (op, output) = split_once(rest, " -> ")?;
+    let op = parse_op(op)?;
+    let id = history.invoke(client, invoked, op);
+    match (completed, output) {
+        (None, "pending") => Ok(()),
+        (None, "indeterminate") => history.timeout(id).map_err(|e| e.to_string()),
+        (None, other) => Err(format!(
+            "`{other}`: an operation without a completion time is `pending` or \
+             `indeterminate`"
+        )),
+        (Some(_), "pending" | "indeterminate") => Err(format!(
+            "a {output} operation has no completion time (write `t=inf`)"
+        )),
+        (Some(completed), output) => {
+            let output = parse_output(output)?;
+            history
+                .complete(id, completed, output)
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// `put(k=1, v=7)`, `get(k=1)`, `delete(k=1)` or `cas(k=1, expected=None, new=Some(3))`.
+fn parse_op(text: &str) -> Result<Op, String> {
+    let (name, args) = split_once(text, "(")?;
+    let args = args
+        .strip_suffix(')')
+        .ok_or_else(|| format!("`{text}`: no closing parenthesis"))?;
+    let args: Vec<&str> = args.split(", ").collect();
+    let arg = |i: usize, label: &str| -> Result<&str, String> {
+        args.get(i)
+            .and_then(|a| a.strip_prefix(label))
+            .and_then(|a| a.strip_prefix('='))
+            .ok_or_else(|| format!("`{text}`: argument {} should be `{label}=...`", i + 1))
+    };
+    let arity = |n: usize| {
+        if args.len() == n {
+            Ok(())
+        } else {
+            Err(format!("`{text}`: {name} takes {n} argument(s)"))
+        }
+    };
+    let key = number(arg(0, "k")?, "key")?;
+    match name {
+        "put" => {
+            arity(2)?;
+            let value = number(arg(1, "v")?, "value")?;
+            Ok(Op::Put { key, value })
+        }
+        "get" => arity(1).map(|()| Op::Get { key }),
+        "delete" => arity(1).map(|()| Op::Delete { key }),
+        "cas" => {
+            arity(3)?;
+            let expected = optional_value(arg(1, "expected")?)?;
+            let new = optional_value(arg(2, "new")?)?;
+            Ok(Op::CompareAndSet { key, expected, new })
+        }
+        other => Err(format!(
+            "unknown operation `{other}` (known: put, get, delete, cas)"
+        )),
+    }
+}
+
+/// `ok`, `None`, `Some(7)`, `true` or `false`.
+fn parse_output(text: &str) -> Result<Output, String> {
+    match text {
+        "ok" => Ok(Output::Done),
+        "true" => Ok(Output::Cas(true)),
+        "false" => Ok(Output::Cas(false)),
+        value => optional_value(value)
+            .map(Output::Read)
+            .map_err(|_| format!("`{value}` is not an output (ok, None, Some(v), true, false)")),
+    }
+}
+
+/// `None` or `Some(7)`.
+fn optional_value(text: &str) -> Result<Option<Value>, String> {
+    if text == "None" {
+        return Ok(None);
+    }
+    let inner = text
+        .strip_prefix("Some(")
+        .and_then(|t| t.strip_suffix(')'))
+        .ok_or_else(|| format!("`{text}` is not a value (None or Some(v))"))?;
+    number(inner, "value").map(Some)
+}
+
+fn number(text: &str, what: &str) -> Result<u64, String> {
+    text.parse()
+        .map_err(|_| format!("{what} `{text}` is not a number"))
+}
+
+fn expect_prefix<'a>(text: &'a str, prefix: &str) -> Result<&'a str, String> {
+    text.strip_prefix(prefix)
+        .ok_or_else(|| format!("`{text}` does not start with `{prefix}`"))
+}
+
+fn split_once<'a>(text: &'a str, separator: &str) -> Result<(&'a str, &'a str), String> {
+    text.split_once(separator)
+        .ok_or_else(|| format!("`{text}`: `{separator}` expected"))
+}

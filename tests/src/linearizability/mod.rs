@@ -8,9 +8,13 @@
 //!
 //! Operations on different keys are independent, so each key's sub-history is checked on
 //! its own (linearizability is compositional). The search is the Wing & Gong algorithm
-//! with Lowe's memoization of explored configurations (as in porcupine), bounded by a
-//! [`Budget`]: when the budget runs out the answer is [`CheckResult::Unknown`] rather than
-//! a hang.
+//! with Lowe's memoization of explored configurations (as in porcupine), made to cope
+//! with many indeterminate operations (configurations that others dominate are pruned,
+//! values nobody observes are merged), bounded by a [`Budget`]: when the budget runs out
+//! the answer is [`CheckResult::Unknown`] rather than a hang.
+//!
+//! A [`History`] displays as text, one operation per line, and parses back from it:
+//! `sim --seed S --save-history FILE` saves one, `sim --check-history FILE` checks it.
 //!
 //! Operations whose client timed out ([`History::timeout`]), or that are still pending
 //! when the check runs, are indeterminate, as in Jepsen/Knossos: they may have taken effect
@@ -45,7 +49,8 @@ mod search;
 mod tests;
 
 pub use history::{
-    ClientId, History, HistoryError, Key, Op, OpId, Operation, Outcome, Output, Time, Value,
+    ClientId, History, HistoryError, Key, Op, OpId, Operation, Outcome, Output, ParseHistoryError,
+    Time, Value,
 };
 pub use report::{Candidate, Report, Verdict};
 

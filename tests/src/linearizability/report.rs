@@ -17,7 +17,8 @@ const SHOWN_PREFIX: usize = 10;
 /// just before the deadline (operations still running then left pending) is linearizable,
 /// by [`prefix`](Self::prefix); cut at the deadline it is not: [`blocked`](Self::blocked)
 /// must take effect by then, and after the prefix neither it nor any other operation
-/// that could come next (the [`candidates`](Self::candidates)) fits.
+/// that could come next (the [`candidates`](Self::candidates)) fits, or (an indeterminate
+/// one) leads to an order that does.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Report {
     /// The key whose sub-history is not linearizable.
@@ -46,9 +47,6 @@ pub struct Candidate {
 }
 
 /// Why a [`Candidate`] cannot be linearized next.
-///
-/// An operation that does fit after the prefix is never a candidate: the search tries
-/// such operations first, and the report describes the first time it got this far.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// Its recorded output is not what the model returns at this point.
@@ -59,6 +57,13 @@ pub enum Verdict {
     /// It is indeterminate and would not change the value here, so placing it here is the
     /// same as leaving it out.
     NoEffect,
+    /// It is indeterminate and would only replace a value that no operation reads or
+    /// compares with by another such value: no operation could tell it happened, so
+    /// placing it here is the same as leaving it out.
+    Unobserved,
+    /// It is indeterminate and could take effect here, but no order that places it here
+    /// gets past the deadline either (the search tried them all).
+    DeadEnd,
 }
 
 impl fmt::Display for Report {
@@ -107,6 +112,10 @@ impl fmt::Display for Report {
             match candidate.verdict {
                 Verdict::WrongOutput { model } => write!(f, "[model gives {model}]")?,
                 Verdict::NoEffect => write!(f, "[would change nothing here]")?,
+                Verdict::Unobserved => {
+                    write!(f, "[would only write a value no operation observes]")?
+                }
+                Verdict::DeadEnd => write!(f, "[could come next, but leads to no order]")?,
             }
         }
         Ok(())

@@ -132,6 +132,99 @@ fn linearizability_operations_display_readably() {
     );
 }
 
+// ---------------------------------------------------------------- the text form
+
+#[test]
+fn linearizability_histories_read_back_from_their_text() {
+    let mut h = History::new();
+    done(&mut h, 3, (10, 25), get(1), read(Some(7)));
+    done(&mut h, 1, (0, 5), put(2, 9), OK);
+    timed_out(&mut h, 2, 4, cas(1, None, Some(3)));
+    h.invoke(5, 30, delete(4));
+    done(&mut h, 6, (1, 2), cas(1, Some(1), None), Output::Cas(false));
+    done(&mut h, 6, (3, 3), get(1), read(None));
+    let text = h.to_string();
+    assert_eq!(text.lines().count(), 6);
+    assert_eq!(text.parse::<History>(), Ok(h));
+    // Comments and blank lines are skipped; ids follow the lines.
+    let h: History = "# saved\n\n  client 1 [t=0..t=1] put(k=1, v=2) -> ok  \n"
+        .parse()
+        .unwrap();
+    assert_eq!(h.len(), 1);
+    for seed in 0..20 {
+        let h = concurrent_history(seed, &SMALL);
+        assert_eq!(h.to_string().parse::<History>(), Ok(h), "seed {seed}");
+    }
+}
+
+#[test]
+fn linearizability_bad_history_text_is_refused_with_its_line() {
+    let refused = |text: &str| text.parse::<History>().unwrap_err();
+    let e =
+        refused("client 1 [t=0..t=1] put(k=1, v=2) -> ok\nclient 2 [t=5..t=3] get(k=1) -> None");
+    assert_eq!(e.line, 2);
+    assert!(
+        e.to_string()
+            .starts_with("line 2: operation #1 completed at t=3"),
+        "{e}"
+    );
+    for (text, wanted) in [
+        (
+            "client x [t=0..t=1] get(k=1) -> None",
+            "client id `x` is not a number",
+        ),
+        ("client 1 [t=0..t=1] get(k=1) -> ok", "cannot answer"),
+        (
+            "client 1 [t=0..t=1] get(k=1) -> Some(x)",
+            "`Some(x)` is not an output",
+        ),
+        (
+            "client 1 [t=0..t=1] frob(k=1) -> ok",
+            "unknown operation `frob`",
+        ),
+        (
+            "client 1 [t=0..t=1] put(k=1) -> ok",
+            "put takes 2 argument(s)",
+        ),
+        (
+            "client 1 [t=0..t=1] get(k=1, v=2) -> None",
+            "get takes 1 argument(s)",
+        ),
+        (
+            "client 1 [t=0..t=1] cas(k=1, new=None, expected=None) -> true",
+            "`expected=...`",
+        ),
+        (
+            "client 1 [t=0..t=inf] get(k=1) -> None",
+            "`pending` or `indeterminate`",
+        ),
+        (
+            "client 1 [t=0..t=4] put(k=1, v=2) -> indeterminate",
+            "write `t=inf`",
+        ),
+        (
+            "client 1 [t=0..t=1] get(k=1 -> None",
+            "no closing parenthesis",
+        ),
+        ("put(k=1, v=2)", "does not start with `client `"),
+        (
+            "client 1 [t=99999999999999999999..t=inf] get(k=1) -> pending",
+            "not a number",
+        ),
+    ] {
+        let e = refused(text);
+        assert_eq!(e.line, 1, "{text}");
+        assert!(e.reason.contains(wanted), "{text}: {e}");
+    }
+    // Every cut of every line is read or refused, never a panic.
+    let text = concurrent_history(1, &SMALL).to_string();
+    for line in text.lines().take(50) {
+        for cut in 0..line.len() {
+            let _ = line[..cut].parse::<History>();
+        }
+    }
+}
+
 // ---------------------------------------------------------------- linearizable histories
 
 #[test]
@@ -480,6 +573,270 @@ fn linearizability_pending_operations_are_indeterminate() {
     assert_linearizable(&h);
 }
 
+// ---------------------------------------------------------------- values nobody observes
+
+#[test]
+fn linearizability_unobserved_values_still_fail_a_cas() {
+    // 1 is compared with, 2 is observed by no one: the search writes a stand-in for 2,
+    // which must still differ from 1.
+    let mut h = History::new();
+    done(&mut h, 1, (0, 1), put(1, 1), OK);
+    done(&mut h, 1, (2, 3), put(1, 2), OK);
+    done(
+        &mut h,
+        2,
+        (4, 5),
+        cas(1, Some(1), Some(9)),
+        Output::Cas(true),
+    );
+    let report = assert_not_linearizable(&h);
+    // The report shows the value written, not the stand-in.
+    assert_eq!(report.value_after_prefix, Some(2));
+
+    // ... and from absence: a CAS from absent fails after an unobserved write.
+    let mut h = History::new();
+    timed_out(&mut h, 1, 0, put(1, 2));
+    done(&mut h, 2, (4, 5), cas(1, None, Some(9)), Output::Cas(false));
+    assert_linearizable(&h);
+    let mut h = History::new();
+    done(&mut h, 2, (4, 5), cas(1, None, Some(9)), Output::Cas(false));
+    timed_out(&mut h, 1, 6, put(1, 2));
+    assert_not_linearizable(&h);
+}
+
+#[test]
+fn linearizability_the_stand_in_value_is_not_an_observed_one() {
+    // Values near the top of the range are observed: the stand-in must avoid them.
+    let mut h = History::new();
+    done(&mut h, 1, (0, 1), put(1, Value::MAX), OK);
+    done(&mut h, 1, (2, 3), put(1, Value::MAX - 1), OK);
+    done(&mut h, 2, (4, 5), get(1), read(Some(Value::MAX)));
+    let report = assert_not_linearizable(&h);
+    assert_eq!(report.value_after_prefix, Some(Value::MAX - 1));
+
+    let mut h = History::new();
+    done(&mut h, 1, (0, 1), put(1, Value::MAX - 2), OK);
+    done(
+        &mut h,
+        2,
+        (2, 3),
+        cas(1, Some(Value::MAX), None),
+        Output::Cas(true),
+    );
+    done(
+        &mut h,
+        2,
+        (4, 5),
+        cas(1, Some(Value::MAX - 1), None),
+        Output::Cas(false),
+    );
+    assert_not_linearizable(&h);
+}
+
+// ---------------------------------------------------------------- many indeterminate writes
+
+/// `n` writes that time out, all invoked at the start, then a read of each value in turn
+/// (each write took effect late, just before its read), then optionally a read of a value
+/// never written.
+fn late_writes(n: u64, bad_read: bool) -> History {
+    let mut h = History::new();
+    for i in 0..n {
+        timed_out(&mut h, i, i, put(1, i + 1));
+    }
+    for i in 0..n {
+        done(
+            &mut h,
+            100,
+            (1000 + 10 * i, 1001 + 10 * i),
+            get(1),
+            read(Some(i + 1)),
+        );
+    }
+    if bad_read {
+        done(&mut h, 100, (5000, 5001), get(1), read(Some(9999)));
+    }
+    h
+}
+
+#[test]
+fn linearizability_many_indeterminate_writes_are_decided() {
+    // Every subset of the writes that timed out, in every order, is a configuration of
+    // its own: before the search pruned dominated configurations and tried determinate
+    // operations first, none of these was decided within 100 million steps.
+    let budget = Budget::steps(100_000);
+    assert!(check(&late_writes(24, false), budget).is_linearizable());
+    let report = check(&late_writes(24, true), budget)
+        .report()
+        .cloned()
+        .expect("a read of a value never written");
+    assert_eq!(report.deadline, 5001);
+    assert_eq!(report.value_after_prefix, Some(24));
+
+    // The same writes, with the impossible read before all the others.
+    let mut h = History::new();
+    for i in 0..24 {
+        timed_out(&mut h, i, i, put(1, i + 1));
+    }
+    done(&mut h, 100, (500, 501), get(1), read(Some(9999)));
+    let report = check(&h, budget)
+        .report()
+        .cloned()
+        .expect("not linearizable");
+    assert_eq!(report.deadline, 501);
+
+    // Indeterminate writes of values nobody reads are all alike.
+    let mut h = History::new();
+    for i in 0..40 {
+        timed_out(&mut h, i, i, put(1, 100 + i));
+        timed_out(&mut h, i, i, cas(1, None, Some(200 + i)));
+    }
+    timed_out(&mut h, 50, 50, delete(1));
+    done(
+        &mut h,
+        100,
+        (500, 501),
+        cas(1, None, Some(1)),
+        Output::Cas(false),
+    );
+    done(&mut h, 100, (502, 503), get(1), read(None));
+    assert!(check(&h, budget).is_linearizable());
+}
+
+/// Whether some order of `h`'s operations (all on one key) explains every output: every
+/// order is tried, with the plain model, without the search's abstraction or pruning
+/// (it only remembers the (placed operations, value) pairs that failed).
+fn brute_force(h: &History) -> bool {
+    fn explain(
+        ops: &[Operation],
+        placed: u64,
+        value: Option<Value>,
+        failed: &mut std::collections::HashSet<(u64, Option<Value>)>,
+    ) -> bool {
+        let unplaced = |i: usize| placed & (1 << i) == 0;
+        // The determinate operations still to place.
+        let open: Vec<usize> = (0..ops.len())
+            .filter(|&i| unplaced(i) && ops[i].output().is_some())
+            .collect();
+        if open.is_empty() {
+            return true;
+        }
+        if failed.contains(&(placed, value)) {
+            return false;
+        }
+        for (i, o) in ops.iter().enumerate() {
+            // `o` comes next only if no operation still to place completed before it began.
+            let preceded = open
+                .iter()
+                .any(|&j| ops[j].completed().is_some_and(|c| c < o.invoked));
+            if !unplaced(i) || preceded {
+                continue;
+            }
+            let (after, output) = o.op.apply(value);
+            if o.output().is_some_and(|recorded| recorded != output) {
+                continue;
+            }
+            if explain(ops, placed | 1 << i, after, failed) {
+                return true;
+            }
+        }
+        failed.insert((placed, value));
+        false
+    }
+    let ops = h.operations();
+    assert!(ops.len() <= 64);
+    explain(ops, 0, None, &mut Default::default())
+}
+
+/// A random history of `n` operations on key 1 with values 1 to 3: each takes effect at a
+/// random point of its interval, or (some that time out) at any later time or never; then, half the time, the
+/// recorded output of a read or compare-and-set is replaced by a random one.
+fn small_history(seed: u64, n: usize) -> History {
+    let mut rng = Rng(seed);
+    let mut planned = Vec::new();
+    for _ in 0..n {
+        let invoked = rng.below(20);
+        let completed = invoked + rng.below(10);
+        let point = invoked + rng.below(completed - invoked + 1);
+        let value = |rng: &mut Rng| (rng.below(4) > 0).then(|| 1 + rng.below(3));
+        let op = match rng.below(4) {
+            0 => get(1),
+            1 => put(1, 1 + rng.below(3)),
+            2 => delete(1),
+            _ => cas(1, value(&mut rng), value(&mut rng)),
+        };
+        let timed_out = rng.chance(500);
+        let applied = !timed_out || rng.chance(700);
+        // An operation that timed out may take effect long after.
+        let point = if timed_out {
+            invoked + rng.below(40)
+        } else {
+            point
+        };
+        planned.push((point, invoked, completed, op, timed_out, applied));
+    }
+    let mut model = Reference::default();
+    let mut outputs = vec![None; n];
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| planned[i].0);
+    for i in order {
+        if planned[i].5 {
+            outputs[i] = Some(model.apply(planned[i].3));
+        }
+    }
+    let answered: Vec<usize> = (0..n)
+        .filter(|&i| {
+            !planned[i].4 && matches!(planned[i].3, Op::Get { .. } | Op::CompareAndSet { .. })
+        })
+        .collect();
+    let corrupt = (rng.chance(500) && !answered.is_empty())
+        .then(|| answered[rng.below(answered.len() as u64) as usize]);
+    let mut h = History::new();
+    for (i, &(_, invoked, completed, op, timed_out, _)) in planned.iter().enumerate() {
+        let id = h.invoke(i as ClientId, invoked, op);
+        match outputs[i] {
+            Some(mut output) if !timed_out => {
+                if corrupt == Some(i) {
+                    output = match op {
+                        Op::Get { .. } => read((rng.below(4) > 0).then(|| 1 + rng.below(3))),
+                        Op::CompareAndSet { .. } => Output::Cas(rng.chance(500)),
+                        Op::Put { .. } | Op::Delete { .. } => output,
+                    };
+                }
+                h.complete(id, completed, output).unwrap();
+            }
+            _ => h.timeout(id).unwrap(),
+        }
+    }
+    h
+}
+
+#[test]
+fn linearizability_agrees_with_trying_every_order() {
+    let (mut linearizable, mut not) = (0, 0);
+    for seed in 0..10_000 {
+        let h = small_history(seed, 12);
+        let expected = brute_force(&h);
+        let result = check(&h, Budget::unlimited());
+        assert_eq!(
+            result.is_linearizable(),
+            expected,
+            "seed {seed}: {result}\n{h}"
+        );
+        if let Some(report) = result.report() {
+            assert_report_is_sound(&h, report);
+            not += 1;
+        } else {
+            linearizable += 1;
+        }
+    }
+    // Both verdicts are well represented.
+    println!("{linearizable} linearizable, {not} not");
+    assert!(
+        linearizable > 2_000 && not > 1_000,
+        "{linearizable} / {not}"
+    );
+}
+
 // ---------------------------------------------------------------- reports
 
 #[test]
@@ -804,6 +1161,20 @@ fn linearizability_large_history() {
     }
 }
 
+/// Whether some operation of `key` in `h` reads `value` or compares with it (`None` is
+/// always observed).
+fn observed(h: &History, key: Key, value: Option<Value>) -> bool {
+    value.is_none()
+        || h.operations().iter().any(|o| {
+            o.op.key() == key
+                && match o.op {
+                    Op::Get { .. } => o.output() == Some(read(value)),
+                    Op::CompareAndSet { expected, .. } => expected == value,
+                    Op::Put { .. } | Op::Delete { .. } => false,
+                }
+        })
+}
+
 /// Checks that `report` explains why `h` is not linearizable, and that its window is the
 /// smallest: the key's operations invoked by the deadline, with those completing after it
 /// left pending, are linearizable; with the blocked one completed (and the others
@@ -840,7 +1211,16 @@ fn assert_report_is_sound(h: &History, report: &Report) {
                 assert_eq!(model, output);
                 assert_ne!(o.output(), Some(output));
             }
-            Verdict::NoEffect => assert!(o.output().is_none() && after == value),
+            Verdict::NoEffect => assert!(o.output().is_none() && after == value, "{o}"),
+            Verdict::Unobserved => assert!(
+                o.output().is_none()
+                    && after != value
+                    && !observed(h, key, after)
+                    && !observed(h, key, value),
+                "{o}"
+            ),
+            // Whether no order through it gets further is what `window` checks below.
+            Verdict::DeadEnd => assert!(o.output().is_none() && after != value, "{o}"),
         }
     }
     let window = |include_blocked: bool| {

@@ -27,6 +27,9 @@ pub const ADMIN: &str = "demo";
 /// The name of the plain client certificate it issues (for benchmarks).
 pub const CLIENT: &str = "bench";
 
+/// The election timeouts, in milliseconds, the demo and the bench start nodes with.
+pub const ELECTION_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 20..=60_000;
+
 /// How to build the cluster.
 #[derive(Clone, Debug)]
 pub struct Options {

@@ -3,7 +3,7 @@
 use super::error::{io_err, FileLogError};
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Name of the lock file.
 pub(crate) const LOCK_FILE: &str = "LOCK";
@@ -76,9 +76,29 @@ pub(crate) fn write_atomically(
     sync_dir(dir)
 }
 
+/// Reads the small file `dir/name` whole and decodes it (`decode` says at which offset
+/// and why it is not valid); `None` if there is no such file.
+pub(crate) fn read_decoded<T>(
+    dir: &Path,
+    name: &str,
+    decode: impl FnOnce(&[u8]) -> Result<T, (u64, &'static str)>,
+) -> Result<Option<T>, FileLogError> {
+    let path = dir.join(name);
+    match fs::read(&path) {
+        Ok(bytes) => decode(&bytes)
+            .map(Some)
+            .map_err(|(offset, reason)| FileLogError::corrupt(&path, offset, reason)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(&path, "read")(e)),
+    }
+}
+
 /// Removes the `*.tmp` files a crash left behind (never renamed into place, so never part
-/// of the durable state) and returns their paths.
-pub(crate) fn remove_leftovers(dir: &Path) -> Result<Vec<PathBuf>, FileLogError> {
+/// of the durable state), each described by `describe` before it goes.
+pub(crate) fn remove_leftovers<T>(
+    dir: &Path,
+    describe: impl Fn(&Path) -> T,
+) -> Result<Vec<T>, FileLogError> {
     let mut removed = Vec::new();
     for item in fs::read_dir(dir).map_err(io_err(dir, "list directory"))? {
         let item = item.map_err(io_err(dir, "list directory"))?;
@@ -88,8 +108,9 @@ pub(crate) fn remove_leftovers(dir: &Path) -> Result<Vec<PathBuf>, FileLogError>
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.ends_with(TMP_SUFFIX))
         {
+            let described = describe(&path);
             fs::remove_file(&path).map_err(io_err(&path, "remove leftover temporary file"))?;
-            removed.push(path);
+            removed.push(described);
         }
     }
     Ok(removed)

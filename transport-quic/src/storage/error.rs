@@ -4,7 +4,8 @@
 //! [`StorageError::Unavailable`](coracle::StorageError::Unavailable) (or `Full`); the
 //! detailed cause is kept and readable with [`FileLog::last_error`](super::FileLog::last_error).
 
-use coracle::Index;
+use super::identity::DirIdentity;
+use coracle::{Index, NodeId, Term};
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,16 @@ pub enum FileLogError {
         /// What is wrong there.
         reason: String,
     },
+    /// The directory's durable state is incomplete or inconsistent (files missing, entries
+    /// once durable gone, another node's directory): the log refuses to open, because a
+    /// node that forgot its vote or entries it acknowledged can break Raft's guarantees.
+    /// The message says what is missing and how to repair it.
+    Damaged {
+        /// The data directory.
+        dir: PathBuf,
+        /// What is wrong.
+        damage: Damage,
+    },
     /// Another [`FileLog`](super::FileLog) (in this or another process) has the directory
     /// open.
     Locked(PathBuf),
@@ -49,6 +60,21 @@ pub enum FileLogError {
         reserved: u64,
         /// Bytes the segments would need.
         needed: u64,
+    },
+    /// The quota ([`Options::max_log_bytes`](super::Options::max_log_bytes)) is smaller
+    /// than [`Options::min_log_bytes`](super::Options::min_log_bytes): compaction could
+    /// never bring the log under it, and the log would stay full.
+    QuotaTooSmall {
+        /// The quota in bytes.
+        limit: u64,
+        /// The smallest quota that works with these segments and entries.
+        least: u64,
+        /// The segment size.
+        segment_bytes: u64,
+        /// The largest entry's data.
+        max_entry_bytes: usize,
+        /// The largest segment size that works with this quota, if any does.
+        largest_segment_bytes: Option<u64>,
     },
     /// An entry's data is larger than [`Options::max_entry_bytes`](super::Options::max_entry_bytes).
     EntryTooLarge {
@@ -89,12 +115,14 @@ impl FileLogError {
     pub fn kind(&self) -> io::ErrorKind {
         match self {
             FileLogError::Io { source, .. } => source.kind(),
-            FileLogError::Corrupt { .. } => io::ErrorKind::InvalidData,
+            FileLogError::Corrupt { .. } | FileLogError::Damaged { .. } => {
+                io::ErrorKind::InvalidData
+            }
             FileLogError::Locked(_) => io::ErrorKind::ResourceBusy,
             FileLogError::QuotaExceeded { .. } => io::ErrorKind::QuotaExceeded,
-            FileLogError::EntryTooLarge { .. } | FileLogError::StaleSnapshot { .. } => {
-                io::ErrorKind::InvalidInput
-            }
+            FileLogError::EntryTooLarge { .. }
+            | FileLogError::StaleSnapshot { .. }
+            | FileLogError::QuotaTooSmall { .. } => io::ErrorKind::InvalidInput,
             FileLogError::SnapshotVersion { .. } => io::ErrorKind::InvalidData,
             FileLogError::BadSnapshot(_) => io::ErrorKind::InvalidInput,
             FileLogError::Failed => io::ErrorKind::Other,
@@ -109,6 +137,121 @@ impl FileLogError {
         }
     }
 }
+
+/// What is missing or inconsistent in a data directory ([`FileLogError::Damaged`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Damage {
+    /// The hard state (term and vote) is gone from a directory that had one (it has an
+    /// identity, entries or a snapshot): the node could vote twice in a term.
+    MissingHardState {
+        /// Entries or a snapshot of this term are on disk (0 if none).
+        newest_term: Term,
+    },
+    /// Every segment is gone from a directory that had some (it has an identity).
+    NoSegments {
+        /// The snapshot's index, if one is there (entries after it are lost).
+        snapshot: Option<Index>,
+    },
+    /// Entries the log once made durable are gone: the last segment's records end before
+    /// its durability mark (a file cut short, a disk that lost writes).
+    LostEntries {
+        /// The segment.
+        file: PathBuf,
+        /// The first entry lost.
+        from: Index,
+        /// The last entry known lost (later ones may be lost too).
+        to: Index,
+    },
+    /// Segments after the last one are gone: it is sealed (a later segment existed).
+    MissingSegments {
+        /// The last segment left.
+        file: PathBuf,
+        /// The first entry lost.
+        from: Index,
+    },
+    /// The directory belongs to another node or cluster.
+    WrongIdentity {
+        /// What its identity file says.
+        found: DirIdentity,
+        /// The cluster this node is configured for.
+        cluster: u64,
+        /// This node's id.
+        node: NodeId,
+    },
+    /// The hard state's term is older than an entry's: it is an older copy.
+    StaleHardState {
+        /// Its term.
+        term: Term,
+        /// The newest entry's term.
+        log_term: Term,
+        /// The newest entry's index.
+        index: Index,
+    },
+    /// Entries between the snapshot (or index 0) and the start of the log are in neither:
+    /// the state machine cannot be rebuilt.
+    Gap {
+        /// The first entry missing.
+        from: Index,
+        /// The last entry missing.
+        to: Index,
+    },
+}
+
+impl fmt::Display for Damage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Damage::MissingHardState { newest_term } => {
+                f.write_str("the hard state file (term and vote) is missing")?;
+                if *newest_term > 0 {
+                    write!(f, ", although the log holds entries of term {newest_term}")?;
+                }
+                f.write_str(": the node would start at term 0 with no vote and could vote twice in a term")
+            }
+            Damage::NoSegments { snapshot: Some(i) } => write!(
+                f,
+                "every log segment is missing (only the snapshot at index {i} is left): the entries after it are lost"
+            ),
+            Damage::NoSegments { snapshot: None } => {
+                f.write_str("every log segment is missing: the node's log is lost")
+            }
+            Damage::LostEntries { file, from, to } => write!(
+                f,
+                "{} ends at entry {}, but entries up to {to} were durable in it: entries {from}..={to} ({} entries, maybe more after them) are lost, acknowledged ones among them (the file was cut short or the disk lost writes)",
+                file.display(),
+                from - 1,
+                to - from + 1
+            ),
+            Damage::MissingSegments { file, from } => write!(
+                f,
+                "{} is the last segment, but it is sealed (a later segment existed): the segments after it, with the entries from {from} on, are missing",
+                file.display()
+            ),
+            Damage::WrongIdentity { found, cluster, node } => write!(
+                f,
+                "it belongs to node {} of cluster {} (identity file), but this node is node {node} of cluster {cluster}",
+                found.node, found.cluster
+            ),
+            Damage::StaleHardState { term, log_term, index } => write!(
+                f,
+                "the hard state says term {term}, but entry {index} of the log has term {log_term}: the hard state file is an older copy, and the node could vote again in a term it already voted in"
+            ),
+            Damage::Gap { from, to } => write!(
+                f,
+                "entries {from}..={to} ({} entries) are neither in the snapshot nor in the log, so the state machine cannot be rebuilt",
+                to - from + 1
+            ),
+        }
+    }
+}
+
+/// What to do about damage: said once, in every message that refuses a data directory.
+pub(crate) const REPAIR: &str =
+    "Keep this directory for inspection (move it away), start the node \
+     with an empty data directory and let it rejoin as a new member: on the cluster, remove it \
+     (`coracle admin remove ID`), add it back as a learner (`coracle admin add-learner ID ADDR`) \
+     and promote it once it has caught up (`coracle admin promote ID`); see \
+     \"Replacing a node that lost its disk\" in the README";
 
 /// `map_err(io_err(path, "what"))`: wraps an [`io::Error`] with the path and the operation.
 pub(crate) fn io_err(path: &Path, op: &'static str) -> impl FnOnce(io::Error) -> FileLogError {
@@ -135,8 +278,24 @@ impl fmt::Display for FileLogError {
                 reason,
             } => write!(
                 f,
-                "corrupt log file {} at offset {offset}: {reason}; refusing to open rather than lose data",
+                "corrupt log file {} at offset {offset}: {reason}; refusing to open rather than lose data. \
+                 Restore the file if you have a copy; otherwise: {REPAIR}",
                 file.display()
+            ),
+            FileLogError::Damaged {
+                dir,
+                damage: damage @ Damage::WrongIdentity { .. },
+            } => write!(
+                f,
+                "data directory {} is not this node's: {damage}. Point data_dir at this node's own directory \
+                 (an empty directory makes a new node, which must join as a new member: {REPAIR})",
+                dir.display()
+            ),
+            FileLogError::Damaged { dir, damage } => write!(
+                f,
+                "data directory {} is incomplete: {damage}. A node that forgot its vote or entries it \
+                 acknowledged can break Raft's guarantees, so it refuses to start. {REPAIR}",
+                dir.display()
             ),
             FileLogError::Locked(path) => write!(
                 f,
@@ -156,6 +315,25 @@ impl fmt::Display for FileLogError {
                  compact after a snapshot)",
                 dir.display()
             ),
+            FileLogError::QuotaTooSmall {
+                limit,
+                least,
+                segment_bytes,
+                max_entry_bytes,
+                largest_segment_bytes,
+            } => {
+                write!(
+                    f,
+                    "a log quota of {limit} bytes is too small for segments of {segment_bytes} \
+                     bytes and entries of up to {max_entry_bytes} bytes: compaction deletes \
+                     whole segments and never the one being written, so the log could stay \
+                     full for good; the quota must be at least {least} bytes"
+                )?;
+                match largest_segment_bytes {
+                    Some(s) => write!(f, " (or segments at most {s} bytes)"),
+                    None => Ok(()),
+                }
+            }
             FileLogError::EntryTooLarge { len, max } => {
                 write!(f, "entry of {len} bytes is larger than the limit of {max} bytes")
             }

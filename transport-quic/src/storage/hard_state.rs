@@ -11,12 +11,10 @@
 //! hard state of a new node (term 0, no vote).
 
 use super::dir;
-use super::error::{io_err, FileLogError};
+use super::error::FileLogError;
 use super::record::le_u64;
 use super::segment::FORMAT_VERSION;
 use coracle::HardState;
-use std::fs;
-use std::io;
 use std::path::Path;
 
 /// Name of the hard-state file.
@@ -36,7 +34,7 @@ fn encode(hs: HardState) -> [u8; LEN] {
     b
 }
 
-fn decode(b: &[u8]) -> Result<HardState, (u64, &'static str)> {
+pub(crate) fn decode(b: &[u8]) -> Result<HardState, (u64, &'static str)> {
     if b.len() != LEN {
         return Err((0, "hard state file has the wrong length"));
     }
@@ -62,14 +60,7 @@ fn decode(b: &[u8]) -> Result<HardState, (u64, &'static str)> {
 
 /// Reads the hard state of `dir`; `None` if it was never written.
 pub(crate) fn read(dir: &Path) -> Result<Option<HardState>, FileLogError> {
-    let path = dir.join(FILE);
-    match fs::read(&path) {
-        Ok(bytes) => decode(&bytes)
-            .map(Some)
-            .map_err(|(offset, reason)| FileLogError::corrupt(&path, offset, reason)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err(&path, "read")(e)),
-    }
+    dir::read_decoded(dir, FILE, decode)
 }
 
 /// Replaces the hard state of `dir` durably and atomically.

@@ -122,9 +122,11 @@
 //!   this order: (1) reads the data back, appends the checksum and fsyncs the file; (2)
 //!   renames it over `snapshot` and fsyncs the directory; (3) restarts the log after the
 //!   snapshot: if the log holds `index` with `term` it is compacted through `index`
-//!   (entries after it stay), otherwise every segment is deleted (newest first, then a
-//!   directory fsync) and an empty segment starting at `index + 1` is created. All of this
-//!   is done and durable when `install_snapshot` returns, before the next `sync()`.
+//!   (entries after it stay), otherwise the log is discarded: the segments after
+//!   `index + 1` are deleted (newest first), an empty segment starting at `index + 1` is
+//!   created (replacing one of that name), then the older segments are deleted, so a
+//!   segment is on disk at every step. All of this is done and durable when
+//!   `install_snapshot` returns, before the next `sync()`.
 //!
 //! Crash safety: the durable state is "the `snapshot` file, and the segments interpreted
 //! relative to it". On open the snapshot is the compaction point: if the segments hold the
@@ -135,7 +137,8 @@
 //! - before the rename is durable: the old `snapshot` file (whole) and the old segments
 //!   (the temporary file is removed): the old state;
 //! - after it: the new `snapshot` file (whole: it was fsynced before the rename) and some
-//!   prefix of the old segments, or the new empty segment; open applies the new snapshot to
+//!   prefix of the old segments, or the new empty segment after some old ones (which
+//!   recovery removes as superseded: see [`recovery`]); open applies the new snapshot to
 //!   them, giving the same log as a completed install: the new state.
 //!
 //! The rename is the commit point; a mix of an old snapshot with a new log, or a half
@@ -161,14 +164,16 @@
 //! uncompacted log, which the host bounds by snapshotting and compacting. Total disk use
 //! can be bounded with [`Options::max_log_bytes`].
 //!
-//! # On-disk format (version 1)
+//! # On-disk format
 //!
 //! | file | what |
 //! |---|---|
 //! | `LOCK` | empty; holds the exclusive lock of an open `FileLog` |
-//! | `00000000000000000001.seg` | a [`segment`]: header, then records ([`record`]) |
+//! | `identity` | cluster, node and incarnation of the directory ([`identity`]); written once |
+//! | `00000000000000000001.seg` | a [`segment`] (format version 2, version 1 still read): header, durability marks, then records ([`record`]) |
 //! | `hard_state` | term and vote ([`hard_state`]) |
 //! | `snapshot` | the latest snapshot ([`snapshot`], its own format version 2) |
+//! | `incarnations` | the incarnation of each member the node talked to ([`incarnations`]; the node runtime's, not the log's) |
 //! | `snapshot.incoming.tmp` | a snapshot being received from a leader; removed on open |
 //! | `*.tmp` | a file being written before its rename; removed on open |
 //!
@@ -177,19 +182,46 @@
 //!
 //! # Recovery
 //!
-//! See [`recovery`]: a torn tail of the last segment is cut off and reported
-//! ([`FileLog::recovery`]); damage anywhere else refuses to open with
-//! [`FileLogError::Corrupt`], naming the file and the offset.
+//! See [`recovery`]: a torn tail of the last segment is cut off; damage anywhere else
+//! refuses to open with [`FileLogError::Corrupt`], naming the file, the offset and the
+//! entries concerned. What open removes or cuts is reported with the entries it concerns
+//! ([`RecoveryReport::warnings`]): a torn tail (the entries of the write a crash
+//! interrupted, never durable), leftover temporary files (what each was), segments a
+//! snapshot superseded, a log discarded for a snapshot.
+//!
+//! # Incomplete durable state
+//!
+//! A node that forgets its vote, or entries it acknowledged, can break Raft's guarantees
+//! (vote twice in a term; help elect a leader without a committed entry). Open therefore
+//! refuses, with [`FileLogError::Damaged`], a directory whose durable state is incomplete
+//! ([`Damage`] says what, the message how to repair):
+//!
+//! - its identity says it was initialised, but the hard state or every segment is gone;
+//!   without an identity (a directory from before identities), entries or a snapshot
+//!   without a hard state;
+//! - the last segment ends before its durability mark (a file cut short, a disk that lost
+//!   writes), or is sealed while no segment follows (later segments deleted): the range of
+//!   entries lost is named;
+//! - it is another node's or cluster's directory ([`Options::member`]).
+//!
+//! [`FileLog::check_complete`] adds what a host that rebuilds its state machine from the
+//! snapshot and the log needs: no gap between them, a hard state no older than the log.
+//! An empty directory is a new node; that it must not rejoin as the voter it replaces is
+//! for its peers to tell ([`crate::hello`]).
 //!
 //! Known limit: if the machine dies *inside* `sync` and the file system persisted a later
 //! page of that last write but not an earlier one, the hole is followed by valid records
 //! and recovery refuses to open (an error, never a silent loss, although in that case
 //! nothing acknowledged was lost). The same holds if an entry's data happens to contain a
-//! whole valid record right after a torn one.
+//! whole valid record right after a torn one. A directory restored from an older copy of
+//! itself (hard state, log and marks all older together) cannot be told from the real
+//! one, here or by the peers (same incarnation).
 
 mod dir;
 mod error;
 pub mod hard_state;
+pub mod identity;
+pub mod incarnations;
 pub mod record;
 pub mod recovery;
 pub mod segment;
@@ -198,8 +230,10 @@ pub mod snapshot;
 #[cfg(test)]
 mod tests;
 
-pub use error::FileLogError;
-pub use recovery::TailCut;
+pub use error::{Damage, FileLogError};
+pub use identity::DirIdentity;
+pub use incarnations::{Incarnations, Verdict};
+pub use recovery::{Leftover, Superseded, TailCut};
 pub use snapshot::Snapshot;
 
 use coracle::{
@@ -227,6 +261,7 @@ pub struct Options {
     max_log_bytes: Option<u64>,
     preallocate: bool,
     keep_behind_snapshot: u64,
+    member: Option<(u64, coracle::NodeId)>,
 }
 
 impl Default for Options {
@@ -237,6 +272,7 @@ impl Default for Options {
             max_log_bytes: None,
             preallocate: true,
             keep_behind_snapshot: 0,
+            member: None,
         }
     }
 }
@@ -272,6 +308,9 @@ impl Options {
     /// entries: a log full of commands must still let a new leader commit its no-op,
     /// or after a restart no entry could be committed, so none applied, snapshotted and
     /// compacted, and the log would stay full for good.
+    ///
+    /// The quota must be at least [`min_log_bytes`](Self::min_log_bytes):
+    /// [`FileLog::open_with`] refuses a smaller one ([`FileLogError::QuotaTooSmall`]).
     pub fn max_log_bytes(mut self, bytes: Option<u64>) -> Self {
         self.max_log_bytes = bytes;
         self
@@ -294,9 +333,68 @@ impl Options {
         self
     }
 
+    /// The node this log belongs to: written into the directory's identity when it is
+    /// initialised, and checked on every later open (another node's or cluster's directory
+    /// is refused with [`Damage::WrongIdentity`]). Without it nothing is checked, and a new
+    /// directory's identity says cluster 0, node 0.
+    pub fn member(mut self, cluster: u64, node: coracle::NodeId) -> Self {
+        self.member = Some((cluster, node));
+        self
+    }
+
     /// The bytes of the quota only no-op and membership entries may use.
     fn reserved(limit: u64) -> u64 {
         (limit / 16).min(64 << 10)
+    }
+
+    /// The most bytes one segment can take: a segment ends once it holds
+    /// [`segment_bytes`](Self::segment_bytes), so the record that crosses the line can be
+    /// a largest entry's.
+    fn largest_segment(&self) -> u64 {
+        let largest_record = record::entry_record_len(self.max_entry_bytes) as u64;
+        self.segment_bytes
+            .saturating_add(largest_record)
+            .saturating_add(segment::HEADER as u64)
+    }
+
+    /// The smallest quota ([`max_log_bytes`](Self::max_log_bytes)) a log with these
+    /// segments and entries can live with: three of its largest segments, and at least
+    /// [`MIN_LOG_BYTES`].
+    ///
+    /// Why: compaction frees whole segments and never the one being written, which can
+    /// hold up to a largest segment. After a snapshot and compaction of everything
+    /// applied, that segment, one more largest entry (with the header of the next
+    /// segment) and the reserve for no-ops must fit in the quota, or every append of a
+    /// command fails for good (with 64 MiB segments and an 8 MiB quota, the first segment
+    /// never ended, so nothing could ever be deleted). Three segments leave room for at
+    /// least one segment of new entries per compaction, whatever the sizes.
+    pub fn min_log_bytes(&self) -> u64 {
+        self.largest_segment().saturating_mul(3).max(MIN_LOG_BYTES)
+    }
+
+    /// The largest [`segment_bytes`](Self::segment_bytes) that works with a quota of
+    /// `limit` bytes and these entries, if any does.
+    pub fn max_segment_bytes_for(&self, limit: u64) -> Option<u64> {
+        let fixed = self.largest_segment() - self.segment_bytes;
+        if limit < MIN_LOG_BYTES {
+            return None;
+        }
+        (limit / 3).checked_sub(fixed).filter(|&s| s > 0)
+    }
+
+    /// Checks that the options can work together: a quota, if any, of at least
+    /// [`min_log_bytes`](Self::min_log_bytes). [`FileLog::open_with`] calls it.
+    pub fn check(&self) -> Result<(), FileLogError> {
+        match self.max_log_bytes {
+            Some(limit) if limit < self.min_log_bytes() => Err(FileLogError::QuotaTooSmall {
+                limit,
+                least: self.min_log_bytes(),
+                segment_bytes: self.segment_bytes,
+                max_entry_bytes: self.max_entry_bytes,
+                largest_segment_bytes: self.max_segment_bytes_for(limit),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Bytes the active segment holds before a spare of zeros is prepared: soon if it is
@@ -310,6 +408,11 @@ impl Options {
         }
     }
 }
+
+/// The smallest quota ([`Options::max_log_bytes`]) accepted whatever the segments: its
+/// reserve for no-ops and configuration entries (a sixteenth) is then at least 1 KiB, room
+/// for a few of them and the header of a new segment.
+pub const MIN_LOG_BYTES: u64 = 16 << 10;
 
 /// Counters of the I/O a [`FileLog`] did since it was opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -342,12 +445,47 @@ pub struct RecoveryReport {
     pub tail_cut: Option<TailCut>,
     /// Temporary files of interrupted atomic writes, removed.
     pub leftovers_removed: Vec<PathBuf>,
+    /// The same, with what each was.
+    pub leftovers: Vec<Leftover>,
     /// The log did not hold the snapshot's last entry and was discarded (§7).
     pub discarded_by_snapshot: bool,
+    /// The entries discarded then (first and last index), if there were any.
+    pub discarded: Option<(Index, Index)>,
+    /// Segments left by an interrupted discard, removed.
+    pub superseded: Option<Superseded>,
+    /// The directory was new: its identity, hard state and first segment were written.
+    pub initialised: bool,
+    /// The directory was written before identities existed and was given one.
+    pub adopted: bool,
     /// Segments read.
     pub segments: usize,
     /// Entries read (before the snapshot's compaction).
     pub entries: usize,
+}
+
+impl RecoveryReport {
+    /// One line for each thing recovery dropped or repaired, saying which entries it
+    /// concerned (for the host's log, at WARN: each is the trace of a crash or of damage).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.leftovers.iter().map(ToString::to_string).collect();
+        if let Some(t) = &self.tail_cut {
+            out.push(t.to_string());
+        }
+        if let Some(s) = &self.superseded {
+            out.push(s.to_string());
+        }
+        if self.discarded_by_snapshot {
+            out.push(match self.discarded {
+                Some((a, b)) => format!(
+                    "discarded the log, entries {a}..={b} ({} entries): it does not hold the snapshot's last entry, so the snapshot replaces it \
+                     (the entries up to the snapshot's index are in it; later ones conflicted with it and were never committed)",
+                    b + 1 - a
+                ),
+                None => "the log restarts after the snapshot (it held no entry)".into(),
+            });
+        }
+        out
+    }
 }
 
 /// A durable [`LogStorage`]: segments of checksummed records in a directory, the hard state
@@ -358,6 +496,7 @@ pub struct FileLog {
     options: Options,
     /// Held for the lock; released when dropped.
     _lock: File,
+    identity: DirIdentity,
     hard_state: HardState,
     hard_state_dirty: bool,
     /// Entries `first..`, in order.
@@ -386,6 +525,10 @@ pub struct FileLog {
     last_error: Option<FileLogError>,
     stats: Stats,
     recovery: RecoveryReport,
+    /// Every entry up to this index is durable (what the next durability mark says).
+    durable: Index,
+    /// The last index written by the [`PendingSync`] in flight.
+    in_flight: Option<Index>,
 }
 
 /// Where the preallocated next segment is.
@@ -469,24 +612,121 @@ impl FileLog {
     /// cuts a torn tail, and compacts the log through the snapshot (less
     /// [`Options::keep_behind_snapshot`] entries).
     pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<FileLog, FileLogError> {
+        options.check()?;
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir).map_err(io_err(&dir, "create data directory"))?;
         let lock = dir::lock(&dir)?;
+        let leftovers = dir::remove_leftovers(&dir, |path| Leftover {
+            path: path.to_path_buf(),
+            what: recovery::describe_leftover(path),
+        })?;
         let mut report = RecoveryReport {
-            leftovers_removed: dir::remove_leftovers(&dir)?,
+            leftovers_removed: leftovers.iter().map(|l| l.path.clone()).collect(),
+            leftovers,
             ..RecoveryReport::default()
         };
-        let hard_state = hard_state::read(&dir)?.unwrap_or_default();
+        let damaged = |damage| FileLogError::Damaged {
+            dir: dir.clone(),
+            damage,
+        };
+        let identity = identity::read(&dir)?;
+        if let (Some(found), Some((cluster, node))) = (identity, options.member) {
+            if (found.cluster, found.node) != (cluster, node) {
+                return Err(damaged(Damage::WrongIdentity {
+                    found,
+                    cluster,
+                    node,
+                }));
+            }
+        }
+        let hard_state = hard_state::read(&dir)?;
         let snapshot = snapshot::read(&dir)?;
         let point = snapshot.as_ref().map(|s| (s.meta.index, s.meta.term));
-        let replayed = recovery::replay(&dir, options.max_entry_bytes + record::ENTRY_HEADER)?;
-        report.tail_cut = replayed.tail_cut;
-        report.segments = replayed.segments.len();
-        report.entries = replayed.entries.len();
+        let replayed =
+            recovery::replay(&dir, options.max_entry_bytes + record::ENTRY_HEADER, point)?;
+        let newest_term = replayed
+            .entries
+            .last()
+            .map(|e| e.term)
+            .into_iter()
+            .chain(point.map(|(_, t)| t))
+            .max()
+            .unwrap_or(0);
+        let fresh = identity.is_none()
+            && hard_state.is_none()
+            && snapshot.is_none()
+            && replayed.segments.is_empty();
+        // Incomplete durable state: a directory that had a hard state or segments (it has
+        // an identity, or entries, or a snapshot) and lost them.
+        let had_state = identity.is_some() || newest_term > 0 || snapshot.is_some();
+        if hard_state.is_none() && had_state {
+            return Err(damaged(Damage::MissingHardState { newest_term }));
+        }
+        if replayed.segments.is_empty() && !fresh {
+            return Err(damaged(Damage::NoSegments {
+                snapshot: point.map(|(i, _)| i),
+            }));
+        }
+        // Entries once durable and now gone, unless the snapshot covers them or replaces
+        // the log anyway.
+        let last_index =
+            replayed.segments.first().map_or(0, |s| s.base - 1) + replayed.entries.len() as u64;
+        let first = replayed.segments.first().map_or(1, |s| s.base);
+        let log_term = |i: Index| {
+            if i + 1 == first {
+                replayed.segments.first().map(|s| s.prev_term)
+            } else {
+                usize::try_from(i.checked_sub(first)?)
+                    .ok()
+                    .and_then(|p| replayed.entries.get(p))
+                    .map(|e| e.term)
+            }
+        };
+        let replaced = point.is_some_and(|(i, t)| log_term(i) != Some(t) && i + 1 >= first);
+        if let (Some(last), false) = (replayed.segments.last(), replaced) {
+            let covered = point.map_or(0, |(i, _)| i);
+            if let Some(mark) = last.mark {
+                if mark.sealed {
+                    return Err(damaged(Damage::MissingSegments {
+                        file: last.path.clone(),
+                        from: last_index + 1,
+                    }));
+                }
+                let from = (last_index + 1).max(covered + 1);
+                if mark.durable >= from {
+                    return Err(damaged(Damage::LostEntries {
+                        file: last.path.clone(),
+                        from,
+                        to: mark.durable,
+                    }));
+                }
+            }
+        }
         let mut stats = Stats::default();
-        if report.tail_cut.is_some() {
+        // The directory is consistent: repair what a crash left, then make it whole.
+        if let Some(tail) = &replayed.tail {
+            recovery::cut(tail)?;
             stats.fsyncs += 1;
         }
+        if let Some(superseded) = &replayed.superseded {
+            for f in &superseded.files {
+                fs::remove_file(f).map_err(io_err(f, "remove superseded segment"))?;
+            }
+            dir::sync_dir(&dir)?;
+            stats.fsyncs += 1;
+        }
+        report.tail_cut = replayed.tail;
+        report.superseded = replayed.superseded;
+        report.segments = replayed.segments.len();
+        report.entries = replayed.entries.len();
+        let hard_state = match hard_state {
+            Some(hs) => hs,
+            None => {
+                hard_state::write(&dir, HardState::default())?;
+                stats.fsyncs += 2;
+                HardState::default()
+            }
+        };
         let mut segments = replayed.segments;
         let active = match segments.last() {
             Some(last) => segment::open_for_write(last)?,
@@ -499,11 +739,32 @@ impl FileLog {
                 file
             }
         };
+        // What was read is durable from now on (a crash of the process may have left
+        // written records unsynced): the next mark may say so.
+        active
+            .sync_data()
+            .map_err(io_err(&dir, "sync the last segment"))?;
+        stats.fsyncs += 1;
+        let identity = match identity {
+            Some(id) => id,
+            None => {
+                // The last step of initialising (or adopting) a directory: from now on a
+                // missing file is damage.
+                let (cluster, node) = options.member.unwrap_or((0, 0));
+                let id = DirIdentity::new(cluster, node);
+                identity::write(&dir, &id)?;
+                stats.fsyncs += 2;
+                report.initialised = fresh;
+                report.adopted = !fresh;
+                id
+            }
+        };
         let (first, compacted_term) = (segments[0].base, segments[0].prev_term);
         let mut log = FileLog {
             dir,
             options,
             _lock: lock,
+            identity,
             hard_state,
             hard_state_dirty: false,
             entries: replayed.entries,
@@ -522,6 +783,8 @@ impl FileLog {
             last_error: None,
             stats,
             recovery: report,
+            durable: 0,
+            in_flight: None,
         };
         if let Some((index, term)) = point {
             if log.term(index) == Some(term) {
@@ -531,11 +794,53 @@ impl FileLog {
                     log.delete_compacted_segments()?;
                 }
             } else if index + 1 >= log.first {
+                let entries = log.first..=log.last_index();
+                log.recovery.discarded =
+                    (!entries.is_empty()).then(|| (*entries.start(), *entries.end()));
                 log.discard_all(index, term)?;
                 log.recovery.discarded_by_snapshot = true;
             }
         }
+        log.durable = log.last_index();
         Ok(log)
+    }
+
+    /// This data directory's identity (its incarnation is what the node announces to its
+    /// peers).
+    pub fn identity(&self) -> DirIdentity {
+        self.identity
+    }
+
+    /// Checks what a host that rebuilds its state machine from the snapshot and the log
+    /// (as `coracle node` does) needs on top of what [`open`](Self::open) checks: every
+    /// entry after the snapshot (from index 1 without one) is in the log
+    /// ([`Damage::Gap`]), and the hard state's term is at least the newest entry's
+    /// ([`Damage::StaleHardState`]: a host following Raft makes the term durable before
+    /// any entry of it).
+    pub fn check_complete(&self) -> Result<(), FileLogError> {
+        let damaged = |damage| {
+            Err(FileLogError::Damaged {
+                dir: self.dir.clone(),
+                damage,
+            })
+        };
+        let covered = self.snapshot_point().map_or(0, |(i, _)| i);
+        if covered + 1 < self.first {
+            return damaged(Damage::Gap {
+                from: covered + 1,
+                to: self.first - 1,
+            });
+        }
+        let last = self.last_index();
+        let log_term = self.term(last).unwrap_or(0);
+        if last >= self.first && log_term > self.hard_state.current_term {
+            return damaged(Damage::StaleHardState {
+                term: self.hard_state.current_term,
+                log_term,
+                index: last,
+            });
+        }
+        Ok(())
     }
 
     /// Makes every write so far durable: the hard state (if it changed) by atomic
@@ -572,7 +877,11 @@ impl FileLog {
     /// Takes the result of a [`PendingSync`]: a failure poisons the log, as a failed
     /// [`sync`](Self::sync) does.
     pub fn sync_completed(&mut self, result: Result<(), FileLogError>) -> io::Result<()> {
-        self.poison_on_error(result)
+        self.poison_on_error(result)?;
+        if let Some(index) = self.in_flight.take() {
+            self.durable = self.durable.max(index);
+        }
+        Ok(())
     }
 
     fn poison_on_error<T>(&mut self, result: Result<T, FileLogError>) -> io::Result<T> {
@@ -597,6 +906,11 @@ impl FileLog {
             return Ok(None);
         }
         let seg = self.segments.last_mut().ok_or(FileLogError::Failed)?;
+        // What the previous sync made durable, in this one's fdatasync (see "Durability
+        // marks" in `segment`): never more than is durable, whatever a crash keeps.
+        if seg.mark.is_some_and(|m| m.durable < self.durable) {
+            segment::write_mark(&self.active, seg, self.durable, false)?;
+        }
         let path = &seg.path;
         let file = self
             .active
@@ -613,6 +927,7 @@ impl FileLog {
         seg.len += self.pending.len() as u64;
         let path = path.clone();
         self.pending.clear();
+        self.in_flight = Some(self.last_index());
         self.maybe_prepare_spare();
         Ok(Some(PendingSync { file, path }))
     }
@@ -948,14 +1263,39 @@ impl FileLog {
                 self.stats.fsyncs += 1;
             }
         }
+        self.durable = base - 1;
+        self.in_flight = None;
+        // Sealed once its records are durable and before the next segment exists: a last
+        // segment that is sealed tells that the ones after it were lost.
+        if seg.mark.is_some() {
+            segment::write_mark(&self.active, seg, base - 1, true)?;
+            self.active
+                .sync_data()
+                .map_err(io_err(&seg.path, "sync the sealed segment"))?;
+            self.stats.fsyncs += 1;
+        }
         let prev_term = self.term(base - 1).unwrap_or(0);
         self.new_segment(base, prev_term)
     }
 
     /// Durably cuts the log at entry `from`, whose record is in segment `seg` at `offset`
     /// and already written (see "Truncation and crashes" in the module docs).
-    fn cut_durable(&mut self, seg: usize, offset: u64) -> Result<(), FileLogError> {
+    fn cut_durable(&mut self, seg: usize, offset: u64, from: Index) -> Result<(), FileLogError> {
         self.pending.clear();
+        // First the marks of that segment and the later ones say no more than what stays,
+        // and none is sealed, durably: then no step of the cut looks like lost entries.
+        let keep = from - 1;
+        self.durable = self.durable.min(keep);
+        self.in_flight = self.in_flight.map(|i| i.min(keep));
+        for s in &mut self.segments[seg..] {
+            if let Some(m) = s.mark.filter(|m| m.sealed || m.durable > keep) {
+                let file = segment::open_for_write(s)?;
+                segment::write_mark(&file, s, m.durable.min(keep), false)?;
+                file.sync_data()
+                    .map_err(io_err(&s.path, "sync the lowered durability mark"))?;
+                self.stats.fsyncs += 1;
+            }
+        }
         let mut removed = false;
         while self.segments.len() > seg + 1 {
             if let Some(s) = self.segments.pop() {
@@ -1077,20 +1417,51 @@ impl FileLog {
         result
     }
 
+    /// The order keeps a segment on disk at every step (a directory without one is
+    /// damage): the segments after the new start go, newest first (a crash leaves a prefix
+    /// of the old log, which the durable snapshot replaces again on open); the new, empty
+    /// segment is created (replacing one of the same name); the older ones go (a crash
+    /// leaves them before the new one, which starts right after the snapshot: recovery
+    /// removes them as superseded).
     fn discard_all_inner(&mut self, index: Index, term: Term) -> Result<(), FileLogError> {
         self.pending.clear();
         self.entries.clear();
         self.offsets.clear();
         self.first = index + 1;
         self.compacted_term = term;
-        while let Some(s) = self.segments.pop() {
+        self.durable = index;
+        self.in_flight = None;
+        let base = index + 1;
+        while self.segments.last().is_some_and(|s| s.base > base) {
+            if let Some(s) = self.segments.pop() {
+                fs::remove_file(&s.path).map_err(io_err(&s.path, "remove discarded segment"))?;
+                self.stats.segments_deleted += 1;
+                self.crash_point("discarding")?;
+            }
+        }
+        // Only the last segment may end in zeros or old records (see `recovery`).
+        if let Some(s) = self.segments.last_mut().filter(|s| s.preallocated) {
+            self.active
+                .set_len(s.len)
+                .and_then(|()| self.active.sync_data())
+                .map_err(io_err(&s.path, "trim the preallocated tail of a segment"))?;
+            self.stats.fsyncs += 1;
+            s.preallocated = false;
+        }
+        let older = std::mem::take(&mut self.segments);
+        self.new_segment(base, term)?;
+        self.crash_point("discarding")?;
+        let mut removed = false;
+        for s in older.iter().filter(|s| s.base != base) {
             fs::remove_file(&s.path).map_err(io_err(&s.path, "remove discarded segment"))?;
             self.stats.segments_deleted += 1;
-            self.crash_point("discarding")?;
+            removed = true;
         }
-        dir::sync_dir(&self.dir)?;
-        self.stats.fsyncs += 1;
-        self.new_segment(index + 1, term)
+        if removed {
+            dir::sync_dir(&self.dir)?;
+            self.stats.fsyncs += 1;
+        }
+        Ok(())
     }
 }
 
@@ -1175,8 +1546,9 @@ impl LogStorage for FileLog {
         let active = self.segments.last();
         let preallocated = active.is_some_and(|s| s.preallocated);
         let active_len = active.map_or(0, |s| s.len) + self.pending.len() as u64;
+        let holds_records = active.is_some_and(|s| active_len > s.records_start());
         // A segment that is not preallocated ends as soon as a spare is ready.
-        let roll = active_len > segment::HEADER as u64
+        let roll = holds_records
             && (active_len >= self.options.segment_bytes
                 || (!preallocated
                     && active_len >= self.options.spare_after(false)
@@ -1227,7 +1599,7 @@ impl LogStorage for FileLog {
         let written = self.segments[seg].len;
         if seg + 1 == self.segments.len() && offset >= written {
             self.pending.truncate((offset - written) as usize);
-        } else if let Err(e) = self.cut_durable(seg, offset) {
+        } else if let Err(e) = self.cut_durable(seg, offset, from) {
             return Err(self.unavailable(e));
         }
         self.entries.truncate(pos);

@@ -11,11 +11,39 @@
 //!
 //! 32 bytes, little-endian; `prev term` is the term of entry `base - 1` (0 for base 1), so
 //! the first segment left after compaction still knows the term at the compaction point.
+//! In version 2 (what this build writes) two **durability marks** of 24 bytes follow
+//! (below), so records start at byte 80; in version 1 (still read) they start at byte 32.
 //! Records ([`record`](super::record)) follow back to back; the entries of a segment are
 //! contiguous from `base`, and each segment starts where the previous one ends.
 //!
 //! A segment is created under a temporary name, its header fsynced, then renamed into place
 //! and the directory fsynced: a file with a segment name always has a whole header.
+//!
+//! # Durability marks
+//!
+//! ```text
+//! +-----------------+-----------+-------------+-----------+
+//! | durable u64     | seq u64   | flags u32   | crc32 u32 |
+//! +-----------------+-----------+-------------+-----------+
+//! ```
+//!
+//! A mark says "every entry up to `durable` was durable in this log" (flag bit 0,
+//! **sealed**: "and a later segment exists"). Records can only say what they hold: a file
+//! cut short, or a last segment deleted, would otherwise look like a log that is simply
+//! shorter, and recovery could not tell how many entries (acknowledged ones among them)
+//! were lost. With the mark it can: records ending before the mark's index, or a sealed
+//! last segment, are entries the node once made durable and has lost.
+//!
+//! The mark is written in the two slots in turn (the one of the new `seq`, `seq % 2`), so
+//! a torn write of one leaves the other, and the valid slot of the higher `seq` is the
+//! mark. Each [`sync`](super::FileLog::sync) writes the index the *previous* sync made
+//! durable, in the same `fdatasync` as its records: whatever a crash keeps of that write,
+//! the mark never claims more than is durable. A roll-over seals the old segment (after
+//! its records are durable, before the next segment exists); a truncation lowers and
+//! unseals the mark, durably, before it cuts anything. Creating a segment writes slot 0
+//! (`durable = base - 1`) and clears slot 1 (a recycled spare holds an old mark there).
+//!
+//! # Preallocation
 //!
 //! A segment may be preallocated: made from a spare whose header is written over its first
 //! bytes. Records then overwrite what the spare holds instead of growing the file, so the
@@ -42,12 +70,21 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-/// Version of the on-disk format (segments, hard state and snapshot).
+/// Version of the on-disk format of the hard state (and of segments before marks).
 pub(crate) const FORMAT_VERSION: u32 = 1;
-/// Bytes of the segment header.
-pub(crate) const HEADER: usize = 32;
+/// Version of the segments this build writes (with durability marks).
+pub(crate) const SEGMENT_VERSION: u32 = 2;
+/// Bytes of the fixed header, in both versions.
+pub(crate) const FIXED: usize = 32;
+/// Bytes of one durability mark slot.
+pub(crate) const MARK: usize = 24;
+/// Bytes before the first record of a segment this build writes: the fixed header and
+/// the two mark slots.
+pub(crate) const HEADER: usize = FIXED + 2 * MARK;
 const MAGIC: &[u8; 8] = b"CORACLOG";
 const EXTENSION: &str = ".seg";
+/// Flag of a mark: a later segment exists.
+const SEALED: u32 = 1;
 
 /// One segment file.
 #[derive(Debug)]
@@ -62,6 +99,81 @@ pub(crate) struct Segment {
     pub len: u64,
     /// The file goes on past `len` with preallocated zeros.
     pub preallocated: bool,
+    /// The durability mark last written (`None`: a version 1 segment, which has none).
+    pub mark: Option<Mark>,
+}
+
+impl Segment {
+    /// Offset of the first record.
+    pub fn records_start(&self) -> u64 {
+        if self.mark.is_some() {
+            HEADER as u64
+        } else {
+            FIXED as u64
+        }
+    }
+}
+
+/// A durability mark (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Mark {
+    /// Every entry up to this index was durable.
+    pub durable: Index,
+    /// A later segment exists.
+    pub sealed: bool,
+    /// Which write of the mark this is (its slot is `seq % 2`).
+    pub seq: u64,
+}
+
+impl Mark {
+    fn encode(&self) -> [u8; MARK] {
+        let mut b = [0u8; MARK];
+        b[..8].copy_from_slice(&self.durable.to_le_bytes());
+        b[8..16].copy_from_slice(&self.seq.to_le_bytes());
+        b[16..20].copy_from_slice(&(if self.sealed { SEALED } else { 0 }).to_le_bytes());
+        let crc = crc32fast::hash(&b[..20]);
+        b[20..].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    fn decode(b: &[u8]) -> Option<Mark> {
+        let b = b.get(..MARK)?;
+        if crc32fast::hash(&b[..20]).to_le_bytes() != b[20..24] {
+            return None;
+        }
+        let flags = u32::from_le_bytes([b[16], b[17], b[18], b[19]]);
+        if flags & !SEALED != 0 {
+            return None;
+        }
+        Some(Mark {
+            durable: le_u64(&b[..8]),
+            seq: le_u64(&b[8..16]),
+            sealed: flags & SEALED != 0,
+        })
+    }
+}
+
+/// Writes the next mark of `segment` (through its handle `file`, not synced: the caller
+/// syncs before anything relies on it) and remembers it.
+pub(crate) fn write_mark(
+    file: &File,
+    segment: &mut Segment,
+    durable: Index,
+    sealed: bool,
+) -> Result<(), FileLogError> {
+    let Some(last) = segment.mark else {
+        return Ok(()); // version 1: no marks
+    };
+    let mark = Mark {
+        durable,
+        sealed,
+        seq: last.seq + 1,
+    };
+    let at = (FIXED + MARK * (mark.seq % 2) as usize) as u64;
+    file.write_all_at(&mark.encode(), at)
+        .map_err(io_err(&segment.path, "write durability mark"))?;
+    segment.mark = Some(mark);
+    Ok(())
 }
 
 /// A file, durable, ready to become the next segment.
@@ -161,22 +273,40 @@ pub(crate) fn parse_name(name: &str) -> Option<Index> {
     digits.parse().ok()
 }
 
+/// The header of a new segment, with its first mark (`durable = base - 1`) in slot 0 and
+/// slot 1 cleared.
 fn encode_header(base: Index, prev_term: Term) -> [u8; HEADER] {
     let mut h = [0u8; HEADER];
     h[..8].copy_from_slice(MAGIC);
-    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[8..12].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
     h[12..20].copy_from_slice(&base.to_le_bytes());
     h[20..28].copy_from_slice(&prev_term.to_le_bytes());
     let crc = crc32fast::hash(&h[..28]);
-    h[28..].copy_from_slice(&crc.to_le_bytes());
+    h[28..FIXED].copy_from_slice(&crc.to_le_bytes());
+    let mark = Mark {
+        durable: base.saturating_sub(1),
+        sealed: false,
+        seq: 0,
+    };
+    h[FIXED..FIXED + MARK].copy_from_slice(&mark.encode());
     h
 }
 
-/// Checks the header at the start of `bytes` (the content of `path`), returning its base
-/// index and previous term.
-pub(crate) fn decode_header(bytes: &[u8], path: &Path) -> Result<(Index, Term), FileLogError> {
+/// What a segment's header says.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub base: Index,
+    pub prev_term: Term,
+    /// Offset of the first record.
+    pub records_start: usize,
+    /// The mark (the valid slot of the higher `seq`); `None` in version 1.
+    pub mark: Option<Mark>,
+}
+
+/// Checks the header at the start of `bytes` (the content of `path`).
+pub(crate) fn decode_header(bytes: &[u8], path: &Path) -> Result<Header, FileLogError> {
     let corrupt = |offset, reason| FileLogError::corrupt(path, offset, reason);
-    let Some(h) = bytes.get(..HEADER) else {
+    let Some(h) = bytes.get(..FIXED) else {
         return Err(corrupt(0, "segment header is incomplete"));
     };
     if crc32fast::hash(&h[..28]).to_le_bytes() != h[28..] {
@@ -185,10 +315,38 @@ pub(crate) fn decode_header(bytes: &[u8], path: &Path) -> Result<(Index, Term), 
     if &h[..8] != MAGIC {
         return Err(corrupt(0, "not a segment file"));
     }
-    if h[8..12] != FORMAT_VERSION.to_le_bytes() {
-        return Err(corrupt(8, "unknown segment format version"));
+    let (base, prev_term) = (le_u64(&h[12..20]), le_u64(&h[20..28]));
+    let version = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
+    match version {
+        FORMAT_VERSION => Ok(Header {
+            base,
+            prev_term,
+            records_start: FIXED,
+            mark: None,
+        }),
+        SEGMENT_VERSION => {
+            let Some(slots) = bytes.get(FIXED..HEADER) else {
+                return Err(corrupt(FIXED as u64, "segment header is incomplete"));
+            };
+            let mark = [&slots[..MARK], &slots[MARK..]]
+                .into_iter()
+                .filter_map(Mark::decode)
+                .max_by_key(|m| m.seq)
+                .ok_or_else(|| {
+                    corrupt(
+                        FIXED as u64,
+                        "both durability marks of the segment are damaged",
+                    )
+                })?;
+            Ok(Header {
+                base,
+                prev_term,
+                records_start: HEADER,
+                mark: Some(mark),
+            })
+        }
+        _ => Err(corrupt(8, "unknown segment format version")),
     }
-    Ok((le_u64(&h[12..20]), le_u64(&h[20..28])))
 }
 
 /// Creates the segment starting at `base` durably (see the module docs), from `spare` if
@@ -228,6 +386,11 @@ pub(crate) fn create(
         path,
         len: HEADER as u64,
         preallocated,
+        mark: Some(Mark {
+            durable: base.saturating_sub(1),
+            sealed: false,
+            seq: 0,
+        }),
     };
     Ok((segment, file))
 }
@@ -262,12 +425,64 @@ mod tests {
     fn header_roundtrips_and_flips_are_caught() {
         let h = encode_header(5, 3);
         let p = Path::new("x.seg");
-        assert_eq!(decode_header(&h, p).unwrap(), (5, 3));
-        for i in 0..HEADER {
+        let mark = Mark {
+            durable: 4,
+            sealed: false,
+            seq: 0,
+        };
+        let want = Header {
+            base: 5,
+            prev_term: 3,
+            records_start: HEADER,
+            mark: Some(mark),
+        };
+        assert_eq!(decode_header(&h, p).unwrap(), want);
+        for i in 0..FIXED + MARK {
             let mut bad = h;
             bad[i] ^= 0x80;
             assert!(decode_header(&bad, p).is_err(), "flip at {i}");
         }
         assert!(decode_header(&h[..HEADER - 1], p).is_err());
+        // Version 1: no marks, records right after the fixed header.
+        let mut v1 = h;
+        v1[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        let crc = crc32fast::hash(&v1[..28]);
+        v1[28..32].copy_from_slice(&crc.to_le_bytes());
+        let old = decode_header(&v1[..FIXED], p).unwrap();
+        assert_eq!((old.base, old.records_start, old.mark), (5, FIXED, None));
+    }
+
+    #[test]
+    fn the_mark_of_the_higher_seq_wins_and_a_torn_one_leaves_the_other() {
+        let mut h = encode_header(1, 0);
+        let put = |h: &mut [u8; HEADER], m: Mark| {
+            let at = FIXED + MARK * (m.seq % 2) as usize;
+            h[at..at + MARK].copy_from_slice(&m.encode());
+        };
+        let p = Path::new("x.seg");
+        let m1 = Mark {
+            durable: 10,
+            sealed: false,
+            seq: 1,
+        };
+        put(&mut h, m1);
+        assert_eq!(decode_header(&h, p).unwrap().mark, Some(m1));
+        // A lower mark with a higher seq (a truncation) wins over a higher durable index.
+        let m2 = Mark {
+            durable: 3,
+            sealed: true,
+            seq: 2,
+        };
+        put(&mut h, m2);
+        assert_eq!(decode_header(&h, p).unwrap().mark, Some(m2));
+        for i in FIXED..FIXED + MARK {
+            let mut torn = h;
+            torn[i] ^= 0x10;
+            assert_eq!(
+                decode_header(&torn, p).unwrap().mark,
+                Some(m1),
+                "flip at {i}"
+            );
+        }
     }
 }

@@ -1,0 +1,331 @@
+// The interactive model in a real browser: Debian's headless Chromium, driven by
+// playwright-core (no browser download: executablePath is the system's chromium).
+// Run by `cargo xtask web-test`, which builds the page, serves it on 127.0.0.1 and sets
+// CORACLE_WEB_URL, CORACLE_CHROMIUM and CORACLE_SCREENSHOTS.
+//
+// Waits are for states of the page, each with a generous bound (the page runs simulated
+// time at most at real speed; every bound below is ten times what a run needs or more).
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const URL = process.env.CORACLE_WEB_URL;
+const CHROMIUM = process.env.CORACLE_CHROMIUM || '/usr/bin/chromium';
+const SHOTS = process.env.CORACLE_SCREENSHOTS || path.resolve('../target/web-screenshots');
+const FULL_SPEED = '100';
+
+let browser;
+
+before(async () => {
+  assert.ok(URL, 'CORACLE_WEB_URL is not set: run these tests with `cargo xtask web-test`');
+  fs.mkdirSync(SHOTS, { recursive: true });
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    // As root Chromium needs --no-sandbox; the rest keeps it off the (closed) network.
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+});
+
+// A fresh page on the model, collecting every console error, page error, failed request
+// and request that leaves the page's own server.
+async function open(query = '') {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 1040 } });
+  const problems = [];
+  page.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+  page.on('pageerror', (e) => problems.push(`page error: ${e}`));
+  page.on('requestfailed', (r) => problems.push(`request failed: ${r.url()}`));
+  page.on('request', (r) => {
+    const url = r.url();
+    if (!url.startsWith(URL) && !url.startsWith('data:')) problems.push(`request off the page's server: ${url}`);
+  });
+  await page.goto(URL + query);
+  await page.waitForFunction(() => window.coracleReady === true, null, { timeout: 20_000 });
+  return { page, problems };
+}
+
+const state = (page) => page.evaluate(() => window.coracleState());
+
+async function setSpeed(page, value) {
+  await page.$eval('#speed', (e, v) => { e.value = v; e.dispatchEvent(new Event('input')); }, value);
+}
+
+async function seek(page, ms) {
+  await page.$eval('#timeline', (e, v) => { e.value = String(v); e.dispatchEvent(new Event('input')); }, ms);
+}
+
+async function pause(page) {
+  if ((await state(page)).playing) await page.click('#play');
+}
+
+async function waitFor(page, predicate, arg, timeout = 30_000) {
+  await page.waitForFunction(predicate, arg, { timeout, polling: 50 });
+  return state(page);
+}
+
+const leaders = (s) => s.nodes.filter((n) => n.role === 'leader');
+const shot = (page, name) => page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
+
+test('the page loads without a console error, draws every node, and a leader appears', async () => {
+  const { page, problems } = await open('?seed=1&nodes=5');
+  await setSpeed(page, FULL_SPEED);
+  const s = await waitFor(page, () => window.coracleState().nodes.some((n) => n.role === 'leader'));
+  const leader = leaders(s)[0];
+  assert.equal(await page.locator('#layer-nodes .node').count(), 5);
+  assert.equal(await page.getAttribute(`#node-${leader.id}`, 'data-role'), 'leader');
+  assert.equal(await page.locator('.lane-hit').count(), 20, 'two lanes per pair of nodes');
+  assert.equal(await page.locator('#scenarios button').count(), 12);
+  await page.waitForTimeout(300);
+  assert.deepEqual(problems, []);
+  await shot(page, 'start');
+  await page.close();
+});
+
+test('clicking the leader crashes it and a new leader of a higher term appears', async () => {
+  const { page, problems } = await open('?seed=2&nodes=5');
+  await setSpeed(page, FULL_SPEED);
+  const before = await waitFor(page, () => window.coracleState().nodes.some((n) => n.role === 'leader'));
+  const old = leaders(before)[0];
+  // Paused at the click, to know the moment of the crash to go back to.
+  await pause(page);
+  await page.click(`#node-${old.id}`);
+  const crashed = await state(page);
+  await page.click('#play');
+  assert.equal(crashed.nodes[old.id - 1].up, false);
+  assert.match(await page.getAttribute(`#node-${old.id}`, 'class'), /\bdown\b/);
+  const after = await waitFor(page, ([id, term]) => window.coracleState().nodes
+    .some((n) => n.role === 'leader' && n.id !== id && n.term > term), [old.id, old.term]);
+  const next = leaders(after).find((n) => n.id !== old.id);
+  assert.ok(next.term > old.term);
+  assert.equal(await page.getAttribute(`#node-${next.id}`, 'data-role'), 'leader');
+  assert.ok(Number(await page.getAttribute(`#node-${next.id}`, 'data-term')) > old.term);
+  await shot(page, 'leader-crashed');
+  // Back in time: before the click the old leader leads again, and forward it is gone.
+  await pause(page);
+  const end = (await state(page)).t;
+  await seek(page, Math.floor(crashed.t / 1000) - 1);
+  const past = await state(page);
+  assert.equal(past.nodes[old.id - 1].role, 'leader');
+  assert.equal(await page.getAttribute(`#node-${old.id}`, 'data-role'), 'leader');
+  await seek(page, Math.floor(end / 1000));
+  const again = await state(page);
+  assert.equal(again.nodes[old.id - 1].up, false, 'the recorded crash replays');
+  assert.equal(leaders(again)[0].id, next.id, 'the same seed and actions: the same leader');
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test('pause stops time, step moves one event, and the slowest speed is a hundredth of real time', async () => {
+  const { page, problems } = await open('?seed=6&nodes=3');
+  await pause(page);
+  const paused = await state(page);
+  await page.waitForTimeout(300);
+  assert.equal((await state(page)).t, paused.t, 'no time passes while paused');
+  await page.click('#step');
+  const stepped = await state(page);
+  assert.equal(stepped.playing, false);
+  assert.ok(stepped.events > paused.events && stepped.t >= paused.t, 'one event later');
+  // 0.01x: one second of real time is 10 ms of simulated time (bound: 200 ms, generous
+  // for a loaded machine's frame clock).
+  await setSpeed(page, '0');
+  await page.click('#play');
+  const before = await state(page);
+  await page.waitForTimeout(1000);
+  const after = await state(page);
+  assert.ok(after.t > before.t && after.t - before.t < 200_000, `${after.t - before.t} µs`);
+  assert.equal(await page.textContent('#speed-label'), '0.010×');
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test('links are cut one way by a click, both ways by a shift-click, and healed', async () => {
+  const { page, problems } = await open('?seed=3&nodes=4');
+  await pause(page);
+  await page.click('#lane-1-2');
+  let s = await state(page);
+  assert.deepEqual(s.cut, [[1, 2]]);
+  assert.match(await page.getAttribute('#lane-1-2 + .lane', 'class'), /\bcut\b/);
+  await page.click('#lane-3-4', { modifiers: ['Shift'] });
+  s = await state(page);
+  assert.deepEqual(s.cut, [[1, 2], [3, 4], [4, 3]]);
+  await page.click('#lane-1-2');
+  assert.deepEqual((await state(page)).cut, [[3, 4], [4, 3]]);
+  await page.click('#heal');
+  assert.deepEqual((await state(page)).cut, []);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test('a client write commits on every node', async () => {
+  const { page, problems } = await open('?seed=4&nodes=3');
+  await setSpeed(page, FULL_SPEED);
+  await waitFor(page, () => window.coracleState().nodes.some((n) => n.role === 'leader' && n.commit >= 1));
+  await page.click('#write');
+  await page.click('#write');
+  const s = await waitFor(page, () => window.coracleState().nodes.every((n) => n.applied >= 3));
+  assert.ok(s.nodes.every((n) => n.state === s.nodes[0].state && n.state.length > 0));
+  assert.match(await page.textContent('#message'), /written to S\d at index/);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+// What each scenario's narration claims at its end, read from the page's state and DOM
+// (apart from the model's own verdict).
+const CLAIMS = {
+  'replica-crash': (s) => {
+    assert.equal(leaders(s).length, 1);
+    assert.ok(s.nodes.every((n) => n.up && n.applied === leaders(s)[0].commit), 'every node caught up');
+    assert.ok(s.sent.some(([k, c]) => k === 'InstallSnapshot' && c > 0), 'a snapshot was sent');
+  },
+  'leader-crash': (s) => {
+    const first = Number(/S(\d+) was elected leader of term (\d+)/.exec(s.scenario.lines[0][1])[2]);
+    assert.equal(leaders(s).length, 1);
+    assert.ok(leaders(s)[0].term > first, 'the new leader has a higher term');
+    assert.ok(s.nodes.every((n) => n.up && n.term === leaders(s)[0].term));
+  },
+  'net-split': (s) => {
+    assert.equal(leaders(s).length, 1);
+    const l = leaders(s)[0];
+    assert.ok(s.nodes.every((n) => n.last === l.last && n.commit === l.commit), 'the logs agree');
+    assert.deepEqual(s.cut, []);
+  },
+  'two-leaders': (s) => {
+    const ls = leaders(s);
+    assert.equal(ls.length, 2, 'two leaders at once');
+    assert.notEqual(ls[0].term, ls[1].term, 'in different terms');
+    const [old, young] = ls.sort((a, b) => a.term - b.term);
+    assert.ok(old.commit < old.last, 'the old leader\'s write is not committed');
+    assert.equal(young.commit, young.last, 'the new leader\'s write is committed');
+  },
+  'node-start': (s) => {
+    const five = s.nodes[4];
+    assert.ok(five.up && five.role === 'follower');
+    assert.equal(five.applied, leaders(s)[0].commit);
+  },
+  'cold-start': (s) => {
+    assert.equal(leaders(s).length, 1);
+    assert.ok(s.nodes.every((n) => n.up && n.applied === n.last && n.applied >= 4));
+    assert.ok(s.nodes.every((n) => n.state === s.nodes[0].state));
+  },
+  'figure-7': (s) => {
+    assert.equal(leaders(s)[0].id, 1);
+    const terms = (n) => n.log.map(([t]) => t).join(',');
+    assert.equal(terms(s.nodes[0]), `1,1,1,4,4,5,5,6,6,6,${s.nodes[0].term}`);
+    assert.ok(s.nodes.every((n) => terms(n) === terms(s.nodes[0]) && n.commit === 11));
+  },
+  'figure-8': (s) => {
+    const atTwo = s.nodes.map((n) => n.log[2 - n.logFrom][0]);
+    assert.ok(atTwo.every((t) => t === atTwo[0] && t > 1), `index 2 holds one newer term everywhere: ${atTwo}`);
+  },
+  'partial-prevote': (s) => {
+    const first = Number(/leads term (\d+)/.exec(s.scenario.lines[0][1])[1]);
+    assert.equal(leaders(s).length, 1);
+    assert.ok(s.nodes.every((n) => n.term === first), 'no term moved');
+  },
+  'partial-no-prevote': (s) => {
+    const first = Number(/leads term (\d+)/.exec(s.scenario.lines[0][1])[1]);
+    assert.equal(leaders(s).length, 1);
+    assert.ok(leaders(s)[0].term > first, 'the leader was deposed');
+  },
+  'transfer': (s) => {
+    const [, from, term] = /S(\d+) leads term (\d+)/.exec(s.scenario.lines[0][1]).map(Number);
+    assert.equal(leaders(s).length, 1);
+    assert.notEqual(leaders(s)[0].id, from);
+    assert.equal(leaders(s)[0].term, term + 1);
+    assert.ok(s.sent.some(([k]) => k === 'TimeoutNow'));
+  },
+  'learner': (s) => {
+    assert.equal(s.nodes.length, 4);
+    assert.equal(s.nodes[3].member, 'voter');
+    assert.equal(s.nodes[3].applied, leaders(s)[0].commit);
+  },
+};
+
+test('every scenario ends in the state its narration claims', async () => {
+  const { page, problems } = await open('?seed=1');
+  await setSpeed(page, FULL_SPEED);
+  const ids = await page.$$eval('#scenarios button', (bs) => bs.map((b) => b.id.replace('scenario-', '')));
+  assert.deepEqual(ids.sort(), Object.keys(CLAIMS).sort());
+  for (const id of ids) {
+    await page.click(`#scenario-${id}`);
+    const s = await waitFor(page, (want) => {
+      const sc = window.coracleState().scenario;
+      return sc && sc.id === want && sc.done;
+    }, id, 60_000);
+    assert.equal(s.scenario.ok, true, `${id}: ${s.scenario.error}`);
+    assert.match(await page.textContent('#verdict'), /ended as narrated/);
+    assert.equal(await page.locator('#narration li').count(), s.scenario.lines.length);
+    CLAIMS[id](s);
+    await shot(page, `scenario-${id}`);
+  }
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test('a nonsense seed or node count is refused with a message, and the run goes on', async () => {
+  const { page, problems } = await open('?seed=5&nodes=3');
+  for (const [seed, nodes, words] of [['banana', '5', /seed "banana" refused/], ['-1', '5', /seed/],
+    ['1', '12', /node count "12" refused/], ['1', '', /node count/], ['1', '2.5', /node count/],
+    ['99999999999999999999999', '3', /seed/]]) {
+    await page.fill('#seed', seed);
+    await page.fill('#nodes', nodes);
+    const before = await state(page);
+    await page.click('#start');
+    assert.equal(await page.isVisible('#error'), true);
+    assert.match(await page.textContent('#error'), words);
+    await page.waitForTimeout(150);
+    const after = await state(page);
+    assert.ok(after.t > before.t, 'the run goes on');
+    assert.equal(after.n, 3, 'the old run is still shown');
+  }
+  await page.fill('#seed', 'nope');
+  await page.click('#scenario-leader-crash');
+  assert.match(await page.textContent('#error'), /seed "nope" refused/);
+  await page.fill('#seed', '7');
+  await page.fill('#nodes', '4');
+  await page.click('#start');
+  assert.equal(await page.isVisible('#error'), false);
+  assert.equal((await state(page)).n, 4);
+  await page.close();
+  // Nonsense in the address: the page starts with the defaults and says why.
+  const other = await open('?seed=x&nodes=99');
+  assert.match(await other.page.textContent('#error'), /refused/);
+  assert.equal((await state(other.page)).n, 5);
+  await other.page.close();
+  assert.deepEqual(problems, []);
+  assert.deepEqual(other.problems, []);
+});
+
+test('frame time with 7 nodes at full speed (measured, not asserted)', async () => {
+  const { page, problems } = await open('?seed=1&nodes=7');
+  await setSpeed(page, FULL_SPEED);
+  await waitFor(page, () => window.coracleState().nodes.some((n) => n.role === 'leader'));
+  // Writes keep AppendEntries with entries in flight too.
+  for (let i = 0; i < 10; i++) await page.click('#write');
+  await page.waitForTimeout(1000);
+  await page.evaluate(() => window.coracleFrameStats(true));
+  await page.waitForTimeout(5000);
+  const stats = await page.evaluate(() => window.coracleFrameStats());
+  const s = await state(page);
+  const report = {
+    nodes: 7, speed: s.speed, frames: stats.frames,
+    work_ms: stats.work, interval_ms: stats.interval,
+    fps: 1000 / stats.interval.mean,
+  };
+  fs.writeFileSync(path.join(SHOTS, 'frame-time.json'), JSON.stringify(report, null, 2));
+  console.log(`frame time, 7 nodes, full speed: page work per frame mean ${stats.work.mean.toFixed(2)} ms, ` +
+    `p95 ${stats.work.p95.toFixed(2)} ms, max ${stats.work.max.toFixed(2)} ms; frame interval mean ` +
+    `${stats.interval.mean.toFixed(2)} ms (${report.fps.toFixed(1)} frames/s), p95 ${stats.interval.p95.toFixed(2)} ms`);
+  assert.ok(stats.frames > 0);
+  await shot(page, 'seven-nodes');
+  assert.deepEqual(problems, []);
+  await page.close();
+});
