@@ -1,16 +1,18 @@
 //! The host of one node: the only module of this crate that uses the `coracle` API.
 //!
-//! It owns a real [`coracle::Node`] with the simplest in-memory log ([`VecLog`]), feeds it
-//! ticks, messages and commands, drains its outputs (memory is durable at once; committed
-//! commands go to the [`Kv`] state machine; snapshots are taken and restored here), and
+//! It owns a real [`coracle::Node`] with the simplest memory log ([`VecLog`]) and a
+//! [`MemStore`] as its disk, feeds it ticks, messages and commands, drains its outputs
+//! (every batch of writes is durable at once; committed commands go to the [`Kv`] state
+//! machine; snapshots are taken, sent and restored from the store here), and
 //! turns what the node says into the plain types below ([`Send`], [`MessageInfo`],
 //! [`NodeView`]) that the simulation and the page use. When the core's API changes, this
 //! file is what changes.
 
 use crate::kv::Kv;
 use coracle::{
-    Config, Entry, EntryKind, HardState, LogStorage, MembershipChange, Message, Node, Output,
-    OwnedMessage, ProgressState, Role as CoreRole, StateChange, VecLog,
+    Config, EntryKind, HardState, InstallSnapshot, LogStorage, MemStore, MembershipChange,
+    Message, Node, Output, OwnedEntry, OwnedMessage, ProgressState, Role as CoreRole,
+    StateChange, VecLog,
 };
 use std::fmt;
 
@@ -41,6 +43,8 @@ pub struct NodeOptions {
     pub check_quorum: bool,
     /// Entries in one AppendEntries.
     pub max_entries_per_message: usize,
+    /// Entries kept in the log behind a snapshot.
+    pub keep_entries_behind_snapshot: u64,
 }
 
 /// A node's role as the page shows it.
@@ -201,20 +205,17 @@ impl fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
-/// The node of a host: running, or crashed with what its storage kept.
-enum State {
-    Up(Box<RaftNode>),
-    Down(Box<VecLog>),
-}
-
-/// One node and its storage, state machine and snapshots.
+/// One node, its disk, its state machine and snapshots.
 pub struct Host {
     id: NodeId,
     seed: u64,
     options: NodeOptions,
     /// The voters of the first configuration (the log may hold newer ones).
     voters: Vec<NodeId>,
-    state: State,
+    /// The running node (`None`: crashed).
+    node: Option<Box<RaftNode>>,
+    /// Its disk: what survives a crash.
+    store: MemStore,
     kv: Kv,
     /// Starts so far (each start draws its election jitter from another seed).
     starts: u64,
@@ -245,36 +246,33 @@ impl Host {
         term: Term,
         entries: &[Term],
     ) -> Result<Host, Refused> {
-        let mut log = VecLog::new();
-        let refused = |e: coracle::StorageError| Refused(e.to_string());
-        log.set_hard_state(HardState {
+        let mut store = MemStore::new();
+        store.hard_state = HardState {
             current_term: term,
             voted_for: None,
-        })
-        .map_err(refused)?;
+        };
         for (i, &entry_term) in entries.iter().enumerate() {
             let index = i as Index + 1;
-            let data = format!("{}={index}", ["x", "y", "z"][i % 3]);
-            log.append(&Entry {
+            store.entries.push(OwnedEntry {
                 index,
                 term: entry_term,
                 kind: EntryKind::Command,
-                data: data.as_bytes(),
-            })
-            .map_err(refused)?;
+                data: format!("{}={index}", ["x", "y", "z"][i % 3]).into_bytes(),
+            });
         }
         let mut host = Host {
             id,
             seed,
             options,
             voters: voters.to_vec(),
-            state: State::Down(Box::new(log)),
+            node: None,
+            store,
             kv: Kv::default(),
             starts: 0,
             membership: Membership::Outside,
         };
         host.start()?;
-        if let State::Up(node) = &mut host.state {
+        if let Some(node) = &mut host.node {
             node.skip_vote_guard();
         }
         Ok(host)
@@ -287,15 +285,14 @@ impl Host {
 
     /// True while running.
     pub fn is_up(&self) -> bool {
-        matches!(self.state, State::Up(_))
+        self.node.is_some()
     }
 
     /// Crashes the node: its volatile state (role, commit index, state machine, timers)
-    /// is gone; its log and hard state stay (every write was made durable at once).
+    /// is gone; its disk stays (every batch of writes was made durable at once).
     pub fn crash(&mut self) {
         self.membership = self.membership();
-        if let State::Up(node) = std::mem::replace(&mut self.state, State::Down(Box::default())) {
-            self.state = State::Down(Box::new(node.into_log()));
+        if self.node.take().is_some() {
             self.kv = Kv::default();
         }
     }
@@ -309,10 +306,13 @@ impl Host {
     }
 
     fn start(&mut self) -> Result<(), Refused> {
-        let State::Down(log) = std::mem::replace(&mut self.state, State::Down(Box::default()))
-        else {
+        if self.node.is_some() {
             return Ok(());
-        };
+        }
+        let mut log = VecLog::new();
+        self.store
+            .recover(&mut log)
+            .map_err(|e| Refused(format!("node {} cannot start: {e}", self.id)))?;
         let mut config = Config::new(self.id, self.seed ^ self.starts.wrapping_mul(0x9E37));
         config.election_ticks = self.options.election_ticks;
         config.heartbeat_ticks = self.options.heartbeat_ticks;
@@ -320,47 +320,36 @@ impl Host {
         config.pre_vote = self.options.pre_vote;
         config.check_quorum = self.options.check_quorum;
         config.max_entries_per_message = self.options.max_entries_per_message;
+        config.keep_entries_behind_snapshot = self.options.keep_entries_behind_snapshot;
         self.starts += 1;
-        match RaftNode::new(config, (*log).clone(), &self.voters) {
-            Ok(node) => {
-                self.state = State::Up(Box::new(node));
-                self.kv = Kv::default();
-                Ok(())
-            }
-            Err(e) => {
-                self.state = State::Down(log);
-                Err(Refused(format!("node {} cannot start: {e}", self.id)))
-            }
-        }
+        let node = RaftNode::new(config, log, &self.voters)
+            .map_err(|e| Refused(format!("node {} cannot start: {e}", self.id)))?;
+        self.node = Some(Box::new(node));
+        self.kv = Kv::default();
+        Ok(())
     }
 
     /// The role of the running node (`None` while down).
     pub fn role(&self) -> Option<Role> {
-        match &self.state {
-            State::Up(node) => Some(Role::from_core(node.role())),
-            State::Down(_) => None,
-        }
+        self.node.as_ref().map(|n| Role::from_core(n.role()))
     }
 
-    /// The node's current term (from its storage while down).
+    /// The node's current term (from its disk while down).
     pub fn term(&self) -> Term {
-        match &self.state {
-            State::Up(node) => node.term(),
-            State::Down(log) => log.hard_state().current_term,
+        match &self.node {
+            Some(node) => node.term(),
+            None => self.store.hard_state.current_term,
         }
     }
 
     /// Ticks the running node has counted since it started (0 while down).
     pub fn ticks(&self) -> u64 {
-        match &self.state {
-            State::Up(node) => node.now(),
-            State::Down(_) => 0,
-        }
+        self.node.as_ref().map_or(0, |n| n.now())
     }
 
     /// `ticks` more ticks pass.
     pub fn advance(&mut self, ticks: u64) {
-        if let State::Up(node) = &mut self.state {
+        if let Some(node) = &mut self.node {
             if ticks > 0 {
                 node.advance(ticks);
             }
@@ -370,15 +359,12 @@ impl Host {
     /// Ticks until the node's next timer fires (election timeout, heartbeat, quorum check),
     /// or `None` while down.
     pub fn ticks_until_deadline(&self) -> Option<u64> {
-        match &self.state {
-            State::Up(node) => Some(node.ticks_until_deadline()),
-            State::Down(_) => None,
-        }
+        self.node.as_ref().map(|n| n.ticks_until_deadline())
     }
 
     /// A message arrives from `from` (dropped while down).
     pub fn receive(&mut self, from: NodeId, packet: &Packet) {
-        if let State::Up(node) = &mut self.state {
+        if let Some(node) = &mut self.node {
             node.step(from, packet.0.as_message());
         }
     }
@@ -411,7 +397,7 @@ impl Host {
 
     /// On the leader: make the learner `peer` a voter.
     pub fn promote(&mut self, peer: NodeId) -> Result<Index, Refused> {
-        self.change_membership(MembershipChange::AddVoter(peer))
+        self.change_membership(MembershipChange::Promote(peer))
     }
 
     fn change_membership(&mut self, change: MembershipChange<'_>) -> Result<Index, Refused> {
@@ -424,53 +410,89 @@ impl Host {
     }
 
     fn running(&mut self) -> Result<&mut RaftNode, Refused> {
-        match &mut self.state {
-            State::Up(node) => Ok(node),
-            State::Down(_) => Err(Refused(format!("node {} is down", self.id))),
-        }
+        let id = self.id;
+        self.node
+            .as_deref_mut()
+            .ok_or_else(|| Refused(format!("node {id} is down")))
     }
 
-    /// Drains the node's outputs: makes writes durable at once, applies committed
-    /// commands, restores snapshots, and collects the messages to send and a line for each
-    /// change of role or term.
+    /// Drains the node's outputs: makes every batch of writes durable at once, applies
+    /// committed commands, sends snapshot chunks read from the disk, restores snapshots,
+    /// and collects the messages to send and a line for each change of role or term.
     pub fn drain(&mut self, sends: &mut Vec<Send>, notes: &mut Vec<String>) {
-        let State::Up(node) = &mut self.state else {
+        let Some(node) = &mut self.node else {
             return;
         };
-        while let Some(output) = node.poll_output() {
-            match output {
-                Output::StateChanged(change) => notes.push(describe_change(self.id, change)),
-                Output::Sync(token) => node.synced(token),
-                Output::Send { to, message } => sends.push(Send {
-                    to,
-                    info: info(&message),
-                    packet: Packet(OwnedMessage::from(&message)),
-                }),
-                Output::Apply(entry) if entry.kind == EntryKind::Command => {
-                    self.kv.apply(entry.data)
+        loop {
+            let mut durable = None;
+            while let Some(output) = node.poll_output() {
+                match output {
+                    Output::StateChanged(change) => notes.push(describe_change(self.id, change)),
+                    Output::Persist(batch) => {
+                        self.store.persist(&batch);
+                        durable = Some(batch.token);
+                    }
+                    Output::Send { to, message } => sends.push(Send {
+                        to,
+                        info: info(&message),
+                        packet: Packet(OwnedMessage::from(&message)),
+                    }),
+                    Output::SendSnapshot {
+                        to,
+                        message,
+                        max_len,
+                    } => {
+                        let index = message.last_included_index;
+                        if let Some((data, done)) =
+                            self.store.snapshot_chunk(index, message.offset, max_len)
+                        {
+                            let m = Message::InstallSnapshot(InstallSnapshot {
+                                data,
+                                done,
+                                ..message
+                            });
+                            sends.push(Send {
+                                to,
+                                info: info(&m),
+                                packet: Packet(OwnedMessage::from(&m)),
+                            });
+                        }
+                    }
+                    Output::Apply(entry) if entry.kind == EntryKind::Command => {
+                        self.kv.apply(entry.data)
+                    }
+                    Output::RestoreSnapshot { index, .. } => {
+                        self.kv = self
+                            .store
+                            .snapshot
+                            .as_ref()
+                            .map(|(_, data)| Kv::decode(data))
+                            .unwrap_or_default();
+                        notes.push(format!(
+                            "S{} restored its state machine from a snapshot through {index}",
+                            self.id
+                        ));
+                    }
+                    // A VecLog never misses and never fills up; the model makes no reads.
+                    Output::Fetch { .. }
+                    | Output::SnapshotNeeded
+                    | Output::Apply(_)
+                    | Output::ReadReady { .. }
+                    | Output::ReadFailed { .. } => {}
                 }
-                Output::RestoreSnapshot { index, .. } => {
-                    self.kv = node
-                        .log()
-                        .snapshot()
-                        .map(|(_, data)| Kv::decode(data))
-                        .unwrap_or_default();
-                    notes.push(format!(
-                        "S{} restored its state machine from a snapshot through {index}",
-                        self.id
-                    ));
-                }
-                // Reads (the model makes none), a full log (a VecLog grows): nothing to do.
-                _ => {}
+            }
+            match durable {
+                Some(token) => node.persisted(token),
+                None => return,
             }
         }
     }
 
     /// Takes a snapshot of the state machine once `every` entries were applied since the
-    /// last one, and compacts the log up to `keep` entries behind it, so a node that was
-    /// down long enough gets InstallSnapshot.
-    pub fn maybe_snapshot(&mut self, every: u64, keep: u64) {
-        let State::Up(node) = &mut self.state else {
+    /// last one (the log keeps `NodeOptions::keep_entries_behind_snapshot` entries behind
+    /// it), so a node that was down long enough gets InstallSnapshot.
+    pub fn maybe_snapshot(&mut self, every: u64) {
+        let Some(node) = &mut self.node else {
             return;
         };
         let applied = node.applied_index();
@@ -478,18 +500,15 @@ impl Host {
         if applied < kept + every.max(1) {
             return;
         }
-        let data = self.kv.encode();
-        let Some(meta) = node.snapshot_meta_at(applied, data.len() as u64) else {
-            return;
-        };
-        node.log_mut().save_snapshot(meta, data);
-        // Compaction stops on its own before the newest configuration entry.
-        let _ = node.compact(applied.saturating_sub(keep));
+        self.store.save_taken(applied, self.kv.encode());
+        if node.snapshot_taken(applied).is_err() {
+            self.store.taken.clear();
+        }
     }
 
     /// What the node is in the configuration it uses.
     fn membership(&self) -> Membership {
-        let State::Up(node) = &self.state else {
+        let Some(node) = &self.node else {
             return self.membership;
         };
         match node.members().find(|m| m.id == self.id) {
@@ -501,8 +520,8 @@ impl Host {
 
     /// What the page draws of this node.
     pub fn view(&self) -> NodeView {
-        match &self.state {
-            State::Up(node) => {
+        match &self.node {
+            Some(node) => {
                 let role = Role::from_core(node.role());
                 let progress = if role == Role::Leader {
                     node.members()
@@ -538,10 +557,14 @@ impl Host {
                     ..log_view(node.log())
                 }
             }
-            State::Down(log) => NodeView {
-                membership: self.membership,
-                ..log_view(log)
-            },
+            None => {
+                let mut log = VecLog::new();
+                let _ = self.store.recover(&mut log);
+                NodeView {
+                    membership: self.membership,
+                    ..log_view(&log)
+                }
+            }
         }
     }
 }
@@ -643,13 +666,13 @@ fn describe(message: &Message<'_>) -> String {
         ),
         Message::TimeoutNow(m) => format!("term {}, campaign now", m.term),
         Message::InstallSnapshot(m) => format!(
-            "term {}, snapshot through {} (term {}), bytes {}..{} of {}",
+            "term {}, snapshot through {} (term {}), bytes {}..{}{}",
             m.term,
             m.last_included_index,
             m.last_included_term,
             m.offset,
             m.offset + m.data.len() as u64,
-            m.size
+            if m.done { ", the last" } else { "" }
         ),
         Message::InstallSnapshotResponse(m) => {
             format!("term {}, next byte {}", m.term, m.next_offset)
@@ -668,6 +691,7 @@ mod tests {
         pre_vote: true,
         check_quorum: true,
         max_entries_per_message: 64,
+        keep_entries_behind_snapshot: 1,
     };
 
     #[test]
@@ -740,7 +764,7 @@ mod tests {
         for i in 0..10 {
             host.propose(&format!("k{}={i}", i % 2)).unwrap();
             host.drain(&mut sends, &mut notes);
-            host.maybe_snapshot(4, 1);
+            host.maybe_snapshot(4);
         }
         let view = host.view();
         assert!(view.snapshot >= 8, "{view:?}");

@@ -69,6 +69,7 @@ impl Options {
                 pre_vote: true,
                 check_quorum: true,
                 max_entries_per_message: 64,
+                keep_entries_behind_snapshot: 4,
             },
             snapshot_every: Some(24),
             histories: Vec::new(),
@@ -380,7 +381,7 @@ impl Sim {
         let slot = &mut self.slots[i];
         slot.host.drain(&mut sends, &mut notes);
         if let Some(every) = self.options.snapshot_every {
-            slot.host.maybe_snapshot(every, 4);
+            slot.host.maybe_snapshot(every);
         }
         for text in notes {
             self.note(text);
