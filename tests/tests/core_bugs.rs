@@ -35,9 +35,10 @@ impl Host {
         loop {
             match self.node.poll_output() {
                 None => break,
-                Some(Output::Sync(token)) => {
+                Some(Output::Persist(batch)) => {
+                    let token = batch.token;
                     if self.auto_sync {
-                        self.node.synced(token);
+                        self.node.persisted(token);
                     } else {
                         self.unsynced = Some(token);
                     }
@@ -176,7 +177,7 @@ fn a_heartbeat_answer_does_not_hide_a_pending_probe_answer() {
         .unsynced
         .take()
         .expect("node 3 wrote the probe's entries");
-    net.host(3).node.synced(token);
+    net.host(3).node.persisted(token);
     assert_eq!(net.host(3).node.last_index(), leader_last);
     let answers = net.take(3, 2);
     let best = answers
@@ -219,8 +220,7 @@ fn refusing_a_stale_candidate_does_not_reset_the_election_timer() {
     log.set_hard_state(HardState {
         current_term: 1,
         voted_for: None,
-    })
-    .expect("hard state");
+    });
     let mut config = Config::new(1, 1);
     config.pre_vote = false;
     let mut node: Node<VecLog> = Node::new(config, log, &[1, 2, 3]).expect("node");

@@ -1,13 +1,13 @@
 //! The oracles can fail: hand-made bad histories trip each of them, and a deliberately
 //! broken storage under the simulator is caught.
 
-use coracle::{Config, Entry, EntryKind, Index, LogStorage, Term};
+use coracle::{Config, Entry, EntryKind, Index, Term};
 use coracle_tests::oracle::{EntryId, LogView, Oracles, Violation};
-use coracle_tests::sim::{run, Bug, Faults, SimLog, SimOptions};
+use coracle_tests::sim::{run, Bug, Faults, LogImage, SimOptions};
 
 /// A log holding entries of these terms at indexes 1, 2, ... (data: `tag` and the index).
-fn log(terms: &[Term], tag: u8) -> SimLog {
-    let mut log = SimLog::new();
+fn log(terms: &[Term], tag: u8) -> LogImage {
+    let mut log = LogImage::new();
     for (i, &term) in terms.iter().enumerate() {
         let index = i as Index + 1;
         log.append(&Entry {
@@ -21,7 +21,7 @@ fn log(terms: &[Term], tag: u8) -> SimLog {
     log
 }
 
-fn id(log: &SimLog, index: Index) -> EntryId {
+fn id(log: &LogImage, index: Index) -> EntryId {
     log.entry_id(index).expect("entry")
 }
 

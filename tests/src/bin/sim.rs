@@ -23,8 +23,9 @@ options:
   --steps M          events with faults before everything heals (default 20000)
   --nodes K          cluster size, 1 to 9 (default 5)
   --faults LIST      fault classes: all, none, or a comma list of drop, dup, reorder,
-                     delay, partition, asym, partial, crash, torn, pause, skew,
-                     membership, transfer, snapshot; `-name` removes one (default all);
+                     delay, partition, asym, partial, crash, torn, slow-disk,
+                     disk-fail, slow-reads, pause, skew, membership, transfer,
+                     snapshot; `-name` removes one (default all);
                      lose-tail (not in all: a restart loses entries it acknowledged,
                      which every other node holds)
   --clients C        simulated clients (default 3)
