@@ -511,3 +511,81 @@ fn a_configuration_change_whose_last_entry_only_leaving_voters_hold_still_elects
     put_and_commit(&mut c, leader, 0, 9);
     assert!(c.violations().is_empty(), "{:?}", c.violations());
 }
+
+// ----- found by the simulator's storage faults (issue 16) ---------------------------------
+
+use coracle::{CachedLog, Index, MemStore, OwnedEntry};
+
+/// Restarts a single node on a `CachedLog` of `budget` bytes holding `entries` commands
+/// whose data only its store has, and drives it until it applied them all: returns the
+/// fetches it asked for.
+fn fetches_to_apply_after_restart(budget: usize, entries: Index) -> u64 {
+    let mut store = MemStore::new();
+    store.hard_state = HardState {
+        current_term: 1,
+        voted_for: Some(1),
+    };
+    let mut log = CachedLog::new(budget);
+    log.set_hard_state(store.hard_state);
+    for index in 1..=entries {
+        log.append_without_data(index, 1, EntryKind::Command)
+            .expect("append");
+        store.entries.push(OwnedEntry {
+            index,
+            term: 1,
+            kind: EntryKind::Command,
+            data: vec![index as u8; 40],
+        });
+    }
+    let mut node: Node<CachedLog> = Node::new(Config::new(1, 1), log, &[1]).expect("node");
+    let mut applied: Vec<Index> = Vec::new();
+    for _ in 0..10 * entries {
+        node.tick();
+        loop {
+            let (mut fetch, mut token) = (None, None);
+            while let Some(out) = node.poll_output() {
+                match out {
+                    Output::Persist(batch) => {
+                        store.persist(&batch);
+                        token = Some(batch.token);
+                    }
+                    Output::Fetch { from, to } => fetch = Some((from, to)),
+                    Output::Apply(e) => applied.push(e.index),
+                    _ => {}
+                }
+            }
+            if let Some(t) = token {
+                node.persisted(t);
+            }
+            match fetch {
+                Some((from, to)) => node.fetched(store.fetch(from, to)),
+                None if token.is_none() => break,
+                None => {}
+            }
+        }
+        if applied.len() as Index > entries {
+            break;
+        }
+    }
+    let expected: Vec<Index> = (1..=entries + 1).collect();
+    assert_eq!(applied, expected, "every entry applied once, in order");
+    node.counters().fetches
+}
+
+/// Sim seeds 431 and 470 (`--faults all`, a node on a `CachedLog` of 256 bytes): a node
+/// restarted on a log whose data is on disk only applied one entry per many fetches and
+/// could not catch up. It asks for the entries it misses from the one it needs (up to a
+/// pipeline's worth); the memory log keeps the entries it is handed in a window of half
+/// its budget, evicting the oldest to make room for the next, so after the answer only
+/// the last few remain, not the one the node needed: it asks again for one entry fewer,
+/// and so on, a quadratic number of reads.
+#[test]
+fn a_small_memory_log_gets_the_entries_it_fetched_in_a_linear_number_of_reads() {
+    let fetches = fetches_to_apply_after_restart(256, 60);
+    assert!(
+        fetches <= 2 * 60,
+        "{fetches} fetches to apply 60 entries a window holds one of"
+    );
+    // A window that holds everything needs one read.
+    assert_eq!(fetches_to_apply_after_restart(1 << 20, 60), 1);
+}
