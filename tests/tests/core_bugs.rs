@@ -589,3 +589,42 @@ fn a_small_memory_log_gets_the_entries_it_fetched_in_a_linear_number_of_reads() 
     // A window that holds everything needs one read.
     assert_eq!(fetches_to_apply_after_restart(1 << 20, 60), 1);
 }
+
+/// Sim seed 356 (`--faults all`): a follower that restarts in the middle of a snapshot
+/// transfer has lost the chunks it was given (a restart forgets the snapshot being
+/// received) and answers every chunk with offset 0; the leader only ever moved its
+/// acknowledged offset forward, so it kept sending from where the follower had been
+/// before the crash, and the follower never caught up.
+#[test]
+fn a_snapshot_transfer_starts_over_when_the_follower_restarts_in_the_middle() {
+    let mut options = quiet(3, "none", 8);
+    if let Some(config) = options.config.as_mut() {
+        config.max_inflight = 2;
+    }
+    let mut c = Cluster::new(1, options, None);
+    elect(&mut c, 1);
+    c.partition(&[&[1, 2], &[3]]);
+    for k in 0..20 {
+        put_and_commit(&mut c, 1, k, k);
+    }
+    c.snapshot(1);
+    c.heal();
+    let sending = |c: &Cluster| {
+        c.node(1)
+            .and_then(|n| n.progress(3))
+            .is_some_and(|p| p.state == ProgressState::Snapshot)
+    };
+    assert!(
+        c.run_until(50, sending),
+        "the leader sends node 3 the snapshot"
+    );
+    c.run_for_ticks(2); // a few of its 43 chunks of 8 bytes go
+    assert!(sending(&c), "still sending");
+    c.crash(3);
+    c.restart(3);
+    assert!(
+        c.run_until(300, |c| c.kv_get(3, 19) == Some(19)),
+        "node 3 restored the snapshot"
+    );
+    assert!(c.violations().is_empty(), "{:?}", c.violations());
+}
