@@ -1733,6 +1733,7 @@ impl Cluster {
     fn fetch(&mut self, i: usize, from: Index, to: Index) {
         self.stats.fetches += 1;
         let entries = if self.read_fails() {
+            self.stats.fetch_failures += 1;
             None
         } else {
             Some(self.hosts[i].disk.read(from, to))
@@ -2798,7 +2799,7 @@ fn durable_images(hosts: &[Host]) -> Vec<(NodeId, &dyn LogView)> {
 fn random_memory(rng: &mut SimRng, config: &Config) -> MemoryKind {
     match rng.below(10) {
         0..=3 => MemoryKind::Vec,
-        4..=6 => MemoryKind::Cached([1024, 4096, 16384][rng.index(3)]),
+        4..=6 => MemoryKind::Cached([256, 1024, 4096][rng.index(3)]),
         _ if config.max_snapshot_chunk_bytes <= ARRAY_CHUNK_BYTES => MemoryKind::Array,
         _ => MemoryKind::Cached(1024),
     }
@@ -2883,6 +2884,22 @@ pub fn describe(m: &Message<'_>) -> String {
                 )
             }
         }
+        Message::InstallSnapshot(m) => format!(
+            "InstallSnapshot(t{} through {}/{} at {}, {} bytes{})",
+            m.term,
+            m.last_included_index,
+            m.last_included_term,
+            m.offset,
+            m.data.len(),
+            if m.done { ", done" } else { "" }
+        ),
+        Message::InstallSnapshotResponse(r) => format!(
+            "InstallSnapshotResponse(t{} through {} next {}{})",
+            r.term,
+            r.last_included_index,
+            r.next_offset,
+            if r.done { ", done" } else { "" }
+        ),
         other => format!("{}(t{})", other.kind(), other.term()),
     }
 }

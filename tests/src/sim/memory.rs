@@ -20,7 +20,7 @@ use coracle::{
 use std::fmt;
 
 /// Entries an [`ArrayLog`] host holds.
-pub const ARRAY_ENTRIES: usize = 512;
+pub const ARRAY_ENTRIES: usize = 128;
 /// Bytes of one entry of an [`ArrayLog`] host: a client command (at most
 /// [`MAX_COMMAND_LEN`](super::kv::MAX_COMMAND_LEN) bytes) or a configuration of 9 members.
 pub const ARRAY_ENTRY_BYTES: usize = 96;

@@ -384,8 +384,8 @@ pub struct SimOptions {
     /// at random from the seed (timeouts, window, batch size, pre-vote, check-quorum).
     pub config: Option<Config>,
     /// The memory log of every host; `None` picks one per host from the seed (a `VecLog`,
-    /// a `CachedLog` with a budget of 1 to 16 KiB, or an `ArrayLog` when the snapshot
-    /// chunks fit it).
+    /// a `CachedLog` with a budget of 256 B to 4 KiB, or an `ArrayLog` of 128 entries when
+    /// the snapshot chunks fit it).
     pub memory: Option<MemoryKind>,
     /// Check the client history for linearizability at the end.
     pub check_linearizability: bool,
