@@ -389,3 +389,34 @@ fn unconfirmed_reads_are_caught_by_the_linearizability_checker() {
     let report = run(seed, &fixed, None);
     assert!(report.is_ok(), "{report}");
 }
+
+/// A host that acknowledges each batch before its flush: the node reports durable what the
+/// disk does not hold, which the storage contract check sees at once; a crash then loses
+/// acknowledged writes.
+#[test]
+fn acknowledging_before_the_flush_is_caught_by_the_storage_check() {
+    let options = SimOptions {
+        bug: Some(Bug::EarlyAck),
+        ..crashy(Bug::EarlyAck)
+    };
+    for seed in 0..5 {
+        let report = run(seed, &options, None);
+        assert!(
+            report
+                .violations
+                .iter()
+                .any(|v| matches!(v, Violation::Storage { .. })),
+            "seed {seed}: {report}"
+        );
+    }
+    // The same host acknowledging after the flush is clean.
+    let report = run(
+        0,
+        &SimOptions {
+            bug: None,
+            ..options
+        },
+        None,
+    );
+    assert!(report.is_ok(), "{report}");
+}

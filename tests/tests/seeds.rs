@@ -2,7 +2,7 @@
 //! determinism: a seed replays event for event. Heavier runs belong to the `sim` binary
 //! (`cargo run --release -p coracle-tests --bin sim -- --seeds 500`).
 
-use coracle_tests::sim::{run, Cluster, Faults, Linearizability, SimOptions};
+use coracle_tests::sim::{run, Cluster, Faults, Linearizability, MemoryKind, SimOptions};
 use std::cell::RefCell;
 use std::io::Write;
 use std::rc::Rc;
@@ -139,9 +139,63 @@ fn snapshots_with_crashes_and_torn_writes() {
     check_seeds(740..748, &options(3, "snapshot,crash,torn,partition,delay"));
 }
 
+/// The storage faults of the contract (issue 16): slow and failing flushes, late and
+/// failing reads, torn crashes, on every kind of memory log.
+#[test]
+fn storage_faults() {
+    check_seeds(
+        780..790,
+        &options(
+            5,
+            "crash,torn,slow-disk,disk-fail,slow-reads,snapshot,delay,partition",
+        ),
+    );
+}
+
+/// Every host on a `CachedLog` of 256 bytes: the nodes read older entries back from their
+/// disks to apply after a restart and to catch followers up.
+#[test]
+fn memory_logs_that_miss_read_back_from_disk() {
+    let options = SimOptions {
+        memory: Some(MemoryKind::Cached(256)),
+        ..options(5, "all")
+    };
+    let mut fetches = (0, 0);
+    for seed in 800..806 {
+        let report = run(seed, &options, None);
+        assert!(report.is_ok(), "{report}");
+        fetches.0 += report.stats.fetches;
+        fetches.1 += report.stats.fetch_failures;
+    }
+    assert!(
+        fetches.0 > 100 && fetches.1 > 0,
+        "fetches, failed: {fetches:?}"
+    );
+}
+
+/// Every host on an `ArrayLog` of 128 entries and no snapshot schedule: a log that fills
+/// up asks its host for a snapshot (`Output::SnapshotNeeded`), which compacts it.
+#[test]
+fn fixed_capacity_logs_ask_for_snapshots_when_full() {
+    let mut options = SimOptions {
+        memory: Some(MemoryKind::Array),
+        ..options(3, "crash,partition,delay,drop")
+    };
+    options.steps = 12_000;
+    let mut snapshots = 0;
+    for seed in 820..823 {
+        let report = run(seed, &options, None);
+        assert!(report.is_ok(), "{report}");
+        assert!(report.stats.committed > 128, "{report}");
+        snapshots += report.stats.snapshots;
+    }
+    assert!(snapshots > 0);
+}
+
 #[test]
 fn new_classes_exercise_their_features() {
     let mut totals = (0, 0, 0, 0, 0);
+    let mut storage = (0, 0, 0, 0, 0);
     for seed in 760..764 {
         let report = run(seed, &options(5, "all"), None);
         assert!(report.is_ok(), "{report}");
@@ -151,10 +205,21 @@ fn new_classes_exercise_their_features() {
         totals.2 += s.snapshots;
         totals.3 += s.installs;
         totals.4 += s.reads;
+        storage.0 += s.fetches;
+        storage.1 += s.snapshot_chunks;
+        storage.2 += s.write_failures;
+        storage.3 += s.slow_disks;
+        storage.4 += s.late_acks;
     }
     let (changes, transfers, snapshots, installs, reads) = totals;
     assert!(changes > 0 && transfers > 0, "{totals:?}");
     assert!(snapshots > 0 && installs > 0 && reads > 0, "{totals:?}");
+    let (fetches, chunks, write_failures, slow_disks, late_acks) = storage;
+    assert!(fetches > 0 && chunks > 0, "{storage:?}");
+    assert!(
+        write_failures > 0 && slow_disks > 0 && late_acks > 0,
+        "{storage:?}"
+    );
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! sim --seeds N [--start S] [--steps M] [--nodes K] [--faults LIST] [--clients C]
-//!     [--keys K] [--bug vote-amnesia|lose-durable|stale-reads|unconfirmed-reads]
+//!     [--keys K] [--bug vote-amnesia|lose-durable|stale-reads|unconfirmed-reads|early-ack]
 //!     [--no-lin] [--verbose]
 //! sim --seed S [same options] [--trace]
 //! ```
@@ -31,8 +31,8 @@ options:
   --clients C        simulated clients (default 3)
   --keys K           keys of the workload (default 3)
   --bug NAME         break the host on purpose: vote-amnesia, lose-durable,
-                     stale-reads or unconfirmed-reads (the oracles or the checker
-                     must then fail)
+                     stale-reads, unconfirmed-reads or early-ack (the oracles or
+                     the checker must then fail)
   --no-lin           skip the linearizability check
   --verbose          print a line for every seed
   --trace            print every event and every node's state (with --seed)";

@@ -1726,6 +1726,14 @@ impl Cluster {
                 token,
             },
         );
+        if self.options.bug == Some(Bug::EarlyAck) {
+            let ack = Event::Persisted {
+                node: i,
+                incarnation,
+                token,
+            };
+            self.schedule(self.now, ack);
+        }
     }
 
     /// Node `i` asks for the entries `from..=to`: its host reads them from its disk now
@@ -2297,7 +2305,7 @@ impl Cluster {
                 let n = self.rng_fault.range(1, 3) as usize;
                 self.hosts[i].disk.damage(|image| image.forget_entries(n));
             }
-            Some(Bug::StaleReads) | Some(Bug::UnconfirmedReads) | None => {}
+            Some(Bug::StaleReads) | Some(Bug::UnconfirmedReads) | Some(Bug::EarlyAck) | None => {}
         }
         let before = self.hosts[i].disk.durable().last_index();
         if losable > 0 {

@@ -335,19 +335,24 @@ pub enum Bug {
     /// machine, without the core confirming leadership (no ReadIndex round, no wait for
     /// the apply of the read index): a deposed or new leader serves stale values.
     UnconfirmedReads,
+    /// A host acknowledges each batch as soon as it performs it, before its flush: a crash
+    /// loses writes the node was told are durable.
+    EarlyAck,
 }
 
 impl Bug {
-    /// Parses `vote-amnesia`, `lose-durable`, `stale-reads` or `unconfirmed-reads`.
+    /// Parses `vote-amnesia`, `lose-durable`, `stale-reads`, `unconfirmed-reads` or
+    /// `early-ack`.
     pub fn parse(s: &str) -> Result<Bug, String> {
         match s {
             "vote-amnesia" => Ok(Bug::VoteAmnesia),
             "lose-durable" => Ok(Bug::LoseDurable),
             "stale-reads" => Ok(Bug::StaleReads),
             "unconfirmed-reads" => Ok(Bug::UnconfirmedReads),
+            "early-ack" => Ok(Bug::EarlyAck),
             _ => Err(format!(
                 "unknown bug `{s}` (known: vote-amnesia, lose-durable, stale-reads, \
-                 unconfirmed-reads)"
+                 unconfirmed-reads, early-ack)"
             )),
         }
     }
@@ -360,6 +365,7 @@ impl fmt::Display for Bug {
             Bug::LoseDurable => "lose-durable",
             Bug::StaleReads => "stale-reads",
             Bug::UnconfirmedReads => "unconfirmed-reads",
+            Bug::EarlyAck => "early-ack",
         })
     }
 }
