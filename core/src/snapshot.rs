@@ -128,7 +128,8 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             self.counters.needs_snapshot += 1;
             return false;
         };
-        self.snapshot_out = Some(meta);
+        // Transfers of an older snapshot move to this one too (not only peer `i`'s).
+        self.refresh_snapshot_out();
         let r = &mut self.peers[i].replication;
         r.become_snapshot(meta.index, self.now);
         true

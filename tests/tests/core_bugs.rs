@@ -628,3 +628,130 @@ fn a_snapshot_transfer_starts_over_when_the_follower_restarts_in_the_middle() {
     );
     assert!(c.violations().is_empty(), "{:?}", c.violations());
 }
+
+/// A leader on a `CachedLog`, its store a `MemStore` whose batches are durable at once.
+struct CachedLeader {
+    node: Node<CachedLog>,
+    store: MemStore,
+    /// `(peer, snapshot index)` of every `Output::SendSnapshot` since the last look.
+    chunks: Vec<(NodeId, Index)>,
+    fetches: Vec<(Index, Index)>,
+}
+
+impl CachedLeader {
+    fn drain(&mut self) {
+        loop {
+            let mut token = None;
+            while let Some(out) = self.node.poll_output() {
+                match out {
+                    Output::Persist(batch) => {
+                        self.store.persist(&batch);
+                        token = Some(batch.token);
+                    }
+                    Output::SendSnapshot { to, message, .. } => {
+                        self.chunks.push((to, message.last_included_index))
+                    }
+                    Output::Fetch { from, to } => self.fetches.push((from, to)),
+                    _ => {}
+                }
+            }
+            match token {
+                Some(t) => self.node.persisted(t),
+                None => return,
+            }
+        }
+    }
+
+    fn step(&mut self, from: NodeId, message: Message<'_>) {
+        self.node.step(from, message);
+        self.drain();
+    }
+
+    fn append_answer(&mut self, from: NodeId, success: bool, index: Index, hint: Index) {
+        let term = self.node.term();
+        self.step(
+            from,
+            Message::AppendEntriesResponse(coracle::AppendEntriesResponse {
+                term,
+                success,
+                index,
+                hint_term: 0,
+                hint_index: hint,
+                round: 0,
+            }),
+        );
+    }
+}
+
+/// Sim seed 3207 (`--faults all`, a leader on a `CachedLog` of 256 bytes): a leader that
+/// took a new snapshot while it sent an older one to a follower never sent that follower
+/// another chunk. Taking the snapshot compacted the entries another follower was waiting
+/// for (the leader was fetching them from its disk), so that follower started a transfer
+/// first, which set the snapshot being sent without moving the transfers in progress to
+/// it; they then waited for chunks of a snapshot no longer sent, for good.
+#[test]
+fn transfers_in_progress_move_to_a_new_snapshot_whoever_needs_it_first() {
+    let mut config = Config::new(1, 1);
+    config.pre_vote = false;
+    let log = CachedLog::new(0);
+    let mut l = CachedLeader {
+        node: Node::new(config, log, &[1, 2, 3]).expect("node"),
+        store: MemStore::new(),
+        chunks: Vec::new(),
+        fetches: Vec::new(),
+    };
+    l.node.campaign();
+    l.drain();
+    let term = l.node.term();
+    l.step(
+        2,
+        Message::RequestVoteResponse(coracle::RequestVoteResponse {
+            term,
+            vote_granted: true,
+            pre_vote: false,
+        }),
+    );
+    assert_eq!(l.node.role(), Role::Leader);
+    for i in 0..20u8 {
+        l.node.propose(&[i; 30]).expect("propose");
+        l.drain();
+    }
+    let last = l.node.last_index();
+    l.append_answer(2, true, last, 0);
+    assert_eq!(l.node.applied_index(), last, "committed and applied");
+    // Snapshot 1 through 10; node 3 has nothing: it is sent snapshot 1 (no answer yet).
+    l.store.save_taken(10, b"snapshot one".to_vec());
+    l.node.snapshot_taken(10).expect("snapshot 1");
+    l.drain();
+    l.append_answer(3, false, 0, 0);
+    assert!(l.chunks.contains(&(3, 10)), "node 3 is sent snapshot 1");
+    // Node 2 lost its tail after 14: the leader fetches 15.. from its store to send them.
+    l.append_answer(2, false, last, 14);
+    assert_eq!(l.fetches.first().map(|f| f.0), Some(15), "{:?}", l.fetches);
+    // Node 3 takes a chunk: the leader's next message is to node 3, so node 2 comes first
+    // in the next round.
+    l.step(
+        3,
+        Message::InstallSnapshotResponse(coracle::InstallSnapshotResponse {
+            term,
+            last_included_index: 10,
+            next_offset: 4,
+            done: false,
+        }),
+    );
+    // Snapshot 2 through the last entry compacts what node 2 waits for.
+    l.store.save_taken(last, b"snapshot two".to_vec());
+    l.node.snapshot_taken(last).expect("snapshot 2");
+    l.chunks.clear();
+    l.drain();
+    for _ in 0..50 {
+        l.node.tick();
+        l.drain();
+    }
+    assert!(l.chunks.contains(&(2, last)), "node 2 is sent snapshot 2");
+    assert!(
+        l.chunks.contains(&(3, last)),
+        "node 3 is sent snapshot 2 too: {:?}",
+        l.chunks
+    );
+}
