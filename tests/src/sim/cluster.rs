@@ -1394,13 +1394,17 @@ impl Cluster {
     fn after_input(&mut self, i: usize, node: &mut SimNode, before: Before) {
         let mut drained = std::mem::take(&mut self.drained);
         let wrote = self.collect_outputs(i, node, &mut drained);
-        // Once its storage failed, the node's memory log runs ahead of the disk: only the
-        // checks of the storage contract apply to it until its host restarts it.
+        // Once its storage failed, a follower's memory log runs ahead of the disk (it
+        // appends what it may not write): only the checks of the storage contract apply to
+        // it until its host restarts it. A leader appends nothing more, so its disk's
+        // written image still is its log, and what it commits (with its followers) counts.
         if !self.hosts[i].storage_failed {
             // The memory log changes only with writes, and every write is in a batch.
             if wrote {
                 self.check_store(i, node);
             }
+            self.check_node(i, node, before);
+        } else if node.role() == Role::Leader {
             self.check_node(i, node, before);
         }
         self.check_durable_index(i, node);
