@@ -308,6 +308,27 @@ fn put_and_commit(c: &mut Cluster, leader: NodeId, key: u64, value: u64) {
     );
 }
 
+/// Leader 1 sends node 3 a snapshot (its state machine after puts of `base + k` under the
+/// keys `keys`, which node 3 missed, cut off).
+fn send_3_a_snapshot(c: &mut Cluster, keys: std::ops::Range<u64>, base: u64) {
+    c.partition(&[&[1, 2], &[3]]);
+    for k in keys {
+        put_and_commit(c, 1, k, base + k);
+    }
+    c.snapshot(1);
+    c.heal();
+    assert!(
+        c.run_until(50, sending_3_a_snapshot),
+        "the leader sends node 3 the snapshot"
+    );
+}
+
+fn sending_3_a_snapshot(c: &Cluster) -> bool {
+    c.node(1)
+        .and_then(|n| n.progress(3))
+        .is_some_and(|p| p.state == ProgressState::Snapshot)
+}
+
 /// Sim seed 67 (`sim --seed 67 --faults all`, before the host worked around it): a leader
 /// that takes a new snapshot while it sends an older one to a follower goes on sending
 /// chunks under the old snapshot's metadata, read from the new snapshot's bytes
@@ -322,21 +343,7 @@ fn replacing_the_snapshot_during_a_transfer_corrupts_the_followers_state() {
     for k in 0..3 {
         put_and_commit(&mut c, 1, k, 100 + k);
     }
-    c.partition(&[&[1, 2], &[3]]);
-    for k in 0..3 {
-        put_and_commit(&mut c, 1, k, 200 + k);
-    }
-    c.snapshot(1);
-    c.heal();
-    let sending = |c: &Cluster| {
-        c.node(1)
-            .and_then(|n| n.progress(3))
-            .is_some_and(|p| p.state == ProgressState::Snapshot)
-    };
-    assert!(
-        c.run_until(50, sending),
-        "the leader sends node 3 the snapshot"
-    );
+    send_3_a_snapshot(&mut c, 0..3, 200);
     for _ in 0..6 {
         c.step(); // a few chunks go
     }
@@ -603,23 +610,9 @@ fn a_snapshot_transfer_starts_over_when_the_follower_restarts_in_the_middle() {
     }
     let mut c = Cluster::new(1, options, None);
     elect(&mut c, 1);
-    c.partition(&[&[1, 2], &[3]]);
-    for k in 0..20 {
-        put_and_commit(&mut c, 1, k, k);
-    }
-    c.snapshot(1);
-    c.heal();
-    let sending = |c: &Cluster| {
-        c.node(1)
-            .and_then(|n| n.progress(3))
-            .is_some_and(|p| p.state == ProgressState::Snapshot)
-    };
-    assert!(
-        c.run_until(50, sending),
-        "the leader sends node 3 the snapshot"
-    );
+    send_3_a_snapshot(&mut c, 0..20, 0);
     c.run_for_ticks(2); // a few of its 43 chunks of 8 bytes go
-    assert!(sending(&c), "still sending");
+    assert!(sending_3_a_snapshot(&c), "still sending");
     c.crash(3);
     c.restart(3);
     assert!(

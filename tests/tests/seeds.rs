@@ -2,7 +2,7 @@
 //! determinism: a seed replays event for event. Heavier runs belong to the `sim` binary
 //! (`cargo run --release -p coracle-tests --bin sim -- --seeds 500`).
 
-use coracle_tests::sim::{run, Cluster, Faults, Linearizability, MemoryKind, SimOptions};
+use coracle_tests::sim::{run, Cluster, Faults, Linearizability, MemoryKind, SimOptions, Stats};
 use std::cell::RefCell;
 use std::io::Write;
 use std::rc::Rc;
@@ -19,9 +19,12 @@ fn options(nodes: usize, faults: &str) -> SimOptions {
     }
 }
 
-fn check_seeds(seeds: std::ops::Range<u64>, options: &SimOptions) {
+/// Runs the seeds, each of which must pass with its history checked; returns the
+/// statistics of every run.
+fn check_seeds(seeds: std::ops::Range<u64>, options: &SimOptions) -> Vec<Stats> {
     let mut events = 0;
     let mut ops = 0;
+    let mut stats = Vec::new();
     for seed in seeds {
         let report = run(seed, options, None);
         assert!(
@@ -39,8 +42,15 @@ fn check_seeds(seeds: std::ops::Range<u64>, options: &SimOptions) {
         );
         events += report.events;
         ops += report.stats.ops_ok;
+        stats.push(report.stats);
     }
     assert!(events > 0 && ops > 0, "the runs did something");
+    stats
+}
+
+/// The sum of `count` over runs.
+fn total(stats: &[Stats], count: impl Fn(&Stats) -> u64) -> u64 {
+    stats.iter().map(count).sum()
 }
 
 #[test]
@@ -160,13 +170,11 @@ fn memory_logs_that_miss_read_back_from_disk() {
         memory: Some(MemoryKind::Cached(256)),
         ..options(5, "all")
     };
-    let mut fetches = (0, 0);
-    for seed in 800..806 {
-        let report = run(seed, &options, None);
-        assert!(report.is_ok(), "{report}");
-        fetches.0 += report.stats.fetches;
-        fetches.1 += report.stats.fetch_failures;
-    }
+    let stats = check_seeds(800..806, &options);
+    let fetches = (
+        total(&stats, |s| s.fetches),
+        total(&stats, |s| s.fetch_failures),
+    );
     assert!(
         fetches.0 > 100 && fetches.1 > 0,
         "fetches, failed: {fetches:?}"
@@ -182,44 +190,30 @@ fn fixed_capacity_logs_ask_for_snapshots_when_full() {
         ..options(3, "crash,partition,delay,drop")
     };
     options.steps = 12_000;
-    let mut snapshots = 0;
-    for seed in 820..823 {
-        let report = run(seed, &options, None);
-        assert!(report.is_ok(), "{report}");
-        assert!(report.stats.committed > 128, "{report}");
-        snapshots += report.stats.snapshots;
-    }
-    assert!(snapshots > 0);
+    let stats = check_seeds(820..823, &options);
+    assert!(stats.iter().all(|s| s.committed > 128), "{stats:?}");
+    assert!(total(&stats, |s| s.snapshots) > 0);
 }
 
 #[test]
 fn new_classes_exercise_their_features() {
-    let mut totals = (0, 0, 0, 0, 0);
-    let mut storage = (0, 0, 0, 0, 0);
-    for seed in 760..764 {
-        let report = run(seed, &options(5, "all"), None);
-        assert!(report.is_ok(), "{report}");
-        let s = &report.stats;
-        totals.0 += s.membership_changes;
-        totals.1 += s.transfers;
-        totals.2 += s.snapshots;
-        totals.3 += s.installs;
-        totals.4 += s.reads;
-        storage.0 += s.fetches;
-        storage.1 += s.snapshot_chunks;
-        storage.2 += s.write_failures;
-        storage.3 += s.slow_disks;
-        storage.4 += s.late_acks;
+    let stats = check_seeds(760..764, &options(5, "all"));
+    type Count = fn(&Stats) -> u64;
+    let counts: [(&str, Count); 10] = [
+        ("membership changes", |s| s.membership_changes),
+        ("transfers", |s| s.transfers),
+        ("snapshots", |s| s.snapshots),
+        ("installs", |s| s.installs),
+        ("reads", |s| s.reads),
+        ("fetches", |s| s.fetches),
+        ("snapshot chunks", |s| s.snapshot_chunks),
+        ("write failures", |s| s.write_failures),
+        ("slow disks", |s| s.slow_disks),
+        ("late acknowledgements", |s| s.late_acks),
+    ];
+    for (what, count) in counts {
+        assert!(total(&stats, count) > 0, "no {what}: {stats:?}");
     }
-    let (changes, transfers, snapshots, installs, reads) = totals;
-    assert!(changes > 0 && transfers > 0, "{totals:?}");
-    assert!(snapshots > 0 && installs > 0 && reads > 0, "{totals:?}");
-    let (fetches, chunks, write_failures, slow_disks, late_acks) = storage;
-    assert!(fetches > 0 && chunks > 0, "{storage:?}");
-    assert!(
-        write_failures > 0 && slow_disks > 0 && late_acks > 0,
-        "{storage:?}"
-    );
 }
 
 #[test]
