@@ -748,3 +748,60 @@ fn transfers_in_progress_move_to_a_new_snapshot_whoever_needs_it_first() {
         l.chunks
     );
 }
+
+/// Found while reading sim seed 3521 (a new leader on an `ArrayLog` with no room left): a
+/// leader whose log was full when it was elected never appended its no-op, even once its
+/// host had made room, so a cluster with no writes committed nothing of the new term and
+/// could serve no linearizable read.
+#[test]
+fn a_leader_elected_with_a_full_log_appends_its_no_op_once_there_is_room() {
+    let mut log: coracle::ArrayLog<4, 16> = coracle::ArrayLog::new();
+    for index in 1..=4 {
+        log.append(&Entry {
+            index,
+            term: 1,
+            kind: EntryKind::Command,
+            data: b"x",
+        })
+        .expect("append");
+    }
+    log.set_hard_state(HardState {
+        current_term: 1,
+        voted_for: Some(1),
+    });
+    let mut config = Config::new(1, 1);
+    config.applied = 4;
+    let mut node: Node<coracle::ArrayLog<4, 16>> = Node::new(config, log, &[1]).expect("node");
+    let mut needed = false;
+    let mut ready = false;
+    let mut drain = |node: &mut Node<coracle::ArrayLog<4, 16>>, needed: &mut bool| loop {
+        let mut token = None;
+        while let Some(out) = node.poll_output() {
+            match out {
+                Output::Persist(batch) => token = Some(batch.token),
+                Output::SnapshotNeeded => *needed = true,
+                Output::ReadReady { .. } => ready = true,
+                _ => {}
+            }
+        }
+        match token {
+            Some(t) => node.persisted(t),
+            None => return,
+        }
+    };
+    node.campaign();
+    drain(&mut node, &mut needed);
+    assert_eq!(node.role(), Role::Leader);
+    assert!(needed, "the full log asks for a snapshot");
+    // The host snapshots its state machine (applied through 4) and the log is compacted.
+    node.snapshot_taken(4).expect("snapshot");
+    drain(&mut node, &mut needed);
+    node.read(7, coracle::ReadMode::ReadIndex).expect("read");
+    for _ in 0..30 {
+        node.tick();
+        drain(&mut node, &mut needed);
+    }
+    assert_eq!(node.log().term(node.last_index()), Some(node.term()));
+    assert!(node.commit_index() > 4, "the no-op committed");
+    assert!(ready, "the read was served");
+}
