@@ -584,6 +584,10 @@ mod tests {
         assert_eq!(Faults::parse(&f.to_string()), Ok(f));
         assert_eq!(Faults::ALL.to_string(), "all");
         assert!(Faults::parse("drop,bogus").is_err());
+        let disks = Faults::parse("slow-disk,disk-fail,slow-reads").expect("parse");
+        assert!(disks.slow_disk && disks.disk_fail && disks.slow_reads && !disks.crash);
+        assert_eq!(disks.to_string(), "slow-disk,disk-fail,slow-reads");
+        assert!(disks.any_nemesis(), "slow and failing disks come from the nemesis");
         assert_eq!(
             Faults::parse("drop,dup").map(|f| f.to_string()),
             Ok("drop,dup".into())
