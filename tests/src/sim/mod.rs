@@ -587,7 +587,10 @@ mod tests {
         let disks = Faults::parse("slow-disk,disk-fail,slow-reads").expect("parse");
         assert!(disks.slow_disk && disks.disk_fail && disks.slow_reads && !disks.crash);
         assert_eq!(disks.to_string(), "slow-disk,disk-fail,slow-reads");
-        assert!(disks.any_nemesis(), "slow and failing disks come from the nemesis");
+        assert!(
+            disks.any_nemesis(),
+            "slow and failing disks come from the nemesis"
+        );
         assert_eq!(
             Faults::parse("drop,dup").map(|f| f.to_string()),
             Ok("drop,dup".into())
