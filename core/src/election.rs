@@ -217,8 +217,9 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         self.timers.heartbeat_deadline = self.timers.now + self.cfg.heartbeat_ticks as u64;
         self.timers.quorum_deadline = self.timers.now + self.cfg.election_ticks as u64;
         self.log_state_change();
-        // A full log leaves the leader without its no-op until the host compacts; proposals
-        // report the same error, so the host learns of it.
+        // A full log leaves the leader without its no-op until the host compacts (it is
+        // tried again at every heartbeat); proposals report the same error, so the host
+        // learns of it.
         let _ = self.append_as_leader(EntryKind::Noop, &[]);
         self.advance_commit_index();
     }

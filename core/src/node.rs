@@ -112,6 +112,13 @@ pub(crate) struct Fetch {
     wanted: Option<(Index, Index)>,
     /// Asked for; no answer yet.
     in_flight: bool,
+    /// The range asked for last.
+    asked: (Index, Index),
+    /// The most entries to ask for at once (0: a pipeline's worth): as many as the memory
+    /// log kept of an answer it could not hold whole. A bounded log keeps a window of what
+    /// it is handed, the newest entries, so the rest of a larger answer is lost, and the
+    /// first entries, the ones needed first, with it.
+    span: u64,
 }
 
 /// Everything the node keeps about one other member.
@@ -549,10 +556,17 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     pub fn fetched<'e>(&mut self, entries: impl IntoIterator<Item = Entry<'e>>) {
         self.fetch.in_flight = false;
         self.log.clear_fetched();
+        let mut handed = 0;
         for entry in entries {
             if self.log.insert_fetched(&entry).is_err() {
                 break;
             }
+            handed += 1;
+        }
+        let (from, to) = self.fetch.asked;
+        let kept = (from..=to).filter(|&i| self.log.entry(i).is_some()).count() as u64;
+        if kept < handed {
+            self.fetch.span = kept.max(1);
         }
     }
 
@@ -659,6 +673,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         }
         if let Some((from, to)) = self.fetch.wanted.take() {
             self.fetch.in_flight = true;
+            self.fetch.asked = (from, to);
             self.counters.fetches += 1;
             return Some(Output::Fetch { from, to });
         }
@@ -676,12 +691,16 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     }
 
     /// Entry `from` is needed and its data is not in memory: ask the host for it and the
-    /// missing ones after it (up to a pipeline's worth), unless a fetch is under way.
+    /// missing ones after it (up to a pipeline's worth, or as many as the memory log could
+    /// hold of an earlier answer), unless a fetch is under way.
     pub(crate) fn want_entries(&mut self, from: Index) {
         if self.fetch.in_flight || self.fetch.wanted.is_some() || from < self.log.first_index() {
             return;
         }
-        let span = (self.cfg.max_entries_per_message * self.cfg.max_inflight.min(I)) as u64;
+        let mut span = (self.cfg.max_entries_per_message * self.cfg.max_inflight.min(I)) as u64;
+        if self.fetch.span > 0 {
+            span = span.min(self.fetch.span);
+        }
         let last = self.log.last_index();
         let mut to = from;
         while to < last && to + 1 < from + span && self.log.entry(to + 1).is_none() {

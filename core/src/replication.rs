@@ -7,7 +7,7 @@ use crate::message::{AppendEntries, AppendEntriesResponse};
 use crate::node::{Node, Outgoing};
 use crate::progress::ProgressState;
 use crate::storage::{LogStorage, StorageError};
-use crate::types::{Index, NodeId, Role};
+use crate::types::{EntryKind, Index, NodeId, Role};
 
 impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I, R> {
     /// AppendEntries RPC, receiver implementation (Figure 2).
@@ -282,6 +282,11 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// Leader timer: a heartbeat to every peer, and retransmission for peers whose
     /// pipelined messages went unanswered.
     pub(crate) fn on_heartbeat_timeout(&mut self) {
+        if self.log.term(self.log.last_index()) != Some(self.current_term) {
+            // The no-op of the election did not fit (a full log): in once the host made
+            // room, or nothing of this term ever commits without a write.
+            let _ = self.append_as_leader(EntryKind::Noop, &[]);
+        }
         self.hand_over_to_higher_priority();
         // Each heartbeat starts a round: its answers renew the lease.
         self.open_round();

@@ -143,7 +143,8 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             self.counters.needs_snapshot += 1;
             return false;
         };
-        self.snapshots.sending = Some(meta);
+        // Transfers of an older snapshot move to this one too (not only peer `i`'s).
+        self.refresh_snapshot_out();
         let r = &mut self.peers[i].replication;
         r.become_snapshot(meta.index, self.timers.now);
         true
@@ -317,12 +318,16 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             self.counters.stale += 1;
             return;
         }
-        // The follower's offset only grows; a lost chunk is sent again when the window
-        // stalls for the retransmission timeout (`on_heartbeat_timeout`).
+        // The follower's offset grows; a lost chunk is sent again when the window stalls
+        // for the retransmission timeout (`on_heartbeat_timeout`). Back at 0, it lost the
+        // chunks it had (a restart forgets the snapshot being received): start over.
         if m.next_offset > r.snapshot_acked {
             r.snapshot_acked = m.next_offset;
             r.snapshot_sent = r.snapshot_sent.max(m.next_offset);
             r.last_progress = now;
+        } else if m.next_offset == 0 && r.snapshot_acked > 0 {
+            r.snapshot_acked = 0;
+            r.snapshot_sent = 0;
         }
     }
 

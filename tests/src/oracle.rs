@@ -23,6 +23,11 @@
 //!   index; the state machine restored from a snapshot, and after every applied entry, is
 //!   the same on every node at the same index (compared by digest, so State Machine Safety
 //!   holds across compacted logs);
+//! - **Storage contract**: the batches a node hands out, performed in order, make its
+//!   host's store hold what its memory log holds; what it reports durable is on the
+//!   durable store; once its host reported a failed write it says so and acknowledges
+//!   nothing more (no vote, no answer to an append or a snapshot chunk, no batch). The
+//!   simulator checks these and reports [`Violation::Storage`].
 //! - **Membership**: a leader, candidate or pre-candidate is a voter of the configuration
 //!   it uses (or of the old half while joint; a leader whose own removal is not committed
 //!   yet still leads); a leader commits an index only once a quorum of the configuration
@@ -35,10 +40,10 @@
 //!
 //! ```
 //! use coracle_tests::oracle::{Oracles, Violation};
-//! use coracle_tests::sim::SimLog;
+//! use coracle_tests::sim::LogImage;
 //!
 //! let mut oracles = Oracles::new(&[1, 2, 3]);
-//! let log = SimLog::new();
+//! let log = LogImage::new();
 //! oracles.became_leader(1, 4, &log);
 //! oracles.became_leader(2, 4, &log); // a second leader in term 4
 //! assert!(matches!(oracles.violations()[0], Violation::ElectionSafety { term: 4, .. }));
@@ -210,6 +215,15 @@ pub enum Violation {
         /// "apply" or "restore".
         what: &'static str,
     },
+    /// A node broke the storage contract: its batches do not rebuild its memory log on the
+    /// store, it reported durable what the store does not hold, or it acknowledged after
+    /// its storage failed.
+    Storage {
+        /// The node.
+        node: NodeId,
+        /// What went wrong.
+        what: String,
+    },
     /// After every fault healed, the cluster did not make progress in time.
     Liveness {
         /// What did not happen.
@@ -329,6 +343,9 @@ impl fmt::Display for Violation {
                 "State Machine Safety: the state machine of node {node} after {what} at \
                  index {index} differs from another node's at that index"
             ),
+            Violation::Storage { node, what } => {
+                write!(f, "storage contract of node {node}: {what}")
+            }
             Violation::Liveness { what } => write!(f, "Liveness: {what}"),
         }
     }

@@ -35,9 +35,10 @@ impl Host {
         loop {
             match self.node.poll_output() {
                 None => break,
-                Some(Output::Sync(token)) => {
+                Some(Output::Persist(batch)) => {
+                    let token = batch.token;
                     if self.auto_sync {
-                        self.node.synced(token);
+                        self.node.persisted(token);
                     } else {
                         self.unsynced = Some(token);
                     }
@@ -176,7 +177,7 @@ fn a_heartbeat_answer_does_not_hide_a_pending_probe_answer() {
         .unsynced
         .take()
         .expect("node 3 wrote the probe's entries");
-    net.host(3).node.synced(token);
+    net.host(3).node.persisted(token);
     assert_eq!(net.host(3).node.last_index(), leader_last);
     let answers = net.take(3, 2);
     let best = answers
@@ -219,8 +220,7 @@ fn refusing_a_stale_candidate_does_not_reset_the_election_timer() {
     log.set_hard_state(HardState {
         current_term: 1,
         voted_for: None,
-    })
-    .expect("hard state");
+    });
     let mut config = Config::new(1, 1);
     config.pre_vote = false;
     let mut node: Node<VecLog> = Node::new(config, log, &[1, 2, 3]).expect("node");
@@ -308,6 +308,27 @@ fn put_and_commit(c: &mut Cluster, leader: NodeId, key: u64, value: u64) {
     );
 }
 
+/// Leader 1 sends node 3 a snapshot (its state machine after puts of `base + k` under the
+/// keys `keys`, which node 3 missed, cut off).
+fn send_3_a_snapshot(c: &mut Cluster, keys: std::ops::Range<u64>, base: u64) {
+    c.partition(&[&[1, 2], &[3]]);
+    for k in keys {
+        put_and_commit(c, 1, k, base + k);
+    }
+    c.snapshot(1);
+    c.heal();
+    assert!(
+        c.run_until(50, sending_3_a_snapshot),
+        "the leader sends node 3 the snapshot"
+    );
+}
+
+fn sending_3_a_snapshot(c: &Cluster) -> bool {
+    c.node(1)
+        .and_then(|n| n.progress(3))
+        .is_some_and(|p| p.state == ProgressState::Snapshot)
+}
+
 /// Sim seed 67 (`sim --seed 67 --faults all`, before the host worked around it): a leader
 /// that takes a new snapshot while it sends an older one to a follower goes on sending
 /// chunks under the old snapshot's metadata, read from the new snapshot's bytes
@@ -322,21 +343,7 @@ fn replacing_the_snapshot_during_a_transfer_corrupts_the_followers_state() {
     for k in 0..3 {
         put_and_commit(&mut c, 1, k, 100 + k);
     }
-    c.partition(&[&[1, 2], &[3]]);
-    for k in 0..3 {
-        put_and_commit(&mut c, 1, k, 200 + k);
-    }
-    c.snapshot(1);
-    c.heal();
-    let sending = |c: &Cluster| {
-        c.node(1)
-            .and_then(|n| n.progress(3))
-            .is_some_and(|p| p.state == ProgressState::Snapshot)
-    };
-    assert!(
-        c.run_until(50, sending),
-        "the leader sends node 3 the snapshot"
-    );
+    send_3_a_snapshot(&mut c, 0..3, 200);
     for _ in 0..6 {
         c.step(); // a few chunks go
     }
@@ -510,4 +517,291 @@ fn a_configuration_change_whose_last_entry_only_leaving_voters_hold_still_elects
     let leader = c.leader().expect("a leader");
     put_and_commit(&mut c, leader, 0, 9);
     assert!(c.violations().is_empty(), "{:?}", c.violations());
+}
+
+// ----- found by the simulator's storage faults (issue 16) ---------------------------------
+
+use coracle::{CachedLog, Index, MemStore, OwnedEntry};
+
+/// Restarts a single node on a `CachedLog` of `budget` bytes holding `entries` commands
+/// whose data only its store has, and drives it until it applied them all: returns the
+/// fetches it asked for.
+fn fetches_to_apply_after_restart(budget: usize, entries: Index) -> u64 {
+    let mut store = MemStore::new();
+    store.hard_state = HardState {
+        current_term: 1,
+        voted_for: Some(1),
+    };
+    let mut log = CachedLog::new(budget);
+    log.set_hard_state(store.hard_state);
+    for index in 1..=entries {
+        log.append_without_data(index, 1, EntryKind::Command)
+            .expect("append");
+        store.entries.push(OwnedEntry {
+            index,
+            term: 1,
+            kind: EntryKind::Command,
+            data: vec![index as u8; 40],
+        });
+    }
+    let mut node: Node<CachedLog> = Node::new(Config::new(1, 1), log, &[1]).expect("node");
+    let mut applied: Vec<Index> = Vec::new();
+    for _ in 0..10 * entries {
+        node.tick();
+        loop {
+            let (mut fetch, mut token) = (None, None);
+            while let Some(out) = node.poll_output() {
+                match out {
+                    Output::Persist(batch) => {
+                        store.persist(&batch);
+                        token = Some(batch.token);
+                    }
+                    Output::Fetch { from, to } => fetch = Some((from, to)),
+                    Output::Apply(e) => applied.push(e.index),
+                    _ => {}
+                }
+            }
+            if let Some(t) = token {
+                node.persisted(t);
+            }
+            match fetch {
+                Some((from, to)) => node.fetched(store.fetch(from, to)),
+                None if token.is_none() => break,
+                None => {}
+            }
+        }
+        if applied.len() as Index > entries {
+            break;
+        }
+    }
+    let expected: Vec<Index> = (1..=entries + 1).collect();
+    assert_eq!(applied, expected, "every entry applied once, in order");
+    node.counters().fetches
+}
+
+/// Sim seeds 431 and 470 (`--faults all`, a node on a `CachedLog` of 256 bytes): a node
+/// restarted on a log whose data is on disk only applied one entry per many fetches and
+/// could not catch up. It asks for the entries it misses from the one it needs (up to a
+/// pipeline's worth); the memory log keeps the entries it is handed in a window of half
+/// its budget, evicting the oldest to make room for the next, so after the answer only
+/// the last few remain, not the one the node needed: it asks again for one entry fewer,
+/// and so on, a quadratic number of reads.
+#[test]
+fn a_small_memory_log_gets_the_entries_it_fetched_in_a_linear_number_of_reads() {
+    let fetches = fetches_to_apply_after_restart(256, 60);
+    assert!(
+        fetches <= 2 * 60,
+        "{fetches} fetches to apply 60 entries a window holds one of"
+    );
+    // A window that holds everything needs one read.
+    assert_eq!(fetches_to_apply_after_restart(1 << 20, 60), 1);
+}
+
+/// Sim seed 356 (`--faults all`): a follower that restarts in the middle of a snapshot
+/// transfer has lost the chunks it was given (a restart forgets the snapshot being
+/// received) and answers every chunk with offset 0; the leader only ever moved its
+/// acknowledged offset forward, so it kept sending from where the follower had been
+/// before the crash, and the follower never caught up.
+#[test]
+fn a_snapshot_transfer_starts_over_when_the_follower_restarts_in_the_middle() {
+    let mut options = quiet(3, "none", 8);
+    if let Some(config) = options.config.as_mut() {
+        config.max_inflight = 2;
+    }
+    let mut c = Cluster::new(1, options, None);
+    elect(&mut c, 1);
+    send_3_a_snapshot(&mut c, 0..20, 0);
+    c.run_for_ticks(2); // a few of its 43 chunks of 8 bytes go
+    assert!(sending_3_a_snapshot(&c), "still sending");
+    c.crash(3);
+    c.restart(3);
+    assert!(
+        c.run_until(300, |c| c.kv_get(3, 19) == Some(19)),
+        "node 3 restored the snapshot"
+    );
+    assert!(c.violations().is_empty(), "{:?}", c.violations());
+}
+
+/// A leader on a `CachedLog`, its store a `MemStore` whose batches are durable at once.
+struct CachedLeader {
+    node: Node<CachedLog>,
+    store: MemStore,
+    /// `(peer, snapshot index)` of every `Output::SendSnapshot` since the last look.
+    chunks: Vec<(NodeId, Index)>,
+    fetches: Vec<(Index, Index)>,
+}
+
+impl CachedLeader {
+    fn drain(&mut self) {
+        loop {
+            let mut token = None;
+            while let Some(out) = self.node.poll_output() {
+                match out {
+                    Output::Persist(batch) => {
+                        self.store.persist(&batch);
+                        token = Some(batch.token);
+                    }
+                    Output::SendSnapshot { to, message, .. } => {
+                        self.chunks.push((to, message.last_included_index))
+                    }
+                    Output::Fetch { from, to } => self.fetches.push((from, to)),
+                    _ => {}
+                }
+            }
+            match token {
+                Some(t) => self.node.persisted(t),
+                None => return,
+            }
+        }
+    }
+
+    fn step(&mut self, from: NodeId, message: Message<'_>) {
+        self.node.step(from, message);
+        self.drain();
+    }
+
+    fn append_answer(&mut self, from: NodeId, success: bool, index: Index, hint: Index) {
+        let term = self.node.term();
+        self.step(
+            from,
+            Message::AppendEntriesResponse(coracle::AppendEntriesResponse {
+                term,
+                success,
+                index,
+                hint_term: 0,
+                hint_index: hint,
+                round: 0,
+            }),
+        );
+    }
+}
+
+/// Sim seed 3207 (`--faults all`, a leader on a `CachedLog` of 256 bytes): a leader that
+/// took a new snapshot while it sent an older one to a follower never sent that follower
+/// another chunk. Taking the snapshot compacted the entries another follower was waiting
+/// for (the leader was fetching them from its disk), so that follower started a transfer
+/// first, which set the snapshot being sent without moving the transfers in progress to
+/// it; they then waited for chunks of a snapshot no longer sent, for good.
+#[test]
+fn transfers_in_progress_move_to_a_new_snapshot_whoever_needs_it_first() {
+    let mut config = Config::new(1, 1);
+    config.pre_vote = false;
+    let log = CachedLog::new(0);
+    let mut l = CachedLeader {
+        node: Node::new(config, log, &[1, 2, 3]).expect("node"),
+        store: MemStore::new(),
+        chunks: Vec::new(),
+        fetches: Vec::new(),
+    };
+    l.node.campaign();
+    l.drain();
+    let term = l.node.term();
+    l.step(
+        2,
+        Message::RequestVoteResponse(coracle::RequestVoteResponse {
+            term,
+            vote_granted: true,
+            pre_vote: false,
+        }),
+    );
+    assert_eq!(l.node.role(), Role::Leader);
+    for i in 0..20u8 {
+        l.node.propose(&[i; 30]).expect("propose");
+        l.drain();
+    }
+    let last = l.node.last_index();
+    l.append_answer(2, true, last, 0);
+    assert_eq!(l.node.applied_index(), last, "committed and applied");
+    // Snapshot 1 through 10; node 3 has nothing: it is sent snapshot 1 (no answer yet).
+    l.store.save_taken(10, b"snapshot one".to_vec());
+    l.node.snapshot_taken(10).expect("snapshot 1");
+    l.drain();
+    l.append_answer(3, false, 0, 0);
+    assert!(l.chunks.contains(&(3, 10)), "node 3 is sent snapshot 1");
+    // Node 2 lost its tail after 14: the leader fetches 15.. from its store to send them.
+    l.append_answer(2, false, last, 14);
+    assert_eq!(l.fetches.first().map(|f| f.0), Some(15), "{:?}", l.fetches);
+    // Node 3 takes a chunk: the leader's next message is to node 3, so node 2 comes first
+    // in the next round.
+    l.step(
+        3,
+        Message::InstallSnapshotResponse(coracle::InstallSnapshotResponse {
+            term,
+            last_included_index: 10,
+            next_offset: 4,
+            done: false,
+        }),
+    );
+    // Snapshot 2 through the last entry compacts what node 2 waits for.
+    l.store.save_taken(last, b"snapshot two".to_vec());
+    l.node.snapshot_taken(last).expect("snapshot 2");
+    l.chunks.clear();
+    l.drain();
+    for _ in 0..50 {
+        l.node.tick();
+        l.drain();
+    }
+    assert!(l.chunks.contains(&(2, last)), "node 2 is sent snapshot 2");
+    assert!(
+        l.chunks.contains(&(3, last)),
+        "node 3 is sent snapshot 2 too: {:?}",
+        l.chunks
+    );
+}
+
+/// Found while reading sim seed 3521 (a new leader on an `ArrayLog` with no room left): a
+/// leader whose log was full when it was elected never appended its no-op, even once its
+/// host had made room, so a cluster with no writes committed nothing of the new term and
+/// could serve no linearizable read.
+#[test]
+fn a_leader_elected_with_a_full_log_appends_its_no_op_once_there_is_room() {
+    let mut log: coracle::ArrayLog<4, 16> = coracle::ArrayLog::new();
+    for index in 1..=4 {
+        log.append(&Entry {
+            index,
+            term: 1,
+            kind: EntryKind::Command,
+            data: b"x",
+        })
+        .expect("append");
+    }
+    log.set_hard_state(HardState {
+        current_term: 1,
+        voted_for: Some(1),
+    });
+    let mut config = Config::new(1, 1);
+    config.applied = 4;
+    let mut node: Node<coracle::ArrayLog<4, 16>> = Node::new(config, log, &[1]).expect("node");
+    let mut needed = false;
+    let mut ready = false;
+    let mut drain = |node: &mut Node<coracle::ArrayLog<4, 16>>, needed: &mut bool| loop {
+        let mut token = None;
+        while let Some(out) = node.poll_output() {
+            match out {
+                Output::Persist(batch) => token = Some(batch.token),
+                Output::SnapshotNeeded => *needed = true,
+                Output::ReadReady { .. } => ready = true,
+                _ => {}
+            }
+        }
+        match token {
+            Some(t) => node.persisted(t),
+            None => return,
+        }
+    };
+    node.campaign();
+    drain(&mut node, &mut needed);
+    assert_eq!(node.role(), Role::Leader);
+    assert!(needed, "the full log asks for a snapshot");
+    // The host snapshots its state machine (applied through 4) and the log is compacted.
+    node.snapshot_taken(4).expect("snapshot");
+    drain(&mut node, &mut needed);
+    node.read(7, coracle::ReadMode::ReadIndex).expect("read");
+    for _ in 0..30 {
+        node.tick();
+        drain(&mut node, &mut needed);
+    }
+    assert_eq!(node.log().term(node.last_index()), Some(node.term()));
+    assert!(node.commit_index() > 4, "the no-op committed");
+    assert!(ready, "the read was served");
 }

@@ -1,13 +1,13 @@
 //! The oracles can fail: hand-made bad histories trip each of them, and a deliberately
 //! broken storage under the simulator is caught.
 
-use coracle::{Config, Entry, EntryKind, Index, LogStorage, Term};
+use coracle::{Config, Entry, EntryKind, Index, Term};
 use coracle_tests::oracle::{EntryId, LogView, Oracles, Violation};
-use coracle_tests::sim::{run, Bug, Faults, SimLog, SimOptions};
+use coracle_tests::sim::{run, Bug, Faults, LogImage, SimOptions};
 
 /// A log holding entries of these terms at indexes 1, 2, ... (data: `tag` and the index).
-fn log(terms: &[Term], tag: u8) -> SimLog {
-    let mut log = SimLog::new();
+fn log(terms: &[Term], tag: u8) -> LogImage {
+    let mut log = LogImage::new();
     for (i, &term) in terms.iter().enumerate() {
         let index = i as Index + 1;
         log.append(&Entry {
@@ -21,7 +21,7 @@ fn log(terms: &[Term], tag: u8) -> SimLog {
     log
 }
 
-fn id(log: &SimLog, index: Index) -> EntryId {
+fn id(log: &LogImage, index: Index) -> EntryId {
     log.entry_id(index).expect("entry")
 }
 
@@ -387,5 +387,36 @@ fn unconfirmed_reads_are_caught_by_the_linearizability_checker() {
         ..options
     };
     let report = run(seed, &fixed, None);
+    assert!(report.is_ok(), "{report}");
+}
+
+/// A host that acknowledges each batch before its flush: the node reports durable what the
+/// disk does not hold, which the storage contract check sees at once; a crash then loses
+/// acknowledged writes.
+#[test]
+fn acknowledging_before_the_flush_is_caught_by_the_storage_check() {
+    let options = SimOptions {
+        bug: Some(Bug::EarlyAck),
+        ..crashy(Bug::EarlyAck)
+    };
+    for seed in 0..5 {
+        let report = run(seed, &options, None);
+        assert!(
+            report
+                .violations
+                .iter()
+                .any(|v| matches!(v, Violation::Storage { .. })),
+            "seed {seed}: {report}"
+        );
+    }
+    // The same host acknowledging after the flush is clean.
+    let report = run(
+        0,
+        &SimOptions {
+            bug: None,
+            ..options
+        },
+        None,
+    );
     assert!(report.is_ok(), "{report}");
 }

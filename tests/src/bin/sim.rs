@@ -38,15 +38,16 @@ options:
   --nodes K          cluster size, 1 to 9, or a comma list such as 3,5,7 that seeds take
                      in turn (seed % count) (default 5; 3,5,7 with --minutes)
   --faults LIST      fault classes: all, none, or a comma list of drop, dup, reorder,
-                     delay, partition, asym, partial, crash, torn, pause, skew,
-                     membership, transfer, snapshot; `-name` removes one (default all);
+                     delay, partition, asym, partial, crash, torn, slow-disk,
+                     disk-fail, slow-reads, pause, skew, membership, transfer,
+                     snapshot; `-name` removes one (default all);
                      lose-tail (not in all: a restart loses entries it acknowledged,
                      which every other node holds)
   --clients C        simulated clients (default 3)
   --keys K           keys of the workload (default 3)
   --bug NAME         break the host on purpose: vote-amnesia, lose-durable,
-                     stale-reads or unconfirmed-reads (the oracles or the checker
-                     must then fail)
+                     stale-reads, unconfirmed-reads or early-ack (the oracles or
+                     the checker must then fail)
   --no-lin           skip the linearizability check
   --budget B         search steps per key for the linearizability check (default 2000000)
   --threads T        worker threads (default: one per core)

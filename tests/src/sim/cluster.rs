@@ -5,24 +5,25 @@
 use crate::linearizability::{self, Budget, CheckResult, History, Key, Value};
 use crate::oracle::{LogView, Oracles, Violation};
 use crate::sim::client::{Client, Reply, Request};
+use crate::sim::disk::{Batch, Disk, DiskEntry, LogImage, Observed};
 use crate::sim::kv::{Command, Kv};
+use crate::sim::memory::{MemoryKind, MemoryLog, ARRAY_CHUNK_BYTES, ARRAY_ENTRIES};
 use crate::sim::network::Network;
+use crate::sim::queue::EventQueue;
 use crate::sim::rng::{mix64, SimRng};
-use crate::sim::storage::{LogImage, SimLog};
 use crate::sim::{Bug, Linearizability, RunReport, SimOptions, Stats, Time, TICK};
 use coracle::{
-    Config, EntryKind, Index, LogStorage, MembershipChange, MembershipError, Message, Node, NodeId,
-    Output, OwnedMessage, Proposal, ProposeError, ReadError, ReadMode, Role, SyncToken, Term,
-    TransferError,
+    Config, EntryKind, Index, InstallSnapshot, LogStorage, MembershipChange, MembershipError,
+    Message, Node, NodeId, Output, OwnedMessage, Proposal, ProposeError, ReadError, ReadMode, Role,
+    SyncToken, Term, TransferError,
 };
-use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Write;
 
-/// The node type the simulator runs: up to 8 peers (9 nodes), 8 messages in flight per
-/// peer.
-pub type SimNode = Node<SimLog, 8, 8>;
+/// The node type the simulator runs: its memory log of the kind its host chose, up to 8
+/// peers (9 nodes), 8 messages in flight per peer.
+pub type SimNode = Node<MemoryLog, 8, 8>;
 
 /// Client timeout: an operation without an answer after this long is indeterminate.
 const CLIENT_TIMEOUT: Time = 40 * TICK;
@@ -47,11 +48,49 @@ enum Event {
         to: usize,
         message: OwnedMessage,
     },
-    SyncDone {
+    /// The disk finished flushing the batches through `token`.
+    Flush {
         node: usize,
         incarnation: u64,
         token: SyncToken,
-        barrier: u64,
+    },
+    /// The host tells the node that the batches through `token` are durable.
+    Persisted {
+        node: usize,
+        incarnation: u64,
+        token: SyncToken,
+    },
+    /// The host tells the node that a write failed.
+    WriteFailed {
+        node: usize,
+        incarnation: u64,
+    },
+    /// Entries read back for an `Output::Fetch` (`None`: the read failed).
+    FetchDone {
+        node: usize,
+        incarnation: u64,
+        entries: Option<Vec<DiskEntry>>,
+    },
+    /// A chunk for an `Output::SendSnapshot` is read from the disk (or the read fails) and
+    /// sent.
+    SnapshotRead {
+        node: usize,
+        incarnation: u64,
+        to: NodeId,
+        message: OwnedMessage,
+        max_len: usize,
+        fail: bool,
+    },
+    /// The host's snapshot of its state machine at `index` is saved: it tells the node.
+    SnapshotSaved {
+        node: usize,
+        incarnation: u64,
+        index: Index,
+    },
+    /// The host stops after a failed write (it is restarted later).
+    FailStop {
+        node: usize,
+        incarnation: u64,
     },
     Request {
         node: usize,
@@ -85,27 +124,27 @@ enum Event {
     },
 }
 
-struct Scheduled {
-    time: Time,
-    seq: u64,
-    event: Event,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.time, self.seq) == (other.time, other.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Scheduled {
-    /// Reversed: the earliest event is the greatest, for `BinaryHeap`.
-    fn cmp(&self, other: &Self) -> Ordering {
-        (other.time, other.seq).cmp(&(self.time, self.seq))
+impl Event {
+    /// The host and process of a report from a host to its node's process (a flush, a
+    /// read, a saved snapshot): dropped if that process crashed since, held while it is
+    /// paused.
+    fn report_to(&self) -> Option<(usize, u64)> {
+        match self {
+            Event::Persisted {
+                node, incarnation, ..
+            }
+            | Event::WriteFailed { node, incarnation }
+            | Event::FetchDone {
+                node, incarnation, ..
+            }
+            | Event::SnapshotRead {
+                node, incarnation, ..
+            }
+            | Event::SnapshotSaved {
+                node, incarnation, ..
+            } => Some((*node, *incarnation)),
+            _ => None,
+        }
     }
 }
 
@@ -213,8 +252,10 @@ struct Host {
     id: NodeId,
     /// The running node; `None` while crashed.
     node: Option<Box<SimNode>>,
-    /// What survived the last crash; `Some` while crashed.
-    image: Option<LogImage>,
+    /// The kind of memory log the host gives its node (at every start).
+    memory: MemoryKind,
+    /// The durable store.
+    disk: Disk,
     incarnation: u64,
     tick_epoch: u64,
     tick_period: Time,
@@ -228,9 +269,17 @@ struct Host {
     next_read: u64,
     /// The host snapshots once it has applied through this index.
     snapshot_due: Index,
-    /// The state machine was restored from a snapshot not yet durable (a core quirk).
-    volatile_restore: bool,
+    /// The node asked for a snapshot (`Output::SnapshotNeeded`: its memory log is full).
+    snapshot_needed: bool,
+    /// When the disk is done with the flushes queued so far.
     disk_free_at: Time,
+    /// The disk flushes slowly until then (`slow-disk`).
+    slow_until: Time,
+    /// The next flush fails (`disk-fail`).
+    fail_next_flush: bool,
+    /// A write failed in this incarnation and the node was told: the host stops its state
+    /// machine and serves no client until it restarts the node.
+    storage_failed: bool,
 }
 
 /// Role, term and log shape before an input, to see what it changed.
@@ -243,13 +292,13 @@ struct Before {
 }
 
 impl Before {
-    fn of(node: &SimNode) -> Self {
+    fn of(node: &SimNode, disk: &Disk) -> Self {
         Before {
             role: node.role(),
             term: node.term(),
             last: node.last_index(),
             commit: node.commit_index(),
-            truncations: node.log().truncations(),
+            truncations: disk.written().truncations(),
         }
     }
 }
@@ -258,12 +307,16 @@ enum Input {
     Tick,
     Advance(u64),
     Step(NodeId, OwnedMessage),
-    Synced(SyncToken, u64),
+    Persisted(SyncToken),
+    PersistFailed,
+    Fetched(Option<Vec<DiskEntry>>),
     Request(Request),
     Propose(Vec<u8>),
     Campaign,
-    /// Snapshot now; `true` even while sending one to a peer.
+    /// Snapshot the state machine; `true`: now, whatever the schedule.
     Snapshot(bool),
+    /// The host's snapshot at this index is saved.
+    SnapshotTaken(Index),
     Change(Change),
     Transfer(NodeId),
 }
@@ -276,11 +329,9 @@ enum Outcome {
     Done,
 }
 
-/// An output of a node, copied out so the node can be used again.
+/// An output of a node that waits for the oracles, copied out so the node can be used
+/// again.
 enum Drained {
-    State(coracle::StateChange),
-    Sync(SyncToken),
-    Send(NodeId, OwnedMessage),
     Apply {
         index: Index,
         term: Term,
@@ -308,8 +359,7 @@ pub struct Cluster {
     template: Config,
     members: Vec<NodeId>,
     now: Time,
-    seq: u64,
-    queue: BinaryHeap<Scheduled>,
+    queue: EventQueue<Event>,
     hosts: Vec<Host>,
     network: Network,
     rng_net: SimRng,
@@ -317,6 +367,7 @@ pub struct Cluster {
     rng_fault: SimRng,
     rng_client: SimRng,
     rng_op: SimRng,
+    rng_read: SimRng,
     clients: Vec<Client>,
     clients_on: bool,
     nemesis_on: bool,
@@ -328,6 +379,8 @@ pub struct Cluster {
     trace: Option<Box<dyn Write>>,
     /// The node states last written to the trace.
     last_states: String,
+    /// The outputs of the node being drained (kept to reuse the allocation).
+    drained: Vec<Drained>,
 }
 
 impl Cluster {
@@ -341,6 +394,7 @@ impl Cluster {
         let rng_fault = root.fork();
         let rng_client = root.fork();
         let rng_op = root.fork();
+        let rng_read = root.fork();
         let faults = options.faults;
         let voters = options.nodes.clamp(1, 9);
         let n = if faults.membership {
@@ -348,18 +402,36 @@ impl Cluster {
         } else {
             voters
         };
-        let template = options
+        let mut template = options
             .config
             .clone()
             .unwrap_or_else(|| random_config(&mut rng_config, &faults));
         let members: Vec<NodeId> = (1..=voters as NodeId).collect();
         let universe: Vec<NodeId> = (1..=n as NodeId).collect();
+        let memory: Vec<MemoryKind> = universe
+            .iter()
+            .map(|_| {
+                options
+                    .memory
+                    .unwrap_or_else(|| random_memory(&mut rng_config, &template))
+            })
+            .collect();
+        if memory.contains(&MemoryKind::Array) {
+            // A fixed-capacity log must hold, besides the entries kept behind a snapshot,
+            // what a leader may append uncommitted and a no-op per election after it: a
+            // board's configuration keeps to that, or a new leader may find no room for its
+            // no-op, and nothing commits again (sim seed 3521 before this).
+            let room = (ARRAY_ENTRIES as u64 - template.keep_entries_behind_snapshot) / 2;
+            template.max_uncommitted_entries = template.max_uncommitted_entries.min(room);
+        }
         let hosts = universe
             .iter()
-            .map(|&id| Host {
+            .zip(&memory)
+            .map(|(&id, &memory)| Host {
                 id,
                 node: None,
-                image: Some(LogImage::new()),
+                memory,
+                disk: Disk::new(),
                 incarnation: 0,
                 tick_epoch: 0,
                 tick_period: if faults.skew {
@@ -375,8 +447,11 @@ impl Cluster {
                 reads: HashMap::new(),
                 next_read: 0,
                 snapshot_due: 0,
-                volatile_restore: false,
+                snapshot_needed: false,
                 disk_free_at: 0,
+                slow_until: 0,
+                fail_next_flush: false,
+                storage_failed: false,
             })
             .collect();
         let clients = (1..=options.clients as u64).map(Client::new).collect();
@@ -386,8 +461,7 @@ impl Cluster {
             oracles: Oracles::new(&members),
             members,
             now: 0,
-            seq: 0,
-            queue: BinaryHeap::new(),
+            queue: EventQueue::new(),
             hosts,
             network: Network::new(n, &faults),
             rng_net,
@@ -395,6 +469,7 @@ impl Cluster {
             rng_fault,
             rng_client,
             rng_op,
+            rng_read,
             clients,
             clients_on: false,
             nemesis_on: faults.any_nemesis(),
@@ -404,6 +479,7 @@ impl Cluster {
             stats: Stats::default(),
             trace,
             last_states: String::new(),
+            drained: Vec::new(),
             options,
         };
         if faults.drop {
@@ -414,8 +490,13 @@ impl Cluster {
         }
         note!(
             cluster,
-            "start: seed {seed}, {n} nodes, faults {}, config {:?}",
+            "start: seed {seed}, {n} nodes, faults {}, memory logs {}, config {:?}",
             faults,
+            memory
+                .iter()
+                .map(|m| m.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
             cluster.template
         );
         for i in 0..n {
@@ -438,12 +519,12 @@ impl Cluster {
 
     /// Processes the next event; false if there is none.
     pub fn step(&mut self) -> bool {
-        let Some(s) = self.queue.pop() else {
+        let Some((time, event)) = self.queue.pop() else {
             return false;
         };
-        self.now = s.time;
+        self.now = time;
         self.events += 1;
-        self.handle(s.event);
+        self.handle(event);
         if self.trace.is_some() {
             self.trace_states();
         }
@@ -528,7 +609,7 @@ impl Cluster {
     /// Checks the client history and produces the report of the run.
     pub fn finish(mut self) -> RunReport {
         if !self.has_violation() {
-            self.check_durable(None);
+            self.check_durable();
         }
         let linearizability = if self.options.check_linearizability {
             match linearizability::check(
@@ -678,8 +759,9 @@ impl Cluster {
         }
     }
 
-    /// Makes the host of node `id` snapshot its state machine at its applied index now and
-    /// compact its whole log through it, even while it sends a snapshot to a peer.
+    /// Makes the host of node `id` snapshot its state machine at its applied index now
+    /// (the node compacts its log behind it, keeping `Config::keep_entries_behind_snapshot`
+    /// entries), even while it sends a snapshot to a peer.
     pub fn snapshot(&mut self, id: NodeId) {
         if let Some(i) = self.index_of(id) {
             self.node_input(i, Input::Snapshot(true));
@@ -760,17 +842,20 @@ impl Cluster {
     /// True when every member of the leader's configuration runs and has applied the
     /// leader's whole log (nodes outside it are not waited for).
     pub fn converged(&self) -> bool {
-        let Some(l) = self.leader().and_then(|l| self.node(l)) else {
+        let Some(li) = self.leader().and_then(|l| self.index_of(l)) else {
+            return false;
+        };
+        let Some(l) = self.hosts[li].node.as_deref() else {
             return false;
         };
         let last = l.last_index();
+        let entry = self.hosts[li].disk.written().id(last);
         let config = Membership::of(l);
         l.commit_index() == last
             && self.hosts.iter().all(|h| {
                 !config.contains(h.id)
                     || h.node.as_ref().is_some_and(|n| {
-                        n.applied_index() == last
-                            && n.log().entry_id(last) == l.log().entry_id(last)
+                        n.applied_index() == last && h.disk.written().id(last) == entry
                     })
             })
     }
@@ -861,21 +946,27 @@ impl Cluster {
     }
 
     fn peek_time(&self) -> Option<Time> {
-        self.queue.peek().map(|s| s.time)
+        self.queue.peek_time()
     }
 
     // ----- the event loop -----------------------------------------------------------------
 
     fn schedule(&mut self, time: Time, event: Event) {
-        self.seq += 1;
-        self.queue.push(Scheduled {
-            time,
-            seq: self.seq,
-            event,
-        });
+        self.queue.push(time, event);
     }
 
     fn handle(&mut self, event: Event) {
+        if let Some((node, incarnation)) = event.report_to() {
+            if !self.admit(node, incarnation) {
+                note!(self, "report to n{} lost with its process", node + 1);
+                return;
+            }
+            if self.hosts[node].paused_since.is_some() {
+                note!(self, "report to n{} held (paused)", node + 1);
+                self.hosts[node].inbox.push(event);
+                return;
+            }
+        }
         match event {
             Event::Tick { node, epoch } => {
                 let h = &self.hosts[node];
@@ -886,7 +977,9 @@ impl Cluster {
                 note!(self, "tick n{}", h.id);
                 self.node_input(node, Input::Tick);
                 let h = &self.hosts[node];
-                if self.options.faults.snapshot && h.kv.applied() >= h.snapshot_due {
+                if (self.options.faults.snapshot || h.snapshot_needed)
+                    && h.kv.applied() >= h.snapshot_due
+                {
                     self.node_input(node, Input::Snapshot(false));
                 }
                 self.schedule(self.now + period, Event::Tick { node, epoch });
@@ -920,35 +1013,51 @@ impl Cluster {
                 note!(self, "deliver {a}->{b} {}", describe(&message.as_message()));
                 self.node_input(to, Input::Step(a, message));
             }
-            Event::SyncDone {
+            Event::Flush {
                 node,
                 incarnation,
                 token,
-                barrier,
-            } => {
-                let h = &mut self.hosts[node];
-                if h.incarnation != incarnation || h.node.is_none() {
-                    note!(self, "fsync of n{} lost in a crash", node + 1);
-                    return;
-                }
-                if h.paused_since.is_some() {
-                    note!(self, "fsync of n{} done, held (paused)", node + 1);
-                    let h = &mut self.hosts[node];
-                    h.inbox.push(Event::SyncDone {
-                        node,
-                        incarnation,
-                        token,
-                        barrier,
-                    });
-                    return;
-                }
+            } => self.flushed(node, incarnation, token),
+            Event::Persisted { node, token, .. } => {
                 note!(
                     self,
-                    "fsync done n{} token {} (writes through {barrier})",
-                    h.id,
+                    "n{} told batches through {} are durable",
+                    node + 1,
                     token.0
                 );
-                self.node_input(node, Input::Synced(token, barrier));
+                self.node_input(node, Input::Persisted(token));
+            }
+            Event::WriteFailed { node, .. } => {
+                note!(self, "n{} told a write failed", node + 1);
+                self.node_input(node, Input::PersistFailed);
+            }
+            Event::FetchDone { node, entries, .. } => {
+                match &entries {
+                    Some(e) => note!(self, "n{} fetched {} entries", node + 1, e.len()),
+                    None => note!(self, "n{} fetch failed", node + 1),
+                }
+                self.node_input(node, Input::Fetched(entries));
+            }
+            Event::SnapshotRead {
+                node,
+                to,
+                message,
+                max_len,
+                fail,
+                ..
+            } => self.send_snapshot_chunk(node, to, &message, max_len, fail),
+            Event::SnapshotSaved { node, index, .. } => {
+                self.node_input(node, Input::SnapshotTaken(index));
+            }
+            Event::FailStop { node, incarnation } => {
+                if self.hosts[node].incarnation != incarnation {
+                    return;
+                }
+                note!(self, "n{} stops after its failed write", node + 1);
+                if let Some(incarnation) = self.crash_node(node) {
+                    let at = self.now + self.rng_fault.range(1, 30) * TICK;
+                    self.schedule(at, Event::Restart { node, incarnation });
+                }
             }
             Event::Request { node, request } => {
                 let h = &mut self.hosts[node];
@@ -1044,25 +1153,39 @@ impl Cluster {
         }
     }
 
+    /// Whether a report from node `i`'s host to its process of `incarnation` can reach it
+    /// (it did not crash since).
+    fn admit(&self, i: usize, incarnation: u64) -> bool {
+        let h = &self.hosts[i];
+        h.incarnation == incarnation && h.node.is_some()
+    }
+
     /// Feeds one input to node `i`, then runs the oracles and handles every output.
     fn node_input(&mut self, i: usize, input: Input) -> Option<Outcome> {
         let mut node = self.hosts[i].node.take()?;
-        let before = Before::of(&node);
+        let before = Before::of(&node, &self.hosts[i].disk);
         let mut result = Outcome::Done;
-        let mut synced = false;
         match input {
             Input::Tick => node.tick(),
             Input::Advance(ticks) => node.advance(ticks),
             Input::Step(from, message) => node.step(from, message.as_message()),
-            Input::Synced(token, barrier) => {
-                node.log_mut().flush_through(barrier);
-                node.synced(token);
-                synced = true;
+            Input::Persisted(token) => node.persisted(token),
+            Input::PersistFailed => {
+                node.persist_failed();
+                if !node.storage_failed() {
+                    self.storage_violation(node.id(), "a failed write is not reported".into());
+                }
             }
+            Input::Fetched(Some(entries)) => node.fetched(entries.iter().map(DiskEntry::as_entry)),
+            Input::Fetched(None) => node.fetch_failed(),
             Input::Request(request) => self.serve(i, &mut node, request),
             Input::Propose(command) => result = Outcome::Proposed(node.propose(&command)),
             Input::Campaign => node.campaign(),
-            Input::Snapshot(force) => self.take_snapshot(i, &mut node, force),
+            Input::Snapshot(now) => self.take_snapshot(i, &mut node, now),
+            Input::SnapshotTaken(index) if !self.hosts[i].storage_failed => {
+                self.snapshot_taken(&mut node, index)
+            }
+            Input::SnapshotTaken(_) => {}
             Input::Change(change) => {
                 let r = node.change_membership(change.as_change());
                 note!(self, "OPERATOR n{}: {change:?} -> {r:?}", node.id());
@@ -1085,21 +1208,20 @@ impl Cluster {
             }
         }
         self.after_input(i, &mut node, before);
-        if synced {
-            self.check_durable(Some(&node));
-        }
         self.hosts[i].node = Some(node);
         Some(result)
     }
 
-    /// The host of node `i` snapshots its state machine at its applied index and compacts
-    /// its log, keeping a random tail.
-    fn take_snapshot(&mut self, i: usize, node: &mut SimNode, force: bool) {
-        let kv = &self.hosts[i].kv;
-        let applied = kv.applied();
+    /// The host of node `i` snapshots its state machine at its applied index into its disk
+    /// and tells the node, at once (`now`) or once the snapshot is written (a disk delay
+    /// later: the node goes on meanwhile). The node compacts its log behind it.
+    fn take_snapshot(&mut self, i: usize, node: &mut SimNode, now: bool) {
+        let applied = self.hosts[i].kv.applied();
         let due = self.next_snapshot(applied);
-        self.hosts[i].snapshot_due = due;
-        if applied == 0 || applied != node.applied_index() {
+        let h = &mut self.hosts[i];
+        h.snapshot_due = due;
+        h.snapshot_needed = false;
+        if applied == 0 || applied != node.applied_index() || h.storage_failed {
             return;
         }
         if node
@@ -1109,48 +1231,43 @@ impl Cluster {
         {
             return;
         }
-        // Known core issue (tests/tests/core_bugs.rs): a leader sending a snapshot reads
-        // its chunks from whatever snapshot the storage keeps now, so replacing it mid-way
-        // corrupts the follower's. Wait until no peer is being sent one.
-        let sending = !force
-            && node.role() == Role::Leader
-            && self.hosts.iter().any(|h| {
-                node.progress(h.id)
-                    .is_some_and(|p| p.state == coracle::ProgressState::Snapshot)
-            });
-        if sending {
-            self.hosts[i].snapshot_due = applied + 1;
-            return;
-        }
-        let Some(id) = node.log().entry_id(applied) else {
-            return;
-        };
-        let data = self.hosts[i].kv.snapshot(id.chain);
-        let Some(meta) = node.snapshot_meta_at(applied, data.len() as u64) else {
+        let Some(id) = h.disk.written().id(applied) else {
+            let first = h.disk.written().first_index();
             self.harness(format!(
-                "node {} gives no snapshot metadata at its applied index {applied}",
+                "node {}: its disk lacks its applied entry {applied} (first index {first})",
                 node.id()
             ));
             return;
         };
-        if let Err(e) = node.log_mut().save_snapshot(meta, data) {
-            self.harness(format!("saving a snapshot: {e}"));
-            return;
-        }
-        let tail = if force || self.rng_disk.chance(0.3) {
-            0
-        } else {
-            self.rng_disk.range(0, 30)
-        };
-        let through = applied.saturating_sub(tail);
-        let r = node.compact(through);
+        let data = h.kv.snapshot(id.chain);
+        h.disk.save_taken(applied, data);
         self.stats.snapshots += 1;
+        if now || self.rng_disk.chance(0.5) {
+            self.snapshot_taken(node, applied);
+        } else {
+            let at = self.now + self.disk_latency(i);
+            let incarnation = self.hosts[i].incarnation;
+            note!(self, "n{} writes a snapshot through {applied}", node.id());
+            self.schedule(
+                at,
+                Event::SnapshotSaved {
+                    node: i,
+                    incarnation,
+                    index: applied,
+                },
+            );
+        }
+    }
+
+    /// The host's snapshot through `index` is on its disk: the node keeps it.
+    fn snapshot_taken(&mut self, node: &mut SimNode, index: Index) {
+        let r = node.snapshot_taken(index);
         note!(
             self,
-            "SNAPSHOT n{} at {applied}/{}, compact through {through}: {r:?} (first index now {})",
+            "SNAPSHOT n{} through {index}: {:?} (first index now {})",
             node.id(),
-            meta.term,
-            node.log().live().first_index()
+            r.map(|m| m.term),
+            node.log().first_index()
         );
     }
 
@@ -1162,6 +1279,10 @@ impl Cluster {
     /// A client request reached node `i`.
     fn serve(&mut self, i: usize, node: &mut SimNode, request: Request) {
         let (seq, attempt) = (request.command.seq, request.attempt);
+        if self.hosts[i].storage_failed {
+            self.send_reply(request.client, Reply::Retry { seq, attempt });
+            return;
+        }
         if let linearizability::Op::Get { key } = request.command.op {
             if self.options.bug != Some(Bug::StaleReads)
                 && self.rng_client.below(100) < self.options.read_percent
@@ -1275,28 +1396,206 @@ impl Cluster {
         }
     }
 
-    /// The oracles, then every output of the node.
+    /// After an input: the node's outputs are drained, its batches performed on the disk
+    /// as they come; then the oracles look (the disk's written image is the node's log
+    /// now, with its chain hashes); then the host handles the other outputs.
     fn after_input(&mut self, i: usize, node: &mut SimNode, before: Before) {
+        let mut drained = std::mem::take(&mut self.drained);
+        let wrote = self.collect_outputs(i, node, &mut drained);
+        // Once its storage failed, a follower's memory log runs ahead of the disk (it
+        // appends what it may not write): only the checks of the storage contract apply to
+        // it until its host restarts it. A leader appends nothing more, so its disk's
+        // written image still is its log, and what it commits (with its followers) counts.
+        if !self.hosts[i].storage_failed {
+            // The memory log changes only with writes, and every write is in a batch.
+            if wrote {
+                self.check_store(i, node);
+            }
+            self.check_node(i, node, before);
+        } else if node.role() == Role::Leader {
+            self.check_node(i, node, before);
+        }
+        self.check_durable_index(i, node);
+        for out in drained.drain(..) {
+            self.handle_output(i, node, out);
+        }
+        self.drained = drained;
+    }
+
+    /// Drains every output of node `i`, performing its batches on the host's disk; true if
+    /// there was a batch.
+    fn collect_outputs(
+        &mut self,
+        i: usize,
+        node: &mut SimNode,
+        drained: &mut Vec<Drained>,
+    ) -> bool {
         let id = node.id();
-        if node.log().has_appended() {
-            for (index, entry) in node.log_mut().take_appended() {
-                self.oracles.appended(id, index, entry);
-            }
+        let failed = self.hosts[i].storage_failed;
+        let mut wrote = false;
+        loop {
+            let out = match node.poll_output() {
+                None => break,
+                Some(Output::StateChanged(s)) => {
+                    note!(
+                        self,
+                        "n{id} is {:?} of term {} (leader {:?})",
+                        s.role,
+                        s.term,
+                        s.leader
+                    );
+                    continue;
+                }
+                Some(Output::Persist(persist)) => {
+                    if failed {
+                        self.storage_violation(
+                            id,
+                            "a batch handed out after a failed write".into(),
+                        );
+                        continue;
+                    }
+                    let Some(batch) = Batch::of(&persist) else {
+                        let token = persist.token.0;
+                        self.storage_violation(
+                            id,
+                            format!("batch {token} has entries its memory log lacks"),
+                        );
+                        continue;
+                    };
+                    let token = batch.token();
+                    if self.trace.is_some() {
+                        let line = format!("n{id} writes batch {}: {}", token.0, batch.describe());
+                        self.write_trace(&line);
+                    }
+                    let (oracles, stats) = (&mut self.oracles, &mut self.stats);
+                    let performed = self.hosts[i].disk.perform(batch, &mut |seen| match seen {
+                        Observed::Appended(index, entry) => oracles.appended(id, index, entry),
+                        Observed::Installed(index, entry) => {
+                            stats.installs += 1;
+                            oracles.installed(id, index, entry);
+                        }
+                    });
+                    if let Err(e) = performed {
+                        self.storage_violation(id, format!("batch {}: {e}", token.0));
+                    }
+                    wrote = true;
+                    self.flush_later(i, token);
+                    continue;
+                }
+                Some(Output::Fetch { from, to }) => {
+                    self.fetch(i, from, to);
+                    continue;
+                }
+                Some(Output::Send { to, message }) => {
+                    let acknowledges = matches!(
+                        message,
+                        Message::RequestVoteResponse(_)
+                            | Message::AppendEntriesResponse(_)
+                            | Message::InstallSnapshotResponse(_)
+                    );
+                    if failed && acknowledges {
+                        let what = format!("{} sent after a failed write", describe(&message));
+                        self.storage_violation(id, what);
+                    }
+                    self.send(i, to, OwnedMessage::from(&message));
+                    continue;
+                }
+                Some(Output::SendSnapshot {
+                    to,
+                    message,
+                    max_len,
+                }) => {
+                    let message = OwnedMessage::from(&Message::InstallSnapshot(message));
+                    self.read_snapshot_chunk(i, to, message, max_len);
+                    continue;
+                }
+                Some(Output::Apply(e)) => Drained::Apply {
+                    index: e.index,
+                    term: e.term,
+                    command: match e.kind {
+                        EntryKind::Command => Command::decode(e.data),
+                        _ => None,
+                    },
+                },
+                Some(Output::ReadReady { id, index }) => Drained::ReadReady { id, index },
+                Some(Output::ReadFailed { id }) => Drained::ReadFailed { id },
+                Some(Output::RestoreSnapshot { index, .. }) => Drained::Restore { index },
+                Some(Output::SnapshotNeeded) => Drained::SnapshotNeeded,
+            };
+            drained.push(out);
         }
-        if node.log().has_installed() {
-            let installed: Vec<(Index, crate::oracle::EntryId)> =
-                node.log_mut().take_installed().collect();
-            for (index, entry) in installed {
-                self.stats.installs += 1;
-                note!(self, "n{id} installs a snapshot through {index}");
-                self.oracles.installed(id, index, entry);
-            }
+        wrote
+    }
+
+    /// The batches node `i` handed out, performed in order, made the disk hold what its
+    /// memory log holds (bounds, hard state, kept snapshot, the last entry).
+    fn check_store(&mut self, i: usize, node: &SimNode) {
+        let (disk, log) = (self.hosts[i].disk.written(), node.log());
+        let last = log.last_index();
+        let what = if (disk.first_index(), disk.last_index()) != (log.first_index(), last) {
+            format!(
+                "its disk holds {}..={} and its memory log {}..={last}",
+                disk.first_index(),
+                disk.last_index(),
+                log.first_index()
+            )
+        } else if disk.hard_state() != log.hard_state() {
+            format!(
+                "its disk holds hard state {:?} and its memory log {:?}",
+                disk.hard_state(),
+                log.hard_state()
+            )
+        } else if disk.snapshot().map(|(m, _)| *m) != log.snapshot_meta() {
+            format!(
+                "its disk keeps the snapshot through {:?} and its memory log {:?}",
+                disk.snapshot().map(|(m, _)| m.index),
+                log.snapshot_meta().map(|m| m.index)
+            )
+        } else if disk.id(last).map(|e| e.term) != log.term(last)
+            || log.entry(last).is_some_and(|e| disk.entry(last) != Some(e))
+        {
+            format!("its disk and its memory log differ at their last entry {last}")
+        } else {
+            return;
+        };
+        self.storage_violation(node.id(), what);
+    }
+
+    /// What node `i` reports durable is on its disk's durable image.
+    fn check_durable_index(&mut self, i: usize, node: &SimNode) {
+        let durable_index = node.durable_index();
+        let disk = &self.hosts[i].disk;
+        let durable = disk.durable();
+        // Entries a snapshot covers are not judged: compacted on the disk, or replaced in
+        // the log by a snapshot being installed (the core counts those as durable until
+        // the install is, and restores only once it is).
+        if durable_index < durable.first_index() || durable_index < disk.written().first_index() {
+            return;
         }
+        let holds = match disk.written().id(durable_index) {
+            Some(id) => durable.id(durable_index) == Some(id),
+            None => durable.id(durable_index).is_some(),
+        };
+        if !holds {
+            let what = format!(
+                "reports entries through {durable_index} durable, its disk's durable image \
+                 holds {}..={} (another entry there, or none)",
+                durable.first_index(),
+                durable.last_index()
+            );
+            self.storage_violation(node.id(), what);
+        }
+    }
+
+    /// The safety oracles after an input of node `i`.
+    fn check_node(&mut self, i: usize, node: &SimNode, before: Before) {
+        let id = node.id();
+        let log = self.hosts[i].disk.written();
         let (role, term) = (node.role(), node.term());
         if role != Role::Follower {
             let me = node.members().find(|m| m.id == id);
             let votes = me.is_some_and(|m| m.voter || m.voter_outgoing);
-            let removal_pending = node.log().live().config_index() > node.commit_index();
+            let removal_pending = log.config_index() > node.commit_index();
             let name = match role {
                 Role::Leader => "leader",
                 Role::Candidate => "candidate",
@@ -1315,22 +1614,20 @@ impl Cluster {
                     term,
                     before.last,
                     node.last_index(),
-                    node.log().truncations() != before.truncations,
+                    log.truncations() != before.truncations,
                 );
             } else {
-                self.oracles.became_leader(id, term, node.log());
+                self.oracles.became_leader(id, term, log);
             }
         }
-        if self
-            .oracles
-            .commit(id, term, node.commit_index(), node.log())
-        {
+        if self.oracles.commit(id, term, node.commit_index(), log) {
             if role == Role::Leader {
-                self.oracles.check_complete(id, term, node.log());
+                self.oracles.check_complete(id, term, log);
             }
-            for h in &self.hosts {
+            for h in self.hosts.iter().filter(|h| !h.storage_failed) {
                 if let Some(n) = h.node.as_deref().filter(|n| n.role() == Role::Leader) {
-                    self.oracles.check_complete(n.id(), n.term(), n.log());
+                    self.oracles
+                        .check_complete(n.id(), n.term(), h.disk.written());
                 }
             }
         }
@@ -1340,7 +1637,7 @@ impl Cluster {
             && self.oracles.violations().is_empty()
         {
             let config = Membership::of(node);
-            let durable = durable_images(&self.hosts, Some(node));
+            let durable = durable_images(&self.hosts);
             self.oracles.leader_committed(
                 id,
                 term,
@@ -1350,117 +1647,259 @@ impl Cluster {
                 durable.into_iter(),
             );
         }
-        self.drain(i, node);
     }
 
-    fn drain(&mut self, i: usize, node: &mut SimNode) {
+    /// The host of node `i` acts on one output.
+    fn handle_output(&mut self, i: usize, node: &SimNode, out: Drained) {
         let id = node.id();
-        loop {
-            let drained = match node.poll_output() {
-                None => break,
-                Some(Output::StateChanged(s)) => Drained::State(s),
-                Some(Output::Sync(token)) => Drained::Sync(token),
-                Some(Output::Send { to, message }) => {
-                    Drained::Send(to, OwnedMessage::from(&message))
-                }
-                Some(Output::Apply(e)) => Drained::Apply {
-                    index: e.index,
-                    term: e.term,
-                    command: match e.kind {
-                        EntryKind::Command => Command::decode(e.data),
-                        _ => None,
-                    },
-                },
-                Some(Output::ReadReady { id, index }) => Drained::ReadReady { id, index },
-                Some(Output::ReadFailed { id }) => Drained::ReadFailed { id },
-                Some(Output::RestoreSnapshot { index, .. }) => Drained::Restore { index },
-                Some(Output::SnapshotNeeded) => Drained::SnapshotNeeded,
-                Some(_) => continue,
-            };
-            match drained {
-                Drained::State(s) => {
-                    note!(
-                        self,
-                        "n{id} is {:?} of term {} (leader {:?})",
-                        s.role,
-                        s.term,
-                        s.leader
-                    );
-                }
-                Drained::Sync(token) => {
-                    let barrier = node.log().written();
-                    let delay = self.disk_latency();
-                    let h = &mut self.hosts[i];
-                    let at = (self.now + delay).max(h.disk_free_at);
-                    h.disk_free_at = at;
-                    let incarnation = h.incarnation;
-                    self.schedule(
-                        at,
-                        Event::SyncDone {
-                            node: i,
-                            incarnation,
-                            token,
-                            barrier,
-                        },
-                    );
-                }
-                Drained::Send(to, message) => self.send(i, to, message),
-                Drained::Apply {
-                    index,
-                    term,
-                    command,
-                } => self.apply(i, node, index, term, command),
-                Drained::ReadReady { id: rid, index } => {
-                    let Some(r) = self.hosts[i].reads.remove(&rid) else {
-                        continue;
+        let failed = self.hosts[i].storage_failed;
+        match out {
+            Drained::Apply { index, .. } | Drained::Restore { index } if failed => {
+                note!(
+                    self,
+                    "n{id}: state machine stopped (failed write), {index} not applied"
+                );
+            }
+            Drained::Apply {
+                index,
+                term,
+                command,
+            } => self.apply(i, node, index, term, command),
+            Drained::ReadReady { id: rid, index } => {
+                let Some(r) = self.hosts[i].reads.remove(&rid) else {
+                    return;
+                };
+                let applied = self.hosts[i].kv.applied();
+                if failed {
+                    note!(self, "n{id} read {rid} ready, not served (failed write)");
+                    let retry = Reply::Retry {
+                        seq: r.seq,
+                        attempt: r.attempt,
                     };
-                    let applied = self.hosts[i].kv.applied();
-                    if applied < index {
-                        self.harness(format!(
-                            "node {id}: read {rid} ready at index {index}, but only {applied} \
-                             is applied"
-                        ));
-                        continue;
-                    }
-                    let value = self.hosts[i].kv.get(r.key);
-                    note!(
-                        self,
-                        "n{id} read {rid} ready at {index} (applied {applied}): key {} = {value:?}",
-                        r.key
-                    );
-                    self.stats.reads += 1;
+                    self.send_reply(r.client, retry);
+                    return;
+                }
+                if applied < index {
+                    self.harness(format!(
+                        "node {id}: read {rid} ready at index {index}, but only {applied} \
+                         is applied"
+                    ));
+                    return;
+                }
+                let value = self.hosts[i].kv.get(r.key);
+                note!(
+                    self,
+                    "n{id} read {rid} ready at {index} (applied {applied}): key {} = {value:?}",
+                    r.key
+                );
+                self.stats.reads += 1;
+                self.send_reply(
+                    r.client,
+                    Reply::Done {
+                        seq: r.seq,
+                        attempt: r.attempt,
+                        output: linearizability::Output::Read(value),
+                    },
+                );
+            }
+            Drained::ReadFailed { id: rid } => {
+                if let Some(r) = self.hosts[i].reads.remove(&rid) {
+                    note!(self, "n{id} read {rid} failed");
                     self.send_reply(
                         r.client,
-                        Reply::Done {
+                        Reply::Retry {
                             seq: r.seq,
                             attempt: r.attempt,
-                            output: linearizability::Output::Read(value),
                         },
                     );
                 }
-                Drained::ReadFailed { id: rid } => {
-                    if let Some(r) = self.hosts[i].reads.remove(&rid) {
-                        note!(self, "n{id} read {rid} failed");
-                        self.send_reply(
-                            r.client,
-                            Reply::Retry {
-                                seq: r.seq,
-                                attempt: r.attempt,
-                            },
-                        );
-                    }
-                }
-                Drained::Restore { index } => self.restore(i, node, index),
-                Drained::SnapshotNeeded => self.hosts[i].snapshot_due = 0,
+            }
+            Drained::Restore { index } => self.restore(i, node, index),
+            Drained::SnapshotNeeded => {
+                note!(self, "n{id} needs a snapshot (its memory log is full)");
+                let h = &mut self.hosts[i];
+                h.snapshot_needed = true;
+                h.snapshot_due = 0;
             }
         }
     }
 
-    /// The node asks its host to restore the state machine from the snapshot its storage
+    /// Node `i`'s disk flushes the batch of `token` after the ones before it.
+    fn flush_later(&mut self, i: usize, token: SyncToken) {
+        let at = (self.now + self.disk_latency(i)).max(self.hosts[i].disk_free_at);
+        let h = &mut self.hosts[i];
+        h.disk_free_at = at;
+        let incarnation = h.incarnation;
+        self.schedule(
+            at,
+            Event::Flush {
+                node: i,
+                incarnation,
+                token,
+            },
+        );
+        if self.options.bug == Some(Bug::EarlyAck) {
+            let ack = Event::Persisted {
+                node: i,
+                incarnation,
+                token,
+            };
+            self.schedule(self.now, ack);
+        }
+    }
+
+    /// Node `i` asks for the entries `from..=to`: its host reads them from its disk now
+    /// and hands them in when the read completes (stale by then, perhaps).
+    fn fetch(&mut self, i: usize, from: Index, to: Index) {
+        self.stats.fetches += 1;
+        let entries = if self.read_fails() {
+            self.stats.fetch_failures += 1;
+            None
+        } else {
+            Some(self.hosts[i].disk.read(from, to))
+        };
+        note!(
+            self,
+            "n{} asks for entries {from}..={to}: {}",
+            i + 1,
+            match &entries {
+                Some(e) => format!("{} read", e.len()),
+                None => "the read fails".into(),
+            }
+        );
+        let at = self.now + self.read_latency();
+        let incarnation = self.hosts[i].incarnation;
+        self.schedule(
+            at,
+            Event::FetchDone {
+                node: i,
+                incarnation,
+                entries,
+            },
+        );
+    }
+
+    /// Node `i` asks to send a chunk of its kept snapshot: its host reads it from its disk
+    /// (when the read completes) and sends it.
+    fn read_snapshot_chunk(&mut self, i: usize, to: NodeId, message: OwnedMessage, max_len: usize) {
+        let fail = self.read_fails();
+        let at = self.now + self.read_latency();
+        let incarnation = self.hosts[i].incarnation;
+        self.schedule(
+            at,
+            Event::SnapshotRead {
+                node: i,
+                incarnation,
+                to,
+                message,
+                max_len,
+                fail,
+            },
+        );
+    }
+
+    /// The disk of node `i` flushed the batches through `token`: the host tells the node
+    /// (at once, or late with `slow-disk`), unless the flush fails (`disk-fail`).
+    fn flushed(&mut self, i: usize, incarnation: u64, token: SyncToken) {
+        let h = &mut self.hosts[i];
+        if h.incarnation != incarnation || h.storage_failed {
+            note!(self, "flush of n{} through {} lost", i + 1, token.0);
+            return;
+        }
+        if std::mem::take(&mut h.fail_next_flush) {
+            h.disk.fail();
+            h.storage_failed = true;
+            self.stats.write_failures += 1;
+            note!(
+                self,
+                "WRITE FAILS on n{}: batches through {} and later never become durable",
+                i + 1,
+                token.0
+            );
+            self.handle(Event::WriteFailed {
+                node: i,
+                incarnation,
+            });
+            let at = self.now + self.rng_fault.range(1, 20) * TICK;
+            self.schedule(
+                at,
+                Event::FailStop {
+                    node: i,
+                    incarnation,
+                },
+            );
+            return;
+        }
+        h.disk.flush_through(token);
+        note!(self, "n{} flushed batches through {}", i + 1, token.0);
+        let ack = Event::Persisted {
+            node: i,
+            incarnation,
+            token,
+        };
+        if self.options.faults.slow_disk && self.rng_disk.chance(0.1) {
+            self.stats.late_acks += 1;
+            let at = self.now + self.rng_disk.range(TICK / 2, 10 * TICK);
+            self.schedule(at, ack);
+        } else {
+            self.handle(ack);
+        }
+    }
+
+    /// Node `i`'s host reads a chunk of its kept snapshot from its disk for
+    /// `Output::SendSnapshot` and sends it (nothing if the read fails or the disk keeps
+    /// another snapshot now).
+    fn send_snapshot_chunk(
+        &mut self,
+        i: usize,
+        to: NodeId,
+        message: &OwnedMessage,
+        max_len: usize,
+        fail: bool,
+    ) {
+        let Message::InstallSnapshot(header) = message.as_message() else {
+            return;
+        };
+        let chunk = if fail {
+            None
+        } else {
+            self.hosts[i]
+                .disk
+                .snapshot_chunk(header.last_included_index, header.offset, max_len)
+                .map(|(data, done)| {
+                    OwnedMessage::from(&Message::InstallSnapshot(InstallSnapshot {
+                        data,
+                        done,
+                        ..header
+                    }))
+                })
+        };
+        match chunk {
+            Some(chunk) => {
+                self.stats.snapshot_chunks += 1;
+                self.send(i, to, chunk);
+            }
+            None => note!(
+                self,
+                "n{} sends n{to} no chunk at {} of the snapshot through {} ({})",
+                i + 1,
+                header.offset,
+                header.last_included_index,
+                if fail {
+                    "the read fails"
+                } else {
+                    "not kept, or past its end"
+                }
+            ),
+        }
+    }
+
+    /// The node asks its host to restore the state machine from the snapshot its disk
     /// keeps.
     fn restore(&mut self, i: usize, node: &SimNode, index: Index) {
         let id = node.id();
-        let Some((meta, data)) = node.log().live().snapshot() else {
+        let disk = &self.hosts[i].disk;
+        let Some((meta, data)) = disk.written().snapshot() else {
             self.harness(format!(
                 "node {id}: restore through {index} without a snapshot"
             ));
@@ -1474,17 +1913,14 @@ impl Cluster {
             ));
             return;
         };
-        if node
-            .log()
+        if disk
             .durable()
             .snapshot()
             .is_none_or(|(m, _)| m.index < index)
         {
-            // The core asks for the restore before the installed snapshot is durable
-            // (unlike Apply, which waits for durability): see `restart_node`.
             self.stats.restores_not_durable += 1;
-            self.hosts[i].volatile_restore = true;
         }
+        let entry = disk.written().id(index);
         let digest = kv.digest();
         note!(
             self,
@@ -1493,8 +1929,7 @@ impl Cluster {
         let h = &mut self.hosts[i];
         h.kv = kv;
         h.pending.retain(|&p, _| p > index);
-        self.oracles
-            .restored(id, index, node.log().entry_id(index), digest);
+        self.oracles.restored(id, index, entry, digest);
     }
 
     fn send(&mut self, from: usize, to: NodeId, message: OwnedMessage) {
@@ -1565,13 +2000,14 @@ impl Cluster {
         command: Option<Command>,
     ) {
         let id = node.id();
-        let Some(entry) = node.log().entry_id(index) else {
+        let disk = &self.hosts[i].disk;
+        let Some(entry) = disk.written().id(index) else {
             self.harness(format!(
-                "node {id} applied entry {index}, which its log lacks"
+                "node {id} applied entry {index}, which its disk lacks"
             ));
             return;
         };
-        if node.log().durable().id(index) != Some(entry) {
+        if disk.durable().id(index) != Some(entry) {
             self.oracles
                 .report(Violation::AppliedNotDurable { node: id, index });
         }
@@ -1767,60 +2203,75 @@ impl Cluster {
         }
     }
 
-    /// Starts node `i` from its image (the first start, or a restart).
+    /// Starts node `i` on a memory log filled from its disk's durable image (the first
+    /// start, or a restart).
     fn start_node(&mut self, i: usize) {
-        let Some(image) = self.hosts[i].image.take() else {
-            return;
-        };
-        let applied = self.hosts[i].kv.applied();
+        let h = &self.hosts[i];
+        let (id, applied) = (h.id, h.kv.applied());
         let config = self.config_for(i, applied);
-        let id = self.hosts[i].id;
-        match SimNode::new(config, SimLog::from_image(image.clone()), &self.members) {
+        let started = MemoryLog::recover(h.memory, h.disk.durable())
+            .map_err(|e| format!("filling its memory log: {e}"))
+            .and_then(|log| {
+                SimNode::new(config, log, &self.members)
+                    .map_err(|e| format!("{e} (state machine applied through {applied})"))
+            });
+        match started {
             Ok(node) => {
                 let h = &mut self.hosts[i];
                 h.node = Some(Box::new(node));
                 h.tick_epoch += 1;
                 h.paused_since = None;
                 h.disk_free_at = self.now;
+                h.storage_failed = false;
                 let (epoch, period) = (h.tick_epoch, h.tick_period);
                 self.oracles.restarted(id, applied, applied);
                 let at = self.now + self.rng_disk.range(1, period);
                 self.schedule(at, Event::Tick { node: i, epoch });
             }
-            Err(e) => {
-                self.hosts[i].image = Some(image);
-                self.oracles.report(Violation::RestartFailed {
-                    node: id,
-                    reason: format!("{e} (state machine applied through {applied})"),
-                });
-            }
+            Err(reason) => self
+                .oracles
+                .report(Violation::RestartFailed { node: id, reason }),
         }
     }
 
     fn crash_node(&mut self, i: usize) -> Option<u64> {
-        let node = self.hosts[i].node.take()?;
-        let unsynced = node.log().unsynced() as u64;
-        let keep = if self.options.faults.torn && self.rng_fault.chance(0.5) {
-            self.rng_fault.range(0, unsynced)
+        self.hosts[i].node.take()?;
+        let disk = &self.hosts[i].disk;
+        let unflushed = disk.unflushed();
+        let (keep, cut) = if self.options.faults.torn && self.rng_fault.chance(0.5) {
+            let keep = self.rng_fault.range(0, unflushed as u64) as usize;
+            let last = keep.checked_sub(1).and_then(|k| disk.pending().nth(k));
+            let cut = match last {
+                Some(b) if b.entries() > 0 && self.rng_fault.chance(0.5) => {
+                    Some(self.rng_fault.range(0, b.entries() as u64 - 1) as usize)
+                }
+                _ => None,
+            };
+            (keep, cut)
         } else {
-            0
+            (0, None)
         };
         let h = &mut self.hosts[i];
-        h.image = Some(node.log().crash(keep as usize));
+        h.disk.crash(keep, cut);
         h.incarnation += 1;
         h.tick_epoch += 1;
         h.paused_since = None;
         h.inbox.clear();
         h.pending.clear();
         h.reads.clear();
+        h.storage_failed = false;
         let incarnation = h.incarnation;
         self.stats.crashes += 1;
         note!(
             self,
-            "CRASH n{} ({unsynced} unsynced writes, {keep} survive)",
-            i + 1
+            "CRASH n{} ({unflushed} batches not flushed, {keep} survive{})",
+            i + 1,
+            match cut {
+                Some(n) => format!(", the last with {n} of its entries"),
+                None => String::new(),
+            }
         );
-        self.check_durable(None);
+        self.check_durable();
         Some(incarnation)
     }
 
@@ -1828,10 +2279,8 @@ impl Cluster {
     /// too (same index and chain): what a `lose-tail` fault may take from it without losing
     /// anything the cluster relies on. None unless the others are a majority by themselves.
     fn losable_tail(&self, i: usize) -> u64 {
-        let Some(image) = self.hosts[i].image.as_ref() else {
-            return 0;
-        };
-        let others: Vec<&dyn LogView> = durable_images(&self.hosts, None)
+        let image = self.hosts[i].disk.durable();
+        let others: Vec<&dyn LogView> = durable_images(&self.hosts)
             .into_iter()
             .filter(|&(id, _)| id != self.hosts[i].id)
             .map(|(_, view)| view)
@@ -1854,24 +2303,31 @@ impl Cluster {
     }
 
     fn restart_node(&mut self, i: usize) {
+        if self.hosts[i].node.is_some() {
+            return;
+        }
         let losable = if self.options.faults.lose_tail && self.rng_fault.chance(0.5) {
             self.losable_tail(i).min(self.rng_fault.range(1, 40))
         } else {
             0
         };
-        let Some(image) = self.hosts[i].image.as_mut() else {
-            return;
-        };
         match self.options.bug {
-            Some(Bug::VoteAmnesia) => image.forget_vote(),
-            Some(Bug::LoseDurable) => image.forget_entries(self.rng_fault.range(1, 3) as usize),
-            Some(Bug::StaleReads) | Some(Bug::UnconfirmedReads) | None => {}
+            Some(Bug::VoteAmnesia) => self.hosts[i].disk.damage(LogImage::forget_vote),
+            Some(Bug::LoseDurable) => {
+                let n = self.rng_fault.range(1, 3) as usize;
+                self.hosts[i].disk.damage(|image| image.forget_entries(n));
+            }
+            Some(Bug::StaleReads) | Some(Bug::UnconfirmedReads) | Some(Bug::EarlyAck) | None => {}
         }
-        let before = image.last_index();
-        image.forget_entries(losable as usize);
-        let lost = before - image.last_index();
+        let before = self.hosts[i].disk.durable().last_index();
+        if losable > 0 {
+            self.hosts[i]
+                .disk
+                .damage(|image| image.forget_entries(losable as usize));
+        }
+        let last = self.hosts[i].disk.durable().last_index();
+        let lost = before - last;
         let mut keep_state_machine = self.rng_fault.chance(0.5);
-        let last = image.last_index();
         if lost > 0 {
             self.stats.tails_lost += 1;
             self.stats.entries_lost += lost;
@@ -1882,18 +2338,6 @@ impl Cluster {
             );
             // A state machine kept on disk beside the log is no longer backed by it.
             keep_state_machine &= self.hosts[i].kv.applied() <= last;
-        }
-        let h = &mut self.hosts[i];
-        if std::mem::take(&mut h.volatile_restore) && h.kv.applied() > last {
-            // Known core issue (tests/tests/core_bugs.rs): RestoreSnapshot comes before the
-            // installed snapshot is durable; a host whose state machine persists must then
-            // drop a state machine that is ahead of its durable log.
-            note!(
-                self,
-                "n{} state machine restored from a snapshot lost in the crash",
-                i + 1
-            );
-            keep_state_machine = false;
         }
         if !keep_state_machine {
             self.hosts[i].kv = Kv::new();
@@ -1909,7 +2353,7 @@ impl Cluster {
             }
         );
         self.start_node(i);
-        self.check_durable(None);
+        self.check_durable();
     }
 
     fn pause_node(&mut self, i: usize, duration: Time) {
@@ -1955,8 +2399,17 @@ impl Cluster {
         self.network.heal();
         self.network.drop_rate = 0.0;
         self.network.duplicate_rate = 0.0;
-        note!(self, "HEAL everything: network, crashed and paused nodes");
+        note!(
+            self,
+            "HEAL everything: network, disks, crashed and paused nodes"
+        );
         for i in 0..self.hosts.len() {
+            let h = &mut self.hosts[i];
+            h.slow_until = 0;
+            h.fail_next_flush = false;
+            if h.storage_failed {
+                self.crash_node(i);
+            }
             if self.hosts[i].node.is_none() {
                 self.restart_node(i);
             } else if self.hosts[i].paused_since.is_some() {
@@ -1975,7 +2428,7 @@ impl Cluster {
         let f = self.options.faults;
         let n = self.hosts.len();
         let healed = self.network.is_healed();
-        let actions: [(bool, u64); 8] = [
+        let actions: [(bool, u64); 10] = [
             (!healed, 4),               // heal
             (f.partition && n > 1, 2),  // partition
             (f.asymmetric && n > 1, 1), // one-way cuts
@@ -1984,6 +2437,8 @@ impl Cluster {
             (f.crash, 1),               // crash every node (cold start)
             (f.pause, 2),               // pause
             (f.drop || f.duplicate, 1), // loss and duplication rates
+            (f.slow_disk, 2),           // a disk flushes slowly for a while
+            (f.disk_fail, 1),           // a disk fails its next flush
         ];
         let total: u64 = actions.iter().filter(|a| a.0).map(|a| a.1).sum();
         if total > 0 {
@@ -2081,6 +2536,18 @@ impl Cluster {
                 let i = self.rng_fault.index(n);
                 let d = self.rng_fault.range(1, 40) * TICK;
                 self.pause_node(i, d);
+            }
+            8 => {
+                let i = self.rng_fault.index(n);
+                let ticks = self.rng_fault.range(20, 200);
+                self.hosts[i].slow_until = self.now + ticks * TICK;
+                self.stats.slow_disks += 1;
+                note!(self, "SLOW DISK on n{} for {ticks} ticks", i + 1);
+            }
+            9 => {
+                let i = self.rng_fault.index(n);
+                self.hosts[i].fail_next_flush = true;
+                note!(self, "DISK FAULT on n{}: its next flush fails", i + 1);
             }
             _ => {
                 let f = self.options.faults;
@@ -2213,11 +2680,15 @@ impl Cluster {
 
     // ----- checks and traces --------------------------------------------------------------
 
-    /// Durability: the committed prefix on a majority of durable images. `current` is a
-    /// node taken out of its host while it handles an input.
-    fn check_durable(&mut self, current: Option<&SimNode>) {
-        let images = durable_images(&self.hosts, current);
+    /// Durability: the committed prefix on a majority of durable images.
+    fn check_durable(&mut self) {
+        let images = durable_images(&self.hosts);
         self.oracles.check_durable_by(images.into_iter());
+    }
+
+    fn storage_violation(&mut self, node: NodeId, what: String) {
+        note!(self, "STORAGE CONTRACT BROKEN by n{node}: {what}");
+        self.oracles.report(Violation::Storage { node, what });
     }
 
     fn liveness(&mut self, what: String) {
@@ -2236,15 +2707,42 @@ impl Cluster {
         });
     }
 
-    fn disk_latency(&mut self) -> Time {
+    /// How long a write (a flush, a snapshot file) of node `i`'s disk takes.
+    fn disk_latency(&mut self, i: usize) -> Time {
         let p = self.rng_disk.unit();
-        if p < 0.90 {
+        let base = if p < 0.90 {
             self.rng_disk.range(20, 300)
         } else if p < 0.99 {
             self.rng_disk.range(300, 2_000)
         } else {
             self.rng_disk.range(2_000, 10_000)
+        };
+        if self.hosts[i].slow_until > self.now {
+            base + self.rng_disk.range(2_000, 15_000)
+        } else {
+            base
         }
+    }
+
+    /// How long a read of entries or of a snapshot chunk takes: short, or with
+    /// `slow-reads` a long tail (so reads complete out of order).
+    fn read_latency(&mut self) -> Time {
+        if !self.options.faults.slow_reads {
+            return self.rng_read.range(10, 200);
+        }
+        let p = self.rng_read.unit();
+        if p < 0.80 {
+            self.rng_read.range(10, 300)
+        } else if p < 0.95 {
+            self.rng_read.range(300, 3_000)
+        } else {
+            self.rng_read.range(3_000, 30_000)
+        }
+    }
+
+    /// Whether a read fails (`slow-reads`).
+    fn read_fails(&mut self) -> bool {
+        self.options.faults.slow_reads && self.rng_read.chance(0.05)
     }
 
     fn write_trace(&mut self, line: &str) {
@@ -2292,7 +2790,7 @@ impl Cluster {
                         n.last_index(),
                         n.durable_index()
                     );
-                    let first = n.log().live().first_index();
+                    let first = n.log().first_index();
                     if first > 1 {
                         let _ = write!(s, " f{first}");
                     }
@@ -2308,20 +2806,23 @@ impl Cluster {
     }
 }
 
-/// The durable image of every node, by id (`current` is a node taken out of its host).
-fn durable_images<'a>(
-    hosts: &'a [Host],
-    current: Option<&'a SimNode>,
-) -> Vec<(NodeId, &'a dyn LogView)> {
+/// The durable image of every node's disk, by id.
+fn durable_images(hosts: &[Host]) -> Vec<(NodeId, &dyn LogView)> {
     hosts
         .iter()
-        .filter_map(|h| match (&h.node, &h.image) {
-            (Some(n), _) => Some((h.id, n.log().durable() as &dyn LogView)),
-            (None, Some(image)) => Some((h.id, image as &dyn LogView)),
-            (None, None) => None,
-        })
-        .chain(current.map(|n| (n.id(), n.log().durable() as &dyn LogView)))
+        .map(|h| (h.id, h.disk.durable() as &dyn LogView))
         .collect()
+}
+
+/// A memory log for one host: a `VecLog`, a `CachedLog` with a small budget (so reads miss
+/// memory), or an `ArrayLog` if the snapshot chunks fit it.
+fn random_memory(rng: &mut SimRng, config: &Config) -> MemoryKind {
+    match rng.below(10) {
+        0..=3 => MemoryKind::Vec,
+        4..=6 => MemoryKind::Cached([256, 1024, 4096][rng.index(3)]),
+        _ if config.max_snapshot_chunk_bytes <= ARRAY_CHUNK_BYTES => MemoryKind::Array,
+        _ => MemoryKind::Cached(1024),
+    }
 }
 
 /// A random node configuration: what varies between seeds besides faults.
@@ -2336,6 +2837,7 @@ fn random_config(rng: &mut SimRng, faults: &crate::sim::Faults) -> Config {
     c.max_entries_per_message = [1, 4, 16, 64][rng.index(4)];
     c.max_uncommitted_entries = if rng.chance(0.2) { 8 } else { 4096 };
     c.max_snapshot_chunk_bytes = [8, 32, 4096][rng.index(3)];
+    c.keep_entries_behind_snapshot = [0, 0, 5, 30][rng.index(4)];
     // Clock rates differ by up to 130/70 with skew: the lease must leave that margin.
     c.lease_drift_ticks = if faults.skew {
         5
@@ -2402,6 +2904,22 @@ pub fn describe(m: &Message<'_>) -> String {
                 )
             }
         }
+        Message::InstallSnapshot(m) => format!(
+            "InstallSnapshot(t{} through {}/{} at {}, {} bytes{})",
+            m.term,
+            m.last_included_index,
+            m.last_included_term,
+            m.offset,
+            m.data.len(),
+            if m.done { ", done" } else { "" }
+        ),
+        Message::InstallSnapshotResponse(r) => format!(
+            "InstallSnapshotResponse(t{} through {} next {}{})",
+            r.term,
+            r.last_included_index,
+            r.next_offset,
+            if r.done { ", done" } else { "" }
+        ),
         other => format!("{}(t{})", other.kind(), other.term()),
     }
 }

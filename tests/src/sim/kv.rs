@@ -2,7 +2,7 @@
 //! in log entries, and how the store is serialized into a snapshot.
 //!
 //! A snapshot's bytes: the last included index and the chain hash of that entry (see
-//! [`crate::sim::storage`]), the number of keys, then each key and value in key order, all
+//! [`crate::sim::disk`]), the number of keys, then each key and value in key order, all
 //! little-endian `u64`s.
 
 use crate::linearizability::{Key, Op, Output, Value};

@@ -1,15 +1,48 @@
 //! A deterministic cluster simulator: real `coracle` nodes in one thread, driven by a
 //! seeded scheduler.
 //!
-//! One `u64` seed decides everything: node configurations and election jitter, network
-//! latency, loss, duplication and reordering, partitions (full, asymmetric and partial),
-//! crashes that lose unsynced writes, restarts, pauses, clock rate skew, fsync delays,
-//! membership churn and leadership transfers asked by an operator, snapshots and log
-//! compaction by the hosts, and the client workload (writes through the log, reads through
-//! ReadIndex or leases). The same seed replays the same run, event for event.
+//! One `u64` seed decides everything: node configurations and election jitter, each host's
+//! memory log, network latency, loss, duplication and reordering, partitions (full,
+//! asymmetric and partial), crashes that lose unflushed writes, restarts, pauses, clock rate
+//! skew, disks that flush late, fail or answer reads late, membership churn and leadership
+//! transfers asked by an operator, snapshots and log compaction by the hosts, and the
+//! client workload (writes through the log, reads through ReadIndex or leases). The same
+//! seed replays the same run, event for event.
+//!
+//! ## A host and its storage
+//!
+//! Each host runs one node on the core's storage contract: the node owns its *memory log*
+//! ([`MemoryLog`]: a `VecLog`, a `CachedLog` with a small byte budget, or an `ArrayLog`,
+//! chosen from the seed), and the host owns a *disk* ([`Disk`]) that changes only when the
+//! host performs the node's `Output::Persist` batches. The host performs each batch as it
+//! drains it (the page cache), flushes after a simulated disk delay, one flush at a time,
+//! and then acknowledges with `Node::persisted`; a crash loses what was not flushed. It
+//! answers `Output::Fetch` (a `CachedLog` misses memory) with entries read from its disk
+//! after a read delay, reads the chunks of `Output::SendSnapshot` from its disk after a
+//! delay too, snapshots its state machine into its disk and calls `Node::snapshot_taken`,
+//! and restores on `Output::RestoreSnapshot` from its disk. A restart fills a fresh memory
+//! log from the durable image and calls `Node::new`.
+//!
+//! ## Storage faults
+//!
+//! - `crash`: what was not flushed is lost, including batches performed and not yet
+//!   acknowledged; with `torn`, a prefix of those batches may survive, the last of them cut
+//!   within its entries (never a later batch without an earlier one).
+//! - `slow-disk`: a host's flushes take 2 to 15 ms (an election timeout is 10 ticks of 1
+//!   ms) for a while, so many batches wait at once; and an acknowledgement may reach the
+//!   node well after its flush, so a crash can fall between a durable write and its
+//!   acknowledgement.
+//! - `disk-fail`: a flush fails: what it and later batches wrote is lost, the host calls
+//!   `Node::persist_failed`, and restarts the node a little later as after a crash. The
+//!   oracles check that the node says so (`Node::storage_failed`) and acknowledges nothing
+//!   more, and that nothing it acknowledged is lost.
+//! - `slow-reads`: fetches and snapshot chunk reads complete late (a long tail, so chunks
+//!   leave out of order) and some fail (`Node::fetch_failed`; a chunk not sent).
+//! - `lose-tail` (not in `all`): a restart finds fewer entries than the node acknowledged.
 //!
 //! The pieces:
-//! - [`SimLog`]: log storage with a durable image and a volatile tail;
+//! - [`MemoryLog`] and [`Disk`]: the node's memory and the host's durable store, with the
+//!   chain hashes the oracles compare logs by;
 //! - [`Network`](network::Network): links and message fates;
 //! - [`Client`](client::Client) and [`kv`]: a key-value workload whose history is checked
 //!   for linearizability;
@@ -25,13 +58,16 @@
 
 pub mod client;
 mod cluster;
+pub mod disk;
 pub mod kv;
+pub mod memory;
 pub mod network;
+pub mod queue;
 pub mod rng;
-pub mod storage;
 
 pub use cluster::{Change, Cluster, Membership, SimNode};
-pub use storage::{LogImage, SimLog};
+pub use disk::{Disk, LogImage};
+pub use memory::{MemoryKind, MemoryLog};
 
 use crate::linearizability::Key;
 use crate::oracle::Violation;
@@ -63,10 +99,18 @@ pub struct Faults {
     pub asymmetric: bool,
     /// Partial partitions (A, B, C connected; D reaches only B; E only C).
     pub partial: bool,
-    /// Nodes crash (losing unsynced writes) and restart.
+    /// Nodes crash (losing the writes not flushed) and restart.
     pub crash: bool,
-    /// A crash may keep a prefix of the unsynced writes (torn fsync).
+    /// A crash may keep a prefix of the batches not flushed, the last one cut within its
+    /// entries (a torn write).
     pub torn: bool,
+    /// A host's disk flushes slowly for a while (many batches pending at once), and an
+    /// acknowledgement may reach the node long after its flush.
+    pub slow_disk: bool,
+    /// A flush fails: the node is told (`Node::persist_failed`) and restarted soon after.
+    pub disk_fail: bool,
+    /// Reads of entries and snapshot chunks complete late and out of order, and some fail.
+    pub slow_reads: bool,
     /// Nodes pause (a stopped process) and resume.
     pub pause: bool,
     /// Nodes tick at different rates.
@@ -99,6 +143,9 @@ impl Faults {
         partial: true,
         crash: true,
         torn: true,
+        slow_disk: true,
+        disk_fail: true,
+        slow_reads: true,
         pause: true,
         skew: true,
         membership: true,
@@ -118,6 +165,9 @@ impl Faults {
         partial: false,
         crash: false,
         torn: false,
+        slow_disk: false,
+        disk_fail: false,
+        slow_reads: false,
         pause: false,
         skew: false,
         membership: false,
@@ -126,7 +176,7 @@ impl Faults {
         lose_tail: false,
     };
 
-    const NAMES: [&'static str; 15] = [
+    const NAMES: [&'static str; 18] = [
         "drop",
         "dup",
         "reorder",
@@ -136,6 +186,9 @@ impl Faults {
         "partial",
         "crash",
         "torn",
+        "slow-disk",
+        "disk-fail",
+        "slow-reads",
         "pause",
         "skew",
         "membership",
@@ -144,7 +197,7 @@ impl Faults {
         "lose-tail",
     ];
 
-    fn flags(&self) -> [bool; 15] {
+    fn flags(&self) -> [bool; 18] {
         [
             self.drop,
             self.duplicate,
@@ -155,6 +208,9 @@ impl Faults {
             self.partial,
             self.crash,
             self.torn,
+            self.slow_disk,
+            self.disk_fail,
+            self.slow_reads,
             self.pause,
             self.skew,
             self.membership,
@@ -175,19 +231,23 @@ impl Faults {
             6 => &mut self.partial,
             7 => &mut self.crash,
             8 => &mut self.torn,
-            9 => &mut self.pause,
-            10 => &mut self.skew,
-            11 => &mut self.membership,
-            12 => &mut self.transfer,
-            13 => &mut self.snapshot,
+            9 => &mut self.slow_disk,
+            10 => &mut self.disk_fail,
+            11 => &mut self.slow_reads,
+            12 => &mut self.pause,
+            13 => &mut self.skew,
+            14 => &mut self.membership,
+            15 => &mut self.transfer,
+            16 => &mut self.snapshot,
             _ => &mut self.lose_tail,
         }
     }
 
     /// Parses a comma-separated list of fault classes: `all`, `none`, or any of `drop`,
-    /// `dup`, `reorder`, `delay`, `partition`, `asym`, `partial`, `crash`, `torn`, `pause`,
-    /// `skew`, `membership`, `transfer`, `snapshot`, `lose-tail` (not part of `all`); a
-    /// class prefixed with `-` is removed (`all,-pause`).
+    /// `dup`, `reorder`, `delay`, `partition`, `asym`, `partial`, `crash`, `torn`,
+    /// `slow-disk`, `disk-fail`, `slow-reads`, `pause`, `skew`, `membership`, `transfer`,
+    /// `snapshot`, `lose-tail` (not part of `all`); a class prefixed with `-` is removed
+    /// (`all,-pause`).
     pub fn parse(s: &str) -> Result<Faults, String> {
         let mut faults = Faults::NONE;
         for word in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
@@ -217,7 +277,7 @@ impl Faults {
         self.membership || self.transfer
     }
 
-    /// True if some fault needs the nemesis (partitions, crashes, pauses, loss).
+    /// True if some fault needs the nemesis (partitions, crashes, pauses, loss, disks).
     pub fn any_nemesis(&self) -> bool {
         self.drop
             || self.duplicate
@@ -226,6 +286,8 @@ impl Faults {
             || self.partial
             || self.crash
             || self.pause
+            || self.slow_disk
+            || self.disk_fail
     }
 }
 
@@ -273,19 +335,24 @@ pub enum Bug {
     /// machine, without the core confirming leadership (no ReadIndex round, no wait for
     /// the apply of the read index): a deposed or new leader serves stale values.
     UnconfirmedReads,
+    /// A host acknowledges each batch as soon as it performs it, before its flush: a crash
+    /// loses writes the node was told are durable.
+    EarlyAck,
 }
 
 impl Bug {
-    /// Parses `vote-amnesia`, `lose-durable`, `stale-reads` or `unconfirmed-reads`.
+    /// Parses `vote-amnesia`, `lose-durable`, `stale-reads`, `unconfirmed-reads` or
+    /// `early-ack`.
     pub fn parse(s: &str) -> Result<Bug, String> {
         match s {
             "vote-amnesia" => Ok(Bug::VoteAmnesia),
             "lose-durable" => Ok(Bug::LoseDurable),
             "stale-reads" => Ok(Bug::StaleReads),
             "unconfirmed-reads" => Ok(Bug::UnconfirmedReads),
+            "early-ack" => Ok(Bug::EarlyAck),
             _ => Err(format!(
                 "unknown bug `{s}` (known: vote-amnesia, lose-durable, stale-reads, \
-                 unconfirmed-reads)"
+                 unconfirmed-reads, early-ack)"
             )),
         }
     }
@@ -298,6 +365,7 @@ impl fmt::Display for Bug {
             Bug::LoseDurable => "lose-durable",
             Bug::StaleReads => "stale-reads",
             Bug::UnconfirmedReads => "unconfirmed-reads",
+            Bug::EarlyAck => "early-ack",
         })
     }
 }
@@ -321,6 +389,10 @@ pub struct SimOptions {
     /// The node configuration (id, seed and applied are set per node); `None` picks one
     /// at random from the seed (timeouts, window, batch size, pre-vote, check-quorum).
     pub config: Option<Config>,
+    /// The memory log of every host; `None` picks one per host from the seed (a `VecLog`,
+    /// a `CachedLog` with a budget of 256 B to 4 KiB, or an `ArrayLog` of 128 entries when
+    /// the snapshot chunks fit it).
+    pub memory: Option<MemoryKind>,
     /// Check the client history for linearizability at the end.
     pub check_linearizability: bool,
     /// After everything heals: ticks within which a leader must be elected; clients must
@@ -385,6 +457,7 @@ impl Default for SimOptions {
             keys: 3,
             bug: None,
             config: None,
+            memory: None,
             check_linearizability: true,
             liveness_ticks: 200,
             linearizability_budget: 2_000_000,
@@ -441,6 +514,18 @@ pub struct Stats {
     pub transfers: u64,
     /// Restores of a state machine from an installed snapshot not yet durable.
     pub restores_not_durable: u64,
+    /// Reads of entries the nodes asked of their hosts (`Output::Fetch`).
+    pub fetches: u64,
+    /// Fetches that failed (`Node::fetch_failed`).
+    pub fetch_failures: u64,
+    /// Snapshot chunks read from a disk and sent.
+    pub snapshot_chunks: u64,
+    /// Flushes that failed (`Node::persist_failed`).
+    pub write_failures: u64,
+    /// Episodes of a slow disk.
+    pub slow_disks: u64,
+    /// Acknowledgements that reached a node well after their flush.
+    pub late_acks: u64,
     /// Restarts that found the log shorter than what the node had reported durable
     /// (`lose-tail`), and the entries they lost.
     pub tails_lost: u64,
@@ -482,7 +567,8 @@ impl fmt::Display for RunReport {
             f,
             "seed {}: {} events, {:.1} ms simulated, {} elections, commit {}, {} ops ok, \
              {} timed out, {} crashes, {} pauses, {} network changes, {}/{} messages lost, \
-             {} reads, {} snapshots, {} installs, {} membership changes, {} transfers",
+             {} reads, {} snapshots, {} installs, {} membership changes, {} transfers, \
+             {} fetches ({} failed), {} snapshot chunks, {} write failures, {} slow disks",
             self.seed,
             self.events,
             s.sim_time as f64 / 1000.0,
@@ -499,7 +585,12 @@ impl fmt::Display for RunReport {
             s.snapshots,
             s.installs,
             s.membership_changes,
-            s.transfers
+            s.transfers,
+            s.fetches,
+            s.fetch_failures,
+            s.snapshot_chunks,
+            s.write_failures,
+            s.slow_disks
         )?;
         for v in &self.violations {
             write!(f, "\n  violation: {v}")?;
@@ -538,6 +629,13 @@ mod tests {
         assert_eq!(Faults::parse(&f.to_string()), Ok(f));
         assert_eq!(Faults::ALL.to_string(), "all");
         assert!(Faults::parse("drop,bogus").is_err());
+        let disks = Faults::parse("slow-disk,disk-fail,slow-reads").expect("parse");
+        assert!(disks.slow_disk && disks.disk_fail && disks.slow_reads && !disks.crash);
+        assert_eq!(disks.to_string(), "slow-disk,disk-fail,slow-reads");
+        assert!(
+            disks.any_nemesis(),
+            "slow and failing disks come from the nemesis"
+        );
         assert_eq!(
             Faults::parse("drop,dup").map(|f| f.to_string()),
             Ok("drop,dup".into())
