@@ -10,9 +10,8 @@
 
 use crate::kv::Kv;
 use coracle::{
-    Config, EntryKind, HardState, InstallSnapshot, LogStorage, MemStore, MembershipChange,
-    Message, Node, Output, OwnedEntry, OwnedMessage, ProgressState, Role as CoreRole,
-    StateChange, VecLog,
+    Config, EntryKind, HardState, InstallSnapshot, LogStorage, MemStore, MembershipChange, Message,
+    Node, Output, OwnedEntry, OwnedMessage, ProgressState, Role as CoreRole, StateChange, VecLog,
 };
 use std::fmt;
 

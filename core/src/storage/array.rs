@@ -177,6 +177,15 @@ impl<const CAP: usize, const DATA: usize, const CHUNK: usize> LogStorage
     fn staged_snapshot_chunk(&self) -> &[u8] {
         &self.chunk
     }
+    /// Keeps everything: nothing to drop.
+    fn release(&mut self, _index: Index) {}
+
+    fn clear_fetched(&mut self) {}
+
+    /// Never drops data, so never asked.
+    fn insert_fetched(&mut self, _entry: &Entry<'_>) -> Result<(), StorageError> {
+        Err(StorageError::Full)
+    }
 }
 
 #[cfg(test)]

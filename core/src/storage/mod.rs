@@ -126,21 +126,19 @@ pub trait LogStorage {
     /// The chunk held by [`LogStorage::stage_snapshot_chunk`].
     fn staged_snapshot_chunk(&self) -> &[u8];
     /// Entries through `index` are durable and applied: a bounded memory log may drop
-    /// their data (not membership entries). The default keeps everything.
-    fn release(&mut self, index: Index) {
-        let _ = index;
-    }
+    /// their data (not membership entries); one that keeps everything does nothing.
+    fn release(&mut self, index: Index);
     /// The host is handing in what a fetch read back: what earlier fetches read is not
-    /// needed any more (the default keeps nothing to drop).
-    fn clear_fetched(&mut self) {}
+    /// needed any more.
+    fn clear_fetched(&mut self);
     /// An entry the host read back from its durable store, asked for with
     /// [`Output::Fetch`](crate::Output::Fetch): keep it in memory if there is room (`Full`
-    /// otherwise: never by dropping an entry of the same fetch). The default refuses (a log
-    /// that never drops data is never asked).
-    fn insert_fetched(&mut self, entry: &Entry<'_>) -> Result<(), StorageError> {
-        let _ = entry;
-        Err(StorageError::Full)
-    }
+    /// otherwise: never by dropping an entry of the same fetch). A log that never drops
+    /// data is never asked, and may refuse.
+    ///
+    /// These three have no default on purpose: a log that wraps another and forgot to pass
+    /// one on would break reads back without a word.
+    fn insert_fetched(&mut self, entry: &Entry<'_>) -> Result<(), StorageError>;
 }
 
 /// The most members a snapshot's configuration holds.

@@ -151,6 +151,15 @@ impl LogStorage for VecLog {
     fn staged_snapshot_chunk(&self) -> &[u8] {
         &self.chunk
     }
+    /// Keeps everything: nothing to drop.
+    fn release(&mut self, _index: Index) {}
+
+    fn clear_fetched(&mut self) {}
+
+    /// Never drops data, so never asked.
+    fn insert_fetched(&mut self, _entry: &Entry<'_>) -> Result<(), StorageError> {
+        Err(StorageError::Full)
+    }
 }
 
 #[cfg(test)]

@@ -192,6 +192,9 @@ impl LogStorage for MemoryLog {
     fn release(&mut self, index: Index) {
         self.inner_mut().release(index)
     }
+    fn clear_fetched(&mut self) {
+        self.inner_mut().clear_fetched()
+    }
     fn insert_fetched(&mut self, entry: &Entry<'_>) -> Result<(), StorageError> {
         self.inner_mut().insert_fetched(entry)
     }
