@@ -3,6 +3,9 @@
 use super::{LogStorage, SnapshotMeta, StorageError};
 use crate::types::{Entry, EntryKind, HardState, Index, Term};
 
+/// Slots only a no-op or a configuration may take (see [`ArrayLog`]).
+const RESERVED: usize = 2;
+
 #[derive(Clone, Debug, Default)]
 struct Slot<const DATA: usize> {
     term: Term,
@@ -13,7 +16,8 @@ struct Slot<const DATA: usize> {
 /// A log of at most `CAP` entries of at most `DATA` bytes each, in a ring buffer, with room
 /// for a received snapshot chunk of `CHUNK` bytes (0: this node cannot be sent snapshots):
 /// no allocation, ever. Compacting the prefix frees slots for new entries. It never drops
-/// an entry's data, so the node never has to fetch one.
+/// an entry's data, so the node never has to fetch one. Its last two slots take no command
+/// (a new leader's no-op and a configuration always fit), so `CAP` must be above 2.
 ///
 /// A board fills it at boot from its flash journal, and writes the node's
 /// [`Output::Persist`](crate::Output::Persist) batches to the journal; a test uses it as
@@ -117,7 +121,16 @@ impl<const CAP: usize, const DATA: usize, const CHUNK: usize> LogStorage
         if entry.index != self.last_index() + 1 {
             return Err(StorageError::OutOfRange);
         }
-        if self.len == CAP {
+        // The last slots are kept for what a cluster needs to make progress: a new
+        // leader's no-op (which commits everything before it, so the log can be compacted)
+        // and then a configuration. A log full of commands from an old leader must not
+        // leave its node, once elected, unable to commit anything again.
+        let reserved = match entry.kind {
+            EntryKind::Command => RESERVED,
+            EntryKind::Membership => 1,
+            EntryKind::Noop => 0,
+        };
+        if self.len + reserved >= CAP {
             return Err(StorageError::Full);
         }
         let data =
@@ -203,12 +216,42 @@ mod tests {
 
     #[test]
     fn array_log_follows_the_storage_contract() {
-        super::super::conformance::check(ArrayLog::<4, 4, 4>::new);
+        super::super::conformance::check(ArrayLog::<6, 4, 4>::new);
+    }
+
+    /// Sim seed 872078466487: a follower whose fixed-capacity log filled with an old
+    /// leader's commands was elected, had no room for its no-op, so nothing of its term
+    /// ever committed, nothing was applied, and the log could never be compacted.
+    #[test]
+    fn the_last_slots_wait_for_a_no_op_and_a_configuration() {
+        let mut log: ArrayLog<4, 2> = ArrayLog::new();
+        log.append(&e(1, 1, b"x")).unwrap();
+        log.append(&e(2, 1, b"x")).unwrap();
+        assert_eq!(log.append(&e(3, 1, b"x")), Err(StorageError::Full));
+        let config = Entry {
+            kind: EntryKind::Membership,
+            ..e(3, 1, b"c")
+        };
+        log.append(&config).unwrap();
+        let noop = Entry {
+            kind: EntryKind::Noop,
+            ..e(4, 2, b"")
+        };
+        assert_eq!(
+            log.append(&Entry {
+                kind: EntryKind::Membership,
+                ..noop
+            }),
+            Err(StorageError::Full),
+            "one slot is a no-op's alone"
+        );
+        log.append(&noop).unwrap();
+        assert_eq!(log.free(), 0);
     }
 
     #[test]
     fn array_log_is_a_ring_and_reports_full() {
-        let mut log: ArrayLog<3, 2> = ArrayLog::new();
+        let mut log: ArrayLog<5, 2> = ArrayLog::new();
         for i in 1..=3 {
             log.append(&e(i, 1, b"x")).unwrap();
         }

@@ -69,9 +69,10 @@ fn too_many_uncommitted_entries_is_back_pressure() {
 
 #[test]
 fn a_full_fixed_capacity_log_is_an_error_not_a_panic() {
-    let mut n: Node<ArrayLog<4, 8>> = Node::new(Config::new(1, 1), ArrayLog::new(), &[1]).unwrap();
+    // Six slots: the no-op, three commands, and two kept for a no-op and a configuration.
+    let mut n: Node<ArrayLog<6, 8>> = Node::new(Config::new(1, 1), ArrayLog::new(), &[1]).unwrap();
     n.campaign();
-    let drain = |n: &mut Node<ArrayLog<4, 8>>| {
+    let drain = |n: &mut Node<ArrayLog<6, 8>>| {
         drain_outputs(n);
     };
     drain(&mut n);

@@ -7,7 +7,7 @@ use crate::oracle::{LogView, Oracles, Violation};
 use crate::sim::client::{Client, Reply, Request};
 use crate::sim::disk::{Batch, Disk, DiskEntry, LogImage, Observed};
 use crate::sim::kv::{Command, Kv};
-use crate::sim::memory::{MemoryKind, MemoryLog, ARRAY_CHUNK_BYTES, ARRAY_ENTRIES};
+use crate::sim::memory::{MemoryKind, MemoryLog, ARRAY_CHUNK_BYTES};
 use crate::sim::network::Network;
 use crate::sim::queue::EventQueue;
 use crate::sim::rng::{mix64, SimRng};
@@ -402,7 +402,7 @@ impl Cluster {
         } else {
             voters
         };
-        let mut template = options
+        let template = options
             .config
             .clone()
             .unwrap_or_else(|| random_config(&mut rng_config, &faults));
@@ -416,14 +416,6 @@ impl Cluster {
                     .unwrap_or_else(|| random_memory(&mut rng_config, &template))
             })
             .collect();
-        if memory.contains(&MemoryKind::Array) {
-            // A fixed-capacity log must hold, besides the entries kept behind a snapshot,
-            // what a leader may append uncommitted and a no-op per election after it: a
-            // board's configuration keeps to that, or a new leader may find no room for its
-            // no-op, and nothing commits again (sim seed 3521 before this).
-            let room = (ARRAY_ENTRIES as u64 - template.keep_entries_behind_snapshot) / 2;
-            template.max_uncommitted_entries = template.max_uncommitted_entries.min(room);
-        }
         let hosts = universe
             .iter()
             .zip(&memory)
@@ -1431,7 +1423,9 @@ impl Cluster {
         drained: &mut Vec<Drained>,
     ) -> bool {
         let id = node.id();
-        let failed = self.hosts[i].storage_failed;
+        // The contract binds the node once it was told (a report held while the node is
+        // paused has not reached it yet).
+        let failed = node.storage_failed();
         let mut wrote = false;
         loop {
             let out = match node.poll_output() {

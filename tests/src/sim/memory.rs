@@ -7,10 +7,8 @@
 //!   it catches a follower up or applies after a restart (a server whose log lives on
 //!   disk);
 //! - [`ArrayLog`]: fixed capacity, no allocation (a board): when it fills up, the node asks
-//!   its host for a snapshot ([`coracle::Output::SnapshotNeeded`]). A cluster with such a
-//!   host keeps `Config::max_uncommitted_entries` to half the room left behind a snapshot,
-//!   so a new leader always finds room for its no-op after what its predecessors could
-//!   not commit.
+//!   its host for a snapshot ([`coracle::Output::SnapshotNeeded`]); its last slots wait
+//!   for a new leader's no-op and a configuration.
 //!
 //! The memory log never holds the durable state: that is the host's [`Disk`](super::Disk),
 //! which changes only when the host performs the node's [`coracle::Persist`] batches.
