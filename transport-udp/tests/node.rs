@@ -6,6 +6,8 @@
 //! log lacks are fetched from it, and a fetch that fails at once does not
 //! loop.
 
+mod common;
+
 use coracle::{
     CachedLog, Config, Entry, EntryKind, Index, LogStorage, MemStore, Node, NodeId, Output,
     Persist, Role, SyncToken, VecLog,
@@ -196,45 +198,48 @@ fn cluster(ids: &[NodeId]) -> Net<VecLog> {
     }
 }
 
-#[test]
-fn a_batch_made_durable_later_holds_back_the_acknowledgement_that_depends_on_it() {
+/// Three nodes; a follower whose host completes batches as `mode` says;
+/// a proposal, a few ticks. Returns the network, the leader, that follower
+/// and the proposal's index.
+fn propose_with_a_follower(mode: Completion, ticks: u64) -> (Net<VecLog>, NodeId, NodeId, Index) {
     let mut net = cluster(&[1, 2, 3]);
     let leader = net.elect();
-    let slow = if leader == 2 { 3 } else { 2 };
-    net.node(slow).1.mode = Completion::Later;
+    let follower = if leader == 2 { 3 } else { 2 };
+    net.node(follower).1.mode = mode;
     let p = net.node(leader).0.node_mut().propose(b"x").expect("leader");
-    net.run(3);
+    net.run(ticks);
+    (net, leader, follower, p.index)
+}
+
+#[test]
+fn a_batch_made_durable_later_holds_back_the_acknowledgement_that_depends_on_it() {
+    let (mut net, leader, slow, index) = propose_with_a_follower(Completion::Later, 3);
     // Committed with the other follower; the slow one has not acknowledged.
-    assert!(net.node(leader).0.node().commit_index() >= p.index);
+    assert!(net.node(leader).0.node().commit_index() >= index);
     let progress = net.node(leader).0.node().progress(slow).expect("a peer");
-    assert!(progress.match_index < p.index, "{progress:?}");
+    assert!(progress.match_index < index, "{progress:?}");
     let (udp, host) = net.node(slow);
-    assert!(udp.node().durable_index() < p.index);
+    assert!(udp.node().durable_index() < index);
     let token = *host.held.last().expect("a batch taken for later");
     assert!(
-        host.store.entry(p.index).is_some(),
+        host.store.entry(index).is_some(),
         "written, not yet durable"
     );
     udp.persisted(token);
     net.settle();
     let progress = net.node(leader).0.node().progress(slow).expect("a peer");
-    assert!(progress.match_index >= p.index, "{progress:?}");
+    assert!(progress.match_index >= index, "{progress:?}");
 }
 
 #[test]
 fn a_failed_batch_stops_the_node_acknowledging() {
-    let mut net = cluster(&[1, 2, 3]);
-    let leader = net.elect();
-    let broken = if leader == 2 { 3 } else { 2 };
-    net.node(broken).1.mode = Completion::Failed;
-    let p = net.node(leader).0.node_mut().propose(b"x").expect("leader");
-    net.run(5);
-    assert!(net.node(leader).0.node().commit_index() >= p.index);
+    let (mut net, leader, broken, index) = propose_with_a_follower(Completion::Failed, 5);
+    assert!(net.node(leader).0.node().commit_index() >= index);
     let (udp, _) = net.node(broken);
     assert!(udp.node().storage_failed());
     assert_eq!(udp.counters().persist_failures, 1);
     let progress = net.node(leader).0.node().progress(broken).expect("a peer");
-    assert!(progress.match_index < p.index);
+    assert!(progress.match_index < index);
 }
 
 #[test]

@@ -20,11 +20,7 @@ fn a_follower_that_was_down_installs_the_snapshot_sent_in_datagram_sized_chunks(
     smol::block_on(async {
         let mut cluster = Cluster::start(3, false);
         let leader = cluster.wait_leader(None, WAIT).await;
-        let away = cluster
-            .running()
-            .into_iter()
-            .find(|&id| id != leader)
-            .unwrap();
+        let away = cluster.follower_of(leader);
         cluster.kill(away);
         let mut written = Vec::new();
         for i in 0..30u8 {
@@ -78,11 +74,7 @@ fn a_leader_reads_entries_its_memory_dropped_back_from_its_store() {
         let mut cluster =
             Cluster::start_full(3, false, Flush::Now, small_cache, |_: &mut Config| {});
         let leader = cluster.wait_leader(None, WAIT).await;
-        let away = cluster
-            .running()
-            .into_iter()
-            .find(|&id| id != leader)
-            .unwrap();
+        let away = cluster.follower_of(leader);
         cluster.commit(b"first", WAIT).await;
         cluster.kill(away);
         let mut written = vec![b"first".to_vec()];

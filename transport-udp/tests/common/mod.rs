@@ -150,6 +150,19 @@ impl Application for App {
     }
 }
 
+/// `Application::snapshot_chunk` over a `MemStore`: the bytes of its kept
+/// snapshot at `index` from `offset`, copied into `buf`.
+pub fn read_chunk(
+    store: &MemStore,
+    index: Index,
+    offset: u64,
+    buf: &mut [u8],
+) -> Option<(usize, bool)> {
+    let (bytes, done) = store.snapshot_chunk(index, offset, buf.len())?;
+    buf[..bytes.len()].copy_from_slice(bytes);
+    Some((bytes.len(), done))
+}
+
 /// Makes the written batches durable one token at a time, as a flush
 /// thread would, and tells the node.
 async fn flusher(tokens: smol::channel::Receiver<SyncToken>, stores: Stores, handle: NodeHandle) {
@@ -407,6 +420,14 @@ impl<S: LogStorage + Send + 'static> Cluster<S> {
         let addr = self.members[i].addr;
         let socket = SmolDatagrams::bind(addr).unwrap();
         self.launch(i, socket);
+    }
+
+    /// A running node other than `leader`.
+    pub fn follower_of(&self, leader: NodeId) -> NodeId {
+        self.running()
+            .into_iter()
+            .find(|&id| id != leader)
+            .expect("a running follower")
     }
 
     pub fn member_mut(&mut self, id: NodeId) -> &mut Member<S> {
