@@ -65,7 +65,13 @@ pub fn role_name(role: Role) -> &'static str {
 /// and the send-counter store (`M`), and the periodic proposals and status
 /// lines. `H` is the board's hooks; snapshots of the table take at most
 /// `SNAP` bytes.
-pub struct App<F: JournalFlash, M: NorFlash, H: BoardHooks, const COUNTERS: usize, const SNAP: usize> {
+pub struct App<
+    F: JournalFlash,
+    M: NorFlash,
+    H: BoardHooks,
+    const COUNTERS: usize,
+    const SNAP: usize,
+> {
     id: NodeId,
     table: CounterTable<COUNTERS>,
     /// The node asked for a snapshot (its log is full).
@@ -138,8 +144,8 @@ impl<F: JournalFlash, M: NorFlash, H: BoardHooks, const COUNTERS: usize, const S
     }
 }
 
-impl<F: JournalFlash, M: NorFlash, H: BoardHooks, const COUNTERS: usize, const SNAP: usize> Application
-    for App<F, M, H, COUNTERS, SNAP>
+impl<F: JournalFlash, M: NorFlash, H: BoardHooks, const COUNTERS: usize, const SNAP: usize>
+    Application for App<F, M, H, COUNTERS, SNAP>
 {
     fn persist(&mut self, batch: &Persist<'_>) -> Completion {
         match self.journal.persist(batch) {

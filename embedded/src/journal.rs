@@ -1028,6 +1028,12 @@ impl<F: JournalFlash, const SNAP: usize> FlashJournal<F, SNAP> {
         self.flash
     }
 
+    /// The flash, to look at.
+    #[must_use]
+    pub const fn flash(&self) -> &F {
+        &self.flash
+    }
+
     fn record_entry(&mut self, e: &Entry<'_>) -> Result<(), StorageError> {
         self.record(
             KIND_ENTRY,
