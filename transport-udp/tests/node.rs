@@ -26,6 +26,8 @@ struct Host {
     held: Vec<SyncToken>,
     /// Fetches answered from the store (`Completion::Now`) or failed.
     serve_fetches: bool,
+    /// Fetches answered later: the ranges asked.
+    fetch_later: Option<Vec<(Index, Index)>>,
     fetches: usize,
     chunks: Vec<usize>,
     applied: Vec<(Index, Vec<u8>)>,
@@ -39,6 +41,7 @@ impl Host {
             mode: Completion::Now,
             held: Vec::new(),
             serve_fetches: true,
+            fetch_later: None,
             fetches: 0,
             chunks: Vec::new(),
             applied: Vec::new(),
@@ -60,6 +63,10 @@ impl Application for Host {
 
     fn fetch(&mut self, from: Index, to: Index, hand_in: &mut dyn FnMut(Entry<'_>)) -> Completion {
         self.fetches += 1;
+        if let Some(asked) = &mut self.fetch_later {
+            asked.push((from, to));
+            return Completion::Later;
+        }
         if !self.serve_fetches {
             return Completion::Failed;
         }
@@ -363,4 +370,24 @@ fn a_fetch_that_fails_at_once_ends_the_drain_instead_of_looping() {
     udp.advance_to(200);
     while udp.poll_transmit(&mut host, &mut out).is_some() {}
     assert_eq!(host.applied.len(), 10);
+}
+
+#[test]
+fn a_fetch_answered_later_is_handed_in_with_fetched() {
+    let (mut udp, mut host) = restarted_without_data(true);
+    host.fetch_later = Some(Vec::new());
+    let mut out: Datagram = Datagram::new();
+    for now in 1..200 {
+        udp.advance_to(now);
+        while udp.poll_transmit(&mut host, &mut out).is_some() {}
+    }
+    // One fetch asked, none answered yet: nothing applied, nothing asked again.
+    let asked = host.fetch_later.take().expect("later");
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert_eq!(udp.node().applied_index(), 0);
+    let (from, to) = asked[0];
+    udp.fetched(host.store.fetch(from, to));
+    while udp.poll_transmit(&mut host, &mut out).is_some() {}
+    assert_eq!(host.applied.len(), 10);
+    assert_eq!(udp.counters().fetch_failures, 0);
 }
