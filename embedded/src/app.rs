@@ -1,27 +1,25 @@
 //! The application every firmware runs (feature `firmware`): the counter
-//! table, the UDP send-counter mark, a snapshot and a compaction of the
-//! log every so many applied entries, the leader's periodic proposals, and
-//! the defmt log lines `cargo xtask qemu-cluster` reads (`apply`, `state`,
-//! `installed snapshot`, `compacted`, `status`).
+//! table, the flash journal that is the node's durable store, the UDP
+//! send-counter mark, a snapshot every so many applied entries, the
+//! journal's maintenance (rewrites and erases, one step per turn of the
+//! loop), the leader's periodic proposals, and the defmt log lines
+//! `cargo xtask qemu-cluster` reads (`apply`, `state`, `installed snapshot`,
+//! `compacted`, `erase start`, `erase done`, `rewritten`, `status`).
 //!
 //! A firmware keeps only what is its board's: it implements [`BoardHooks`]
-//! (what a role change shows, how the board stops), declares a `static`
-//! [`Installed`] and an install hook for its log that fills it, and hands
-//! an [`App`] to `coracle_udp::embassy::run_node`.
+//! (what a role change shows, how the board stops), opens its journal and
+//! mark store, and hands an [`App`] to `coracle_udp::embassy::run_node`.
 
-use core::cell::RefCell;
-
-use coracle::{NodeId, Output, Role, SnapshotMeta};
+use coracle::{LogStorage, NodeId, Output, Persist, Role, SyncToken};
 use coracle_udp::event_loop::Control;
-use coracle_udp::node::{Application, UdpNode};
-use critical_section::Mutex;
-use defmt::{info, warn};
+use coracle_udp::node::{Application, Completion, UdpNode};
+use defmt::{error, info, warn};
 use embassy_time::{Duration, Instant, Timer};
 use embedded_storage::nor_flash::NorFlash;
 
 use crate::compaction::snapshot_and_compact;
 use crate::counters::{Add, CounterTable};
-use crate::journal::{FlashLog, MarkStore};
+use crate::journal::{FlashJournal, JournalFlash, MarkStore, Persisted, Step};
 
 /// The period of the application's own tick.
 const TICK: Duration = Duration::from_millis(100);
@@ -40,45 +38,6 @@ pub trait BoardHooks {
     /// Stops the board with a message `why` (the snapshot to restore is
     /// missing).
     fn halt(&mut self, why: &str) -> !;
-}
-
-/// The table of the snapshot the log installed last (from a leader), until
-/// `Output::RestoreSnapshot` takes it: the application cannot reach the log
-/// when that output arrives. A firmware declares one `static` and fills it
-/// from its log's install hook ([`Installed::keep`]).
-pub struct Installed<const COUNTERS: usize> {
-    table: Mutex<RefCell<Option<CounterTable<COUNTERS>>>>,
-}
-
-impl<const COUNTERS: usize> Installed<COUNTERS> {
-    /// Empty.
-    #[must_use]
-    pub const fn new() -> Self {
-        Self {
-            table: Mutex::new(RefCell::new(None)),
-        }
-    }
-
-    /// For the log's install hook: keeps the table the snapshot `data` at
-    /// `meta` holds (nothing if it does not decode to a table applied
-    /// through `meta.index`).
-    pub fn keep(&self, meta: &SnapshotMeta, data: &[u8]) {
-        let table = CounterTable::decode(data)
-            .ok()
-            .filter(|t| t.applied() == meta.index);
-        critical_section::with(|cs| *self.table.borrow(cs).borrow_mut() = table);
-    }
-
-    /// Takes the kept table.
-    pub fn take(&self) -> Option<CounterTable<COUNTERS>> {
-        critical_section::with(|cs| self.table.borrow(cs).take())
-    }
-}
-
-impl<const COUNTERS: usize> Default for Installed<COUNTERS> {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 /// How often a board compacts and how far its leader runs ahead.
@@ -102,31 +61,44 @@ pub fn role_name(role: Role) -> &'static str {
     }
 }
 
-/// The board's application: the counter table, the send-counter store,
-/// and the periodic proposals and status lines. `M` is the flash of the
-/// send-counter marks, `H` the board's hooks.
-pub struct App<M: NorFlash, H: BoardHooks, const COUNTERS: usize> {
+/// The board's application: the counter table, the flash journal (on `F`)
+/// and the send-counter store (`M`), and the periodic proposals and status
+/// lines. `H` is the board's hooks; snapshots of the table take at most
+/// `SNAP` bytes.
+pub struct App<
+    F: JournalFlash,
+    M: NorFlash,
+    H: BoardHooks,
+    const COUNTERS: usize,
+    const SNAP: usize,
+> {
     id: NodeId,
     table: CounterTable<COUNTERS>,
     /// The node asked for a snapshot (its log is full).
     snapshot_needed: bool,
+    journal: FlashJournal<F, SNAP>,
     marks: MarkStore<M>,
-    installed: &'static Installed<COUNTERS>,
     settings: Settings,
     hooks: H,
     next_tick: Instant,
     ticks: u32,
+    /// The latest batch the journal owes (durable with its next rewrite).
+    owed: Option<SyncToken>,
+    /// The erase under way: when it started, and datagrams sent by then.
+    erase: Option<(Instant, u64)>,
 }
 
-impl<M: NorFlash, H: BoardHooks, const COUNTERS: usize> App<M, H, COUNTERS> {
+impl<F: JournalFlash, M: NorFlash, H: BoardHooks, const COUNTERS: usize, const SNAP: usize>
+    App<F, M, H, COUNTERS, SNAP>
+{
     /// The application of node `id`, from its `table` (restored from the
-    /// journal's snapshot), its send-counter `marks`, and the `installed`
-    /// snapshots its log's install hook keeps. Its first tick is now.
+    /// journal's snapshot), its `journal` and its send-counter `marks`. Its
+    /// first tick is now.
     pub fn new(
         id: NodeId,
         table: CounterTable<COUNTERS>,
+        journal: FlashJournal<F, SNAP>,
         marks: MarkStore<M>,
-        installed: &'static Installed<COUNTERS>,
         settings: Settings,
         hooks: H,
     ) -> Self {
@@ -134,41 +106,36 @@ impl<M: NorFlash, H: BoardHooks, const COUNTERS: usize> App<M, H, COUNTERS> {
             id,
             table,
             snapshot_needed: false,
+            journal,
             marks,
-            installed,
             settings,
             hooks,
             next_tick: Instant::now(),
             ticks: 0,
+            owed: None,
+            erase: None,
         }
     }
 
     /// Snapshots the table and compacts the log through its applied index,
-    /// every [`Settings::compact_every`] entries, or sooner when the log or
-    /// its flash bank fills.
-    fn compact<
-        F: NorFlash,
-        const CAP: usize,
-        const DATA: usize,
-        const SNAP: usize,
-        const PEERS: usize,
-        const MTU: usize,
-        const ENTRIES: usize,
-    >(
+    /// every [`Settings::compact_every`] entries, or sooner when the log is
+    /// full.
+    fn compact<S: LogStorage, const PEERS: usize, const MTU: usize, const ENTRIES: usize>(
         &mut self,
-        udp: &mut UdpNode<FlashLog<F, CAP, DATA, SNAP>, PEERS, MTU, ENTRIES>,
+        udp: &mut UdpNode<S, PEERS, MTU, ENTRIES>,
     ) {
         let needed = &mut self.snapshot_needed;
         let every = self.settings.compact_every;
-        match snapshot_and_compact(udp.node_mut(), &self.table, every, needed) {
+        let journal = &mut self.journal;
+        match snapshot_and_compact(udp.node_mut(), journal, &self.table, every, needed) {
             Ok(Some(c)) => info!(
                 "compacted through={=u64} first={=u64} last={=u64} bank={=usize} generation={=u64} flash_used={=usize} digest={=u32:08x}",
                 c.through,
                 c.first,
                 c.last,
-                c.bank.0,
-                c.bank.1,
-                c.flash_used,
+                journal.bank().0,
+                journal.bank().1,
+                journal.used(),
                 self.table.digest()
             ),
             Ok(None) => {}
@@ -177,7 +144,35 @@ impl<M: NorFlash, H: BoardHooks, const COUNTERS: usize> App<M, H, COUNTERS> {
     }
 }
 
-impl<M: NorFlash, H: BoardHooks, const COUNTERS: usize> Application for App<M, H, COUNTERS> {
+impl<F: JournalFlash, M: NorFlash, H: BoardHooks, const COUNTERS: usize, const SNAP: usize>
+    Application for App<F, M, H, COUNTERS, SNAP>
+{
+    fn persist(&mut self, batch: &Persist<'_>) -> Completion {
+        match self.journal.persist(batch) {
+            Ok(Persisted::Durable) => Completion::Now,
+            Ok(Persisted::AfterRewrite) => {
+                if self.owed.is_none() {
+                    warn!("journal bank full: writes wait for the rewrite");
+                }
+                self.owed = Some(batch.token);
+                Completion::Later
+            }
+            Err(e) => {
+                error!("journal write failed: {}", defmt::Debug2Format(&e));
+                Completion::Failed
+            }
+        }
+    }
+
+    fn snapshot_chunk(
+        &mut self,
+        index: coracle::Index,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Option<(usize, bool)> {
+        self.journal.snapshot_chunk(index, offset, buf)
+    }
+
     fn output(&mut self, output: Output<'_>) {
         match output {
             Output::Apply(entry) => {
@@ -201,7 +196,11 @@ impl<M: NorFlash, H: BoardHooks, const COUNTERS: usize> Application for App<M, H
                 );
             }
             Output::RestoreSnapshot { index, term } => {
-                match self.installed.take() {
+                let table = self
+                    .journal
+                    .snapshot()
+                    .and_then(|(_, data)| CounterTable::decode(data).ok());
+                match table {
                     Some(table) if table.applied() == index => self.table = table,
                     _ => self.hooks.halt("the snapshot to restore is missing"),
                 }
@@ -217,6 +216,7 @@ impl<M: NorFlash, H: BoardHooks, const COUNTERS: usize> Application for App<M, H
                 warn!("log full: snapshot needed");
                 self.snapshot_needed = true;
             }
+            // No reads are served here; the other kinds never reach `output`.
             _ => {}
         }
     }
@@ -227,17 +227,16 @@ impl<M: NorFlash, H: BoardHooks, const COUNTERS: usize> Application for App<M, H
 }
 
 impl<
+        F: JournalFlash,
         M: NorFlash,
         H: BoardHooks,
-        F: NorFlash,
+        S: LogStorage,
         const COUNTERS: usize,
-        const CAP: usize,
-        const DATA: usize,
         const SNAP: usize,
         const PEERS: usize,
         const MTU: usize,
         const ENTRIES: usize,
-    > Control<UdpNode<FlashLog<F, CAP, DATA, SNAP>, PEERS, MTU, ENTRIES>> for App<M, H, COUNTERS>
+    > Control<UdpNode<S, PEERS, MTU, ENTRIES>> for App<F, M, H, COUNTERS, SNAP>
 {
     type Command = ();
 
@@ -249,11 +248,7 @@ impl<
         Some(())
     }
 
-    fn command(
-        &mut self,
-        udp: &mut UdpNode<FlashLog<F, CAP, DATA, SNAP>, PEERS, MTU, ENTRIES>,
-        (): (),
-    ) {
+    fn command(&mut self, udp: &mut UdpNode<S, PEERS, MTU, ENTRIES>, (): ()) {
         self.ticks = self.ticks.wrapping_add(1);
         if !self.ticks.is_multiple_of(STATUS_EVERY) {
             return;
@@ -284,5 +279,62 @@ impl<
             udp.link().counters().sent,
             udp.link().drops().total(),
         );
+    }
+
+    /// One step of the journal's maintenance per turn of the loop, with
+    /// `erase start` / `erase done` lines around each erase of a bank (the
+    /// datagrams the board sent meanwhile show its loop kept running).
+    fn maintain(&mut self, udp: &mut UdpNode<S, PEERS, MTU, ENTRIES>) -> bool {
+        if !self.journal.pending() {
+            return false;
+        }
+        let sent = udp.link().counters().sent;
+        let node = udp.node();
+        let (role, term) = (role_name(node.role()), node.term());
+        let before = Instant::now();
+        match self.journal.step(node.log()) {
+            Ok(Step::Idle) => {}
+            Ok(Step::Erasing { bank, unit, units }) if unit == 0 => {
+                self.erase = Some((before, sent));
+                info!(
+                    "erase start bank={=usize} units={=usize} role={=str} term={=u64} sent={=u64}",
+                    bank, units, role, term, sent
+                );
+            }
+            Ok(Step::Erasing { .. } | Step::Waiting) => {}
+            Ok(Step::Erased { bank }) => {
+                let (started, sent_before) = self.erase.take().unwrap_or((before, sent));
+                info!(
+                    "erase done bank={=usize} ms={=u64} role={=str} term={=u64} sent={=u64} sent_during={=u64}",
+                    bank,
+                    started.elapsed().as_millis(),
+                    role,
+                    term,
+                    sent,
+                    sent - sent_before
+                );
+            }
+            Ok(Step::Rewritten {
+                bank,
+                generation,
+                used,
+            }) => {
+                info!(
+                    "rewritten bank={=usize} generation={=u64} flash_used={=usize}",
+                    bank, generation, used
+                );
+                if let Some(token) = self.owed.take() {
+                    udp.persisted(token);
+                }
+            }
+            Err(e) => {
+                warn!("journal maintenance failed: {}", defmt::Debug2Format(&e));
+                if self.owed.take().is_some() {
+                    error!("the writes the journal owed are lost: the node stops acknowledging");
+                    udp.persist_failed();
+                }
+            }
+        }
+        self.journal.pending()
     }
 }

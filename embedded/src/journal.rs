@@ -1,13 +1,17 @@
-//! A Raft log that survives a reboot, on any `embedded-storage` NorFlash:
-//! [`FlashLog`] keeps the log in RAM (the core's [`ArrayLog`]) and journals
-//! every change (hard state, appended entry, truncated suffix) as a record
-//! in flash, with a snapshot of the state machine that lets it compact; on boot [`FlashLog::open`] replays the journal. [`MarkStore`]
-//! keeps the UDP link's send-counter mark the same way.
+//! A board's durable store on any `embedded-storage` NorFlash:
+//! [`FlashJournal`] performs the node's `Output::Persist` batches as records
+//! appended to a journal in flash, and at boot replays them into the node's
+//! memory log (an [`ArrayLog`](coracle::ArrayLog): entries, hard state, the
+//! kept snapshot's metadata), keeping the snapshot's bytes to restore the
+//! state machine from and to send to followers. [`MarkStore`] keeps the UDP
+//! link's send-counter mark the same way.
 //!
-//! Writes are gathered in RAM and written to flash by [`Durable::sync`],
-//! which the node asks for before it acknowledges entries or grants a vote:
-//! one flash write for many changes (group commit). A board that reboots
-//! keeps its term, its vote and every entry it acknowledged.
+//! The node never sees the journal: the host performs each batch
+//! ([`FlashJournal::persist`], one flash write for the whole batch: group
+//! commit), reads snapshot chunks from it ([`FlashJournal::snapshot_chunk`]),
+//! and gives it the snapshots of its state machine it takes
+//! ([`FlashJournal::save_taken`]). A board that reboots keeps its term, its
+//! vote and every entry it acknowledged.
 //!
 //! # Record format
 //!
@@ -20,7 +24,7 @@
 //!      0     2  payload length, little-endian
 //!      2     1  kind (1 hard state, 2 entry, 3 truncate, 4 counter mark,
 //!               5 bank header, 6 snapshot metadata, 7 snapshot bytes,
-//!               8 log start)
+//!               8 log start, 9 compaction)
 //!      3     1  0
 //!      4     4  CRC-32 (IEEE) of bytes 0..4 and of the payload
 //!      8     n  payload (integers little-endian), then 0xff up to 4-byte alignment
@@ -28,52 +32,70 @@
 //!
 //! An erased header (`ff ff ff ff`) ends the journal. A header that does
 //! not check (a write torn by a power cut) is skipped word by word, so a
-//! torn tail loses only the records that were never synced.
+//! torn tail loses only the records that were never reported durable.
 //!
-//! # Snapshots and compaction: two banks
+//! A batch is its records in the contract's order: the hard state, the kept
+//! snapshot (metadata with its length, then its bytes: replay keeps it only
+//! once its last byte is read, so one torn mid-way leaves the previous one),
+//! the log's new start, a truncation, the entries, the compaction point.
+//! Chunks of a snapshot being received stay in RAM until it is installed (a
+//! node that restarts starts receiving it again from the start).
 //!
-//! The host keeps a snapshot of its state machine with
-//! [`FlashLog::save_snapshot`] (in RAM) and compacts the log
-//! (`Node::compact`). Compaction, a snapshot installed from a leader, and a
-//! bank that fills up all do the same thing: the live state (snapshot
-//! metadata and bytes, the log start, the hard state, the entries kept) is
-//! written into the other bank after its 16-byte header slot, then the
-//! header (kind 5, a generation one higher) is written at its start, then
-//! the old bank is erased. At open the bank with the highest valid header
-//! is the journal (bank 0 if neither has one: a journal never rewritten).
+//! # Compaction in steps, between turns of the loop
 //!
-//! Crash safety: until the header's CRC checks, the new bank is not the
-//! journal and the old one is intact (it is only erased after the header
-//! is written). Once the header checks, every record before it in the new
-//! bank was written earlier, so the new bank is complete; a half-erased
-//! old bank cannot outrank it (lower generation, and a torn header fails
-//! its CRC), and the next rewrite erases it before using it. Each step is
-//! tested on [`RamFlash`] with a power cut at every byte and erase page.
+//! Compaction only appends (the snapshot and the compaction point). Once
+//! more than [`FlashJournal::set_rewrite_above`] bytes were appended since
+//! the last rewrite, the journal asks for maintenance
+//! ([`FlashJournal::pending`]) and the host runs it with
+//! [`FlashJournal::step`] between turns of its loop, never inside a node
+//! input: each step erases one erase unit of the other bank (or starts its
+//! erase and, on a flash that erases in the background, comes back until
+//! it is done: see [`JournalFlash`]), or writes the
+//! live state there (the kept snapshot, the log's start, the hard state and
+//! the entries of the memory log) and then its bank header (a generation one
+//! higher: the commit point), after which the old bank is erased, one unit
+//! per step again. Batches keep being written to the active bank between
+//! steps, durable at once: a board erases flash without stalling the node's
+//! timers. At open the bank with the highest valid header is the journal
+//! (bank 0 if neither has one).
 //!
-//! A flash with slow erases (a real board's large sectors) calls
-//! [`FlashLog::set_rewrite_above`]: compaction and installs then append the
-//! snapshot (metadata, bytes, then the log's new start) to the active bank
-//! and rewrite only once it holds more than that. Replay stages a snapshot
-//! until its last byte, so one torn mid-way leaves the previous one, and
-//! the new log start is written after it, so the log never starts past
-//! the snapshot that covers it.
+//! Crash safety: until the new bank's header checks, the old bank is the
+//! journal, intact (it is erased only after). Once the header checks, every
+//! record before it in the new bank was written earlier, so the new bank is
+//! complete; a half-erased old bank cannot outrank it (lower generation, and
+//! a torn header fails its CRC), and it is erased again before it is used.
+//! Each step is tested on [`RamFlash`] with a power cut at every byte and
+//! erase page.
 //!
-//! When even the live state does not fit a bank, [`Durable::sync`] fails
-//! with [`StorageError::Full`] and the node stops acknowledging (it never
-//! loses what it acknowledged): compact (snapshot) more often.
+//! A batch that no longer fits the active bank is not written: it becomes
+//! durable with the next rewrite, which the host then runs at once
+//! ([`Persisted::AfterRewrite`]: the node waits for it, its timers do not).
+//! When even the live state does not fit a bank, that rewrite fails with
+//! [`StorageError::Full`]: compact (snapshot) more often.
 //!
 //! ```
-//! use coracle::{Entry, EntryKind, HardState, LogStorage};
-//! use coracle_embedded::journal::{FlashLog, RamFlash};
-//! use coracle_udp::node::Durable;
+//! use coracle::{ArrayLog, Entries, Entry, EntryKind, HardState, LogStorage, Persist, SyncToken};
+//! use coracle_embedded::journal::{FlashJournal, Persisted, RamFlash};
 //!
-//! let mut log: FlashLog<RamFlash<4096>, 16, 8> = FlashLog::open(RamFlash::new()).unwrap();
-//! log.set_hard_state(HardState { current_term: 3, voted_for: Some(2) }).unwrap();
-//! log.append(&Entry { index: 1, term: 3, kind: EntryKind::Command, data: b"x" }).unwrap();
-//! log.sync().unwrap();
+//! let mut log: ArrayLog<16, 8> = ArrayLog::new();
+//! let mut journal: FlashJournal<RamFlash<4096>> =
+//!     FlashJournal::open(RamFlash::new(), &mut log).unwrap();
+//! let entries = [Entry { index: 1, term: 3, kind: EntryKind::Command, data: b"x" }];
+//! let batch = Persist {
+//!     token: SyncToken(1),
+//!     hard_state: Some(HardState { current_term: 3, voted_for: Some(2) }),
+//!     snapshot_chunk: None,
+//!     snapshot: None,
+//!     reset: None,
+//!     truncate_from: None,
+//!     entries: Entries::from_slice(&entries),
+//!     compact_through: None,
+//! };
+//! assert_eq!(journal.persist(&batch), Ok(Persisted::Durable));
 //!
 //! // Power cycle: the flash is all that is left.
-//! let log: FlashLog<RamFlash<4096>, 16, 8> = FlashLog::open(log.into_flash()).unwrap();
+//! let mut log: ArrayLog<16, 8> = ArrayLog::new();
+//! FlashJournal::<_>::open(journal.into_flash(), &mut log).unwrap();
 //! assert_eq!(log.hard_state().voted_for, Some(2));
 //! assert_eq!(log.entry(1).unwrap().data, b"x");
 //! ```
@@ -81,16 +103,15 @@
 use core::fmt;
 
 use coracle::{
-    ArrayLog, Entry, EntryKind, HardState, Index, LogStorage, SnapshotMeta, StorageError, Term,
+    Entry, EntryKind, HardState, Index, LogStorage, Persist, SnapshotMeta, SnapshotWrite,
+    StorageError, Term,
 };
-use coracle_udp::node::Durable;
 use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
 
 const HEADER: usize = 8;
 /// The largest record payload (an entry of 239 bytes of data).
 pub const MAX_PAYLOAD: usize = 256;
-/// Bytes of records gathered in RAM between two syncs before they are
-/// written early.
+/// Bytes of records gathered in RAM before they are written.
 const PENDING: usize = 512;
 
 const KIND_HARD_STATE: u8 = 1;
@@ -101,8 +122,17 @@ const KIND_BANK: u8 = 5;
 const KIND_SNAP_META: u8 = 6;
 const KIND_SNAP_DATA: u8 = 7;
 const KIND_BASE: u8 = 8;
+const KIND_COMPACT: u8 = 9;
 /// Bytes of a bank header record (an 8-byte generation).
 const BANK_HEADER: usize = HEADER + 8;
+/// Bytes of an entry record's payload before the data: index, term, kind.
+const ENTRY_FIXED: usize = 17;
+/// Bytes of a snapshot metadata record's payload before the configuration.
+const META_FIXED: usize = 24;
+/// The most configuration bytes a snapshot record holds (25 members).
+const MAX_CONFIG: usize = MAX_PAYLOAD - META_FIXED;
+/// Snapshot bytes in one data record (after its 8-byte offset).
+const SNAP_CHUNK: usize = MAX_PAYLOAD - 8;
 
 /// Why a journal could not be opened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,9 +141,12 @@ pub enum JournalError {
     Alignment,
     /// The flash failed.
     Flash,
-    /// A record does not fit the RAM log (more entries than its capacity,
-    /// or an entry larger than a slot).
+    /// What the journal holds does not fit the memory log (more entries
+    /// than its capacity, an entry larger than a slot) or the snapshot
+    /// buffer.
     LogTooSmall,
+    /// The records do not follow each other (an entry after a gap).
+    Inconsistent,
     /// The flash is too small for two banks of at least one erase unit.
     TooSmall,
 }
@@ -123,7 +156,8 @@ impl fmt::Display for JournalError {
         f.write_str(match self {
             Self::Alignment => "flash read/write unit does not divide 4 bytes",
             Self::Flash => "flash failed",
-            Self::LogTooSmall => "journal holds more than the RAM log can",
+            Self::LogTooSmall => "journal holds more than the memory log can",
+            Self::Inconsistent => "journal records do not follow each other",
             Self::TooSmall => "flash too small for two journal banks",
         })
     }
@@ -145,6 +179,11 @@ const fn padded(len: usize) -> usize {
     (len + 3) & !3
 }
 
+/// Bytes a record with a payload of `len` bytes takes in flash.
+const fn record_len(len: usize) -> usize {
+    HEADER + padded(len)
+}
+
 /// Reads `(kind, payload length, record length)` at `offset`, `None` at
 /// the end of the journal (or at `limit`), `Some(Err)` for a word that is
 /// not a valid record.
@@ -163,7 +202,7 @@ fn read_record<F: ReadNorFlash>(
         return None;
     }
     let len = usize::from(u16::from_le_bytes([header[0], header[1]]));
-    let total = HEADER + padded(len);
+    let total = record_len(len);
     if len > MAX_PAYLOAD || header[3] != 0 || offset + total > limit {
         return Some(Err(()));
     }
@@ -185,7 +224,7 @@ fn encode_record<const P: usize>(
     parts: &[&[u8]],
 ) -> bool {
     let len: usize = parts.iter().map(|p| p.len()).sum();
-    if len > MAX_PAYLOAD || out.len() + HEADER + padded(len) > P {
+    if len > MAX_PAYLOAD || out.len() + record_len(len) > P {
         return false;
     }
     let head = [(len & 0xff) as u8, (len >> 8) as u8, kind, 0];
@@ -222,74 +261,6 @@ fn check_alignment<F: NorFlash>() -> Result<(), JournalError> {
     }
 }
 
-/// Called with a snapshot the log just installed from a leader (see
-/// [`FlashLog::set_install_hook`]).
-pub type InstallHook = fn(&SnapshotMeta, &[u8]);
-
-/// A log of at most `CAP` entries of at most `DATA` bytes, in RAM, journaled
-/// to the flash `F`, with a snapshot of at most `SNAP` bytes (see the
-/// [module documentation](self)).
-pub struct FlashLog<F: NorFlash, const CAP: usize, const DATA: usize, const SNAP: usize = 128> {
-    flash: F,
-    /// The entries; its index `i` is the log's index `base + i`.
-    log: ArrayLog<CAP, DATA>,
-    base: Index,
-    /// Term of the entry at `first_index() - 1`.
-    prev_term: Term,
-    /// Bytes of one bank (half the flash, in whole erase units).
-    bank_size: usize,
-    /// The active bank (0 or 1) and its generation.
-    bank: usize,
-    generation: u64,
-    /// The other bank may hold data (it is erased before it is written).
-    other_dirty: bool,
-    /// Flash offset of the next record.
-    end: usize,
-    /// Records not yet written to flash.
-    pending: heapless::Vec<u8, PENDING>,
-    /// Records replayed at open.
-    replayed: usize,
-    snapshot: Option<SnapshotMeta>,
-    snapshot_data: heapless::Vec<u8, SNAP>,
-    incoming: Option<SnapshotMeta>,
-    incoming_data: heapless::Vec<u8, SNAP>,
-    install_hook: Option<InstallHook>,
-    rewrites: u64,
-    /// Compaction rewrites the bank once it holds more than this; below,
-    /// it appends the snapshot to the journal.
-    rewrite_above: usize,
-}
-
-impl<F: NorFlash, const CAP: usize, const DATA: usize, const SNAP: usize> fmt::Debug
-    for FlashLog<F, CAP, DATA, SNAP>
-{
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FlashLog")
-            .field("bank", &self.bank)
-            .field("generation", &self.generation)
-            .field("end", &self.end)
-            .field("pending", &self.pending.len())
-            .field("first_index", &self.first_index())
-            .field("last_index", &self.last_index())
-            .field("snapshot", &self.snapshot.map(|m| m.index))
-            .finish_non_exhaustive()
-    }
-}
-
-/// Encodes `meta` (without its configuration) as a record payload prefix.
-fn meta_bytes(meta: &SnapshotMeta) -> [u8; 24] {
-    let mut out = [0u8; 24];
-    out[..8].copy_from_slice(&meta.index.to_le_bytes());
-    out[8..16].copy_from_slice(&meta.term.to_le_bytes());
-    out[16..].copy_from_slice(&meta.size.to_le_bytes());
-    out
-}
-
-/// The most configuration bytes a snapshot record holds.
-const MAX_CONFIG: usize = MAX_PAYLOAD - 24;
-/// Snapshot bytes in one data record (after its 8-byte offset).
-const SNAP_CHUNK: usize = MAX_PAYLOAD - 8;
-
 /// Appends a record to `buf`, writing `buf` to `flash` at `at` first if it
 /// has no room (never past `limit`).
 fn put<F: NorFlash, const P: usize>(
@@ -322,14 +293,15 @@ fn flush<F: NorFlash, const P: usize>(
         return Ok(());
     }
     if *at + buf.len() > limit {
+        buf.clear();
         return Err(StorageError::Full);
     }
-    flash
+    let result = flash
         .write(*at as u32, buf)
-        .map_err(|_| StorageError::Unavailable)?;
+        .map_err(|_| StorageError::Unavailable);
     *at += buf.len();
     buf.clear();
-    Ok(())
+    result
 }
 
 fn entry_kind_byte(kind: EntryKind) -> u8 {
@@ -340,16 +312,223 @@ fn entry_kind_byte(kind: EntryKind) -> u8 {
     }
 }
 
-impl<F: NorFlash, const CAP: usize, const DATA: usize, const SNAP: usize>
-    FlashLog<F, CAP, DATA, SNAP>
-{
-    /// Replays the journal in `flash` (an erased flash is an empty log):
-    /// the bank with the newest valid bank header, or bank 0 if none has
-    /// one.
+/// The payload of a hard state record.
+struct HardStateBytes {
+    term: [u8; 8],
+    voted: [u8; 1],
+    vote: [u8; 8],
+}
+
+impl HardStateBytes {
+    fn of(hs: &HardState) -> Self {
+        Self {
+            term: hs.current_term.to_le_bytes(),
+            voted: [u8::from(hs.voted_for.is_some())],
+            vote: hs.voted_for.unwrap_or(0).to_le_bytes(),
+        }
+    }
+
+    fn as_parts(&self) -> [&[u8]; 3] {
+        [&self.term, &self.voted, &self.vote]
+    }
+}
+
+/// The payload of a snapshot metadata record, before the configuration.
+fn meta_bytes(meta: &SnapshotMeta, len: usize) -> [u8; META_FIXED] {
+    let mut out = [0u8; META_FIXED];
+    out[..8].copy_from_slice(&meta.index.to_le_bytes());
+    out[8..16].copy_from_slice(&meta.term.to_le_bytes());
+    out[16..].copy_from_slice(&(len as u64).to_le_bytes());
+    out
+}
+
+/// Bytes the records of a snapshot with `len` bytes take.
+fn snapshot_records_len(meta: &SnapshotMeta, len: usize) -> usize {
+    let full = len / SNAP_CHUNK;
+    let rest = len % SNAP_CHUNK;
+    record_len(META_FIXED + meta.config().len())
+        + full * record_len(8 + SNAP_CHUNK)
+        + if rest > 0 { record_len(8 + rest) } else { 0 }
+}
+
+/// How [`FlashJournal::persist`] took a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Persisted {
+    /// Written: durable now.
+    Durable,
+    /// The active bank has no room for it: it becomes durable with the
+    /// next rewrite ([`FlashJournal::step`] returns
+    /// [`Step::Rewritten`]), which is due at once.
+    AfterRewrite,
+}
+
+/// What one [`FlashJournal::step`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing was due.
+    Idle,
+    /// Erased (or, on a [`JournalFlash`] that erases in the background,
+    /// started erasing) erase unit `unit` (of `units`) of the other bank,
+    /// `bank`.
+    Erasing {
+        /// The bank being erased.
+        bank: usize,
+        /// The unit, from 0.
+        unit: usize,
+        /// Units in a bank.
+        units: usize,
+    },
+    /// The flash is still erasing in the background: nothing was done.
+    Waiting,
+    /// Every unit of `bank` is erased.
+    Erased {
+        /// The bank erased.
+        bank: usize,
+    },
+    /// Wrote the live state into `bank`, which is the journal now; every
+    /// batch taken with [`Persisted::AfterRewrite`] is durable.
+    Rewritten {
+        /// The new active bank.
+        bank: usize,
+        /// Its generation.
+        generation: u64,
+        /// Bytes of it in use.
+        used: usize,
+    },
+}
+
+/// How the journal erases its flash: a [`NorFlash`] that may erase in the
+/// background (a SPI NOR chip erases on its own while the CPU goes on, its
+/// status register says when it is done), so a board's loop keeps running
+/// during an erase, not only between erase units. The defaults erase
+/// before returning; [`BlockingErase`] gives any `NorFlash` those.
+///
+/// While an erase runs, the flash's reads, writes and erases wait for it
+/// (a batch written meanwhile is delayed, never torn).
+pub trait JournalFlash: NorFlash {
+    /// Starts erasing `from..to` (whole erase units); by default erases it
+    /// before returning.
+    ///
+    /// # Errors
+    /// The flash's.
+    fn start_erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
+        self.erase(from, to)
+    }
+
+    /// Is an erase started with [`JournalFlash::start_erase`] still
+    /// running? By default never.
+    fn erase_busy(&mut self) -> bool {
+        false
+    }
+}
+
+/// Any [`NorFlash`] as a [`JournalFlash`] that erases before returning (one
+/// erase unit per [`FlashJournal::step`]).
+#[derive(Debug)]
+pub struct BlockingErase<F>(pub F);
+
+impl<F: NorFlash> embedded_storage::nor_flash::ErrorType for BlockingErase<F> {
+    type Error = F::Error;
+}
+
+impl<F: NorFlash> ReadNorFlash for BlockingErase<F> {
+    const READ_SIZE: usize = F::READ_SIZE;
+
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
+        self.0.read(offset, bytes)
+    }
+
+    fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+}
+
+impl<F: NorFlash> NorFlash for BlockingErase<F> {
+    const WRITE_SIZE: usize = F::WRITE_SIZE;
+    const ERASE_SIZE: usize = F::ERASE_SIZE;
+
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
+        self.0.erase(from, to)
+    }
+
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
+        self.0.write(offset, bytes)
+    }
+}
+
+impl<F: NorFlash> JournalFlash for BlockingErase<F> {}
+
+/// A board's durable store: a journal of the node's writes on the flash
+/// `F`, keeping the snapshot (at most `SNAP` bytes) in RAM (see the
+/// [module documentation](self)).
+pub struct FlashJournal<F: JournalFlash, const SNAP: usize = 128> {
+    flash: F,
+    /// Bytes of one bank (half the flash, in whole erase units).
+    bank_size: usize,
+    /// The active bank (0 or 1) and its generation.
+    bank: usize,
+    generation: u64,
+    /// The other bank may hold data (it is erased before it is written).
+    other_dirty: bool,
+    /// Flash offset of the next record.
+    end: usize,
+    /// Records not yet written to flash.
+    pending: heapless::Vec<u8, PENDING>,
+    /// Records replayed at open.
+    replayed: usize,
+    /// The kept snapshot and its bytes.
+    kept: Option<SnapshotMeta>,
+    kept_data: heapless::Vec<u8, SNAP>,
+    /// A snapshot the host took ([`FlashJournal::save_taken`]), by index.
+    taken: Option<Index>,
+    taken_data: heapless::Vec<u8, SNAP>,
+    /// A snapshot being received: its index and term, and the bytes so far.
+    incoming: Option<(Index, Term)>,
+    incoming_data: heapless::Vec<u8, SNAP>,
+    /// Batches were taken but not written (no room): the next rewrite
+    /// makes them durable.
+    owed: bool,
+    /// A rewrite that owed batches failed: nothing is written any more.
+    broken: bool,
+    /// The erase under way: the next unit of the other bank to erase (the
+    /// number of units once the last one was started).
+    erasing: Option<usize>,
+    rewrites: u64,
+    /// A rewrite is due once more than this was appended since the last.
+    rewrite_above: usize,
+    /// Bytes in use after the last rewrite (0 at open: how much of the bank
+    /// is live is not known then).
+    used_after_rewrite: usize,
+}
+
+impl<F: JournalFlash, const SNAP: usize> fmt::Debug for FlashJournal<F, SNAP> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FlashJournal")
+            .field("bank", &self.bank)
+            .field("generation", &self.generation)
+            .field("end", &self.end)
+            .field("kept", &self.kept.map(|m| m.index))
+            .field("owed", &self.owed)
+            .field("erasing", &self.erasing)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The snapshot replay is reading.
+struct Staged<const SNAP: usize> {
+    meta: SnapshotMeta,
+    len: usize,
+    data: heapless::Vec<u8, SNAP>,
+}
+
+impl<F: JournalFlash, const SNAP: usize> FlashJournal<F, SNAP> {
+    /// Replays the journal in `flash` (an erased flash is an empty journal)
+    /// into `log`, an empty memory log: the bank with the newest valid bank
+    /// header, or bank 0 if none has one.
     ///
     /// # Errors
     /// See [`JournalError`].
-    pub fn open(mut flash: F) -> Result<Self, JournalError> {
+    pub fn open<S: LogStorage>(mut flash: F, log: &mut S) -> Result<Self, JournalError> {
         check_alignment::<F>()?;
         let erase = F::ERASE_SIZE.max(1);
         let bank_size = flash.capacity() / 2 / erase * erase;
@@ -372,9 +551,6 @@ impl<F: NorFlash, const CAP: usize, const DATA: usize, const SNAP: usize>
         };
         let mut this = Self {
             flash,
-            log: ArrayLog::new(),
-            base: 0,
-            prev_term: 0,
             bank_size,
             bank,
             generation,
@@ -382,22 +558,28 @@ impl<F: NorFlash, const CAP: usize, const DATA: usize, const SNAP: usize>
             end: 0,
             pending: heapless::Vec::new(),
             replayed: 0,
-            snapshot: None,
-            snapshot_data: heapless::Vec::new(),
+            kept: None,
+            kept_data: heapless::Vec::new(),
+            taken: None,
+            taken_data: heapless::Vec::new(),
             incoming: None,
             incoming_data: heapless::Vec::new(),
-            install_hook: None,
+            owed: false,
+            broken: false,
+            erasing: None,
             rewrites: 0,
-            rewrite_above: 0,
+            rewrite_above: bank_size / 2,
+            used_after_rewrite: 0,
         };
-        this.replay()?;
+        this.replay(log)?;
         Ok(this)
     }
 
-    fn replay(&mut self) -> Result<(), JournalError> {
+    fn replay<S: LogStorage>(&mut self, log: &mut S) -> Result<(), JournalError> {
         let mut payload = [0u8; MAX_PAYLOAD];
         let limit = (self.bank + 1) * self.bank_size;
         let mut offset = self.bank * self.bank_size;
+        let mut staged: Option<Staged<SNAP>> = None;
         while let Some(record) = read_record(&mut self.flash, offset, limit, &mut payload) {
             let Ok((kind, len, total)) = record else {
                 offset += 4;
@@ -406,133 +588,407 @@ impl<F: NorFlash, const CAP: usize, const DATA: usize, const SNAP: usize>
             offset += total;
             self.replayed += 1;
             let p = &payload[..len];
-            let too_small = |_| JournalError::LogTooSmall;
             match kind {
                 KIND_HARD_STATE if len == 17 => {
                     let voted_for = (p[8] != 0).then(|| le_u64(p, 9));
-                    let hs = HardState {
+                    log.set_hard_state(HardState {
                         current_term: le_u64(p, 0),
                         voted_for,
-                    };
-                    self.log.set_hard_state(hs).map_err(too_small)?;
+                    });
                 }
-                KIND_ENTRY if len >= 17 => {
-                    let index = le_u64(p, 0);
-                    if index <= self.base {
-                        continue;
-                    }
+                KIND_ENTRY if len >= ENTRY_FIXED => {
                     let kind = match p[16] {
                         0 => EntryKind::Command,
                         1 => EntryKind::Noop,
                         _ => EntryKind::Membership,
                     };
-                    let local = index - self.base;
-                    if local <= self.log.last_index() && local >= self.log.first_index() {
-                        self.log.truncate_suffix(local).map_err(too_small)?;
-                    }
-                    let entry = Entry {
-                        index: local,
-                        term: le_u64(p, 8),
-                        kind,
-                        data: &p[17..],
-                    };
-                    self.log.append(&entry).map_err(too_small)?;
+                    replay_entry(
+                        log,
+                        &Entry {
+                            index: le_u64(p, 0),
+                            term: le_u64(p, 8),
+                            kind,
+                            data: &p[ENTRY_FIXED..],
+                        },
+                    )?;
                 }
                 KIND_TRUNCATE if len == 8 => {
                     let from = le_u64(p, 0);
-                    if from > self.base && from - self.base <= self.log.last_index() {
-                        self.log
-                            .truncate_suffix(from - self.base)
-                            .map_err(too_small)?;
+                    if from >= log.first_index() && from <= log.last_index() {
+                        log.truncate_suffix(from);
                     }
                 }
-                // A snapshot is staged until its last byte is replayed: one
-                // torn before that leaves the previous one in place.
-                KIND_SNAP_META if len >= 24 => {
-                    self.incoming =
-                        SnapshotMeta::new(le_u64(p, 0), le_u64(p, 8), le_u64(p, 16), &p[24..]);
-                    self.incoming_data.clear();
+                KIND_SNAP_META if len >= META_FIXED => {
+                    let size = le_u64(p, 16);
+                    let meta = SnapshotMeta::new(le_u64(p, 0), le_u64(p, 8), &p[META_FIXED..]);
+                    staged = match (meta, usize::try_from(size)) {
+                        (Some(meta), Ok(len)) if len <= SNAP => Some(Staged {
+                            meta,
+                            len,
+                            data: heapless::Vec::new(),
+                        }),
+                        (Some(_), _) => return Err(JournalError::LogTooSmall),
+                        (None, _) => None,
+                    };
                 }
-                KIND_SNAP_DATA
-                    if len >= 8
-                        && self.incoming.is_some()
-                        && le_u64(p, 0) == self.incoming_data.len() as u64 =>
-                {
-                    self.incoming_data
-                        .extend_from_slice(&p[8..])
-                        .map_err(|_| JournalError::LogTooSmall)?;
+                KIND_SNAP_DATA if len >= 8 => {
+                    if let Some(s) = staged.as_mut() {
+                        if le_u64(p, 0) == s.data.len() as u64 {
+                            s.data
+                                .extend_from_slice(&p[8..])
+                                .map_err(|_| JournalError::LogTooSmall)?;
+                        }
+                    }
                 }
-                KIND_BASE if len == 16 => self.restart_after(le_u64(p, 0), le_u64(p, 8)),
+                KIND_BASE if len == 16 => restart_after(log, le_u64(p, 0), le_u64(p, 8)),
+                KIND_COMPACT if len == 8 => {
+                    let through = le_u64(p, 0);
+                    if through >= log.first_index() {
+                        log.compact(through.min(log.last_index()));
+                    }
+                }
                 // Bank headers were read; counter marks live in a
                 // MarkStore; unknown kinds are skipped.
                 _ => {}
             }
-            if self
-                .incoming
-                .is_some_and(|m| m.size == self.incoming_data.len() as u64)
-            {
-                self.snapshot = self.incoming.take();
-                core::mem::swap(&mut self.snapshot_data, &mut self.incoming_data);
+            // A snapshot counts once its last byte is read.
+            if staged.as_ref().is_some_and(|s| s.data.len() >= s.len) {
+                if let Some(s) = staged.take() {
+                    log.set_snapshot_meta(s.meta);
+                    self.kept = Some(s.meta);
+                    self.kept_data = s.data;
+                }
             }
         }
-        self.incoming = None;
-        self.incoming_data.clear();
         self.end = offset;
         Ok(())
     }
 
-    /// The log restarts after `index` of `term`: the entries through it go,
-    /// and those after it stay if the log holds `index` with `term`;
-    /// otherwise every entry goes (a snapshot from a leader replaced them).
-    fn restart_after(&mut self, index: Index, term: Term) {
-        let first = self.first_index();
-        if index + 1 >= first && index <= self.last_index() && self.term(index) == Some(term) {
-            if index >= first {
-                let _ = self.log.compact(index - self.base);
+    /// Performs `batch` (see [`Persist`]): appends its records to the
+    /// journal and writes them (one write for the batch, or a few for a
+    /// large one), or, when the active bank has no room for it, keeps it
+    /// for the next rewrite ([`Persisted::AfterRewrite`]). Chunks of a
+    /// snapshot being received are kept in RAM until it is installed.
+    ///
+    /// # Errors
+    /// [`StorageError::EntryTooLarge`] for a snapshot larger than `SNAP`
+    /// bytes or an entry or configuration too large for a record;
+    /// [`StorageError::OutOfRange`] for an install or a taken snapshot the
+    /// journal has no bytes of; [`StorageError::Unavailable`] if the flash
+    /// failed. The node must then stop acknowledging (`persist_failed`).
+    pub fn persist(&mut self, batch: &Persist<'_>) -> Result<Persisted, StorageError> {
+        if self.broken {
+            return Err(StorageError::Unavailable);
+        }
+        if let Some(chunk) = batch.snapshot_chunk {
+            let id = (chunk.meta.index, chunk.meta.term);
+            if chunk.offset == 0 || self.incoming != Some(id) {
+                self.incoming = Some(id);
+                self.incoming_data.clear();
             }
+            if self.incoming_data.len() as u64 != chunk.offset {
+                return Err(StorageError::OutOfRange);
+            }
+            self.incoming_data
+                .extend_from_slice(chunk.data)
+                .map_err(|_| StorageError::EntryTooLarge)?;
+        }
+        match batch.snapshot {
+            Some(SnapshotWrite::Installed(meta)) => {
+                Self::check_meta(meta)?;
+                if self.incoming != Some((meta.index, meta.term)) {
+                    return Err(StorageError::OutOfRange);
+                }
+                self.incoming = None;
+                self.kept = Some(*meta);
+                self.kept_data = core::mem::take(&mut self.incoming_data);
+            }
+            Some(SnapshotWrite::Taken(meta)) => {
+                Self::check_meta(meta)?;
+                if self.taken != Some(meta.index) {
+                    return Err(StorageError::OutOfRange);
+                }
+                self.taken = None;
+                self.kept = Some(*meta);
+                self.kept_data = core::mem::take(&mut self.taken_data);
+            }
+            None => {}
+        }
+        let limit = (self.bank + 1) * self.bank_size;
+        if self.owed || self.end + self.batch_len(batch)? > limit {
+            self.owed = true;
+            return Ok(Persisted::AfterRewrite);
+        }
+        if let Some(hs) = &batch.hard_state {
+            self.record(KIND_HARD_STATE, &HardStateBytes::of(hs).as_parts())?;
+        }
+        if batch.snapshot.is_some() {
+            self.record_snapshot()?;
+        }
+        if let Some((index, term)) = batch.reset {
+            self.record(KIND_BASE, &[&index.to_le_bytes(), &term.to_le_bytes()])?;
+        }
+        if let Some(from) = batch.truncate_from {
+            self.record(KIND_TRUNCATE, &[&from.to_le_bytes()])?;
+        }
+        for e in batch.entries.iter() {
+            self.record_entry(&e)?;
+        }
+        if let Some(through) = batch.compact_through {
+            self.record(KIND_COMPACT, &[&through.to_le_bytes()])?;
+        }
+        self.write_pending()?;
+        Ok(Persisted::Durable)
+    }
+
+    /// Bytes the records of `batch` take.
+    fn batch_len(&self, batch: &Persist<'_>) -> Result<usize, StorageError> {
+        let mut len = 0;
+        if batch.hard_state.is_some() {
+            len += record_len(17);
+        }
+        if let (Some(_), Some(meta)) = (batch.snapshot, &self.kept) {
+            len += snapshot_records_len(meta, self.kept_data.len());
+        }
+        if batch.reset.is_some() {
+            len += record_len(16);
+        }
+        if batch.truncate_from.is_some() {
+            len += record_len(8);
+        }
+        for e in batch.entries.iter() {
+            if ENTRY_FIXED + e.data.len() > MAX_PAYLOAD {
+                return Err(StorageError::EntryTooLarge);
+            }
+            len += record_len(ENTRY_FIXED + e.data.len());
+        }
+        if batch.compact_through.is_some() {
+            len += record_len(8);
+        }
+        Ok(len)
+    }
+
+    fn check_meta(meta: &SnapshotMeta) -> Result<(), StorageError> {
+        if meta.config().len() > MAX_CONFIG {
+            Err(StorageError::EntryTooLarge)
         } else {
-            let inner_first = self.log.first_index();
-            let _ = self.log.truncate_suffix(inner_first);
-            self.base = index + 1 - inner_first;
+            Ok(())
         }
-        self.prev_term = term;
     }
 
-    /// Journals the kept snapshot and the log's new start, and makes them
-    /// durable: appended to the bank, or by a rewrite of the live state
-    /// into the other bank once this one holds more than
-    /// [`FlashLog::set_rewrite_above`] bytes.
-    fn journal_snapshot(&mut self) -> Result<(), StorageError> {
-        if self.used() + self.pending.len() >= self.rewrite_above {
-            return self.rewrite();
-        }
-        if let Some(meta) = self.snapshot {
-            self.record(KIND_SNAP_META, &[&meta_bytes(&meta), meta.config()])?;
-            let mut offset = 0;
-            while offset < self.snapshot_data.len() {
-                let end = (offset + SNAP_CHUNK).min(self.snapshot_data.len());
-                let mut chunk = [0u8; SNAP_CHUNK];
-                chunk[..end - offset].copy_from_slice(&self.snapshot_data[offset..end]);
-                let at = (offset as u64).to_le_bytes();
-                self.record(KIND_SNAP_DATA, &[&at, &chunk[..end - offset]])?;
-                offset = end;
-            }
-        }
-        let start = self.first_index() - 1;
-        self.record(
-            KIND_BASE,
-            &[&start.to_le_bytes(), &self.prev_term.to_le_bytes()],
-        )?;
-        self.write_pending()
+    /// Keeps `data`, the host's snapshot of its state machine at applied
+    /// `index`, until the node makes it the kept snapshot (call
+    /// `Node::snapshot_taken(index)` next: its batch writes it).
+    ///
+    /// # Errors
+    /// [`StorageError::EntryTooLarge`] if `data` is larger than `SNAP`.
+    pub fn save_taken(&mut self, index: Index, data: &[u8]) -> Result<(), StorageError> {
+        self.taken_data =
+            heapless::Vec::from_slice(data).map_err(|_| StorageError::EntryTooLarge)?;
+        self.taken = Some(index);
+        Ok(())
     }
 
-    /// Compaction and snapshot installs rewrite the journal into the other
-    /// bank only once the active bank holds more than `bytes` (0, the
-    /// default: at every one); below that they append the snapshot to the
-    /// journal. A flash whose erase is slow (a real board's large sectors)
-    /// sets about half a bank, so it erases once per many compactions.
+    /// The kept snapshot, with its bytes.
+    #[must_use]
+    pub fn snapshot(&self) -> Option<(&SnapshotMeta, &[u8])> {
+        self.kept.as_ref().map(|m| (m, &self.kept_data[..]))
+    }
+
+    /// Reads the kept snapshot at `index` from `offset` into `buf`: how
+    /// many bytes, and whether they reach its end (for
+    /// `Output::SendSnapshot`); `None` if the kept snapshot is another one
+    /// or `offset` is past its end.
+    pub fn snapshot_chunk(
+        &self,
+        index: Index,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Option<(usize, bool)> {
+        let meta = self.kept.as_ref()?;
+        let data = &self.kept_data[..];
+        let start = usize::try_from(offset).ok()?;
+        if meta.index != index || start > data.len() || (start == data.len() && start > 0) {
+            return None;
+        }
+        let end = start.saturating_add(buf.len()).min(data.len());
+        buf[..end - start].copy_from_slice(&data[start..end]);
+        Some((end - start, end == data.len()))
+    }
+
+    /// Compaction and snapshot installs append to the journal; once more
+    /// than `bytes` were appended since the last rewrite, the live state is
+    /// rewritten into the other bank ([`FlashJournal::step`]). The default
+    /// is half a bank: one rewrite (and the erase of a bank) per half a bank
+    /// of records.
     pub fn set_rewrite_above(&mut self, bytes: usize) {
         self.rewrite_above = bytes;
+    }
+
+    /// Is maintenance due or under way? The host then calls
+    /// [`FlashJournal::step`] between turns of its loop.
+    #[must_use]
+    pub fn pending(&self) -> bool {
+        self.erasing.is_some() || self.rewrite_due()
+    }
+
+    fn rewrite_due(&self) -> bool {
+        self.owed || self.used().saturating_sub(self.used_after_rewrite) > self.rewrite_above
+    }
+
+    /// One bounded step of maintenance, between turns of the host's loop:
+    /// erases one erase unit of the other bank (or starts erasing it, and
+    /// comes back while the flash is busy: [`Step::Waiting`]), or writes the
+    /// live state
+    /// (the kept snapshot, the hard state and the entries of `log`, the
+    /// node's memory log, which must hold every entry, as an `ArrayLog`
+    /// does) into it and makes it the journal. Call it after the node's
+    /// batches were all handed to [`FlashJournal::persist`] (`log` then
+    /// holds what the journal holds, and what it owes).
+    ///
+    /// # Errors
+    /// [`StorageError::Unavailable`] if the flash failed or `log` lacks an
+    /// entry's data, [`StorageError::Full`] if the live state does not fit
+    /// a bank. The journal gives up the rewrite (retrying once as much was
+    /// appended again); batches it owed ([`Persisted::AfterRewrite`]) will
+    /// not become durable: the node must stop acknowledging, and the journal
+    /// refuses every later batch.
+    pub fn step<S: LogStorage>(&mut self, log: &S) -> Result<Step, StorageError> {
+        let result = match self.erasing {
+            Some(unit) => self.erase_unit(unit),
+            None if !self.rewrite_due() => return Ok(Step::Idle),
+            None if self.other_dirty => self.erase_unit(0),
+            None => self.rewrite(log),
+        };
+        if result.is_err() {
+            // Retry once as much was appended again; batches owed are lost
+            // for good, and nothing after them may be written.
+            self.erasing = None;
+            self.broken |= self.owed;
+            self.owed = false;
+            self.used_after_rewrite = self.used();
+        }
+        result
+    }
+
+    /// Erases (or starts erasing) unit `unit` of the other bank; once every
+    /// unit was, waits for the flash to finish.
+    fn erase_unit(&mut self, unit: usize) -> Result<Step, StorageError> {
+        let erase = F::ERASE_SIZE.max(1);
+        let units = self.bank_size / erase;
+        let other = 1 - self.bank;
+        if self.flash.erase_busy() {
+            return Ok(Step::Waiting);
+        }
+        if unit >= units {
+            self.erasing = None;
+            self.other_dirty = false;
+            return Ok(Step::Erased { bank: other });
+        }
+        let from = other * self.bank_size + unit * erase;
+        self.flash
+            .start_erase(from as u32, (from + erase) as u32)
+            .map_err(|_| StorageError::Unavailable)?;
+        self.erasing = Some(unit + 1);
+        Ok(Step::Erasing {
+            bank: other,
+            unit,
+            units,
+        })
+    }
+
+    /// Writes the live state into the (erased) other bank, then its bank
+    /// header, and starts erasing the old one.
+    fn rewrite<S: LogStorage>(&mut self, log: &S) -> Result<Step, StorageError> {
+        debug_assert_eq!(
+            log.snapshot_meta(),
+            self.kept,
+            "the log and the journal agree"
+        );
+        let target = 1 - self.bank;
+        let start = target * self.bank_size;
+        let limit = start + self.bank_size;
+        self.other_dirty = true;
+        self.pending.clear();
+        let mut at = start + BANK_HEADER;
+        let (flash, buf) = (&mut self.flash, &mut self.pending);
+        if let Some(meta) = &self.kept {
+            let len = self.kept_data.len();
+            put(
+                flash,
+                buf,
+                &mut at,
+                limit,
+                KIND_SNAP_META,
+                &[&meta_bytes(meta, len), meta.config()],
+            )?;
+            for (i, chunk) in self.kept_data.chunks(SNAP_CHUNK).enumerate() {
+                let offset = ((i * SNAP_CHUNK) as u64).to_le_bytes();
+                put(
+                    flash,
+                    buf,
+                    &mut at,
+                    limit,
+                    KIND_SNAP_DATA,
+                    &[&offset, chunk],
+                )?;
+            }
+        }
+        let base = log.first_index() - 1;
+        let base_term = log.term(base).ok_or(StorageError::Unavailable)?;
+        put(
+            flash,
+            buf,
+            &mut at,
+            limit,
+            KIND_BASE,
+            &[&base.to_le_bytes(), &base_term.to_le_bytes()],
+        )?;
+        put(
+            flash,
+            buf,
+            &mut at,
+            limit,
+            KIND_HARD_STATE,
+            &HardStateBytes::of(&log.hard_state()).as_parts(),
+        )?;
+        for index in log.first_index()..=log.last_index() {
+            let e = log.entry(index).ok_or(StorageError::Unavailable)?;
+            put(
+                flash,
+                buf,
+                &mut at,
+                limit,
+                KIND_ENTRY,
+                &[
+                    &e.index.to_le_bytes(),
+                    &e.term.to_le_bytes(),
+                    &[entry_kind_byte(e.kind)],
+                    e.data,
+                ],
+            )?;
+        }
+        flush(flash, buf, &mut at, limit)?;
+        // The commit point: the new bank's header.
+        let generation = self.generation + 1;
+        let mut header: heapless::Vec<u8, BANK_HEADER> = heapless::Vec::new();
+        encode_record(&mut header, KIND_BANK, &[&generation.to_le_bytes()]);
+        self.flash
+            .write(start as u32, &header)
+            .map_err(|_| StorageError::Unavailable)?;
+        self.bank = target;
+        self.generation = generation;
+        self.end = at;
+        self.rewrites += 1;
+        self.owed = false;
+        self.used_after_rewrite = self.used();
+        // The old bank is no longer the journal: erase it, in steps.
+        self.erasing = Some(0);
+        Ok(Step::Rewritten {
+            bank: target,
+            generation,
+            used: self.used(),
+        })
     }
 
     /// Records replayed when the journal was opened.
@@ -541,7 +997,7 @@ impl<F: NorFlash, const CAP: usize, const DATA: usize, const SNAP: usize>
         self.replayed
     }
 
-    /// Bytes of the active bank the journal uses (synced records).
+    /// Bytes of the active bank the journal uses.
     #[must_use]
     pub const fn used(&self) -> usize {
         self.end - self.bank * self.bank_size
@@ -567,353 +1023,92 @@ impl<F: NorFlash, const CAP: usize, const DATA: usize, const SNAP: usize>
         self.rewrites
     }
 
-    /// The snapshot kept, with its bytes.
-    #[must_use]
-    pub fn snapshot(&self) -> Option<(&SnapshotMeta, &[u8])> {
-        self.snapshot.as_ref().map(|m| (m, &self.snapshot_data[..]))
-    }
-
-    /// Keeps `data` as the snapshot `meta` describes (built with
-    /// `Node::snapshot_meta_at` at an applied index). It is in RAM only
-    /// until the log is compacted (`Node::compact`), which writes it to
-    /// flash with the rest of the live state.
-    ///
-    /// # Errors
-    /// [`StorageError::EntryTooLarge`] if `data` is larger than `SNAP`
-    /// bytes or the configuration too large for a record,
-    /// [`StorageError::OutOfRange`] if `data` is not `meta.size` bytes or
-    /// `meta` is older than the snapshot kept.
-    pub fn save_snapshot(&mut self, meta: SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        Self::check_meta(&meta)?;
-        if data.len() as u64 != meta.size || self.snapshot.is_some_and(|m| m.index > meta.index) {
-            return Err(StorageError::OutOfRange);
-        }
-        self.snapshot_data =
-            heapless::Vec::from_slice(data).map_err(|_| StorageError::EntryTooLarge)?;
-        self.snapshot = Some(meta);
-        Ok(())
-    }
-
-    fn check_meta(meta: &SnapshotMeta) -> Result<(), StorageError> {
-        if meta.size > SNAP as u64 || meta.config().len() > MAX_CONFIG {
-            Err(StorageError::EntryTooLarge)
-        } else {
-            Ok(())
-        }
-    }
-
-    /// `hook` is called with every snapshot installed from a leader, as it
-    /// is installed: a host whose state machine cannot reach the log when
-    /// `Output::RestoreSnapshot` arrives keeps a copy there.
-    pub fn set_install_hook(&mut self, hook: InstallHook) {
-        self.install_hook = Some(hook);
-    }
-
     /// The flash back (to reopen it, as after a reboot).
     pub fn into_flash(self) -> F {
         self.flash
     }
 
-    fn write_pending(&mut self) -> Result<(), StorageError> {
-        if self.pending.is_empty() {
+    /// The flash, to look at.
+    #[must_use]
+    pub const fn flash(&self) -> &F {
+        &self.flash
+    }
+
+    fn record_entry(&mut self, e: &Entry<'_>) -> Result<(), StorageError> {
+        self.record(
+            KIND_ENTRY,
+            &[
+                &e.index.to_le_bytes(),
+                &e.term.to_le_bytes(),
+                &[entry_kind_byte(e.kind)],
+                e.data,
+            ],
+        )
+    }
+
+    /// The records of the kept snapshot.
+    fn record_snapshot(&mut self) -> Result<(), StorageError> {
+        let Some(meta) = self.kept else {
             return Ok(());
-        }
+        };
+        let data = core::mem::take(&mut self.kept_data);
+        let result = (|| {
+            self.record(
+                KIND_SNAP_META,
+                &[&meta_bytes(&meta, data.len()), meta.config()],
+            )?;
+            for (i, chunk) in data.chunks(SNAP_CHUNK).enumerate() {
+                let offset = ((i * SNAP_CHUNK) as u64).to_le_bytes();
+                self.record(KIND_SNAP_DATA, &[&offset, chunk])?;
+            }
+            Ok(())
+        })();
+        self.kept_data = data;
+        result
+    }
+
+    fn write_pending(&mut self) -> Result<(), StorageError> {
         let limit = (self.bank + 1) * self.bank_size;
-        if self.end + self.pending.len() > limit {
-            // The bank is full: the live state (which includes what is
-            // pending) goes to the other bank, without the records it
-            // superseded.
-            return self.rewrite();
-        }
         flush(&mut self.flash, &mut self.pending, &mut self.end, limit)
     }
 
     fn record(&mut self, kind: u8, parts: &[&[u8]]) -> Result<(), StorageError> {
-        if encode_record(&mut self.pending, kind, parts) {
-            return Ok(());
-        }
-        self.write_pending()?;
-        if encode_record(&mut self.pending, kind, parts) {
-            Ok(())
-        } else {
-            Err(StorageError::EntryTooLarge)
-        }
-    }
-
-    /// Writes the live state (snapshot, log start, hard state, entries)
-    /// into the other bank, then its bank header, then erases this bank.
-    /// Until the header is written the old bank is the journal; after, the
-    /// new one is (its generation is higher). Everything in RAM, pending
-    /// records included, is durable when it returns `Ok`.
-    fn rewrite(&mut self) -> Result<(), StorageError> {
-        let target = 1 - self.bank;
-        let start = target * self.bank_size;
-        let limit = start + self.bank_size;
-        let to_u32 = |x: usize| x as u32;
-        if self.other_dirty {
-            self.flash
-                .erase(to_u32(start), to_u32(limit))
-                .map_err(|_| StorageError::Unavailable)?;
-            self.other_dirty = false;
-        }
-        self.other_dirty = true;
-        self.pending.clear();
-        let (flash, buf) = (&mut self.flash, &mut self.pending);
-        let mut at = start + BANK_HEADER;
-        if let Some(meta) = &self.snapshot {
-            put(
-                flash,
-                buf,
-                &mut at,
-                limit,
-                KIND_SNAP_META,
-                &[&meta_bytes(meta), meta.config()],
-            )?;
-            for (i, chunk) in self.snapshot_data.chunks(SNAP_CHUNK).enumerate() {
-                let offset = ((i * SNAP_CHUNK) as u64).to_le_bytes();
-                put(
-                    flash,
-                    buf,
-                    &mut at,
-                    limit,
-                    KIND_SNAP_DATA,
-                    &[&offset, chunk],
-                )?;
-            }
-        }
-        let first = self.base + self.log.first_index();
+        let limit = (self.bank + 1) * self.bank_size;
         put(
-            flash,
-            buf,
-            &mut at,
+            &mut self.flash,
+            &mut self.pending,
+            &mut self.end,
             limit,
-            KIND_BASE,
-            &[&(first - 1).to_le_bytes(), &self.prev_term.to_le_bytes()],
-        )?;
-        let hs = self.log.hard_state();
-        put(
-            flash,
-            buf,
-            &mut at,
-            limit,
-            KIND_HARD_STATE,
-            &hard_state_parts(&hs).as_parts(),
-        )?;
-        for local in self.log.first_index()..=self.log.last_index() {
-            let Some(e) = self.log.entry(local) else {
-                continue;
-            };
-            let index = (self.base + local).to_le_bytes();
-            put(
-                flash,
-                buf,
-                &mut at,
-                limit,
-                KIND_ENTRY,
-                &[
-                    &index,
-                    &e.term.to_le_bytes(),
-                    &[entry_kind_byte(e.kind)],
-                    e.data,
-                ],
-            )?;
-        }
-        flush(flash, buf, &mut at, limit)?;
-        // The commit point: the new bank's header.
-        let generation = self.generation + 1;
-        let mut header: heapless::Vec<u8, BANK_HEADER> = heapless::Vec::new();
-        encode_record(&mut header, KIND_BANK, &[&generation.to_le_bytes()]);
-        self.flash
-            .write(to_u32(start), &header)
-            .map_err(|_| StorageError::Unavailable)?;
-        let old = self.bank * self.bank_size;
-        self.bank = target;
-        self.generation = generation;
-        self.end = at;
-        self.rewrites += 1;
-        // The old bank is no longer the journal: erase it for the next
-        // rewrite (if this fails, the next rewrite erases it first).
-        if self
-            .flash
-            .erase(to_u32(old), to_u32(old + self.bank_size))
-            .is_ok()
-        {
-            self.other_dirty = false;
-        }
-        Ok(())
+            kind,
+            parts,
+        )
     }
 }
 
-/// The payload of a hard state record.
-struct HardStateBytes {
-    term: [u8; 8],
-    voted: [u8; 1],
-    vote: [u8; 8],
+/// Appends a replayed entry, replacing the suffix it overwrites.
+fn replay_entry<S: LogStorage>(log: &mut S, entry: &Entry<'_>) -> Result<(), JournalError> {
+    if entry.index < log.first_index() {
+        return Ok(());
+    }
+    if entry.index <= log.last_index() {
+        log.truncate_suffix(entry.index);
+    }
+    log.append(entry).map_err(|e| match e {
+        StorageError::Full | StorageError::EntryTooLarge => JournalError::LogTooSmall,
+        _ => JournalError::Inconsistent,
+    })
 }
 
-impl HardStateBytes {
-    fn as_parts(&self) -> [&[u8]; 3] {
-        [&self.term, &self.voted, &self.vote]
-    }
-}
-
-fn hard_state_parts(hs: &HardState) -> HardStateBytes {
-    HardStateBytes {
-        term: hs.current_term.to_le_bytes(),
-        voted: [u8::from(hs.voted_for.is_some())],
-        vote: hs.voted_for.unwrap_or(0).to_le_bytes(),
-    }
-}
-
-impl<F: NorFlash, const CAP: usize, const DATA: usize, const SNAP: usize> LogStorage
-    for FlashLog<F, CAP, DATA, SNAP>
-{
-    fn hard_state(&self) -> HardState {
-        self.log.hard_state()
-    }
-
-    fn set_hard_state(&mut self, hs: HardState) -> Result<(), StorageError> {
-        self.record(KIND_HARD_STATE, &hard_state_parts(&hs).as_parts())?;
-        self.log.set_hard_state(hs)
-    }
-
-    fn first_index(&self) -> Index {
-        self.base + self.log.first_index()
-    }
-
-    fn last_index(&self) -> Index {
-        self.base + self.log.last_index()
-    }
-
-    fn term(&self, index: Index) -> Option<Term> {
-        let first = self.first_index();
-        if index + 1 == first {
-            Some(self.prev_term)
-        } else if index < first {
-            None
-        } else {
-            self.log.term(index - self.base)
+/// The log restarts after `index` of `term`: the entries through it go,
+/// and those after it stay if the log holds `index` with `term`;
+/// otherwise every entry goes (a snapshot from a leader replaced them).
+fn restart_after<S: LogStorage>(log: &mut S, index: Index, term: Term) {
+    if index + 1 >= log.first_index() && log.term(index) == Some(term) {
+        if index >= log.first_index() {
+            log.compact(index);
         }
-    }
-
-    fn entry(&self, index: Index) -> Option<Entry<'_>> {
-        if index < self.first_index() {
-            return None;
-        }
-        self.log
-            .entry(index - self.base)
-            .map(|e| Entry { index, ..e })
-    }
-
-    fn append(&mut self, entry: &Entry<'_>) -> Result<(), StorageError> {
-        if entry.index != self.last_index() + 1 {
-            return Err(StorageError::OutOfRange);
-        }
-        // The RAM log checks room and size first: nothing is journaled
-        // that the log refused.
-        let local = entry.index - self.base;
-        self.log.append(&Entry {
-            index: local,
-            ..*entry
-        })?;
-        let result = self.record(
-            KIND_ENTRY,
-            &[
-                &entry.index.to_le_bytes(),
-                &entry.term.to_le_bytes(),
-                &[entry_kind_byte(entry.kind)],
-                entry.data,
-            ],
-        );
-        if result.is_err() {
-            let _ = self.log.truncate_suffix(local);
-        }
-        result
-    }
-
-    fn truncate_suffix(&mut self, from: Index) -> Result<(), StorageError> {
-        if from < self.first_index() {
-            return Err(StorageError::Compacted);
-        }
-        self.record(KIND_TRUNCATE, &[&from.to_le_bytes()])?;
-        self.log.truncate_suffix(from - self.base)
-    }
-
-    /// Drops the entries through `through`, which the kept snapshot must
-    /// cover ([`FlashLog::save_snapshot`] first), and rewrites the live
-    /// state into the other bank. If the rewrite fails, the entries are
-    /// gone from RAM but the flash still holds them with the older state
-    /// (equivalent; the next rewrite retries).
-    fn compact(&mut self, through: Index) -> Result<(), StorageError> {
-        if through < self.first_index() {
-            return Ok(());
-        }
-        if self.snapshot.is_none_or(|m| m.index < through) {
-            return Err(StorageError::Unavailable);
-        }
-        let term = self.term(through).ok_or(StorageError::OutOfRange)?;
-        self.log.compact(through - self.base)?;
-        self.prev_term = term;
-        self.journal_snapshot()
-    }
-
-    fn snapshot_meta(&self) -> Option<SnapshotMeta> {
-        self.snapshot
-    }
-
-    fn snapshot_chunk(&self, offset: u64, max: usize) -> Result<&[u8], StorageError> {
-        if self.snapshot.is_none() {
-            return Err(StorageError::Unavailable);
-        }
-        Ok(coracle::snapshot_chunk_of(&self.snapshot_data, offset, max))
-    }
-
-    fn receive_snapshot_chunk(
-        &mut self,
-        meta: &SnapshotMeta,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<(), StorageError> {
-        Self::check_meta(meta)?;
-        if offset == 0 {
-            self.incoming = Some(*meta);
-            self.incoming_data.clear();
-        }
-        if self.incoming.as_ref() != Some(meta) || self.incoming_data.len() as u64 != offset {
-            return Err(StorageError::OutOfRange);
-        }
-        self.incoming_data
-            .extend_from_slice(data)
-            .map_err(|_| StorageError::EntryTooLarge)
-    }
-
-    /// Makes the received snapshot the kept one, restarts the log after it
-    /// (keeping the entries after it if the log holds its index and term),
-    /// and rewrites the live state into the other bank: durable when it
-    /// returns.
-    fn install_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), StorageError> {
-        if self.incoming.as_ref() != Some(meta)
-            || self.incoming_data.len() as u64 != meta.size
-            || meta.index + 1 < self.first_index()
-        {
-            return Err(StorageError::OutOfRange);
-        }
-        self.restart_after(meta.index, meta.term);
-        self.snapshot = self.incoming.take();
-        core::mem::swap(&mut self.snapshot_data, &mut self.incoming_data);
-        self.incoming_data.clear();
-        if let Some(hook) = self.install_hook {
-            hook(meta, &self.snapshot_data);
-        }
-        self.journal_snapshot()
-    }
-}
-
-impl<F: NorFlash, const CAP: usize, const DATA: usize, const SNAP: usize> Durable
-    for FlashLog<F, CAP, DATA, SNAP>
-{
-    fn sync(&mut self) -> Result<(), StorageError> {
-        self.write_pending()
+    } else {
+        log.reset(index, term);
     }
 }
 
@@ -1009,6 +1204,10 @@ pub struct RamFlash<const SIZE: usize> {
     /// Fail writes after this many more bytes (tearing the one that
     /// crosses it), to test power cuts.
     pub cut_after: Option<usize>,
+    /// As a [`JournalFlash`]: an erase runs in the background for this many
+    /// polls of [`JournalFlash::erase_busy`] (0: erases before returning).
+    pub erase_polls: u32,
+    busy: u32,
 }
 
 impl<const SIZE: usize> fmt::Debug for RamFlash<SIZE> {
@@ -1030,6 +1229,8 @@ impl<const SIZE: usize> RamFlash<SIZE> {
         Self {
             bytes: [0xff; SIZE],
             cut_after: None,
+            erase_polls: 0,
+            busy: 0,
         }
     }
 
@@ -1037,6 +1238,19 @@ impl<const SIZE: usize> RamFlash<SIZE> {
     #[must_use]
     pub const fn bytes(&self) -> &[u8; SIZE] {
         &self.bytes
+    }
+}
+
+impl<const SIZE: usize> JournalFlash for RamFlash<SIZE> {
+    fn start_erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
+        self.erase(from, to)?;
+        self.busy = self.erase_polls;
+        Ok(())
+    }
+
+    fn erase_busy(&mut self) -> bool {
+        self.busy = self.busy.saturating_sub(1);
+        self.busy > 0
     }
 }
 
@@ -1130,9 +1344,14 @@ impl<const SIZE: usize> NorFlash for RamFlash<SIZE> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    extern crate std;
 
-    type Log = FlashLog<RamFlash<4096>, 32, 16>;
+    use super::*;
+    use coracle::{ArrayLog, Entries, MemStore, SnapshotChunkWrite, SyncToken};
+    use std::vec::Vec;
+
+    type Log = ArrayLog<32, 16, 64>;
+    type Journal = FlashJournal<RamFlash<4096>, 64>;
 
     fn entry(index: Index, term: Term, data: &[u8]) -> Entry<'_> {
         Entry {
@@ -1143,101 +1362,191 @@ mod tests {
         }
     }
 
-    fn entries(log: &Log) -> std::vec::Vec<(Index, Term, std::vec::Vec<u8>)> {
-        (log.first_index()..=log.last_index())
+    fn batch<'a>(entries: &'a [Entry<'a>]) -> Persist<'a> {
+        Persist {
+            token: SyncToken(0),
+            hard_state: None,
+            snapshot_chunk: None,
+            snapshot: None,
+            reset: None,
+            truncate_from: None,
+            entries: Entries::from_slice(entries),
+            compact_through: None,
+        }
+    }
+
+    fn hard_state(term: Term) -> HardState {
+        HardState {
+            current_term: term,
+            voted_for: Some(term % 3),
+        }
+    }
+
+    fn meta(index: Index, term: Term) -> SnapshotMeta {
+        SnapshotMeta::new(index, term, b"cfg-records").unwrap()
+    }
+
+    /// What a memory log holds, comparable.
+    type State = (
+        HardState,
+        Index,
+        Index,
+        Option<Term>,
+        Vec<(Index, Term, Vec<u8>)>,
+        Option<Index>,
+    );
+
+    fn state_of<S: LogStorage>(log: &S) -> State {
+        let entries = (log.first_index()..=log.last_index())
             .map(|i| {
                 let e = log.entry(i).unwrap();
                 (e.index, e.term, e.data.to_vec())
             })
-            .collect()
-    }
-
-    extern crate std;
-
-    #[test]
-    fn what_was_synced_survives_and_what_was_not_is_gone() {
-        let mut log = Log::open(RamFlash::new()).unwrap();
-        log.set_hard_state(HardState {
-            current_term: 2,
-            voted_for: Some(3),
-        })
-        .unwrap();
-        log.append(&entry(1, 1, b"a")).unwrap();
-        log.append(&entry(2, 2, b"bb")).unwrap();
-        log.append(&entry(3, 2, b"ccc")).unwrap();
-        log.truncate_suffix(3).unwrap();
-        log.append(&entry(3, 2, b"d")).unwrap();
-        log.sync().unwrap();
-        log.append(&entry(4, 2, b"never synced")).unwrap();
-        let log = Log::open(log.into_flash()).unwrap();
-        assert_eq!(
+            .collect();
+        (
             log.hard_state(),
-            HardState {
-                current_term: 2,
-                voted_for: Some(3)
-            }
-        );
+            log.first_index(),
+            log.last_index(),
+            log.term(log.first_index() - 1),
+            entries,
+            log.snapshot_meta().map(|m| m.index),
+        )
+    }
+
+    /// Opens the journal on `flash` (after a power cut): what the node
+    /// would restart with, and the snapshot's bytes.
+    fn reopen(flash: RamFlash<4096>) -> (Journal, Log) {
+        let mut flash = flash;
+        flash.cut_after = None;
+        let mut log = Log::new();
+        let journal = Journal::open(flash, &mut log).unwrap();
+        (journal, log)
+    }
+
+    /// The model: the core's `MemStore` fed the same batches.
+    fn model_state(store: &MemStore) -> State {
+        let mut log = Log::new();
+        store.recover(&mut log).unwrap();
+        state_of(&log)
+    }
+
+    fn assert_matches(flash: &RamFlash<4096>, store: &MemStore, what: &str) {
+        let (journal, log) = reopen(flash.clone());
+        assert_eq!(state_of(&log), model_state(store), "{what}");
         assert_eq!(
-            entries(&log),
-            [
-                (1, 1, b"a".to_vec()),
-                (2, 2, b"bb".to_vec()),
-                (3, 2, b"d".to_vec())
-            ]
+            journal.snapshot().map(|(m, b)| (*m, b.to_vec())),
+            store.snapshot.clone(),
+            "{what}: snapshot"
         );
     }
 
+    /// Performs `b` on both the journal and the model.
+    fn both(journal: &mut Journal, store: &mut MemStore, b: &Persist<'_>) -> Persisted {
+        store.persist(b);
+        journal.persist(b).unwrap()
+    }
+
+    /// Appends `n` entries of term `term` after `from` (data = the index).
+    fn grow(journal: &mut Journal, store: &mut MemStore, from: Index, n: u64, term: Term) {
+        let data: Vec<[u8; 3]> = (0..n).map(|k| [(from + 1 + k) as u8; 3]).collect();
+        let entries: Vec<Entry<'_>> = (0..n)
+            .map(|k| entry(from + 1 + k, term, &data[k as usize]))
+            .collect();
+        assert_eq!(both(journal, store, &batch(&entries)), Persisted::Durable);
+    }
+
+    /// Takes a snapshot at `index` and compacts through it.
+    fn take(journal: &mut Journal, store: &mut MemStore, index: Index, term: Term, bytes: &[u8]) {
+        journal.save_taken(index, bytes).unwrap();
+        store.save_taken(index, bytes.to_vec());
+        let m = meta(index, term);
+        let b = Persist {
+            snapshot: Some(SnapshotWrite::Taken(&m)),
+            compact_through: Some(index),
+            ..batch(&[])
+        };
+        both(journal, store, &b);
+    }
+
+    /// Runs maintenance to the end with `log` as the memory log; returns
+    /// the steps.
+    fn finish(journal: &mut Journal, log: &Log) -> Vec<Step> {
+        let mut steps = Vec::new();
+        while journal.pending() {
+            steps.push(journal.step(log).unwrap());
+            assert!(steps.len() < 100, "maintenance ends");
+        }
+        steps
+    }
+
+    /// The memory log the node would hold now (the model's, as the node
+    /// writes it before the host persists).
+    fn memory(store: &MemStore) -> Log {
+        let mut log = Log::new();
+        store.recover(&mut log).unwrap();
+        log
+    }
+
     #[test]
-    fn a_torn_write_at_every_byte_keeps_every_earlier_sync() {
+    fn what_was_persisted_survives_with_its_truncations() {
+        let mut log = Log::new();
+        let mut journal = Journal::open(RamFlash::new(), &mut log).unwrap();
+        let mut store = MemStore::new();
+        let e = [entry(1, 1, b"a"), entry(2, 2, b"bb"), entry(3, 2, b"ccc")];
+        let b = Persist {
+            hard_state: Some(hard_state(2)),
+            ..batch(&e)
+        };
+        both(&mut journal, &mut store, &b);
+        // A conflicting suffix replaced, in one batch.
+        let e = [entry(3, 3, b"d"), entry(4, 3, b"e")];
+        let b = Persist {
+            hard_state: Some(hard_state(3)),
+            truncate_from: Some(3),
+            ..batch(&e)
+        };
+        both(&mut journal, &mut store, &b);
+        assert_matches(&journal.flash, &store, "after two batches");
+        let (_, log) = reopen(journal.into_flash());
+        assert_eq!(log.entry(3).unwrap().data, b"d");
+        assert_eq!(log.hard_state(), hard_state(3));
+    }
+
+    #[test]
+    fn a_torn_write_at_every_byte_keeps_every_earlier_batch() {
         for cut in 0..200 {
-            let mut log = Log::open(RamFlash::new()).unwrap();
-            log.append(&entry(1, 1, b"first")).unwrap();
-            log.sync().unwrap();
-            let mut flash = log.into_flash();
-            flash.cut_after = Some(cut);
-            let mut log = Log::open(flash).unwrap();
-            let _ = log.set_hard_state(HardState {
-                current_term: 5,
-                voted_for: None,
-            });
-            let _ = log.append(&entry(2, 5, b"second"));
-            let synced = log.sync().is_ok();
-            let mut flash = log.into_flash();
-            flash.cut_after = None;
-            let mut log = Log::open(flash).unwrap();
-            assert_eq!(log.entry(1).unwrap().data, b"first", "cut {cut}");
-            if synced {
-                assert_eq!(log.entry(2).unwrap().data, b"second");
-                assert_eq!(log.hard_state().current_term, 5);
+            let mut log = Log::new();
+            let mut journal = Journal::open(RamFlash::new(), &mut log).unwrap();
+            let mut store = MemStore::new();
+            grow(&mut journal, &mut store, 0, 1, 1);
+            let before = model_state(&store);
+            journal.flash.cut_after = Some(cut);
+            let e = [entry(2, 5, b"second")];
+            let b = Persist {
+                hard_state: Some(hard_state(5)),
+                ..batch(&e)
+            };
+            let done = journal.persist(&b).is_ok();
+            store.persist(&b);
+            let (mut journal, log) = reopen(journal.into_flash());
+            if done {
+                assert_eq!(state_of(&log), model_state(&store), "cut {cut}");
+            } else {
+                // Any prefix of the batch: the first entry is never lost.
+                assert_eq!(log.entry(1).unwrap().data, before.4[0].2, "cut {cut}");
             }
             // The journal goes on after a torn tail.
             let next = log.last_index() + 1;
-            log.append(&entry(next, 6, b"after")).unwrap();
-            log.sync().unwrap();
-            let log = Log::open(log.into_flash()).unwrap();
+            let e = [entry(next, 6, b"after")];
+            journal.persist(&batch(&e)).unwrap();
+            let (_, log) = reopen(journal.into_flash());
             assert_eq!(log.entry(next).unwrap().data, b"after", "cut {cut}");
         }
     }
 
     #[test]
-    fn a_full_flash_fails_the_sync_and_keeps_what_was_synced() {
-        let mut log: FlashLog<RamFlash<512>, 32, 16> = FlashLog::open(RamFlash::new()).unwrap();
-        let mut failed = false;
-        for i in 1..=10 {
-            log.append(&entry(i, 1, b"0123456789")).unwrap();
-            if log.sync().is_err() {
-                failed = true;
-                break;
-            }
-        }
-        assert!(failed);
-        let kept = FlashLog::<_, 32, 16>::open(log.into_flash()).unwrap();
-        assert!(kept.last_index() >= 1);
-    }
-
-    #[test]
     fn garbage_flash_opens_without_panicking() {
-        let mut flash = RamFlash::<512>::new();
+        let mut flash = RamFlash::<4096>::new();
         let mut x: u32 = 12345;
         for b in flash.bytes.iter_mut() {
             x ^= x << 13;
@@ -1245,7 +1554,7 @@ mod tests {
             x ^= x << 5;
             *b = x as u8;
         }
-        let _ = FlashLog::<_, 4, 4>::open(flash.clone());
+        let _ = Journal::open(flash.clone(), &mut Log::new());
         let _ = MarkStore::open(flash);
     }
 
@@ -1261,324 +1570,342 @@ mod tests {
         }
     }
 
-    fn meta(index: Index, term: Term, data: &[u8]) -> SnapshotMeta {
-        SnapshotMeta::new(index, term, data.len() as u64, b"cfg").unwrap()
-    }
-
-    /// Appends `n` entries after the last (term 1, data = the index byte)
-    /// and syncs.
-    fn grow(log: &mut Log, n: u64) {
-        for _ in 0..n {
-            let i = log.last_index() + 1;
-            log.append(&entry(i, 1, &[i as u8; 3])).unwrap();
+    #[test]
+    fn compaction_appends_then_rewrites_the_live_state_in_steps() {
+        let mut log = Log::new();
+        let mut journal = Journal::open(RamFlash::new(), &mut log).unwrap();
+        journal.set_rewrite_above(600);
+        let mut store = MemStore::new();
+        let hs = Persist {
+            hard_state: Some(hard_state(4)),
+            ..batch(&[])
+        };
+        both(&mut journal, &mut store, &hs);
+        let mut last = 0;
+        let mut rewrites = 0;
+        for round in 0..12u64 {
+            grow(&mut journal, &mut store, last, 6, 4);
+            last += 6;
+            take(&mut journal, &mut store, last - 2, 4, &[round as u8; 40]);
+            if journal.pending() {
+                let steps = finish(&mut journal, &memory(&store));
+                let units = journal.bank_size() / 256;
+                let erased = steps
+                    .iter()
+                    .filter(|s| matches!(s, Step::Erasing { .. }))
+                    .count();
+                let rewritten: Vec<_> = steps
+                    .iter()
+                    .filter(|s| matches!(s, Step::Rewritten { .. }))
+                    .collect();
+                assert_eq!(rewritten.len(), 1, "{steps:?}");
+                // The old bank is erased after the rewrite, one unit a
+                // step (and the other bank before the first one).
+                assert!(erased == units || erased == 2 * units, "{steps:?}");
+                assert!(matches!(steps.last(), Some(Step::Erased { .. })));
+                rewrites += 1;
+            }
+            assert_matches(&journal.flash, &store, &std::format!("round {round}"));
         }
-        log.sync().unwrap();
-    }
-
-    /// `(first, last, snapshot index, hard state term)` and every entry.
-    type State = (
-        Index,
-        Index,
-        Option<Index>,
-        Term,
-        std::vec::Vec<(Index, Term, std::vec::Vec<u8>)>,
-    );
-
-    fn state(log: &Log) -> State {
-        (
-            log.first_index(),
-            log.last_index(),
-            log.snapshot_meta().map(|m| m.index),
-            log.hard_state().current_term,
-            entries(log),
-        )
+        assert!(rewrites >= 2, "{rewrites}");
+        assert_eq!(journal.rewrites(), rewrites);
+        let (journal, log) = reopen(journal.into_flash());
+        assert_eq!(journal.snapshot().unwrap().1, &[11u8; 40]);
+        assert_eq!(log.first_index(), last - 1);
+        assert!(journal.used() < journal.bank_size() / 2);
     }
 
     #[test]
-    fn compaction_rewrites_the_live_state_into_the_other_bank() {
-        let mut log = Log::open(RamFlash::new()).unwrap();
-        assert_eq!(log.bank(), (0, 0));
-        log.set_hard_state(HardState {
-            current_term: 4,
-            voted_for: Some(1),
-        })
-        .unwrap();
-        grow(&mut log, 10);
-        // Refused without a snapshot that covers it.
-        assert_eq!(log.compact(6), Err(StorageError::Unavailable));
-        log.save_snapshot(meta(6, 1, b"six"), b"six").unwrap();
-        log.compact(6).unwrap();
-        assert_eq!(log.bank(), (1, 1));
-        assert_eq!(
-            (log.first_index(), log.term(6), log.term(5)),
-            (7, Some(1), None)
-        );
-        let used = log.used();
-        assert!(used < 400, "only the live state: {used} bytes");
-        // The old bank is erased.
-        assert!(log.flash.bytes()[..2048].iter().all(|&b| b == 0xff));
-        let before = state(&log);
-        let mut log = Log::open(log.into_flash()).unwrap();
-        assert_eq!(state(&log), before);
-        assert_eq!(log.snapshot().unwrap().1, b"six");
-        assert_eq!(log.snapshot().unwrap().0.config(), b"cfg");
-        assert_eq!(log.hard_state().voted_for, Some(1));
-        assert_eq!(log.snapshot_chunk(1, 1).unwrap(), b"i");
-        // Round and round the banks.
-        for round in 0..5u64 {
-            grow(&mut log, 7);
-            let at = log.last_index() - 2;
-            log.save_snapshot(meta(at, 1, b"later"), b"later").unwrap();
-            log.compact(at).unwrap();
-            assert_eq!(log.bank(), ((round as usize) % 2, round + 2));
-            let before = state(&log);
-            log = Log::open(log.into_flash()).unwrap();
-            assert_eq!(state(&log), before, "round {round}");
-            assert_eq!(log.first_index(), at + 1);
+    fn batches_between_the_steps_of_a_rewrite_are_durable_at_once() {
+        for erase_polls in [0, 3] {
+            batches_between_steps(erase_polls);
         }
     }
 
-    /// Compacts through 15 with a power cut after `cut` bytes (or erase
-    /// pages); returns whether the compaction completed without a cut.
-    fn compaction_with_a_power_cut(
-        rewrite_above: usize,
-        cut: usize,
-        counts: &mut [usize; 3],
-    ) -> bool {
-        let mut log = Log::open(RamFlash::new()).unwrap();
-        log.set_rewrite_above(rewrite_above);
-        grow(&mut log, 12);
-        log.save_snapshot(meta(5, 1, b"five"), b"five").unwrap();
-        log.compact(5).unwrap();
-        grow(&mut log, 6);
-        let flash = log.into_flash();
-        let old = state(&Log::open(flash.clone()).unwrap());
-        let mut f = flash;
-        f.cut_after = Some(cut);
-        let mut log = Log::open(f).unwrap();
-        log.set_rewrite_above(rewrite_above);
-        // An unsynced entry rides along: it may or may not survive.
-        log.append(&entry(19, 2, b"new")).unwrap();
-        log.save_snapshot(meta(15, 1, b"fifteen"), b"fifteen")
-            .unwrap();
-        let done = log.compact(15).is_ok();
-        let new = state(&log);
-        let mut f = log.into_flash();
-        let was_cut = f.cut_after == Some(0);
-        f.cut_after = None;
-        let mut log = Log::open(f).unwrap();
-        log.set_rewrite_above(rewrite_above);
-        let got = state(&log);
-        if done {
-            assert_eq!(got, new, "cut {cut}: the compaction returned Ok");
-            counts[2] += usize::from(was_cut);
-        } else if got == old {
-            counts[0] += 1;
-        } else if got != new {
-            // Appended in place, a cut can also land between the snapshot
-            // and the log's new start: the old entries, the new snapshot.
-            assert!(rewrite_above > 0, "cut {cut}: {got:?}");
-            let (first, last, snapshot, term, entries) = &got;
-            assert_eq!((*first, *term), (old.0, old.3), "cut {cut}");
-            assert!(*last == 18 || *last == 19, "cut {cut}: {got:?}");
-            assert!(
-                snapshot == &old.2 || snapshot == &Some(15),
-                "cut {cut}: {got:?}"
+    /// A rewrite on a flash that erases in the background for
+    /// `erase_polls` polls, with a batch after every step.
+    fn batches_between_steps(erase_polls: u32) {
+        let mut log = Log::new();
+        let mut flash = RamFlash::new();
+        flash.erase_polls = erase_polls;
+        let mut journal = Journal::open(flash, &mut log).unwrap();
+        journal.set_rewrite_above(300);
+        let mut store = MemStore::new();
+        grow(&mut journal, &mut store, 0, 8, 1);
+        take(&mut journal, &mut store, 6, 1, b"six");
+        let mut last = 8;
+        let mut steps = 0;
+        let mut waited = 0;
+        while journal.pending() {
+            let waiting = journal.step(&memory(&store)).unwrap() == Step::Waiting;
+            waited += usize::from(waiting);
+            if journal.rewrites() > 0 {
+                // One rewrite is enough (the memory log holds 32 entries).
+                journal.set_rewrite_above(usize::MAX);
+            }
+            steps += 1;
+            // A batch after every step, whatever the bank.
+            let h = Persist {
+                hard_state: Some(hard_state(1 + steps)),
+                ..batch(&[])
+            };
+            both(&mut journal, &mut store, &h);
+            if !waiting {
+                grow(&mut journal, &mut store, last, 1, 1 + steps);
+                last += 1;
+            }
+            assert_matches(&journal.flash, &store, &std::format!("step {steps}"));
+        }
+        assert!(steps > 8, "{steps}");
+        // Each unit's erase was waited for while the flash was busy.
+        assert_eq!(waited > 0, erase_polls > 0, "{waited}");
+    }
+
+    /// Compacts with a rewrite whose steps (and the batches between them)
+    /// run on a flash that loses power after `cut` bytes or erase pages.
+    /// Returns whether the run ended without the cut.
+    fn rewrite_with_a_power_cut(cut: usize, outcomes: &mut [usize; 2]) -> bool {
+        let mut log = Log::new();
+        let mut journal = Journal::open(RamFlash::new(), &mut log).unwrap();
+        journal.set_rewrite_above(200);
+        let mut store = MemStore::new();
+        grow(&mut journal, &mut store, 0, 10, 1);
+        take(&mut journal, &mut store, 5, 1, b"five");
+        // The other bank erased beforehand: the steps are the rewrite and
+        // the erase of the old bank.
+        journal.step(&memory(&store)).unwrap();
+        while journal.erasing.is_some() {
+            journal.step(&memory(&store)).unwrap();
+        }
+        let old = (model_state(&store), store.snapshot.clone());
+        grow(&mut journal, &mut store, 10, 2, 2);
+        take(&mut journal, &mut store, 11, 2, b"eleven");
+        let durable = (model_state(&store), store.snapshot.clone());
+        journal.flash.cut_after = Some(cut);
+        let mut failed = false;
+        let mut step = 0;
+        while journal.pending() && !failed {
+            failed |= journal.step(&memory(&store)).is_err();
+            if journal.rewrites() > 1 {
+                journal.set_rewrite_above(usize::MAX);
+            }
+            step += 1;
+            let e = [entry(12 + step, 2, b"x")];
+            failed |= journal.persist(&batch(&e)).is_err();
+            if !failed {
+                store.persist(&batch(&e));
+            }
+        }
+        let was_cut = journal.flash.cut_after == Some(0);
+        let (journal, log) = reopen(journal.into_flash());
+        let got = (
+            state_of(&log),
+            journal.snapshot().map(|(m, b)| (*m, b.to_vec())),
+        );
+        if !failed {
+            assert_eq!(
+                got,
+                (model_state(&store), store.snapshot.clone()),
+                "cut {cut}"
             );
-            assert_eq!(entries[..old.4.len()], old.4[..], "cut {cut}");
-            counts[1] += 1;
+        } else {
+            // Everything persisted before the cut, possibly a torn last
+            // batch: at least what was durable before the rewrite began.
+            assert!(got.0 .2 >= durable.0 .2, "cut {cut}: {got:?}");
+            assert_eq!(got.1, durable.1, "cut {cut}");
+            assert_eq!(
+                got.0 .4[..durable.0 .4.len()],
+                durable.0 .4[..],
+                "cut {cut}"
+            );
+            outcomes[usize::from(journal.bank().1 > 1)] += 1;
         }
-        // The snapshot always covers what the log compacted away.
-        assert!(got.2.unwrap_or(0) + 1 >= got.0, "cut {cut}: {got:?}");
-        // The journal goes on from any of them.
-        let next = log.last_index() + 1;
-        log.append(&entry(next, 3, b"on")).unwrap();
-        log.sync().unwrap();
-        let at = log.last_index();
-        log.save_snapshot(meta(at, 3, b"x"), b"x").unwrap();
-        log.compact(at).unwrap();
-        let log = Log::open(log.into_flash()).unwrap();
-        assert_eq!(
-            (log.first_index(), log.snapshot_meta().unwrap().index),
-            (at + 1, at),
-            "cut {cut}"
-        );
-        done && !was_cut
+        assert_ne!(old.1, got.1);
+        !was_cut && !failed
     }
 
     #[test]
-    fn a_power_cut_at_every_write_of_a_compaction_keeps_the_old_or_the_new_state() {
-        // [kept the old state, in between (appended), cut after the commit point]
-        let mut counts = [0; 3];
-        let cut = (0..3000)
-            .find(|&cut| compaction_with_a_power_cut(0, cut, &mut counts))
+    fn a_power_cut_at_every_write_and_erase_of_a_rewrite_loses_nothing_durable() {
+        // [cut before the new bank's header, cut after it]
+        let mut outcomes = [0; 2];
+        let cuts = (0..5000)
+            .find(|&cut| rewrite_with_a_power_cut(cut, &mut outcomes))
             .expect("completes");
-        // Cuts before the new bank's header keep the old state; cuts in
-        // the erase of the old bank (after it) already have the new one.
-        assert!(counts[0] > 100 && counts[2] > 0, "{counts:?} in {cut} cuts");
-    }
-
-    #[test]
-    fn a_power_cut_at_every_write_of_an_appended_compaction_keeps_a_covered_log() {
-        let mut counts = [0; 3];
-        let cut = (0..3000)
-            .find(|&cut| compaction_with_a_power_cut(1024, cut, &mut counts))
-            .expect("completes");
-        assert!(counts[0] > 10 && counts[1] > 0, "{counts:?} in {cut} cuts");
-    }
-
-    #[test]
-    fn appended_compactions_rewrite_the_bank_only_when_it_is_half_full() {
-        let mut log = Log::open(RamFlash::new()).unwrap();
-        log.set_rewrite_above(1024);
-        let mut compactions = 0;
-        for round in 0..60u64 {
-            grow(&mut log, 5);
-            let at = log.last_index() - 1;
-            log.save_snapshot(meta(at, 1, &[round as u8; 40]), &[round as u8; 40])
-                .unwrap();
-            log.compact(at).unwrap();
-            compactions += 1;
-            let before = state(&log);
-            log = Log::open(log.into_flash()).unwrap();
-            log.set_rewrite_above(1024);
-            assert_eq!(state(&log), before, "round {round}");
-            assert_eq!(log.snapshot().unwrap().1, &[round as u8; 40][..]);
-            assert!(log.used() <= 1024 + 400, "round {round}: {}", log.used());
-        }
-        let generation = log.bank().1;
         assert!(
-            generation > 2 && generation * 4 < compactions,
-            "{generation} rewrites for {compactions}"
+            outcomes[0] > 50 && outcomes[1] > 0,
+            "{outcomes:?} in {cuts} cuts"
         );
     }
 
     #[test]
-    fn a_full_bank_is_rewritten_and_a_power_cut_there_loses_nothing_synced() {
-        // 512-byte banks; every sync rewrites old hard states away.
-        type Small = FlashLog<RamFlash<1024>, 8, 4>;
-        let mut log = Small::open(RamFlash::new()).unwrap();
-        for term in 1..=100u64 {
-            log.set_hard_state(HardState {
-                current_term: term,
-                voted_for: Some(term % 3),
-            })
-            .unwrap();
-            log.sync().unwrap();
-        }
-        assert!(log.rewrites() > 0);
-        for i in 1..=3 {
-            log.append(&entry(i, 100, b"abcd")).unwrap();
-        }
-        log.sync().unwrap();
-        let flash = log.into_flash();
-        let mut rewrote = false;
-        let mut cuts_in_rewrite = 0;
-        for cut in 0..3000 {
-            let mut f = flash.clone();
-            f.cut_after = Some(cut);
-            let mut log = Small::open(f).unwrap();
-            let before = log.bank();
-            let mut synced = 100;
-            for term in 101..=140u64 {
-                let hs = HardState {
-                    current_term: term,
-                    voted_for: None,
-                };
-                if log.set_hard_state(hs).is_err() || log.sync().is_err() {
-                    break;
-                }
-                synced = term;
+    fn a_batch_that_does_not_fit_the_bank_is_durable_with_the_next_rewrite() {
+        let mut log = Log::new();
+        let mut journal = Journal::open(RamFlash::new(), &mut log).unwrap();
+        journal.set_rewrite_above(usize::MAX);
+        let mut store = MemStore::new();
+        let mut owed = 0;
+        let mut durable = model_state(&store);
+        for term in 1..=200u64 {
+            let h = Persist {
+                hard_state: Some(hard_state(term)),
+                ..batch(&[])
+            };
+            match both(&mut journal, &mut store, &h) {
+                Persisted::Durable => durable = model_state(&store),
+                Persisted::AfterRewrite => owed += 1,
             }
-            if log.bank() == before && synced < 140 && log.used() + 64 > log.bank_size() {
-                cuts_in_rewrite += 1;
-            }
-            rewrote |= log.bank() != before;
-            let mut f = log.into_flash();
-            f.cut_after = None;
-            let log = Small::open(f).unwrap();
-            assert!(log.hard_state().current_term >= synced, "cut {cut}");
-            assert_eq!(log.last_index(), 3, "cut {cut}");
-            assert_eq!(log.entry(3).unwrap().data, b"abcd", "cut {cut}");
-            if synced == 140 {
+            if owed == 3 {
                 break;
             }
         }
-        assert!(rewrote);
-        assert!(cuts_in_rewrite > 10, "{cuts_in_rewrite}");
+        assert_eq!(owed, 3);
+        // Not durable yet: a reboot now finds the state before them.
+        let (_, log) = reopen(journal.flash.clone());
+        assert_eq!(state_of(&log), durable);
+        assert!(journal.pending());
+        let steps = finish(&mut journal, &memory(&store));
+        assert!(steps.iter().any(|s| matches!(s, Step::Rewritten { .. })));
+        assert_matches(&journal.flash, &store, "after the rewrite");
+        let h = Persist {
+            hard_state: Some(hard_state(300)),
+            ..batch(&[])
+        };
+        assert_eq!(both(&mut journal, &mut store, &h), Persisted::Durable);
+        assert_matches(&journal.flash, &store, "written again");
     }
 
     #[test]
-    fn an_installed_snapshot_is_durable_and_handed_to_the_hook() {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static HOOKED: AtomicU64 = AtomicU64::new(0);
-        fn hook(meta: &SnapshotMeta, data: &[u8]) {
-            assert_eq!(data, b"0123456789");
-            HOOKED.store(meta.index, Ordering::SeqCst);
+    fn a_live_state_larger_than_a_bank_fails_the_owed_rewrite_and_every_later_batch() {
+        // Banks of 512 bytes; 32 entries of 16 bytes take 1152.
+        let mut log = Log::new();
+        let mut journal: FlashJournal<RamFlash<1024>, 64> =
+            FlashJournal::open(RamFlash::new(), &mut log).unwrap();
+        journal.set_rewrite_above(usize::MAX);
+        let data = [0x55u8; 16];
+        let mut owed = false;
+        for i in 1..=32 {
+            let e = [entry(i, 1, &data)];
+            log.append(&e[0]).unwrap();
+            owed |= journal.persist(&batch(&e)).unwrap() == Persisted::AfterRewrite;
         }
+        assert!(owed);
+        let mut result = Ok(Step::Idle);
+        while journal.pending() && result.is_ok() {
+            result = journal.step(&log);
+        }
+        assert_eq!(result, Err(StorageError::Full));
+        assert_eq!(
+            journal.persist(&batch(&[])),
+            Err(StorageError::Unavailable),
+            "nothing after owed batches that were lost"
+        );
+    }
+
+    #[test]
+    fn an_installed_snapshot_is_durable_with_the_log_after_it() {
         for keep in [false, true] {
-            let mut log = Log::open(RamFlash::new()).unwrap();
-            log.set_install_hook(hook);
-            grow(&mut log, 8);
+            let mut log = Log::new();
+            let mut journal = Journal::open(RamFlash::new(), &mut log).unwrap();
+            let mut store = MemStore::new();
+            grow(&mut journal, &mut store, 0, 8, 1);
             // Entry 6 has term 1: a snapshot at (6, 1) keeps 7 and 8; one at
             // (20, 5) replaces the whole log.
-            let m = if keep {
-                meta(6, 1, b"0123456789")
-            } else {
-                meta(20, 5, b"0123456789")
+            let m = if keep { meta(6, 1) } else { meta(20, 5) };
+            for (offset, data) in [(0u64, &b"0123"[..]), (4, b"456789")] {
+                let b = Persist {
+                    snapshot_chunk: Some(SnapshotChunkWrite {
+                        meta: &m,
+                        offset,
+                        data,
+                    }),
+                    ..batch(&[])
+                };
+                both(&mut journal, &mut store, &b);
+            }
+            let b = Persist {
+                snapshot: Some(SnapshotWrite::Installed(&m)),
+                reset: (!keep).then_some((20, 5)),
+                compact_through: keep.then_some(6),
+                ..batch(&[])
             };
-            let mut big = meta(6, 1, b"0123456789");
-            big.size = 1000;
-            assert_eq!(
-                log.receive_snapshot_chunk(&big, 0, b""),
-                Err(StorageError::EntryTooLarge)
-            );
-            log.receive_snapshot_chunk(&m, 0, b"0123").unwrap();
-            assert_eq!(
-                log.receive_snapshot_chunk(&m, 7, b"x"),
-                Err(StorageError::OutOfRange)
-            );
-            assert_eq!(log.install_snapshot(&m), Err(StorageError::OutOfRange));
-            log.receive_snapshot_chunk(&m, 4, b"456789").unwrap();
-            log.install_snapshot(&m).unwrap();
-            assert_eq!(HOOKED.load(Ordering::SeqCst), m.index);
+            both(&mut journal, &mut store, &b);
+            assert_matches(&journal.flash, &store, "installed");
+            let (mut journal, log) = reopen(journal.into_flash());
             let expect = if keep { (7, 8) } else { (21, 20) };
             assert_eq!((log.first_index(), log.last_index()), expect);
-            let mut log = Log::open(log.into_flash()).unwrap();
-            assert_eq!((log.first_index(), log.last_index()), expect);
-            assert_eq!(log.snapshot_meta(), Some(m));
             assert_eq!(log.term(m.index), Some(m.term));
+            assert_eq!(journal.snapshot().unwrap().1, b"0123456789");
+            let mut buf = [0u8; 4];
+            assert_eq!(
+                journal.snapshot_chunk(m.index, 8, &mut buf),
+                Some((2, true))
+            );
+            assert_eq!(&buf[..2], b"89");
+            assert_eq!(journal.snapshot_chunk(m.index, 10, &mut buf), None);
+            assert_eq!(journal.snapshot_chunk(m.index + 1, 0, &mut buf), None);
             let next = log.last_index() + 1;
-            log.append(&entry(next, 5, b"after")).unwrap();
-            log.sync().unwrap();
-            let log = Log::open(log.into_flash()).unwrap();
+            let e = [entry(next, 5, b"after")];
+            journal.persist(&batch(&e)).unwrap();
+            let (_, log) = reopen(journal.into_flash());
             assert_eq!(log.entry(next).unwrap().data, b"after");
-            assert_eq!(log.snapshot().unwrap().1, b"0123456789");
         }
+    }
+
+    #[test]
+    fn a_snapshot_it_has_no_bytes_of_or_too_large_is_refused() {
+        let mut log = Log::new();
+        let mut journal = Journal::open(RamFlash::new(), &mut log).unwrap();
+        let m = meta(5, 1);
+        let installed = Persist {
+            snapshot: Some(SnapshotWrite::Installed(&m)),
+            ..batch(&[])
+        };
+        assert_eq!(journal.persist(&installed), Err(StorageError::OutOfRange));
+        let taken = Persist {
+            snapshot: Some(SnapshotWrite::Taken(&m)),
+            ..batch(&[])
+        };
+        assert_eq!(journal.persist(&taken), Err(StorageError::OutOfRange));
+        assert_eq!(
+            journal.save_taken(5, &[0; 65]),
+            Err(StorageError::EntryTooLarge)
+        );
+        let chunk = Persist {
+            snapshot_chunk: Some(SnapshotChunkWrite {
+                meta: &m,
+                offset: 0,
+                data: &[1; 65],
+            }),
+            ..batch(&[])
+        };
+        assert_eq!(journal.persist(&chunk), Err(StorageError::EntryTooLarge));
     }
 
     #[test]
     fn a_board_runs_indefinitely_with_a_snapshot_every_few_entries() {
-        let mut log = Log::open(RamFlash::new()).unwrap();
-        let mut applied = 0u64;
-        for i in 1..=2000u64 {
-            log.append(&entry(i, 1, &i.to_le_bytes())).unwrap();
-            if i % 3 == 0 {
-                log.sync().unwrap();
-                applied = i;
+        let mut log = Log::new();
+        let mut journal = Journal::open(RamFlash::new(), &mut log).unwrap();
+        journal.set_rewrite_above(1024);
+        let mut store = MemStore::new();
+        let mut last = 0;
+        for round in 1..=300u64 {
+            grow(&mut journal, &mut store, last, 3, 1);
+            last += 3;
+            if round % 4 == 0 {
+                take(&mut journal, &mut store, last, 1, &last.to_le_bytes());
             }
-            if applied >= log.snapshot_meta().map_or(0, |m| m.index) + 20 {
-                let data = applied.to_le_bytes();
-                log.save_snapshot(meta(applied, 1, &data), &data).unwrap();
-                log.compact(applied).unwrap();
+            // A board takes many turns per entry: a few steps per round.
+            for _ in 0..3 {
+                journal.step(&memory(&store)).unwrap();
             }
-            if i % 250 == 0 {
-                log.sync().unwrap();
-                log = Log::open(log.into_flash()).unwrap();
+            if round % 50 == 0 {
+                assert_matches(&journal.flash, &store, &std::format!("round {round}"));
+                let (reopened, _) = reopen(journal.into_flash());
+                journal = reopened;
+                journal.set_rewrite_above(1024);
             }
         }
-        assert_eq!(log.last_index(), 2000);
-        assert!(log.first_index() > 1900);
-        assert!(log.rewrites() > 0 || log.bank().1 > 50);
+        assert_eq!(model_state(&store).2, 900);
+        assert!(journal.bank().1 > 5, "{:?}", journal.bank());
     }
 }

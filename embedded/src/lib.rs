@@ -7,12 +7,15 @@
 //!   `heapless` storage;
 //! - [`board`]: a board's node id, address and peers, read from its MAC, so
 //!   one image serves every board;
-//! - [`journal`]: a Raft log on any `embedded-storage` NorFlash that
-//!   survives a reboot ([`journal::FlashLog`]), and the UDP link's
-//!   send-counter mark ([`journal::MarkStore`]);
+//! - [`journal`]: a board's durable store on any `embedded-storage`
+//!   NorFlash ([`journal::FlashJournal`]: the node's writes as a journal,
+//!   replayed into its memory log at boot, compacted in steps between turns
+//!   of the loop), and the UDP link's send-counter mark
+//!   ([`journal::MarkStore`]);
 //! - `app` (feature `firmware`): the application every firmware runs (the
-//!   table, the periodic proposals, compaction, the log lines), generic over
-//!   its flash and its board's hooks;
+//!   table, the journal, the periodic proposals, compaction and the
+//!   journal's maintenance, the log lines), generic over its flash and its
+//!   board's hooks;
 //! - `hub` (feature `std`): the Ethernet hub between QEMU boards.
 //!
 //! The QEMU firmware is `embedded/qemu/` (its own workspace: it builds for

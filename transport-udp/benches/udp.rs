@@ -93,7 +93,7 @@ fn datagram_path(c: &mut Criterion) {
 const OUTSTANDING: u64 = 64;
 
 fn loopback_cluster(c: &mut Criterion) {
-    let cluster = common::Cluster::start_with(3, false, false);
+    let cluster = common::Cluster::start_with(3, false, common::Flush::Never);
     let leader = smol::block_on(cluster.wait_leader(None, Duration::from_secs(20)));
     let handle = cluster.handle(leader).expect("running").clone();
     let mut group = c.benchmark_group("cluster");

@@ -8,9 +8,9 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 use std::{fs, io, path::PathBuf, thread};
 
-use coracle::{Config, EntryKind, Node, Output, Role, VecLog};
+use coracle::{Config, EntryKind, Node, Output, Persist, Role, VecLog};
 use coracle_udp::codec::{mtu_config, Link, DEFAULT_ENTRIES};
-use coracle_udp::node::{Application, UdpNode};
+use coracle_udp::node::{Application, Completion, UdpNode};
 use coracle_udp::{ClusterKey, Datagram, SendCounter, DEFAULT_MTU};
 
 const TICK: Duration = Duration::from_millis(10);
@@ -21,6 +21,9 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>
 struct App(usize, PathBuf);
 
 impl Application for App {
+    fn persist(&mut self, _batch: &Persist<'_>) -> Completion {
+        Completion::Now // the log lives in memory only; a durable host writes the batch
+    }
     fn output(&mut self, output: Output<'_>) {
         if let Output::Apply(e) = output {
             self.0 += usize::from(e.kind == EntryKind::Command);
@@ -48,7 +51,7 @@ fn run(id: u64, socket: UdpSocket, addrs: Vec<SocketAddr>) -> Result<usize> {
         if udp.node().role() == Role::Leader && !proposed {
             proposed = udp.node_mut().propose(b"hello").is_ok();
         }
-        // 2. Drain the outputs: datagrams to send; the rest goes to `app`.
+        // 2. Drain the outputs: datagrams to send; writes and the rest go to `app`.
         while let Some(to) = udp.poll_transmit(&mut app, &mut out) {
             if let Some(addr) = addrs.get((to - 1) as usize) {
                 let _ = socket.send_to(&out, addr); // Raft retries what is lost

@@ -24,7 +24,12 @@
 //!
 //! every AppendEntries the core builds fits one datagram: the core refuses a
 //! larger command at proposal time ([`coracle::ProposeError::TooLarge`]),
-//! nothing is ever truncated. Should a message still not fit (a node run
+//! nothing is ever truncated.
+//!
+//! An InstallSnapshot carries a chunk of the kept snapshot and its
+//! configuration (at most [`MAX_CONFIG_BYTES`]); [`mtu_config`] sets
+//! `max_snapshot_chunk_bytes` to [`max_snapshot_chunk_bytes`]`(MTU)` (780
+//! for 1200), so every chunk fits a datagram whatever the configuration. Should a message still not fit (a node run
 //! with another configuration), [`Link::encode_seal`] returns
 //! [`SendError::TooLarge`] and counts it; the message is not sent and the
 //! core retries it like any lost datagram.
@@ -52,9 +57,14 @@ use crate::seal::{SealError, Sealer};
 /// capacity to use with [`DEFAULT_MTU`] ([`max_entries_per_message`]`(1200)`).
 pub const DEFAULT_ENTRIES: usize = max_entries_per_message(DEFAULT_MTU);
 
-/// The least MTU whose datagrams carry every message kind (an AppendEntries
-/// with one empty entry included): 162 bytes.
-pub const SMALLEST_MTU: usize = OVERHEAD + wire::APPEND_ENTRIES_FIXED_MAX + Entry::OVERHEAD;
+/// The largest configuration a snapshot carries: [`coracle::MAX_MEMBERS`]
+/// members of 9 bytes each (id and flags), 288 bytes.
+pub const MAX_CONFIG_BYTES: usize = coracle::MAX_MEMBERS * 9;
+
+/// The least MTU whose datagrams carry every message kind: an AppendEntries
+/// with one empty entry, and an InstallSnapshot of one byte with the largest
+/// configuration: 421 bytes.
+pub const SMALLEST_MTU: usize = OVERHEAD + wire::install_snapshot_max(MAX_CONFIG_BYTES, 1);
 
 /// Bytes of entries (each counted as `data.len() + Entry::OVERHEAD`) one
 /// AppendEntries may carry in a datagram of `mtu` bytes.
@@ -88,10 +98,23 @@ pub const fn max_entries_per_message(mtu: usize) -> usize {
     max_bytes_per_message(mtu) / Entry::OVERHEAD
 }
 
+/// Bytes of snapshot one InstallSnapshot carries in a datagram of `mtu`
+/// bytes, whatever its configuration (up to [`MAX_CONFIG_BYTES`]).
+///
+/// ```
+/// assert_eq!(coracle_udp::codec::max_snapshot_chunk_bytes(1200), 780);
+/// ```
+#[must_use]
+pub const fn max_snapshot_chunk_bytes(mtu: usize) -> usize {
+    max_payload(mtu).saturating_sub(wire::install_snapshot_max(MAX_CONFIG_BYTES, 0))
+}
+
 /// `config` with its batching limits set so every message the core builds
 /// fits a datagram of `MTU` bytes and decodes with a capacity of `E`
 /// entries (see the [module documentation](self)). Other fields are kept;
-/// `max_entries_per_message` is only ever lowered.
+/// `max_entries_per_message` and `max_snapshot_chunk_bytes` are only ever
+/// lowered. Below [`SMALLEST_MTU`] no snapshot chunk fits: the chunk size is
+/// then 0, which `Node::new` refuses.
 ///
 /// ```
 /// use coracle::Config;
@@ -100,6 +123,7 @@ pub const fn max_entries_per_message(mtu: usize) -> usize {
 /// assert_eq!(config.max_bytes_per_message, 1064);
 /// assert_eq!(config.max_entry_bytes, 1038);
 /// assert_eq!(config.max_entries_per_message, 40);
+/// assert_eq!(config.max_snapshot_chunk_bytes, 780);
 /// ```
 #[must_use]
 pub const fn mtu_config<const MTU: usize, const E: usize>(mut config: Config) -> Config {
@@ -113,6 +137,9 @@ pub const fn mtu_config<const MTU: usize, const E: usize>(mut config: Config) ->
         entries = E;
     }
     config.max_entries_per_message = entries;
+    if config.max_snapshot_chunk_bytes > max_snapshot_chunk_bytes(MTU) {
+        config.max_snapshot_chunk_bytes = max_snapshot_chunk_bytes(MTU);
+    }
     config
 }
 
@@ -401,7 +428,15 @@ mod tests {
         assert_eq!(max_bytes_per_message(DEFAULT_MTU), 1151 - 87);
         assert_eq!(max_entry_bytes(DEFAULT_MTU), 1151 - 87 - 26);
         assert_eq!(DEFAULT_ENTRIES, 40);
-        assert_eq!(SMALLEST_MTU, 162);
+        assert_eq!(SMALLEST_MTU, 421);
+        assert_eq!(max_snapshot_chunk_bytes(DEFAULT_MTU), 1151 - 371);
+        assert_eq!(max_snapshot_chunk_bytes(SMALLEST_MTU), 1);
+        assert_eq!(max_snapshot_chunk_bytes(SMALLEST_MTU - 1), 0);
+        // A chunk of the bound with the largest configuration fits exactly.
+        assert_eq!(
+            wire::install_snapshot_max(MAX_CONFIG_BYTES, max_snapshot_chunk_bytes(DEFAULT_MTU)),
+            max_payload(DEFAULT_MTU)
+        );
         // A full batch of the bound fits the payload exactly.
         assert!(
             wire::append_entries_max(1, max_entry_bytes(DEFAULT_MTU)) <= max_payload(DEFAULT_MTU)
@@ -421,7 +456,9 @@ mod tests {
             wire::TIMEOUT_NOW_MAX,
             wire::READ_INDEX_MAX,
             wire::READ_INDEX_RESPONSE_MAX,
-            wire::APPEND_ENTRIES_FIXED_MAX,
+            wire::INSTALL_SNAPSHOT_RESPONSE_MAX,
+            wire::APPEND_ENTRIES_FIXED_MAX + Entry::OVERHEAD,
+            wire::install_snapshot_max(MAX_CONFIG_BYTES, 1),
         ] {
             assert!(bound <= max_payload(SMALLEST_MTU));
         }

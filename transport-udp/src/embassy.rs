@@ -7,7 +7,7 @@
 //!
 //! ```ignore
 //! #[embassy_executor::task]
-//! async fn raft(stack: embassy_net::Stack<'static>, mut udp: UdpNode<MyFlashLog>, mut control: MyControl) {
+//! async fn raft(stack: embassy_net::Stack<'static>, mut udp: UdpNode<ArrayLog<64, 32>>, mut control: MyControl) {
 //!     let (mut rx_meta, mut rx, mut tx_meta, mut tx) = ([PacketMetadata::EMPTY; 8], [0; 4096], [PacketMetadata::EMPTY; 8], [0; 4096]);
 //!     let mut socket = UdpSocket::new(stack, &mut rx_meta, &mut rx, &mut tx_meta, &mut tx);
 //!     socket.bind(7000).unwrap();
@@ -30,7 +30,7 @@ use embassy_time::{Duration, Instant, Timer};
 use coracle::LogStorage;
 
 use crate::event_loop::{self, Clock, Control, Datagrams};
-use crate::node::{Durable, UdpNode};
+use crate::node::UdpNode;
 
 /// Runs `udp` over the bound `socket`, with the peers at `peers` and ticks
 /// of `tick`, until `control` has no more commands: the shared
@@ -42,7 +42,7 @@ pub async fn run_node<S, C, const N: usize, const MTU: usize, const E: usize>(
     peers: &[(NodeId, IpEndpoint)],
     tick: Duration,
 ) where
-    S: LogStorage + Durable,
+    S: LogStorage,
     C: Control<UdpNode<S, N, MTU, E>>,
 {
     let mut net = EmbassyDatagrams::new(socket, peers);

@@ -5,8 +5,17 @@
 //! The loop (see [`run`]):
 //! 1. advance the core to the clock's time;
 //! 2. drain [`UdpNode::poll_transmit`], sending each datagram;
-//! 3. wait for the first of: a command, the core's next deadline, a datagram;
-//! 4. handle it, go to 1.
+//! 3. give the host a step of its background work ([`Control::maintain`]:
+//!    a flash journal's compaction, one erase unit at a time), and drain
+//!    again what it released;
+//! 4. wait for the first of: a command, the core's next deadline, a
+//!    datagram; while background work is pending, only take in what is
+//!    ready (the executor gets a turn) and go on with the work;
+//! 5. handle it, go to 1.
+//!
+//! The background work runs between turns, never inside a node input: the
+//! node's timers keep running while a board erases its flash, one erase
+//! unit per turn, with the datagrams that arrived meanwhile taken in first.
 //!
 //! Time is read from the clock after every wake-up, so a flood of datagrams
 //! does not stop the timers; commands are polled first, so a flood does not
@@ -23,7 +32,7 @@ use core::task::Poll;
 use coracle::{LogStorage, NodeId};
 
 use crate::frame::Datagram;
-use crate::node::{Application, Durable, UdpNode};
+use crate::node::{Application, UdpNode};
 
 /// A datagram socket bound to this node, with an address book of its peers.
 pub trait Datagrams {
@@ -68,13 +77,54 @@ pub trait Control<T>: Application {
 
     /// Carries out `command` on `node`.
     fn command(&mut self, node: &mut T, command: Self::Command);
+
+    /// One bounded step of the host's background work (a flash journal's
+    /// rewrite, one erase unit), between turns of the loop: after the
+    /// outputs are drained, so the durable store has taken every batch, and
+    /// never inside a node input. Returns `true` while more is pending: the
+    /// loop then takes in what has arrived without sleeping and calls it
+    /// again. The default has none.
+    fn maintain(&mut self, node: &mut T) -> bool {
+        let _ = node;
+        false
+    }
 }
+
+/// Background steps in a row may wait behind at most this many events (a
+/// flood of datagrams does not starve them).
+const EVENTS_PER_STEP: u32 = 16;
 
 /// One of three.
 enum Either3<A, B, C> {
     First(A),
     Second(B),
     Third(C),
+}
+
+/// Pending once (waking itself), then ready: lets the executor run other
+/// futures (a board's network runner) between two background steps.
+struct YieldNow(bool);
+
+impl Future for YieldNow {
+    type Output = ();
+
+    fn poll(mut self: core::pin::Pin<&mut Self>, cx: &mut core::task::Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// What woke the loop.
+enum Event<C, R> {
+    Command(Option<C>),
+    Deadline,
+    Datagram(R),
+    /// Nothing was ready (background work pending).
+    Idle,
 }
 
 /// Polls the three futures in order until one completes.
@@ -110,41 +160,79 @@ pub async fn run<S, C, D, K, const N: usize, const MTU: usize, const E: usize>(
     net: &mut D,
     clock: &mut K,
 ) where
-    S: LogStorage + Durable,
+    S: LogStorage,
     C: Control<UdpNode<S, N, MTU, E>>,
     D: Datagrams,
     K: Clock,
 {
     let mut out: Datagram<MTU> = Datagram::new();
     let mut buf = [0u8; MTU];
+    let mut busy = false;
+    let mut since_step = 0u32;
     loop {
         node.advance_to(clock.now());
-        while let Some(to) = node.poll_transmit(control, &mut out) {
-            if net.send(to, &out).await.is_err() {
-                node.count_send_error();
-            }
+        drain(node, control, net, &mut out).await;
+        if !busy || since_step >= EVENTS_PER_STEP {
+            since_step = 0;
+            busy = control.maintain(node);
+            drain(node, control, net, &mut out).await;
         }
-        let deadline = node
-            .node()
-            .now()
-            .saturating_add(node.node().ticks_until_deadline());
-        let event = select3(
-            control.next_command(),
-            clock.sleep_until(deadline),
-            net.recv(&mut buf),
-        )
-        .await;
+        let event = if busy {
+            since_step += 1;
+            match select3(control.next_command(), net.recv(&mut buf), YieldNow(false)).await {
+                Either3::First(command) => Event::Command(command),
+                Either3::Second(received) => Event::Datagram(received),
+                Either3::Third(()) => {
+                    since_step = EVENTS_PER_STEP;
+                    Event::Idle
+                }
+            }
+        } else {
+            let deadline = node
+                .node()
+                .now()
+                .saturating_add(node.node().ticks_until_deadline());
+            match select3(
+                control.next_command(),
+                clock.sleep_until(deadline),
+                net.recv(&mut buf),
+            )
+            .await
+            {
+                Either3::First(command) => Event::Command(command),
+                Either3::Second(()) => Event::Deadline,
+                Either3::Third(received) => Event::Datagram(received),
+            }
+        };
         match event {
-            Either3::First(Some(command)) => control.command(node, command),
-            Either3::First(None) => return,
-            Either3::Second(()) => {}
-            Either3::Third(Ok(len)) => {
+            Event::Command(Some(command)) => control.command(node, command),
+            Event::Command(None) => return,
+            Event::Deadline | Event::Idle => {}
+            Event::Datagram(Ok(len)) => {
                 if let Some(datagram) = buf.get_mut(..len) {
                     // Dropped datagrams are counted by the link.
                     let _ = node.receive(datagram);
                 }
             }
-            Either3::Third(Err(_)) => node.count_recv_error(),
+            Event::Datagram(Err(_)) => node.count_recv_error(),
+        }
+    }
+}
+
+/// Drains `node`'s outputs, sending each datagram.
+async fn drain<S, C, D, const N: usize, const MTU: usize, const E: usize>(
+    node: &mut UdpNode<S, N, MTU, E>,
+    control: &mut C,
+    net: &mut D,
+    out: &mut Datagram<MTU>,
+) where
+    S: LogStorage,
+    C: Control<UdpNode<S, N, MTU, E>>,
+    D: Datagrams,
+{
+    while let Some(to) = node.poll_transmit(control, out) {
+        if net.send(to, out).await.is_err() {
+            node.count_send_error();
         }
     }
 }

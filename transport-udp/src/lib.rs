@@ -12,7 +12,9 @@
 //!   authenticated header, with the `Config` limits that make every
 //!   AppendEntries fit the MTU ([`codec::mtu_config`]);
 //! - the node pump ([`node::UdpNode`]): a core node wired to a link, driven
-//!   by datagrams and time, sans-IO;
+//!   by datagrams and time, sans-IO; the host's [`node::Application`] performs
+//!   the node's durable writes (now or later), reads back entries and
+//!   snapshot chunks, and applies what commits;
 //! - the async node loop ([`event_loop::run`]), written once over small
 //!   [`event_loop::Datagrams`] and [`event_loop::Clock`] traits, and its
 //!   drivers: [`smol`] (feature `smol`, default: `async-io` sockets and
@@ -25,7 +27,7 @@
 //! table has a capacity fixed at compile time.
 //!
 //! # Features
-//! - `std`: `Durable` for the core's `VecLog`.
+//! - `std`: the core's `std` (its `VecLog`, `MemStore`, `std::error::Error`).
 //! - `smol` (default, implies `std`): the async-io driver.
 //! - `embassy`: the embassy-net driver (no_std).
 //!

@@ -5,10 +5,17 @@
 //! feed it a datagram ([`UdpNode::receive`]) or the time
 //! ([`UdpNode::advance_to`]), then call [`UdpNode::poll_transmit`] until it
 //! returns `None`, sending each datagram it leaves in the buffer. In between
-//! it answers [`Output::Sync`] itself (the storage's [`Durable::sync`], then
-//! [`Node::synced`]), persists the send counter through the
-//! [`Application`] when due, and hands every other output (entries to apply,
-//! reads, role changes) to the [`Application`].
+//! it hands the host's [`Application`] what is the host's to do: the
+//! [`Output::Persist`] batches for its durable store (done now, or later with
+//! [`UdpNode::persisted`]), the entries [`Output::Fetch`] asks back, the
+//! chunks of its kept snapshot [`Output::SendSnapshot`] sends, the send
+//! counter's marks, and every other output (entries to apply, reads, role
+//! changes, snapshots to restore).
+//!
+//! A host whose log lives in memory only (an [`ArrayLog`](coracle::ArrayLog)
+//! and nothing durable) answers every batch with [`Completion::Now`]; the
+//! memory log never misses, so it is never asked to fetch, and it sends
+//! snapshots only if it takes some.
 //!
 //! The std example (`examples/std_loop.rs`), the async drivers
 //! ([`crate::event_loop::run`]) and a board's own loop all drive it the same
@@ -16,46 +23,71 @@
 
 use core::fmt;
 
-use coracle::{ArrayLog, LogStorage, Node, NodeId, Output, StorageError};
+use coracle::{
+    Entry, Index, InstallSnapshot, LogStorage, Message, Node, NodeId, Output, Persist, SyncToken,
+};
 
 use crate::codec::{Link, RecvError, DEFAULT_ENTRIES};
 use crate::frame::{Datagram, DEFAULT_MTU};
 use crate::open::PeerTableFull;
 
-/// A log storage that can be made durable: the sync hook of
-/// [`Output::Sync`].
-///
-/// The in-memory logs of the core ([`ArrayLog`], and `VecLog` with `std`)
-/// implement it as a no-op; a file or flash log flushes here (once for many
-/// writes: the core batches them).
-pub trait Durable {
-    /// Makes every write so far durable.
-    ///
-    /// # Errors
-    /// The storage's error; the node is then not told the writes are
-    /// durable (and so acknowledges nothing that depends on them).
-    fn sync(&mut self) -> Result<(), StorageError>;
-}
-
-impl<const CAP: usize, const DATA: usize> Durable for ArrayLog<CAP, DATA> {
-    fn sync(&mut self) -> Result<(), StorageError> {
-        Ok(())
-    }
-}
-
-#[cfg(feature = "std")]
-impl Durable for coracle::VecLog {
-    fn sync(&mut self) -> Result<(), StorageError> {
-        Ok(())
-    }
+/// How a request of the node to the host's store went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Completion {
+    /// Done: the batch is durable, or the entries were handed in.
+    Now,
+    /// The host finishes it later and says so: [`UdpNode::persisted`] (or
+    /// [`UdpNode::persist_failed`]) for a batch, [`UdpNode::fetched`] (or
+    /// [`UdpNode::fetch_failed`]) for a fetch. Until a batch is reported
+    /// durable, nothing that depends on it leaves the node.
+    Later,
+    /// It failed. A failed batch stops the node acknowledging anything
+    /// ([`Node::persist_failed`]); a failed fetch is asked again later.
+    Failed,
 }
 
 /// What a host does with the outputs that are not datagrams.
 pub trait Application {
-    /// An output other than [`Output::Send`] and [`Output::Sync`]:
-    /// [`Output::Apply`] (apply the entry to the state machine, in order),
-    /// [`Output::StateChanged`], [`Output::ReadReady`], [`Output::ReadFailed`]
-    /// and kinds the core may add later (ignore those).
+    /// An [`Output::Persist`] batch: write it to the durable store, in the
+    /// order of its fields (see [`Persist`]), and say when it is durable. A
+    /// host with nothing durable (a memory log only) returns
+    /// [`Completion::Now`]; a flash journal or a file writes and flushes
+    /// (returning [`Completion::Now`]), or queues the flush and returns
+    /// [`Completion::Later`].
+    fn persist(&mut self, batch: &Persist<'_>) -> Completion;
+
+    /// An [`Output::Fetch`]: the entries `from..=to` are not in the memory
+    /// log. Read them back from the durable store and give them, in order,
+    /// to `hand_in` (a prefix is fine), then return [`Completion::Now`]; or
+    /// return [`Completion::Later`] and hand them to [`UdpNode::fetched`]
+    /// later. The default fails: a memory log that never drops an entry
+    /// ([`ArrayLog`](coracle::ArrayLog), `VecLog`) is never asked.
+    fn fetch(&mut self, from: Index, to: Index, hand_in: &mut dyn FnMut(Entry<'_>)) -> Completion {
+        let _ = (from, to, hand_in);
+        Completion::Failed
+    }
+
+    /// An [`Output::SendSnapshot`]: read the bytes of the kept snapshot at
+    /// `index` from `offset` into `buf` (as many as fit, fewer only at its
+    /// end) and return how many, and whether they reach its end; `None` if
+    /// the store does not hold that snapshot (nothing is sent; the node
+    /// starts over with the snapshot it keeps). The default holds none: a
+    /// host that never calls [`Node::snapshot_taken`] is never asked.
+    fn snapshot_chunk(
+        &mut self,
+        index: Index,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Option<(usize, bool)> {
+        let _ = (index, offset, buf);
+        None
+    }
+
+    /// Every other output: [`Output::Apply`] (apply the entry to the state
+    /// machine, in order), [`Output::RestoreSnapshot`] (restore the state
+    /// machine from the kept snapshot), [`Output::StateChanged`],
+    /// [`Output::ReadReady`], [`Output::ReadFailed`] and
+    /// [`Output::SnapshotNeeded`].
     fn output(&mut self, output: Output<'_>);
 
     /// Writes the send counter's high-water `mark` to durable storage (see
@@ -71,8 +103,14 @@ pub trait Application {
 /// Counters of a [`UdpNode`] beyond those of its [`Link`] and [`Node`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct NodeCounters {
-    /// [`Durable::sync`] failures.
-    pub sync_failures: u64,
+    /// Batches the [`Application`] failed to make durable.
+    pub persist_failures: u64,
+    /// Fetches the [`Application`] could not serve.
+    pub fetch_failures: u64,
+    /// Snapshot chunks not sent because the [`Application`] had no bytes
+    /// for them: past the snapshot's end (the node sends a window of chunks
+    /// without knowing the size), or of a snapshot no longer kept.
+    pub snapshot_chunks_unsent: u64,
     /// Send-counter marks the [`Application`] did not persist.
     pub counter_persist_failures: u64,
     /// Times a member did not fit the link's peer table.
@@ -83,6 +121,10 @@ pub struct NodeCounters {
     pub recv_errors: u64,
 }
 
+fn bump(counter: &mut u64) {
+    *counter = counter.saturating_add(1);
+}
+
 /// A Raft node over authenticated datagrams.
 ///
 /// `N` is the peer capacity of the node (and of the link's peer table),
@@ -91,13 +133,14 @@ pub struct NodeCounters {
 /// [`mtu_config::<MTU, E>`](crate::codec::mtu_config) so what it sends fits.
 ///
 /// ```
-/// use coracle::{ArrayLog, Config, Node, Output};
+/// use coracle::{ArrayLog, Config, Node, Output, Persist};
 /// use coracle_udp::codec::{mtu_config, Link, DEFAULT_ENTRIES};
-/// use coracle_udp::node::{Application, UdpNode};
+/// use coracle_udp::node::{Application, Completion, UdpNode};
 /// use coracle_udp::{ClusterKey, Datagram, SendCounter};
 ///
 /// struct App;
 /// impl Application for App {
+///     fn persist(&mut self, _: &Persist<'_>) -> Completion { Completion::Now } // memory only
 ///     fn output(&mut self, _: Output<'_>) {}
 ///     fn persist_counter(&mut self, _mark: u64) -> bool { true } // a real host writes it
 /// }
@@ -140,9 +183,7 @@ impl<S: LogStorage, const N: usize, const MTU: usize, const E: usize> fmt::Debug
     }
 }
 
-impl<S: LogStorage + Durable, const N: usize, const MTU: usize, const E: usize>
-    UdpNode<S, N, MTU, E>
-{
+impl<S: LogStorage, const N: usize, const MTU: usize, const E: usize> UdpNode<S, N, MTU, E> {
     /// Wires `node` to `link`, adding every peer of the node to the link's
     /// peer table.
     ///
@@ -202,12 +243,12 @@ impl<S: LogStorage + Durable, const N: usize, const MTU: usize, const E: usize>
 
     /// The driver's socket failed to send a datagram.
     pub fn count_send_error(&mut self) {
-        self.counters.send_errors = self.counters.send_errors.saturating_add(1);
+        bump(&mut self.counters.send_errors);
     }
 
     /// The driver's socket failed to receive.
     pub fn count_recv_error(&mut self) {
-        self.counters.recv_errors = self.counters.recv_errors.saturating_add(1);
+        bump(&mut self.counters.recv_errors);
     }
 
     /// Takes the node's storage and core back.
@@ -236,26 +277,55 @@ impl<S: LogStorage + Durable, const N: usize, const MTU: usize, const E: usize>
         Ok(from)
     }
 
+    /// The batches through `token`, which the [`Application`] took with
+    /// [`Completion::Later`], are durable now ([`Node::persisted`]). Drain
+    /// [`UdpNode::poll_transmit`] afterwards: what waited for them leaves.
+    pub fn persisted(&mut self, token: SyncToken) {
+        self.node.persisted(token);
+    }
+
+    /// A batch the [`Application`] took with [`Completion::Later`] could not
+    /// be made durable: the node acknowledges nothing from now on
+    /// ([`Node::persist_failed`]).
+    pub fn persist_failed(&mut self) {
+        bump(&mut self.counters.persist_failures);
+        self.node.persist_failed();
+    }
+
+    /// The entries of a fetch the [`Application`] took with
+    /// [`Completion::Later`], read back ([`Node::fetched`]).
+    pub fn fetched<'e>(&mut self, entries: impl IntoIterator<Item = Entry<'e>>) {
+        self.node.fetched(entries);
+    }
+
+    /// A fetch the [`Application`] took with [`Completion::Later`] failed
+    /// ([`Node::fetch_failed`]).
+    pub fn fetch_failed(&mut self) {
+        bump(&mut self.counters.fetch_failures);
+        self.node.fetch_failed();
+    }
+
     /// Drains the core's outputs until a datagram is ready: leaves it in
     /// `out` and returns its receiver, or returns `None` when nothing is
-    /// left. Syncs the storage on [`Output::Sync`] and hands the other
-    /// outputs to `app`. Messages that cannot be sent are counted and
-    /// skipped (the core retries them as lost).
+    /// left. Hands the batches, fetches, snapshot chunks and other outputs
+    /// to `app` (see [`Application`]). Messages that cannot be sent are
+    /// counted and skipped (the core retries them as lost). A fetch that
+    /// fails at once also ends the drain: the node would ask for it again
+    /// straight away; it asks at the next call instead.
     pub fn poll_transmit<A: Application>(
         &mut self,
         app: &mut A,
         out: &mut Datagram<MTU>,
     ) -> Option<NodeId> {
         if self.sync_peers().is_err() {
-            self.counters.peer_table_full = self.counters.peer_table_full.saturating_add(1);
+            bump(&mut self.counters.peer_table_full);
         }
         loop {
             if let Some(mark) = self.link.sealer_mut().counter().persist_due() {
                 if app.persist_counter(mark) {
                     self.link.sealer_mut().counter_mut().persisted(mark);
                 } else {
-                    self.counters.counter_persist_failures =
-                        self.counters.counter_persist_failures.saturating_add(1);
+                    bump(&mut self.counters.counter_persist_failures);
                 }
             }
             match self.node.poll_output()? {
@@ -264,12 +334,52 @@ impl<S: LogStorage + Durable, const N: usize, const MTU: usize, const E: usize>
                         return Some(to);
                     }
                 }
-                Output::Sync(token) => match self.node.log_mut().sync() {
-                    Ok(()) => self.node.synced(token),
-                    Err(_) => {
-                        self.counters.sync_failures = self.counters.sync_failures.saturating_add(1);
+                Output::SendSnapshot {
+                    to,
+                    message,
+                    max_len,
+                } => {
+                    let mut chunk = [0u8; MTU];
+                    let room = max_len.min(MTU);
+                    let index = message.last_included_index;
+                    match app.snapshot_chunk(index, message.offset, &mut chunk[..room]) {
+                        Some((len, done)) => {
+                            let message = Message::InstallSnapshot(InstallSnapshot {
+                                data: &chunk[..len.min(room)],
+                                done,
+                                ..message
+                            });
+                            if self.link.encode_seal(to, &message, out).is_ok() {
+                                return Some(to);
+                            }
+                        }
+                        None => bump(&mut self.counters.snapshot_chunks_unsent),
                     }
-                },
+                }
+                Output::Persist(batch) => {
+                    let token = batch.token;
+                    match app.persist(&batch) {
+                        Completion::Now => self.node.persisted(token),
+                        Completion::Later => {}
+                        Completion::Failed => self.persist_failed(),
+                    }
+                }
+                Output::Fetch { from, to } => {
+                    let node = &mut self.node;
+                    let mut handed = 0usize;
+                    let completion = app.fetch(from, to, &mut |entry| {
+                        handed += 1;
+                        node.fetched(core::iter::once(entry));
+                    });
+                    match completion {
+                        Completion::Later => {}
+                        Completion::Now if handed > 0 => {}
+                        Completion::Now | Completion::Failed => {
+                            self.fetch_failed();
+                            return None;
+                        }
+                    }
+                }
                 other => app.output(other),
             }
         }

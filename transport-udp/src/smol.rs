@@ -9,14 +9,17 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use coracle::{Config, Node, VecLog};
+//! use coracle::{Config, Node, Persist, VecLog};
 //! use coracle_udp::codec::{mtu_config, Link, DEFAULT_ENTRIES};
-//! use coracle_udp::node::{Application, UdpNode};
+//! use coracle_udp::node::{Application, Completion, UdpNode};
 //! use coracle_udp::smol::{node_task, SmolDatagrams};
 //! use coracle_udp::{ClusterKey, SendCounter};
 //!
 //! struct Kv; // the state machine
 //! impl Application for Kv {
+//!     fn persist(&mut self, _batch: &Persist<'_>) -> Completion {
+//!         Completion::Now // memory only; a durable host writes and flushes the batch
+//!     }
 //!     fn output(&mut self, _output: coracle::Output<'_>) { /* apply entries */ }
 //!     fn persist_counter(&mut self, _mark: u64) -> bool { true /* write it to a file */ }
 //! }
@@ -52,14 +55,14 @@ use std::vec::Vec;
 
 use async_io::{Async, Timer};
 use coracle::{
-    Counters, Index, LogStorage, NodeId, Output, Proposal, ProposeError, ReadError, ReadMode, Role,
-    Term,
+    Counters, Entry, Index, LogStorage, NodeId, Output, Persist, Proposal, ProposeError, ReadError,
+    ReadMode, Role, SnapshotError, SnapshotMeta, SyncToken, Term,
 };
 
 use crate::codec::CodecCounters;
 use crate::drops::DropCounters;
 use crate::event_loop::{self, Clock, Control, Datagrams};
-use crate::node::{Application, Durable, NodeCounters, UdpNode};
+use crate::node::{Application, Completion, NodeCounters, UdpNode};
 
 /// A UDP socket registered with async-io, and the addresses of the peers.
 #[derive(Debug)]
@@ -188,6 +191,8 @@ pub enum ClientError {
     },
     /// The read could not be confirmed (leadership changed): retry.
     ReadFailed,
+    /// The node refused the snapshot.
+    Snapshot(SnapshotError),
     /// The node task is gone.
     Stopped,
 }
@@ -202,6 +207,7 @@ impl fmt::Display for ClientError {
                 "proposal lost: an entry of term {committed_term} committed at its index"
             ),
             Self::ReadFailed => f.write_str("read not confirmed; retry"),
+            Self::Snapshot(e) => write!(f, "snapshot refused: {e}"),
             Self::Stopped => f.write_str("node task stopped"),
         }
     }
@@ -248,6 +254,9 @@ enum Request {
     Read(ReadMode, Reply<Index>),
     Status(Reply<Status>),
     Campaign,
+    SnapshotTaken(Index, Reply<SnapshotMeta>),
+    Persisted(SyncToken),
+    PersistFailed,
 }
 
 /// Talks to a node task from any task or thread. Cloneable; the task stops
@@ -303,8 +312,41 @@ impl NodeHandle {
     /// # Errors
     /// [`ClientError::Stopped`] if the task is gone.
     pub async fn campaign(&self) -> Result<(), ClientError> {
+        self.tell(Request::Campaign).await
+    }
+
+    /// The host's snapshot store holds its state machine at applied `index`:
+    /// the node keeps it as its snapshot and compacts its log behind it
+    /// ([`coracle::Node::snapshot_taken`]). Returns the snapshot's metadata.
+    ///
+    /// # Errors
+    /// [`ClientError::Snapshot`] if the node refuses it.
+    pub async fn snapshot_taken(&self, index: Index) -> Result<SnapshotMeta, ClientError> {
+        self.ask(|tx| Request::SnapshotTaken(index, tx)).await
+    }
+
+    /// The batches through `token`, which the [`Application`] took with
+    /// [`Completion::Later`], are durable now (from the thread or task that
+    /// flushed them).
+    ///
+    /// # Errors
+    /// [`ClientError::Stopped`] if the task is gone.
+    pub async fn persisted(&self, token: SyncToken) -> Result<(), ClientError> {
+        self.tell(Request::Persisted(token)).await
+    }
+
+    /// A batch the [`Application`] took with [`Completion::Later`] could not
+    /// be made durable: the node acknowledges nothing from now on.
+    ///
+    /// # Errors
+    /// [`ClientError::Stopped`] if the task is gone.
+    pub async fn persist_failed(&self) -> Result<(), ClientError> {
+        self.tell(Request::PersistFailed).await
+    }
+
+    async fn tell(&self, request: Request) -> Result<(), ClientError> {
         self.commands
-            .send(Command(Request::Campaign))
+            .send(Command(request))
             .await
             .map_err(|_| ClientError::Stopped)
     }
@@ -321,6 +363,23 @@ struct Driven<A> {
 }
 
 impl<A: Application> Application for Driven<A> {
+    fn persist(&mut self, batch: &Persist<'_>) -> Completion {
+        self.app.persist(batch)
+    }
+
+    fn fetch(&mut self, from: Index, to: Index, hand_in: &mut dyn FnMut(Entry<'_>)) -> Completion {
+        self.app.fetch(from, to, hand_in)
+    }
+
+    fn snapshot_chunk(
+        &mut self,
+        index: Index,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Option<(usize, bool)> {
+        self.app.snapshot_chunk(index, offset, buf)
+    }
+
     fn output(&mut self, output: Output<'_>) {
         match &output {
             Output::Apply(entry) => self.proposals.retain(|(proposal, reply)| {
@@ -362,7 +421,7 @@ impl<A, S, const N: usize, const MTU: usize, const E: usize> Control<UdpNode<S, 
     for Driven<A>
 where
     A: Application,
-    S: LogStorage + Durable,
+    S: LogStorage,
 {
     type Command = Command;
 
@@ -406,6 +465,12 @@ where
                 let _ = reply.try_send(Ok(status));
             }
             Request::Campaign => udp.node_mut().campaign(),
+            Request::SnapshotTaken(index, reply) => {
+                let result = udp.node_mut().snapshot_taken(index);
+                let _ = reply.try_send(result.map_err(ClientError::Snapshot));
+            }
+            Request::Persisted(token) => udp.persisted(token),
+            Request::PersistFailed => udp.persist_failed(),
         }
     }
 }
@@ -426,7 +491,7 @@ pub fn node_task<S, A, D, const N: usize, const MTU: usize, const E: usize>(
     tick: Duration,
 ) -> (NodeHandle, impl Future<Output = (UdpNode<S, N, MTU, E>, A)>)
 where
-    S: LogStorage + Durable,
+    S: LogStorage,
     A: Application,
     D: Datagrams,
 {

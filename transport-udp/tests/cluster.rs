@@ -1,20 +1,21 @@
 //! Five smol node tasks over real UDP sockets on 127.0.0.1: a leader is
 //! elected, writes commit on all, the leader is killed and another elected,
-//! the killed node restarts from its durable log and catches up. Then the
+//! the killed node restarts from its durable store and catches up. Then the
 //! same over a network that drops 20% of the datagrams and duplicates and
-//! reorders some. Waits are bounded liveness checks, not timings.
+//! reorders some, and with stores that make writes durable later, on a task
+//! of their own. Waits are bounded liveness checks, not timings.
 
 mod common;
 
 use std::time::Duration;
 
-use common::Cluster;
+use common::{Cluster, Flush};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn scenario(lossy: bool) {
+fn scenario(lossy: bool, flush: Flush) {
     smol::block_on(async {
-        let mut cluster = Cluster::start(5, lossy);
+        let mut cluster = Cluster::start_with(5, lossy, flush);
         let first = cluster.wait_leader(None, WAIT).await;
 
         let mut written = Vec::new();
@@ -68,10 +69,15 @@ fn scenario(lossy: bool) {
 
 #[test]
 fn five_nodes_elect_commit_survive_leader_loss_and_restart() {
-    scenario(false);
+    scenario(false, Flush::Now);
 }
 
 #[test]
 fn five_nodes_make_progress_under_loss_duplication_and_reordering() {
-    scenario(true);
+    scenario(true, Flush::Now);
+}
+
+#[test]
+fn five_nodes_whose_writes_become_durable_later_do_the_same() {
+    scenario(false, Flush::Later);
 }

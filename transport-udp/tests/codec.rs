@@ -5,12 +5,12 @@
 
 use coracle::wire::{self, Envelope};
 use coracle::{
-    AppendEntries, AppendEntriesResponse, Config, Entries, Entry, EntryKind, Message, Node, Output,
-    ProposeError, ReadIndex, ReadIndexResponse, RequestVote, RequestVoteResponse, Role, TimeoutNow,
-    VecLog,
+    AppendEntries, AppendEntriesResponse, Config, Entries, Entry, EntryKind, InstallSnapshot,
+    Message, Node, Output, ProposeError, ReadIndex, ReadIndexResponse, RequestVote,
+    RequestVoteResponse, Role, SnapshotMeta, TimeoutNow, VecLog,
 };
 use coracle_udp::codec::{
-    self, mtu_config, Link, RecvError, SendError, DEFAULT_ENTRIES, SMALLEST_MTU,
+    self, mtu_config, Link, RecvError, SendError, DEFAULT_ENTRIES, MAX_CONFIG_BYTES, SMALLEST_MTU,
 };
 use coracle_udp::{ClusterKey, Datagram, OpenError, SendCounter, DEFAULT_MTU};
 
@@ -75,7 +75,10 @@ fn run_cluster<const MTU: usize, const E: usize>(sizes: &[usize]) -> (usize, usi
             }
             while let Some(out) = node.poll_output() {
                 match out {
-                    Output::Sync(token) => node.synced(token),
+                    Output::Persist(batch) => {
+                        let token = batch.token;
+                        node.persisted(token)
+                    }
                     Output::Send { to, message } => {
                         if let Message::AppendEntries(a) = &message {
                             if !a.entries.is_empty() {
@@ -158,6 +161,52 @@ fn other_mtus_fit_too() {
     run_cluster::<SMALLEST_MTU, 1>(&[0, 0, 0, 0]);
 }
 
+/// An InstallSnapshot with a chunk of `mtu_config`'s size, the largest
+/// configuration and worst-case varints fits a datagram of `MTU`, with no
+/// more slack than the bound's length prefixes (5 bytes each, 2 used here).
+fn snapshot_chunk_fits<const MTU: usize>() {
+    let config = mtu_config::<MTU, 1>(Config::new(1, 1));
+    let chunk = config.max_snapshot_chunk_bytes;
+    assert!(chunk >= 1, "MTU {MTU}");
+    let members = [0x5Au8; MAX_CONFIG_BYTES];
+    let data = vec![0xC3u8; chunk];
+    let message = |len: usize| {
+        Message::InstallSnapshot(InstallSnapshot {
+            term: u64::MAX,
+            last_included_index: u64::MAX,
+            last_included_term: u64::MAX,
+            offset: u64::MAX,
+            done: true,
+            config: &members,
+            data: &data[..len],
+        })
+    };
+    let mut alice = Link::<8, MTU>::new(&key(), CLUSTER, u64::MAX, counter());
+    let mut bob = Link::<8, MTU>::new(&key(), CLUSTER, u64::MAX - 1, counter());
+    bob.add_peer(u64::MAX).expect("room");
+    let mut out: Datagram<MTU> = Datagram::new();
+    alice
+        .encode_seal(u64::MAX - 1, &message(chunk), &mut out)
+        .unwrap_or_else(|e| panic!("MTU {MTU}: a full chunk does not fit: {e}"));
+    assert!(out.len() + 8 >= MTU, "MTU {MTU}: {} bytes", out.len());
+    let mut bytes = out.to_vec();
+    let received = bob.open_decode::<1>(&mut bytes).expect("authentic");
+    assert_eq!(received.message(), message(chunk));
+}
+
+#[test]
+fn a_snapshot_chunk_of_the_configured_size_fits_with_the_largest_configuration() {
+    snapshot_chunk_fits::<DEFAULT_MTU>();
+    snapshot_chunk_fits::<576>();
+    snapshot_chunk_fits::<SMALLEST_MTU>();
+    // The largest configuration is the core's: a snapshot holds no more.
+    assert!(SnapshotMeta::new(1, 1, &[0; MAX_CONFIG_BYTES]).is_some());
+    assert!(SnapshotMeta::new(1, 1, &[0; MAX_CONFIG_BYTES + 9]).is_none());
+    // Below the smallest MTU no chunk fits: the configuration is refused.
+    let config = mtu_config::<{ SMALLEST_MTU - 1 }, 1>(Config::new(1, 1));
+    assert!(Node::<VecLog>::new(config, VecLog::new(), &[1]).is_err());
+}
+
 #[test]
 fn a_command_too_large_for_the_mtu_is_refused_at_proposal() {
     let config = mtu_config::<DEFAULT_MTU, DEFAULT_ENTRIES>(Config::new(1, 1));
@@ -165,8 +214,9 @@ fn a_command_too_large_for_the_mtu_is_refused_at_proposal() {
     for _ in 0..100 {
         node.tick();
         while let Some(out) = node.poll_output() {
-            if let Output::Sync(t) = out {
-                node.synced(t);
+            if let Output::Persist(batch) = out {
+                let token = batch.token;
+                node.persisted(token);
             }
         }
     }

@@ -24,11 +24,7 @@ fn forged_replayed_and_garbage_datagrams_are_counted_and_dropped() {
         let cluster = Cluster::start(3, false);
         let leader = cluster.wait_leader(None, WAIT).await;
         cluster.commit(b"before", WAIT).await;
-        let target = cluster
-            .running()
-            .into_iter()
-            .find(|&id| id != leader)
-            .unwrap();
+        let target = cluster.follower_of(leader);
         let target_addr = cluster
             .members
             .iter()

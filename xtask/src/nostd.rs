@@ -19,8 +19,9 @@ pub const TARGETS: [&str; 3] = [
 
 /// The builds without std, as (package, target, extra features); every build also has
 /// `--no-default-features`. The core on every target; the datagram binding's codec and
-/// security layer on the smallest one, and its embassy driver on a Cortex-M4.
-const BUILDS: [(&str, &str, &[&str]); 7] = [
+/// security layer on the smallest one, and its embassy driver on a Cortex-M4; the boards'
+/// flash journal and application on a Cortex-M4.
+const BUILDS: [(&str, &str, &[&str]); 8] = [
     (CORE, "thumbv6m-none-eabi", &[]),
     (CORE, "thumbv7em-none-eabihf", &[]),
     (CORE, "riscv32imc-unknown-none-elf", &[]),
@@ -30,6 +31,7 @@ const BUILDS: [(&str, &str, &[&str]); 7] = [
     (CORE, "thumbv7em-none-eabihf", &["serde", "defmt"]),
     ("coracle-udp", "thumbv6m-none-eabi", &[]),
     ("coracle-udp", "thumbv7em-none-eabihf", &["embassy"]),
+    ("coracle-embedded", "thumbv7em-none-eabihf", &["firmware"]),
 ];
 
 /// Features whose presence in the dependency graph of a bare-metal build means that

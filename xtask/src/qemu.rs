@@ -20,9 +20,14 @@
 //!    first compaction points: the boards run indefinitely;
 //! 8. a follower killed after its journal compacted restarts from the
 //!    snapshot in its flash and catches up;
-//! 9. at the end, for every index two boards both applied, their digests
-//!    agree (State Machine Safety across the whole run, snapshots a board
-//!    restored from or installed included).
+//! 9. the leader erases a bank of its flash journal (the firmware emulates
+//!    a slow NOR erase: longer than an election timeout in all) while its
+//!    loop keeps running: it sends heartbeats and logs status lines between
+//!    `erase start` and `erase done`, and no board changes role or term
+//!    meanwhile (issue 16: no I/O inside a node input);
+//! 10. at the end, for every index two boards both applied, their digests
+//!     agree (State Machine Safety across the whole run, snapshots a board
+//!     restored from or installed included).
 //!
 //! Exits non-zero if any check fails; the logs stay in the run directory.
 
@@ -74,6 +79,27 @@ fn build_hub(target_dir: &Path) -> Result<PathBuf> {
     Ok(target_dir.join("debug").join("coracle-hub"))
 }
 
+/// The firmware's heartbeat interval: 10 ticks of 10 ms.
+const HEARTBEAT: Duration = Duration::from_millis(100);
+
+/// One erase of a journal bank, as the erasing board logged it, with the
+/// host's time of its lines.
+#[derive(Clone, Debug)]
+struct Erase {
+    started: Instant,
+    role: String,
+    term: u64,
+    /// Filled by the `erase done` line.
+    ended: Option<Instant>,
+    ms: u64,
+    end_role: String,
+    end_term: u64,
+    /// Datagrams the board sent during the erase.
+    sent_during: u64,
+    /// Its `status` lines between start and done.
+    status_lines: u64,
+}
+
 /// What the boards report, parsed from their log lines.
 #[derive(Clone, Debug, Default)]
 struct View {
@@ -95,6 +121,11 @@ struct View {
     installs: u64,
     /// The index of the snapshot the board booted from (0: none).
     restored_snapshot: Option<u64>,
+    /// Erases of its journal's banks.
+    erases: Vec<Erase>,
+    /// When (host time) each of its `state` lines came: changes of role,
+    /// term or leader.
+    state_changes: Vec<Instant>,
 }
 
 /// `key=value` pairs after `word ` in `line`.
@@ -113,17 +144,42 @@ fn num(f: &BTreeMap<&str, &str>, key: &str) -> u64 {
 }
 
 impl View {
-    fn update(&mut self, line: &str) {
+    /// Takes in a log line that came at `at` (host time).
+    fn update(&mut self, line: &str, at: Instant) {
         if let Some(f) = fields(line, "status") {
             self.role = f.get("role").unwrap_or(&"").to_string();
             self.term = num(&f, "term");
             self.leader = num(&f, "leader");
             self.commit = num(&f, "commit");
             self.applied = num(&f, "applied");
+            if let Some(erase) = self.erases.last_mut().filter(|e| e.ended.is_none()) {
+                erase.status_lines += 1;
+            }
         } else if let Some(f) = fields(line, "state") {
             self.role = f.get("role").unwrap_or(&"").to_string();
             self.term = num(&f, "term");
             self.leader = num(&f, "leader");
+            self.state_changes.push(at);
+        } else if let Some(f) = fields(line, "erase start") {
+            self.erases.push(Erase {
+                started: at,
+                role: f.get("role").unwrap_or(&"").to_string(),
+                term: num(&f, "term"),
+                ended: None,
+                ms: 0,
+                end_role: String::new(),
+                end_term: 0,
+                sent_during: 0,
+                status_lines: 0,
+            });
+        } else if let Some(f) = fields(line, "erase done") {
+            if let Some(erase) = self.erases.last_mut().filter(|e| e.ended.is_none()) {
+                erase.ended = Some(at);
+                erase.ms = num(&f, "ms");
+                erase.end_role = f.get("role").unwrap_or(&"").to_string();
+                erase.end_term = num(&f, "term");
+                erase.sent_during = num(&f, "sent_during");
+            }
         } else if let Some(f) = fields(line, "apply") {
             let index = num(&f, "index");
             self.applied = self.applied.max(index);
@@ -350,7 +406,7 @@ impl Cluster {
             {
                 Ok((n, line)) => {
                     if self.views[n - 1].alive {
-                        self.views[n - 1].update(&line);
+                        self.views[n - 1].update(&line, Instant::now());
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -666,7 +722,10 @@ fn scenario(c: &mut Cluster, report: &mut Report) -> Result<()> {
         );
     }
 
-    // 9. Safety over the whole run.
+    // 9. The leader erases flash and its timers keep running.
+    erase_check(c, report);
+
+    // 10. Safety over the whole run.
     let _ = c.wait(Duration::from_secs(2), |_| false);
     let compared: usize = c.views.iter().map(|v| v.digests.len()).sum();
     report.check(
@@ -679,6 +738,98 @@ fn scenario(c: &mut Cluster, report: &mut Report) -> Result<()> {
         },
     );
     Ok(())
+}
+
+/// Waits for the leader to erase a bank of its journal (its next erase
+/// that starts from now on) and checks that its loop ran meanwhile: it sent
+/// datagrams (heartbeats at least) and logged status lines between
+/// `erase start` and `erase done`, its role and term did not change, and no
+/// board logged a change of role, term or leader during the erase.
+fn erase_check(c: &mut Cluster, report: &mut Report) {
+    let name = "the leader erases flash while its heartbeats keep leaving";
+    let Some((leader, term)) = c.agreed_leader() else {
+        report.check(name, Err("no agreed leader to watch".into()));
+        return;
+    };
+    let seen = c.views[leader - 1].erases.len();
+    let all_seen: usize = c.views.iter().map(|v| v.erases.len()).sum();
+    let done = |c: &Cluster| {
+        c.views[leader - 1]
+            .erases
+            .get(seen..)
+            .and_then(|new| new.iter().find(|e| e.ended.is_some()))
+            .cloned()
+    };
+    let _ = c.wait(Duration::from_secs(150), |c| done(c).is_some());
+    let Some(erase) = done(c) else {
+        report.check(
+            name,
+            Err(format!(
+                "board {leader} (the leader) finished no erase within 150 s"
+            )),
+        );
+        return;
+    };
+    let ended = erase.ended.unwrap_or(erase.started);
+    let elections: Vec<usize> = c
+        .views
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| {
+            v.state_changes
+                .iter()
+                .any(|&t| t >= erase.started && t <= ended)
+        })
+        .map(|(i, _)| i + 1)
+        .collect();
+    let all_erases: Vec<&Erase> = c
+        .views
+        .iter()
+        .flat_map(|v| v.erases.iter())
+        .filter(|e| e.ended.is_some())
+        .collect();
+    let longest = all_erases.iter().map(|e| e.ms).max().unwrap_or(0);
+    // One heartbeat per peer per interval; ask for half of what one peer gets.
+    let expected = erase.ms / HEARTBEAT.as_millis() as u64 / 2;
+    let kept_role = erase.role == "leader"
+        && erase.end_role == "leader"
+        && erase.term == term
+        && erase.end_term == term;
+    let result = if erase.ms > ELECTION_TIMEOUT.as_millis() as u64
+        && erase.sent_during >= expected.max(1)
+        && erase.status_lines >= 1
+        && kept_role
+        && elections.is_empty()
+    {
+        Ok(format!(
+            "board {leader}, the leader of term {term}, erased a bank in {} ms (longer than the {} ms \
+             election timeout) while it sent {} datagrams and logged {} status lines; no board changed \
+             role, term or leader meanwhile; {} erases seen on all boards ({} before), the longest {} ms",
+            erase.ms,
+            ELECTION_TIMEOUT.as_millis(),
+            erase.sent_during,
+            erase.status_lines,
+            all_erases.len(),
+            all_seen,
+            longest
+        ))
+    } else {
+        Err(format!(
+            "board {leader} (leader of term {term}) erased in {} ms (must exceed {} ms): sent {} datagrams \
+             (need >= {}), {} status lines (need >= 1), role {} -> {} term {} -> {}, boards with a state \
+             change meanwhile {elections:?}",
+            erase.ms,
+            ELECTION_TIMEOUT.as_millis(),
+            erase.sent_during,
+            expected.max(1),
+            erase.status_lines,
+            erase.role,
+            erase.end_role,
+            erase.term,
+            erase.end_term
+        ))
+    };
+    report.check(name, result);
 }
 
 /// `cargo xtask qemu-cluster [--boards N]`.
@@ -740,11 +891,12 @@ pub fn run(args: &[String]) -> Result<()> {
         };
         println!("    {verdict} {name}: {detail}");
     }
-    let expected = 7;
+    // Every check runs unless an early one fails (the later ones need it).
+    let expected = 10;
     if failed > 0 || report.results.len() < expected {
         return Err(Error::new(format!(
             "qemu-cluster: {failed} check(s) failed, {} not run; logs in {}",
-            expected - report.results.len(),
+            expected.saturating_sub(report.results.len()),
             dir.display()
         )));
     }
@@ -760,23 +912,57 @@ mod tests {
     #[test]
     fn parses_status_and_apply_lines() {
         let mut v = View::default();
-        v.update("1.404 INFO status role=leader term=3 leader=2 commit=7 applied=6 last=8 digest=0a sent=1 dropped=0");
+        let now = Instant::now();
+        v.update("1.404 INFO status role=leader term=3 leader=2 commit=7 applied=6 last=8 digest=0a sent=1 dropped=0", now);
         assert_eq!(
             (v.role.as_str(), v.term, v.leader, v.commit, v.applied),
             ("leader", 3, 2, 7, 6)
         );
-        v.update("1.5 INFO apply index=9 term=3 digest=deadbeef commands=5 refused=false");
+        v.update(
+            "1.5 INFO apply index=9 term=3 digest=deadbeef commands=5 refused=false",
+            now,
+        );
         assert_eq!(v.applied, 9);
         assert_eq!(v.digests.get(&9).map(String::as_str), Some("deadbeef"));
-        v.update("0.002 INFO restored term=4 vote=1 last=8 records=9 flash_used=280 mark=0");
+        v.update(
+            "0.002 INFO restored term=4 vote=1 last=8 records=9 flash_used=280 mark=0",
+            now,
+        );
         assert_eq!((v.restored_last, v.max_term), (Some(8), 4));
-        v.update("3.1 INFO compacted through=16 first=17 last=18 bank=1 generation=1 flash_used=96 digest=0b");
-        v.update("4.1 INFO compacted through=32 first=33 last=33 bank=0 generation=2 flash_used=96 digest=0c");
+        v.update("3.1 INFO compacted through=16 first=17 last=18 bank=1 generation=1 flash_used=96 digest=0b", now);
+        v.update("4.1 INFO compacted through=32 first=33 last=33 bank=0 generation=2 flash_used=96 digest=0c", now);
         assert_eq!((v.compactions, v.first_compaction), (2, Some(16)));
         assert_eq!(v.digests.get(&32).map(String::as_str), Some("0c"));
-        v.update("5.0 INFO installed snapshot index=48 term=5 digest=0d commands=40");
+        v.update(
+            "5.0 INFO installed snapshot index=48 term=5 digest=0d commands=40",
+            now,
+        );
         assert_eq!((v.installs, v.applied, v.max_term), (1, 48, 4));
-        v.update("0.002 INFO restored term=5 vote=1 last=50 records=9 flash_used=280 mark=0 snapshot=48 digest=0d");
+        v.update("0.002 INFO restored term=5 vote=1 last=50 records=9 flash_used=280 mark=0 snapshot=48 digest=0d", now);
         assert_eq!((v.restored_last, v.term), (Some(50), 5));
+    }
+
+    #[test]
+    fn parses_erase_lines_and_counts_status_lines_between() {
+        let mut v = View::default();
+        let start = Instant::now();
+        v.update(
+            "9.0 INFO erase start bank=1 units=8 role=leader term=3 sent=400",
+            start,
+        );
+        v.update("9.5 INFO status role=leader term=3 leader=2 commit=7 applied=6 last=8 digest=0a sent=410 dropped=0", start);
+        let end = start + Duration::from_millis(1200);
+        v.update("10.2 INFO erase done bank=1 units=8 ms=1201 role=leader term=3 sent=424 sent_during=24", end);
+        v.update("10.5 INFO status role=leader term=3 leader=2 commit=8 applied=8 last=8 digest=0a sent=430 dropped=0", end);
+        let e = &v.erases[0];
+        assert_eq!((e.ms, e.sent_during, e.status_lines), (1201, 24, 1));
+        assert_eq!(
+            (e.role.as_str(), e.end_role.as_str(), e.term, e.end_term),
+            ("leader", "leader", 3, 3)
+        );
+        assert_eq!(e.ended, Some(end));
+        assert!(v.state_changes.is_empty());
+        v.update("11.0 INFO state role=follower term=4 leader=0", end);
+        assert_eq!(v.state_changes, [end]);
     }
 }

@@ -83,8 +83,8 @@ pub fn run(args: &[String]) -> Result<()> {
     print!("{}", table(&rows));
     println!("bytes; flash = text + rodata + data (initial values); static RAM = data + bss");
     println!(
-        "node = size_of::<Node<ArrayLog<64, 32>, 5>>() (up to 5 peers, other capacities at their \
-         defaults), of which log = size_of::<ArrayLog<64, 32>>(); the host puts it on the stack or \
+        "node = size_of::<Node<ArrayLog<64, 32, 8>, 5>>() (up to 5 peers, other capacities at their \
+         defaults), of which log = size_of::<ArrayLog<64, 32, 8>>(); the host puts it on the stack or \
          in a static"
     );
     println!("program: xtask/nostd-check (release: opt-level = \"s\", LTO, panic = \"abort\")");

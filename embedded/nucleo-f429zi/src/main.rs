@@ -20,9 +20,13 @@
 //! # Flash
 //!
 //! The program lives in bank 1 (memory.x stops it there). Bank 2 holds the
-//! state: sectors 17-23 (896 KiB, `Bank2Region3`) the Raft log journal
-//! (two banks of three sectors it alternates between at each compaction,
-//! the seventh sector unused), sectors 12-15 (64 KiB, `Bank2Region1`) the UDP send-counter marks.
+//! state: sectors 12-15 (4 x 16 KiB, `Bank2Region1`) the flash journal, the
+//! node's durable store (two banks of two sectors; it rewrites its live
+//! state into the other one once half a bank was appended, then erases the
+//! old one a sector per turn of the node's loop), sector 16 (64 KiB,
+//! `Bank2Region2`) the UDP send-counter marks. The small sectors keep each
+//! erase step short (a 16 KiB sector: 0.25-0.5 s with interrupts off; a
+//! 128 KiB one would take 1-2 s, longer than an election timeout).
 //! Flashing a new image leaves bank 2 alone, so a board keeps its term,
 //! vote and log across reflashes as across resets. Holding the blue USER
 //! button through reset wipes both (a new cluster: wipe every board).
@@ -34,11 +38,11 @@
 #![no_std]
 #![no_main]
 
-use coracle::{Config, Node, NodeId, Role, SnapshotMeta};
-use coracle_embedded::app::{App, BoardHooks, Installed, Settings};
+use coracle::{ArrayLog, Config, LogStorage, Node, NodeId, Role};
+use coracle_embedded::app::{App, BoardHooks, Settings};
 use coracle_embedded::board::{mac_for, Board, UDP_PORT};
 use coracle_embedded::counters::CounterTable;
-use coracle_embedded::journal::{FlashLog, MarkStore};
+use coracle_embedded::journal::{BlockingErase, FlashJournal, MarkStore};
 use coracle_udp::codec::{mtu_config, Link};
 use coracle_udp::node::UdpNode;
 use coracle_udp::{ClusterKey, SendCounter};
@@ -48,7 +52,7 @@ use embassy_executor::Spawner;
 use embassy_net::udp::{PacketMetadata, UdpSocket};
 use embassy_net::{IpEndpoint, Ipv4Address, Ipv4Cidr, Stack, StackResources, StaticConfigV4};
 use embassy_stm32::eth::{self, Ethernet, GenericPhy, PacketQueue, Sma};
-use embassy_stm32::flash::{Bank2Region1, Bank2Region3, Blocking, Flash};
+use embassy_stm32::flash::{Bank2Region1, Bank2Region2, Blocking, Flash};
 use embassy_stm32::gpio::{Input, Level, Output as Pin, Pull, Speed};
 use embassy_stm32::peripherals::{ETH, ETH_SMA};
 use embassy_stm32::time::Hertz;
@@ -76,10 +80,9 @@ const COUNTERS: usize = 8;
 /// Bytes of a snapshot of the table.
 const SNAP: usize = CounterTable::<COUNTERS>::ENCODED_LEN;
 /// A snapshot and a compaction every this many applied entries. They are
-/// appended to the journal; only once its bank is half full is the live
-/// state rewritten into the other bank and the old one erased (three
-/// 128 KiB sectors: seconds of blocking erase on this chip, once per
-/// thousands of entries).
+/// appended to the journal; once half a bank was appended the live state
+/// is rewritten into the other bank and the old one erased, a 16 KiB
+/// sector per turn of the loop (about once per 350 entries).
 const COMPACT_EVERY: u64 = 32;
 /// The leader stops proposing while this many entries are uncommitted
 /// (followers away): room stays for theirs.
@@ -94,19 +97,14 @@ const KEY: [u8; 32] = *b"coracle qemu cluster demo key!!!";
 
 type Phy = GenericPhy<Sma<'static, ETH_SMA>>;
 type Device = Ethernet<'static, ETH, Phy>;
-type Log = FlashLog<Bank2Region3<'static, Blocking>, LOG_CAP, DATA, SNAP>;
+/// The node's memory log: entries, and a received snapshot chunk of up to
+/// a whole table.
+type Log = ArrayLog<LOG_CAP, DATA, SNAP>;
+/// The journal erases a 16 KiB sector per step with the CPU waiting
+/// (embassy-stm32's blocking erase).
+type Journal = FlashJournal<BlockingErase<Bank2Region1<'static, Blocking>>, SNAP>;
 type Table = CounterTable<COUNTERS>;
-
-/// The table of the snapshot the log installed last (from a leader), until
-/// `Output::RestoreSnapshot` takes it.
-static INSTALLED: Installed<COUNTERS> = Installed::new();
-
-/// The log's install hook: keeps the installed snapshot's table.
-fn on_install(meta: &SnapshotMeta, data: &[u8]) {
-    INSTALLED.keep(meta, data);
-}
-
-type Marks = MarkStore<Bank2Region1<'static, Blocking>>;
+type Marks = MarkStore<Bank2Region2<'static, Blocking>>;
 type Udp = UdpNode<Log, PEERS, MTU, ENTRIES>;
 
 bind_interrupts!(struct Irqs {
@@ -255,8 +253,8 @@ async fn main(spawner: Spawner) {
 
     // The log and the send-counter mark, from bank 2 of the flash.
     let regions = Flash::new_blocking(p.FLASH).into_blocking_regions();
-    let mut log_flash = regions.bank2_region3;
-    let mut mark_flash = regions.bank2_region1;
+    let mut log_flash = regions.bank2_region1;
+    let mut mark_flash = regions.bank2_region2;
     let button = Input::new(p.PC13, Pull::Down);
     if button.is_high() {
         warn!("USER button held: wiping this board's Raft state (log and marks)");
@@ -270,24 +268,24 @@ async fn main(spawner: Spawner) {
         info!("wiped: release the button");
     }
     drop(button);
-    let mut log = Log::open(log_flash).unwrap_or_else(|_| halt("log journal"));
-    log.set_install_hook(on_install);
-    log.set_rewrite_above(log.bank_size() / 2);
+    let mut log = Log::new();
+    let journal =
+        Journal::open(BlockingErase(log_flash), &mut log).unwrap_or_else(|_| halt("log journal"));
     // The table from the snapshot the journal keeps; entries after it are
     // applied again from the log.
-    let table = match log.snapshot() {
+    let table = match journal.snapshot() {
         Some((_, data)) => Table::decode(data).unwrap_or_else(|_| halt("snapshot")),
         None => Table::new(),
     };
     let marks = Marks::open(mark_flash).unwrap_or_else(|_| halt("mark store"));
-    let hs = coracle::LogStorage::hard_state(&log);
+    let hs = log.hard_state();
     info!(
         "restored term={=u64} vote={=u64} last={=u64} records={=usize} flash_used={=usize} mark={=u64} snapshot={=u64} digest={=u32:08x}",
         hs.current_term,
         hs.voted_for.unwrap_or(0),
-        coracle::LogStorage::last_index(&log),
-        log.replayed(),
-        log.used(),
+        log.last_index(),
+        journal.replayed(),
+        journal.used(),
         marks.mark().unwrap_or(0),
         table.applied(),
         table.digest()
@@ -299,6 +297,8 @@ async fn main(spawner: Spawner) {
     config.heartbeat_ticks = 10;
     config.retransmit_ticks = 20;
     config.max_entry_bytes = DATA;
+    // A snapshot of the table is one chunk (the memory log stages no more).
+    config.max_snapshot_chunk_bytes = config.max_snapshot_chunk_bytes.min(SNAP);
     config.applied = table.applied();
     let node = Node::new(config, log, &board.members()).unwrap_or_else(|_| halt("node config"));
     let key = ClusterKey::from_bytes(KEY);
@@ -377,7 +377,7 @@ async fn main(spawner: Spawner) {
     let hooks = Hooks {
         leader_led: Pin::new(p.PB0, Level::Low, Speed::Low),
     };
-    let mut app = App::new(id, table, marks, &INSTALLED, settings, hooks);
+    let mut app = App::new(id, table, journal, marks, settings, hooks);
     coracle_udp::embassy::run_node(
         udp,
         &mut app,

@@ -6,13 +6,17 @@
 //!
 //! The leader proposes `counter[its id] += 1` every 500 ms, for as long as
 //! the board runs: every [`COMPACT_EVERY`] applied entries (or when the log
-//! or its flash bank fills) a board snapshots its counter table into the
-//! journal and compacts the log (a `compacted` line), so neither the RAM
-//! log nor the flash ever fills. A board that falls behind the leader's
-//! snapshot gets it (InstallSnapshot) and restores its table from it (an
-//! `installed snapshot` line). Every board logs each entry it applies with
-//! the digest of its table, and a status line every 500 ms, which is what
-//! `cargo xtask qemu-cluster` reads.
+//! fills) a board snapshots its counter table into the journal and compacts
+//! the log (a `compacted` line), so the RAM log never fills; once
+//! [`REWRITE_ABOVE`] bytes were appended, the journal rewrites its live
+//! state into its other bank and erases the old one, one step per turn of
+//! the node's loop (`rewritten`, `erase start`, `erase done` lines: the
+//! flash emulates a slow erase, and the node's timers keep running). A
+//! board that falls behind the leader's snapshot gets it (InstallSnapshot)
+//! and restores its table from it (an `installed snapshot` line). Every
+//! board logs each entry it applies with the digest of its table, and a
+//! status line every 500 ms, which is what `cargo xtask qemu-cluster`
+//! reads.
 #![no_std]
 #![no_main]
 
@@ -20,11 +24,11 @@ mod flash;
 mod lan9118;
 mod time;
 
-use coracle::{Config, Node, NodeId, SnapshotMeta};
-use coracle_embedded::app::{App, BoardHooks, Installed, Settings};
+use coracle::{ArrayLog, Config, LogStorage, Node, NodeId};
+use coracle_embedded::app::{App, BoardHooks, Settings};
 use coracle_embedded::board::{Board, UDP_PORT};
 use coracle_embedded::counters::CounterTable;
-use coracle_embedded::journal::{FlashLog, MarkStore};
+use coracle_embedded::journal::{FlashJournal, MarkStore};
 use coracle_udp::codec::{mtu_config, Link};
 use coracle_udp::node::UdpNode;
 use coracle_udp::{ClusterKey, SendCounter};
@@ -61,25 +65,24 @@ const UNCOMMITTED: u64 = 32;
 const TICK_MS: u64 = 10;
 /// Minimum election timeout, in ticks (500 ms; randomized to [500, 1000) ms).
 const ELECTION_TICKS: u32 = 50;
-/// Bytes of each flash file.
+/// Bytes of each flash file: the journal's two banks of 32 KiB (8 erase
+/// units each), the send-counter marks.
 const LOG_FLASH: usize = 64 * 1024;
 const MARK_FLASH: usize = 4 * 1024;
+/// The journal rewrites its live state once this many bytes were appended
+/// (about 100 entries): often, so the cluster check sees erases within a
+/// minute; a product would let half a bank fill.
+const REWRITE_ABOVE: usize = 4 * 1024;
 /// The cluster's id and key. A demo key: a product provisions its own.
 const CLUSTER: u64 = 0x00c0_ac1e;
 const KEY: [u8; 32] = *b"coracle qemu cluster demo key!!!";
 
-type Log = FlashLog<SemihostingFlash<LOG_FLASH>, LOG_CAP, DATA, SNAP>;
+/// The node's memory log: entries, and a received snapshot chunk of up to
+/// a whole table.
+type Log = ArrayLog<LOG_CAP, DATA, SNAP>;
+type Journal = FlashJournal<SemihostingFlash<LOG_FLASH>, SNAP>;
 type Table = CounterTable<COUNTERS>;
 type Marks = MarkStore<SemihostingFlash<MARK_FLASH>>;
-
-/// The table of the snapshot the log installed last (from a leader), until
-/// `Output::RestoreSnapshot` takes it.
-static INSTALLED: Installed<COUNTERS> = Installed::new();
-
-/// The log's install hook: keeps the installed snapshot's table.
-fn on_install(meta: &SnapshotMeta, data: &[u8]) {
-    INSTALLED.keep(meta, data);
-}
 type Udp = UdpNode<Log, PEERS, MTU, ENTRIES>;
 
 defmt::timestamp!("{=u64:ms}", time::now_ms());
@@ -152,23 +155,24 @@ fn main() -> ! {
         SemihostingFlash::open(c"coracle-log.bin").unwrap_or_else(|_| halt("log flash"));
     let mark_flash =
         SemihostingFlash::open(c"coracle-mark.bin").unwrap_or_else(|_| halt("mark flash"));
-    let mut log = Log::open(log_flash).unwrap_or_else(|_| halt("log journal"));
-    log.set_install_hook(on_install);
+    let mut log = Log::new();
+    let mut journal = Journal::open(log_flash, &mut log).unwrap_or_else(|_| halt("log journal"));
+    journal.set_rewrite_above(REWRITE_ABOVE);
     // The table from the snapshot the journal keeps; entries after it are
     // applied again from the log.
-    let table = match log.snapshot() {
+    let table = match journal.snapshot() {
         Some((_, data)) => Table::decode(data).unwrap_or_else(|_| halt("snapshot")),
         None => Table::new(),
     };
     let marks = Marks::open(mark_flash).unwrap_or_else(|_| halt("mark store"));
-    let hs = coracle::LogStorage::hard_state(&log);
+    let hs = log.hard_state();
     info!(
         "restored term={=u64} vote={=u64} last={=u64} records={=usize} flash_used={=usize} mark={=u64} snapshot={=u64} digest={=u32:08x}",
         hs.current_term,
         hs.voted_for.unwrap_or(0),
-        coracle::LogStorage::last_index(&log),
-        log.replayed(),
-        log.used(),
+        log.last_index(),
+        journal.replayed(),
+        journal.used(),
         marks.mark().unwrap_or(0),
         table.applied(),
         table.digest()
@@ -180,6 +184,8 @@ fn main() -> ! {
     config.heartbeat_ticks = 10;
     config.retransmit_ticks = 20;
     config.max_entry_bytes = DATA;
+    // A snapshot of the table is one chunk (the memory log stages no more).
+    config.max_snapshot_chunk_bytes = config.max_snapshot_chunk_bytes.min(SNAP);
     config.applied = table.applied();
     let node = Node::new(config, log, &board.members()).unwrap_or_else(|_| halt("node config"));
     let key = ClusterKey::from_bytes(KEY);
@@ -228,7 +234,7 @@ fn main() -> ! {
         compact_every: COMPACT_EVERY,
         uncommitted: UNCOMMITTED,
     };
-    let mut app = App::new(id, table, marks, &INSTALLED, settings, Hooks);
+    let mut app = App::new(id, table, journal, marks, settings, Hooks);
     time::block_on(embassy_futures::join::join(
         runner.run(),
         coracle_udp::embassy::run_node(

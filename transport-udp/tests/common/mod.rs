@@ -1,6 +1,7 @@
 //! A cluster of smol node tasks on 127.0.0.1 for the integration tests:
-//! real UDP sockets, a storage that keeps only what was synced (a crash
-//! loses the rest), an optional lossy network, and bounded waits.
+//! real UDP sockets, a durable store per node that keeps only what was
+//! flushed (a crash loses the rest), an optional lossy network, and bounded
+//! waits.
 #![allow(dead_code)]
 // Test support: a poisoned lock or a failed bind is a test failure.
 #![allow(clippy::unwrap_used)]
@@ -11,12 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use coracle::{
-    Config, Entry, EntryKind, HardState, Index, LogStorage, Node, NodeId, Output, Role,
-    StorageError, Term, VecLog,
+    Config, Entry, EntryKind, Index, LogStorage, MemStore, Node, NodeId, Output, Persist, Role,
+    SyncToken, VecLog,
 };
 use coracle_udp::codec::{mtu_config, Link, DEFAULT_ENTRIES};
 use coracle_udp::event_loop::Datagrams;
-use coracle_udp::node::{Application, Durable, UdpNode};
+use coracle_udp::node::{Application, Completion, UdpNode};
 use coracle_udp::smol::{node_task, ClientError, NodeHandle, SmolDatagrams, Status};
 use coracle_udp::{ClusterKey, DEFAULT_MTU};
 
@@ -31,70 +32,147 @@ pub fn key() -> ClusterKey {
     ClusterKey::from_bytes([0x77; 32])
 }
 
-/// A `VecLog` whose synced state is copied to `durable`: what survives a
-/// crash (a plain in-memory log without it).
-pub struct MirrorLog {
-    log: VecLog,
-    durable: Option<Arc<Mutex<VecLog>>>,
+/// The replicated state machine of the tests: the commands applied, in
+/// order, and the index applied last (no-ops included).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StateMachine {
+    pub index: Index,
+    pub commands: Vec<Vec<u8>>,
 }
 
-impl LogStorage for MirrorLog {
-    fn hard_state(&self) -> HardState {
-        self.log.hard_state()
-    }
-    fn set_hard_state(&mut self, hard_state: HardState) -> Result<(), StorageError> {
-        self.log.set_hard_state(hard_state)
-    }
-    fn first_index(&self) -> Index {
-        self.log.first_index()
-    }
-    fn last_index(&self) -> Index {
-        self.log.last_index()
-    }
-    fn term(&self, index: Index) -> Option<Term> {
-        self.log.term(index)
-    }
-    fn entry(&self, index: Index) -> Option<Entry<'_>> {
-        self.log.entry(index)
-    }
-    fn append(&mut self, entry: &Entry<'_>) -> Result<(), StorageError> {
-        self.log.append(entry)
-    }
-    fn truncate_suffix(&mut self, from: Index) -> Result<(), StorageError> {
-        self.log.truncate_suffix(from)
-    }
-    fn compact(&mut self, through: Index) -> Result<(), StorageError> {
-        self.log.compact(through)
-    }
-}
-
-impl Durable for MirrorLog {
-    fn sync(&mut self) -> Result<(), StorageError> {
-        if let Some(durable) = &self.durable {
-            *durable.lock().unwrap() = self.log.clone();
+impl StateMachine {
+    /// Its snapshot: the index, then each command with its length.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = self.index.to_le_bytes().to_vec();
+        for c in &self.commands {
+            out.extend_from_slice(&(c.len() as u32).to_le_bytes());
+            out.extend_from_slice(c);
         }
-        Ok(())
+        out
+    }
+
+    pub fn decode(mut bytes: &[u8]) -> Option<Self> {
+        let index = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+        bytes = &bytes[8..];
+        let mut commands = Vec::new();
+        while !bytes.is_empty() {
+            let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+            commands.push(bytes.get(4..4 + len)?.to_vec());
+            bytes = &bytes[4 + len..];
+        }
+        Some(Self { index, commands })
     }
 }
 
-/// The state machine: the commands applied, in order; and the counter store.
+/// When the stores make a batch durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flush {
+    /// Nothing is durable: a restarted node starts empty.
+    Never,
+    /// At once ([`Completion::Now`]).
+    Now,
+    /// On a task of its own, which reports it through the node's handle
+    /// ([`Completion::Later`], `NodeHandle::persisted`).
+    Later,
+}
+
+/// A member's stores: `written` holds every batch performed, `durable`
+/// what a crash keeps (the same store when batches are durable at once).
+#[derive(Clone)]
+pub struct Stores {
+    pub written: Arc<Mutex<MemStore>>,
+    pub durable: Arc<Mutex<MemStore>>,
+}
+
+/// The host of a test node: the state machine, the counter store and the
+/// durable store (a `MemStore` standing for the disk).
 pub struct App {
-    applied: Arc<Mutex<Vec<Vec<u8>>>>,
+    state: Arc<Mutex<StateMachine>>,
     counter: Arc<Mutex<Option<u64>>>,
+    stores: Stores,
+    flush: Flush,
+    to_flush: Option<smol::channel::Sender<SyncToken>>,
 }
 
 impl Application for App {
+    fn persist(&mut self, batch: &Persist<'_>) -> Completion {
+        if self.flush == Flush::Never {
+            return Completion::Now;
+        }
+        self.stores.written.lock().unwrap().persist(batch);
+        match &self.to_flush {
+            Some(flusher) if flusher.try_send(batch.token).is_ok() => Completion::Later,
+            Some(_) => Completion::Failed,
+            None => Completion::Now,
+        }
+    }
+
+    fn fetch(&mut self, from: Index, to: Index, hand_in: &mut dyn FnMut(Entry<'_>)) -> Completion {
+        let store = self.stores.written.lock().unwrap();
+        store.fetch(from, to).for_each(hand_in);
+        Completion::Now
+    }
+
+    fn snapshot_chunk(
+        &mut self,
+        index: Index,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Option<(usize, bool)> {
+        let store = self.stores.written.lock().unwrap();
+        let (bytes, done) = store.snapshot_chunk(index, offset, buf.len())?;
+        buf[..bytes.len()].copy_from_slice(bytes);
+        Some((bytes.len(), done))
+    }
+
     fn output(&mut self, output: Output<'_>) {
-        if let Output::Apply(entry) = output {
-            if entry.kind == EntryKind::Command {
-                self.applied.lock().unwrap().push(entry.data.to_vec());
+        match output {
+            Output::Apply(entry) => {
+                let mut state = self.state.lock().unwrap();
+                state.index = entry.index;
+                if entry.kind == EntryKind::Command {
+                    state.commands.push(entry.data.to_vec());
+                }
             }
+            Output::RestoreSnapshot { index, .. } => {
+                let store = self.stores.written.lock().unwrap();
+                let (meta, bytes) = store.snapshot.as_ref().expect("a kept snapshot");
+                assert_eq!(meta.index, index);
+                *self.state.lock().unwrap() = StateMachine::decode(bytes).expect("a snapshot");
+            }
+            _ => {}
         }
     }
 
     fn persist_counter(&mut self, mark: u64) -> bool {
         *self.counter.lock().unwrap() = Some(mark);
         true
+    }
+}
+
+/// `Application::snapshot_chunk` over a `MemStore`: the bytes of its kept
+/// snapshot at `index` from `offset`, copied into `buf`.
+pub fn read_chunk(
+    store: &MemStore,
+    index: Index,
+    offset: u64,
+    buf: &mut [u8],
+) -> Option<(usize, bool)> {
+    let (bytes, done) = store.snapshot_chunk(index, offset, buf.len())?;
+    buf[..bytes.len()].copy_from_slice(bytes);
+    Some((bytes.len(), done))
+}
+
+/// Makes the written batches durable one token at a time, as a flush
+/// thread would, and tells the node.
+async fn flusher(tokens: smol::channel::Receiver<SyncToken>, stores: Stores, handle: NodeHandle) {
+    while let Ok(token) = tokens.recv().await {
+        smol::Timer::after(Duration::from_millis(1)).await;
+        let written = stores.written.lock().unwrap().clone();
+        *stores.durable.lock().unwrap() = written;
+        if handle.persisted(token).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -177,47 +255,68 @@ impl Datagrams for TestNet {
     }
 }
 
-type Task = smol::Task<(UdpNode<MirrorLog>, App)>;
+type Task<S> = smol::Task<(UdpNode<S>, App)>;
 
 /// One member: its durable state survives its task.
-pub struct Member {
+pub struct Member<S: LogStorage> {
     pub id: NodeId,
     pub addr: SocketAddr,
-    durable: Arc<Mutex<VecLog>>,
+    pub stores: Stores,
     counter: Arc<Mutex<Option<u64>>>,
-    pub applied: Arc<Mutex<Vec<Vec<u8>>>>,
+    pub state: Arc<Mutex<StateMachine>>,
     pub tap: Tap,
-    running: Option<(NodeHandle, Task)>,
+    running: Option<(NodeHandle, Task<S>, Option<smol::Task<()>>)>,
     starts: u64,
 }
 
-pub struct Cluster {
-    pub members: Vec<Member>,
+pub struct Cluster<S: LogStorage = VecLog> {
+    pub members: Vec<Member<S>>,
     lossy: bool,
-    /// Keep what is synced for restarts (a copy of the log on every sync).
-    durable: bool,
+    flush: Flush,
+    /// A fresh memory log.
+    new_log: fn() -> S,
+    /// Changes the configuration of every node (after `mtu_config`).
+    pub configure: fn(&mut Config),
     pub faults: Arc<Mutex<Faults>>,
 }
 
-impl Cluster {
-    /// `n` nodes with ids 1..=n on 127.0.0.1, ports picked by the system.
+impl Cluster<VecLog> {
+    /// `n` nodes with ids 1..=n on 127.0.0.1, ports picked by the system,
+    /// their batches durable at once.
     pub fn start(n: u64, lossy: bool) -> Self {
-        Self::start_with(n, lossy, true)
+        Self::start_with(n, lossy, Flush::Now)
     }
 
-    /// `n` nodes; with `durable` false the logs are plain `VecLog`s and a
-    /// restarted node starts empty.
-    pub fn start_with(n: u64, lossy: bool, durable: bool) -> Self {
+    /// `n` nodes whose batches become durable as `flush` says.
+    pub fn start_with(n: u64, lossy: bool, flush: Flush) -> Self {
+        Self::start_full(n, lossy, flush, VecLog::new, |_| {})
+    }
+}
+
+impl<S: LogStorage + Send + 'static> Cluster<S> {
+    /// `n` nodes with memory logs from `new_log`, configured by `configure`.
+    pub fn start_full(
+        n: u64,
+        lossy: bool,
+        flush: Flush,
+        new_log: fn() -> S,
+        configure: fn(&mut Config),
+    ) -> Self {
         let mut sockets = Vec::new();
         let mut members = Vec::new();
         for id in 1..=n {
             let socket = SmolDatagrams::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            let written = Arc::new(Mutex::new(MemStore::new()));
+            let durable = match flush {
+                Flush::Later => Arc::new(Mutex::new(MemStore::new())),
+                Flush::Now | Flush::Never => written.clone(),
+            };
             members.push(Member {
                 id,
                 addr: socket.local_addr().unwrap(),
-                durable: Arc::new(Mutex::new(VecLog::new())),
+                stores: Stores { written, durable },
                 counter: Arc::new(Mutex::new(None)),
-                applied: Arc::new(Mutex::new(Vec::new())),
+                state: Arc::new(Mutex::new(StateMachine::default())),
                 tap: Arc::new(Mutex::new(VecDeque::new())),
                 running: None,
                 starts: 0,
@@ -227,7 +326,9 @@ impl Cluster {
         let mut cluster = Cluster {
             members,
             lossy,
-            durable,
+            flush,
+            new_log,
+            configure,
             faults: Arc::new(Mutex::new(Faults::default())),
         };
         for (i, socket) in sockets.into_iter().enumerate() {
@@ -250,10 +351,13 @@ impl Cluster {
         config.election_ticks = 20;
         config.heartbeat_ticks = 3;
         config.retransmit_ticks = 6;
-        let log = MirrorLog {
-            log: m.durable.lock().unwrap().clone(),
-            durable: self.durable.then(|| m.durable.clone()),
-        };
+        (self.configure)(&mut config);
+        // What a crash kept: the durable store, which the node's memory log
+        // is filled from.
+        let durable = m.stores.durable.lock().unwrap().clone();
+        *m.stores.written.lock().unwrap() = durable.clone();
+        let mut log = (self.new_log)();
+        durable.recover(&mut log).unwrap();
         let node = Node::new(config, log, &ids).unwrap();
         let stored = *m.counter.lock().unwrap();
         let link = Link::new(
@@ -263,11 +367,16 @@ impl Cluster {
             coracle_udp::SendCounter::resume(stored, STRIDE),
         );
         let udp = UdpNode::new(node, link).unwrap();
-        // A restarted node's state machine starts empty and replays the log.
-        m.applied = Arc::new(Mutex::new(Vec::new()));
+        // A restarted node's state machine starts empty: the node restores
+        // it from the snapshot, then replays the log.
+        m.state = Arc::new(Mutex::new(StateMachine::default()));
+        let (to_flush, tokens) = smol::channel::unbounded();
         let app = App {
-            applied: m.applied.clone(),
+            state: m.state.clone(),
             counter: m.counter.clone(),
+            stores: m.stores.clone(),
+            flush: self.flush,
+            to_flush: (self.flush == Flush::Later).then_some(to_flush),
         };
         let net = TestNet {
             inner: socket,
@@ -277,13 +386,32 @@ impl Cluster {
             faults: self.faults.clone(),
         };
         let (handle, task) = node_task(udp, app, net, TICK);
-        m.running = Some((handle, smol::spawn(task)));
+        let flushing = (self.flush == Flush::Later)
+            .then(|| smol::spawn(flusher(tokens, m.stores.clone(), handle.clone())));
+        m.running = Some((handle, smol::spawn(task), flushing));
     }
 
-    /// Kills node `id`: its task is dropped; only what it synced survives.
+    /// Kills node `id`: its task is dropped; only what its store made
+    /// durable survives.
     pub fn kill(&mut self, id: NodeId) {
         let m = self.member_mut(id);
         m.running = None;
+    }
+
+    /// Node `id` snapshots its state machine into its store, and tells the
+    /// node (which compacts its log behind it). Returns the index.
+    pub async fn snapshot(&self, id: NodeId) -> Index {
+        let m = self.members.iter().find(|m| m.id == id).unwrap();
+        let (index, bytes) = {
+            let state = m.state.lock().unwrap();
+            (state.index, state.encode())
+        };
+        for store in [&m.stores.written, &m.stores.durable] {
+            store.lock().unwrap().save_taken(index, bytes.clone());
+        }
+        let handle = self.handle(id).expect("running");
+        handle.snapshot_taken(index).await.expect("snapshot kept");
+        index
     }
 
     /// Restarts node `id` on its old address from its durable state.
@@ -294,7 +422,15 @@ impl Cluster {
         self.launch(i, socket);
     }
 
-    pub fn member_mut(&mut self, id: NodeId) -> &mut Member {
+    /// A running node other than `leader`.
+    pub fn follower_of(&self, leader: NodeId) -> NodeId {
+        self.running()
+            .into_iter()
+            .find(|&id| id != leader)
+            .expect("a running follower")
+    }
+
+    pub fn member_mut(&mut self, id: NodeId) -> &mut Member<S> {
         self.members.iter_mut().find(|m| m.id == id).unwrap()
     }
 
@@ -302,7 +438,7 @@ impl Cluster {
         self.members
             .iter()
             .find(|m| m.id == id)
-            .and_then(|m| m.running.as_ref().map(|(h, _)| h))
+            .and_then(|m| m.running.as_ref().map(|(h, _, _)| h))
     }
 
     pub fn running(&self) -> Vec<NodeId> {
@@ -380,8 +516,8 @@ impl Cluster {
                 .iter()
                 .filter(|m| m.running.is_some())
                 .filter(|m| {
-                    let applied = m.applied.lock().unwrap();
-                    !expected.iter().all(|c| applied.contains(c))
+                    let state = m.state.lock().unwrap();
+                    !expected.iter().all(|c| state.commands.contains(c))
                 })
                 .map(|m| m.id)
                 .collect();
@@ -402,7 +538,7 @@ impl Cluster {
         let sequences: Vec<Vec<Vec<u8>>> = self
             .members
             .iter()
-            .map(|m| m.applied.lock().unwrap().clone())
+            .map(|m| m.state.lock().unwrap().commands.clone())
             .collect();
         let longest = sequences.iter().max_by_key(|s| s.len()).unwrap();
         for (m, s) in self.members.iter().zip(&sequences) {

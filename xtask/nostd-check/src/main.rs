@@ -2,8 +2,9 @@
 //! with no global allocator and no runtime crate. It runs a cluster of three real
 //! [`coracle::Node`]s with the fixed-capacity [`ArrayLog`]: it ticks them, steps every
 //! message one sends into the node it is for (dropping some, to exercise retransmission),
-//! reports durability at once, proposes commands on the leader, compacts the logs, and
-//! drains every output.
+//! reports every write batch durable at once, proposes commands on the leader, takes
+//! snapshots (which compact the logs) and sends them to nodes that fall behind, and drains
+//! every output.
 //!
 //! If anything the core reaches needs `std` it fails to compile (these targets have no
 //! `std`); if anything needs `alloc` it fails to link ("no global memory allocator
@@ -22,10 +23,10 @@
 use core::hint::black_box;
 use core::panic::PanicInfo;
 
-use coracle::{ArrayLog, Config, Message, Node, NodeId, Output, Role};
+use coracle::{ArrayLog, Config, InstallSnapshot, LogStorage, Message, Node, NodeId, Output, Role};
 
-/// 64 entries of up to 32 bytes each.
-type Log = ArrayLog<64, 32>;
+/// 64 entries of up to 32 bytes each, and a received snapshot chunk of 8 bytes.
+type Log = ArrayLog<64, 32, 8>;
 /// Room for up to 5 other members.
 type CheckNode = Node<Log, 5>;
 
@@ -58,7 +59,9 @@ pub extern "C" fn _start() -> ! {
     black_box((&CORACLE_NODE_BYTES, &CORACLE_LOG_BYTES));
     let members = black_box(&MEMBERS);
     let mut nodes = members.map(|id| {
-        let config = Config::new(black_box(id), black_box(id.wrapping_mul(0x9e37_79b9)));
+        let mut config = Config::new(black_box(id), black_box(id.wrapping_mul(0x9e37_79b9)));
+        config.keep_entries_behind_snapshot = 16;
+        config.max_snapshot_chunk_bytes = 8;
         match CheckNode::new(config, Log::new(), members) {
             Ok(node) => node,
             Err(err) => {
@@ -87,9 +90,11 @@ pub extern "C" fn _start() -> ! {
             }
         }
         for node in nodes.iter_mut() {
-            // Keep the last 16 applied entries; the rest make room in the ring.
-            let through = node.applied_index().saturating_sub(16);
-            if through > 0 && node.compact(black_box(through)).is_err() {
+            // A snapshot every 16 applied entries, keeping 16 entries behind it: the
+            // ring never fills.
+            let applied = node.applied_index();
+            let kept = node.log().snapshot_meta().map_or(0, |m| m.index);
+            if applied >= kept + 16 && node.snapshot_taken(black_box(applied)).is_err() {
                 sum = sum.wrapping_add(1);
             }
         }
@@ -97,8 +102,9 @@ pub extern "C" fn _start() -> ! {
     }
 }
 
-/// Drains every output of `nodes[from]`: durability reported at once, messages stepped
-/// into the node they are for (every seventh one dropped), applied commands folded into a
+/// Drains every output of `nodes[from]`: batches reported durable at once, messages
+/// (and snapshot chunks: the checksum's 8 bytes stand for the state machine) stepped into
+/// the node they are for (every seventh one dropped), applied commands folded into a
 /// checksum.
 fn drain(nodes: &mut [CheckNode], from: usize, round: u64) -> u64 {
     let (before, rest) = nodes.split_at_mut(from);
@@ -108,30 +114,52 @@ fn drain(nodes: &mut [CheckNode], from: usize, round: u64) -> u64 {
     let from_id = node.id();
     let mut sum = 0u64;
     let mut sent = 0u64;
+    let state = black_box(round).to_le_bytes();
     while let Some(output) = node.poll_output() {
-        match output {
-            Output::Sync(token) => node.synced(black_box(token)),
-            Output::Send { to, message } => {
-                sent += 1;
-                sum = sum.wrapping_add(message.term());
-                if let Message::AppendEntries(append) = &message {
-                    for entry in append.entries.iter() {
-                        sum = sum.wrapping_add(checksum(entry.data));
-                    }
-                }
-                let dropped = black_box((round + sent) % 7 == 0);
-                let peer = before
-                    .iter_mut()
-                    .chain(after.iter_mut())
-                    .find(|n| n.id() == to);
-                if let (false, Some(peer)) = (dropped, peer) {
-                    peer.step(from_id, black_box(message));
-                }
+        let (to, message) = match output {
+            Output::Persist(batch) => {
+                let token = black_box(batch.token);
+                node.persisted(token);
+                continue;
             }
-            Output::Apply(entry) => sum = sum.wrapping_add(checksum(entry.data)),
+            Output::Send { to, message } => (to, message),
+            // The state fits one chunk: chunks past its end are not sent.
+            Output::SendSnapshot {
+                to,
+                message,
+                max_len,
+            } if message.offset == 0 => {
+                let len = max_len.min(state.len());
+                let chunk = InstallSnapshot {
+                    data: &state[..len],
+                    done: len == state.len(),
+                    ..message
+                };
+                (to, Message::InstallSnapshot(chunk))
+            }
+            Output::Apply(entry) => {
+                sum = sum.wrapping_add(checksum(entry.data));
+                continue;
+            }
             other => {
                 black_box(&other);
+                continue;
             }
+        };
+        sent += 1;
+        sum = sum.wrapping_add(message.term());
+        if let Message::AppendEntries(append) = &message {
+            for entry in append.entries.iter() {
+                sum = sum.wrapping_add(checksum(entry.data));
+            }
+        }
+        let dropped = black_box((round + sent) % 7 == 0);
+        let peer = before
+            .iter_mut()
+            .chain(after.iter_mut())
+            .find(|n| n.id() == to);
+        if let (false, Some(peer)) = (dropped, peer) {
+            peer.step(from_id, black_box(message));
         }
     }
     sum
