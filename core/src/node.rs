@@ -119,6 +119,10 @@ pub(crate) struct Fetch {
     /// it is handed, the newest entries, so the rest of a larger answer is lost, and the
     /// first entries, the ones needed first, with it.
     span: u64,
+    /// The tick of the last failed fetch: the next is asked only once time has passed.
+    failed_at: Option<u64>,
+    /// The index the answer is to hand in next.
+    next: Index,
 }
 
 /// Everything the node keeps about one other member.
@@ -551,19 +555,37 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     }
 
     /// The entries asked for with [`Output::Fetch`], read back from the durable store (all
-    /// of them or a prefix; consecutive). Those the memory log has room for are kept, and
-    /// the node goes on sending and applying.
+    /// of them or a prefix; consecutive), all at once or in several calls in order (a host
+    /// that reads one entry at a time may hand each in). Those the memory log has room for
+    /// are kept, and the node goes on sending and applying. Nothing handed in counts as a
+    /// failed fetch.
     pub fn fetched<'e>(&mut self, entries: impl IntoIterator<Item = Entry<'e>>) {
         self.fetch.in_flight = false;
-        self.log.clear_fetched();
+        let (from, to) = self.fetch.asked;
         let mut handed = 0;
         for entry in entries {
-            if self.log.insert_fetched(&entry).is_err() {
+            // Only the next entry of the answer counts; once one did not fit, none does.
+            if entry.index != self.fetch.next {
                 break;
             }
+            if entry.index == from {
+                // The start of an answer: what earlier fetches read is not needed now.
+                self.log.clear_fetched();
+            }
+            if self.log.insert_fetched(&entry).is_err() {
+                if entry.index != from {
+                    self.fetch.next = Index::MAX;
+                }
+                break;
+            }
+            self.fetch.next += 1;
             handed += 1;
         }
-        let (from, to) = self.fetch.asked;
+        if self.fetch.next == from {
+            // Nothing of the answer was handed in (or nothing fit).
+            self.fetch_failed();
+            return;
+        }
         let kept = (from..=to).filter(|&i| self.log.entry(i).is_some()).count() as u64;
         if kept < handed {
             self.fetch.span = kept.max(1);
@@ -571,10 +593,12 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     }
 
     /// The host could not read back what [`Output::Fetch`] asked for. The node asks again
-    /// when it next needs the entries (a follower that needs compacted entries gets the
-    /// snapshot instead).
+    /// once time has passed (at its next tick: never in the same drain, so a host whose
+    /// store fails at once does not loop), and a follower that needs compacted entries gets
+    /// the snapshot instead.
     pub fn fetch_failed(&mut self) {
         self.fetch.in_flight = false;
+        self.fetch.failed_at = Some(self.timers.now);
         self.counters.fetch_failures += 1;
     }
 
@@ -674,6 +698,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         if let Some((from, to)) = self.fetch.wanted.take() {
             self.fetch.in_flight = true;
             self.fetch.asked = (from, to);
+            self.fetch.next = from;
             self.counters.fetches += 1;
             return Some(Output::Fetch { from, to });
         }
@@ -694,7 +719,11 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// missing ones after it (up to a pipeline's worth, or as many as the memory log could
     /// hold of an earlier answer), unless a fetch is under way.
     pub(crate) fn want_entries(&mut self, from: Index) {
-        if self.fetch.in_flight || self.fetch.wanted.is_some() || from < self.log.first_index() {
+        if self.fetch.in_flight
+            || self.fetch.wanted.is_some()
+            || from < self.log.first_index()
+            || self.fetch.failed_at == Some(self.timers.now)
+        {
             return;
         }
         let mut span = (self.cfg.max_entries_per_message * self.cfg.max_inflight.min(I)) as u64;

@@ -374,10 +374,8 @@ impl<S: LogStorage, const N: usize, const MTU: usize, const E: usize> UdpNode<S,
                     match completion {
                         Completion::Later => {}
                         Completion::Now if handed > 0 => {}
-                        Completion::Now | Completion::Failed => {
-                            self.fetch_failed();
-                            return None;
-                        }
+                        // The core asks again only at its next tick.
+                        Completion::Now | Completion::Failed => self.fetch_failed(),
                     }
                 }
                 other => app.output(other),
