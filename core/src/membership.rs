@@ -197,6 +197,19 @@ pub(crate) fn records_valid(data: &[u8]) -> bool {
     records(data).is_some()
 }
 
+/// The members of a configuration, as a membership entry (or a snapshot's metadata)
+/// encodes it; `None` if `data` is no valid configuration. For hosts that read
+/// configurations out of their own store (`SnapshotMeta::config`, an entry of kind
+/// [`EntryKind::Membership`]) without decoding the core's format themselves.
+///
+/// ```
+/// # use coracle::membership::decode;
+/// assert!(decode(b"not a configuration").is_none());
+/// ```
+pub fn decode(data: &[u8]) -> Option<impl Iterator<Item = Member> + Clone + '_> {
+    records(data)
+}
+
 /// Encodes members into `buf`; `None` if it does not fit.
 fn encode(members: impl Iterator<Item = Member>, buf: &mut [u8]) -> Option<usize> {
     let mut n = 0;

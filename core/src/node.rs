@@ -1115,8 +1115,10 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// learns that term (Figure 2: "If RPC request or response contains term T >
     /// currentTerm: set currentTerm = T"). Every request kind is answered: a leader whose
     /// InstallSnapshot went unanswered kept sending it to a voter of a higher term forever.
-    /// TimeoutNow has no answer of its own; an AppendEntries refusal carries the term.
-    /// Answers of an older term need no answer.
+    /// TimeoutNow has no answer of its own; a refused vote carries the term (a node that
+    /// reached our term meanwhile takes it for a stale answer and changes nothing, where an
+    /// AppendEntries refusal would lower a leader's matchIndex). Answers of an older term
+    /// need no answer.
     fn answer_stale(&mut self, peer: NodeId, message: &Message<'_>) {
         let term = self.current_term;
         let refuse_append = |index, round| AppendEntriesResponse {
@@ -1132,10 +1134,14 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                 let a = refuse_append(m.prev_log_index, m.round);
                 self.answer_append(peer, a)
             }
-            Message::TimeoutNow(_) => {
-                let a = refuse_append(0, 0);
-                self.answer_append(peer, a)
-            }
+            Message::TimeoutNow(_) => self.answer_vote(
+                peer,
+                RequestVoteResponse {
+                    term,
+                    vote_granted: false,
+                    pre_vote: false,
+                },
+            ),
             Message::RequestVote(m) => self.answer_vote(
                 peer,
                 RequestVoteResponse {
