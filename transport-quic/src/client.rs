@@ -765,6 +765,12 @@ impl Client {
                     continue;
                 }
                 Err(Miss::Fatal(e)) => return Err(e),
+                // Cut short by the deadline: what went wrong before says more.
+                Err(Miss::At(Cause::NoAnswer(_)))
+                    if last.is_some() && Instant::now() >= deadline =>
+                {
+                    return Err(unavailable(&tried, &last))
+                }
                 Err(Miss::At(cause)) => cause,
             };
             redirects = 0;

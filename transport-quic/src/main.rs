@@ -505,8 +505,9 @@ async fn admin(conn: ClientArgs, command: AdminCommand) -> Result<(), Error> {
                 "{:>4} {:>12} {:>6} {:>6} {:>8} {:>8} {:>8}  members",
                 "node", "role", "term", "leader", "commit", "applied", "last"
             );
-            for &addr in &conn.nodes {
-                match client.status_of(addr).await {
+            // All at once: a node that is down or paused holds up only its own line.
+            for status in client.statuses(&conn.nodes).await {
+                match status {
                     Ok(s) => {
                         let members: Vec<String> = s
                             .members
@@ -532,7 +533,8 @@ async fn admin(conn: ClientArgs, command: AdminCommand) -> Result<(), Error> {
                             members.join(" ")
                         )
                     }
-                    Err(e) => println!("{addr}: unreachable ({e})"),
+                    // The error names the node.
+                    Err(e) => println!("unreachable: {e}"),
                 }
             }
             client.close();
@@ -571,7 +573,7 @@ async fn isolate(client: &Client, nodes: &[SocketAddr], peers: Vec<u64>) -> Resu
             }
             Err(e) => {
                 failures += 1;
-                println!("{addr}: {e}")
+                println!("{e}") // it names the node
             }
         }
     }

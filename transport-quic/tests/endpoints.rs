@@ -528,3 +528,57 @@ fn calls_waiting_for_a_failed_connection_fail_with_it() {
     assert!(one > 0);
     assert_eq!(datagrams(20), one, "one connection attempt for 20 calls");
 }
+
+/// A failed call says once what happened, which nodes it tried and the last cause (it
+/// used to nest: "no answer in time (last: ...: no answer in time (last: ...))").
+#[test]
+fn a_failed_call_says_once_what_happened_where_and_why() {
+    let setup = Setup::new("errors", 3);
+    // Two addresses where nothing answers: the handshake never completes.
+    let holes: Vec<std::net::UdpSocket> = (0..2)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let addrs: Vec<SocketAddr> = holes.iter().map(|h| h.local_addr().unwrap()).collect();
+    let client = coracle_quic::client::Client::new(&setup.creds("client-alice"), addrs.clone())
+        .unwrap()
+        .with_timeout(Duration::from_millis(1500))
+        .with_connect_timeout(Duration::from_millis(200));
+    let err = smol::block_on(client.get("k")).unwrap_err();
+    let text = err.to_string();
+    println!("{text}");
+    for a in &addrs {
+        assert!(text.contains(&a.to_string()), "{a} is named: {text}");
+    }
+    assert_eq!(text.matches("in time").count(), 1, "said once: {text}");
+    assert_eq!(text.matches("(last").count(), 0, "not nested: {text}");
+    assert!(
+        text.contains("no handshake within 200 ms"),
+        "the cause: {text}"
+    );
+    assert!(text.contains("gave up after 1."), "how long: {text}");
+    client.close();
+
+    // One node of three, alone: it answers that it knows no leader.
+    let node = RunningNode::start(&setup.config(1)).unwrap();
+    let client =
+        coracle_quic::client::Client::new(&setup.creds("client-alice"), vec![setup.addrs[0]])
+            .unwrap()
+            .with_timeout(Duration::from_millis(1000));
+    let err = smol::block_on(client.put("k", "v")).unwrap_err();
+    let text = err.to_string();
+    println!("{text}");
+    assert!(text.contains(&setup.addrs[0].to_string()), "{text}");
+    assert!(text.contains("no leader known"), "the cause: {text}");
+    assert_eq!(text.matches("retry").count(), 1, "said once: {text}");
+    // The single-attempt call says which node and why too.
+    let err = smol::block_on(client.attempt(addrs[0], &coracle_quic::protocol::Request::Status))
+        .unwrap_err()
+        .to_string();
+    println!("{err}");
+    assert!(
+        err.contains(&addrs[0].to_string()) && err.contains("no handshake"),
+        "{err}"
+    );
+    client.close();
+    node.shutdown().unwrap();
+}

@@ -14,7 +14,7 @@ mod common;
 
 use common::{spawn_with, wait_for, Proc, Setup, BIN};
 use coracle_quic::client::Client;
-use coracle_quic::protocol::{NodeStatus, Request, Response, WriteOp, WriteOutcome};
+use coracle_quic::protocol::{Consistency, NodeStatus, Request, Response, WriteOp, WriteOutcome};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
@@ -625,4 +625,41 @@ fn a_leader_cut_off_from_its_peers_does_not_hold_the_command() {
         ]),
         "heal",
     );
+}
+
+/// A read any node may serve (stale) that waits on a paused node moves to a node that
+/// answers. Before, it waited out the 2 s attempt timeout (the bound is loose for the
+/// same reasons as above).
+#[test]
+fn a_stale_read_waiting_on_a_paused_node_moves_to_a_node_that_answers() {
+    let _one = one_cluster_at_a_time();
+    let cluster = Cluster::start("failover-stale");
+    let leader = cluster.leader();
+    let client = Client::new(
+        &cluster.setup.creds("client-alice"),
+        cluster.setup.addrs.clone(),
+    )
+    .unwrap();
+    smol::block_on(client.put("k", "v")).unwrap();
+    // Every node has applied it (a stale read on a follower sees it).
+    wait_for(Duration::from_secs(10), || {
+        (1..=3)
+            .all(|id| {
+                cluster
+                    .status(id)
+                    .is_some_and(|s| s.applied >= 1 && s.keys == 1)
+            })
+            .then_some(())
+    })
+    .expect("the write applied everywhere");
+    // The client's last answer came from the leader: its next stale read goes there.
+    cluster.signal(leader, "-STOP");
+    let started = Instant::now();
+    let read = smol::block_on(client.get_with("k", Consistency::Stale));
+    let took = started.elapsed();
+    cluster.signal(leader, "-CONT");
+    println!("stale read with the node it went to paused: {took:?}");
+    assert_eq!(read.unwrap(), Some(b"v".to_vec()));
+    assert!(took < LOOSE_BOUND, "the stale read took {took:?}");
+    client.close();
 }

@@ -146,19 +146,14 @@ pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<
     }
 }
 
-/// The leader the nodes at `addrs` agree on, if any (asked through `client`).
+/// A node at `addrs` that says it leads, if any (all asked at once, through `client`).
 pub fn leader(client: &Client, addrs: &[SocketAddr]) -> Option<u64> {
-    smol::block_on(async {
-        let mut found = None;
-        for &a in addrs {
-            if let Ok(s) = client.status_of(a).await {
-                if s.role == "Leader" {
-                    found = Some(s.id);
-                }
-            }
-        }
-        found
-    })
+    smol::block_on(client.statuses(addrs))
+        .into_iter()
+        .flatten()
+        .filter(|s| s.role == "Leader")
+        .map(|s| s.id)
+        .last()
 }
 
 // ----- node processes ------------------------------------------------------------------
