@@ -1,22 +1,34 @@
 //! The client library of the replicated KV store (what `coracle kv` and `coracle admin`
 //! use).
 //!
-//! A [`Client`] connects over QUIC with its client certificate to any node it is given,
+//! A [`Client`] connects over QUIC with its client certificate to the nodes it is given,
 //! and follows the leader: a node that cannot serve a request answers with the leader's
-//! address, and the client retries there; on a connection failure or a "retry" answer it
-//! tries the next node with a growing backoff, until the request's deadline
-//! ([`Client::with_timeout`]).
+//! address, and the client goes there.
 //!
-//! Calls share one QUIC connection and one stream: each request is written with an id and
-//! the call waits for the answer with that id, so concurrent calls on one `Client` are in
-//! flight together (pipelined) and requests written together leave in the same packets.
+//! Failover follows the cluster, not a client timeout. When a call has had no answer for
+//! 100 ms ([`Client::with_probe_after`]), the client asks every node it knows who leads
+//! (a status request on a stream of its own), and asks again every 15 ms while the node
+//! waited on is silent: as soon as a node names a leader in a newer term (the one waited
+//! on died, was paused, or was cut off from its peers and replaced), the call moves there.
+//! A leader that is alive but slow is waited for. After a "retry" answer or a failed
+//! connection, the client asks the same way and goes to the leader named, else to the next
+//! node, after a pause that grows from 10 to 300 ms, until the call's deadline
+//! ([`Client::with_timeout`]). A read that any node serves ([`Consistency::Stale`]) moves
+//! to a node that answers when the one waited on does not. A failed call says which nodes
+//! it tried and what went wrong at the last ([`ClientError::Unavailable`]).
+//!
+//! Calls share one QUIC connection and one stream per node: each request is written with
+//! an id and the call waits for the answer with that id, so concurrent calls on one
+//! `Client` are in flight together (pipelined) and requests written together leave in the
+//! same packets.
 //!
 //! Each `Client` has a UDP socket of its own; clients made by one [`ClientEndpoint`] share
-//! its socket (each still with its own connection and session), as an application that
+//! its socket (each still with its own connections and session), as an application that
 //! serves many users does.
 //!
 //! Writes are exactly-once: each gets a sequence number in the client's session, kept
-//! across retries, and the state machine applies a `(session, seq)` pair at most once.
+//! across retries (at the same node or at a new leader), and the state machine applies a
+//! `(session, seq)` pair at most once.
 //! Reads are linearizable by default ([`Consistency::Linearizable`]).
 //!
 //! ```no_run
@@ -158,6 +170,7 @@ impl fmt::Display for Failure {
 
 /// Why an attempt at one node gave no answer the call could use.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Cause {
     /// No connection could be made (the handshake was refused or failed).
     Connect(String),
@@ -348,7 +361,8 @@ struct View {
 
 impl View {
     /// Takes in the status the node at `from` reported: a higher term replaces what was
-    /// known; an older one says nothing about who leads now.
+    /// known, a leader named in the same term is the leader; an older term says nothing
+    /// about who leads now.
     fn learn(&mut self, from: SocketAddr, s: &NodeStatus) {
         self.ids.insert(s.id, from);
         if s.term < self.term {
@@ -366,7 +380,9 @@ impl View {
         if s.term > self.term {
             self.term = s.term;
             self.leader = leader;
-        } else if self.leader.is_none() {
+        } else if leader.is_some() {
+            // A term has one leader at most: this one, whatever a node that answered a
+            // request (whose term is not known) made the client believe.
             self.leader = leader;
         }
     }
@@ -756,13 +772,19 @@ impl Client {
                     return Ok(answer);
                 }
                 Ok(Watched::Moved(to)) => {
+                    self.doubt(addr);
                     let cause = Cause::Replaced {
                         waited: since.elapsed(),
                         by: to,
                     };
-                    last = Some(Failure { node: addr, cause });
-                    target = Some(to);
-                    continue;
+                    if redirects > lock(&self.nodes).len() {
+                        cause // moved and redirected in circles: pause first
+                    } else {
+                        redirects += 1;
+                        last = Some(Failure { node: addr, cause });
+                        target = Some(to);
+                        continue;
+                    }
                 }
                 Err(Miss::Fatal(e)) => return Err(e),
                 // Cut short by the deadline: what went wrong before says more.
@@ -839,9 +861,9 @@ impl Client {
 
     /// Watches an attempt at `addr` that started at `since`: once it has waited the probe
     /// delay (at once if the client asked less than that ago), asks the nodes who leads,
-    /// again and again, until another node leads (or, for
-    /// a request any node serves, `addr` is silent and another node answers): then that
-    /// node. Fails with [`Cause::NoAnswer`] at `end`.
+    /// again and again, until another node leads (or, for a request any node serves,
+    /// `addr` is silent and another node answers): then that node. Fails with
+    /// [`Cause::NoAnswer`] at `end`.
     async fn watch(
         &self,
         addr: SocketAddr,
@@ -992,16 +1014,18 @@ impl Client {
     /// The node at `addr` answered a request `served` this way (it leads, if only a leader
     /// serves it); a node reached through a redirect becomes known.
     fn answered(&self, addr: SocketAddr, served: ServedBy) {
-        {
+        let moved = {
             let mut v = lock(&self.view);
-            v.last_answered = Some(addr);
             if served == ServedBy::Leader {
                 v.leader = Some(addr);
             }
-        }
-        let mut nodes = lock(&self.nodes);
-        if !nodes.contains(&addr) {
-            nodes.push(addr);
+            v.last_answered.replace(addr) != Some(addr)
+        };
+        if moved {
+            let mut nodes = lock(&self.nodes);
+            if !nodes.contains(&addr) {
+                nodes.push(addr);
+            }
         }
     }
 
@@ -1286,4 +1310,125 @@ async fn read_answers(session: Weak<Session>, recv: quinn::RecvStream) {
 
 fn unexpected(r: Response) -> ClientError {
     ClientError::Protocol(format!("{r:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::MemberStatus;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// The status node `id` (reached at port 7000 + id) reports: `leader` in `term`; the
+    /// members' addresses are the configured ones, at port 8000 + id.
+    fn status(id: NodeId, term: Term, leader: Option<NodeId>) -> NodeStatus {
+        NodeStatus {
+            id,
+            role: if leader == Some(id) {
+                "Leader"
+            } else {
+                "Follower"
+            }
+            .into(),
+            term,
+            leader,
+            commit: 0,
+            applied: 0,
+            last_index: 0,
+            members: (1..=3)
+                .map(|m| MemberStatus {
+                    id: m,
+                    voter: true,
+                    addr: Some(format!("127.0.0.1:{}", 8000 + m)),
+                    connected: true,
+                    match_index: None,
+                })
+                .collect(),
+            keys: 0,
+            refused_connections: 0,
+            malformed_frames: 0,
+            dropped_frames: 0,
+        }
+    }
+
+    fn learn(view: &mut View, id: NodeId, term: Term, leader: Option<NodeId>) {
+        view.learn(addr(7000 + id as u16), &status(id, term, leader));
+    }
+
+    #[test]
+    fn the_newest_term_names_the_leader() {
+        let mut view = View::default();
+        learn(&mut view, 2, 5, Some(1));
+        // Node 1 never answered: its configured address.
+        assert_eq!(view.leader, Some(addr(8001)));
+        learn(&mut view, 1, 5, Some(1));
+        // Where it answered is where it is.
+        assert_eq!(view.leader, Some(addr(7001)));
+        // An election: a higher term without a leader yet.
+        learn(&mut view, 3, 6, None);
+        assert_eq!((view.term, view.leader), (6, None));
+        // A node cut off in an older term says nothing about now.
+        learn(&mut view, 1, 5, Some(1));
+        assert_eq!((view.term, view.leader), (6, None));
+        learn(&mut view, 3, 6, Some(3));
+        assert_eq!(view.leader, Some(addr(7003)));
+        // A candidate of the same term that lost does not unseat the leader.
+        learn(&mut view, 2, 6, None);
+        assert_eq!(view.leader, Some(addr(7003)));
+        // A node that served a request was taken for the leader; a status naming the
+        // leader of the newest term corrects it.
+        view.leader = Some(addr(7001));
+        learn(&mut view, 2, 6, Some(3));
+        assert_eq!(view.leader, Some(addr(7003)));
+    }
+
+    #[test]
+    fn listen_addresses_are_not_dialled() {
+        assert_eq!(node_addr("127.0.0.1:7001"), Some(addr(7001)));
+        assert_eq!(node_addr("0.0.0.0:7001"), None);
+        assert_eq!(node_addr("[::]:7001"), None);
+        assert_eq!(node_addr("127.0.0.1:0"), None);
+        assert_eq!(node_addr("node-1:7001"), None);
+        assert_eq!(node_addr(""), None);
+    }
+
+    #[test]
+    fn an_error_says_once_what_happened() {
+        let one = ClientError::Unavailable {
+            after: Duration::from_millis(2010),
+            tried: vec![addr(1)],
+            last: Some(Failure {
+                node: addr(1),
+                cause: Cause::NoAnswer(Duration::from_secs(2)),
+            }),
+        };
+        assert_eq!(
+            one.to_string(),
+            "127.0.0.1:1: no answer within 2.0 s (gave up after 2.0 s)"
+        );
+        let many = ClientError::Unavailable {
+            after: Duration::from_secs(5),
+            tried: vec![addr(1), addr(2)],
+            last: Some(Failure {
+                node: addr(2),
+                cause: Cause::Retry("no leader known; retry".into()),
+            }),
+        };
+        assert_eq!(
+            many.to_string(),
+            "no node answered in time (gave up after 5.0 s; tried 127.0.0.1:1, 127.0.0.1:2); \
+             last, 127.0.0.1:2: answered \"no leader known; retry\""
+        );
+        let refused = ClientError::Server {
+            node: addr(3),
+            kind: ErrorKind::Forbidden,
+            message: "client bob may not run admin operations".into(),
+        };
+        assert_eq!(
+            refused.to_string(),
+            "127.0.0.1:3 refused the request: Forbidden: client bob may not run admin operations"
+        );
+    }
 }
