@@ -68,6 +68,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tracing::debug;
 
 /// Why a client call failed.
 #[derive(Debug)]
@@ -357,33 +358,57 @@ struct View {
     alive: Vec<SocketAddr>,
     /// When the last round of probes ended.
     asked: Option<Instant>,
+    /// Nodes that said they do not lead in `term`.
+    not_leading: Vec<SocketAddr>,
+    /// Counts the changes of `leader`.
+    changes: u64,
 }
 
 impl View {
-    /// Takes in the status the node at `from` reported: a higher term replaces what was
-    /// known, a leader named in the same term is the leader; an older term says nothing
-    /// about who leads now.
+    /// Takes in the status the node at `from` reported. A higher term replaces what was
+    /// known; in the newest term, a node that says it leads is the leader, and a leader
+    /// another node names is too unless it said itself that it does not lead (a leader
+    /// that stepped down, say for want of a quorum, never leads that term again; the
+    /// others name it until they hear of the next term). An older term says nothing about
+    /// who leads now.
     fn learn(&mut self, from: SocketAddr, s: &NodeStatus) {
         self.ids.insert(s.id, from);
         if s.term < self.term {
             return;
         }
-        let leader = s.leader.and_then(|id| {
-            if id == s.id {
-                return Some(from);
-            }
+        if s.term > self.term {
+            self.term = s.term;
+            self.set_leader(None);
+            self.not_leading.clear();
+        }
+        if s.leader == Some(s.id) {
+            self.not_leading.retain(|&a| a != from);
+            self.set_leader(Some(from));
+            return;
+        }
+        if !self.not_leading.contains(&from) {
+            self.not_leading.push(from);
+        }
+        if self.leader == Some(from) {
+            self.set_leader(None);
+        }
+        let named = s.leader.and_then(|id| {
             self.ids.get(&id).copied().or_else(|| {
                 let member = s.members.iter().find(|m| m.id == id)?;
                 member.addr.as_deref().and_then(node_addr)
             })
         });
-        if s.term > self.term {
-            self.term = s.term;
-            self.leader = leader;
-        } else if leader.is_some() {
+        if let Some(named) = named.filter(|a| !self.not_leading.contains(a)) {
             // A term has one leader at most: this one, whatever a node that answered a
             // request (whose term is not known) made the client believe.
+            self.set_leader(Some(named));
+        }
+    }
+
+    fn set_leader(&mut self, leader: Option<SocketAddr>) {
+        if self.leader != leader {
             self.leader = leader;
+            self.changes += 1;
         }
     }
 }
@@ -748,6 +773,7 @@ impl Client {
                         .or_else(|| leader.and_then(|id| lock(&self.view).ids.get(&id).copied()));
                     match to {
                         Some(to) if to != addr && redirects <= lock(&self.nodes).len() => {
+                            debug!(from = %addr, to = %to, "call redirected");
                             redirects += 1;
                             target = Some(to);
                             continue;
@@ -772,6 +798,7 @@ impl Client {
                     return Ok(answer);
                 }
                 Ok(Watched::Moved(to)) => {
+                    debug!(from = %addr, to = %to, waited = ?since.elapsed(), "call moved: another node leads");
                     self.doubt(addr);
                     let cause = Cause::Replaced {
                         waited: since.elapsed(),
@@ -806,6 +833,7 @@ impl Client {
             target = self
                 .await_leader(addr, served, (now + backoff).min(deadline))
                 .await;
+            debug!(at = %addr, cause = %last.as_ref().map_or(String::new(), |l| l.cause.to_string()), next = ?target, after = ?now.elapsed(), "call goes on");
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
@@ -860,7 +888,7 @@ impl Client {
     }
 
     /// Watches an attempt at `addr` that started at `since`: once it has waited the probe
-    /// delay (at once if the client asked less than that ago), asks the nodes who leads,
+    /// delay (at once if a failover is under way), asks the nodes who leads,
     /// again and again, until another node leads (or, for a request any node serves,
     /// `addr` is silent and another node answers): then that node. Fails with
     /// [`Cause::NoAnswer`] at `end`.
@@ -876,9 +904,17 @@ impl Client {
             Timer::at(end).await;
             return Err(no_answer());
         }
-        // While the client is asking already (a failover is under way), at once.
-        let asked = lock(&self.view).asked;
-        if asked.is_none_or(|t| t.elapsed() > self.probe_after) {
+        // At once while a failover is under way: the client asked lately, and did not
+        // find `addr` leading (or answering, for a request any node serves).
+        let under_way = {
+            let v = lock(&self.view);
+            let fine = match served {
+                ServedBy::AnyNode => v.alive.contains(&addr),
+                _ => v.leader == Some(addr),
+            };
+            !fine && v.asked.is_some_and(|t| t.elapsed() <= self.probe_after)
+        };
+        if !under_way {
             Timer::at((since + self.probe_after).min(end)).await;
         }
         let mut interval = PROBE_INTERVAL;
@@ -902,9 +938,9 @@ impl Client {
     }
 
     /// After a failure at `left`: waits until `until` for the nodes to name a leader (for
-    /// a request a leader serves), asking them every 15 ms while they name none. Returns a
-    /// leader other than `left` at once; `left` itself, if the nodes say it leads still,
-    /// at `until`.
+    /// a request a leader serves), asking them every 15 ms while they name none. Returns
+    /// at once a leader other than `left`, or `left` itself if the nodes named it anew
+    /// (say, in a new term); `left` at `until` if they name it as they did before.
     async fn await_leader(
         &self,
         left: SocketAddr,
@@ -915,11 +951,15 @@ impl Client {
             Timer::at(until).await;
             return None;
         }
+        let before = lock(&self.view).changes;
         loop {
             self.ask_who_leads(None, false, until).await;
-            let leader = lock(&self.view).leader;
+            let (leader, changes) = {
+                let v = lock(&self.view);
+                (v.leader, v.changes)
+            };
             match leader {
-                Some(l) if l != left => return Some(l),
+                Some(l) if l != left || changes != before => return Some(l),
                 Some(l) => {
                     Timer::at(until).await;
                     return Some(l);
@@ -972,6 +1012,7 @@ impl Client {
             let now = Instant::now();
             let mut view = lock(&self.view);
             view.alive = answers.into_iter().flatten().flatten().collect();
+            debug!(term = view.term, leader = ?view.leader, alive = ?view.alive, "asked who leads");
             view.asked = Some(now);
             *last = Some(now);
         }
@@ -1017,7 +1058,7 @@ impl Client {
         let moved = {
             let mut v = lock(&self.view);
             if served == ServedBy::Leader {
-                v.leader = Some(addr);
+                v.set_leader(Some(addr));
             }
             v.last_answered.replace(addr) != Some(addr)
         };
@@ -1034,7 +1075,7 @@ impl Client {
     fn doubt(&self, addr: SocketAddr) {
         let mut v = lock(&self.view);
         if v.leader == Some(addr) {
-            v.leader = None;
+            v.set_leader(None);
         }
         if v.last_answered == Some(addr) {
             v.last_answered = None;
@@ -1379,8 +1420,19 @@ mod tests {
         assert_eq!(view.leader, Some(addr(7003)));
         // A node that served a request was taken for the leader; a status naming the
         // leader of the newest term corrects it.
-        view.leader = Some(addr(7001));
+        view.set_leader(Some(addr(7001)));
         learn(&mut view, 2, 6, Some(3));
+        assert_eq!(view.leader, Some(addr(7003)));
+        // The leader steps down (check-quorum) in its term: the others name it until
+        // they hear of a new term, but it leads no more.
+        learn(&mut view, 3, 6, None);
+        assert_eq!(view.leader, None);
+        learn(&mut view, 2, 6, Some(3));
+        assert_eq!(view.leader, None);
+        // It wins the next term.
+        learn(&mut view, 3, 7, Some(3));
+        assert_eq!(view.leader, Some(addr(7003)));
+        learn(&mut view, 2, 7, Some(3));
         assert_eq!(view.leader, Some(addr(7003)));
     }
 

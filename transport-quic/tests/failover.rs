@@ -334,6 +334,15 @@ fn watch_election(
 
 /// Runs `rounds` of `fault` on the leader of a write load; what each cost.
 fn fault_rounds(tag: &str, fault: Fault, rounds: usize) -> Vec<Round> {
+    if std::env::var_os("CORACLE_TEST_CLIENT_LOG").is_some() {
+        use tracing_subscriber::prelude::*;
+        let targets = tracing_subscriber::filter::Targets::new()
+            .with_target("coracle_quic::client", tracing::Level::DEBUG)
+            .with_target("failover", tracing::Level::INFO);
+        let _ = tracing_subscriber::registry()
+            .with(tracing_subscriber::fmt::layer().with_filter(targets))
+            .try_init();
+    }
     let mut cluster = Cluster::start(tag);
     cluster.leader();
     let observer = Arc::new(
@@ -357,11 +366,21 @@ fn fault_rounds(tag: &str, fault: Fault, rounds: usize) -> Vec<Round> {
             .filter(|&i| i != leader)
             .map(|i| cluster.addr(i))
             .collect();
+        cluster.signal(
+            leader,
+            match fault {
+                Fault::Kill => "-KILL",
+                Fault::Pause => "-STOP",
+            },
+        );
+        // Once the signal is surely delivered (`kill` ran as a process of its own, so a
+        // write issued just before could still be answered), and before the killed
+        // process is reaped (which takes up to 100 ms).
         let at = Instant::now();
-        match fault {
-            Fault::Kill => cluster.procs[leader as usize - 1].kill(),
-            Fault::Pause => cluster.signal(leader, "-STOP"),
+        if let Fault::Kill = fault {
+            cluster.procs[leader as usize - 1].kill();
         }
+        tracing::info!(round, leader, ?fault, "fault");
         let elected = watch_election(observer.clone(), survivors, term);
         let gap = load.gap_across(at);
         let election = elected.join().unwrap().expect("a new leader within 30 s") - at;
@@ -389,6 +408,17 @@ fn fault_rounds(tag: &str, fault: Fault, rounds: usize) -> Vec<Round> {
         }
     });
     observer.close();
+    if std::env::var_os("CORACLE_TEST_CLIENT_LOG").is_some() {
+        let kept = std::env::temp_dir().join(format!("coracle-{tag}-logs"));
+        std::fs::create_dir_all(&kept).unwrap();
+        for id in 1..=3 {
+            let _ = std::fs::copy(
+                common::node_log(&cluster.setup, id),
+                kept.join(format!("node-{id}.log")),
+            );
+        }
+        println!("the nodes' logs are in {}", kept.display());
+    }
     results
 }
 
