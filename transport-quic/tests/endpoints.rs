@@ -11,7 +11,7 @@ use coracle::{Message, RequestVote};
 use coracle_quic::certs::{Ca, Identity, ANY_NODE_NAME};
 use coracle_quic::client::{ClientEndpoint, ClientError};
 use coracle_quic::protocol::{
-    append_frame, ErrorKind, Request, RequestFrame, Response, ResponseFrame, WriteOp, WriteOutcome,
+    append_frame, ErrorKind, Request, RequestFrame, Response, ResponseFrame, WriteOutcome,
 };
 use coracle_quic::server::RunningNode;
 use coracle_quic::tls::{self, Credentials, QuicSettings};
@@ -330,17 +330,8 @@ fn garbage_on_the_udp_port_and_on_open_streams_is_counted_and_survived() {
 fn a_retried_write_is_applied_once() {
     let (setup, node) = single_node("once");
     let client = setup.client("client-alice");
-    let write = |seq: u64, value: &str| Request::Write {
-        client: 4242,
-        seq,
-        ack_below: 1,
-        op: WriteOp::Put {
-            key: b"k".to_vec(),
-            value: value.as_bytes().to_vec(),
-            // Asked for: a retry answered `None` shows it was not applied again.
-            return_previous: true,
-        },
-    };
+    // Asks for the value replaced: a retry answered `None` shows it was not applied again.
+    let write = |seq: u64, value: &str| common::session_put(4242, seq, "k", value);
     smol::block_on(async {
         let first = client.call(&write(1, "one")).await.unwrap();
         let Response::Written { outcome, index } = first else {

@@ -5,6 +5,7 @@
 use coracle_quic::certs::{Ca, Identity};
 use coracle_quic::client::Client;
 use coracle_quic::config::NodeConfig;
+use coracle_quic::protocol::{Request, WriteOp};
 use coracle_quic::tls::Credentials;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -128,6 +129,22 @@ impl Setup {
             .unwrap()
             .with_timeout(Duration::from_secs(20))
             .with_attempt_timeout(Duration::from_secs(1))
+    }
+}
+
+/// A put of `value` at `key` as write `seq` of session `client`, asking for the value it
+/// replaces; `ack_below` 1, so the state machine keeps every outcome of the session (a
+/// retry of any of them is answered with it).
+pub fn session_put(client: u64, seq: u64, key: &str, value: &str) -> Request {
+    Request::Write {
+        client,
+        seq,
+        ack_below: 1,
+        op: WriteOp::Put {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+            return_previous: true,
+        },
     }
 }
 
