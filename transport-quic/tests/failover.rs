@@ -544,8 +544,9 @@ fn a_write_retried_on_the_new_leader_after_a_kill_is_applied_once() {
 }
 
 /// Issue 15, item 3: the leader L is cut off from its peers A and B (clients still reach
-/// it). A client given `--nodes L,A,B` must not wait on L: the majority elects a new leader
-/// within about an election timeout, and L answers "retry" once check-quorum deposes it.
+/// it). A client given `--nodes L,A,B` must not wait on L (writes, reads, admin calls): the
+/// majority elects a new leader within about an election timeout, and L answers "retry"
+/// once check-quorum deposes it.
 /// Before the fix the client asked L again and again and failed after its whole timeout,
 /// while `--nodes A,B,L` succeeded at once.
 #[test]
@@ -632,6 +633,27 @@ fn a_leader_cut_off_from_its_peers_does_not_hold_the_command() {
     let (out, took) = kv(&["get", "k"]);
     let took = ok((out.clone(), took), "linearizable get through L,A,B");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "w", "{took:?}");
+    // An admin call takes the same way: leadership handed from the majority's leader to
+    // the other node of the majority.
+    let m = cluster
+        .status(others[0])
+        .and_then(|s| s.leader)
+        .expect("the majority has a leader");
+    let to = if m == others[0] { others[1] } else { others[0] };
+    ok(
+        coracle(&[
+            "admin",
+            "transfer",
+            &to.to_string(),
+            "--nodes",
+            &l_first,
+            "--name",
+            "ops",
+            "--timeout-ms",
+            "5000",
+        ]),
+        "admin transfer through L,A,B",
+    );
     ok(
         coracle(&[
             "admin",
