@@ -529,10 +529,11 @@ impl Client {
 
     /// When a call has no answer after `delay` (default [`DEFAULT_PROBE_AFTER`], 100 ms),
     /// the client asks every node it knows who leads (a status request on a stream of its
-    /// own), every 15 ms while the node waited on is silent and every 200 ms while it
-    /// answers: once a node names a newer leader, the call moves there (a write keeps its
-    /// sequence number); a request any node serves (a stale read) moves to a node that
-    /// answers. The probes are shared by the client's calls: one round at a time.
+    /// own), every 15 ms while the node waited on is silent and less and less often (down
+    /// to every 200 ms) while it answers: once a node names a newer leader, the call moves
+    /// there (a write keeps its sequence number); a request any node serves (a stale read)
+    /// moves to a node that answers. The probes are shared by the client's calls: one
+    /// round at a time.
     pub fn with_probe_after(mut self, delay: Duration) -> Self {
         self.probe_after = delay;
         self
