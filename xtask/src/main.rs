@@ -23,8 +23,8 @@ mod nostd;
 mod qemu;
 mod serve;
 mod size;
-mod web;
 mod soak;
+mod web;
 
 use std::process::ExitCode;
 
