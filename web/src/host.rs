@@ -411,7 +411,7 @@ impl Host {
 
     /// On the leader: make the learner `peer` a voter.
     pub fn promote(&mut self, peer: NodeId) -> Result<Index, Refused> {
-        self.change_membership(MembershipChange::AddVoter(peer))
+        self.change_membership(MembershipChange::Promote(peer))
     }
 
     fn change_membership(&mut self, change: MembershipChange<'_>) -> Result<Index, Refused> {
