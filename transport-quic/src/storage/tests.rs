@@ -954,6 +954,29 @@ fn damage_in_an_earlier_segment_is_an_error() {
     );
 }
 
+/// A segment whose (checksummed) header says it starts at index 0, where no entry is: an
+/// error naming the file, not an arithmetic overflow while the log is read back.
+#[test]
+fn a_segment_that_starts_at_index_0_is_an_error() {
+    let dir = TempDir::new("base-0");
+    // A new log: its one segment holds no record yet, so no entry index contradicts the
+    // header.
+    drop(FileLog::open_with(dir.path(), small_segments()).unwrap());
+    let files = segment_files(dir.path());
+    let mut bytes = fs::read(&files[0]).unwrap();
+    bytes[12..20].copy_from_slice(&0u64.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[..28]);
+    bytes[28..32].copy_from_slice(&crc.to_le_bytes());
+    fs::remove_file(&files[0]).unwrap();
+    let zero = dir.path().join(segment::name(0));
+    fs::write(&zero, &bytes).unwrap();
+    let e = FileLog::open_with(dir.path(), small_segments()).unwrap_err();
+    assert!(
+        matches!(&e, FileLogError::Corrupt { file, .. } if file == &zero),
+        "{e}"
+    );
+}
+
 #[test]
 fn a_torn_hard_state_write_is_ignored() {
     let dir = TempDir::new("hard-state");
