@@ -454,19 +454,6 @@ enum Watched {
     Moved(SocketAddr),
 }
 
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.write_u32(std::process::id());
-    h.finish()
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -498,7 +485,7 @@ impl Client {
             view: Mutex::new(View::default()),
             asking: smol::lock::Mutex::new(None),
             cursor: AtomicUsize::new(0),
-            session: random_u64(),
+            session: crate::random_u64(),
             next_seq: AtomicU64::new(1),
             outstanding: Mutex::new(BTreeSet::new()),
             timeout: Duration::from_secs(10),
