@@ -2383,6 +2383,46 @@ fn a_directory_missing_its_hard_state_or_its_log_is_refused() {
     assert!(!log.recovery().initialised && !log.recovery().adopted);
 }
 
+/// Initialising a directory writes the hard state, then the first segment, then the
+/// identity, each durably: a crash between the first two leaves only a new node's hard
+/// state (term 0, no vote). That is still a new directory, not one that lost its log
+/// (the identity module's promise: a crash during initialisation never looks damaged).
+#[test]
+fn a_crash_while_a_directory_is_initialised_leaves_a_new_directory() {
+    let dir = TempDir::new("init-crash");
+    drop(FileLog::open(dir.path()).unwrap());
+    for f in segment_files(dir.path()) {
+        fs::remove_file(f).unwrap();
+    }
+    fs::remove_file(dir.path().join(identity::FILE)).unwrap();
+    let log = FileLog::open(dir.path()).unwrap();
+    assert!(log.recovery().initialised);
+    assert_eq!(
+        (log.last_index(), log.hard_state()),
+        (0, HardState::default())
+    );
+    drop(log);
+    // A hard state with a term or a vote is a node's past: without segments, damage.
+    let dir = TempDir::new("init-crash-voted");
+    drop(FileLog::open(dir.path()).unwrap());
+    for f in segment_files(dir.path()) {
+        fs::remove_file(f).unwrap();
+    }
+    fs::remove_file(dir.path().join(identity::FILE)).unwrap();
+    hard_state::write(
+        dir.path(),
+        HardState {
+            current_term: 2,
+            voted_for: Some(1),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        damage(dir.path(), Options::new()),
+        Damage::NoSegments { snapshot: None }
+    );
+}
+
 #[test]
 fn a_directory_of_another_node_is_refused_and_one_from_before_identities_is_adopted() {
     let dir = TempDir::new("identity");
