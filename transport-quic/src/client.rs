@@ -1248,7 +1248,16 @@ impl Session {
         append_frame(&mut frame, &(id, request))
             .map_err(|e| Miss::Fatal(ClientError::Protocol(e.to_string())))?;
         let (tx, rx) = channel::bounded(1);
-        lock(&self.pending).insert(id, tx);
+        {
+            // Under the lock `read_answers` clears the waiting calls with: a session it
+            // found broken takes no more calls (one registered after the clear would wait
+            // for an answer that never comes, until its timeout).
+            let mut pending = lock(&self.pending);
+            if self.broken.load(Ordering::Relaxed) {
+                return Err(Miss::At(self.lost()));
+            }
+            pending.insert(id, tx);
+        }
         // Forgets the call if it ends early (an error, or the caller's timeout dropped it).
         let _forget = Forget(self, id);
         {
