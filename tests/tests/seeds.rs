@@ -100,10 +100,8 @@ fn nodes_that_lost_their_tail_are_caught_up() {
             let report = run(seed, &options, None);
             assert!(
                 report.is_ok(),
-                "{report}\nreplay: cargo run --release -p coracle-tests --bin sim -- --seed \
-                 {seed} --steps {} --nodes {nodes} --faults {} --trace",
-                options.steps,
-                options.faults
+                "{report}\nreplay: {}",
+                options.replay_command(seed)
             );
             lost.0 += report.stats.tails_lost;
             lost.1 += report.stats.entries_lost;

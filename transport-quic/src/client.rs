@@ -1,22 +1,34 @@
 //! The client library of the replicated KV store (what `coracle kv` and `coracle admin`
 //! use).
 //!
-//! A [`Client`] connects over QUIC with its client certificate to any node it is given,
+//! A [`Client`] connects over QUIC with its client certificate to the nodes it is given,
 //! and follows the leader: a node that cannot serve a request answers with the leader's
-//! address, and the client retries there; on a connection failure or a "retry" answer it
-//! tries the next node with a growing backoff, until the request's deadline
-//! ([`Client::with_timeout`]).
+//! address, and the client goes there.
 //!
-//! Calls share one QUIC connection and one stream: each request is written with an id and
-//! the call waits for the answer with that id, so concurrent calls on one `Client` are in
-//! flight together (pipelined) and requests written together leave in the same packets.
+//! Failover follows the cluster, not a client timeout. When a call has had no answer for
+//! 100 ms ([`Client::with_probe_after`]), the client asks every node it knows who leads
+//! (a status request on a stream of its own), and asks again every 15 ms while the node
+//! waited on is silent: as soon as a node names a leader in a newer term (the one waited
+//! on died, was paused, or was cut off from its peers and replaced), the call moves there.
+//! A leader that is alive but slow is waited for. After a "retry" answer or a failed
+//! connection, the client asks the same way and goes to the leader named, else to the next
+//! node, after a pause that grows from 10 to 300 ms, until the call's deadline
+//! ([`Client::with_timeout`]). A read that any node serves ([`Consistency::Stale`]) moves
+//! to a node that answers when the one waited on does not. A failed call says which nodes
+//! it tried and what went wrong at the last ([`ClientError::Unavailable`]).
+//!
+//! Calls share one QUIC connection and one stream per node: each request is written with
+//! an id and the call waits for the answer with that id, so concurrent calls on one
+//! `Client` are in flight together (pipelined) and requests written together leave in the
+//! same packets.
 //!
 //! Each `Client` has a UDP socket of its own; clients made by one [`ClientEndpoint`] share
-//! its socket (each still with its own connection and session), as an application that
+//! its socket (each still with its own connections and session), as an application that
 //! serves many users does.
 //!
 //! Writes are exactly-once: each gets a sequence number in the client's session, kept
-//! across retries, and the state machine applies a `(session, seq)` pair at most once.
+//! across retries (at the same node or at a new leader), and the state machine applies a
+//! `(session, seq)` pair at most once.
 //! Reads are linearizable by default ([`Consistency::Linearizable`]).
 //!
 //! ```no_run
@@ -44,14 +56,19 @@ use crate::protocol::{
 };
 use crate::tls::{self, Credentials, QuicSettings, TlsError};
 use crate::transport::FrameReader;
-use coracle::Index;
+use coracle::{Index, NodeId, Term};
 use smol::channel::{self, Sender};
+use smol::Timer;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tracing::debug;
 
 /// Why a client call failed.
 #[derive(Debug)]
@@ -60,10 +77,20 @@ pub enum ClientError {
     Tls(TlsError),
     /// The local endpoint could not be created.
     Io(std::io::Error),
-    /// No node answered in time; the last problem seen.
-    Timeout(String),
+    /// No node gave an answer the call could use before its deadline (or, for
+    /// [`Client::attempt`], the one node asked did not).
+    Unavailable {
+        /// How long the call tried.
+        after: Duration,
+        /// The nodes it tried, in the order it first tried them.
+        tried: Vec<SocketAddr>,
+        /// What went wrong at the last node tried.
+        last: Option<Failure>,
+    },
     /// A node refused the request for good.
     Server {
+        /// The node that refused it.
+        node: SocketAddr,
         /// What kind of refusal.
         kind: ErrorKind,
         /// The node's explanation.
@@ -82,9 +109,30 @@ impl fmt::Display for ClientError {
         match self {
             ClientError::Tls(e) => write!(f, "{e}"),
             ClientError::Io(e) => write!(f, "{e}"),
-            ClientError::Timeout(last) => write!(f, "no answer in time (last: {last})"),
+            ClientError::Unavailable { after, tried, last } => {
+                let after = Seconds(*after);
+                match (tried.as_slice(), last) {
+                    ([one], Some(last)) if last.node == *one => {
+                        write!(f, "{one}: {} (gave up after {after})", last.cause)
+                    }
+                    _ => {
+                        write!(f, "no node answered in time (gave up after {after}; tried ")?;
+                        for (i, node) in tried.iter().enumerate() {
+                            write!(f, "{}{node}", if i > 0 { ", " } else { "" })?;
+                        }
+                        match last {
+                            Some(last) => write!(f, "); last, {last}"),
+                            None => f.write_str(")"),
+                        }
+                    }
+                }
+            }
             ClientError::Closed => write!(f, "the client was closed"),
-            ClientError::Server { kind, message } => write!(f, "{kind:?}: {message}"),
+            ClientError::Server {
+                node,
+                kind,
+                message,
+            } => write!(f, "{node} refused the request: {kind:?}: {message}"),
             ClientError::Protocol(m) => write!(f, "unexpected answer: {m}"),
             ClientError::NoNodes => f.write_str("no node address given"),
         }
@@ -92,6 +140,99 @@ impl fmt::Display for ClientError {
 }
 
 impl std::error::Error for ClientError {}
+
+/// A duration shown in seconds with a tenth (`2.0 s`), or in milliseconds below one second.
+struct Seconds(Duration);
+
+impl fmt::Display for Seconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 < Duration::from_secs(1) {
+            write!(f, "{} ms", self.0.as_millis())
+        } else {
+            write!(f, "{:.1} s", self.0.as_secs_f64())
+        }
+    }
+}
+
+/// What went wrong at one node: the last problem a [`ClientError::Unavailable`] reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// The node's address.
+    pub node: SocketAddr,
+    /// What happened there.
+    pub cause: Cause,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.node, self.cause)
+    }
+}
+
+/// Why an attempt at one node gave no answer the call could use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Cause {
+    /// No connection could be made (the handshake was refused or failed).
+    Connect(String),
+    /// No handshake within the connect timeout ([`Client::with_connect_timeout`]).
+    ConnectTimeout(Duration),
+    /// The connection or its stream broke before the answer came.
+    ConnectionLost(String),
+    /// No answer within the attempt timeout ([`Client::with_attempt_timeout`]).
+    NoAnswer(Duration),
+    /// No answer, and another node named a newer leader, where the call went on.
+    Replaced {
+        /// How long the call waited.
+        waited: Duration,
+        /// The leader named.
+        by: SocketAddr,
+    },
+    /// The node asked for a retry (no leader known, leadership changed, busy).
+    Retry(String),
+    /// The node is not the leader and knows no leader's address.
+    NoLeader {
+        /// The leader it named, if any.
+        named: Option<NodeId>,
+    },
+    /// The node redirected the call to a node that redirected it on, again and again.
+    RedirectLoop(SocketAddr),
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cause::Connect(e) => write!(f, "cannot connect: {e}"),
+            Cause::ConnectTimeout(d) => write!(f, "no handshake within {}", Seconds(*d)),
+            Cause::ConnectionLost(e) => write!(f, "connection lost: {e}"),
+            Cause::NoAnswer(d) => write!(f, "no answer within {}", Seconds(*d)),
+            Cause::Replaced { waited, by } => write!(
+                f,
+                "no answer within {}, and {by} leads now",
+                Seconds(*waited)
+            ),
+            Cause::Retry(m) => write!(f, "answered \"{m}\""),
+            Cause::NoLeader { named: Some(id) } => {
+                write!(f, "names node {id} as leader, without its address")
+            }
+            Cause::NoLeader { named: None } => f.write_str("knows no leader"),
+            Cause::RedirectLoop(to) => write!(f, "redirects to {to}, which redirects on"),
+        }
+    }
+}
+
+/// Why an attempt ended without an answer: a problem at the node (the call may go on
+/// elsewhere), or one that ends the call.
+enum Miss {
+    At(Cause),
+    Fatal(ClientError),
+}
+
+impl From<Cause> for Miss {
+    fn from(c: Cause) -> Miss {
+        Miss::At(c)
+    }
+}
 
 /// A UDP socket and a client identity (certificate) for any number of [`Client`]s: each
 /// keeps its own connection and exactly-once session, and the datagrams of all go through
@@ -139,7 +280,7 @@ impl ClientEndpoint {
     }
 
     /// A client on this endpoint that knows the nodes at `nodes` (see [`Client::new`]).
-    /// Its [`close`](Client::close) closes its own connection only (a later call connects
+    /// Its [`close`](Client::close) closes its own connections only (a later call connects
     /// again).
     pub fn client(&self, nodes: Vec<SocketAddr>) -> Result<Client, ClientError> {
         Client::on(self.clone(), false, nodes)
@@ -151,16 +292,37 @@ impl ClientEndpoint {
     }
 }
 
+/// A call with no answer after this long asks the nodes who leads ([`Client::with_probe_after`]).
+pub const DEFAULT_PROBE_AFTER: Duration = Duration::from_millis(100);
+/// Rounds of "who leads?" of one client are at least this far apart.
+const PROBE_INTERVAL: Duration = Duration::from_millis(15);
+/// While the node a call waits on answers the probes (it lives and leads still), they slow
+/// down to one round per this long.
+const PROBE_INTERVAL_ALIVE: Duration = Duration::from_millis(200);
+/// Once a majority of the nodes answered a round, the others get this much longer.
+const ROUND_GRACE: Duration = Duration::from_millis(20);
+/// A round of probes lasts this long at most.
+const ROUND_LIMIT: Duration = Duration::from_millis(250);
+/// The pause after a failed attempt, doubled after each one up to `MAX_BACKOFF`.
+const MIN_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_millis(300);
+
 /// A connection to the cluster, shared by concurrent calls (`&self` methods).
 pub struct Client {
     endpoint: ClientEndpoint,
     /// The endpoint is this client's alone (`Client::new`): `close` closes it.
     own_endpoint: bool,
-    nodes: Vec<SocketAddr>,
-    current: Mutex<Option<Arc<Session>>>,
+    /// The nodes known: those given, then the leaders found through them that answered.
+    nodes: Mutex<Vec<SocketAddr>>,
+    /// A connection and its request stream per node, made when first needed.
+    sessions: Mutex<HashMap<SocketAddr, Arc<Session>>>,
     /// One gate per node address, held while a connection to it is being made (see
     /// `session_with`).
     gates: Mutex<HashMap<SocketAddr, Arc<Gate>>>,
+    /// What the client knows of who leads.
+    view: Mutex<View>,
+    /// Held during a round of "who leads?" (one at a time); when the last one ended.
+    asking: smol::lock::Mutex<Option<Instant>>,
     cursor: AtomicUsize,
     session: u64,
     next_seq: AtomicU64,
@@ -168,28 +330,128 @@ pub struct Client {
     timeout: Duration,
     attempt_timeout: Duration,
     connect_timeout: Duration,
+    probe_after: Duration,
 }
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("nodes", &self.nodes)
+            .field("nodes", &*lock(&self.nodes))
             .field("session", &self.session)
             .finish_non_exhaustive()
     }
 }
 
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.write_u32(std::process::id());
-    h.finish()
+/// What a client knows of the cluster's leadership.
+#[derive(Default)]
+struct View {
+    /// The highest term a node reported.
+    term: Term,
+    /// The leader: the one a node named in that term, or the node that last served a
+    /// request only a leader serves.
+    leader: Option<SocketAddr>,
+    /// The node that last answered (where requests that any node serves go).
+    last_answered: Option<SocketAddr>,
+    /// Where each node answered, by its id.
+    ids: HashMap<NodeId, SocketAddr>,
+    /// The nodes that answered the last round of probes.
+    alive: Vec<SocketAddr>,
+    /// When the last round of probes ended.
+    asked: Option<Instant>,
+    /// Nodes that said they do not lead in `term`.
+    not_leading: Vec<SocketAddr>,
+    /// Counts the changes of `leader`.
+    changes: u64,
+}
+
+impl View {
+    /// Takes in the status the node at `from` reported. A higher term replaces what was
+    /// known; in the newest term, a node that says it leads is the leader, and a leader
+    /// another node names is too unless it said itself that it does not lead (a leader
+    /// that stepped down, say for want of a quorum, never leads that term again; the
+    /// others name it until they hear of the next term). An older term says nothing about
+    /// who leads now.
+    fn learn(&mut self, from: SocketAddr, s: &NodeStatus) {
+        self.ids.insert(s.id, from);
+        if s.term < self.term {
+            return;
+        }
+        if s.term > self.term {
+            self.term = s.term;
+            self.set_leader(None);
+            self.not_leading.clear();
+        }
+        if s.leader == Some(s.id) {
+            self.not_leading.retain(|&a| a != from);
+            self.set_leader(Some(from));
+            return;
+        }
+        if !self.not_leading.contains(&from) {
+            self.not_leading.push(from);
+        }
+        if self.leader == Some(from) {
+            self.set_leader(None);
+        }
+        let named = s.leader.and_then(|id| {
+            self.ids.get(&id).copied().or_else(|| {
+                let member = s.members.iter().find(|m| m.id == id)?;
+                member.addr.as_deref().and_then(node_addr)
+            })
+        });
+        if let Some(named) = named.filter(|a| !self.not_leading.contains(a)) {
+            // A term has one leader at most: this one, whatever a node that answered a
+            // request (whose term is not known) made the client believe.
+            self.set_leader(Some(named));
+        }
+    }
+
+    fn set_leader(&mut self, leader: Option<SocketAddr>) {
+        if self.leader != leader {
+            self.leader = leader;
+            self.changes += 1;
+        }
+    }
+}
+
+/// A node's address as a node reports it (`ip:port`), unless it cannot be dialled (a
+/// listen address such as `0.0.0.0:7001`).
+fn node_addr(s: &str) -> Option<SocketAddr> {
+    s.parse::<SocketAddr>()
+        .ok()
+        .filter(|a| !a.ip().is_unspecified() && a.port() != 0)
+}
+
+/// Who may serve a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ServedBy {
+    /// The leader only (writes, linearizable and lease reads, membership changes).
+    Leader,
+    /// Any node (stale reads).
+    AnyNode,
+    /// The node it is sent to, by its nature (status, fault injection).
+    ThisNode,
+}
+
+impl ServedBy {
+    fn of(request: &Request) -> ServedBy {
+        match request {
+            Request::Read {
+                consistency: Consistency::Stale,
+                ..
+            } => ServedBy::AnyNode,
+            Request::Status | Request::Admin(AdminOp::Isolate { .. }) => ServedBy::ThisNode,
+            Request::Write { .. } | Request::Read { .. } | Request::Admin(_) => ServedBy::Leader,
+        }
+    }
+}
+
+/// How a watched attempt ended.
+enum Watched {
+    /// The node answered.
+    Answer(Response),
+    /// The node did not answer in time and another node leads now (or, for a request any
+    /// node serves, answers where it does not).
+    Moved(SocketAddr),
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -197,8 +459,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Client {
-    /// A client that presents `creds` and knows the nodes at `nodes` (one is enough: it
-    /// follows redirects to the leader). A random session id is chosen.
+    /// A client that presents `creds` and knows the nodes at `nodes` (one is enough to
+    /// reach the leader, which it then knows too; give every node so that the client can
+    /// ask the others who leads when one fails). A random session id is chosen.
     pub fn new(creds: &Credentials, nodes: Vec<SocketAddr>) -> Result<Client, ClientError> {
         Client::on(ClientEndpoint::for_nodes(creds, &nodes)?, true, nodes)
     }
@@ -206,24 +469,29 @@ impl Client {
     fn on(
         endpoint: ClientEndpoint,
         own_endpoint: bool,
-        nodes: Vec<SocketAddr>,
+        mut nodes: Vec<SocketAddr>,
     ) -> Result<Client, ClientError> {
         if nodes.is_empty() {
             return Err(ClientError::NoNodes);
         }
+        let mut seen = std::collections::HashSet::new();
+        nodes.retain(|a| seen.insert(*a));
         Ok(Client {
             endpoint,
             own_endpoint,
-            nodes,
-            current: Mutex::new(None),
+            nodes: Mutex::new(nodes),
+            sessions: Mutex::new(HashMap::new()),
             gates: Mutex::new(HashMap::new()),
+            view: Mutex::new(View::default()),
+            asking: smol::lock::Mutex::new(None),
             cursor: AtomicUsize::new(0),
-            session: random_u64(),
+            session: crate::random_u64(),
             next_seq: AtomicU64::new(1),
             outstanding: Mutex::new(BTreeSet::new()),
             timeout: Duration::from_secs(10),
             attempt_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_millis(500),
+            probe_after: DEFAULT_PROBE_AFTER,
         })
     }
 
@@ -233,7 +501,8 @@ impl Client {
         self
     }
 
-    /// Retries a single attempt that has no answer after `timeout` (default 2 s).
+    /// Gives up on an attempt at one node after `timeout` (default 2 s) when no other
+    /// node names a new leader meanwhile, and tries again (there, or at the next node).
     pub fn with_attempt_timeout(mut self, timeout: Duration) -> Self {
         self.attempt_timeout = timeout;
         self
@@ -242,6 +511,18 @@ impl Client {
     /// Gives up connecting to a node after `timeout` (default 500 ms) and tries the next.
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// When a call has no answer after `delay` (default [`DEFAULT_PROBE_AFTER`], 100 ms),
+    /// the client asks every node it knows who leads (a status request on a stream of its
+    /// own), every 15 ms while the node waited on is silent and less and less often (down
+    /// to every 200 ms) while it answers: once a node names a newer leader, the call moves
+    /// there (a write keeps its sequence number); a request any node serves (a stale read)
+    /// moves to a node that answers. The probes are shared by the client's calls: one
+    /// round at a time.
+    pub fn with_probe_after(mut self, delay: Duration) -> Self {
+        self.probe_after = delay;
         self
     }
 
@@ -409,8 +690,24 @@ impl Client {
     pub async fn status_of(&self, addr: SocketAddr) -> Result<NodeStatus, ClientError> {
         match self.attempt(addr, &Request::Status).await? {
             Response::Status(s) => Ok(s),
+            Response::Error { kind, message } => Err(ClientError::Server {
+                node: addr,
+                kind,
+                message,
+            }),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// The status of each node at `nodes`, asked all at once (a silent node holds up
+    /// only its own answer), in the order given.
+    pub async fn statuses(&self, nodes: &[SocketAddr]) -> Vec<Result<NodeStatus, ClientError>> {
+        let asks = nodes.iter().map(|&a| self.status_of(a)).collect();
+        gather(asks, |_, _| false)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// Runs an admin operation on the leader (needs an admin certificate).
@@ -421,139 +718,430 @@ impl Client {
         }
     }
 
-    /// Sends `request`, following redirects and retrying until an answer other than a
-    /// redirect or "retry" comes, or the timeout passes. A write sent twice this way with
-    /// the same session and sequence number is applied once.
+    /// Sends `request` until an answer other than a redirect or "retry" comes, or the
+    /// timeout passes: to the leader the client knows (else a node in turn), following
+    /// redirects, moving to a newer leader when the node waited on is silent and another
+    /// names one ([`with_probe_after`](Self::with_probe_after)), and after a "retry" or a
+    /// failed connection to the leader the nodes name, or the next node, after a pause that
+    /// grows from 10 to 300 ms. A write sent twice this way with the same session and
+    /// sequence number is applied once.
     pub async fn call(&self, request: &Request) -> Result<Response, ClientError> {
-        let deadline = Instant::now() + self.timeout;
-        let mut target: Option<SocketAddr> = None;
-        let mut backoff = Duration::from_millis(10);
-        let mut last;
-        loop {
-            // The node a redirect named; else the current session (after a failure, the
-            // one another call made meanwhile); else the next node in turn.
-            let current = || self.usable_session().map(|s| s.addr);
-            let addr = match target.take().or_else(current) {
-                Some(a) => a,
-                None => {
-                    let i = self.cursor.fetch_add(1, Ordering::Relaxed);
-                    self.nodes[i % self.nodes.len()]
-                }
+        let started = Instant::now();
+        let deadline = started + self.timeout;
+        let served = ServedBy::of(request);
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut last: Option<Failure> = None;
+        let unavailable =
+            |tried: &Vec<SocketAddr>, last: &Option<Failure>| ClientError::Unavailable {
+                after: started.elapsed(),
+                tried: tried.clone(),
+                last: last.clone(),
             };
-            match self.attempt(addr, request).await {
-                Ok(Response::Redirect {
-                    addr: Some(leader), ..
-                }) => match leader.parse::<SocketAddr>() {
-                    Ok(a) if a != addr => {
-                        target = Some(a);
-                        continue;
+        let mut target: Option<SocketAddr> = None;
+        let mut avoid: Option<SocketAddr> = None;
+        let mut backoff = MIN_BACKOFF;
+        let mut redirects = 0;
+        loop {
+            if !tried.is_empty() && Instant::now() >= deadline {
+                return Err(unavailable(&tried, &last));
+            }
+            let addr = match target.take() {
+                Some(a) => a,
+                None => self.pick(served, avoid),
+            };
+            if !tried.contains(&addr) {
+                tried.push(addr);
+            }
+            let since = Instant::now();
+            let cause = match self.watched_attempt(addr, request, served, deadline).await {
+                Ok(Watched::Answer(Response::Redirect { leader, addr: to })) => {
+                    let to = to
+                        .as_deref()
+                        .and_then(node_addr)
+                        .or_else(|| leader.and_then(|id| lock(&self.view).ids.get(&id).copied()));
+                    match to {
+                        Some(to) if to != addr && redirects <= lock(&self.nodes).len() => {
+                            debug!(from = %addr, to = %to, "call redirected");
+                            redirects += 1;
+                            target = Some(to);
+                            continue;
+                        }
+                        Some(to) if to != addr => Cause::RedirectLoop(to),
+                        _ => Cause::NoLeader { named: leader },
                     }
-                    _ => last = format!("redirect from {addr} to {leader}"),
-                },
-                Ok(Response::Redirect { addr: None, leader }) => {
-                    last = format!("{addr}: leader {leader:?} without address")
                 }
-                Ok(Response::Error {
+                Ok(Watched::Answer(Response::Error {
                     kind: ErrorKind::Retry,
                     message,
-                }) => last = format!("{addr}: {message}"),
-                Ok(Response::Error { kind, message }) => {
-                    return Err(ClientError::Server { kind, message })
+                })) => Cause::Retry(message),
+                Ok(Watched::Answer(Response::Error { kind, message })) => {
+                    return Err(ClientError::Server {
+                        node: addr,
+                        kind,
+                        message,
+                    })
                 }
-                Ok(other) => return Ok(other),
-                Err(ClientError::Closed) => return Err(ClientError::Closed),
-                Err(e) => {
-                    last = format!("{addr}: {e}");
-                    let mut cur = lock(&self.current);
-                    if cur.as_ref().is_some_and(|s| s.addr == addr) {
-                        *cur = None;
+                Ok(Watched::Answer(answer)) => {
+                    self.answered(addr, served);
+                    return Ok(answer);
+                }
+                Ok(Watched::Moved(to)) => {
+                    debug!(from = %addr, to = %to, waited = ?since.elapsed(), "call moved: another node leads");
+                    self.doubt(addr);
+                    let cause = Cause::Replaced {
+                        waited: since.elapsed(),
+                        by: to,
+                    };
+                    if redirects > lock(&self.nodes).len() {
+                        cause // moved and redirected in circles: pause first
+                    } else {
+                        redirects += 1;
+                        last = Some(Failure { node: addr, cause });
+                        target = Some(to);
+                        continue;
                     }
                 }
+                Err(Miss::Fatal(e)) => return Err(e),
+                // Cut short by the deadline: what went wrong before says more.
+                Err(Miss::At(Cause::NoAnswer(_)))
+                    if last.is_some() && Instant::now() >= deadline =>
+                {
+                    return Err(unavailable(&tried, &last))
+                }
+                Err(Miss::At(cause)) => cause,
+            };
+            redirects = 0;
+            self.doubt(addr);
+            last = Some(Failure { node: addr, cause });
+            avoid = Some(addr);
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(unavailable(&tried, &last));
             }
-            if Instant::now() + backoff >= deadline {
-                return Err(ClientError::Timeout(last));
-            }
-            smol::Timer::after(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(300));
+            target = self
+                .await_leader(addr, served, (now + backoff).min(deadline))
+                .await;
+            debug!(at = %addr, cause = %last.as_ref().map_or(String::new(), |l| l.cause.to_string()), next = ?target, after = ?now.elapsed(), "call goes on");
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
-    /// One attempt of `request` at the node at `addr`: no redirect, no retry.
+    /// One attempt of `request` at the node at `addr`: no redirect, no retry, no move to
+    /// another node; fails after the attempt timeout.
     pub async fn attempt(
         &self,
         addr: SocketAddr,
         request: &Request,
     ) -> Result<Response, ClientError> {
-        let work = async {
-            let session = self.session_with(addr).await?;
-            session.call(request).await
-        };
+        let started = Instant::now();
         let timeout = self.attempt_timeout;
-        smol::future::or(work, async {
-            smol::Timer::after(timeout).await;
-            Err(ClientError::Timeout(format!("{addr} did not answer")))
+        let work = async { self.session_with(addr).await?.call(request).await };
+        let result = smol::future::or(work, async {
+            Timer::after(timeout).await;
+            Err(Miss::At(Cause::NoAnswer(timeout)))
         })
-        .await
+        .await;
+        result.map_err(|miss| match miss {
+            Miss::Fatal(e) => e,
+            Miss::At(cause) => ClientError::Unavailable {
+                after: started.elapsed(),
+                tried: vec![addr],
+                last: Some(Failure { node: addr, cause }),
+            },
+        })
     }
 
-    /// The session with the node at `addr`: the current one, or a new connection and
-    /// request stream (which replaces the current one). Calls that find no session with
-    /// `addr` wait for the one connection to it being made rather than each making their
-    /// own (200 calls started at once on a new client made 200 handshakes, and on a slow
-    /// machine none finished within the connect timeout, round after round), and if it
-    /// fails they fail with it at once, free to try another node.
-    async fn session_with(&self, addr: SocketAddr) -> Result<Arc<Session>, ClientError> {
-        if let Some(s) = self.current_session(addr) {
+    /// An attempt at `addr` that gives up at the attempt timeout (or the call's
+    /// `deadline`), watched meanwhile ([`watch`](Self::watch)).
+    async fn watched_attempt(
+        &self,
+        addr: SocketAddr,
+        request: &Request,
+        served: ServedBy,
+        deadline: Instant,
+    ) -> Result<Watched, Miss> {
+        let since = Instant::now();
+        let end = (since + self.attempt_timeout).min(deadline);
+        let work = async {
+            let session = self.session_with(addr).await?;
+            session.call(request).await.map(Watched::Answer)
+        };
+        let watch = async {
+            match self.watch(addr, served, since, end).await {
+                Ok(to) => Ok(Watched::Moved(to)),
+                Err(cause) => Err(Miss::At(cause)),
+            }
+        };
+        smol::future::or(work, watch).await
+    }
+
+    /// Watches an attempt at `addr` that started at `since`: once it has waited the probe
+    /// delay (at once if a failover is under way), asks the nodes who leads,
+    /// again and again, until another node leads (or, for a request any node serves,
+    /// `addr` is silent and another node answers): then that node. Fails with
+    /// [`Cause::NoAnswer`] at `end`.
+    async fn watch(
+        &self,
+        addr: SocketAddr,
+        served: ServedBy,
+        since: Instant,
+        end: Instant,
+    ) -> Result<SocketAddr, Cause> {
+        let no_answer = || Cause::NoAnswer(end.saturating_duration_since(since));
+        if served == ServedBy::ThisNode {
+            Timer::at(end).await;
+            return Err(no_answer());
+        }
+        // At once while a failover is under way: the client asked lately, and did not
+        // find `addr` leading (or answering, for a request any node serves).
+        let under_way = {
+            let v = lock(&self.view);
+            let fine = match served {
+                ServedBy::AnyNode => v.alive.contains(&addr),
+                _ => v.leader == Some(addr),
+            };
+            !fine && v.asked.is_some_and(|t| t.elapsed() <= self.probe_after)
+        };
+        if !under_way {
+            Timer::at((since + self.probe_after).min(end)).await;
+        }
+        let mut interval = PROBE_INTERVAL;
+        loop {
+            if Instant::now() >= end {
+                return Err(no_answer());
+            }
+            let alive = self
+                .ask_who_leads(Some(addr), served == ServedBy::AnyNode, end)
+                .await;
+            if let Some(to) = self.better_than(addr, served) {
+                return Ok(to);
+            }
+            interval = if alive {
+                (interval * 2).min(PROBE_INTERVAL_ALIVE)
+            } else {
+                PROBE_INTERVAL
+            };
+            Timer::at((Instant::now() + interval).min(end)).await;
+        }
+    }
+
+    /// After a failure at `left`: waits until `until` for the nodes to name a leader (for
+    /// a request a leader serves), asking them every 15 ms while they name none. Returns
+    /// at once a leader other than `left`, or `left` itself if the nodes named it anew
+    /// (say, in a new term); `left` at `until` if they name it as they did before.
+    async fn await_leader(
+        &self,
+        left: SocketAddr,
+        served: ServedBy,
+        until: Instant,
+    ) -> Option<SocketAddr> {
+        if served != ServedBy::Leader {
+            Timer::at(until).await;
+            return None;
+        }
+        let before = lock(&self.view).changes;
+        loop {
+            self.ask_who_leads(None, false, until).await;
+            let (leader, changes) = {
+                let v = lock(&self.view);
+                (v.leader, v.changes)
+            };
+            match leader {
+                Some(l) if l != left || changes != before => return Some(l),
+                Some(l) => {
+                    Timer::at(until).await;
+                    return Some(l);
+                }
+                None if Instant::now() >= until => return None,
+                None => Timer::at((Instant::now() + PROBE_INTERVAL).min(until)).await,
+            };
+        }
+    }
+
+    /// A round of "who leads?": a status request to every node known, all at once, on
+    /// streams of their own. The round ends when every node answered or failed; when
+    /// every node but `suspect` did, unless `wait_for_suspect` (the suspect's answer
+    /// matters only for a request any node serves, and a dead one never comes); when a
+    /// majority did and the others had 20 ms more; or after 250 ms (or at `until`). A
+    /// round that ended less than 15 ms ago stands for a new one, and calls that ask
+    /// during a round wait for it. True if `suspect` answered the last round.
+    async fn ask_who_leads(
+        &self,
+        suspect: Option<SocketAddr>,
+        wait_for_suspect: bool,
+        until: Instant,
+    ) -> bool {
+        let mut last = self.asking.lock().await;
+        if last.is_none_or(|t| t.elapsed() >= PROBE_INTERVAL) {
+            let nodes = lock(&self.nodes).clone();
+            let majority = nodes.len() / 2 + 1;
+            let mut end = Timer::at(until.min(Instant::now() + ROUND_LIMIT));
+            let mut grace: Option<Timer> = None;
+            let probes = nodes.iter().map(|&a| self.probe(a)).collect();
+            let answers = gather(probes, |finished, cx| {
+                if Pin::new(&mut end).poll(cx).is_ready() {
+                    return true;
+                }
+                let others_done = !wait_for_suspect
+                    && nodes
+                        .iter()
+                        .zip(finished)
+                        .all(|(&a, &done)| done || Some(a) == suspect);
+                if others_done {
+                    return true;
+                }
+                if finished.iter().filter(|&&done| done).count() < majority {
+                    return false;
+                }
+                let grace = grace.get_or_insert_with(|| Timer::after(ROUND_GRACE));
+                Pin::new(grace).poll(cx).is_ready()
+            })
+            .await;
+            let now = Instant::now();
+            let mut view = lock(&self.view);
+            view.alive = answers.into_iter().flatten().flatten().collect();
+            debug!(term = view.term, leader = ?view.leader, alive = ?view.alive, "asked who leads");
+            view.asked = Some(now);
+            *last = Some(now);
+        }
+        suspect.is_some_and(|s| lock(&self.view).alive.contains(&s))
+    }
+
+    /// Asks the node at `addr` for its status and takes in what it says; its address if
+    /// it answered.
+    async fn probe(&self, addr: SocketAddr) -> Option<SocketAddr> {
+        let session = self.session_with(addr).await.ok()?;
+        let status = session.status().await.ok()?;
+        lock(&self.view).learn(addr, &status);
+        Some(addr)
+    }
+
+    /// Where a request goes when no node named a target: the leader known (or, for a
+    /// request any node serves, the node that answered last), else the next node in turn
+    /// other than `avoid`.
+    fn pick(&self, served: ServedBy, avoid: Option<SocketAddr>) -> SocketAddr {
+        let preferred = {
+            let v = lock(&self.view);
+            match served {
+                ServedBy::Leader => v.leader.or(v.last_answered),
+                ServedBy::AnyNode | ServedBy::ThisNode => v.last_answered.or(v.leader),
+            }
+        };
+        match preferred.filter(|&a| Some(a) != avoid) {
+            Some(a) => a,
+            None => {
+                let nodes = lock(&self.nodes);
+                let n = nodes.len();
+                (0..n)
+                    .map(|_| nodes[self.cursor.fetch_add(1, Ordering::Relaxed) % n])
+                    .find(|&a| Some(a) != avoid)
+                    .unwrap_or(nodes[0])
+            }
+        }
+    }
+
+    /// The node at `addr` answered a request `served` this way (it leads, if only a leader
+    /// serves it); a node reached through a redirect becomes known.
+    fn answered(&self, addr: SocketAddr, served: ServedBy) {
+        let moved = {
+            let mut v = lock(&self.view);
+            if served == ServedBy::Leader {
+                v.set_leader(Some(addr));
+            }
+            v.last_answered.replace(addr) != Some(addr)
+        };
+        if moved {
+            let mut nodes = lock(&self.nodes);
+            if !nodes.contains(&addr) {
+                nodes.push(addr);
+            }
+        }
+    }
+
+    /// The node at `addr` failed a request: no longer taken for the leader or the node
+    /// to ask first.
+    fn doubt(&self, addr: SocketAddr) {
+        let mut v = lock(&self.view);
+        if v.leader == Some(addr) {
+            v.set_leader(None);
+        }
+        if v.last_answered == Some(addr) {
+            v.last_answered = None;
+        }
+    }
+
+    /// A node to go to instead of the silent `addr`: another leader, or for a request any
+    /// node serves, a node that answered the last round when `addr` did not.
+    fn better_than(&self, addr: SocketAddr, served: ServedBy) -> Option<SocketAddr> {
+        let v = lock(&self.view);
+        match served {
+            ServedBy::Leader => v.leader.filter(|&l| l != addr),
+            ServedBy::AnyNode if !v.alive.contains(&addr) => v.alive.first().copied(),
+            ServedBy::AnyNode | ServedBy::ThisNode => None,
+        }
+    }
+
+    /// The session with the node at `addr`: the usable one, or a new connection and request
+    /// stream. Calls that find no session with `addr` wait for the one connection to it
+    /// being made rather than each making their own (200 calls started at once on a new
+    /// client made 200 handshakes, and on a slow machine none finished within the connect
+    /// timeout, round after round), and if it fails they fail with it at once, free to try
+    /// another node.
+    async fn session_with(&self, addr: SocketAddr) -> Result<Arc<Session>, Miss> {
+        if let Some(s) = self.usable_session(addr) {
             return Ok(s);
         }
         let gate = lock(&self.gates).entry(addr).or_default().clone();
         let failures = gate.failures.load(Ordering::Relaxed);
         let _held = gate.held.lock().await;
-        if let Some(s) = self.current_session(addr) {
+        if let Some(s) = self.usable_session(addr) {
             return Ok(s);
         }
         if gate.failures.load(Ordering::Relaxed) != failures {
-            return Err(ClientError::Timeout(format!(
-                "connect to {addr} failed (another call's attempt)"
-            )));
+            let cause = lock(&gate.last).clone();
+            return Err(Miss::At(cause.unwrap_or_else(|| {
+                Cause::Connect("another call's connection attempt failed".into())
+            })));
         }
         let made = self.connect(addr).await;
-        if made.is_err() {
+        if let Err(miss) = &made {
+            if let Miss::At(cause) = miss {
+                *lock(&gate.last) = Some(cause.clone());
+            }
             gate.failures.fetch_add(1, Ordering::Relaxed);
         }
         made
     }
 
-    /// A new connection and request stream to the node at `addr`, made the current session.
-    async fn connect(&self, addr: SocketAddr) -> Result<Arc<Session>, ClientError> {
+    /// A new connection and request stream to the node at `addr`, kept as its session.
+    async fn connect(&self, addr: SocketAddr) -> Result<Arc<Session>, Miss> {
         let connecting = self
             .endpoint
             .endpoint
             .connect_with(self.endpoint.config.clone(), addr, ANY_NODE_NAME)
             .map_err(|e| match e {
-                quinn::ConnectError::EndpointStopping => ClientError::Closed,
-                e => ClientError::Protocol(e.to_string()),
+                quinn::ConnectError::EndpointStopping => Miss::Fatal(ClientError::Closed),
+                e => Miss::At(Cause::Connect(e.to_string())),
             })?;
         let timeout = self.connect_timeout;
         let (conn, send, recv) = smol::future::or(
             async {
                 let conn = connecting
                     .await
-                    .map_err(|e| ClientError::Protocol(format!("connect to {addr}: {e}")))?;
+                    .map_err(|e| Cause::Connect(e.to_string()))?;
                 let (send, recv) = conn
                     .open_bi()
                     .await
-                    .map_err(|e| ClientError::Protocol(format!("open a stream to {addr}: {e}")))?;
+                    .map_err(|e| Cause::ConnectionLost(e.to_string()))?;
                 Ok((conn, send, recv))
             },
             async {
-                smol::Timer::after(timeout).await;
-                Err(ClientError::Timeout(format!("connect to {addr} timed out")))
+                Timer::after(timeout).await;
+                Err(Cause::ConnectTimeout(timeout))
             },
         )
         .await?;
         let session = Arc::new(Session {
-            addr,
             conn,
             send: smol::lock::Mutex::new(send),
             pending: Mutex::new(HashMap::new()),
@@ -561,31 +1149,59 @@ impl Client {
             broken: AtomicBool::new(false),
         });
         smol::spawn(read_answers(Arc::downgrade(&session), recv)).detach();
-        *lock(&self.current) = Some(session.clone());
+        lock(&self.sessions).insert(addr, session.clone());
         Ok(session)
     }
 
-    /// The current session, if it is usable.
-    fn usable_session(&self) -> Option<Arc<Session>> {
-        lock(&self.current)
-            .as_ref()
+    /// The session with `addr`, if it is usable.
+    fn usable_session(&self, addr: SocketAddr) -> Option<Arc<Session>> {
+        lock(&self.sessions)
+            .get(&addr)
             .filter(|s| s.is_usable())
             .cloned()
     }
 
-    /// The current session, if it is with `addr` and usable.
-    fn current_session(&self, addr: SocketAddr) -> Option<Arc<Session>> {
-        self.usable_session().filter(|s| s.addr == addr)
-    }
-
-    /// Closes the connection (and the endpoint, if it is this client's alone).
+    /// Closes the connections (and the endpoint, if it is this client's alone). A later
+    /// call connects again, unless the endpoint is closed.
     pub fn close(&self) {
         if self.own_endpoint {
             self.endpoint.close();
-        } else if let Some(session) = lock(&self.current).take() {
+        }
+        for (_, session) in lock(&self.sessions).drain() {
             session.conn.close(quinn::VarInt::from_u32(0), b"bye");
         }
     }
+}
+
+/// Polls `futures` together until each has finished or `enough(finished, cx)` says the
+/// rest are not worth waiting for (`finished[i]`: future `i` has; `enough` registers its
+/// own wake-ups with `cx`); the outputs of those that finished, in order.
+async fn gather<F: Future>(
+    futures: Vec<F>,
+    mut enough: impl FnMut(&[bool], &mut Context<'_>) -> bool,
+) -> Vec<Option<F::Output>> {
+    let mut futures: Vec<Option<Pin<Box<F>>>> =
+        futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    let mut finished = vec![false; futures.len()];
+    std::future::poll_fn(|cx| {
+        for ((slot, output), done) in futures.iter_mut().zip(&mut outputs).zip(&mut finished) {
+            if let Some(f) = slot {
+                if let Poll::Ready(v) = f.as_mut().poll(cx) {
+                    *output = Some(v);
+                    *slot = None;
+                    *done = true;
+                }
+            }
+        }
+        if finished.iter().all(|&done| done) || enough(&finished, cx) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    outputs
 }
 
 /// Connections to one node address are made one at a time (`Client::session_with`).
@@ -594,13 +1210,14 @@ struct Gate {
     held: smol::lock::Mutex<()>,
     /// Connections to the address that could not be made.
     failures: AtomicU64,
+    /// Why the last one could not.
+    last: Mutex<Option<Cause>>,
 }
 
 /// A connection to one node and the stream that carries the requests: answers come back
-/// tagged with the request's id, in any order. Dropped (closed) once no call uses it and
-/// the client moved on.
+/// tagged with the request's id, in any order. Closed when dropped: when the client or its
+/// endpoint closes, or a new connection to the node replaces it and no call uses it.
 struct Session {
-    addr: SocketAddr,
     conn: quinn::Connection,
     send: smol::lock::Mutex<quinn::SendStream>,
     /// Calls waiting for an answer, by request id.
@@ -615,31 +1232,72 @@ impl Session {
         !self.broken.load(Ordering::Relaxed) && self.conn.close_reason().is_none()
     }
 
-    async fn call(&self, request: &Request) -> Result<Response, ClientError> {
+    /// Why the connection can carry no more answers.
+    fn lost(&self) -> Cause {
+        Cause::ConnectionLost(match self.conn.close_reason() {
+            Some(reason) => reason.to_string(),
+            None => "the request stream ended".into(),
+        })
+    }
+
+    async fn call(&self, request: &Request) -> Result<Response, Miss> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut frame = Vec::new();
         // `(id, request)` encodes exactly as a `RequestFrame` (postcard writes a struct's
         // fields in order), without cloning the request.
         append_frame(&mut frame, &(id, request))
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            .map_err(|e| Miss::Fatal(ClientError::Protocol(e.to_string())))?;
         let (tx, rx) = channel::bounded(1);
-        lock(&self.pending).insert(id, tx);
+        {
+            // Under the lock `read_answers` clears the waiting calls with: a session it
+            // found broken takes no more calls (one registered after the clear would wait
+            // for an answer that never comes, until its timeout).
+            let mut pending = lock(&self.pending);
+            if self.broken.load(Ordering::Relaxed) {
+                return Err(Miss::At(self.lost()));
+            }
+            pending.insert(id, tx);
+        }
         // Forgets the call if it ends early (an error, or the caller's timeout dropped it).
         let _forget = Forget(self, id);
         {
             let mut send = self.send.lock().await;
-            // A call dropped in the middle of its write (the attempt's timeout) leaves part
-            // of a frame on the stream: every later frame would be misread, so the session
-            // is retired unless the write completes.
+            // A call dropped in the middle of its write (the attempt's timeout, or a move to
+            // a new leader) leaves part of a frame on the stream: every later frame would be
+            // misread, so the session is retired unless the write completes.
             let torn = Retire(self);
             if let Err(e) = send.write_all(&frame).await {
-                return Err(ClientError::Protocol(format!("{}: {e}", self.addr)));
+                return Err(Miss::At(Cause::ConnectionLost(e.to_string())));
             }
             std::mem::forget(torn);
         }
-        rx.recv()
-            .await
-            .map_err(|_| ClientError::Protocol(format!("{}: connection lost", self.addr)))
+        rx.recv().await.map_err(|_| Miss::At(self.lost()))
+    }
+
+    /// The node's status, asked on a stream of its own: the answer does not queue behind
+    /// the answers of the request stream, and a probe given up midway leaves the request
+    /// stream whole.
+    async fn status(&self) -> Result<NodeStatus, Cause> {
+        let lost = |e: &dyn fmt::Display| Cause::ConnectionLost(e.to_string());
+        let (mut send, recv) = self.conn.open_bi().await.map_err(|e| lost(&e))?;
+        let mut frame = Vec::new();
+        append_frame(&mut frame, &(1u64, &Request::Status)).map_err(|e| lost(&e))?;
+        send.write_all(&frame).await.map_err(|e| lost(&e))?;
+        let _ = send.finish();
+        match FrameReader::new(recv).next(MAX_CLIENT_FRAME).await {
+            Ok(Some(bytes)) => match postcard::from_bytes::<ResponseFrame>(&bytes) {
+                Ok(ResponseFrame {
+                    response: Response::Status(s),
+                    ..
+                }) => Ok(s),
+                Ok(other) => Err(lost(&format_args!(
+                    "a status request answered {:?}",
+                    other.response
+                ))),
+                Err(e) => Err(lost(&e)),
+            },
+            _ => Err(self.lost()),
+        }
     }
 }
 
@@ -689,8 +1347,139 @@ async fn read_answers(session: Weak<Session>, recv: quinn::RecvStream) {
 }
 
 fn unexpected(r: Response) -> ClientError {
-    match r {
-        Response::Error { kind, message } => ClientError::Server { kind, message },
-        other => ClientError::Protocol(format!("{other:?}")),
+    ClientError::Protocol(format!("{r:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::MemberStatus;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// The status node `id` (reached at port 7000 + id) reports: `leader` in `term`; the
+    /// members' addresses are the configured ones, at port 8000 + id.
+    fn status(id: NodeId, term: Term, leader: Option<NodeId>) -> NodeStatus {
+        NodeStatus {
+            id,
+            role: if leader == Some(id) {
+                "Leader"
+            } else {
+                "Follower"
+            }
+            .into(),
+            term,
+            leader,
+            commit: 0,
+            applied: 0,
+            last_index: 0,
+            members: (1..=3)
+                .map(|m| MemberStatus {
+                    id: m,
+                    voter: true,
+                    addr: Some(format!("127.0.0.1:{}", 8000 + m)),
+                    connected: true,
+                    match_index: None,
+                })
+                .collect(),
+            keys: 0,
+            refused_connections: 0,
+            malformed_frames: 0,
+            dropped_frames: 0,
+            handshakes_abandoned: 0,
+            stray_datagrams: 0,
+        }
+    }
+
+    fn learn(view: &mut View, id: NodeId, term: Term, leader: Option<NodeId>) {
+        view.learn(addr(7000 + id as u16), &status(id, term, leader));
+    }
+
+    #[test]
+    fn the_newest_term_names_the_leader() {
+        let mut view = View::default();
+        learn(&mut view, 2, 5, Some(1));
+        // Node 1 never answered: its configured address.
+        assert_eq!(view.leader, Some(addr(8001)));
+        learn(&mut view, 1, 5, Some(1));
+        // Where it answered is where it is.
+        assert_eq!(view.leader, Some(addr(7001)));
+        // An election: a higher term without a leader yet.
+        learn(&mut view, 3, 6, None);
+        assert_eq!((view.term, view.leader), (6, None));
+        // A node cut off in an older term says nothing about now.
+        learn(&mut view, 1, 5, Some(1));
+        assert_eq!((view.term, view.leader), (6, None));
+        learn(&mut view, 3, 6, Some(3));
+        assert_eq!(view.leader, Some(addr(7003)));
+        // A candidate of the same term that lost does not unseat the leader.
+        learn(&mut view, 2, 6, None);
+        assert_eq!(view.leader, Some(addr(7003)));
+        // A node that served a request was taken for the leader; a status naming the
+        // leader of the newest term corrects it.
+        view.set_leader(Some(addr(7001)));
+        learn(&mut view, 2, 6, Some(3));
+        assert_eq!(view.leader, Some(addr(7003)));
+        // The leader steps down (check-quorum) in its term: the others name it until
+        // they hear of a new term, but it leads no more.
+        learn(&mut view, 3, 6, None);
+        assert_eq!(view.leader, None);
+        learn(&mut view, 2, 6, Some(3));
+        assert_eq!(view.leader, None);
+        // It wins the next term.
+        learn(&mut view, 3, 7, Some(3));
+        assert_eq!(view.leader, Some(addr(7003)));
+        learn(&mut view, 2, 7, Some(3));
+        assert_eq!(view.leader, Some(addr(7003)));
+    }
+
+    #[test]
+    fn listen_addresses_are_not_dialled() {
+        assert_eq!(node_addr("127.0.0.1:7001"), Some(addr(7001)));
+        assert_eq!(node_addr("0.0.0.0:7001"), None);
+        assert_eq!(node_addr("[::]:7001"), None);
+        assert_eq!(node_addr("127.0.0.1:0"), None);
+        assert_eq!(node_addr("node-1:7001"), None);
+        assert_eq!(node_addr(""), None);
+    }
+
+    #[test]
+    fn an_error_says_once_what_happened() {
+        let one = ClientError::Unavailable {
+            after: Duration::from_millis(2010),
+            tried: vec![addr(1)],
+            last: Some(Failure {
+                node: addr(1),
+                cause: Cause::NoAnswer(Duration::from_secs(2)),
+            }),
+        };
+        assert_eq!(
+            one.to_string(),
+            "127.0.0.1:1: no answer within 2.0 s (gave up after 2.0 s)"
+        );
+        let many = ClientError::Unavailable {
+            after: Duration::from_secs(5),
+            tried: vec![addr(1), addr(2)],
+            last: Some(Failure {
+                node: addr(2),
+                cause: Cause::Retry("no leader known; retry".into()),
+            }),
+        };
+        assert_eq!(
+            many.to_string(),
+            "no node answered in time (gave up after 5.0 s; tried 127.0.0.1:1, 127.0.0.1:2); \
+             last, 127.0.0.1:2: answered \"no leader known; retry\""
+        );
+        let refused = ClientError::Server {
+            node: addr(3),
+            kind: ErrorKind::Forbidden,
+            message: "client bob may not run admin operations".into(),
+        };
+        assert_eq!(
+            refused.to_string(),
+            "127.0.0.1:3 refused the request: Forbidden: client bob may not run admin operations"
+        );
     }
 }

@@ -36,3 +36,19 @@ pub mod storage;
 pub mod stray;
 pub mod tls;
 pub mod transport;
+
+/// 64 random bits for an id or a key drawn once (a client session, a data directory's
+/// incarnation, the connection-ID key): the standard library's hasher keys come from the
+/// operating system's random source, mixed here with the time and the process id (no
+/// dependency for a few numbers).
+pub(crate) fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}

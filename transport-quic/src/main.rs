@@ -597,8 +597,9 @@ async fn admin(conn: ClientArgs, command: AdminCommand) -> Result<(), Error> {
                 "node", "role", "term", "leader", "commit", "applied", "last"
             );
             let mut answered = Vec::new();
-            for &addr in &conn.nodes {
-                match client.status_of(addr).await {
+            // All at once: a node that is down or paused holds up only its own line.
+            for status in client.statuses(&conn.nodes).await {
+                match status {
                     Ok(s) => {
                         let members: Vec<String> = s
                             .members
@@ -625,7 +626,8 @@ async fn admin(conn: ClientArgs, command: AdminCommand) -> Result<(), Error> {
                         );
                         answered.push(s);
                     }
-                    Err(e) => println!("{addr}: unreachable ({e})"),
+                    // The error names the node.
+                    Err(e) => println!("unreachable: {e}"),
                 }
             }
             if !answered.is_empty() {
@@ -689,7 +691,7 @@ async fn isolate(client: &Client, nodes: &[SocketAddr], peers: Vec<u64>) -> Resu
             }
             Err(e) => {
                 failures += 1;
-                println!("{addr}: {e}")
+                println!("{e}") // it names the node
             }
         }
     }

@@ -86,7 +86,7 @@ pub enum NodeError {
     DurableState {
         /// This node's id.
         id: NodeId,
-        /// Its address.
+        /// Its address, as the other nodes reach it.
         addr: SocketAddr,
         /// What is wrong.
         source: FileLogError,
@@ -460,12 +460,13 @@ fn open_log(cfg: &NodeConfig) -> Result<FileLog, NodeError> {
 }
 
 /// The error of a data directory that cannot be used, with this node's id and address for
-/// the repair commands when it is damaged.
+/// the repair commands when it is damaged (where the peers reach it: `listen` may be
+/// `0.0.0.0`).
 fn durable_state(cfg: &NodeConfig, e: FileLogError) -> NodeError {
     match e {
         FileLogError::Damaged { .. } | FileLogError::Corrupt { .. } => NodeError::DurableState {
             id: cfg.id,
-            addr: cfg.listen,
+            addr: cfg.advertised().unwrap_or(cfg.listen),
             source: e,
         },
         e => NodeError::Storage(e),
@@ -1422,7 +1423,28 @@ async fn write_answers(mut send: quinn::SendStream, queue: Receiver<Answer>) {
 
 #[cfg(test)]
 mod tests {
-    use super::next_snapshot;
+    use super::{durable_state, next_snapshot};
+    use crate::config::{NodeConfig, EXAMPLE};
+    use crate::storage::{Damage, FileLogError};
+
+    /// The repair a damaged directory's error spells out names the address the other
+    /// nodes reach this node at (`coracle admin add-learner ID ADDR`), which is its
+    /// `[[peers]]` entry, not `listen` when that is the unspecified address.
+    #[test]
+    fn the_repair_of_a_damaged_directory_names_the_address_the_peers_dial() {
+        let text = EXAMPLE.replacen(
+            "listen = \"127.0.0.1:7001\"",
+            "listen = \"0.0.0.0:7001\"",
+            1,
+        );
+        let cfg = NodeConfig::parse(&text, std::path::Path::new("/base")).unwrap();
+        let damaged = FileLogError::Damaged {
+            dir: cfg.data_dir.clone(),
+            damage: Damage::NoSegments { snapshot: None },
+        };
+        let message = durable_state(&cfg, damaged).to_string();
+        assert!(message.contains("ADDR is 127.0.0.1:7001"), "{message}");
+    }
 
     #[test]
     fn nodes_snapshot_a_third_of_the_interval_apart() {

@@ -86,7 +86,8 @@ pub fn counting_socket(
     socket: Arc<dyn AsyncUdpSocket>,
     stats: Arc<TransportStats>,
 ) -> (quinn::EndpointConfig, Arc<dyn AsyncUdpSocket>) {
-    let key = random_key();
+    // New at every start.
+    let key = crate::random_u64();
     let mut config = crate::tls::endpoint_config();
     config.cid_generator(move || Box::new(HashedConnectionIdGenerator::from_key(key)));
     let socket = CountingSocket {
@@ -96,14 +97,6 @@ pub fn counting_socket(
         node,
     };
     (config, Arc::new(socket))
-}
-
-/// A key for the connection IDs, new at every start.
-fn random_key() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(0x5eed);
-    h.finish()
 }
 
 /// A UDP socket that counts the stray datagrams it receives.

@@ -11,7 +11,7 @@ use coracle::{Message, RequestVote};
 use coracle_quic::certs::{Ca, Identity, ANY_NODE_NAME};
 use coracle_quic::client::{ClientEndpoint, ClientError};
 use coracle_quic::protocol::{
-    append_frame, ErrorKind, Request, RequestFrame, Response, ResponseFrame, WriteOp, WriteOutcome,
+    append_frame, ErrorKind, Request, RequestFrame, Response, ResponseFrame, WriteOutcome,
 };
 use coracle_quic::server::RunningNode;
 use coracle_quic::tls::{self, Credentials, QuicSettings};
@@ -441,17 +441,8 @@ fn garbage_on_the_udp_port_and_on_open_streams_is_counted_and_survived() {
 fn a_retried_write_is_applied_once() {
     let (setup, node) = single_node("once");
     let client = setup.client("client-alice");
-    let write = |seq: u64, value: &str| Request::Write {
-        client: 4242,
-        seq,
-        ack_below: 1,
-        op: WriteOp::Put {
-            key: b"k".to_vec(),
-            value: value.as_bytes().to_vec(),
-            // Asked for: a retry answered `None` shows it was not applied again.
-            return_previous: true,
-        },
-    };
+    // Asks for the value replaced: a retry answered `None` shows it was not applied again.
+    let write = |seq: u64, value: &str| common::session_put(4242, seq, "k", value);
     smol::block_on(async {
         let first = client.call(&write(1, "one")).await.unwrap();
         let Response::Written { outcome, index } = first else {
@@ -638,4 +629,58 @@ fn calls_waiting_for_a_failed_connection_fail_with_it() {
     let one = datagrams(1);
     assert!(one > 0);
     assert_eq!(datagrams(20), one, "one connection attempt for 20 calls");
+}
+
+/// A failed call says once what happened, which nodes it tried and the last cause (it
+/// used to nest: "no answer in time (last: ...: no answer in time (last: ...))").
+#[test]
+fn a_failed_call_says_once_what_happened_where_and_why() {
+    let setup = Setup::new("errors", 3);
+    // Two addresses where nothing answers: the handshake never completes.
+    let holes: Vec<std::net::UdpSocket> = (0..2)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let addrs: Vec<SocketAddr> = holes.iter().map(|h| h.local_addr().unwrap()).collect();
+    let client = coracle_quic::client::Client::new(&setup.creds("client-alice"), addrs.clone())
+        .unwrap()
+        .with_timeout(Duration::from_millis(1500))
+        .with_connect_timeout(Duration::from_millis(200));
+    let err = smol::block_on(client.get("k")).unwrap_err();
+    let text = err.to_string();
+    println!("{text}");
+    for a in &addrs {
+        assert!(text.contains(&a.to_string()), "{a} is named: {text}");
+    }
+    assert_eq!(text.matches("in time").count(), 1, "said once: {text}");
+    assert_eq!(text.matches("(last").count(), 0, "not nested: {text}");
+    assert!(
+        text.contains("no handshake within 200 ms"),
+        "the cause: {text}"
+    );
+    assert!(text.contains("gave up after 1."), "how long: {text}");
+    client.close();
+
+    // One node of three, alone: it answers that it knows no leader.
+    let node = RunningNode::start(&setup.config(1)).unwrap();
+    let client =
+        coracle_quic::client::Client::new(&setup.creds("client-alice"), vec![setup.addrs[0]])
+            .unwrap()
+            .with_timeout(Duration::from_millis(1000));
+    let err = smol::block_on(client.put("k", "v")).unwrap_err();
+    let text = err.to_string();
+    println!("{text}");
+    assert!(text.contains(&setup.addrs[0].to_string()), "{text}");
+    assert!(text.contains("no leader known"), "the cause: {text}");
+    assert_eq!(text.matches("retry").count(), 1, "said once: {text}");
+    // The single-attempt call says which node and why too.
+    let err = smol::block_on(client.attempt(addrs[0], &coracle_quic::protocol::Request::Status))
+        .unwrap_err()
+        .to_string();
+    println!("{err}");
+    assert!(
+        err.contains(&addrs[0].to_string()) && err.contains("no handshake"),
+        "{err}"
+    );
+    client.close();
+    node.shutdown().unwrap();
 }

@@ -59,6 +59,9 @@ options:
 const SOAK_NODES: [usize; 3] = [3, 5, 7];
 /// The events per seed of a soak when `--steps` is not given.
 const SOAK_STEPS: u64 = 50_000;
+/// Seeds a soak may hand out from its base (far more than any soak runs): the seed counter
+/// and `base + seeds` in its summary must not overflow.
+const SOAK_ROOM: u64 = 1 << 40;
 /// Seconds between two progress lines of a soak.
 const PROGRESS_EVERY: Duration = Duration::from_secs(60);
 
@@ -173,6 +176,12 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     }
     if start.is_some() && single.is_some() {
         return Err("--start goes with --seeds or --minutes, not --seed".into());
+    }
+    if minutes.is_some() && start.is_some_and(|s| s.checked_add(SOAK_ROOM).is_none()) {
+        return Err(format!(
+            "--start leaves no room for a soak's seeds (at most {})",
+            u64::MAX - SOAK_ROOM
+        ));
     }
     let soak = minutes.is_some();
     options.steps = steps.unwrap_or(if soak { SOAK_STEPS } else { options.steps });
@@ -389,12 +398,13 @@ fn run_seeds(
     totals
 }
 
-/// A seed base no earlier run is likely to have used (40 bits from the clock, mixed).
+/// A seed base no earlier run is likely to have used (40 bits from the clock, mixed),
+/// with [`SOAK_ROOM`] seeds after it.
 fn fresh_base() -> u64 {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    mix64(nanos) & ((1 << 40) - 1)
+    mix64(nanos) & (SOAK_ROOM - 1)
 }
 
 fn print_summary(totals: &Totals, wall: Duration, threads: usize) {
@@ -630,6 +640,10 @@ mod tests {
                 "--seeds 2 --start 18446744073709551615",
                 "past the last seed",
             ),
+            (
+                "--minutes 1 --start 18446744073709551000",
+                "no room for a soak's seeds",
+            ),
             ("--seeds 2 --trace", "--trace needs --seed"),
             (
                 "--minutes 1 --save-history h.txt",
@@ -650,7 +664,7 @@ mod tests {
     #[test]
     fn fresh_bases_leave_room_for_many_seeds() {
         let base = fresh_base();
-        assert!(base < 1 << 40);
-        assert!(base.checked_add(1 << 40).is_some());
+        assert!(base < SOAK_ROOM);
+        assert!(base.checked_add(SOAK_ROOM).is_some());
     }
 }

@@ -51,23 +51,9 @@ impl DirIdentity {
         DirIdentity {
             cluster,
             node,
-            incarnation: random_nonzero(),
+            incarnation: crate::random_u64().max(1),
         }
     }
-}
-
-/// 64 random bits, not 0: the standard library's hasher keys come from the operating
-/// system's random source, mixed here with the time and the process id (no dependency for
-/// one number drawn per data directory).
-fn random_nonzero() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    h.write_u128(now);
-    h.write_u32(std::process::id());
-    h.finish().max(1)
 }
 
 fn encode(id: &DirIdentity) -> [u8; LEN] {

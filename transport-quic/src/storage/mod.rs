@@ -652,8 +652,10 @@ impl FileLog {
             .chain(point.map(|(_, t)| t))
             .max()
             .unwrap_or(0);
+        // A new directory, or one whose initialisation a crash interrupted after the hard
+        // state of a new node (term 0, no vote) and before the first segment.
         let fresh = identity.is_none()
-            && hard_state.is_none()
+            && hard_state.is_none_or(|hs| hs == HardState::default())
             && snapshot.is_none()
             && replayed.segments.is_empty();
         // Incomplete durable state: a directory that had a hard state or segments (it has

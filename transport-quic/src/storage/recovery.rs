@@ -181,6 +181,14 @@ pub(crate) fn replay(
                 ),
             ));
         }
+        if header.base == 0 {
+            // Entries start at 1; everything after relies on `base - 1` being an index.
+            return Err(FileLogError::corrupt(
+                path,
+                12,
+                "segment header says it starts at index 0; entries start at 1",
+            ));
+        }
         if let Some(prev) = out.segments.last() {
             let next = out.next_index();
             let last_term = out.entries.last().map_or(prev.prev_term, |e| e.term);

@@ -954,6 +954,29 @@ fn damage_in_an_earlier_segment_is_an_error() {
     );
 }
 
+/// A segment whose (checksummed) header says it starts at index 0, where no entry is: an
+/// error naming the file, not an arithmetic overflow while the log is read back.
+#[test]
+fn a_segment_that_starts_at_index_0_is_an_error() {
+    let dir = TempDir::new("base-0");
+    // A new log: its one segment holds no record yet, so no entry index contradicts the
+    // header.
+    drop(FileLog::open_with(dir.path(), small_segments()).unwrap());
+    let files = segment_files(dir.path());
+    let mut bytes = fs::read(&files[0]).unwrap();
+    bytes[12..20].copy_from_slice(&0u64.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[..28]);
+    bytes[28..32].copy_from_slice(&crc.to_le_bytes());
+    fs::remove_file(&files[0]).unwrap();
+    let zero = dir.path().join(segment::name(0));
+    fs::write(&zero, &bytes).unwrap();
+    let e = FileLog::open_with(dir.path(), small_segments()).unwrap_err();
+    assert!(
+        matches!(&e, FileLogError::Corrupt { file, .. } if file == &zero),
+        "{e}"
+    );
+}
+
 #[test]
 fn a_torn_hard_state_write_is_ignored() {
     let dir = TempDir::new("hard-state");
@@ -2358,6 +2381,46 @@ fn a_directory_missing_its_hard_state_or_its_log_is_refused() {
     assert_eq!(log.hard_state().current_term, 6);
     assert_eq!(log.last_index(), 30);
     assert!(!log.recovery().initialised && !log.recovery().adopted);
+}
+
+/// Initialising a directory writes the hard state, then the first segment, then the
+/// identity, each durably: a crash between the first two leaves only a new node's hard
+/// state (term 0, no vote). That is still a new directory, not one that lost its log
+/// (the identity module's promise: a crash during initialisation never looks damaged).
+#[test]
+fn a_crash_while_a_directory_is_initialised_leaves_a_new_directory() {
+    let dir = TempDir::new("init-crash");
+    drop(FileLog::open(dir.path()).unwrap());
+    for f in segment_files(dir.path()) {
+        fs::remove_file(f).unwrap();
+    }
+    fs::remove_file(dir.path().join(identity::FILE)).unwrap();
+    let log = FileLog::open(dir.path()).unwrap();
+    assert!(log.recovery().initialised);
+    assert_eq!(
+        (log.last_index(), log.hard_state()),
+        (0, HardState::default())
+    );
+    drop(log);
+    // A hard state with a term or a vote is a node's past: without segments, damage.
+    let dir = TempDir::new("init-crash-voted");
+    drop(FileLog::open(dir.path()).unwrap());
+    for f in segment_files(dir.path()) {
+        fs::remove_file(f).unwrap();
+    }
+    fs::remove_file(dir.path().join(identity::FILE)).unwrap();
+    hard_state::write(
+        dir.path(),
+        HardState {
+            current_term: 2,
+            voted_for: Some(1),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        damage(dir.path(), Options::new()),
+        Damage::NoSegments { snapshot: None }
+    );
 }
 
 #[test]

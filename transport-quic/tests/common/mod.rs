@@ -5,6 +5,7 @@
 use coracle_quic::certs::{Ca, Identity};
 use coracle_quic::client::Client;
 use coracle_quic::config::NodeConfig;
+use coracle_quic::protocol::{Request, WriteOp};
 use coracle_quic::tls::Credentials;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -131,6 +132,22 @@ impl Setup {
     }
 }
 
+/// A put of `value` at `key` as write `seq` of session `client`, asking for the value it
+/// replaces; `ack_below` 1, so the state machine keeps every outcome of the session (a
+/// retry of any of them is answered with it).
+pub fn session_put(client: u64, seq: u64, key: &str, value: &str) -> Request {
+    Request::Write {
+        client,
+        seq,
+        ack_below: 1,
+        op: WriteOp::Put {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+            return_previous: true,
+        },
+    }
+}
+
 /// Polls `f` until it returns `Some` or `limit` passes (liveness bound, not a timing
 /// assertion).
 pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
@@ -146,19 +163,14 @@ pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<
     }
 }
 
-/// The leader the nodes at `addrs` agree on, if any (asked through `client`).
+/// A node at `addrs` that says it leads, if any (all asked at once, through `client`).
 pub fn leader(client: &Client, addrs: &[SocketAddr]) -> Option<u64> {
-    smol::block_on(async {
-        let mut found = None;
-        for &a in addrs {
-            if let Ok(s) = client.status_of(a).await {
-                if s.role == "Leader" {
-                    found = Some(s.id);
-                }
-            }
-        }
-        found
-    })
+    smol::block_on(client.statuses(addrs))
+        .into_iter()
+        .flatten()
+        .filter(|s| s.role == "Leader")
+        .map(|s| s.id)
+        .last()
 }
 
 // ----- node processes ------------------------------------------------------------------
