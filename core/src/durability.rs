@@ -102,13 +102,23 @@ pub(crate) enum KeptSnapshot {
     Taken(SnapshotMeta),
 }
 
-/// The writes gathered for the next batch.
+/// Which change of the kept snapshot a batch carries (its metadata is in
+/// [`Durability::kept`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kept {
+    Installed,
+    Taken,
+}
+
+/// The writes gathered for the next batch: flags and indexes only, so handing a batch
+/// out copies a few words (the snapshot metadata, 300 bytes, stays in its slots).
 #[derive(Clone, Copy, Debug, Default)]
 struct OpenBatch {
     dirty: bool,
     hard_state: bool,
-    chunk: Option<(SnapshotMeta, u64)>,
-    snapshot: Option<KeptSnapshot>,
+    /// Offset of a received chunk (its snapshot in [`Durability::chunk_meta`]).
+    chunk: Option<u64>,
+    snapshot: Option<Kept>,
     reset: Option<(Index, Term)>,
     truncate_from: Option<Index>,
     append_from: Option<Index>,
@@ -122,8 +132,10 @@ pub(crate) struct Durability {
     /// Latest sequence number the host reported durable.
     pub synced: u64,
     open: OpenBatch,
-    /// The batch handed out last (its snapshot metadata is lent to the host).
-    handed: OpenBatch,
+    /// The snapshot of the chunk in the open (or last handed) batch.
+    chunk_meta: SnapshotMeta,
+    /// The kept snapshot the open (or last handed) batch records.
+    kept: SnapshotMeta,
     /// The prefix of the current log that is durable.
     pub durable_index: Index,
     /// Batches not yet durable: (sequence number, last index of the log after it), clipped
@@ -139,7 +151,8 @@ impl Durability {
             emitted: 0,
             synced: 0,
             open: OpenBatch::default(),
-            handed: OpenBatch::default(),
+            chunk_meta: SnapshotMeta::EMPTY,
+            kept: SnapshotMeta::EMPTY,
             durable_index,
             pending: heapless::Deque::new(),
             failed: false,
@@ -183,7 +196,8 @@ impl Durability {
     }
 
     pub fn note_snapshot_chunk(&mut self, meta: SnapshotMeta, offset: u64) {
-        self.dirty().chunk = Some((meta, offset));
+        self.chunk_meta = meta;
+        self.dirty().chunk = Some(offset);
     }
 
     /// Is a received chunk waiting in the open batch (the memory log holds one only)?
@@ -192,7 +206,12 @@ impl Durability {
     }
 
     pub fn note_snapshot(&mut self, write: KeptSnapshot) {
-        self.dirty().snapshot = Some(write);
+        let (kind, meta) = match write {
+            KeptSnapshot::Installed(meta) => (Kept::Installed, meta),
+            KeptSnapshot::Taken(meta) => (Kept::Taken, meta),
+        };
+        self.kept = meta;
+        self.dirty().snapshot = Some(kind);
     }
 
     pub fn note_compaction(&mut self, through: Index) {
@@ -218,8 +237,7 @@ impl Durability {
         if self.failed || !self.open.dirty {
             return None;
         }
-        self.handed = core::mem::take(&mut self.open);
-        let open = &self.handed;
+        let open = core::mem::take(&mut self.open);
         self.emitted += 1;
         let last = log.last_index();
         if self.pending.is_full() {
@@ -238,17 +256,14 @@ impl Durability {
         Some(Persist {
             token: SyncToken(self.emitted),
             hard_state: open.hard_state.then(|| log.hard_state()),
-            snapshot_chunk: open
-                .chunk
-                .as_ref()
-                .map(|(meta, offset)| SnapshotChunkWrite {
-                    meta,
-                    offset: *offset,
-                    data: log.staged_snapshot_chunk(),
-                }),
-            snapshot: open.snapshot.as_ref().map(|kept| match kept {
-                KeptSnapshot::Installed(meta) => SnapshotWrite::Installed(meta),
-                KeptSnapshot::Taken(meta) => SnapshotWrite::Taken(meta),
+            snapshot_chunk: open.chunk.map(|offset| SnapshotChunkWrite {
+                meta: &self.chunk_meta,
+                offset,
+                data: log.staged_snapshot_chunk(),
+            }),
+            snapshot: open.snapshot.map(|kind| match kind {
+                Kept::Installed => SnapshotWrite::Installed(&self.kept),
+                Kept::Taken => SnapshotWrite::Taken(&self.kept),
             }),
             reset: open.reset,
             truncate_from: open.truncate_from,

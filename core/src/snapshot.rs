@@ -110,7 +110,9 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// before it, or else the kept snapshot's), copied into `buf`.
     fn config_bytes_at<'b>(&self, index: Index, buf: &'b mut [u8]) -> &'b [u8] {
         let first = self.log.first_index();
-        let mut i = index;
+        // The configuration in use, if it was in force at `index` (the usual case): no scan.
+        let in_use = self.membership.index;
+        let mut i = if in_use <= index { in_use } else { index };
         while i >= first && i > 0 {
             if let Some(e) = self.log.entry(i) {
                 if e.kind == EntryKind::Membership {

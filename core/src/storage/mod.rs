@@ -159,6 +159,14 @@ pub struct SnapshotMeta {
 }
 
 impl SnapshotMeta {
+    /// No snapshot: index and term 0, no configuration.
+    pub const EMPTY: SnapshotMeta = SnapshotMeta {
+        index: 0,
+        term: 0,
+        config_len: 0,
+        config: [0; MAX_MEMBERS * 9],
+    };
+
     /// Metadata with the encoded configuration `config` (as in a membership entry); `None`
     /// if it is larger than [`MAX_MEMBERS`] members.
     pub fn new(index: Index, term: Term, config: &[u8]) -> Option<Self> {
