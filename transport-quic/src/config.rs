@@ -386,7 +386,9 @@ impl NodeConfig {
     /// `storage.memory_log_bytes` against the messages it must feed: the entries read back
     /// at once take half of it, and should fill at least two AppendEntries.
     fn check_memory_log(&self, problems: &mut Vec<String>) {
-        let least = (4 * self.raft.max_bytes_per_message as u64).max(MIN_MEMORY_LOG_BYTES);
+        let least = (self.raft.max_bytes_per_message as u64)
+            .saturating_mul(4)
+            .max(MIN_MEMORY_LOG_BYTES);
         if !(least..=MAX_MEMORY_LOG_BYTES).contains(&self.storage.memory_log_bytes) {
             problems.push(format!(
                 "{}: must be {least} (4 times raft.max_bytes_per_message, and at least \

@@ -1451,7 +1451,11 @@ mod tests {
                 }
                 if let Some(want) = begun {
                     let got = loop {
-                        if let Some(done) = kv.continue_snapshot(1, 1, &mut streamed) {
+                        // One pair (or the header) a step, each step written out.
+                        let mut step = Vec::new();
+                        let done = kv.continue_snapshot(1, 1, &mut step);
+                        streamed.extend(step);
+                        if let Some(done) = done {
                             done.unwrap();
                             break std::mem::take(&mut streamed);
                         }

@@ -1,8 +1,8 @@
 //! What can go wrong with the files of a [`FileLog`](super::FileLog), in detail.
 //!
-//! The [`LogStorage`](coracle::LogStorage) trait can only say
-//! [`StorageError::Unavailable`](coracle::StorageError::Unavailable) (or `Full`); the
-//! detailed cause is kept and readable with [`FileLog::last_error`](super::FileLog::last_error).
+//! The node only learns that a write failed
+//! ([`Node::persist_failed`](coracle::Node::persist_failed)); the detailed cause is kept
+//! and readable with [`FileLog::last_error`](super::FileLog::last_error).
 
 use super::identity::DirIdentity;
 use coracle::{Index, NodeId, Term};
@@ -110,7 +110,7 @@ pub enum FileLogError {
 }
 
 impl FileLogError {
-    /// The [`io::ErrorKind`] closest to this error (for [`FileLog::sync`](super::FileLog::sync),
+    /// The [`io::ErrorKind`] closest to this error (for [`FileLog::flush`](super::FileLog::flush),
     /// which answers with an [`io::Error`]).
     pub fn kind(&self) -> io::ErrorKind {
         match self {

@@ -1,21 +1,38 @@
-//! A durable log on disk for the server binding: [`FileLog`], a segmented, append-only,
-//! checksummed [`LogStorage`] with group commit.
+//! The server binding's durable store: [`FileLog`], a segmented, append-only, checksummed
+//! log on disk with the hard state and the kept snapshot beside it. It is the host's side of
+//! the core's storage contract (never a [`LogStorage`](coracle::LogStorage): the node keeps
+//! its memory of the log in a [`CachedLog`]): it performs the node's
+//! [`Output::Persist`](coracle::Output::Persist) batches, fills the memory log at a
+//! restart, and reads entries and snapshot chunks back.
 //!
 //! ```
-//! use coracle::{Entry, EntryKind, HardState, LogStorage};
+//! use coracle::{Entries, Entry, EntryKind, HardState, LogStorage, Persist, SyncToken};
 //! use coracle_quic::storage::FileLog;
 //!
 //! let dir = std::env::temp_dir().join(format!("coracle-doc-{}", std::process::id()));
 //! # let _ = std::fs::remove_dir_all(&dir);
 //! let mut log = FileLog::open(&dir)?;
-//! log.set_hard_state(HardState { current_term: 1, voted_for: Some(1) }).unwrap();
-//! log.append(&Entry { index: 1, term: 1, kind: EntryKind::Command, data: b"x=1" }).unwrap();
-//! log.sync()?; // on Output::Sync(token); then node.synced(token)
+//! let entries = [Entry { index: 1, term: 1, kind: EntryKind::Command, data: b"x=1" }];
+//! // What Output::Persist hands out (here built by hand):
+//! log.persist(&Persist {
+//!     token: SyncToken(1),
+//!     hard_state: Some(HardState { current_term: 1, voted_for: Some(1) }),
+//!     snapshot_chunk: None,
+//!     snapshot: None,
+//!     reset: None,
+//!     truncate_from: None,
+//!     entries: Entries::from_slice(&entries),
+//!     compact_through: None,
+//! });
+//! log.flush()?; // or begin_flush / FlushJob::run on another thread / end_flush
+//! // ... then node.persisted(SyncToken(1))
 //! drop(log);
 //!
 //! let log = FileLog::open(&dir)?;
-//! assert_eq!(log.entry(1).unwrap().data, b"x=1");
-//! assert_eq!(log.hard_state().voted_for, Some(1));
+//! let memory = log.recover(64 << 20)?; // the node's memory log after a restart
+//! assert_eq!(memory.entry(1).unwrap().data, b"x=1");
+//! assert_eq!(memory.hard_state().voted_for, Some(1));
+//! assert_eq!(log.reader().entries(1, 1, 0)?[0].data, b"x=1");
 //! # drop(log);
 //! # std::fs::remove_dir_all(&dir)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -23,13 +40,32 @@
 //!
 //! # Durability and group commit
 //!
-//! [`append`](LogStorage::append) and [`set_hard_state`](LogStorage::set_hard_state) only
-//! buffer. [`FileLog::sync`] makes everything buffered durable: first the hard state (if it
-//! changed), then the buffered records with one `write` and one `fdatasync` of the active
-//! segment, however many entries there are. The host calls it on
-//! [`Output::Sync`](coracle::Output::Sync) and then hands the token back with
-//! [`Node::synced`](coracle::Node::synced). Dropping a `FileLog` does **not** sync: what was
-//! buffered is lost, exactly as in a crash, and the node never acknowledged it.
+//! [`FileLog::persist`] only queues a batch's operations in memory (the records of its
+//! entries encoded, the rest as it is): it is called on the node's loop, so no I/O happens
+//! inside a node input. A flush performs every operation queued so far, in order, and
+//! makes it durable: [`FileLog::begin_flush`] takes them as one [`FlushJob`] (with the
+//! files: only one job runs at a time), [`FlushJob::run`] performs them on any thread, and
+//! [`FileLog::end_flush`] takes the result back; [`FileLog::flush`] does the three at once.
+//! Batches queued while a job runs wait for the next one, so one `fdatasync` covers every
+//! batch that arrived during the previous one. The host then calls
+//! [`Node::persisted`](coracle::Node::persisted) with the newest token of the job.
+//! Dropping a `FileLog` does **not** flush: what was queued is lost, exactly as in a crash,
+//! and the node never acknowledged it.
+//!
+//! # Order
+//!
+//! A job performs, batch after batch, what the contract lists: the hard state, a snapshot
+//! chunk, the kept snapshot, a reset, a truncation, the records, and compaction, with two
+//! liberties that keep every crash safe:
+//!
+//! - The newest hard state of the job is written first (atomic replacement, durable at
+//!   once), before the records of earlier batches. A crash between leaves a newer term or
+//!   vote with an older log, which is the state of a node that lost some unacknowledged
+//!   appends: safe. (The other order could leave entries of a term newer than the durable
+//!   `currentTerm`.)
+//! - The records of all the job's batches go to the active segment with one write and one
+//!   `fdatasync` at the end (a roll-over writes and syncs what the old segment holds first).
+//!   Compaction comes after that `fdatasync`: it is not part of any batch's durability.
 //!
 //! There is no per-write metadata flush: records are written with `fdatasync`; the directory
 //! is fsynced only when a file is created, renamed or removed (new segment, compaction, hard
@@ -53,80 +89,74 @@
 //! only skipped. The spare and the rest of the active segment take disk space that
 //! [`Options::max_log_bytes`] does not count (up to two segments' worth).
 //!
-//! A few operations do their I/O at once and are durable when they return: a
-//! [`truncate_suffix`](LogStorage::truncate_suffix) that cuts records already written, a
-//! segment roll-over (a full [`sync`](FileLog::sync), then the new segment), the deletion of
-//! segments by [`compact`](LogStorage::compact), [`FileLog::save_snapshot`] and
-//! [`install_snapshot`](LogStorage::install_snapshot).
-//!
-//! Order inside `sync`: the hard state goes first. A crash between the two leaves a newer
-//! term or vote with an older log, which is the state of a node that lost some unacknowledged
-//! appends: safe. (The other order could leave entries of a term newer than the durable
-//! `currentTerm`.)
-//!
 //! # Truncation and crashes
 //!
-//! `truncate_suffix(from)` must never let the cut entries come back, neither alone nor,
-//! worse, mixed with the new entries written after them (an old entry of term 2 durable
-//! after a new one of term 3 would break Log Matching). The argument:
+//! A truncation must never let the cut entries come back, neither alone nor, worse, mixed
+//! with the new entries written after them (an old entry of term 2 durable after a new one
+//! of term 3 would break Log Matching). The argument:
 //!
-//! 1. Records reach a file only in `sync`, `write_buffered` (whose `fdatasync` follows) and
-//!    roll-over (which syncs the old segment, unconditionally). So the records on disk are
-//!    always a prefix of the log, durable except perhaps for the tail of the last segment,
-//!    and a buffered record is never on disk.
-//! 2. If every cut entry is still buffered, truncation drops them from the buffer: nothing
-//!    on disk changes, and no new record can land after them because they never land.
-//! 3. Otherwise, before `truncate_suffix` returns, it deletes the segments after the one
-//!    holding `from` (newest first, then fsyncs the directory), truncates the segment holding
-//!    `from` at that entry's record and fsyncs the file. Only then can new entries be
-//!    buffered, and they are written after the cut. A crash during the cut leaves a prefix
-//!    of the old log that is at least `from - 1` long (files are removed from the end, then
-//!    the last one shortened), and a crash after it leaves the cut log: the cut entries never
-//!    reappear once the call returned, and never after a new entry.
-//! 4. Losing the cut entries early (before the hard state of the message that caused the cut
-//!    is durable) is safe: entries in conflict with a leader are not committed (the leader
-//!    has every committed entry, Leader Completeness), and the node acknowledges nothing of
-//!    the message before its next sync.
+//! 1. Records reach a file only in a job, which writes the records it holds with one write
+//!    and `fdatasync`s them before it ends (and a roll-over syncs the old segment before the
+//!    new one exists). So the records on disk are always a prefix of the log, durable except
+//!    perhaps for the tail of the last segment during a job, and a queued record is never on
+//!    disk.
+//! 2. If every cut entry is still pending in the job (queued after the last write), the cut
+//!    drops them from the buffer: nothing on disk changes, and no new record can land after
+//!    them because they never land.
+//! 3. Otherwise the job, before it performs the next operation, lowers the durability marks
+//!    (durably), deletes the segments after the one holding `from` (newest first, then
+//!    fsyncs the directory), truncates the segment holding `from` at that entry's record
+//!    and fsyncs the file. Only then are the batch's new records buffered, and they are
+//!    written after the cut. A crash during the cut leaves a prefix of the old log that is
+//!    at least `from - 1` long (files are removed from the end, then the last one
+//!    shortened), and a crash after it leaves the cut log: the cut entries never reappear
+//!    once the cut was performed, and never after a new entry.
+//! 4. Losing the cut (a crash before the job) or the cut entries early is safe: entries in
+//!    conflict with a leader are not committed (the leader has every committed entry,
+//!    Leader Completeness), and the node acknowledges nothing of the message before its
+//!    batch is durable.
 //!
-//! The cost is one fsync (plus one of the directory if segments go) inside the call that
+//! The cost is one fsync (plus one of the directory if segments go) in the job that
 //! truncates durable entries; that happens only when a new leader overwrites an
 //! uncommitted suffix, which is rare.
 //!
 //! # Compaction
 //!
-//! [`compact(through)`](LogStorage::compact) forgets `first_index()..=through` in memory at
-//! once and deletes every segment whose entries are all `<= through` (oldest first, then
+//! A batch's `compact_through` forgets `first..=through` (where the entries are, in
+//! memory) and deletes every segment whose entries are all `<= through` (oldest first, then
 //! fsyncs the directory); the segment still holding live entries, and always the active
-//! one, stay. The host compacts only through an index it holds a snapshot of
-//! ([`Node::compact`](coracle::Node::compact)): on open the log starts at the first
-//! remaining segment, then the saved snapshot moves the start up to its index (entries the
-//! snapshot covers are forgotten again). Compacting past the saved snapshot makes the log
-//! start past it after a restart.
+//! one, stay. The node compacts only through an index its kept snapshot covers: on open the
+//! log starts at the first remaining segment, then the kept snapshot moves the start up to
+//! its index, less [`Options::keep_behind_snapshot`] (entries the snapshot covers are
+//! forgotten again).
 //!
 //! # Snapshots
 //!
 //! One snapshot is kept, in the file `snapshot` ([format version 2](snapshot): index,
 //! term, size, the membership configuration in force at the index, the state machine's
-//! bytes, and a CRC-32 over all of it). It gets there two ways, both atomic:
+//! bytes, and a CRC-32 over all of it). Its bytes are never held in memory: they are
+//! written and read a piece at a time. It gets there two ways, both atomic:
 //!
-//! - The host snapshots its own state machine: [`FileLog::save_snapshot`] writes
-//!   `snapshot.saving.tmp`, fsyncs it, renames it over `snapshot` and fsyncs the directory
-//!   before it returns (or in steps, the writing on another thread:
-//!   [`FileLog::prepare_snapshot`], [`SnapshotWrite::write`], [`FileLog::adopt_snapshot`]). If the log holds the snapshot's last entry (same index and term) the log
-//!   is left alone: when to compact is the host's choice.
-//! - A leader sends it ([`LogStorage::receive_snapshot_chunk`], then
-//!   [`LogStorage::install_snapshot`]). Chunks go to `snapshot.incoming.tmp`: the header is
-//!   written when offset 0 arrives, each chunk at its offset (a chunk sent again overwrites,
+//! - The host snapshots its own state machine: a [`SnapshotWriter`]
+//!   ([`FileLog::snapshot_writer`], with the metadata the node will give it) takes the bytes
+//!   in pieces, on any thread, into `snapshot.saving-<index>.tmp`;
+//!   [`FileLog::finish_snapshot`] writes the size and the checksum and fsyncs it. Then the
+//!   host calls [`Node::snapshot_taken`](coracle::Node::snapshot_taken), whose batch says
+//!   [`SnapshotWrite::Taken`]: the job renames the file over `snapshot` and fsyncs the
+//!   directory (after rewriting it with the node's metadata, should the host's guess
+//!   differ), then compacts behind it with the batch's `compact_through`.
+//! - A leader sends it: the batches' snapshot chunks go to `snapshot.incoming.tmp`, the
+//!   header when offset 0 arrives, each chunk at its offset (a chunk sent again overwrites,
 //!   so a transfer resumes at any offset up to what was received). Nothing of it is fsynced
-//!   and it is not part of the durable state: open removes it. `install_snapshot` then, in
-//!   this order: (1) reads the data back, appends the checksum and fsyncs the file; (2)
-//!   renames it over `snapshot` and fsyncs the directory; (3) restarts the log after the
-//!   snapshot: if the log holds `index` with `term` it is compacted through `index`
-//!   (entries after it stay), otherwise the log is discarded: the segments after
-//!   `index + 1` are deleted (newest first), an empty segment starting at `index + 1` is
-//!   created (replacing one of that name), then the older segments are deleted, so a
-//!   segment is on disk at every step. All of this is done and durable when
-//!   `install_snapshot` returns, before the next `sync()`.
+//!   and it is not part of the durable state: open removes it. With
+//!   [`SnapshotWrite::Installed`] the job (1) writes the size, reads the data back to
+//!   append the checksum and fsyncs the file; (2) renames it over `snapshot` and fsyncs the
+//!   directory; then the same batch's (3) reset (the log did not hold the snapshot's last
+//!   entry: the segments after `index + 1` are deleted, newest first, an empty segment
+//!   starting at `index + 1` is created, replacing one of that name, then the older
+//!   segments are deleted, so a segment is on disk at every step) or compaction (it did:
+//!   the entries after it stay) restarts the log after it. All of this is durable before
+//!   the node is told the batch is.
 //!
 //! Crash safety: the durable state is "the `snapshot` file, and the segments interpreted
 //! relative to it". On open the snapshot is the compaction point: if the segments hold the
@@ -143,13 +173,9 @@
 //!
 //! The rename is the commit point; a mix of an old snapshot with a new log, or a half
 //! written snapshot, cannot be read. The tests stop an install at each step and reopen.
-//!
-//! The kept snapshot's bytes are also held in memory, so
-//! [`snapshot_chunk`](LogStorage::snapshot_chunk) can lend them out as the trait requires
-//! (a borrowed slice) without a disk read or `unsafe` memory mapping. A host with an
-//! in-memory state machine (the KV service) already holds the same state once more, so
-//! this at most doubles its memory; memory mapping would save that copy but needs `unsafe`
-//! and turns a file truncated by someone else into a `SIGBUS` instead of an error.
+//! Chunks for a follower ([`Output::SendSnapshot`](coracle::Output::SendSnapshot)) and a
+//! restore of the state machine read the `snapshot` file ([`LogReader::snapshot`],
+//! [`SnapshotFile`]); a file replaced meanwhile is told by its index.
 //!
 //! Format version 1 snapshot files (no configuration) are refused on open with
 //! [`FileLogError::SnapshotVersion`], a message that says what to do: a configuration
@@ -157,12 +183,14 @@
 //!
 //! # Memory
 //!
-//! The [`LogStorage`] trait lends entries out (`entry(&self, i) -> Option<Entry<'_>>`), so
-//! every uncompacted entry is also kept in memory, as a [`OwnedEntry`] (about 48 bytes plus
-//! its data plus the allocator's overhead) and its 8-byte file offset. Reads never touch the
-//! disk and a reopen reads every segment once; the price is memory proportional to the
-//! uncompacted log, which the host bounds by snapshotting and compacting. Total disk use
-//! can be bounded with [`Options::max_log_bytes`].
+//! The store never holds the entries' data nor the snapshot's bytes: it keeps where each
+//! entry is (the 8-byte offset of its record; the segment follows from the index), the
+//! terms as runs of one term, and the indexes of membership entries. Reads go to the
+//! segment files: [`FileLog::recover`] fills the node's memory log with the terms of every
+//! entry, every membership entry and the data of the newest entries up to a budget; the
+//! rest is read back when the node asks ([`LogReader::entries`], on the node's read thread).
+//! A reopen reads each segment once, one at a time. Total disk use can be bounded with
+//! [`Options::max_log_bytes`].
 //!
 //! # On-disk format
 //!
@@ -175,6 +203,7 @@
 //! | `snapshot` | the latest snapshot ([`snapshot`], its own format version 2) |
 //! | `incarnations` | the incarnation of each member the node talked to ([`incarnations`]; the node runtime's, not the log's) |
 //! | `snapshot.incoming.tmp` | a snapshot being received from a leader; removed on open |
+//! | `snapshot.saving-<index>.tmp` | the host's own snapshot at `index`, until a batch keeps it; removed on open |
 //! | `*.tmp` | a file being written before its rename; removed on open |
 //!
 //! Integers are little-endian; checksums are CRC-32 (IEEE) computed with `crc32fast`.
@@ -295,18 +324,22 @@ impl Options {
         self
     }
 
-    /// The largest entry data accepted ([`StorageError::EntryTooLarge`] past it). Recovery
-    /// treats a record claiming more as damage, so reopen with a limit at least as large.
+    /// The largest entry data accepted (a batch with a larger entry fails the log with
+    /// [`FileLogError::EntryTooLarge`]: the node's `max_entry_bytes` must be smaller).
+    /// Recovery treats a record claiming more as damage, so reopen with a limit at least as
+    /// large.
     pub fn max_entry_bytes(mut self, bytes: usize) -> Self {
         self.max_entry_bytes = bytes.min(u32::MAX as usize - record::ENTRY_HEADER);
         self
     }
 
-    /// A quota on the bytes of all segments. An append past it fails with
-    /// [`StorageError::Full`] (the node counts it and pushes back; the host compacts after
-    /// a snapshot to make room) and [`FileLog::last_error`] says
-    /// [`FileLogError::QuotaExceeded`]. Use it to keep a log from filling the disk, where
-    /// the failure would be an I/O error that stops the node.
+    /// A quota on the bytes of all segments, which the host keeps: it asks
+    /// [`FileLog::check_room`] before it proposes a command, and one past it
+    /// ([`FileLogError::QuotaExceeded`]) is refused (back-pressure) while a snapshot and
+    /// compaction make room. A leader's log sets the pace of its followers', so theirs stay
+    /// under it too (a batch from the node is always performed: a follower cannot refuse
+    /// what its leader committed). Use it to keep a log from filling the disk, where the
+    /// failure would be an I/O error that stops the node.
     ///
     /// The last sixteenth of the quota (at most 64 KiB) takes only no-op and membership
     /// entries: a log full of commands must still let a new leader commit its no-op,
@@ -424,7 +457,7 @@ pub const MIN_LOG_BYTES: u64 = 16 << 10;
 pub struct Stats {
     /// `fsync`/`fdatasync` calls on files and directories, all causes together.
     pub fsyncs: u64,
-    /// Calls of [`FileLog::sync`] that had something to write.
+    /// Flush jobs performed.
     pub syncs: u64,
     /// Bytes of records written to segments.
     pub bytes_written: u64,
@@ -525,6 +558,8 @@ pub struct FileLog {
 struct Summary {
     stats: Stats,
     disk_bytes: u64,
+    /// Bytes of the active segment.
+    active_bytes: u64,
     snapshot: Option<Snapshot>,
     hard_state: HardState,
 }
@@ -1214,8 +1249,12 @@ impl FileLog {
         let Some(limit) = self.options.max_log_bytes else {
             return Ok(());
         };
-        let needed =
-            self.disk_bytes() + record::entry_record_len(len) as u64 + segment::HEADER as u64;
+        // A new segment's header too if the records queued fill the active one.
+        let queued = self.queue.records.len() as u64;
+        let rolls = self.summary.active_bytes + queued >= self.options.segment_bytes;
+        let needed = self.disk_bytes()
+            + record::entry_record_len(len) as u64
+            + if rolls { segment::HEADER as u64 } else { 0 };
         let reserved = match kind {
             EntryKind::Command => Options::reserved(limit),
             EntryKind::Noop | EntryKind::Membership => 0,
@@ -1333,6 +1372,27 @@ impl FileLog {
         self.disk.as_deref_mut().expect("no flush job is out")
     }
 
+    /// Test only: the disk, when no job is out.
+    #[cfg(test)]
+    fn disk_ref(&self) -> &Disk {
+        self.disk.as_deref().expect("no flush job is out")
+    }
+
+    /// Test only: the last index once the queued operations are performed.
+    #[cfg(test)]
+    fn queued_last_index(&self) -> Index {
+        let mut last = self.last_index();
+        for op in &self.queue.ops {
+            match op {
+                Op::Reset(index, _) => last = *index,
+                Op::Truncate(from) => last = last.min(from - 1),
+                Op::Append { .. } => last += 1,
+                _ => {}
+            }
+        }
+        last
+    }
+
     /// Stops snapshot installs at `step` as a crash would (tests of crash safety).
     #[cfg(test)]
     pub(crate) fn crash_at(&mut self, step: Option<&'static str>) {
@@ -1360,6 +1420,7 @@ impl Disk {
             stats: self.stats,
             disk_bytes: self.segments.iter().map(|s| s.len).sum::<u64>()
                 + self.pending.len() as u64,
+            active_bytes: self.segments.last().map_or(0, |s| s.len),
             snapshot: self.snapshot,
             hard_state: self.hard_state,
         }

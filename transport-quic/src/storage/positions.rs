@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::path::PathBuf;
 
 /// The positions of the entries `first..=last`.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct Positions {
     /// Index of the first entry kept.
     pub first: Index,
@@ -24,13 +24,23 @@ pub(crate) struct Positions {
     pub segments: Vec<(Index, PathBuf)>,
 }
 
+impl Default for Positions {
+    /// An empty log, never compacted.
+    fn default() -> Self {
+        Positions::empty_after(0, 0)
+    }
+}
+
 impl Positions {
     /// No entry: the log goes on after `index` (of `term`).
     pub fn empty_after(index: Index, term: Term) -> Positions {
         Positions {
             first: index + 1,
             compacted_term: term,
-            ..Positions::default()
+            offsets: VecDeque::new(),
+            runs: VecDeque::new(),
+            configs: BTreeSet::new(),
+            segments: Vec::new(),
         }
     }
 

@@ -2,7 +2,7 @@
 //! damage anywhere else.
 //!
 //! Only the end of the last segment can legitimately be damaged: records reach the file only
-//! in [`FileLog::sync`](super::FileLog::sync) (or a roll-over, which syncs the old segment
+//! in a flush ([`FlushJob::run`](super::FlushJob::run); or a roll-over, which syncs the old segment
 //! before it creates the next one), so a crash can tear only the last write of the last
 //! segment. Recovery therefore decides as follows, for the first record that fails its
 //! checks (incomplete, bad header checksum, implausible length, bad payload checksum):
