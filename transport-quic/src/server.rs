@@ -1152,6 +1152,12 @@ impl Host {
         if self.snapshots.building.is_some() {
             return self.continue_snapshot();
         }
+        if !self.snapshots.wanted && self.log.check_room(EntryKind::Command, 0).is_err() {
+            // The log is at its quota (a leader refuses commands now; a follower's log
+            // follows the leader's): a snapshot compacts it.
+            warn!(node = self.id, "the log is full: snapshot and compact");
+            self.snapshots.wanted = true;
+        }
         let s = &self.snapshots;
         let index = node.applied_index();
         let due = s.every > 0 && index >= next_snapshot(s.last.max(s.failed), s.every, self.id);

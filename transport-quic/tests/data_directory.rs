@@ -17,7 +17,7 @@ use std::time::Duration;
 
 /// Small segments, so a node has several; no preallocation, so a segment ends at its
 /// records.
-const STORAGE: &str = "[storage]\nsegment_bytes = 512\npreallocate = false\n";
+const STORAGE: &str = "[storage]\nsegment_bytes = 1024\npreallocate = false\n";
 
 fn config(setup: &Setup, id: u64) -> PathBuf {
     let path = setup.path().join(format!("node-{id}.toml"));
