@@ -1,6 +1,6 @@
 //! The server binding's durable store: [`FileLog`], a segmented, append-only, checksummed
 //! log on disk with the hard state and the kept snapshot beside it. It is the host's side of
-//! the core's storage contract (never a [`LogStorage`](coracle::LogStorage): the node keeps
+//! the core's storage contract (never a [`LogStorage`]: the node keeps
 //! its memory of the log in a [`CachedLog`]): it performs the node's
 //! [`Output::Persist`](coracle::Output::Persist) batches, fills the memory log at a
 //! restart, and reads entries and snapshot chunks back.

@@ -99,8 +99,8 @@ pub(crate) fn write(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> Result<(), 
 }
 
 /// The host's own snapshot being written, front to back, into its temporary file
-/// (`snapshot.saving-<index>.tmp`); [`finish`](Writer::finish) seals it. Writing is
-/// buffered and flushed to disk every [`super::dir::FLUSH_CHUNK`] (so its `fdatasync`
+/// (`snapshot.saving-<index>.tmp`); [`FileLog::finish_snapshot`](super::FileLog::finish_snapshot)
+/// seals it. Writing is buffered and flushed to disk every 128 KiB (so its `fdatasync`
 /// never has much to write: the log's own flushes share the disk).
 #[derive(Debug)]
 pub struct Writer {
