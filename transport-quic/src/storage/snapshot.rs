@@ -270,16 +270,12 @@ impl Incoming {
             .map_err(io_err(&self.path, "write incoming snapshot"))?;
         let mut crc = crc32fast::Hasher::new();
         crc.update(&h);
-        let mut piece = vec![0u8; PIECE];
-        let mut at = 0u64;
-        while at < size {
-            let n = (size - at).min(PIECE as u64) as usize;
-            self.file
-                .read_exact_at(&mut piece[..n], self.header_len + at)
-                .map_err(io_err(&self.path, "read incoming snapshot back"))?;
-            crc.update(&piece[..n]);
-            at += n as u64;
-        }
+        hash_range(
+            &self.file,
+            self.header_len..self.header_len + size,
+            &mut crc,
+        )
+        .map_err(io_err(&self.path, "read incoming snapshot back"))?;
         let end = self.header_len + size;
         self.file
             .set_len(end)
@@ -292,6 +288,23 @@ impl Incoming {
             .map_err(io_err(&self.path, "sync incoming snapshot"))?;
         Ok(size)
     }
+}
+
+/// Hashes the bytes `range` of `file` into `crc`, a piece at a time.
+fn hash_range(
+    file: &File,
+    range: std::ops::Range<u64>,
+    crc: &mut crc32fast::Hasher,
+) -> io::Result<()> {
+    let mut piece = vec![0u8; PIECE.min(range.end.saturating_sub(range.start) as usize)];
+    let mut at = range.start;
+    while at < range.end {
+        let n = (range.end - at).min(PIECE as u64) as usize;
+        file.read_exact_at(&mut piece[..n], at)?;
+        crc.update(&piece[..n]);
+        at += n as u64;
+    }
+    Ok(())
 }
 
 /// The header of a snapshot file: metadata, size, where the data starts.
@@ -361,15 +374,7 @@ pub(crate) fn read(dir: &Path) -> Result<Option<Snapshot>, FileLogError> {
     let header = read_header(&file, &path)?;
     let body = header.data_at + header.size;
     let mut crc = crc32fast::Hasher::new();
-    let mut piece = vec![0u8; PIECE];
-    let mut at = 0u64;
-    while at < body {
-        let n = (body - at).min(PIECE as u64) as usize;
-        file.read_exact_at(&mut piece[..n], at)
-            .map_err(io_err(&path, "read"))?;
-        crc.update(&piece[..n]);
-        at += n as u64;
-    }
+    hash_range(&file, 0..body, &mut crc).map_err(io_err(&path, "read"))?;
     let mut trailer = [0u8; 4];
     file.read_exact_at(&mut trailer, body)
         .map_err(io_err(&path, "read"))?;
