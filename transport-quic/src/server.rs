@@ -76,6 +76,11 @@ pub const SNAPSHOT_PAIRS_PER_STEP: usize = 256;
 /// the size of each piece handed to the thread that writes the file.
 pub const SNAPSHOT_BYTES_PER_STEP: usize = 1 << 20;
 
+/// Bytes of entries one fetch reads back at most: each fetch replaces what the previous
+/// one read (the memory log keeps one window), so reading more at once only holds more
+/// memory while the node sends it; 8 MiB fill 8 AppendEntries of the default 1 MiB.
+const MAX_FETCH_BYTES: usize = 8 << 20;
+
 /// Pieces of a snapshot queued for its writing thread at most: what a snapshot holds in
 /// memory beyond the state machine is about this many steps.
 const SNAPSHOT_PIECES_QUEUED: usize = 4;
@@ -327,7 +332,7 @@ impl RunningNode {
             },
             log,
             disk_reads,
-            fetch_bytes: cfg.memory_log_bytes() / 2,
+            fetch_bytes: (cfg.memory_log_bytes() / 4).min(MAX_FETCH_BYTES),
             want_sync: None,
             syncing: None,
             incarnations,

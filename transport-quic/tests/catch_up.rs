@@ -13,6 +13,7 @@
 //!
 //! It prints the leader's peak resident memory during the catch-up and the catch-up rate,
 //! and fails if the peak reaches 256 MiB (a memory bound, not a timing).
+//! `CORACLE_CATCH_UP_MEMORY_LOG_BYTES` sets the nodes' `storage.memory_log_bytes`.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns: a panic is the report
 
 mod common;
@@ -32,7 +33,10 @@ const RSS_LIMIT: u64 = 256 << 20;
 
 fn write_config(setup: &Setup, id: u64) -> PathBuf {
     let path = setup.path().join(format!("node-{id}.toml"));
-    let text = setup.config_text(id) + "[storage]\nsnapshot_entries = 0\n";
+    let mut text = setup.config_text(id) + "[storage]\nsnapshot_entries = 0\n";
+    if let Ok(bytes) = std::env::var("CORACLE_CATCH_UP_MEMORY_LOG_BYTES") {
+        text += &format!("memory_log_bytes = {bytes}\n");
+    }
     std::fs::write(&path, text).unwrap();
     path
 }
