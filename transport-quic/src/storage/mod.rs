@@ -451,6 +451,10 @@ impl Options {
 /// for a few of them and the header of a new segment.
 pub const MIN_LOG_BYTES: u64 = 16 << 10;
 
+/// Bytes of its write buffer a flush keeps for the next one (a burst's larger buffer is
+/// given back).
+const PENDING_KEPT: usize = 4 << 20;
+
 /// Counters of the I/O a [`FileLog`] did since it was opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -1502,6 +1506,8 @@ impl Disk {
         self.stats.bytes_written += self.pending.len() as u64;
         seg.len += self.pending.len() as u64;
         self.pending.clear();
+        // A burst's buffer is not kept for good: memory follows the configuration.
+        self.pending.shrink_to(PENDING_KEPT);
         self.active
             .sync_data()
             .map_err(io_err(path, "sync segment"))?;
