@@ -603,6 +603,7 @@ enum Op {
     Truncate(Index),
     /// An entry: its record is `records[range]` of the queue.
     Append {
+        index: Index,
         term: Term,
         kind: EntryKind,
         range: std::ops::Range<usize>,
@@ -1127,11 +1128,11 @@ impl FileLog {
         }
         let mut expected: Option<Index> = None;
         for entry in batch.entries.iter() {
-            if expected.is_some_and(|e| e != entry.index) {
-                self.fail(FileLogError::BadSnapshot(format!(
-                    "a batch's entries are not consecutive at index {}",
-                    entry.index
-                )));
+            if let Some(e) = expected.filter(|&e| e != entry.index) {
+                self.fail(FileLogError::OutOfOrder {
+                    index: entry.index,
+                    last: e - 1,
+                });
                 return;
             }
             expected = Some(entry.index + 1);
@@ -1150,6 +1151,7 @@ impl FileLog {
             }
             record::push_entry(&mut q.records, &entry);
             q.ops.push(Op::Append {
+                index: entry.index,
                 term: entry.term,
                 kind: entry.kind,
                 range: start..q.records.len(),
@@ -1469,9 +1471,14 @@ impl Disk {
                     compact = None;
                 }
                 Op::Truncate(from) => self.truncate(from)?,
-                Op::Append { term, kind, range } => {
+                Op::Append {
+                    index,
+                    term,
+                    kind,
+                    range,
+                } => {
                     let rec = records.get(range).ok_or(FileLogError::Failed)?;
-                    self.append(term, kind, rec)?;
+                    self.append(index, term, kind, rec)?;
                 }
                 Op::Compact(through) => compact = Some(compact.map_or(through, |c| c.max(through))),
             }
@@ -1519,8 +1526,19 @@ impl Disk {
 
     /// Appends the record `rec` of the next entry (rolling over to a new segment first if
     /// the active one is full).
-    fn append(&mut self, term: Term, kind: EntryKind, rec: &[u8]) -> Result<(), FileLogError> {
-        let index = self.read_positions().last_index() + 1;
+    fn append(
+        &mut self,
+        index: Index,
+        term: Term,
+        kind: EntryKind,
+        rec: &[u8],
+    ) -> Result<(), FileLogError> {
+        let last = self.read_positions().last_index();
+        if index != last + 1 {
+            // A batch that does not follow the log (a bug of the host): written, it would
+            // be read back as damage.
+            return Err(FileLogError::OutOfOrder { index, last });
+        }
         let active = self.segments.last();
         let preallocated = active.is_some_and(|s| s.preallocated);
         let active_len = active.map_or(0, |s| s.len) + self.pending.len() as u64;

@@ -1638,6 +1638,36 @@ fn an_entry_too_large_is_refused() {
     assert_eq!(FileLog::open(dir.path()).unwrap().last_index(), 0);
 }
 
+/// A batch whose entries do not follow the log is refused whole, with what was wrong: a
+/// record written at the wrong place would be read back as damage.
+#[test]
+fn a_batch_that_does_not_follow_the_log_fails_it_and_writes_nothing() {
+    let dir = TempDir::new("out-of-order");
+    let mut log = FileLog::open(dir.path()).unwrap();
+    append_range(&mut log, 1..=3, 1);
+    log.sync().unwrap();
+    let gap = [Entry {
+        index: 5,
+        term: 1,
+        kind: EntryKind::Command,
+        data: b"x",
+    }];
+    log.persist(&Persist {
+        entries: Entries::from_slice(&gap),
+        ..batch()
+    });
+    let e = log.sync().unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("entry 5 does not follow the log, which ends at 3"),
+        "{e}"
+    );
+    assert!(log.is_failed());
+    drop(log);
+    let log = FileLog::open(dir.path()).unwrap();
+    assert_eq!(contents(&log), expected(1..=3, 1));
+}
+
 /// One step of the property test against `MemStore`.
 #[derive(Clone, Debug)]
 enum Op {
