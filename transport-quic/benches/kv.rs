@@ -153,11 +153,19 @@ fn kv(c: &mut Criterion) {
     g.bench_function("snapshot_in_steps", |b| {
         b.iter(|| {
             kv.begin_snapshot().expect("a snapshot");
+            // As a node does: each step's bytes go out (to the snapshot's file) before the
+            // next step.
+            let mut step = Vec::new();
             loop {
-                if let Some(done) =
-                    kv.continue_snapshot(coracle_quic::server::SNAPSHOT_PAIRS_PER_STEP)
-                {
-                    break black_box(done.expect("a snapshot"));
+                let done = kv.continue_snapshot(
+                    coracle_quic::server::SNAPSHOT_PAIRS_PER_STEP,
+                    coracle_quic::server::SNAPSHOT_BYTES_PER_STEP,
+                    &mut step,
+                );
+                black_box(&step);
+                step.clear();
+                if let Some(done) = done {
+                    break done.expect("a snapshot");
                 }
             }
         })

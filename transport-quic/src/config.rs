@@ -139,8 +139,13 @@ pub struct StorageConfig {
     /// by a third of it per node id so the nodes take turns (0: only when the log is full).
     pub snapshot_entries: u64,
     /// Entries kept in the log behind a snapshot (so a follower a little behind gets
-    /// entries, not the whole snapshot).
+    /// entries, not the whole snapshot). With a quota (`max_log_bytes`), none: a snapshot
+    /// compacts all it covers, so a full log always makes room.
     pub snapshot_keep_entries: u64,
+    /// Bytes of entries the node keeps in memory (the newest ones, and older ones read
+    /// back for a follower behind or to apply after a restart); the rest of the log is on
+    /// disk only. A node's memory is bounded by this, not by the length of its log.
+    pub memory_log_bytes: u64,
 }
 
 impl Default for StorageConfig {
@@ -151,6 +156,7 @@ impl Default for StorageConfig {
             max_log_bytes: None,
             snapshot_entries: 100_000,
             snapshot_keep_entries: 10_000,
+            memory_log_bytes: DEFAULT_MEMORY_LOG_BYTES,
         }
     }
 }
@@ -273,6 +279,7 @@ impl NodeConfig {
         self.raft.check(&mut problems);
         self.transport.check(&self.raft, &mut problems);
         self.storage.check(&mut problems);
+        self.check_memory_log(&mut problems);
         if problems.is_empty() {
             // Only once every value is sane on its own.
             self.check_log_quota(&mut problems);
@@ -376,6 +383,21 @@ impl NodeConfig {
         }
     }
 
+    /// `storage.memory_log_bytes` against the messages it must feed: the entries read back
+    /// at once take half of it, and should fill at least two AppendEntries.
+    fn check_memory_log(&self, problems: &mut Vec<String>) {
+        let least = (self.raft.max_bytes_per_message as u64)
+            .saturating_mul(4)
+            .max(MIN_MEMORY_LOG_BYTES);
+        if !(least..=MAX_MEMORY_LOG_BYTES).contains(&self.storage.memory_log_bytes) {
+            problems.push(format!(
+                "{}: must be {least} (4 times raft.max_bytes_per_message, and at least \
+                 {MIN_MEMORY_LOG_BYTES}) to {MAX_MEMORY_LOG_BYTES} (1 TiB)",
+                shown("storage.memory_log_bytes", self.storage.memory_log_bytes)
+            ));
+        }
+    }
+
     /// `[storage]` against what the log needs: a quota compaction can get under.
     fn check_log_quota(&self, problems: &mut Vec<String>) {
         let Err(crate::storage::FileLogError::QuotaTooSmall {
@@ -414,8 +436,22 @@ impl NodeConfig {
                     .max_entry_bytes
                     .saturating_add(ENTRY_ENVELOPE_BYTES),
             )
-            .keep_behind_snapshot(self.storage.snapshot_keep_entries)
+            .keep_behind_snapshot(self.keep_behind_snapshot())
             .member(self.cluster_id, self.id)
+    }
+
+    /// Entries kept behind a snapshot: `storage.snapshot_keep_entries`, or none under a
+    /// quota (a full log must be able to drop all a snapshot covers).
+    pub fn keep_behind_snapshot(&self) -> u64 {
+        match self.storage.max_log_bytes {
+            Some(_) => 0,
+            None => self.storage.snapshot_keep_entries,
+        }
+    }
+
+    /// The memory budget of the node's log (`storage.memory_log_bytes`).
+    pub fn memory_log_bytes(&self) -> usize {
+        usize::try_from(self.storage.memory_log_bytes).unwrap_or(usize::MAX)
     }
 
     /// The initial voters.
@@ -457,6 +493,7 @@ impl NodeConfig {
         c.max_snapshot_chunk_bytes = (r.max_bytes_per_message / 2).max(1024);
         c.lease_drift_ticks = (c.election_ticks / 10).max(1);
         c.applied = applied;
+        c.keep_entries_behind_snapshot = self.keep_behind_snapshot();
         c
     }
 
@@ -497,6 +534,12 @@ pub const MAX_QUEUE: usize = 1 << 20;
 pub const MIN_SEGMENT_BYTES: u64 = 1024;
 /// The largest segment: each is preallocated in full, and a spare is kept ahead.
 pub const MAX_SEGMENT_BYTES: u64 = 64 << 30;
+/// The default of `storage.memory_log_bytes`: 64 MiB.
+pub const DEFAULT_MEMORY_LOG_BYTES: u64 = 64 << 20;
+/// The smallest `storage.memory_log_bytes`.
+pub const MIN_MEMORY_LOG_BYTES: u64 = 1 << 20;
+/// The largest `storage.memory_log_bytes`: 1 TiB.
+pub const MAX_MEMORY_LOG_BYTES: u64 = 1 << 40;
 /// Room for an AppendEntries' envelope around its entries in a stream frame.
 const FRAME_OVERHEAD: usize = 4096;
 
@@ -910,6 +953,21 @@ mod tests {
                 "segment_bytes = 9223372036854775807",
                 "storage.segment_bytes",
             ),
+            (
+                "memory_log_bytes = 67108864",
+                "memory_log_bytes = 0",
+                "storage.memory_log_bytes",
+            ),
+            (
+                "memory_log_bytes = 67108864",
+                "memory_log_bytes = 18446744073709551615",
+                "storage.memory_log_bytes",
+            ),
+            (
+                "memory_log_bytes = 67108864",
+                "memory_log_bytes = 100000",
+                "storage.memory_log_bytes",
+            ),
         ];
         for (from, to, key) in cases {
             assert!(EXAMPLE.contains(from), "the example has no {from:?}");
@@ -930,6 +988,7 @@ mod tests {
             // The smallest values that make sense.
             ("tick_ms = 1", "tick_ms = 25"),
             ("segment_bytes = 67108864", "segment_bytes = 1024"),
+            ("memory_log_bytes = 67108864", "memory_log_bytes = 4194304"),
             ("max_entry_bytes = 1048576", "max_entry_bytes = 1"),
         ] {
             let text = EXAMPLE.replacen(from, to, 1);

@@ -235,9 +235,9 @@ impl Store {
     }
 
     /// Appends up to `max` more pairs of the snapshot being written to `out` (as postcard
-    /// writes them: each key and value a byte string); the pairs appended, and whether
-    /// that was all.
-    fn write_frozen(&mut self, out: &mut Vec<u8>, max: usize) -> (usize, bool) {
+    /// writes them: each key and value a byte string), stopping once `out` holds
+    /// `max_bytes`; the pairs appended, and whether that was all.
+    fn write_frozen(&mut self, out: &mut Vec<u8>, max: usize, max_bytes: usize) -> (usize, bool) {
         let Some(frozen) = &self.frozen else {
             return (0, true);
         };
@@ -254,7 +254,7 @@ impl Store {
             .range::<[u8], _>((after, Bound::Unbounded))
             .peekable();
         let (mut n, mut last) = (0, None);
-        while n < max {
+        while n < max && out.len() < max_bytes {
             // The next key of either; a key in both takes its value from `before`.
             let next_now = now.peek().copied();
             let next_then = then.peek().map(|(k, _)| *k);
@@ -609,11 +609,12 @@ impl Kv {
     /// let mut kv = Kv::new();
     /// let whole = kv.snapshot()?;
     /// kv.begin_snapshot()?;
-    /// let bytes = loop {
-    ///     if let Some(done) = kv.continue_snapshot(1000) {
+    /// let mut bytes = Vec::new(); // a file, in a node: written out between the steps
+    /// loop {
+    ///     if let Some(done) = kv.continue_snapshot(1000, 1 << 20, &mut bytes) {
     ///         break done?;
     ///     }
-    /// };
+    /// }
     /// assert_eq!(bytes, whole);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -626,8 +627,7 @@ impl Kv {
             self.malformed,
             self.data.len() as u64,
         );
-        let out = Vec::with_capacity(self.snapshot_estimate() + tail.len());
-        let out = postcard::to_extend(&head, out).map_err(snapshot_error)?;
+        let out = postcard::to_extend(&head, Vec::new()).map_err(snapshot_error)?;
         self.data.frozen = Some(Frozen::default());
         self.snapshot = Some(SnapshotJob {
             index: self.applied,
@@ -638,23 +638,31 @@ impl Kv {
         Ok(())
     }
 
-    /// Writes out up to `pairs` more pairs of the snapshot begun by
-    /// [`begin_snapshot`](Self::begin_snapshot); once all are, returns its bytes (and the
-    /// store keeps no more copies). `None` while there are more, or if none was begun.
-    pub fn continue_snapshot(&mut self, pairs: usize) -> Option<Result<Vec<u8>, KvSnapshotError>> {
+    /// Appends the next bytes of the snapshot begun by
+    /// [`begin_snapshot`](Self::begin_snapshot) to `out`: up to `pairs` more pairs, fewer
+    /// once `out` holds `max_bytes` (the header comes with the first call, the sessions and
+    /// addresses with the last). The caller streams `out` to the snapshot's file between
+    /// calls, so a snapshot is never whole in memory. `Some` once all is written (and the
+    /// store keeps no more copies); `None` while there is more, or if none was begun.
+    pub fn continue_snapshot(
+        &mut self,
+        pairs: usize,
+        max_bytes: usize,
+        out: &mut Vec<u8>,
+    ) -> Option<Result<(), KvSnapshotError>> {
         let job = self.snapshot.as_mut()?;
-        let (written, done) = self.data.write_frozen(&mut job.out, pairs);
+        out.append(&mut job.out);
+        let (written, done) = self.data.write_frozen(out, pairs, max_bytes);
         job.pairs_left = job.pairs_left.saturating_sub(written);
         if !done {
             return None;
         }
-        let mut out = std::mem::take(&mut job.out);
         if job.pairs_left != 0 {
             let e = format!("snapshot lacks {} pairs", job.pairs_left);
             return self.end_snapshot(Err(KvSnapshotError(e)));
         }
         out.extend_from_slice(&job.tail);
-        self.end_snapshot(Ok(out))
+        self.end_snapshot(Ok(()))
     }
 
     /// The applied index of the snapshot being written out, if one is.
@@ -664,8 +672,8 @@ impl Kv {
 
     fn end_snapshot(
         &mut self,
-        result: Result<Vec<u8>, KvSnapshotError>,
-    ) -> Option<Result<Vec<u8>, KvSnapshotError>> {
+        result: Result<(), KvSnapshotError>,
+    ) -> Option<Result<(), KvSnapshotError>> {
         self.snapshot = None;
         self.data.frozen = None;
         Some(result)
@@ -703,9 +711,44 @@ impl Kv {
     /// The state [`snapshot`](Self::snapshot) wrote. Bytes of another format version, or
     /// that are no snapshot, are an error (the node stops rather than run with a wrong
     /// state).
-    pub fn restore(bytes: &[u8]) -> Result<Kv, KvSnapshotError> {
-        let image: Image = postcard::from_bytes(bytes)
-            .map_err(|e| KvSnapshotError(format!("not a KV snapshot: {e}")))?;
+    pub fn restore(mut bytes: &[u8]) -> Result<Kv, KvSnapshotError> {
+        Self::restore_from(&mut bytes)
+    }
+
+    /// [`restore`](Self::restore), reading the snapshot from `source` a piece at a time (a
+    /// snapshot file): only the state itself is built in memory, never the snapshot's
+    /// bytes whole.
+    pub fn restore_from(source: &mut impl std::io::Read) -> Result<Kv, KvSnapshotError> {
+        let mut r = std::io::BufReader::with_capacity(256 << 10, source);
+        let bad = |what: &str| KvSnapshotError(format!("not a KV snapshot: {what}"));
+        let version = read_varint(&mut r).map_err(|e| bad(&e))?;
+        let applied = read_varint(&mut r).map_err(|e| bad(&e))?;
+        let malformed = read_varint(&mut r).map_err(|e| bad(&e))?;
+        if version != u64::from(SNAPSHOT_VERSION) {
+            return Err(KvSnapshotError(format!(
+                "KV snapshot format {version} is not {SNAPSHOT_VERSION}"
+            )));
+        }
+        let count = read_varint(&mut r).map_err(|e| bad(&e))?;
+        let mut pairs = Vec::with_capacity(count.min(1 << 16) as usize);
+        for _ in 0..count {
+            let k = read_byte_string(&mut r).map_err(|e| bad(&e))?;
+            let v = read_byte_string(&mut r).map_err(|e| bad(&e))?;
+            pairs.push((ByteBuf::from(k), ByteBuf::from(v)));
+        }
+        let mut rest = Vec::new();
+        std::io::Read::read_to_end(&mut r, &mut rest).map_err(|e| bad(&e.to_string()))?;
+        type Tail = (Vec<(u64, SessionImage)>, Vec<(NodeId, String)>);
+        let (sessions, addresses): Tail =
+            postcard::from_bytes(&rest).map_err(|e| bad(&e.to_string()))?;
+        let image = Image {
+            version: SNAPSHOT_VERSION,
+            applied,
+            malformed,
+            data: pairs,
+            sessions,
+            addresses,
+        };
         if image.version != SNAPSHOT_VERSION {
             return Err(KvSnapshotError(format!(
                 "KV snapshot format {} is not {SNAPSHOT_VERSION}",
@@ -772,12 +815,41 @@ enum WriteOpRef<'a> {
     },
 }
 
+/// Reads a LEB128 varint (postcard's integers) of at most 64 bits.
+fn read_varint(r: &mut impl std::io::Read) -> Result<u64, String> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let mut b = [0u8; 1];
+        r.read_exact(&mut b).map_err(|e| e.to_string())?;
+        value |= u64::from(b[0] & 0x7f) << shift;
+        if b[0] & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    Err("an integer longer than 64 bits".into())
+}
+
+/// Reads a byte string as postcard writes it (its length, then the bytes), never
+/// allocating more than the bytes that are there.
+fn read_byte_string<R: std::io::Read>(r: &mut R) -> Result<Vec<u8>, String> {
+    let len = read_varint(r)?;
+    let mut out = Vec::with_capacity(len.min(64 << 10) as usize);
+    let mut bytes = std::io::Read::take(&mut *r, len);
+    std::io::Read::read_to_end(&mut bytes, &mut out).map_err(|e| e.to_string())?;
+    if out.len() as u64 != len {
+        return Err(format!(
+            "a byte string of {len} bytes ends after {}",
+            out.len()
+        ));
+    }
+    Ok(out)
+}
+
 /// Version of the KV snapshot format.
 const SNAPSHOT_VERSION: u32 = 1;
 
 /// The KV state as a snapshot stores it (postcard). Keys and values are byte strings
 /// (`serde_bytes`: one copy each, not a sequence of single bytes).
-#[derive(Deserialize)]
 struct Image {
     version: u32,
     applied: Index,
@@ -1299,6 +1371,8 @@ mod tests {
                 let mut index = 0;
                 // The bytes the snapshot being written out must end as.
                 let mut begun: Option<Vec<u8>> = None;
+                // What the snapshot begun wrote out so far.
+                let mut streamed = Vec::new();
                 for op in ops {
                     let (wop, expected) = match op {
                         Op::Put(k, v, p) => {
@@ -1348,17 +1422,22 @@ mod tests {
                             prop_assert_eq!(kv.snapshot().unwrap(), bytes);
                             prop_assert_eq!(kv.snapshot_in_progress(), None);
                             begun = None;
+                            streamed.clear();
                             continue;
                         }
                         Op::BeginSnapshot => {
                             begun = Some(kv.snapshot().unwrap());
+                            streamed.clear();
                             kv.begin_snapshot().unwrap();
                             prop_assert_eq!(kv.snapshot_in_progress(), Some(index));
                             continue;
                         }
                         Op::Step(n) => {
-                            if let Some(done) = kv.continue_snapshot(usize::from(n % 4)) {
-                                prop_assert_eq!(Some(done.unwrap()), begun.take());
+                            if let Some(done) =
+                                kv.continue_snapshot(usize::from(n % 4), usize::MAX, &mut streamed)
+                            {
+                                done.unwrap();
+                                prop_assert_eq!(Some(std::mem::take(&mut streamed)), begun.take());
                             }
                             continue;
                         }
@@ -1372,8 +1451,13 @@ mod tests {
                 }
                 if let Some(want) = begun {
                     let got = loop {
-                        if let Some(done) = kv.continue_snapshot(1) {
-                            break done.unwrap();
+                        // One pair (or the header) a step, each step written out.
+                        let mut step = Vec::new();
+                        let done = kv.continue_snapshot(1, 1, &mut step);
+                        streamed.extend(step);
+                        if let Some(done) = done {
+                            done.unwrap();
+                            break std::mem::take(&mut streamed);
                         }
                     };
                     prop_assert_eq!(got, want);

@@ -12,10 +12,12 @@
 //!   [`stray`] counts the datagrams to a node's port that are no QUIC packet for it;
 //! - [`hello`]: what two nodes say first on a new connection: the incarnation of their data
 //!   directories, so a node that lost its disk is refused as the voter it was;
-//! - [`storage`]: [`storage::FileLog`], a durable, segmented, checksummed log on disk that
-//!   implements [`coracle::LogStorage`], with group commit (one fsync for many entries);
-//! - [`server`]: the node runtime (the core, the log, the transport and a timer in one
-//!   loop), serving the replicated KV store of [`kv`] over the protocol of [`protocol`];
+//! - [`storage`]: [`storage::FileLog`], the durable store on disk (segmented, checksummed
+//!   log; hard state; streamed snapshots) that performs the core's `Persist` batches off the
+//!   loop with group commit (one fsync for many batches) and reads entries back;
+//! - [`server`]: the node runtime (the core with a memory log bounded by configuration,
+//!   the store, the transport and a timer in one loop), serving the replicated KV store of
+//!   [`kv`] over the protocol of [`protocol`];
 //! - [`client`]: the client library (follows the leader, exactly-once writes,
 //!   linearizable reads);
 //! - [`config`]: the node's configuration file (`node.toml`).

@@ -1,18 +1,22 @@
-//! The node runtime: one smol task owns the core [`Node`](coracle::Node) with its
-//! [`FileLog`], the [`Kv`] state machine and a timer; the transport and the client sessions
-//! are tasks on the same executor thread and talk to it through channels (no thread
-//! switch on the way of a request, a message or an answer). Only `fdatasync` runs
-//! elsewhere, on a helper thread of the node, so the event loop never waits for the disk.
+//! The node runtime: one smol task owns the core [`Node`](coracle::Node) with its memory
+//! log (a [`CachedLog`] bounded by `storage.memory_log_bytes`), the [`FileLog`] (the
+//! durable store), the [`Kv`] state machine and a timer; the transport and the client
+//! sessions are tasks on the same executor thread and talk to it through channels (no
+//! thread switch on the way of a request, a message or an answer). The disk is used on
+//! threads of the node only, so the event loop never waits for it: the fsync thread
+//! performs the writes, the read thread reads entries and snapshot chunks back, and a
+//! snapshot's file is written by a thread of its own.
 //!
 //! The loop (the core's six steps): wait for a message, a client request, a finished
-//! `fdatasync` or the next deadline; advance the clock by the ticks that passed; feed what
-//! arrived (draining everything queued, so one loop iteration handles a batch); drain the
-//! outputs: send messages, apply committed entries, answer reads; on `Output::Sync`
-//! remember the token. Then group commit: if no `fdatasync` is running,
-//! [`FileLog::write_buffered`] writes everything buffered with one write and the helper
-//! makes it durable; when it reports back, the node gets the token with `synced`. Writes
-//! that arrive meanwhile wait for the next one, so one `fdatasync` covers all that arrived
-//! while the previous one ran.
+//! flush, entries read back or the next deadline; advance the clock by the ticks that
+//! passed; feed what arrived (draining everything queued, so one loop iteration handles a
+//! batch); drain the outputs: send messages, apply committed entries, answer reads; queue
+//! each `Output::Persist` batch in the [`FileLog`] (memory only), hand `Output::Fetch` and
+//! `Output::SendSnapshot` to the read thread. Then group commit: if no flush is running,
+//! everything queued goes to the fsync thread as one [`FlushJob`] (one write and one
+//! `fdatasync` of the records); when it reports back, the node gets the newest token with
+//! `persisted`. Batches that arrive meanwhile wait for the next one, so one `fdatasync`
+//! covers all that arrived while the previous one ran.
 //!
 //! ```no_run
 //! use coracle_quic::{config::NodeConfig, server::RunningNode};
@@ -30,7 +34,10 @@ use crate::protocol::{
     append_frame, decode_request, AdminOp, Command, Consistency, ErrorKind, MemberStatus,
     NodeStatus, ReadOp, Request, RequestFrame, Response, ResponseFrame, MAX_CLIENT_FRAME,
 };
-use crate::storage::{FileLog, FileLogError, Incarnations, PendingSync, WrittenSnapshot};
+use crate::storage::{
+    FileLog, FileLogError, FlushDone, FlushJob, Incarnations, LogReader, SnapshotFile,
+    SnapshotWriter,
+};
 use crate::tls::{Credentials, TlsError};
 use crate::transport::{
     encode_frame, Class, FrameError, FrameReader, Inbound, StartError, Transport, TransportStats,
@@ -38,8 +45,8 @@ use crate::transport::{
 };
 use coracle::wire::{self, Envelope};
 use coracle::{
-    EntryKind, Index, MembershipChange, NodeId, Output, ProposeError, ReadMode, Role, SyncToken,
-    Term,
+    CachedLog, EntryKind, Index, InstallSnapshot, LogStorage, MembershipChange, Message, NodeId,
+    Output, OwnedEntry, ProposeError, ReadMode, Role, SnapshotMeta, SyncToken, Term,
 };
 use smol::channel::{self, Receiver, Sender};
 use smol::future::FutureExt;
@@ -57,12 +64,26 @@ pub const INFLIGHT: usize = 16;
 /// Reads pending at once at most.
 pub const READS: usize = 1024;
 
-/// The core node as this binding runs it.
-pub type CoreNode = coracle::Node<FileLog, PEERS, INFLIGHT, READS>;
+/// The core node as this binding runs it: its memory log is bounded by
+/// `storage.memory_log_bytes`, the log itself is on disk ([`FileLog`]).
+pub type CoreNode = coracle::Node<CachedLog, PEERS, INFLIGHT, READS>;
 
 /// Key-value pairs of a snapshot written out per turn of a node's event loop (about 60 µs
 /// of CPU at 256-byte values; at 64 clients, p99.9 15-17 ms against 17-21 ms with 2 048).
 pub const SNAPSHOT_PAIRS_PER_STEP: usize = 256;
+
+/// Bytes of a snapshot written out per turn at most (large values: fewer pairs a step), and
+/// the size of each piece handed to the thread that writes the file.
+pub const SNAPSHOT_BYTES_PER_STEP: usize = 1 << 20;
+
+/// Bytes of entries one fetch reads back at most: each fetch replaces what the previous
+/// one read (the memory log keeps one window), so reading more at once only holds more
+/// memory while the node sends it; 8 MiB fill 8 AppendEntries of the default 1 MiB.
+const MAX_FETCH_BYTES: usize = 8 << 20;
+
+/// Pieces of a snapshot queued for its writing thread at most: what a snapshot holds in
+/// memory beyond the state machine is about this many steps.
+const SNAPSHOT_PIECES_QUEUED: usize = 4;
 
 /// Why a node could not start or stopped.
 #[derive(Debug)]
@@ -100,7 +121,7 @@ pub enum NodeError {
         /// The error.
         source: std::io::Error,
     },
-    /// A thread of the node (the one that makes the log durable) cannot be started.
+    /// A thread of the node (one that makes the log durable or reads it) cannot be started.
     Thread(std::io::Error),
     /// Making the log durable failed: the node stopped (restart it on healthy storage).
     Sync(std::io::Error),
@@ -126,7 +147,7 @@ impl fmt::Display for NodeError {
             }
             NodeError::Core(e) => write!(f, "raft configuration: {e}"),
             NodeError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
-            NodeError::Thread(e) => write!(f, "cannot start the node's fsync thread: {e}"),
+            NodeError::Thread(e) => write!(f, "cannot start a thread of the node: {e}"),
             NodeError::Sync(e) => write!(f, "log sync failed, node stopped: {e}"),
             NodeError::Snapshot(m) => write!(f, "snapshot: {m}"),
             NodeError::Panicked => f.write_str("the node's event loop panicked"),
@@ -229,10 +250,13 @@ impl RunningNode {
         );
         let voters = cfg.voters();
         let last_snapshot = log.snapshot_point().map_or(0, |(index, _)| index);
+        let memory = log
+            .recover(cfg.memory_log_bytes())
+            .map_err(|e| durable_state(cfg, e))?;
         // Boxed: the node's fixed-capacity tables make it large, and the event loop's future
         // is moved a few times before it lands on the executor.
         let node =
-            Box::new(CoreNode::new(cfg.raft_config(0), log, &voters).map_err(NodeError::Core)?);
+            Box::new(CoreNode::new(cfg.raft_config(0), memory, &voters).map_err(NodeError::Core)?);
         let (in_tx, in_rx) = channel::bounded(65_536);
         let (call_tx, call_rx) = channel::bounded(65_536);
         let stats_slot: Arc<std::sync::OnceLock<Arc<TransportStats>>> = Arc::default();
@@ -278,6 +302,15 @@ impl RunningNode {
             transport.ensure_link(v);
         }
         let (written_tx, written_rx) = channel::bounded(1);
+        let (fetched_tx, fetched_rx) = channel::bounded(1);
+        let disk_reads = spawn_read_thread(
+            cfg.id,
+            cfg.cluster_id,
+            log.reader(),
+            transport.clone(),
+            fetched_tx,
+        )
+        .map_err(NodeError::Thread)?;
         let host = Host {
             id: cfg.id,
             cluster: cfg.cluster_id,
@@ -290,7 +323,6 @@ impl RunningNode {
             tick: cfg.tick(),
             snapshots: Snapshots {
                 every: cfg.storage.snapshot_entries,
-                keep: cfg.storage.snapshot_keep_entries,
                 last: last_snapshot,
                 failed: 0,
                 wanted: false,
@@ -298,6 +330,9 @@ impl RunningNode {
                 writing: false,
                 written: written_tx,
             },
+            log,
+            disk_reads,
+            fetch_bytes: (cfg.memory_log_bytes() / 4).min(MAX_FETCH_BYTES),
             want_sync: None,
             syncing: None,
             incarnations,
@@ -305,7 +340,17 @@ impl RunningNode {
         info!(node = cfg.id, addr = %local_addr, data = %cfg.data_dir.display(), voters = ?voters, "node started");
         let (durable_tx, durable_rx) = channel::bounded(1);
         let fsync = spawn_fsync_thread(cfg.id, durable_tx).map_err(NodeError::Thread)?;
-        let run = Box::pin(host.run(node, in_rx, call_rx, fsync, durable_rx, written_rx));
+        let run = Box::pin(host.run(
+            node,
+            Wakers {
+                inbound: in_rx,
+                calls: call_rx,
+                durable: durable_rx,
+                snapshots: written_rx,
+                fetched: fetched_rx,
+            },
+            fsync,
+        ));
         let task = smol::spawn(async move {
             std::panic::AssertUnwindSafe(run)
                 .catch_unwind()
@@ -388,9 +433,15 @@ struct Host {
     addrs: HashMap<NodeId, String>,
     tick: Duration,
     snapshots: Snapshots,
-    /// The newest `Output::Sync` token not yet handed to the fsync thread.
+    /// The durable store: batches are queued here and flushed by the fsync thread.
+    log: FileLog,
+    /// The read thread's queue (fetches and snapshot chunks).
+    disk_reads: std::sync::mpsc::Sender<ReadJob>,
+    /// Bytes of entries one fetch reads back at most (what the memory log keeps of them).
+    fetch_bytes: usize,
+    /// The newest `Output::Persist` token queued and not yet handed to the fsync thread.
     want_sync: Option<SyncToken>,
-    /// The token the fsync thread is making durable.
+    /// The token of the flush the fsync thread is running.
     syncing: Option<SyncToken>,
     /// The incarnations of the members this node has talked to ([`crate::hello`]).
     incarnations: Arc<Incarnations>,
@@ -400,21 +451,38 @@ struct Host {
 struct Snapshots {
     /// Snapshot after this many entries applied since the last one (0: only when full).
     every: u64,
-    /// Entries kept in the log behind a snapshot.
-    keep: u64,
-    /// Index of the last snapshot saved or restored: the log is compacted only behind it.
+    /// Index of the last snapshot saved or restored.
     last: Index,
     /// Index of the last snapshot that could not be saved (the next try waits until the
     /// next one is due, or the log is full again).
     failed: Index,
     /// The log is full: snapshot (and compact all it covers) as soon as possible.
     wanted: bool,
-    /// The snapshot the state machine is writing out (its size still 0).
-    building: Option<coracle::SnapshotMeta>,
-    /// A snapshot's file is being written on its own thread (one at a time).
+    /// The snapshot the state machine is writing out.
+    building: Option<Building>,
+    /// A snapshot's file is being sealed on its own thread (one at a time).
     writing: bool,
     /// Where that thread reports.
     written: Sender<SnapshotWritten>,
+}
+
+/// A snapshot being written out: the state machine's steps go to a thread that writes them
+/// to the snapshot's file.
+struct Building {
+    meta: SnapshotMeta,
+    /// The writing thread's queue.
+    pieces: std::sync::mpsc::SyncSender<Piece>,
+    /// Bytes written out by the state machine and not yet queued.
+    step: Vec<u8>,
+    /// The state machine wrote out all of it.
+    ended: bool,
+}
+
+/// What the thread that writes a snapshot's file is given.
+enum Piece {
+    Bytes(Vec<u8>),
+    /// All is written: seal the file.
+    End,
 }
 
 /// The applied index at which node `id` snapshots next after a snapshot at `last`, every
@@ -446,13 +514,13 @@ fn open_log(cfg: &NodeConfig) -> Result<FileLog, NodeError> {
     for w in r.warnings() {
         warn!(node = cfg.id, "recovery: {w}");
     }
-    let hs = coracle::LogStorage::hard_state(&log);
+    let hs = log.hard_state();
     info!(
         node = cfg.id,
         term = hs.current_term,
         voted_for = ?hs.voted_for,
-        first = coracle::LogStorage::first_index(&log),
-        last = coracle::LogStorage::last_index(&log),
+        first = log.first_index(),
+        last = log.last_index(),
         snapshot = ?log.snapshot_point(),
         "log recovered"
     );
@@ -485,14 +553,19 @@ fn config_members(data: &[u8]) -> Vec<NodeId> {
         .collect()
 }
 
-/// What a snapshot thread reports: the snapshot durable in its temporary file, or why not.
-type SnapshotWritten = Result<WrittenSnapshot, FileLogError>;
+/// What a snapshot thread reports: the index of the snapshot sealed in its file, or why
+/// not.
+type SnapshotWritten = Result<Index, FileLogError>;
+
+/// What the read thread reports for a fetch.
+type Fetched = Result<Vec<OwnedEntry>, FileLogError>;
 
 enum Wake {
     In(Inbound),
     Call(Call),
-    Durable(Result<(), FileLogError>),
-    Snapshot(Box<SnapshotWritten>),
+    Durable(Box<FlushDone>),
+    Snapshot(SnapshotWritten),
+    Fetched(Fetched),
     /// The timer fired (maybe before the node's deadline, which may have moved).
     Fired,
     /// A turn given to the transport while a snapshot is written out.
@@ -500,18 +573,197 @@ enum Wake {
     Closed,
 }
 
-/// The node's fsync thread: runs each [`PendingSync`] it is given and reports the result.
+/// The channels the event loop waits on.
+struct Wakers {
+    inbound: Receiver<Inbound>,
+    calls: Receiver<Call>,
+    durable: Receiver<FlushDone>,
+    snapshots: Receiver<SnapshotWritten>,
+    fetched: Receiver<Fetched>,
+}
+
+/// The node's fsync thread: runs each [`FlushJob`] it is given and reports what it did.
 fn spawn_fsync_thread(
     id: NodeId,
-    done: Sender<Result<(), FileLogError>>,
-) -> std::io::Result<std::sync::mpsc::Sender<PendingSync>> {
-    let (tx, rx) = std::sync::mpsc::channel::<PendingSync>();
+    done: Sender<FlushDone>,
+) -> std::io::Result<std::sync::mpsc::Sender<FlushJob>> {
+    let (tx, rx) = std::sync::mpsc::channel::<FlushJob>();
     std::thread::Builder::new()
         .name(format!("coracle-fsync-{id}"))
         .spawn(move || {
-            while let Ok(pending) = rx.recv() {
-                if done.send_blocking(pending.complete()).is_err() {
+            while let Ok(job) = rx.recv() {
+                if done.send_blocking(job.run()).is_err() {
                     return;
+                }
+            }
+        })?;
+    Ok(tx)
+}
+
+/// A read for the read thread.
+enum ReadJob {
+    /// Entries `from..=to` for `Node::fetched`, at most `max_bytes` of them.
+    Fetch {
+        from: Index,
+        to: Index,
+        max_bytes: usize,
+    },
+    /// A chunk of the kept snapshot for `to`: `message` without its bytes.
+    Chunk {
+        to: NodeId,
+        message: ChunkHeader,
+        max_len: usize,
+    },
+}
+
+/// An InstallSnapshot but for its bytes, owned (it crosses to the read thread).
+struct ChunkHeader {
+    term: Term,
+    last_included_index: Index,
+    last_included_term: Term,
+    offset: u64,
+    config: Vec<u8>,
+}
+
+impl ChunkHeader {
+    fn of(m: &InstallSnapshot<'_>) -> ChunkHeader {
+        ChunkHeader {
+            term: m.term,
+            last_included_index: m.last_included_index,
+            last_included_term: m.last_included_term,
+            offset: m.offset,
+            config: m.config.to_vec(),
+        }
+    }
+}
+
+/// The node's read thread: reads entries back for the node (reported on `fetched`) and
+/// chunks of the kept snapshot, which it sends to the follower itself, in the order asked
+/// (a follower takes chunks in order). The file of the snapshot being sent stays open
+/// between chunks.
+fn spawn_read_thread(
+    id: NodeId,
+    cluster: u64,
+    reader: LogReader,
+    transport: Arc<Transport>,
+    fetched: Sender<Fetched>,
+) -> std::io::Result<std::sync::mpsc::Sender<ReadJob>> {
+    let (tx, rx) = std::sync::mpsc::channel::<ReadJob>();
+    std::thread::Builder::new()
+        .name(format!("coracle-read-{id}"))
+        .spawn(move || {
+            let mut open: Option<SnapshotFile> = None;
+            while let Ok(job) = rx.recv() {
+                match job {
+                    ReadJob::Fetch {
+                        from,
+                        to,
+                        max_bytes,
+                    } => {
+                        if fetched
+                            .send_blocking(reader.entries(from, to, max_bytes))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    ReadJob::Chunk {
+                        to,
+                        message,
+                        max_len,
+                    } => {
+                        let index = message.last_included_index;
+                        if open.as_ref().is_none_or(|f| f.point().0 != index) {
+                            open = match reader.snapshot(index) {
+                                Ok(f) => f,
+                                Err(e) => {
+                                    warn!(node = id, index, error = %e, "cannot read the snapshot to send");
+                                    None
+                                }
+                            };
+                        }
+                        // The snapshot was replaced meanwhile: the node starts over with
+                        // the new one.
+                        let Some(file) = &open else { continue };
+                        let (data, done) = match file.chunk(message.offset, max_len) {
+                            Ok(Some(c)) => c,
+                            Ok(None) => continue,
+                            Err(e) => {
+                                warn!(node = id, index, error = %e, "cannot read a snapshot chunk");
+                                open = None;
+                                continue;
+                            }
+                        };
+                        let chunk = Message::InstallSnapshot(InstallSnapshot {
+                            term: message.term,
+                            last_included_index: index,
+                            last_included_term: message.last_included_term,
+                            offset: message.offset,
+                            done,
+                            config: &message.config,
+                            data: &data,
+                        });
+                        let class = Class::of(&chunk);
+                        match encode_frame(&Envelope::new(cluster, id, to, chunk)) {
+                            Ok(frame) => transport.send(to, class, frame),
+                            Err(e) => warn!(node = id, to, error = %e, "cannot encode"),
+                        }
+                    }
+                }
+            }
+        })?;
+    Ok(tx)
+}
+
+/// The metadata [`Node::snapshot_taken`](coracle::Node::snapshot_taken) gives a snapshot at
+/// `index`, as the core builds it: the term there and the configuration in force there
+/// (the newest membership entry at or before it, else the kept snapshot's). The snapshot's
+/// file is written with it before the node is told; the store fixes the file should the
+/// node say otherwise.
+fn snapshot_meta_at(log: &CachedLog, index: Index) -> Option<SnapshotMeta> {
+    let term = log.term(index)?;
+    let first = log.first_index();
+    let mut i = index;
+    while i >= first && i > 0 {
+        if let Some(e) = log.entry(i).filter(|e| e.kind == EntryKind::Membership) {
+            return SnapshotMeta::new(index, term, e.data);
+        }
+        i -= 1;
+    }
+    let config = log
+        .snapshot_meta()
+        .map(|m| m.config().to_vec())
+        .unwrap_or_default();
+    SnapshotMeta::new(index, term, &config)
+}
+
+/// The thread that writes a snapshot's file: the pieces in order, then seals it. A host
+/// that drops its queue before [`Piece::End`] gives the snapshot up (its file goes).
+fn spawn_snapshot_writer(
+    id: NodeId,
+    mut writer: SnapshotWriter,
+    done: Sender<SnapshotWritten>,
+) -> std::io::Result<std::sync::mpsc::SyncSender<Piece>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Piece>(SNAPSHOT_PIECES_QUEUED);
+    std::thread::Builder::new()
+        .name(format!("coracle-snapshot-{id}"))
+        .spawn(move || {
+            let index = writer.meta().index;
+            while let Ok(piece) = rx.recv() {
+                match piece {
+                    Piece::Bytes(b) => {
+                        if let Err(e) = std::io::Write::write_all(&mut writer, &b) {
+                            let _ = done.send_blocking(Err(FileLogError::BadSnapshot(format!(
+                                "cannot write the snapshot at index {index}: {e}"
+                            ))));
+                            return;
+                        }
+                    }
+                    Piece::End => {
+                        let _ =
+                            done.send_blocking(FileLog::finish_snapshot(writer).map(|()| index));
+                        return;
+                    }
                 }
             }
         })?;
@@ -544,12 +796,16 @@ impl Host {
     async fn run(
         mut self,
         mut node: Box<CoreNode>,
-        inbound: Receiver<Inbound>,
-        calls: Receiver<Call>,
-        fsync: std::sync::mpsc::Sender<PendingSync>,
-        durable: Receiver<Result<(), FileLogError>>,
-        snapshots: Receiver<SnapshotWritten>,
+        wakers: Wakers,
+        fsync: std::sync::mpsc::Sender<FlushJob>,
     ) -> Result<(), NodeError> {
+        let Wakers {
+            inbound,
+            calls,
+            durable,
+            snapshots,
+            fetched,
+        } = wakers;
         let start = Instant::now();
         let mut ticks: u64 = 0;
         let tick_nanos = (self.tick.as_nanos().max(1)).min(u64::MAX as u128) as u64;
@@ -585,13 +841,19 @@ impl Host {
             })
             .or(async {
                 match durable.recv().await {
-                    Ok(r) => Wake::Durable(r),
+                    Ok(r) => Wake::Durable(Box::new(r)),
                     Err(_) => Wake::Closed,
                 }
             })
             .or(async {
                 match snapshots.recv().await {
-                    Ok(r) => Wake::Snapshot(Box::new(r)),
+                    Ok(r) => Wake::Snapshot(r),
+                    Err(_) => Wake::Closed,
+                }
+            })
+            .or(async {
+                match fetched.recv().await {
+                    Ok(r) => Wake::Fetched(r),
                     Err(_) => Wake::Closed,
                 }
             })
@@ -638,19 +900,28 @@ impl Host {
                             self.on_request(&mut node, request, &identity, reply);
                         }
                     }
-                    Wake::Durable(result) => {
-                        if let Err(e) = node.log_mut().sync_completed(result) {
+                    Wake::Durable(done) => {
+                        let token = self.syncing.take();
+                        if let Err(e) = self.log.end_flush(*done) {
+                            node.persist_failed();
                             error!(node = self.id, error = %e, "log sync failed; stopping");
                             return Err(self.stop_on_error(NodeError::Sync(e)).await);
                         }
-                        if let Some(token) = self.syncing.take() {
-                            node.synced(token);
+                        if let Some(token) = token {
+                            node.persisted(token);
                         }
                     }
                     Wake::Snapshot(result) => {
-                        if let Err(e) = self.snapshot_written(&mut node, *result) {
+                        if let Err(e) = self.snapshot_written(&mut node, result) {
                             return Err(self.stop_on_error(e).await);
                         }
+                    }
+                    Wake::Fetched(Ok(entries)) => {
+                        node.fetched(entries.iter().map(OwnedEntry::as_entry));
+                    }
+                    Wake::Fetched(Err(e)) => {
+                        warn!(node = self.id, error = %e, "cannot read entries back from the log");
+                        node.fetch_failed();
                     }
                     Wake::Call(Call::Shutdown) | Wake::Closed => shutdown = true,
                     Wake::Fired => armed = None,
@@ -665,7 +936,12 @@ impl Host {
             }
         }
         info!(node = self.id, "shutting down");
-        node.log_mut().sync().map_err(NodeError::Sync)?;
+        if self.syncing.take().is_some() {
+            if let Ok(done) = durable.recv().await {
+                self.log.end_flush(done).map_err(NodeError::Sync)?;
+            }
+        }
+        self.log.flush().map_err(NodeError::Sync)?;
         self.transport.close();
         self.transport.wait_idle(Duration::from_millis(500)).await;
         Ok(())
@@ -702,25 +978,26 @@ impl Host {
     fn settle(
         &mut self,
         node: &mut CoreNode,
-        fsync: &std::sync::mpsc::Sender<PendingSync>,
+        fsync: &std::sync::mpsc::Sender<FlushJob>,
     ) -> Result<(), NodeError> {
         loop {
             let drained = self.drain(node)?;
             if self.syncing.is_none() {
                 if let Some(token) = self.want_sync.take() {
-                    let written = node.log_mut().write_buffered().map_err(|e| {
+                    let job = self.log.begin_flush().map_err(|e| {
+                        node.persist_failed();
                         error!(node = self.id, error = %e, "log write failed; stopping");
                         NodeError::Sync(e)
                     })?;
-                    match written {
-                        Some(pending) => {
-                            fsync.send(pending).map_err(|_| {
+                    match job {
+                        Some(job) => {
+                            fsync.send(job).map_err(|_| {
                                 NodeError::Sync(std::io::Error::other("the fsync thread is gone"))
                             })?;
                             self.syncing = Some(token);
                         }
                         None => {
-                            node.synced(token);
+                            node.persisted(token);
                             continue;
                         }
                     }
@@ -732,7 +1009,7 @@ impl Host {
         }
     }
 
-    /// Drains the node's outputs; remembers the newest `Output::Sync` token. Stops early
+    /// Drains the node's outputs; queues the writes and remembers the newest token. Stops early
     /// (false) after the first entry applied while a sync is wanted and none runs, so the
     /// caller starts it before the rest are applied.
     fn drain(&mut self, node: &mut CoreNode) -> Result<bool, NodeError> {
@@ -742,7 +1019,31 @@ impl Host {
         let mut drained = true;
         while let Some(out) = node.poll_output() {
             match out {
-                Output::Sync(token) => self.want_sync = Some(token),
+                Output::Persist(batch) => {
+                    self.log.persist(&batch);
+                    self.want_sync = Some(batch.token);
+                }
+                Output::Fetch { from, to } => {
+                    let job = ReadJob::Fetch {
+                        from,
+                        to,
+                        max_bytes: self.fetch_bytes,
+                    };
+                    if self.disk_reads.send(job).is_err() {
+                        node.fetch_failed();
+                    }
+                }
+                Output::SendSnapshot {
+                    to,
+                    message,
+                    max_len,
+                } => {
+                    let _ = self.disk_reads.send(ReadJob::Chunk {
+                        to,
+                        message: ChunkHeader::of(&message),
+                        max_len,
+                    });
+                }
                 Output::Send { to, message } => {
                     let class = Class::of(&message);
                     match encode_frame(&Envelope::new(self.cluster, self.id, to, message)) {
@@ -793,9 +1094,11 @@ impl Host {
                     }
                 }
                 Output::RestoreSnapshot { index, .. } => {
-                    self.restore_snapshot(node, index)?;
+                    self.restore_snapshot(index)?;
                     membership = true;
-                    let config = coracle::LogStorage::snapshot_meta(node.log())
+                    let config = node
+                        .log()
+                        .snapshot_meta()
                         .map(|m| config_members(m.config()))
                         .filter(|m| !m.is_empty());
                     if let Some(members) = config {
@@ -806,7 +1109,6 @@ impl Host {
                     warn!(node = self.id, "the log is full: snapshot and compact");
                     self.snapshots.wanted = true;
                 }
-                _ => {}
             }
         }
         if membership {
@@ -845,8 +1147,8 @@ impl Host {
     /// or the log is full): the state machine writes it out [`SNAPSHOT_PAIRS_PER_STEP`]
     /// pairs per turn of the event loop (while writes go on: [`Kv::begin_snapshot`]), so
     /// the loop, and this node's transport on the same thread, never pause for long,
-    /// however large the state; then a thread of its own writes and fsyncs the file.
-    /// [`snapshot_written`](Self::snapshot_written) takes it from there.
+    /// however large the state; a thread of its own writes the pieces to the snapshot's
+    /// file and seals it. [`snapshot_written`](Self::snapshot_written) takes it from there.
     ///
     /// Replacing the kept snapshot while a leader sends it to a follower is safe: the core
     /// restarts every transfer from offset 0 with the new snapshot, so a follower never gets
@@ -854,17 +1156,18 @@ impl Host {
     /// compaction for as long as a follower that needs a snapshot stays down.)
     fn maybe_snapshot(&mut self, node: &mut CoreNode) -> Result<(), NodeError> {
         if self.snapshots.building.is_some() {
-            return self.continue_snapshot(node);
+            return self.continue_snapshot();
+        }
+        if !self.snapshots.wanted && self.log.check_room(EntryKind::Command, 0).is_err() {
+            // The log is at its quota (a leader refuses commands now; a follower's log
+            // follows the leader's): a snapshot compacts it.
+            warn!(node = self.id, "the log is full: snapshot and compact");
+            self.snapshots.wanted = true;
         }
         let s = &self.snapshots;
         let index = node.applied_index();
         let due = s.every > 0 && index >= next_snapshot(s.last.max(s.failed), s.every, self.id);
-        if s.writing || (!due && !s.wanted) {
-            return Ok(());
-        }
-        if index <= s.last {
-            // The log is full but the snapshot is up to date: compact all it covers.
-            self.compact(node, index);
+        if s.writing || (!due && !s.wanted) || index <= s.last {
             return Ok(());
         }
         if self.kv.applied() != index {
@@ -876,130 +1179,134 @@ impl Host {
             );
             return Ok(());
         }
-        // The size is known once it is written out.
-        let Some(meta) = node.snapshot_meta_at(index, 0) else {
+        let Some(meta) = snapshot_meta_at(node.log(), index) else {
             warn!(
                 node = self.id,
                 index, "no snapshot metadata at the applied index"
             );
             return Ok(());
         };
+        let writer = match self.log.snapshot_writer(&meta) {
+            Ok(w) => w,
+            Err(e) => return self.snapshot_failed(index, e),
+        };
+        let pieces = spawn_snapshot_writer(self.id, writer, self.snapshots.written.clone())
+            .map_err(|e| NodeError::Snapshot(format!("cannot start the snapshot thread: {e}")))?;
         self.kv
             .begin_snapshot()
             .map_err(|e| NodeError::Snapshot(e.to_string()))?;
-        self.snapshots.building = Some(meta);
-        self.continue_snapshot(node)
+        self.snapshots.building = Some(Building {
+            meta,
+            pieces,
+            step: Vec::new(),
+            ended: false,
+        });
+        self.continue_snapshot()
     }
 
-    /// Writes out the next pairs of the snapshot being built; once it is whole, hands it
-    /// to a thread that writes its file.
-    fn continue_snapshot(&mut self, node: &mut CoreNode) -> Result<(), NodeError> {
-        let Some(mut meta) = self.snapshots.building else {
+    /// Writes out the next pairs of the snapshot being built and hands them to its thread
+    /// (waiting for a later turn if the thread is behind); once all are, asks the thread to
+    /// seal the file.
+    fn continue_snapshot(&mut self) -> Result<(), NodeError> {
+        let Some(b) = &mut self.snapshots.building else {
             return Ok(());
         };
-        if self.kv.snapshot_in_progress() != Some(meta.index) {
-            // The state machine was replaced by a leader's snapshot meanwhile.
+        if !b.ended && self.kv.snapshot_in_progress() != Some(b.meta.index) {
+            // The state machine was replaced by a leader's snapshot meanwhile: given up
+            // (the thread removes its file).
             self.snapshots.building = None;
             return Ok(());
         }
-        let Some(result) = self.kv.continue_snapshot(SNAPSHOT_PAIRS_PER_STEP) else {
+        if b.step.is_empty() && !b.ended {
+            match self.kv.continue_snapshot(
+                SNAPSHOT_PAIRS_PER_STEP,
+                SNAPSHOT_BYTES_PER_STEP,
+                &mut b.step,
+            ) {
+                None => {}
+                Some(Ok(())) => b.ended = true,
+                Some(Err(e)) => return Err(NodeError::Snapshot(e.to_string())),
+            }
+        }
+        let piece = if !b.step.is_empty() {
+            Piece::Bytes(std::mem::take(&mut b.step))
+        } else if b.ended {
+            Piece::End
+        } else {
             return Ok(());
         };
-        self.snapshots.building = None;
-        let bytes = result.map_err(|e| NodeError::Snapshot(e.to_string()))?;
-        meta.size = bytes.len() as u64;
-        let index = meta.index;
-        let write = match node.log().prepare_snapshot(&meta, bytes) {
-            Ok(w) => w,
-            Err(e) => return self.snapshot_failed(node, index, e),
-        };
-        let done = self.snapshots.written.clone();
-        std::thread::Builder::new()
-            .name(format!("coracle-snapshot-{}", self.id))
-            .spawn(move || {
-                let _ = done.send_blocking(write.write());
-            })
-            .map_err(|e| NodeError::Snapshot(format!("cannot start the snapshot thread: {e}")))?;
-        self.snapshots.writing = true;
+        let end = matches!(piece, Piece::End);
+        match b.pieces.try_send(piece) {
+            Ok(()) if end => {
+                self.snapshots.building = None;
+                self.snapshots.writing = true;
+            }
+            Ok(()) => {}
+            Err(std::sync::mpsc::TrySendError::Full(Piece::Bytes(bytes))) => b.step = bytes,
+            Err(std::sync::mpsc::TrySendError::Full(Piece::End)) => {}
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                // The thread stopped on an error, which it reports.
+                self.snapshots.building = None;
+                self.snapshots.writing = true;
+            }
+        }
         Ok(())
     }
 
-    /// A snapshot's file is written (or failed): makes it the one kept and compacts the
-    /// log behind it, keeping `snapshot_keep_entries` (none when the log is full).
+    /// A snapshot's file is sealed (or failed): the node keeps it
+    /// ([`Node::snapshot_taken`](coracle::Node::snapshot_taken)), which makes it the kept
+    /// snapshot in the next batch and compacts the log behind it, keeping
+    /// `snapshot_keep_entries`.
     fn snapshot_written(
         &mut self,
         node: &mut CoreNode,
         result: SnapshotWritten,
     ) -> Result<(), NodeError> {
         self.snapshots.writing = false;
-        let adopted = result.and_then(|written| {
-            let index = written.meta().index;
-            node.log_mut().adopt_snapshot(written).map(|()| index)
-        });
-        match adopted {
-            Ok(index) => {
-                info!(node = self.id, index, "snapshot saved");
+        let index = match result {
+            Ok(index) => index,
+            Err(e) => return self.snapshot_failed(node.applied_index(), e),
+        };
+        match node.snapshot_taken(index) {
+            Ok(meta) => {
+                info!(node = self.id, index, term = meta.term, "snapshot saved");
                 self.snapshots.last = self.snapshots.last.max(index);
-                self.compact(node, index);
-                Ok(())
+                self.snapshots.wanted = false;
             }
-            Err(e @ FileLogError::StaleSnapshot { .. }) => {
-                info!(node = self.id, error = %e, "snapshot dropped: a newer one is kept");
-                Ok(())
+            Err(e) => {
+                info!(node = self.id, index, error = %e, "snapshot dropped");
+                self.log.discard_snapshot(index);
             }
-            Err(e) => self.snapshot_failed(node, node.applied_index(), e),
         }
+        Ok(())
     }
 
     /// A snapshot could not be saved: the node stops if the log is failed; otherwise it
     /// tries again when the next one is due (or the log reports itself full again). Nothing
     /// is compacted behind a snapshot that was not saved.
-    fn snapshot_failed(
-        &mut self,
-        node: &CoreNode,
-        index: Index,
-        e: FileLogError,
-    ) -> Result<(), NodeError> {
+    fn snapshot_failed(&mut self, index: Index, e: FileLogError) -> Result<(), NodeError> {
         error!(node = self.id, index, error = %e, "cannot save a snapshot");
         self.snapshots.failed = index;
         self.snapshots.wanted = false;
-        if node.log().is_failed() {
+        if self.log.is_failed() {
             return Err(NodeError::Storage(e));
         }
         Ok(())
     }
 
-    /// Compacts the log behind the kept snapshot (at most through `index`).
-    fn compact(&mut self, node: &mut CoreNode, index: Index) {
-        let keep = if self.snapshots.wanted {
-            0
-        } else {
-            self.snapshots.keep
-        };
-        self.snapshots.wanted = false;
-        let through = self.snapshots.last.saturating_sub(keep).min(index);
-        if through >= coracle::LogStorage::first_index(node.log()) {
-            if let Err(e) = node.compact(through) {
-                warn!(node = self.id, through, error = %e, "compaction failed");
-            }
-        }
-    }
-
-    /// Replaces the state machine with the snapshot the log keeps (installed from the
-    /// leader, or found on disk at start), through `index`.
-    fn restore_snapshot(&mut self, node: &CoreNode, index: Index) -> Result<(), NodeError> {
-        let snapshot = node.log().snapshot().ok_or_else(|| {
-            NodeError::Snapshot(format!(
-                "restore to index {index} asked, but no snapshot is kept"
-            ))
-        })?;
-        if snapshot.meta.index != index {
-            return Err(NodeError::Snapshot(format!(
-                "restore to index {index} asked, but the snapshot kept is at {}",
-                snapshot.meta.index
-            )));
-        }
-        let kv = Kv::restore(&snapshot.data).map_err(|e| NodeError::Snapshot(e.to_string()))?;
+    /// Replaces the state machine with the snapshot the store keeps (installed from the
+    /// leader, or found on disk at start), through `index`: read from its file a piece at
+    /// a time.
+    fn restore_snapshot(&mut self, index: Index) -> Result<(), NodeError> {
+        let mut file = SnapshotFile::open(self.log.dir(), index)
+            .map_err(|e| NodeError::Snapshot(e.to_string()))?
+            .ok_or_else(|| {
+                NodeError::Snapshot(format!(
+                    "restore to index {index} asked, but the snapshot kept is {:?}",
+                    self.log.snapshot_point()
+                ))
+            })?;
+        let kv = Kv::restore_from(&mut file).map_err(|e| NodeError::Snapshot(e.to_string()))?;
         if kv.applied() != index {
             return Err(NodeError::Snapshot(format!(
                 "the snapshot at index {index} holds a state machine at index {}",
@@ -1154,6 +1461,17 @@ impl Host {
                 return;
             }
         };
+        if node.role() == Role::Leader {
+            if let Err(e) = self.log.check_room(EntryKind::Command, bytes.len()) {
+                // A snapshot compacts the log: room soon.
+                if !self.snapshots.wanted {
+                    warn!(node = self.id, error = %e, "the log is full: snapshot and compact");
+                }
+                self.snapshots.wanted = true;
+                reply.send(retry("the log is full; compacting; retry"));
+                return;
+            }
+        }
         match node.propose(&bytes) {
             Ok(p) => {
                 self.writes.insert(p.index, (p.term, pending));
@@ -1168,7 +1486,7 @@ impl Host {
                 reply.send(failed(ErrorKind::BadRequest, e.to_string()));
             }
             Err(ProposeError::Storage(coracle::StorageError::Full)) => {
-                // The node asked for a snapshot (SnapshotNeeded): room soon.
+                // The memory log asked for a snapshot (SnapshotNeeded): room soon.
                 reply.send(retry("the log is full; compacting; retry"));
             }
             Err(e) => {

@@ -186,12 +186,12 @@ fn membership_changes_through_the_admin_client_on_a_running_cluster() {
     }
     for &id in &expected {
         let log = coracle_quic::storage::FileLog::open(member_config(&setup, id).data_dir).unwrap();
-        let meta = coracle::LogStorage::snapshot_meta(&log).expect("a snapshot");
+        let meta = log.snapshot().expect("a snapshot").meta;
         assert!(
             !meta.config().is_empty(),
             "node {id}: the snapshot carries the configuration"
         );
-        assert!(coracle::LogStorage::first_index(&log) > meta.index.min(100));
+        assert!(log.first_index() > meta.index.min(100));
     }
     for &id in &expected {
         nodes.insert(id, start_member(&setup, id));

@@ -134,7 +134,7 @@ fn a_node_down_past_the_compaction_point_catches_up_through_a_snapshot_and_resta
     nodes[down as usize - 1].take().unwrap().shutdown().unwrap();
     let down_last = {
         let log = FileLog::open(config(&setup, down).data_dir).unwrap();
-        coracle::LogStorage::last_index(&log)
+        log.last_index()
     };
 
     // The others go on, snapshot and compact far past it.
@@ -194,10 +194,7 @@ fn a_node_down_past_the_compaction_point_catches_up_through_a_snapshot_and_resta
     for id in 1..=3 {
         let log = FileLog::open(config(&setup, id).data_dir).unwrap();
         assert!(log.snapshot().is_some(), "node {id} has a snapshot");
-        assert!(
-            coracle::LogStorage::first_index(&log) > 1,
-            "node {id} compacted its log"
-        );
+        assert!(log.first_index() > 1, "node {id} compacted its log");
     }
     let nodes: Vec<RunningNode> = (1..=3).map(|id| start(&setup, id)).collect();
     let client = setup.client("client-alice");
@@ -262,7 +259,7 @@ fn a_full_log_is_snapshotted_and_compacted_to_make_room() {
     let log = FileLog::open(&cfg.data_dir).unwrap();
     assert!(log.snapshot().is_some());
     assert!(log.disk_bytes() <= 24576);
-    assert!(coracle::LogStorage::first_index(&log) > 100);
+    assert!(log.first_index() > 100);
 }
 
 #[test]
@@ -274,10 +271,14 @@ fn a_full_log_whose_snapshot_cannot_be_saved_loses_nothing() {
         + "[storage]\nsegment_bytes = 2048\nmax_log_bytes = 24576\nsnapshot_entries = 0\n";
     let cfg = NodeConfig::parse(&text, setup.path()).unwrap();
     let node = RunningNode::start(&cfg).unwrap();
-    // A directory where the snapshot's temporary file goes: every save fails, the log
-    // itself stays healthy.
-    let blocker = cfg.data_dir.join("snapshot.saving.tmp");
-    std::fs::create_dir(&blocker).unwrap();
+    // Directories where the snapshot's temporary files go (one per index): every save
+    // fails, the log itself stays healthy.
+    let blockers: Vec<_> = (1..=1000)
+        .map(|i| cfg.data_dir.join(format!("snapshot.saving-{i}.tmp")))
+        .collect();
+    for b in &blockers {
+        std::fs::create_dir(b).unwrap();
+    }
     let client = setup
         .client("client-alice")
         .with_timeout(Duration::from_secs(3));
@@ -292,10 +293,12 @@ fn a_full_log_whose_snapshot_cannot_be_saved_loses_nothing() {
     client.close();
     node.shutdown().unwrap();
     // Nothing was compacted behind a snapshot that was never saved.
-    std::fs::remove_dir(&blocker).unwrap();
+    for b in &blockers {
+        std::fs::remove_dir(b).unwrap();
+    }
     let log = FileLog::open(&cfg.data_dir).unwrap();
     assert!(log.snapshot().is_none());
-    assert_eq!(coracle::LogStorage::first_index(&log), 1);
+    assert_eq!(log.first_index(), 1);
     drop(log);
     // Restarted with a writable directory: every acknowledged write is there, and the full
     // log snapshots and compacts to make room.
@@ -350,7 +353,8 @@ fn a_snapshot_of_many_steps_is_taken_while_writes_go_on() {
     // The snapshot and the log after it make the final state.
     let log = FileLog::open(&cfg.data_dir).unwrap();
     let snapshot = log.snapshot().expect("a snapshot was saved");
-    let mut kv = Kv::restore(&snapshot.data).unwrap();
+    let mut file = log.reader().snapshot(snapshot.meta.index).unwrap().unwrap();
+    let mut kv = Kv::restore_from(&mut file).unwrap();
     assert_eq!(kv.applied(), snapshot.meta.index);
     assert!(
         kv.len() > SNAPSHOT_PAIRS_PER_STEP,
@@ -360,18 +364,23 @@ fn a_snapshot_of_many_steps_is_taken_while_writes_go_on() {
     // Nothing written after its index leaked into it (each value is written once).
     let at_snapshot = kv.list(b"", usize::MAX);
     let mut later = std::collections::BTreeSet::new();
-    for index in snapshot.meta.index + 1..=coracle::LogStorage::last_index(&log) {
-        let entry = coracle::LogStorage::entry(&log, index).unwrap();
+    for index in snapshot.meta.index + 1..=log.last_index() {
+        let entry = log
+            .reader()
+            .entries(index, index, 0)
+            .unwrap()
+            .pop()
+            .unwrap();
         match entry.kind {
             coracle::EntryKind::Command => {
                 if let Ok(coracle_quic::protocol::Command::Write {
                     op: WriteOp::Put { value, .. },
                     ..
-                }) = postcard::from_bytes(entry.data)
+                }) = postcard::from_bytes(&entry.data)
                 {
                     later.insert(value);
                 }
-                kv.apply(index, entry.data);
+                kv.apply(index, &entry.data);
             }
             _ => kv.skip(index),
         }

@@ -85,8 +85,9 @@ impl CachedLog {
 
     /// Appends an entry whose data stays in the durable store only (while a host fills the
     /// log from its store at a restart): its term is kept, its data is read back when
-    /// needed. Only before any entry with data, and never for a membership entry (those are
-    /// always kept: use [`LogStorage::append`]).
+    /// needed. Only before any entry with data other than membership entries, and never
+    /// for a membership entry (those are always kept: use [`LogStorage::append`], even
+    /// between entries without data).
     pub fn append_without_data(
         &mut self,
         index: Index,
@@ -96,8 +97,14 @@ impl CachedLog {
         if index != self.last + 1 {
             return Err(StorageError::OutOfRange);
         }
-        if !self.tail.is_empty() || pinned(kind) {
+        if pinned(kind) || self.tail.iter().any(|e| !pinned(e.kind)) {
             return Err(StorageError::OutOfRange);
+        }
+        // Membership entries appended while filling stay as configurations: the tail
+        // holds the newest entries only.
+        while let Some(e) = self.tail.pop_front() {
+            self.tail_bytes -= cost(&e);
+            self.configs.insert(e.index, e);
         }
         self.push_term(index, term);
         self.last = index;
@@ -414,8 +421,9 @@ mod tests {
             Err(StorageError::OutOfRange)
         );
         log.append(&e(101, 3, EntryKind::Membership)).unwrap();
+        log.append(&e(102, 3, EntryKind::Command)).unwrap();
         assert_eq!(
-            log.append_without_data(102, 3, EntryKind::Command),
+            log.append_without_data(103, 3, EntryKind::Command),
             Err(StorageError::OutOfRange),
             "not after entries with data"
         );
@@ -423,6 +431,6 @@ mod tests {
         assert_eq!(log.term(50), Some(2));
         assert!(log.entry(50).is_none());
         assert!(log.entry(101).is_some());
-        assert_eq!(log.bytes_in_memory(), 100 + ENTRY_OVERHEAD);
+        assert_eq!(log.bytes_in_memory(), 2 * (100 + ENTRY_OVERHEAD));
     }
 }

@@ -221,3 +221,45 @@ fn a_restarted_node_reads_back_what_it_must_apply() {
     assert_eq!(net.applied[0], (1..=last + 1).collect::<Vec<_>>());
     assert!(net.fetches > 0);
 }
+
+/// A restart fills a bounded memory log from the store: the terms of every entry, every
+/// membership entry, and the data of the newest entries only. A membership entry among the
+/// old ones must not force the data of every entry after it into memory (the log would
+/// then hold the whole log, not the budget).
+#[test]
+fn a_restart_keeps_old_membership_entries_without_the_data_after_them() {
+    let mut log = CachedLog::new(1000);
+    for i in 1..=100u64 {
+        if i == 10 {
+            log.append(&Entry {
+                index: i,
+                term: 1,
+                kind: EntryKind::Membership,
+                data: &[1; 9],
+            })
+            .unwrap();
+        } else {
+            log.append_without_data(i, 1, EntryKind::Command)
+                .expect("entries without data may follow an old membership entry");
+        }
+    }
+    for i in 101..=102u64 {
+        log.append(&Entry {
+            index: i,
+            term: 2,
+            kind: EntryKind::Command,
+            data: &[7; 100],
+        })
+        .unwrap();
+    }
+    assert_eq!(log.entry(10).map(|e| e.kind), Some(EntryKind::Membership));
+    assert!(log.entry(11).is_none() && log.entry(101).is_some());
+    assert_eq!(log.term(50), Some(1));
+    assert_eq!(log.term(102), Some(2));
+    log.release(102);
+    assert_eq!(
+        log.entry(10).map(|e| e.kind),
+        Some(EntryKind::Membership),
+        "configurations stay"
+    );
+}

@@ -1,8 +1,8 @@
 //! What can go wrong with the files of a [`FileLog`](super::FileLog), in detail.
 //!
-//! The [`LogStorage`](coracle::LogStorage) trait can only say
-//! [`StorageError::Unavailable`](coracle::StorageError::Unavailable) (or `Full`); the
-//! detailed cause is kept and readable with [`FileLog::last_error`](super::FileLog::last_error).
+//! The node only learns that a write failed
+//! ([`Node::persist_failed`](coracle::Node::persist_failed)); the detailed cause is kept
+//! and readable with [`FileLog::last_error`](super::FileLog::last_error).
 
 use super::identity::DirIdentity;
 use coracle::{Index, NodeId, Term};
@@ -103,6 +103,14 @@ pub enum FileLogError {
     /// A snapshot does not fit its metadata (its length differs from the size announced,
     /// it is older than the one kept, or no snapshot is being received).
     BadSnapshot(String),
+    /// A batch's entry does not follow the log (a bug of the host or the node): writing it
+    /// would make the log unreadable, so the log fails instead.
+    OutOfOrder {
+        /// The entry's index.
+        index: Index,
+        /// The log's last index.
+        last: Index,
+    },
     /// An earlier write or sync failed, so what is on disk is unknown (after a failed fsync
     /// the kernel may have dropped the dirty pages): the log takes no more writes. Reopen it
     /// to recover from what is really on disk.
@@ -110,7 +118,7 @@ pub enum FileLogError {
 }
 
 impl FileLogError {
-    /// The [`io::ErrorKind`] closest to this error (for [`FileLog::sync`](super::FileLog::sync),
+    /// The [`io::ErrorKind`] closest to this error (for [`FileLog::flush`](super::FileLog::flush),
     /// which answers with an [`io::Error`]).
     pub fn kind(&self) -> io::ErrorKind {
         match self {
@@ -124,7 +132,9 @@ impl FileLogError {
             | FileLogError::StaleSnapshot { .. }
             | FileLogError::QuotaTooSmall { .. } => io::ErrorKind::InvalidInput,
             FileLogError::SnapshotVersion { .. } => io::ErrorKind::InvalidData,
-            FileLogError::BadSnapshot(_) => io::ErrorKind::InvalidInput,
+            FileLogError::BadSnapshot(_) | FileLogError::OutOfOrder { .. } => {
+                io::ErrorKind::InvalidInput
+            }
             FileLogError::Failed => io::ErrorKind::Other,
         }
     }
@@ -351,6 +361,10 @@ impl fmt::Display for FileLogError {
                 super::snapshot::VERSION
             ),
             FileLogError::BadSnapshot(m) => write!(f, "bad snapshot: {m}"),
+            FileLogError::OutOfOrder { index, last } => write!(
+                f,
+                "a batch's entry {index} does not follow the log, which ends at {last}; nothing of it was written"
+            ),
             FileLogError::Failed => f.write_str(
                 "an earlier write to the log failed; the log takes no more writes until it is reopened",
             ),

@@ -1,21 +1,38 @@
-//! A durable log on disk for the server binding: [`FileLog`], a segmented, append-only,
-//! checksummed [`LogStorage`] with group commit.
+//! The server binding's durable store: [`FileLog`], a segmented, append-only, checksummed
+//! log on disk with the hard state and the kept snapshot beside it. It is the host's side of
+//! the core's storage contract (never a [`LogStorage`]: the node keeps
+//! its memory of the log in a [`CachedLog`]): it performs the node's
+//! [`Output::Persist`](coracle::Output::Persist) batches, fills the memory log at a
+//! restart, and reads entries and snapshot chunks back.
 //!
 //! ```
-//! use coracle::{Entry, EntryKind, HardState, LogStorage};
+//! use coracle::{Entries, Entry, EntryKind, HardState, LogStorage, Persist, SyncToken};
 //! use coracle_quic::storage::FileLog;
 //!
 //! let dir = std::env::temp_dir().join(format!("coracle-doc-{}", std::process::id()));
 //! # let _ = std::fs::remove_dir_all(&dir);
 //! let mut log = FileLog::open(&dir)?;
-//! log.set_hard_state(HardState { current_term: 1, voted_for: Some(1) }).unwrap();
-//! log.append(&Entry { index: 1, term: 1, kind: EntryKind::Command, data: b"x=1" }).unwrap();
-//! log.sync()?; // on Output::Sync(token); then node.synced(token)
+//! let entries = [Entry { index: 1, term: 1, kind: EntryKind::Command, data: b"x=1" }];
+//! // What Output::Persist hands out (here built by hand):
+//! log.persist(&Persist {
+//!     token: SyncToken(1),
+//!     hard_state: Some(HardState { current_term: 1, voted_for: Some(1) }),
+//!     snapshot_chunk: None,
+//!     snapshot: None,
+//!     reset: None,
+//!     truncate_from: None,
+//!     entries: Entries::from_slice(&entries),
+//!     compact_through: None,
+//! });
+//! log.flush()?; // or begin_flush / FlushJob::run on another thread / end_flush
+//! // ... then node.persisted(SyncToken(1))
 //! drop(log);
 //!
 //! let log = FileLog::open(&dir)?;
-//! assert_eq!(log.entry(1).unwrap().data, b"x=1");
-//! assert_eq!(log.hard_state().voted_for, Some(1));
+//! let memory = log.recover(64 << 20)?; // the node's memory log after a restart
+//! assert_eq!(memory.entry(1).unwrap().data, b"x=1");
+//! assert_eq!(memory.hard_state().voted_for, Some(1));
+//! assert_eq!(log.reader().entries(1, 1, 0)?[0].data, b"x=1");
 //! # drop(log);
 //! # std::fs::remove_dir_all(&dir)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -23,13 +40,32 @@
 //!
 //! # Durability and group commit
 //!
-//! [`append`](LogStorage::append) and [`set_hard_state`](LogStorage::set_hard_state) only
-//! buffer. [`FileLog::sync`] makes everything buffered durable: first the hard state (if it
-//! changed), then the buffered records with one `write` and one `fdatasync` of the active
-//! segment, however many entries there are. The host calls it on
-//! [`Output::Sync`](coracle::Output::Sync) and then hands the token back with
-//! [`Node::synced`](coracle::Node::synced). Dropping a `FileLog` does **not** sync: what was
-//! buffered is lost, exactly as in a crash, and the node never acknowledged it.
+//! [`FileLog::persist`] only queues a batch's operations in memory (the records of its
+//! entries encoded, the rest as it is): it is called on the node's loop, so no I/O happens
+//! inside a node input. A flush performs every operation queued so far, in order, and
+//! makes it durable: [`FileLog::begin_flush`] takes them as one [`FlushJob`] (with the
+//! files: only one job runs at a time), [`FlushJob::run`] performs them on any thread, and
+//! [`FileLog::end_flush`] takes the result back; [`FileLog::flush`] does the three at once.
+//! Batches queued while a job runs wait for the next one, so one `fdatasync` covers every
+//! batch that arrived during the previous one. The host then calls
+//! [`Node::persisted`](coracle::Node::persisted) with the newest token of the job.
+//! Dropping a `FileLog` does **not** flush: what was queued is lost, exactly as in a crash,
+//! and the node never acknowledged it.
+//!
+//! # Order
+//!
+//! A job performs, batch after batch, what the contract lists: the hard state, a snapshot
+//! chunk, the kept snapshot, a reset, a truncation, the records, and compaction, with two
+//! liberties that keep every crash safe:
+//!
+//! - The newest hard state of the job is written first (atomic replacement, durable at
+//!   once), before the records of earlier batches. A crash between leaves a newer term or
+//!   vote with an older log, which is the state of a node that lost some unacknowledged
+//!   appends: safe. (The other order could leave entries of a term newer than the durable
+//!   `currentTerm`.)
+//! - The records of all the job's batches go to the active segment with one write and one
+//!   `fdatasync` at the end (a roll-over writes and syncs what the old segment holds first).
+//!   Compaction comes after that `fdatasync`: it is not part of any batch's durability.
 //!
 //! There is no per-write metadata flush: records are written with `fdatasync`; the directory
 //! is fsynced only when a file is created, renamed or removed (new segment, compaction, hard
@@ -53,80 +89,74 @@
 //! only skipped. The spare and the rest of the active segment take disk space that
 //! [`Options::max_log_bytes`] does not count (up to two segments' worth).
 //!
-//! A few operations do their I/O at once and are durable when they return: a
-//! [`truncate_suffix`](LogStorage::truncate_suffix) that cuts records already written, a
-//! segment roll-over (a full [`sync`](FileLog::sync), then the new segment), the deletion of
-//! segments by [`compact`](LogStorage::compact), [`FileLog::save_snapshot`] and
-//! [`install_snapshot`](LogStorage::install_snapshot).
-//!
-//! Order inside `sync`: the hard state goes first. A crash between the two leaves a newer
-//! term or vote with an older log, which is the state of a node that lost some unacknowledged
-//! appends: safe. (The other order could leave entries of a term newer than the durable
-//! `currentTerm`.)
-//!
 //! # Truncation and crashes
 //!
-//! `truncate_suffix(from)` must never let the cut entries come back, neither alone nor,
-//! worse, mixed with the new entries written after them (an old entry of term 2 durable
-//! after a new one of term 3 would break Log Matching). The argument:
+//! A truncation must never let the cut entries come back, neither alone nor, worse, mixed
+//! with the new entries written after them (an old entry of term 2 durable after a new one
+//! of term 3 would break Log Matching). The argument:
 //!
-//! 1. Records reach a file only in `sync`, `write_buffered` (whose `fdatasync` follows) and
-//!    roll-over (which syncs the old segment, unconditionally). So the records on disk are
-//!    always a prefix of the log, durable except perhaps for the tail of the last segment,
-//!    and a buffered record is never on disk.
-//! 2. If every cut entry is still buffered, truncation drops them from the buffer: nothing
-//!    on disk changes, and no new record can land after them because they never land.
-//! 3. Otherwise, before `truncate_suffix` returns, it deletes the segments after the one
-//!    holding `from` (newest first, then fsyncs the directory), truncates the segment holding
-//!    `from` at that entry's record and fsyncs the file. Only then can new entries be
-//!    buffered, and they are written after the cut. A crash during the cut leaves a prefix
-//!    of the old log that is at least `from - 1` long (files are removed from the end, then
-//!    the last one shortened), and a crash after it leaves the cut log: the cut entries never
-//!    reappear once the call returned, and never after a new entry.
-//! 4. Losing the cut entries early (before the hard state of the message that caused the cut
-//!    is durable) is safe: entries in conflict with a leader are not committed (the leader
-//!    has every committed entry, Leader Completeness), and the node acknowledges nothing of
-//!    the message before its next sync.
+//! 1. Records reach a file only in a job, which writes the records it holds with one write
+//!    and `fdatasync`s them before it ends (and a roll-over syncs the old segment before the
+//!    new one exists). So the records on disk are always a prefix of the log, durable except
+//!    perhaps for the tail of the last segment during a job, and a queued record is never on
+//!    disk.
+//! 2. If every cut entry is still pending in the job (queued after the last write), the cut
+//!    drops them from the buffer: nothing on disk changes, and no new record can land after
+//!    them because they never land.
+//! 3. Otherwise the job, before it performs the next operation, lowers the durability marks
+//!    (durably), deletes the segments after the one holding `from` (newest first, then
+//!    fsyncs the directory), truncates the segment holding `from` at that entry's record
+//!    and fsyncs the file. Only then are the batch's new records buffered, and they are
+//!    written after the cut. A crash during the cut leaves a prefix of the old log that is
+//!    at least `from - 1` long (files are removed from the end, then the last one
+//!    shortened), and a crash after it leaves the cut log: the cut entries never reappear
+//!    once the cut was performed, and never after a new entry.
+//! 4. Losing the cut (a crash before the job) or the cut entries early is safe: entries in
+//!    conflict with a leader are not committed (the leader has every committed entry,
+//!    Leader Completeness), and the node acknowledges nothing of the message before its
+//!    batch is durable.
 //!
-//! The cost is one fsync (plus one of the directory if segments go) inside the call that
+//! The cost is one fsync (plus one of the directory if segments go) in the job that
 //! truncates durable entries; that happens only when a new leader overwrites an
 //! uncommitted suffix, which is rare.
 //!
 //! # Compaction
 //!
-//! [`compact(through)`](LogStorage::compact) forgets `first_index()..=through` in memory at
-//! once and deletes every segment whose entries are all `<= through` (oldest first, then
+//! A batch's `compact_through` forgets `first..=through` (where the entries are, in
+//! memory) and deletes every segment whose entries are all `<= through` (oldest first, then
 //! fsyncs the directory); the segment still holding live entries, and always the active
-//! one, stay. The host compacts only through an index it holds a snapshot of
-//! ([`Node::compact`](coracle::Node::compact)): on open the log starts at the first
-//! remaining segment, then the saved snapshot moves the start up to its index (entries the
-//! snapshot covers are forgotten again). Compacting past the saved snapshot makes the log
-//! start past it after a restart.
+//! one, stay. The node compacts only through an index its kept snapshot covers: on open the
+//! log starts at the first remaining segment, then the kept snapshot moves the start up to
+//! its index, less [`Options::keep_behind_snapshot`] (entries the snapshot covers are
+//! forgotten again).
 //!
 //! # Snapshots
 //!
 //! One snapshot is kept, in the file `snapshot` ([format version 2](snapshot): index,
 //! term, size, the membership configuration in force at the index, the state machine's
-//! bytes, and a CRC-32 over all of it). It gets there two ways, both atomic:
+//! bytes, and a CRC-32 over all of it). Its bytes are never held in memory: they are
+//! written and read a piece at a time. It gets there two ways, both atomic:
 //!
-//! - The host snapshots its own state machine: [`FileLog::save_snapshot`] writes
-//!   `snapshot.saving.tmp`, fsyncs it, renames it over `snapshot` and fsyncs the directory
-//!   before it returns (or in steps, the writing on another thread:
-//!   [`FileLog::prepare_snapshot`], [`SnapshotWrite::write`], [`FileLog::adopt_snapshot`]). If the log holds the snapshot's last entry (same index and term) the log
-//!   is left alone: when to compact is the host's choice.
-//! - A leader sends it ([`LogStorage::receive_snapshot_chunk`], then
-//!   [`LogStorage::install_snapshot`]). Chunks go to `snapshot.incoming.tmp`: the header is
-//!   written when offset 0 arrives, each chunk at its offset (a chunk sent again overwrites,
+//! - The host snapshots its own state machine: a [`SnapshotWriter`]
+//!   ([`FileLog::snapshot_writer`], with the metadata the node will give it) takes the bytes
+//!   in pieces, on any thread, into `snapshot.saving-<index>.tmp`;
+//!   [`FileLog::finish_snapshot`] writes the size and the checksum and fsyncs it. Then the
+//!   host calls [`Node::snapshot_taken`](coracle::Node::snapshot_taken), whose batch says
+//!   [`SnapshotWrite::Taken`]: the job renames the file over `snapshot` and fsyncs the
+//!   directory (after rewriting it with the node's metadata, should the host's guess
+//!   differ), then compacts behind it with the batch's `compact_through`.
+//! - A leader sends it: the batches' snapshot chunks go to `snapshot.incoming.tmp`, the
+//!   header when offset 0 arrives, each chunk at its offset (a chunk sent again overwrites,
 //!   so a transfer resumes at any offset up to what was received). Nothing of it is fsynced
-//!   and it is not part of the durable state: open removes it. `install_snapshot` then, in
-//!   this order: (1) reads the data back, appends the checksum and fsyncs the file; (2)
-//!   renames it over `snapshot` and fsyncs the directory; (3) restarts the log after the
-//!   snapshot: if the log holds `index` with `term` it is compacted through `index`
-//!   (entries after it stay), otherwise the log is discarded: the segments after
-//!   `index + 1` are deleted (newest first), an empty segment starting at `index + 1` is
-//!   created (replacing one of that name), then the older segments are deleted, so a
-//!   segment is on disk at every step. All of this is done and durable when
-//!   `install_snapshot` returns, before the next `sync()`.
+//!   and it is not part of the durable state: open removes it. With
+//!   [`SnapshotWrite::Installed`] the job (1) writes the size, reads the data back to
+//!   append the checksum and fsyncs the file; (2) renames it over `snapshot` and fsyncs the
+//!   directory; then the same batch's (3) reset (the log did not hold the snapshot's last
+//!   entry: the segments after `index + 1` are deleted, newest first, an empty segment
+//!   starting at `index + 1` is created, replacing one of that name, then the older
+//!   segments are deleted, so a segment is on disk at every step) or compaction (it did:
+//!   the entries after it stay) restarts the log after it. All of this is durable before
+//!   the node is told the batch is.
 //!
 //! Crash safety: the durable state is "the `snapshot` file, and the segments interpreted
 //! relative to it". On open the snapshot is the compaction point: if the segments hold the
@@ -143,13 +173,9 @@
 //!
 //! The rename is the commit point; a mix of an old snapshot with a new log, or a half
 //! written snapshot, cannot be read. The tests stop an install at each step and reopen.
-//!
-//! The kept snapshot's bytes are also held in memory, so
-//! [`snapshot_chunk`](LogStorage::snapshot_chunk) can lend them out as the trait requires
-//! (a borrowed slice) without a disk read or `unsafe` memory mapping. A host with an
-//! in-memory state machine (the KV service) already holds the same state once more, so
-//! this at most doubles its memory; memory mapping would save that copy but needs `unsafe`
-//! and turns a file truncated by someone else into a `SIGBUS` instead of an error.
+//! Chunks for a follower ([`Output::SendSnapshot`](coracle::Output::SendSnapshot)) and a
+//! restore of the state machine read the `snapshot` file ([`LogReader::snapshot`],
+//! [`SnapshotFile`]); a file replaced meanwhile is told by its index.
 //!
 //! Format version 1 snapshot files (no configuration) are refused on open with
 //! [`FileLogError::SnapshotVersion`], a message that says what to do: a configuration
@@ -157,12 +183,14 @@
 //!
 //! # Memory
 //!
-//! The [`LogStorage`] trait lends entries out (`entry(&self, i) -> Option<Entry<'_>>`), so
-//! every uncompacted entry is also kept in memory, as a [`OwnedEntry`] (about 48 bytes plus
-//! its data plus the allocator's overhead) and its 8-byte file offset. Reads never touch the
-//! disk and a reopen reads every segment once; the price is memory proportional to the
-//! uncompacted log, which the host bounds by snapshotting and compacting. Total disk use
-//! can be bounded with [`Options::max_log_bytes`].
+//! The store never holds the entries' data nor the snapshot's bytes: it keeps where each
+//! entry is (the 8-byte offset of its record; the segment follows from the index), the
+//! terms as runs of one term, and the indexes of membership entries. Reads go to the
+//! segment files: [`FileLog::recover`] fills the node's memory log with the terms of every
+//! entry, every membership entry and the data of the newest entries up to a budget; the
+//! rest is read back when the node asks ([`LogReader::entries`], on the node's read thread).
+//! A reopen reads each segment once, one at a time. Total disk use can be bounded with
+//! [`Options::max_log_bytes`].
 //!
 //! # On-disk format
 //!
@@ -175,6 +203,7 @@
 //! | `snapshot` | the latest snapshot ([`snapshot`], its own format version 2) |
 //! | `incarnations` | the incarnation of each member the node talked to ([`incarnations`]; the node runtime's, not the log's) |
 //! | `snapshot.incoming.tmp` | a snapshot being received from a leader; removed on open |
+//! | `snapshot.saving-<index>.tmp` | the host's own snapshot at `index`, until a batch keeps it; removed on open |
 //! | `*.tmp` | a file being written before its rename; removed on open |
 //!
 //! Integers are little-endian; checksums are CRC-32 (IEEE) computed with `crc32fast`.
@@ -222,6 +251,7 @@ mod error;
 pub mod hard_state;
 pub mod identity;
 pub mod incarnations;
+mod positions;
 pub mod record;
 pub mod recovery;
 pub mod segment;
@@ -234,18 +264,21 @@ pub use error::{Damage, FileLogError};
 pub use identity::DirIdentity;
 pub use incarnations::{Incarnations, Verdict};
 pub use recovery::{Leftover, Superseded, TailCut};
-pub use snapshot::Snapshot;
+pub use snapshot::{Snapshot, SnapshotFile, Writer as SnapshotWriter};
 
 use coracle::{
-    Entry, EntryKind, HardState, Index, LogStorage, OwnedEntry, SnapshotMeta, StorageError, Term,
+    CachedLog, EntryKind, HardState, Index, LogStorage, OwnedEntry, Persist, SnapshotMeta,
+    SnapshotWrite, Term,
 };
 use error::io_err;
+use positions::Positions;
 use segment::Segment;
 use std::fs::{self, File};
 use std::io::{self, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// Settings of a [`FileLog`].
 ///
@@ -291,18 +324,22 @@ impl Options {
         self
     }
 
-    /// The largest entry data accepted ([`StorageError::EntryTooLarge`] past it). Recovery
-    /// treats a record claiming more as damage, so reopen with a limit at least as large.
+    /// The largest entry data accepted (a batch with a larger entry fails the log with
+    /// [`FileLogError::EntryTooLarge`]: the node's `max_entry_bytes` must be smaller).
+    /// Recovery treats a record claiming more as damage, so reopen with a limit at least as
+    /// large.
     pub fn max_entry_bytes(mut self, bytes: usize) -> Self {
         self.max_entry_bytes = bytes.min(u32::MAX as usize - record::ENTRY_HEADER);
         self
     }
 
-    /// A quota on the bytes of all segments. An append past it fails with
-    /// [`StorageError::Full`] (the node counts it and pushes back; the host compacts after
-    /// a snapshot to make room) and [`FileLog::last_error`] says
-    /// [`FileLogError::QuotaExceeded`]. Use it to keep a log from filling the disk, where
-    /// the failure would be an I/O error that stops the node.
+    /// A quota on the bytes of all segments, which the host keeps: it asks
+    /// [`FileLog::check_room`] before it proposes a command, and one past it
+    /// ([`FileLogError::QuotaExceeded`]) is refused (back-pressure) while a snapshot and
+    /// compaction make room. A leader's log sets the pace of its followers', so theirs stay
+    /// under it too (a batch from the node is always performed: a follower cannot refuse
+    /// what its leader committed). Use it to keep a log from filling the disk, where the
+    /// failure would be an I/O error that stops the node.
     ///
     /// The last sixteenth of the quota (at most 64 KiB) takes only no-op and membership
     /// entries: a log full of commands must still let a new leader commit its no-op,
@@ -414,13 +451,17 @@ impl Options {
 /// for a few of them and the header of a new segment.
 pub const MIN_LOG_BYTES: u64 = 16 << 10;
 
+/// Bytes of its write buffer a flush keeps for the next one (a burst's larger buffer is
+/// given back).
+const PENDING_KEPT: usize = 4 << 20;
+
 /// Counters of the I/O a [`FileLog`] did since it was opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
     /// `fsync`/`fdatasync` calls on files and directories, all causes together.
     pub fsyncs: u64,
-    /// Calls of [`FileLog::sync`] that had something to write.
+    /// Flush jobs performed.
     pub syncs: u64,
     /// Bytes of records written to segments.
     pub bytes_written: u64,
@@ -435,6 +476,8 @@ pub struct Stats {
     pub segments_recycled: u64,
     /// Spares that could not be prepared (say, the disk is full); the log went on without.
     pub spares_failed: u64,
+    /// Compactions whose segments could not all be deleted (the next one tries again).
+    pub compactions_failed: u64,
 }
 
 /// What [`FileLog::open`] found and repaired.
@@ -488,31 +531,229 @@ impl RecoveryReport {
     }
 }
 
-/// A durable [`LogStorage`]: segments of checksummed records in a directory, the hard state
-/// and a snapshot beside them, every uncompacted entry also in memory. See the
-/// [module docs](self) for the guarantees and the format.
+/// The host's durable store on disk: segments of checksummed records in a directory, the
+/// hard state and the kept snapshot beside them. It performs the node's
+/// [`Persist`] batches ([`persist`](Self::persist), then a flush), fills the node's memory
+/// log at a restart ([`recover`](Self::recover)), and reads entries and snapshot chunks
+/// back ([`reader`](Self::reader)). It never holds the entries' data nor the snapshot's
+/// bytes: see the [module docs](self) for the guarantees and the format.
 pub struct FileLog {
     dir: PathBuf,
     options: Options,
     /// Held for the lock; released when dropped.
     _lock: File,
     identity: DirIdentity,
+    recovery: RecoveryReport,
+    /// Operations of the batches given to [`persist`](Self::persist) and not yet handed to
+    /// a flush.
+    queue: Queue,
+    /// The files; away (on the fsync thread) while a [`FlushJob`] runs.
+    disk: Option<Box<Disk>>,
+    /// Where each entry is, shared with the readers.
+    positions: Arc<RwLock<Positions>>,
+    /// What the disk said when it was last here.
+    summary: Summary,
+    failed: bool,
+    last_error: Option<FileLogError>,
+}
+
+/// What the front keeps of the disk's state while a flush has it.
+#[derive(Clone, Copy, Debug, Default)]
+struct Summary {
+    stats: Stats,
+    disk_bytes: u64,
+    /// Bytes of the active segment.
+    active_bytes: u64,
+    snapshot: Option<Snapshot>,
     hard_state: HardState,
-    hard_state_dirty: bool,
-    /// Entries `first..`, in order.
-    entries: Vec<OwnedEntry>,
-    /// Offset of each entry's record in its segment.
-    offsets: Vec<u64>,
-    first: Index,
-    /// Term of entry `first - 1`.
-    compacted_term: Term,
+}
+
+/// Queued operations, in the order of the batches and, in each, of the contract.
+#[derive(Debug, Default)]
+struct Queue {
+    /// The newest hard state queued (written first: see "Order" in the module docs).
+    hard_state: Option<HardState>,
+    ops: Vec<Op>,
+    /// The records of the entries appended, back to back.
+    records: Vec<u8>,
+}
+
+impl Queue {
+    fn is_empty(&self) -> bool {
+        self.hard_state.is_none() && self.ops.is_empty()
+    }
+}
+
+/// One operation of a batch.
+#[derive(Debug)]
+enum Op {
+    /// Bytes of a snapshot being received.
+    Chunk {
+        meta: SnapshotMeta,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    /// The snapshot received is the kept one.
+    Installed(SnapshotMeta),
+    /// The host's own snapshot at `meta.index` is the kept one.
+    Taken(SnapshotMeta),
+    /// Every entry goes; the log continues after (index, term).
+    Reset(Index, Term),
+    /// Entries from this index on go.
+    Truncate(Index),
+    /// An entry: its record is `records[range]` of the queue.
+    Append {
+        index: Index,
+        term: Term,
+        kind: EntryKind,
+        range: std::ops::Range<usize>,
+    },
+    /// Entries through this index may go.
+    Compact(Index),
+}
+
+/// The queued operations of one or more batches, with the files they are performed on: run
+/// it on any thread ([`run`](Self::run)), one at a time, and hand the result back to
+/// [`FileLog::end_flush`]. One `fdatasync` of the records for the whole job (group commit).
+#[derive(Debug)]
+pub struct FlushJob {
+    disk: Box<Disk>,
+    queue: Queue,
+}
+
+/// What a [`FlushJob`] did, for [`FileLog::end_flush`].
+#[derive(Debug)]
+pub struct FlushDone {
+    disk: Box<Disk>,
+    result: Result<(), FileLogError>,
+}
+
+impl FlushJob {
+    /// Performs the operations in order and makes them durable (blocks for the writes and
+    /// the `fdatasync`s).
+    pub fn run(mut self) -> FlushDone {
+        let result = self.disk.perform(self.queue);
+        FlushDone {
+            disk: self.disk,
+            result,
+        }
+    }
+}
+
+/// Reads entries and snapshot chunks back from a [`FileLog`]'s files, on any thread
+/// (`Send + Clone`): for [`Output::Fetch`](coracle::Output::Fetch) and
+/// [`Output::SendSnapshot`](coracle::Output::SendSnapshot). Reads hold the log's positions
+/// for their duration, so a truncation or compaction waits for a read in progress and never
+/// cuts a file under it.
+#[derive(Clone, Debug)]
+pub struct LogReader {
+    dir: PathBuf,
+    positions: Arc<RwLock<Positions>>,
+    max_payload: usize,
+}
+
+impl LogReader {
+    /// The entries `from..=to` (a prefix: it stops once `max_bytes` of data are read,
+    /// after at least one entry, or at the first entry the log does not hold).
+    pub fn entries(
+        &self,
+        from: Index,
+        to: Index,
+        max_bytes: usize,
+    ) -> Result<Vec<OwnedEntry>, FileLogError> {
+        let positions = self.positions.read().map_err(|_| FileLogError::Failed)?;
+        self.entries_locked(&positions, from, to, max_bytes)
+    }
+
+    /// [`entries`](Self::entries) with the positions already held.
+    fn entries_locked(
+        &self,
+        positions: &Positions,
+        from: Index,
+        to: Index,
+        max_bytes: usize,
+    ) -> Result<Vec<OwnedEntry>, FileLogError> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let mut open: Option<(usize, File)> = None;
+        for index in from..=to.min(positions.last_index()) {
+            let Some(offset) = positions.offset(index) else {
+                break;
+            };
+            let seg = positions.segment_of(index);
+            let path = &positions.segments[seg].1;
+            if open.as_ref().is_none_or(|(s, _)| *s != seg) {
+                let file = File::open(path).map_err(io_err(path, "open segment for reading"))?;
+                open = Some((seg, file));
+            }
+            let Some((_, file)) = &open else { break };
+            let entry = read_record(file, path, offset, self.max_payload)?;
+            if entry.index != index {
+                return Err(FileLogError::corrupt(
+                    path,
+                    offset,
+                    format!("entry has index {} where {index} was expected", entry.index),
+                ));
+            }
+            bytes += entry.data.len();
+            out.push(entry);
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The kept snapshot, if it is the one at `index`, open for reading.
+    pub fn snapshot(&self, index: Index) -> Result<Option<SnapshotFile>, FileLogError> {
+        SnapshotFile::open(&self.dir, index)
+    }
+}
+
+/// Reads and checks the record of one entry at `offset` of a segment.
+fn read_record(
+    file: &File,
+    path: &Path,
+    offset: u64,
+    max_payload: usize,
+) -> Result<OwnedEntry, FileLogError> {
+    let mut head = [0u8; record::FRAME_HEADER];
+    file.read_exact_at(&mut head, offset)
+        .map_err(io_err(path, "read segment"))?;
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    if len > max_payload {
+        return Err(FileLogError::corrupt(
+            path,
+            offset,
+            "record length exceeds the limit",
+        ));
+    }
+    let mut frame = vec![0u8; record::FRAME_HEADER + len];
+    frame[..record::FRAME_HEADER].copy_from_slice(&head);
+    file.read_exact_at(
+        &mut frame[record::FRAME_HEADER..],
+        offset + record::FRAME_HEADER as u64,
+    )
+    .map_err(io_err(path, "read segment"))?;
+    let (payload, _) = record::read_frame(&frame, 0, max_payload)
+        .map_err(|reason| FileLogError::corrupt(path, offset, reason))?;
+    record::decode_entry(payload).map_err(|reason| FileLogError::corrupt(path, offset, reason))
+}
+
+/// The files of a [`FileLog`] and what performing operations on them needs. It moves to
+/// the thread that runs a [`FlushJob`] and back.
+struct Disk {
+    dir: PathBuf,
+    options: Options,
+    hard_state: HardState,
     /// In order; never empty; the last is the active one.
     segments: Vec<Segment>,
     /// Handle of the last segment.
     active: File,
     /// Records for the active segment, after `segments.last().len`, not yet written.
     pending: Vec<u8>,
-    /// The snapshot kept, bytes included (see "Snapshots" in the module docs).
+    positions: Arc<RwLock<Positions>>,
+    /// The kept snapshot (its bytes stay in the file).
     snapshot: Option<Snapshot>,
     /// A snapshot being received from a leader.
     incoming: Option<snapshot::Incoming>,
@@ -521,14 +762,20 @@ pub struct FileLog {
     /// Test only: the step of a snapshot install at which to stop, as a crash would.
     #[cfg(test)]
     crash_at: Option<&'static str>,
-    failed: bool,
-    last_error: Option<FileLogError>,
     stats: Stats,
-    recovery: RecoveryReport,
     /// Every entry up to this index is durable (what the next durability mark says).
     durable: Index,
-    /// The last index written by the [`PendingSync`] in flight.
-    in_flight: Option<Index>,
+}
+
+impl std::fmt::Debug for Disk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Disk")
+            .field("dir", &self.dir)
+            .field("segments", &self.segments.len())
+            .field("pending_bytes", &self.pending.len())
+            .field("snapshot", &self.snapshot)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Where the preallocated next segment is.
@@ -549,58 +796,6 @@ enum Spare {
     Failed,
 }
 
-/// A snapshot checked by [`FileLog::prepare_snapshot`], to be written to its temporary
-/// file by [`write`](SnapshotWrite::write) on any thread.
-#[derive(Debug)]
-pub struct SnapshotWrite {
-    meta: SnapshotMeta,
-    data: Vec<u8>,
-    path: PathBuf,
-}
-
-impl SnapshotWrite {
-    /// Writes and fsyncs the temporary file (the slow part of saving a snapshot).
-    pub fn write(self) -> Result<WrittenSnapshot, FileLogError> {
-        snapshot::write_file(&self.path, &self.meta, &self.data)?;
-        Ok(WrittenSnapshot(self))
-    }
-
-    /// The snapshot's metadata.
-    pub fn meta(&self) -> &SnapshotMeta {
-        &self.meta
-    }
-}
-
-/// A snapshot durable in its temporary file, for [`FileLog::adopt_snapshot`].
-#[derive(Debug)]
-pub struct WrittenSnapshot(SnapshotWrite);
-
-impl WrittenSnapshot {
-    /// The snapshot's metadata.
-    pub fn meta(&self) -> &SnapshotMeta {
-        &self.0.meta
-    }
-}
-
-/// Records written by [`FileLog::write_buffered`] and not yet durable: [`complete`]
-/// (`fdatasync` of their segment) may run on any thread.
-///
-/// [`complete`]: PendingSync::complete
-#[derive(Debug)]
-pub struct PendingSync {
-    file: File,
-    path: PathBuf,
-}
-
-impl PendingSync {
-    /// Makes the records durable (blocks for one `fdatasync`).
-    pub fn complete(self) -> Result<(), FileLogError> {
-        self.file
-            .sync_data()
-            .map_err(io_err(&self.path, "sync segment"))
-    }
-}
-
 impl FileLog {
     /// Opens (creating it if needed) the log in `dir` with the default [`Options`].
     pub fn open(dir: impl AsRef<Path>) -> Result<FileLog, FileLogError> {
@@ -608,9 +803,9 @@ impl FileLog {
     }
 
     /// Opens (creating it if needed) the log in `dir`: takes the directory lock, removes
-    /// leftover temporary files, reads the hard state, the snapshot and every segment,
-    /// cuts a torn tail, and compacts the log through the snapshot (less
-    /// [`Options::keep_behind_snapshot`] entries).
+    /// leftover temporary files, reads the hard state, checks the snapshot and reads where
+    /// every entry of every segment is (not their data), cuts a torn tail, and compacts the
+    /// log through the snapshot (less [`Options::keep_behind_snapshot`] entries).
     pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<FileLog, FileLogError> {
         options.check()?;
         let dir = dir.as_ref().to_path_buf();
@@ -644,10 +839,10 @@ impl FileLog {
         let point = snapshot.as_ref().map(|s| (s.meta.index, s.meta.term));
         let replayed =
             recovery::replay(&dir, options.max_entry_bytes + record::ENTRY_HEADER, point)?;
-        let newest_term = replayed
-            .entries
-            .last()
-            .map(|e| e.term)
+        let read = &replayed.positions;
+        let newest_term = read
+            .term(read.last_index())
+            .filter(|_| read.len() > 0)
             .into_iter()
             .chain(point.map(|(_, t)| t))
             .max()
@@ -671,20 +866,9 @@ impl FileLog {
         }
         // Entries once durable and now gone, unless the snapshot covers them or replaces
         // the log anyway.
-        let last_index =
-            replayed.segments.first().map_or(0, |s| s.base - 1) + replayed.entries.len() as u64;
         let first = replayed.segments.first().map_or(1, |s| s.base);
-        let log_term = |i: Index| {
-            if i + 1 == first {
-                replayed.segments.first().map(|s| s.prev_term)
-            } else {
-                usize::try_from(i.checked_sub(first)?)
-                    .ok()
-                    .and_then(|p| replayed.entries.get(p))
-                    .map(|e| e.term)
-            }
-        };
-        let replaced = point.is_some_and(|(i, t)| log_term(i) != Some(t) && i + 1 >= first);
+        let last_index = first - 1 + read.len() as u64;
+        let replaced = point.is_some_and(|(i, t)| read.term(i) != Some(t) && i + 1 >= first);
         if let (Some(last), false) = (replayed.segments.last(), replaced) {
             let covered = point.map_or(0, |(i, _)| i);
             if let Some(mark) = last.mark {
@@ -720,7 +904,7 @@ impl FileLog {
         report.tail_cut = replayed.tail;
         report.superseded = replayed.superseded;
         report.segments = replayed.segments.len();
-        report.entries = replayed.entries.len();
+        report.entries = replayed.positions.len();
         let hard_state = match hard_state {
             Some(hs) => hs,
             None => {
@@ -730,6 +914,7 @@ impl FileLog {
             }
         };
         let mut segments = replayed.segments;
+        let mut positions = replayed.positions;
         let active = match segments.last() {
             Some(last) => segment::open_for_write(last)?,
             None => {
@@ -737,10 +922,12 @@ impl FileLog {
                 let (seg, file) = segment::create(&dir, base, prev_term, None)?;
                 stats.fsyncs += 2;
                 stats.segments_created += 1;
+                positions = Positions::empty_after(base - 1, prev_term);
                 segments.push(seg);
                 file
             }
         };
+        positions.segments = segments.iter().map(|s| (s.base, s.path.clone())).collect();
         // What was read is durable from now on (a crash of the process may have left
         // written records unsynced): the next mark may say so.
         active
@@ -761,50 +948,58 @@ impl FileLog {
                 id
             }
         };
-        let (first, compacted_term) = (segments[0].base, segments[0].prev_term);
-        let mut log = FileLog {
-            dir,
-            options,
-            _lock: lock,
-            identity,
+        let positions = Arc::new(RwLock::new(positions));
+        let mut disk = Box::new(Disk {
+            dir: dir.clone(),
+            options: options.clone(),
             hard_state,
-            hard_state_dirty: false,
-            entries: replayed.entries,
-            offsets: replayed.offsets,
-            first,
-            compacted_term,
             segments,
             active,
             pending: Vec::new(),
+            positions: positions.clone(),
             snapshot,
             incoming: None,
             spare: Spare::None,
             #[cfg(test)]
             crash_at: None,
-            failed: false,
-            last_error: None,
             stats,
-            recovery: report,
             durable: 0,
-            in_flight: None,
-        };
+        });
         if let Some((index, term)) = point {
-            if log.term(index) == Some(term) {
-                let through = index.saturating_sub(log.options.keep_behind_snapshot);
-                if let Some(term) = log.term(through).filter(|_| through >= log.first) {
-                    log.forget_through(through, term);
-                    log.delete_compacted_segments()?;
+            let (held, first) = {
+                let p = disk.read_positions();
+                (p.term(index) == Some(term), p.first)
+            };
+            if held {
+                let through = index.saturating_sub(options.keep_behind_snapshot);
+                let through_term = disk.read_positions().term(through);
+                if let Some(term) = through_term.filter(|_| through >= first) {
+                    disk.write_positions().forget_through(through, term);
+                    disk.delete_compacted_segments()?;
                 }
-            } else if index + 1 >= log.first {
-                let entries = log.first..=log.last_index();
-                log.recovery.discarded =
-                    (!entries.is_empty()).then(|| (*entries.start(), *entries.end()));
-                log.discard_all(index, term)?;
-                log.recovery.discarded_by_snapshot = true;
+            } else if index + 1 >= first {
+                let last = disk.read_positions().last_index();
+                report.discarded = (last >= first).then_some((first, last));
+                disk.discard_all(index, term)?;
+                report.discarded_by_snapshot = true;
             }
         }
-        log.durable = log.last_index();
-        Ok(log)
+        let durable = disk.read_positions().last_index();
+        disk.durable = durable;
+        let summary = disk.summary();
+        Ok(FileLog {
+            dir,
+            options,
+            _lock: lock,
+            identity,
+            recovery: report,
+            queue: Queue::default(),
+            disk: Some(disk),
+            positions,
+            summary,
+            failed: false,
+            last_error: None,
+        })
     }
 
     /// This data directory's identity (its incarnation is what the node announces to its
@@ -826,18 +1021,22 @@ impl FileLog {
                 damage,
             })
         };
+        let (first, last, log_term) = {
+            let p = self.read_positions()?;
+            let last = p.last_index();
+            (p.first, last, p.term(last).unwrap_or(0))
+        };
         let covered = self.snapshot_point().map_or(0, |(i, _)| i);
-        if covered + 1 < self.first {
+        if covered + 1 < first {
             return damaged(Damage::Gap {
                 from: covered + 1,
-                to: self.first - 1,
+                to: first - 1,
             });
         }
-        let last = self.last_index();
-        let log_term = self.term(last).unwrap_or(0);
-        if last >= self.first && log_term > self.hard_state.current_term {
+        let hard_state = self.summary.hard_state;
+        if last >= first && log_term > hard_state.current_term {
             return damaged(Damage::StaleHardState {
-                term: self.hard_state.current_term,
+                term: hard_state.current_term,
                 log_term,
                 index: last,
             });
@@ -845,45 +1044,321 @@ impl FileLog {
         Ok(())
     }
 
-    /// Makes every write so far durable: the hard state (if it changed) by atomic
-    /// replacement, then the buffered records with one write and one `fdatasync`. Call it
-    /// on [`Output::Sync`](coracle::Output::Sync), then
-    /// [`Node::synced`](coracle::Node::synced).
-    ///
-    /// After a failure the log takes no more writes (the kernel may have dropped the pages
-    /// a failed fsync could not write, so retrying would lie); reopen it. The detailed
-    /// error is also kept in [`last_error`](Self::last_error).
-    pub fn sync(&mut self) -> io::Result<()> {
-        let written = self.write_buffered()?;
-        self.sync_completed(written.map_or(Ok(()), PendingSync::complete))
+    /// A memory log for the node, filled from what the store holds (at a start, before
+    /// any batch): the hard state, the kept snapshot's metadata, the compaction point, the
+    /// terms of every entry, every membership entry, and the data of the newest entries
+    /// up to `budget` bytes (at least the last one); the others are read back when the
+    /// node asks ([`Output::Fetch`](coracle::Output::Fetch), [`LogReader::entries`]).
+    pub fn recover(&self, budget: usize) -> Result<CachedLog, FileLogError> {
+        let disk = self.disk.as_deref().ok_or(FileLogError::Failed)?;
+        let mut log = CachedLog::new(budget);
+        log.set_hard_state(disk.hard_state);
+        if let Some(s) = &disk.snapshot {
+            log.set_snapshot_meta(s.meta);
+        }
+        let reader = self.reader();
+        let p = self.read_positions()?;
+        if p.first > 1 {
+            log.reset(p.first - 1, p.compacted_term);
+        }
+        let last = p.last_index();
+        // The newest entries whose records fit in the budget (at least the last one).
+        let mut with_data = last + 1;
+        let mut bytes = 0u64;
+        while with_data > p.first {
+            let len = disk.record_len(&p, with_data - 1);
+            if with_data <= last && bytes + len > budget as u64 {
+                break;
+            }
+            bytes += len;
+            with_data -= 1;
+        }
+        let refused = |e: coracle::StorageError| {
+            FileLogError::BadSnapshot(format!("the memory log refused an entry: {e}"))
+        };
+        for index in p.first..with_data {
+            let term = p.term(index).unwrap_or(0);
+            if p.is_config(index) {
+                let e = reader.entries_locked(&p, index, index, 0)?;
+                let e = e.first().ok_or(FileLogError::Failed)?;
+                log.append(&e.as_entry()).map_err(refused)?;
+            } else {
+                log.append_without_data(index, term, EntryKind::Command)
+                    .map_err(refused)?;
+            }
+        }
+        let mut next = with_data;
+        while next <= last {
+            let read = reader.entries_locked(&p, next, last, snapshot::PIECE * 4)?;
+            if read.is_empty() {
+                return Err(FileLogError::Failed);
+            }
+            for e in &read {
+                log.append(&e.as_entry()).map_err(refused)?;
+            }
+            next += read.len() as u64;
+        }
+        Ok(log)
     }
 
-    /// The first half of [`sync`](Self::sync), so the `fdatasync` can run on another
-    /// thread while this one goes on: makes the hard state durable (if it changed; rare),
-    /// writes the buffered records with one write, and returns the [`PendingSync`] that
-    /// makes them durable. `None`: nothing was buffered, and every record written before
-    /// is durable once the last `PendingSync` completed.
-    ///
-    /// Only what was written before a `PendingSync` is durable when it completes; report
-    /// its result with [`sync_completed`](Self::sync_completed) before calling
-    /// [`Node::synced`](coracle::Node::synced). Run one at a time: a write during an
-    /// `fdatasync` is not covered by it, and is written by the next call.
-    pub fn write_buffered(&mut self) -> io::Result<Option<PendingSync>> {
+    /// Queues the operations of `batch` (memory only: no I/O), in the contract's order:
+    /// hard state, snapshot chunk, kept snapshot, reset, truncation, entries, compaction.
+    /// A flush ([`begin_flush`](Self::begin_flush) or [`flush`](Self::flush)) performs them;
+    /// once it is done, every batch queued before it is durable.
+    pub fn persist(&mut self, batch: &Persist<'_>) {
+        let q = &mut self.queue;
+        if let Some(hs) = batch.hard_state {
+            q.hard_state = Some(hs);
+        }
+        if let Some(c) = batch.snapshot_chunk {
+            q.ops.push(Op::Chunk {
+                meta: *c.meta,
+                offset: c.offset,
+                data: c.data.to_vec(),
+            });
+        }
+        match batch.snapshot {
+            Some(SnapshotWrite::Installed(meta)) => q.ops.push(Op::Installed(*meta)),
+            Some(SnapshotWrite::Taken(meta)) => q.ops.push(Op::Taken(*meta)),
+            None => {}
+        }
+        if let Some((index, term)) = batch.reset {
+            q.ops.push(Op::Reset(index, term));
+        }
+        if let Some(from) = batch.truncate_from {
+            q.ops.push(Op::Truncate(from));
+        }
+        let mut expected: Option<Index> = None;
+        for entry in batch.entries.iter() {
+            if let Some(e) = expected.filter(|&e| e != entry.index) {
+                self.fail(FileLogError::OutOfOrder {
+                    index: entry.index,
+                    last: e - 1,
+                });
+                return;
+            }
+            expected = Some(entry.index + 1);
+            if entry.data.len() > self.options.max_entry_bytes {
+                self.fail(FileLogError::EntryTooLarge {
+                    len: entry.data.len(),
+                    max: self.options.max_entry_bytes,
+                });
+                return;
+            }
+            let start = q.records.len();
+            if q.ops.is_empty() || !matches!(q.ops.last(), Some(Op::Append { .. })) {
+                // The first entry of a run says where it goes: entries written again after
+                // a truncation in the same batch cut the log there.
+                q.ops.push(Op::Truncate(entry.index));
+            }
+            record::push_entry(&mut q.records, &entry);
+            q.ops.push(Op::Append {
+                index: entry.index,
+                term: entry.term,
+                kind: entry.kind,
+                range: start..q.records.len(),
+            });
+        }
+        if let Some(through) = batch.compact_through {
+            q.ops.push(Op::Compact(through));
+        }
+    }
+
+    /// Takes every operation queued so far as one job for the thread that makes them
+    /// durable (`None` if nothing is queued, or a job is out already: the operations
+    /// queued meanwhile wait for the next one). Hand its result to
+    /// [`end_flush`](Self::end_flush); run one job at a time.
+    pub fn begin_flush(&mut self) -> io::Result<Option<FlushJob>> {
         if self.failed {
             return Err(FileLogError::Failed.into());
         }
-        let written = self.write_inner();
-        self.poison_on_error(written)
+        if self.queue.is_empty() || self.disk.is_none() {
+            return Ok(None);
+        }
+        let Some(disk) = self.disk.take() else {
+            return Ok(None);
+        };
+        Ok(Some(FlushJob {
+            disk,
+            queue: std::mem::take(&mut self.queue),
+        }))
     }
 
-    /// Takes the result of a [`PendingSync`]: a failure poisons the log, as a failed
-    /// [`sync`](Self::sync) does.
-    pub fn sync_completed(&mut self, result: Result<(), FileLogError>) -> io::Result<()> {
-        self.poison_on_error(result)?;
-        if let Some(index) = self.in_flight.take() {
-            self.durable = self.durable.max(index);
+    /// Takes back what a [`FlushJob`] did: on success every batch queued before its
+    /// [`begin_flush`](Self::begin_flush) is durable (call
+    /// [`Node::persisted`](coracle::Node::persisted) with the newest token of them). A
+    /// failure poisons the log: it takes no more writes (the kernel may have dropped the
+    /// pages a failed fsync could not write, so retrying would lie); call
+    /// [`Node::persist_failed`](coracle::Node::persist_failed) and reopen it. The detailed
+    /// error is also kept in [`last_error`](Self::last_error).
+    pub fn end_flush(&mut self, done: FlushDone) -> io::Result<()> {
+        self.summary = done.disk.summary();
+        self.disk = Some(done.disk);
+        self.poison_on_error(done.result)
+    }
+
+    /// Performs everything queued, on this thread, and makes it durable (a job begun and
+    /// ended at once: tests and simple hosts).
+    pub fn flush(&mut self) -> io::Result<()> {
+        match self.begin_flush()? {
+            Some(job) => self.end_flush(job.run()),
+            None => Ok(()),
+        }
+    }
+
+    /// True while a [`FlushJob`] is out.
+    pub fn is_flushing(&self) -> bool {
+        self.disk.is_none()
+    }
+
+    /// True if operations wait for a flush.
+    pub fn has_queued(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// Reads entries and snapshot chunks back, on any thread.
+    pub fn reader(&self) -> LogReader {
+        LogReader {
+            dir: self.dir.clone(),
+            positions: self.positions.clone(),
+            max_payload: self.options.max_entry_bytes + record::ENTRY_HEADER,
+        }
+    }
+
+    /// Starts writing the host's own snapshot of its state machine at applied `meta.index`
+    /// (`meta`: the term there and the configuration in force there, what
+    /// [`Node::snapshot_taken`](coracle::Node::snapshot_taken) will answer) into a file of
+    /// its own, on any thread; [`finish_snapshot`](Self::finish_snapshot) seals it. The
+    /// [`SnapshotWrite::Taken`] of the next batch makes it the kept snapshot.
+    pub fn snapshot_writer(&self, meta: &SnapshotMeta) -> Result<SnapshotWriter, FileLogError> {
+        if self.failed {
+            return Err(FileLogError::Failed);
+        }
+        SnapshotWriter::create(&self.dir, meta)
+    }
+
+    /// Seals a snapshot written with a [`SnapshotWriter`] (size, checksum, fsync; on any
+    /// thread): then call [`Node::snapshot_taken`](coracle::Node::snapshot_taken) with
+    /// its index. Dropping a writer before this removes its file.
+    pub fn finish_snapshot(writer: SnapshotWriter) -> Result<(), FileLogError> {
+        writer.finish().map(|_| ())
+    }
+
+    /// Removes a sealed snapshot that will not be kept (the node refused it as stale).
+    pub fn discard_snapshot(&self, index: Index) {
+        let _ = fs::remove_file(self.dir.join(snapshot::saving(index)));
+    }
+
+    /// Room for an entry of `kind` with `len` bytes of data under the quota
+    /// ([`Options::max_log_bytes`]), counting what is queued: a host checks it before it
+    /// proposes a command (the leader's log sets the pace of every log). The last
+    /// sixteenth of the quota is kept for no-op and membership entries.
+    pub fn check_room(&self, kind: EntryKind, len: usize) -> Result<(), FileLogError> {
+        let Some(limit) = self.options.max_log_bytes else {
+            return Ok(());
+        };
+        // A new segment's header too if the records queued fill the active one.
+        let queued = self.queue.records.len() as u64;
+        let rolls = self.summary.active_bytes + queued >= self.options.segment_bytes;
+        let needed = self.disk_bytes()
+            + record::entry_record_len(len) as u64
+            + if rolls { segment::HEADER as u64 } else { 0 };
+        let reserved = match kind {
+            EntryKind::Command => Options::reserved(limit),
+            EntryKind::Noop | EntryKind::Membership => 0,
+        };
+        if needed > limit - reserved {
+            return Err(FileLogError::QuotaExceeded {
+                dir: self.dir.clone(),
+                limit,
+                reserved,
+                needed,
+            });
         }
         Ok(())
+    }
+
+    /// Reads the kept snapshot back, a piece at a time, checking its checksum: its
+    /// metadata and size, if there is one.
+    pub fn load_snapshot(&self) -> Result<Option<Snapshot>, FileLogError> {
+        snapshot::read(&self.dir)
+    }
+
+    /// The kept snapshot (metadata and size; the bytes stay in the file: read them with
+    /// [`LogReader::snapshot`]), as of the last flush.
+    pub fn snapshot(&self) -> Option<Snapshot> {
+        self.summary.snapshot
+    }
+
+    /// Index and term of the kept snapshot, if any.
+    pub fn snapshot_point(&self) -> Option<(Index, Term)> {
+        self.summary.snapshot.map(|s| (s.meta.index, s.meta.term))
+    }
+
+    /// The hard state, as of the last flush.
+    pub fn hard_state(&self) -> HardState {
+        self.summary.hard_state
+    }
+
+    /// Index of the first entry kept, as of the last flush (or the one running).
+    pub fn first_index(&self) -> Index {
+        self.read_positions().map_or(1, |p| p.first)
+    }
+
+    /// Index of the last entry, as of the last flush (or the one running).
+    pub fn last_index(&self) -> Index {
+        self.read_positions().map_or(0, |p| p.last_index())
+    }
+
+    /// Term of `index` (`first_index() - 1..=last_index()`).
+    pub fn term(&self, index: Index) -> Option<Term> {
+        self.read_positions().ok()?.term(index)
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The detailed cause of the last error.
+    pub fn last_error(&self) -> Option<&FileLogError> {
+        self.last_error.as_ref()
+    }
+
+    /// True once a write failed: the log takes no more writes until reopened.
+    pub fn is_failed(&self) -> bool {
+        self.failed
+    }
+
+    /// I/O counters since open (as of the last flush).
+    pub fn stats(&self) -> Stats {
+        self.summary.stats
+    }
+
+    /// What open found and repaired.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// Bytes of records queued and not yet flushed.
+    pub fn pending_bytes(&self) -> usize {
+        self.queue.records.len()
+    }
+
+    /// Bytes of all segments (as of the last flush), queued records included.
+    pub fn disk_bytes(&self) -> u64 {
+        self.summary.disk_bytes + self.queue.records.len() as u64
+    }
+
+    /// The segment files, oldest first.
+    pub fn segment_paths(&self) -> Vec<PathBuf> {
+        self.read_positions()
+            .map(|p| p.segments.iter().map(|(_, path)| path.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn read_positions(&self) -> Result<std::sync::RwLockReadGuard<'_, Positions>, FileLogError> {
+        self.positions.read().map_err(|_| FileLogError::Failed)
     }
 
     fn poison_on_error<T>(&mut self, result: Result<T, FileLogError>) -> io::Result<T> {
@@ -894,44 +1369,324 @@ impl FileLog {
         })
     }
 
-    fn write_inner(&mut self) -> Result<Option<PendingSync>, FileLogError> {
-        if !self.hard_state_dirty && self.pending.is_empty() {
-            return Ok(None);
+    fn fail(&mut self, e: FileLogError) {
+        self.failed = true;
+        self.last_error = Some(e);
+    }
+
+    /// Test only: the disk, when no job is out.
+    #[cfg(test)]
+    fn disk_mut(&mut self) -> &mut Disk {
+        self.disk.as_deref_mut().expect("no flush job is out")
+    }
+
+    /// Test only: the disk, when no job is out.
+    #[cfg(test)]
+    fn disk_ref(&self) -> &Disk {
+        self.disk.as_deref().expect("no flush job is out")
+    }
+
+    /// Test only: the last index once the queued operations are performed.
+    #[cfg(test)]
+    fn queued_last_index(&self) -> Index {
+        let mut last = self.last_index();
+        for op in &self.queue.ops {
+            match op {
+                Op::Reset(index, _) => last = *index,
+                Op::Truncate(from) => last = last.min(from - 1),
+                Op::Append { .. } => last += 1,
+                _ => {}
+            }
         }
+        last
+    }
+
+    /// Stops snapshot installs at `step` as a crash would (tests of crash safety).
+    #[cfg(test)]
+    pub(crate) fn crash_at(&mut self, step: Option<&'static str>) {
+        self.disk_mut().crash_at = step;
+    }
+
+    /// Test only: waits until the spare being prepared is ready (or failed).
+    #[cfg(test)]
+    pub(crate) fn wait_for_spare(&mut self) -> bool {
+        self.disk_mut().wait_for_spare()
+    }
+}
+
+impl Disk {
+    fn read_positions(&self) -> std::sync::RwLockReadGuard<'_, Positions> {
+        self.positions.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_positions(&self) -> std::sync::RwLockWriteGuard<'_, Positions> {
+        self.positions.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn summary(&self) -> Summary {
+        Summary {
+            stats: self.stats,
+            disk_bytes: self.segments.iter().map(|s| s.len).sum::<u64>()
+                + self.pending.len() as u64,
+            active_bytes: self.segments.last().map_or(0, |s| s.len),
+            snapshot: self.snapshot,
+            hard_state: self.hard_state,
+        }
+    }
+
+    /// Bytes of the record of `index` (its segment and the next record tell).
+    fn record_len(&self, p: &Positions, index: Index) -> u64 {
+        let Some(offset) = p.offset(index) else {
+            return 0;
+        };
+        let seg = p.segment_of(index);
+        let end = match p.offset(index + 1) {
+            Some(next) if p.segment_of(index + 1) == seg => next,
+            _ => self.segments.get(seg).map_or(offset, |s| s.len),
+        };
+        end.saturating_sub(offset)
+    }
+
+    /// Performs a job's operations in order (see "Order" in the module docs).
+    fn perform(&mut self, queue: Queue) -> Result<(), FileLogError> {
+        let Queue {
+            hard_state,
+            ops,
+            records,
+        } = queue;
         self.stats.syncs += 1;
-        if self.hard_state_dirty {
-            hard_state::write(&self.dir, self.hard_state)?;
-            self.stats.fsyncs += 2;
-            self.hard_state_dirty = false;
+        if let Some(hs) = hard_state {
+            if hs != self.hard_state {
+                hard_state::write(&self.dir, hs)?;
+                self.stats.fsyncs += 2;
+                self.hard_state = hs;
+            }
         }
+        let mut compact: Option<Index> = None;
+        for op in ops {
+            match op {
+                Op::Chunk { meta, offset, data } => self.receive_chunk(&meta, offset, &data)?,
+                Op::Installed(meta) => self.install_incoming(&meta)?,
+                Op::Taken(meta) => self.adopt_taken(&meta)?,
+                Op::Reset(index, term) => {
+                    self.discard_all(index, term)?;
+                    compact = None;
+                }
+                Op::Truncate(from) => self.truncate(from)?,
+                Op::Append {
+                    index,
+                    term,
+                    kind,
+                    range,
+                } => {
+                    let rec = records.get(range).ok_or(FileLogError::Failed)?;
+                    self.append(index, term, kind, rec)?;
+                }
+                Op::Compact(through) => compact = Some(compact.map_or(through, |c| c.max(through))),
+            }
+        }
+        self.write_pending()?;
+        if let Some(through) = compact {
+            self.compact(through);
+        }
+        Ok(())
+    }
+
+    /// Writes the pending records with one write and makes them durable with one
+    /// `fdatasync` (with the durability mark of what the previous one made durable).
+    fn write_pending(&mut self) -> Result<(), FileLogError> {
         if self.pending.is_empty() {
-            return Ok(None);
+            return Ok(());
         }
+        let last = self.read_positions().last_index();
         let seg = self.segments.last_mut().ok_or(FileLogError::Failed)?;
-        // What the previous sync made durable, in this one's fdatasync (see "Durability
+        // What the previous flush made durable, in this one's fdatasync (see "Durability
         // marks" in `segment`): never more than is durable, whatever a crash keeps.
         if seg.mark.is_some_and(|m| m.durable < self.durable) {
             segment::write_mark(&self.active, seg, self.durable, false)?;
         }
         let path = &seg.path;
-        let file = self
-            .active
-            .try_clone()
-            .map_err(io_err(path, "duplicate the segment handle"))?;
         self.active
             .seek(SeekFrom::Start(seg.len))
             .map_err(io_err(path, "seek in segment"))?;
         self.active
             .write_all(&self.pending)
             .map_err(io_err(path, "write segment"))?;
-        self.stats.fsyncs += 1;
         self.stats.bytes_written += self.pending.len() as u64;
         seg.len += self.pending.len() as u64;
-        let path = path.clone();
         self.pending.clear();
-        self.in_flight = Some(self.last_index());
+        // A burst's buffer is not kept for good: memory follows the configuration.
+        self.pending.shrink_to(PENDING_KEPT);
+        self.active
+            .sync_data()
+            .map_err(io_err(path, "sync segment"))?;
+        self.stats.fsyncs += 1;
+        self.durable = last;
         self.maybe_prepare_spare();
-        Ok(Some(PendingSync { file, path }))
+        Ok(())
+    }
+
+    /// Appends the record `rec` of the next entry (rolling over to a new segment first if
+    /// the active one is full).
+    fn append(
+        &mut self,
+        index: Index,
+        term: Term,
+        kind: EntryKind,
+        rec: &[u8],
+    ) -> Result<(), FileLogError> {
+        let last = self.read_positions().last_index();
+        if index != last + 1 {
+            // A batch that does not follow the log (a bug of the host): written, it would
+            // be read back as damage.
+            return Err(FileLogError::OutOfOrder { index, last });
+        }
+        let active = self.segments.last();
+        let preallocated = active.is_some_and(|s| s.preallocated);
+        let active_len = active.map_or(0, |s| s.len) + self.pending.len() as u64;
+        let holds_records = active.is_some_and(|s| active_len > s.records_start());
+        // A segment that is not preallocated ends as soon as a spare is ready.
+        let roll = holds_records
+            && (active_len >= self.options.segment_bytes
+                || (!preallocated
+                    && active_len >= self.options.spare_after(false)
+                    && self.spare_ready()));
+        if roll {
+            self.roll_over(index)?;
+        }
+        let offset = self.segments.last().map_or(0, |s| s.len) + self.pending.len() as u64;
+        self.pending.extend_from_slice(rec);
+        self.write_positions().push(term, kind, offset);
+        Ok(())
+    }
+
+    /// Cuts `from..` off. Entries only pending are dropped from the buffer; entries
+    /// already written are cut durably (see "Truncation and crashes" in the module docs).
+    fn truncate(&mut self, from: Index) -> Result<(), FileLogError> {
+        let (offset, seg) = {
+            let p = self.read_positions();
+            match p.offset(from) {
+                Some(offset) => (offset, p.segment_of(from)),
+                None => return Ok(()),
+            }
+        };
+        let written = self.segments[seg].len;
+        if seg + 1 == self.segments.len() && offset >= written {
+            self.pending.truncate((offset - written) as usize);
+            self.write_positions().truncate(from);
+            return Ok(());
+        }
+        self.cut_durable(seg, offset, from)
+    }
+
+    /// Forgets `first..=through` and deletes the segments that hold only those entries. A
+    /// deletion that fails is counted and tried again by the next compaction.
+    fn compact(&mut self, through: Index) {
+        let term = {
+            let p = self.read_positions();
+            if through < p.first {
+                return;
+            }
+            match p.term(through) {
+                Some(t) => t,
+                None => return,
+            }
+        };
+        self.write_positions().forget_through(through, term);
+        if self.delete_compacted_segments().is_err() {
+            self.stats.compactions_failed += 1;
+        }
+    }
+
+    /// Writes the bytes of a chunk of the snapshot being received into its temporary file
+    /// (not fsynced: it is not part of the durable state until installed). Offset 0, or
+    /// another snapshot, starts a new one.
+    fn receive_chunk(
+        &mut self,
+        meta: &SnapshotMeta,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), FileLogError> {
+        let same = self.incoming.as_ref().is_some_and(|i| &i.meta == meta);
+        if offset == 0 || !same {
+            self.incoming = None;
+            self.incoming = Some(snapshot::Incoming::start(&self.dir, meta)?);
+        }
+        match &mut self.incoming {
+            Some(i) => i.write_at(offset, data),
+            None => Err(FileLogError::Failed),
+        }
+    }
+
+    /// Test only: stops at `step` as a crash would (the test then drops the log unsynced
+    /// and reopens it). A no-op otherwise.
+    #[allow(clippy::unused_self)]
+    fn crash_point(&self, step: &'static str) -> Result<(), FileLogError> {
+        #[cfg(test)]
+        if self.crash_at == Some(step) {
+            return Err(FileLogError::BadSnapshot(format!(
+                "simulated crash at {step}"
+            )));
+        }
+        let _ = step;
+        Ok(())
+    }
+
+    /// Makes the snapshot received in full the kept one (see "Snapshots" in the module
+    /// docs for the order of the steps and why a crash between any two leaves the old or
+    /// the new state). The log itself changes with the batch's reset or compaction.
+    fn install_incoming(&mut self, meta: &SnapshotMeta) -> Result<(), FileLogError> {
+        let mut incoming = match self.incoming.take() {
+            Some(i) if &i.meta == meta => i,
+            _ => {
+                return Err(FileLogError::BadSnapshot(format!(
+                    "snapshot at index {} is installed but was not received",
+                    meta.index
+                )));
+            }
+        };
+        // 1. The temporary file becomes a complete snapshot file, fsynced.
+        let size = incoming.seal()?;
+        self.stats.fsyncs += 1;
+        self.crash_point("sealed")?;
+        // 2. It replaces the old snapshot in one rename, made durable by a directory fsync.
+        let path = self.dir.join(snapshot::FILE);
+        fs::rename(&incoming.path, &path).map_err(io_err(&path, "rename snapshot into place"))?;
+        self.crash_point("renamed")?;
+        dir::sync_dir(&self.dir)?;
+        self.stats.fsyncs += 1;
+        self.crash_point("dir-synced")?;
+        self.snapshot = Some(Snapshot { meta: *meta, size });
+        Ok(())
+    }
+
+    /// Makes the host's own snapshot at `meta.index` (sealed in its file by
+    /// [`FileLog::finish_snapshot`]) the kept one: renames it over the old one and fsyncs
+    /// the directory. If its header does not say `meta` (the host guessed the term or the
+    /// configuration wrong), it is rewritten with `meta` first, a piece at a time.
+    fn adopt_taken(&mut self, meta: &SnapshotMeta) -> Result<(), FileLogError> {
+        let path = self.dir.join(snapshot::saving(meta.index));
+        let file = File::open(&path).map_err(io_err(&path, "open the snapshot taken"))?;
+        let header = snapshot::read_header(&file, &path)?;
+        if header.meta != *meta {
+            let fixed_name = format!("{}.fixed{}", snapshot::FILE, dir::TMP_SUFFIX);
+            let mut w = snapshot::Writer::create_named(&self.dir, &fixed_name, meta)?;
+            let mut data = SnapshotFile::from_parts(file, path.clone(), header);
+            io::copy(&mut data, &mut w).map_err(io_err(&path, "copy the snapshot taken"))?;
+            let fixed = w.finish()?;
+            fs::rename(&fixed, &path).map_err(io_err(&path, "rename into place"))?;
+        } else {
+            drop(file);
+        }
+        fs::rename(&path, self.dir.join(snapshot::FILE))
+            .map_err(io_err(&path, "rename into place"))?;
+        dir::sync_dir(&self.dir)?;
+        self.stats.fsyncs += 2;
+        self.snapshot = Some(Snapshot {
+            meta: *meta,
+            size: header.size,
+        });
+        Ok(())
     }
 
     /// Starts preparing the next segment once the active one holds enough to want it.
@@ -982,6 +1737,18 @@ impl FileLog {
         matches!(self.spare, Spare::Ready(_))
     }
 
+    /// Test only: waits until the spare being prepared is ready (or failed).
+    #[cfg(test)]
+    fn wait_for_spare(&mut self) -> bool {
+        if let Spare::Preparing { done, .. } = &self.spare {
+            self.spare = match done.recv() {
+                Ok(Ok(Some(spare))) => Spare::Ready(spare),
+                _ => Spare::Failed,
+            };
+        }
+        matches!(self.spare, Spare::Ready(_))
+    }
+
     /// Creates the segment starting at `base` (from the spare if one is ready) and makes
     /// it the active one.
     fn new_segment(&mut self, base: Index, prev_term: Term) -> Result<(), FileLogError> {
@@ -1000,273 +1767,30 @@ impl FileLog {
         let created = segment::create(&self.dir, base, prev_term, spare)?;
         self.stats.fsyncs += 2;
         self.stats.segments_created += 1;
+        self.write_positions()
+            .segments
+            .push((created.0.base, created.0.path.clone()));
         self.segments.push(created.0);
         self.active = created.1;
         Ok(())
     }
 
-    /// Test only: waits until the spare being prepared is ready (or failed).
-    #[cfg(test)]
-    pub(crate) fn wait_for_spare(&mut self) -> bool {
-        if let Spare::Preparing { done, .. } = &self.spare {
-            self.spare = match done.recv() {
-                Ok(Ok(Some(spare))) => Spare::Ready(spare),
-                _ => Spare::Failed,
-            };
-        }
-        matches!(self.spare, Spare::Ready(_))
-    }
-
-    /// Saves `data`, the state machine through `meta.index`, as the snapshot described by
-    /// `meta` (built with [`Node::snapshot_meta_at`](coracle::Node::snapshot_meta_at)),
-    /// durably and atomically, replacing the previous one; the bytes are kept in memory to
-    /// be sent to followers. If the log does not hold the snapshot's last entry, the log is
-    /// discarded and restarts at `meta.index + 1` (§7); otherwise the log is left as it is
-    /// and the host compacts when it likes ([`Node::compact`](coracle::Node::compact)).
-    pub fn save_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        data: Vec<u8>,
-    ) -> Result<(), FileLogError> {
-        let written = self.prepare_snapshot(meta, data)?.write()?;
-        self.adopt_snapshot(written)
-    }
-
-    /// [`save_snapshot`](Self::save_snapshot) in three steps, so the slow one (writing and
-    /// fsyncing the file) can run on another thread while the log goes on: this checks the
-    /// snapshot; [`SnapshotWrite::write`] writes it to a temporary file; and
-    /// [`adopt_snapshot`](Self::adopt_snapshot) renames that into place.
-    pub fn prepare_snapshot(
-        &self,
-        meta: &SnapshotMeta,
-        data: Vec<u8>,
-    ) -> Result<SnapshotWrite, FileLogError> {
-        if self.failed {
-            return Err(FileLogError::Failed);
-        }
-        if meta.size != data.len() as u64 {
-            return Err(FileLogError::BadSnapshot(format!(
-                "{} bytes given for a snapshot of {} bytes",
-                data.len(),
-                meta.size
-            )));
-        }
-        self.check_not_stale(meta)?;
-        Ok(SnapshotWrite {
-            meta: *meta,
-            data,
-            path: self.dir.join(snapshot::SAVING),
-        })
-    }
-
-    /// Makes a snapshot written by [`SnapshotWrite::write`] the one kept: renames its file
-    /// over the old one and fsyncs the directory; then, as
-    /// [`save_snapshot`](Self::save_snapshot) does, discards the log if it does not hold
-    /// the snapshot's last entry. A snapshot older than the one kept now (a leader's was
-    /// installed meanwhile) is dropped with [`FileLogError::StaleSnapshot`].
-    pub fn adopt_snapshot(&mut self, written: WrittenSnapshot) -> Result<(), FileLogError> {
-        let WrittenSnapshot(SnapshotWrite { meta, data, path }) = written;
-        if self.failed {
-            return Err(FileLogError::Failed);
-        }
-        if let Err(e) = self.check_not_stale(&meta) {
-            let _ = std::fs::remove_file(&path);
-            return Err(e);
-        }
-        std::fs::rename(&path, self.dir.join(snapshot::FILE))
-            .map_err(io_err(&path, "rename into place"))?;
-        dir::sync_dir(&self.dir)?;
-        self.stats.fsyncs += 2;
-        self.snapshot = Some(Snapshot { meta, data });
-        if self.term(meta.index) != Some(meta.term) && meta.index + 1 >= self.first {
-            self.discard_all(meta.index, meta.term)?;
-        }
-        Ok(())
-    }
-
-    fn check_not_stale(&self, meta: &SnapshotMeta) -> Result<(), FileLogError> {
-        match &self.snapshot {
-            Some(saved) if meta.index < saved.meta.index => Err(FileLogError::StaleSnapshot {
-                index: meta.index,
-                saved: saved.meta.index,
-            }),
-            _ => Ok(()),
-        }
-    }
-
-    /// Reads the saved snapshot back from its file (checking its checksum), if there is one.
-    pub fn load_snapshot(&self) -> Result<Option<Snapshot>, FileLogError> {
-        snapshot::read(&self.dir)
-    }
-
-    /// The snapshot kept (its metadata and bytes), if any: what the host restores its state
-    /// machine from on [`Output::RestoreSnapshot`](coracle::Output::RestoreSnapshot).
-    pub fn snapshot(&self) -> Option<&Snapshot> {
-        self.snapshot.as_ref()
-    }
-
-    /// Index and term of the saved snapshot, if any.
-    pub fn snapshot_point(&self) -> Option<(Index, Term)> {
-        self.snapshot.as_ref().map(|s| (s.meta.index, s.meta.term))
-    }
-
-    /// The data directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// The detailed cause of the last error answered through [`LogStorage`] (which can
-    /// only say [`StorageError::Unavailable`] or `Full`) or [`sync`](Self::sync).
-    pub fn last_error(&self) -> Option<&FileLogError> {
-        self.last_error.as_ref()
-    }
-
-    /// True once a write failed: the log takes no more writes until reopened.
-    pub fn is_failed(&self) -> bool {
-        self.failed
-    }
-
-    /// I/O counters since open.
-    pub fn stats(&self) -> Stats {
-        self.stats
-    }
-
-    /// What open found and repaired.
-    pub fn recovery(&self) -> &RecoveryReport {
-        &self.recovery
-    }
-
-    /// Bytes buffered and not yet written (made durable by the next [`sync`](Self::sync)).
-    pub fn pending_bytes(&self) -> usize {
-        self.pending.len()
-    }
-
-    /// Bytes of all segments, buffered records included.
-    pub fn disk_bytes(&self) -> u64 {
-        self.segments.iter().map(|s| s.len).sum::<u64>() + self.pending.len() as u64
-    }
-
-    /// The segment files, oldest first.
-    pub fn segment_paths(&self) -> impl Iterator<Item = &Path> {
-        self.segments.iter().map(|s| s.path.as_path())
-    }
-
-    // ----- internals ----------------------------------------------------------------------
-
-    /// Test only: stops at `step` as a crash would (the test then drops the log unsynced
-    /// and reopens it). A no-op otherwise.
-    #[allow(clippy::unused_self)]
-    fn crash_point(&self, step: &'static str) -> Result<(), FileLogError> {
-        #[cfg(test)]
-        if self.crash_at == Some(step) {
-            return Err(FileLogError::BadSnapshot(format!(
-                "simulated crash at {step}"
-            )));
-        }
-        let _ = step;
-        Ok(())
-    }
-
-    /// Stops snapshot installs at `step` as a crash would (tests of crash safety).
-    #[cfg(test)]
-    pub(crate) fn crash_at(&mut self, step: Option<&'static str>) {
-        self.crash_at = step;
-    }
-
-    /// Installs the snapshot received in full (see "Snapshots" in the module docs for the
-    /// order of the steps and why a crash between any two leaves the old or the new state).
-    fn install_incoming(&mut self, meta: &SnapshotMeta) -> Result<(), FileLogError> {
-        let mut incoming = match self.incoming.take() {
-            Some(i) if &i.meta == meta && i.received == meta.size => i,
-            other => {
-                self.incoming = other;
-                return Err(FileLogError::BadSnapshot(format!(
-                    "snapshot at index {} is not received in full",
-                    meta.index
-                )));
-            }
-        };
-        if let Some(saved) = &self.snapshot {
-            if meta.index < saved.meta.index {
-                return Err(FileLogError::StaleSnapshot {
-                    index: meta.index,
-                    saved: saved.meta.index,
-                });
-            }
-        }
-        // 1. The temporary file becomes a complete snapshot file, fsynced.
-        let data = incoming.seal()?;
-        self.stats.fsyncs += 1;
-        self.crash_point("sealed")?;
-        // 2. It replaces the old snapshot in one rename, made durable by a directory fsync.
-        let path = self.dir.join(snapshot::FILE);
-        fs::rename(&incoming.path, &path).map_err(io_err(&path, "rename snapshot into place"))?;
-        self.crash_point("renamed")?;
-        dir::sync_dir(&self.dir)?;
-        self.stats.fsyncs += 1;
-        self.crash_point("dir-synced")?;
-        self.snapshot = Some(Snapshot { meta: *meta, data });
-        // 3. The log restarts after it: compacted if it holds the snapshot's last entry,
-        //    otherwise discarded (what open does too, so a crash here is repaired there).
-        if self.term(meta.index) == Some(meta.term) {
-            if meta.index >= self.first {
-                self.forget_through(meta.index, meta.term);
-                self.delete_compacted_segments()?;
-            }
-        } else if meta.index + 1 >= self.first {
-            self.discard_all(meta.index, meta.term)?;
-        }
-        Ok(())
-    }
-
-    fn fail(&mut self, e: FileLogError) {
-        self.failed = true;
-        self.last_error = Some(e);
-    }
-
-    /// Records `e` and answers the trait: a failed write poisons the log.
-    fn unavailable(&mut self, e: FileLogError) -> StorageError {
-        self.fail(e);
-        StorageError::Unavailable
-    }
-
-    fn position(&self, index: Index) -> Option<usize> {
-        let pos = usize::try_from(index.checked_sub(self.first)?).ok()?;
-        (pos < self.entries.len()).then_some(pos)
-    }
-
-    /// Which segment holds the record of entry `index` (kept in memory).
-    fn segment_of(&self, index: Index) -> usize {
-        self.segments
-            .partition_point(|s| s.base <= index)
-            .saturating_sub(1)
-    }
-
-    /// Starts a new segment for entry `base`: syncs everything first, so only the last
-    /// segment can ever have a torn tail. The `fdatasync` is unconditional: records
-    /// written by [`write_buffered`](Self::write_buffered) may still wait for theirs on
-    /// another thread.
+    /// Starts a new segment for entry `base`: makes everything pending durable first, so
+    /// only the last segment can ever have a torn tail.
     fn roll_over(&mut self, base: Index) -> Result<(), FileLogError> {
-        let written = self.write_inner()?;
+        // Every record written is durable once written (a job writes and syncs at once).
+        self.write_pending()?;
         let seg = self.segments.last_mut().ok_or(FileLogError::Failed)?;
         if seg.preallocated {
             // Only the last segment may end in zeros (see `recovery`).
             self.active
                 .set_len(seg.len)
+                .and_then(|()| self.active.sync_data())
                 .map_err(io_err(&seg.path, "trim the preallocated tail of a segment"))?;
+            self.stats.fsyncs += 1;
             seg.preallocated = false;
         }
-        match written {
-            Some(pending) => pending.complete()?,
-            None => {
-                self.active
-                    .sync_data()
-                    .map_err(io_err(&seg.path, "sync segment"))?;
-                self.stats.fsyncs += 1;
-            }
-        }
         self.durable = base - 1;
-        self.in_flight = None;
         // Sealed once its records are durable and before the next segment exists: a last
         // segment that is sealed tells that the ones after it were lost.
         if seg.mark.is_some() {
@@ -1276,7 +1800,7 @@ impl FileLog {
                 .map_err(io_err(&seg.path, "sync the sealed segment"))?;
             self.stats.fsyncs += 1;
         }
-        let prev_term = self.term(base - 1).unwrap_or(0);
+        let prev_term = self.read_positions().term(base - 1).unwrap_or(0);
         self.new_segment(base, prev_term)
     }
 
@@ -1288,7 +1812,6 @@ impl FileLog {
         // and none is sealed, durably: then no step of the cut looks like lost entries.
         let keep = from - 1;
         self.durable = self.durable.min(keep);
-        self.in_flight = self.in_flight.map(|i| i.min(keep));
         for s in &mut self.segments[seg..] {
             if let Some(m) = s.mark.filter(|m| m.sealed || m.durable > keep) {
                 let file = segment::open_for_write(s)?;
@@ -1297,6 +1820,12 @@ impl FileLog {
                     .map_err(io_err(&s.path, "sync the lowered durability mark"))?;
                 self.stats.fsyncs += 1;
             }
+        }
+        // Readers see the cut before any file changes.
+        {
+            let mut p = self.write_positions();
+            p.truncate(from);
+            p.segments.truncate(seg + 1);
         }
         let mut removed = false;
         while self.segments.len() > seg + 1 {
@@ -1323,50 +1852,43 @@ impl FileLog {
         Ok(())
     }
 
-    /// Forgets entries `first..=through` in memory (`term` is the term of `through`).
-    fn forget_through(&mut self, through: Index, term: Term) {
-        let n = usize::try_from(through + 1 - self.first)
-            .unwrap_or(usize::MAX)
-            .min(self.entries.len());
-        self.entries.drain(..n);
-        self.offsets.drain(..n);
-        self.first = through + 1;
-        self.compacted_term = term;
-    }
-
     /// Deletes the segments whose entries are all compacted, oldest first, or keeps one as
     /// the spare (see "Preallocation" in the module docs). The active segment always stays.
     fn delete_compacted_segments(&mut self) -> Result<(), FileLogError> {
+        let first = self.read_positions().first;
         let mut removed = 0;
-        while self.segments.len() - removed >= 2 && self.segments[removed + 1].base <= self.first {
-            if self.recycle(removed) {
-                removed += 1;
-                continue;
-            }
-            if let Err(e) = fs::remove_file(&self.segments[removed].path) {
-                let err = io_err(&self.segments[removed].path, "remove compacted segment")(e);
-                self.segments.drain(..removed);
-                self.stats.segments_deleted += removed as u64;
-                return Err(err);
-            }
+        while self.segments.len() - removed >= 2 && self.segments[removed + 1].base <= first {
             removed += 1;
         }
-        self.segments.drain(..removed);
-        if removed > 0 {
-            self.stats.segments_deleted += removed as u64;
-            dir::sync_dir(&self.dir)?;
-            self.stats.fsyncs += 1;
+        if removed == 0 {
+            return Ok(());
         }
-        Ok(())
+        // Readers stop seeing them before any goes.
+        self.write_positions().segments.drain(..removed);
+        let gone: Vec<Segment> = self.segments.drain(..removed).collect();
+        // A file that cannot be removed stays behind the log: the next open reads it and
+        // compacts it away again (the snapshot covers it).
+        let mut result = Ok(());
+        for s in &gone {
+            if self.recycle(s) {
+                continue;
+            }
+            if let Err(e) = fs::remove_file(&s.path) {
+                result = Err(io_err(&s.path, "remove compacted segment")(e));
+            }
+        }
+        self.stats.segments_deleted += removed as u64;
+        dir::sync_dir(&self.dir)?;
+        self.stats.fsyncs += 1;
+        result
     }
 
-    /// Makes compacted segment `i` the spare, if a spare is wanted and the segment is large
+    /// Makes compacted segment `s` the spare, if a spare is wanted and the segment is large
     /// enough to be worth it: it replaces no spare, a failed one, or one still being
     /// written (stopped). Only compaction recycles: the entries it drops are below every
     /// index the log can hold again, which recovery relies on; truncated or discarded
     /// segments are deleted. False if the segment is still to be deleted.
-    fn recycle(&mut self, i: usize) -> bool {
-        let s = &self.segments[i];
+    fn recycle(&mut self, s: &Segment) -> bool {
         if !self.options.preallocate
             || s.len < self.options.segment_bytes / 2
             || matches!(self.spare, Spare::Ready(_))
@@ -1405,34 +1927,21 @@ impl FileLog {
     /// Discards the whole log, which restarts after the snapshot at `index`/`term` (§7).
     /// Segments go newest first; a crash in the middle leaves a prefix, which the next open
     /// discards again because the snapshot is durable already.
-    fn discard_all(&mut self, index: Index, term: Term) -> Result<(), FileLogError> {
-        let result = self.discard_all_inner(index, term);
-        if let Err(e) = &result {
-            // The files are in an unknown state: no more writes.
-            self.failed = true;
-            self.last_error = Some(FileLogError::Io {
-                path: self.dir.clone(),
-                op: "discard the log for a snapshot",
-                source: io::Error::new(e.kind(), e.to_string()),
-            });
-        }
-        result
-    }
-
+    ///
     /// The order keeps a segment on disk at every step (a directory without one is
     /// damage): the segments after the new start go, newest first (a crash leaves a prefix
     /// of the old log, which the durable snapshot replaces again on open); the new, empty
     /// segment is created (replacing one of the same name); the older ones go (a crash
     /// leaves them before the new one, which starts right after the snapshot: recovery
     /// removes them as superseded).
-    fn discard_all_inner(&mut self, index: Index, term: Term) -> Result<(), FileLogError> {
+    fn discard_all(&mut self, index: Index, term: Term) -> Result<(), FileLogError> {
         self.pending.clear();
-        self.entries.clear();
-        self.offsets.clear();
-        self.first = index + 1;
-        self.compacted_term = term;
+        {
+            let mut p = self.write_positions();
+            p.reset(index, term);
+            p.segments.clear();
+        }
         self.durable = index;
-        self.in_flight = None;
         let base = index + 1;
         while self.segments.last().is_some_and(|s| s.base > base) {
             if let Some(s) = self.segments.pop() {
@@ -1467,7 +1976,7 @@ impl FileLog {
     }
 }
 
-impl Drop for FileLog {
+impl Drop for Disk {
     /// Stops a spare being prepared and removes an unused one (open would remove it too).
     fn drop(&mut self) {
         self.drop_spare();
@@ -1478,221 +1987,13 @@ impl std::fmt::Debug for FileLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FileLog")
             .field("dir", &self.dir)
-            .field("first_index", &self.first)
+            .field("first_index", &self.first_index())
             .field("last_index", &self.last_index())
-            .field("hard_state", &self.hard_state)
-            .field("segments", &self.segments.len())
-            .field("pending_bytes", &self.pending.len())
+            .field("hard_state", &self.summary.hard_state)
+            .field("queued_ops", &self.queue.ops.len())
             .field("snapshot", &self.snapshot_point())
-            .field(
-                "incoming",
-                &self.incoming.as_ref().map(|i| (i.meta.index, i.received)),
-            )
+            .field("flushing", &self.is_flushing())
             .field("failed", &self.failed)
             .finish_non_exhaustive()
-    }
-}
-
-impl LogStorage for FileLog {
-    fn hard_state(&self) -> HardState {
-        self.hard_state
-    }
-
-    /// Buffers the hard state; [`FileLog::sync`] makes it durable.
-    fn set_hard_state(&mut self, hard_state: HardState) -> Result<(), StorageError> {
-        if self.failed {
-            return Err(StorageError::Unavailable);
-        }
-        if hard_state != self.hard_state {
-            self.hard_state = hard_state;
-            self.hard_state_dirty = true;
-        }
-        Ok(())
-    }
-
-    fn first_index(&self) -> Index {
-        self.first
-    }
-
-    fn last_index(&self) -> Index {
-        self.first + self.entries.len() as u64 - 1
-    }
-
-    fn term(&self, index: Index) -> Option<Term> {
-        if index + 1 == self.first {
-            return Some(self.compacted_term);
-        }
-        self.position(index).map(|p| self.entries[p].term)
-    }
-
-    fn entry(&self, index: Index) -> Option<Entry<'_>> {
-        self.position(index).map(|p| self.entries[p].as_entry())
-    }
-
-    /// Buffers the entry; [`FileLog::sync`] makes it durable. Starting a new segment syncs.
-    fn append(&mut self, entry: &Entry<'_>) -> Result<(), StorageError> {
-        if self.failed {
-            return Err(StorageError::Unavailable);
-        }
-        if entry.index != self.last_index() + 1 {
-            return Err(StorageError::OutOfRange);
-        }
-        if entry.data.len() > self.options.max_entry_bytes {
-            self.last_error = Some(FileLogError::EntryTooLarge {
-                len: entry.data.len(),
-                max: self.options.max_entry_bytes,
-            });
-            return Err(StorageError::EntryTooLarge);
-        }
-        let record_len = record::entry_record_len(entry.data.len()) as u64;
-        let active = self.segments.last();
-        let preallocated = active.is_some_and(|s| s.preallocated);
-        let active_len = active.map_or(0, |s| s.len) + self.pending.len() as u64;
-        let holds_records = active.is_some_and(|s| active_len > s.records_start());
-        // A segment that is not preallocated ends as soon as a spare is ready.
-        let roll = holds_records
-            && (active_len >= self.options.segment_bytes
-                || (!preallocated
-                    && active_len >= self.options.spare_after(false)
-                    && self.spare_ready()));
-        if let Some(limit) = self.options.max_log_bytes {
-            let needed =
-                self.disk_bytes() + record_len + if roll { segment::HEADER as u64 } else { 0 };
-            let reserved = match entry.kind {
-                EntryKind::Command => Options::reserved(limit),
-                EntryKind::Noop | EntryKind::Membership => 0,
-            };
-            if needed > limit - reserved {
-                self.last_error = Some(FileLogError::QuotaExceeded {
-                    dir: self.dir.clone(),
-                    limit,
-                    reserved,
-                    needed,
-                });
-                return Err(StorageError::Full);
-            }
-        }
-        if roll {
-            if let Err(e) = self.roll_over(entry.index) {
-                return Err(self.unavailable(e));
-            }
-        }
-        let offset = self.segments.last().map_or(0, |s| s.len) + self.pending.len() as u64;
-        record::push_entry(&mut self.pending, entry);
-        self.entries.push(OwnedEntry::from(*entry));
-        self.offsets.push(offset);
-        Ok(())
-    }
-
-    /// Cuts `from..` off. Entries only buffered are dropped from the buffer; entries
-    /// already on disk are cut durably before this returns (one fsync; see the module docs).
-    fn truncate_suffix(&mut self, from: Index) -> Result<(), StorageError> {
-        if from < self.first {
-            return Err(StorageError::Compacted);
-        }
-        let Some(pos) = self.position(from) else {
-            return Ok(());
-        };
-        if self.failed {
-            return Err(StorageError::Unavailable);
-        }
-        let offset = self.offsets[pos];
-        let seg = self.segment_of(from);
-        let written = self.segments[seg].len;
-        if seg + 1 == self.segments.len() && offset >= written {
-            self.pending.truncate((offset - written) as usize);
-        } else if let Err(e) = self.cut_durable(seg, offset, from) {
-            return Err(self.unavailable(e));
-        }
-        self.entries.truncate(pos);
-        self.offsets.truncate(pos);
-        Ok(())
-    }
-
-    /// Forgets `first_index()..=through` and deletes the segments that hold only those
-    /// entries. If deleting fails the entries are forgotten all the same, the error is in
-    /// [`FileLog::last_error`], `Unavailable` is returned, and the next compaction retries.
-    fn compact(&mut self, through: Index) -> Result<(), StorageError> {
-        if through < self.first {
-            return Ok(());
-        }
-        let term = self.term(through).ok_or(StorageError::OutOfRange)?;
-        self.forget_through(through, term);
-        if let Err(e) = self.delete_compacted_segments() {
-            self.last_error = Some(e);
-            return Err(StorageError::Unavailable);
-        }
-        Ok(())
-    }
-
-    fn snapshot_meta(&self) -> Option<SnapshotMeta> {
-        self.snapshot.as_ref().map(|s| s.meta)
-    }
-
-    /// Borrowed from the copy of the snapshot kept in memory: no disk read.
-    fn snapshot_chunk(&self, offset: u64, max: usize) -> Result<&[u8], StorageError> {
-        let data = &self
-            .snapshot
-            .as_ref()
-            .ok_or(StorageError::Unavailable)?
-            .data;
-        Ok(coracle::snapshot_chunk_of(data, offset, max))
-    }
-
-    /// Writes the chunk into the temporary file of the snapshot being received (not
-    /// fsynced: it is not part of the durable state until installed). Offset 0 starts a new
-    /// one; another offset must be at most what was received of the same snapshot.
-    fn receive_snapshot_chunk(
-        &mut self,
-        meta: &SnapshotMeta,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<(), StorageError> {
-        if self.failed {
-            return Err(StorageError::Unavailable);
-        }
-        let fits = offset
-            .checked_add(data.len() as u64)
-            .is_some_and(|end| end <= meta.size);
-        if !fits {
-            return Err(StorageError::OutOfRange);
-        }
-        if offset == 0 {
-            self.incoming = None;
-            match snapshot::Incoming::start(&self.dir, meta) {
-                Ok(i) => self.incoming = Some(i),
-                Err(e) => {
-                    self.last_error = Some(e);
-                    return Err(StorageError::Unavailable);
-                }
-            }
-        }
-        let result = match &mut self.incoming {
-            Some(i) if &i.meta == meta && offset <= i.received => i.write_at(offset, data),
-            _ => return Err(StorageError::OutOfRange),
-        };
-        result.map_err(|e| {
-            self.incoming = None;
-            self.last_error = Some(e);
-            StorageError::Unavailable
-        })
-    }
-
-    /// Makes the snapshot received the kept one, durably and atomically (fsync of the file,
-    /// rename over the old snapshot, fsync of the directory) before it returns, then
-    /// restarts the log after it: entries after `meta.index` stay if the log holds
-    /// `meta.index` with `meta.term`, otherwise every entry goes.
-    fn install_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), StorageError> {
-        if self.failed {
-            return Err(StorageError::Unavailable);
-        }
-        match self.install_incoming(meta) {
-            Ok(()) => Ok(()),
-            Err(e @ (FileLogError::BadSnapshot(_) | FileLogError::StaleSnapshot { .. })) => {
-                self.last_error = Some(e);
-                Err(StorageError::OutOfRange)
-            }
-            Err(e) => Err(self.unavailable(e)),
-        }
     }
 }

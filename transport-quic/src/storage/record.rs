@@ -111,8 +111,16 @@ pub(crate) fn index_of(payload: &[u8]) -> Option<u64> {
     }
 }
 
-/// Decodes the payload of a valid frame into an entry.
-pub(crate) fn decode_entry(payload: &[u8]) -> Result<OwnedEntry, &'static str> {
+/// Index, term and kind of an entry record (its data stays where it is).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Head {
+    pub index: u64,
+    pub term: u64,
+    pub kind: EntryKind,
+}
+
+/// Decodes the head of the payload of a valid frame (what recovery needs of an entry).
+pub(crate) fn decode_head(payload: &[u8]) -> Result<Head, &'static str> {
     if payload.len() < ENTRY_HEADER {
         return Err("record too short for an entry");
     }
@@ -125,10 +133,20 @@ pub(crate) fn decode_entry(payload: &[u8]) -> Result<OwnedEntry, &'static str> {
         2 => EntryKind::Membership,
         _ => return Err("unknown entry kind"),
     };
-    Ok(OwnedEntry {
+    Ok(Head {
         index: le_u64(&payload[1..9]),
         term: le_u64(&payload[9..17]),
         kind,
+    })
+}
+
+/// Decodes the payload of a valid frame into an entry.
+pub(crate) fn decode_entry(payload: &[u8]) -> Result<OwnedEntry, &'static str> {
+    let head = decode_head(payload)?;
+    Ok(OwnedEntry {
+        index: head.index,
+        term: head.term,
+        kind: head.kind,
         data: payload[ENTRY_HEADER..].to_vec(),
     })
 }

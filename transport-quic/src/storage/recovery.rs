@@ -2,7 +2,7 @@
 //! damage anywhere else.
 //!
 //! Only the end of the last segment can legitimately be damaged: records reach the file only
-//! in [`FileLog::sync`](super::FileLog::sync) (or a roll-over, which syncs the old segment
+//! in a flush ([`FlushJob::run`](super::FlushJob::run); or a roll-over, which syncs the old segment
 //! before it creates the next one), so a crash can tear only the last write of the last
 //! segment. Recovery therefore decides as follows, for the first record that fails its
 //! checks (incomplete, bad header checksum, implausible length, bad payload checksum):
@@ -43,9 +43,10 @@
 //! `discard_all`). They are removed and reported, not taken for damage.
 
 use super::error::{io_err, FileLogError};
+use super::positions::Positions;
 use super::record;
 use super::segment::{self, Segment};
-use coracle::{Index, OwnedEntry, Term};
+use coracle::{Index, Term};
 use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -124,10 +125,9 @@ impl fmt::Display for Superseded {
 pub(crate) struct Replayed {
     /// The segments, in order; their entries follow each other.
     pub segments: Vec<Segment>,
-    /// Every entry of every segment, from `segments[0].base`.
-    pub entries: Vec<OwnedEntry>,
-    /// Offset of each entry's record in its segment.
-    pub offsets: Vec<u64>,
+    /// Where every entry of every segment is, from `segments[0].base` (no data: a log
+    /// larger than memory is replayed in the memory of one segment).
+    pub positions: Positions,
     /// A torn tail of the last segment, not cut yet ([`cut`]).
     pub tail: Option<TailCut>,
     /// Segments a snapshot supersedes, not removed yet.
@@ -139,7 +139,7 @@ impl Replayed {
     fn next_index(&self) -> Index {
         self.segments
             .first()
-            .map_or(1, |s| s.base + self.entries.len() as u64)
+            .map_or(1, |s| s.base + self.positions.len() as u64)
     }
 }
 
@@ -191,18 +191,17 @@ pub(crate) fn replay(
         }
         if let Some(prev) = out.segments.last() {
             let next = out.next_index();
-            let last_term = out.entries.last().map_or(prev.prev_term, |e| e.term);
+            let last_term = out.positions.term(next - 1).unwrap_or(prev.prev_term);
             if (*base != next || prev_term != last_term)
                 && snapshot.is_some_and(|(si, st)| si + 1 == *base && st == prev_term)
             {
                 out.superseded = Some(Superseded {
                     files: out.segments.iter().map(|s| s.path.clone()).collect(),
-                    entries: (!out.entries.is_empty()).then(|| (out.segments[0].base, next - 1)),
+                    entries: (out.positions.len() > 0).then(|| (out.segments[0].base, next - 1)),
                     snapshot: base - 1,
                 });
                 out.segments.clear();
-                out.entries.clear();
-                out.offsets.clear();
+                out.positions = Positions::default();
             } else if *base > next {
                 return Err(FileLogError::corrupt(
                     path,
@@ -239,6 +238,9 @@ pub(crate) fn replay(
                 ));
             }
         }
+        if out.segments.is_empty() {
+            out.positions = Positions::empty_after(base - 1, prev_term);
+        }
         let start = header.records_start;
         let mut at = start;
         let mut next_index = *base;
@@ -273,7 +275,7 @@ pub(crate) fn replay(
                     }
                 }
                 Ok((payload, next)) => {
-                    let entry = record::decode_entry(payload).map_err(|reason| {
+                    let entry = record::decode_head(payload).map_err(|reason| {
                         FileLogError::corrupt(
                             path,
                             at as u64,
@@ -290,8 +292,7 @@ pub(crate) fn replay(
                             ),
                         ));
                     }
-                    out.entries.push(entry);
-                    out.offsets.push(at as u64);
+                    out.positions.push(entry.term, entry.kind, at as u64);
                     next_index += 1;
                     at = next;
                 }
@@ -459,7 +460,7 @@ pub(crate) fn describe_leftover(path: &Path) -> String {
             None => "an incomplete hard state a crash interrupted before it was durable; no vote or message depended on it, no entry is dropped".into(),
         };
     }
-    if stem == super::snapshot::SAVING.trim_end_matches(super::dir::TMP_SUFFIX) {
+    if stem.starts_with(super::snapshot::SAVING_PREFIX) {
         return match snapshot_index() {
             Some(i) => format!("a snapshot at index {i} being saved, never the kept one; the log still holds its entries, no entry is dropped"),
             None => "a snapshot being saved, never the kept one; no entry is dropped".into(),

@@ -36,7 +36,7 @@
 //!
 //! The mark is written in the two slots in turn (the one of the new `seq`, `seq % 2`), so
 //! a torn write of one leaves the other, and the valid slot of the higher `seq` is the
-//! mark. Each [`sync`](super::FileLog::sync) writes the index the *previous* sync made
+//! mark. Each flush ([`FlushJob::run`](super::FlushJob::run)) writes the index the *previous* one made
 //! durable, in the same `fdatasync` as its records: whatever a crash keeps of that write,
 //! the mark never claims more than is durable. A roll-over seals the old segment (after
 //! its records are durable, before the next segment exists); a truncation lowers and
