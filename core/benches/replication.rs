@@ -234,7 +234,7 @@ fn snapshot_install(c: &mut Criterion) {
                             busy = true;
                             match output {
                                 Output::Persist(batch) => {
-                                    store.persist(&batch);
+                                    store.persist(&batch.batch());
                                     let token = batch.token;
                                     node.persisted(token)
                                 }

@@ -12,6 +12,7 @@
 use crate::message::Entries;
 use crate::storage::{LogStorage, SnapshotMeta};
 use crate::types::{HardState, Index, Term};
+use core::fmt;
 
 /// The token of a [`Persist`] batch: every batch up to it must be durable when the host
 /// hands it back to [`Node::persisted`](crate::Node::persisted).
@@ -67,9 +68,13 @@ pub struct SnapshotChunkWrite<'a> {
 ///
 /// A crash may lose any suffix of the writes the host did not report durable; it must not
 /// reorder them (a later write durable without an earlier one).
-#[derive(Debug)]
+///
+/// The node hands a batch out as a [`Persist`] (a small view: outputs are returned by
+/// value, and most are small); [`Persist::batch`] gives this. A test of a durable store
+/// builds one by hand.
+#[derive(Clone, Copy, Debug)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct Persist<'a> {
+pub struct Batch<'a> {
     /// Hand it back to [`Node::persisted`](crate::Node::persisted) once durable.
     pub token: SyncToken,
     /// The new term and vote.
@@ -86,6 +91,65 @@ pub struct Persist<'a> {
     pub entries: Entries<'a>,
     /// Entries through this index may be dropped (covered by the kept snapshot).
     pub compact_through: Option<Index>,
+}
+
+/// A batch of writes for the durable store, as [`Output::Persist`](crate::Output::Persist)
+/// hands it out: its [`token`](Persist::token) and a view of the node its
+/// [`Batch`] reads from.
+#[derive(Clone, Copy)]
+pub struct Persist<'a> {
+    /// Hand it back to [`Node::persisted`](crate::Node::persisted) once durable.
+    pub token: SyncToken,
+    durability: &'a Durability,
+    log: &'a dyn LogStorage,
+}
+
+impl<'a> Persist<'a> {
+    /// The writes to perform.
+    pub fn batch(&self) -> Batch<'a> {
+        let d = self.durability;
+        let b = &d.handed;
+        let from = match (b.append_from, b.truncate_from) {
+            (Some(a), Some(t)) => Some(a.min(t)),
+            (a, _) => a,
+        };
+        let last = self.log.last_index();
+        Batch {
+            token: self.token,
+            hard_state: b.hard_state.then(|| self.log.hard_state()),
+            snapshot_chunk: b.chunk.map(|offset| SnapshotChunkWrite {
+                meta: &d.chunk_meta,
+                offset,
+                data: self.log.staged_snapshot_chunk(),
+            }),
+            snapshot: b.snapshot.map(|kind| match kind {
+                Kept::Installed => SnapshotWrite::Installed(&d.kept),
+                Kept::Taken => SnapshotWrite::Taken(&d.kept),
+            }),
+            reset: b.reset,
+            truncate_from: b.truncate_from,
+            entries: match from {
+                Some(from) if from <= last => {
+                    Entries::from_log(self.log, from, (last + 1 - from) as usize)
+                }
+                _ => Entries::EMPTY,
+            },
+            compact_through: b.compact_through,
+        }
+    }
+}
+
+impl fmt::Debug for Persist<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.batch().fmt(f)
+    }
+}
+
+#[cfg(feature = "defmt")]
+impl defmt::Format for Persist<'_> {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        self.batch().format(f)
+    }
 }
 
 /// A message that may leave only once the writes up to `after` are durable.
@@ -132,6 +196,8 @@ pub(crate) struct Durability {
     /// Latest sequence number the host reported durable.
     pub synced: u64,
     open: OpenBatch,
+    /// The batch handed out last: what a [`Persist`] reads.
+    handed: OpenBatch,
     /// The snapshot of the chunk in the open (or last handed) batch.
     chunk_meta: SnapshotMeta,
     /// The kept snapshot the open (or last handed) batch records.
@@ -151,6 +217,7 @@ impl Durability {
             emitted: 0,
             synced: 0,
             open: OpenBatch::default(),
+            handed: OpenBatch::default(),
             chunk_meta: SnapshotMeta::EMPTY,
             kept: SnapshotMeta::EMPTY,
             durable_index,
@@ -237,7 +304,7 @@ impl Durability {
         if self.failed || !self.open.dirty {
             return None;
         }
-        let open = core::mem::take(&mut self.open);
+        self.handed = core::mem::take(&mut self.open);
         self.emitted += 1;
         let last = log.last_index();
         if self.pending.is_full() {
@@ -245,30 +312,10 @@ impl Durability {
             self.pending.pop_back();
         }
         let _ = self.pending.push_back((self.emitted, last));
-        let from = match (open.append_from, open.truncate_from) {
-            (Some(a), Some(t)) => Some(a.min(t)),
-            (a, _) => a,
-        };
-        let entries = match from {
-            Some(from) if from <= last => Entries::from_log(log, from, (last + 1 - from) as usize),
-            _ => Entries::EMPTY,
-        };
         Some(Persist {
             token: SyncToken(self.emitted),
-            hard_state: open.hard_state.then(|| log.hard_state()),
-            snapshot_chunk: open.chunk.map(|offset| SnapshotChunkWrite {
-                meta: &self.chunk_meta,
-                offset,
-                data: log.staged_snapshot_chunk(),
-            }),
-            snapshot: open.snapshot.map(|kind| match kind {
-                Kept::Installed => SnapshotWrite::Installed(&self.kept),
-                Kept::Taken => SnapshotWrite::Taken(&self.kept),
-            }),
-            reset: open.reset,
-            truncate_from: open.truncate_from,
-            entries,
-            compact_through: open.compact_through,
+            durability: self,
+            log,
         })
     }
 
@@ -334,9 +381,10 @@ mod tests {
         );
         assert!(!d.released(2));
         let b = d.take_batch(&log).unwrap();
-        assert_eq!(b.truncate_from, Some(4));
+        assert_eq!(b.batch().truncate_from, Some(4));
         assert_eq!(
-            b.entries
+            b.batch()
+                .entries
                 .iter()
                 .map(|e| (e.index, e.term))
                 .collect::<heapless::Vec<_, 8>>(),
@@ -363,8 +411,13 @@ mod tests {
         d.note_truncation(4);
         append(&mut log, &mut d, 4, 2);
         let b = d.take_batch(&log).unwrap();
-        assert_eq!(b.truncate_from, Some(4));
-        let written: heapless::Vec<_, 8> = b.entries.iter().map(|e| (e.index, e.term)).collect();
+        assert_eq!(b.batch().truncate_from, Some(4));
+        let written: heapless::Vec<_, 8> = b
+            .batch()
+            .entries
+            .iter()
+            .map(|e| (e.index, e.term))
+            .collect();
         assert_eq!(written, [(1, 1), (2, 1), (3, 1), (4, 2)]);
     }
 

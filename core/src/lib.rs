@@ -102,7 +102,7 @@ mod types;
 pub mod wire;
 
 pub use config::{Config, ConfigError};
-pub use durability::{Persist, SnapshotChunkWrite, SnapshotWrite, SyncToken};
+pub use durability::{Batch, Persist, SnapshotChunkWrite, SnapshotWrite, SyncToken};
 pub use membership::{Member, MembershipChange, MembershipError};
 #[cfg(feature = "alloc")]
 pub use message::OwnedMessage;

@@ -10,7 +10,7 @@
 //! (what a role change shows, how the board stops), opens its journal and
 //! mark store, and hands an [`App`] to `coracle_udp::embassy::run_node`.
 
-use coracle::{LogStorage, NodeId, Output, Persist, Role, SyncToken};
+use coracle::{Batch, LogStorage, NodeId, Output, Persist, Role, SyncToken};
 use coracle_udp::event_loop::Control;
 use coracle_udp::node::{Application, Completion, UdpNode};
 use defmt::{error, info, warn};
@@ -147,7 +147,7 @@ impl<F: JournalFlash, M: NorFlash, H: BoardHooks, const COUNTERS: usize, const S
 impl<F: JournalFlash, M: NorFlash, H: BoardHooks, const COUNTERS: usize, const SNAP: usize>
     Application for App<F, M, H, COUNTERS, SNAP>
 {
-    fn persist(&mut self, batch: &Persist<'_>) -> Completion {
+    fn persist(&mut self, batch: &Batch<'_>) -> Completion {
         match self.journal.persist(batch) {
             Ok(Persisted::Durable) => Completion::Now,
             Ok(Persisted::AfterRewrite) => {

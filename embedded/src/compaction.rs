@@ -93,7 +93,7 @@ mod tests {
             while let Some(out) = node.poll_output() {
                 match out {
                     Output::Persist(batch) => {
-                        assert_eq!(journal.persist(&batch), Ok(Persisted::Durable));
+                        assert_eq!(journal.persist(&batch.batch()), Ok(Persisted::Durable));
                         durable = Some(batch.token);
                     }
                     Output::Apply(e) => table.apply(&e).unwrap(),

@@ -74,14 +74,14 @@
 //! [`StorageError::Full`]: compact (snapshot) more often.
 //!
 //! ```
-//! use coracle::{ArrayLog, Entries, Entry, EntryKind, HardState, LogStorage, Persist, SyncToken};
+//! use coracle::{ArrayLog, Entries, Entry, EntryKind, HardState, LogStorage, Batch, Persist, SyncToken};
 //! use coracle_embedded::journal::{FlashJournal, Persisted, RamFlash};
 //!
 //! let mut log: ArrayLog<16, 8> = ArrayLog::new();
 //! let mut journal: FlashJournal<RamFlash<4096>> =
 //!     FlashJournal::open(RamFlash::new(), &mut log).unwrap();
 //! let entries = [Entry { index: 1, term: 3, kind: EntryKind::Command, data: b"x" }];
-//! let batch = Persist {
+//! let batch = Batch {
 //!     token: SyncToken(1),
 //!     hard_state: Some(HardState { current_term: 3, voted_for: Some(2) }),
 //!     snapshot_chunk: None,
@@ -103,7 +103,7 @@
 use core::fmt;
 
 use coracle::{
-    Entry, EntryKind, HardState, Index, LogStorage, Persist, SnapshotMeta, SnapshotWrite,
+    Batch, Entry, EntryKind, HardState, Index, LogStorage, SnapshotMeta, SnapshotWrite,
     StorageError, Term,
 };
 use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
@@ -676,7 +676,7 @@ impl<F: JournalFlash, const SNAP: usize> FlashJournal<F, SNAP> {
     /// [`StorageError::OutOfRange`] for an install or a taken snapshot the
     /// journal has no bytes of; [`StorageError::Unavailable`] if the flash
     /// failed. The node must then stop acknowledging (`persist_failed`).
-    pub fn persist(&mut self, batch: &Persist<'_>) -> Result<Persisted, StorageError> {
+    pub fn persist(&mut self, batch: &Batch<'_>) -> Result<Persisted, StorageError> {
         if self.broken {
             return Err(StorageError::Unavailable);
         }
@@ -742,7 +742,7 @@ impl<F: JournalFlash, const SNAP: usize> FlashJournal<F, SNAP> {
     }
 
     /// Bytes the records of `batch` take.
-    fn batch_len(&self, batch: &Persist<'_>) -> Result<usize, StorageError> {
+    fn batch_len(&self, batch: &Batch<'_>) -> Result<usize, StorageError> {
         let mut len = 0;
         if batch.hard_state.is_some() {
             len += record_len(17);
@@ -1362,8 +1362,8 @@ mod tests {
         }
     }
 
-    fn batch<'a>(entries: &'a [Entry<'a>]) -> Persist<'a> {
-        Persist {
+    fn batch<'a>(entries: &'a [Entry<'a>]) -> Batch<'a> {
+        Batch {
             token: SyncToken(0),
             hard_state: None,
             snapshot_chunk: None,
@@ -1441,7 +1441,7 @@ mod tests {
     }
 
     /// Performs `b` on both the journal and the model.
-    fn both(journal: &mut Journal, store: &mut MemStore, b: &Persist<'_>) -> Persisted {
+    fn both(journal: &mut Journal, store: &mut MemStore, b: &Batch<'_>) -> Persisted {
         store.persist(b);
         journal.persist(b).unwrap()
     }
@@ -1460,7 +1460,7 @@ mod tests {
         journal.save_taken(index, bytes).unwrap();
         store.save_taken(index, bytes.to_vec());
         let m = meta(index, term);
-        let b = Persist {
+        let b = Batch {
             snapshot: Some(SnapshotWrite::Taken(&m)),
             compact_through: Some(index),
             ..batch(&[])
@@ -1493,14 +1493,14 @@ mod tests {
         let mut journal = Journal::open(RamFlash::new(), &mut log).unwrap();
         let mut store = MemStore::new();
         let e = [entry(1, 1, b"a"), entry(2, 2, b"bb"), entry(3, 2, b"ccc")];
-        let b = Persist {
+        let b = Batch {
             hard_state: Some(hard_state(2)),
             ..batch(&e)
         };
         both(&mut journal, &mut store, &b);
         // A conflicting suffix replaced, in one batch.
         let e = [entry(3, 3, b"d"), entry(4, 3, b"e")];
-        let b = Persist {
+        let b = Batch {
             hard_state: Some(hard_state(3)),
             truncate_from: Some(3),
             ..batch(&e)
@@ -1522,7 +1522,7 @@ mod tests {
             let before = model_state(&store);
             journal.flash.cut_after = Some(cut);
             let e = [entry(2, 5, b"second")];
-            let b = Persist {
+            let b = Batch {
                 hard_state: Some(hard_state(5)),
                 ..batch(&e)
             };
@@ -1576,7 +1576,7 @@ mod tests {
         let mut journal = Journal::open(RamFlash::new(), &mut log).unwrap();
         journal.set_rewrite_above(600);
         let mut store = MemStore::new();
-        let hs = Persist {
+        let hs = Batch {
             hard_state: Some(hard_state(4)),
             ..batch(&[])
         };
@@ -1645,7 +1645,7 @@ mod tests {
             }
             steps += 1;
             // A batch after every step, whatever the bank.
-            let h = Persist {
+            let h = Batch {
                 hard_state: Some(hard_state(1 + steps)),
                 ..batch(&[])
             };
@@ -1746,7 +1746,7 @@ mod tests {
         let mut owed = 0;
         let mut durable = model_state(&store);
         for term in 1..=200u64 {
-            let h = Persist {
+            let h = Batch {
                 hard_state: Some(hard_state(term)),
                 ..batch(&[])
             };
@@ -1766,7 +1766,7 @@ mod tests {
         let steps = finish(&mut journal, &memory(&store));
         assert!(steps.iter().any(|s| matches!(s, Step::Rewritten { .. })));
         assert_matches(&journal.flash, &store, "after the rewrite");
-        let h = Persist {
+        let h = Batch {
             hard_state: Some(hard_state(300)),
             ..batch(&[])
         };
@@ -1812,7 +1812,7 @@ mod tests {
             // (20, 5) replaces the whole log.
             let m = if keep { meta(6, 1) } else { meta(20, 5) };
             for (offset, data) in [(0u64, &b"0123"[..]), (4, b"456789")] {
-                let b = Persist {
+                let b = Batch {
                     snapshot_chunk: Some(SnapshotChunkWrite {
                         meta: &m,
                         offset,
@@ -1822,7 +1822,7 @@ mod tests {
                 };
                 both(&mut journal, &mut store, &b);
             }
-            let b = Persist {
+            let b = Batch {
                 snapshot: Some(SnapshotWrite::Installed(&m)),
                 reset: (!keep).then_some((20, 5)),
                 compact_through: keep.then_some(6),
@@ -1856,12 +1856,12 @@ mod tests {
         let mut log = Log::new();
         let mut journal = Journal::open(RamFlash::new(), &mut log).unwrap();
         let m = meta(5, 1);
-        let installed = Persist {
+        let installed = Batch {
             snapshot: Some(SnapshotWrite::Installed(&m)),
             ..batch(&[])
         };
         assert_eq!(journal.persist(&installed), Err(StorageError::OutOfRange));
-        let taken = Persist {
+        let taken = Batch {
             snapshot: Some(SnapshotWrite::Taken(&m)),
             ..batch(&[])
         };
@@ -1870,7 +1870,7 @@ mod tests {
             journal.save_taken(5, &[0; 65]),
             Err(StorageError::EntryTooLarge)
         );
-        let chunk = Persist {
+        let chunk = Batch {
             snapshot_chunk: Some(SnapshotChunkWrite {
                 meta: &m,
                 offset: 0,

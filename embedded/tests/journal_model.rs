@@ -193,7 +193,8 @@ fn drain(
         let mut durable = None;
         while let Some(out) = node.poll_output() {
             match out {
-                Output::Persist(batch) => {
+                Output::Persist(persist) => {
+                    let batch = persist.batch();
                     b.model.persist(&batch);
                     let cut = batch.truncate_from.is_some() || batch.reset.is_some();
                     b.seen.truncations += u64::from(cut);

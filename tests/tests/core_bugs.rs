@@ -553,7 +553,7 @@ fn fetches_to_apply_after_restart(budget: usize, entries: Index) -> u64 {
             while let Some(out) = node.poll_output() {
                 match out {
                     Output::Persist(batch) => {
-                        store.persist(&batch);
+                        store.persist(&batch.batch());
                         token = Some(batch.token);
                     }
                     Output::Fetch { from, to } => fetch = Some((from, to)),
@@ -638,7 +638,7 @@ impl CachedLeader {
             while let Some(out) = self.node.poll_output() {
                 match out {
                     Output::Persist(batch) => {
-                        self.store.persist(&batch);
+                        self.store.persist(&batch.batch());
                         token = Some(batch.token);
                     }
                     Output::SendSnapshot { to, message, .. } => {

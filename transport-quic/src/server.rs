@@ -1020,7 +1020,7 @@ impl Host {
         while let Some(out) = node.poll_output() {
             match out {
                 Output::Persist(batch) => {
-                    self.log.persist(&batch);
+                    self.log.persist(&batch.batch());
                     self.want_sync = Some(batch.token);
                 }
                 Output::Fetch { from, to } => {

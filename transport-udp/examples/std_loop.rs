@@ -8,7 +8,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 use std::{fs, io, path::PathBuf, thread};
 
-use coracle::{Config, EntryKind, Node, Output, Persist, Role, VecLog};
+use coracle::{Batch, Config, EntryKind, Node, Output, Role, VecLog};
 use coracle_udp::codec::{mtu_config, Link, DEFAULT_ENTRIES};
 use coracle_udp::node::{Application, Completion, UdpNode};
 use coracle_udp::{ClusterKey, Datagram, SendCounter, DEFAULT_MTU};
@@ -21,7 +21,7 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>
 struct App(usize, PathBuf);
 
 impl Application for App {
-    fn persist(&mut self, _batch: &Persist<'_>) -> Completion {
+    fn persist(&mut self, _batch: &Batch<'_>) -> Completion {
         Completion::Now // the log lives in memory only; a durable host writes the batch
     }
     fn output(&mut self, output: Output<'_>) {

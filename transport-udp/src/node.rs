@@ -24,7 +24,7 @@
 use core::fmt;
 
 use coracle::{
-    Entry, Index, InstallSnapshot, LogStorage, Message, Node, NodeId, Output, Persist, SyncToken,
+    Batch, Entry, Index, InstallSnapshot, LogStorage, Message, Node, NodeId, Output, SyncToken,
 };
 
 use crate::codec::{Link, RecvError, DEFAULT_ENTRIES};
@@ -54,7 +54,7 @@ pub trait Application {
     /// [`Completion::Now`]; a flash journal or a file writes and flushes
     /// (returning [`Completion::Now`]), or queues the flush and returns
     /// [`Completion::Later`].
-    fn persist(&mut self, batch: &Persist<'_>) -> Completion;
+    fn persist(&mut self, batch: &Batch<'_>) -> Completion;
 
     /// An [`Output::Fetch`]: the entries `from..=to` are not in the memory
     /// log. Read them back from the durable store and give them, in order,
@@ -133,14 +133,14 @@ fn bump(counter: &mut u64) {
 /// [`mtu_config::<MTU, E>`](crate::codec::mtu_config) so what it sends fits.
 ///
 /// ```
-/// use coracle::{ArrayLog, Config, Node, Output, Persist};
+/// use coracle::{ArrayLog, Config, Node, Output, Batch, Persist};
 /// use coracle_udp::codec::{mtu_config, Link, DEFAULT_ENTRIES};
 /// use coracle_udp::node::{Application, Completion, UdpNode};
 /// use coracle_udp::{ClusterKey, Datagram, SendCounter};
 ///
 /// struct App;
 /// impl Application for App {
-///     fn persist(&mut self, _: &Persist<'_>) -> Completion { Completion::Now } // memory only
+///     fn persist(&mut self, _: &Batch<'_>) -> Completion { Completion::Now } // memory only
 ///     fn output(&mut self, _: Output<'_>) {}
 ///     fn persist_counter(&mut self, _mark: u64) -> bool { true } // a real host writes it
 /// }
@@ -358,7 +358,7 @@ impl<S: LogStorage, const N: usize, const MTU: usize, const E: usize> UdpNode<S,
                 }
                 Output::Persist(batch) => {
                     let token = batch.token;
-                    match app.persist(&batch) {
+                    match app.persist(&batch.batch()) {
                         Completion::Now => self.node.persisted(token),
                         Completion::Later => {}
                         Completion::Failed => self.persist_failed(),

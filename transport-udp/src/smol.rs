@@ -9,7 +9,7 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use coracle::{Config, Node, Persist, VecLog};
+//! use coracle::{Config, Node, Batch, Persist, VecLog};
 //! use coracle_udp::codec::{mtu_config, Link, DEFAULT_ENTRIES};
 //! use coracle_udp::node::{Application, Completion, UdpNode};
 //! use coracle_udp::smol::{node_task, SmolDatagrams};
@@ -17,7 +17,7 @@
 //!
 //! struct Kv; // the state machine
 //! impl Application for Kv {
-//!     fn persist(&mut self, _batch: &Persist<'_>) -> Completion {
+//!     fn persist(&mut self, _batch: &Batch<'_>) -> Completion {
 //!         Completion::Now // memory only; a durable host writes and flushes the batch
 //!     }
 //!     fn output(&mut self, _output: coracle::Output<'_>) { /* apply entries */ }
@@ -55,7 +55,7 @@ use std::vec::Vec;
 
 use async_io::{Async, Timer};
 use coracle::{
-    Counters, Entry, Index, LogStorage, NodeId, Output, Persist, Proposal, ProposeError, ReadError,
+    Batch, Counters, Entry, Index, LogStorage, NodeId, Output, Proposal, ProposeError, ReadError,
     ReadMode, Role, SnapshotError, SnapshotMeta, SyncToken, Term,
 };
 
@@ -363,7 +363,7 @@ struct Driven<A> {
 }
 
 impl<A: Application> Application for Driven<A> {
-    fn persist(&mut self, batch: &Persist<'_>) -> Completion {
+    fn persist(&mut self, batch: &Batch<'_>) -> Completion {
         self.app.persist(batch)
     }
 

@@ -9,8 +9,8 @@
 mod common;
 
 use coracle::{
-    CachedLog, Config, Entry, EntryKind, Index, LogStorage, MemStore, Node, NodeId, Output,
-    Persist, Role, SyncToken, VecLog,
+    Batch, CachedLog, Config, Entry, EntryKind, Index, LogStorage, MemStore, Node, NodeId, Output,
+    Role, SyncToken, VecLog,
 };
 use coracle_udp::codec::{max_snapshot_chunk_bytes, mtu_config, Link, DEFAULT_ENTRIES};
 use coracle_udp::node::{Application, Completion, UdpNode};
@@ -51,7 +51,7 @@ impl Host {
 }
 
 impl Application for Host {
-    fn persist(&mut self, batch: &Persist<'_>) -> Completion {
+    fn persist(&mut self, batch: &Batch<'_>) -> Completion {
         if self.mode != Completion::Failed {
             self.store.persist(batch);
         }
@@ -302,7 +302,7 @@ fn restarted_without_data(serve_fetches: bool) -> (UdpNode<CachedLog, 6>, Host) 
         while let Some(out) = first.poll_output() {
             if let Output::Persist(batch) = out {
                 let token = batch.token;
-                host.store.persist(&batch);
+                host.store.persist(&batch.batch());
                 first.persisted(token);
             }
         }
@@ -313,7 +313,7 @@ fn restarted_without_data(serve_fetches: bool) -> (UdpNode<CachedLog, 6>, Host) 
     while let Some(out) = first.poll_output() {
         if let Output::Persist(batch) = out {
             let token = batch.token;
-            host.store.persist(&batch);
+            host.store.persist(&batch.batch());
             first.persisted(token);
         }
     }

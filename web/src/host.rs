@@ -428,7 +428,7 @@ impl Host {
                 match output {
                     Output::StateChanged(change) => notes.push(describe_change(self.id, change)),
                     Output::Persist(batch) => {
-                        self.store.persist(&batch);
+                        self.store.persist(&batch.batch());
                         durable = Some(batch.token);
                     }
                     Output::Send { to, message } => sends.push(Send {

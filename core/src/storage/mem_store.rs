@@ -2,7 +2,7 @@
 //! host's side of the contract.
 
 use super::{LogStorage, OwnedEntry, SnapshotMeta, StorageError};
-use crate::durability::{Persist, SnapshotWrite};
+use crate::durability::{Batch, SnapshotWrite};
 use crate::types::{Entry, HardState, Index, Term};
 use alloc::vec::Vec;
 
@@ -56,7 +56,7 @@ impl MemStore {
     }
 
     /// Performs a batch, in the contract's order.
-    pub fn persist(&mut self, batch: &Persist<'_>) {
+    pub fn persist(&mut self, batch: &Batch<'_>) {
         if let Some(hs) = batch.hard_state {
             self.hard_state = hs;
         }

@@ -368,9 +368,9 @@ impl<S: LogStorage> Cluster<S> {
                     Output::Persist(batch) => {
                         note(trace, depth, EventKind::Persist, || {
                             let held = if held { " (held)" } else { "" };
-                            format!("{id} {}{held}", text::persist(&batch))
+                            format!("{id} {}{held}", text::persist(&batch.batch()))
                         });
-                        written.persist(&batch);
+                        written.persist(&batch.batch());
                         sync = Some(batch.token);
                     }
                     Output::Fetch { from, to } => {

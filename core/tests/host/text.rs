@@ -7,10 +7,10 @@
 //! joint configuration, `l` learners).
 
 use coracle::{
-    AppendEntries, AppendEntriesResponse, Entries, Entry, EntryKind, HardState, Index,
-    InstallSnapshot, InstallSnapshotResponse, Message, OwnedEntry, OwnedMessage, Persist,
-    ReadIndex, ReadIndexResponse, RequestVote, RequestVoteResponse, SnapshotMeta, SnapshotWrite,
-    Term, TimeoutNow,
+    AppendEntries, AppendEntriesResponse, Batch, Entries, Entry, EntryKind, HardState, Index,
+    InstallSnapshot, InstallSnapshotResponse, Message, OwnedEntry, OwnedMessage, ReadIndex,
+    ReadIndexResponse, RequestVote, RequestVoteResponse, SnapshotMeta, SnapshotWrite, Term,
+    TimeoutNow,
 };
 use std::fmt::Write;
 
@@ -235,7 +235,7 @@ pub fn message(m: &Message<'_>) -> String {
 }
 
 /// What a Persist batch writes, in the contract's order.
-pub fn persist(batch: &Persist<'_>) -> String {
+pub fn persist(batch: &Batch<'_>) -> String {
     let mut s = format!("persist #{}", batch.token.0);
     if let Some(hs) = &batch.hard_state {
         let _ = write!(s, " hard-state={}", hard_state(hs));

@@ -57,7 +57,7 @@ impl Net {
             while let Some(out) = node.poll_output() {
                 match out {
                     Output::Persist(batch) => {
-                        store.persist(&batch);
+                        store.persist(&batch.batch());
                         ack = Some(batch.token);
                     }
                     Output::Fetch { from, to } => fetch = Some((from, to)),

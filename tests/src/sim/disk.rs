@@ -28,8 +28,7 @@ use crate::oracle::{EntryId, LogView};
 use crate::sim::kv::snapshot_chain;
 use crate::sim::rng::mix64;
 use coracle::{
-    Entries, Entry, EntryKind, HardState, Index, Persist, SnapshotChunkWrite, SnapshotMeta,
-    SnapshotWrite, SyncToken, Term,
+    Entry, EntryKind, HardState, Index, Persist, SnapshotMeta, SnapshotWrite, SyncToken, Term,
 };
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -83,6 +82,7 @@ impl Batch {
     /// Copies `persist` out of the node; `None` if its entries are not all in the memory
     /// log (the node handed out a batch it cannot back).
     pub fn of(persist: &Persist<'_>) -> Option<Batch> {
+        let persist = persist.batch();
         let entries: Vec<_> = persist.entries.iter().map(DiskEntry::from).collect();
         if entries.len() != persist.entries.len() {
             return None;
@@ -156,30 +156,6 @@ impl Batch {
             parts.push(format!("compact through {through}"));
         }
         parts.join(", ")
-    }
-
-    /// The batch as the core hands it out, borrowing from this copy (for
-    /// [`coracle::MemStore::persist`]).
-    pub fn with_persist<R>(&self, f: impl FnOnce(&Persist<'_>) -> R) -> R {
-        let entries: Vec<Entry<'_>> = self.entries.iter().map(DiskEntry::as_entry).collect();
-        let persist = Persist {
-            token: self.token,
-            hard_state: self.hard_state,
-            snapshot_chunk: self.chunk.as_deref().map(|c| SnapshotChunkWrite {
-                meta: &c.meta,
-                offset: c.offset,
-                data: &c.data,
-            }),
-            snapshot: self.snapshot.as_deref().map(|s| match s {
-                SnapshotChange::Installed(m) => SnapshotWrite::Installed(m),
-                SnapshotChange::Taken(m) => SnapshotWrite::Taken(m),
-            }),
-            reset: self.reset,
-            truncate_from: self.truncate_from,
-            entries: Entries::from_slice(&entries),
-            compact_through: self.compact_through,
-        };
-        f(&persist)
     }
 }
 
@@ -737,29 +713,38 @@ mod tests {
     }
 
     /// A single-node cluster on `disk`: elects itself, proposes `commands`, and performs
-    /// every batch; returns the tokens handed out.
-    fn single_node(disk: &mut Disk, commands: &[&[u8]]) -> (Node<MemoryLog>, Vec<SyncToken>) {
+    /// every batch (on `store` too); returns the tokens handed out.
+    fn single_node_with(
+        disk: &mut Disk,
+        store: &mut MemStore,
+        commands: &[&[u8]],
+    ) -> (Node<MemoryLog>, Vec<SyncToken>) {
         let mut node =
             Node::new(Config::new(1, 1), MemoryLog::new(MemoryKind::Vec), &[1]).expect("node");
         node.campaign();
         let mut tokens = Vec::new();
-        let drain = |node: &mut Node<MemoryLog>, disk: &mut Disk, tokens: &mut Vec<SyncToken>| {
+        let mut drain = |node: &mut Node<MemoryLog>, tokens: &mut Vec<SyncToken>| {
             while let Some(out) = node.poll_output() {
                 if let Output::Persist(p) = out {
+                    store.persist(&p.batch());
                     let batch = Batch::of(&p).expect("batch");
                     tokens.push(batch.token());
                     disk.perform(batch, &mut |_| {}).expect("perform");
                 }
             }
         };
-        drain(&mut node, disk, &mut tokens);
+        drain(&mut node, &mut tokens);
         for c in commands {
             node.persisted(*tokens.last().expect("a batch"));
-            drain(&mut node, disk, &mut tokens);
+            drain(&mut node, &mut tokens);
             node.propose(c).expect("propose");
-            drain(&mut node, disk, &mut tokens);
+            drain(&mut node, &mut tokens);
         }
         (node, tokens)
+    }
+
+    fn single_node(disk: &mut Disk, commands: &[&[u8]]) -> (Node<MemoryLog>, Vec<SyncToken>) {
+        single_node_with(disk, &mut MemStore::new(), commands)
     }
 
     #[test]
@@ -807,11 +792,8 @@ mod tests {
     #[test]
     fn batches_apply_as_the_reference_store_applies_them() {
         let mut disk = Disk::new();
-        let (mut node, _) = single_node(&mut disk, &[b"a", b"b", b"c", b"d"]);
         let mut store = MemStore::new();
-        for batch in disk.pending() {
-            batch.with_persist(|p| store.persist(p));
-        }
+        let (mut node, _) = single_node_with(&mut disk, &mut store, &[b"a", b"b", b"c", b"d"]);
         // A snapshot and its compaction.
         let last = disk.pending().last().map(Batch::token).expect("batches");
         node.persisted(last);
@@ -828,7 +810,7 @@ mod tests {
         node.snapshot_taken(index).expect("snapshot");
         while let Some(out) = node.poll_output() {
             if let Output::Persist(p) = out {
-                store.persist(&p);
+                store.persist(&p.batch());
                 disk.perform(Batch::of(&p).expect("batch"), &mut |_| {})
                     .expect("perform");
             }

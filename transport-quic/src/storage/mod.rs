@@ -6,7 +6,7 @@
 //! restart, and reads entries and snapshot chunks back.
 //!
 //! ```
-//! use coracle::{Entries, Entry, EntryKind, HardState, LogStorage, Persist, SyncToken};
+//! use coracle::{Entries, Entry, EntryKind, HardState, LogStorage, Batch, Persist, SyncToken};
 //! use coracle_quic::storage::FileLog;
 //!
 //! let dir = std::env::temp_dir().join(format!("coracle-doc-{}", std::process::id()));
@@ -14,7 +14,7 @@
 //! let mut log = FileLog::open(&dir)?;
 //! let entries = [Entry { index: 1, term: 1, kind: EntryKind::Command, data: b"x=1" }];
 //! // What Output::Persist hands out (here built by hand):
-//! log.persist(&Persist {
+//! log.persist(&Batch {
 //!     token: SyncToken(1),
 //!     hard_state: Some(HardState { current_term: 1, voted_for: Some(1) }),
 //!     snapshot_chunk: None,
@@ -267,7 +267,7 @@ pub use recovery::{Leftover, Superseded, TailCut};
 pub use snapshot::{Snapshot, SnapshotFile, Writer as SnapshotWriter};
 
 use coracle::{
-    CachedLog, EntryKind, HardState, Index, LogStorage, OwnedEntry, Persist, SnapshotMeta,
+    Batch, CachedLog, EntryKind, HardState, Index, LogStorage, OwnedEntry, SnapshotMeta,
     SnapshotWrite, Term,
 };
 use error::io_err;
@@ -1105,7 +1105,7 @@ impl FileLog {
     /// hard state, snapshot chunk, kept snapshot, reset, truncation, entries, compaction.
     /// A flush ([`begin_flush`](Self::begin_flush) or [`flush`](Self::flush)) performs them;
     /// once it is done, every batch queued before it is durable.
-    pub fn persist(&mut self, batch: &Persist<'_>) {
+    pub fn persist(&mut self, batch: &Batch<'_>) {
         let q = &mut self.queue;
         if let Some(hs) = batch.hard_state {
             q.hard_state = Some(hs);

@@ -8,8 +8,8 @@ use proptest::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A batch with nothing in it, to fill in.
-fn batch<'a>() -> Persist<'a> {
-    Persist {
+fn batch<'a>() -> Batch<'a> {
+    Batch {
         token: SyncToken(0),
         hard_state: None,
         snapshot_chunk: None,
@@ -44,7 +44,7 @@ trait Verbs {
 
 impl Verbs for FileLog {
     fn set_hard_state(&mut self, hs: HardState) -> Result<(), StorageError> {
-        self.persist(&Persist {
+        self.persist(&Batch {
             hard_state: Some(hs),
             ..batch()
         });
@@ -67,7 +67,7 @@ impl Verbs for FileLog {
             return Err(StorageError::Full);
         }
         let one = [*e];
-        self.persist(&Persist {
+        self.persist(&Batch {
             entries: Entries::from_slice(&one),
             ..batch()
         });
@@ -78,7 +78,7 @@ impl Verbs for FileLog {
         if from < self.first_index() {
             return Err(StorageError::Compacted);
         }
-        self.persist(&Persist {
+        self.persist(&Batch {
             truncate_from: Some(from),
             ..batch()
         });
@@ -87,7 +87,7 @@ impl Verbs for FileLog {
 
     /// Compacts at once (flushed).
     fn compact(&mut self, through: Index) -> Result<(), StorageError> {
-        self.persist(&Persist {
+        self.persist(&Batch {
             compact_through: Some(through),
             ..batch()
         });
@@ -112,7 +112,7 @@ impl Verbs for FileLog {
         let mut w = self.snapshot_writer(meta)?;
         w.write_all(&data).map_err(io_err(self.dir(), "write"))?;
         FileLog::finish_snapshot(w)?;
-        self.persist(&Persist {
+        self.persist(&Batch {
             snapshot: Some(SnapshotWrite::Taken(meta)),
             ..batch()
         });
@@ -124,7 +124,7 @@ impl Verbs for FileLog {
     }
 
     fn receive_snapshot_chunk(&mut self, meta: &SnapshotMeta, offset: u64, data: &[u8]) {
-        self.persist(&Persist {
+        self.persist(&Batch {
             snapshot_chunk: Some(coracle::SnapshotChunkWrite { meta, offset, data }),
             ..batch()
         });
@@ -133,7 +133,7 @@ impl Verbs for FileLog {
     fn install_snapshot(&mut self, meta: &SnapshotMeta) -> io::Result<()> {
         self.flush()?;
         let holds = self.term(meta.index) == Some(meta.term);
-        self.persist(&Persist {
+        self.persist(&Batch {
             snapshot: Some(SnapshotWrite::Installed(meta)),
             reset: (!holds).then_some((meta.index, meta.term)),
             compact_through: holds.then_some(meta.index),
@@ -1182,7 +1182,7 @@ fn a_snapshot_written_on_another_thread_is_kept_by_its_batch() {
     log.sync().unwrap();
     assert_eq!(log.snapshot_point(), None, "not kept before its batch");
     let kept = meta(10, 1, b"");
-    log.persist(&Persist {
+    log.persist(&Batch {
         snapshot: Some(SnapshotWrite::Taken(&kept)),
         ..batch()
     });
@@ -1197,7 +1197,7 @@ fn a_snapshot_written_on_another_thread_is_kept_by_its_batch() {
     w.write_all(b"at 20").unwrap();
     FileLog::finish_snapshot(w).unwrap();
     let said = SnapshotMeta::new(20, 1, &[1, 0, 0, 0, 0, 0, 0, 0, 1]).unwrap();
-    log.persist(&Persist {
+    log.persist(&Batch {
         snapshot: Some(SnapshotWrite::Taken(&said)),
         ..batch()
     });
@@ -1647,7 +1647,7 @@ fn an_entry_too_large_is_refused() {
         kind: EntryKind::Command,
         data: &[0; 9],
     }];
-    log.persist(&Persist {
+    log.persist(&Batch {
         entries: Entries::from_slice(&big),
         ..batch()
     });
@@ -1675,7 +1675,7 @@ fn a_batch_that_does_not_follow_the_log_fails_it_and_writes_nothing() {
         kind: EntryKind::Command,
         data: b"x",
     }];
-    log.persist(&Persist {
+    log.persist(&Batch {
         entries: Entries::from_slice(&gap),
         ..batch()
     });
@@ -1727,7 +1727,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 /// Performs `batch` on both stores.
-fn both(file: &mut FileLog, mem: &mut MemStore, batch: &Persist<'_>) {
+fn both(file: &mut FileLog, mem: &mut MemStore, batch: &Batch<'_>) {
     file.persist(batch);
     mem.persist(batch);
 }
@@ -1776,7 +1776,7 @@ proptest! {
         let mut durable = mem.clone();
         let mut term: Term = 1;
         let mut hs = HardState { current_term: 1, voted_for: None };
-        both(&mut file, &mut mem, &Persist { hard_state: Some(hs), ..batch() });
+        both(&mut file, &mut mem, &Batch { hard_state: Some(hs), ..batch() });
         for op in ops {
             let first = mem.compacted.0 + 1;
             let last = mem.last_index();
@@ -1791,7 +1791,7 @@ proptest! {
                         kind: if d.len() == 7 { EntryKind::Membership } else { EntryKind::Command },
                         data: d,
                     }).collect();
-                    both(&mut file, &mut mem, &Persist { entries: Entries::from_slice(&entries), ..batch() });
+                    both(&mut file, &mut mem, &Batch { entries: Entries::from_slice(&entries), ..batch() });
                 }
                 Op::Conflict(f, n) => {
                     let lo = first.max(snap + 1);
@@ -1807,7 +1807,7 @@ proptest! {
                         kind: EntryKind::Command,
                         data: d,
                     }).collect();
-                    both(&mut file, &mut mem, &Persist {
+                    both(&mut file, &mut mem, &Batch {
                         truncate_from: Some(from),
                         entries: Entries::from_slice(&entries),
                         ..batch()
@@ -1828,7 +1828,7 @@ proptest! {
                     w.write_all(&bytes).unwrap();
                     FileLog::finish_snapshot(w).unwrap();
                     mem.save_taken(index, bytes);
-                    both(&mut file, &mut mem, &Persist {
+                    both(&mut file, &mut mem, &Batch {
                         snapshot: Some(SnapshotWrite::Taken(&meta)),
                         compact_through: Some(index),
                         ..batch()
@@ -1853,7 +1853,7 @@ proptest! {
                     for (k, c) in chunks.into_iter().enumerate() {
                         let chunk = coracle::SnapshotChunkWrite { meta: &meta, offset: (k * 64) as u64, data: c };
                         let done = k + 1 == n;
-                        both(&mut file, &mut mem, &Persist {
+                        both(&mut file, &mut mem, &Batch {
                             snapshot_chunk: Some(chunk),
                             snapshot: done.then_some(SnapshotWrite::Installed(&meta)),
                             reset: (done && !holds).then_some((index, t)),
@@ -1866,7 +1866,7 @@ proptest! {
                     hs.current_term += 1;
                     hs.voted_for = Some(hs.current_term % 3);
                     term = term.max(hs.current_term);
-                    both(&mut file, &mut mem, &Persist { hard_state: Some(hs), ..batch() });
+                    both(&mut file, &mut mem, &Batch { hard_state: Some(hs), ..batch() });
                 }
                 Op::Sync => {
                     file.sync().unwrap();

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use coracle::{
-    Config, Entry, EntryKind, Index, LogStorage, MemStore, Node, NodeId, Output, Persist, Role,
+    Batch, Config, Entry, EntryKind, Index, LogStorage, MemStore, Node, NodeId, Output, Role,
     SyncToken, VecLog,
 };
 use coracle_udp::codec::{mtu_config, Link, DEFAULT_ENTRIES};
@@ -95,7 +95,7 @@ pub struct App {
 }
 
 impl Application for App {
-    fn persist(&mut self, batch: &Persist<'_>) -> Completion {
+    fn persist(&mut self, batch: &Batch<'_>) -> Completion {
         if self.flush == Flush::Never {
             return Completion::Now;
         }
