@@ -1350,7 +1350,8 @@ mod tests {
     use coracle::{ArrayLog, Entries, MemStore, SnapshotChunkWrite, SyncToken};
     use std::vec::Vec;
 
-    type Log = ArrayLog<32, 16, 64>;
+    // Two slots more than the tests fill: the last two take no command.
+    type Log = ArrayLog<34, 16, 64>;
     type Journal = FlashJournal<RamFlash<4096>, 64>;
 
     fn entry(index: Index, term: Term, data: &[u8]) -> Entry<'_> {
