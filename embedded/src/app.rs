@@ -10,7 +10,7 @@
 //! (what a role change shows, how the board stops), opens its journal and
 //! mark store, and hands an [`App`] to `coracle_udp::embassy::run_node`.
 
-use coracle::{Batch, LogStorage, NodeId, Output, Persist, Role, SyncToken};
+use coracle::{Batch, LogStorage, NodeId, Output, Role, SyncToken};
 use coracle_udp::event_loop::Control;
 use coracle_udp::node::{Application, Completion, UdpNode};
 use defmt::{error, info, warn};

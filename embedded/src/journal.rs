@@ -664,7 +664,7 @@ impl<F: JournalFlash, const SNAP: usize> FlashJournal<F, SNAP> {
         Ok(())
     }
 
-    /// Performs `batch` (see [`Persist`]): appends its records to the
+    /// Performs `batch` (see [`coracle::Batch`]): appends its records to the
     /// journal and writes them (one write for the batch, or a few for a
     /// large one), or, when the active bank has no room for it, keeps it
     /// for the next rewrite ([`Persisted::AfterRewrite`]). Chunks of a

@@ -49,7 +49,7 @@ pub enum Completion {
 /// What a host does with the outputs that are not datagrams.
 pub trait Application {
     /// An [`Output::Persist`] batch: write it to the durable store, in the
-    /// order of its fields (see [`Persist`]), and say when it is durable. A
+    /// order of its fields (see [`coracle::Batch`]), and say when it is durable. A
     /// host with nothing durable (a memory log only) returns
     /// [`Completion::Now`]; a flash journal or a file writes and flushes
     /// (returning [`Completion::Now`]), or queues the flush and returns

@@ -8,7 +8,7 @@ use alloc::vec::Vec;
 
 /// What a host's durable store holds, kept in memory: the hard state, the log (from a
 /// compaction point), the kept snapshot's metadata and bytes, and a snapshot being
-/// received. It performs [`Persist`] batches exactly as the contract says, serves
+/// received. It performs [`Persist`](crate::Persist) batches exactly as the contract says, serves
 /// [`Output::Fetch`](crate::Output::Fetch) and
 /// [`Output::SendSnapshot`](crate::Output::SendSnapshot), and fills a memory log at a
 /// restart ([`MemStore::recover`]).

@@ -78,8 +78,8 @@ impl fmt::Display for StorageError {
 #[cfg(feature = "std")]
 impl std::error::Error for StorageError {}
 
-/// The node's memory of its log, hard state and kept snapshot. Memory only: see the
-/// [module documentation](self).
+/// The node's memory of its log, hard state and kept snapshot. Memory only: the durable
+/// copy is the host's, written when the node asks ([`Output::Persist`](crate::Output::Persist)).
 ///
 /// Indexes are contiguous: entries `first_index()..=last_index()` exist (their data in
 /// memory or not). Index `first_index() - 1` is the last compacted entry, whose term is

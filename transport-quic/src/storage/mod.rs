@@ -533,7 +533,7 @@ impl RecoveryReport {
 
 /// The host's durable store on disk: segments of checksummed records in a directory, the
 /// hard state and the kept snapshot beside them. It performs the node's
-/// [`Persist`] batches ([`persist`](Self::persist), then a flush), fills the node's memory
+/// [`coracle::Batch`]es ([`persist`](Self::persist), then a flush), fills the node's memory
 /// log at a restart ([`recover`](Self::recover)), and reads entries and snapshot chunks
 /// back ([`reader`](Self::reader)). It never holds the entries' data nor the snapshot's
 /// bytes: see the [module docs](self) for the guarantees and the format.
