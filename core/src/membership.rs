@@ -264,6 +264,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         &mut self,
         change: MembershipChange<'_>,
     ) -> Result<crate::Proposal, MembershipError> {
+        self.outbox.wake();
         if self.role != Role::Leader {
             return Err(MembershipError::NotLeader {
                 leader: self.leader,

@@ -75,7 +75,7 @@ pub struct Node<S: LogStorage, const N: usize = 6, const I: usize = 8, const R: 
     pub(crate) fetch: Fetch,
     /// The last index the memory log was told it may drop ([`LogStorage::release`]).
     released: Index,
-    outbox: Outbox,
+    pub(crate) outbox: Outbox,
     pub(crate) counters: Counters,
 }
 
@@ -98,11 +98,37 @@ pub(crate) struct Timers {
 
 /// What the node has announced and where its round-robin over peers stands.
 #[derive(Clone, Copy, Debug)]
-struct Outbox {
+pub(crate) struct Outbox {
     /// Role, term and leader as last announced with [`Output::StateChanged`].
     announced: StateChange,
     /// The peer to look at first for the next message.
     cursor: usize,
+    /// The last poll found nothing to hand out and no input came since, so the next one
+    /// finds nothing either: a host that polls until `None` after every input pays for
+    /// the full look once. Every input clears it ([`Outbox::wake`]).
+    quiet: bool,
+    /// Peers (bit `i` for `peers[i]`, the first 64) found with nothing to send since the
+    /// last input: the outputs that follow one input (a batch's applies, say) do not look
+    /// at them again. Taking outputs never gives a peer something to send; inputs do.
+    idle_peers: u64,
+}
+
+impl Outbox {
+    /// An input arrived: anything may be ready again.
+    pub(crate) fn wake(&mut self) {
+        self.quiet = false;
+        self.idle_peers = 0;
+    }
+
+    fn is_idle(&self, peer: usize) -> bool {
+        peer < 64 && self.idle_peers & (1 << peer) != 0
+    }
+
+    fn set_idle(&mut self, peer: usize) {
+        if peer < 64 {
+            self.idle_peers |= 1 << peer;
+        }
+    }
 }
 
 /// Entries whose data the memory log lacks, asked of the host ([`Output::Fetch`]).
@@ -427,6 +453,8 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                     leader: None,
                 },
                 cursor: 0,
+                quiet: false,
+                idle_peers: 0,
             },
             counters: Counters::default(),
         };
@@ -446,6 +474,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// `ticks` ticks of time passed. Equivalent to as many calls of [`Node::tick`], but a
     /// host that slept until [`Node::ticks_until_deadline`] can call it once.
     pub fn advance(&mut self, ticks: u64) {
+        self.outbox.wake();
         let target = self.timers.now.saturating_add(ticks);
         loop {
             let deadline = self.next_deadline();
@@ -467,6 +496,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// acts as a leader or candidate (thesis 4.1: this node may lack the entry that added
     /// it); anything else it sends is dropped.
     pub fn step(&mut self, from: NodeId, message: Message<'_>) {
+        self.outbox.wake();
         let vote_request = matches!(message, Message::RequestVote(_)) && from != self.cfg.id;
         if self.peer_index(from).is_none()
             && !vote_request
@@ -536,6 +566,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// The host made the [`Output::Persist`] batch of `token` (and every batch before it)
     /// durable.
     pub fn persisted(&mut self, token: SyncToken) {
+        self.outbox.wake();
         self.durability.synced(token);
         match self.role {
             Role::Leader => self.advance_commit_index(),
@@ -550,6 +581,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// ([`Node::storage_failed`]); what was acknowledged before stays true. Restart the
     /// node on a healthy store.
     pub fn persist_failed(&mut self) {
+        self.outbox.wake();
         self.counters.storage_errors += 1;
         self.durability.failed = true;
     }
@@ -560,6 +592,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// are kept, and the node goes on sending and applying. Nothing handed in counts as a
     /// failed fetch.
     pub fn fetched<'e>(&mut self, entries: impl IntoIterator<Item = Entry<'e>>) {
+        self.outbox.wake();
         self.fetch.in_flight = false;
         let (from, to) = self.fetch.asked;
         let mut handed = 0;
@@ -597,6 +630,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// store fails at once does not loop), and a follower that needs compacted entries gets
     /// the snapshot instead.
     pub fn fetch_failed(&mut self) {
+        self.outbox.wake();
         self.fetch.in_flight = false;
         self.fetch.failed_at = Some(self.timers.now);
         self.counters.fetch_failures += 1;
@@ -604,6 +638,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
 
     /// Appends a command to the log if this node is the leader.
     pub fn propose(&mut self, command: &[u8]) -> Result<Proposal, ProposeError> {
+        self.outbox.wake();
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader {
                 leader: self.leader,
@@ -633,6 +668,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// The host could not reach `peer` (a connection failed): a leader stops streaming to it
     /// and probes instead.
     pub fn report_unreachable(&mut self, peer: NodeId) {
+        self.outbox.wake();
         if let Some(i) = self.peer_index(peer) {
             let r = &mut self.peers[i].replication;
             if r.state == crate::ProgressState::Replicate {
@@ -645,6 +681,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// configured). Does nothing on a leader or a node that may not stand: a non-voter,
     /// unless a configuration entry not known to be committed left it out after it voted.
     pub fn campaign(&mut self) {
+        self.outbox.wake();
         if self.role != Role::Leader && self.may_campaign() {
             self.start_election();
         }
@@ -660,6 +697,27 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// The next thing the host must do, or `None` when there is nothing left. Call it until
     /// it returns `None` after every input.
     pub fn poll_output(&mut self) -> Option<Output<'_>> {
+        if self.outbox.quiet {
+            #[cfg(debug_assertions)]
+            self.check_quiet();
+            return None;
+        }
+        self.next_output()
+    }
+
+    /// A quiet outbox is right: looking again finds nothing (an input that forgot to
+    /// clear [`Outbox::quiet`] would hold back what it made ready).
+    #[cfg(debug_assertions)]
+    fn check_quiet(&mut self) {
+        self.outbox.wake();
+        let idle = self.next_output().is_none();
+        assert!(
+            idle,
+            "an output became ready without an input clearing the quiet outbox"
+        );
+    }
+
+    fn next_output(&mut self) -> Option<Output<'_>> {
         let state = self.state_change();
         if state != self.outbox.announced {
             self.outbox.announced = state;
@@ -703,7 +761,9 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             return Some(Output::Fetch { from, to });
         }
         self.release_memory();
-        self.next_read_output()
+        let read = self.next_read_output();
+        self.outbox.quiet = read.is_none();
+        read
     }
 
     /// The memory log may drop the data of entries that are durable and applied.
@@ -801,6 +861,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// from a leader within the last election timeout: it was down for longer, or its state
     /// was built by hand.
     pub fn skip_vote_guard(&mut self) {
+        self.outbox.wake();
         self.timers.vote_guard_until = 0;
     }
 
@@ -808,6 +869,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// leading draws its election timeout again with the new ranks. Returns false if `peer`
     /// is not a member this node knows.
     pub fn set_priority(&mut self, peer: NodeId, priority: u8) -> bool {
+        self.outbox.wake();
         let Some(i) = self.peer_index(peer) else {
             return false;
         };
@@ -962,18 +1024,70 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
 
     /// The largest value a quorum of voters has reached, with this node at `own` and each
     /// peer at `value(peer)`: the commit rule's "a majority of matchIndex[i] >= N", and the
-    /// newest heartbeat round a quorum answered.
+    /// newest heartbeat round a quorum answered. While joint, the smaller of the two
+    /// configurations' values (thesis 4.3: a majority of each).
     pub(crate) fn quorum_value(&self, own: u64, value: impl Fn(&Peer<I>) -> u64) -> u64 {
+        let new = self.majority_value(self.membership.voter, own, |p| p.voter, &value);
+        if !self.is_joint() {
+            debug_assert_eq!(new, self.quorum_value_by_count(own, &value), "as below");
+            return new;
+        }
+        let old = self.majority_value(
+            self.membership.voter_outgoing,
+            own,
+            |p| p.voter_outgoing,
+            &value,
+        );
+        let value_agreed = new.min(old);
+        debug_assert_eq!(
+            value_agreed,
+            self.quorum_value_by_count(own, &value),
+            "the majority's value is the largest one a quorum of each configuration reached"
+        );
+        value_agreed
+    }
+
+    /// [`Node::quorum_value`] by its definition (the largest of the values that a quorum
+    /// agrees to have reached), for the debug check of the sorted version.
+    fn quorum_value_by_count(&self, own: u64, value: &impl Fn(&Peer<I>) -> u64) -> u64 {
         core::iter::once(own)
-            .chain(
-                self.peers
-                    .iter()
-                    .filter(|p| p.voter || p.voter_outgoing)
-                    .map(&value),
-            )
+            .chain(self.peers.iter().map(value))
             .filter(|&v| self.quorum_agrees(own >= v, |p| value(p) >= v))
             .max()
             .unwrap_or(0)
+    }
+
+    /// The largest value a majority of one configuration's voters has reached: the
+    /// (⌊n/2⌋+1)-th largest of their values, this node's (`own`) counted if `self_in`; 0
+    /// for a configuration without voters (no majority exists).
+    fn majority_value(
+        &self,
+        self_in: bool,
+        own: u64,
+        in_set: fn(&Peer<I>) -> bool,
+        value: &impl Fn(&Peer<I>) -> u64,
+    ) -> u64 {
+        let mut values: heapless::Vec<u64, N> = heapless::Vec::new();
+        for p in self.peers.iter().filter(|p| in_set(p)) {
+            // At most one value per peer: the vector holds as many as `peers` does.
+            let _ = values.push(value(p));
+        }
+        let total = values.len() + self_in as usize;
+        if total == 0 {
+            return 0;
+        }
+        values.sort_unstable_by(|a, b| b.cmp(a));
+        // The k-th largest (0-based j) of the peers' values with `own` inserted in order.
+        let j = total / 2;
+        if !self_in {
+            return values[j];
+        }
+        let above = values.iter().take_while(|&&v| v > own).count();
+        match j.cmp(&above) {
+            core::cmp::Ordering::Less => values[j],
+            core::cmp::Ordering::Equal => own,
+            core::cmp::Ordering::Greater => values[j - 1],
+        }
     }
 
     /// Back to the members given at construction.
@@ -1170,12 +1284,26 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// Picks the next message to send, round-robin over peers.
     fn next_outgoing(&mut self) -> Option<(usize, Outgoing)> {
         let n = self.peers.len();
-        for k in 0..n {
-            let i = (self.outbox.cursor + k) % n;
-            if let Some(out) = self.outgoing_for(i) {
-                self.outbox.cursor = (i + 1) % n;
-                return Some((i, out));
+        // Wrapping by comparison, not `%`: this runs for every output polled, and a
+        // division costs more than the rest of an idle peer's checks.
+        let mut i = self.outbox.cursor;
+        for _ in 0..n {
+            if i >= n {
+                i = 0;
             }
+            if self.outbox.is_idle(i) {
+                #[cfg(debug_assertions)]
+                assert!(
+                    self.outgoing_for(i).is_none(),
+                    "a message became ready for an idle peer without an input waking the outbox"
+                );
+            } else if let Some(out) = self.outgoing_for(i) {
+                self.outbox.cursor = if i + 1 == n { 0 } else { i + 1 };
+                return Some((i, out));
+            } else {
+                self.outbox.set_idle(i);
+            }
+            i += 1;
         }
         None
     }

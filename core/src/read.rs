@@ -115,6 +115,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// or [`Output::ReadFailed`](crate::Output::ReadFailed) (retry, perhaps elsewhere).
     /// A follower forwards it to its leader.
     pub fn read(&mut self, id: u64, mode: ReadMode) -> Result<(), ReadError> {
+        self.outbox.wake();
         if self.reads.pending.is_full() {
             return Err(ReadError::Busy);
         }

@@ -85,6 +85,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// sends it to followers that need compacted entries, and compacts its log through
     /// `index` minus `Config::keep_entries_behind_snapshot`.
     pub fn snapshot_taken(&mut self, index: Index) -> Result<SnapshotMeta, SnapshotError> {
+        self.outbox.wake();
         if index > self.applied {
             return Err(SnapshotError::NotApplied);
         }

@@ -49,6 +49,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// target wins, or an election timeout passes and this node leads on. A new request
     /// replaces one under way.
     pub fn transfer_leadership(&mut self, target: NodeId) -> Result<(), TransferError> {
+        self.outbox.wake();
         if self.role != Role::Leader {
             return Err(TransferError::NotLeader {
                 leader: self.leader,
