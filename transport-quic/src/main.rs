@@ -450,6 +450,8 @@ fn certs(command: CertsCommand) -> Result<(), Error> {
 fn node(config: PathBuf, watch_stdin: bool) -> Result<(), Error> {
     use smol::stream::StreamExt;
     let cfg = NodeConfig::load(&config)?;
+    // The versions a test may make the node claim: a value that is none stops it here.
+    coracle_quic::hello::Versions::announced()?;
     let mut signals =
         async_signal::Signals::new([async_signal::Signal::Int, async_signal::Signal::Term])?;
     let mut node = RunningNode::start(&cfg)?;
