@@ -5,7 +5,7 @@
 //! # Versions (rolling upgrades)
 //!
 //! Each node announces two ranges ([`Versions`]): the node-to-node **protocol** versions it
-//! speaks and the data directory **storage** formats ([`format`](crate::storage::format))
+//! speaks and the data directory **storage** formats ([`format`](mod@crate::storage::format))
 //! it reads, each `min..=current`. Two nodes may work together when both ranges overlap
 //! ([`Versions::agree`]): they then speak the lower of the two current versions. The rule
 //! each release keeps is that its `min` is at most the previous release's `current`, so a
@@ -123,7 +123,7 @@ impl VersionRange {
 pub struct Versions {
     /// Node-to-node protocol versions.
     pub protocol: VersionRange,
-    /// Data directory formats ([`format`]).
+    /// Data directory formats ([`format`](mod@format)).
     pub storage: VersionRange,
 }
 

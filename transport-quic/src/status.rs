@@ -90,8 +90,14 @@ pub async fn once(client: &Client, nodes: &[SocketAddr]) -> std::io::Result<()> 
     // All at once: a node that is down or paused holds up only its own line.
     let text = table(&client.statuses(nodes).await);
     let mut stdout = std::io::stdout().lock();
-    stdout.write_all(text.as_bytes())?;
-    stdout.flush()
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        // The reader is gone (`| head`): not a failure.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        done => done,
+    }
 }
 
 /// ANSI: cursor to the top left, clear the screen.

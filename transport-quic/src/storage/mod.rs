@@ -197,7 +197,7 @@
 //! | file | what |
 //! |---|---|
 //! | `LOCK` | empty; holds the exclusive lock of an open `FileLog` |
-//! | `format` | the directory's format version ([`format`]; none in format 1, the previous release's) |
+//! | `format` | the directory's format version ([`format`](mod@format); none in format 1, the previous release's) |
 //! | `identity` | cluster, node and incarnation of the directory ([`identity`]); written once |
 //! | `00000000000000000001.seg` | a [`segment`] (format version 2, version 1 still read): header, durability marks, then records ([`record`]) |
 //! | `hard_state` | term and vote ([`hard_state`]) |
@@ -502,7 +502,7 @@ pub struct RecoveryReport {
     pub initialised: bool,
     /// The directory was written before identities existed and was given one.
     pub adopted: bool,
-    /// The directory was of this older [`format`] and was upgraded in place to
+    /// The directory was of this older [`format`](mod@format) and was upgraded in place to
     /// [`format::CURRENT`] (not set for a new directory).
     pub upgraded_from: Option<u32>,
     /// Segments read.
