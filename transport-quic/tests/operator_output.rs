@@ -6,8 +6,9 @@
 
 mod common;
 
-use common::{leader, node_log, spawn_customised, spawn_with, wait_for, Proc, Setup, BIN};
-use std::io::{BufRead, BufReader};
+use common::{
+    admin_command, leader, node_log, spawn_customised, spawn_with, wait_for, Proc, Setup, BIN,
+};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -41,17 +42,7 @@ fn run(args: &[&str]) -> (bool, String) {
 
 /// `coracle admin status --watch --interval 200` against the cluster, stdout piped.
 fn watch(setup: &Setup) -> Child {
-    let nodes: Vec<String> = setup.addrs.iter().map(ToString::to_string).collect();
-    Command::new(BIN)
-        .args([
-            "admin",
-            "--nodes",
-            &nodes.join(","),
-            "--name",
-            "ops",
-            "--certs",
-        ])
-        .arg(setup.certs())
+    admin_command(setup, &[1, 2, 3])
         .args(["status", "--watch", "--interval", "200"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -59,30 +50,62 @@ fn watch(setup: &Setup) -> Child {
         .unwrap()
 }
 
-/// Reads `n` whole tables from a watch's output (each ends with its counters' last line):
-/// the text of each.
-fn tables(out: &mut impl BufRead, n: usize) -> Vec<String> {
-    let mut tables = Vec::new();
-    let mut current = String::new();
-    let mut counters = 0;
-    let mut line = String::new();
-    while tables.len() < n {
-        line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "output ended");
-        current.push_str(&line);
-        if line.contains("(transport counters)") {
-            counters = 0;
-        } else if line.trim_start().starts_with(|c: char| c.is_ascii_digit())
-            && current.contains("(transport counters)")
-        {
-            counters += 1;
-            if counters == 3 {
-                tables.push(std::mem::take(&mut current));
+/// The output of a child, read on a thread of its own so that a wait can be bounded. When
+/// this is dropped, the thread stops at the next chunk and closes the pipe (its writer
+/// then gets a broken pipe).
+struct Output {
+    chunks: std::sync::mpsc::Receiver<Vec<u8>>,
+    seen: Vec<u8>,
+}
+
+impl Output {
+    fn of(mut out: impl std::io::Read + Send + 'static) -> Output {
+        let (tx, chunks) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = out.read(&mut chunk) {
+                if tx.send(chunk[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Output {
+            chunks,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The first `n` whole frames, each starting with `marker` (a frame is whole once the
+    /// next one has begun).
+    fn frames(&mut self, marker: &str, n: usize) -> Vec<String> {
+        let end = std::time::Instant::now() + LIMIT;
+        loop {
+            let text = String::from_utf8_lossy(&self.seen).into_owned();
+            if text.matches(marker).count() > n {
+                return text
+                    .split(marker)
+                    .skip(1)
+                    .take(n)
+                    .map(|f| format!("{marker}{f}"))
+                    .collect();
+            }
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            match self.chunks.recv_timeout(left) {
+                Ok(chunk) => self.seen.extend_from_slice(&chunk),
+                Err(e) => {
+                    let tail: String = text.chars().rev().take(2000).collect();
+                    let tail: String = tail.chars().rev().collect();
+                    panic!("{n} frames not seen ({e:?}); the output ends with: {tail:?}")
+                }
             }
         }
     }
-    tables
 }
+
+/// What starts each table of a watch into a pipe.
+const PIPED: &str = "UTC (every 200 ms; Ctrl-C to stop)";
+/// What starts each table of a watch on a terminal: ANSI home, clear.
+const CLEAR: &str = "\x1b[H\x1b[2J";
 
 /// Waits for `child` to exit by itself; its exit status and standard error.
 fn exited(child: Child) -> (bool, String) {
@@ -92,6 +115,40 @@ fn exited(child: Child) -> (bool, String) {
     let mut text = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut text).unwrap();
     (status.success(), text)
+}
+
+/// The watch on a pseudo-terminal: each table starts with the ANSI home+clear sequence;
+/// Ctrl-C (typed: the terminal turns it into SIGINT) ends it with exit status 0. Skipped
+/// with a message where `script` is missing.
+fn terminal_watch(setup: &Setup) {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("SKIPPED the terminal watch: no `script` (util-linux) on this machine");
+        return;
+    }
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let mut args = vec!["exec".to_string(), quote(BIN)];
+    let admin = admin_command(setup, &[1, 2, 3]);
+    args.extend(admin.get_args().map(|a| quote(&a.to_string_lossy())));
+    args.extend(["status", "--watch", "--interval", "200"].map(String::from));
+    let mut child = Command::new("script")
+        .args(["-qec", &args.join(" "), "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = Output::of(child.stdout.take().unwrap());
+    for frame in out.frames(CLEAR, 2) {
+        assert!(
+            frame.contains(PIPED)
+                && frame.contains("Leader")
+                && frame.contains("(transport counters)"),
+            "{frame:?}"
+        );
+    }
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"\x03").unwrap();
+    let (ok, err) = exited(child);
+    assert!(ok, "Ctrl-C on the terminal ends the watch cleanly: {err}");
 }
 
 #[test]
@@ -138,8 +195,8 @@ fn json_logs_and_a_watched_status_table() {
 
     // Not a terminal: one table after the other, each with every node; Ctrl-C ends it.
     let mut child = watch(&setup);
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let seen = tables(&mut out, 3);
+    let mut out = Output::of(child.stdout.take().unwrap());
+    let seen = out.frames(PIPED, 3);
     for table in &seen {
         assert!(
             !table.contains("\x1b["),
@@ -170,11 +227,15 @@ fn json_logs_and_a_watched_status_table() {
 
     // Its reader gone (`| head`): the watch ends cleanly too.
     let mut child = watch(&setup);
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    tables(&mut out, 1);
+    let mut out = Output::of(child.stdout.take().unwrap());
+    out.frames(PIPED, 1);
     drop(out);
     let (ok, err) = exited(child);
     assert!(ok, "a broken pipe ends the watch cleanly: {err}");
+
+    // On a terminal (a pseudo-terminal from util-linux `script`): redrawn in place, and
+    // Ctrl-C typed into the terminal ends it.
+    terminal_watch(&setup);
 
     // Bad flags: clear errors.
     for (args, why) in [

@@ -239,6 +239,27 @@ pub fn spawn_customised(
     Proc(Some(child))
 }
 
+/// `coracle admin` with the admin certificate against nodes `ids` (1-based), to be given
+/// its subcommand.
+pub fn admin_command(setup: &Setup, ids: &[u64]) -> std::process::Command {
+    let nodes: Vec<String> = ids
+        .iter()
+        .map(|&id| setup.addrs[id as usize - 1].to_string())
+        .collect();
+    let mut command = std::process::Command::new(BIN);
+    command
+        .args([
+            "admin",
+            "--nodes",
+            &nodes.join(","),
+            "--name",
+            "ops",
+            "--certs",
+        ])
+        .arg(setup.certs());
+    command
+}
+
 pub fn spawn_node(setup: &Setup, id: u64) -> Proc {
     let config = setup.write_config(id);
     spawn_with(setup, id, &config)
