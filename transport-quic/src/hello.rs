@@ -62,7 +62,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Application error code of a connection closed because a node refused the other's
 /// incarnation or versions.
@@ -438,11 +438,20 @@ fn decode_verdict(b: &[u8]) -> Result<Judged, HelloError> {
 /// Judges what `peer` announced: its versions, then its incarnation (recording it if
 /// `peer` is new, durably, on a helper thread).
 async fn judge(g: &Greeting, peer: NodeId, hello: &Hello) -> Result<Judged, HelloError> {
-    if let Err(e) = g.versions.agree(&hello.versions) {
-        if g.log_refusal(peer) {
-            error!(node = g.me, peer, "refusing node {peer}: {e}");
+    match g.versions.agree(&hello.versions) {
+        Ok(agreed) => debug!(
+            node = g.me,
+            peer,
+            protocol = agreed.protocol,
+            storage = agreed.storage,
+            "versions in common with node {peer}"
+        ),
+        Err(e) => {
+            if g.log_refusal(peer) {
+                error!(node = g.me, peer, "refusing node {peer}: {e}");
+            }
+            return Ok(Judged::RefusedVersions);
         }
-        return Ok(Judged::RefusedVersions);
     }
     let incarnation = hello.incarnation;
     let book = g.book.clone();

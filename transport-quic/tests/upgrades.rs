@@ -163,10 +163,20 @@ fn an_incompatible_node_is_refused_and_the_previous_release_is_taken() {
         );
     }
 
-    // Node 3 as the previous release (storage format 1 only): taken, it catches up.
-    let mut third = start_claiming(&setup, 3, "storage=1");
-    wait_taken(&setup, &client, 3);
-    third.kill();
+    // Node 3 as the previous release (storage format 1 only), then as the next one (one
+    // protocol and one format ahead, still handling this release's): taken, it catches up.
+    let next = format!(
+        "protocol={PROTOCOL}..{},storage={}..{}",
+        PROTOCOL + 1,
+        format::CURRENT,
+        format::CURRENT + 1
+    );
+    for claim in ["storage=1", next.as_str()] {
+        let mut third = start_claiming(&setup, 3, claim);
+        wait_taken(&setup, &client, 3);
+        put_range(&setup, &client, 40..45);
+        third.kill();
+    }
 
     // Its data directory written by a newer build: refused with what to do, unchanged.
     let dir = setup.path().join("data/node-3");
@@ -216,7 +226,7 @@ fn an_incompatible_node_is_refused_and_the_previous_release_is_taken() {
         std::fs::read(&marker).unwrap(),
         format_file(format::CURRENT)
     );
-    put_range(&setup, &client, 40..50);
+    put_range(&setup, &client, 45..50);
     smol::block_on(async {
         for i in 0..50 {
             let v = client.get(format!("k{i}")).await.unwrap();
