@@ -70,7 +70,8 @@ pub enum Inbound {
 #[derive(Debug, Default)]
 pub struct TransportStats {
     /// Connections this node refused at the handshake (no certificate, another CA, wrong
-    /// ALPN, an unusable identity...); each is logged with its reason.
+    /// ALPN, an unusable identity...) or at the [hello](crate::hello) (no version in
+    /// common, another incarnation of a known member); each is logged with its reason.
     pub refused: AtomicU64,
     /// Handshakes the other side gave up: it went silent (timed out), closed, or refused
     /// this node's certificate. Not refusals of this node's.

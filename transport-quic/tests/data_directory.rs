@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{leader, node_log, spawn_with, wait_for, Proc, Setup, BIN};
+use common::{admin_command, leader, node_log, spawn_with, wait_for, Proc, Setup, BIN};
 use coracle_quic::protocol::{Consistency, NodeStatus};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -65,23 +65,7 @@ fn refused(setup: &Setup, id: u64) -> String {
 /// `coracle admin` with the admin certificate against nodes `ids`; its output if it
 /// succeeded.
 fn admin(setup: &Setup, ids: &[u64], args: &[&str]) -> Result<String, String> {
-    let nodes: Vec<String> = ids
-        .iter()
-        .map(|&id| setup.addrs[id as usize - 1].to_string())
-        .collect();
-    let out = Command::new(BIN)
-        .args([
-            "admin",
-            "--nodes",
-            &nodes.join(","),
-            "--name",
-            "ops",
-            "--certs",
-        ])
-        .arg(setup.certs())
-        .args(args)
-        .output()
-        .unwrap();
+    let out = admin_command(setup, ids).args(args).output().unwrap();
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {

@@ -239,25 +239,68 @@ fn garbage_on_the_udp_port_and_on_open_streams_is_counted_and_survived() {
     let config = tls::client_config(&creds, &QuicSettings::default()).unwrap();
     let ep = endpoint();
     smol::block_on(async {
-        let before = malformed();
+        // The connection is closed as malformed (within a generous 10 s), and counted.
+        let first_stream_closes_as_malformed = |bytes: &[u8]| {
+            let bytes = bytes.to_vec();
+            let (ep, config) = (&ep, config.clone());
+            async move {
+                let before = malformed();
+                let conn = ep
+                    .connect_with(config, addr, "node-1.coracle")
+                    .unwrap()
+                    .await
+                    .unwrap();
+                let (mut s, _r) = conn.open_bi().await.unwrap();
+                s.write_all(&bytes).await.unwrap();
+                let closed = smol::future::or(async { Some(conn.closed().await) }, async {
+                    smol::Timer::after(Duration::from_secs(10)).await;
+                    None
+                })
+                .await;
+                assert!(
+                    matches!(&closed, Some(quinn::ConnectionError::ApplicationClosed(c))
+                        if c.error_code == coracle_quic::transport::ERR_MALFORMED.into()),
+                    "{closed:?}"
+                );
+                assert!(malformed() > before);
+            }
+        };
+        first_stream_closes_as_malformed(&[0x5a; 64]).await;
+
+        // An earlier build's hello (format 1: no versions, 36 bytes) is told apart from its
+        // head and refused as malformed at once (not left to the hello's timeout, which
+        // would close with another code).
+        let mut old = b"CORAHELO".to_vec();
+        old.extend_from_slice(&1u32.to_le_bytes());
+        for n in [7u64, 2, 0x2222] {
+            old.extend_from_slice(&n.to_le_bytes());
+        }
+        first_stream_closes_as_malformed(&old).await;
+
+        // A peer with no version in common (the library's `with_versions`): both ends
+        // refuse, both count it.
+        let refused = || TransportStats::get(&node.stats().refused);
+        let before = refused();
         let conn = ep
             .connect_with(config.clone(), addr, "node-1.coracle")
             .unwrap()
             .await
             .unwrap();
-        let (mut s, _r) = conn.open_bi().await.unwrap();
-        s.write_all(&[0x5a; 64]).await.unwrap();
-        let closed = smol::future::or(async { Some(conn.closed().await) }, async {
-            smol::Timer::after(Duration::from_secs(10)).await;
-            None
-        })
-        .await;
-        assert!(
-            matches!(&closed, Some(quinn::ConnectionError::ApplicationClosed(c))
-                if c.error_code == coracle_quic::transport::ERR_MALFORMED.into()),
-            "{closed:?}"
-        );
-        assert!(malformed() > before);
+        let book_dir = setup.path().join("fake-node-2-newer");
+        std::fs::create_dir_all(&book_dir).unwrap();
+        let book = Arc::new(coracle_quic::storage::Incarnations::open(&book_dir).unwrap());
+        let newer = coracle_quic::hello::Versions::parse("protocol=9..10").unwrap();
+        let greeting = coracle_quic::hello::Greeting::new(7, 2, 0x2222, book).with_versions(newer);
+        let stats = TransportStats::default();
+        assert!(!coracle_quic::hello::exchange(&greeting, 1, &conn, true, &stats).await);
+        assert_eq!(TransportStats::get(&stats.refused), 1);
+        let mut waited = 0;
+        while refused() == before && waited < 100 {
+            // Liveness bound: 10 s, generous on a loaded machine.
+            smol::Timer::after(Duration::from_millis(100)).await;
+            waited += 1;
+        }
+        assert!(refused() > before, "the node counted its refusal");
 
         let conn = ep
             .connect_with(config, addr, "node-1.coracle")

@@ -100,6 +100,17 @@ pub enum FileLogError {
         /// The version found.
         version: u32,
     },
+    /// The data directory was written by a newer build: its format
+    /// ([`format`](super::format)) is above the newest this build reads. Nothing in it was
+    /// read, removed or written (besides taking its lock); run a newer coracle.
+    FormatTooNew {
+        /// The data directory.
+        dir: PathBuf,
+        /// The format its `format` file names.
+        found: u32,
+        /// The newest format this build reads ([`format::CURRENT`](super::format::CURRENT)).
+        supported: u32,
+    },
     /// A snapshot does not fit its metadata (its length differs from the size announced,
     /// it is older than the one kept, or no snapshot is being received).
     BadSnapshot(String),
@@ -131,7 +142,9 @@ impl FileLogError {
             FileLogError::EntryTooLarge { .. }
             | FileLogError::StaleSnapshot { .. }
             | FileLogError::QuotaTooSmall { .. } => io::ErrorKind::InvalidInput,
-            FileLogError::SnapshotVersion { .. } => io::ErrorKind::InvalidData,
+            FileLogError::SnapshotVersion { .. } | FileLogError::FormatTooNew { .. } => {
+                io::ErrorKind::InvalidData
+            }
             FileLogError::BadSnapshot(_) | FileLogError::OutOfOrder { .. } => {
                 io::ErrorKind::InvalidInput
             }
@@ -359,6 +372,16 @@ impl fmt::Display for FileLogError {
                  data directory from a replica",
                 file.display(),
                 super::snapshot::VERSION
+            ),
+            FileLogError::FormatTooNew {
+                dir,
+                found,
+                supported,
+            } => write!(
+                f,
+                "data directory format {found} is newer than this binary supports ({supported}); \
+                 upgrade coracle (data directory {}, left unchanged)",
+                dir.display()
             ),
             FileLogError::BadSnapshot(m) => write!(f, "bad snapshot: {m}"),
             FileLogError::OutOfOrder { index, last } => write!(

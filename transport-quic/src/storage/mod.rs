@@ -197,6 +197,7 @@
 //! | file | what |
 //! |---|---|
 //! | `LOCK` | empty; holds the exclusive lock of an open `FileLog` |
+//! | `format` | the directory's format version ([`format`](mod@format); none in format 1, the previous release's) |
 //! | `identity` | cluster, node and incarnation of the directory ([`identity`]); written once |
 //! | `00000000000000000001.seg` | a [`segment`] (format version 2, version 1 still read): header, durability marks, then records ([`record`]) |
 //! | `hard_state` | term and vote ([`hard_state`]) |
@@ -248,6 +249,7 @@
 
 mod dir;
 mod error;
+pub mod format;
 pub mod hard_state;
 pub mod identity;
 pub mod incarnations;
@@ -500,6 +502,9 @@ pub struct RecoveryReport {
     pub initialised: bool,
     /// The directory was written before identities existed and was given one.
     pub adopted: bool,
+    /// The directory was of this older [`format`](mod@format) and was upgraded in place to
+    /// [`format::CURRENT`] (not set for a new directory).
+    pub upgraded_from: Option<u32>,
     /// Segments read.
     pub segments: usize,
     /// Entries read (before the snapshot's compaction).
@@ -511,6 +516,12 @@ impl RecoveryReport {
     /// concerned (for the host's log, at WARN: each is the trace of a crash or of damage).
     pub fn warnings(&self) -> Vec<String> {
         let mut out: Vec<String> = self.leftovers.iter().map(ToString::to_string).collect();
+        if let Some(from) = self.upgraded_from {
+            out.push(format!(
+                "upgraded the data directory from format {from} to format {} (a build older than this one cannot open it any more)",
+                format::CURRENT
+            ));
+        }
         if let Some(t) = &self.tail_cut {
             out.push(t.to_string());
         }
@@ -811,6 +822,8 @@ impl FileLog {
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir).map_err(io_err(&dir, "create data directory"))?;
         let lock = dir::lock(&dir)?;
+        // Before anything is read or changed: a newer build's directory is refused as it is.
+        let format = format::read(&dir)?;
         let leftovers = dir::remove_leftovers(&dir, |path| Leftover {
             path: path.to_path_buf(),
             what: recovery::describe_leftover(path),
@@ -934,6 +947,12 @@ impl FileLog {
             .sync_data()
             .map_err(io_err(&dir, "sync the last segment"))?;
         stats.fsyncs += 1;
+        if format < format::CURRENT {
+            // The directory is consistent (every check above passed): upgrade it in place.
+            format::write_current(&dir)?;
+            stats.fsyncs += 2;
+            report.upgraded_from = (!fresh).then_some(format);
+        }
         let identity = match identity {
             Some(id) => id,
             None => {

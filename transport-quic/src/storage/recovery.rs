@@ -480,7 +480,10 @@ pub(crate) fn describe_leftover(path: &Path) -> String {
     if stem.starts_with("spare-") {
         return "a spare segment prepared ahead of time: no entry of the log".into();
     }
-    if stem == super::identity::FILE || stem == super::incarnations::FILE {
+    if stem == super::identity::FILE
+        || stem == super::incarnations::FILE
+        || stem == super::format::FILE
+    {
         return format!("a new {stem} file a crash interrupted; the previous one (if any) stands, no entry is dropped");
     }
     "a temporary file of an interrupted write; no entry of the log".into()

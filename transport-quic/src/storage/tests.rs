@@ -2862,3 +2862,127 @@ fn segments_a_snapshot_superseded_are_removed_and_reported() {
     let text = r.warnings().join("\n");
     assert!(text.contains("entries 1..=30 (30 entries)"), "{text}");
 }
+
+/// Every file of `dir` but the lock, with its bytes.
+fn files_of(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut v: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.ends_with(dir::LOCK_FILE))
+        .map(|p| {
+            let b = fs::read(&p).unwrap();
+            (p, b)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The data directory's format (issue 19): a new directory is marked with this build's
+/// format; one of the previous release (no marker) is upgraded in place once found
+/// consistent, and not touched when damaged; a newer build's directory, or a marker that
+/// is garbage, is refused before anything in it is removed or written.
+#[test]
+fn newer_data_directory_formats_are_refused_and_the_previous_one_is_upgraded() {
+    let dir = TempDir::new("format");
+    {
+        let mut log = FileLog::open_with(dir.path(), small_segments()).unwrap();
+        assert_eq!(log.recovery().upgraded_from, None, "a new directory");
+        log.set_hard_state(HardState {
+            current_term: 4,
+            voted_for: Some(1),
+        })
+        .unwrap();
+        append_range(&mut log, 1..=20, 4);
+        log.sync().unwrap();
+    }
+    let marker = dir.path().join(format::FILE);
+    assert_eq!(format::read(dir.path()).unwrap(), format::CURRENT);
+    let current = fs::read(&marker).unwrap();
+
+    // The previous release's directory (no marker; a crash had left a half-written one).
+    fs::remove_file(&marker).unwrap();
+    fs::write(dir.path().join("format.tmp"), b"CORA").unwrap();
+    let log = FileLog::open_with(dir.path(), small_segments()).unwrap();
+    assert_eq!(log.recovery().upgraded_from, Some(format::OLDEST));
+    let warnings = log.recovery().warnings().join("\n");
+    assert!(
+        warnings.contains("upgraded the data directory from format 1 to format 2"),
+        "{warnings}"
+    );
+    assert_eq!((log.last_index(), log.hard_state().current_term), (20, 4));
+    drop(log);
+    assert_eq!(
+        fs::read(&marker).unwrap(),
+        current,
+        "marked as this build's"
+    );
+    assert!(!dir.path().join("format.tmp").exists());
+    let log = FileLog::open_with(dir.path(), small_segments()).unwrap();
+    assert_eq!(log.recovery().upgraded_from, None, "upgraded once");
+    assert!(log.recovery().warnings().is_empty());
+    drop(log);
+
+    // A newer build's directory: refused with what to do, and left exactly as it was
+    // (even a temporary file the newer build may still need).
+    let newer = |version: u32| {
+        let mut b = current.clone();
+        b[8..12].copy_from_slice(&version.to_le_bytes());
+        let crc = crc32fast::hash(&b[..12]);
+        b[12..].copy_from_slice(&crc.to_le_bytes());
+        b
+    };
+    for version in [format::CURRENT + 1, u32::MAX] {
+        fs::write(&marker, newer(version)).unwrap();
+        fs::write(dir.path().join("newer.tmp"), b"of a newer build").unwrap();
+        let before = files_of(dir.path());
+        let e = FileLog::open_with(dir.path(), small_segments()).unwrap_err();
+        assert!(
+            matches!(e, FileLogError::FormatTooNew { found, supported: format::CURRENT, .. } if found == version),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().contains(&format!(
+                "data directory format {version} is newer than this binary supports ({}); upgrade coracle",
+                format::CURRENT
+            )),
+            "{e}"
+        );
+        assert_eq!(files_of(dir.path()), before, "nothing changed");
+    }
+    fs::remove_file(dir.path().join("newer.tmp")).unwrap();
+
+    // Garbage in the marker: refused as corrupt, naming the file, nothing changed.
+    let mut flipped = current.clone();
+    flipped[9] ^= 0x10;
+    let garbage: Vec<Vec<u8>> = vec![
+        Vec::new(),
+        b"2\n".to_vec(),
+        current[..15].to_vec(),
+        [current.clone(), vec![0]].concat(),
+        flipped,
+        newer(0),
+        vec![0xff; 16],
+        b"CORAIDEN\x01\0\0\0\0\0\0\0".to_vec(),
+    ];
+    for bytes in garbage {
+        fs::write(&marker, &bytes).unwrap();
+        let before = files_of(dir.path());
+        match FileLog::open_with(dir.path(), small_segments()) {
+            Err(e @ FileLogError::Corrupt { .. }) => {
+                assert!(e.to_string().contains("format"), "{e}")
+            }
+            other => panic!("{bytes:?}: {other:?}"),
+        }
+        assert_eq!(files_of(dir.path()), before, "{bytes:?}: nothing changed");
+    }
+
+    // A damaged directory of the previous release is refused and not upgraded.
+    fs::remove_file(&marker).unwrap();
+    fs::remove_file(dir.path().join(hard_state::FILE)).unwrap();
+    assert_eq!(
+        damage(dir.path(), small_segments()),
+        Damage::MissingHardState { newest_term: 4 }
+    );
+    assert!(!marker.exists(), "not upgraded");
+}

@@ -212,12 +212,23 @@ pub fn node_log(setup: &Setup, id: u64) -> PathBuf {
 /// (`--watch-stdin`): if this test process dies without dropping it (an abort), the node
 /// stops instead of running on as an orphan.
 pub fn spawn_with(setup: &Setup, id: u64, config: &Path) -> Proc {
+    spawn_customised(setup, id, config, |c| c)
+}
+
+/// [`spawn_with`], the command first changed by `customise` (environment, more flags).
+pub fn spawn_customised(
+    setup: &Setup,
+    id: u64,
+    config: &Path,
+    customise: impl FnOnce(&mut std::process::Command) -> &mut std::process::Command,
+) -> Proc {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(node_log(setup, id))
         .unwrap();
-    let child = std::process::Command::new(BIN)
+    let mut command = std::process::Command::new(BIN);
+    let child = customise(&mut command)
         .args(["node", "--log", "info", "--watch-stdin", "--config"])
         .arg(config)
         .stdin(std::process::Stdio::piped())
@@ -226,6 +237,27 @@ pub fn spawn_with(setup: &Setup, id: u64, config: &Path) -> Proc {
         .spawn()
         .unwrap();
     Proc(Some(child))
+}
+
+/// `coracle admin` with the admin certificate against nodes `ids` (1-based), to be given
+/// its subcommand.
+pub fn admin_command(setup: &Setup, ids: &[u64]) -> std::process::Command {
+    let nodes: Vec<String> = ids
+        .iter()
+        .map(|&id| setup.addrs[id as usize - 1].to_string())
+        .collect();
+    let mut command = std::process::Command::new(BIN);
+    command
+        .args([
+            "admin",
+            "--nodes",
+            &nodes.join(","),
+            "--name",
+            "ops",
+            "--certs",
+        ])
+        .arg(setup.certs());
+    command
 }
 
 pub fn spawn_node(setup: &Setup, id: u64) -> Proc {
