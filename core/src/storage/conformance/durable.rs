@@ -50,9 +50,10 @@
 //! - `kept snapshot`: the kept snapshot's metadata (index, term, configuration) and its
 //!   bytes survive, whether installed from a leader or taken by the host.
 //! - `compaction and reset`: the log starts after a point no later than the latest
-//!   compaction asked for (a store may compact later, or never) and no earlier than the
-//!   latest reset (an installed snapshot the log did not reach), with the term of the entry
-//!   there.
+//!   compaction asked for or the kept snapshot's index, whichever is later (a store may
+//!   compact later, or never, and may drop what its kept snapshot covers when it likes,
+//!   never more), and no earlier than the latest reset (an installed snapshot the log did
+//!   not reach), with the term of the entry there.
 //! - `truncation`: no entry a truncation (or a conflicting rewrite) removed comes back.
 //! - `entries`: every entry written and not removed survives, with its index, term, kind
 //!   and bytes, none missing.
@@ -81,10 +82,11 @@ pub trait DurableStore {
     /// in the contract's order. It need not be durable before [`DurableStore::sync`].
     fn perform(&mut self, batch: &Batch<'_>) -> Result<(), Self::Error>;
 
-    /// Keeps the host's own snapshot of its state machine at `index` (the bytes), durable
-    /// when this returns, as before [`Node::snapshot_taken`](crate::Node::snapshot_taken).
+    /// Keeps the host's own snapshot of its state machine at `meta.index` (the bytes),
+    /// durable when this returns, as before
+    /// [`Node::snapshot_taken`](crate::Node::snapshot_taken) (`meta` is what it answers).
     /// The next batch holds its [`SnapshotWrite::Taken`].
-    fn save_taken(&mut self, index: Index, bytes: &[u8]) -> Result<(), Self::Error>;
+    fn save_taken(&mut self, meta: &SnapshotMeta, bytes: &[u8]) -> Result<(), Self::Error>;
 
     /// Makes every batch performed so far durable (a flush, an fsync, a rewrite that was
     /// owed).
@@ -173,8 +175,8 @@ impl DurableStore for MemStore {
         Ok(())
     }
 
-    fn save_taken(&mut self, index: Index, bytes: &[u8]) -> Result<(), Self::Error> {
-        MemStore::save_taken(self, index, bytes.to_vec());
+    fn save_taken(&mut self, meta: &SnapshotMeta, bytes: &[u8]) -> Result<(), Self::Error> {
+        MemStore::save_taken(self, meta.index, bytes.to_vec());
         Ok(())
     }
 
@@ -498,12 +500,17 @@ impl Model {
         }
         let (at, term) = r.compacted;
         let full = &self.full;
-        if at > s.compacted.0 || at < full.compacted.0 {
+        // Entries the kept snapshot covers may go whenever the store likes.
+        let latest = s.compacted.0.max(self.kept_index());
+        if at > latest || at < full.compacted.0 {
             return Some((
                 Rule::Compaction,
                 format!(
-                    "the log starts after {at}; compaction asked through {}, last reset after {}",
-                    s.compacted.0, full.compacted.0
+                    "the log starts after {at}; compaction asked through {}, the kept snapshot \
+                     through {}, last reset after {}",
+                    s.compacted.0,
+                    self.kept_index(),
+                    full.compacted.0
                 ),
             ));
         }
@@ -809,7 +816,7 @@ impl<'o, S: DurableStore> Run<'o, S> {
         let meta = self.meta(index, term);
         let len = self.snapshot_len();
         let bytes = self.bytes(len);
-        let r = self.store.save_taken(index, &bytes);
+        let r = self.store.save_taken(&meta, &bytes);
         self.ok(r, "save_taken");
         self.written.save_taken(index, &bytes);
         self.durable.save_taken(index, &bytes);
@@ -1094,12 +1101,12 @@ mod tests {
             Ok(())
         }
 
-        fn save_taken(&mut self, index: Index, bytes: &[u8]) -> Result<(), Self::Error> {
+        fn save_taken(&mut self, meta: &SnapshotMeta, bytes: &[u8]) -> Result<(), Self::Error> {
             let bytes = match self.bug {
                 Bug::LosesTakenSnapshotBytes => Vec::new(),
                 _ => bytes.to_vec(),
             };
-            self.store.save_taken(index, bytes);
+            self.store.save_taken(meta.index, bytes);
             Ok(())
         }
 
@@ -1214,9 +1221,9 @@ mod tests {
             Ok(())
         }
 
-        fn save_taken(&mut self, index: Index, bytes: &[u8]) -> Result<(), Self::Error> {
-            self.durable.save_taken(index, bytes.to_vec());
-            self.written.save_taken(index, bytes.to_vec());
+        fn save_taken(&mut self, meta: &SnapshotMeta, bytes: &[u8]) -> Result<(), Self::Error> {
+            self.durable.save_taken(meta.index, bytes.to_vec());
+            self.written.save_taken(meta.index, bytes.to_vec());
             Ok(())
         }
 
