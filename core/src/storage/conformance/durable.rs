@@ -1007,6 +1007,58 @@ mod tests {
         }
     }
 
+    /// A reference store that records what it is asked to do.
+    #[derive(Default)]
+    struct Recorder {
+        store: MemStore,
+        calls: Vec<String>,
+    }
+
+    impl DurableStore for Recorder {
+        type Error = core::convert::Infallible;
+
+        fn perform(&mut self, batch: &Batch<'_>) -> Result<(), Self::Error> {
+            self.calls.push(format!("{batch:?}"));
+            self.store.perform(batch)
+        }
+
+        fn save_taken(&mut self, meta: &SnapshotMeta, bytes: &[u8]) -> Result<(), Self::Error> {
+            self.calls.push(format!("save {} {bytes:?}", meta.index));
+            DurableStore::save_taken(&mut self.store, meta, bytes)
+        }
+
+        fn sync(&mut self) -> Result<(), Self::Error> {
+            self.calls.push(String::from("sync"));
+            Ok(())
+        }
+
+        fn crash(&mut self, hint: Crash) {
+            self.calls.push(format!("{hint:?}"));
+        }
+
+        fn reopen(&mut self) -> Result<Recovered, Self::Error> {
+            self.calls.push(String::from("reopen"));
+            self.store.reopen()
+        }
+    }
+
+    /// A seed replays exactly (what a failure's message promises); another seed differs.
+    #[test]
+    fn a_seed_replays_the_same_calls() {
+        let options = Options::default();
+        let calls = |seed| {
+            let mut run = Run::new(&options, seed, Recorder::default());
+            for _ in 0..options.steps {
+                run.one_step();
+            }
+            run.store.calls
+        };
+        let first = calls(7);
+        assert!(first.len() > options.steps / 2);
+        assert_eq!(first, calls(7));
+        assert_ne!(first, calls(8));
+    }
+
     #[test]
     fn the_reference_store_passes() {
         check(&quick(), MemStore::new);
