@@ -900,7 +900,8 @@ mod tests {
             snapshot_bytes: 16..=300,
             ..durable::Options::default()
         };
-        durable::check(&options, SuiteDisk::default);
+        let report = durable::check(&options, SuiteDisk::default);
+        assert!(report.crashes_that_lost_writes >= 10, "{report:?}");
     }
 
     #[test]

@@ -1767,16 +1767,17 @@ impl DurableStore for SuiteStore {
 /// snapshots with compaction, snapshots from a leader installed inside or past the log,
 /// hard states, many in one batch) with flushes, crashes and reopens, the recovered state
 /// compared with `MemStore` after every reopen. Small segments, so segments roll, are
-/// deleted by compaction and cut by truncations.
+/// deleted by compaction and cut by truncations. A crash loses what was not flushed.
 #[test]
 fn the_durable_store_conformance_suite_passes() {
     let suite = durable::Options {
         seeds: 0..12,
         ..durable::Options::default()
     };
-    durable::check(&suite, || {
+    let report = durable::check(&suite, || {
         SuiteStore::new(Options::new().segment_bytes(300).preallocate(false))
     });
+    assert!(report.crashes_that_lost_writes >= 10, "{report:?}");
 }
 
 /// The same with entries kept behind the snapshot on open (the log starts before the

@@ -213,6 +213,28 @@ pub struct Options {
     pub max_config_bytes: usize,
 }
 
+impl Options {
+    /// Panics, saying why, if the options cannot make a run.
+    fn validate(&self) {
+        assert!(
+            self.max_live_entries > self.max_entries_per_batch as u64 + 3,
+            "conformance options: max_live_entries ({}) must exceed max_entries_per_batch ({}) \
+             + 3, or the log is always full",
+            self.max_live_entries,
+            self.max_entries_per_batch
+        );
+        assert!(
+            self.snapshot_bytes.start() <= self.snapshot_bytes.end(),
+            "conformance options: snapshot_bytes is empty ({:?})",
+            self.snapshot_bytes
+        );
+        assert!(
+            self.chunk_bytes > 0,
+            "conformance options: chunk_bytes must be at least 1"
+        );
+    }
+}
+
 impl Default for Options {
     /// 32 seeds of 200 steps; entries up to 64 bytes, 8 per batch, 64 in the log;
     /// snapshots up to 300 bytes in chunks of up to 64; configurations up to 27 bytes.
@@ -231,20 +253,19 @@ impl Default for Options {
 }
 
 /// Runs every seed of `options` on a fresh, empty store from `open`; panics with the rule
-/// broken, the seed and the step.
-pub fn check<S: DurableStore>(options: &Options, mut open: impl FnMut() -> S) {
+/// broken, the seed and the step. Returns what the seeds did (a test may check that its
+/// store's crashes did lose writes, say).
+pub fn check<S: DurableStore>(options: &Options, mut open: impl FnMut() -> S) -> Report {
+    let mut report = Report::default();
     for seed in options.seeds.clone() {
-        check_seed(options, seed, open());
+        report.add(&check_seed(options, seed, open()));
     }
+    report
 }
 
 /// Runs one seed on `store` (empty): what [`check`] does for each, to replay a failure.
-pub fn check_seed<S: DurableStore>(options: &Options, seed: u64, store: S) {
-    run_seed(options, seed, store);
-}
-
-/// Runs one seed; returns what it exercised.
-fn run_seed<S: DurableStore>(options: &Options, seed: u64, store: S) -> Coverage {
+pub fn check_seed<S: DurableStore>(options: &Options, seed: u64, store: S) -> Report {
+    options.validate();
     let mut run = Run::new(options, seed, store);
     for _ in 0..options.steps {
         run.step += 1;
@@ -256,31 +277,42 @@ fn run_seed<S: DurableStore>(options: &Options, seed: u64, store: S) -> Coverage
     run.seen
 }
 
-/// How many times a seed did each thing the module documentation lists (a test checks
-/// that the generator keeps doing all of them).
+/// What a run did: how many times each kind of step the module documentation lists.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Coverage {
-    batches: u32,
+pub struct Report {
+    /// Batches performed.
+    pub batches: u32,
     /// Batches with three or more kinds of writes.
-    many_writes: u32,
-    conflicts: u32,
-    cut_in_the_batch: u32,
-    taken: u32,
-    taken_for_room: u32,
-    chunks_after_the_first: u32,
-    installs_keeping_the_log: u32,
-    installs_resetting_the_log: u32,
-    installs_past_the_log: u32,
-    syncs: u32,
-    clean_reopens: u32,
-    crashes: u32,
-    /// Crashes after which the store had lost writes it had performed.
-    crashes_that_lost_writes: u32,
+    pub many_writes: u32,
+    /// Conflicts: a truncation and entries of a newer term.
+    pub conflicts: u32,
+    /// Entries appended and cut again in the same batch.
+    pub cut_in_the_batch: u32,
+    /// Snapshots the host took.
+    pub taken: u32,
+    /// Of those, taken because the log was full.
+    pub taken_for_room: u32,
+    /// Chunks of a snapshot being received, after its first.
+    pub chunks_after_the_first: u32,
+    /// Snapshots installed that the log held: the log after them kept.
+    pub installs_keeping_the_log: u32,
+    /// Snapshots installed inside the log, at an entry of another term: the log reset.
+    pub installs_resetting_the_log: u32,
+    /// Snapshots installed past the end of the log: the log reset.
+    pub installs_past_the_log: u32,
+    /// Syncs.
+    pub syncs: u32,
+    /// Clean reopens.
+    pub clean_reopens: u32,
+    /// Crashes.
+    pub crashes: u32,
+    /// Crashes after which the store had lost writes it had performed (0 for a store that
+    /// cannot lose any).
+    pub crashes_that_lost_writes: u32,
 }
 
-#[cfg(test)]
-impl Coverage {
-    fn add(&mut self, o: &Coverage) {
+impl Report {
+    fn add(&mut self, o: &Report) {
         self.batches += o.batches;
         self.many_writes += o.many_writes;
         self.conflicts += o.conflicts;
@@ -613,7 +645,7 @@ struct Run<'o, S> {
     token: u64,
     term: Term,
     receiving: Option<Receiving>,
-    seen: Coverage,
+    seen: Report,
 }
 
 impl<'o, S: DurableStore> Run<'o, S> {
@@ -631,7 +663,7 @@ impl<'o, S: DurableStore> Run<'o, S> {
             token: 0,
             term: 0,
             receiving: None,
-            seen: Coverage::default(),
+            seen: Report::default(),
         }
     }
 
@@ -1042,6 +1074,16 @@ mod tests {
         }
     }
 
+    #[test]
+    #[should_panic(expected = "max_live_entries (8) must exceed max_entries_per_batch (8)")]
+    fn options_that_cannot_make_a_run_are_refused() {
+        let options = Options {
+            max_live_entries: 8,
+            ..Options::default()
+        };
+        check(&options, MemStore::new);
+    }
+
     /// A seed replays exactly (what a failure's message promises); another seed differs.
     #[test]
     fn a_seed_replays_the_same_calls() {
@@ -1064,21 +1106,12 @@ mod tests {
         check(&quick(), MemStore::new);
     }
 
-    fn coverage<S: DurableStore>(open: impl Fn() -> S) -> Coverage {
-        let options = Options::default();
-        let mut seen = Coverage::default();
-        for seed in options.seeds.clone() {
-            seen.add(&run_seed(&options, seed, open()));
-        }
-        seen
-    }
-
     /// The generator does everything the module documentation says, with the default
     /// options, and a store that loses writes in a crash is seen to lose some.
     #[test]
     fn the_default_seeds_exercise_every_kind_of_step() {
-        let seen = coverage(MemStore::new);
-        let Coverage {
+        let seen = check(&Options::default(), MemStore::new);
+        let Report {
             batches,
             many_writes,
             conflicts,
@@ -1112,7 +1145,7 @@ mod tests {
             assert!(n >= 10, "{what}: {n} in {seen:?}");
         }
         assert_eq!(crashes_that_lost_writes, 0, "the reference loses nothing");
-        let lossy = coverage(Disk::default);
+        let lossy = check(&Options::default(), Disk::default);
         assert!(lossy.crashes_that_lost_writes >= 10, "{lossy:?}");
     }
 
