@@ -5,15 +5,49 @@
 //! the simulator's disk and [`MemStore`] itself run it; run it against a store of yours:
 //!
 //! ```
-//! use coracle::conformance::durable::{self, Options};
-//! use coracle::MemStore;
-//! // Implement `durable::DurableStore` for your store (see `MemStore`'s impl), then:
-//! durable::check(&Options { seeds: 0..4, ..Options::default() }, MemStore::new);
+//! use coracle::conformance::durable::{self, Crash, DurableStore, Options, Recovered};
+//! use coracle::{Batch, Index, MemStore, SnapshotMeta};
+//!
+//! /// A store that keeps a durable copy and the batches not yet synced (yours writes
+//! /// files or flash; here `MemStore` plays the medium).
+//! #[derive(Default)]
+//! struct MyStore {
+//!     durable: MemStore,
+//!     written: MemStore,
+//! }
+//!
+//! impl DurableStore for MyStore {
+//!     type Error = std::convert::Infallible;
+//!     fn perform(&mut self, batch: &Batch<'_>) -> Result<(), Self::Error> {
+//!         self.written.persist(batch);
+//!         Ok(())
+//!     }
+//!     fn save_taken(&mut self, meta: &SnapshotMeta, bytes: &[u8]) -> Result<(), Self::Error> {
+//!         self.durable.save_taken(meta.index, bytes.to_vec());
+//!         self.written.save_taken(meta.index, bytes.to_vec());
+//!         Ok(())
+//!     }
+//!     fn sync(&mut self) -> Result<(), Self::Error> {
+//!         self.durable = self.written.clone();
+//!         Ok(())
+//!     }
+//!     fn crash(&mut self, _: Crash) {
+//!         self.written = self.durable.clone(); // what was not synced is lost
+//!     }
+//!     fn reopen(&mut self) -> Result<Recovered, Self::Error> {
+//!         Ok(Recovered::from_store(&self.durable))
+//!     }
+//! }
+//!
+//! // In a test of yours (a failure panics, naming the rule, the seed and the step):
+//! let report = durable::check(&Options { seeds: 0..4, ..Options::default() }, MyStore::default);
+//! assert!(report.crashes_that_lost_writes > 0);
 //! ```
 //!
-//! [`check`] runs [`Options::seeds`], each on a fresh store from `open`; a failure panics
-//! with the rule broken, the seed and the step, and the batches of that seed replay
-//! exactly with [`check_seed`].
+//! [`check`] runs [`Options::seeds`], each on a fresh store from `open`, and returns a
+//! [`Report`] of what they did; a failure panics with the rule broken, the seed and the
+//! step, and the batches of that seed replay exactly with [`check_seed`]. A store that
+//! fills a memory log at a restart builds its [`Recovered`] with [`Recovered::from_log`].
 //!
 //! # What a seed does
 //!
