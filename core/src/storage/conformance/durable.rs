@@ -306,7 +306,7 @@ pub fn check_seed<S: DurableStore>(options: &Options, seed: u64, store: S) -> Re
         run.one_step();
     }
     run.step += 1;
-    run.what = String::from("the last clean reopen");
+    run.doing(String::from("the last clean reopen"));
     run.clean_reopen();
     run.seen
 }
@@ -666,8 +666,8 @@ struct Run<'o, S> {
     options: &'o Options,
     seed: u64,
     step: usize,
-    /// What the step does, for a failure's message.
-    what: String,
+    /// What the last steps did, the current one last, for a failure's message.
+    recent: Vec<(usize, String)>,
     store: S,
     rng: Rng,
     /// Every batch performed.
@@ -688,7 +688,7 @@ impl<'o, S: DurableStore> Run<'o, S> {
             options,
             seed,
             step: 0,
-            what: String::new(),
+            recent: Vec::new(),
             store,
             rng: Rng::new(seed ^ 0x636F_7261_636C_6521),
             written: Model::default(),
@@ -701,11 +701,25 @@ impl<'o, S: DurableStore> Run<'o, S> {
         }
     }
 
+    /// Notes what the current step does (a step may do several things).
+    fn doing(&mut self, what: String) {
+        if self.recent.len() == 8 {
+            self.recent.remove(0);
+        }
+        self.recent.push((self.step, what));
+    }
+
     fn fail(&self, rule: &str, detail: &str) -> ! {
+        let what = self.recent.last().map_or("", |(_, w)| w.as_str());
+        let mut before = String::new();
+        for (step, w) in &self.recent[..self.recent.len().saturating_sub(1)] {
+            before.push_str(&format!("\n  step {step}: {w}"));
+        }
         panic!(
-            "durable store conformance: rule `{rule}` broken (seed {}, step {}: {}): {detail}; \
-             replay with conformance::durable::check_seed(&options, {}, store)",
-            self.seed, self.step, self.what, self.seed
+            "durable store conformance: rule `{rule}` broken (seed {}, step {}: {what}): \
+             {detail}; replay with conformance::durable::check_seed(&options, {}, store); \
+             the steps before:{before}",
+            self.seed, self.step, self.seed
         )
     }
 
@@ -734,11 +748,11 @@ impl<'o, S: DurableStore> Run<'o, S> {
         match roll {
             0..=5 => self.crash(),
             6..=9 => {
-                self.what = String::from("a clean reopen");
+                self.doing(String::from("a clean reopen"));
                 self.clean_reopen();
             }
             10..=29 => {
-                self.what = String::from("a sync");
+                self.doing(String::from("a sync"));
                 self.sync();
             }
             _ => self.batch(),
@@ -771,10 +785,10 @@ impl<'o, S: DurableStore> Run<'o, S> {
         } else {
             None
         };
-        self.what = format!(
+        self.doing(format!(
             "a crash with {} batches not synced (suggested: keep {keep}, torn {torn_entries:?})",
             self.pending.len()
-        );
+        ));
         self.store.crash(Crash { keep, torn_entries });
         let r = self.store.reopen();
         let recovered = self.ok(r, "reopen after a crash");
@@ -1049,7 +1063,7 @@ impl<'o, S: DurableStore> Run<'o, S> {
 
     fn perform(&mut self, b: Planned, what: &str) {
         self.token += 1;
-        self.what = format!("{what}: {}", b.describe());
+        self.doing(format!("{what}: {}", b.describe()));
         let r = b.with_batch(self.token, usize::MAX, true, |batch| {
             self.store.perform(batch)
         });
