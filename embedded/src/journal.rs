@@ -1347,6 +1347,7 @@ mod tests {
     extern crate std;
 
     use super::*;
+    use coracle::conformance::durable::{self, Crash, DurableStore, Recovered};
     use coracle::{ArrayLog, Entries, MemStore, SnapshotChunkWrite, SyncToken};
     use std::vec::Vec;
 
@@ -1486,6 +1487,144 @@ mod tests {
         let mut log = Log::new();
         store.recover(&mut log).unwrap();
         log
+    }
+
+    /// The suite's journal: banks of 3 KiB on a flash erasing in the background,
+    /// rewritten once 1 KiB was appended (so batches also arrive while a bank fills up
+    /// and are owed to the next rewrite), snapshots of up to 256 bytes.
+    type SuiteJournal = FlashJournal<RamFlash<6144>, 256>;
+    const SUITE_REWRITE_ABOVE: usize = 1024;
+
+    /// What the suite's journals did, over every seed.
+    #[derive(Clone, Copy, Debug, Default)]
+    struct Seen {
+        rewrites: usize,
+        owed: usize,
+        waited: usize,
+    }
+    type SuiteLog = ArrayLog<32, 24, 64>;
+
+    /// A board's journal as the durable-store conformance suite drives it: a batch is
+    /// performed (and one step of maintenance run, as a board's loop does between
+    /// turns), a sync runs maintenance until the owed batches are rewritten, a crash
+    /// keeps only the flash, a reopen replays it into a fixed-capacity memory log.
+    struct SuiteStore {
+        journal: Option<SuiteJournal>,
+        /// The node's memory log as the batches left it (what maintenance rewrites).
+        memory: MemStore,
+        seen: std::rc::Rc<core::cell::Cell<Seen>>,
+    }
+
+    impl SuiteStore {
+        fn new(seen: std::rc::Rc<core::cell::Cell<Seen>>) -> Self {
+            let mut flash = RamFlash::new();
+            flash.erase_polls = 2;
+            let mut journal = SuiteJournal::open(flash, &mut SuiteLog::new()).unwrap();
+            journal.set_rewrite_above(SUITE_REWRITE_ABOVE);
+            SuiteStore {
+                journal: Some(journal),
+                memory: MemStore::new(),
+                seen,
+            }
+        }
+
+        fn journal(&mut self) -> Result<&mut SuiteJournal, StorageError> {
+            self.journal.as_mut().ok_or(StorageError::Unavailable)
+        }
+
+        /// One step of maintenance with the node's memory log.
+        fn maintain(&mut self) -> Result<(), StorageError> {
+            let mut log = SuiteLog::new();
+            self.memory.recover(&mut log)?;
+            let step = self.journal()?.step(&log)?;
+            let mut seen = self.seen.get();
+            seen.rewrites += usize::from(matches!(step, Step::Rewritten { .. }));
+            seen.waited += usize::from(step == Step::Waiting);
+            self.seen.set(seen);
+            Ok(())
+        }
+    }
+
+    impl DurableStore for SuiteStore {
+        type Error = StorageError;
+
+        fn perform(&mut self, batch: &Batch<'_>) -> Result<(), StorageError> {
+            self.memory.persist(batch);
+            if self.journal()?.persist(batch)? == Persisted::AfterRewrite {
+                let mut seen = self.seen.get();
+                seen.owed += 1;
+                self.seen.set(seen);
+            }
+            if self.journal()?.pending() {
+                self.maintain()?;
+            }
+            Ok(())
+        }
+
+        fn save_taken(&mut self, meta: &SnapshotMeta, bytes: &[u8]) -> Result<(), StorageError> {
+            self.memory.save_taken(meta.index, bytes.to_vec());
+            self.journal()?.save_taken(meta.index, bytes)
+        }
+
+        fn sync(&mut self) -> Result<(), StorageError> {
+            let mut steps = 0;
+            while self.journal()?.pending() {
+                self.maintain()?;
+                steps += 1;
+                assert!(steps < 10_000, "maintenance ends");
+            }
+            Ok(())
+        }
+
+        fn crash(&mut self, _: Crash) {}
+
+        fn reopen(&mut self) -> Result<Recovered, StorageError> {
+            let flash = self
+                .journal
+                .take()
+                .ok_or(StorageError::Unavailable)?
+                .into_flash();
+            let mut log = SuiteLog::new();
+            let mut journal =
+                SuiteJournal::open(flash, &mut log).map_err(|_| StorageError::Unavailable)?;
+            journal.set_rewrite_above(SUITE_REWRITE_ABOVE);
+            let mut recovered = Recovered::from_log(&log, |_| None);
+            let snapshot = journal.snapshot().map(|(m, b)| (*m, b.to_vec()));
+            recovered.snapshot_bytes = snapshot.as_ref().map(|(_, b)| b.clone());
+            self.memory = MemStore {
+                hard_state: recovered.hard_state,
+                entries: recovered.entries.clone(),
+                compacted: recovered.compacted,
+                snapshot,
+                ..MemStore::new()
+            };
+            self.journal = Some(journal);
+            Ok(recovered)
+        }
+    }
+
+    /// The core's durable-store conformance suite (its rules and what a seed does are in
+    /// `coracle::conformance::durable`), against the flash journal: random batches with
+    /// syncs, crashes and reopens, rewrites into the other bank and background erases
+    /// between them, the replayed state compared with `MemStore` after every reopen.
+    #[test]
+    fn the_durable_store_conformance_suite_passes() {
+        let options = durable::Options {
+            seeds: 0..24,
+            max_entry_bytes: 24,
+            max_entries_per_batch: 6,
+            max_live_entries: 30,
+            snapshot_bytes: 0..=256,
+            chunk_bytes: 64,
+            ..durable::Options::default()
+        };
+        let seen = std::rc::Rc::default();
+        durable::check(&options, || SuiteStore::new(std::rc::Rc::clone(&seen)));
+        let seen = seen.get();
+        assert!(
+            seen.rewrites >= 100 && seen.owed >= 5 && seen.waited >= 100,
+            "the suite exercised the journal's maintenance: {seen:?}"
+        );
     }
 
     #[test]

@@ -15,8 +15,8 @@ use alloc::vec::Vec;
 ///
 /// Tests and examples use it as "the disk": a crash is dropping the node and keeping the
 /// store, with whatever batches were performed. It is also the model a durable store of
-/// your own can be checked against: perform the same batches on both, reopen yours, and
-/// compare what [`MemStore::recover`] gives.
+/// your own is checked against: [`conformance::durable`](crate::conformance::durable)
+/// performs the same batches on both, reopens yours, and compares.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MemStore {
     /// The term and vote.

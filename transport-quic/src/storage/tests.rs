@@ -1,9 +1,10 @@
 //! Tests of the durable log: roundtrips, crashes (a `FileLog` dropped without `sync`), torn
-//! and damaged files, the lock, read-only directories, a full log, and a property test
-//! against a model.
+//! and damaged files, the lock, read-only directories, a full log, and the core's
+//! durable-store conformance suite (against `MemStore`, the reference).
 
 use super::*;
-use coracle::{Entries, Entry, EntryKind, MemStore, StorageError, SyncToken};
+use coracle::conformance::durable::{self, Crash, DurableStore, Recovered};
+use coracle::{Entries, Entry, EntryKind, StorageError, SyncToken};
 use proptest::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -1691,204 +1692,105 @@ fn a_batch_that_does_not_follow_the_log_fails_it_and_writes_nothing() {
     assert_eq!(contents(&log), expected(1..=3, 1));
 }
 
-/// One step of the property test against `MemStore`.
-#[derive(Clone, Debug)]
-enum Op {
-    /// Append entries with these many bytes each, in a newer term if `new_term`.
-    Append {
-        lens: Vec<usize>,
-        new_term: bool,
-    },
-    /// A conflict: entries from a point chosen by this fraction of the kept range are cut,
-    /// and `n` entries of a newer term written in their place, in one batch.
-    Conflict(f64, usize),
-    /// The host's own snapshot at a point chosen by this fraction, compacting behind it.
-    Snapshot(f64),
-    /// A snapshot from a leader, in chunks: inside the log (kept after it) or past it.
-    Install(Option<f64>, usize),
-    /// A new term and vote.
-    HardState,
-    Sync,
-    /// Drop without a flush and reopen.
-    Crash,
+/// A `FileLog` in a directory of its own, as the durable-store conformance suite drives
+/// it: a sync is a flush, a crash drops the log without one (what was not flushed is
+/// lost), a reopen opens the directory again and fills a memory log from it.
+struct SuiteStore {
+    dir: TempDir,
+    options: Options,
+    log: Option<FileLog>,
 }
 
-fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![
-        8 => (proptest::collection::vec(0usize..60, 1..5), proptest::bool::weighted(0.1))
-            .prop_map(|(lens, new_term)| Op::Append { lens, new_term }),
-        1 => (0.0f64..1.0, 0usize..4).prop_map(|(f, n)| Op::Conflict(f, n)),
-        1 => (0.0f64..1.0).prop_map(Op::Snapshot),
-        1 => (proptest::option::of(0.0f64..1.0), 0usize..200).prop_map(|(f, len)| Op::Install(f, len)),
-        1 => Just(Op::HardState),
-        3 => Just(Op::Sync),
-        1 => Just(Op::Crash),
-    ]
-}
-
-/// Performs `batch` on both stores.
-fn both(file: &mut FileLog, mem: &mut MemStore, batch: &Batch<'_>) {
-    file.persist(batch);
-    mem.persist(batch);
-}
-
-/// The memory logs the two stores fill at a restart hold the same state: hard state,
-/// snapshot, compaction point, every term and entry.
-fn same_recovery(file: &FileLog, mem: &MemStore) -> Result<(), TestCaseError> {
-    let from_file = file.recover(1 << 20).unwrap();
-    let mut from_mem = coracle::VecLog::new();
-    mem.recover(&mut from_mem).unwrap();
-    prop_assert_eq!(from_file.hard_state(), from_mem.hard_state());
-    prop_assert_eq!(from_file.snapshot_meta(), from_mem.snapshot_meta());
-    prop_assert_eq!(from_file.first_index(), from_mem.first_index());
-    prop_assert_eq!(from_file.last_index(), from_mem.last_index());
-    for i in from_mem.first_index() - 1..=from_mem.last_index() + 1 {
-        prop_assert_eq!(from_file.term(i), from_mem.term(i), "term of {}", i);
-    }
-    for i in from_mem.first_index()..=from_mem.last_index() {
-        let want = from_mem.entry(i).map(OwnedEntry::from);
-        // The bounded memory log may hold only the newest: read the others back.
-        let got = from_file
-            .entry(i)
-            .map(OwnedEntry::from)
-            .or_else(|| file.entry(i));
-        prop_assert_eq!(got, want, "entry {}", i);
-    }
-    let bytes = mem.snapshot.as_ref().map(|(_, b)| b.clone());
-    prop_assert_eq!(file.snapshot_bytes(), bytes);
-    Ok(())
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
-
-    /// The same random batches (appends, conflicts cutting the log, the host's snapshots
-    /// with compaction, snapshots from a leader, hard states) performed on a `FileLog` and
-    /// on the core's `MemStore` (the reference of the contract), with flushes and crashes:
-    /// after every flush, and after every crash (which loses exactly what was not
-    /// flushed), the state a restart recovers is the same.
-    #[test]
-    fn random_batches_recover_as_the_reference_store(ops in proptest::collection::vec(op(), 1..60)) {
-        let dir = TempDir::new("prop");
-        let options = Options::new().segment_bytes(300);
-        let mut file = FileLog::open_with(dir.path(), options.clone()).unwrap();
-        let mut mem = MemStore::new();
-        let mut durable = mem.clone();
-        let mut term: Term = 1;
-        let mut hs = HardState { current_term: 1, voted_for: None };
-        both(&mut file, &mut mem, &Batch { hard_state: Some(hs), ..batch() });
-        for op in ops {
-            let first = mem.compacted.0 + 1;
-            let last = mem.last_index();
-            let snap = mem.snapshot.as_ref().map_or(0, |(m, _)| m.index);
-            match op {
-                Op::Append { lens, new_term } => {
-                    term += u64::from(new_term);
-                    let datas: Vec<Vec<u8>> = lens.iter().enumerate().map(|(k, &len)| data(last + 1 + k as u64 + term, len)).collect();
-                    let entries: Vec<Entry<'_>> = datas.iter().enumerate().map(|(k, d)| Entry {
-                        index: last + 1 + k as u64,
-                        term,
-                        kind: if d.len() == 7 { EntryKind::Membership } else { EntryKind::Command },
-                        data: d,
-                    }).collect();
-                    both(&mut file, &mut mem, &Batch { entries: Entries::from_slice(&entries), ..batch() });
-                }
-                Op::Conflict(f, n) => {
-                    let lo = first.max(snap + 1);
-                    if lo > last {
-                        continue;
-                    }
-                    let from = lo + ((last - lo) as f64 * f) as Index;
-                    term += 1;
-                    let datas: Vec<Vec<u8>> = (0..n).map(|k| data(from + k as u64 * 3, k * 11)).collect();
-                    let entries: Vec<Entry<'_>> = datas.iter().enumerate().map(|(k, d)| Entry {
-                        index: from + k as u64,
-                        term,
-                        kind: EntryKind::Command,
-                        data: d,
-                    }).collect();
-                    both(&mut file, &mut mem, &Batch {
-                        truncate_from: Some(from),
-                        entries: Entries::from_slice(&entries),
-                        ..batch()
-                    });
-                }
-                Op::Snapshot(f) => {
-                    // At an applied index: one already durable.
-                    let durable_last = durable.last_index().min(last);
-                    let lo = first.max(snap + 1);
-                    if lo > durable_last {
-                        continue;
-                    }
-                    let index = lo + ((durable_last - lo) as f64 * f) as Index;
-                    let Some(t) = mem.entry(index).map(|e| e.term) else { continue };
-                    let meta = SnapshotMeta::new(index, t, CONFIG).unwrap();
-                    let bytes = data(index * 3, (index % 50) as usize);
-                    let mut w = file.snapshot_writer(&meta).unwrap();
-                    w.write_all(&bytes).unwrap();
-                    FileLog::finish_snapshot(w).unwrap();
-                    mem.save_taken(index, bytes);
-                    both(&mut file, &mut mem, &Batch {
-                        snapshot: Some(SnapshotWrite::Taken(&meta)),
-                        compact_through: Some(index),
-                        ..batch()
-                    });
-                }
-                Op::Install(inside, len) => {
-                    let (index, t, holds) = match inside {
-                        Some(f) if first.max(snap + 1) <= last => {
-                            let lo = first.max(snap + 1);
-                            let index = lo + ((last - lo) as f64 * f) as Index;
-                            (index, mem.entry(index).map_or(term, |e| e.term), true)
-                        }
-                        _ => {
-                            term += 1;
-                            (last + 1 + len as Index % 3, term, false)
-                        }
-                    };
-                    let meta = SnapshotMeta::new(index, t, CONFIG).unwrap();
-                    let bytes = data(index * 5, len);
-                    let chunks: Vec<&[u8]> = if bytes.is_empty() { vec![&[][..]] } else { bytes.chunks(64).collect() };
-                    let n = chunks.len();
-                    for (k, c) in chunks.into_iter().enumerate() {
-                        let chunk = coracle::SnapshotChunkWrite { meta: &meta, offset: (k * 64) as u64, data: c };
-                        let done = k + 1 == n;
-                        both(&mut file, &mut mem, &Batch {
-                            snapshot_chunk: Some(chunk),
-                            snapshot: done.then_some(SnapshotWrite::Installed(&meta)),
-                            reset: (done && !holds).then_some((index, t)),
-                            compact_through: (done && holds).then_some(index),
-                            ..batch()
-                        });
-                    }
-                }
-                Op::HardState => {
-                    hs.current_term += 1;
-                    hs.voted_for = Some(hs.current_term % 3);
-                    term = term.max(hs.current_term);
-                    both(&mut file, &mut mem, &Batch { hard_state: Some(hs), ..batch() });
-                }
-                Op::Sync => {
-                    file.sync().unwrap();
-                    file.wait_for_spare();
-                    durable = mem.clone();
-                    same_recovery(&file, &mem)?;
-                }
-                Op::Crash => {
-                    drop(file);
-                    file = FileLog::open_with(dir.path(), options.clone()).unwrap();
-                    mem = durable.clone();
-                    hs = mem.hard_state;
-                    term = term.max(hs.current_term);
-                    same_recovery(&file, &mem)?;
-                }
-            }
+impl SuiteStore {
+    fn new(options: Options) -> SuiteStore {
+        let dir = TempDir::new("conformance");
+        let log = FileLog::open_with(dir.path(), options.clone()).unwrap();
+        SuiteStore {
+            dir,
+            options,
+            log: Some(log),
         }
-        file.sync().unwrap();
-        drop(file);
-        let file = FileLog::open_with(dir.path(), options).unwrap();
-        same_recovery(&file, &mem)?;
     }
+
+    fn log(&mut self) -> Result<&mut FileLog, String> {
+        self.log
+            .as_mut()
+            .ok_or_else(|| "no log is open".to_string())
+    }
+}
+
+impl DurableStore for SuiteStore {
+    type Error = String;
+
+    fn perform(&mut self, batch: &Batch<'_>) -> Result<(), String> {
+        let log = self.log()?;
+        log.persist(batch);
+        match log.last_error() {
+            Some(e) => Err(e.to_string()),
+            None => Ok(()),
+        }
+    }
+
+    fn save_taken(&mut self, meta: &SnapshotMeta, bytes: &[u8]) -> Result<(), String> {
+        let log = self.log()?;
+        let mut w = log.snapshot_writer(meta).map_err(|e| e.to_string())?;
+        w.write_all(bytes).map_err(|e| e.to_string())?;
+        FileLog::finish_snapshot(w).map_err(|e| e.to_string())
+    }
+
+    fn sync(&mut self) -> Result<(), String> {
+        let log = self.log()?;
+        log.flush().map_err(|e| e.to_string())?;
+        log.wait_for_spare();
+        Ok(())
+    }
+
+    fn crash(&mut self, _: Crash) {
+        self.log = None;
+    }
+
+    fn reopen(&mut self) -> Result<Recovered, String> {
+        self.log = None;
+        let log =
+            FileLog::open_with(self.dir.path(), self.options.clone()).map_err(|e| e.to_string())?;
+        // A small budget: older entries are read back from the segments.
+        let memory = log.recover(256).map_err(|e| e.to_string())?;
+        let mut recovered = Recovered::from_log(&memory, |i| log.entry(i));
+        recovered.snapshot_bytes = log.snapshot_bytes();
+        self.log = Some(log);
+        Ok(recovered)
+    }
+}
+
+/// The durable-store conformance suite of the core (the rules and what a seed does are in
+/// `coracle::conformance::durable`): random batches (appends, conflicts, the host's
+/// snapshots with compaction, snapshots from a leader installed inside or past the log,
+/// hard states, many in one batch) with flushes, crashes and reopens, the recovered state
+/// compared with `MemStore` after every reopen. Small segments, so segments roll, are
+/// deleted by compaction and cut by truncations. A crash loses what was not flushed.
+#[test]
+fn the_durable_store_conformance_suite_passes() {
+    let suite = durable::Options {
+        seeds: 0..12,
+        ..durable::Options::default()
+    };
+    let report = durable::check(&suite, || {
+        SuiteStore::new(Options::new().segment_bytes(300).preallocate(false))
+    });
+    assert!(report.crashes_that_lost_writes >= 10, "{report:?}");
+}
+
+/// The same with entries kept behind the snapshot on open (the log starts before the
+/// compaction point asked for, which the contract allows) and preallocated segments.
+#[test]
+fn the_durable_store_conformance_suite_passes_keeping_entries_behind_the_snapshot() {
+    let suite = durable::Options {
+        seeds: 100..106,
+        ..durable::Options::default()
+    };
+    durable::check(&suite, || {
+        SuiteStore::new(Options::new().segment_bytes(700).keep_behind_snapshot(3))
+    });
 }
 
 /// Throughput of appends and group commits: 256-byte entries, one sync per 64 entries.
