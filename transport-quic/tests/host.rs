@@ -324,3 +324,69 @@ fn a_command_over_the_limit_is_refused_before_the_log() {
     }
     node.shutdown().unwrap();
 }
+
+/// Membership through the handle: node 4 is added as a learner (its address replicated),
+/// then one joint-consensus change makes it a voter and a follower a learner at once;
+/// node 4 then reads every write, and leadership is handed to it.
+#[test]
+fn members_change_jointly_through_the_handle_and_leadership_moves() {
+    let setup = Setup::new("host-members", 4);
+    let config = |id: u64| {
+        let text = format!("voters = [1, 2, 3]\n{}", setup.config_text(id));
+        NodeConfig::parse(&text, setup.path()).unwrap()
+    };
+    let nodes: Vec<Host<Counter>> = (1..=4)
+        .map(|id| Host::start(&config(id), Counter::default()).unwrap())
+        .collect();
+    let handles: Vec<Handle<Counter>> = nodes.iter().map(Host::handle).collect();
+    add_on_leader(&handles[..3], 1);
+    let l = leader(&handles[..3]);
+    let on_leader = |f: &dyn Fn(&Handle<Counter>) -> Option<Index>| {
+        wait_for(Duration::from_secs(20), || {
+            let l = leader(&handles[..3]);
+            f(handles.iter().find(|h| h.id() == l)?)
+        })
+    };
+    let added = on_leader(&|h| block_on(h.add_learner(4, setup.addrs[3])).ok());
+    assert!(added.is_some(), "node 4 was not added");
+
+    // Joint consensus: 4 becomes a voter and a follower a learner, in one change.
+    let demoted = (1..=3).find(|&id| id != l).unwrap();
+    let voters: Vec<NodeId> = (1..=4).filter(|&id| id != demoted).collect();
+    let joint = on_leader(&|h| block_on(h.set_members(&voters, &[demoted])).ok());
+    assert!(joint.is_some(), "the joint change was refused");
+    let settled = wait_for(Duration::from_secs(20), || {
+        let status = block_on(handles[l as usize - 1].status())?;
+        let mut v: Vec<NodeId> = status
+            .members
+            .iter()
+            .filter(|m| m.voter)
+            .map(|m| m.id)
+            .collect();
+        v.sort_unstable();
+        let learner = status.members.iter().any(|m| m.id == demoted && !m.voter);
+        (v == voters && learner).then_some(status)
+    });
+    assert!(settled.is_some(), "the configuration did not settle");
+    let four = &handles[3];
+    let total = add_on_leader(&handles, 10);
+    let read = wait_for(Duration::from_secs(20), || {
+        block_on(four.read(ReadMode::ReadIndex, |c: &Counter| c.total)).ok()
+    });
+    assert_eq!(read, Some(total));
+
+    // Leadership moves to node 4 on request.
+    let moved = wait_for(Duration::from_secs(20), || {
+        let l = leader(&handles);
+        if l == 4 {
+            return Some(());
+        }
+        let _ = block_on(handles[l as usize - 1].transfer_leadership(4));
+        std::thread::sleep(Duration::from_millis(100));
+        None
+    });
+    assert!(moved.is_some(), "leadership did not move to node 4");
+    for node in nodes {
+        node.shutdown().unwrap();
+    }
+}

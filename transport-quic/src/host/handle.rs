@@ -75,20 +75,37 @@ pub(crate) enum Gone {
     Stopped(String),
 }
 
+impl Gone {
+    pub(crate) fn propose_error(&self) -> ProposeError {
+        match self {
+            Gone::ShuttingDown => ProposeError::ShuttingDown,
+            Gone::Stopped(m) => ProposeError::Stopped(m.clone()),
+        }
+    }
+
+    pub(crate) fn read_error(&self) -> ReadError {
+        match self {
+            Gone::ShuttingDown => ReadError::ShuttingDown,
+            Gone::Stopped(m) => ReadError::Stopped(m.clone()),
+        }
+    }
+
+    pub(crate) fn membership_error(&self) -> MembershipError {
+        match self {
+            Gone::ShuttingDown => MembershipError::ShuttingDown,
+            Gone::Stopped(m) => MembershipError::Stopped(m.clone()),
+        }
+    }
+}
+
 impl<S: StateMachine> Op<S> {
     /// Answers the operation with the reason the node cannot carry it out.
     pub(crate) fn fail(self, why: &Gone) {
         match self {
-            Op::Propose { done, .. } => done(Err(match why {
-                Gone::ShuttingDown => ProposeError::ShuttingDown,
-                Gone::Stopped(m) => ProposeError::Stopped(m.clone()),
-            })),
-            Op::Read { run, .. } => run(Err(match why {
-                Gone::ShuttingDown => ReadError::ShuttingDown,
-                Gone::Stopped(m) => ReadError::Stopped(m.clone()),
-            })),
-            Op::Change { done, .. } => done(Err(MembershipError::gone(why))),
-            Op::Transfer { done, .. } => done(Err(MembershipError::gone(why))),
+            Op::Propose { done, .. } => done(Err(why.propose_error())),
+            Op::Read { run, .. } => run(Err(why.read_error())),
+            Op::Change { done, .. } => done(Err(why.membership_error())),
+            Op::Transfer { done, .. } => done(Err(why.membership_error())),
             Op::Status { .. } | Op::Watch { .. } => {}
             Op::Isolate { done, .. } => done(()),
         }
@@ -232,15 +249,6 @@ pub enum MembershipError {
     Stopped(String),
 }
 
-impl MembershipError {
-    fn gone(why: &Gone) -> Self {
-        match why {
-            Gone::ShuttingDown => MembershipError::ShuttingDown,
-            Gone::Stopped(m) => MembershipError::Stopped(m.clone()),
-        }
-    }
-}
-
 impl fmt::Display for MembershipError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -364,37 +372,6 @@ impl<S: StateMachine> fmt::Debug for Handle<S> {
     }
 }
 
-/// What waiting for an answer gave.
-enum Wait<T> {
-    Answer(T),
-    /// The node dropped the operation unanswered (it stopped).
-    Gone,
-    TimedOut,
-}
-
-/// Waits for `rx`'s one message, at most `timeout`.
-async fn answer<T>(rx: Receiver<T>, timeout: Duration) -> Wait<T> {
-    smol::future::or(
-        async { rx.recv().await.map_or(Wait::Gone, Wait::Answer) },
-        async {
-            smol::Timer::after(timeout).await;
-            Wait::TimedOut
-        },
-    )
-    .await
-}
-
-/// A one-message channel and the [`Done`] that sends into it.
-fn oneshot<T: Send + 'static>() -> (Done<T>, Receiver<T>) {
-    let (tx, rx) = channel::bounded(1);
-    (
-        Box::new(move |t| {
-            let _ = tx.try_send(t);
-        }),
-        rx,
-    )
-}
-
 impl<S: StateMachine> Handle<S> {
     /// The id of the node this handle is on.
     pub fn id(&self) -> NodeId {
@@ -416,10 +393,26 @@ impl<S: StateMachine> Handle<S> {
         }
     }
 
-    async fn submit(&self, op: Op<S>) {
+    /// Hands the operation `op` makes to the node and waits for its answer: `gone` if the
+    /// node drops it unanswered, `timed_out` after the handle's timeout.
+    async fn ask<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(Done<T>) -> Op<S>,
+        gone: T,
+        timed_out: T,
+    ) -> T {
+        let (tx, rx) = channel::bounded(1);
+        let done: Done<T> = Box::new(move |t| {
+            let _ = tx.try_send(t);
+        });
         let mut batch = self.batch();
-        batch.ops.push(op);
+        batch.ops.push(op(done));
         batch.submit().await;
+        smol::future::or(async { rx.recv().await.unwrap_or(gone) }, async {
+            smol::Timer::after(self.timeout).await;
+            timed_out
+        })
+        .await
     }
 
     /// Proposes `command`; returns the state machine's response once the entry is
@@ -433,13 +426,12 @@ impl<S: StateMachine> Handle<S> {
                 max: self.max_command,
             });
         }
-        let (done, rx) = oneshot();
-        self.submit(Op::Propose { command, done }).await;
-        match answer(rx, self.timeout).await {
-            Wait::Answer(a) => a,
-            Wait::Gone => Err(ProposeError::ShuttingDown),
-            Wait::TimedOut => Err(ProposeError::Timeout),
-        }
+        self.ask(
+            |done| Op::Propose { command, done },
+            Err(ProposeError::ShuttingDown),
+            Err(ProposeError::Timeout),
+        )
+        .await
     }
 
     /// Runs `f` against the state machine once a read in `mode` is safe, and returns what
@@ -450,27 +442,24 @@ impl<S: StateMachine> Handle<S> {
         mode: ReadMode,
         f: impl FnOnce(&S) -> R + Send + 'static,
     ) -> Result<R, ReadError> {
-        let (done, rx) = oneshot();
-        self.submit(Op::Read {
-            mode,
-            run: Box::new(move |s| done(s.map(f))),
-        })
-        .await;
-        match answer(rx, self.timeout).await {
-            Wait::Answer(a) => a,
-            Wait::Gone => Err(ReadError::ShuttingDown),
-            Wait::TimedOut => Err(ReadError::Timeout),
-        }
+        self.ask(
+            |done| Op::Read {
+                mode,
+                run: Box::new(move |s| done(s.map(f))),
+            },
+            Err(ReadError::ShuttingDown),
+            Err(ReadError::Timeout),
+        )
+        .await
     }
 
     async fn change(&self, change: Change) -> Result<Index, MembershipError> {
-        let (done, rx) = oneshot();
-        self.submit(Op::Change { change, done }).await;
-        match answer(rx, self.timeout).await {
-            Wait::Answer(a) => a,
-            Wait::Gone => Err(MembershipError::ShuttingDown),
-            Wait::TimedOut => Err(MembershipError::Timeout),
-        }
+        self.ask(
+            |done| Op::Change { change, done },
+            Err(MembershipError::ShuttingDown),
+            Err(MembershipError::Timeout),
+        )
+        .await
     }
 
     /// Adds node `id`, listening at `addr`, as a learner (it receives the log, does not
@@ -518,26 +507,24 @@ impl<S: StateMachine> Handle<S> {
     /// Hands leadership to voter `id` (TimeoutNow once it is caught up). Returns once the
     /// transfer has begun.
     pub async fn transfer_leadership(&self, id: NodeId) -> Result<(), MembershipError> {
-        let (done, rx) = oneshot();
-        self.submit(Op::Transfer { to: id, done }).await;
-        match answer(rx, self.timeout).await {
-            Wait::Answer(a) => a,
-            Wait::Gone => Err(MembershipError::ShuttingDown),
-            Wait::TimedOut => Err(MembershipError::Timeout),
-        }
+        self.ask(
+            |done| Op::Transfer { to: id, done },
+            Err(MembershipError::ShuttingDown),
+            Err(MembershipError::Timeout),
+        )
+        .await
     }
 
     /// The node's status now; `None` once it stopped.
     pub async fn status(&self) -> Option<Status> {
-        let (done, rx) = oneshot();
-        self.submit(Op::Status {
-            run: Box::new(move |status, _| done(status)),
-        })
-        .await;
-        match answer(rx, self.timeout).await {
-            Wait::Answer(status) => Some(status),
-            _ => None,
-        }
+        self.ask(
+            |done| Op::Status {
+                run: Box::new(move |status, _| done(Some(status))),
+            },
+            None,
+            None,
+        )
+        .await
     }
 
     /// The node's status whenever it changes (role, term, leader at once; commit, applied,
@@ -552,9 +539,7 @@ impl<S: StateMachine> Handle<S> {
     /// Fault injection: drops every Raft message between this node and each of `peers`
     /// (an empty list heals). Client connections are not affected.
     pub async fn isolate(&self, peers: Vec<NodeId>) {
-        let (done, rx) = oneshot();
-        self.submit(Op::Isolate { peers, done }).await;
-        let _ = answer(rx, self.timeout).await;
+        self.ask(|done| Op::Isolate { peers, done }, (), ()).await
     }
 
     /// Asks the node to stop (it makes the log durable and closes its connections); see

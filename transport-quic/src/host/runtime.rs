@@ -996,22 +996,13 @@ impl<S: StateMachine> Runtime<S> {
     fn fail_pending(&mut self, why: &Gone) {
         for (_, (_, pending)) in self.writes.drain() {
             match pending {
-                Pending::Command(done) => done(Err(match why {
-                    Gone::ShuttingDown => ProposeError::ShuttingDown,
-                    Gone::Stopped(m) => ProposeError::Stopped(m.clone()),
-                })),
-                Pending::Membership(done) => done(Err(match why {
-                    Gone::ShuttingDown => MembershipError::ShuttingDown,
-                    Gone::Stopped(m) => MembershipError::Stopped(m.clone()),
-                })),
+                Pending::Command(done) => done(Err(why.propose_error())),
+                Pending::Membership(done) => done(Err(why.membership_error())),
                 Pending::Record => {}
             }
         }
         for (_, run) in self.reads.drain() {
-            run(Err(match why {
-                Gone::ShuttingDown => ReadError::ShuttingDown,
-                Gone::Stopped(m) => ReadError::Stopped(m.clone()),
-            }));
+            run(Err(why.read_error()));
         }
     }
 
