@@ -274,7 +274,7 @@ pub enum Response {
 
 /// A command of the KV state machine, as the log carries it. [`Command::Write`] is encoded
 /// exactly as [`Request::Write`] (the same variant index and fields), so a node proposes
-/// the bytes of a client's write as it received them ([`write_command`]).
+/// the bytes of a client's write as it received them ([`decode_request_command`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// A client's write.
