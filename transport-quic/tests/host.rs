@@ -390,3 +390,40 @@ fn members_change_jointly_through_the_handle_and_leadership_moves() {
         node.shutdown().unwrap();
     }
 }
+
+/// A leader asked to stop hands leadership over before it exits: its own last status (the
+/// watch keeps the newest) is no longer that of a leader, in a newer term. A leader that
+/// simply exited would end as the leader, and the others would elect one an election
+/// timeout later. Prints how long writes were unavailable.
+#[test]
+fn a_leader_asked_to_stop_hands_leadership_over_first() {
+    let setup = Setup::new("host-handover", 3);
+    let mut nodes: Vec<Option<Host<Counter>>> = (1..=3).map(|id| Some(start(&setup, id))).collect();
+    let handles: Vec<Handle<Counter>> = nodes.iter().flatten().map(Host::handle).collect();
+    add_on_leader(&handles, 1);
+    let l = leader(&handles);
+    let old = block_on(handles[l as usize - 1].status()).unwrap();
+    assert_eq!(old.role, Role::Leader);
+    let watch = handles[l as usize - 1].watch();
+
+    let began = std::time::Instant::now();
+    nodes[l as usize - 1].take().unwrap().shutdown().unwrap();
+    let stopped = began.elapsed();
+    let mut last = None;
+    while let Ok(s) = watch.try_recv() {
+        last = Some(s);
+    }
+    let last = last.expect("the stopping leader published its status");
+    assert_ne!(last.role, Role::Leader, "it exited as the leader: {last:?}");
+    assert!(last.term > old.term, "{last:?}");
+
+    let others: Vec<Handle<Counter>> = handles.iter().filter(|h| h.id() != l).cloned().collect();
+    add_on_leader(&others, 1);
+    eprintln!(
+        "hand-over: shutdown returned after {stopped:?}; first write on the new leader {:?} after the shutdown began",
+        began.elapsed()
+    );
+    for node in nodes.into_iter().flatten() {
+        node.shutdown().unwrap();
+    }
+}

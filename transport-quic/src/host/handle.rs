@@ -542,7 +542,8 @@ impl<S: StateMachine> Handle<S> {
         self.ask(|done| Op::Isolate { peers, done }, (), ()).await
     }
 
-    /// Asks the node to stop (it makes the log durable and closes its connections); see
+    /// Asks the node to stop (a leader hands leadership over first; then it makes the log
+    /// durable and closes its connections); see
     /// [`Host::shutdown`](super::Host::shutdown) to wait for it.
     pub fn shutdown(&self) {
         let _ = self.calls.try_send(Call::Shutdown);

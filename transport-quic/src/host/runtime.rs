@@ -316,6 +316,7 @@ impl<S: StateMachine> Host<S> {
             syncing: None,
             incarnations,
             entry: Vec::new(),
+            handover_limit: Duration::from_millis(cfg.raft.election_timeout_ms),
             watch: Watchers::default(),
         };
         info!(node = cfg.id, addr = %local_addr, data = %cfg.data_dir.display(), voters = ?voters, "node started");
@@ -372,7 +373,9 @@ impl<S: StateMachine> Host<S> {
         self.task.as_ref().is_none_or(|t| t.is_finished())
     }
 
-    /// Stops the node: makes the log durable, closes the connections, waits for the end.
+    /// Stops the node: a leader first hands leadership to its most caught-up voter
+    /// (waiting an election timeout at most), then the node makes the log durable, closes
+    /// the connections and ends; this waits for it.
     pub fn shutdown(mut self) -> Result<(), NodeError> {
         self.handle.shutdown();
         self.join()
@@ -483,6 +486,9 @@ struct Runtime<S: StateMachine> {
     incarnations: Arc<Incarnations>,
     /// A command entry being built (its kind byte, then the command).
     entry: Vec<u8>,
+    /// How long a leader asked to stop waits for its hand-over at most (an election
+    /// timeout: then the others elect a leader by themselves anyway).
+    handover_limit: Duration,
     watch: Watchers,
 }
 
@@ -823,6 +829,8 @@ impl<S: StateMachine> Runtime<S> {
             return Err(self.stop_on_error(e, &calls).await);
         }
         let mut shutdown = false;
+        // A leader asked to stop hands leadership over first, until this instant at most.
+        let mut handing_over: Option<Instant> = None;
         // One timer, re-armed only when the deadline comes sooner than the one it is set
         // for (or it fired): each arming wakes the reactor with a syscall, and a follower's
         // deadline moves later with every message from the leader. Firing early costs one
@@ -933,7 +941,14 @@ impl<S: StateMachine> Runtime<S> {
                         warn!(node = self.id, error = %e, "cannot read entries back from the log");
                         node.fetch_failed();
                     }
-                    Wake::Call(Call::Shutdown) | Wake::Closed => shutdown = true,
+                    Wake::Call(Call::Shutdown) if handing_over.is_none() => {
+                        match self.hand_over(&mut node) {
+                            true => handing_over = Some(Instant::now() + self.handover_limit),
+                            false => shutdown = true,
+                        }
+                    }
+                    Wake::Call(Call::Shutdown) => {}
+                    Wake::Closed => shutdown = true,
                     Wake::Fired => armed = None,
                     Wake::Yielded => {}
                 }
@@ -946,6 +961,16 @@ impl<S: StateMachine> Runtime<S> {
             }
             if !self.watch.to.is_empty() {
                 self.publish(&node);
+            }
+            if let Some(limit) = handing_over {
+                if node.role() != Role::Leader || Instant::now() >= limit {
+                    info!(
+                        node = self.id,
+                        handed_over = node.role() != Role::Leader,
+                        "leadership hand-over ended"
+                    );
+                    shutdown = true;
+                }
             }
         }
         info!(node = self.id, "shutting down");
@@ -990,6 +1015,41 @@ impl<S: StateMachine> Runtime<S> {
         self.transport.close();
         self.transport.wait_idle(Duration::from_millis(300)).await;
         e
+    }
+
+    /// A leader asked to stop hands leadership to the most caught-up voter it is connected
+    /// to (the core sends it TimeoutNow once it holds the whole log), so the cluster has a
+    /// leader again within a round trip or two instead of an election timeout. False when
+    /// there is nothing to hand over (not the leader, no other voter reachable).
+    fn hand_over(&mut self, node: &mut CoreNode) -> bool {
+        if node.role() != Role::Leader {
+            return false;
+        }
+        let voters: Vec<NodeId> = node
+            .members()
+            .filter(|m| m.voter && m.id != self.id && self.transport.connected(m.id))
+            .map(|m| m.id)
+            .collect();
+        let Some(target) = voters
+            .into_iter()
+            .max_by_key(|&id| node.progress(id).map_or(0, |p| p.match_index))
+        else {
+            return false;
+        };
+        match node.transfer_leadership(target) {
+            Ok(()) => {
+                info!(
+                    node = self.id,
+                    to = target,
+                    "shutting down: leadership handed over first"
+                );
+                true
+            }
+            Err(e) => {
+                warn!(node = self.id, to = target, error = %e, "cannot hand leadership over");
+                false
+            }
+        }
     }
 
     /// Answers every pending proposal and read with `why`.
