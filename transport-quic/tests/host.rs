@@ -406,6 +406,32 @@ fn a_leader_asked_to_stop_hands_leadership_over_first() {
     assert_eq!(old.role, Role::Leader);
     let watch = handles[l as usize - 1].watch();
 
+    // A writer goes on meanwhile, following the leader: the longest gap between two of its
+    // acknowledged writes is how long the cluster could not write.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let handles: Vec<Handle<Counter>> = handles
+            .iter()
+            .map(|h| h.clone().with_timeout(Duration::from_secs(1)))
+            .collect();
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            let mut to = l;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match block_on(handles[to as usize - 1].propose(add(1))) {
+                    Ok(_) => acked.push(std::time::Instant::now()),
+                    Err(ProposeError::NotLeader {
+                        leader: Some(next), ..
+                    }) => to = next,
+                    Err(_) => to = to % 3 + 1,
+                }
+            }
+            acked
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+
     let began = std::time::Instant::now();
     nodes[l as usize - 1].take().unwrap().shutdown().unwrap();
     let stopped = began.elapsed();
@@ -419,9 +445,17 @@ fn a_leader_asked_to_stop_hands_leadership_over_first() {
 
     let others: Vec<Handle<Counter>> = handles.iter().filter(|h| h.id() != l).cloned().collect();
     add_on_leader(&others, 1);
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = writer.join().unwrap();
+    let gap = acked
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
     eprintln!(
-        "hand-over: shutdown returned after {stopped:?}; first write on the new leader {:?} after the shutdown began",
-        began.elapsed()
+        "hand-over: shutdown returned after {stopped:?}; {} writes acknowledged around it; the longest gap between two: {gap:?}",
+        acked.len()
     );
     for node in nodes.into_iter().flatten() {
         node.shutdown().unwrap();
