@@ -122,6 +122,14 @@ pub enum NodeError {
         /// What the state machine said (or the panic's message).
         message: String,
     },
+    /// A command entry of the log is not in the host's format (written by an earlier
+    /// build, or a newer one): the node stopped rather than misread it.
+    Entry {
+        /// The entry's index.
+        index: Index,
+        /// What is wrong with it.
+        source: entry::EntryError,
+    },
     /// The node's event loop panicked (a bug).
     Panicked,
 }
@@ -148,6 +156,9 @@ impl fmt::Display for NodeError {
                 f,
                 "the state machine failed to apply entry {index}: {message}; node stopped"
             ),
+            NodeError::Entry { index, source } => {
+                write!(f, "entry {index} of the log: {source}; node stopped")
+            }
             NodeError::Panicked => f.write_str("the node's event loop panicked"),
         }
     }
@@ -1420,7 +1431,7 @@ impl<S: StateMachine> Runtime<S> {
         data: &[u8],
     ) -> Result<Applied<S::Response>, NodeError> {
         let apply_error = |message: String| NodeError::Apply { index, message };
-        match entry::split_entry(data).map_err(|e| apply_error(e.to_string()))? {
+        match entry::split_entry(data).map_err(|source| NodeError::Entry { index, source })? {
             LoggedCommand::Command(command) => {
                 let sm = &mut self.sm;
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
