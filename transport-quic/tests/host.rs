@@ -11,31 +11,60 @@ use common::{wait_for, Setup};
 use coracle::{Index, NodeId, Role};
 use coracle_quic::config::NodeConfig;
 use coracle_quic::host::{
-    ApplyError, Handle, Host, NodeError, ProposeError, ReadMode, ReadSource, RestoreError,
-    SnapshotError, StateMachine,
+    ApplyError, Handle, Host, NodeError, ProposeError, ReadMode, RestoreError, SnapshotError,
+    SnapshotSource, StateMachine,
 };
 use std::io::Read;
 use std::time::Duration;
 
 /// A counter that remembers every amount added (so its state grows with the log and a
 /// snapshot of it takes many chunks). Commands: 8 bytes, the amount (little-endian);
-/// `b"fail"` makes `apply` return an error, `b"panic"` makes it panic.
+/// `b"fail"` makes `apply` return an error, `b"panic"` makes it panic; `b"refuse"` makes
+/// its snapshots fail to begin, `b"break"` makes their views fail half-way, `b"heal"`
+/// ends both.
 #[derive(Default)]
 struct Counter {
     total: u64,
     adds: Vec<u64>,
     /// Snapshots restored into this counter (from the leader or at a start).
     restores: u32,
+    /// The last of `refuse`, `break` or `heal` applied.
+    snapshots: &'static [u8],
+}
+
+/// A counter's snapshot: a copy of its state, or one that fails half-way.
+struct View {
+    bytes: std::io::Cursor<Vec<u8>>,
+    broken: bool,
+}
+
+impl SnapshotSource for View {
+    fn write_to(&mut self, sink: &mut dyn std::io::Write) -> std::io::Result<()> {
+        if self.broken {
+            let half = self.bytes.get_ref().len() / 2;
+            sink.write_all(&self.bytes.get_ref()[..half])?;
+            return Err(std::io::Error::other("the view broke half-way"));
+        }
+        std::io::copy(&mut self.bytes, sink).map(|_| ())
+    }
 }
 
 impl StateMachine for Counter {
     type Response = u64;
-    type Snapshot = ReadSource<std::io::Cursor<Vec<u8>>>;
+    type Snapshot = View;
 
     fn apply(&mut self, _index: Index, command: &[u8]) -> Result<u64, ApplyError> {
         match command {
             b"fail" => return Err(ApplyError::Failed("the counter refuses 'fail'".into())),
             b"panic" => panic!("the counter panics on 'panic'"),
+            b"refuse" | b"break" | b"heal" => {
+                self.snapshots = match command {
+                    b"refuse" => b"refuse",
+                    b"break" => b"break",
+                    _ => b"heal",
+                };
+                return Ok(self.total);
+            }
             _ => {}
         }
         let amount = u64::from_le_bytes(command.try_into().unwrap_or([0; 8]));
@@ -45,6 +74,11 @@ impl StateMachine for Counter {
     }
 
     fn snapshot(&mut self, _applied: Index) -> Result<Self::Snapshot, SnapshotError> {
+        if self.snapshots == b"refuse" {
+            return Err(SnapshotError::Failed(
+                "the counter refuses to snapshot".into(),
+            ));
+        }
         // A copy: a point-in-time view the snapshot thread streams to the file.
         let mut bytes = Vec::with_capacity(16 + 8 * self.adds.len());
         bytes.extend_from_slice(&self.total.to_le_bytes());
@@ -52,7 +86,10 @@ impl StateMachine for Counter {
         for a in &self.adds {
             bytes.extend_from_slice(&a.to_le_bytes());
         }
-        Ok(ReadSource(std::io::Cursor::new(bytes)))
+        Ok(View {
+            bytes: std::io::Cursor::new(bytes),
+            broken: self.snapshots == b"break",
+        })
     }
 
     fn restore(&mut self, _index: Index, source: &mut dyn Read) -> Result<(), RestoreError> {
@@ -75,6 +112,7 @@ impl StateMachine for Counter {
             total,
             adds,
             restores: self.restores + 1,
+            snapshots: b"heal",
         };
         Ok(())
     }
@@ -460,4 +498,38 @@ fn a_leader_asked_to_stop_hands_leadership_over_first() {
     for node in nodes.into_iter().flatten() {
         node.shutdown().unwrap();
     }
+}
+
+/// Snapshots that fail (the state machine refuses to begin one, or its view breaks
+/// half-way) are given up and tried again later: the node goes on applying and answering,
+/// and once the state machine heals, a snapshot is saved.
+#[test]
+fn failing_snapshots_are_given_up_and_the_node_goes_on() {
+    let setup = Setup::new("host-snapshot-faults", 1);
+    let node = start_with(&setup, 1, "", "[storage]\nsnapshot_entries = 10\n");
+    let h = node.handle();
+    let last_snapshot = || block_on(h.status()).unwrap().snapshot.last;
+    add_on_leader(std::slice::from_ref(&h), 1);
+    for fault in [&b"refuse"[..], b"break"] {
+        block_on(h.propose(fault.to_vec())).unwrap();
+        let before = last_snapshot();
+        let mut expected = block_on(h.read(ReadMode::ReadIndex, |c: &Counter| c.total)).unwrap();
+        for n in 1..=60 {
+            expected += n;
+            assert_eq!(block_on(h.propose(add(n))), Ok(expected));
+        }
+        assert_eq!(
+            last_snapshot(),
+            before,
+            "a snapshot was saved despite {fault:?}"
+        );
+        block_on(h.propose(b"heal".to_vec())).unwrap();
+        let saved = wait_for(Duration::from_secs(20), || {
+            block_on(h.propose(add(0))).unwrap();
+            (last_snapshot() > before).then_some(())
+        });
+        assert!(saved.is_some(), "no snapshot after healing from {fault:?}");
+    }
+    assert!(!node.is_finished());
+    node.shutdown().unwrap();
 }
