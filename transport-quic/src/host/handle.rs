@@ -437,6 +437,7 @@ impl<S: StateMachine> Handle<S> {
     /// Runs `f` against the state machine once a read in `mode` is safe, and returns what
     /// it returns. With [`ReadMode::ReadIndex`] and [`ReadMode::Lease`] it sees every write
     /// acknowledged before the read was asked (on a follower too: the leader confirms).
+    /// `f` runs on the node's event loop: keep it short (copy out what you need).
     pub async fn read<R: Send + 'static>(
         &self,
         mode: ReadMode,
