@@ -158,8 +158,8 @@ fn kv(c: &mut Criterion) {
             let mut step = Vec::new();
             loop {
                 let done = kv.continue_snapshot(
-                    coracle_quic::server::SNAPSHOT_PAIRS_PER_STEP,
-                    coracle_quic::server::SNAPSHOT_BYTES_PER_STEP,
+                    coracle_quic::kv::SNAPSHOT_PAIRS_PER_STEP,
+                    coracle_quic::kv::SNAPSHOT_BYTES_PER_STEP,
                     &mut step,
                 );
                 black_box(&step);

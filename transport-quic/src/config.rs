@@ -321,11 +321,11 @@ impl NodeConfig {
                 ));
             }
         }
-        if self.peers.len() > crate::server::PEERS + 1 {
+        if self.peers.len() > crate::host::PEERS + 1 {
             bad(format!(
                 "[[peers]] lists {} members; this build supports at most {}",
                 self.peers.len(),
-                crate::server::PEERS + 1
+                crate::host::PEERS + 1
             ));
         }
         if self.listen.ip().is_multicast() || self.listen.ip() == Ipv4Addr::BROADCAST {
@@ -487,7 +487,7 @@ impl NodeConfig {
         c.check_quorum = r.check_quorum;
         c.max_entries_per_message = r.max_entries_per_message;
         c.max_bytes_per_message = r.max_bytes_per_message;
-        c.max_inflight = r.max_inflight.clamp(1, crate::server::INFLIGHT);
+        c.max_inflight = r.max_inflight.clamp(1, crate::host::INFLIGHT);
         c.max_uncommitted_entries = r.max_uncommitted_entries;
         c.max_entry_bytes = r.max_entry_bytes;
         c.max_snapshot_chunk_bytes = (r.max_bytes_per_message / 2).max(1024);
@@ -618,11 +618,11 @@ impl RaftSettings {
         if r.max_bytes_per_message == 0 {
             bad("max_bytes_per_message", 0, "must be at least 1".into());
         }
-        if !(1..=crate::server::INFLIGHT).contains(&r.max_inflight) {
+        if !(1..=crate::host::INFLIGHT).contains(&r.max_inflight) {
             bad(
                 "max_inflight",
                 r.max_inflight as u64,
-                format!("must be 1 to {}", crate::server::INFLIGHT),
+                format!("must be 1 to {}", crate::host::INFLIGHT),
             );
         }
         if r.max_uncommitted_entries == 0 {

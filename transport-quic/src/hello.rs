@@ -16,8 +16,8 @@
 //! [`TransportStats::refused`].
 //!
 //! This build speaks protocol [`PROTOCOL`] only (it is the first to announce versions; the
-//! core's wire format decodes only its own version), and reads storage formats 1 (the
-//! previous release's, upgraded in place) and 2. Tests play nodes of other releases by
+//! core's wire format decodes only its own version), and reads storage format 2 (the
+//! previous release's format 1 holds entries in the format before the host's). Tests play nodes of other releases by
 //! setting [`TEST_VERSIONS_ENV`] (for tests only).
 //!
 //! # Incarnations (a node that lost its disk)

@@ -1,7 +1,71 @@
 //! # coracle-quic: the server binding of Coracle
 //!
-//! Everything a Coracle node needs on a Linux server:
+//! Raft over QUIC for your own service: implement [`host::StateMachine`], start a
+//! [`host::Host`] with a node's configuration, and propose and read through its
+//! [`host::Handle`]. A replicated counter on a one-node cluster on 127.0.0.1, complete:
 //!
+//! ```
+//! use coracle_quic::certs::{Ca, Identity};
+//! use coracle_quic::config::NodeConfig;
+//! use coracle_quic::host::*;
+//! use std::io::Read;
+//!
+//! #[derive(Default)]
+//! struct Counter(u64);
+//!
+//! impl StateMachine for Counter {
+//!     type Response = u64;
+//!     type Snapshot = Vec<u8>; // a copy of the state, written out by a thread
+//!     fn apply(&mut self, _index: u64, command: &[u8]) -> Result<u64, ApplyError> {
+//!         let add: [u8; 8] = command.try_into().unwrap_or_default();
+//!         self.0 += u64::from_le_bytes(add);
+//!         Ok(self.0)
+//!     }
+//!     fn snapshot(&mut self, _applied: u64) -> Result<Vec<u8>, SnapshotError> {
+//!         Ok(self.0.to_le_bytes().to_vec())
+//!     }
+//!     fn restore(&mut self, _index: u64, from: &mut dyn Read) -> Result<(), RestoreError> {
+//!         let mut bytes = [0; 8];
+//!         from.read_exact(&mut bytes).map_err(RestoreError::Io)?;
+//!         self.0 = u64::from_le_bytes(bytes);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = std::env::temp_dir().join(format!("coracle-doc-{}", std::process::id()));
+//! // Certificates (what `coracle certs` writes) and a configuration (`node.toml`).
+//! let ca = Ca::generate("doc", 1)?;
+//! ca.write(&dir)?;
+//! ca.issue(&Identity::Node(1), 1)?.write(&dir, "node-1")?;
+//! let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+//! let text = format!("id = 1\ncluster_id = 7\nlisten = \"127.0.0.1:{port}\"\n\
+//!     data_dir = \"data\"\n[[peers]]\nid = 1\naddr = \"127.0.0.1:{port}\"\n\
+//!     [tls]\nca = \"ca.pem\"\ncert = \"node-1.pem\"\nkey = \"node-1.key\"\n");
+//! let node = Host::start(&NodeConfig::parse(&text, &dir)?, Counter::default())?;
+//! let counter = node.handle(); // cloneable, Send: give it to any task or thread
+//! smol::block_on(async {
+//!     // A one-node cluster elects itself: retry until it leads.
+//!     let mut total = counter.propose(5u64.to_le_bytes().to_vec()).await;
+//!     while total.is_err() {
+//!         smol::Timer::after(std::time::Duration::from_millis(50)).await;
+//!         total = counter.propose(5u64.to_le_bytes().to_vec()).await;
+//!     }
+//!     assert_eq!(total?, 5);
+//!     assert_eq!(counter.propose(2u64.to_le_bytes().to_vec()).await?, 7);
+//!     assert_eq!(counter.read(ReadMode::ReadIndex, |c: &Counter| c.0).await?, 7);
+//!     Ok::<_, Box<dyn std::error::Error>>(())
+//! })?;
+//! node.shutdown()?;
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok(()) }
+//! ```
+//!
+//! The modules:
+//!
+//! - [`host`]: the node runtime as a host for any state machine: the core with a memory
+//!   log bounded by configuration, the store, the transport and a timer in one loop; a
+//!   [`host::Handle`] to propose, read, change the membership and watch the status;
 //! - [`certs`]: the cluster CA, node certificates that carry the node id, client
 //!   certificates with a `client` or `admin` role (rcgen);
 //! - [`tls`]: mutual TLS 1.3 for QUIC with our own ALPN, client certificates verified
@@ -15,10 +79,10 @@
 //! - [`storage`]: [`storage::FileLog`], the durable store on disk (segmented, checksummed
 //!   log; hard state; streamed snapshots) that performs the core's `Persist` batches off the
 //!   loop with group commit (one fsync for many batches) and reads entries back;
-//! - [`server`]: the node runtime (the core with a memory log bounded by configuration,
-//!   the store, the transport and a timer in one loop), serving the replicated KV store of
-//!   [`kv`] over the protocol of [`protocol`];
-//! - [`client`]: the client library (follows the leader, exactly-once writes,
+//! - [`kv`]: the reference state machine, a key-value store with exactly-once writes, and
+//!   [`server`]: the KV service on a [`host::Host`] (the protocol of [`protocol`]), built
+//!   on the public handle alone;
+//! - [`client`]: the KV client library (follows the leader, exactly-once writes,
 //!   linearizable reads);
 //! - [`config`]: the node's configuration file (`node.toml`).
 //!
@@ -31,6 +95,7 @@ pub mod certs;
 pub mod client;
 pub mod config;
 pub mod hello;
+pub mod host;
 pub mod kv;
 pub mod protocol;
 pub mod server;

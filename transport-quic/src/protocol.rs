@@ -272,7 +272,9 @@ pub enum Response {
     },
 }
 
-/// An entry of the replicated log (the state machine's command).
+/// A command of the KV state machine, as the log carries it. [`Command::Write`] is encoded
+/// exactly as [`Request::Write`] (the same variant index and fields), so a node proposes
+/// the bytes of a client's write as it received them ([`decode_request_command`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// A client's write.
@@ -285,13 +287,6 @@ pub enum Command {
         ack_below: u64,
         /// The write.
         op: WriteOp,
-    },
-    /// Where node `id` listens, so every node can reach a member added later.
-    SetAddress {
-        /// The node.
-        id: NodeId,
-        /// Its address.
-        addr: String,
     },
 }
 
@@ -323,6 +318,33 @@ pub fn append_frame<T: Serialize>(buf: &mut Vec<u8>, value: &T) -> Result<(), po
     buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
     buf.extend_from_slice(&bytes);
     Ok(())
+}
+
+/// [`decode_request`], and for a [`Request::Write`] where its [`Command`] bytes are in
+/// `body` (the request without the frame's id and without bytes after it): a node
+/// proposes those bytes as received, never re-encoding the write.
+///
+/// ```
+/// use coracle_quic::protocol::*;
+/// let op = WriteOp::Delete { key: b"k".to_vec(), return_previous: false };
+/// let request = Request::Write { client: 1, seq: 2, ack_below: 2, op: op.clone() };
+/// let mut body = postcard::to_allocvec(&RequestFrame { id: 300, request }).unwrap();
+/// body.push(0xff); // bytes after the request are not part of the command
+/// let (frame, command) = decode_request_command(&body).unwrap();
+/// assert_eq!(frame.id, 300);
+/// let command = &body[command.unwrap()];
+/// let expected = Command::Write { client: 1, seq: 2, ack_below: 2, op };
+/// assert_eq!(command, &postcard::to_allocvec(&expected).unwrap()[..]);
+/// ```
+#[allow(clippy::type_complexity)]
+pub fn decode_request_command(
+    body: &[u8],
+) -> Result<(RequestFrame, Option<std::ops::Range<usize>>), (u64, postcard::Error)> {
+    let (id, rest) = postcard::take_from_bytes::<u64>(body).map_err(|e| (0, e))?;
+    let (request, tail) = postcard::take_from_bytes::<Request>(rest).map_err(|e| (id, e))?;
+    let command = matches!(request, Request::Write { .. })
+        .then(|| body.len() - rest.len()..body.len() - tail.len());
+    Ok((RequestFrame { id, request }, command))
 }
 
 /// Decodes the body of a request frame. When the request does not decode but its id does,

@@ -10,9 +10,11 @@ mod common;
 use common::{join_all, leader, wait_for, Setup};
 use coracle_quic::client::Client;
 use coracle_quic::config::NodeConfig;
+use coracle_quic::host::{split_entry, LoggedCommand};
 use coracle_quic::kv::Kv;
+use coracle_quic::kv::SNAPSHOT_PAIRS_PER_STEP;
 use coracle_quic::protocol::{Consistency, Request, Response, WriteOp, WriteOutcome};
-use coracle_quic::server::{RunningNode, SNAPSHOT_PAIRS_PER_STEP};
+use coracle_quic::server::RunningNode;
 use coracle_quic::storage::FileLog;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -354,6 +356,8 @@ fn a_snapshot_of_many_steps_is_taken_while_writes_go_on() {
     let log = FileLog::open(&cfg.data_dir).unwrap();
     let snapshot = log.snapshot().expect("a snapshot was saved");
     let mut file = log.reader().snapshot(snapshot.meta.index).unwrap().unwrap();
+    // The host's part first (the addresses), then the KV store's bytes.
+    coracle_quic::host::open_snapshot(&mut file).unwrap();
     let mut kv = Kv::restore_from(&mut file).unwrap();
     assert_eq!(kv.applied(), snapshot.meta.index);
     assert!(
@@ -372,16 +376,19 @@ fn a_snapshot_of_many_steps_is_taken_while_writes_go_on() {
             .pop()
             .unwrap();
         match entry.kind {
-            coracle::EntryKind::Command => {
-                if let Ok(coracle_quic::protocol::Command::Write {
-                    op: WriteOp::Put { value, .. },
-                    ..
-                }) = postcard::from_bytes(&entry.data)
-                {
-                    later.insert(value);
+            coracle::EntryKind::Command => match split_entry(&entry.data).unwrap() {
+                LoggedCommand::Command(command) => {
+                    if let Ok(coracle_quic::protocol::Command::Write {
+                        op: WriteOp::Put { value, .. },
+                        ..
+                    }) = postcard::from_bytes(command)
+                    {
+                        later.insert(value);
+                    }
+                    kv.apply(index, command);
                 }
-                kv.apply(index, &entry.data);
-            }
+                LoggedCommand::Host(_) => kv.skip(index),
+            },
             _ => kv.skip(index),
         }
     }

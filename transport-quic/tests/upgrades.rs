@@ -1,10 +1,10 @@
 //! Rolling upgrades with real node processes (issue 19): nodes announce their protocol and
 //! storage versions in the hello; a node of a release with no version in common is refused
 //! (both ends log both versions, the refusal is counted) while the others keep their
-//! quorum and serve writes, and a node of the previous release is taken. The data
-//! directory carries its format: a newer one is refused with what to do and left as it
-//! was, the previous release's (no marker) is upgraded in place, garbage in the marker is
-//! refused. Versions are claimed through `CORACLE_TEST_VERSIONS` (for tests only).
+//! quorum and serve writes, and a node of the next release is taken. The data directory
+//! carries its format: a newer one, or the previous release's (no marker; its command
+//! entries are in the format before the host's), is refused with what to do and left as
+//! it was; garbage in the marker is refused. Versions are claimed through `CORACLE_TEST_VERSIONS` (for tests only).
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns: a panic is the report
 
 mod common;
@@ -163,15 +163,15 @@ fn an_incompatible_node_is_refused_and_the_previous_release_is_taken() {
         );
     }
 
-    // Node 3 as the previous release (storage format 1 only), then as the next one (one
-    // protocol and one format ahead, still handling this release's): taken, it catches up.
+    // Node 3 as the next release (one protocol and one format ahead, still handling this
+    // release's): taken, it catches up.
     let next = format!(
         "protocol={PROTOCOL}..{},storage={}..{}",
         PROTOCOL + 1,
         format::CURRENT,
         format::CURRENT + 1
     );
-    for claim in ["storage=1", next.as_str()] {
+    for claim in [next.as_str()] {
         let mut third = start_claiming(&setup, 3, claim);
         wait_taken(&setup, &client, 3);
         put_range(&setup, &client, 40..45);
@@ -212,20 +212,20 @@ fn an_incompatible_node_is_refused_and_the_previous_release_is_taken() {
         );
     }
 
-    // The previous release's directory (no marker): upgraded in place, the node rejoins
-    // with its own data (same incarnation: its peers take it).
+    // The previous release's directory (no marker: command entries in the format before
+    // the host's): refused with what to do, nothing written.
     std::fs::remove_file(&marker).unwrap();
+    let before = contents(&dir);
+    let text = refused(&setup, 3, None);
+    assert!(
+        text.contains("data directory format 1 was written by an earlier release")
+            && text.contains("new, empty data directory"),
+        "{text}"
+    );
+    assert_eq!(contents(&dir), before, "the older directory is left as it was");
+    std::fs::write(&marker, format_file(format::CURRENT)).unwrap();
     let mut third = spawn_with(&setup, 3, &setup.write_config(3));
     wait_taken(&setup, &client, 3);
-    assert!(
-        log_of(&setup, 3).contains("upgraded the data directory from format 1 to format 2"),
-        "{}",
-        log_of(&setup, 3)
-    );
-    assert_eq!(
-        std::fs::read(&marker).unwrap(),
-        format_file(format::CURRENT)
-    );
     put_range(&setup, &client, 45..50);
     smol::block_on(async {
         for i in 0..50 {

@@ -111,6 +111,16 @@ pub enum FileLogError {
         /// The newest format this build reads ([`format::CURRENT`](super::format::CURRENT)).
         supported: u32,
     },
+    /// The data directory was written by a release whose format this build no longer reads
+    /// (refused before anything in it changed).
+    FormatTooOld {
+        /// The data directory.
+        dir: PathBuf,
+        /// Its format ([`format::UNMARKED`](super::format::UNMARKED) without a `format` file).
+        found: u32,
+        /// The oldest format this build reads ([`format::OLDEST`](super::format::OLDEST)).
+        oldest: u32,
+    },
     /// A snapshot does not fit its metadata (its length differs from the size announced,
     /// it is older than the one kept, or no snapshot is being received).
     BadSnapshot(String),
@@ -142,7 +152,9 @@ impl FileLogError {
             FileLogError::EntryTooLarge { .. }
             | FileLogError::StaleSnapshot { .. }
             | FileLogError::QuotaTooSmall { .. } => io::ErrorKind::InvalidInput,
-            FileLogError::SnapshotVersion { .. } | FileLogError::FormatTooNew { .. } => {
+            FileLogError::SnapshotVersion { .. }
+            | FileLogError::FormatTooNew { .. }
+            | FileLogError::FormatTooOld { .. } => {
                 io::ErrorKind::InvalidData
             }
             FileLogError::BadSnapshot(_) | FileLogError::OutOfOrder { .. } => {
@@ -382,6 +394,16 @@ impl fmt::Display for FileLogError {
                 "data directory format {found} is newer than this binary supports ({supported}); \
                  upgrade coracle (data directory {}, left unchanged)",
                 dir.display()
+            ),
+            FileLogError::FormatTooOld { dir, found, oldest } => write!(
+                f,
+                "data directory format {found} was written by an earlier release, and this \
+                 binary reads formats {oldest} to {current} only (the log's command entries \
+                 changed): start this node on a new, empty data directory and let the \
+                 cluster catch it up, or upgrade every node of the cluster together onto new \
+                 directories (data directory {})",
+                dir.display(),
+                current = super::format::CURRENT
             ),
             FileLogError::BadSnapshot(m) => write!(f, "bad snapshot: {m}"),
             FileLogError::OutOfOrder { index, last } => write!(

@@ -10,12 +10,14 @@
 //! 16 bytes in the file `format`, little-endian; the CRC-32 covers the 12 bytes before it.
 //!
 //! - Format 1 is the directory of the releases before this file existed: it has no `format`
-//!   file. It is read as it is, and upgraded in place once [`FileLog::open_with`] has found
-//!   it consistent: the file is written atomically (written to `format.tmp`, fsynced,
-//!   renamed, the directory fsynced), so a crash leaves format 1 or format 2, never a
-//!   half-written marker. A directory found damaged is left exactly as it was.
+//!   file, and its command entries and snapshots are in the format before the host's
+//!   (`host::entry`). This build cannot read it: open refuses it before it changes anything
+//!   ([`FileLogError::FormatTooOld`]), saying to start the node on a new data directory.
 //! - Format 2 ([`CURRENT`]) is this build's: a new directory gets the file before its
-//!   identity.
+//!   identity. A directory of a format between [`OLDEST`] and [`CURRENT`] (none yet) is
+//!   upgraded in place once [`FileLog::open_with`] has found it consistent: the file is
+//!   written atomically (written to `format.tmp`, fsynced, renamed, the directory fsynced),
+//!   so a crash leaves the old format or the new one, never a half-written marker.
 //! - A format above [`CURRENT`] comes from a newer build: open refuses it before it reads,
 //!   removes or writes anything in the directory besides taking its lock
 //!   ([`FileLogError::FormatTooNew`]), whose message says to upgrade coracle.
@@ -33,9 +35,10 @@ use std::path::Path;
 pub(crate) const FILE: &str = "format";
 /// The data directory format this build writes.
 pub const CURRENT: u32 = 2;
-/// The oldest data directory format this build reads (and upgrades to [`CURRENT`]): the
-/// directories of the previous release, which have no `format` file.
-pub const OLDEST: u32 = 1;
+/// The oldest data directory format this build reads (and upgrades to [`CURRENT`]).
+pub const OLDEST: u32 = 2;
+/// The format of a directory without a `format` file: the releases before it existed.
+pub const UNMARKED: u32 = 1;
 const MAGIC: &[u8; 8] = b"CORAFRMT";
 const LEN: usize = 16;
 
@@ -66,11 +69,11 @@ fn decode(b: &[u8]) -> Result<u32, (u64, &'static str)> {
     }
 }
 
-/// The format of `dir`: [`OLDEST`] if it has no `format` file; an error if the file is
-/// not one, or names a format newer than [`CURRENT`].
+/// The format of `dir`: [`UNMARKED`] if it has no `format` file (a new directory too); an
+/// error if the file is not one, or names a format newer than [`CURRENT`].
 pub(crate) fn read(dir: &Path) -> Result<u32, FileLogError> {
     match dir::read_decoded(dir, FILE, decode)? {
-        None => Ok(OLDEST),
+        None => Ok(UNMARKED),
         Some(found) if found > CURRENT => Err(FileLogError::FormatTooNew {
             dir: dir.to_path_buf(),
             found,

@@ -947,6 +947,14 @@ impl FileLog {
             .sync_data()
             .map_err(io_err(&dir, "sync the last segment"))?;
         stats.fsyncs += 1;
+        // Consistent, but written by a release whose entries this build cannot read.
+        if format < format::OLDEST && !fresh {
+            return Err(FileLogError::FormatTooOld {
+                dir: dir.clone(),
+                found: format,
+                oldest: format::OLDEST,
+            });
+        }
         if format < format::CURRENT {
             // The directory is consistent (every check above passed): upgrade it in place.
             format::write_current(&dir)?;

@@ -2781,11 +2781,11 @@ fn files_of(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 }
 
 /// The data directory's format (issue 19): a new directory is marked with this build's
-/// format; one of the previous release (no marker) is upgraded in place once found
-/// consistent, and not touched when damaged; a newer build's directory, or a marker that
-/// is garbage, is refused before anything in it is removed or written.
+/// format; one of the previous release (no marker: its command entries are in the format
+/// before the host's) is refused with what to do, and so is a newer build's directory or
+/// a marker that is garbage, before anything in it is written.
 #[test]
-fn newer_data_directory_formats_are_refused_and_the_previous_one_is_upgraded() {
+fn other_releases_data_directory_formats_are_refused() {
     let dir = TempDir::new("format");
     {
         let mut log = FileLog::open_with(dir.path(), small_segments()).unwrap();
@@ -2800,29 +2800,23 @@ fn newer_data_directory_formats_are_refused_and_the_previous_one_is_upgraded() {
     }
     let marker = dir.path().join(format::FILE);
     assert_eq!(format::read(dir.path()).unwrap(), format::CURRENT);
-    let current = fs::read(&marker).unwrap();
 
-    // The previous release's directory (no marker; a crash had left a half-written one).
+    // The previous release's directory (no marker): refused, nothing written.
+    let current = fs::read(&marker).unwrap();
     fs::remove_file(&marker).unwrap();
-    fs::write(dir.path().join("format.tmp"), b"CORA").unwrap();
-    let log = FileLog::open_with(dir.path(), small_segments()).unwrap();
-    assert_eq!(log.recovery().upgraded_from, Some(format::OLDEST));
-    let warnings = log.recovery().warnings().join("\n");
+    let before = files_of(dir.path());
+    let e = FileLog::open_with(dir.path(), small_segments()).unwrap_err();
+    assert!(matches!(e, FileLogError::FormatTooOld { found: 1, .. }), "{e:?}");
+    let text = e.to_string();
     assert!(
-        warnings.contains("upgraded the data directory from format 1 to format 2"),
-        "{warnings}"
+        text.contains("data directory format 1 was written by an earlier release")
+            && text.contains("new, empty data directory"),
+        "{text}"
     );
-    assert_eq!((log.last_index(), log.hard_state().current_term), (20, 4));
-    drop(log);
-    assert_eq!(
-        fs::read(&marker).unwrap(),
-        current,
-        "marked as this build's"
-    );
-    assert!(!dir.path().join("format.tmp").exists());
+    assert_eq!(files_of(dir.path()), before, "nothing written");
+    fs::write(&marker, &current).unwrap();
     let log = FileLog::open_with(dir.path(), small_segments()).unwrap();
-    assert_eq!(log.recovery().upgraded_from, None, "upgraded once");
-    assert!(log.recovery().warnings().is_empty());
+    assert_eq!((log.last_index(), log.hard_state().current_term), (20, 4));
     drop(log);
 
     // A newer build's directory: refused with what to do, and left exactly as it was
@@ -2879,12 +2873,12 @@ fn newer_data_directory_formats_are_refused_and_the_previous_one_is_upgraded() {
         assert_eq!(files_of(dir.path()), before, "{bytes:?}: nothing changed");
     }
 
-    // A damaged directory of the previous release is refused and not upgraded.
+    // A damaged directory without a marker is refused for its damage first.
     fs::remove_file(&marker).unwrap();
     fs::remove_file(dir.path().join(hard_state::FILE)).unwrap();
     assert_eq!(
         damage(dir.path(), small_segments()),
         Damage::MissingHardState { newest_term: 4 }
     );
-    assert!(!marker.exists(), "not upgraded");
+    assert!(!marker.exists(), "not marked");
 }

@@ -1,0 +1,535 @@
+//! The host API with a state machine that is not the KV store: a replicated counter on
+//! nodes in this test process, each with its own QUIC endpoint on 127.0.0.1, data
+//! directory and threads. Proposals on the leader and on a follower, linearizable reads,
+//! streamed snapshots across a restart and to a follower that fell behind, and a state
+//! machine that fails on apply.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns: a panic is the report
+
+mod common;
+
+use common::{wait_for, Setup};
+use coracle::{Index, NodeId, Role};
+use coracle_quic::config::NodeConfig;
+use coracle_quic::host::{
+    ApplyError, Handle, Host, NodeError, ProposeError, ReadMode, RestoreError, SnapshotError,
+    SnapshotSource, StateMachine,
+};
+use std::io::Read;
+use std::time::Duration;
+
+/// A counter that remembers every amount added (so its state grows with the log and a
+/// snapshot of it takes many chunks). Commands: 8 bytes, the amount (little-endian);
+/// `b"fail"` makes `apply` return an error, `b"panic"` makes it panic; `b"refuse"` makes
+/// its snapshots fail to begin, `b"break"` makes their views fail half-way, `b"heal"`
+/// ends both.
+#[derive(Default)]
+struct Counter {
+    total: u64,
+    adds: Vec<u64>,
+    /// Snapshots restored into this counter (from the leader or at a start).
+    restores: u32,
+    /// The last of `refuse`, `break` or `heal` applied.
+    snapshots: &'static [u8],
+}
+
+/// A counter's snapshot: a copy of its state, or one that fails half-way.
+struct View {
+    bytes: std::io::Cursor<Vec<u8>>,
+    broken: bool,
+}
+
+impl SnapshotSource for View {
+    fn write_to(&mut self, sink: &mut dyn std::io::Write) -> std::io::Result<()> {
+        if self.broken {
+            let half = self.bytes.get_ref().len() / 2;
+            sink.write_all(&self.bytes.get_ref()[..half])?;
+            return Err(std::io::Error::other("the view broke half-way"));
+        }
+        std::io::copy(&mut self.bytes, sink).map(|_| ())
+    }
+}
+
+impl StateMachine for Counter {
+    type Response = u64;
+    type Snapshot = View;
+
+    fn apply(&mut self, _index: Index, command: &[u8]) -> Result<u64, ApplyError> {
+        match command {
+            b"fail" => return Err(ApplyError::Failed("the counter refuses 'fail'".into())),
+            b"panic" => panic!("the counter panics on 'panic'"),
+            b"refuse" | b"break" | b"heal" => {
+                self.snapshots = match command {
+                    b"refuse" => b"refuse",
+                    b"break" => b"break",
+                    _ => b"heal",
+                };
+                return Ok(self.total);
+            }
+            _ => {}
+        }
+        let amount = u64::from_le_bytes(command.try_into().unwrap_or([0; 8]));
+        self.total += amount;
+        self.adds.push(amount);
+        Ok(self.total)
+    }
+
+    fn snapshot(&mut self, _applied: Index) -> Result<Self::Snapshot, SnapshotError> {
+        if self.snapshots == b"refuse" {
+            return Err(SnapshotError::Failed(
+                "the counter refuses to snapshot".into(),
+            ));
+        }
+        // A copy: a point-in-time view the snapshot thread streams to the file.
+        let mut bytes = Vec::with_capacity(16 + 8 * self.adds.len());
+        bytes.extend_from_slice(&self.total.to_le_bytes());
+        bytes.extend_from_slice(&(self.adds.len() as u64).to_le_bytes());
+        for a in &self.adds {
+            bytes.extend_from_slice(&a.to_le_bytes());
+        }
+        Ok(View {
+            bytes: std::io::Cursor::new(bytes),
+            broken: self.snapshots == b"break",
+        })
+    }
+
+    fn restore(&mut self, _index: Index, source: &mut dyn Read) -> Result<(), RestoreError> {
+        let mut word = [0u8; 8];
+        let mut next = |source: &mut dyn Read| {
+            source.read_exact(&mut word).map_err(RestoreError::Io)?;
+            Ok::<u64, RestoreError>(u64::from_le_bytes(word))
+        };
+        let total = next(source)?;
+        let count = next(source)?;
+        // Read a word at a time: never trust a length read from a file for an allocation.
+        let mut adds = Vec::new();
+        for _ in 0..count {
+            adds.push(next(source)?);
+        }
+        if adds.iter().sum::<u64>() != total {
+            return Err(RestoreError::Invalid("the total is not the sum".into()));
+        }
+        *self = Counter {
+            total,
+            adds,
+            restores: self.restores + 1,
+            snapshots: b"heal",
+        };
+        Ok(())
+    }
+}
+
+/// Node `id`'s configuration, with `raft` added to its `[raft]` section and `tail` after
+/// it.
+fn config(setup: &Setup, id: u64, raft: &str, tail: &str) -> NodeConfig {
+    let text = setup
+        .config_text(id)
+        .replace("[raft]\n", &format!("[raft]\n{raft}"))
+        + tail;
+    NodeConfig::parse(&text, setup.path()).unwrap()
+}
+
+/// Starts node `id` (retried while the endpoint of its previous run lets go of the port).
+fn start_with(setup: &Setup, id: u64, raft: &str, tail: &str) -> Host<Counter> {
+    wait_for(Duration::from_secs(10), || {
+        Host::start(&config(setup, id, raft, tail), Counter::default()).ok()
+    })
+    .expect("node starts")
+}
+
+fn start(setup: &Setup, id: u64) -> Host<Counter> {
+    start_with(setup, id, "", "")
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    smol::future::block_on(f)
+}
+
+/// The leader all `handles` agree on, waited for (a generous 20 s: elections on a shared
+/// machine).
+fn leader(handles: &[Handle<Counter>]) -> NodeId {
+    wait_for(Duration::from_secs(20), || {
+        let leaders: Vec<Option<NodeId>> = handles
+            .iter()
+            .map(|h| block_on(h.status()).and_then(|s| s.leader))
+            .collect();
+        let first = leaders[0]?;
+        leaders.iter().all(|l| *l == Some(first)).then_some(first)
+    })
+    .expect("a leader")
+}
+
+fn add(n: u64) -> Vec<u8> {
+    n.to_le_bytes().to_vec()
+}
+
+/// Proposes `n` on the leader, retrying while leadership moves.
+fn add_on_leader(handles: &[Handle<Counter>], n: u64) -> u64 {
+    wait_for(Duration::from_secs(20), || {
+        let l = leader(handles);
+        let on = handles.iter().find(|h| h.id() == l)?;
+        block_on(on.propose(add(n))).ok()
+    })
+    .expect("the proposal is applied")
+}
+
+#[test]
+fn a_counter_on_three_nodes_proposes_redirects_and_reads() {
+    let setup = Setup::new("host-counter", 3);
+    let nodes: Vec<Host<Counter>> = (1..=3).map(|id| start(&setup, id)).collect();
+    let handles: Vec<Handle<Counter>> = nodes.iter().map(Host::handle).collect();
+    let watch = handles[0].watch();
+
+    let mut expected = 0;
+    for n in 1..=20 {
+        expected += n;
+        assert_eq!(add_on_leader(&handles, n), expected);
+    }
+
+    // A follower refuses, naming the leader and where it listens.
+    let l = leader(&handles);
+    let follower = handles.iter().find(|h| h.id() != l).unwrap();
+    match block_on(follower.propose(add(1))) {
+        Err(ProposeError::NotLeader { leader, address }) => {
+            assert_eq!(leader, Some(l));
+            assert_eq!(address, Some(setup.addrs[l as usize - 1].to_string()));
+        }
+        other => panic!("a follower answered {other:?}"),
+    }
+
+    // Linearizable reads, on every node (followers ask the leader to confirm), see every
+    // acknowledged write; a lease read on the leader too.
+    for h in &handles {
+        let total = block_on(h.read(ReadMode::ReadIndex, |c: &Counter| c.total)).unwrap();
+        assert_eq!(total, expected, "node {}", h.id());
+    }
+    let leader_handle = handles.iter().find(|h| h.id() == l).unwrap();
+    let lease = wait_for(Duration::from_secs(5), || {
+        block_on(leader_handle.read(ReadMode::Lease, |c: &Counter| c.total)).ok()
+    });
+    assert_eq!(lease, Some(expected));
+
+    // The status names the members, with their lag on the leader.
+    let status = block_on(leader_handle.status()).unwrap();
+    assert_eq!(status.role, Role::Leader);
+    assert_eq!(status.members.len(), 3);
+    assert!(status
+        .members
+        .iter()
+        .all(|m| m.voter && m.match_index.is_some() && m.lag.is_some()));
+    assert!(status.applied >= 21, "{status:?}");
+
+    // The watch saw the node learn of the leader.
+    let seen = wait_for(Duration::from_secs(5), || {
+        watch.try_recv().ok().filter(|s| s.leader == Some(l))
+    });
+    assert!(seen.is_some(), "no status with the leader was watched");
+
+    for node in nodes {
+        node.shutdown().unwrap();
+    }
+    // A handle on a stopped node answers at once, not after its timeout.
+    assert_eq!(
+        block_on(handles[0].propose(add(1))),
+        Err(ProposeError::ShuttingDown)
+    );
+}
+
+/// Snapshot every 30 entries and keep none behind, with small messages: a snapshot goes in
+/// many chunks, and a follower that was down must take one.
+const SNAPSHOTS: &str =
+    "[storage]\nsegment_bytes = 8192\nsnapshot_entries = 30\nsnapshot_keep_entries = 0\n";
+
+#[test]
+fn streamed_snapshots_reach_a_lagging_follower_and_survive_a_restart() {
+    let setup = Setup::new("host-snapshots", 3);
+    let start = |id| start_with(&setup, id, "max_bytes_per_message = 1024\n", SNAPSHOTS);
+    let mut nodes: Vec<Option<Host<Counter>>> = (1..=3).map(|id| Some(start(id))).collect();
+    let handles = |nodes: &[Option<Host<Counter>>]| -> Vec<Handle<Counter>> {
+        nodes.iter().flatten().map(Host::handle).collect()
+    };
+    add_on_leader(&handles(&nodes), 1);
+
+    // A follower goes down; the others write and compact past it.
+    let l = leader(&handles(&nodes));
+    let down = (1..=3).find(|&id| id != l).unwrap();
+    nodes[down as usize - 1].take().unwrap().shutdown().unwrap();
+    let mut expected = 1;
+    for n in 1..=400 {
+        expected += n;
+        add_on_leader(&handles(&nodes), n);
+    }
+
+    // Back, it catches up through a snapshot (streamed in chunks of at most 512 bytes)
+    // and reads the same total.
+    nodes[down as usize - 1] = Some(start(down));
+    let back = nodes[down as usize - 1].as_ref().unwrap().handle();
+    let caught_up = wait_for(Duration::from_secs(20), || {
+        block_on(back.read(ReadMode::ReadIndex, |c: &Counter| (c.total, c.restores)))
+            .ok()
+            .filter(|&(total, _)| total == expected)
+    });
+    let Some((_, restores)) = caught_up else {
+        let statuses: Vec<_> = nodes
+            .iter()
+            .flatten()
+            .map(|n| (n.is_finished(), block_on(n.handle().status())))
+            .collect();
+        panic!("the follower did not catch up: {statuses:#?}");
+    };
+    assert!(restores >= 1, "it caught up without a snapshot");
+
+    // The whole cluster restarts from its snapshots and logs.
+    for node in nodes.iter_mut() {
+        node.take().unwrap().shutdown().unwrap();
+    }
+    let nodes: Vec<Host<Counter>> = (1..=3).map(start).collect();
+    let hs: Vec<Handle<Counter>> = nodes.iter().map(Host::handle).collect();
+    leader(&hs);
+    for h in &hs {
+        let (total, adds, restores) = block_on(h.read(ReadMode::ReadIndex, |c: &Counter| {
+            (c.total, c.adds.len(), c.restores)
+        }))
+        .unwrap();
+        assert_eq!((total, adds), (expected, 401), "node {}", h.id());
+        assert!(
+            restores >= 1,
+            "node {} started without its snapshot",
+            h.id()
+        );
+    }
+    for node in nodes {
+        node.shutdown().unwrap();
+    }
+}
+
+/// A state machine that fails (an error, or a panic) on apply stops its node: the
+/// proposer of that command learns it, nothing after it is acknowledged, and the node's
+/// error says which entry and why.
+#[test]
+fn a_state_machine_that_fails_stops_the_node_and_acknowledges_nothing_after() {
+    for (poison, said) in [
+        (&b"fail"[..], "refuses 'fail'"),
+        (b"panic", "panics on 'panic'"),
+    ] {
+        let setup = Setup::new("host-apply-error", 1);
+        let mut node = start(&setup, 1);
+        let h = node.handle();
+        assert_eq!(add_on_leader(std::slice::from_ref(&h), 2), 2);
+        // The poison and two commands after it, handed over together.
+        let (tx, rx) = smol::channel::unbounded();
+        let mut batch = h.batch();
+        for command in [poison.to_vec(), add(3), add(4)] {
+            let tx = tx.clone();
+            batch.propose(command.into(), move |r| {
+                let _ = tx.try_send(r);
+            });
+        }
+        block_on(batch.submit());
+        let answers: Vec<_> = (0..3).map(|_| block_on(rx.recv()).unwrap()).collect();
+        for a in &answers {
+            assert!(
+                matches!(a, Err(ProposeError::Stopped(m)) if m.contains(said)),
+                "{answers:?}"
+            );
+        }
+        match node.join() {
+            Err(NodeError::Apply { index, message }) => {
+                assert!(index > 1 && message.contains(said), "{index} {message}");
+            }
+            other => panic!("the node ended with {other:?}"),
+        }
+        assert!(block_on(h.propose(add(1))).is_err());
+        drop(node);
+
+        // Restarted, the node replays its log into the state machine and stops at the
+        // same entry again, never past it.
+        let mut again = start(&setup, 1);
+        assert!(matches!(again.join(), Err(NodeError::Apply { .. })));
+    }
+}
+
+/// A command larger than `raft.max_entry_bytes` is refused by the handle before it
+/// reaches the node; one of exactly the limit is applied.
+#[test]
+fn a_command_over_the_limit_is_refused_before_the_log() {
+    let setup = Setup::new("host-too-large", 1);
+    let node = start_with(&setup, 1, "max_entry_bytes = 64\n", "");
+    let h = node.handle();
+    add_on_leader(std::slice::from_ref(&h), 1);
+    match block_on(h.propose(vec![0u8; 65])) {
+        Err(ProposeError::TooLarge { len: 65, max }) => assert!(max < 65),
+        other => panic!("{other:?}"),
+    }
+    node.shutdown().unwrap();
+}
+
+/// Membership through the handle: node 4 is added as a learner (its address replicated),
+/// then one joint-consensus change makes it a voter and a follower a learner at once;
+/// node 4 then reads every write, and leadership is handed to it.
+#[test]
+fn members_change_jointly_through_the_handle_and_leadership_moves() {
+    let setup = Setup::new("host-members", 4);
+    let config = |id: u64| {
+        let text = format!("voters = [1, 2, 3]\n{}", setup.config_text(id));
+        NodeConfig::parse(&text, setup.path()).unwrap()
+    };
+    let nodes: Vec<Host<Counter>> = (1..=4)
+        .map(|id| Host::start(&config(id), Counter::default()).unwrap())
+        .collect();
+    let handles: Vec<Handle<Counter>> = nodes.iter().map(Host::handle).collect();
+    add_on_leader(&handles[..3], 1);
+    let l = leader(&handles[..3]);
+    let on_leader = |f: &dyn Fn(&Handle<Counter>) -> Option<Index>| {
+        wait_for(Duration::from_secs(20), || {
+            let l = leader(&handles[..3]);
+            f(handles.iter().find(|h| h.id() == l)?)
+        })
+    };
+    let added = on_leader(&|h| block_on(h.add_learner(4, setup.addrs[3])).ok());
+    assert!(added.is_some(), "node 4 was not added");
+
+    // Joint consensus: 4 becomes a voter and a follower a learner, in one change.
+    let demoted = (1..=3).find(|&id| id != l).unwrap();
+    let voters: Vec<NodeId> = (1..=4).filter(|&id| id != demoted).collect();
+    let joint = on_leader(&|h| block_on(h.set_members(&voters, &[demoted])).ok());
+    assert!(joint.is_some(), "the joint change was refused");
+    let settled = wait_for(Duration::from_secs(20), || {
+        let status = block_on(handles[l as usize - 1].status())?;
+        let mut v: Vec<NodeId> = status
+            .members
+            .iter()
+            .filter(|m| m.voter)
+            .map(|m| m.id)
+            .collect();
+        v.sort_unstable();
+        let learner = status.members.iter().any(|m| m.id == demoted && !m.voter);
+        (v == voters && learner).then_some(status)
+    });
+    assert!(settled.is_some(), "the configuration did not settle");
+    let four = &handles[3];
+    let total = add_on_leader(&handles, 10);
+    let read = wait_for(Duration::from_secs(20), || {
+        block_on(four.read(ReadMode::ReadIndex, |c: &Counter| c.total)).ok()
+    });
+    assert_eq!(read, Some(total));
+
+    // Leadership moves to node 4 on request.
+    let moved = wait_for(Duration::from_secs(20), || {
+        let l = leader(&handles);
+        if l == 4 {
+            return Some(());
+        }
+        let _ = block_on(handles[l as usize - 1].transfer_leadership(4));
+        std::thread::sleep(Duration::from_millis(100));
+        None
+    });
+    assert!(moved.is_some(), "leadership did not move to node 4");
+    for node in nodes {
+        node.shutdown().unwrap();
+    }
+}
+
+/// A leader asked to stop hands leadership over before it exits: its own last status (the
+/// watch keeps the newest) is no longer that of a leader, in a newer term. A leader that
+/// simply exited would end as the leader, and the others would elect one an election
+/// timeout later. Prints how long writes were unavailable.
+#[test]
+fn a_leader_asked_to_stop_hands_leadership_over_first() {
+    let setup = Setup::new("host-handover", 3);
+    let mut nodes: Vec<Option<Host<Counter>>> = (1..=3).map(|id| Some(start(&setup, id))).collect();
+    let handles: Vec<Handle<Counter>> = nodes.iter().flatten().map(Host::handle).collect();
+    add_on_leader(&handles, 1);
+    let l = leader(&handles);
+    let old = block_on(handles[l as usize - 1].status()).unwrap();
+    assert_eq!(old.role, Role::Leader);
+    let watch = handles[l as usize - 1].watch();
+
+    // A writer goes on meanwhile, following the leader: the longest gap between two of its
+    // acknowledged writes is how long the cluster could not write.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let handles: Vec<Handle<Counter>> = handles
+            .iter()
+            .map(|h| h.clone().with_timeout(Duration::from_secs(1)))
+            .collect();
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            let mut to = l;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match block_on(handles[to as usize - 1].propose(add(1))) {
+                    Ok(_) => acked.push(std::time::Instant::now()),
+                    Err(ProposeError::NotLeader {
+                        leader: Some(next), ..
+                    }) => to = next,
+                    Err(_) => to = to % 3 + 1,
+                }
+            }
+            acked
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+
+    let began = std::time::Instant::now();
+    nodes[l as usize - 1].take().unwrap().shutdown().unwrap();
+    let stopped = began.elapsed();
+    let mut last = None;
+    while let Ok(s) = watch.try_recv() {
+        last = Some(s);
+    }
+    let last = last.expect("the stopping leader published its status");
+    assert_ne!(last.role, Role::Leader, "it exited as the leader: {last:?}");
+    assert!(last.term > old.term, "{last:?}");
+
+    let others: Vec<Handle<Counter>> = handles.iter().filter(|h| h.id() != l).cloned().collect();
+    add_on_leader(&others, 1);
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = writer.join().unwrap();
+    let gap = acked
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "hand-over: shutdown returned after {stopped:?}; {} writes acknowledged around it; the longest gap between two: {gap:?}",
+        acked.len()
+    );
+    for node in nodes.into_iter().flatten() {
+        node.shutdown().unwrap();
+    }
+}
+
+/// Snapshots that fail (the state machine refuses to begin one, or its view breaks
+/// half-way) are given up and tried again later: the node goes on applying and answering,
+/// and once the state machine heals, a snapshot is saved.
+#[test]
+fn failing_snapshots_are_given_up_and_the_node_goes_on() {
+    let setup = Setup::new("host-snapshot-faults", 1);
+    let node = start_with(&setup, 1, "", "[storage]\nsnapshot_entries = 10\n");
+    let h = node.handle();
+    let last_snapshot = || block_on(h.status()).unwrap().snapshot.last;
+    add_on_leader(std::slice::from_ref(&h), 1);
+    for fault in [&b"refuse"[..], b"break"] {
+        block_on(h.propose(fault.to_vec())).unwrap();
+        let before = last_snapshot();
+        let mut expected = block_on(h.read(ReadMode::ReadIndex, |c: &Counter| c.total)).unwrap();
+        for n in 1..=60 {
+            expected += n;
+            assert_eq!(block_on(h.propose(add(n))), Ok(expected));
+        }
+        assert_eq!(
+            last_snapshot(),
+            before,
+            "a snapshot was saved despite {fault:?}"
+        );
+        block_on(h.propose(b"heal".to_vec())).unwrap();
+        let saved = wait_for(Duration::from_secs(20), || {
+            block_on(h.propose(add(0))).unwrap();
+            (last_snapshot() > before).then_some(())
+        });
+        assert!(saved.is_some(), "no snapshot after healing from {fault:?}");
+    }
+    assert!(!node.is_finished());
+    node.shutdown().unwrap();
+}
