@@ -115,7 +115,7 @@ fn format_file(version: u32) -> Vec<u8> {
 }
 
 #[test]
-fn an_incompatible_node_is_refused_and_the_previous_release_is_taken() {
+fn an_incompatible_node_is_refused_and_the_next_release_is_taken() {
     let setup = Setup::new("versions", 3);
     let mut procs: Vec<Proc> = (1..=2)
         .map(|id| spawn_with(&setup, id, &setup.write_config(id)))
@@ -133,7 +133,7 @@ fn an_incompatible_node_is_refused_and_the_previous_release_is_taken() {
         let (one, three) = (log_of(&setup, 1), log_of(&setup, 3));
         (one.contains("refusing node 3: no protocol version in common")
             && one.contains(&format!(
-                "this node speaks protocol {PROTOCOL} (only) and reads storage format {} (and down to 1); the peer speaks protocol {} (and down to {})",
+                "this node speaks protocol {PROTOCOL} (only) and reads storage format {} (only); the peer speaks protocol {} (and down to {})",
                 format::CURRENT,
                 PROTOCOL + 2,
                 PROTOCOL + 1
