@@ -1,10 +1,17 @@
 //! Raft messages between nodes over QUIC.
 //!
 //! - **One connection per pair of nodes.** The node with the lower id dials the one with the
-//!   higher id (verifying the server name `node-<id>.coracle`), and redials with
-//!   exponential backoff when the connection drops; the higher one accepts. Keep-alives
-//!   hold idle connections open and an idle timeout detects dead peers, which are then
-//!   reported unreachable to the core.
+//!   higher id (verifying the server name `node-<id>.coracle`), and redials at once when
+//!   the connection drops, starting a new handshake at every backoff step while the
+//!   earlier ones go on (a peer that is down is reached one step after it is back, not a
+//!   QUIC retransmission later); the higher one accepts, and a new connection from a peer
+//!   replaces its old one. Keep-alives hold idle connections open and an idle timeout
+//!   detects dead peers, which are then reported unreachable to the core.
+//! - **Restarted peers are seen at once.** A node's stateless-reset and connection-ID keys
+//!   are derived from its private key ([`tls`](crate::tls)), so they survive a restart:
+//!   the restarted node answers a packet on a connection of its previous run with a
+//!   stateless reset, and the peer drops that connection and redials within milliseconds
+//!   instead of waiting out its idle timeout (`kill -9` included).
 //! - **Who sent it comes from the certificate.** The TLS handshake verifies the peer's
 //!   certificate against the cluster CA (both ways); the node id is read from it. Every
 //!   frame's envelope must say `from` = that id and `to` = this node, or it is malformed.
@@ -359,7 +366,8 @@ impl Transport {
         let socket = runtime
             .wrap_udp_socket(bind_udp(listen).map_err(StartError::Bind)?)
             .map_err(StartError::Bind)?;
-        let (config, socket) = crate::stray::counting_socket(id, socket, stats.clone());
+        let (config, socket) =
+            crate::stray::counting_socket(id, socket, stats.clone(), &creds.endpoint_keys());
         let endpoint =
             quinn::Endpoint::new_with_abstract_socket(config, Some(server), socket, runtime)
                 .map_err(StartError::Bind)?;
@@ -420,6 +428,12 @@ impl Transport {
         }
     }
 
+    /// True while this node is to keep dialing `peer` (a link to it exists, and this node
+    /// is not shutting down).
+    fn dials(&self, peer: NodeId) -> bool {
+        !self.closing.load(Ordering::Relaxed) && lock(&self.links).contains_key(&peer)
+    }
+
     fn is_isolated(&self, peer: NodeId) -> bool {
         lock(&self.isolated).contains(&peer)
     }
@@ -429,10 +443,8 @@ impl Transport {
         if to == self.id || self.closing.load(Ordering::Relaxed) {
             return;
         }
-        let (main, bulk) = {
-            let mut links = lock(&self.links);
-            let h = links.entry(to).or_insert_with(|| self.new_link(to));
-            (h.main.clone(), h.bulk.clone())
+        let Some((main, bulk)) = self.with_link(to, |h| (h.main.clone(), h.bulk.clone())) else {
+            return;
         };
         let queue = if class == Class::Bulk { bulk } else { main };
         match queue.try_send((class, frame)) {
@@ -448,8 +460,20 @@ impl Transport {
         if peer == self.id {
             return;
         }
+        self.with_link(peer, |_| ());
+    }
+
+    /// Runs `f` on the link to `peer`, made if there is none; `None` once this node is
+    /// shutting down, when no link is made any more (its tasks would hold the endpoint,
+    /// and with it the node's address, after [`close`](Self::close)). `close` raises
+    /// `closing` before it clears the links under the same lock, so a link made here
+    /// before is cleared by it.
+    fn with_link<R>(self: &Arc<Self>, peer: NodeId, f: impl FnOnce(&LinkHandle) -> R) -> Option<R> {
         let mut links = lock(&self.links);
-        links.entry(peer).or_insert_with(|| self.new_link(peer));
+        if self.closing.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(f(links.entry(peer).or_insert_with(|| self.new_link(peer))))
     }
 
     fn new_link(self: &Arc<Self>, peer: NodeId) -> LinkHandle {
@@ -469,10 +493,9 @@ impl Transport {
 
     /// Installs a connection to `peer` (replacing an older one) and starts reading it.
     fn install(self: &Arc<Self>, peer: NodeId, conn: quinn::Connection) {
-        let link = {
-            let mut links = lock(&self.links);
-            let h = links.entry(peer).or_insert_with(|| self.new_link(peer));
-            h.link.clone()
+        let Some(link) = self.with_link(peer, |h| h.link.clone()) else {
+            conn.close(quinn::VarInt::from_u32(ERR_SHUTDOWN), b"shutdown");
+            return;
         };
         let old = lock(&link.conn).replace(conn.clone());
         if let Some(old) = old {
@@ -617,62 +640,96 @@ async fn accept_loop(t: Arc<Transport>, on_client: ClientHandler) {
 }
 
 async fn dialer(t: Arc<Transport>, link: Arc<Link>) {
+    while t.dials(link.peer) {
+        if let Some(conn) = link.current().filter(|c| c.close_reason().is_none()) {
+            // Connected (perhaps by the peer): wait until that connection ends, then redial
+            // at once (a closed one still installed is passed over, never waited on again).
+            conn.closed().await;
+            continue;
+        }
+        if let Some(conn) = connect(&t, &link).await {
+            t.install(link.peer, conn);
+        }
+    }
+}
+
+/// A handshake in flight.
+type Attempt = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<quinn::Connection, quinn::ConnectionError>> + Send>,
+>;
+
+/// Dials `link`'s peer until a connection passes the hello (`None` if the link goes or
+/// gets a connection otherwise meanwhile): a handshake at once, then another at every
+/// backoff step (from `reconnect_min`, doubling up to `reconnect_max`) while the earlier
+/// ones go on. A peer that is down answers nothing, and QUIC sends a handshake's first
+/// packet again only after about a second (then 2 s...) until its idle timeout: waiting on
+/// one attempt, a peer back after 100 ms was reached a second later or more. Here the
+/// handshake begun after it came back reaches it, one backoff step later at most.
+///
+/// The first handshake that completes wins: the others are dropped before any hello, so
+/// the peer installs one connection, never a second that would replace the first.
+async fn connect(t: &Arc<Transport>, link: &Link) -> Option<quinn::Connection> {
     let peer = link.peer;
     let mut backoff = t.settings.reconnect_min;
     let mut failures = 0u32;
-    while !t.closing.load(Ordering::Relaxed) && lock(&t.links).contains_key(&peer) {
-        if let Some(conn) = link.current() {
-            // Connected (perhaps by the peer): wait until that connection ends, then give
-            // the task that forgets it a chance to run (never spin on a closed one).
-            conn.closed().await;
-            smol::Timer::after(t.settings.reconnect_min).await;
-            continue;
+    let mut attempts: Vec<Attempt> = Vec::new();
+    let mut timer = smol::Timer::after(Duration::ZERO);
+    loop {
+        if !t.dials(peer) || link.current().is_some_and(|c| c.close_reason().is_none()) {
+            return None;
         }
-        if let Some(addr) = t.address(peer) {
-            let name = node_server_name(peer);
-            match t
-                .endpoint
-                .connect_with(t.client_config.clone(), addr, &name)
-            {
-                Ok(connecting) => match connecting.await {
-                    Ok(conn) => {
-                        if tls::peer_identity(&conn) != Some(Identity::Node(peer)) {
-                            conn.close(quinn::VarInt::from_u32(ERR_IDENTITY), b"identity");
-                            warn!(node = t.id, peer, "peer certificate is not node {peer}'s");
-                        } else if crate::hello::exchange(&t.greeting, peer, &conn, true, &t.stats)
-                            .await
-                        {
-                            backoff = t.settings.reconnect_min;
-                            failures = 0;
-                            t.install(peer, conn.clone());
-                            conn.closed().await;
-                            smol::Timer::after(t.settings.reconnect_min).await;
-                            continue;
-                        }
+        let event = std::future::poll_fn(|cx| {
+            for (i, a) in attempts.iter_mut().enumerate() {
+                if let std::task::Poll::Ready(done) = a.as_mut().poll(cx) {
+                    return std::task::Poll::Ready(Some((i, done)));
+                }
+            }
+            std::future::Future::poll(std::pin::Pin::new(&mut timer), cx).map(|_| None)
+        })
+        .await;
+        let Some((i, done)) = event else {
+            if let Some(addr) = t.address(peer) {
+                let name = node_server_name(peer);
+                match t
+                    .endpoint
+                    .connect_with(t.client_config.clone(), addr, &name)
+                {
+                    Ok(connecting) => attempts.push(Box::pin(connecting)),
+                    Err(e) => warn!(node = t.id, peer, %addr, error = %e, "cannot dial"),
+                }
+            }
+            timer.set_after(backoff);
+            backoff = (backoff * 2).min(t.settings.reconnect_max);
+            continue;
+        };
+        drop(attempts.swap_remove(i));
+        match done {
+            Ok(conn) => {
+                attempts.clear();
+                if tls::peer_identity(&conn) != Some(Identity::Node(peer)) {
+                    conn.close(quinn::VarInt::from_u32(ERR_IDENTITY), b"identity");
+                    warn!(node = t.id, peer, "peer certificate is not node {peer}'s");
+                } else if crate::hello::exchange(&t.greeting, peer, &conn, true, &t.stats).await {
+                    return Some(conn);
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                let report = failures == 1 || failures.is_multiple_of(50);
+                let addr = t.address(peer);
+                match HandshakeFailure::of(&e) {
+                    // The handshake ran and failed: a certificate or protocol problem that
+                    // waiting will not fix, reported on this side too.
+                    HandshakeFailure::Refused | HandshakeFailure::RefusedByPeer if report => {
+                        warn!(node = t.id, peer, ?addr, error = %e, failures, "dial failed: TLS handshake with the peer failed");
                     }
-                    Err(e) => {
-                        failures += 1;
-                        let report = failures == 1 || failures.is_multiple_of(50);
-                        match HandshakeFailure::of(&e) {
-                            // The handshake ran and failed: a certificate or protocol problem
-                            // that waiting will not fix, reported on this side too.
-                            HandshakeFailure::Refused | HandshakeFailure::RefusedByPeer
-                                if report =>
-                            {
-                                warn!(node = t.id, peer, %addr, error = %e, failures, "dial failed: TLS handshake with the peer failed");
-                            }
-                            _ if report => {
-                                debug!(node = t.id, peer, %addr, error = %e, failures, "dial failed");
-                            }
-                            _ => {}
-                        }
+                    _ if report => {
+                        debug!(node = t.id, peer, ?addr, error = %e, failures, "dial failed");
                     }
-                },
-                Err(e) => warn!(node = t.id, peer, %addr, error = %e, "cannot dial"),
+                    _ => {}
+                }
             }
         }
-        smol::Timer::after(backoff).await;
-        backoff = (backoff * 2).min(t.settings.reconnect_max);
     }
 }
 
