@@ -5,7 +5,8 @@
 //!   the connection drops, starting a new handshake at every backoff step while the
 //!   earlier ones go on (a peer that is down is reached one step after it is back, not a
 //!   QUIC retransmission later); the higher one accepts, and a new connection from a peer
-//!   replaces its old one. Keep-alives hold idle connections open and an idle timeout
+//!   replaces its old one. A higher node also dials a lower one once, when it starts, so
+//!   a peer holding a connection to its previous run takes the new one at once. Keep-alives hold idle connections open and an idle timeout
 //!   detects dead peers, which are then reported unreachable to the core.
 //! - **Restarted peers are seen at once.** A node's stateless-reset and connection-ID keys
 //!   are derived from its private key ([`tls`](crate::tls)), so they survive a restart:
@@ -487,6 +488,8 @@ impl Transport {
         smol::spawn(writer(self.clone(), link.clone(), bulk_rx)).detach();
         if self.id < peer {
             smol::spawn(dialer(self.clone(), link.clone())).detach();
+        } else {
+            smol::spawn(announce(self.clone(), link.clone())).detach();
         }
         LinkHandle { link, main, bulk }
     }
@@ -650,6 +653,18 @@ async fn dialer(t: Arc<Transport>, link: Arc<Link>) {
         if let Some(conn) = connect(&t, &link).await {
             t.install(link.peer, conn);
         }
+    }
+}
+
+/// The higher node of a pair dials the lower one too, once, when their link is made (at
+/// its start, say), until they have a connection either way. The lower node may still hold
+/// a connection to this node's previous run: it takes the new one in its place at once,
+/// rather than learning of the restart from a stateless reset when it next gets a packet
+/// through (a connection backed off by losses may not send one for a second or more), or
+/// redialing on its backoff after a graceful stop. From then on only the lower node dials.
+async fn announce(t: Arc<Transport>, link: Arc<Link>) {
+    if let Some(conn) = connect(&t, &link).await {
+        t.install(link.peer, conn);
     }
 }
 

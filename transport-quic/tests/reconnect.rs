@@ -8,7 +8,8 @@
 //! waited on the idle timeout. (A restarted node with the lower id dials the leader itself.)
 //!
 //! `cargo test --release -p coracle-quic --test reconnect -- --ignored --nocapture`
-//! measures the catch-up time over 10 restarts of each kind.
+//! measures the catch-up time over 10 restarts of each kind (`CORACLE_TEST_KEEP_LOGS=DIR`
+//! keeps the nodes' logs there).
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns: a panic is the report
 
 mod common;
@@ -132,6 +133,9 @@ impl Cluster {
         });
         let commit = self.status(1).expect("the leader answers").commit;
         let started = Instant::now();
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         self.procs[id as usize - 1] = spawn_with(&self.setup, id, &self.configs[id as usize - 1]);
         // A new client: the probe's connection to the old process is as stale as the
         // leader's was, and this measures the nodes' connections, not the client's.
@@ -147,7 +151,9 @@ impl Cluster {
         .unwrap_or_else(|| panic!("node {id} did not catch up within 30 s"));
         let took = started.elapsed();
         println!(
-            "node {id} answered {answered:?} after its start (applied {} of {commit}), caught up after {took:?}",
+            "node {id} started at {}.{:03} (Unix time): answered {answered:?} later (applied {} of {commit}), caught up after {took:?}",
+            wall.as_secs(),
+            wall.subsec_millis(),
             up.applied
         );
         probe.close();
@@ -171,6 +177,16 @@ fn restarts(tag: &str, rounds: usize) -> Vec<(u64, Stop, Duration)> {
             let took = cluster.restart(id, stop);
             println!("round {round}: node {id} after {stop:?}: caught up in {took:?}");
             times.push((id, stop, took));
+        }
+    }
+    if let Some(dir) = std::env::var_os("CORACLE_TEST_KEEP_LOGS") {
+        let dir = PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for id in 1..=3 {
+            let _ = std::fs::copy(
+                common::node_log(&cluster.setup, id),
+                dir.join(format!("{tag}-node-{id}.log")),
+            );
         }
     }
     times
