@@ -86,7 +86,7 @@ pub fn stray(datagram: &[u8], cids: &dyn ConnectionIdGenerator) -> Option<&'stat
 /// The endpoint settings of a node ([`crate::tls::node_endpoint_config`] with connection
 /// IDs keyed by `keys`) and its UDP socket wrapped so that stray datagrams are counted in
 /// `stats`.
-pub(crate) fn counting_socket(
+pub fn counting_socket(
     node: NodeId,
     socket: Arc<dyn AsyncUdpSocket>,
     stats: Arc<TransportStats>,

@@ -394,7 +394,7 @@ fn with_max_payload(mut config: quinn::EndpointConfig) -> quinn::EndpointConfig 
 /// with HMAC-SHA256 under distinct labels; the private key never leaves this function, and
 /// the reset tokens cannot be computed without it (an attacker who could would be able to
 /// end the node's connections).
-pub(crate) struct EndpointKeys {
+pub struct EndpointKeys {
     /// The key of the stateless reset tokens (quinn's `reset_key`).
     pub(crate) reset: Arc<ring::hmac::Key>,
     /// The key of the keyed connection IDs ([`crate::stray`]).
@@ -403,7 +403,7 @@ pub(crate) struct EndpointKeys {
 
 impl Credentials {
     /// The endpoint keys of the holder of these credentials.
-    pub(crate) fn endpoint_keys(&self) -> EndpointKeys {
+    pub fn endpoint_keys(&self) -> EndpointKeys {
         use ring::hmac;
         let root = hmac::Key::new(hmac::HMAC_SHA256, self.key.secret_der());
         let reset = hmac::sign(&root, b"coracle endpoint: stateless reset key");
@@ -419,7 +419,7 @@ impl Credentials {
 
 /// The endpoint settings of a node: [`endpoint_config`] with the stateless reset key of
 /// `keys` (the connection IDs are set by [`crate::stray`]).
-pub(crate) fn node_endpoint_config(keys: &EndpointKeys) -> quinn::EndpointConfig {
+pub fn node_endpoint_config(keys: &EndpointKeys) -> quinn::EndpointConfig {
     with_max_payload(quinn::EndpointConfig::new(keys.reset.clone()))
 }
 

@@ -9,7 +9,7 @@
 //!   a peer holding a connection to its previous run takes the new one at once. Keep-alives hold idle connections open and an idle timeout
 //!   detects dead peers, which are then reported unreachable to the core.
 //! - **Restarted peers are seen at once.** A node's stateless-reset and connection-ID keys
-//!   are derived from its private key ([`tls`](crate::tls)), so they survive a restart:
+//!   are derived from its private key ([`crate::tls::EndpointKeys`]), so they survive a restart:
 //!   the restarted node answers a packet on a connection of its previous run with a
 //!   stateless reset, and the peer drops that connection and redials within milliseconds
 //!   instead of waiting out its idle timeout (`kill -9` included).
