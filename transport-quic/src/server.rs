@@ -40,10 +40,10 @@ use crate::storage::{
 };
 use crate::tls::{Credentials, TlsError};
 use crate::transport::{
-    encode_frame, Class, FrameError, FrameReader, Inbound, StartError, Transport, TransportStats,
-    DECODE_ENTRIES, ERR_MALFORMED,
+    encode_frame, Class, FrameError, FrameReader, Inbound, PeerFrame, StartError, Transport,
+    TransportStats, ERR_MALFORMED,
 };
-use coracle::wire::{self, Envelope};
+use coracle::wire::Envelope;
 use coracle::{
     CachedLog, EntryKind, Index, InstallSnapshot, LogStorage, MembershipChange, Message, NodeId,
     Output, OwnedEntry, ProposeError, ReadMode, Role, SnapshotMeta, SyncToken, Term,
@@ -784,11 +784,12 @@ fn failed(kind: ErrorKind, message: impl Into<String>) -> Response {
     }
 }
 
-/// Decodes a checked frame and steps it (kept out of the async state: the decoded
-/// entries live on the stack only here).
-fn step_frame(node: &mut CoreNode, cluster: u64, from: NodeId, frame: &[u8]) {
-    if let Ok(d) = wire::decode::<DECODE_ENTRIES>(frame, cluster) {
-        node.step(from, d.message());
+/// Decodes a peer's frame, once, and steps it (kept out of the async state: the decoded
+/// entries live on the stack only here). A malformed frame is dropped (and counted) by the
+/// transport.
+fn step_frame(node: &mut CoreNode, transport: &Transport, frame: &PeerFrame) {
+    if let Some(d) = transport.open(frame) {
+        node.step(frame.from, d.message());
     }
 }
 
@@ -891,8 +892,8 @@ impl Host {
             }
             for wake in batch {
                 match wake {
-                    Wake::In(Inbound::Message { from, frame }) => {
-                        step_frame(&mut node, self.cluster, from, &frame)
+                    Wake::In(Inbound::Message(frame)) => {
+                        step_frame(&mut node, &self.transport, &frame)
                     }
                     Wake::In(Inbound::Unreachable(peer)) => node.report_unreachable(peer),
                     Wake::Call(Call::Client { requests, identity }) => {

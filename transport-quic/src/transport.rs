@@ -27,10 +27,14 @@
 //!   unidirectional stream; InstallSnapshot chunks on another stream with its own queue,
 //!   so a snapshot never delays heartbeats or entries. Stream frames are a 4-byte
 //!   little-endian length and the core's postcard envelope ([`coracle::wire`]).
+//! - **Decoded once.** The transport splits streams into frames and hands them to the node
+//!   undecoded ([`PeerFrame`]); the node decodes and checks each one once
+//!   ([`Transport::open`]) and steps the message, whose entries borrow from the frame.
 //! - **Bad input.** A malformed frame (bad length, bad version or cluster, undecodable,
 //!   wrong sender or receiver) stops that stream with [`ERR_MALFORMED`], is logged and
-//!   counted in [`TransportStats::malformed`]; the connection and the node go on. A
-//!   malformed datagram is counted and dropped. A UDP datagram that is no QUIC packet for
+//!   counted in [`TransportStats::malformed`], and nothing after it on that stream is
+//!   stepped; the connection and the node go on. A malformed datagram is counted and
+//!   dropped. A UDP datagram that is no QUIC packet for
 //!   this node at all is dropped by quinn and counted in [`TransportStats::stray_datagrams`]
 //!   ([`stray`](crate::stray)).
 //! - **Back-pressure.** Each peer has a bounded send queue; when it is full (the peer is
@@ -63,15 +67,41 @@ pub const ERR_IDENTITY: u32 = 0x49;
 /// Something the transport hands to the node.
 #[derive(Debug)]
 pub enum Inbound {
-    /// A checked frame from node `from` (decode it with [`wire::decode`] and step it).
-    Message {
-        /// The sender, from its certificate.
-        from: NodeId,
-        /// The envelope, already checked once.
-        frame: Bytes,
-    },
+    /// A frame from a peer, not decoded yet: the node decodes it once, with
+    /// [`Transport::open`], and steps it.
+    Message(PeerFrame),
     /// The connection to `peer` failed or closed.
     Unreachable(NodeId),
+}
+
+/// A frame received from a peer: its envelope's bytes, not decoded (the node decodes each
+/// frame once, in [`Transport::open`], which also checks it).
+#[derive(Debug)]
+pub struct PeerFrame {
+    /// The sender, from its certificate.
+    pub from: NodeId,
+    /// The envelope.
+    pub frame: Bytes,
+    /// Where it came from, to close that stream should the frame be malformed.
+    origin: Origin,
+}
+
+/// Where a frame came from.
+#[derive(Debug)]
+enum Origin {
+    Datagram,
+    Stream(Arc<StreamVerdict>),
+}
+
+/// What the node found of a stream's frames: set once it met a malformed one. The stream's
+/// reader then stops the stream ([`ERR_MALFORMED`]) and delivers nothing more from it, and
+/// the node skips the frames of it still queued, so nothing after a malformed frame is
+/// stepped.
+#[derive(Debug)]
+struct StreamVerdict {
+    malformed: AtomicBool,
+    /// Wakes the reader (it may be waiting for the peer's next bytes).
+    stop: Sender<()>,
 }
 
 /// Counters of the transport.
@@ -94,7 +124,7 @@ pub struct TransportStats {
     pub datagrams_sent: AtomicU64,
     /// Messages sent on streams.
     pub stream_frames_sent: AtomicU64,
-    /// Messages received and handed to the node.
+    /// Messages received, decoded and checked ([`Transport::open`]).
     pub received: AtomicU64,
     /// Connections established with other nodes (either direction).
     pub connections: AtomicU64,
@@ -206,8 +236,14 @@ impl std::fmt::Display for FrameError {
     }
 }
 
-/// Checks a received envelope: our version and cluster, decodable, from `from` to `me`.
-pub fn check_frame(bytes: &[u8], cluster: u64, from: NodeId, me: NodeId) -> Result<(), FrameError> {
+/// Decodes a received envelope and checks it: our version and cluster, decodable, from
+/// `from` to `me`. The entries of the result borrow from `bytes`.
+pub fn open_frame(
+    bytes: &[u8],
+    cluster: u64,
+    from: NodeId,
+    me: NodeId,
+) -> Result<wire::Decoded<'_, DECODE_ENTRIES>, FrameError> {
     let d = wire::decode::<DECODE_ENTRIES>(bytes, cluster).map_err(FrameError::Wire)?;
     if d.from != from {
         return Err(FrameError::WrongSender {
@@ -218,7 +254,7 @@ pub fn check_frame(bytes: &[u8], cluster: u64, from: NodeId, me: NodeId) -> Resu
     if d.to != me {
         return Err(FrameError::WrongReceiver(d.to));
     }
-    Ok(())
+    Ok(d)
 }
 
 /// Reads the length-prefixed frames of a stream: whatever the stream holds is taken in
@@ -544,12 +580,49 @@ impl Transport {
         .await;
     }
 
-    async fn deliver(&self, from: NodeId, frame: Bytes) {
+    async fn deliver(&self, from: NodeId, frame: Bytes, origin: Origin) {
         if self.is_isolated(from) {
             return;
         }
-        TransportStats::inc(&self.stats.received);
-        let _ = self.inbound.send(Inbound::Message { from, frame }).await;
+        let frame = PeerFrame {
+            from,
+            frame,
+            origin,
+        };
+        let _ = self.inbound.send(Inbound::Message(frame)).await;
+    }
+
+    /// Decodes `frame` (once: the transport hands frames over undecoded) and checks it
+    /// ([`open_frame`]). A malformed frame is counted in [`TransportStats::malformed`] and
+    /// logged, and gives `None`; if it came on a stream, that stream is stopped with
+    /// [`ERR_MALFORMED`] and its later frames give `None` too. The connection goes on.
+    pub fn open<'f>(&self, frame: &'f PeerFrame) -> Option<wire::Decoded<'f, DECODE_ENTRIES>> {
+        let peer = frame.from;
+        if let Origin::Stream(verdict) = &frame.origin {
+            if verdict.malformed.load(Ordering::Relaxed) {
+                return None;
+            }
+        }
+        match open_frame(&frame.frame, self.cluster, peer, self.id) {
+            Ok(d) => {
+                TransportStats::inc(&self.stats.received);
+                Some(d)
+            }
+            Err(e) => {
+                TransportStats::inc(&self.stats.malformed);
+                match &frame.origin {
+                    Origin::Datagram => {
+                        warn!(node = self.id, peer, error = %e, "malformed datagram dropped");
+                    }
+                    Origin::Stream(verdict) => {
+                        warn!(node = self.id, peer, error = %e, "malformed frame: stream closed");
+                        verdict.malformed.store(true, Ordering::Relaxed);
+                        let _ = verdict.stop.try_send(());
+                    }
+                }
+                None
+            }
+        }
     }
 }
 
@@ -796,13 +869,7 @@ async fn writer(t: Arc<Transport>, link: Arc<Link>, rx: Receiver<(Class, Bytes)>
 
 async fn read_datagrams(t: Arc<Transport>, peer: NodeId, conn: quinn::Connection) {
     while let Ok(d) = conn.read_datagram().await {
-        match check_frame(&d, t.cluster, peer, t.id) {
-            Ok(()) => t.deliver(peer, d).await,
-            Err(e) => {
-                TransportStats::inc(&t.stats.malformed);
-                warn!(node = t.id, peer, error = %e, "malformed datagram dropped");
-            }
-        }
+        t.deliver(peer, d, Origin::Datagram).await;
     }
 }
 
@@ -814,18 +881,35 @@ async fn accept_streams(t: Arc<Transport>, peer: NodeId, conn: quinn::Connection
 
 async fn read_stream(t: Arc<Transport>, peer: NodeId, recv: quinn::RecvStream) {
     let mut frames = FrameReader::new(recv);
+    let (stop, stopped) = channel::bounded(1);
+    let verdict = Arc::new(StreamVerdict {
+        malformed: AtomicBool::new(false),
+        stop,
+    });
     loop {
-        let result = match frames.next(t.settings.max_frame).await {
-            Ok(None) => return,
-            Ok(Some(frame)) => check_frame(&frame, t.cluster, peer, t.id).map(|()| frame),
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(frame) => t.deliver(peer, frame).await,
-            Err(FrameError::Interrupted) => return,
-            Err(e) => {
+        // `None`: the node found a frame of this stream malformed.
+        let next = smol::future::or(
+            async { Some(frames.next(t.settings.max_frame).await) },
+            async {
+                let _ = stopped.recv().await;
+                None
+            },
+        )
+        .await;
+        match next {
+            Some(Ok(Some(frame))) if !verdict.malformed.load(Ordering::Relaxed) => {
+                t.deliver(peer, frame, Origin::Stream(verdict.clone()))
+                    .await
+            }
+            Some(Ok(None)) | Some(Err(FrameError::Interrupted)) => return,
+            Some(Err(e)) => {
                 TransportStats::inc(&t.stats.malformed);
                 warn!(node = t.id, peer, error = %e, "malformed frame: stream closed");
+                frames.stop(ERR_MALFORMED);
+                return;
+            }
+            // Malformed (logged and counted by the node).
+            Some(Ok(Some(_))) | None => {
                 frames.stop(ERR_MALFORMED);
                 return;
             }
@@ -860,6 +944,63 @@ mod tests {
             .trim()
             .parse()
             .ok()
+    }
+
+    /// The one decode of a peer's frame: a good one opens, with its entries; every other
+    /// sender, receiver, cluster and version, every truncation and garbage are errors,
+    /// never a panic.
+    #[test]
+    fn frames_open_once_checked_and_garbage_is_an_error() {
+        use coracle::{AppendEntries, Entries, Entry, EntryKind};
+        let entries = [Entry {
+            term: 1,
+            index: 1,
+            kind: EntryKind::Command,
+            data: b"x",
+        }; 3];
+        let append = Message::AppendEntries(AppendEntries {
+            term: 1,
+            prev_log_index: 0,
+            prev_log_term: 0,
+            leader_commit: 0,
+            round: 1,
+            entries: Entries::from_slice(&entries),
+        });
+        let frame = encode_frame(&wire::Envelope::new(7, 1, 2, append)).unwrap();
+        let body = &frame[4..];
+        let d = open_frame(body, 7, 1, 2).unwrap();
+        assert_eq!(d.message(), append);
+        assert!(matches!(
+            open_frame(body, 7, 3, 2),
+            Err(FrameError::WrongSender {
+                expected: 3,
+                claimed: 1
+            })
+        ));
+        assert!(matches!(
+            open_frame(body, 7, 1, 3),
+            Err(FrameError::WrongReceiver(2))
+        ));
+        assert!(matches!(
+            open_frame(body, 8, 1, 2),
+            Err(FrameError::Wire(wire::WireError::WrongCluster { .. }))
+        ));
+        let mut other_version = body.to_vec();
+        other_version[0] ^= 0x40;
+        assert!(open_frame(&other_version, 7, 1, 2).is_err());
+        for cut in 0..body.len() {
+            assert!(open_frame(&body[..cut], 7, 1, 2).is_err(), "cut at {cut}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn random_bytes_never_open_as_a_frame_of_a_wrong_sender(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+            // Most garbage fails to decode; whatever decodes was checked.
+            if let Ok(d) = open_frame(&bytes, 7, 1, 2) {
+                proptest::prop_assert_eq!((d.from, d.to), (1, 2));
+            }
+        }
     }
 
     #[test]
