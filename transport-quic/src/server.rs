@@ -793,6 +793,36 @@ fn step_frame(node: &mut CoreNode, transport: &Transport, frame: &PeerFrame) {
     }
 }
 
+/// A leader asked to stop hands leadership over first, so a planned restart costs its
+/// clients a round of TimeoutNow and a vote rather than an election timeout: to the voter
+/// that is active and holds the most of the log (`matchIndex`; ties to the lowest id),
+/// waiting at most two election timeouts (the core gives the transfer up after one).
+/// Returns until when to wait, or `None` if there is nothing to wait for (this node does
+/// not lead, or leads alone).
+fn hand_over(node: &mut CoreNode, tick: Duration) -> Option<Instant> {
+    if node.role() != Role::Leader {
+        return None;
+    }
+    let me = node.id();
+    let target = node
+        .members()
+        .filter(|m| m.voter && m.id != me)
+        .filter_map(|m| node.progress(m.id).map(|p| (m.id, p)))
+        .max_by_key(|&(id, p)| (p.recent_active, p.match_index, std::cmp::Reverse(id)))?
+        .0;
+    node.transfer_leadership(target).ok()?;
+    info!(node = me, target, "handing leadership over before stopping");
+    Some(Instant::now() + tick * node.config().election_ticks.saturating_mul(2))
+}
+
+/// True once a leader stopping with [`hand_over`] may go: it hears from the new leader,
+/// the transfer was given up, or `deadline` passed.
+fn handed_over(node: &CoreNode, deadline: Instant) -> bool {
+    let new_leader = node.leader().is_some_and(|l| l != node.id());
+    let given_up = node.role() == Role::Leader && node.transferring_to().is_none();
+    new_leader || given_up || Instant::now() >= deadline
+}
+
 impl Host {
     async fn run(
         mut self,
@@ -814,6 +844,8 @@ impl Host {
             return Err(self.stop_on_error(e).await);
         }
         let mut shutdown = false;
+        // Set while a leader asked to stop hands leadership over: until when it waits.
+        let mut handover: Option<Instant> = None;
         // One timer, re-armed only when the deadline comes sooner than the one it is set
         // for (or it fired): each arming wakes the reactor with a syscall, and a follower's
         // deadline moves later with every message from the leader. Firing early costs one
@@ -924,7 +956,12 @@ impl Host {
                         warn!(node = self.id, error = %e, "cannot read entries back from the log");
                         node.fetch_failed();
                     }
-                    Wake::Call(Call::Shutdown) | Wake::Closed => shutdown = true,
+                    Wake::Call(Call::Shutdown) if handover.is_none() => {
+                        handover = hand_over(&mut node, self.tick);
+                        shutdown = handover.is_none();
+                    }
+                    Wake::Call(Call::Shutdown) => {}
+                    Wake::Closed => shutdown = true,
                     Wake::Fired => armed = None,
                     Wake::Yielded => {}
                 }
@@ -935,6 +972,7 @@ impl Host {
             if let Err(e) = self.settle(&mut node, &fsync) {
                 return Err(self.stop_on_error(e).await);
             }
+            shutdown |= handover.is_some_and(|deadline| handed_over(&node, deadline));
         }
         info!(node = self.id, "shutting down");
         if self.syncing.take().is_some() {
