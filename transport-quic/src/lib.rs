@@ -105,7 +105,7 @@ pub mod tls;
 pub mod transport;
 
 /// 64 random bits for an id or a key drawn once (a client session, a data directory's
-/// incarnation, the connection-ID key): the standard library's hasher keys come from the
+/// incarnation): the standard library's hasher keys come from the
 /// operating system's random source, mixed here with the time and the process id (no
 /// dependency for a few numbers).
 pub(crate) fn random_u64() -> u64 {

@@ -9,8 +9,12 @@
 //! the node's connections from garbage, the node gives out keyed connection IDs
 //! (quinn's `HashedConnectionIdGenerator`, 8 bytes of which 5 are a keyed hash) and checks
 //! the key: a random datagram passes for one of ours once in 2^40. quinn then also drops
-//! such packets itself instead of answering them with a stateless reset (which a peer
-//! could not have used anyway: the reset key is new at every start).
+//! such packets itself instead of answering them with a stateless reset.
+//!
+//! The key is derived from the node's private key ([`crate::tls::EndpointKeys`]), so it is
+//! the same after a restart: a packet a peer still sends on a connection to the node's
+//! previous run is no stray; quinn answers it with a stateless reset (the reset key is
+//! derived alike), and the peer drops that connection and redials at once.
 //!
 //! Not counted: Initial and 0-RTT packets of a version we speak with a connection ID the
 //! client chose, whose fate only decryption decides (quinn drops undecryptable ones);
@@ -79,16 +83,19 @@ pub fn stray(datagram: &[u8], cids: &dyn ConnectionIdGenerator) -> Option<&'stat
     }
 }
 
-/// The endpoint settings of a node ([`crate::tls::endpoint_config`] with keyed connection
-/// IDs) and its UDP socket wrapped so that stray datagrams are counted in `stats`.
+/// The endpoint settings of a node ([`crate::tls::node_endpoint_config`] with connection
+/// IDs keyed by `keys`) and its UDP socket wrapped so that stray datagrams are counted in
+/// `stats`.
 pub fn counting_socket(
     node: NodeId,
     socket: Arc<dyn AsyncUdpSocket>,
     stats: Arc<TransportStats>,
+    keys: &crate::tls::EndpointKeys,
 ) -> (quinn::EndpointConfig, Arc<dyn AsyncUdpSocket>) {
-    // New at every start.
-    let key = crate::random_u64();
-    let mut config = crate::tls::endpoint_config();
+    // The same after a restart: packets of the previous run's connections are known for
+    // this node's, and answered with a stateless reset.
+    let key = keys.connection_ids;
+    let mut config = crate::tls::node_endpoint_config(keys);
     config.cid_generator(move || Box::new(HashedConnectionIdGenerator::from_key(key)));
     let socket = CountingSocket {
         inner: socket,

@@ -373,11 +373,54 @@ const _: () = assert!(MAX_UDP_PAYLOAD as usize * QUINN_SEGMENTS_PER_SEND <= 65_5
 /// The endpoint settings of nodes and clients: they accept datagrams of up to
 /// [`MAX_UDP_PAYLOAD`] bytes (and tell their peers so in the handshake).
 pub fn endpoint_config() -> quinn::EndpointConfig {
-    let mut config = quinn::EndpointConfig::default();
+    with_max_payload(quinn::EndpointConfig::default())
+}
+
+fn with_max_payload(mut config: quinn::EndpointConfig) -> quinn::EndpointConfig {
     config
         .max_udp_payload_size(MAX_UDP_PAYLOAD)
         .expect("MAX_UDP_PAYLOAD is within QUIC's limits");
     config
+}
+
+/// The keys of a node's endpoint that outlive its process: derived from its private key,
+/// so a node restarted with the same credentials has the same ones.
+///
+/// Why: a peer still holding a connection to the node's previous run keeps sending on it
+/// (heartbeats, keep-alives). With the same connection-ID key the restarted node knows
+/// those packets for its own, and with the same reset key it answers them with a QUIC
+/// stateless reset (RFC 9000 10.3) the peer can verify: the peer drops the dead connection
+/// at once and redials, instead of waiting out its idle timeout (3 s by default). Derived
+/// with HMAC-SHA256 under distinct labels; the private key never leaves this function, and
+/// the reset tokens cannot be computed without it (an attacker who could would be able to
+/// end the node's connections).
+pub struct EndpointKeys {
+    /// The key of the stateless reset tokens (quinn's `reset_key`).
+    pub(crate) reset: Arc<ring::hmac::Key>,
+    /// The key of the keyed connection IDs ([`crate::stray`]).
+    pub(crate) connection_ids: u64,
+}
+
+impl Credentials {
+    /// The endpoint keys of the holder of these credentials.
+    pub fn endpoint_keys(&self) -> EndpointKeys {
+        use ring::hmac;
+        let root = hmac::Key::new(hmac::HMAC_SHA256, self.key.secret_der());
+        let reset = hmac::sign(&root, b"coracle endpoint: stateless reset key");
+        let ids = hmac::sign(&root, b"coracle endpoint: connection id key");
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&ids.as_ref()[..8]);
+        EndpointKeys {
+            reset: Arc::new(hmac::Key::new(hmac::HMAC_SHA256, reset.as_ref())),
+            connection_ids: u64::from_le_bytes(first),
+        }
+    }
+}
+
+/// The endpoint settings of a node: [`endpoint_config`] with the stateless reset key of
+/// `keys` (the connection IDs are set by [`crate::stray`]).
+pub fn node_endpoint_config(keys: &EndpointKeys) -> quinn::EndpointConfig {
+    with_max_payload(quinn::EndpointConfig::new(keys.reset.clone()))
 }
 
 fn transport(settings: &QuicSettings) -> Result<Arc<quinn::TransportConfig>, TlsError> {
@@ -533,6 +576,30 @@ mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
         }
+    }
+
+    /// A node restarted with its credentials has the endpoint keys of its previous run (so
+    /// its stateless resets are valid for its peers' old connections); another node has
+    /// others.
+    #[test]
+    fn endpoint_keys_are_the_same_after_a_restart_and_differ_between_nodes() {
+        use quinn::crypto::HmacKey;
+        let f = Files::new("endpoint-keys");
+        let keys = |stem: &str| {
+            f.load("ca.pem", &format!("{stem}.pem"), &format!("{stem}.key"))
+                .unwrap()
+                .endpoint_keys()
+        };
+        let sign = |k: &EndpointKeys| {
+            let mut tag = vec![0u8; k.reset.signature_len()];
+            k.reset.sign(b"a connection id", &mut tag);
+            tag
+        };
+        let (first, again, other) = (keys("node-1"), keys("node-1"), keys("node-2"));
+        assert_eq!(sign(&first), sign(&again));
+        assert_eq!(first.connection_ids, again.connection_ids);
+        assert_ne!(sign(&first), sign(&other));
+        assert_ne!(first.connection_ids, other.connection_ids);
     }
 
     /// Each wrong file is named, with what it holds instead ("private key ...: no items

@@ -1,10 +1,18 @@
 //! Raft messages between nodes over QUIC.
 //!
 //! - **One connection per pair of nodes.** The node with the lower id dials the one with the
-//!   higher id (verifying the server name `node-<id>.coracle`), and redials with
-//!   exponential backoff when the connection drops; the higher one accepts. Keep-alives
-//!   hold idle connections open and an idle timeout detects dead peers, which are then
-//!   reported unreachable to the core.
+//!   higher id (verifying the server name `node-<id>.coracle`), and redials at once when
+//!   the connection drops, starting a new handshake at every backoff step while the
+//!   earlier ones go on (a peer that is down is reached one step after it is back, not a
+//!   QUIC retransmission later); the higher one accepts, and a new connection from a peer
+//!   replaces its old one. A higher node also dials a lower one once, when it starts, so
+//!   a peer holding a connection to its previous run takes the new one at once. Keep-alives hold idle connections open and an idle timeout
+//!   detects dead peers, which are then reported unreachable to the core.
+//! - **Restarted peers are seen at once.** A node's stateless-reset and connection-ID keys
+//!   are derived from its private key ([`crate::tls::EndpointKeys`]), so they survive a restart:
+//!   the restarted node answers a packet on a connection of its previous run with a
+//!   stateless reset, and the peer drops that connection and redials within milliseconds
+//!   instead of waiting out its idle timeout (`kill -9` included).
 //! - **Who sent it comes from the certificate.** The TLS handshake verifies the peer's
 //!   certificate against the cluster CA (both ways); the node id is read from it. Every
 //!   frame's envelope must say `from` = that id and `to` = this node, or it is malformed.
@@ -19,10 +27,14 @@
 //!   unidirectional stream; InstallSnapshot chunks on another stream with its own queue,
 //!   so a snapshot never delays heartbeats or entries. Stream frames are a 4-byte
 //!   little-endian length and the core's postcard envelope ([`coracle::wire`]).
+//! - **Decoded once.** The transport splits streams into frames and hands them to the node
+//!   undecoded ([`PeerFrame`]); the node decodes and checks each one once
+//!   ([`Transport::open`]) and steps the message, whose entries borrow from the frame.
 //! - **Bad input.** A malformed frame (bad length, bad version or cluster, undecodable,
 //!   wrong sender or receiver) stops that stream with [`ERR_MALFORMED`], is logged and
-//!   counted in [`TransportStats::malformed`]; the connection and the node go on. A
-//!   malformed datagram is counted and dropped. A UDP datagram that is no QUIC packet for
+//!   counted in [`TransportStats::malformed`], and nothing after it on that stream is
+//!   stepped; the connection and the node go on. A malformed datagram is counted and
+//!   dropped. A UDP datagram that is no QUIC packet for
 //!   this node at all is dropped by quinn and counted in [`TransportStats::stray_datagrams`]
 //!   ([`stray`](crate::stray)).
 //! - **Back-pressure.** Each peer has a bounded send queue; when it is full (the peer is
@@ -55,15 +67,41 @@ pub const ERR_IDENTITY: u32 = 0x49;
 /// Something the transport hands to the node.
 #[derive(Debug)]
 pub enum Inbound {
-    /// A checked frame from node `from` (decode it with [`wire::decode`] and step it).
-    Message {
-        /// The sender, from its certificate.
-        from: NodeId,
-        /// The envelope, already checked once.
-        frame: Bytes,
-    },
+    /// A frame from a peer, not decoded yet: the node decodes it once, with
+    /// [`Transport::open`], and steps it.
+    Message(PeerFrame),
     /// The connection to `peer` failed or closed.
     Unreachable(NodeId),
+}
+
+/// A frame received from a peer: its envelope's bytes, not decoded (the node decodes each
+/// frame once, in [`Transport::open`], which also checks it).
+#[derive(Debug)]
+pub struct PeerFrame {
+    /// The sender, from its certificate.
+    pub from: NodeId,
+    /// The envelope.
+    pub frame: Bytes,
+    /// Where it came from, to close that stream should the frame be malformed.
+    origin: Origin,
+}
+
+/// Where a frame came from.
+#[derive(Debug)]
+enum Origin {
+    Datagram,
+    Stream(Arc<StreamVerdict>),
+}
+
+/// What the node found of a stream's frames: set once it met a malformed one. The stream's
+/// reader then stops the stream ([`ERR_MALFORMED`]) and delivers nothing more from it, and
+/// the node skips the frames of it still queued, so nothing after a malformed frame is
+/// stepped.
+#[derive(Debug)]
+struct StreamVerdict {
+    malformed: AtomicBool,
+    /// Wakes the reader (it may be waiting for the peer's next bytes).
+    stop: Sender<()>,
 }
 
 /// Counters of the transport.
@@ -87,7 +125,7 @@ pub struct TransportStats {
     pub datagrams_sent: AtomicU64,
     /// Messages sent on streams.
     pub stream_frames_sent: AtomicU64,
-    /// Messages received and handed to the node.
+    /// Messages received, decoded and checked ([`Transport::open`]).
     pub received: AtomicU64,
     /// Connections established with other nodes (either direction).
     pub connections: AtomicU64,
@@ -199,8 +237,14 @@ impl std::fmt::Display for FrameError {
     }
 }
 
-/// Checks a received envelope: our version and cluster, decodable, from `from` to `me`.
-pub fn check_frame(bytes: &[u8], cluster: u64, from: NodeId, me: NodeId) -> Result<(), FrameError> {
+/// Decodes a received envelope and checks it: our version and cluster, decodable, from
+/// `from` to `me`. The entries of the result borrow from `bytes`.
+pub fn open_frame(
+    bytes: &[u8],
+    cluster: u64,
+    from: NodeId,
+    me: NodeId,
+) -> Result<wire::Decoded<'_, DECODE_ENTRIES>, FrameError> {
     let d = wire::decode::<DECODE_ENTRIES>(bytes, cluster).map_err(FrameError::Wire)?;
     if d.from != from {
         return Err(FrameError::WrongSender {
@@ -211,7 +255,7 @@ pub fn check_frame(bytes: &[u8], cluster: u64, from: NodeId, me: NodeId) -> Resu
     if d.to != me {
         return Err(FrameError::WrongReceiver(d.to));
     }
-    Ok(())
+    Ok(d)
 }
 
 /// Reads the length-prefixed frames of a stream: whatever the stream holds is taken in
@@ -360,7 +404,8 @@ impl Transport {
         let socket = runtime
             .wrap_udp_socket(bind_udp(listen).map_err(StartError::Bind)?)
             .map_err(StartError::Bind)?;
-        let (config, socket) = crate::stray::counting_socket(id, socket, stats.clone());
+        let (config, socket) =
+            crate::stray::counting_socket(id, socket, stats.clone(), &creds.endpoint_keys());
         let endpoint =
             quinn::Endpoint::new_with_abstract_socket(config, Some(server), socket, runtime)
                 .map_err(StartError::Bind)?;
@@ -421,6 +466,12 @@ impl Transport {
         }
     }
 
+    /// True while this node is to keep dialing `peer` (a link to it exists, and this node
+    /// is not shutting down).
+    fn dials(&self, peer: NodeId) -> bool {
+        !self.closing.load(Ordering::Relaxed) && lock(&self.links).contains_key(&peer)
+    }
+
     fn is_isolated(&self, peer: NodeId) -> bool {
         lock(&self.isolated).contains(&peer)
     }
@@ -430,10 +481,8 @@ impl Transport {
         if to == self.id || self.closing.load(Ordering::Relaxed) {
             return;
         }
-        let (main, bulk) = {
-            let mut links = lock(&self.links);
-            let h = links.entry(to).or_insert_with(|| self.new_link(to));
-            (h.main.clone(), h.bulk.clone())
+        let Some((main, bulk)) = self.with_link(to, |h| (h.main.clone(), h.bulk.clone())) else {
+            return;
         };
         let queue = if class == Class::Bulk { bulk } else { main };
         match queue.try_send((class, frame)) {
@@ -449,8 +498,20 @@ impl Transport {
         if peer == self.id {
             return;
         }
+        self.with_link(peer, |_| ());
+    }
+
+    /// Runs `f` on the link to `peer`, made if there is none; `None` once this node is
+    /// shutting down, when no link is made any more (its tasks would hold the endpoint,
+    /// and with it the node's address, after [`close`](Self::close)). `close` raises
+    /// `closing` before it clears the links under the same lock, so a link made here
+    /// before is cleared by it.
+    fn with_link<R>(self: &Arc<Self>, peer: NodeId, f: impl FnOnce(&LinkHandle) -> R) -> Option<R> {
         let mut links = lock(&self.links);
-        links.entry(peer).or_insert_with(|| self.new_link(peer));
+        if self.closing.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(f(links.entry(peer).or_insert_with(|| self.new_link(peer))))
     }
 
     fn new_link(self: &Arc<Self>, peer: NodeId) -> LinkHandle {
@@ -464,16 +525,17 @@ impl Transport {
         smol::spawn(writer(self.clone(), link.clone(), bulk_rx)).detach();
         if self.id < peer {
             smol::spawn(dialer(self.clone(), link.clone())).detach();
+        } else {
+            smol::spawn(announce(self.clone(), link.clone())).detach();
         }
         LinkHandle { link, main, bulk }
     }
 
     /// Installs a connection to `peer` (replacing an older one) and starts reading it.
     fn install(self: &Arc<Self>, peer: NodeId, conn: quinn::Connection) {
-        let link = {
-            let mut links = lock(&self.links);
-            let h = links.entry(peer).or_insert_with(|| self.new_link(peer));
-            h.link.clone()
+        let Some(link) = self.with_link(peer, |h| h.link.clone()) else {
+            conn.close(quinn::VarInt::from_u32(ERR_SHUTDOWN), b"shutdown");
+            return;
         };
         let old = lock(&link.conn).replace(conn.clone());
         if let Some(old) = old {
@@ -519,12 +581,49 @@ impl Transport {
         .await;
     }
 
-    async fn deliver(&self, from: NodeId, frame: Bytes) {
+    async fn deliver(&self, from: NodeId, frame: Bytes, origin: Origin) {
         if self.is_isolated(from) {
             return;
         }
-        TransportStats::inc(&self.stats.received);
-        let _ = self.inbound.send(Inbound::Message { from, frame }).await;
+        let frame = PeerFrame {
+            from,
+            frame,
+            origin,
+        };
+        let _ = self.inbound.send(Inbound::Message(frame)).await;
+    }
+
+    /// Decodes `frame` (once: the transport hands frames over undecoded) and checks it
+    /// ([`open_frame`]). A malformed frame is counted in [`TransportStats::malformed`] and
+    /// logged, and gives `None`; if it came on a stream, that stream is stopped with
+    /// [`ERR_MALFORMED`] and its later frames give `None` too. The connection goes on.
+    pub fn open<'f>(&self, frame: &'f PeerFrame) -> Option<wire::Decoded<'f, DECODE_ENTRIES>> {
+        let peer = frame.from;
+        if let Origin::Stream(verdict) = &frame.origin {
+            if verdict.malformed.load(Ordering::Relaxed) {
+                return None;
+            }
+        }
+        match open_frame(&frame.frame, self.cluster, peer, self.id) {
+            Ok(d) => {
+                TransportStats::inc(&self.stats.received);
+                Some(d)
+            }
+            Err(e) => {
+                TransportStats::inc(&self.stats.malformed);
+                match &frame.origin {
+                    Origin::Datagram => {
+                        warn!(node = self.id, peer, error = %e, "malformed datagram dropped");
+                    }
+                    Origin::Stream(verdict) => {
+                        warn!(node = self.id, peer, error = %e, "malformed frame: stream closed");
+                        verdict.malformed.store(true, Ordering::Relaxed);
+                        let _ = verdict.stop.try_send(());
+                    }
+                }
+                None
+            }
+        }
     }
 }
 
@@ -618,62 +717,108 @@ async fn accept_loop(t: Arc<Transport>, on_client: ClientHandler) {
 }
 
 async fn dialer(t: Arc<Transport>, link: Arc<Link>) {
+    while t.dials(link.peer) {
+        if let Some(conn) = link.current().filter(|c| c.close_reason().is_none()) {
+            // Connected (perhaps by the peer): wait until that connection ends, then redial
+            // at once (a closed one still installed is passed over, never waited on again).
+            conn.closed().await;
+            continue;
+        }
+        if let Some(conn) = connect(&t, &link).await {
+            t.install(link.peer, conn);
+        }
+    }
+}
+
+/// The higher node of a pair dials the lower one too, once, when their link is made (at
+/// its start, say), until they have a connection either way. The lower node may still hold
+/// a connection to this node's previous run: it takes the new one in its place at once,
+/// rather than learning of the restart from a stateless reset when it next gets a packet
+/// through (a connection backed off by losses may not send one for a second or more), or
+/// redialing on its backoff after a graceful stop. From then on only the lower node dials.
+async fn announce(t: Arc<Transport>, link: Arc<Link>) {
+    if let Some(conn) = connect(&t, &link).await {
+        t.install(link.peer, conn);
+    }
+}
+
+/// A handshake in flight.
+type Attempt = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<quinn::Connection, quinn::ConnectionError>> + Send>,
+>;
+
+/// Dials `link`'s peer until a connection passes the hello (`None` if the link goes or
+/// gets a connection otherwise meanwhile): a handshake at once, then another at every
+/// backoff step (from `reconnect_min`, doubling up to `reconnect_max`) while the earlier
+/// ones go on. A peer that is down answers nothing, and QUIC sends a handshake's first
+/// packet again only after about a second (then 2 s...) until its idle timeout: waiting on
+/// one attempt, a peer back after 100 ms was reached a second later or more. Here the
+/// handshake begun after it came back reaches it, one backoff step later at most.
+///
+/// The first handshake that completes wins: the others are dropped before any hello, so
+/// the peer installs one connection, never a second that would replace the first.
+async fn connect(t: &Arc<Transport>, link: &Link) -> Option<quinn::Connection> {
     let peer = link.peer;
     let mut backoff = t.settings.reconnect_min;
     let mut failures = 0u32;
-    while !t.closing.load(Ordering::Relaxed) && lock(&t.links).contains_key(&peer) {
-        if let Some(conn) = link.current() {
-            // Connected (perhaps by the peer): wait until that connection ends, then give
-            // the task that forgets it a chance to run (never spin on a closed one).
-            conn.closed().await;
-            smol::Timer::after(t.settings.reconnect_min).await;
-            continue;
+    let mut attempts: Vec<Attempt> = Vec::new();
+    let mut timer = smol::Timer::after(Duration::ZERO);
+    loop {
+        if !t.dials(peer) || link.current().is_some_and(|c| c.close_reason().is_none()) {
+            return None;
         }
-        if let Some(addr) = t.address(peer) {
-            let name = node_server_name(peer);
-            match t
-                .endpoint
-                .connect_with(t.client_config.clone(), addr, &name)
-            {
-                Ok(connecting) => match connecting.await {
-                    Ok(conn) => {
-                        if tls::peer_identity(&conn) != Some(Identity::Node(peer)) {
-                            conn.close(quinn::VarInt::from_u32(ERR_IDENTITY), b"identity");
-                            warn!(node = t.id, peer, "peer certificate is not node {peer}'s");
-                        } else if crate::hello::exchange(&t.greeting, peer, &conn, true, &t.stats)
-                            .await
-                        {
-                            backoff = t.settings.reconnect_min;
-                            failures = 0;
-                            t.install(peer, conn.clone());
-                            conn.closed().await;
-                            smol::Timer::after(t.settings.reconnect_min).await;
-                            continue;
-                        }
+        let event = std::future::poll_fn(|cx| {
+            for (i, a) in attempts.iter_mut().enumerate() {
+                if let std::task::Poll::Ready(done) = a.as_mut().poll(cx) {
+                    return std::task::Poll::Ready(Some((i, done)));
+                }
+            }
+            std::future::Future::poll(std::pin::Pin::new(&mut timer), cx).map(|_| None)
+        })
+        .await;
+        let Some((i, done)) = event else {
+            if let Some(addr) = t.address(peer) {
+                let name = node_server_name(peer);
+                match t
+                    .endpoint
+                    .connect_with(t.client_config.clone(), addr, &name)
+                {
+                    Ok(connecting) => attempts.push(Box::pin(connecting)),
+                    Err(e) => warn!(node = t.id, peer, %addr, error = %e, "cannot dial"),
+                }
+            }
+            timer.set_after(backoff);
+            backoff = (backoff * 2).min(t.settings.reconnect_max);
+            continue;
+        };
+        drop(attempts.swap_remove(i));
+        match done {
+            Ok(conn) => {
+                attempts.clear();
+                if tls::peer_identity(&conn) != Some(Identity::Node(peer)) {
+                    conn.close(quinn::VarInt::from_u32(ERR_IDENTITY), b"identity");
+                    warn!(node = t.id, peer, "peer certificate is not node {peer}'s");
+                } else if crate::hello::exchange(&t.greeting, peer, &conn, true, &t.stats).await {
+                    return Some(conn);
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                let report = failures == 1 || failures.is_multiple_of(50);
+                let addr = t.address(peer);
+                match HandshakeFailure::of(&e) {
+                    // The handshake ran and failed: a certificate or protocol problem that
+                    // waiting will not fix, reported on this side too.
+                    HandshakeFailure::Refused | HandshakeFailure::RefusedByPeer if report => {
+                        warn!(node = t.id, peer, ?addr, error = %e, failures, "dial failed: TLS handshake with the peer failed");
                     }
-                    Err(e) => {
-                        failures += 1;
-                        let report = failures == 1 || failures.is_multiple_of(50);
-                        match HandshakeFailure::of(&e) {
-                            // The handshake ran and failed: a certificate or protocol problem
-                            // that waiting will not fix, reported on this side too.
-                            HandshakeFailure::Refused | HandshakeFailure::RefusedByPeer
-                                if report =>
-                            {
-                                warn!(node = t.id, peer, %addr, error = %e, failures, "dial failed: TLS handshake with the peer failed");
-                            }
-                            _ if report => {
-                                debug!(node = t.id, peer, %addr, error = %e, failures, "dial failed");
-                            }
-                            _ => {}
-                        }
+                    _ if report => {
+                        debug!(node = t.id, peer, ?addr, error = %e, failures, "dial failed");
                     }
-                },
-                Err(e) => warn!(node = t.id, peer, %addr, error = %e, "cannot dial"),
+                    _ => {}
+                }
             }
         }
-        smol::Timer::after(backoff).await;
-        backoff = (backoff * 2).min(t.settings.reconnect_max);
     }
 }
 
@@ -725,13 +870,7 @@ async fn writer(t: Arc<Transport>, link: Arc<Link>, rx: Receiver<(Class, Bytes)>
 
 async fn read_datagrams(t: Arc<Transport>, peer: NodeId, conn: quinn::Connection) {
     while let Ok(d) = conn.read_datagram().await {
-        match check_frame(&d, t.cluster, peer, t.id) {
-            Ok(()) => t.deliver(peer, d).await,
-            Err(e) => {
-                TransportStats::inc(&t.stats.malformed);
-                warn!(node = t.id, peer, error = %e, "malformed datagram dropped");
-            }
-        }
+        t.deliver(peer, d, Origin::Datagram).await;
     }
 }
 
@@ -743,18 +882,35 @@ async fn accept_streams(t: Arc<Transport>, peer: NodeId, conn: quinn::Connection
 
 async fn read_stream(t: Arc<Transport>, peer: NodeId, recv: quinn::RecvStream) {
     let mut frames = FrameReader::new(recv);
+    let (stop, stopped) = channel::bounded(1);
+    let verdict = Arc::new(StreamVerdict {
+        malformed: AtomicBool::new(false),
+        stop,
+    });
     loop {
-        let result = match frames.next(t.settings.max_frame).await {
-            Ok(None) => return,
-            Ok(Some(frame)) => check_frame(&frame, t.cluster, peer, t.id).map(|()| frame),
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(frame) => t.deliver(peer, frame).await,
-            Err(FrameError::Interrupted) => return,
-            Err(e) => {
+        // `None`: the node found a frame of this stream malformed.
+        let next = smol::future::or(
+            async { Some(frames.next(t.settings.max_frame).await) },
+            async {
+                let _ = stopped.recv().await;
+                None
+            },
+        )
+        .await;
+        match next {
+            Some(Ok(Some(frame))) if !verdict.malformed.load(Ordering::Relaxed) => {
+                t.deliver(peer, frame, Origin::Stream(verdict.clone()))
+                    .await
+            }
+            Some(Ok(None)) | Some(Err(FrameError::Interrupted)) => return,
+            Some(Err(e)) => {
                 TransportStats::inc(&t.stats.malformed);
                 warn!(node = t.id, peer, error = %e, "malformed frame: stream closed");
+                frames.stop(ERR_MALFORMED);
+                return;
+            }
+            // Malformed (logged and counted by the node).
+            Some(Ok(Some(_))) | None => {
                 frames.stop(ERR_MALFORMED);
                 return;
             }
@@ -789,6 +945,63 @@ mod tests {
             .trim()
             .parse()
             .ok()
+    }
+
+    /// The one decode of a peer's frame: a good one opens, with its entries; every other
+    /// sender, receiver, cluster and version, every truncation and garbage are errors,
+    /// never a panic.
+    #[test]
+    fn frames_open_once_checked_and_garbage_is_an_error() {
+        use coracle::{AppendEntries, Entries, Entry, EntryKind};
+        let entries = [Entry {
+            term: 1,
+            index: 1,
+            kind: EntryKind::Command,
+            data: b"x",
+        }; 3];
+        let append = Message::AppendEntries(AppendEntries {
+            term: 1,
+            prev_log_index: 0,
+            prev_log_term: 0,
+            leader_commit: 0,
+            round: 1,
+            entries: Entries::from_slice(&entries),
+        });
+        let frame = encode_frame(&wire::Envelope::new(7, 1, 2, append)).unwrap();
+        let body = &frame[4..];
+        let d = open_frame(body, 7, 1, 2).unwrap();
+        assert_eq!(d.message(), append);
+        assert!(matches!(
+            open_frame(body, 7, 3, 2),
+            Err(FrameError::WrongSender {
+                expected: 3,
+                claimed: 1
+            })
+        ));
+        assert!(matches!(
+            open_frame(body, 7, 1, 3),
+            Err(FrameError::WrongReceiver(2))
+        ));
+        assert!(matches!(
+            open_frame(body, 8, 1, 2),
+            Err(FrameError::Wire(wire::WireError::WrongCluster { .. }))
+        ));
+        let mut other_version = body.to_vec();
+        other_version[0] ^= 0x40;
+        assert!(open_frame(&other_version, 7, 1, 2).is_err());
+        for cut in 0..body.len() {
+            assert!(open_frame(&body[..cut], 7, 1, 2).is_err(), "cut at {cut}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn random_bytes_never_open_as_a_frame_of_a_wrong_sender(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+            // Most garbage fails to decode; whatever decodes was checked.
+            if let Ok(d) = open_frame(&bytes, 7, 1, 2) {
+                proptest::prop_assert_eq!((d.from, d.to), (1, 2));
+            }
+        }
     }
 
     #[test]

@@ -372,6 +372,36 @@ fn garbage_on_the_udp_port_and_on_open_streams_is_counted_and_survived() {
             (TransportStats::get(&node.stats().received) >= 1).then_some(())
         })
         .is_some());
+        // f) Nothing after a malformed frame on a stream is stepped, even what arrived
+        // with it: a lying frame and a good one in one write stop the stream and count one
+        // malformed frame, and the good one is not received. (The node takes frames in
+        // order: once a lying frame sent afterwards on another stream is counted, the good
+        // one was taken, if it ever was.)
+        let received = || TransportStats::get(&node.stats().received);
+        let before = received();
+        let mut s = conn.open_uni().await.unwrap();
+        s.write_all(&[&lying[..], &good[..]].concat())
+            .await
+            .unwrap();
+        let stopped = smol::future::or(async { s.stopped().await.ok().flatten() }, async {
+            smol::Timer::after(Duration::from_secs(5)).await;
+            None
+        })
+        .await;
+        assert_eq!(stopped, Some(coracle_quic::transport::ERR_MALFORMED.into()));
+        let mut s = conn.open_uni().await.unwrap();
+        s.write_all(&lying).await.unwrap();
+        expected += 2;
+        assert!(
+            wait_for(Duration::from_secs(5), || (malformed() >= expected)
+                .then_some(()))
+            .is_some()
+        );
+        assert_eq!(
+            received(),
+            before,
+            "a frame after a malformed one was stepped"
+        );
 
         // 3. Garbage on a client's request stream: a malformed-request answer under the
         // request's id, counted, and the stream goes on (a good request after it is

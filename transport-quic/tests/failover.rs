@@ -289,6 +289,9 @@ enum Fault {
     Kill,
     /// SIGSTOP of the leader, then SIGCONT.
     Pause,
+    /// SIGTERM: a planned restart (the leader hands leadership over, exits, and is
+    /// started again from its data directory).
+    Stop,
 }
 
 /// The tests of this file start clusters of processes: one at a time, on these 2 cores.
@@ -332,6 +335,36 @@ fn watch_election(
     })
 }
 
+/// Node `id`'s log (colours taken out) shows that, after its last SIGTERM, it followed a
+/// new leader before it shut down: it handed leadership over rather than leaving the
+/// cluster to an election timeout.
+fn assert_handed_over(setup: &Setup, id: u64) {
+    let raw = std::fs::read_to_string(common::node_log(setup, id)).unwrap();
+    let mut log = String::new();
+    let mut escape = false;
+    for c in raw.chars() {
+        match c {
+            '\x1b' => escape = true,
+            'm' if escape => escape = false,
+            _ if escape => {}
+            _ => log.push(c),
+        }
+    }
+    let last_stop = log
+        .rfind("signal received; shutting down")
+        .expect("the signal logged");
+    let tail = &log[last_stop..];
+    let exit = tail
+        .find("server: shutting down")
+        .expect("the shutdown logged");
+    assert!(
+        tail[..exit]
+            .lines()
+            .any(|l| l.contains("role=Follower") && l.contains("leader=Some(")),
+        "node {id} stopped without handing leadership over:\n{tail}"
+    );
+}
+
 /// Runs `rounds` of `fault` on the leader of a write load; what each cost.
 fn fault_rounds(tag: &str, fault: Fault, rounds: usize) -> Vec<Round> {
     if std::env::var_os("CORACLE_TEST_CLIENT_LOG").is_some() {
@@ -371,6 +404,7 @@ fn fault_rounds(tag: &str, fault: Fault, rounds: usize) -> Vec<Round> {
             match fault {
                 Fault::Kill => "-KILL",
                 Fault::Pause => "-STOP",
+                Fault::Stop => "-TERM",
             },
         );
         // Once the signal is surely delivered (`kill` ran as a process of its own, so a
@@ -392,6 +426,13 @@ fn fault_rounds(tag: &str, fault: Fault, rounds: usize) -> Vec<Round> {
         match fault {
             Fault::Kill => cluster.restart(leader),
             Fault::Pause => cluster.signal(leader, "-CONT"),
+            Fault::Stop => {
+                cluster.procs[leader as usize - 1]
+                    .wait_exit(Duration::from_secs(10))
+                    .expect("the leader exits within 10 s of SIGTERM");
+                assert_handed_over(&cluster.setup, leader);
+                cluster.restart(leader)
+            }
         }
         cluster.wait_rejoined(leader);
     }
@@ -483,6 +524,30 @@ fn writers_follow_the_cluster_after_the_leader_is_killed() {
 #[test]
 fn writers_follow_the_cluster_after_the_leader_is_paused() {
     writers_follow_the_cluster("failover-pause", Fault::Pause, "SIGSTOP");
+}
+
+/// A planned restart of the leader (SIGTERM) under a write load: the leader hands
+/// leadership to the most caught-up voter and follows the new leader before it exits
+/// (checked in its log, every round), so the cluster has a new leader after a round of
+/// TimeoutNow and a vote rather than an election timeout after the leader is gone; every
+/// acknowledged write is kept. How long writers stall is measured by the ignored test
+/// below, not asserted: on these shared machines the vote's fsyncs and the client's
+/// pauses after "retry" answers vary too much for a bound that a stop without the
+/// handover could not also meet.
+#[test]
+fn a_planned_leader_restart_hands_leadership_over_first() {
+    let _one = one_cluster_at_a_time();
+    let rounds = fault_rounds("failover-stop", Fault::Stop, 3);
+    println!("{}", summary("SIGTERM", &rounds));
+}
+
+/// The planned leader restart measured: 20 rounds. Run with `--release`.
+#[test]
+#[ignore]
+fn planned_leader_restart_gap_over_20_rounds() {
+    let _one = one_cluster_at_a_time();
+    let stops = fault_rounds("failover-stop20", Fault::Stop, 20);
+    println!("{}", summary("SIGTERM", &stops));
 }
 
 /// The measurement of issue 15's item 2: 20 kills and 20 pauses of the leader under a

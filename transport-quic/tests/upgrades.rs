@@ -222,7 +222,11 @@ fn an_incompatible_node_is_refused_and_the_next_release_is_taken() {
             && text.contains("new, empty data directory"),
         "{text}"
     );
-    assert_eq!(contents(&dir), before, "the older directory is left as it was");
+    assert_eq!(
+        contents(&dir),
+        before,
+        "the older directory is left as it was"
+    );
     std::fs::write(&marker, format_file(format::CURRENT)).unwrap();
     let mut third = spawn_with(&setup, 3, &setup.write_config(3));
     wait_taken(&setup, &client, 3);

@@ -32,9 +32,9 @@ use crate::storage::{
 };
 use crate::tls::{Credentials, TlsError};
 use crate::transport::{
-    encode_frame, Class, Inbound, StartError, Transport, TransportStats, DECODE_ENTRIES,
+    encode_frame, Class, Inbound, PeerFrame, StartError, Transport, TransportStats,
 };
-use coracle::wire::{self, Envelope};
+use coracle::wire::Envelope;
 use coracle::{
     CachedLog, EntryKind, Index, InstallSnapshot, LogStorage, MembershipChange, Message, NodeId,
     Output, OwnedEntry, Role, SnapshotMeta, SyncToken, Term,
@@ -811,11 +811,12 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Decodes a checked frame and steps it (kept out of the async state: the decoded
-/// entries live on the stack only here).
-fn step_frame(node: &mut CoreNode, cluster: u64, from: NodeId, frame: &[u8]) {
-    if let Ok(d) = wire::decode::<DECODE_ENTRIES>(frame, cluster) {
-        node.step(from, d.message());
+/// Decodes a peer's frame, once, and steps it (kept out of the async state: the decoded
+/// entries live on the stack only here). A malformed frame is dropped (and counted) by the
+/// transport.
+fn step_frame(node: &mut CoreNode, transport: &Transport, frame: &PeerFrame) {
+    if let Some(d) = transport.open(frame) {
+        node.step(frame.from, d.message());
     }
 }
 
@@ -920,8 +921,8 @@ impl<S: StateMachine> Runtime<S> {
             }
             for wake in batch {
                 match wake {
-                    Wake::In(Inbound::Message { from, frame }) => {
-                        step_frame(&mut node, self.cluster, from, &frame)
+                    Wake::In(Inbound::Message(frame)) => {
+                        step_frame(&mut node, &self.transport, &frame)
                     }
                     Wake::In(Inbound::Unreachable(peer)) => node.report_unreachable(peer),
                     Wake::Call(Call::Ops(ops)) => {

@@ -154,9 +154,7 @@ impl FileLogError {
             | FileLogError::QuotaTooSmall { .. } => io::ErrorKind::InvalidInput,
             FileLogError::SnapshotVersion { .. }
             | FileLogError::FormatTooNew { .. }
-            | FileLogError::FormatTooOld { .. } => {
-                io::ErrorKind::InvalidData
-            }
+            | FileLogError::FormatTooOld { .. } => io::ErrorKind::InvalidData,
             FileLogError::BadSnapshot(_) | FileLogError::OutOfOrder { .. } => {
                 io::ErrorKind::InvalidInput
             }

@@ -2806,7 +2806,10 @@ fn other_releases_data_directory_formats_are_refused() {
     fs::remove_file(&marker).unwrap();
     let before = files_of(dir.path());
     let e = FileLog::open_with(dir.path(), small_segments()).unwrap_err();
-    assert!(matches!(e, FileLogError::FormatTooOld { found: 1, .. }), "{e:?}");
+    assert!(
+        matches!(e, FileLogError::FormatTooOld { found: 1, .. }),
+        "{e:?}"
+    );
     let text = e.to_string();
     assert!(
         text.contains("data directory format 1 was written by an earlier release")
