@@ -55,9 +55,7 @@ impl Cluster {
     fn start(tag: &str) -> Cluster {
         let setup = Setup::new(tag, 3);
         let configs: Vec<PathBuf> = (1..=3).map(|id| write_default_config(&setup, id)).collect();
-        let procs = (1..=3)
-            .map(|id| spawn_with(&setup, id, &configs[id as usize - 1]))
-            .collect();
+        let procs = common::spawn_all(&setup, &configs);
         let probe = setup
             .client("client-alice")
             .with_attempt_timeout(Duration::from_millis(300))
@@ -355,7 +353,7 @@ fn assert_handed_over(setup: &Setup, id: u64) {
         .expect("the signal logged");
     let tail = &log[last_stop..];
     let exit = tail
-        .find("server: shutting down")
+        .find("runtime: shutting down")
         .expect("the shutdown logged");
     assert!(
         tail[..exit]

@@ -68,9 +68,7 @@ impl Cluster {
     fn start(tag: &str) -> Cluster {
         let setup = Setup::new(tag, 3);
         let configs: Vec<PathBuf> = (1..=3).map(|id| write_default_config(&setup, id)).collect();
-        let procs = (1..=3)
-            .map(|id| spawn_with(&setup, id, &configs[id as usize - 1]))
-            .collect();
+        let procs = common::spawn_all(&setup, &configs);
         let probe = probe(&setup);
         let ops = setup.client("admin-ops");
         Cluster {

@@ -260,6 +260,14 @@ pub fn admin_command(setup: &Setup, ids: &[u64]) -> std::process::Command {
     command
 }
 
+/// Starts node `i + 1` with the configuration `configs[i]`, for each.
+pub fn spawn_all(setup: &Setup, configs: &[PathBuf]) -> Vec<Proc> {
+    (1..)
+        .zip(configs)
+        .map(|(id, config)| spawn_with(setup, id, config))
+        .collect()
+}
+
 pub fn spawn_node(setup: &Setup, id: u64) -> Proc {
     let config = setup.write_config(id);
     spawn_with(setup, id, &config)
