@@ -353,7 +353,7 @@ fn assert_handed_over(setup: &Setup, id: u64) {
         .expect("the signal logged");
     let tail = &log[last_stop..];
     let exit = tail
-        .find("runtime: shutting down")
+        .find("runtime: shutting down node=")
         .expect("the shutdown logged");
     assert!(
         tail[..exit]

@@ -975,12 +975,12 @@ impl<S: StateMachine> Runtime<S> {
                 self.publish(&node);
             }
             if let Some(limit) = handing_over {
-                if node.role() != Role::Leader || Instant::now() >= limit {
-                    info!(
-                        node = self.id,
-                        handed_over = node.role() != Role::Leader,
-                        "leadership hand-over ended"
-                    );
+                // Handed over once this node follows the new leader (stepping down alone
+                // is not enough: its vote may not have left yet, and the target may lose).
+                let handed_over = node.role() != Role::Leader
+                    && node.leader().is_some_and(|leader| leader != self.id);
+                if handed_over || Instant::now() >= limit {
+                    info!(node = self.id, handed_over, "leadership hand-over ended");
                     shutdown = true;
                 }
             }
