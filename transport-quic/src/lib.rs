@@ -20,6 +20,8 @@
 //!   [`kv`] over the protocol of [`protocol`];
 //! - [`client`]: the client library (follows the leader, exactly-once writes,
 //!   linearizable reads);
+//! - [`metrics`]: the node's figures in Prometheus form over HTTP (`[metrics] listen`);
+//! - [`stall`]: the watchdog that makes a node whose disk hangs step down;
 //! - [`config`]: the node's configuration file (`node.toml`).
 //!
 //! The `coracle` command (`src/main.rs`) ties them together: `coracle certs`, `coracle
@@ -32,8 +34,10 @@ pub mod client;
 pub mod config;
 pub mod hello;
 pub mod kv;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
+pub mod stall;
 pub mod storage;
 pub mod stray;
 pub mod tls;

@@ -30,10 +30,12 @@
 use crate::certs::Identity;
 use crate::config::{ConfigError, NodeConfig};
 use crate::kv::{Applied, Kv};
+use crate::metrics::{Metrics, ProposalOutcome, ReadOutcome};
 use crate::protocol::{
     append_frame, decode_request, AdminOp, Command, Consistency, ErrorKind, MemberStatus,
     NodeStatus, ReadOp, Request, RequestFrame, Response, ResponseFrame, MAX_CLIENT_FRAME,
 };
+use crate::stall::{FlushGate, FlushHold, StallWatch};
 use crate::storage::{
     FileLog, FileLogError, FlushDone, FlushJob, Incarnations, LogReader, SnapshotFile,
     SnapshotWriter,
@@ -128,6 +130,8 @@ pub enum NodeError {
     /// A snapshot of the state machine cannot be written or restored: the node stopped
     /// rather than run with a wrong state.
     Snapshot(String),
+    /// The metrics endpoint cannot be bound (`[metrics] listen`).
+    Metrics(crate::metrics::BindError),
     /// The node's event loop panicked (a bug).
     Panicked,
 }
@@ -150,6 +154,7 @@ impl fmt::Display for NodeError {
             NodeError::Thread(e) => write!(f, "cannot start a thread of the node: {e}"),
             NodeError::Sync(e) => write!(f, "log sync failed, node stopped: {e}"),
             NodeError::Snapshot(m) => write!(f, "snapshot: {m}"),
+            NodeError::Metrics(e) => write!(f, "{e}"),
             NodeError::Panicked => f.write_str("the node's event loop panicked"),
         }
     }
@@ -213,6 +218,10 @@ pub struct RunningNode {
     calls: Sender<Call>,
     local_addr: SocketAddr,
     transport: Arc<Transport>,
+    /// The metrics endpoint's address and its task (dropped with the node).
+    metrics: Option<(SocketAddr, smol::Task<()>)>,
+    /// Holds the fsync thread ([`RunningNode::hold_flushes`]).
+    flush_gate: FlushGate,
 }
 
 impl fmt::Debug for RunningNode {
@@ -239,6 +248,13 @@ impl RunningNode {
                 })
             }
         }
+        // Bound first: a node whose metrics address is taken does not start at all.
+        let endpoint = cfg
+            .metrics
+            .listen
+            .map(crate::metrics::Endpoint::bind)
+            .transpose()
+            .map_err(NodeError::Metrics)?;
         let log = open_log(cfg)?;
         let incarnations =
             Arc::new(Incarnations::open(&cfg.data_dir).map_err(|e| durable_state(cfg, e))?);
@@ -287,6 +303,20 @@ impl RunningNode {
             },
         })?;
         let _ = stats_slot.set(transport.stats().clone());
+        let (metrics, metrics_server) = match endpoint {
+            Some(endpoint) => {
+                let (metrics, registry) = Metrics::new(cfg.id, transport.stats().clone());
+                let addr = endpoint.local_addr().map_err(|source| {
+                    NodeError::Metrics(crate::metrics::BindError {
+                        addr: cfg.metrics.listen.unwrap_or(cfg.listen),
+                        source,
+                    })
+                })?;
+                info!(node = cfg.id, %addr, "serving metrics at http://{addr}/metrics");
+                (metrics, Some((addr, endpoint.serve(Arc::new(registry)))))
+            }
+            None => (Metrics::disabled(), None),
+        };
         let local_addr = transport.local_addr().map_err(|source| NodeError::Bind {
             addr: cfg.listen,
             source,
@@ -329,6 +359,7 @@ impl RunningNode {
                 building: None,
                 writing: false,
                 written: written_tx,
+                began: None,
             },
             log,
             disk_reads,
@@ -336,10 +367,14 @@ impl RunningNode {
             want_sync: None,
             syncing: None,
             incarnations,
+            metrics,
+            stall: StallWatch::new(cfg.stall_timeout()),
         };
         info!(node = cfg.id, addr = %local_addr, data = %cfg.data_dir.display(), voters = ?voters, "node started");
         let (durable_tx, durable_rx) = channel::bounded(1);
-        let fsync = spawn_fsync_thread(cfg.id, durable_tx).map_err(NodeError::Thread)?;
+        let flush_gate = FlushGate::default();
+        let fsync = spawn_fsync_thread(cfg.id, durable_tx, flush_gate.clone())
+            .map_err(NodeError::Thread)?;
         let run = Box::pin(host.run(
             node,
             Wakers {
@@ -363,7 +398,26 @@ impl RunningNode {
             calls: call_tx,
             local_addr,
             transport,
+            metrics: metrics_server,
+            flush_gate,
         })
+    }
+
+    /// Where the metrics are served (`[metrics] listen`, with the port bound if it was 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(addr, _)| *addr)
+    }
+
+    /// Fault injection (tests, drills): the node's disk hangs. Its fsync thread runs no
+    /// flush (the one running finishes) until the returned guard is dropped, so after
+    /// `storage.stall_timeout_ms` the node steps down and stays out of elections; it comes
+    /// back once the guard is dropped. Nothing is lost: the writes wait in memory.
+    pub fn hold_flushes(&self) -> FlushHold {
+        warn!(
+            node = self.id,
+            "fault injection: the log's flushes are held"
+        );
+        self.flush_gate.hold()
     }
 
     /// The address the node listens on.
@@ -445,6 +499,10 @@ struct Host {
     syncing: Option<SyncToken>,
     /// The incarnations of the members this node has talked to ([`crate::hello`]).
     incarnations: Arc<Incarnations>,
+    /// The figures of `[metrics]` (recording nothing without it).
+    metrics: Metrics,
+    /// The watchdog on the running flush (a disk that hangs).
+    stall: StallWatch,
 }
 
 /// When the host snapshots its state machine (`[storage]` of `node.toml`).
@@ -464,6 +522,8 @@ struct Snapshots {
     writing: bool,
     /// Where that thread reports.
     written: Sender<SnapshotWritten>,
+    /// When the snapshot being built or sealed began.
+    began: Option<Instant>,
 }
 
 /// A snapshot being written out: the state machine's steps go to a thread that writes them
@@ -553,9 +613,9 @@ fn config_members(data: &[u8]) -> Vec<NodeId> {
         .collect()
 }
 
-/// What a snapshot thread reports: the index of the snapshot sealed in its file, or why
-/// not.
-type SnapshotWritten = Result<Index, FileLogError>;
+/// What a snapshot thread reports: the index and size (bytes) of the snapshot sealed in its
+/// file, or why not.
+type SnapshotWritten = Result<(Index, u64), FileLogError>;
 
 /// What the read thread reports for a fetch.
 type Fetched = Result<Vec<OwnedEntry>, FileLogError>;
@@ -586,12 +646,14 @@ struct Wakers {
 fn spawn_fsync_thread(
     id: NodeId,
     done: Sender<FlushDone>,
+    gate: FlushGate,
 ) -> std::io::Result<std::sync::mpsc::Sender<FlushJob>> {
     let (tx, rx) = std::sync::mpsc::channel::<FlushJob>();
     std::thread::Builder::new()
         .name(format!("coracle-fsync-{id}"))
         .spawn(move || {
             while let Ok(job) = rx.recv() {
+                gate.pass();
                 if done.send_blocking(job.run()).is_err() {
                     return;
                 }
@@ -760,8 +822,9 @@ fn spawn_snapshot_writer(
                         }
                     }
                     Piece::End => {
-                        let _ =
-                            done.send_blocking(FileLog::finish_snapshot(writer).map(|()| index));
+                        let bytes = writer.size();
+                        let sealed = FileLog::finish_snapshot(writer).map(|()| (index, bytes));
+                        let _ = done.send_blocking(sealed);
                         return;
                     }
                 }
@@ -822,7 +885,11 @@ impl Host {
         while !shutdown {
             let wait = node.ticks_until_deadline().clamp(1, 1000);
             let building = self.snapshots.building.is_some();
-            let deadline = start + Duration::from_nanos(tick_nanos.saturating_mul(ticks + wait));
+            let mut deadline =
+                start + Duration::from_nanos(tick_nanos.saturating_mul(ticks + wait));
+            if let Some(stall) = self.stall.deadline(&node) {
+                deadline = deadline.min(stall);
+            }
             if armed.is_none_or(|a| deadline < a) {
                 timer.set_at(deadline);
                 armed = Some(deadline);
@@ -902,6 +969,9 @@ impl Host {
                     }
                     Wake::Durable(done) => {
                         let token = self.syncing.take();
+                        if let Some(took) = self.stall.ended(&mut node) {
+                            self.metrics.flush_ended(took);
+                        }
                         if let Err(e) = self.log.end_flush(*done) {
                             node.persist_failed();
                             error!(node = self.id, error = %e, "log sync failed; stopping");
@@ -928,12 +998,14 @@ impl Host {
                     Wake::Yielded => {}
                 }
             }
+            self.stall.check(&mut node);
             // One drain for everything that arrived together: the core computes its
             // outputs when they are polled, so draining once per batch rather than once
             // per input loses nothing, and the writes of the batch share one fsync.
             if let Err(e) = self.settle(&mut node, &fsync) {
                 return Err(self.stop_on_error(e).await);
             }
+            self.metrics.observe(&node, &self.log, false);
         }
         info!(node = self.id, "shutting down");
         if self.syncing.take().is_some() {
@@ -995,6 +1067,8 @@ impl Host {
                                 NodeError::Sync(std::io::Error::other("the fsync thread is gone"))
                             })?;
                             self.syncing = Some(token);
+                            self.stall.began();
+                            self.metrics.flush_began();
                         }
                         None => {
                             node.persisted(token);
@@ -1020,7 +1094,9 @@ impl Host {
         while let Some(out) = node.poll_output() {
             match out {
                 Output::Persist(batch) => {
-                    self.log.persist(&batch.batch());
+                    let writes = batch.batch();
+                    self.log.persist(&writes);
+                    self.metrics.batch_queued(writes.entries.len());
                     self.want_sync = Some(batch.token);
                 }
                 Output::Fetch { from, to } => {
@@ -1054,7 +1130,9 @@ impl Host {
                 Output::Apply(entry) => {
                     let (index, term) = (entry.index, entry.term);
                     let applied = match entry.kind {
-                        EntryKind::Command => self.kv.apply(index, entry.data),
+                        EntryKind::Command => {
+                            self.metrics.time_apply(|| self.kv.apply(index, entry.data))
+                        }
                         EntryKind::Membership => {
                             membership = true;
                             applied_config = Some((index, config_members(entry.data)));
@@ -1074,17 +1152,24 @@ impl Host {
                 }
                 Output::ReadReady { id, .. } => {
                     if let Some((op, reply)) = self.reads.remove(&id) {
+                        self.metrics.read(ReadOutcome::Served);
                         reply.send(self.serve(&op));
                     }
                 }
                 Output::ReadFailed { id } => {
                     if let Some((_, reply)) = self.reads.remove(&id) {
+                        self.metrics.read(ReadOutcome::Failed);
                         reply.send(retry("read not confirmed; retry"));
                     }
                 }
                 Output::StateChanged(s) => {
                     info!(node = self.id, role = ?s.role, term = s.term, leader = ?s.leader, "state changed");
                     if s.role != Role::Leader {
+                        let clients = self.writes.values();
+                        let clients = clients
+                            .filter(|(_, w)| matches!(w, PendingWrite::Client(_)))
+                            .count();
+                        self.metrics.proposals(ProposalOutcome::Lost, clients);
                         for (_, (_, w)) in self.writes.drain() {
                             let reply = match w {
                                 PendingWrite::Client(r) | PendingWrite::Admin(r) => r,
@@ -1095,6 +1180,7 @@ impl Host {
                 }
                 Output::RestoreSnapshot { index, .. } => {
                     self.restore_snapshot(index)?;
+                    self.metrics.snapshot_restored();
                     membership = true;
                     let config = node
                         .log()
@@ -1195,6 +1281,7 @@ impl Host {
         self.kv
             .begin_snapshot()
             .map_err(|e| NodeError::Snapshot(e.to_string()))?;
+        self.snapshots.began = Some(Instant::now());
         self.snapshots.building = Some(Building {
             meta,
             pieces,
@@ -1263,13 +1350,23 @@ impl Host {
         result: SnapshotWritten,
     ) -> Result<(), NodeError> {
         self.snapshots.writing = false;
-        let index = match result {
-            Ok(index) => index,
+        let began = self.snapshots.began.take();
+        let (index, bytes) = match result {
+            Ok(saved) => saved,
             Err(e) => return self.snapshot_failed(node.applied_index(), e),
         };
         match node.snapshot_taken(index) {
             Ok(meta) => {
-                info!(node = self.id, index, term = meta.term, "snapshot saved");
+                info!(
+                    node = self.id,
+                    index,
+                    term = meta.term,
+                    bytes,
+                    "snapshot saved"
+                );
+                if let Some(began) = began {
+                    self.metrics.snapshot_saved(bytes, began.elapsed());
+                }
                 self.snapshots.last = self.snapshots.last.max(index);
                 self.snapshots.wanted = false;
             }
@@ -1355,7 +1452,15 @@ impl Host {
         let Some((pterm, w)) = self.writes.remove(&index) else {
             return;
         };
-        let response = if pterm != term {
+        let committed = pterm == term;
+        if matches!(w, PendingWrite::Client(_)) {
+            let outcome = match committed {
+                true => ProposalOutcome::Committed,
+                false => ProposalOutcome::Lost,
+            };
+            self.metrics.proposals(outcome, 1);
+        }
+        let response = if !committed {
             retry("the write was lost to a new leader; retry")
         } else {
             match (&w, applied) {
@@ -1416,6 +1521,7 @@ impl Host {
             Request::Read { op, consistency } => {
                 let mode = match consistency {
                     Consistency::Stale => {
+                        self.metrics.read(ReadOutcome::Stale);
                         reply.send(self.serve(&op));
                         return;
                     }
@@ -1429,6 +1535,7 @@ impl Host {
                         self.reads.insert(id, (op, reply));
                     }
                     Err(e) => {
+                        self.metrics.read(ReadOutcome::Refused);
                         reply.send(retry(e.to_string()));
                     }
                 }
@@ -1451,6 +1558,20 @@ impl Host {
     }
 
     fn propose(&mut self, node: &mut CoreNode, command: &Command, pending: PendingWrite) {
+        let client = matches!(pending, PendingWrite::Client(_));
+        let outcome = self.try_propose(node, command, pending);
+        if client {
+            self.metrics.proposals(outcome, 1);
+        }
+    }
+
+    /// Proposes `command`, or answers why not; returns the outcome for the metrics.
+    fn try_propose(
+        &mut self,
+        node: &mut CoreNode,
+        command: &Command,
+        pending: PendingWrite,
+    ) -> ProposalOutcome {
         let reply = match &pending {
             PendingWrite::Client(r) | PendingWrite::Admin(r) => r.clone(),
         };
@@ -1458,7 +1579,7 @@ impl Host {
             Ok(b) => b,
             Err(e) => {
                 reply.send(failed(ErrorKind::BadRequest, e.to_string()));
-                return;
+                return ProposalOutcome::Rejected;
             }
         };
         if node.role() == Role::Leader {
@@ -1469,28 +1590,34 @@ impl Host {
                 }
                 self.snapshots.wanted = true;
                 reply.send(retry("the log is full; compacting; retry"));
-                return;
+                return ProposalOutcome::Busy;
             }
         }
         match node.propose(&bytes) {
             Ok(p) => {
                 self.writes.insert(p.index, (p.term, pending));
+                ProposalOutcome::Accepted
             }
             Err(ProposeError::NotLeader { leader }) => {
                 reply.send(self.redirect(leader));
+                ProposalOutcome::NotLeader
             }
             Err(e @ (ProposeError::Busy | ProposeError::Transferring)) => {
                 reply.send(retry(e.to_string()));
+                ProposalOutcome::Busy
             }
             Err(e @ ProposeError::TooLarge { .. }) => {
                 reply.send(failed(ErrorKind::BadRequest, e.to_string()));
+                ProposalOutcome::Rejected
             }
             Err(ProposeError::Storage(coracle::StorageError::Full)) => {
                 // The memory log asked for a snapshot (SnapshotNeeded): room soon.
                 reply.send(retry("the log is full; compacting; retry"));
+                ProposalOutcome::Busy
             }
             Err(e) => {
                 reply.send(failed(ErrorKind::Failed, e.to_string()));
+                ProposalOutcome::Rejected
             }
         }
     }

@@ -1,0 +1,337 @@
+//! The metrics endpoint (`[metrics] listen`) of running nodes: a scrape over a plain TCP
+//! GET, parsed strictly line by line; garbage requests; an address in use.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns: a panic is the report
+
+mod common;
+
+use common::{wait_for, Setup};
+use coracle_quic::config::NodeConfig;
+use coracle_quic::server::{NodeError, RunningNode};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// Node `id`'s configuration with metrics on a free port (plus `extra` TOML).
+pub fn with_metrics(setup: &Setup, id: u64, extra: &str) -> NodeConfig {
+    let text = setup.config_text(id) + extra + "[metrics]\nlisten = \"127.0.0.1:0\"\n";
+    NodeConfig::parse(&text, setup.path()).unwrap()
+}
+
+/// One sample: metric name with its labels (sorted, as `name{a="x",b="y"}`), and value.
+type Samples = BTreeMap<String, f64>;
+
+/// Sends `request` and returns everything the server sent back before closing (or
+/// stalling for 5 s).
+fn exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // The server may close before reading it all (a head too large): fine.
+    let _ = s.write_all(request);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// `GET /metrics` with `Connection: close`: the status code, headers and body (`None`: the
+/// connection was closed without an answer).
+fn scrape_raw(addr: SocketAddr) -> Option<(u16, String, String)> {
+    let raw = exchange(
+        addr,
+        b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",
+    );
+    if raw.is_empty() {
+        return None;
+    }
+    let text = String::from_utf8(raw).expect("the answer is UTF-8");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+    let code = head[9..12].parse().unwrap();
+    Some((code, head.to_string(), body.to_string()))
+}
+
+/// Parses OpenMetrics text strictly: every line a `# TYPE`/`# HELP`/`# UNIT` comment, a
+/// sample `name{labels} value`, or the final `# EOF`; every sample's family declared by a
+/// `# TYPE` before it; nothing after `# EOF`.
+fn parse(body: &str) -> Result<Samples, String> {
+    let mut samples = Samples::new();
+    let mut families: Vec<(String, String)> = Vec::new();
+    let mut eof = false;
+    for (n, line) in body.lines().enumerate() {
+        let bad = |why: &str| format!("line {}: {why}: {line:?}", n + 1);
+        if eof {
+            return Err(bad("after # EOF"));
+        }
+        if line == "# EOF" {
+            eof = true;
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            let (kind, name) = (parts.next().unwrap(), parts.next().ok_or(bad("no name"))?);
+            match kind {
+                "TYPE" => {
+                    let t = parts.next().ok_or(bad("no type"))?;
+                    let known = ["counter", "gauge", "histogram", "info", "unknown"];
+                    if !known.contains(&t) {
+                        return Err(bad("unknown type"));
+                    }
+                    families.push((name.to_string(), t.to_string()));
+                }
+                "HELP" | "UNIT" => {}
+                _ => return Err(bad("unknown comment")),
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').ok_or(bad("no value"))?;
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            v => v.parse().map_err(|_| bad("value is no number"))?,
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => {
+                let inner = rest.strip_suffix('}').ok_or(bad("labels not closed"))?;
+                let mut labels: Vec<&str> = inner.split(',').collect();
+                for l in &labels {
+                    let (k, v) = l.split_once('=').ok_or(bad("label without ="))?;
+                    let ok_key =
+                        !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                    if !(ok_key && v.len() >= 2 && v.starts_with('"') && v.ends_with('"')) {
+                        return Err(bad("bad label"));
+                    }
+                }
+                labels.sort_unstable();
+                (name, format!("{{{}}}", labels.join(",")))
+            }
+            None => (series, String::new()),
+        };
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+        {
+            return Err(bad("bad metric name"));
+        }
+        let declared = families.iter().any(|(f, t)| {
+            name == f
+                || match t.as_str() {
+                    "counter" => name == format!("{f}_total") || name == format!("{f}_created"),
+                    "histogram" => ["_bucket", "_sum", "_count", "_created"]
+                        .iter()
+                        .any(|s| name == format!("{f}{s}")),
+                    "info" => name == format!("{f}_info"),
+                    _ => false,
+                }
+        });
+        if !declared {
+            return Err(bad("sample of an undeclared family"));
+        }
+        if samples.insert(format!("{name}{labels}"), value).is_some() {
+            return Err(bad("the same series twice"));
+        }
+    }
+    if !eof {
+        return Err("no # EOF at the end".into());
+    }
+    Ok(samples)
+}
+
+fn scrape(addr: SocketAddr) -> Samples {
+    let (code, head, body) = scrape_raw(addr).expect("an answer");
+    assert_eq!(code, 200, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    parse(&body).unwrap_or_else(|e| panic!("{e}\n{body}"))
+}
+
+/// The value of `series` (`name{labels}` with the node label included).
+fn get(s: &Samples, series: &str) -> f64 {
+    *s.get(series)
+        .unwrap_or_else(|| panic!("no {series} in {:#?}", s.keys().collect::<Vec<_>>()))
+}
+
+#[test]
+fn a_scrape_of_a_running_cluster_shows_its_state() {
+    let setup = Setup::new("metrics-scrape", 3);
+    let nodes: Vec<RunningNode> = (1..=3)
+        .map(|id| RunningNode::start(&with_metrics(&setup, id, "")).unwrap())
+        .collect();
+    let client = setup.client("client-alice");
+    const WRITES: usize = 20;
+    for i in 0..WRITES {
+        smol::block_on(client.put(format!("k{i}"), "v")).unwrap();
+    }
+    smol::block_on(client.get("k0")).unwrap();
+    let leader = common::leader(&client, &setup.addrs).unwrap();
+    let l = leader.to_string();
+    // The leader's loop copies its state every 10 ms at most: wait for the last write to
+    // show (a generous bound; the figures are checked below).
+    let addr = nodes[leader as usize - 1].metrics_addr().unwrap();
+    let s = wait_for(Duration::from_secs(10), || {
+        let s = scrape(addr);
+        let key = format!("coracle_proposals_total{{node=\"{l}\",outcome=\"committed\"}}");
+        (s.get(&key).copied().unwrap_or(0.0) >= WRITES as f64).then_some(s)
+    })
+    .expect("the leader's metrics show every write committed");
+    let n = |name: &str| format!("{name}{{node=\"{l}\"}}");
+    assert_eq!(
+        get(&s, &format!("coracle_role{{node=\"{l}\",role=\"leader\"}}")),
+        1.0
+    );
+    assert_eq!(
+        get(
+            &s,
+            &format!("coracle_role{{node=\"{l}\",role=\"follower\"}}")
+        ),
+        0.0
+    );
+    assert_eq!(get(&s, &n("coracle_leader")), leader as f64);
+    assert!(get(&s, &n("coracle_term")) >= 1.0);
+    let commit = get(&s, &n("coracle_commit_index"));
+    assert!(commit >= WRITES as f64, "commit {commit}");
+    assert!(get(&s, &n("coracle_applied_index")) <= commit);
+    assert!(get(&s, &n("coracle_last_index")) >= commit);
+    assert!(get(&s, &n("coracle_elections_won_total")) >= 1.0);
+    assert!(get(&s, &n("coracle_apply_seconds_count")) >= WRITES as f64);
+    assert!(get(&s, &n("coracle_log_flush_seconds_count")) >= 1.0);
+    assert!(get(&s, &n("coracle_log_flush_entries_sum")) >= WRITES as f64);
+    assert!(get(&s, &n("coracle_log_disk_bytes")) > 0.0);
+    assert_eq!(get(&s, &n("coracle_storage_stalled")), 0.0);
+    assert!(
+        get(
+            &s,
+            &format!("coracle_reads_total{{node=\"{l}\",outcome=\"served\"}}")
+        ) >= 1.0
+    );
+    for peer in (1..=3u64).filter(|&p| p != leader) {
+        let series = |m: &str| format!("{m}{{node=\"{l}\",peer=\"{peer}\"}}");
+        assert!(get(&s, &series("coracle_peer_match_index")) >= 0.0);
+        assert!(get(&s, &series("coracle_peer_lag_entries")) >= 0.0);
+    }
+    for reason in ["tls", "identity", "incarnation"] {
+        let series =
+            format!("coracle_refused_connections_total{{node=\"{l}\",reason=\"{reason}\"}}");
+        assert_eq!(get(&s, &series), 0.0);
+    }
+    assert_eq!(get(&s, &n("coracle_malformed_frames_total")), 0.0);
+    assert!(get(&s, &n("coracle_peer_connections_total")) >= 2.0);
+    get(&s, &n("coracle_reconnects_total"));
+    // A follower: its role, the same leader, and no replication progress of its own.
+    let f = (1..=3u64).find(|&p| p != leader).unwrap();
+    let fs = scrape(nodes[f as usize - 1].metrics_addr().unwrap());
+    assert_eq!(
+        get(
+            &fs,
+            &format!("coracle_role{{node=\"{f}\",role=\"follower\"}}")
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(&fs, &format!("coracle_leader{{node=\"{f}\"}}")),
+        leader as f64
+    );
+    assert!(!fs.keys().any(|k| k.starts_with("coracle_peer_match_index")));
+    client.close();
+    for node in nodes {
+        node.shutdown().unwrap();
+    }
+}
+
+#[test]
+fn garbage_to_the_metrics_endpoint_gets_4xx_or_a_closed_connection() {
+    let setup = Setup::new("metrics-garbage", 1);
+    let node = RunningNode::start(&with_metrics(&setup, 1, "")).unwrap();
+    let addr = node.metrics_addr().unwrap();
+    let huge_header = format!(
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(200_000)
+    );
+    let many_headers = format!(
+        "GET /metrics HTTP/1.1\r\n{}\r\n",
+        "X-A: b\r\n".repeat(5_000)
+    );
+    let binary: Vec<u8> = (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "POST",
+            b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc".to_vec(),
+        ),
+        (
+            "DELETE",
+            b"DELETE /metrics HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
+        (
+            "another path",
+            b"GET /admin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+        ),
+        ("a huge header", huge_header.into_bytes()),
+        ("many headers", many_headers.into_bytes()),
+        ("binary", binary),
+        ("not HTTP", b"hello there\r\n\r\n".to_vec()),
+        (
+            "HTTP/2 preface",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+        ),
+        ("a bad version", b"GET /metrics HTTP/9.9\r\n\r\n".to_vec()),
+        ("NUL bytes", b"GET /met\0rics HTTP/1.1\r\n\r\n".to_vec()),
+    ];
+    for (what, request) in &cases {
+        let answer = exchange(addr, request);
+        let text = String::from_utf8_lossy(&answer);
+        let refused = answer.is_empty() || text.starts_with("HTTP/1.1 4");
+        assert!(refused, "{what}: {text:.200}");
+    }
+    // Half a request, then the client goes away; and more connections than served at
+    // once, held open.
+    drop(TcpStream::connect(addr).unwrap().write_all(b"GET /met"));
+    let held: Vec<TcpStream> = (0..coracle_quic::metrics::MAX_CONNECTIONS + 8)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    drop(held);
+    assert!(!node.is_finished(), "the node keeps running");
+    let ready = wait_for(Duration::from_secs(10), || {
+        let (code, _, body) = scrape_raw(addr)?;
+        (code == 200).then(|| parse(&body).unwrap())
+    });
+    assert!(ready.is_some(), "scrapes work again");
+    // The node still takes writes.
+    let client = setup.client("client-alice");
+    assert!(wait_for(Duration::from_secs(20), || smol::block_on(
+        client.put("a", "b")
+    )
+    .ok())
+    .is_some());
+    client.close();
+    node.shutdown().unwrap();
+}
+
+#[test]
+fn a_metrics_address_in_use_stops_the_start_naming_it() {
+    let setup = Setup::new("metrics-in-use", 1);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let text = setup.config_text(1) + &format!("[metrics]\nlisten = \"{addr}\"\n");
+    let cfg = NodeConfig::parse(&text, setup.path()).unwrap();
+    match RunningNode::start(&cfg) {
+        Err(e @ NodeError::Metrics(_)) => {
+            let m = e.to_string();
+            assert!(
+                m.contains(&addr.to_string()) && m.contains("metrics"),
+                "{m}"
+            );
+        }
+        Err(e) => panic!("another error: {e}"),
+        Ok(_) => panic!("started with its metrics address in use"),
+    }
+    // Nothing was started: the data directory and the node's address are free.
+    assert!(!setup.path().join("data/node-1").join("hard_state").exists());
+    let node = RunningNode::start(&setup.config(1)).unwrap();
+    assert_eq!(node.metrics_addr(), None);
+    node.shutdown().unwrap();
+}
