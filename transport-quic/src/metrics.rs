@@ -5,7 +5,7 @@
 //! snapshot saved) and copies the core's state ([`Metrics::observe`]: role, term, indexes,
 //! each follower's progress, the core's counters, the log's size) at most every
 //! [`OBSERVE_EVERY`]. The metrics are atomics shared with the registry, which
-//! [`serve`] encodes on each scrape; the transport's counters are read from
+//! [`Endpoint::serve`] encodes on each scrape; the transport's counters are read from
 //! [`TransportStats`] at the scrape itself. A node without `[metrics]` gets
 //! [`Metrics::disabled`], whose recording does nothing (no clock read per entry).
 //!
