@@ -7,18 +7,9 @@
 //! stalled, a node steps down, starts no election and grants no vote (pre-vote or vote)
 //! until its disk answers again, so the others elect a leader among themselves.
 
+use crate::election::vote;
 use crate::host::*;
-use coracle::{Message, RequestVote, Role};
-
-fn vote(term: u64, pre_vote: bool) -> Message<'static> {
-    Message::RequestVote(RequestVote {
-        term,
-        last_log_index: 0,
-        last_log_term: 0,
-        pre_vote,
-        leadership_transfer: false,
-    })
-}
+use coracle::{Message, Role};
 
 fn granted(replies: &[(coracle::NodeId, coracle::OwnedMessage)]) -> bool {
     replies
