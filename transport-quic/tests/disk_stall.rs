@@ -11,6 +11,7 @@
 
 mod common;
 
+use common::scrape::{get, scrape, with_metrics};
 use common::{wait_for, Setup};
 use coracle_quic::config::NodeConfig;
 use coracle_quic::server::RunningNode;
@@ -21,8 +22,11 @@ use std::time::{Duration, Instant};
 const STALL_MS: u64 = 400;
 
 fn config(setup: &Setup, id: u64) -> NodeConfig {
-    let text = setup.config_text(id) + &format!("[storage]\nstall_timeout_ms = {STALL_MS}\n");
-    NodeConfig::parse(&text, setup.path()).unwrap()
+    with_metrics(
+        setup,
+        id,
+        &format!("[storage]\nstall_timeout_ms = {STALL_MS}\n"),
+    )
 }
 
 #[test]
@@ -57,6 +61,15 @@ fn a_leader_whose_disk_hangs_steps_down_and_writes_resume_through_a_new_leader()
         !nodes[old as usize - 1].is_finished(),
         "the stalled node keeps running"
     );
+    // Its metrics say so (the loop runs on while the flush hangs).
+    let metrics = nodes[old as usize - 1].metrics_addr().unwrap();
+    let s = wait_for(Duration::from_secs(10), || {
+        let s = scrape(metrics);
+        (get(&s, &format!("coracle_storage_stalled{{node=\"{old}\"}}")) == 1.0).then_some(s)
+    })
+    .expect("coracle_storage_stalled is 1 on the stalled node");
+    let step_downs = format!("coracle_storage_stall_step_downs_total{{node=\"{old}\"}}");
+    assert_eq!(get(&s, &step_downs), 1.0);
     // More writes while it hangs.
     for i in 0..10 {
         smol::block_on(client.put(format!("k{i}"), "v")).unwrap();
@@ -72,6 +85,11 @@ fn a_leader_whose_disk_hangs_steps_down_and_writes_resume_through_a_new_leader()
         caught_up.is_some(),
         "node {old} did not rejoin after its disk answered"
     );
+    let healthy = wait_for(Duration::from_secs(10), || {
+        let s = scrape(metrics);
+        (get(&s, &format!("coracle_storage_stalled{{node=\"{old}\"}}")) == 0.0).then_some(())
+    });
+    assert!(healthy.is_some(), "coracle_storage_stalled back to 0");
     let v = smol::block_on(client.get("k9")).unwrap();
     assert_eq!(v.as_deref(), Some(&b"v"[..]));
     eprintln!(
