@@ -218,8 +218,12 @@ pub struct RunningNode {
     calls: Sender<Call>,
     local_addr: SocketAddr,
     transport: Arc<Transport>,
-    /// The metrics endpoint's address and its task (dropped with the node).
-    metrics: Option<(SocketAddr, smol::Task<()>)>,
+    /// The metrics endpoint's address, its registry and its task (dropped with the node).
+    metrics: Option<(
+        SocketAddr,
+        Arc<prometheus_client::registry::Registry>,
+        smol::Task<()>,
+    )>,
     /// Holds the fsync thread ([`RunningNode::hold_flushes`]).
     flush_gate: FlushGate,
 }
@@ -313,7 +317,9 @@ impl RunningNode {
                     })
                 })?;
                 info!(node = cfg.id, %addr, "serving metrics at http://{addr}/metrics");
-                (metrics, Some((addr, endpoint.serve(Arc::new(registry)))))
+                let registry = Arc::new(registry);
+                let task = endpoint.serve(registry.clone());
+                (metrics, Some((addr, registry, task)))
             }
             None => (Metrics::disabled(), None),
         };
@@ -405,7 +411,15 @@ impl RunningNode {
 
     /// Where the metrics are served (`[metrics] listen`, with the port bound if it was 0).
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics.as_ref().map(|(addr, _)| *addr)
+        self.metrics.as_ref().map(|(addr, ..)| *addr)
+    }
+
+    /// The figures the metrics endpoint serves, as the same OpenMetrics text, for a host
+    /// that exports them its own way (`None` without `[metrics]`).
+    pub fn metrics_text(&self) -> Option<String> {
+        self.metrics
+            .as_ref()
+            .map(|(_, registry, _)| crate::metrics::encode(registry))
     }
 
     /// Fault injection (tests, drills): the node's disk hangs. Its fsync thread runs no

@@ -95,6 +95,16 @@ fn a_scrape_of_a_running_cluster_shows_its_state() {
         leader as f64
     );
     assert!(!fs.keys().any(|k| k.starts_with("coracle_peer_match_index")));
+    // The same figures through the library.
+    let text = nodes[f as usize - 1].metrics_text().unwrap();
+    let lib = parse(&text).unwrap();
+    assert_eq!(
+        get(
+            &lib,
+            &format!("coracle_role{{node=\"{f}\",role=\"follower\"}}")
+        ),
+        1.0
+    );
     client.close();
     for node in nodes {
         node.shutdown().unwrap();
@@ -191,5 +201,6 @@ fn a_metrics_address_in_use_stops_the_start_naming_it() {
     assert!(!setup.path().join("data/node-1").join("hard_state").exists());
     let node = RunningNode::start(&setup.config(1)).unwrap();
     assert_eq!(node.metrics_addr(), None);
+    assert_eq!(node.metrics_text(), None);
     node.shutdown().unwrap();
 }
