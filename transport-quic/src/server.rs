@@ -425,7 +425,9 @@ impl RunningNode {
     /// Fault injection (tests, drills): the node's disk hangs. Its fsync thread runs no
     /// flush (the one running finishes) until the returned guard is dropped, so after
     /// `storage.stall_timeout_ms` the node steps down and stays out of elections; it comes
-    /// back once the guard is dropped. Nothing is lost: the writes wait in memory.
+    /// back once the guard is dropped. Nothing is lost: the writes wait in memory. Drop the
+    /// guard before shutting the node down: a shutdown waits for the running flush, as it
+    /// would for a real disk that hangs.
     pub fn hold_flushes(&self) -> FlushHold {
         warn!(
             node = self.id,
