@@ -16,7 +16,11 @@ use std::time::Duration;
 fn a_scrape_of_a_running_cluster_shows_its_state() {
     let setup = Setup::new("metrics-scrape", 3);
     let nodes: Vec<RunningNode> = (1..=3)
-        .map(|id| RunningNode::start(&with_metrics(&setup, id, "")).unwrap())
+        // Snapshots every few entries, so the scrape shows some.
+        .map(|id| {
+            let snapshots = "[storage]\nsnapshot_entries = 6\nsnapshot_keep_entries = 2\n";
+            RunningNode::start(&with_metrics(&setup, id, snapshots)).unwrap()
+        })
         .collect();
     let client = setup.client("client-alice");
     const WRITES: usize = 20;
@@ -95,6 +99,23 @@ fn a_scrape_of_a_running_cluster_shows_its_state() {
         leader as f64
     );
     assert!(!fs.keys().any(|k| k.starts_with("coracle_peer_match_index")));
+    // Every node snapshotted (every 6 entries, on its own phase).
+    for (i, node) in nodes.iter().enumerate() {
+        let id = i + 1;
+        let s = wait_for(Duration::from_secs(10), || {
+            let s = parse(&node.metrics_text()?).ok()?;
+            let taken = s.get(&format!("coracle_snapshots_total{{node=\"{id}\"}}"))?;
+            (*taken >= 1.0).then_some(s)
+        })
+        .unwrap_or_else(|| panic!("node {id} took no snapshot"));
+        assert!(get(&s, &format!("coracle_snapshot_bytes{{node=\"{id}\"}}")) > 0.0);
+        assert!(
+            get(
+                &s,
+                &format!("coracle_snapshot_seconds_count{{node=\"{id}\"}}")
+            ) >= 1.0
+        );
+    }
     // The same figures through the library.
     let text = nodes[f as usize - 1].metrics_text().unwrap();
     let lib = parse(&text).unwrap();
