@@ -209,6 +209,9 @@ pub(crate) struct Durability {
     pending: heapless::Deque<(u64, Index), 8>,
     /// A write failed: nothing that depends on durability leaves any more.
     pub failed: bool,
+    /// The host reports a flush that has not returned for too long
+    /// ([`Node::set_storage_stalled`](crate::Node::set_storage_stalled)).
+    pub stalled: bool,
 }
 
 impl Durability {
@@ -221,6 +224,7 @@ impl Durability {
             chunk_meta: SnapshotMeta::EMPTY,
             kept: SnapshotMeta::EMPTY,
             durable_index,
+            stalled: false,
             pending: heapless::Deque::new(),
             failed: false,
         }

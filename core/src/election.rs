@@ -147,6 +147,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         self.fail_reads();
         self.campaign.transfer = transfer;
         self.current_term += 1;
+        self.counters.elections_started += 1;
         self.voted_for = Some(self.cfg.id);
         self.persist_hard_state();
         self.campaign.own_vote = self.durability.last_write();
@@ -196,6 +197,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// "Upon election: send initial empty AppendEntries RPCs (heartbeat) to each server"
     /// (Figure 2), after appending the no-op of the new term (§8).
     fn become_leader(&mut self) {
+        self.counters.elections_won += 1;
         self.role = Role::Leader;
         self.leader = Some(self.cfg.id);
         self.prune_non_members(None);
@@ -243,7 +245,8 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             let could_vote = m.term > self.current_term
                 || self.voted_for == Some(candidate)
                 || (self.voted_for.is_none() && self.leader.is_none());
-            let grant = up_to_date && could_vote;
+            // A stalled node would not vote (below), so it promises nothing either.
+            let grant = up_to_date && could_vote && !self.durability.stalled;
             debug!(
                 "node {} pre-vote for {} granted {}",
                 self.cfg.id, candidate, grant
@@ -258,7 +261,11 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             );
             return;
         }
-        let grant = up_to_date && self.voted_for.is_none_or(|v| v == candidate);
+        // A node whose storage stalled cannot make a vote durable, so it grants none (it
+        // could only leave once the disk answers, long after the election, and would bind
+        // this node to that candidate for the term meanwhile).
+        let grant =
+            up_to_date && self.voted_for.is_none_or(|v| v == candidate) && !self.durability.stalled;
         if grant && self.voted_for.is_none() {
             self.voted_for = Some(candidate);
             self.persist_hard_state();

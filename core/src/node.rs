@@ -355,6 +355,13 @@ pub struct Counters {
     /// had acknowledged, or a late rejection overtook newer answers): the leader lowered
     /// `matchIndex` and probed it again.
     pub match_resets: u64,
+    /// Elections this node started as a candidate (a new term; pre-votes not counted).
+    pub elections_started: u64,
+    /// Elections this node won (it became leader).
+    pub elections_won: u64,
+    /// Times this node stepped down from leader (or candidate) because the host reported
+    /// its storage stalled ([`Node::set_storage_stalled`]).
+    pub storage_stall_step_downs: u64,
 }
 
 /// Something to send, decided before borrowing the log to build it.
@@ -584,6 +591,34 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         self.outbox.wake();
         self.counters.storage_errors += 1;
         self.durability.failed = true;
+    }
+
+    /// The host reports whether a flush of the durable store has been running for too long
+    /// (a disk that hangs). Figure 2 asks a server to persist its term, vote and log
+    /// "before responding to RPCs", so a node whose flush does not return can acknowledge
+    /// nothing, grant no vote and, as leader, never count itself in a commit quorum. While
+    /// stalled, the node steps down if it leads (or campaigns), starts no election, ignores
+    /// a leadership transfer to it and grants no vote or pre-vote, so the other members
+    /// elect a leader among themselves and the cluster stays available. It still follows a
+    /// leader and stores what it is sent; its answers leave once its writes are durable.
+    /// Once the host reports the disk answering again (`false`), it may stand again after a
+    /// fresh election timeout.
+    pub fn set_storage_stalled(&mut self, stalled: bool) {
+        self.outbox.wake();
+        if stalled == self.durability.stalled {
+            return;
+        }
+        self.durability.stalled = stalled;
+        if stalled {
+            if self.role != Role::Follower {
+                self.counters.storage_stall_step_downs += 1;
+                self.become_follower(self.current_term, None);
+            }
+            debug_assert!(self.role == Role::Follower, "a stalled node never leads");
+        } else {
+            self.reset_election_timer();
+        }
+        self.debug_check();
     }
 
     /// The entries asked for with [`Output::Fetch`], read back from the durable store (all
@@ -890,6 +925,10 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     pub fn storage_failed(&self) -> bool {
         self.durability.failed
     }
+    /// True while the host reports its storage stalled ([`Node::set_storage_stalled`]).
+    pub fn storage_stalled(&self) -> bool {
+        self.durability.stalled
+    }
     /// The log storage.
     pub fn log(&self) -> &S {
         &self.log
@@ -900,6 +939,10 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// The invariants the node relies on between inputs (debug builds only).
     fn debug_check(&self) {
         let last = self.log.last_index();
+        debug_assert!(
+            !self.durability.stalled || self.role == Role::Follower,
+            "a node whose storage stalled neither leads nor campaigns"
+        );
         debug_assert!(
             self.applied <= self.commit_index,
             "lastApplied {} beyond commitIndex {}",
@@ -1002,8 +1045,9 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
     /// safety holds; once the entry commits, a leader it leaves out steps down (thesis
     /// 4.2.2).
     pub(crate) fn may_campaign(&self) -> bool {
-        self.can_vote()
-            || (self.membership.voter_before && self.membership.index > self.commit_index)
+        !self.durability.stalled
+            && (self.can_vote()
+                || (self.membership.voter_before && self.membership.index > self.commit_index))
     }
 
     /// Do a majority of the voters agree, `me` saying whether this node does and `peer`

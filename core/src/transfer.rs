@@ -98,7 +98,8 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             self.counters.stale += 1;
             return;
         }
-        if self.can_vote() {
+        // A stalled node cannot make its own vote durable: it lets the transfer time out.
+        if self.can_vote() && !self.durability.stalled {
             self.become_candidate(true);
         }
     }

@@ -263,3 +263,17 @@ fn a_seed_replays_event_for_event() {
     let untraced = run(42, &options, None);
     assert_eq!(format!("{untraced:?}"), report_a);
 }
+
+/// A disk that hangs (`hung-disk`) under every other fault: the host's watchdog tells the
+/// node (`Node::set_storage_stalled`), a leader steps down, the oracles hold, and the
+/// cluster goes on.
+#[test]
+fn hung_disks_with_every_fault() {
+    let stats = check_seeds(0..20, &options(3, "all,hung-disk"));
+    assert!(total(&stats, |s| s.hung_disks) > 0, "disks hung");
+    assert!(
+        total(&stats, |s| s.stalls_reported) > 0,
+        "stalls were reported"
+    );
+    assert!(total(&stats, |s| s.stalled_leaders) > 0, "leaders stalled");
+}

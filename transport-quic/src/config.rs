@@ -146,6 +146,10 @@ pub struct StorageConfig {
     /// back for a follower behind or to apply after a restart); the rest of the log is on
     /// disk only. A node's memory is bounded by this, not by the length of its log.
     pub memory_log_bytes: u64,
+    /// A node whose flush of the log has not returned for this long (ms) treats its disk
+    /// as stalled: it steps down if it leads, and neither campaigns nor votes until the
+    /// flush returns. Absent: [`DEFAULT_STALL_ELECTION_TIMEOUTS`] election timeouts.
+    pub stall_timeout_ms: Option<u64>,
 }
 
 impl Default for StorageConfig {
@@ -157,8 +161,17 @@ impl Default for StorageConfig {
             snapshot_entries: 100_000,
             snapshot_keep_entries: 10_000,
             memory_log_bytes: DEFAULT_MEMORY_LOG_BYTES,
+            stall_timeout_ms: None,
         }
     }
+}
+
+/// The metrics endpoint (`[metrics]`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where to serve Prometheus metrics over HTTP (`GET /metrics`); none if absent.
+    pub listen: Option<SocketAddr>,
 }
 
 /// The whole configuration of a node.
@@ -190,6 +203,9 @@ pub struct NodeConfig {
     /// Storage settings.
     #[serde(default)]
     pub storage: StorageConfig,
+    /// The metrics endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 /// A configuration that cannot be used.
@@ -280,6 +296,8 @@ impl NodeConfig {
         self.transport.check(&self.raft, &mut problems);
         self.storage.check(&mut problems);
         self.check_memory_log(&mut problems);
+        self.check_stall_timeout(&mut problems);
+        self.check_metrics(&mut problems);
         if problems.is_empty() {
             // Only once every value is sane on its own.
             self.check_log_quota(&mut problems);
@@ -396,6 +414,48 @@ impl NodeConfig {
                 shown("storage.memory_log_bytes", self.storage.memory_log_bytes)
             ));
         }
+    }
+
+    /// `storage.stall_timeout_ms`: no shorter than an election timeout (a leader that
+    /// stepped down sooner would gain nothing: its successor needs that long to be elected,
+    /// and an ordinary slow flush would cost the cluster its leader), at most a day.
+    fn check_stall_timeout(&self, problems: &mut Vec<String>) {
+        let Some(ms) = self.storage.stall_timeout_ms else {
+            return;
+        };
+        let least = self.raft.election_timeout_ms;
+        if !(least..=MAX_MS).contains(&ms) {
+            problems.push(format!(
+                "{}: must be at least raft.election_timeout_ms ({least}) and at most {MAX_MS} \
+                 (a day)",
+                shown("storage.stall_timeout_ms", ms)
+            ));
+        }
+    }
+
+    /// `[metrics] listen`: an address of this host to bind.
+    fn check_metrics(&self, problems: &mut Vec<String>) {
+        let Some(addr) = self.metrics.listen else {
+            return;
+        };
+        if addr.ip().is_multicast() || addr.ip() == Ipv4Addr::BROADCAST {
+            problems.push(format!(
+                "metrics.listen = \"{addr}\": a multicast or broadcast address; give an \
+                 address of this host (127.0.0.1:9100, or 0.0.0.0:9100 for every address)"
+            ));
+        }
+    }
+
+    /// How long a flush may run before the disk counts as stalled
+    /// (`storage.stall_timeout_ms`).
+    pub fn stall_timeout(&self) -> Duration {
+        Duration::from_millis(
+            self.storage.stall_timeout_ms.unwrap_or(
+                self.raft
+                    .election_timeout_ms
+                    .saturating_mul(DEFAULT_STALL_ELECTION_TIMEOUTS),
+            ),
+        )
     }
 
     /// `[storage]` against what the log needs: a quota compaction can get under.
@@ -534,6 +594,10 @@ pub const MAX_QUEUE: usize = 1 << 20;
 pub const MIN_SEGMENT_BYTES: u64 = 1024;
 /// The largest segment: each is preallocated in full, and a spare is kept ahead.
 pub const MAX_SEGMENT_BYTES: u64 = 64 << 30;
+/// The default of `storage.stall_timeout_ms`, in election timeouts: long enough that a
+/// slow but working disk (a burst of writes, a snapshot flushed) keeps its leader, short
+/// enough that writes resume within a few seconds of a disk that hangs.
+pub const DEFAULT_STALL_ELECTION_TIMEOUTS: u64 = 3;
 /// The default of `storage.memory_log_bytes`: 64 MiB.
 pub const DEFAULT_MEMORY_LOG_BYTES: u64 = 64 << 20;
 /// The smallest `storage.memory_log_bytes`.
@@ -968,6 +1032,21 @@ mod tests {
                 "memory_log_bytes = 100000",
                 "storage.memory_log_bytes",
             ),
+            (
+                "# stall_timeout_ms = 900",
+                "stall_timeout_ms = 299",
+                "storage.stall_timeout_ms",
+            ),
+            (
+                "# stall_timeout_ms = 900",
+                "stall_timeout_ms = 86400001",
+                "storage.stall_timeout_ms",
+            ),
+            (
+                "# listen = \"127.0.0.1:9100\"",
+                "listen = \"224.0.0.1:9100\"",
+                "metrics.listen",
+            ),
         ];
         for (from, to, key) in cases {
             assert!(EXAMPLE.contains(from), "the example has no {from:?}");
@@ -990,6 +1069,9 @@ mod tests {
             ("segment_bytes = 67108864", "segment_bytes = 1024"),
             ("memory_log_bytes = 67108864", "memory_log_bytes = 4194304"),
             ("max_entry_bytes = 1048576", "max_entry_bytes = 1"),
+            ("# stall_timeout_ms = 900", "stall_timeout_ms = 300"),
+            ("# listen = \"127.0.0.1:9100\"", "listen = \"0.0.0.0:9100\""),
+            ("# listen = \"127.0.0.1:9100\"", "listen = \"[::1]:0\""),
         ] {
             let text = EXAMPLE.replacen(from, to, 1);
             assert_eq!(problems(&text), None, "{to:?}");
@@ -1000,6 +1082,33 @@ mod tests {
         let cfg = NodeConfig::parse(&alone, Path::new("/base")).unwrap();
         assert_eq!(cfg.voters(), vec![1]);
         assert_eq!(cfg.advertised(), None);
+    }
+
+    /// A metrics address that is no address is a parse error naming the key and line.
+    #[test]
+    fn a_metrics_address_that_is_no_address_is_refused() {
+        for bad in [
+            "\"localhost\"",
+            "\"127.0.0.1\"",
+            "\"127.0.0.1:99999\"",
+            "9100",
+            "\"\"",
+        ] {
+            let text = EXAMPLE.replacen(
+                "# listen = \"127.0.0.1:9100\"",
+                &format!("listen = {bad}"),
+                1,
+            );
+            match NodeConfig::parse(&text, Path::new("/base")) {
+                Err(ConfigError::Parse { message, .. }) => {
+                    assert!(message.contains("listen"), "{bad}: {message}")
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        let cfg = NodeConfig::parse(EXAMPLE, Path::new("/base")).unwrap();
+        assert_eq!(cfg.metrics.listen, None, "off unless asked for");
+        assert_eq!(cfg.stall_timeout(), Duration::from_millis(900));
     }
 
     #[test]

@@ -606,9 +606,7 @@ pub async fn exchange(
     match smol::future::or(run, timeout).await {
         Ok(()) => true,
         Err(HelloError::Refused) => {
-            stats
-                .refused
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            stats.refuse(crate::transport::Refusal::Incarnation);
             conn.close(quinn::VarInt::from_u32(ERR_INCARNATION), b"incarnation");
             false
         }

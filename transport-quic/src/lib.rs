@@ -84,6 +84,8 @@
 //!   on the public handle alone;
 //! - [`client`]: the KV client library (follows the leader, exactly-once writes,
 //!   linearizable reads);
+//! - [`metrics`]: the node's figures in Prometheus form over HTTP (`[metrics] listen`);
+//! - [`stall`]: the watchdog that makes a node whose disk hangs step down;
 //! - [`config`]: the node's configuration file (`node.toml`).
 //!
 //! The `coracle` command (`src/main.rs`) ties them together: `coracle certs`, `coracle
@@ -97,8 +99,10 @@ pub mod config;
 pub mod hello;
 pub mod host;
 pub mod kv;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
+pub mod stall;
 pub mod storage;
 pub mod stray;
 pub mod tls;

@@ -108,6 +108,22 @@ impl RunningNode {
         self.host.stats()
     }
 
+    /// Where the metrics are served ([`Host::metrics_addr`]).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.host.metrics_addr()
+    }
+
+    /// The metrics as OpenMetrics text ([`Host::metrics_text`]).
+    pub fn metrics_text(&self) -> Option<String> {
+        self.host.metrics_text()
+    }
+
+    /// Fault injection: the node's disk hangs until the guard is dropped
+    /// ([`Host::hold_flushes`]).
+    pub fn hold_flushes(&self) -> crate::stall::FlushHold {
+        self.host.hold_flushes()
+    }
+
     /// True once the node has stopped (after an error, or a shutdown).
     pub fn is_finished(&self) -> bool {
         self.host.is_finished()

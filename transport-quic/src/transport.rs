@@ -109,8 +109,19 @@ struct StreamVerdict {
 pub struct TransportStats {
     /// Connections this node refused at the handshake (no certificate, another CA, wrong
     /// ALPN, an unusable identity...) or at the [hello](crate::hello) (no version in
-    /// common, another incarnation of a known member); each is logged with its reason.
+    /// common, another incarnation of a known member); each is logged with its reason, and
+    /// counted by reason below (a refusal for versions is counted here only).
     pub refused: AtomicU64,
+    /// Of `refused`: the TLS handshake failed on this side (no certificate, another CA,
+    /// wrong ALPN).
+    pub refused_tls: AtomicU64,
+    /// Of `refused`: a valid certificate with no usable coracle identity (none, or this
+    /// node's own id).
+    pub refused_identity: AtomicU64,
+    /// Of `refused`: a member that came back with another data directory ([`crate::hello`]).
+    pub refused_incarnation: AtomicU64,
+    /// Connections to a peer established after an earlier one to it ended or was replaced.
+    pub reconnects: AtomicU64,
     /// Handshakes the other side gave up: it went silent (timed out), closed, or refused
     /// this node's certificate. Not refusals of this node's.
     pub handshakes_abandoned: AtomicU64,
@@ -137,10 +148,27 @@ impl TransportStats {
     pub(crate) fn inc(counter: &AtomicU64) -> u64 {
         counter.fetch_add(1, Ordering::Relaxed) + 1
     }
+    /// Counts a refused connection, in the total and under its reason.
+    pub(crate) fn refuse(&self, reason: Refusal) {
+        Self::inc(&self.refused);
+        Self::inc(match reason {
+            Refusal::Tls => &self.refused_tls,
+            Refusal::Identity => &self.refused_identity,
+            Refusal::Incarnation => &self.refused_incarnation,
+        });
+    }
     /// A counter's value.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
+}
+
+/// Why a connection was refused ([`TransportStats::refuse`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    Tls,
+    Identity,
+    Incarnation,
 }
 
 /// Settings of the transport.
@@ -319,6 +347,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Link {
     peer: NodeId,
     conn: Mutex<Option<quinn::Connection>>,
+    /// A connection to the peer was installed before (the next one is a reconnect).
+    connected_before: std::sync::atomic::AtomicBool,
 }
 
 impl Link {
@@ -518,6 +548,7 @@ impl Transport {
         let link = Arc::new(Link {
             peer,
             conn: Mutex::new(None),
+            connected_before: std::sync::atomic::AtomicBool::new(false),
         });
         let (main, main_rx) = channel::bounded(self.settings.queue);
         let (bulk, bulk_rx) = channel::bounded(64);
@@ -544,6 +575,9 @@ impl Transport {
             }
         }
         TransportStats::inc(&self.stats.connections);
+        if link.connected_before.swap(true, Ordering::Relaxed) {
+            TransportStats::inc(&self.stats.reconnects);
+        }
         info!(node = self.id, peer, remote = %conn.remote_address(), "connected");
         smol::spawn(read_datagrams(self.clone(), peer, conn.clone())).detach();
         smol::spawn(accept_streams(self.clone(), peer, conn.clone())).detach();
@@ -674,7 +708,7 @@ async fn accept_loop(t: Arc<Transport>, on_client: ClientHandler) {
                 Err(e) => {
                     match HandshakeFailure::of(&e) {
                         HandshakeFailure::Refused => {
-                            TransportStats::inc(&t.stats.refused);
+                            t.stats.refuse(Refusal::Tls);
                             warn!(node = t.id, %remote, reason = %e, "refused connection");
                         }
                         HandshakeFailure::RefusedByPeer => {
@@ -702,7 +736,7 @@ async fn accept_loop(t: Arc<Transport>, on_client: ClientHandler) {
                     on_client(conn, id)
                 }
                 other => {
-                    TransportStats::inc(&t.stats.refused);
+                    t.stats.refuse(Refusal::Identity);
                     let reason = match other {
                         Some(Identity::Node(_)) => "its certificate names this node's own id",
                         _ => "its certificate carries no coracle identity",

@@ -5,7 +5,8 @@ use coracle::{
     AppendEntries, Config, Entries, Message, NodeId, RequestVote, RequestVoteResponse, Role,
 };
 
-fn vote(term: u64, pre_vote: bool) -> Message<'static> {
+/// A RequestVote (or pre-vote) of `term` from a candidate with an empty log.
+pub(crate) fn vote(term: u64, pre_vote: bool) -> Message<'static> {
     Message::RequestVote(RequestVote {
         term,
         last_log_index: 0,

@@ -13,4 +13,5 @@ mod proposals;
 mod read;
 mod replication;
 mod snapshot;
+mod storage_stall;
 mod transfer;

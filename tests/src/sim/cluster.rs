@@ -275,6 +275,12 @@ struct Host {
     disk_free_at: Time,
     /// The disk flushes slowly until then (`slow-disk`).
     slow_until: Time,
+    /// The disk returns no flush until then (`hung-disk`).
+    hung_until: Time,
+    /// Flushes queued and not yet returned, and when the one running began (the
+    /// watchdog's view, `hung-disk`).
+    flushes_queued: u64,
+    flush_began: Option<Time>,
     /// The next flush fails (`disk-fail`).
     fail_next_flush: bool,
     /// A write failed in this incarnation and the node was told: the host stops its state
@@ -309,6 +315,8 @@ enum Input {
     Step(NodeId, OwnedMessage),
     Persisted(SyncToken),
     PersistFailed,
+    /// The host's watchdog: a flush has run too long (`true`), or returned (`false`).
+    StorageStalled(bool),
     Fetched(Option<Vec<DiskEntry>>),
     Request(Request),
     Propose(Vec<u8>),
@@ -442,6 +450,9 @@ impl Cluster {
                 snapshot_needed: false,
                 disk_free_at: 0,
                 slow_until: 0,
+                hung_until: 0,
+                flushes_queued: 0,
+                flush_began: None,
                 fail_next_flush: false,
                 storage_failed: false,
             })
@@ -968,6 +979,9 @@ impl Cluster {
                 let period = h.tick_period;
                 note!(self, "tick n{}", h.id);
                 self.node_input(node, Input::Tick);
+                if self.options.faults.hung_disk {
+                    self.watch_flush(node);
+                }
                 let h = &self.hosts[node];
                 if (self.options.faults.snapshot || h.snapshot_needed)
                     && h.kv.applied() >= h.snapshot_due
@@ -1168,6 +1182,7 @@ impl Cluster {
                     self.storage_violation(node.id(), "a failed write is not reported".into());
                 }
             }
+            Input::StorageStalled(stalled) => node.set_storage_stalled(stalled),
             Input::Fetched(Some(entries)) => node.fetched(entries.iter().map(DiskEntry::as_entry)),
             Input::Fetched(None) => node.fetch_failed(),
             Input::Request(request) => self.serve(i, &mut node, request),
@@ -1722,7 +1737,13 @@ impl Cluster {
     fn flush_later(&mut self, i: usize, token: SyncToken) {
         let at = (self.now + self.disk_latency(i)).max(self.hosts[i].disk_free_at);
         let h = &mut self.hosts[i];
+        // A hung disk returns nothing until it answers again.
+        let at = at.max(h.hung_until);
         h.disk_free_at = at;
+        if h.flushes_queued == 0 {
+            h.flush_began = Some(self.now);
+        }
+        h.flushes_queued += 1;
         let incarnation = h.incarnation;
         self.schedule(
             at,
@@ -1739,6 +1760,39 @@ impl Cluster {
                 token,
             };
             self.schedule(self.now, ack);
+        }
+    }
+
+    /// The watchdog of node `i`'s host: a flush returned (the next queued one runs from now
+    /// on); a node told its storage stalled is told it answers again.
+    fn flush_returned(&mut self, i: usize) {
+        let h = &mut self.hosts[i];
+        h.flushes_queued = h.flushes_queued.saturating_sub(1);
+        h.flush_began = (h.flushes_queued > 0).then_some(self.now);
+        if h.node.as_ref().is_some_and(|n| n.storage_stalled()) {
+            note!(self, "n{}'s disk answers again", i + 1);
+            self.node_input(i, Input::StorageStalled(false));
+        }
+    }
+
+    /// The watchdog of node `i`'s host, at a tick: a flush running for three election
+    /// timeouts is a stall, which the node is told of.
+    fn watch_flush(&mut self, i: usize) {
+        let h = &self.hosts[i];
+        let Some(node) = h.node.as_ref() else { return };
+        let limit = 3 * node.config().election_ticks as Time * TICK;
+        if !node.storage_stalled() && h.flush_began.is_some_and(|b| self.now - b >= limit) {
+            self.stats.stalls_reported += 1;
+            if node.role() == Role::Leader {
+                self.stats.stalled_leaders += 1;
+            }
+            note!(
+                self,
+                "n{}'s flush has run {} ticks: STORAGE STALLED",
+                i + 1,
+                limit / TICK
+            );
+            self.node_input(i, Input::StorageStalled(true));
         }
     }
 
@@ -1826,6 +1880,7 @@ impl Cluster {
         }
         h.disk.flush_through(token);
         note!(self, "n{} flushed batches through {}", i + 1, token.0);
+        self.flush_returned(i);
         let ack = Event::Persisted {
             node: i,
             incarnation,
@@ -2216,6 +2271,8 @@ impl Cluster {
                 h.tick_epoch += 1;
                 h.paused_since = None;
                 h.disk_free_at = self.now;
+                h.flushes_queued = 0;
+                h.flush_began = None;
                 h.storage_failed = false;
                 let (epoch, period) = (h.tick_epoch, h.tick_period);
                 self.oracles.restarted(id, applied, applied);
@@ -2400,6 +2457,7 @@ impl Cluster {
         for i in 0..self.hosts.len() {
             let h = &mut self.hosts[i];
             h.slow_until = 0;
+            h.hung_until = 0;
             h.fail_next_flush = false;
             if h.storage_failed {
                 self.crash_node(i);
@@ -2422,7 +2480,7 @@ impl Cluster {
         let f = self.options.faults;
         let n = self.hosts.len();
         let healed = self.network.is_healed();
-        let actions: [(bool, u64); 10] = [
+        let actions: [(bool, u64); 11] = [
             (!healed, 4),               // heal
             (f.partition && n > 1, 2),  // partition
             (f.asymmetric && n > 1, 1), // one-way cuts
@@ -2433,6 +2491,7 @@ impl Cluster {
             (f.drop || f.duplicate, 1), // loss and duplication rates
             (f.slow_disk, 2),           // a disk flushes slowly for a while
             (f.disk_fail, 1),           // a disk fails its next flush
+            (f.hung_disk, 2),           // a disk hangs for a while
         ];
         let total: u64 = actions.iter().filter(|a| a.0).map(|a| a.1).sum();
         if total > 0 {
@@ -2542,6 +2601,17 @@ impl Cluster {
                 let i = self.rng_fault.index(n);
                 self.hosts[i].fail_next_flush = true;
                 note!(self, "DISK FAULT on n{}: its next flush fails", i + 1);
+            }
+            10 => {
+                let i = self.rng_fault.index(n);
+                let ticks = self.rng_fault.range(30, 300);
+                self.hosts[i].hung_until = self.now + ticks * TICK;
+                self.stats.hung_disks += 1;
+                note!(
+                    self,
+                    "HUNG DISK on n{}: no flush returns for {ticks} ticks",
+                    i + 1
+                );
             }
             _ => {
                 let f = self.options.faults;

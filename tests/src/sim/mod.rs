@@ -39,6 +39,10 @@
 //! - `slow-reads`: fetches and snapshot chunk reads complete late (a long tail, so chunks
 //!   leave out of order) and some fail (`Node::fetch_failed`; a chunk not sent).
 //! - `lose-tail` (not in `all`): a restart finds fewer entries than the node acknowledged.
+//! - `hung-disk` (not in `all`): a host's flushes do not return for 30 to 300 ms; its
+//!   watchdog tells the node (`Node::set_storage_stalled`) once a flush has run for three
+//!   election timeouts, and again when it returns, so a leader with a hung disk steps down
+//!   and the others go on.
 //!
 //! The pieces:
 //! - [`MemoryLog`] and [`Disk`]: the node's memory and the host's durable store, with the
@@ -129,6 +133,10 @@ pub struct Faults {
     /// node's disk also holds are lost (when the others are a majority), so safety must
     /// still hold and every oracle still runs.
     pub lose_tail: bool,
+    /// A host's disk hangs for a while (no flush returns); the host's watchdog tells the
+    /// node once a flush has run for three election timeouts (`Node::set_storage_stalled`),
+    /// and again when it returns. Not part of `all` (it would change every seed's run).
+    pub hung_disk: bool,
 }
 
 impl Faults {
@@ -152,6 +160,7 @@ impl Faults {
         transfer: true,
         snapshot: true,
         lose_tail: false,
+        hung_disk: false,
     };
 
     /// No fault at all: a perfect network with fixed latency.
@@ -174,9 +183,10 @@ impl Faults {
         transfer: false,
         snapshot: false,
         lose_tail: false,
+        hung_disk: false,
     };
 
-    const NAMES: [&'static str; 18] = [
+    const NAMES: [&'static str; 19] = [
         "drop",
         "dup",
         "reorder",
@@ -195,9 +205,10 @@ impl Faults {
         "transfer",
         "snapshot",
         "lose-tail",
+        "hung-disk",
     ];
 
-    fn flags(&self) -> [bool; 18] {
+    fn flags(&self) -> [bool; 19] {
         [
             self.drop,
             self.duplicate,
@@ -217,6 +228,7 @@ impl Faults {
             self.transfer,
             self.snapshot,
             self.lose_tail,
+            self.hung_disk,
         ]
     }
 
@@ -239,14 +251,15 @@ impl Faults {
             14 => &mut self.membership,
             15 => &mut self.transfer,
             16 => &mut self.snapshot,
-            _ => &mut self.lose_tail,
+            17 => &mut self.lose_tail,
+            _ => &mut self.hung_disk,
         }
     }
 
     /// Parses a comma-separated list of fault classes: `all`, `none`, or any of `drop`,
     /// `dup`, `reorder`, `delay`, `partition`, `asym`, `partial`, `crash`, `torn`,
     /// `slow-disk`, `disk-fail`, `slow-reads`, `pause`, `skew`, `membership`, `transfer`,
-    /// `snapshot`, `lose-tail` (not part of `all`); a class prefixed with `-` is removed
+    /// `snapshot`, `lose-tail` and `hung-disk` (not part of `all`); a class prefixed with `-` is removed
     /// (`all,-pause`).
     pub fn parse(s: &str) -> Result<Faults, String> {
         let mut faults = Faults::NONE;
@@ -524,6 +537,12 @@ pub struct Stats {
     pub write_failures: u64,
     /// Episodes of a slow disk.
     pub slow_disks: u64,
+    /// Episodes of a hung disk (`hung-disk`).
+    pub hung_disks: u64,
+    /// Times a host's watchdog told its node the storage stalled.
+    pub stalls_reported: u64,
+    /// Of those, times the node was leading (it steps down).
+    pub stalled_leaders: u64,
     /// Acknowledgements that reached a node well after their flush.
     pub late_acks: u64,
     /// Restarts that found the log shorter than what the node had reported durable

@@ -26,6 +26,8 @@ use super::handle::{
 use super::{Handle, SnapshotSource, StateMachine};
 use crate::certs::Identity;
 use crate::config::{ConfigError, NodeConfig};
+use crate::metrics::{Metrics, ProposalOutcome, ReadOutcome};
+use crate::stall::{FlushGate, FlushHold, StallWatch};
 use crate::storage::{
     FileLog, FileLogError, FlushDone, FlushJob, Incarnations, LogReader, SnapshotFile,
     SnapshotWriter,
@@ -39,6 +41,7 @@ use coracle::{
     CachedLog, EntryKind, Index, InstallSnapshot, LogStorage, MembershipChange, Message, NodeId,
     Output, OwnedEntry, Role, SnapshotMeta, SyncToken, Term,
 };
+use prometheus_client::registry::Registry;
 use smol::channel::{self, Receiver, Sender};
 use smol::future::FutureExt;
 use std::collections::{BTreeMap, HashMap};
@@ -130,6 +133,8 @@ pub enum NodeError {
         /// What is wrong with it.
         source: entry::EntryError,
     },
+    /// The metrics endpoint cannot be bound (`[metrics] listen`).
+    Metrics(crate::metrics::BindError),
     /// The node's event loop panicked (a bug).
     Panicked,
 }
@@ -159,6 +164,7 @@ impl fmt::Display for NodeError {
             NodeError::Entry { index, source } => {
                 write!(f, "entry {index} of the log: {source}; node stopped")
             }
+            NodeError::Metrics(e) => write!(f, "{e}"),
             NodeError::Panicked => f.write_str("the node's event loop panicked"),
         }
     }
@@ -178,6 +184,10 @@ pub struct Host<S: StateMachine> {
     handle: Handle<S>,
     local_addr: SocketAddr,
     transport: Arc<Transport>,
+    /// The metrics endpoint's address, its registry and its task (dropped with the node).
+    metrics: Option<(SocketAddr, Arc<Registry>, smol::Task<()>)>,
+    /// Holds the fsync thread ([`Host::hold_flushes`]).
+    flush_gate: FlushGate,
 }
 
 impl<S: StateMachine> fmt::Debug for Host<S> {
@@ -217,6 +227,13 @@ impl<S: StateMachine> Host<S> {
                 })
             }
         }
+        // Bound first: a node whose metrics address is taken does not start at all.
+        let endpoint = cfg
+            .metrics
+            .listen
+            .map(crate::metrics::Endpoint::bind)
+            .transpose()
+            .map_err(NodeError::Metrics)?;
         let log = open_log(cfg)?;
         let incarnations =
             Arc::new(Incarnations::open(&cfg.data_dir).map_err(|e| durable_state(cfg, e))?);
@@ -275,6 +292,22 @@ impl<S: StateMachine> Host<S> {
             },
         })?;
         let _ = handle.stats.set(transport.stats().clone());
+        let (metrics, metrics_server) = match endpoint {
+            Some(endpoint) => {
+                let (metrics, registry) = Metrics::new(cfg.id, transport.stats().clone());
+                let addr = endpoint.local_addr().map_err(|source| {
+                    NodeError::Metrics(crate::metrics::BindError {
+                        addr: cfg.metrics.listen.unwrap_or(cfg.listen),
+                        source,
+                    })
+                })?;
+                info!(node = cfg.id, %addr, "serving metrics at http://{addr}/metrics");
+                let registry = Arc::new(registry);
+                let task = endpoint.serve(registry.clone());
+                (metrics, Some((addr, registry, task)))
+            }
+            None => (Metrics::disabled(), None),
+        };
         let local_addr = transport.local_addr().map_err(|source| NodeError::Bind {
             addr: cfg.listen,
             source,
@@ -318,6 +351,7 @@ impl<S: StateMachine> Host<S> {
                 wanted: false,
                 stepping: false,
                 writing: None,
+                began: None,
                 written: written_tx,
             },
             log,
@@ -329,10 +363,14 @@ impl<S: StateMachine> Host<S> {
             entry: Vec::new(),
             handover_limit: Duration::from_millis(cfg.raft.election_timeout_ms),
             watch: Watchers::default(),
+            metrics,
+            stall: StallWatch::new(cfg.stall_timeout()),
         };
         info!(node = cfg.id, addr = %local_addr, data = %cfg.data_dir.display(), voters = ?voters, "node started");
         let (durable_tx, durable_rx) = channel::bounded(1);
-        let fsync = spawn_fsync_thread(cfg.id, durable_tx).map_err(NodeError::Thread)?;
+        let flush_gate = FlushGate::default();
+        let fsync = spawn_fsync_thread(cfg.id, durable_tx, flush_gate.clone())
+            .map_err(NodeError::Thread)?;
         let run = Box::pin(runtime.run(
             node,
             Wakers {
@@ -356,7 +394,36 @@ impl<S: StateMachine> Host<S> {
             handle,
             local_addr,
             transport,
+            metrics: metrics_server,
+            flush_gate,
         })
+    }
+
+    /// Where the metrics are served (`[metrics] listen`, with the port bound if it was 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(addr, ..)| *addr)
+    }
+
+    /// The figures the metrics endpoint serves, as the same OpenMetrics text, for a host
+    /// that exports them its own way (`None` without `[metrics]`).
+    pub fn metrics_text(&self) -> Option<String> {
+        self.metrics
+            .as_ref()
+            .map(|(_, registry, _)| crate::metrics::encode(registry))
+    }
+
+    /// Fault injection (tests, drills): the node's disk hangs. Its fsync thread runs no
+    /// flush (the one running finishes) until the returned guard is dropped, so after
+    /// `storage.stall_timeout_ms` the node steps down and stays out of elections; it comes
+    /// back once the guard is dropped. Nothing is lost: the writes wait in memory. Drop the
+    /// guard before shutting the node down: a shutdown waits for the running flush, as it
+    /// would for a real disk that hangs.
+    pub fn hold_flushes(&self) -> FlushHold {
+        warn!(
+            node = self.id,
+            "fault injection: the log's flushes are held"
+        );
+        self.flush_gate.hold()
     }
 
     /// A handle on the node: propose, read, change the membership, watch.
@@ -501,6 +568,10 @@ struct Runtime<S: StateMachine> {
     /// timeout: then the others elect a leader by themselves anyway).
     handover_limit: Duration,
     watch: Watchers,
+    /// The figures of `[metrics]` (recording nothing without it).
+    metrics: Metrics,
+    /// The watchdog on the running flush (a disk that hangs).
+    stall: StallWatch,
 }
 
 /// When the host snapshots its state machine (`[storage]` of `node.toml`).
@@ -519,6 +590,8 @@ struct Snapshots {
     stepping: bool,
     /// The snapshot whose file a thread is writing (one at a time).
     writing: Option<Index>,
+    /// When the snapshot being built or sealed began.
+    began: Option<Instant>,
     /// Where that thread reports.
     written: Sender<SnapshotWritten>,
 }
@@ -593,7 +666,9 @@ fn config_members(data: &[u8]) -> Vec<NodeId> {
 
 /// What a snapshot thread reports: the index of the snapshot sealed in its file, or why
 /// not.
-type SnapshotWritten = Result<Index, FileLogError>;
+/// What a snapshot thread reports: the index and size (bytes) of the snapshot sealed in its
+/// file, or why not.
+type SnapshotWritten = Result<(Index, u64), FileLogError>;
 
 /// What the read thread reports for a fetch.
 type Fetched = Result<Vec<OwnedEntry>, FileLogError>;
@@ -624,12 +699,14 @@ struct Wakers<S: StateMachine> {
 fn spawn_fsync_thread(
     id: NodeId,
     done: Sender<FlushDone>,
+    gate: FlushGate,
 ) -> std::io::Result<std::sync::mpsc::Sender<FlushJob>> {
     let (tx, rx) = std::sync::mpsc::channel::<FlushJob>();
     std::thread::Builder::new()
         .name(format!("coracle-fsync-{id}"))
         .spawn(move || {
             while let Ok(job) = rx.recv() {
+                gate.pass();
                 if done.send_blocking(job.run()).is_err() {
                     return;
                 }
@@ -792,7 +869,10 @@ fn spawn_snapshot_writer<V: SnapshotSource>(
             let written = std::io::Write::write_all(&mut writer, &head)
                 .and_then(|()| view.write_to(&mut writer));
             let result = match written {
-                Ok(()) => FileLog::finish_snapshot(writer).map(|()| index),
+                Ok(()) => {
+                    let bytes = writer.size();
+                    FileLog::finish_snapshot(writer).map(|()| (index, bytes))
+                }
                 Err(e) => Err(FileLogError::BadSnapshot(format!(
                     "cannot write the snapshot at index {index}: {e}"
                 ))),
@@ -852,7 +932,11 @@ impl<S: StateMachine> Runtime<S> {
         while !shutdown {
             let wait = node.ticks_until_deadline().clamp(1, 1000);
             let building = self.snapshots.stepping;
-            let deadline = start + Duration::from_nanos(tick_nanos.saturating_mul(ticks + wait));
+            let mut deadline =
+                start + Duration::from_nanos(tick_nanos.saturating_mul(ticks + wait));
+            if let Some(stall) = self.stall.deadline(&node) {
+                deadline = deadline.min(stall);
+            }
             if armed.is_none_or(|a| deadline < a) {
                 timer.set_at(deadline);
                 armed = Some(deadline);
@@ -932,6 +1016,9 @@ impl<S: StateMachine> Runtime<S> {
                     }
                     Wake::Durable(done) => {
                         let token = self.syncing.take();
+                        if let Some(took) = self.stall.ended(&mut node) {
+                            self.metrics.flush_ended(took);
+                        }
                         if let Err(e) = self.log.end_flush(*done) {
                             node.persist_failed();
                             error!(node = self.id, error = %e, "log sync failed; stopping");
@@ -965,12 +1052,14 @@ impl<S: StateMachine> Runtime<S> {
                     Wake::Yielded => {}
                 }
             }
+            self.stall.check(&mut node);
             // One drain for everything that arrived together: the core computes its
             // outputs when they are polled, so draining once per batch rather than once
             // per input loses nothing, and the writes of the batch share one fsync.
             if let Err(e) = self.settle(&mut node, &fsync) {
                 return Err(self.stop_on_error(e, &calls).await);
             }
+            self.metrics.observe(&node, &self.log, false);
             if !self.watch.to.is_empty() {
                 self.publish(&node);
             }
@@ -1107,6 +1196,8 @@ impl<S: StateMachine> Runtime<S> {
                                 NodeError::Sync(std::io::Error::other("the fsync thread is gone"))
                             })?;
                             self.syncing = Some(token);
+                            self.stall.began();
+                            self.metrics.flush_began();
                         }
                         None => {
                             node.persisted(token);
@@ -1132,7 +1223,9 @@ impl<S: StateMachine> Runtime<S> {
         while let Some(out) = node.poll_output() {
             match out {
                 Output::Persist(batch) => {
-                    self.log.persist(&batch.batch());
+                    let writes = batch.batch();
+                    self.log.persist(&writes);
+                    self.metrics.batch_queued(writes.entries.len());
                     self.want_sync = Some(batch.token);
                 }
                 Output::Fetch { from, to } => {
@@ -1166,7 +1259,12 @@ impl<S: StateMachine> Runtime<S> {
                 Output::Apply(entry) => {
                     let (index, term) = (entry.index, entry.term);
                     let applied = match entry.kind {
-                        EntryKind::Command => self.apply_command(index, entry.data)?,
+                        EntryKind::Command => {
+                            let started = self.metrics.apply_started();
+                            let applied = self.apply_command(index, entry.data)?;
+                            self.metrics.applied(started);
+                            applied
+                        }
                         EntryKind::Membership => {
                             membership = true;
                             applied_config = Some((index, config_members(entry.data)));
@@ -1183,24 +1281,30 @@ impl<S: StateMachine> Runtime<S> {
                 }
                 Output::ReadReady { id, .. } => {
                     if let Some(run) = self.reads.remove(&id) {
+                        self.metrics.read(ReadOutcome::Served);
                         run(Ok(&self.sm));
                     }
                 }
                 Output::ReadFailed { id } => {
                     if let Some(run) = self.reads.remove(&id) {
+                        self.metrics.read(ReadOutcome::Failed);
                         run(Err(ReadError::NotConfirmed));
                     }
                 }
                 Output::StateChanged(s) => {
                     info!(node = self.id, role = ?s.role, term = s.term, leader = ?s.leader, "state changed");
                     if s.role != Role::Leader {
+                        let mut lost = 0;
                         for (_, (_, pending)) in self.writes.drain() {
+                            lost += matches!(pending, Pending::Command(_)) as usize;
                             pending.unknown("leadership changed; retry");
                         }
+                        self.metrics.proposals(ProposalOutcome::Lost, lost);
                     }
                 }
                 Output::RestoreSnapshot { index, .. } => {
                     self.restore_snapshot(index)?;
+                    self.metrics.snapshot_restored();
                     membership = true;
                     let config = node
                         .log()
@@ -1305,6 +1409,7 @@ impl<S: StateMachine> Runtime<S> {
         spawn_snapshot_writer(self.id, writer, head, view, self.snapshots.written.clone())
             .map_err(|e| NodeError::Snapshot(format!("cannot start the snapshot thread: {e}")))?;
         self.snapshots.writing = Some(index);
+        self.snapshots.began = Some(Instant::now());
         self.snapshots.stepping = self.sm.snapshot_step();
         Ok(())
     }
@@ -1320,13 +1425,23 @@ impl<S: StateMachine> Runtime<S> {
     ) -> Result<(), NodeError> {
         self.snapshots.writing = None;
         self.snapshots.stepping = false;
-        let index = match result {
-            Ok(index) => index,
+        let began = self.snapshots.began.take();
+        let (index, bytes) = match result {
+            Ok(saved) => saved,
             Err(e) => return self.snapshot_failed(node.applied_index(), e),
         };
         match node.snapshot_taken(index) {
             Ok(meta) => {
-                info!(node = self.id, index, term = meta.term, "snapshot saved");
+                info!(
+                    node = self.id,
+                    index,
+                    term = meta.term,
+                    bytes,
+                    "snapshot saved"
+                );
+                if let Some(began) = began {
+                    self.metrics.snapshot_saved(bytes, began.elapsed());
+                }
                 self.snapshots.last = self.snapshots.last.max(index);
                 self.snapshots.wanted = false;
             }
@@ -1457,6 +1572,13 @@ impl<S: StateMachine> Runtime<S> {
         let Some((pterm, pending)) = self.writes.remove(&index) else {
             return;
         };
+        if matches!(pending, Pending::Command(_)) {
+            let outcome = match pterm == term {
+                true => ProposalOutcome::Committed,
+                false => ProposalOutcome::Lost,
+            };
+            self.metrics.proposals(outcome, 1);
+        }
         if pterm != term {
             pending.unknown("the write was lost to a new leader; retry");
             return;
@@ -1486,7 +1608,10 @@ impl<S: StateMachine> Runtime<S> {
             Op::Read {
                 mode: ReadMode::Stale,
                 run,
-            } => run(Ok(&self.sm)),
+            } => {
+                self.metrics.read(ReadOutcome::Stale);
+                run(Ok(&self.sm))
+            }
             Op::Read { mode, run } => {
                 let mode = match mode {
                     ReadMode::Lease => coracle::ReadMode::Lease,
@@ -1498,8 +1623,13 @@ impl<S: StateMachine> Runtime<S> {
                     Ok(()) => {
                         self.reads.insert(id, run);
                     }
-                    Err(coracle::ReadError::NoLeader) => run(Err(ReadError::NoLeader)),
-                    Err(coracle::ReadError::Busy) => run(Err(ReadError::Busy)),
+                    Err(e) => {
+                        self.metrics.read(ReadOutcome::Refused);
+                        run(Err(match e {
+                            coracle::ReadError::NoLeader => ReadError::NoLeader,
+                            coracle::ReadError::Busy => ReadError::Busy,
+                        }))
+                    }
                 }
             }
             Op::Change { change, done } => self.change(node, change, done),
@@ -1533,6 +1663,16 @@ impl<S: StateMachine> Runtime<S> {
 
     /// Proposes the entry in `self.entry` (a command with its kind byte, or a record).
     fn propose(&mut self, node: &mut CoreNode, pending: Pending<S>) {
+        let command = matches!(pending, Pending::Command(_));
+        let outcome = self.try_propose(node, pending);
+        if command {
+            self.metrics.proposals(outcome, 1);
+        }
+    }
+
+    /// Proposes the entry built in `self.entry`, or answers `pending` why not; returns the
+    /// outcome for the metrics.
+    fn try_propose(&mut self, node: &mut CoreNode, pending: Pending<S>) -> ProposalOutcome {
         if node.role() == Role::Leader {
             if let Err(e) = self.log.check_room(EntryKind::Command, self.entry.len()) {
                 // A snapshot compacts the log: room soon.
@@ -1544,13 +1684,13 @@ impl<S: StateMachine> Runtime<S> {
                     pending,
                     ProposeError::Busy("the log is full; compacting; retry".into()),
                 );
-                return;
+                return ProposalOutcome::Busy;
             }
         }
         let error = match node.propose(&self.entry) {
             Ok(p) => {
                 self.writes.insert(p.index, (p.term, pending));
-                return;
+                return ProposalOutcome::Accepted;
             }
             Err(coracle::ProposeError::NotLeader { leader }) => {
                 let (leader, address) = self.leader_address(leader);
@@ -1570,7 +1710,13 @@ impl<S: StateMachine> Runtime<S> {
             }
             Err(e) => ProposeError::Busy(e.to_string()),
         };
+        let outcome = match error {
+            ProposeError::NotLeader { .. } => ProposalOutcome::NotLeader,
+            ProposeError::Busy(_) => ProposalOutcome::Busy,
+            _ => ProposalOutcome::Rejected,
+        };
         refuse(pending, error);
+        outcome
     }
 
     fn change(

@@ -2,6 +2,8 @@
 //! node configurations on free 127.0.0.1 ports.
 #![allow(dead_code, clippy::unwrap_used)] // test support code: panics are the failure report
 
+pub mod scrape;
+
 use coracle_quic::certs::{Ca, Identity};
 use coracle_quic::client::Client;
 use coracle_quic::config::NodeConfig;
