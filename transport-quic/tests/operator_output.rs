@@ -181,7 +181,7 @@ fn json_logs_and_a_watched_status_table() {
         assert!(fields.contains_key("message"), "no message: {line}");
         if fields["message"] == "log recovered" {
             assert_eq!(fields["node"], 1, "{line}");
-            assert_eq!(v["target"], "coracle_quic::server", "{line}");
+            assert_eq!(v["target"], "coracle_quic::host::runtime", "{line}");
             recovered = true;
         }
     }
