@@ -795,18 +795,23 @@ fn step_frame(node: &mut CoreNode, transport: &Transport, frame: &PeerFrame) {
 
 /// A leader asked to stop hands leadership over first, so a planned restart costs its
 /// clients a round of TimeoutNow and a vote rather than an election timeout: to the voter
-/// that is active and holds the most of the log (`matchIndex`; ties to the lowest id),
-/// waiting at most two election timeouts (the core gives the transfer up after one).
-/// Returns until when to wait, or `None` if there is nothing to wait for (this node does
-/// not lead, or leads alone).
-fn hand_over(node: &mut CoreNode, tick: Duration) -> Option<Instant> {
+/// it is connected to that is active and holds the most of the log (`matchIndex`; ties to
+/// the lowest id), waiting at most two election timeouts (the core gives the transfer up
+/// after one). Returns until when to wait, or `None` if there is nothing to wait for (this
+/// node does not lead, or no other voter is `connected`: the last node of a cluster being
+/// stopped exits at once).
+fn hand_over(
+    node: &mut CoreNode,
+    tick: Duration,
+    connected: impl Fn(NodeId) -> bool,
+) -> Option<Instant> {
     if node.role() != Role::Leader {
         return None;
     }
     let me = node.id();
     let target = node
         .members()
-        .filter(|m| m.voter && m.id != me)
+        .filter(|m| m.voter && m.id != me && connected(m.id))
         .filter_map(|m| node.progress(m.id).map(|p| (m.id, p)))
         .max_by_key(|&(id, p)| (p.recent_active, p.match_index, std::cmp::Reverse(id)))?
         .0;
@@ -957,7 +962,8 @@ impl Host {
                         node.fetch_failed();
                     }
                     Wake::Call(Call::Shutdown) if handover.is_none() => {
-                        handover = hand_over(&mut node, self.tick);
+                        let transport = &self.transport;
+                        handover = hand_over(&mut node, self.tick, |id| transport.connected(id));
                         shutdown = handover.is_none();
                     }
                     Wake::Call(Call::Shutdown) => {}
