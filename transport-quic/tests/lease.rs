@@ -1,0 +1,172 @@
+//! The lease example (`examples/lease.rs`) on 3 nodes over QUIC on 127.0.0.1, in this
+//! process: 3 campaigners; the holder dies (its renewals stop), then the next holder dies
+//! together with the Raft leader (cut off from its peers: no hand-over, a real election).
+//! Checked on the replicated history of every node: grants never overlap in lease time,
+//! fencing tokens strictly increase, every node holds the same history; and a new holder
+//! takes over within TTL + 2 election timeouts (with a 3x margin for a shared machine).
+#![allow(clippy::unwrap_used)] // a test: a panic is the failure report
+
+mod common;
+#[path = "../examples/lease.rs"]
+#[allow(dead_code)]
+mod lease;
+
+use common::{wait_for, TempDir};
+use coracle::Role;
+use lease::{campaign, cluster, holder, tick, Grant, Leases, TICK};
+use smol::block_on;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use coracle_quic::host::{Handle, Host, ReadMode};
+
+/// Lease time to live, in ticks of 50 ms: 500 ms.
+const TTL: u64 = 10;
+const ELECTION_MS: u64 = 200;
+const CONFIG: &str = "[raft]\nelection_timeout_ms = 200\nheartbeat_ms = 30\n[transport]\n\
+                      keep_alive_ms = 200\nidle_timeout_ms = 1000\nreconnect_max_ms = 300\n";
+const NAME: &str = "db-primary";
+
+/// TTL + 2 election timeouts: the takeover bound of the issue.
+fn bound() -> Duration {
+    TICK * TTL as u32 + Duration::from_millis(2 * ELECTION_MS)
+}
+
+/// Waits (up to 30 s, a liveness limit) for a holder of the lease other than `not`.
+fn next_holder(handles: &[Handle<Leases>], not: &str) -> Grant {
+    wait_for(Duration::from_secs(30), || {
+        holder(handles, NAME).filter(|g| g.holder != not)
+    })
+    .unwrap_or_else(|| panic!("no holder other than {not:?} within 30 s"))
+}
+
+/// The history every rule is checked on: one grant after the other, never overlapping in
+/// lease time (ticks the leader committed), with strictly increasing fencing tokens.
+fn check_history(grants: &[Grant]) {
+    for g in grants {
+        assert!(g.granted_at < g.expires, "an empty grant: {g:?}");
+    }
+    for w in grants.windows(2) {
+        assert!(
+            w[1].token > w[0].token,
+            "fencing tokens must strictly increase: {w:#?}"
+        );
+        assert!(
+            w[1].granted_at >= w[0].expires,
+            "two valid holders at once (grants overlap in lease time): {w:#?}"
+        );
+    }
+}
+
+#[test]
+fn one_holder_at_a_time_with_increasing_tokens_through_holder_and_leader_deaths() {
+    let dir = TempDir::new("lease");
+    let nodes: Vec<Host<Leases>> = cluster(&dir.0, CONFIG).unwrap();
+    // Short timeouts for the campaigners: a proposal stuck on a cut-off leader gives up.
+    let handles: Vec<Handle<Leases>> = nodes
+        .iter()
+        .map(|n| n.handle().with_timeout(Duration::from_secs(1)))
+        .collect();
+    handles.iter().cloned().for_each(tick);
+    let names = ["c1", "c2", "c3"];
+    let alive: Vec<Arc<AtomicBool>> = names
+        .iter()
+        .map(|me| campaign(&handles, NAME, me, TTL))
+        .collect();
+    let kill = |holder: &str| {
+        let i = names.iter().position(|n| *n == holder).unwrap();
+        alive[i].store(false, Relaxed);
+    };
+
+    // An observer reads the holder all along: what it sees never goes back.
+    let (observing, seen) = (
+        Arc::new(AtomicBool::new(true)),
+        Arc::new(Mutex::new(vec![])),
+    );
+    let observer = {
+        let (observing, seen, handles) = (observing.clone(), seen.clone(), handles.clone());
+        std::thread::spawn(move || {
+            while observing.load(Relaxed) {
+                if let Some(g) = holder(&handles, NAME) {
+                    seen.lock().unwrap().push(g.token);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+
+    let first = next_holder(&handles, "");
+
+    // The holder dies: the lease expires and another campaigner takes it.
+    kill(&first.holder);
+    let killed = Instant::now();
+    let second = next_holder(&handles, &first.holder);
+    let took = killed.elapsed();
+    assert!(second.token > first.token, "{first:?} then {second:?}");
+    assert!(took < 3 * bound(), "took {took:?} (bound {:?})", bound());
+
+    // The new holder and the Raft leader die together: the leader is cut off from its
+    // peers (to them it is dead; what it appends alone, its ticks too, never commits).
+    let leader = wait_for(Duration::from_secs(20), || {
+        handles
+            .iter()
+            .find(|h| block_on(h.status()).is_some_and(|s| s.role == Role::Leader))
+    })
+    .expect("a leader");
+    let others: Vec<u64> = handles
+        .iter()
+        .map(Handle::id)
+        .filter(|&id| id != leader.id())
+        .collect();
+    kill(&second.holder);
+    block_on(leader.isolate(others));
+    let killed = Instant::now();
+    let third = next_holder(&handles, &second.holder);
+    let took_after_leader = killed.elapsed();
+    assert!(third.token > second.token, "{second:?} then {third:?}");
+    assert!(
+        took_after_leader < 3 * bound(),
+        "took {took_after_leader:?} (bound {:?})",
+        bound()
+    );
+    println!(
+        "new holder {took:?} after the holder died, {took_after_leader:?} after the holder and \
+         the leader died (TTL + 2 election timeouts: {:?})",
+        bound()
+    );
+
+    // Every campaigner stops; the cut-off node comes back and catches up; every node
+    // holds the same history, which obeys the rules.
+    alive.iter().for_each(|a| a.store(false, Relaxed));
+    block_on(leader.isolate(vec![]));
+    std::thread::sleep(TICK * TTL as u32); // a campaign in flight lands
+    let histories: Vec<Vec<Grant>> = handles
+        .iter()
+        .map(|h| {
+            wait_for(Duration::from_secs(20), || {
+                block_on(h.read(ReadMode::ReadIndex, |l: &Leases| l.grants.clone())).ok()
+            })
+            .expect("a linearizable read on every node")
+        })
+        .collect();
+    assert!(
+        histories.iter().all(|h| *h == histories[0]),
+        "{histories:#?}"
+    );
+    let grants = &histories[0];
+    check_history(grants);
+    for g in [&first, &second, &third] {
+        assert!(grants
+            .iter()
+            .any(|h| h.token == g.token && h.holder == g.holder));
+    }
+
+    observing.store(false, Relaxed);
+    observer.join().unwrap();
+    let seen = seen.lock().unwrap();
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    for node in nodes {
+        node.shutdown().unwrap();
+    }
+}
