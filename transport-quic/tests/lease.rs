@@ -45,7 +45,10 @@ fn next_holder(handles: &[Handle<Leases>], not: &str) -> Grant {
 /// lease time (ticks the leader committed), with strictly increasing fencing tokens.
 fn check_history(grants: &[Grant]) {
     for g in grants {
-        assert!(g.granted_at < g.expires, "an empty grant: {g:?}");
+        assert!(
+            g.granted_at <= g.expires,
+            "a grant that ends before it begins: {g:?}"
+        );
     }
     for w in grants.windows(2) {
         assert!(
@@ -169,4 +172,68 @@ fn one_holder_at_a_time_with_increasing_tokens_through_holder_and_leader_deaths(
     for node in nodes {
         node.shutdown().unwrap();
     }
+}
+
+/// The checker itself: a history with two valid holders at once, or a token that does not
+/// grow, is refused.
+#[test]
+fn the_history_checker_refuses_overlaps_and_tokens_that_do_not_grow() {
+    let grant = |holder: &str, token, granted_at, expires| Grant {
+        name: NAME.into(),
+        holder: holder.into(),
+        token,
+        granted_at,
+        expires,
+    };
+    check_history(&[grant("a", 3, 0, 10), grant("b", 9, 10, 20)]);
+    for bad in [
+        [grant("a", 3, 0, 10), grant("b", 9, 9, 20)], // b granted while a still held it
+        [grant("a", 3, 0, 10), grant("b", 3, 10, 20)], // the same token twice
+    ] {
+        let refused = std::panic::catch_unwind(|| check_history(&bad));
+        assert!(refused.is_err(), "accepted {bad:?}");
+    }
+}
+
+/// Garbage commands change nothing on any replica (and stop no node); a snapshot restores
+/// the same state; a damaged snapshot is refused with an error.
+#[test]
+fn garbage_commands_and_snapshots_are_refused_without_a_change() {
+    use coracle_quic::host::{RestoreError, StateMachine};
+    use lease::Command;
+    let mut leases = Leases::default();
+    let bytes = |c: &Command| postcard::to_allocvec(c).unwrap();
+    let campaign = Command::Campaign(NAME.into(), "c1".into(), TTL);
+    let granted = leases.apply(7, &bytes(&campaign)).unwrap().unwrap();
+    assert_eq!((granted.token, granted.expires), (7, TTL));
+    for garbage in [
+        &b""[..],
+        b"\xff\xff\xff",
+        &[1, 200, 200, 200, 200, 200],
+        &[9],
+    ] {
+        assert_eq!(leases.apply(8, garbage).unwrap(), None, "{garbage:?}");
+    }
+    // A renewal with the wrong token, another holder's release: nothing changes.
+    let renew = Command::Renew(NAME.into(), "c1".into(), 6, 100);
+    let release = Command::Release(NAME.into(), "c2".into(), 7);
+    for c in [renew, release] {
+        assert_eq!(leases.apply(9, &bytes(&c)).unwrap(), Some(granted.clone()));
+    }
+    assert_eq!(leases.grants, vec![granted.clone()]);
+
+    let mut snapshot = leases.snapshot(9).unwrap();
+    let mut restored = Leases::default();
+    restored.restore(9, &mut snapshot.as_slice()).unwrap();
+    assert_eq!(
+        (restored.now, &restored.grants),
+        (leases.now, &leases.grants)
+    );
+    assert_eq!(restored.holder(NAME), Some(&granted));
+    snapshot.truncate(snapshot.len() / 2);
+    let damaged = restored.restore(9, &mut snapshot.as_slice());
+    assert!(
+        matches!(damaged, Err(RestoreError::Invalid(_))),
+        "{damaged:?}"
+    );
 }
