@@ -50,7 +50,7 @@ pub(crate) struct Leases {
 impl Leases {
     /// The valid grant of lease `name`, if any, at the current lease time.
     pub fn holder(&self, name: &str) -> Option<&Grant> {
-        let g = &self.grants[*self.current.get(name)?];
+        let g = self.grants.get(*self.current.get(name)?)?;
         (self.now < g.expires).then_some(g)
     }
 }
@@ -75,7 +75,7 @@ impl StateMachine for Leases {
         match (current, token) {
             (None, None) => {
                 self.current.insert(name.clone(), self.grants.len());
-                let (token, granted_at, expires) = (index, now, now + ttl);
+                let (token, granted_at, expires) = (index, now, now.saturating_add(ttl));
                 let g = Grant {
                     name: name.clone(),
                     holder,
@@ -86,7 +86,7 @@ impl StateMachine for Leases {
                 self.grants.push(g);
             }
             (Some((h, held)), Some(token)) if *h == holder && held == token => {
-                self.grants[self.current[&name]].expires = now + ttl;
+                self.grants[self.current[&name]].expires = now.saturating_add(ttl);
             }
             _ => {}
         }

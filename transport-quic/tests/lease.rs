@@ -236,4 +236,25 @@ fn garbage_commands_and_snapshots_are_refused_without_a_change() {
         matches!(damaged, Err(RestoreError::Invalid(_))),
         "{damaged:?}"
     );
+
+    // Lease time runs on committed ticks only; the holder's release frees the lease at
+    // once, and the next grant has a larger token.
+    assert_eq!(leases.apply(10, &bytes(&Command::Tick)).unwrap(), None);
+    assert_eq!(leases.now, 1);
+    let release = Command::Release(NAME.into(), "c1".into(), 7);
+    assert_eq!(leases.apply(11, &bytes(&release)).unwrap(), None);
+    let campaign = Command::Campaign(NAME.into(), "c2".into(), TTL);
+    let next = leases.apply(12, &bytes(&campaign)).unwrap().unwrap();
+    assert_eq!(
+        (next.holder.as_str(), next.token, next.granted_at),
+        ("c2", 12, 1)
+    );
+    check_history(&leases.grants);
+
+    // A client's TTL as large as it gets neither overflows nor stops the node.
+    let forever = Command::Campaign("other".into(), "c3".into(), u64::MAX);
+    let grant = leases.apply(13, &bytes(&forever)).unwrap().unwrap();
+    assert_eq!(grant.expires, u64::MAX);
+    let renew = Command::Renew("other".into(), "c3".into(), 13, u64::MAX);
+    assert_eq!(leases.apply(14, &bytes(&renew)).unwrap(), Some(grant));
 }
