@@ -130,8 +130,8 @@ pub(crate) fn tick(node: Handle<Leases>) {
     });
 }
 
-/// A process campaigning as `me` for lease `name` until the flag returned is cleared (its
-/// death: no release, no more renewals). Renews every third of `ttl` while it holds it.
+/// A process campaigning as `me` for lease `name` (every tick; once it holds it, it renews
+/// every third of `ttl`) until the flag returned is cleared: its death, with no release.
 pub(crate) fn campaign(nodes: &Nodes, name: &str, me: &str, ttl: u64) -> Arc<AtomicBool> {
     let (alive, nodes) = (Arc::new(AtomicBool::new(true)), nodes.to_vec());
     let (up, name, me) = (alive.clone(), name.to_owned(), me.to_owned());
@@ -147,7 +147,7 @@ pub(crate) fn campaign(nodes: &Nodes, name: &str, me: &str, ttl: u64) -> Arc<Ato
                 Ok(_) => held = None, // lost (expired before the renewal) or held by another
                 Err(_) => {}          // no leader now: retry (lease time stands still too)
             }
-            std::thread::sleep(TICK * (ttl / 3).max(1) as u32);
+            std::thread::sleep(TICK * held.map_or(1, |_| (ttl / 3).max(1)) as u32);
         }
     });
     alive
