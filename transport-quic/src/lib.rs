@@ -86,7 +86,9 @@
 //!   linearizable reads);
 //! - [`metrics`]: the node's figures in Prometheus form over HTTP (`[metrics] listen`);
 //! - [`stall`]: the watchdog that makes a node whose disk hangs step down;
-//! - [`config`]: the node's configuration file (`node.toml`).
+//! - [`config`]: the node's configuration file (`node.toml`);
+//! - [`loopback`]: a CA, certificates and configurations for a cluster on 127.0.0.1, to
+//!   try a state machine (the lease example, `examples/lease.rs`) or test it.
 //!
 //! The `coracle` command (`src/main.rs`) ties them together: `coracle certs`, `coracle
 //! node`, `coracle kv`, `coracle admin`.
@@ -99,6 +101,7 @@ pub mod config;
 pub mod hello;
 pub mod host;
 pub mod kv;
+pub mod loopback;
 pub mod metrics;
 pub mod protocol;
 pub mod server;
