@@ -330,6 +330,15 @@ fn backup_of(status: Status, kv: &Kv) -> Response {
         );
     }
     match kv.snapshot() {
+        // The answer is one client frame (the members and the header fit in the margin).
+        Ok(state) if state.len() > MAX_CLIENT_FRAME - (64 << 10) => failed(
+            ErrorKind::Failed,
+            format!(
+                "the store is {} bytes, more than a backup carries ({} bytes)",
+                state.len(),
+                MAX_CLIENT_FRAME - (64 << 10)
+            ),
+        ),
         Ok(state) => Response::Backup(Backup {
             cluster: status.cluster,
             index: kv.applied(),

@@ -72,3 +72,62 @@ impl FileLog {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("coracle-seed-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn a_seeded_directory_opens_with_the_snapshot_and_its_term() {
+        let d = dir("ok");
+        let meta = SnapshotMeta::new(40, 3, &[]).unwrap();
+        let options = Options::new().member(8, 2);
+        FileLog::seed(&d, options.clone(), &meta, &mut &b"state"[..]).unwrap();
+        let log = FileLog::open_with(&d, options).unwrap();
+        assert_eq!(log.snapshot_point(), Some((40, 3)));
+        assert_eq!(log.last_index(), 40);
+        assert_eq!(log.hard_state().current_term, 3);
+        assert_eq!(log.hard_state().voted_for, None);
+        assert_eq!((log.identity().cluster, log.identity().node), (8, 2));
+        assert_eq!(log.snapshot().unwrap().size, 5);
+        drop(log);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_directory_with_anything_in_it_is_not_seeded_nor_changed() {
+        let d = dir("full");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("other"), b"x").unwrap();
+        let meta = SnapshotMeta::new(40, 3, &[]).unwrap();
+        let e = FileLog::seed(&d, Options::new(), &meta, &mut &b"state"[..]).unwrap_err();
+        assert!(matches!(e, FileLogError::NotEmpty(_)), "{e}");
+        let names: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("other")]);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_failed_seed_leaves_no_directory_behind() {
+        let d = dir("fail");
+        struct Failing;
+        impl Read for Failing {
+            fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::other("the source broke"))
+            }
+        }
+        let meta = SnapshotMeta::new(40, 3, &[]).unwrap();
+        assert!(FileLog::seed(&d, Options::new(), &meta, &mut Failing).is_err());
+        assert!(!d.exists());
+    }
+}
