@@ -718,6 +718,15 @@ impl Client {
         }
     }
 
+    /// A consistent backup of the cluster's store ([`crate::backup`]; needs an admin
+    /// certificate), taken by the leader the client finds.
+    pub async fn backup(&self) -> Result<crate::backup::Backup, ClientError> {
+        match self.call(&Request::Admin(AdminOp::Backup)).await? {
+            Response::Backup(b) => Ok(b),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Sends `request` until an answer other than a redirect or "retry" comes, or the
     /// timeout passes: to the leader the client knows (else a node in turn), following
     /// redirects, moving to a newer leader when the node waited on is silent and another

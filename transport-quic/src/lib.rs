@@ -95,6 +95,7 @@
 
 #![warn(missing_docs)]
 
+pub mod backup;
 pub mod certs;
 pub mod client;
 pub mod config;

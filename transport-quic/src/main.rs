@@ -69,11 +69,14 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
-    /// Run a node.
+    /// Run a node (or, with `restore`, seed a new node's data directory from a backup).
+    #[command(subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
     Node {
+        #[command(subcommand)]
+        action: Option<NodeAction>,
         /// The node's configuration (see examples/node.toml).
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, required = true)]
+        config: Option<PathBuf>,
         /// Shut down when standard input closes (used by `coracle demo` for its children).
         #[arg(long, hide = true)]
         watch_stdin: bool,
@@ -98,6 +101,31 @@ enum Command {
     /// Measure throughput and latency percentiles against a cluster (one it starts, or
     /// one given with --nodes).
     Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum NodeAction {
+    /// Seed the (missing or empty) data directory of a node of a NEW cluster from a backup
+    /// (`admin snapshot save`). The node.toml gives the new cluster: its cluster_id must
+    /// differ from the backup's; run this for every node of the new cluster, then start
+    /// them.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// The new node's configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Save a consistent backup of the cluster's store into FILE (checksummed, with its
+    /// index, term, configuration and cluster id).
+    Save {
+        /// Where to write it (replaced atomically if it exists).
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -286,6 +314,11 @@ enum AdminCommand {
     },
     /// Undo `isolate` on every node given with --nodes.
     Heal,
+    /// Backups: `snapshot save FILE`.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
 }
 
 /// The longest `--timeout-ms`: a day (a longer wait is a typo, not a plan).
@@ -401,9 +434,17 @@ fn run(command: Command) -> Result<bool, Error> {
     match command {
         Command::Certs { command } => certs(command),
         Command::Node {
+            action: Some(NodeAction::Restore { file, config }),
+            ..
+        } => restore(&file, &config),
+        Command::Node {
+            action: None,
             config,
             watch_stdin,
-        } => node(config, watch_stdin),
+        } => match config {
+            Some(config) => node(config, watch_stdin),
+            None => Err("--config is required".into()),
+        },
         Command::Kv { conn, command } => smol::block_on(kv(conn, command)),
         Command::Admin { conn, command } => smol::block_on(admin(conn, command)),
         Command::Demo(args) => demo::run(args),
@@ -645,10 +686,51 @@ async fn admin(conn: ClientArgs, command: AdminCommand) -> Result<(), Error> {
         AdminCommand::Transfer { id } => AdminOp::Transfer { id },
         AdminCommand::Isolate { peers } => return isolate(&client, &conn.nodes, peers).await,
         AdminCommand::Heal => return isolate(&client, &conn.nodes, Vec::new()).await,
+        AdminCommand::Snapshot {
+            command: SnapshotCommand::Save { file },
+        } => {
+            let saved = save_backup(&client, &file).await;
+            client.close();
+            return saved;
+        }
     };
     client.admin(op).await?;
     println!("done");
     client.close();
+    Ok(())
+}
+
+/// Takes a backup from the cluster and writes it to `file`.
+async fn save_backup(client: &Client, file: &std::path::Path) -> Result<(), Error> {
+    let backup = client.backup().await?;
+    backup.save(file)?;
+    println!(
+        "saved {} bytes of state at index {} (term {}) of cluster {} to {}",
+        backup.state.len(),
+        backup.index,
+        backup.term,
+        backup.cluster,
+        file.display()
+    );
+    Ok(())
+}
+
+/// Seeds the data directory of the node `config` from the backup `file`.
+fn restore(file: &std::path::Path, config: &std::path::Path) -> Result<(), Error> {
+    let cfg = NodeConfig::load(config)?;
+    let backup = coracle_quic::backup::restore_kv(file, &cfg)?;
+    let members: Vec<String> = backup.members.iter().map(|m| m.id.to_string()).collect();
+    println!(
+        "restored the state at index {} of cluster {} (members {}) into {} as node {} of \
+         cluster {}; start the node with `coracle node --config {}`",
+        backup.index,
+        backup.cluster,
+        members.join(","),
+        cfg.data_dir.display(),
+        cfg.id,
+        cfg.cluster_id,
+        config.display()
+    );
     Ok(())
 }
 

@@ -145,6 +145,10 @@ pub enum AdminOp {
         /// The peers it may not talk to from now on.
         peers: Vec<NodeId>,
     },
+    /// A consistent copy of the state ([`crate::backup`]), answered with
+    /// [`Response::Backup`] by the node it is sent to, after a linearizable read: it holds
+    /// every write acknowledged before it was asked.
+    Backup,
 }
 
 /// A request from a client.
@@ -270,6 +274,8 @@ pub enum Response {
         /// A human-readable explanation.
         message: String,
     },
+    /// The answer to [`AdminOp::Backup`].
+    Backup(crate::backup::Backup),
 }
 
 /// A command of the KV state machine, as the log carries it. [`Command::Write`] is encoded

@@ -16,6 +16,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use crate::backup::{Backup, BackupMember};
 use crate::certs::Identity;
 use crate::config::NodeConfig;
 use crate::host::{
@@ -294,8 +295,68 @@ async fn admin(handle: Handle<Kv>, op: AdminOp, reply: Reply) {
             handle.isolate(peers).await;
             Response::Done
         }
+        AdminOp::Backup => backup(&handle).await,
     };
     reply.send(response);
+}
+
+/// A backup of the store ([`crate::backup`]): a linearizable read first (the leader
+/// confirms it still leads and this node applies through the read index), then the store
+/// as this node has applied it, which holds every write acknowledged before the read.
+async fn backup(handle: &Handle<Kv>) -> Response {
+    match handle.read(ReadMode::ReadIndex, |_| ()).await {
+        Ok(()) => {}
+        Err(ReadError::Stopped(m)) => return failed(ErrorKind::Failed, m),
+        Err(e) => return retry(e.to_string()),
+    }
+    let (to, taken) = channel::bounded(1);
+    let mut batch = handle.batch();
+    batch.status(move |status, kv| {
+        let _ = to.try_send(backup_of(status, kv));
+    });
+    batch.submit().await;
+    taken
+        .recv()
+        .await
+        .unwrap_or_else(|_| retry("the node is shutting down"))
+}
+
+/// The backup of `kv`, as the node whose status is `status` holds it.
+fn backup_of(status: Status, kv: &Kv) -> Response {
+    if kv.applied() == 0 {
+        return failed(
+            ErrorKind::Failed,
+            "nothing to back up: no write was applied yet",
+        );
+    }
+    match kv.snapshot() {
+        // The answer is one client frame (the members and the header fit in the margin).
+        Ok(state) if state.len() > MAX_CLIENT_FRAME - (64 << 10) => failed(
+            ErrorKind::Failed,
+            format!(
+                "the store is {} bytes, more than a backup carries ({} bytes)",
+                state.len(),
+                MAX_CLIENT_FRAME - (64 << 10)
+            ),
+        ),
+        Ok(state) => Response::Backup(Backup {
+            cluster: status.cluster,
+            index: kv.applied(),
+            // At least the term of the entry at `kv.applied()`.
+            term: status.term,
+            members: status
+                .members
+                .into_iter()
+                .map(|m| BackupMember {
+                    id: m.id,
+                    voter: m.voter,
+                    address: m.address,
+                })
+                .collect(),
+            state,
+        }),
+        Err(e) => failed(ErrorKind::Failed, e.to_string()),
+    }
 }
 
 /// Serves one client connection: each bidirectional stream it opens carries requests.

@@ -319,6 +319,8 @@ pub struct TransportCounters {
 pub struct Status {
     /// This node.
     pub id: NodeId,
+    /// Its cluster's id.
+    pub cluster: u64,
     /// Its role.
     pub role: Role,
     /// Its current term.

@@ -37,6 +37,7 @@ mod entry;
 mod handle;
 mod runtime;
 
+pub(crate) use entry::snapshot_head;
 pub use entry::{open_snapshot, split_entry, EntryError, HostRecord, LoggedCommand};
 pub use handle::{
     Batch, Handle, MemberStatus, MembershipError, ProposeError, ReadError, ReadMode,

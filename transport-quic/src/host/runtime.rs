@@ -1763,6 +1763,7 @@ impl<S: StateMachine> Runtime<S> {
         let last = node.last_index();
         Status {
             id: self.id,
+            cluster: self.cluster,
             role: node.role(),
             term: node.term(),
             leader: node.leader(),

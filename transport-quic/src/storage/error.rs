@@ -136,6 +136,9 @@ pub enum FileLogError {
     /// the kernel may have dropped the dirty pages): the log takes no more writes. Reopen it
     /// to recover from what is really on disk.
     Failed,
+    /// A directory to seed with a snapshot ([`FileLog::seed`](super::FileLog::seed)) is
+    /// not empty: it may hold another node's data, which seeding would destroy.
+    NotEmpty(PathBuf),
 }
 
 impl FileLogError {
@@ -148,6 +151,7 @@ impl FileLogError {
                 io::ErrorKind::InvalidData
             }
             FileLogError::Locked(_) => io::ErrorKind::ResourceBusy,
+            FileLogError::NotEmpty(_) => io::ErrorKind::AlreadyExists,
             FileLogError::QuotaExceeded { .. } => io::ErrorKind::QuotaExceeded,
             FileLogError::EntryTooLarge { .. }
             | FileLogError::StaleSnapshot { .. }
@@ -370,6 +374,12 @@ impl fmt::Display for FileLogError {
             FileLogError::EntryTooLarge { len, max } => {
                 write!(f, "entry of {len} bytes is larger than the limit of {max} bytes")
             }
+            FileLogError::NotEmpty(dir) => write!(
+                f,
+                "data directory {} is not empty: a restore seeds only a new node's directory \
+                 (nothing in it was changed; give an empty or missing directory)",
+                dir.display()
+            ),
             FileLogError::StaleSnapshot { index, saved } => write!(
                 f,
                 "snapshot at index {index} is older than the saved one at index {saved}"

@@ -256,6 +256,7 @@ pub mod incarnations;
 mod positions;
 pub mod record;
 pub mod recovery;
+mod seed;
 pub mod segment;
 pub mod snapshot;
 
