@@ -74,6 +74,11 @@ pub struct RaftSettings {
     pub max_uncommitted_entries: u64,
     /// Largest command (bytes).
     pub max_entry_bytes: usize,
+    /// A follower forwards a proposal to the leader over the node-to-node connection and
+    /// answers with the leader's response (state machines with a
+    /// [`ResponseCodec`](crate::host::ResponseCodec), the KV store's included); `false`:
+    /// it answers "not leader" with the leader's address, as before.
+    pub forward: bool,
 }
 
 impl Default for RaftSettings {
@@ -89,6 +94,7 @@ impl Default for RaftSettings {
             max_inflight: 8,
             max_uncommitted_entries: 8192,
             max_entry_bytes: 1 << 20,
+            forward: true,
         }
     }
 }
