@@ -822,6 +822,30 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn forwarding_is_on_by_default_and_a_value_that_is_no_bool_is_refused() {
+        assert!(
+            NodeConfig::parse(EXAMPLE, Path::new("."))
+                .unwrap()
+                .raft
+                .forward
+        );
+        let off = EXAMPLE.replace("forward = true", "forward = false");
+        assert!(
+            !NodeConfig::parse(&off, Path::new("."))
+                .unwrap()
+                .raft
+                .forward
+        );
+        for bad in ["forward = \"yes\"", "forward = 1", "forward = []"] {
+            let text = EXAMPLE.replace("forward = true", bad);
+            let e = NodeConfig::parse(&text, Path::new("."))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("forward"), "{bad}: {e}");
+        }
+    }
+
     /// The problems `text` has, or `None` if it is accepted.
     fn problems(text: &str) -> Option<String> {
         match NodeConfig::parse(text, Path::new("/base")) {
