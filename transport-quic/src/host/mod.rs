@@ -34,7 +34,7 @@
 //! the state machine's bytes as it wrote them.
 
 mod entry;
-mod forward;
+pub mod forward;
 mod handle;
 mod runtime;
 
@@ -92,7 +92,7 @@ pub trait StateMachine: Send + 'static {
 
     /// How this state machine's responses cross the network, so that a follower can
     /// forward a proposal to the leader and answer with the leader's response
-    /// (`raft.forward`, on by default; see the forwarding module's docs for the wire
+    /// (`raft.forward`, on by default; see [`forward`] for the wire
     /// format and outcomes). The default, `None`, keeps responses local: a follower answers
     /// [`ProposeError::NotLeader`] and the caller redials the leader. An opt-in rather than
     /// a bound on [`Response`](Self::Response), so a state machine whose responses hold
