@@ -74,6 +74,11 @@ pub struct RaftSettings {
     pub max_uncommitted_entries: u64,
     /// Largest command (bytes).
     pub max_entry_bytes: usize,
+    /// A follower forwards a proposal to the leader over the node-to-node connection and
+    /// answers with the leader's response (state machines with a
+    /// [`ResponseCodec`](crate::host::ResponseCodec), the KV store's included); `false`:
+    /// it answers "not leader" with the leader's address, as before.
+    pub forward: bool,
 }
 
 impl Default for RaftSettings {
@@ -89,6 +94,7 @@ impl Default for RaftSettings {
             max_inflight: 8,
             max_uncommitted_entries: 8192,
             max_entry_bytes: 1 << 20,
+            forward: true,
         }
     }
 }
@@ -814,6 +820,30 @@ mod tests {
             NodeConfig::parse(&bad, Path::new(".")),
             Err(ConfigError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn forwarding_is_on_by_default_and_a_value_that_is_no_bool_is_refused() {
+        assert!(
+            NodeConfig::parse(EXAMPLE, Path::new("."))
+                .unwrap()
+                .raft
+                .forward
+        );
+        let off = EXAMPLE.replace("forward = true", "forward = false");
+        assert!(
+            !NodeConfig::parse(&off, Path::new("."))
+                .unwrap()
+                .raft
+                .forward
+        );
+        for bad in ["forward = \"yes\"", "forward = 1", "forward = []"] {
+            let text = EXAMPLE.replace("forward = true", bad);
+            let e = NodeConfig::parse(&text, Path::new("."))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("forward"), "{bad}: {e}");
+        }
     }
 
     /// The problems `text` has, or `None` if it is accepted.

@@ -70,8 +70,9 @@ pub const ERR_INCARNATION: u32 = 0x4e;
 /// How long a hello may take before the connection is dropped.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// The node-to-node protocol version of this build: the core's wire format
-/// ([`coracle::wire::PROTOCOL_VERSION`]) with this crate's hello and frames. Raised when
-/// either changes.
+/// ([`coracle::wire::PROTOCOL_VERSION`]) with this crate's hello and frames, forwarded
+/// proposals included (version 1 of their frames,
+/// [`FORWARD_VERSION`](crate::host::FORWARD_VERSION)). Raised when either changes.
 pub const PROTOCOL: u32 = 2;
 /// The oldest protocol version this build speaks (see the [module docs](self)).
 pub const MIN_PROTOCOL: u32 = 2;

@@ -29,7 +29,9 @@
 //! assert_eq!(kv.get(b"k"), Some(&b"v"[..]));
 //! ```
 
-use crate::host::{ApplyError, RestoreError, SnapshotError, SnapshotSource, StateMachine};
+use crate::host::{
+    ApplyError, ResponseCodec, RestoreError, SnapshotError, SnapshotSource, StateMachine,
+};
 use crate::protocol::WriteOutcome;
 #[cfg(doc)]
 use crate::protocol::{Command, WriteOp};
@@ -396,8 +398,9 @@ impl Store {
     }
 }
 
-/// What applying a command did.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What applying a command did (postcard-encoded when a follower forwards a write:
+/// variants are only ever appended).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Applied {
     /// A client's write, with its outcome.
     Write(WriteOutcome),
@@ -488,6 +491,14 @@ impl StateMachine for Kv {
 
     fn apply(&mut self, index: Index, command: &[u8]) -> Result<(Index, Applied), ApplyError> {
         Ok((index, Kv::apply(self, index, command)))
+    }
+
+    /// Postcard, as the client protocol: a follower forwards writes to the leader.
+    fn response_codec() -> Option<ResponseCodec<(Index, Applied)>> {
+        Some(ResponseCodec {
+            encode: |r| postcard::to_allocvec(r).unwrap_or_default(),
+            decode: |b| postcard::from_bytes(b).ok(),
+        })
     }
 
     fn snapshot(&mut self, applied: Index) -> Result<KvSnapshot, SnapshotError> {

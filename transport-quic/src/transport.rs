@@ -72,6 +72,21 @@ pub enum Inbound {
     Message(PeerFrame),
     /// The connection to `peer` failed or closed.
     Unreachable(NodeId),
+    /// A proposal a follower forwarded ([`crate::host`]'s forwarding), to answer.
+    Forward(Forwarded),
+}
+
+/// A request a peer forwarded to this node on a stream of its own: the node answers it
+/// with one frame on `reply` (dropping `reply` resets the stream: the peer's outcome is
+/// unknown).
+#[derive(Debug)]
+pub struct Forwarded {
+    /// The sender, from its certificate.
+    pub from: NodeId,
+    /// The request's body (the frame without its length).
+    pub body: Bytes,
+    /// Where the answer frame goes.
+    pub reply: Sender<Bytes>,
 }
 
 /// A frame received from a peer: its envelope's bytes, not decoded (the node decodes each
@@ -479,6 +494,15 @@ impl Transport {
         lock(&self.addrs).get(&id).copied()
     }
 
+    /// The connection to `peer`, if one is up (and the peer is not isolated).
+    pub fn connection(&self, peer: NodeId) -> Option<quinn::Connection> {
+        if self.is_isolated(peer) {
+            return None;
+        }
+        let conn = lock(&self.links).get(&peer)?.link.current()?;
+        conn.close_reason().is_none().then_some(conn)
+    }
+
     /// True while a connection to `peer` is up.
     pub fn connected(&self, peer: NodeId) -> bool {
         lock(&self.links)
@@ -581,6 +605,7 @@ impl Transport {
         info!(node = self.id, peer, remote = %conn.remote_address(), "connected");
         smol::spawn(read_datagrams(self.clone(), peer, conn.clone())).detach();
         smol::spawn(accept_streams(self.clone(), peer, conn.clone())).detach();
+        smol::spawn(accept_forwards(self.clone(), peer, conn.clone())).detach();
         let t = self.clone();
         smol::spawn(async move {
             let reason = conn.closed().await;
@@ -911,6 +936,51 @@ async fn read_datagrams(t: Arc<Transport>, peer: NodeId, conn: quinn::Connection
 async fn accept_streams(t: Arc<Transport>, peer: NodeId, conn: quinn::Connection) {
     while let Ok(recv) = conn.accept_uni().await {
         smol::spawn(read_stream(t.clone(), peer, recv)).detach();
+    }
+}
+
+/// Takes the bidirectional streams a peer opens after the hello: one forwarded request
+/// each ([`Forwarded`]), answered on the same stream.
+async fn accept_forwards(t: Arc<Transport>, peer: NodeId, conn: quinn::Connection) {
+    while let Ok((mut send, recv)) = conn.accept_bi().await {
+        let t = t.clone();
+        smol::spawn(async move {
+            let mut frames = FrameReader::new(recv);
+            let body = match frames.next(t.settings.max_frame).await {
+                Ok(Some(body)) => body,
+                Ok(None) | Err(FrameError::Interrupted) => return,
+                Err(e) => {
+                    TransportStats::inc(&t.stats.malformed);
+                    warn!(node = t.id, peer, error = %e, "malformed forwarded request: stream closed");
+                    frames.stop(ERR_MALFORMED);
+                    return;
+                }
+            };
+            if t.is_isolated(peer) {
+                return;
+            }
+            let (reply, answer) = channel::bounded(1);
+            let request = Forwarded {
+                from: peer,
+                body,
+                reply,
+            };
+            if t.inbound.send(Inbound::Forward(request)).await.is_err() {
+                return;
+            }
+            match answer.recv().await {
+                Ok(frame) => {
+                    if send.write_all(&frame).await.is_ok() {
+                        let _ = send.finish();
+                    }
+                }
+                // Dropped unanswered (the node stopped): the peer's outcome is unknown.
+                Err(_) => {
+                    let _ = send.reset(quinn::VarInt::from_u32(ERR_SHUTDOWN));
+                }
+            }
+        })
+        .detach();
     }
 }
 

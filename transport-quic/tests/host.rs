@@ -11,8 +11,8 @@ use common::{wait_for, Setup};
 use coracle::{Index, NodeId, Role};
 use coracle_quic::config::NodeConfig;
 use coracle_quic::host::{
-    ApplyError, Handle, Host, NodeError, ProposeError, ReadMode, RestoreError, SnapshotError,
-    SnapshotSource, StateMachine,
+    ApplyError, Handle, Host, NodeError, ProposeError, ReadMode, ResponseCodec, RestoreError,
+    SnapshotError, SnapshotSource, StateMachine,
 };
 use std::io::Read;
 use std::time::Duration;
@@ -116,6 +116,14 @@ impl StateMachine for Counter {
         };
         Ok(())
     }
+
+    /// The total, little-endian: a follower forwards proposals to the leader.
+    fn response_codec() -> Option<ResponseCodec<u64>> {
+        Some(ResponseCodec {
+            encode: |total| total.to_le_bytes().to_vec(),
+            decode: |b| Some(u64::from_le_bytes(b.try_into().ok()?)),
+        })
+    }
 }
 
 /// Node `id`'s configuration, with `raft` added to its `[raft]` section and `tail` after
@@ -175,7 +183,10 @@ fn add_on_leader(handles: &[Handle<Counter>], n: u64) -> u64 {
 #[test]
 fn a_counter_on_three_nodes_proposes_redirects_and_reads() {
     let setup = Setup::new("host-counter", 3);
-    let nodes: Vec<Host<Counter>> = (1..=3).map(|id| start(&setup, id)).collect();
+    // Forwarding off: a follower redirects (forwarding: the next test).
+    let nodes: Vec<Host<Counter>> = (1..=3)
+        .map(|id| start_with(&setup, id, "forward = false\n", ""))
+        .collect();
     let handles: Vec<Handle<Counter>> = nodes.iter().map(Host::handle).collect();
     let watch = handles[0].watch();
 
@@ -232,6 +243,165 @@ fn a_counter_on_three_nodes_proposes_redirects_and_reads() {
         block_on(handles[0].propose(add(1))),
         Err(ProposeError::ShuttingDown)
     );
+}
+
+/// The amounts every node applied, read linearizably on each of `handles`.
+fn applied_on(handles: &[Handle<Counter>]) -> Vec<Vec<u64>> {
+    handles
+        .iter()
+        .map(|h| {
+            wait_for(Duration::from_secs(20), || {
+                block_on(h.read(ReadMode::ReadIndex, |c: &Counter| c.adds.clone())).ok()
+            })
+            .expect("a linearizable read")
+        })
+        .collect()
+}
+
+/// How many times each amount of `adds` was applied.
+fn counts(adds: &[u64]) -> std::collections::HashMap<u64, usize> {
+    let mut counts = std::collections::HashMap::new();
+    for &a in adds {
+        *counts.entry(a).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// The median and the mean of `samples`.
+fn median_mean(mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort();
+    let mean = samples.iter().sum::<Duration>() / samples.len().max(1) as u32;
+    (samples[samples.len() / 2], mean)
+}
+
+#[test]
+fn writes_sent_only_to_followers_are_forwarded_and_applied_once() {
+    let setup = Setup::new("host-forward", 3);
+    let mut nodes: Vec<Option<Host<Counter>>> = (1..=3).map(|id| Some(start(&setup, id))).collect();
+    let handles: Vec<Handle<Counter>> = nodes.iter().flatten().map(Host::handle).collect();
+    add_on_leader(&handles, 1);
+    let l = leader(&handles);
+    let followers: Vec<Handle<Counter>> = handles.iter().filter(|h| h.id() != l).cloned().collect();
+
+    // Every write goes to a follower, each a distinct amount; each is answered with the
+    // leader's response (the total after it), in order.
+    let mut total = 1;
+    let mut forwarded = Vec::new();
+    for n in 2..=201u64 {
+        total += n;
+        let began = std::time::Instant::now();
+        let answer = block_on(followers[n as usize % 2].propose(add(n)));
+        forwarded.push(began.elapsed());
+        assert_eq!(
+            answer,
+            Ok(total),
+            "write {n} via node {}",
+            followers[n as usize % 2].id()
+        );
+    }
+    let on_leader = &handles[l as usize - 1];
+    let mut direct = Vec::new();
+    for n in 202..=401u64 {
+        total += n;
+        let began = std::time::Instant::now();
+        assert_eq!(block_on(on_leader.propose(add(n))), Ok(total));
+        direct.push(began.elapsed());
+    }
+    let ((fp50, fmean), (dp50, dmean)) = (median_mean(forwarded), median_mean(direct));
+    eprintln!(
+        "forwarded write latency: p50 {fp50:?}, mean {fmean:?}; direct on the leader: p50 {dp50:?}, mean {dmean:?} (200 sequential writes each, in-process nodes over QUIC on loopback)"
+    );
+    for (h, adds) in handles.iter().zip(applied_on(&handles)) {
+        let counts = counts(&adds);
+        assert_eq!(adds.len(), 401, "node {}", h.id());
+        assert!(
+            (1..=401).all(|n| counts.get(&n) == Some(&1)),
+            "node {}: {counts:?}",
+            h.id()
+        );
+    }
+
+    // The leader goes while forwarded writes are in flight: it is cut off from both
+    // followers, then stopped. Every answer is a retryable one, and nothing is applied
+    // twice.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = followers
+        .iter()
+        .enumerate()
+        .map(|(w, f)| {
+            let f = f.clone().with_timeout(Duration::from_secs(5));
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut answers = Vec::new();
+                let mut n = 1_000_000 * (w as u64 + 1);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    answers.push((n, block_on(f.propose(add(n)))));
+                }
+                answers
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    block_on(on_leader.isolate(followers.iter().map(Handle::id).collect()));
+    let old = nodes[l as usize - 1].take().unwrap();
+    let stopping = std::thread::spawn(move || old.shutdown());
+    // A new leader among the followers serves writes sent to either of them (a generous
+    // 20 s: an election on a shared machine).
+    let after = wait_for(Duration::from_secs(20), || {
+        let l2 = leader(&followers);
+        let other = followers.iter().find(|h| h.id() != l2)?;
+        block_on(other.propose(add(999_999))).ok()
+    });
+    assert!(after.is_some(), "no forwarded write after the leader went");
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answers: Vec<(u64, Result<u64, ProposeError>)> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    let _ = stopping.join().unwrap();
+
+    let mut retryable = 0;
+    for (n, a) in &answers {
+        match a {
+            Ok(_) => {}
+            Err(
+                ProposeError::OutcomeUnknown(_)
+                | ProposeError::Timeout
+                | ProposeError::Busy(_)
+                | ProposeError::NotLeader { .. },
+            ) => retryable += 1,
+            Err(e) => panic!("write {n}: {e:?} is no retryable error"),
+        }
+    }
+    let survivors = applied_on(&followers);
+    for (h, adds) in followers.iter().zip(&survivors) {
+        let counts = counts(adds);
+        for (n, a) in &answers {
+            let times = counts.get(n).copied().unwrap_or(0);
+            match a {
+                Ok(_) => assert_eq!(times, 1, "node {}: acknowledged write {n}", h.id()),
+                Err(_) => assert!(
+                    times <= 1,
+                    "node {}: write {n} applied {times} times",
+                    h.id()
+                ),
+            }
+        }
+    }
+    assert_eq!(
+        survivors[0], survivors[1],
+        "the survivors applied the same log"
+    );
+    eprintln!(
+        "leader lost mid-flight: {} forwarded writes, {} answered with a retryable error",
+        answers.len(),
+        retryable
+    );
+    for node in nodes.into_iter().flatten() {
+        node.shutdown().unwrap();
+    }
 }
 
 /// Snapshot every 30 entries and keep none behind, with small messages: a snapshot goes in

@@ -34,11 +34,13 @@
 //! the state machine's bytes as it wrote them.
 
 mod entry;
+pub mod forward;
 mod handle;
 mod runtime;
 
 pub(crate) use entry::snapshot_head;
 pub use entry::{open_snapshot, split_entry, EntryError, HostRecord, LoggedCommand};
+pub use forward::{ResponseCodec, FORWARD_VERSION};
 pub use handle::{
     Batch, Handle, MemberStatus, MembershipError, ProposeError, ReadError, ReadMode,
     SnapshotStatus, Status, TransportCounters,
@@ -88,6 +90,17 @@ pub trait StateMachine: Send + 'static {
     /// snapshot installed from the leader, or the node's own at a start. An error stops
     /// the node rather than let it run with a wrong state.
     fn restore(&mut self, index: Index, source: &mut dyn io::Read) -> Result<(), RestoreError>;
+
+    /// How this state machine's responses cross the network, so that a follower can
+    /// forward a proposal to the leader and answer with the leader's response
+    /// (`raft.forward`, on by default; see [`forward`] for the wire
+    /// format and outcomes). The default, `None`, keeps responses local: a follower answers
+    /// [`ProposeError::NotLeader`] and the caller redials the leader. An opt-in rather than
+    /// a bound on [`Response`](Self::Response), so a state machine whose responses hold
+    /// what cannot be sent (handles, channels) still works.
+    fn response_codec() -> Option<ResponseCodec<Self::Response>> {
+        None
+    }
 }
 
 /// A point-in-time view of a state machine's state, written to a snapshot's file by a

@@ -19,6 +19,7 @@
 //! covers all that arrived while the previous one ran.
 
 use super::entry::{self, HostRecord, LoggedCommand};
+use super::forward::{self, ResponseCodec};
 use super::handle::{
     Call, Change, Done, Gone, MemberStatus, MembershipError, Op, ProposeError, ReadError, ReadFn,
     ReadMode, SnapshotStatus, Status, TransportCounters, DEFAULT_TIMEOUT,
@@ -34,7 +35,7 @@ use crate::storage::{
 };
 use crate::tls::{Credentials, TlsError};
 use crate::transport::{
-    encode_frame, Class, Inbound, PeerFrame, StartError, Transport, TransportStats,
+    encode_frame, Class, Forwarded, Inbound, PeerFrame, StartError, Transport, TransportStats,
 };
 use coracle::wire::Envelope;
 use coracle::{
@@ -335,6 +336,7 @@ impl<S: StateMachine> Host<S> {
         let runtime = Runtime {
             id: cfg.id,
             cluster: cfg.cluster_id,
+            forward: cfg.raft.forward,
             transport: transport.clone(),
             sm: state_machine,
             applied: 0,
@@ -535,6 +537,8 @@ struct Watchers {
 struct Runtime<S: StateMachine> {
     id: NodeId,
     cluster: u64,
+    /// Proposals made here while following go to the leader (`raft.forward`).
+    forward: bool,
     transport: Arc<Transport>,
     sm: S,
     /// The index of the last entry applied to the state machine (or restored into it).
@@ -1009,6 +1013,7 @@ impl<S: StateMachine> Runtime<S> {
                         step_frame(&mut node, &self.transport, &frame)
                     }
                     Wake::In(Inbound::Unreachable(peer)) => node.report_unreachable(peer),
+                    Wake::In(Inbound::Forward(request)) => self.on_forwarded(&mut node, request),
                     Wake::Call(Call::Ops(ops)) => {
                         for op in ops {
                             self.on_op(&mut node, op);
@@ -1602,6 +1607,9 @@ impl<S: StateMachine> Runtime<S> {
     fn on_op(&mut self, node: &mut CoreNode, op: Op<S>) {
         match op {
             Op::Propose { command, done } => {
+                if let Some((leader, connection, codec)) = self.forward_to(node) {
+                    return forward::spawn::<S>(leader, connection, command, codec, done);
+                }
                 entry::command_entry(&mut self.entry, &command);
                 self.propose(node, Pending::Command(done));
             }
@@ -1659,6 +1667,49 @@ impl<S: StateMachine> Runtime<S> {
                 self.watch.to.push(to);
             }
         }
+    }
+
+    /// Where a proposal made here goes instead, if this node forwards it: a follower that
+    /// knows a leader it is connected to, with forwarding on and a state machine whose
+    /// responses can be sent.
+    fn forward_to(
+        &self,
+        node: &CoreNode,
+    ) -> Option<(NodeId, quinn::Connection, ResponseCodec<S::Response>)> {
+        if !self.forward || node.role() == Role::Leader {
+            return None;
+        }
+        let codec = S::response_codec()?;
+        let leader = node.leader().filter(|&l| l != self.id)?;
+        Some((leader, self.transport.connection(leader)?, codec))
+    }
+
+    /// Proposes a command a follower forwarded, and answers it with the outcome (never
+    /// forwarded again: a node that does not lead answers "not leader").
+    fn on_forwarded(&mut self, node: &mut CoreNode, request: Forwarded) {
+        let refused = |why: &str| {
+            warn!(
+                node = self.id,
+                peer = request.from,
+                "refused a forwarded request: {why}"
+            );
+            let _ = request.reply.try_send(forward::encode_refusal(why));
+        };
+        let Some(codec) = S::response_codec() else {
+            return refused("this node's state machine has no response codec");
+        };
+        let command = match forward::decode_request(&request.body) {
+            Ok(forward::Request::Propose(command)) => command,
+            Err(why) => return refused(&why),
+        };
+        let reply = request.reply;
+        entry::command_entry(&mut self.entry, &command);
+        self.propose(
+            node,
+            Pending::Command(Box::new(move |result| {
+                let _ = reply.try_send(forward::encode_answer(result, Some(codec)));
+            })),
+        );
     }
 
     /// Proposes the entry in `self.entry` (a command with its kind byte, or a record).

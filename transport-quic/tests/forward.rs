@@ -1,0 +1,85 @@
+//! Forwarding with the KV store on `coracle node` processes on 127.0.0.1 (issue 17): a
+//! write sent to a follower is proposed by the leader and answered by the follower (no
+//! redirect), and the client sessions keep writes exactly-once across forwarding: a write
+//! retried through another follower, or after the leader is killed (`kill -9`), is applied
+//! once.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns: a panic is the report
+
+mod common;
+
+use common::{leader, session_put, spawn_all, wait_for, Setup};
+use coracle_quic::protocol::{ErrorKind, Response, WriteOutcome};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The outcome of write `seq` (the value `v{seq}` at `k`) of session 7 sent to `addr` only
+/// (one attempt, no redirect followed), retried there while the answer is "retry" or the
+/// attempt fails (a generous 20 s: an election on a shared machine).
+fn put_via(client: &coracle_quic::client::Client, addr: SocketAddr, seq: u64) -> WriteOutcome {
+    let request = session_put(7, seq, "k", &format!("v{seq}"));
+    let answer = wait_for(Duration::from_secs(20), || {
+        match smol::block_on(client.attempt(addr, &request)) {
+            Ok(Response::Written { outcome, .. }) => Some(Ok(outcome)),
+            Ok(Response::Error {
+                kind: ErrorKind::Retry,
+                ..
+            })
+            | Err(_) => None,
+            Ok(other) => Some(Err(other)),
+        }
+    });
+    match answer {
+        Some(Ok(outcome)) => outcome,
+        other => panic!("write {seq} via {addr}: {other:?}"),
+    }
+}
+
+/// What write `seq` replaced: `v{seq - 1}` (none for the first).
+fn replaced(seq: u64) -> WriteOutcome {
+    WriteOutcome::Done {
+        previous: (seq > 1).then(|| format!("v{}", seq - 1).into_bytes()),
+    }
+}
+
+#[test]
+fn kv_writes_sent_to_followers_are_forwarded_and_applied_once() {
+    let setup = Setup::new("forward", 3);
+    let configs: Vec<_> = (1..=3).map(|id| setup.write_config(id)).collect();
+    let mut procs = spawn_all(&setup, &configs);
+    let client = setup.client("client-alice");
+    let l = wait_for(Duration::from_secs(20), || leader(&client, &setup.addrs))
+        .expect("a leader within 20 s");
+    let followers: Vec<SocketAddr> = (1..=3u64)
+        .filter(|&id| id != l)
+        .map(|id| setup.addrs[id as usize - 1])
+        .collect();
+
+    // Each write to a follower is answered by it with what it replaced: applied once, in
+    // order.
+    for seq in 1..=20 {
+        assert_eq!(
+            put_via(&client, followers[seq as usize % 2], seq),
+            replaced(seq)
+        );
+    }
+    // The last one again, through the other follower: the session answers it with its
+    // first outcome (applied twice, it would have replaced "v20" itself).
+    assert_eq!(put_via(&client, followers[1], 20), replaced(20));
+    assert_eq!(put_via(&client, followers[0], 20), replaced(20));
+
+    // The leader is killed; the next write, retried through the followers until one
+    // answers, is applied once.
+    procs[l as usize - 1].kill();
+    for seq in 21..=30 {
+        assert_eq!(
+            put_via(&client, followers[seq as usize % 2], seq),
+            replaced(seq)
+        );
+        assert_eq!(
+            put_via(&client, followers[(seq as usize + 1) % 2], seq),
+            replaced(seq)
+        );
+    }
+    let value = smol::block_on(client.get("k")).unwrap();
+    assert_eq!(value, Some(b"v30".to_vec()));
+}
