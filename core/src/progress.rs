@@ -44,7 +44,7 @@ pub(crate) struct Replication<const I: usize> {
     pub probe_sent: bool,
     /// In probe state: the peer answered since the probe was sent, at the probe's
     /// `prevLogIndex`, without taking its entries (a full log, or the answer to a heartbeat
-    /// while the probe was lost); the next heartbeat sends the probe again.
+    /// while the probe was lost); the next tick sends the probe again.
     pub answered_since_probe: bool,
     /// Last index of each AppendEntries in flight, oldest first.
     pub inflight: heapless::Deque<Index, I>,

@@ -189,8 +189,8 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                 // The logs agree at nextIndex - 1, but the peer took none of the probe's
                 // entries: its log is full (its host has not made room), or this answers a
                 // heartbeat. Opening the window would send it entries it cannot take, each
-                // answer reopening it (a storm); the next probe waits for the next
-                // heartbeat.
+                // answer reopening it (a storm); the next probe waits for the next tick
+                // (`allow_probes`).
                 ProgressState::Probe if m.index + 1 == r.next_index => {
                     r.answered_since_probe = true;
                 }
@@ -291,6 +291,24 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         }
     }
 
+    /// Leader, once per tick: a peer that answered the probe without taking its entries (a
+    /// full log, room coming as its host flushes and applies) or answered a heartbeat while
+    /// the probe was lost gets the next probe now: at most one a tick, however many answers
+    /// (duplicated, reordered) arrive. A silent peer gets none. A host that sleeps until
+    /// the next deadline probes at its heartbeats.
+    pub(crate) fn allow_probes(&mut self) {
+        if self.role != Role::Leader {
+            return;
+        }
+        for p in self.peers.iter_mut() {
+            let r = &mut p.replication;
+            if r.state == ProgressState::Probe && r.answered_since_probe {
+                r.probe_sent = false;
+                r.answered_since_probe = false;
+            }
+        }
+    }
+
     /// Leader timer: a heartbeat to every peer, and retransmission for peers whose
     /// pipelined messages went unanswered.
     pub(crate) fn on_heartbeat_timeout(&mut self) {
@@ -307,13 +325,6 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         for p in self.peers.iter_mut() {
             p.send_heartbeat = true;
             let r = &mut p.replication;
-            // A peer that answered the probe without taking its entries (a full log), or
-            // answered a heartbeat while the probe was lost, gets the next probe now: one
-            // per heartbeat, not one per answer. A silent peer gets none.
-            if r.state == ProgressState::Probe && r.answered_since_probe {
-                r.probe_sent = false;
-                r.answered_since_probe = false;
-            }
             if r.state == ProgressState::Replicate
                 && !r.inflight.is_empty()
                 && now >= r.last_progress + retransmit

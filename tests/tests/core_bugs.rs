@@ -277,7 +277,7 @@ fn seed_1073_clients_progress_after_healing() {
 
 /// The run that found the AppendEntries storm between a leader and a follower whose
 /// memory log was full behind a hung disk (the paper test
-/// `a_follower_with_a_full_log_gets_one_probe_per_heartbeat` in core/tests/paper shows it
+/// `a_follower_with_a_full_log_gets_one_probe_per_tick` in core/tests/paper shows it
 /// in a few steps): it grew to 11 GB, and with the simulator's event budgets it fails
 /// with a resource violation.
 #[test]

@@ -224,9 +224,9 @@ fn a_follower_that_lost_acknowledged_entries_is_caught_up() {
 /// its log). Such answers must not open another window: the leader reopened it on every
 /// success to its probe, and with the answers of earlier windows still arriving (reordered,
 /// duplicated) the messages multiplied without bound (sim seed 34 with `hung-disk`: 11 GB).
-/// The leader may send at most one probe per heartbeat to a follower that takes nothing.
+/// The leader may send at most one probe per tick to a follower that takes nothing.
 #[test]
-fn a_follower_with_a_full_log_gets_one_probe_per_heartbeat() {
+fn a_follower_with_a_full_log_gets_one_probe_per_tick() {
     fn one_entry_per_message(id: u64) -> coracle::Config {
         let mut c = default_config(id);
         c.max_entries_per_message = 1;
