@@ -606,6 +606,17 @@ impl Cluster {
         if self.has_violation() {
             return;
         }
+        if self.options.faults.hung_disk {
+            // A hung disk has healed once the flushes it held return (up to 300 ticks after
+            // it hung): the liveness bounds start then, not while its node still cannot vote.
+            let disks_back = self.hosts.iter().map(|h| h.disk_free_at).max().unwrap_or(0);
+            if disks_back > self.now {
+                self.run_until((disks_back - self.now).div_ceil(TICK), |_| false);
+                if self.has_violation() {
+                    return;
+                }
+            }
+        }
         let bound = self.options.liveness_ticks;
         let start = self.now;
         if !self.run_until(bound, |c| c.leader().is_some()) {
