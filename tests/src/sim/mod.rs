@@ -42,7 +42,8 @@
 //! - `hung-disk` (not in `all`): a host's flushes do not return for 30 to 300 ms; its
 //!   watchdog tells the node (`Node::set_storage_stalled`) once a flush has run for three
 //!   election timeouts, and again when it returns, so a leader with a hung disk steps down
-//!   and the others go on.
+//!   and the others go on. Healing waits for the flushes it held before the liveness
+//!   bounds start.
 //!
 //! ## Budgets
 //!
