@@ -275,22 +275,6 @@ fn seed_1073_clients_progress_after_healing() {
     assert!(report.is_ok(), "{report}");
 }
 
-/// The run that found the AppendEntries storm between a leader and a follower whose
-/// memory log was full behind a hung disk (the paper test
-/// `a_follower_with_a_full_log_gets_one_probe_per_tick` in core/tests/paper shows it
-/// in a few steps): it grew to 11 GB, and with the simulator's event budgets it fails
-/// with a resource violation.
-#[test]
-fn seed_34_with_hung_disks_ends_without_a_message_storm() {
-    let options = SimOptions {
-        nodes: 3,
-        faults: Faults::parse("all,hung-disk").expect("faults"),
-        ..SimOptions::default()
-    };
-    let report = run(34, &options, None);
-    assert!(report.is_ok(), "{report}");
-}
-
 // ----- found by the simulator's membership, snapshot and read classes (open) -------------
 
 use coracle::ProgressState;
