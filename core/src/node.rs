@@ -492,6 +492,9 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             self.on_deadline();
         }
         self.timers.now = target;
+        if ticks > 0 {
+            self.allow_probes();
+        }
         self.expire_forwarded_reads();
         self.abort_transfer_if_due();
         self.debug_check();

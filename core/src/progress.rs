@@ -42,6 +42,10 @@ pub(crate) struct Replication<const I: usize> {
     pub state: ProgressState,
     /// In probe state: an AppendEntries was sent and no answer has come yet.
     pub probe_sent: bool,
+    /// In probe state: the peer answered since the probe was sent, at the probe's
+    /// `prevLogIndex`, without taking its entries (a full log, or the answer to a heartbeat
+    /// while the probe was lost); the next tick sends the probe again.
+    pub answered_since_probe: bool,
     /// Last index of each AppendEntries in flight, oldest first.
     pub inflight: heapless::Deque<Index, I>,
     pub recent_active: bool,
@@ -61,6 +65,7 @@ impl<const I: usize> Replication<I> {
             next_index,
             state: ProgressState::Probe,
             probe_sent: false,
+            answered_since_probe: false,
             inflight: heapless::Deque::new(),
             recent_active: false,
             last_progress: now,
@@ -77,6 +82,7 @@ impl<const I: usize> Replication<I> {
         self.snapshot_sent = 0;
         self.snapshot_acked = 0;
         self.probe_sent = false;
+        self.answered_since_probe = false;
         self.inflight.clear();
         self.last_progress = now;
     }
@@ -86,6 +92,7 @@ impl<const I: usize> Replication<I> {
         self.state = ProgressState::Probe;
         self.next_index = next_index.max(self.match_index + 1);
         self.probe_sent = false;
+        self.answered_since_probe = false;
         self.inflight.clear();
     }
 
@@ -93,6 +100,7 @@ impl<const I: usize> Replication<I> {
         self.state = ProgressState::Replicate;
         self.next_index = self.match_index + 1;
         self.probe_sent = false;
+        self.answered_since_probe = false;
         self.inflight.clear();
     }
 

@@ -177,10 +177,22 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             }
             r.free_through(m.index);
             match r.state {
-                // The answer to the probe (it matched at nextIndex - 1 or beyond), not to a
-                // heartbeat, which only vouches for matchIndex.
-                ProgressState::Probe if m.index + 1 >= r.next_index => {
+                // The answer to the probe: it took entries at nextIndex or beyond, or there
+                // was nothing to take (the logs agree at our last entry). Only then does the
+                // window open, so every window opened follows an advance of matchIndex.
+                ProgressState::Probe
+                    if m.index >= r.next_index
+                        || (m.index + 1 == r.next_index && r.next_index > last) =>
+                {
                     r.become_replicate();
+                }
+                // The logs agree at nextIndex - 1, but the peer took none of the probe's
+                // entries: its log is full (its host has not made room), or this answers a
+                // heartbeat. Opening the window would send it entries it cannot take, each
+                // answer reopening it (a storm); the next probe waits for the next tick
+                // (`allow_probes`).
+                ProgressState::Probe if m.index + 1 == r.next_index => {
+                    r.answered_since_probe = true;
                 }
                 ProgressState::Probe => {
                     r.probe_sent = false;
@@ -279,6 +291,24 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         }
     }
 
+    /// Leader, once per tick: a peer that answered the probe without taking its entries (a
+    /// full log, room coming as its host flushes and applies) or answered a heartbeat while
+    /// the probe was lost gets the next probe now: at most one a tick, however many answers
+    /// (duplicated, reordered) arrive. A silent peer gets none. A host that sleeps until
+    /// the next deadline probes at its heartbeats.
+    pub(crate) fn allow_probes(&mut self) {
+        if self.role != Role::Leader {
+            return;
+        }
+        for p in self.peers.iter_mut() {
+            let r = &mut p.replication;
+            if r.state == ProgressState::Probe && r.answered_since_probe {
+                r.probe_sent = false;
+                r.answered_since_probe = false;
+            }
+        }
+    }
+
     /// Leader timer: a heartbeat to every peer, and retransmission for peers whose
     /// pipelined messages went unanswered.
     pub(crate) fn on_heartbeat_timeout(&mut self) {
@@ -352,7 +382,10 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             p.send_heartbeat = false;
             let r = &mut p.replication;
             match r.state {
-                ProgressState::Probe => r.probe_sent = true,
+                ProgressState::Probe => {
+                    r.probe_sent = true;
+                    r.answered_since_probe = false;
+                }
                 ProgressState::Replicate => {
                     r.next_index = next + len as u64;
                     let _ = r.inflight.push_back(next + len as u64 - 1);

@@ -420,3 +420,48 @@ fn acknowledging_before_the_flush_is_caught_by_the_storage_check() {
     );
     assert!(report.is_ok(), "{report}");
 }
+
+/// The simulator bounds itself: a run past its queue or healing budget fails with a
+/// liveness violation that names the seed, instead of running on (a message storm once
+/// grew one run to 11 GB). Tiny budgets stand in for a storm here.
+#[test]
+fn a_run_past_its_event_budgets_fails_naming_the_seed() {
+    let queue = SimOptions {
+        steps: 2_000,
+        max_queued_events: 5,
+        ..SimOptions::default()
+    };
+    let heal = SimOptions {
+        steps: 2_000,
+        max_heal_events: 10,
+        ..SimOptions::default()
+    };
+    for (options, expected) in [
+        (queue, "events wait in the queue (at most 5)"),
+        (heal, "healing took over 10 events"),
+    ] {
+        let report = run(7, &options, None);
+        let found = report.violations.iter().any(|v| match v {
+            Violation::Liveness { what } => {
+                what.contains("resource bound")
+                    && what.contains(expected)
+                    && what.contains("seed 7")
+            }
+            _ => false,
+        });
+        assert!(
+            found,
+            "expected a resource violation ({expected}): {report}"
+        );
+    }
+    // The default budgets leave an ordinary run alone.
+    let report = run(
+        7,
+        &SimOptions {
+            steps: 2_000,
+            ..SimOptions::default()
+        },
+        None,
+    );
+    assert!(report.is_ok(), "{report}");
+}

@@ -88,6 +88,23 @@ fn seed_301182_a_voter_of_a_higher_term_served_by_snapshot_rejoins() {
     assert!(report.is_ok(), "{report}");
 }
 
+/// The run that found the AppendEntries storm between a leader and a follower whose
+/// memory log was full behind a hung disk (the paper test
+/// `a_follower_with_a_full_log_gets_one_probe_per_tick` in core/tests/paper shows it
+/// in a few steps): it grew to 11 GB, and with the simulator's event budgets it fails
+/// with a resource violation (its run shifts with any change of behaviour, like the seed
+/// above).
+#[test]
+fn seed_34_with_hung_disks_ends_without_a_message_storm() {
+    let options = SimOptions {
+        nodes: 3,
+        faults: Faults::parse("all,hung-disk").expect("faults"),
+        ..SimOptions::default()
+    };
+    let report = run(34, &options, None);
+    assert!(report.is_ok(), "{report}");
+}
+
 /// A restart that finds less log than the node acknowledged (issue 15, item 1): the leader
 /// must notice and catch the follower up (checked after the faults heal: every node
 /// converges on the leader's log), and every oracle must still hold.

@@ -632,8 +632,8 @@ impl<S: LogStorage> Cluster<S> {
 
 /// Steps `node` with `message` from `from` and returns what it sends back, in order, with
 /// syncs answered.
-pub fn step_and_collect(
-    node: &mut TestNode,
+pub fn step_and_collect<S: LogStorage>(
+    node: &mut Node<S>,
     from: NodeId,
     message: Message<'_>,
 ) -> Vec<(NodeId, OwnedMessage)> {
@@ -641,7 +641,7 @@ pub fn step_and_collect(
     collect(node)
 }
 
-pub fn collect(node: &mut TestNode) -> Vec<(NodeId, OwnedMessage)> {
+pub fn collect<S: LogStorage>(node: &mut Node<S>) -> Vec<(NodeId, OwnedMessage)> {
     let mut out = Vec::new();
     loop {
         let mut sync = None;

@@ -217,3 +217,101 @@ fn a_follower_that_lost_acknowledged_entries_is_caught_up() {
         assert!(c.node(1).counters().match_resets > 0);
     }
 }
+
+/// A follower whose memory log is full (its host has not made room yet: a hung disk, a
+/// snapshot not taken) takes none of the entries sent to it: it answers the first append of
+/// a window "success at my last entry" and rejects the rest (their `prevLogIndex` is past
+/// its log). Such answers must not open another window: the leader reopened it on every
+/// success to its probe, and with the answers of earlier windows still arriving (reordered,
+/// duplicated) the messages multiplied without bound (sim seed 34 with `hung-disk`: 11 GB).
+/// The leader may send at most one probe per tick to a follower that takes nothing.
+#[test]
+fn a_follower_with_a_full_log_gets_one_probe_per_tick() {
+    fn one_entry_per_message(id: u64) -> coracle::Config {
+        let mut c = default_config(id);
+        c.max_entries_per_message = 1;
+        c.max_inflight = 6;
+        c
+    }
+    type Full = coracle::Node<coracle::ArrayLog<8, 4>>;
+    /// Delivers everything but node 2's traffic.
+    fn settle_others(c: &mut Cluster<coracle::VecLog>) {
+        loop {
+            let others = c.take(|e| e.to != 2);
+            if others.is_empty() {
+                return;
+            }
+            for e in others {
+                c.deliver(e);
+            }
+        }
+    }
+    /// One tick: the leader's messages to node 2 are answered by `full` (in reverse order
+    /// and every answer delivered twice, if `shuffle`); returns how many there were.
+    fn round(c: &mut Cluster<coracle::VecLog>, full: &mut Full, shuffle: bool) -> usize {
+        c.drain_all();
+        settle_others(c);
+        let mut to_2 = c.take(|e| e.to == 2);
+        if shuffle {
+            to_2.reverse();
+        }
+        let mut answers = Vec::new();
+        for e in &to_2 {
+            answers.extend(step_and_collect(full, 1, e.message.as_message()));
+        }
+        let copies = if shuffle { 2 } else { 1 };
+        for _ in 0..copies {
+            for (to, message) in &answers {
+                c.deliver(Envelope {
+                    from: 2,
+                    to: *to,
+                    message: message.clone(),
+                });
+            }
+        }
+        settle_others(c);
+        c.tick(1, 1);
+        c.tick(3, 1);
+        to_2.len()
+    }
+
+    let mut c = Cluster::with(&[1, 2, 3], one_entry_per_message, |_| {
+        coracle::VecLog::new()
+    });
+    // Node 2 is played by hand, on a small memory log that nobody compacts.
+    c.crash(2);
+    c.elect(1);
+    let mut full: Full = coracle::Node::new(
+        one_entry_per_message(2),
+        coracle::ArrayLog::new(),
+        &[1, 2, 3],
+    )
+    .unwrap();
+    for i in 0..20u8 {
+        c.node_mut(1).propose(&[i]).unwrap();
+    }
+    // In order until the follower's log is full.
+    for _ in 0..10 {
+        round(&mut c, &mut full, false);
+    }
+    let held = full.last_index();
+    assert!(
+        held < 21 && full.counters().log_full > 0,
+        "the follower's log is full"
+    );
+    assert_eq!(c.node(1).progress(2).unwrap().match_index, held);
+    // Then reordered and duplicated answers.
+    let mut per_round = Vec::new();
+    for _ in 0..40 {
+        per_round.push(round(&mut c, &mut full, true));
+        // At most one probe and one heartbeat a round (a heartbeat here is every tick).
+        // Checked at once: a storm doubles.
+        assert!(
+            per_round.iter().all(|&n| n <= 2),
+            "messages to the full follower per round: {per_round:?}"
+        );
+    }
+    assert_eq!(c.node(1).role(), Role::Leader);
+    assert_eq!(c.node(1).commit_index(), 21, "nodes 1 and 3 commit");
+    assert_eq!(full.last_index(), held);
+}

@@ -383,6 +383,8 @@ pub struct Cluster {
     history: History,
     oracles: Oracles,
     events: u64,
+    /// `events` when healing began (for `max_heal_events`).
+    heal_started: Option<u64>,
     stats: Stats,
     trace: Option<Box<dyn Write>>,
     /// The node states last written to the trace.
@@ -479,6 +481,7 @@ impl Cluster {
             operator_on: faults.any_operator(),
             history: History::new(),
             events: 0,
+            heal_started: None,
             stats: Stats::default(),
             trace,
             last_states: String::new(),
@@ -531,7 +534,35 @@ impl Cluster {
         if self.trace.is_some() {
             self.trace_states();
         }
+        self.check_resources();
         true
+    }
+
+    /// A run whose events multiply (a message storm) fails here, naming the seed, before it
+    /// exhausts the machine: the queue may hold `max_queued_events`, and healing may take
+    /// `max_heal_events` (counted from `heal_started`).
+    fn check_resources(&mut self) {
+        let queued = self.queue.len();
+        let max_queued = self.options.max_queued_events;
+        if queued > max_queued {
+            self.liveness(format!(
+                "resource bound: {queued} events wait in the queue (at most {max_queued}) \
+                 after {} events: a message storm (seed {})",
+                self.events, self.seed
+            ));
+            return;
+        }
+        if let Some(start) = self.heal_started {
+            let healing = self.events - start;
+            let max = self.options.max_heal_events;
+            if healing > max {
+                self.liveness(format!(
+                    "resource bound: healing took over {max} events without settling \
+                     (seed {})",
+                    self.seed
+                ));
+            }
+        }
     }
 
     /// Runs `steps` more events with faults injected, stopping at the first violation.
@@ -570,9 +601,21 @@ impl Cluster {
         if self.has_violation() {
             return;
         }
+        self.heal_started = Some(self.events);
         self.heal_everything();
         if self.has_violation() {
             return;
+        }
+        if self.options.faults.hung_disk {
+            // A hung disk has healed once the flushes it held return (up to 300 ticks after
+            // it hung): the liveness bounds start then, not while its node still cannot vote.
+            let disks_back = self.hosts.iter().map(|h| h.disk_free_at).max().unwrap_or(0);
+            if disks_back > self.now {
+                self.run_until((disks_back - self.now).div_ceil(TICK), |_| false);
+                if self.has_violation() {
+                    return;
+                }
+            }
         }
         let bound = self.options.liveness_ticks;
         let start = self.now;

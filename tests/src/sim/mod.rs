@@ -42,7 +42,15 @@
 //! - `hung-disk` (not in `all`): a host's flushes do not return for 30 to 300 ms; its
 //!   watchdog tells the node (`Node::set_storage_stalled`) once a flush has run for three
 //!   election timeouts, and again when it returns, so a leader with a hung disk steps down
-//!   and the others go on.
+//!   and the others go on. Healing waits for the flushes it held before the liveness
+//!   bounds start.
+//!
+//! ## Budgets
+//!
+//! A run bounds itself: past [`SimOptions::max_queued_events`] events waiting at once, or
+//! [`SimOptions::max_heal_events`] events spent healing, it stops with a liveness
+//! violation ("resource bound", naming the seed): a message storm fails fast instead of
+//! exhausting the machine.
 //!
 //! The pieces:
 //! - [`MemoryLog`] and [`Disk`]: the node's memory and the host's durable store, with the
@@ -417,6 +425,13 @@ pub struct SimOptions {
     /// Share of gets (0 to 100 percent) served as linearizable reads through `Node::read`
     /// (ReadIndex, or a lease when clocks do not skew) instead of through the log.
     pub read_percent: u64,
+    /// Events that may wait in the queue at once (ticks, messages in flight, flushes). A
+    /// run past it is a message storm: it fails with a liveness violation naming the seed
+    /// instead of exhausting the machine's memory. Runs hold a few hundred.
+    pub max_queued_events: usize,
+    /// Events that healing and the liveness checks after it may take (they are bounded in
+    /// simulated time, which a storm barely advances). Runs take about a thousand.
+    pub max_heal_events: u64,
 }
 
 impl SimOptions {
@@ -475,6 +490,8 @@ impl Default for SimOptions {
             liveness_ticks: 200,
             linearizability_budget: 2_000_000,
             read_percent: 50,
+            max_queued_events: 100_000,
+            max_heal_events: 2_000_000,
         }
     }
 }
