@@ -30,13 +30,16 @@ fn a_scrape_of_a_running_cluster_shows_its_state() {
     smol::block_on(client.get("k0")).unwrap();
     let leader = common::leader(&client, &setup.addrs).unwrap();
     let l = leader.to_string();
-    // The leader's loop copies its state every 10 ms at most: wait for the last write to
-    // show (a generous bound; the figures are checked below).
+    // The leader's loop copies its state (the gauges) every 10 ms at most, while event
+    // counters count at once: wait for the last write to show in both (a generous bound;
+    // the figures are checked below).
     let addr = nodes[leader as usize - 1].metrics_addr().unwrap();
     let s = wait_for(Duration::from_secs(10), || {
         let s = scrape(addr);
         let key = format!("coracle_proposals_total{{node=\"{l}\",outcome=\"committed\"}}");
-        (s.get(&key).copied().unwrap_or(0.0) >= WRITES as f64).then_some(s)
+        let commit = format!("coracle_commit_index{{node=\"{l}\"}}");
+        let shown = |key: &str| s.get(key).copied().unwrap_or(0.0) >= WRITES as f64;
+        (shown(&key) && shown(&commit)).then_some(s)
     })
     .expect("the leader's metrics show every write committed");
     let n = |name: &str| format!("{name}{{node=\"{l}\"}}");
