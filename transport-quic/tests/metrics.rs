@@ -27,9 +27,17 @@ fn a_scrape_of_a_running_cluster_shows_its_state() {
     for i in 0..WRITES {
         smol::block_on(client.put(format!("k{i}"), "v")).unwrap();
     }
-    smol::block_on(client.get("k0")).unwrap();
     let leader = common::leader(&client, &setup.addrs).unwrap();
     let l = leader.to_string();
+    // A read the leader serves: writes sent to a follower are forwarded to the leader, so
+    // the client above may never have learned which node leads.
+    let at_leader = coracle_quic::client::Client::new(
+        &setup.creds("client-alice"),
+        vec![setup.addrs[leader as usize - 1]],
+    )
+    .unwrap();
+    smol::block_on(at_leader.get("k0")).unwrap();
+    at_leader.close();
     // The leader's loop copies its state (the gauges) every 10 ms at most, while event
     // counters count at once: wait for the last write to show in both (a generous bound;
     // the figures are checked below).
