@@ -1123,7 +1123,15 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         if total == 0 {
             return 0;
         }
-        values.sort_unstable_by(|a, b| b.cmp(a));
+        // Descending, by insertion: a handful of values, and no sort routine in the
+        // firmware (`sort_unstable` costs kilobytes of flash).
+        for i in 1..values.len() {
+            let mut j = i;
+            while j > 0 && values[j - 1] < values[j] {
+                values.swap(j - 1, j);
+                j -= 1;
+            }
+        }
         // The k-th largest (0-based j) of the peers' values with `own` inserted in order.
         let j = total / 2;
         if !self_in {
