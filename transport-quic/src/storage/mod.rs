@@ -253,6 +253,7 @@ pub mod format;
 pub mod hard_state;
 pub mod identity;
 pub mod incarnations;
+pub mod new_cluster;
 mod positions;
 pub mod record;
 pub mod recovery;
@@ -266,6 +267,7 @@ mod tests;
 pub use error::{Damage, FileLogError};
 pub use identity::DirIdentity;
 pub use incarnations::{Incarnations, Verdict};
+pub use new_cluster::{NewCluster, NewClusterError};
 pub use recovery::{Leftover, Superseded, TailCut};
 pub use snapshot::{Snapshot, SnapshotFile, Writer as SnapshotWriter};
 
