@@ -233,7 +233,7 @@ mod tests {
         let mut log = FileLog::open_with(d, Options::new().member(7, 1)).unwrap();
         let three: Vec<u8> = [1u64, 2, 3]
             .into_iter()
-            .flat_map(|id| coracle::membership::sole_voter(id))
+            .flat_map(coracle::membership::sole_voter)
             .collect();
         let entries: Vec<Entry<'_>> = (1..=5)
             .map(|i| Entry {
