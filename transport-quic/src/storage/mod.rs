@@ -198,7 +198,7 @@
 //! |---|---|
 //! | `LOCK` | empty; holds the exclusive lock of an open `FileLog` |
 //! | `format` | the directory's format version ([`format`](mod@format); none in format 1, the previous release's) |
-//! | `identity` | cluster, node and incarnation of the directory ([`identity`]); written once |
+//! | `identity` | cluster, node and incarnation of the directory ([`identity`]); written once (again only by [`FileLog::force_new_cluster`]) |
 //! | `00000000000000000001.seg` | a [`segment`] (format version 2, version 1 still read): header, durability marks, then records ([`record`]) |
 //! | `hard_state` | term and vote ([`hard_state`]) |
 //! | `snapshot` | the latest snapshot ([`snapshot`], its own format version 2) |
