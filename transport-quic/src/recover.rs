@@ -37,10 +37,10 @@
 use crate::certs::{node_server_name, Identity};
 use crate::config::NodeConfig;
 use crate::hello::{self, Greeting};
-use crate::host::CoreNode;
+use crate::host::{node_credentials, CoreNode, NodeError};
 use crate::storage::new_cluster::check_identity;
 use crate::storage::{FileLog, FileLogError, Incarnations, NewCluster, NewClusterError};
-use crate::tls::{self, Credentials, TlsError};
+use crate::tls::{self, TlsError};
 use coracle::NodeId;
 use std::fmt;
 use std::net::SocketAddr;
@@ -84,7 +84,10 @@ pub struct Recovered {
 pub enum RecoverError {
     /// The data directory cannot be recovered, or its rewrite failed.
     Storage(NewClusterError),
-    /// The node's certificates cannot be loaded (the probe dials as this node).
+    /// The node's certificates cannot be loaded, or are not this node's (the probe dials
+    /// as this node).
+    Certificates(NodeError),
+    /// The probe's TLS configuration cannot be made.
     Tls(TlsError),
     /// The node's configuration or log cannot make a core node (to read the configuration).
     Core(String),
@@ -105,6 +108,7 @@ impl fmt::Display for RecoverError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RecoverError::Storage(e) => write!(f, "cannot force a new cluster: {e}"),
+            RecoverError::Certificates(e) => write!(f, "cannot force a new cluster: {e}"),
             RecoverError::Tls(e) => write!(f, "cannot force a new cluster: {e}"),
             RecoverError::Core(e) => write!(f, "cannot force a new cluster: {e}"),
             RecoverError::Io(e) => write!(f, "cannot force a new cluster: probe socket: {e}"),
@@ -182,17 +186,7 @@ async fn probe_all(
     peers: Vec<(NodeId, SocketAddr)>,
     timeout: Duration,
 ) -> Result<Vec<NodeId>, RecoverError> {
-    let creds =
-        Credentials::load(&cfg.tls.ca, &cfg.tls.cert, &cfg.tls.key).map_err(RecoverError::Tls)?;
-    match creds.identity().map_err(RecoverError::Tls)? {
-        Identity::Node(id) if id == cfg.id => {}
-        other => {
-            return Err(RecoverError::Tls(TlsError::Config(format!(
-                "the certificate is {other}'s, not node {}'s",
-                cfg.id
-            ))))
-        }
-    }
+    let creds = node_credentials(cfg).map_err(RecoverError::Certificates)?;
     let client = tls::client_config(&creds, &cfg.quic()).map_err(RecoverError::Tls)?;
     let bind: SocketAddr = match cfg.listen {
         SocketAddr::V4(_) => ([0, 0, 0, 0], 0).into(),

@@ -17,29 +17,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// Node `id` of the old cluster (7), whose voters are `voters` (other nodes of the setup
-/// join later).
-fn old_config(setup: &Setup, id: u64, voters: &str) -> PathBuf {
+/// The configuration of node `id` (its data directory, address and certificate) in
+/// cluster `cluster` with `voters` at bootstrap: the old cluster 7's voters; in the new
+/// cluster 8 the same for the recovered node (only its cluster id changes: the rest tells
+/// the old configuration), the recovered node for a node that joins it.
+fn config(setup: &Setup, id: u64, cluster: u64, voters: &str) -> PathBuf {
     let text = setup.config_text(id).replacen(
         "cluster_id = 7\n",
-        &format!("cluster_id = 7\nvoters = {voters}\n"),
+        &format!("cluster_id = {cluster}\nvoters = {voters}\n"),
         1,
     );
-    let path = setup.path().join(format!("node-{id}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// Node `id` of the new cluster 8 (same data directory, address and certificate), with
-/// `voters` at bootstrap: the old ones for the recovered node (only its cluster id
-/// changes: the rest tells the old configuration), the recovered node for a new one.
-fn new_config(setup: &Setup, id: u64, voters: &str) -> PathBuf {
-    let text = setup.config_text(id).replacen(
-        "cluster_id = 7\n",
-        &format!("cluster_id = 8\nvoters = {voters}\n"),
-        1,
-    );
-    let path = setup.path().join(format!("new-{id}.toml"));
+    let path = setup.path().join(format!("node-{id}-of-{cluster}.toml"));
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -147,7 +135,7 @@ fn a_survivor_of_a_lost_majority_becomes_a_new_cluster_with_every_acknowledged_w
     let setup = Setup::new("recovery", 6);
     let five = &setup.addrs[..5];
     let mut procs: Vec<Proc> = (1..=5)
-        .map(|id| spawn_with(&setup, id, &old_config(&setup, id, "[1, 2, 3, 4, 5]")))
+        .map(|id| spawn_with(&setup, id, &config(&setup, id, 7, "[1, 2, 3, 4, 5]")))
         .collect();
     let client = client_of(&setup, five.to_vec(), Duration::from_secs(20));
     let first = wait_for(Duration::from_secs(20), || leader(&client, five))
@@ -188,7 +176,7 @@ fn a_survivor_of_a_lost_majority_becomes_a_new_cluster_with_every_acknowledged_w
     let s = *survivors.iter().max_by_key(|&&id| (last(id), id)).unwrap();
     procs[s as usize - 1].kill();
     let s_addr = setup.addrs[s as usize - 1];
-    let _recovered = spawn_forced(&setup, s, &new_config(&setup, s, "[1, 2, 3, 4, 5]"), 1);
+    let _recovered = spawn_forced(&setup, s, &config(&setup, s, 8, "[1, 2, 3, 4, 5]"), 1);
     let new_client = client_of(&setup, vec![s_addr], Duration::from_secs(20));
     let led = wait_for(Duration::from_secs(30), || {
         status(&new_client, s_addr).filter(|st| st.role == "Leader")
@@ -217,14 +205,8 @@ fn a_survivor_of_a_lost_majority_becomes_a_new_cluster_with_every_acknowledged_w
     );
 
     // Every acknowledged write is there; new writes commit.
+    read_back(&new_client, 0..KEYS);
     smol::block_on(async {
-        for i in 0..KEYS {
-            let v = new_client
-                .get_with(format!("k{i}"), Consistency::Linearizable)
-                .await
-                .unwrap();
-            assert_eq!(v, Some(format!("v{i}").into_bytes()), "k{i}");
-        }
         for i in KEYS..KEYS + 20 {
             new_client
                 .put(format!("k{i}"), format!("v{i}"))
@@ -234,7 +216,7 @@ fn a_survivor_of_a_lost_majority_becomes_a_new_cluster_with_every_acknowledged_w
     });
 
     // It grows again: node 6 joins as a learner, is promoted, and holds every key.
-    let _six = spawn_with(&setup, 6, &new_config(&setup, 6, &format!("[{s}]")));
+    let _six = spawn_with(&setup, 6, &config(&setup, 6, 8, &format!("[{s}]")));
     let six_addr = setup.addrs[5];
     admin(&setup, s, &["add-learner", "6", &six_addr.to_string()]).unwrap();
     let promoted = wait_for(Duration::from_secs(30), || {
@@ -281,7 +263,7 @@ fn a_survivor_of_a_lost_majority_becomes_a_new_cluster_with_every_acknowledged_w
 fn a_recovery_is_refused_while_the_old_cluster_answers_and_on_bad_input() {
     let setup = Setup::new("recovery-refused", 3);
     let mut procs: Vec<Proc> = (1..=3)
-        .map(|id| spawn_with(&setup, id, &old_config(&setup, id, "[1, 2, 3]")))
+        .map(|id| spawn_with(&setup, id, &config(&setup, id, 7, "[1, 2, 3]")))
         .collect();
     let client = setup.client("client-alice");
     let first = wait_for(Duration::from_secs(20), || leader(&client, &setup.addrs))
@@ -299,7 +281,7 @@ fn a_recovery_is_refused_while_the_old_cluster_answers_and_on_bad_input() {
     assert!(!before.is_empty());
 
     // The two others answer: with this node, a quorum of the old cluster.
-    let live = refused(&setup, &new_config(&setup, n, "[1, 2, 3]"));
+    let live = refused(&setup, &config(&setup, n, 8, "[1, 2, 3]"));
     let others: Vec<u64> = (1..=3).filter(|&id| id != n).collect();
     assert!(live.contains("may still have a quorum"), "{live}");
     assert!(live.contains(&format!("{others:?} answered")), "{live}");
@@ -307,12 +289,12 @@ fn a_recovery_is_refused_while_the_old_cluster_answers_and_on_bad_input() {
     assert_eq!(contents(&data), before, "a refusal changed the directory");
 
     // The cluster id not changed.
-    let same = refused(&setup, &old_config(&setup, n, "[1, 2, 3]"));
+    let same = refused(&setup, &config(&setup, n, 7, "[1, 2, 3]"));
     assert!(same.contains("new cluster_id"), "{same}");
     assert_eq!(contents(&data), before);
 
     // A missing data directory, then an empty one.
-    let text = std::fs::read_to_string(new_config(&setup, n, "[1, 2, 3]"))
+    let text = std::fs::read_to_string(config(&setup, n, 8, "[1, 2, 3]"))
         .unwrap()
         .replace(&format!("data/node-{n}"), "data/none");
     let none = setup.path().join("none.toml");
@@ -327,7 +309,7 @@ fn a_recovery_is_refused_while_the_old_cluster_answers_and_on_bad_input() {
 
     // Forced twice, it goes on (and says that the old cluster is alive).
     let addr = setup.addrs[n as usize - 1];
-    let _forced = spawn_forced(&setup, n, &new_config(&setup, n, "[1, 2, 3]"), 2);
+    let _forced = spawn_forced(&setup, n, &config(&setup, n, 8, "[1, 2, 3]"), 2);
     let on_n = client_of(&setup, vec![addr], Duration::from_secs(20));
     wait_for(Duration::from_secs(30), || {
         status(&on_n, addr).filter(|st| st.role == "Leader")
