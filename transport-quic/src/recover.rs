@@ -255,10 +255,7 @@ pub fn force_new_cluster(
     let book = Arc::new(Incarnations::open(&cfg.data_dir)?);
     let greeting = Arc::new(Greeting::new(found.cluster, cfg.id, incarnation, book));
     let answered = smol::block_on(probe_all(cfg, greeting, peers, options.probe_timeout))?;
-    // This node counts as alive: started normally, it would rejoin them.
-    let alive = |id: &NodeId| *id == cfg.id || answered.contains(id) || unprobed.contains(id);
-    let majority = |half: &[NodeId]| half.iter().filter(|id| alive(id)).count() * 2 > half.len();
-    let quorum = majority(&voters) && (outgoing.is_empty() || majority(&outgoing));
+    let quorum = may_have_quorum(&voters, &outgoing, cfg.id, &answered, &unprobed);
     if quorum && !options.ignore_live_quorum {
         return Err(RecoverError::LiveQuorum {
             voters: others_with(&voters, &outgoing),
@@ -276,10 +273,50 @@ pub fn force_new_cluster(
     })
 }
 
+/// May the old configuration (`voters`, and `outgoing` while joint) still have a quorum?
+/// Counted as alive: this node `me` (started normally, it would rejoin them), the voters
+/// that `answered` and those `unprobed` (they may be alive). While joint, a quorum needs a
+/// majority of each half.
+fn may_have_quorum(
+    voters: &[NodeId],
+    outgoing: &[NodeId],
+    me: NodeId,
+    answered: &[NodeId],
+    unprobed: &[NodeId],
+) -> bool {
+    let alive = |id: &&NodeId| **id == me || answered.contains(id) || unprobed.contains(id);
+    let majority = |half: &[NodeId]| half.iter().filter(alive).count() * 2 > half.len();
+    majority(voters) && (outgoing.is_empty() || majority(outgoing))
+}
+
 /// The voters of both halves, sorted, once each.
 fn others_with(voters: &[NodeId], outgoing: &[NodeId]) -> Vec<NodeId> {
     let mut all: Vec<NodeId> = voters.iter().chain(outgoing).copied().collect();
     all.sort_unstable();
     all.dedup();
     all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_have_quorum;
+
+    #[test]
+    fn a_quorum_counts_this_node_the_answers_and_the_voters_not_asked() {
+        let five = [1, 2, 3, 4, 5];
+        // Two survivors of five: no quorum, whoever answers of the lost.
+        assert!(!may_have_quorum(&five, &[], 1, &[2], &[]));
+        assert!(!may_have_quorum(&five, &[], 1, &[], &[]));
+        // Three with this node: alive (restart it normally instead).
+        assert!(may_have_quorum(&five, &[], 1, &[2, 3], &[]));
+        // A voter that could not be asked counts as alive.
+        assert!(may_have_quorum(&five, &[], 1, &[2], &[3]));
+        // A learner (not a voter) recovered: only the voters count.
+        assert!(!may_have_quorum(&[2, 3, 4], &[], 9, &[2], &[]));
+        assert!(may_have_quorum(&[2, 3, 4], &[], 9, &[2, 3], &[]));
+        // Joint: a majority of each half.
+        assert!(!may_have_quorum(&[1, 2, 3], &[3, 4, 5], 1, &[2], &[]));
+        assert!(may_have_quorum(&[1, 2, 3], &[3, 4, 5], 1, &[2, 3, 4], &[]));
+        assert!(!may_have_quorum(&[1, 2, 3], &[1, 4, 5], 1, &[2, 3], &[]));
+    }
 }
