@@ -547,7 +547,7 @@ async fn hello_and_answer(
 /// peer logs a failed hello.
 pub async fn probe(g: &Greeting, peer: NodeId, conn: &quinn::Connection) -> bool {
     let answered = hello_and_answer(g, peer, conn).await.is_ok();
-    conn.close(quinn::VarInt::from_u32(ERR_INCARNATION), b"probe");
+    conn.close(quinn::VarInt::from_u32(0), b"probe done");
     answered
 }
 

@@ -759,8 +759,7 @@ fn recover(cfg: &NodeConfig, ignore_live_quorum: bool) -> Result<(), Error> {
          acknowledged may take effect. Never restart a node of the old cluster with its old data again.",
         cfg.id, cfg.cluster_id
     );
-    eprintln!("WARNING: {warning}");
-    tracing::warn!(node = cfg.id, "{warning}");
+    loud(cfg.id, &warning);
     let done = force_new_cluster(cfg, &options)?;
     let n = done.new_cluster;
     let summary = format!(
@@ -779,18 +778,23 @@ fn recover(cfg: &NodeConfig, ignore_live_quorum: bool) -> Result<(), Error> {
         n.index,
         n.term
     );
-    if !done.answered.is_empty() || ignore_live_quorum {
+    if !done.answered.is_empty() {
         let alive = format!(
             "nodes {:?} of the old cluster {} are still running: stop them for good, they must never \
              meet the new cluster's clients",
             done.answered, n.old_cluster
         );
-        eprintln!("WARNING: {alive}");
-        tracing::warn!(node = cfg.id, "{alive}");
+        loud(cfg.id, &alive);
     }
-    eprintln!("WARNING: {summary}");
-    tracing::warn!(node = cfg.id, "{summary}");
+    loud(cfg.id, &summary);
     Ok(())
+}
+
+/// A warning on stderr (where an operator at a terminal sees it whatever the log filter)
+/// and in the log.
+fn loud(node: u64, warning: &str) {
+    eprintln!("WARNING: {warning}");
+    tracing::warn!(node, "{warning}");
 }
 
 /// Sends the fault-injection order to each node at `nodes` (not redirected).
