@@ -358,6 +358,20 @@ mod tests {
     }
 
     #[test]
+    fn an_interrupted_recovery_is_run_again_with_another_cluster_id() {
+        let d = dir("interrupted");
+        survivor(&d);
+        // A crash after step 2: the new cluster id, the old configuration.
+        identity::write(&d, &DirIdentity::new(8, 1)).unwrap();
+        let again = FileLog::force_new_cluster(&d, Options::new(), 8, 1).unwrap_err();
+        assert!(matches!(again, NewClusterError::SameCluster(8)), "{again}");
+        assert!(again.to_string().contains("yet another"), "{again}");
+        let done = FileLog::force_new_cluster(&d, Options::new(), 9, 1).unwrap();
+        assert_eq!((done.old_cluster, done.cluster, done.index), (8, 9, 6));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
     fn a_damaged_directory_is_refused_unchanged() {
         let d = dir("damaged");
         survivor(&d);
