@@ -50,7 +50,8 @@ use std::time::Duration;
 /// How [`force_new_cluster`] checks the old cluster.
 #[derive(Clone, Debug)]
 pub struct ForceOptions {
-    /// How long a voter of the old configuration has to answer the probe (3 s by default).
+    /// How long a voter of the old configuration has to answer the probe (by default
+    /// [`hello::HELLO_TIMEOUT`], 5 s: what a running node gives a peer's hello).
     pub probe_timeout: Duration,
     /// Go on even if a quorum of the old configuration may be alive (`--force-new-cluster`
     /// twice): two clusters with the same data then run side by side.
@@ -60,7 +61,7 @@ pub struct ForceOptions {
 impl Default for ForceOptions {
     fn default() -> Self {
         ForceOptions {
-            probe_timeout: Duration::from_secs(3),
+            probe_timeout: hello::HELLO_TIMEOUT,
             ignore_live_quorum: false,
         }
     }

@@ -53,7 +53,7 @@ fn spawn_forced(setup: &Setup, id: u64, config: &Path, times: usize) -> Proc {
 }
 
 /// Runs `--force-new-cluster` on `config`, expecting a refusal: the process exits (within
-/// 30 s, generous: the probe waits 3 s for voters that are down) with a failure, and its
+/// 30 s, generous: the probe waits 5 s for voters that are down) with a failure, and its
 /// standard error is returned.
 fn refused(setup: &Setup, config: &Path) -> String {
     let err = setup.path().join("refused.err");
