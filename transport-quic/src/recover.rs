@@ -15,6 +15,22 @@
 //! before the loss; the `log recovered` line a node logs at start says `last`), and never
 //! let a node of the old cluster rejoin the new one with its old data.
 //!
+//! ```no_run
+//! use coracle_quic::config::NodeConfig;
+//! use coracle_quic::recover::{force_new_cluster, ForceOptions};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // The survivor's node.toml with only its cluster_id changed.
+//! let cfg = NodeConfig::load("recovered.toml".as_ref())?;
+//! let done = force_new_cluster(&cfg, &ForceOptions::default())?;
+//! eprintln!(
+//!     "WARNING: forced cluster {} out of cluster {}: log through {} kept",
+//!     done.new_cluster.cluster, done.new_cluster.old_cluster, done.new_cluster.kept_through
+//! );
+//! // Then start the node as always: Host::start(&cfg, state_machine).
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Safety checks
 //!
 //! Before anything is written, [`force_new_cluster`] refuses:

@@ -176,7 +176,7 @@ fn a_survivor_of_a_lost_majority_becomes_a_new_cluster_with_every_acknowledged_w
     let s = *survivors.iter().max_by_key(|&&id| (last(id), id)).unwrap();
     procs[s as usize - 1].kill();
     let s_addr = setup.addrs[s as usize - 1];
-    let _recovered = spawn_forced(&setup, s, &config(&setup, s, 8, "[1, 2, 3, 4, 5]"), 1);
+    let mut recovered = spawn_forced(&setup, s, &config(&setup, s, 8, "[1, 2, 3, 4, 5]"), 1);
     let new_client = client_of(&setup, vec![s_addr], Duration::from_secs(20));
     let led = wait_for(Duration::from_secs(30), || {
         status(&new_client, s_addr).filter(|st| st.role == "Leader")
@@ -254,6 +254,20 @@ fn a_survivor_of_a_lost_majority_becomes_a_new_cluster_with_every_acknowledged_w
         None
     );
     on_other.close();
+
+    // Restarted with the flag left on, it is refused (already the new cluster); without
+    // it, it rejoins node 6 with every key.
+    recovered.kill();
+    let again = refused(&setup, &config(&setup, s, 8, "[1, 2, 3, 4, 5]"));
+    assert!(again.contains("without --force-new-cluster"), "{again}");
+    let _restarted = spawn_with(&setup, s, &config(&setup, s, 8, "[1, 2, 3, 4, 5]"));
+    let both = client_of(&setup, vec![s_addr, six_addr], Duration::from_secs(30));
+    read_back(&both, 0..KEYS + 20);
+    assert_eq!(
+        smol::block_on(both.get_with("after", Consistency::Linearizable)).unwrap(),
+        Some(b"growth".to_vec())
+    );
+    both.close();
     on_six.close();
     new_client.close();
     client.close();

@@ -100,8 +100,10 @@ impl fmt::Display for NewClusterError {
                 f,
                 "the data directory already belongs to cluster {id}, the cluster_id of this \
                  node.toml: --force-new-cluster starts a NEW cluster, give it a new cluster_id \
-                 (so the old cluster's nodes never talk to it; if an earlier recovery to this \
-                 id was interrupted, choose yet another one)"
+                 (so the old cluster's nodes never talk to it). If this directory was already \
+                 recovered into cluster {id}, start the node without --force-new-cluster; if \
+                 that recovery was interrupted (the node does not lead alone), run it again \
+                 with yet another cluster_id"
             ),
             NewClusterError::Storage(e) => write!(f, "{e}"),
         }
