@@ -38,9 +38,10 @@
 //!   new `cluster_id` (it was not changed) ([`NewClusterError`]);
 //! - a directory a running node holds, or a damaged one;
 //! - when the old configuration may still have a quorum: it dials every other voter of the
-//!   old configuration (the newest in the log, as the node would use it) at its address in
-//!   `[[peers]]`, as this node, with the old cluster id, and counts those that answer the
-//!   node hello ([`hello::probe`]) within [`ForceOptions::probe_timeout`]. If those, this
+//!   old configuration (the one the node would use: the newest in its log or snapshot,
+//!   else `voters` and `[[peers]]` of its `node.toml`, so change only `cluster_id`) at
+//!   its address in `[[peers]]`, as this node, with the old cluster id, and counts those
+//!   that answer the node hello ([`hello::probe`]) within [`ForceOptions::probe_timeout`]. If those, this
 //!   node and the voters whose address is unknown make a majority of the old configuration
 //!   (of both halves while joint), the old cluster is alive or can be revived by starting
 //!   this node normally: [`RecoverError::LiveQuorum`], unless
@@ -181,6 +182,9 @@ fn old_configuration(
 ) -> Result<(Vec<NodeId>, Vec<NodeId>, u64), RecoverError> {
     let log = FileLog::open_with(&cfg.data_dir, cfg.log_options().member(cluster, cfg.id))?;
     log.check_complete()?;
+    for w in log.recovery().warnings() {
+        tracing::warn!(node = cfg.id, "recovery: {w}");
+    }
     let memory = log.recover(cfg.memory_log_bytes())?;
     let mut raft = cfg.raft_config(0);
     raft.max_entry_bytes = raft.max_entry_bytes.saturating_add(1);
