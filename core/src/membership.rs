@@ -210,6 +210,23 @@ pub fn decode(data: &[u8]) -> Option<impl Iterator<Item = Member> + Clone + '_> 
     records(data)
 }
 
+/// The data of a configuration entry whose only member is `id`, a voter: what a host
+/// appends to a survivor's log to restart it as a new cluster of one after a majority of
+/// its cluster is lost for good (etcd's `--force-new-cluster`). Only the host may decide
+/// to do this (the core never does: it breaks the old cluster's quorum on purpose).
+///
+/// ```
+/// # use coracle::membership::{decode, sole_voter};
+/// let only: Vec<_> = decode(&sole_voter(3)).unwrap().collect();
+/// assert_eq!((only.len(), only[0].id, only[0].voter), (1, 3, true));
+/// ```
+pub fn sole_voter(id: NodeId) -> [u8; RECORD] {
+    let mut data = [0u8; RECORD];
+    data[..8].copy_from_slice(&id.to_le_bytes());
+    data[8] = VOTER;
+    data
+}
+
 /// Encodes members into `buf`; `None` if it does not fit.
 fn encode(members: impl Iterator<Item = Member>, buf: &mut [u8]) -> Option<usize> {
     let mut n = 0;

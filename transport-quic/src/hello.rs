@@ -513,7 +513,14 @@ fn refused_by(g: &Greeting, peer: NodeId, verdict: Judged, theirs: &Versions) {
     }
 }
 
-async fn dial_side(g: &Greeting, peer: NodeId, conn: &quinn::Connection) -> Result<(), HelloError> {
+/// The dialer's first half: sends this node's hello on a new stream, reads the peer's
+/// hello (of this node's cluster, from the node its certificate names) and its verdict on
+/// this node.
+async fn hello_and_answer(
+    g: &Greeting,
+    peer: NodeId,
+    conn: &quinn::Connection,
+) -> Result<(quinn::SendStream, quinn::RecvStream, Hello, Judged), HelloError> {
     let io = |e: &dyn std::fmt::Display| HelloError::Protocol(e.to_string());
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| io(&e))?;
     send.write_all(&g.encode_hello())
@@ -529,6 +536,24 @@ async fn dial_side(g: &Greeting, peer: NodeId, conn: &quinn::Connection) -> Resu
         .map_err(|e| io(&e))?;
     let theirs = decode_hello(&answer[..HELLO], g.cluster, peer)?;
     let on_me = decode_verdict(&answer[HELLO..])?;
+    Ok((send, recv, theirs, on_me))
+}
+
+/// Asks `peer`, over a new connection this node dialed, whether it is a live node of
+/// `g`'s cluster: true once it answers this node's hello with its own (whatever its
+/// verdict on this node). Nothing is recorded (the peer's incarnation is not judged) and
+/// the connection is closed after: this is how a node about to be recovered as a new
+/// cluster ([`crate::recover`]) tells whether its old cluster still has a quorum. The
+/// peer logs a failed hello.
+pub async fn probe(g: &Greeting, peer: NodeId, conn: &quinn::Connection) -> bool {
+    let answered = hello_and_answer(g, peer, conn).await.is_ok();
+    conn.close(quinn::VarInt::from_u32(0), b"probe done");
+    answered
+}
+
+async fn dial_side(g: &Greeting, peer: NodeId, conn: &quinn::Connection) -> Result<(), HelloError> {
+    let io = |e: &dyn std::fmt::Display| HelloError::Protocol(e.to_string());
+    let (mut send, mut recv, theirs, on_me) = hello_and_answer(g, peer, conn).await?;
     refused_by(g, peer, on_me, &theirs.versions);
     let on_them = judge(g, peer, &theirs).await?;
     let sent = send.write_all(&encode_verdict(on_them)).await;

@@ -86,6 +86,9 @@
 //!   linearizable reads);
 //! - [`metrics`]: the node's figures in Prometheus form over HTTP (`[metrics] listen`);
 //! - [`stall`]: the watchdog that makes a node whose disk hangs step down;
+//! - [`recover`]: recovery after losing a quorum for good (`--force-new-cluster`): a
+//!   survivor restarted as a new cluster of one from its own data; [`backup`]: backups of
+//!   the KV store and restores into a new cluster;
 //! - [`config`]: the node's configuration file (`node.toml`);
 //! - [`loopback`]: a CA, certificates and configurations for a cluster on 127.0.0.1, to
 //!   try a state machine (the lease example, `examples/lease.rs`) or test it.
@@ -105,6 +108,7 @@ pub mod kv;
 pub mod loopback;
 pub mod metrics;
 pub mod protocol;
+pub mod recover;
 pub mod server;
 pub mod stall;
 pub mod storage;

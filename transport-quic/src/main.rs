@@ -80,6 +80,13 @@ enum Command {
         /// Shut down when standard input closes (used by `coracle demo` for its children).
         #[arg(long, hide = true)]
         watch_stdin: bool,
+        /// DANGER: the majority of the cluster is lost for good. Restart this survivor as
+        /// a new cluster of one from its own data (its node.toml must name a NEW
+        /// cluster_id), then grow it with `admin add-learner` and `promote`. Refused while
+        /// a quorum of the old cluster answers, unless given twice. README: "Recovery
+        /// after losing a quorum".
+        #[arg(long, action = clap::ArgAction::Count)]
+        force_new_cluster: u8,
     },
     /// Use the replicated key-value store.
     Kv {
@@ -441,8 +448,9 @@ fn run(command: Command) -> Result<bool, Error> {
             action: None,
             config,
             watch_stdin,
+            force_new_cluster,
         } => match config {
-            Some(config) => node(config, watch_stdin),
+            Some(config) => node(config, watch_stdin, force_new_cluster),
             None => Err("--config is required".into()),
         },
         Command::Kv { conn, command } => smol::block_on(kv(conn, command)),
@@ -518,11 +526,14 @@ fn certs(command: CertsCommand) -> Result<(), Error> {
     Ok(())
 }
 
-fn node(config: PathBuf, watch_stdin: bool) -> Result<(), Error> {
+fn node(config: PathBuf, watch_stdin: bool, force_new_cluster: u8) -> Result<(), Error> {
     use smol::stream::StreamExt;
     let cfg = NodeConfig::load(&config)?;
     // The versions a test may make the node claim: a value that is none stops it here.
     coracle_quic::hello::Versions::announced()?;
+    if force_new_cluster > 0 {
+        recover(&cfg, force_new_cluster > 1)?;
+    }
     let mut signals =
         async_signal::Signals::new([async_signal::Signal::Int, async_signal::Signal::Term])?;
     let mut node = RunningNode::start(&cfg)?;
@@ -732,6 +743,58 @@ fn restore(file: &std::path::Path, config: &std::path::Path) -> Result<(), Error
         config.display()
     );
     Ok(())
+}
+
+/// `node --force-new-cluster`: the directory rewritten before the node starts, with loud
+/// warnings on stderr and in the log.
+fn recover(cfg: &NodeConfig, ignore_live_quorum: bool) -> Result<(), Error> {
+    use coracle_quic::recover::{force_new_cluster, ForceOptions};
+    let options = ForceOptions {
+        ignore_live_quorum,
+        ..ForceOptions::default()
+    };
+    let warning = format!(
+        "--force-new-cluster: node {} is being restarted as a NEW cluster {} of one voter from its own \
+         data. Writes the lost majority committed that this node never received are LOST; writes never \
+         acknowledged may take effect. Never restart a node of the old cluster with its old data again.",
+        cfg.id, cfg.cluster_id
+    );
+    loud(cfg.id, &warning);
+    let done = force_new_cluster(cfg, &options)?;
+    let n = done.new_cluster;
+    let summary = format!(
+        "FORCED A NEW CLUSTER: node {} left cluster {} (voters {:?}; answered the probe: {:?}; not \
+         asked, no address: {:?}) for cluster {}: its log through index {} is kept and will commit, \
+         the configuration of node {} alone is entry {} in term {}. Add members with `coracle admin \
+         add-learner ID ADDR`, then `coracle admin promote ID`.",
+        cfg.id,
+        n.old_cluster,
+        done.old_voters,
+        done.answered,
+        done.unprobed,
+        n.cluster,
+        n.kept_through,
+        cfg.id,
+        n.index,
+        n.term
+    );
+    if !done.answered.is_empty() {
+        let alive = format!(
+            "nodes {:?} of the old cluster {} are still running: stop them for good, they must never \
+             meet the new cluster's clients",
+            done.answered, n.old_cluster
+        );
+        loud(cfg.id, &alive);
+    }
+    loud(cfg.id, &summary);
+    Ok(())
+}
+
+/// A warning on stderr (where an operator at a terminal sees it whatever the log filter)
+/// and in the log.
+fn loud(node: u64, warning: &str) {
+    eprintln!("WARNING: {warning}");
+    tracing::warn!(node, "{warning}");
 }
 
 /// Sends the fault-injection order to each node at `nodes` (not redirected).

@@ -13,5 +13,6 @@ mod proposals;
 mod read;
 mod replication;
 mod snapshot;
+mod sole_voter;
 mod storage_stall;
 mod transfer;

@@ -45,6 +45,7 @@ pub use handle::{
     Batch, Handle, MemberStatus, MembershipError, ProposeError, ReadError, ReadMode,
     SnapshotStatus, Status, TransportCounters,
 };
+pub(crate) use runtime::node_credentials;
 pub use runtime::{CoreNode, Host, NodeError, ServeClient, INFLIGHT, PEERS, READS};
 
 #[cfg(doc)]

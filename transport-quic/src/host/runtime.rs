@@ -217,17 +217,7 @@ impl<S: StateMachine> Host<S> {
         state_machine: S,
         clients: Option<ServeClient<S>>,
     ) -> Result<Host<S>, NodeError> {
-        let creds =
-            Credentials::load(&cfg.tls.ca, &cfg.tls.cert, &cfg.tls.key).map_err(NodeError::Tls)?;
-        match creds.identity().map_err(NodeError::Tls)? {
-            Identity::Node(id) if id == cfg.id => {}
-            other => {
-                return Err(NodeError::WrongCertificate {
-                    id: cfg.id,
-                    found: other.to_string(),
-                })
-            }
-        }
+        let creds = node_credentials(cfg)?;
         // Bound first: a node whose metrics address is taken does not start at all.
         let endpoint = cfg
             .metrics
@@ -611,6 +601,19 @@ fn next_snapshot(last: Index, every: u64, id: NodeId) -> Index {
     let phase = every / 3 * (id % 3);
     let earliest = last.saturating_add((every / 2).max(1));
     earliest.saturating_add((phase + every - earliest % every) % every)
+}
+
+/// Loads the node's certificates and checks that its certificate is node `cfg.id`'s.
+pub(crate) fn node_credentials(cfg: &NodeConfig) -> Result<Credentials, NodeError> {
+    let creds =
+        Credentials::load(&cfg.tls.ca, &cfg.tls.cert, &cfg.tls.key).map_err(NodeError::Tls)?;
+    match creds.identity().map_err(NodeError::Tls)? {
+        Identity::Node(id) if id == cfg.id => Ok(creds),
+        other => Err(NodeError::WrongCertificate {
+            id: cfg.id,
+            found: other.to_string(),
+        }),
+    }
 }
 
 /// Opens the node's log: refuses a data directory whose durable state is incomplete (the

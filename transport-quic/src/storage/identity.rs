@@ -10,7 +10,9 @@
 //! 40 bytes, little-endian; the CRC-32 covers the 36 bytes before it. Written once,
 //! atomically, as the last step of initialising a directory (after the hard state and the
 //! first segment, so a crash during initialisation leaves a directory that is adopted on
-//! the next open, never one that looks damaged), and never changed.
+//! the next open, never one that looks damaged), and never changed, except by a recovery
+//! after losing a quorum ([`FileLog::force_new_cluster`](super::FileLog::force_new_cluster)),
+//! which makes the directory one of a new cluster with a new incarnation.
 //!
 //! Its presence is what tells a directory whose files went missing from a new one: with
 //! it, a missing hard state or a missing log is damage ([`Damage`](super::Damage)); without

@@ -198,7 +198,7 @@
 //! |---|---|
 //! | `LOCK` | empty; holds the exclusive lock of an open `FileLog` |
 //! | `format` | the directory's format version ([`format`](mod@format); none in format 1, the previous release's) |
-//! | `identity` | cluster, node and incarnation of the directory ([`identity`]); written once |
+//! | `identity` | cluster, node and incarnation of the directory ([`identity`]); written once (again only by [`FileLog::force_new_cluster`]) |
 //! | `00000000000000000001.seg` | a [`segment`] (format version 2, version 1 still read): header, durability marks, then records ([`record`]) |
 //! | `hard_state` | term and vote ([`hard_state`]) |
 //! | `snapshot` | the latest snapshot ([`snapshot`], its own format version 2) |
@@ -253,6 +253,7 @@ pub mod format;
 pub mod hard_state;
 pub mod identity;
 pub mod incarnations;
+pub mod new_cluster;
 mod positions;
 pub mod record;
 pub mod recovery;
@@ -266,6 +267,7 @@ mod tests;
 pub use error::{Damage, FileLogError};
 pub use identity::DirIdentity;
 pub use incarnations::{Incarnations, Verdict};
+pub use new_cluster::{NewCluster, NewClusterError};
 pub use recovery::{Leftover, Superseded, TailCut};
 pub use snapshot::{Snapshot, SnapshotFile, Writer as SnapshotWriter};
 

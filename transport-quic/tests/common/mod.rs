@@ -312,6 +312,22 @@ pub fn writes_survive_a_leader_kill(
     (first, second)
 }
 
+/// Reads `k{range}` linearizably through `client`, each expected to be `v{i}`.
+pub fn read_back(client: &Client, range: std::ops::Range<usize>) {
+    smol::block_on(async {
+        for i in range {
+            let v = client
+                .get_with(
+                    format!("k{i}"),
+                    coracle_quic::protocol::Consistency::Linearizable,
+                )
+                .await
+                .unwrap();
+            assert_eq!(v, Some(format!("v{i}").into_bytes()), "k{i}");
+        }
+    });
+}
+
 /// Runs the futures concurrently (on this thread) and returns their outputs in order.
 pub async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
     let tasks: Vec<_> = futures.map(|f| Box::pin(f)).collect();
