@@ -180,6 +180,33 @@ pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
 }
 
+/// Joining and membership (`[membership]`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MembershipConfig {
+    /// A node started with `--join` asks the leader to make it a voter once it is caught
+    /// up as a learner (within `caught_up_entries` of the leader's commit index).
+    pub auto_promote: bool,
+    /// How close to the leader's commit index a learner's applied index must be for it to
+    /// count as caught up.
+    pub caught_up_entries: u64,
+}
+
+impl Default for MembershipConfig {
+    fn default() -> Self {
+        MembershipConfig {
+            auto_promote: true,
+            caught_up_entries: DEFAULT_CAUGHT_UP_ENTRIES,
+        }
+    }
+}
+
+/// The default `membership.caught_up_entries`.
+pub const DEFAULT_CAUGHT_UP_ENTRIES: u64 = 100;
+/// The largest `membership.caught_up_entries`: a learner further behind than this is not
+/// caught up by any reading.
+pub const MAX_CAUGHT_UP_ENTRIES: u64 = 1_000_000;
+
 /// The whole configuration of a node.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -198,6 +225,12 @@ pub struct NodeConfig {
     /// Known members and their addresses.
     #[serde(default)]
     pub peers: Vec<Peer>,
+    /// Election priority (0 to 255; 0 for all changes nothing): a caught-up voter of
+    /// higher priority is handed leadership, and campaigns first. Announced to the cluster
+    /// when the node starts, so every node agrees on it; `coracle admin priority` changes
+    /// it at run time until the node restarts.
+    #[serde(default)]
+    pub priority: u8,
     /// Certificate files.
     pub tls: TlsPaths,
     /// Raft settings.
@@ -212,6 +245,14 @@ pub struct NodeConfig {
     /// The metrics endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Joining and membership.
+    #[serde(default)]
+    pub membership: MembershipConfig,
+    /// The members a new node joins the cluster through (`coracle node --join`), not a
+    /// node.toml key: when set, the node starts with no configuration of its own (it never
+    /// campaigns) and waits to be added; `voters` and `[[peers]]` only give it addresses.
+    #[serde(skip)]
+    pub join: Vec<SocketAddr>,
 }
 
 /// A configuration that cannot be used.
@@ -304,6 +345,15 @@ impl NodeConfig {
         self.check_memory_log(&mut problems);
         self.check_stall_timeout(&mut problems);
         self.check_metrics(&mut problems);
+        if !(1..=MAX_CAUGHT_UP_ENTRIES).contains(&self.membership.caught_up_entries) {
+            problems.push(format!(
+                "{}: must be 1 to {MAX_CAUGHT_UP_ENTRIES}",
+                shown(
+                    "membership.caught_up_entries",
+                    self.membership.caught_up_entries
+                )
+            ));
+        }
         if problems.is_empty() {
             // Only once every value is sane on its own.
             self.check_log_quota(&mut problems);
@@ -560,6 +610,7 @@ impl NodeConfig {
         c.lease_drift_ticks = (c.election_ticks / 10).max(1);
         c.applied = applied;
         c.keep_entries_behind_snapshot = self.keep_behind_snapshot();
+        c.priority = self.priority;
         c
     }
 

@@ -36,15 +36,17 @@
 mod entry;
 pub mod forward;
 mod handle;
+mod join;
 mod runtime;
 
 pub(crate) use entry::snapshot_head;
-pub use entry::{open_snapshot, split_entry, EntryError, HostRecord, LoggedCommand};
+pub use entry::{open_snapshot, split_entry, EntryError, HostBook, HostRecord, LoggedCommand};
 pub use forward::{ResponseCodec, FORWARD_VERSION};
 pub use handle::{
     Batch, Handle, MemberStatus, MembershipError, ProposeError, ReadError, ReadMode,
     SnapshotStatus, Status, TransportCounters,
 };
+pub use join::JoinError;
 pub use runtime::{CoreNode, Host, NodeError, ServeClient, INFLIGHT, PEERS, READS};
 
 #[cfg(doc)]
