@@ -897,6 +897,47 @@ mod tests {
         }
     }
 
+    /// `priority` and `[membership]`: the defaults, what is accepted, and garbage refused
+    /// naming the key (parse errors for values of the wrong type or range, unknown keys).
+    #[test]
+    fn priorities_and_membership_settings_are_checked() {
+        let cfg = NodeConfig::parse(EXAMPLE, Path::new("/base")).unwrap();
+        assert_eq!(cfg.priority, 0);
+        assert_eq!(cfg.membership, MembershipConfig::default());
+        assert!(cfg.membership.auto_promote);
+        assert!(cfg.join.is_empty());
+        let text = EXAMPLE
+            .replacen("# priority = 0", "priority = 255", 1)
+            .replacen("auto_promote = true", "auto_promote = false", 1)
+            .replacen("caught_up_entries = 100", "caught_up_entries = 1000000", 1);
+        let cfg = NodeConfig::parse(&text, Path::new("/base")).unwrap();
+        assert_eq!(cfg.priority, 255);
+        assert_eq!(cfg.raft_config(0).priority, 255);
+        assert!(!cfg.membership.auto_promote);
+        assert_eq!(cfg.membership.caught_up_entries, 1_000_000);
+        for (from, to, key) in [
+            ("# priority = 0", "priority = 256", "priority"),
+            ("# priority = 0", "priority = -1", "priority"),
+            ("# priority = 0", "priority = \"high\"", "priority"),
+            ("auto_promote = true", "auto_promote = 1", "auto_promote"),
+            ("caught_up_entries = 100", "caught_up_entries = -5", "caught_up_entries"),
+            ("caught_up_entries = 100", "caught_ups = 5", "caught_ups"),
+            ("# priority = 0", "join = [\"127.0.0.1:7002\"]", "join"),
+        ] {
+            let text = EXAMPLE.replacen(from, to, 1);
+            assert_ne!(text, EXAMPLE, "{from}");
+            let e = NodeConfig::parse(&text, Path::new("/base"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{to}: {e}");
+        }
+        for bad in ["caught_up_entries = 0", "caught_up_entries = 1000001"] {
+            let text = EXAMPLE.replacen("caught_up_entries = 100", bad, 1);
+            let e = problems(&text).unwrap();
+            assert!(e.contains("membership.caught_up_entries"), "{bad}: {e}");
+        }
+    }
+
     /// The problems `text` has, or `None` if it is accepted.
     fn problems(text: &str) -> Option<String> {
         match NodeConfig::parse(text, Path::new("/base")) {
