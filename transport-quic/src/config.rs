@@ -920,7 +920,11 @@ mod tests {
             ("# priority = 0", "priority = -1", "priority"),
             ("# priority = 0", "priority = \"high\"", "priority"),
             ("auto_promote = true", "auto_promote = 1", "auto_promote"),
-            ("caught_up_entries = 100", "caught_up_entries = -5", "caught_up_entries"),
+            (
+                "caught_up_entries = 100",
+                "caught_up_entries = -5",
+                "caught_up_entries",
+            ),
             ("caught_up_entries = 100", "caught_ups = 5", "caught_ups"),
             ("# priority = 0", "join = [\"127.0.0.1:7002\"]", "join"),
         ] {

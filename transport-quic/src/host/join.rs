@@ -17,7 +17,7 @@
 
 use super::forward::{self, MemberRequest};
 use super::handle::MembershipError;
-use crate::transport::Transport;
+use crate::transport::{DialFailure, Transport};
 use coracle::NodeId;
 use std::fmt;
 use std::net::SocketAddr;
@@ -92,6 +92,7 @@ pub(crate) async fn join(
     let mut last_retry: Option<String> = None;
     loop {
         failures = Vec::new();
+        let mut refusals = Vec::new();
         let mut queue: Vec<SocketAddr> = members.iter().rev().copied().collect();
         let mut hops = 0;
         while let Some(addr) = queue.pop() {
@@ -101,8 +102,12 @@ pub(crate) async fn join(
             }
             let (peer, conn) = match transport.dial_member(addr, left.min(DIAL_LIMIT)).await {
                 Ok(p) => p,
-                Err(why) => {
+                Err(DialFailure::Unreachable(why)) => {
                     failures.push(why);
+                    continue;
+                }
+                Err(DialFailure::Refused(why)) => {
+                    refusals.push(why);
                     continue;
                 }
             };
@@ -122,6 +127,11 @@ pub(crate) async fn join(
                 Err(MembershipError::Refused(m)) => return Err(JoinError::Refused(m)),
                 Err(e) => last_retry = Some(format!("node {peer} at {addr}: {e}")),
             }
+        }
+        // Refused at every address that answered, and no member said "retry": waiting
+        // will not change it.
+        if !refusals.is_empty() && last_retry.is_none() {
+            return Err(JoinError::Refused(refusals.join("; ")));
         }
         if Instant::now() + RETRY_PAUSE >= end {
             return Err(match last_retry {
