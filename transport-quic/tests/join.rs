@@ -364,16 +364,16 @@ fn a_join_retried_is_done_once_and_a_member_elsewhere_is_refused() {
     use coracle_quic::host::JoinError;
     use coracle_quic::server::RunningNode;
     let setup = Setup::new("join-lib", 4);
-    let cfg = |id: u64, text: String| {
+    let cfg = |text: String| {
         NodeConfig::parse(&format!("voters = [1, 2, 3]\n{text}"), setup.path()).unwrap()
     };
     let nodes: Vec<RunningNode> = (1..=3)
-        .map(|id| RunningNode::start(&cfg(id, setup.config_text(id))).unwrap())
+        .map(|id| RunningNode::start(&cfg(setup.config_text(id))).unwrap())
         .collect();
     let client = setup.client("client-alice");
     wait_for(LIMIT, || leader(&client, &setup.addrs[..3])).expect("a leader");
 
-    let mut four = cfg(4, setup.config_text(4));
+    let mut four = cfg(setup.config_text(4));
     four.join = setup.addrs[..3].to_vec();
     let joined = RunningNode::start(&four).unwrap();
     let handle = joined.handle().with_timeout(LIMIT);
@@ -392,7 +392,7 @@ fn a_join_retried_is_done_once_and_a_member_elsewhere_is_refused() {
         .config_text(4)
         .replace(&setup.addrs[3].to_string(), &elsewhere.to_string())
         .replace("data/node-4", "data/node-4-moved");
-    let mut moved = cfg(4, text);
+    let mut moved = cfg(text);
     moved.join = setup.addrs[..3].to_vec();
     let node = RunningNode::start(&moved).unwrap();
     let refused = smol::block_on(node.handle().with_timeout(LIMIT).join(&moved.join));
