@@ -13,6 +13,11 @@
 //! leader -> follower   answer:  version u8 (1) | code u8 | payload
 //! ```
 //!
+//! A node's requests about itself ([`super::join`]) travel the same way, the node named by
+//! its certificate: kind 2 join (then its address, UTF-8), 3 promote, 4 leave, 5 priority
+//! (then one byte). Their answers: code 0 with no payload (done), 1 not leader, 2 retry, 5
+//! refused, 4 and 7 as below.
+//!
 //! Codes: 0 applied (the response, as [`ResponseCodec::encode`] wrote it); 1 not leader
 //! (u64: the leader it knows, 0 for none; then where it listens, UTF-8); 2 busy, 3 outcome unknown, 4 stopped, 5 refused
 //! (a UTF-8 message each); 6 too large (u64 length, u64 limit); 7 shutting down. A leader
