@@ -182,9 +182,7 @@ pub(crate) fn encode_member_answer(result: Result<(), MembershipError>) -> Bytes
     match result {
         Ok(()) => body.push(APPLIED),
         Err(MembershipError::NotLeader { leader, address }) => {
-            body.push(NOT_LEADER);
-            body.extend_from_slice(&leader.unwrap_or(0).to_le_bytes());
-            body.extend_from_slice(address.unwrap_or_default().as_bytes());
+            push_not_leader(&mut body, leader, address)
         }
         Err(MembershipError::Retry(m)) => text(&mut body, BUSY, &m),
         Err(MembershipError::Timeout) => text(&mut body, BUSY, "no answer in time"),
@@ -200,23 +198,15 @@ pub(crate) fn encode_member_answer(result: Result<(), MembershipError>) -> Bytes
 pub(crate) fn decode_member_answer(body: &[u8], peer: NodeId) -> Result<(), MembershipError> {
     let retry = |m: String| Err(MembershipError::Retry(m));
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    let (version, code, rest) = match body {
-        [v, c, rest @ ..] => (*v, *c, rest),
-        _ => return retry(format!("node {peer} sent a truncated answer")),
+    let (code, rest) = match split_answer(body, peer) {
+        Ok(split) => split,
+        Err(why) => return retry(why),
     };
-    if version != FORWARD_VERSION {
-        return retry(format!(
-            "node {peer} answered in forwarding version {version} (this node speaks {FORWARD_VERSION})"
-        ));
-    }
     match code {
         APPLIED if rest.is_empty() => Ok(()),
-        NOT_LEADER => match le_u64(rest) {
-            Some(l) => Err(MembershipError::NotLeader {
-                leader: (l != 0).then_some(l),
-                address: Some(text(&rest[8..])).filter(|a| !a.is_empty()),
-            }),
-            None => retry(format!("node {peer} sent a truncated answer")),
+        NOT_LEADER => match parse_not_leader(rest) {
+            Some((leader, address)) => Err(MembershipError::NotLeader { leader, address }),
+            None => retry(format!("node {peer} sent a truncated forwarding answer")),
         },
         BUSY => retry(text(rest)),
         REFUSED => Err(MembershipError::Refused(format!(
@@ -276,9 +266,7 @@ pub(crate) fn encode_answer<R>(
             ),
         },
         Err(ProposeError::NotLeader { leader, address }) => {
-            body.push(NOT_LEADER);
-            body.extend_from_slice(&leader.unwrap_or(0).to_le_bytes());
-            body.extend_from_slice(address.unwrap_or_default().as_bytes());
+            push_not_leader(&mut body, leader, address)
         }
         Err(ProposeError::Busy(m)) => text(&mut body, BUSY, &m),
         Err(ProposeError::OutcomeUnknown(m)) => text(&mut body, UNKNOWN, &m),
@@ -305,6 +293,35 @@ fn le_u64(b: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(..8)?.try_into().ok()?))
 }
 
+/// The code and payload of the answer `body` from `peer`, or why it is none (truncated,
+/// another version).
+fn split_answer(body: &[u8], peer: NodeId) -> Result<(u8, &[u8]), String> {
+    match body {
+        [FORWARD_VERSION, code, rest @ ..] => Ok((*code, rest)),
+        [version, _, ..] => Err(format!(
+            "node {peer} answered in forwarding version {version} (this node speaks {FORWARD_VERSION})"
+        )),
+        _ => Err(format!("node {peer} sent a truncated forwarding answer")),
+    }
+}
+
+/// Appends a "not leader" answer: the leader known (0 for none), then where it listens.
+fn push_not_leader(body: &mut Vec<u8>, leader: Option<NodeId>, address: Option<String>) {
+    body.push(NOT_LEADER);
+    body.extend_from_slice(&leader.unwrap_or(0).to_le_bytes());
+    body.extend_from_slice(address.unwrap_or_default().as_bytes());
+}
+
+/// The leader and its address of a "not leader" answer's payload.
+fn parse_not_leader(rest: &[u8]) -> Option<(Option<NodeId>, Option<String>)> {
+    let leader = le_u64(rest)?;
+    let address = String::from_utf8_lossy(&rest[8..]).into_owned();
+    Some((
+        (leader != 0).then_some(leader),
+        Some(address).filter(|a| !a.is_empty()),
+    ))
+}
+
 /// What the follower's caller gets for the answer `body` from `leader`. Anything that is
 /// not a valid answer leaves the outcome unknown.
 pub(crate) fn decode_answer<R>(
@@ -314,15 +331,10 @@ pub(crate) fn decode_answer<R>(
 ) -> Result<R, ProposeError> {
     let unknown = |m: String| Err(ProposeError::OutcomeUnknown(m));
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    let (version, code, rest) = match body {
-        [v, c, rest @ ..] => (*v, *c, rest),
-        _ => return unknown(format!("node {leader} sent a truncated forwarding answer")),
+    let (code, rest) = match split_answer(body, leader) {
+        Ok(split) => split,
+        Err(why) => return unknown(why),
     };
-    if version != FORWARD_VERSION {
-        return unknown(format!(
-            "node {leader} answered in forwarding version {version} (this node speaks {FORWARD_VERSION})"
-        ));
-    }
     match code {
         APPLIED => (codec.decode)(rest).map_or_else(
             || {
@@ -332,11 +344,8 @@ pub(crate) fn decode_answer<R>(
             },
             Ok,
         ),
-        NOT_LEADER => match le_u64(rest) {
-            Some(l) => Err(ProposeError::NotLeader {
-                leader: (l != 0).then_some(l),
-                address: Some(text(&rest[8..])).filter(|a| !a.is_empty()),
-            }),
+        NOT_LEADER => match parse_not_leader(rest) {
+            Some((leader, address)) => Err(ProposeError::NotLeader { leader, address }),
             None => unknown(format!("node {leader} sent a truncated forwarding answer")),
         },
         BUSY => Err(ProposeError::Busy(text(rest))),
