@@ -29,6 +29,30 @@ fn config(setup: &Setup, id: u64, extra: &str) -> PathBuf {
     path
 }
 
+/// Node `id`'s configuration as a new node has it: no `voters`, no `[[peers]]` (it knows
+/// the cluster only by the addresses given to `--join`); `listen` replaced by `listen`.
+fn joiner_config(setup: &Setup, id: u64, listen: SocketAddr) -> PathBuf {
+    let text = setup.config_text(id);
+    let mut kept = String::new();
+    let mut in_peers = false;
+    for line in text.lines() {
+        if line.starts_with('[') {
+            in_peers = line == "[[peers]]";
+        }
+        if !in_peers {
+            kept += line;
+            kept.push('\n');
+        }
+    }
+    let kept = kept.replace(
+        &format!("listen = \"{}\"", setup.addrs[id as usize - 1]),
+        &format!("listen = \"{listen}\""),
+    );
+    let path = setup.path().join(format!("joiner-{id}.toml"));
+    std::fs::write(&path, kept).unwrap();
+    path
+}
+
 /// Starts `coracle node --config CONFIG ARGS...`, its log appended to the node's log.
 fn spawn(setup: &Setup, id: u64, config: &Path, args: &[String]) -> Proc {
     let log = std::fs::OpenOptions::new()
@@ -129,7 +153,8 @@ fn a_node_joins_by_itself_one_leaves_and_two_change_at_once() {
 
     // 1. Node 4 joins through node 1 (whichever leads: a follower names the leader) and is
     //    made a voter by itself once caught up.
-    let four = config(&setup, 4, "");
+    let four = joiner_config(&setup, 4, setup.addrs[3]);
+    assert!(!std::fs::read_to_string(&four).unwrap().contains("peers"));
     procs.push(spawn(&setup, 4, &four, &join_args(&setup.addrs[..1])));
     let s = wait_voters(&client, &setup, &[1, 2, 3, 4], &[1, 2, 3, 4]);
     let log4 = std::fs::read_to_string(node_log(&setup, 4)).unwrap();
@@ -280,6 +305,20 @@ fn bad_joins_and_garbage_are_refused_clearly_and_change_nothing() {
     assert!(!ok);
     assert!(
         text.contains("no member of the cluster could be reached"),
+        "{text}"
+    );
+
+    // A node listening on every address, with no [[peers]] entry of its own: the others
+    // could not dial it. Refused before it asks anyone.
+    let anywhere = SocketAddr::from(([0, 0, 0, 0], common::free_addrs(1)[0].port()));
+    let mut join = Command::new(BIN);
+    join.args(["node", "--config"])
+        .arg(joiner_config(&four, 4, anywhere))
+        .args(join_args(&setup.addrs));
+    let (ok, text) = run(join);
+    assert!(!ok);
+    assert!(
+        text.contains("cannot dial") && text.contains("[[peers]]"),
         "{text}"
     );
 
