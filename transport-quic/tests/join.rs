@@ -303,8 +303,10 @@ fn bad_joins_and_garbage_are_refused_clearly_and_change_nothing() {
         .args(["--join-timeout-ms", "2000"]);
     let (ok, text) = run(join);
     assert!(!ok);
+    // Every address was tried, and is named.
     assert!(
-        text.contains("no member of the cluster could be reached"),
+        text.contains("no member of the cluster could be reached")
+            && nobody.iter().all(|a| text.contains(&a.to_string())),
         "{text}"
     );
 

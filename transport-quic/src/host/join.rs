@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 /// How long one dial of a member may take before the joiner tries the next address.
 const DIAL_LIMIT: Duration = Duration::from_secs(3);
+/// The least time one dial gets when the join's time is shared among the addresses.
+const MIN_DIAL: Duration = Duration::from_millis(500);
 /// How long the joiner waits before another round over the addresses when none answered
 /// or the leader asked to retry.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
@@ -100,7 +102,10 @@ pub(crate) async fn join(
             if left.is_zero() {
                 break;
             }
-            let (peer, conn) = match transport.dial_member(addr, left.min(DIAL_LIMIT)).await {
+            // Each address left in this round gets its share of the time (so a silent first
+            // one does not use it all), at least MIN_DIAL.
+            let share = (left / (queue.len() as u32 + 1)).clamp(MIN_DIAL, DIAL_LIMIT);
+            let (peer, conn) = match transport.dial_member(addr, share.min(left)).await {
                 Ok(p) => p,
                 Err(DialFailure::Unreachable(why)) => {
                     failures.push(why);
