@@ -129,7 +129,7 @@ pub enum ConfigError {
     ZeroWindow,
     /// `max_uncommitted_entries` must be at least 1.
     ZeroUncommitted,
-    /// The member list is empty, has duplicates, or exceeds the node's peer capacity.
+    /// The member list has duplicates, or exceeds the node's peer capacity.
     BadMembers,
     /// `applied` is beyond the last index of the log.
     AppliedBeyondLog,
@@ -148,7 +148,7 @@ impl fmt::Display for ConfigError {
             }
             ConfigError::ZeroUncommitted => "max_uncommitted_entries must be at least 1",
             ConfigError::BadMembers => {
-                "members must be non-empty, without duplicates and within the peer capacity"
+                "members must be without duplicates and within the peer capacity"
             }
             ConfigError::AppliedBeyondLog => "applied index is beyond the last index of the log",
         })

@@ -389,8 +389,12 @@ pub(crate) enum Outgoing {
 impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I, R> {
     /// A node that starts (or restarts) as a follower with the log and hard state in `log`.
     ///
-    /// `members` lists every voting member, this node included if it votes. The host passes
-    /// `config.applied` after a restart so applied entries are not handed out again.
+    /// `members` lists every voting member, this node included if it votes. An empty list
+    /// makes a node of no configuration yet: one joining a running cluster, which never
+    /// campaigns and waits for a leader to add it (it follows a leader outside its
+    /// configuration, thesis 4.1), its configuration then coming from the log or a
+    /// snapshot. The host passes `config.applied` after a restart so applied entries are
+    /// not handed out again.
     pub fn new(config: Config, log: S, members: &[NodeId]) -> Result<Self, ConfigError> {
         config.validate()?;
         let self_voter = members.contains(&config.id);
@@ -406,9 +410,6 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                     .map_err(|_| ConfigError::BadMembers)?;
                 let _ = bootstrap.push(id);
             }
-        }
-        if members.is_empty() {
-            return Err(ConfigError::BadMembers);
         }
         let last = log.last_index();
         let restore = match log.snapshot_meta() {
@@ -903,15 +904,19 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         self.timers.vote_guard_until = 0;
     }
 
-    /// Sets the election priority of member `peer` (see `Config::priority`); a node not
-    /// leading draws its election timeout again with the new ranks. Returns false if `peer`
-    /// is not a member this node knows.
+    /// Sets the election priority of member `peer` (see `Config::priority`), this node's
+    /// own when `peer` is its id; a node not leading draws its election timeout again with
+    /// the new ranks. Returns false if `peer` is not a member this node knows.
     pub fn set_priority(&mut self, peer: NodeId, priority: u8) -> bool {
         self.outbox.wake();
-        let Some(i) = self.peer_index(peer) else {
-            return false;
-        };
-        self.peers[i].priority = priority;
+        if peer == self.cfg.id {
+            self.cfg.priority = priority;
+        } else {
+            let Some(i) = self.peer_index(peer) else {
+                return false;
+            };
+            self.peers[i].priority = priority;
+        }
         if self.role != Role::Leader {
             self.reset_election_timer();
         }

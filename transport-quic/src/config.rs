@@ -180,6 +180,33 @@ pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
 }
 
+/// Joining and membership (`[membership]`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MembershipConfig {
+    /// A node started with `--join` asks the leader to make it a voter once it is caught
+    /// up as a learner (within `caught_up_entries` of the leader's commit index).
+    pub auto_promote: bool,
+    /// How close to the leader's commit index a learner's applied index must be for it to
+    /// count as caught up.
+    pub caught_up_entries: u64,
+}
+
+impl Default for MembershipConfig {
+    fn default() -> Self {
+        MembershipConfig {
+            auto_promote: true,
+            caught_up_entries: DEFAULT_CAUGHT_UP_ENTRIES,
+        }
+    }
+}
+
+/// The default `membership.caught_up_entries`.
+pub const DEFAULT_CAUGHT_UP_ENTRIES: u64 = 100;
+/// The largest `membership.caught_up_entries`: a learner further behind than this is not
+/// caught up by any reading.
+pub const MAX_CAUGHT_UP_ENTRIES: u64 = 1_000_000;
+
 /// The whole configuration of a node.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -198,6 +225,12 @@ pub struct NodeConfig {
     /// Known members and their addresses.
     #[serde(default)]
     pub peers: Vec<Peer>,
+    /// Election priority (0 to 255; 0 for all changes nothing): a caught-up voter of
+    /// higher priority is handed leadership, and campaigns first. Announced to the cluster
+    /// when the node starts, so every node agrees on it; `coracle admin priority` changes
+    /// it at run time until the node restarts.
+    #[serde(default)]
+    pub priority: u8,
     /// Certificate files.
     pub tls: TlsPaths,
     /// Raft settings.
@@ -212,6 +245,14 @@ pub struct NodeConfig {
     /// The metrics endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Joining and membership.
+    #[serde(default)]
+    pub membership: MembershipConfig,
+    /// The members a new node joins the cluster through (`coracle node --join`), not a
+    /// node.toml key: when set, the node starts with no configuration of its own (it never
+    /// campaigns) and waits to be added; `voters` and `[[peers]]` only give it addresses.
+    #[serde(skip)]
+    pub join: Vec<SocketAddr>,
 }
 
 /// A configuration that cannot be used.
@@ -304,6 +345,15 @@ impl NodeConfig {
         self.check_memory_log(&mut problems);
         self.check_stall_timeout(&mut problems);
         self.check_metrics(&mut problems);
+        if !(1..=MAX_CAUGHT_UP_ENTRIES).contains(&self.membership.caught_up_entries) {
+            problems.push(format!(
+                "{}: must be 1 to {MAX_CAUGHT_UP_ENTRIES}",
+                shown(
+                    "membership.caught_up_entries",
+                    self.membership.caught_up_entries
+                )
+            ));
+        }
         if problems.is_empty() {
             // Only once every value is sane on its own.
             self.check_log_quota(&mut problems);
@@ -560,6 +610,7 @@ impl NodeConfig {
         c.lease_drift_ticks = (c.election_ticks / 10).max(1);
         c.applied = applied;
         c.keep_entries_behind_snapshot = self.keep_behind_snapshot();
+        c.priority = self.priority;
         c
     }
 
@@ -843,6 +894,51 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("forward"), "{bad}: {e}");
+        }
+    }
+
+    /// `priority` and `[membership]`: the defaults, what is accepted, and garbage refused
+    /// naming the key (parse errors for values of the wrong type or range, unknown keys).
+    #[test]
+    fn priorities_and_membership_settings_are_checked() {
+        let cfg = NodeConfig::parse(EXAMPLE, Path::new("/base")).unwrap();
+        assert_eq!(cfg.priority, 0);
+        assert_eq!(cfg.membership, MembershipConfig::default());
+        assert!(cfg.membership.auto_promote);
+        assert!(cfg.join.is_empty());
+        let text = EXAMPLE
+            .replacen("# priority = 0", "priority = 255", 1)
+            .replacen("auto_promote = true", "auto_promote = false", 1)
+            .replacen("caught_up_entries = 100", "caught_up_entries = 1000000", 1);
+        let cfg = NodeConfig::parse(&text, Path::new("/base")).unwrap();
+        assert_eq!(cfg.priority, 255);
+        assert_eq!(cfg.raft_config(0).priority, 255);
+        assert!(!cfg.membership.auto_promote);
+        assert_eq!(cfg.membership.caught_up_entries, 1_000_000);
+        for (from, to, key) in [
+            ("# priority = 0", "priority = 256", "priority"),
+            ("# priority = 0", "priority = -1", "priority"),
+            ("# priority = 0", "priority = \"high\"", "priority"),
+            ("auto_promote = true", "auto_promote = 1", "auto_promote"),
+            (
+                "caught_up_entries = 100",
+                "caught_up_entries = -5",
+                "caught_up_entries",
+            ),
+            ("caught_up_entries = 100", "caught_ups = 5", "caught_ups"),
+            ("# priority = 0", "join = [\"127.0.0.1:7002\"]", "join"),
+        ] {
+            let text = EXAMPLE.replacen(from, to, 1);
+            assert_ne!(text, EXAMPLE, "{from}");
+            let e = NodeConfig::parse(&text, Path::new("/base"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{to}: {e}");
+        }
+        for bad in ["caught_up_entries = 0", "caught_up_entries = 1000001"] {
+            let text = EXAMPLE.replacen("caught_up_entries = 100", bad, 1);
+            let e = problems(&text).unwrap();
+            assert!(e.contains("membership.caught_up_entries"), "{bad}: {e}");
         }
     }
 

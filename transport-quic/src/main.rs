@@ -7,7 +7,11 @@
 //! coracle node --config node.toml
 //! coracle kv --name alice put greeting hello
 //! coracle kv --name alice get greeting
+//! coracle node --config node.toml --join 127.0.0.1:7001,127.0.0.1:7002
 //! coracle admin --name ops status [--watch [--interval MS]]
+//! coracle admin --nodes 127.0.0.1:7002 leave
+//! coracle admin change --add 4=127.0.0.1:7004 --add 5=127.0.0.1:7005 --remove 2
+//! coracle admin priority 3 10
 //! coracle demo                      # a 3-node cluster as processes: live view or script
 //! coracle bench --clients 64        # throughput and latency percentiles
 //! ```
@@ -87,6 +91,16 @@ enum Command {
         /// after losing a quorum".
         #[arg(long, action = clap::ArgAction::Count)]
         force_new_cluster: u8,
+        /// Join a running cluster through the members at these addresses (any one will do;
+        /// comma-separated or repeated): the node asks to be added as a learner at its own
+        /// address and, with `[membership] auto_promote`, to be made a voter once caught up.
+        /// A node that is a member already (a restart) does not join again.
+        #[arg(long, value_delimiter = ',', num_args = 1.., value_parser = node_addr, conflicts_with = "force_new_cluster")]
+        join: Vec<SocketAddr>,
+        /// How long the join may take before the node gives up and stops (ms, 1 ms to a
+        /// day).
+        #[arg(long, requires = "join", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_MS))]
+        join_timeout_ms: u64,
     },
     /// Use the replicated key-value store.
     Kv {
@@ -306,6 +320,30 @@ enum AdminCommand {
         #[arg(value_parser = node_id)]
         id: u64,
     },
+    /// The node at --nodes (one address) leaves the cluster and stops: a leader hands
+    /// leadership over first, then the leader removes it.
+    Leave,
+    /// Change several members at once through joint consensus: new nodes are added as
+    /// learners and caught up first, then one joint change makes every --add a voter and
+    /// removes every --remove.
+    Change {
+        /// A node to make a voter, as ID=ADDR (ip:port where it listens); repeatable.
+        #[arg(long, value_parser = member_at)]
+        add: Vec<(u64, SocketAddr)>,
+        /// A node to remove, by id; repeatable.
+        #[arg(long, value_parser = node_id)]
+        remove: Vec<u64>,
+    },
+    /// Set the election priority of node ID (0 to 255) on every node: a caught-up voter of
+    /// higher priority is handed leadership. Lasts until that node restarts (it then
+    /// announces its node.toml `priority`).
+    Priority {
+        /// Its id.
+        #[arg(value_parser = node_id)]
+        id: u64,
+        /// Its priority.
+        priority: u8,
+    },
     /// Hand leadership to node ID.
     Transfer {
         /// Its id.
@@ -341,6 +379,14 @@ pub(crate) fn node_id(s: &str) -> Result<u64, String> {
             u64::MAX
         )),
     }
+}
+
+/// Parses `ID=ADDR` (a member and where it listens) given on the command line.
+pub(crate) fn member_at(s: &str) -> Result<(u64, SocketAddr), String> {
+    let (id, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not ID=ADDR (e.g. 4=127.0.0.1:7004)"))?;
+    Ok((node_id(id)?, node_addr(addr)?))
 }
 
 /// Parses a node's address given on the command line (`ip:port`, one a node can listen
@@ -449,8 +495,16 @@ fn run(command: Command) -> Result<bool, Error> {
             config,
             watch_stdin,
             force_new_cluster,
+            join,
+            join_timeout_ms,
         } => match config {
-            Some(config) => node(config, watch_stdin, force_new_cluster),
+            Some(config) => node(
+                config,
+                watch_stdin,
+                force_new_cluster,
+                join,
+                Duration::from_millis(join_timeout_ms),
+            ),
             None => Err("--config is required".into()),
         },
         Command::Kv { conn, command } => smol::block_on(kv(conn, command)),
@@ -526,9 +580,16 @@ fn certs(command: CertsCommand) -> Result<(), Error> {
     Ok(())
 }
 
-fn node(config: PathBuf, watch_stdin: bool, force_new_cluster: u8) -> Result<(), Error> {
+fn node(
+    config: PathBuf,
+    watch_stdin: bool,
+    force_new_cluster: u8,
+    join: Vec<SocketAddr>,
+    join_timeout: Duration,
+) -> Result<(), Error> {
     use smol::stream::StreamExt;
-    let cfg = NodeConfig::load(&config)?;
+    let mut cfg = NodeConfig::load(&config)?;
+    cfg.join = join;
     // The versions a test may make the node claim: a value that is none stops it here.
     coracle_quic::hello::Versions::announced()?;
     if force_new_cluster > 0 {
@@ -537,6 +598,21 @@ fn node(config: PathBuf, watch_stdin: bool, force_new_cluster: u8) -> Result<(),
     let mut signals =
         async_signal::Signals::new([async_signal::Signal::Int, async_signal::Signal::Term])?;
     let mut node = RunningNode::start(&cfg)?;
+    if !cfg.join.is_empty() {
+        let joining = node.handle().with_timeout(join_timeout);
+        match smol::future::block_on(joining.join(&cfg.join)) {
+            Ok(by) if by == cfg.id => {}
+            Ok(by) => tracing::info!(
+                node = cfg.id,
+                leader = by,
+                "added to the cluster as a learner"
+            ),
+            Err(e) => {
+                let _ = node.shutdown();
+                return Err(format!("node {} cannot join: {e}", cfg.id).into());
+            }
+        }
+    }
     let (stdin_closed, stdin_watch) = smol::channel::bounded::<()>(1);
     if watch_stdin {
         std::thread::spawn(move || {
@@ -673,7 +749,12 @@ async fn kv(conn: ClientArgs, command: KvCommand) -> Result<(), Error> {
 }
 
 async fn admin(conn: ClientArgs, command: AdminCommand) -> Result<(), Error> {
-    let client = client(&conn)?;
+    let mut client = client(&conn)?;
+    if matches!(command, AdminCommand::Leave | AdminCommand::Change { .. }) {
+        // These take as long as a hand-over or a catch-up: one attempt may use the whole
+        // --timeout-ms (a second attempt while the first runs would only collide with it).
+        client = client.with_attempt_timeout(Duration::from_millis(conn.timeout_ms));
+    }
     let op = match command {
         AdminCommand::Status { watch, interval } => {
             let shown = if watch {
@@ -697,6 +778,22 @@ async fn admin(conn: ClientArgs, command: AdminCommand) -> Result<(), Error> {
         AdminCommand::Transfer { id } => AdminOp::Transfer { id },
         AdminCommand::Isolate { peers } => return isolate(&client, &conn.nodes, peers).await,
         AdminCommand::Heal => return isolate(&client, &conn.nodes, Vec::new()).await,
+        AdminCommand::Leave => {
+            let left = leave(&client, &conn.nodes).await;
+            client.close();
+            return left;
+        }
+        AdminCommand::Change { add, remove } => {
+            if add.is_empty() && remove.is_empty() {
+                client.close();
+                return Err("nothing to change: give --add ID=ADDR and/or --remove ID".into());
+            }
+            AdminOp::Change {
+                add: add.into_iter().map(|(id, a)| (id, a.to_string())).collect(),
+                remove,
+            }
+        }
+        AdminCommand::Priority { id, priority } => AdminOp::Priority { id, priority },
         AdminCommand::Snapshot {
             command: SnapshotCommand::Save { file },
         } => {
@@ -797,6 +894,28 @@ fn loud(node: u64, warning: &str) {
     tracing::warn!(node, "{warning}");
 }
 
+/// Makes the node at `nodes` (exactly one) leave the cluster.
+async fn leave(client: &Client, nodes: &[SocketAddr]) -> Result<(), Error> {
+    let [addr] = nodes else {
+        return Err(format!(
+            "leave: give the address of the node that leaves, alone, with --nodes ({} given)",
+            nodes.len()
+        )
+        .into());
+    };
+    match client
+        .attempt(*addr, &Request::Admin(AdminOp::Leave))
+        .await?
+    {
+        Response::Done => {
+            println!("{addr}: left the cluster; it is shutting down");
+            Ok(())
+        }
+        Response::Error { kind, message } => Err(format!("{addr}: {kind:?}: {message}").into()),
+        other => Err(format!("{addr}: unexpected answer {other:?}").into()),
+    }
+}
+
 /// Sends the fault-injection order to each node at `nodes` (not redirected).
 async fn isolate(client: &Client, nodes: &[SocketAddr], peers: Vec<u64>) -> Result<(), Error> {
     let request = Request::Admin(AdminOp::Isolate {
@@ -865,6 +984,20 @@ mod tests {
         assert!(node_id("0").unwrap_err().contains("start at 1"));
         for bad in ["", "-1", "x", "18446744073709551616", "1.5"] {
             assert!(node_id(bad).unwrap_err().contains("not a node id"), "{bad}");
+        }
+        assert_eq!(
+            member_at("4=127.0.0.1:7004"),
+            Ok((4, "127.0.0.1:7004".parse().unwrap()))
+        );
+        for bad in [
+            "4",
+            "=127.0.0.1:7004",
+            "0=127.0.0.1:7004",
+            "4=x",
+            "4=0.0.0.0:1",
+            "x=1",
+        ] {
+            assert!(member_at(bad).is_err(), "{bad}");
         }
         assert!(node_addr("127.0.0.1:7001").is_ok());
         assert!(node_addr("[::1]:7001").is_ok());

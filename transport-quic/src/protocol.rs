@@ -149,6 +149,26 @@ pub enum AdminOp {
     /// [`Response::Backup`] by the node it is sent to, after a linearizable read: it holds
     /// every write acknowledged before it was asked.
     Backup,
+    /// The node it is sent to leaves the cluster (never redirected): a leader hands
+    /// leadership over first, then the leader removes it; answered [`Response::Done`] once
+    /// removed, after which the node shuts down.
+    Leave,
+    /// Several members at once through joint consensus: each node of `add` (id, address)
+    /// is added as a learner if new and waited for until caught up, then one joint change
+    /// makes them voters and removes `remove`.
+    Change {
+        /// Nodes to make voters: id and address (`ip:port`).
+        add: Vec<(NodeId, String)>,
+        /// Nodes to remove.
+        remove: Vec<NodeId>,
+    },
+    /// Set the election priority of member `id` on every node (replicated).
+    Priority {
+        /// The member.
+        id: NodeId,
+        /// Its priority (0 to 255).
+        priority: u8,
+    },
 }
 
 /// A request from a client.

@@ -296,6 +296,39 @@ async fn admin(handle: Handle<Kv>, op: AdminOp, reply: Reply) {
             Response::Done
         }
         AdminOp::Backup => backup(&handle).await,
+        AdminOp::Leave => match handle.leave().await {
+            Ok(()) => {
+                info!(
+                    node = handle.id(),
+                    "removed from the cluster; shutting down"
+                );
+                reply.send(Response::Done);
+                // The answer leaves before the connections close.
+                smol::Timer::after(std::time::Duration::from_millis(200)).await;
+                handle.shutdown();
+                return;
+            }
+            Err(e) => failed(
+                ErrorKind::Failed,
+                format!("node {} did not leave: {e}", handle.id()),
+            ),
+        },
+        AdminOp::Change { add, remove } => {
+            let mut parsed = Vec::with_capacity(add.len());
+            for (id, addr) in add {
+                match addr.parse::<SocketAddr>() {
+                    Ok(a) if crate::config::check_node_addr(a).is_ok() => parsed.push((id, a)),
+                    _ => {
+                        return reply.send(failed(
+                            ErrorKind::BadRequest,
+                            format!("{addr:?} is not an ip:port address a node can listen on"),
+                        ))
+                    }
+                }
+            }
+            admin_done(handle.change_members(&parsed, &remove).await)
+        }
+        AdminOp::Priority { id, priority } => admin_done(handle.set_priority(id, priority).await),
     };
     reply.send(response);
 }

@@ -775,6 +775,79 @@ async fn accept_loop(t: Arc<Transport>, on_client: ClientHandler) {
     }
 }
 
+/// Why [`Transport::dial_member`] reached no member at an address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum DialFailure {
+    /// Nothing answered in time (or the dial could not start): another round may do.
+    Unreachable(String),
+    /// A node answered and refused this one (another CA, another cluster, a data directory
+    /// of this node's id it knows otherwise): trying again will not change it.
+    Refused(String),
+}
+
+impl Transport {
+    /// Dials whichever node listens at `addr` (a node joining the cluster knows members by
+    /// address only), runs the hello and keeps the connection as its link to that node.
+    /// Returns the node's id (from its certificate), or why no member was reached there
+    /// within `limit`.
+    pub(crate) async fn dial_member(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        limit: Duration,
+    ) -> Result<(NodeId, quinn::Connection), DialFailure> {
+        let connecting = self
+            .endpoint
+            .connect_with(self.client_config.clone(), addr, tls::any_node())
+            .map_err(|e| DialFailure::Unreachable(format!("cannot dial {addr}: {e}")))?;
+        let timed_out = async {
+            smol::Timer::after(limit).await;
+            Err(quinn::ConnectionError::TimedOut)
+        };
+        let conn = match smol::future::or(connecting, timed_out).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                return Err(match HandshakeFailure::of(&e) {
+                    HandshakeFailure::Refused => DialFailure::Refused(format!(
+                        "the node at {addr} was refused: its certificate is not signed by \
+                         this node's CA (another cluster?) or it speaks another protocol ({e})"
+                    )),
+                    HandshakeFailure::RefusedByPeer => DialFailure::Refused(format!(
+                        "the node at {addr} refused this node's certificate: it is not \
+                         signed by the cluster's CA ({e})"
+                    )),
+                    _ => DialFailure::Unreachable(format!("no node answered at {addr} ({e})")),
+                })
+            }
+        };
+        let peer = match tls::peer_identity(&conn) {
+            Some(Identity::Node(peer)) if peer != self.id => peer,
+            Some(Identity::Node(_)) => {
+                conn.close(quinn::VarInt::from_u32(ERR_IDENTITY), b"identity");
+                return Err(DialFailure::Refused(format!("{addr} is this node itself")));
+            }
+            other => {
+                conn.close(quinn::VarInt::from_u32(ERR_IDENTITY), b"identity");
+                return Err(DialFailure::Refused(format!(
+                    "{addr} is no node of the cluster ({other:?})"
+                )));
+            }
+        };
+        if !crate::hello::exchange(&self.greeting, peer, &conn, true, &self.stats).await {
+            return Err(DialFailure::Refused(format!(
+                "node {peer} at {addr} refused this node's hello: it knows node {} with \
+                 another data directory (remove that node from the cluster first), or they \
+                 have no protocol version in common (see both logs)",
+                self.id
+            )));
+        }
+        if self.address(peer).is_none() {
+            self.set_address(peer, addr);
+        }
+        self.install(peer, conn.clone());
+        Ok((peer, conn))
+    }
+}
+
 async fn dialer(t: Arc<Transport>, link: Arc<Link>) {
     while t.dials(link.peer) {
         if let Some(conn) = link.current().filter(|c| c.close_reason().is_none()) {

@@ -8,6 +8,7 @@ mod bad_input;
 mod election;
 mod election_restriction;
 mod fetch;
+mod joining;
 mod priority;
 mod proposals;
 mod read;

@@ -30,6 +30,24 @@ pub enum HostRecord {
         /// Its address.
         addr: String,
     },
+    /// Node `id` has election priority `priority` (`Config::priority`), on every node.
+    Priority {
+        /// The node.
+        id: NodeId,
+        /// Its priority.
+        priority: u8,
+    },
+}
+
+/// What the host keeps about the members beside the configuration: replicated through
+/// [`HostRecord`]s, carried in snapshots.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostBook {
+    /// Where each member listens (`ip:port`).
+    pub addresses: BTreeMap<NodeId, String>,
+    /// The election priorities set (a member absent here has priority 0, or its own
+    /// node.toml's until it announces it).
+    pub priorities: BTreeMap<NodeId, u8>,
 }
 
 /// A command entry's data, split by its kind byte.
@@ -113,28 +131,37 @@ struct SnapshotHead {
 }
 
 /// The host's part of a snapshot: a magic, its length (4 bytes, little-endian), the
-/// addresses of the members learned from the log.
-pub(crate) fn snapshot_head(addresses: &BTreeMap<NodeId, String>) -> Vec<u8> {
+/// addresses of the members learned from the log, then their priorities (after the
+/// addresses, so a build that knows none reads the addresses as before and ignores them).
+pub(crate) fn snapshot_head(book: &HostBook) -> Vec<u8> {
     let head = SnapshotHead {
-        addresses: addresses.iter().map(|(&i, a)| (i, a.clone())).collect(),
+        addresses: book
+            .addresses
+            .iter()
+            .map(|(&i, a)| (i, a.clone()))
+            .collect(),
     };
-    let body = postcard::to_allocvec(&head).unwrap_or_default();
+    let mut body = postcard::to_allocvec(&head).unwrap_or_default();
+    if !book.priorities.is_empty() {
+        let priorities: Vec<(NodeId, u8)> = book.priorities.iter().map(|(&i, &p)| (i, p)).collect();
+        body = postcard::to_extend(&priorities, body).unwrap_or_default();
+    }
     let mut out = SNAPSHOT_MAGIC.to_vec();
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&body);
     out
 }
 
-/// Reads the host's part of a snapshot from `source` and returns the addresses it holds;
-/// `source` is left at the state machine's bytes.
+/// Reads the host's part of a snapshot from `source` and returns the addresses and
+/// priorities it holds; `source` is left at the state machine's bytes.
 ///
 /// ```no_run
 /// # fn f(mut file: std::fs::File) -> Result<(), Box<dyn std::error::Error>> {
-/// let addresses = coracle_quic::host::open_snapshot(&mut file)?;
+/// let book = coracle_quic::host::open_snapshot(&mut file)?;
 /// // `file` now reads what the state machine's SnapshotSource wrote.
 /// # Ok(()) }
 /// ```
-pub fn open_snapshot(source: &mut dyn io::Read) -> Result<BTreeMap<NodeId, String>, EntryError> {
+pub fn open_snapshot(source: &mut dyn io::Read) -> Result<HostBook, EntryError> {
     let bad = |e: io::Error| EntryError::Malformed(format!("snapshot host part: {e}"));
     let mut magic = [0u8; 8];
     source.read_exact(&mut magic).map_err(bad)?;
@@ -153,9 +180,16 @@ pub fn open_snapshot(source: &mut dyn io::Read) -> Result<BTreeMap<NodeId, Strin
     }
     let mut body = vec![0u8; len as usize];
     source.read_exact(&mut body).map_err(bad)?;
-    let head: SnapshotHead =
-        postcard::from_bytes(&body).map_err(|e| EntryError::Malformed(e.to_string()))?;
-    Ok(head.addresses.into_iter().collect())
+    let malformed = |e: postcard::Error| EntryError::Malformed(e.to_string());
+    let (head, rest) = postcard::take_from_bytes::<SnapshotHead>(&body).map_err(malformed)?;
+    let priorities: Vec<(NodeId, u8)> = match rest {
+        [] => Vec::new(),
+        rest => postcard::from_bytes(rest).map_err(malformed)?,
+    };
+    Ok(HostBook {
+        addresses: head.addresses.into_iter().collect(),
+        priorities: priorities.into_iter().collect(),
+    })
 }
 
 #[cfg(test)]
@@ -176,6 +210,11 @@ mod tests {
         assert_eq!(split_entry(&[7]), Err(EntryError::UnknownKind(7)));
         assert_eq!(split_entry(&[0, 7]), Err(EntryError::Legacy));
         assert_eq!(split_entry(&[1, 7]), Err(EntryError::Legacy));
+        let priority = HostRecord::Priority { id: 2, priority: 9 };
+        assert_eq!(
+            split_entry(&record_entry(&priority)),
+            Ok(LoggedCommand::Host(priority))
+        );
         assert!(matches!(
             split_entry(&[KIND_HOST, 200]),
             Err(EntryError::Malformed(_))
@@ -184,8 +223,13 @@ mod tests {
 
     #[test]
     fn the_snapshot_head_is_read_back_and_garbage_refused() {
-        let mut book = BTreeMap::new();
-        book.insert(4, "127.0.0.1:7004".to_string());
+        let mut book = HostBook::default();
+        book.addresses.insert(4, "127.0.0.1:7004".to_string());
+        // A head without priorities (as the builds before them wrote it) reads back.
+        let mut plain = snapshot_head(&book);
+        plain.extend_from_slice(b"state");
+        assert_eq!(open_snapshot(&mut &plain[..]), Ok(book.clone()));
+        book.priorities.insert(4, 7);
         let mut bytes = snapshot_head(&book);
         bytes.extend_from_slice(b"state");
         let mut r = &bytes[..];

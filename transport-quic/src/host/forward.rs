@@ -13,6 +13,11 @@
 //! leader -> follower   answer:  version u8 (1) | code u8 | payload
 //! ```
 //!
+//! A node's requests about itself ([`super::join`]) travel the same way, the node named by
+//! its certificate: kind 2 join (then its address, UTF-8), 3 promote, 4 leave, 5 priority
+//! (then one byte). Their answers: code 0 with no payload (done), 1 not leader, 2 retry, 5
+//! refused, 4 and 7 as below.
+//!
 //! Codes: 0 applied (the response, as [`ResponseCodec::encode`] wrote it); 1 not leader
 //! (u64: the leader it knows, 0 for none; then where it listens, UTF-8); 2 busy, 3 outcome unknown, 4 stopped, 5 refused
 //! (a UTF-8 message each); 6 too large (u64 length, u64 limit); 7 shutting down. A leader
@@ -29,7 +34,7 @@
 //! is a new command (deduplicate it in the state machine, as the KV store's client
 //! sessions do: the session and sequence number are in the command's bytes).
 
-use super::handle::{Done, ProposeError};
+use super::handle::{Done, MembershipError, ProposeError};
 use super::StateMachine;
 use crate::transport::FrameReader;
 use bytes::Bytes;
@@ -39,6 +44,14 @@ use coracle::NodeId;
 pub const FORWARD_VERSION: u8 = 1;
 /// The request's kind: a proposal.
 const KIND_PROPOSE: u8 = 1;
+/// The request's kind: add the sender as a learner, at the address that follows.
+const KIND_JOIN: u8 = 2;
+/// The request's kind: make the sender (a caught-up learner) a voter.
+const KIND_PROMOTE: u8 = 3;
+/// The request's kind: remove the sender from the configuration.
+const KIND_LEAVE: u8 = 4;
+/// The request's kind: set the sender's election priority (one byte follows).
+const KIND_PRIORITY: u8 = 5;
 /// The largest answer a follower reads (a response larger than this is refused).
 const MAX_ANSWER: usize = 16 << 20;
 
@@ -80,6 +93,21 @@ impl<R> std::fmt::Debug for ResponseCodec<R> {
 pub(crate) enum Request {
     /// Propose these command bytes.
     Propose(Bytes),
+    /// A change the sender asks for itself (its id comes from its certificate).
+    Member(MemberRequest),
+}
+
+/// What a node asks the leader to do about its own membership ([`super::join`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum MemberRequest {
+    /// Add it as a learner, reachable at this address (`ip:port`).
+    Join(String),
+    /// Make it (a caught-up learner) a voter.
+    Promote,
+    /// Remove it from the configuration.
+    Leave,
+    /// Set its election priority, for every node.
+    Priority(u8),
 }
 
 /// Why a request is refused before it is proposed (answered with code 5).
@@ -90,6 +118,23 @@ pub(crate) fn decode_request(body: &Bytes) -> Result<Request, String> {
     };
     match (version, kind) {
         (FORWARD_VERSION, KIND_PROPOSE) => Ok(Request::Propose(body.slice(2..))),
+        (FORWARD_VERSION, KIND_JOIN) => match std::str::from_utf8(&body[2..]) {
+            Ok(addr) => Ok(Request::Member(MemberRequest::Join(addr.to_owned()))),
+            Err(_) => Err("a join request whose address is not UTF-8".into()),
+        },
+        (FORWARD_VERSION, KIND_PROMOTE) if body.len() == 2 => {
+            Ok(Request::Member(MemberRequest::Promote))
+        }
+        (FORWARD_VERSION, KIND_LEAVE) if body.len() == 2 => {
+            Ok(Request::Member(MemberRequest::Leave))
+        }
+        (FORWARD_VERSION, KIND_PRIORITY) => match body[2..] {
+            [p] => Ok(Request::Member(MemberRequest::Priority(p))),
+            _ => Err("a priority request without exactly one byte of priority".into()),
+        },
+        (FORWARD_VERSION, KIND_PROMOTE | KIND_LEAVE) => {
+            Err(format!("a request of kind {kind} with bytes after it"))
+        }
         (FORWARD_VERSION, kind) => Err(format!("unknown forwarded request kind {kind}")),
         (v, _) => Err(format!(
             "forwarding version {v} is not spoken here (this node speaks version {FORWARD_VERSION})"
@@ -109,6 +154,93 @@ fn encode_request(command: &[u8]) -> Vec<u8> {
     body.extend_from_slice(&[FORWARD_VERSION, KIND_PROPOSE]);
     body.extend_from_slice(command);
     frame(&body)
+}
+
+/// The request frame of a node's `request` about itself.
+pub(crate) fn encode_member_request(request: &MemberRequest) -> Vec<u8> {
+    let mut body = vec![FORWARD_VERSION];
+    match request {
+        MemberRequest::Join(addr) => {
+            body.push(KIND_JOIN);
+            body.extend_from_slice(addr.as_bytes());
+        }
+        MemberRequest::Promote => body.push(KIND_PROMOTE),
+        MemberRequest::Leave => body.push(KIND_LEAVE),
+        MemberRequest::Priority(p) => body.extend_from_slice(&[KIND_PRIORITY, *p]),
+    }
+    frame(&body)
+}
+
+/// The answer frame to a node's request about itself: done (code 0, no payload), or why
+/// not.
+pub(crate) fn encode_member_answer(result: Result<(), MembershipError>) -> Bytes {
+    let mut body = vec![FORWARD_VERSION];
+    let text = |body: &mut Vec<u8>, code: u8, m: &str| {
+        body.push(code);
+        body.extend_from_slice(m.as_bytes());
+    };
+    match result {
+        Ok(()) => body.push(APPLIED),
+        Err(MembershipError::NotLeader { leader, address }) => {
+            push_not_leader(&mut body, leader, address)
+        }
+        Err(MembershipError::Retry(m)) => text(&mut body, BUSY, &m),
+        Err(MembershipError::Timeout) => text(&mut body, BUSY, "no answer in time"),
+        Err(MembershipError::Refused(m)) => text(&mut body, REFUSED, &m),
+        Err(MembershipError::Stopped(m)) => text(&mut body, STOPPED, &m),
+        Err(MembershipError::ShuttingDown) => body.push(SHUTTING_DOWN),
+    }
+    Bytes::from(frame(&body))
+}
+
+/// What a node's request about itself came to, from `peer`'s answer `body`. An answer that
+/// is none (garbage, another version) is a [`MembershipError::Retry`] naming it.
+pub(crate) fn decode_member_answer(body: &[u8], peer: NodeId) -> Result<(), MembershipError> {
+    let retry = |m: String| Err(MembershipError::Retry(m));
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let (code, rest) = match split_answer(body, peer) {
+        Ok(split) => split,
+        Err(why) => return retry(why),
+    };
+    match code {
+        APPLIED if rest.is_empty() => Ok(()),
+        NOT_LEADER => match parse_not_leader(rest) {
+            Some((leader, address)) => Err(MembershipError::NotLeader { leader, address }),
+            None => retry(format!("node {peer} sent a truncated forwarding answer")),
+        },
+        BUSY => retry(text(rest)),
+        REFUSED => Err(MembershipError::Refused(format!(
+            "node {peer} refused: {}",
+            text(rest)
+        ))),
+        STOPPED => retry(format!("node {peer} stopped: {}", text(rest))),
+        SHUTTING_DOWN => retry(format!("node {peer} is shutting down")),
+        c => retry(format!("node {peer} sent unknown answer code {c}")),
+    }
+}
+
+/// Sends a node's `request` about itself to `peer` on `connection`, and reads the answer.
+pub(crate) async fn ask_member(
+    peer: NodeId,
+    connection: &quinn::Connection,
+    request: &MemberRequest,
+) -> Result<(), MembershipError> {
+    let lost = |e: &dyn std::fmt::Display| {
+        MembershipError::Retry(format!(
+            "the connection to node {peer} failed before it answered ({e})"
+        ))
+    };
+    let (mut send, recv) = connection.open_bi().await.map_err(|e| lost(&e))?;
+    send.write_all(&encode_member_request(request))
+        .await
+        .map_err(|e| lost(&e))?;
+    let _ = send.finish();
+    let mut reader = FrameReader::new(recv);
+    match reader.next(MAX_ANSWER).await {
+        Ok(Some(body)) => decode_member_answer(&body, peer),
+        Ok(None) => Err(lost(&"no answer")),
+        Err(e) => Err(lost(&e)),
+    }
 }
 
 /// The answer frame to a forwarded proposal.
@@ -134,9 +266,7 @@ pub(crate) fn encode_answer<R>(
             ),
         },
         Err(ProposeError::NotLeader { leader, address }) => {
-            body.push(NOT_LEADER);
-            body.extend_from_slice(&leader.unwrap_or(0).to_le_bytes());
-            body.extend_from_slice(address.unwrap_or_default().as_bytes());
+            push_not_leader(&mut body, leader, address)
         }
         Err(ProposeError::Busy(m)) => text(&mut body, BUSY, &m),
         Err(ProposeError::OutcomeUnknown(m)) => text(&mut body, UNKNOWN, &m),
@@ -163,6 +293,35 @@ fn le_u64(b: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(..8)?.try_into().ok()?))
 }
 
+/// The code and payload of the answer `body` from `peer`, or why it is none (truncated,
+/// another version).
+fn split_answer(body: &[u8], peer: NodeId) -> Result<(u8, &[u8]), String> {
+    match body {
+        [FORWARD_VERSION, code, rest @ ..] => Ok((*code, rest)),
+        [version, _, ..] => Err(format!(
+            "node {peer} answered in forwarding version {version} (this node speaks {FORWARD_VERSION})"
+        )),
+        _ => Err(format!("node {peer} sent a truncated forwarding answer")),
+    }
+}
+
+/// Appends a "not leader" answer: the leader known (0 for none), then where it listens.
+fn push_not_leader(body: &mut Vec<u8>, leader: Option<NodeId>, address: Option<String>) {
+    body.push(NOT_LEADER);
+    body.extend_from_slice(&leader.unwrap_or(0).to_le_bytes());
+    body.extend_from_slice(address.unwrap_or_default().as_bytes());
+}
+
+/// The leader and its address of a "not leader" answer's payload.
+fn parse_not_leader(rest: &[u8]) -> Option<(Option<NodeId>, Option<String>)> {
+    let leader = le_u64(rest)?;
+    let address = String::from_utf8_lossy(&rest[8..]).into_owned();
+    Some((
+        (leader != 0).then_some(leader),
+        Some(address).filter(|a| !a.is_empty()),
+    ))
+}
+
 /// What the follower's caller gets for the answer `body` from `leader`. Anything that is
 /// not a valid answer leaves the outcome unknown.
 pub(crate) fn decode_answer<R>(
@@ -172,15 +331,10 @@ pub(crate) fn decode_answer<R>(
 ) -> Result<R, ProposeError> {
     let unknown = |m: String| Err(ProposeError::OutcomeUnknown(m));
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    let (version, code, rest) = match body {
-        [v, c, rest @ ..] => (*v, *c, rest),
-        _ => return unknown(format!("node {leader} sent a truncated forwarding answer")),
+    let (code, rest) = match split_answer(body, leader) {
+        Ok(split) => split,
+        Err(why) => return unknown(why),
     };
-    if version != FORWARD_VERSION {
-        return unknown(format!(
-            "node {leader} answered in forwarding version {version} (this node speaks {FORWARD_VERSION})"
-        ));
-    }
     match code {
         APPLIED => (codec.decode)(rest).map_or_else(
             || {
@@ -190,11 +344,8 @@ pub(crate) fn decode_answer<R>(
             },
             Ok,
         ),
-        NOT_LEADER => match le_u64(rest) {
-            Some(l) => Err(ProposeError::NotLeader {
-                leader: (l != 0).then_some(l),
-                address: Some(text(&rest[8..])).filter(|a| !a.is_empty()),
-            }),
+        NOT_LEADER => match parse_not_leader(rest) {
+            Some((leader, address)) => Err(ProposeError::NotLeader { leader, address }),
             None => unknown(format!("node {leader} sent a truncated forwarding answer")),
         },
         BUSY => Err(ProposeError::Busy(text(rest))),
@@ -308,6 +459,55 @@ mod tests {
     }
 
     #[test]
+    fn member_requests_and_answers_round_trip_and_garbage_is_a_retry() {
+        for r in [
+            MemberRequest::Join("127.0.0.1:7004".into()),
+            MemberRequest::Promote,
+            MemberRequest::Leave,
+            MemberRequest::Priority(200),
+        ] {
+            let f = encode_member_request(&r);
+            assert_eq!(
+                decode_request(&Bytes::copy_from_slice(body(&f))),
+                Ok(Request::Member(r))
+            );
+        }
+        for a in [
+            Ok(()),
+            Err(MembershipError::NotLeader {
+                leader: Some(3),
+                address: Some("127.0.0.1:7003".into()),
+            }),
+            Err(MembershipError::NotLeader {
+                leader: None,
+                address: None,
+            }),
+            Err(MembershipError::Retry("busy".into())),
+        ] {
+            let f = encode_member_answer(a.clone());
+            assert_eq!(decode_member_answer(body(&f), 2), a);
+        }
+        let refused = encode_member_answer(Err(MembershipError::Refused("no".into())));
+        assert!(matches!(
+            decode_member_answer(body(&refused), 2),
+            Err(MembershipError::Refused(m)) if m.contains("node 2") && m.contains("no")
+        ));
+        let good = encode_member_answer(Ok(()));
+        let good = body(&good);
+        for cut in 0..good.len() {
+            assert!(matches!(
+                decode_member_answer(&good[..cut], 2),
+                Err(MembershipError::Retry(_))
+            ));
+        }
+        for b in 0..=255u8 {
+            let _ = decode_member_answer(&[FORWARD_VERSION, b, 1, 2, 3], 2);
+            let _ = decode_request(&Bytes::copy_from_slice(&[FORWARD_VERSION, b, 1, 2, 3]));
+        }
+        assert!(decode_member_answer(&[FORWARD_VERSION, APPLIED, 1], 2).is_err());
+    }
+
+    #[test]
     fn garbage_answers_leave_the_outcome_unknown_and_never_panic() {
         let good = encode_answer(Ok(7u64), Some(codec()));
         let good = body(&good);
@@ -339,6 +539,11 @@ mod tests {
         );
         let err = |b: &[u8]| decode_request(&Bytes::copy_from_slice(b)).unwrap_err();
         assert!(err(&[2, 1, 0]).contains("version 2 is not spoken here"));
+        assert!(err(&[1, KIND_PROMOTE, 0]).contains("bytes after it"));
+        assert!(err(&[1, KIND_LEAVE, 0]).contains("bytes after it"));
+        assert!(err(&[1, KIND_PRIORITY]).contains("one byte"));
+        assert!(err(&[1, KIND_PRIORITY, 1, 2]).contains("one byte"));
+        assert!(err(&[1, KIND_JOIN, 0xff]).contains("UTF-8"));
         assert!(err(&[1, 9]).contains("kind 9"));
         assert!(err(&[1]).contains("fewer than 2"));
         assert!(err(&[]).contains("fewer than 2"));

@@ -1,5 +1,7 @@
 //! The handle of a running [`Host`](super::Host): proposals, reads, membership, status.
 
+use super::forward::MemberRequest;
+use super::join::JoinError;
 use super::StateMachine;
 use crate::transport::TransportStats;
 use bytes::Bytes;
@@ -66,6 +68,20 @@ pub(crate) enum Op<S: StateMachine> {
     Watch {
         to: Sender<Status>,
     },
+    Join {
+        members: Vec<SocketAddr>,
+        limit: Duration,
+        done: Done<Result<NodeId, JoinError>>,
+    },
+    Member {
+        request: MemberRequest,
+        done: Done<Result<(), MembershipError>>,
+    },
+    SetPriority {
+        id: NodeId,
+        priority: u8,
+        done: Done<Result<Index, MembershipError>>,
+    },
 }
 
 /// Why an operation was not carried out because the node is not running.
@@ -96,6 +112,13 @@ impl Gone {
             Gone::Stopped(m) => MembershipError::Stopped(m.clone()),
         }
     }
+
+    pub(crate) fn join_error(&self) -> JoinError {
+        match self {
+            Gone::ShuttingDown => JoinError::Stopped("the node is shutting down".into()),
+            Gone::Stopped(m) => JoinError::Stopped(m.clone()),
+        }
+    }
 }
 
 impl<S: StateMachine> Op<S> {
@@ -108,6 +131,9 @@ impl<S: StateMachine> Op<S> {
             Op::Transfer { done, .. } => done(Err(why.membership_error())),
             Op::Status { .. } | Op::Watch { .. } => {}
             Op::Isolate { done, .. } => done(()),
+            Op::Join { done, .. } => done(Err(why.join_error())),
+            Op::Member { done, .. } => done(Err(why.membership_error())),
+            Op::SetPriority { done, .. } => done(Err(why.membership_error())),
         }
     }
 }
@@ -403,6 +429,17 @@ impl<S: StateMachine> Handle<S> {
         gone: T,
         timed_out: T,
     ) -> T {
+        self.ask_within(op, gone, timed_out, self.timeout).await
+    }
+
+    /// [`ask`](Self::ask), waiting at most `limit`.
+    async fn ask_within<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(Done<T>) -> Op<S>,
+        gone: T,
+        timed_out: T,
+        limit: Duration,
+    ) -> T {
         let (tx, rx) = channel::bounded(1);
         let done: Done<T> = Box::new(move |t| {
             let _ = tx.try_send(t);
@@ -411,7 +448,7 @@ impl<S: StateMachine> Handle<S> {
         batch.ops.push(op(done));
         batch.submit().await;
         smol::future::or(async { rx.recv().await.unwrap_or(gone) }, async {
-            smol::Timer::after(self.timeout).await;
+            smol::Timer::after(limit).await;
             timed_out
         })
         .await
@@ -505,6 +542,181 @@ impl<S: StateMachine> Handle<S> {
             learners: learners.to_vec(),
         })
         .await
+    }
+
+    /// Joins a running cluster: asks it, through any of the members at `members` (following
+    /// the leader they name), to add this node as a learner at its own address (its
+    /// `[[peers]]` entry, else its listen address); its id is its certificate's. Safe to
+    /// retry: a node already a member at that address is answered at once. With
+    /// `[membership] auto_promote` (the default) the node then asks to be made a voter
+    /// once caught up. Gives up after the handle's timeout with what went wrong at each
+    /// address. Returns the node that added it (the leader), or this node's own id when it
+    /// is a member already (a restart).
+    pub async fn join(&self, members: &[SocketAddr]) -> Result<NodeId, JoinError> {
+        let members = members.to_vec();
+        let limit = self.timeout;
+        // The runtime gives up after the timeout by itself; this wait only guards against
+        // a loop that no longer answers.
+        self.ask_within(
+            |done| Op::Join {
+                members,
+                limit,
+                done,
+            },
+            Err(JoinError::Stopped("the node is shutting down".into())),
+            Err(JoinError::Timeout("the node did not answer".into())),
+            self.timeout + Duration::from_secs(5),
+        )
+        .await
+    }
+
+    /// Leaves the cluster on purpose: a leader first hands leadership to another voter,
+    /// then the leader removes this node. Returns once the removal is applied on the
+    /// leader (or this node is no member); then shut the node down
+    /// ([`shutdown`](Self::shutdown)). Gives up after the handle's timeout.
+    pub async fn leave(&self) -> Result<(), MembershipError> {
+        let end = std::time::Instant::now() + self.timeout;
+        let mut last = MembershipError::Timeout;
+        while std::time::Instant::now() < end {
+            let Some(status) = self.status().await else {
+                return Err(MembershipError::ShuttingDown);
+            };
+            if !status.members.iter().any(|m| m.id == self.id) {
+                return Ok(());
+            }
+            if status.role == Role::Leader {
+                // Hand over to the voter most up to date, then ask the new leader.
+                let to = status
+                    .members
+                    .iter()
+                    .filter(|m| m.id != self.id && m.voter)
+                    .max_by_key(|m| (m.connected, m.match_index))
+                    .map(|m| m.id);
+                match to {
+                    Some(to) => {
+                        if let Err(e) = self.transfer_leadership(to).await {
+                            last = e;
+                        }
+                    }
+                    None => {
+                        return Err(MembershipError::Refused(
+                            "this node is the only voter: it cannot leave".into(),
+                        ))
+                    }
+                }
+                smol::Timer::after(Duration::from_millis(50)).await;
+                continue;
+            }
+            let asked = self
+                .ask(
+                    |done| Op::Member {
+                        request: MemberRequest::Leave,
+                        done,
+                    },
+                    Err(MembershipError::ShuttingDown),
+                    Err(MembershipError::Timeout),
+                )
+                .await;
+            match asked {
+                Ok(()) => return Ok(()),
+                Err(e @ (MembershipError::Refused(_) | MembershipError::ShuttingDown)) => {
+                    return Err(e)
+                }
+                Err(e) => last = e,
+            }
+            smol::Timer::after(Duration::from_millis(100)).await;
+        }
+        Err(last)
+    }
+
+    /// Sets the election priority of member `id` (0 to 255, see `Config::priority`) on
+    /// every node: the leader replicates it through the log (and snapshots), so every
+    /// node agrees; a caught-up voter of higher priority than the leader is then handed
+    /// leadership. Lasts until that node restarts, when it announces its node.toml value
+    /// again. Returns the index of the entry once applied on the leader.
+    pub async fn set_priority(&self, id: NodeId, priority: u8) -> Result<Index, MembershipError> {
+        self.ask(
+            |done| Op::SetPriority { id, priority, done },
+            Err(MembershipError::ShuttingDown),
+            Err(MembershipError::Timeout),
+        )
+        .await
+    }
+
+    /// Changes several members at once through joint consensus, on the leader: each node
+    /// of `add` (id and address) not a member yet is added as a learner and waited for
+    /// until it holds the leader's commit index; then one joint change makes every node of
+    /// `add` a voter and removes every node of `remove` (C_old,new, then C_new). Nodes of
+    /// `add` already members are made voters. Retries while another change is in
+    /// progress; gives up after the handle's timeout. Returns the index of the joint entry.
+    pub async fn change_members(
+        &self,
+        add: &[(NodeId, SocketAddr)],
+        remove: &[NodeId],
+    ) -> Result<Index, MembershipError> {
+        if let Some(id) = add.iter().map(|a| a.0).find(|id| remove.contains(id)) {
+            return Err(MembershipError::Refused(format!(
+                "node {id} is both added and removed"
+            )));
+        }
+        let end = std::time::Instant::now() + self.timeout;
+        let mut last = MembershipError::Timeout;
+        while std::time::Instant::now() < end {
+            let Some(status) = self.status().await else {
+                return Err(MembershipError::ShuttingDown);
+            };
+            if status.role != Role::Leader {
+                let address = status
+                    .leader
+                    .and_then(|l| status.members.iter().find(|m| m.id == l))
+                    .and_then(|m| m.address.clone());
+                return Err(MembershipError::NotLeader {
+                    leader: status.leader,
+                    address,
+                });
+            }
+            let member = |id: NodeId| status.members.iter().find(|m| m.id == id);
+            let result = match add.iter().find(|(id, _)| member(*id).is_none()) {
+                // A new node first: as a learner (one at a time).
+                Some(&(id, addr)) => self.add_learner(id, addr).await,
+                None => {
+                    let behind = add.iter().any(|(id, _)| {
+                        member(*id)
+                            .is_some_and(|m| !m.voter && m.match_index.unwrap_or(0) < status.commit)
+                    });
+                    if behind {
+                        smol::Timer::after(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    let voters: Vec<NodeId> = status
+                        .members
+                        .iter()
+                        .filter(|m| m.voter || add.iter().any(|a| a.0 == m.id))
+                        .map(|m| m.id)
+                        .filter(|id| !remove.contains(id))
+                        .collect();
+                    let learners: Vec<NodeId> = status
+                        .members
+                        .iter()
+                        .filter(|m| !voters.contains(&m.id) && !remove.contains(&m.id))
+                        .map(|m| m.id)
+                        .collect();
+                    match self.set_members(&voters, &learners).await {
+                        Ok(index) => return Ok(index),
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            match result {
+                Ok(_) => {}
+                Err(e @ MembershipError::Retry(_)) | Err(e @ MembershipError::Timeout) => {
+                    last = e;
+                    smol::Timer::after(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
     }
 
     /// Hands leadership to voter `id` (TimeoutNow once it is caught up). Returns once the

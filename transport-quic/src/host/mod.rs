@@ -29,23 +29,26 @@
 //!
 //! Every command entry starts with one byte that says whose it is: `C`, the state machine's
 //! (the rest is the command as proposed); `H`, the host's own records (where a member
-//! listens, so a member added later is reachable from every node and after restarts).
-//! A snapshot file starts with the host's part (the addresses of the members), then holds
-//! the state machine's bytes as it wrote them.
+//! listens, so a member added later is reachable from every node and after restarts; a
+//! member's election priority, so every node agrees on it). A snapshot file starts with
+//! the host's part (the addresses of the members, then their priorities), then holds the
+//! state machine's bytes as it wrote them.
 
 mod entry;
 pub mod forward;
 mod handle;
+mod join;
 mod runtime;
 
 pub(crate) use entry::snapshot_head;
-pub use entry::{open_snapshot, split_entry, EntryError, HostRecord, LoggedCommand};
+pub use entry::{open_snapshot, split_entry, EntryError, HostBook, HostRecord, LoggedCommand};
 pub use forward::{ResponseCodec, FORWARD_VERSION};
 pub use handle::{
     Batch, Handle, MemberStatus, MembershipError, ProposeError, ReadError, ReadMode,
     SnapshotStatus, Status, TransportCounters,
 };
 pub(crate) use runtime::node_credentials;
+pub use join::JoinError;
 pub use runtime::{CoreNode, Host, NodeError, ServeClient, INFLIGHT, PEERS, READS};
 
 #[cfg(doc)]

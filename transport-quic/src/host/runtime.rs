@@ -18,12 +18,13 @@
 //! `persisted`. Batches that arrive meanwhile wait for the next one, so one `fdatasync`
 //! covers all that arrived while the previous one ran.
 
-use super::entry::{self, HostRecord, LoggedCommand};
-use super::forward::{self, ResponseCodec};
+use super::entry::{self, HostBook, HostRecord, LoggedCommand};
+use super::forward::{self, MemberRequest, ResponseCodec};
 use super::handle::{
     Call, Change, Done, Gone, MemberStatus, MembershipError, Op, ProposeError, ReadError, ReadFn,
     ReadMode, SnapshotStatus, Status, TransportCounters, DEFAULT_TIMEOUT,
 };
+use super::join::{self, Duties, JoinError};
 use super::{Handle, SnapshotSource, StateMachine};
 use crate::certs::Identity;
 use crate::config::{ConfigError, NodeConfig};
@@ -45,7 +46,7 @@ use coracle::{
 use prometheus_client::registry::Registry;
 use smol::channel::{self, Receiver, Sender};
 use smol::future::FutureExt;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -234,7 +235,12 @@ impl<S: StateMachine> Host<S> {
             log.identity().incarnation,
             incarnations.clone(),
         );
-        let voters = cfg.voters();
+        // A node joining a running cluster starts with no configuration: it never
+        // campaigns, and learns its configuration from the leader that adds it.
+        let voters = match cfg.join.is_empty() {
+            true => cfg.voters(),
+            false => Vec::new(),
+        };
         let last_snapshot = log.snapshot_point().map_or(0, |(index, _)| index);
         let memory = log
             .recover(cfg.memory_log_bytes())
@@ -334,7 +340,13 @@ impl<S: StateMachine> Host<S> {
             reads: HashMap::new(),
             next_read: 1,
             addrs,
-            book: BTreeMap::new(),
+            book: HostBook::default(),
+            priorities_dirty: true,
+            duties: Duties::new(
+                cfg.priority,
+                Duration::from_millis(cfg.raft.election_timeout_ms),
+            ),
+            membership_cfg: cfg.membership.clone(),
             tick: cfg.tick(),
             snapshots: Snapshots {
                 every: cfg.storage.snapshot_entries,
@@ -539,9 +551,16 @@ struct Runtime<S: StateMachine> {
     /// Where every member this node knows listens (the configuration's peers and the
     /// book).
     addrs: HashMap<NodeId, String>,
-    /// The addresses learned from the log ([`HostRecord::Address`]): replicated, kept in
-    /// snapshots.
-    book: BTreeMap<NodeId, String>,
+    /// The addresses and priorities learned from the log ([`HostRecord`]): replicated,
+    /// kept in snapshots.
+    book: HostBook,
+    /// The priorities of `book` are to be handed to the core again (one changed, or the
+    /// configuration did: the core knows a new member at priority 0).
+    priorities_dirty: bool,
+    /// What this node asks the leader about itself (promotion, its priority).
+    duties: Duties,
+    /// `[membership]` of node.toml.
+    membership_cfg: crate::config::MembershipConfig,
     tick: Duration,
     snapshots: Snapshots,
     /// The durable store: batches are queued here and flushed by the fsync thread.
@@ -1061,6 +1080,7 @@ impl<S: StateMachine> Runtime<S> {
                 }
             }
             self.stall.check(&mut node);
+            self.run_duties(&mut node);
             // One drain for everything that arrived together: the core computes its
             // outputs when they are polled, so draining once per batch rather than once
             // per input loses nothing, and the writes of the batch share one fsync.
@@ -1335,6 +1355,12 @@ impl<S: StateMachine> Runtime<S> {
                 self.transport.ensure_link(id);
             }
         }
+        if membership || self.priorities_dirty {
+            self.priorities_dirty = false;
+            for (&id, &priority) in &self.book.priorities {
+                node.set_priority(id, priority);
+            }
+        }
         self.incarnations.set_applied(node.applied_index());
         if let Some((index, members)) = applied_config {
             self.forget_removed(index, &members);
@@ -1509,10 +1535,11 @@ impl<S: StateMachine> Runtime<S> {
                 )))
             }
         }
-        for (&id, addr) in &book {
-            self.learn_address(id, addr);
+        for (id, addr) in &book.addresses {
+            self.learn_address(*id, addr);
         }
         self.book = book;
+        self.priorities_dirty = true;
         self.applied = index;
         self.snapshots.last = self.snapshots.last.max(index);
         // A snapshot being written of the state replaced is given up by the state machine
@@ -1568,7 +1595,18 @@ impl<S: StateMachine> Runtime<S> {
             }
             LoggedCommand::Host(HostRecord::Address { id, addr }) => {
                 self.learn_address(id, &addr);
-                self.book.insert(id, addr);
+                self.book.addresses.insert(id, addr);
+                Ok(Applied::Nothing)
+            }
+            LoggedCommand::Host(HostRecord::Priority { id, priority }) => {
+                info!(
+                    node = self.id,
+                    member = id,
+                    priority,
+                    "election priority set"
+                );
+                self.book.priorities.insert(id, priority);
+                self.priorities_dirty = true;
                 Ok(Applied::Nothing)
             }
         }
@@ -1669,7 +1707,180 @@ impl<S: StateMachine> Runtime<S> {
                 let _ = to.force_send(self.status(node));
                 self.watch.to.push(to);
             }
+            Op::Join {
+                members,
+                limit,
+                done,
+            } => self.join(node, members, limit, done),
+            Op::Member { request, done } => self.ask_leader(node, request, done),
+            Op::SetPriority { id, priority, done } => self.set_priority(node, id, priority, done),
         }
+    }
+
+    /// Joins the cluster through `members` ([`join`]), unless this node is a member
+    /// already (a restart: it joined before); turns on the promotion once caught up.
+    fn join(
+        &mut self,
+        node: &CoreNode,
+        members: Vec<SocketAddr>,
+        limit: Duration,
+        done: Done<Result<NodeId, JoinError>>,
+    ) {
+        if self.membership_cfg.auto_promote {
+            self.duties.promote = Some(self.membership_cfg.caught_up_entries);
+        }
+        if node.members().any(|m| m.id == self.id) {
+            info!(
+                node = self.id,
+                "a member already (joined before): not joining again"
+            );
+            return done(Ok(self.id));
+        }
+        let own = self.addrs.get(&self.id).cloned().unwrap_or_default();
+        match own.parse::<SocketAddr>() {
+            Ok(a) if crate::config::check_node_addr(a).is_ok() => {}
+            _ => return done(Err(JoinError::NoOwnAddress(own))),
+        }
+        info!(node = self.id, ?members, addr = %own, "joining the cluster");
+        let transport = self.transport.clone();
+        smol::spawn(async move { done(join::join(transport, own, members, limit).await) }).detach();
+    }
+
+    /// What this node asks the leader about itself, when due ([`Duties`]).
+    fn run_duties(&mut self, node: &mut CoreNode) {
+        let (learner, voter) = node
+            .members()
+            .find(|m| m.id == self.id)
+            .map_or((false, false), |m| (m.learner, m.voter || m.voter_outgoing));
+        let behind = node.commit_index().saturating_sub(self.applied);
+        let replicated = self.book.priorities.get(&self.id).copied();
+        let Some(request) = self.duties.due(learner, voter, behind, replicated) else {
+            return;
+        };
+        info!(node = self.id, ?request, "asking the leader");
+        let finished = self.duties.finished();
+        let id = self.id;
+        self.ask_leader(
+            node,
+            request.clone(),
+            Box::new(move |result| {
+                match result {
+                    Ok(()) => info!(node = id, ?request, "done"),
+                    Err(e) => info!(node = id, ?request, error = %e, "not done; will retry"),
+                }
+                finished();
+            }),
+        );
+    }
+
+    /// Asks the leader for `request` about this node (itself, if it leads).
+    fn ask_leader(
+        &mut self,
+        node: &mut CoreNode,
+        request: MemberRequest,
+        done: Done<Result<(), MembershipError>>,
+    ) {
+        if node.role() == Role::Leader {
+            return self.member_request(node, self.id, request, done);
+        }
+        let Some(leader) = node.leader().filter(|&l| l != self.id) else {
+            return done(Err(MembershipError::Retry("no leader known; retry".into())));
+        };
+        let Some(conn) = self.transport.connection(leader) else {
+            return done(Err(MembershipError::Retry(format!(
+                "not connected to leader {leader}; retry"
+            ))));
+        };
+        smol::spawn(async move { done(forward::ask_member(leader, &conn, &request).await) })
+            .detach();
+    }
+
+    /// Carries out what node `from` asks about itself (on the leader; others answer with
+    /// the leader they know). Idempotent: what is done already is answered "done".
+    fn member_request(
+        &mut self,
+        node: &mut CoreNode,
+        from: NodeId,
+        request: MemberRequest,
+        done: Done<Result<(), MembershipError>>,
+    ) {
+        if node.role() != Role::Leader {
+            let (leader, address) = self.leader_address(node.leader());
+            return done(Err(MembershipError::NotLeader { leader, address }));
+        }
+        let member = node.members().find(|m| m.id == from);
+        let then =
+            |done: Done<Result<(), MembershipError>>| -> Done<Result<Index, MembershipError>> {
+                Box::new(move |r| done(r.map(|_| ())))
+            };
+        let refused = |m: String| Err(MembershipError::Refused(m));
+        match request {
+            MemberRequest::Join(addr) => {
+                let parsed = match addr.parse::<SocketAddr>() {
+                    Ok(a) if crate::config::check_node_addr(a).is_ok() => a,
+                    _ => {
+                        return done(refused(format!(
+                            "{addr:?} is no address the other nodes can dial"
+                        )))
+                    }
+                };
+                let known = self.addrs.get(&from).cloned();
+                match member {
+                    None => {
+                        info!(node = self.id, joiner = from, addr = %parsed, "a node asks to join");
+                        self.change(
+                            node,
+                            Change::AddLearner {
+                                id: from,
+                                addr: parsed,
+                            },
+                            then(done),
+                        )
+                    }
+                    Some(_) if known.as_deref().and_then(|a| a.parse().ok()) == Some(parsed) => {
+                        done(Ok(()))
+                    }
+                    Some(_) => done(refused(format!(
+                        "node {from} is a member already, at {}; remove it first to move it",
+                        known.as_deref().unwrap_or("an unknown address")
+                    ))),
+                }
+            }
+            MemberRequest::Promote => match member {
+                None => done(refused(format!("node {from} is not a member"))),
+                Some(m) if m.voter => done(Ok(())),
+                Some(_) => self.change(node, Change::Promote(from), then(done)),
+            },
+            MemberRequest::Leave => match member {
+                None => done(Ok(())),
+                Some(_) => {
+                    info!(node = self.id, member = from, "a node leaves");
+                    self.change(node, Change::Remove(from), then(done))
+                }
+            },
+            MemberRequest::Priority(p) => self.set_priority(node, from, p, then(done)),
+        }
+    }
+
+    /// Proposes the election priority `priority` of member `id` (on the leader).
+    fn set_priority(
+        &mut self,
+        node: &mut CoreNode,
+        id: NodeId,
+        priority: u8,
+        done: Done<Result<Index, MembershipError>>,
+    ) {
+        if node.role() != Role::Leader {
+            let (leader, address) = self.leader_address(node.leader());
+            return done(Err(MembershipError::NotLeader { leader, address }));
+        }
+        if !node.members().any(|m| m.id == id) {
+            return done(Err(MembershipError::Refused(format!(
+                "node {id} is not a member"
+            ))));
+        }
+        self.entry = entry::record_entry(&HostRecord::Priority { id, priority });
+        self.propose(node, Pending::Membership(done));
     }
 
     /// Where a proposal made here goes instead, if this node forwards it: a follower that
@@ -1698,12 +1909,23 @@ impl<S: StateMachine> Runtime<S> {
             );
             let _ = request.reply.try_send(forward::encode_refusal(why));
         };
-        let Some(codec) = S::response_codec() else {
-            return refused("this node's state machine has no response codec");
-        };
         let command = match forward::decode_request(&request.body) {
             Ok(forward::Request::Propose(command)) => command,
+            Ok(forward::Request::Member(member)) => {
+                let reply = request.reply;
+                return self.member_request(
+                    node,
+                    request.from,
+                    member,
+                    Box::new(move |result| {
+                        let _ = reply.try_send(forward::encode_member_answer(result));
+                    }),
+                );
+            }
             Err(why) => return refused(&why),
+        };
+        let Some(codec) = S::response_codec() else {
+            return refused("this node's state machine has no response codec");
         };
         let reply = request.reply;
         entry::command_entry(&mut self.entry, &command);
@@ -1788,6 +2010,12 @@ impl<S: StateMachine> Runtime<S> {
         };
         match node.change_membership(core) {
             Ok(p) => {
+                info!(
+                    node = self.id,
+                    index = p.index,
+                    ?change,
+                    "membership change proposed"
+                );
                 self.writes
                     .insert(p.index, (p.term, Pending::Membership(done)));
                 // Only once the core took the change: a refused one leaves no address behind.
