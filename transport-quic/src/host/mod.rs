@@ -36,6 +36,7 @@
 mod entry;
 pub mod forward;
 mod handle;
+mod kept;
 mod runtime;
 
 pub(crate) use entry::snapshot_head;
@@ -43,8 +44,9 @@ pub use entry::{open_snapshot, split_entry, EntryError, HostRecord, LoggedComman
 pub use forward::{ResponseCodec, FORWARD_VERSION};
 pub use handle::{
     Batch, Handle, MemberStatus, MembershipError, ProposeError, ReadError, ReadMode,
-    SnapshotStatus, Status, TransportCounters,
+    SnapshotRequestError, SnapshotStatus, Status, TransportCounters,
 };
+pub use kept::KeptSnapshot;
 pub use runtime::{CoreNode, Host, NodeError, ServeClient, INFLIGHT, PEERS, READS};
 
 #[cfg(doc)]
