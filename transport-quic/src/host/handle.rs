@@ -332,6 +332,9 @@ pub struct MemberStatus {
     pub match_index: Option<Index>,
     /// On a leader: how many entries it lacks (the leader's last index minus its match).
     pub lag: Option<u64>,
+    /// On a leader: how many bytes of log records it lacks (those of the entries after its
+    /// match, as the leader's log holds them; from a running count, no scan).
+    pub lag_bytes: Option<u64>,
 }
 
 /// The snapshots of a node.

@@ -1901,6 +1901,7 @@ impl<S: StateMachine> Runtime<S> {
                         connected: m.id == self.id || self.transport.connected(m.id),
                         match_index,
                         lag: match_index.map(|i| last.saturating_sub(i)),
+                        lag_bytes: match_index.map(|i| self.log.bytes_after(i)),
                     }
                 })
                 .collect(),
