@@ -358,6 +358,7 @@ fn a_backup_larger_than_a_frame_streams_and_restores() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let began = std::time::Instant::now();
     let mut during = 0;
     smol::block_on(async {
         while save.try_wait().unwrap().is_none() {
@@ -378,7 +379,10 @@ fn a_backup_larger_than_a_frame_streams_and_restores() {
         "the backup holds every value: {size} bytes"
     );
     assert!(!setup.path().join("large.backup.tmp").exists());
-    eprintln!("backup of {size} bytes saved; {during} writes served meanwhile");
+    eprintln!(
+        "backup of {size} bytes saved in {:.1} s; {during} writes served meanwhile",
+        began.elapsed().as_secs_f64()
+    );
 
     // Damaged copies of it: refused, nothing written.
     let addrs = free_addrs(3);
