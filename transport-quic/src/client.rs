@@ -746,7 +746,8 @@ impl Client {
             }
             let cause = match self.backup_at(addr, path).await {
                 Ok(header) => {
-                    self.answered(addr, ServedBy::Leader);
+                    // Any node serves a backup (its read confirmed by the leader).
+                    self.answered(addr, ServedBy::AnyNode);
                     return Ok(header);
                 }
                 Err(Miss::Fatal(e)) => return Err(e),
