@@ -349,18 +349,16 @@ fn a_backup_larger_than_a_frame_streams_and_restores() {
         }
     });
 
-    // Save, with writes going on meanwhile: the node stays responsive. The leader (which
-    // serves it) streams its snapshot file: its peak memory grows by a few chunks, not by
-    // the state (the margin: 24 MiB, for the snapshot's pieces and chunks in flight,
-    // QUIC's buffers and the allocator; a copy of the state alone would be 40 MiB).
-    let leader_pid = old[leader(&client, &setup.addrs).unwrap() as usize - 1]
-        .0
-        .as_ref()
-        .unwrap()
-        .id();
+    // Save, at the leader, with writes going on meanwhile: the node stays responsive. It
+    // streams its snapshot file: its peak memory grows by what QUIC holds unacknowledged
+    // for the stream (up to the client's 16 MiB stream window), the chunks and snapshot
+    // pieces queued (4 + 4 MiB) and the allocator's slack, not by the state: the bound,
+    // 32 MiB, is below the 40 MiB one copy of the state would take.
+    let leader_id = leader(&client, &setup.addrs).unwrap();
+    let leader_pid = old[leader_id as usize - 1].0.as_ref().unwrap().id();
     let peak_before = proc_memory(leader_pid, "VmHWM").unwrap();
     let file = setup.path().join("large.backup");
-    let mut save = admin_command(&setup, &[1, 2, 3])
+    let mut save = admin_command(&setup, &[leader_id])
         .args(["--timeout-ms", "60000", "snapshot", "save"])
         .arg(&file)
         .stdout(std::process::Stdio::piped())
@@ -384,7 +382,7 @@ fn a_backup_larger_than_a_frame_streams_and_restores() {
     assert!(said.contains("of cluster 7"), "{said}");
     let grown = proc_memory(leader_pid, "VmHWM").unwrap() - peak_before;
     assert!(
-        grown < 24 << 20,
+        grown < 32 << 20,
         "the leader's peak memory grew by {grown} bytes during the backup"
     );
     let size = std::fs::metadata(&file).unwrap().len();
