@@ -9,8 +9,8 @@ mod common;
 
 use common::*;
 use coracle_quic::backup::{BackupHeader, BackupWriter};
-use coracle_quic::client::Client;
-use coracle_quic::protocol::Consistency;
+use coracle_quic::client::{Client, ClientError};
+use coracle_quic::protocol::{AdminOp, Consistency, ErrorKind, Request};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -116,6 +116,15 @@ fn a_backup_restores_into_a_new_cluster_that_the_old_cannot_reach() {
     assert!(saved.status.success(), "save: {}", stderr(&saved));
     let said = String::from_utf8_lossy(&saved.stdout);
     assert!(said.contains("of cluster 7"), "{said}");
+
+    // The one-frame backup of older clients is refused with what to do.
+    let ops = setup.client("admin-ops");
+    let e = smol::block_on(ops.call(&Request::Admin(AdminOp::Backup))).unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Server { kind: ErrorKind::Failed, message, .. } if message.contains("streamed")),
+        "{e}"
+    );
+    ops.close();
 
     // A non-admin certificate may not take one.
     let alice = std::process::Command::new(BIN)
