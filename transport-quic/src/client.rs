@@ -49,6 +49,7 @@
 //! # }
 //! ```
 
+use crate::backup::{BackupError, BackupHeader, BackupWriter};
 use crate::certs::ANY_NODE_NAME;
 use crate::protocol::{
     append_frame, AdminOp, Consistency, ErrorKind, NodeStatus, ReadOp, Request, Response,
@@ -62,7 +63,9 @@ use smol::Timer;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
+use std::io::Write;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -102,6 +105,8 @@ pub enum ClientError {
     NoNodes,
     /// The client's endpoint was closed ([`Client::close`], [`ClientEndpoint::close`]).
     Closed,
+    /// A backup could not be written ([`Client::save_backup`]).
+    Backup(BackupError),
 }
 
 impl fmt::Display for ClientError {
@@ -135,6 +140,7 @@ impl fmt::Display for ClientError {
             } => write!(f, "{node} refused the request: {kind:?}: {message}"),
             ClientError::Protocol(m) => write!(f, "unexpected answer: {m}"),
             ClientError::NoNodes => f.write_str("no node address given"),
+            ClientError::Backup(e) => write!(f, "{e}"),
         }
     }
 }
@@ -718,12 +724,108 @@ impl Client {
         }
     }
 
-    /// A consistent backup of the cluster's store ([`crate::backup`]; needs an admin
-    /// certificate), taken by the leader the client finds.
-    pub async fn backup(&self) -> Result<crate::backup::Backup, ClientError> {
-        match self.call(&Request::Admin(AdminOp::Backup)).await? {
-            Response::Backup(b) => Ok(b),
-            other => Err(unexpected(other)),
+    /// Saves a consistent backup of the cluster's store into the file `path`
+    /// ([`crate::backup`]; needs an admin certificate): asked of the leader the client
+    /// knows (else a node in turn), on a stream of its own, and written as its chunks come
+    /// ([`BackupWriter`]: into `path.tmp`, renamed over `path` once whole and fsynced), so
+    /// a state of any size is saved. A node that cannot take it (no leader to confirm the
+    /// read, a snapshot that failed) or a connection lost midway makes the client start
+    /// over at another node until the client's timeout ([`with_timeout`](Self::with_timeout))
+    /// has passed; the transfer itself may take longer, as long as no answer is late by
+    /// more than that timeout. Returns the backup's header.
+    pub async fn save_backup(&self, path: &Path) -> Result<BackupHeader, ClientError> {
+        let started = Instant::now();
+        let deadline = started + self.timeout;
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut avoid = None;
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let addr = self.pick(ServedBy::Leader, avoid);
+            if !tried.contains(&addr) {
+                tried.push(addr);
+            }
+            let cause = match self.backup_at(addr, path).await {
+                Ok(header) => {
+                    // Any node serves a backup (its read confirmed by the leader).
+                    self.answered(addr, ServedBy::AnyNode);
+                    return Ok(header);
+                }
+                Err(Miss::Fatal(e)) => return Err(e),
+                Err(Miss::At(cause)) => cause,
+            };
+            debug!(at = %addr, %cause, "backup goes on elsewhere");
+            self.doubt(addr);
+            avoid = Some(addr);
+            if Instant::now() + backoff >= deadline {
+                return Err(ClientError::Unavailable {
+                    after: started.elapsed(),
+                    tried,
+                    last: Some(Failure { node: addr, cause }),
+                });
+            }
+            Timer::after(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// One attempt of [`save_backup`](Self::save_backup) at the node at `addr`.
+    async fn backup_at(&self, addr: SocketAddr, path: &Path) -> Result<BackupHeader, Miss> {
+        let session = self.session_with(addr).await?;
+        let lost = |e: &dyn fmt::Display| Miss::At(Cause::ConnectionLost(e.to_string()));
+        let (mut send, recv) = session.conn.open_bi().await.map_err(|e| lost(&e))?;
+        let mut frame = Vec::new();
+        append_frame(&mut frame, &(1u64, &Request::Admin(AdminOp::BackupStream)))
+            .map_err(|e| Miss::Fatal(ClientError::Protocol(e.to_string())))?;
+        send.write_all(&frame).await.map_err(|e| lost(&e))?;
+        let _ = send.finish();
+        let mut frames = FrameReader::new(recv);
+        let timeout = self.timeout;
+        let refused = |kind, message| match kind {
+            ErrorKind::Retry => Miss::At(Cause::Retry(message)),
+            kind => Miss::Fatal(ClientError::Server {
+                node: addr,
+                kind,
+                message,
+            }),
+        };
+        let header = match next_answer(&mut frames, timeout).await? {
+            Response::BackupBegin(header) => header,
+            Response::Error { kind, message } => return Err(refused(kind, message)),
+            other => return Err(Miss::Fatal(unexpected(other))),
+        };
+        let fatal = |e| Miss::Fatal(ClientError::Backup(e));
+        let (target, h) = (path.to_path_buf(), header.clone());
+        let mut writer = smol::unblock(move || BackupWriter::create(&target, &h))
+            .await
+            .map_err(fatal)?;
+        loop {
+            match next_answer(&mut frames, timeout).await? {
+                Response::BackupChunk(chunk) => {
+                    // File writes on the blocking pool: the caller's executor goes on.
+                    writer = smol::unblock(move || writer.write_all(&chunk).map(|()| writer))
+                        .await
+                        .map_err(|e| {
+                            fatal(BackupError::Io {
+                                path: path.to_path_buf(),
+                                op: "write",
+                                source: e,
+                            })
+                        })?;
+                }
+                Response::BackupEnd { state_crc } => {
+                    if writer.state_crc() != state_crc {
+                        return Err(fatal(BackupError::Incomplete(format!(
+                            "the state received does not match the checksum {addr} sent"
+                        ))));
+                    }
+                    smol::unblock(move || writer.finish())
+                        .await
+                        .map_err(fatal)?;
+                    return Ok(header);
+                }
+                Response::Error { kind, message } => return Err(refused(kind, message)),
+                other => return Err(Miss::Fatal(unexpected(other))),
+            }
         }
     }
 
@@ -1352,6 +1454,24 @@ async fn read_answers(session: Weak<Session>, recv: quinn::RecvStream) {
         if let Some(tx) = waiting {
             let _ = tx.try_send(response);
         }
+    }
+}
+
+/// The next answer on a stream of one streamed request, within `timeout`.
+async fn next_answer(frames: &mut FrameReader, timeout: Duration) -> Result<Response, Miss> {
+    let answer = smol::future::or(async { Ok(frames.next(MAX_CLIENT_FRAME).await) }, async {
+        Timer::after(timeout).await;
+        Err(Miss::At(Cause::NoAnswer(timeout)))
+    })
+    .await?;
+    match answer {
+        Ok(Some(bytes)) => postcard::from_bytes::<ResponseFrame>(&bytes)
+            .map(|f| f.response)
+            .map_err(|e| Miss::Fatal(ClientError::Protocol(e.to_string()))),
+        Ok(None) => Err(Miss::At(Cause::ConnectionLost(
+            "the stream ended before its last answer".into(),
+        ))),
+        Err(e) => Err(Miss::At(Cause::ConnectionLost(e.to_string()))),
     }
 }
 

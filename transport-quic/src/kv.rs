@@ -870,51 +870,29 @@ impl Kv {
         Self::restore_from(&mut bytes)
     }
 
+    /// Reads the snapshot from `source` a piece at a time, as
+    /// [`restore_from`](Self::restore_from) would, without building the store (memory
+    /// holds one pair at a time): checks that it is a KV snapshot of this format, and
+    /// returns the index it was taken at.
+    pub fn check_snapshot(source: &mut impl std::io::Read) -> Result<Index, KvSnapshotError> {
+        read_image(source, |_, _| {}).map(|(applied, _, _)| applied)
+    }
+
     /// [`restore`](Self::restore), reading the snapshot from `source` a piece at a time (a
     /// snapshot file): only the state itself is built in memory, never the snapshot's
     /// bytes whole.
     pub fn restore_from(source: &mut impl std::io::Read) -> Result<Kv, KvSnapshotError> {
-        let mut r = std::io::BufReader::with_capacity(256 << 10, source);
-        let bad = |what: &str| KvSnapshotError(format!("not a KV snapshot: {what}"));
-        let version = read_varint(&mut r).map_err(|e| bad(&e))?;
-        let applied = read_varint(&mut r).map_err(|e| bad(&e))?;
-        let malformed = read_varint(&mut r).map_err(|e| bad(&e))?;
-        if version != u64::from(SNAPSHOT_VERSION) {
-            return Err(KvSnapshotError(format!(
-                "KV snapshot format {version} is not {SNAPSHOT_VERSION}"
-            )));
-        }
-        let count = read_varint(&mut r).map_err(|e| bad(&e))?;
-        let mut pairs = Vec::with_capacity(count.min(1 << 16) as usize);
-        for _ in 0..count {
-            let k = read_byte_string(&mut r).map_err(|e| bad(&e))?;
-            let v = read_byte_string(&mut r).map_err(|e| bad(&e))?;
+        let mut pairs = Vec::new();
+        let (applied, malformed, sessions) = read_image(source, |k, v| {
             pairs.push((ByteBuf::from(k), ByteBuf::from(v)));
-        }
-        let mut rest = Vec::new();
-        std::io::Read::read_to_end(&mut r, &mut rest).map_err(|e| bad(&e.to_string()))?;
-        let sessions: Vec<(u64, SessionImage)> =
-            postcard::from_bytes(&rest).map_err(|e| bad(&e.to_string()))?;
-        let image = Image {
-            version: SNAPSHOT_VERSION,
+        })?;
+        let mut kv = Kv {
+            data: Store::from_pairs(pairs),
             applied,
             malformed,
-            data: pairs,
-            sessions,
-        };
-        if image.version != SNAPSHOT_VERSION {
-            return Err(KvSnapshotError(format!(
-                "KV snapshot format {} is not {SNAPSHOT_VERSION}",
-                image.version
-            )));
-        }
-        let mut kv = Kv {
-            data: Store::from_pairs(image.data),
-            applied: image.applied,
-            malformed: image.malformed,
             ..Kv::default()
         };
-        for (client, s) in image.sessions {
+        for (client, s) in sessions {
             kv.sessions.insert(
                 client,
                 Session {
@@ -963,6 +941,39 @@ enum WriteOpRef<'a> {
     },
 }
 
+/// The sessions of a KV snapshot, as it stores them.
+type SessionImages = Vec<(u64, SessionImage)>;
+
+/// Reads a KV snapshot from `source` (buffered, a piece at a time), handing each
+/// key-value pair to `on_pair` in order; returns the applied index, the count of malformed
+/// commands and the sessions. Bytes of another format version, or no snapshot, are an
+/// error.
+fn read_image(
+    source: &mut impl std::io::Read,
+    mut on_pair: impl FnMut(Vec<u8>, Vec<u8>),
+) -> Result<(Index, u64, SessionImages), KvSnapshotError> {
+    let mut r = std::io::BufReader::with_capacity(256 << 10, source);
+    let bad = |what: &str| KvSnapshotError(format!("not a KV snapshot: {what}"));
+    let version = read_varint(&mut r).map_err(|e| bad(&e))?;
+    let applied = read_varint(&mut r).map_err(|e| bad(&e))?;
+    let malformed = read_varint(&mut r).map_err(|e| bad(&e))?;
+    if version != u64::from(SNAPSHOT_VERSION) {
+        return Err(KvSnapshotError(format!(
+            "KV snapshot format {version} is not {SNAPSHOT_VERSION}"
+        )));
+    }
+    let count = read_varint(&mut r).map_err(|e| bad(&e))?;
+    for _ in 0..count {
+        let k = read_byte_string(&mut r).map_err(|e| bad(&e))?;
+        let v = read_byte_string(&mut r).map_err(|e| bad(&e))?;
+        on_pair(k, v);
+    }
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut r, &mut rest).map_err(|e| bad(&e.to_string()))?;
+    let sessions: SessionImages = postcard::from_bytes(&rest).map_err(|e| bad(&e.to_string()))?;
+    Ok((applied, malformed, sessions))
+}
+
 /// Reads a LEB128 varint (postcard's integers) of at most 64 bits.
 fn read_varint(r: &mut impl std::io::Read) -> Result<u64, String> {
     let mut value = 0u64;
@@ -997,19 +1008,10 @@ fn read_byte_string<R: std::io::Read>(r: &mut R) -> Result<Vec<u8>, String> {
 /// the snapshot).
 const SNAPSHOT_VERSION: u32 = 2;
 
-/// The KV state as a snapshot stores it (postcard). Keys and values are byte strings
-/// (`serde_bytes`: one copy each, not a sequence of single bytes).
-struct Image {
-    version: u32,
-    applied: Index,
-    malformed: u64,
-    data: Vec<(ByteBuf, ByteBuf)>,
-    sessions: Vec<(u64, SessionImage)>,
-}
-
-/// [`Image`] as it is written: borrowing the store, so a snapshot does not copy it first.
-/// The start of [`Image`] as [`Kv::snapshot`] writes it (postcard writes the fields of a
-/// struct one after the other, so the sessions follow).
+/// The start of the KV state as a snapshot stores it (postcard: the version, the applied
+/// index, the count of malformed commands, the pairs as byte strings, then the sessions),
+/// as [`Kv::snapshot`] writes it, borrowing the store so a snapshot does not copy it first
+/// (postcard writes the fields of a struct one after the other, so the sessions follow).
 #[derive(Serialize)]
 struct ImageHead<'a> {
     version: u32,
@@ -1018,8 +1020,7 @@ struct ImageHead<'a> {
     data: Pairs<'a>,
 }
 
-/// The store's pairs, serialized as a sequence of byte-string pairs (the shape of
-/// [`Image::data`]).
+/// The store's pairs, serialized as a sequence of byte-string pairs.
 struct Pairs<'a>(&'a Store);
 
 /// Appends `bytes` as postcard writes a byte string: its length (a LEB128 varint), then

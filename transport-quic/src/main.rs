@@ -810,11 +810,10 @@ async fn admin(conn: ClientArgs, command: AdminCommand) -> Result<(), Error> {
 
 /// Takes a backup from the cluster and writes it to `file`.
 async fn save_backup(client: &Client, file: &std::path::Path) -> Result<(), Error> {
-    let backup = client.backup().await?;
-    backup.save(file)?;
+    let backup = client.save_backup(file).await?;
     println!(
         "saved {} bytes of state at index {} (term {}) of cluster {} to {}",
-        backup.state.len(),
+        backup.state_len,
         backup.index,
         backup.term,
         backup.cluster,

@@ -128,6 +128,7 @@ struct Inner {
     durable: Gauge,
     peer_match: Family<PeerLabel, Gauge>,
     peer_lag: Family<PeerLabel, Gauge>,
+    peer_lag_bytes: Family<PeerLabel, Gauge>,
     peers_shown: Vec<NodeId>,
     proposals: Family<Label, Counter>,
     reads: Family<Label, Counter>,
@@ -175,6 +176,7 @@ impl Metrics {
             durable: Gauge::default(),
             peer_match: Family::default(),
             peer_lag: Family::default(),
+            peer_lag_bytes: Family::default(),
             peers_shown: Vec::new(),
             proposals: Family::default(),
             reads: Family::default(),
@@ -236,6 +238,11 @@ impl Metrics {
             "peer_lag_entries",
             "Leader only: entries each follower lacks (last index - matchIndex)",
             m.peer_lag.clone(),
+        );
+        r.register(
+            "peer_lag_bytes",
+            "Leader only: bytes of log records each follower lacks (those after matchIndex)",
+            m.peer_lag_bytes.clone(),
         );
         r.register("proposals", "Client writes by outcome", m.proposals.clone());
         r.register("reads", "Client reads by outcome", m.reads.clone());
@@ -373,6 +380,10 @@ impl Metrics {
                         &m.peer_lag.get_or_create(&[("peer", peer)]),
                         last.saturating_sub(p.match_index),
                     );
+                    set(
+                        &m.peer_lag_bytes.get_or_create(&[("peer", peer)]),
+                        log.bytes_after(p.match_index),
+                    );
                     shown.push(peer);
                 }
             }
@@ -380,6 +391,7 @@ impl Metrics {
         for gone in m.peers_shown.iter().filter(|p| !shown.contains(p)) {
             m.peer_match.remove(&[("peer", *gone)]);
             m.peer_lag.remove(&[("peer", *gone)]);
+            m.peer_lag_bytes.remove(&[("peer", *gone)]);
         }
         m.peers_shown = shown;
     }

@@ -145,9 +145,9 @@ pub enum AdminOp {
         /// The peers it may not talk to from now on.
         peers: Vec<NodeId>,
     },
-    /// A consistent copy of the state ([`crate::backup`]), answered with
-    /// [`Response::Backup`] by the node it is sent to, after a linearizable read: it holds
-    /// every write acknowledged before it was asked.
+    /// The backup of the builds before streamed backups (the whole state in one answer,
+    /// at most 16 MiB): answered with an error that says to use [`AdminOp::BackupStream`]
+    /// (a newer `coracle`).
     Backup,
     /// The node it is sent to leaves the cluster (never redirected): a leader hands
     /// leadership over first, then the leader removes it; answered [`Response::Done`] once
@@ -169,6 +169,13 @@ pub enum AdminOp {
         /// Its priority (0 to 255).
         priority: u8,
     },
+    /// A consistent copy of the state ([`crate::backup`]), taken by the node it is sent to
+    /// after a linearizable read (it holds every write acknowledged before it was asked)
+    /// and streamed from its snapshot file: answered with [`Response::BackupBegin`], then
+    /// [`Response::BackupChunk`]s holding the state in order, then [`Response::BackupEnd`]
+    /// (or a [`Response::Error`] at any point, which ends it). Send it on a stream of its
+    /// own: its answers are many and large.
+    BackupStream,
 }
 
 /// A request from a client.
@@ -294,8 +301,21 @@ pub enum Response {
         /// A human-readable explanation.
         message: String,
     },
-    /// The answer to [`AdminOp::Backup`].
-    Backup(crate::backup::Backup),
+    /// Retired: the whole backup in one answer, as the builds before streamed backups
+    /// answered [`AdminOp::Backup`]. Never sent now; the variant keeps its place (postcard
+    /// encodes the variant index).
+    Backup(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The first answer to [`AdminOp::BackupStream`]: what the backup holds, and the
+    /// length of its state, which the [`Response::BackupChunk`]s that follow carry.
+    BackupBegin(crate::backup::BackupHeader),
+    /// The next bytes of a backup's state.
+    BackupChunk(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The end of a backup: every byte of its state was sent.
+    BackupEnd {
+        /// The CRC-32 of the state's bytes, as the node read them from its snapshot (whose
+        /// own checksum it checked).
+        state_crc: u32,
+    },
 }
 
 /// A command of the KV state machine, as the log carries it. [`Command::Write`] is encoded

@@ -16,11 +16,12 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use crate::backup::{Backup, BackupMember};
+use crate::backup::{BackupHeader, BackupMember};
 use crate::certs::Identity;
 use crate::config::NodeConfig;
 use crate::host::{
-    Batch, Handle, Host, MembershipError, ProposeError, ReadError, ReadMode, ServeClient, Status,
+    Batch, Handle, Host, KeptSnapshot, MembershipError, ProposeError, ReadError, ReadMode,
+    ServeClient, SnapshotRequestError, Status,
 };
 pub use crate::host::{CoreNode, NodeError, INFLIGHT, PEERS, READS};
 use crate::kv::{Applied, Kv};
@@ -32,6 +33,7 @@ use crate::transport::{FrameError, FrameReader, TransportStats, ERR_MALFORMED};
 use coracle::{Index, NodeId};
 use smol::channel::{self, Receiver, Sender};
 use std::fmt;
+use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tracing::{info, warn};
@@ -56,6 +58,16 @@ struct Reply {
 }
 
 impl Reply {
+    /// Sends one of the many answers of a streamed request ([`AdminOp::BackupStream`]);
+    /// `permit` is released once it is written out. False when the stream is gone.
+    fn send_part(&self, response: Response, permit: Permit) -> bool {
+        let frame = ResponseFrame {
+            id: self.id,
+            response,
+        };
+        self.to.try_send((frame, permit)).is_ok()
+    }
+
     fn send(self, response: Response) {
         let frame = ResponseFrame {
             id: self.id,
@@ -273,7 +285,11 @@ fn on_request(
                 return;
             }
             info!(node = handle.id(), by = %identity, ?op, "admin operation");
-            smol::spawn(admin(handle.clone(), op, reply)).detach();
+            if op == AdminOp::BackupStream {
+                smol::spawn(stream_backup(handle.clone(), reply)).detach();
+            } else {
+                smol::spawn(admin(handle.clone(), op, reply)).detach();
+            }
         }
     }
 }
@@ -295,7 +311,6 @@ async fn admin(handle: Handle<Kv>, op: AdminOp, reply: Reply) {
             handle.isolate(peers).await;
             Response::Done
         }
-        AdminOp::Backup => backup(&handle).await,
         AdminOp::Leave => match handle.leave().await {
             Ok(()) => {
                 info!(
@@ -329,67 +344,117 @@ async fn admin(handle: Handle<Kv>, op: AdminOp, reply: Reply) {
             admin_done(handle.change_members(&parsed, &remove).await)
         }
         AdminOp::Priority { id, priority } => admin_done(handle.set_priority(id, priority).await),
+        AdminOp::Backup => failed(
+            ErrorKind::Failed,
+            "backups are streamed now (AdminOp::BackupStream): save it with a coracle of this \
+             node's version or newer",
+        ),
+        // Served by `stream_backup`.
+        AdminOp::BackupStream => failed(ErrorKind::BadRequest, "a streamed request"),
     };
     reply.send(response);
 }
 
-/// A backup of the store ([`crate::backup`]): a linearizable read first (the leader
-/// confirms it still leads and this node applies through the read index), then the store
-/// as this node has applied it, which holds every write acknowledged before the read.
-async fn backup(handle: &Handle<Kv>) -> Response {
-    match handle.read(ReadMode::ReadIndex, |_| ()).await {
-        Ok(()) => {}
-        Err(ReadError::Stopped(m)) => return failed(ErrorKind::Failed, m),
-        Err(e) => return retry(e.to_string()),
-    }
-    let (to, taken) = channel::bounded(1);
-    let mut batch = handle.batch();
-    batch.status(move |status, kv| {
-        let _ = to.try_send(backup_of(status, kv));
-    });
-    batch.submit().await;
-    taken
-        .recv()
-        .await
-        .unwrap_or_else(|_| retry("the node is shutting down"))
+/// Bytes of state one backup chunk carries.
+const BACKUP_CHUNK: usize = 1 << 20;
+
+/// Backup chunks queued for a client stream at most: the next is read from the snapshot
+/// file once one is written out, so a slow client meets QUIC flow control and the node
+/// holds a few chunks of a backup in memory, whatever its size.
+const BACKUP_CHUNKS_QUEUED: usize = 4;
+
+/// Streams a backup of the store to the client ([`crate::backup`], [`AdminOp::BackupStream`]):
+/// [`Response::BackupBegin`], the state in [`Response::BackupChunk`]s read from the node's
+/// snapshot file on the blocking pool, then [`Response::BackupEnd`]; or an error.
+async fn stream_backup(handle: Handle<Kv>, reply: Reply) {
+    let end = match send_backup(&handle, &reply).await {
+        Ok(state_crc) => Response::BackupEnd { state_crc },
+        Err(response) => response,
+    };
+    reply.send(end);
 }
 
-/// The backup of `kv`, as the node whose status is `status` holds it.
-fn backup_of(status: Status, kv: &Kv) -> Response {
-    if kv.applied() == 0 {
-        return failed(
-            ErrorKind::Failed,
-            "nothing to back up: no write was applied yet",
-        );
+/// The backup's answers but the last: a linearizable read first (the leader confirms it
+/// still leads and this node applies through the read index), then a snapshot kept by the
+/// node with every entry applied by then ([`Handle::snapshot`]: it holds every write
+/// acknowledged before the read), streamed from its file. Returns the CRC-32 of the state
+/// sent.
+async fn send_backup(handle: &Handle<Kv>, reply: &Reply) -> Result<u32, Response> {
+    match handle.read(ReadMode::ReadIndex, |_| ()).await {
+        Ok(()) => {}
+        Err(ReadError::Stopped(m)) => return Err(failed(ErrorKind::Failed, m)),
+        Err(e) => return Err(retry(e.to_string())),
     }
-    match kv.snapshot() {
-        // The answer is one client frame (the members and the header fit in the margin).
-        Ok(state) if state.len() > MAX_CLIENT_FRAME - (64 << 10) => failed(
-            ErrorKind::Failed,
-            format!(
-                "the store is {} bytes, more than a backup carries ({} bytes)",
-                state.len(),
-                MAX_CLIENT_FRAME - (64 << 10)
-            ),
-        ),
-        Ok(state) => Response::Backup(Backup {
-            cluster: status.cluster,
-            index: kv.applied(),
-            // At least the term of the entry at `kv.applied()`.
-            term: status.term,
-            members: status
-                .members
-                .into_iter()
-                .map(|m| BackupMember {
-                    id: m.id,
-                    voter: m.voter,
-                    address: m.address,
-                })
-                .collect(),
-            state,
-        }),
-        Err(e) => failed(ErrorKind::Failed, e.to_string()),
+    match handle.snapshot().await {
+        Ok(_) => {}
+        Err(SnapshotRequestError::Empty) => {
+            return Err(failed(
+                ErrorKind::Failed,
+                "nothing to back up: no entry was applied yet",
+            ))
+        }
+        Err(SnapshotRequestError::Stopped(m)) => return Err(failed(ErrorKind::Failed, m)),
+        Err(e) => return Err(retry(e.to_string())),
     }
+    let opener = handle.clone();
+    let mut snapshot = match smol::unblock(move || opener.open_snapshot()).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return Err(retry("the node keeps no snapshot; retry")),
+        Err(e) => return Err(failed(ErrorKind::Failed, e.to_string())),
+    };
+    let Some(status) = handle.status().await else {
+        return Err(retry("the node is shutting down"));
+    };
+    let header = BackupHeader {
+        cluster: status.cluster,
+        index: snapshot.index(),
+        term: snapshot.term(),
+        members: status
+            .members
+            .into_iter()
+            .map(|m| BackupMember {
+                id: m.id,
+                voter: m.voter,
+                address: m.address,
+            })
+            .collect(),
+        state_len: snapshot.remaining(),
+    };
+    info!(
+        node = handle.id(),
+        index = header.index,
+        bytes = header.state_len,
+        "backup: streaming the snapshot"
+    );
+    if !reply.send_part(Response::BackupBegin(header), None) {
+        return Err(retry("the client left"));
+    }
+    let queued = Arc::new(smol::lock::Semaphore::new(BACKUP_CHUNKS_QUEUED));
+    let mut crc = crc32fast::Hasher::new();
+    loop {
+        let permit = queued.acquire_arc().await;
+        let (chunk, s) = smol::unblock(move || (read_chunk(&mut snapshot), snapshot)).await;
+        snapshot = s;
+        let chunk = chunk.map_err(|e| {
+            warn!(node = handle.id(), error = %e, "backup: cannot read the snapshot");
+            failed(ErrorKind::Failed, format!("cannot read the snapshot: {e}"))
+        })?;
+        if chunk.is_empty() {
+            return Ok(crc.finalize());
+        }
+        crc.update(&chunk);
+        if !reply.send_part(Response::BackupChunk(chunk), Some(Arc::new(permit))) {
+            return Err(retry("the client left"));
+        }
+    }
+}
+
+/// The next [`BACKUP_CHUNK`] bytes of `snapshot` (fewer at its end, none past it).
+fn read_chunk(snapshot: &mut KeptSnapshot) -> std::io::Result<Vec<u8>> {
+    let len = snapshot.remaining().min(BACKUP_CHUNK as u64) as usize;
+    let mut chunk = vec![0u8; len];
+    snapshot.read_exact(&mut chunk)?;
+    Ok(chunk)
 }
 
 /// Serves one client connection: each bidirectional stream it opens carries requests.

@@ -8,8 +8,10 @@
 mod common;
 
 use common::*;
-use coracle_quic::client::Client;
-use coracle_quic::protocol::Consistency;
+use coracle_quic::backup::{BackupHeader, BackupWriter};
+use coracle_quic::client::{Client, ClientError};
+use coracle_quic::protocol::{AdminOp, Consistency, ErrorKind, Request};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -41,6 +43,16 @@ fn new_config(setup: &Setup, id: u64, addrs: &[SocketAddr]) -> String {
     text
 }
 
+/// The configuration files `new-{id}.toml` of the 3 nodes of the new cluster, on `addrs`.
+fn new_configs(setup: &Setup, addrs: &[SocketAddr]) -> Vec<PathBuf> {
+    (1..=3)
+        .map(|id| {
+            let text = new_config(setup, id, addrs);
+            write(setup, &format!("new-{id}.toml"), &text)
+        })
+        .collect()
+}
+
 fn write(setup: &Setup, name: &str, text: &str) -> PathBuf {
     let path = setup.path().join(name);
     std::fs::write(&path, text).unwrap();
@@ -57,6 +69,24 @@ fn contents(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     }
     out.sort();
     out
+}
+
+/// Starts the restored nodes of `configs` (on `addrs`) and a client of them, once they
+/// have a leader.
+fn start_new_cluster(
+    setup: &Setup,
+    configs: &[PathBuf],
+    addrs: &[SocketAddr],
+) -> (Vec<Proc>, Client) {
+    let nodes = spawn_all(setup, configs);
+    let client = Client::new(&setup.creds("client-alice"), addrs.to_vec())
+        .unwrap()
+        .with_timeout(Duration::from_secs(20))
+        .with_attempt_timeout(Duration::from_secs(2));
+    wait_for(Duration::from_secs(30), || leader(&client, addrs)).expect(
+        "a leader of the new cluster within 30 s (generous: a shared machine, 40 MiB to load)",
+    );
+    (nodes, client)
 }
 
 fn stderr(o: &Output) -> String {
@@ -87,6 +117,15 @@ fn a_backup_restores_into_a_new_cluster_that_the_old_cannot_reach() {
     let said = String::from_utf8_lossy(&saved.stdout);
     assert!(said.contains("of cluster 7"), "{said}");
 
+    // The one-frame backup of older clients is refused with what to do.
+    let ops = setup.client("admin-ops");
+    let e = smol::block_on(ops.call(&Request::Admin(AdminOp::Backup))).unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Server { kind: ErrorKind::Failed, message, .. } if message.contains("streamed")),
+        "{e}"
+    );
+    ops.close();
+
     // A non-admin certificate may not take one.
     let alice = std::process::Command::new(BIN)
         .args([
@@ -107,15 +146,7 @@ fn a_backup_restores_into_a_new_cluster_that_the_old_cannot_reach() {
 
     // Restore into the directories of a new cluster.
     let addrs = free_addrs(3);
-    let configs: Vec<PathBuf> = (1..=3)
-        .map(|id| {
-            write(
-                &setup,
-                &format!("new-{id}.toml"),
-                &new_config(&setup, id, &addrs),
-            )
-        })
-        .collect();
+    let configs = new_configs(&setup, &addrs);
     // Into the old cluster's id: refused, nothing written.
     let same = write(
         &setup,
@@ -141,13 +172,7 @@ fn a_backup_restores_into_a_new_cluster_that_the_old_cannot_reach() {
     assert!(stderr(&again).contains("not empty"), "{}", stderr(&again));
     assert_eq!(contents(&setup.path().join("data/new-1")), before);
 
-    let mut new = spawn_all(&setup, &configs);
-    let new_client = Client::new(&setup.creds("client-alice"), addrs.clone())
-        .unwrap()
-        .with_timeout(Duration::from_secs(20))
-        .with_attempt_timeout(Duration::from_secs(1));
-    wait_for(Duration::from_secs(20), || leader(&new_client, &addrs))
-        .expect("a leader of the new cluster within 20 s");
+    let (mut new, new_client) = start_new_cluster(&setup, &configs, &addrs);
     read_back(&new_client, 0..KEYS);
     smol::block_on(async {
         // The new cluster takes writes; the old one does not see them.
@@ -218,15 +243,21 @@ fn bad_backup_files_are_refused_and_nothing_is_written() {
         kv.skip(5);
         kv
     };
-    let backup = coracle_quic::backup::Backup {
-        cluster: 7,
-        index: 5,
-        term: 2,
-        members: vec![],
-        state: kv.snapshot().unwrap(),
-    };
-    let good = backup.encode();
     let file = setup.path().join("b.backup");
+    let encode = |state: &[u8]| {
+        let header = BackupHeader {
+            cluster: 7,
+            index: 5,
+            term: 2,
+            members: vec![],
+            state_len: state.len() as u64,
+        };
+        let mut w = BackupWriter::create(&file, &header).unwrap();
+        w.write_all(state).unwrap();
+        w.finish().unwrap();
+        std::fs::read(&file).unwrap()
+    };
+    let good = encode(&kv.snapshot().unwrap());
 
     let missing = restore(&setup.path().join("nope.backup"), &config);
     assert!(!missing.status.success());
@@ -260,9 +291,7 @@ fn bad_backup_files_are_refused_and_nothing_is_written() {
     }
 
     // A checksummed file whose state is no KV store.
-    let mut not_kv = backup.clone();
-    not_kv.state = b"not a kv store".to_vec();
-    std::fs::write(&file, not_kv.encode()).unwrap();
+    encode(b"not a kv store");
     let o = restore(&file, &config);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("state"), "{}", stderr(&o));
@@ -282,4 +311,131 @@ fn bad_backup_files_are_refused_and_nothing_is_written() {
     let o = restore(&file, &config);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(data.join("snapshot").exists());
+}
+
+/// Keys of the large backup, and bytes of each value: 40 MiB of values, more than the
+/// 16 MiB a backup carried when it was one client frame.
+const LARGE_KEYS: usize = 640;
+const LARGE_VALUE: usize = 64 << 10;
+
+/// The value of key `i` of the large backup: its own bytes, so a chunk out of place shows.
+fn large_value(i: usize) -> Vec<u8> {
+    (0..LARGE_VALUE)
+        .map(|j| (j as u32).wrapping_mul(31).wrapping_add(i as u32 * 7) as u8)
+        .collect()
+}
+
+/// A state larger than one client frame (40 MiB of values) is streamed into the backup
+/// file while the cluster goes on taking writes, restored into a new 3-node cluster and
+/// read back key by key; the same file truncated or with one byte flipped in the middle of
+/// its state is refused with nothing written.
+#[test]
+fn a_backup_larger_than_a_frame_streams_and_restores() {
+    let setup = Setup::new("backup-large", 3);
+    let old = (1..=3).map(|id| spawn_node(&setup, id)).collect::<Vec<_>>();
+    let client = setup.client("client-alice");
+    wait_for(Duration::from_secs(20), || leader(&client, &setup.addrs))
+        .expect("a leader within 20 s (generous: a shared machine)");
+    // Four writers at once, each with its own client.
+    std::thread::scope(|s| {
+        for w in 0..4 {
+            let setup = &setup;
+            s.spawn(move || {
+                let c = setup.client("client-alice");
+                smol::block_on(async {
+                    for i in (w..LARGE_KEYS).step_by(4) {
+                        c.put(format!("k{i}"), large_value(i)).await.unwrap();
+                    }
+                });
+                c.close();
+            });
+        }
+    });
+
+    // Save, at the leader, with writes going on meanwhile: the node stays responsive. It
+    // streams its snapshot file: its peak memory grows by what QUIC holds unacknowledged
+    // for the stream (up to the client's 16 MiB stream window), the chunks and snapshot
+    // pieces queued (4 + 4 MiB) and the allocator's slack, not by the state: the bound,
+    // 32 MiB, is below the 40 MiB one copy of the state would take.
+    let leader_id = leader(&client, &setup.addrs).unwrap();
+    let leader_pid = old[leader_id as usize - 1].0.as_ref().unwrap().id();
+    let peak_before = proc_memory(leader_pid, "VmHWM").unwrap();
+    let file = setup.path().join("large.backup");
+    let mut save = admin_command(&setup, &[leader_id])
+        .args(["--timeout-ms", "60000", "snapshot", "save"])
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let began = std::time::Instant::now();
+    let mut during = 0;
+    smol::block_on(async {
+        while save.try_wait().unwrap().is_none() {
+            client
+                .put(format!("during{during}"), "x")
+                .await
+                .expect("a write while the backup streams");
+            during += 1;
+        }
+    });
+    let saved = save.wait_with_output().unwrap();
+    assert!(saved.status.success(), "save: {}", stderr(&saved));
+    let said = String::from_utf8_lossy(&saved.stdout);
+    assert!(said.contains("of cluster 7"), "{said}");
+    let grown = proc_memory(leader_pid, "VmHWM").unwrap() - peak_before;
+    assert!(
+        grown < 32 << 20,
+        "the leader's peak memory grew by {grown} bytes during the backup"
+    );
+    let size = std::fs::metadata(&file).unwrap().len();
+    assert!(
+        size > (LARGE_KEYS * LARGE_VALUE) as u64,
+        "the backup holds every value: {size} bytes"
+    );
+    assert!(!setup.path().join("large.backup.tmp").exists());
+    eprintln!(
+        "backup of {size} bytes saved in {:.1} s; {during} writes served meanwhile; the \
+         leader's peak memory grew by {:.1} MiB",
+        began.elapsed().as_secs_f64(),
+        grown as f64 / f64::from(1 << 20)
+    );
+
+    // Damaged copies of it: refused, nothing written.
+    let addrs = free_addrs(3);
+    let configs = new_configs(&setup, &addrs);
+    let bytes = std::fs::read(&file).unwrap();
+    let bad = setup.path().join("bad.backup");
+    let mut flipped = bytes.clone();
+    flipped[bytes.len() / 2] ^= 0x01;
+    for (what, damaged) in [
+        ("truncated", &bytes[..bytes.len() - 1000]),
+        ("one byte flipped", &flipped[..]),
+    ] {
+        std::fs::write(&bad, damaged).unwrap();
+        let o = restore(&bad, &configs[0]);
+        assert!(!o.status.success(), "{what}");
+        assert!(stderr(&o).contains("damaged"), "{what}: {}", stderr(&o));
+        assert!(!setup.path().join("data/new-1").exists(), "{what}");
+    }
+    drop((bytes, flipped));
+    std::fs::remove_file(&bad).unwrap();
+
+    for config in &configs {
+        let o = restore(&file, config);
+        assert!(o.status.success(), "restore: {}", stderr(&o));
+    }
+    let (_new, new_client) = start_new_cluster(&setup, &configs, &addrs);
+    smol::block_on(async {
+        for i in 0..LARGE_KEYS {
+            let v = new_client
+                .get_with(format!("k{i}"), Consistency::Linearizable)
+                .await
+                .unwrap();
+            assert!(v.as_deref() == Some(&large_value(i)[..]), "k{i}");
+        }
+        new_client.put("after", "restore").await.unwrap();
+    });
+    client.close();
+    new_client.close();
 }

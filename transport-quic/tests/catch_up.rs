@@ -18,7 +18,7 @@
 
 mod common;
 
-use common::{join_all, leader, spawn_with, wait_for, Proc, Setup};
+use common::{join_all, leader, proc_memory, spawn_with, wait_for, Proc, Setup};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -43,10 +43,7 @@ fn write_config(setup: &Setup, id: u64) -> PathBuf {
 
 /// Resident memory of process `pid` (`VmRSS`), in bytes.
 fn rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib << 10)
+    proc_memory(pid, "VmRSS")
 }
 
 #[test]

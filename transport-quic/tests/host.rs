@@ -12,7 +12,7 @@ use coracle::{Index, NodeId, Role};
 use coracle_quic::config::NodeConfig;
 use coracle_quic::host::{
     ApplyError, Handle, Host, NodeError, ProposeError, ReadMode, ResponseCodec, RestoreError,
-    SnapshotError, SnapshotSource, StateMachine,
+    SnapshotError, SnapshotRequestError, SnapshotSource, StateMachine,
 };
 use std::io::Read;
 use std::time::Duration;
@@ -702,4 +702,50 @@ fn failing_snapshots_are_given_up_and_the_node_goes_on() {
     }
     assert!(!node.is_finished());
     node.shutdown().unwrap();
+}
+
+/// `Handle::snapshot` makes the node keep a snapshot holding every entry applied when it
+/// was asked (taken then, or the kept one reused), and `Handle::open_snapshot` reads it back
+/// from the file; a snapshot that cannot be taken is reported to the caller, who is not
+/// left waiting.
+#[test]
+fn a_snapshot_asked_for_holds_every_applied_entry_and_reads_back() {
+    let setup = Setup::new("host-snapshot-asked", 3);
+    let nodes: Vec<Host<Counter>> = (1..=3).map(|id| start(&setup, id)).collect();
+    let handles: Vec<Handle<Counter>> = nodes.iter().map(Host::handle).collect();
+    for n in 1..=10 {
+        add_on_leader(&handles, n);
+    }
+    let l = leader(&handles);
+    let h = handles.iter().find(|h| h.id() == l).unwrap();
+    // None kept yet (the default interval is far away).
+    assert!(h.open_snapshot().unwrap().is_none());
+    let applied = block_on(h.status()).unwrap().applied;
+    let index = block_on(h.snapshot()).unwrap();
+    assert!(index >= applied, "snapshot at {index}, applied {applied}");
+    let mut kept = h.open_snapshot().unwrap().unwrap();
+    assert_eq!(kept.index(), index);
+    let mut state = Vec::new();
+    kept.read_to_end(&mut state).unwrap();
+    assert_eq!(kept.remaining(), 0);
+    assert_eq!(
+        &state[..16],
+        &[55u64.to_le_bytes(), 10u64.to_le_bytes()].concat()[..]
+    );
+    // Nothing applied since: the kept one is reused.
+    assert_eq!(block_on(h.snapshot()).unwrap(), index);
+    // A state machine that cannot snapshot: the caller is told, then it works again.
+    add_on_leader(&handles, 0);
+    block_on(h.propose(b"refuse".to_vec())).unwrap();
+    let refused = block_on(h.snapshot());
+    assert!(
+        matches!(refused, Err(SnapshotRequestError::Failed(_))),
+        "{refused:?}"
+    );
+    block_on(h.propose(b"heal".to_vec())).unwrap();
+    let later = block_on(h.snapshot()).unwrap();
+    assert!(later > index);
+    for node in nodes {
+        node.shutdown().unwrap();
+    }
 }

@@ -143,6 +143,69 @@ fn a_scrape_of_a_running_cluster_shows_its_state() {
     }
 }
 
+/// A follower that is down lacks the bytes of every write made meanwhile: the leader's
+/// `coracle_peer_lag_bytes` and its host status (`MemberStatus::lag_bytes`) say how many
+/// (each write's value, plus its command and record framing); once it is back and caught
+/// up, none.
+#[test]
+fn the_leader_shows_the_bytes_a_follower_lacks() {
+    let setup = Setup::new("metrics-lag-bytes", 3);
+    let cfgs: Vec<NodeConfig> = (1..=3).map(|id| with_metrics(&setup, id, "")).collect();
+    let mut nodes: Vec<Option<RunningNode>> = cfgs
+        .iter()
+        .map(|c| Some(RunningNode::start(c).unwrap()))
+        .collect();
+    let client = setup.client("client-alice");
+    smol::block_on(client.put("first", "v")).unwrap();
+    let leader = common::leader(&client, &setup.addrs).unwrap();
+    let down = (1..=3u64).find(|&p| p != leader).unwrap();
+    nodes[down as usize - 1].take().unwrap().shutdown().unwrap();
+    const WRITES: usize = 30;
+    const VALUE: usize = 10_000;
+    for i in 0..WRITES {
+        smol::block_on(client.put(format!("k{i}"), vec![7u8; VALUE])).unwrap();
+    }
+    let (addr, handle) = {
+        let l = nodes[leader as usize - 1].as_ref().unwrap();
+        (l.metrics_addr().unwrap(), l.handle())
+    };
+    let series = |m: &str| format!("{m}{{node=\"{leader}\",peer=\"{down}\"}}");
+    // The gauges are copied every 10 ms at most: wait for the last write to show.
+    let s = wait_for(Duration::from_secs(10), || {
+        let s = scrape(addr);
+        (get(&s, &series("coracle_peer_lag_entries")) >= WRITES as f64).then_some(s)
+    })
+    .expect("the leader shows the writes the follower lacks");
+    let bytes = get(&s, &series("coracle_peer_lag_bytes"));
+    let (least, most) = (WRITES * VALUE, WRITES * (VALUE + 200) + 1000);
+    assert!(
+        bytes >= least as f64 && bytes <= most as f64,
+        "lag of {bytes} bytes, expected {least}..={most}"
+    );
+    let status = smol::block_on(handle.status()).unwrap();
+    let member = status.members.iter().find(|m| m.id == down).unwrap();
+    let lag = member.lag_bytes.unwrap();
+    assert!(
+        lag >= least as u64 && lag <= most as u64,
+        "status: {lag} bytes"
+    );
+    // Back, it catches up: no lag left (a generous bound on a shared machine).
+    // (Its address may take a moment to be free again: the port is retried.)
+    let back = wait_for(Duration::from_secs(10), || {
+        RunningNode::start(&cfgs[down as usize - 1]).ok()
+    });
+    nodes[down as usize - 1] = Some(back.expect("the follower restarts"));
+    wait_for(Duration::from_secs(20), || {
+        let s = scrape(addr);
+        (get(&s, &series("coracle_peer_lag_bytes")) == 0.0).then_some(())
+    })
+    .expect("the follower caught up within 20 s");
+    client.close();
+    for node in nodes.into_iter().flatten() {
+        node.shutdown().unwrap();
+    }
+}
+
 #[test]
 fn garbage_to_the_metrics_endpoint_gets_4xx_or_a_closed_connection() {
     let setup = Setup::new("metrics-garbage", 1);

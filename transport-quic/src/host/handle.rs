@@ -9,6 +9,7 @@ use coracle::{Index, NodeId, Role, Term};
 use smol::channel::{self, Receiver, Sender};
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -82,6 +83,9 @@ pub(crate) enum Op<S: StateMachine> {
         priority: u8,
         done: Done<Result<Index, MembershipError>>,
     },
+    Snapshot {
+        done: Done<Result<Index, SnapshotRequestError>>,
+    },
 }
 
 /// Why an operation was not carried out because the node is not running.
@@ -119,6 +123,13 @@ impl Gone {
             Gone::Stopped(m) => JoinError::Stopped(m.clone()),
         }
     }
+
+    pub(crate) fn snapshot_error(&self) -> SnapshotRequestError {
+        match self {
+            Gone::ShuttingDown => SnapshotRequestError::ShuttingDown,
+            Gone::Stopped(m) => SnapshotRequestError::Stopped(m.clone()),
+        }
+    }
 }
 
 impl<S: StateMachine> Op<S> {
@@ -134,6 +145,7 @@ impl<S: StateMachine> Op<S> {
             Op::Join { done, .. } => done(Err(why.join_error())),
             Op::Member { done, .. } => done(Err(why.membership_error())),
             Op::SetPriority { done, .. } => done(Err(why.membership_error())),
+            Op::Snapshot { done } => done(Err(why.snapshot_error())),
         }
     }
 }
@@ -299,6 +311,38 @@ impl fmt::Display for MembershipError {
 
 impl std::error::Error for MembershipError {}
 
+/// Why [`Handle::snapshot`] or [`Handle::open_snapshot`] gave no snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotRequestError {
+    /// Nothing is applied yet: there is no state to snapshot.
+    Empty,
+    /// The snapshot could not be taken (the node logged why) or was replaced before it
+    /// was kept: retry.
+    Failed(String),
+    /// The kept snapshot cannot be read.
+    Unreadable(String),
+    /// The node is shutting down.
+    ShuttingDown,
+    /// The node stopped on an error.
+    Stopped(String),
+}
+
+impl fmt::Display for SnapshotRequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SnapshotRequestError::Empty => {
+                f.write_str("nothing to snapshot: no entry was applied yet")
+            }
+            SnapshotRequestError::Failed(m) => write!(f, "no snapshot taken: {m}"),
+            SnapshotRequestError::Unreadable(m) => write!(f, "cannot read the snapshot: {m}"),
+            SnapshotRequestError::ShuttingDown => f.write_str("the node is shutting down"),
+            SnapshotRequestError::Stopped(m) => write!(f, "the node stopped: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for SnapshotRequestError {}
+
 /// A member as a node sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberStatus {
@@ -314,6 +358,9 @@ pub struct MemberStatus {
     pub match_index: Option<Index>,
     /// On a leader: how many entries it lacks (the leader's last index minus its match).
     pub lag: Option<u64>,
+    /// On a leader: how many bytes of log records it lacks (those of the entries after its
+    /// match, as the leader's log holds them; from a running count, no scan).
+    pub lag_bytes: Option<u64>,
 }
 
 /// The snapshots of a node.
@@ -377,6 +424,8 @@ pub struct Handle<S: StateMachine> {
     pub(crate) stats: Arc<OnceLock<Arc<TransportStats>>>,
     /// The largest command accepted (`raft.max_entry_bytes`).
     pub(crate) max_command: usize,
+    /// The node's data directory (where its kept snapshot is).
+    pub(crate) dir: Arc<PathBuf>,
 }
 
 impl<S: StateMachine> Clone for Handle<S> {
@@ -387,6 +436,7 @@ impl<S: StateMachine> Clone for Handle<S> {
             timeout: self.timeout,
             stats: self.stats.clone(),
             max_command: self.max_command,
+            dir: self.dir.clone(),
         }
     }
 }
@@ -749,6 +799,36 @@ impl<S: StateMachine> Handle<S> {
         let (to, rx) = channel::bounded(1);
         let _ = self.calls.try_send(Call::Ops(vec![Op::Watch { to }]));
         rx
+    }
+
+    /// Makes sure the node keeps a snapshot of its state machine with every entry applied
+    /// when it is asked (on a leader after a linearizable [`read`](Self::read): every
+    /// write acknowledged before): keeps the one it has if it is that recent, else takes
+    /// one now, the usual way (the state machine's view written by a thread of its own
+    /// while the node goes on), and returns once it is the node's durable, kept snapshot.
+    /// Returns its index; read it with [`open_snapshot`](Self::open_snapshot) (a later
+    /// snapshot may have replaced it by then, never an older one). Waits as long as
+    /// taking the snapshot takes (no timeout: a large state takes long), until the node
+    /// stops.
+    pub async fn snapshot(&self) -> Result<Index, SnapshotRequestError> {
+        let (tx, rx) = channel::bounded(1);
+        let done: Done<Result<Index, SnapshotRequestError>> = Box::new(move |r| {
+            let _ = tx.try_send(r);
+        });
+        let mut batch = self.batch();
+        batch.ops.push(Op::Snapshot { done });
+        batch.submit().await;
+        rx.recv()
+            .await
+            .unwrap_or(Err(SnapshotRequestError::ShuttingDown))
+    }
+
+    /// The node's kept snapshot, open for reading: its index, term, the host's part and
+    /// a reader of the state machine's bytes, from the file (nothing is read into memory
+    /// here). `None` when the node keeps no snapshot. Blocking file I/O: call it on a
+    /// thread of yours (`smol::unblock`), not on an async task.
+    pub fn open_snapshot(&self) -> Result<Option<super::KeptSnapshot>, SnapshotRequestError> {
+        super::KeptSnapshot::open(&self.dir)
     }
 
     /// Fault injection: drops every Raft message between this node and each of `peers`

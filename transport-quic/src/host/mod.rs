@@ -38,6 +38,7 @@ mod entry;
 pub mod forward;
 mod handle;
 mod join;
+mod kept;
 mod runtime;
 
 pub(crate) use entry::snapshot_head;
@@ -45,10 +46,11 @@ pub use entry::{open_snapshot, split_entry, EntryError, HostBook, HostRecord, Lo
 pub use forward::{ResponseCodec, FORWARD_VERSION};
 pub use handle::{
     Batch, Handle, MemberStatus, MembershipError, ProposeError, ReadError, ReadMode,
-    SnapshotStatus, Status, TransportCounters,
+    SnapshotRequestError, SnapshotStatus, Status, TransportCounters,
 };
-pub(crate) use runtime::node_credentials;
 pub use join::JoinError;
+pub use kept::KeptSnapshot;
+pub(crate) use runtime::node_credentials;
 pub use runtime::{CoreNode, Host, NodeError, ServeClient, INFLIGHT, PEERS, READS};
 
 #[cfg(doc)]

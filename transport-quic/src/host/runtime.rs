@@ -22,7 +22,7 @@ use super::entry::{self, HostBook, HostRecord, LoggedCommand};
 use super::forward::{self, MemberRequest, ResponseCodec};
 use super::handle::{
     Call, Change, Done, Gone, MemberStatus, MembershipError, Op, ProposeError, ReadError, ReadFn,
-    ReadMode, SnapshotStatus, Status, TransportCounters, DEFAULT_TIMEOUT,
+    ReadMode, SnapshotRequestError, SnapshotStatus, Status, TransportCounters, DEFAULT_TIMEOUT,
 };
 use super::join::{self, Duties, JoinError};
 use super::{Handle, SnapshotSource, StateMachine};
@@ -260,6 +260,7 @@ impl<S: StateMachine> Host<S> {
             timeout: DEFAULT_TIMEOUT,
             stats: Arc::new(OnceLock::new()),
             max_command,
+            dir: Arc::new(cfg.data_dir.clone()),
         };
         let on_client = {
             let handle = handle.clone();
@@ -357,6 +358,7 @@ impl<S: StateMachine> Host<S> {
                 writing: None,
                 began: None,
                 written: written_tx,
+                waiters: Vec::new(),
             },
             log,
             disk_reads,
@@ -607,6 +609,9 @@ struct Snapshots {
     began: Option<Instant>,
     /// Where that thread reports.
     written: Sender<SnapshotWritten>,
+    /// Callers of [`Handle::snapshot`]: each waits for a kept snapshot at this index or
+    /// later (the index applied when it asked).
+    waiters: Vec<(Index, Done<Result<Index, SnapshotRequestError>>)>,
 }
 
 /// The applied index at which node `id` snapshots next after a snapshot at `last`, every
@@ -1054,6 +1059,7 @@ impl<S: StateMachine> Runtime<S> {
                         if let Some(token) = token {
                             node.persisted(token);
                         }
+                        self.answer_snapshot_waiters();
                     }
                     Wake::Snapshot(result) => {
                         if let Err(e) = self.snapshot_written(&mut node, result) {
@@ -1192,6 +1198,9 @@ impl<S: StateMachine> Runtime<S> {
         }
         for (_, run) in self.reads.drain() {
             run(Err(why.read_error()));
+        }
+        for (_, done) in self.snapshots.waiters.drain(..) {
+            done(Err(why.snapshot_error()));
         }
     }
 
@@ -1412,7 +1421,8 @@ impl<S: StateMachine> Runtime<S> {
         let s = &self.snapshots;
         let index = node.applied_index();
         let due = s.every > 0 && index >= next_snapshot(s.last.max(s.failed), s.every, self.id);
-        if s.writing.is_some() || (!due && !s.wanted) || index <= s.last {
+        let asked = s.waiters.iter().any(|&(at_least, _)| at_least > s.last);
+        if s.writing.is_some() || (!due && !s.wanted && !asked) || index <= s.last {
             return Ok(());
         }
         if self.applied != index {
@@ -1429,6 +1439,7 @@ impl<S: StateMachine> Runtime<S> {
                 node = self.id,
                 index, "no snapshot metadata at the applied index"
             );
+            self.fail_snapshot_waiters("no snapshot metadata at the applied index");
             return Ok(());
         };
         let writer = match self.log.snapshot_writer(&meta) {
@@ -1482,6 +1493,10 @@ impl<S: StateMachine> Runtime<S> {
             Err(e) => {
                 info!(node = self.id, index, error = %e, "snapshot dropped");
                 self.log.discard_snapshot(index);
+                // Replaced by a newer one (installed from the leader): the waiters get it
+                // once it is durable; the others are told.
+                let newer = node.log().snapshot_meta().map_or(0, |m| m.index);
+                self.fail_snapshot_waiters_above(newer, &format!("snapshot dropped: {e}"));
             }
         }
         Ok(())
@@ -1494,10 +1509,59 @@ impl<S: StateMachine> Runtime<S> {
         error!(node = self.id, index, error = %e, "cannot save a snapshot");
         self.snapshots.failed = index;
         self.snapshots.wanted = false;
+        self.fail_snapshot_waiters(&e.to_string());
         if self.log.is_failed() {
             return Err(NodeError::Storage(e));
         }
         Ok(())
+    }
+
+    /// A caller of [`Handle::snapshot`]: answered at once if the kept snapshot holds every
+    /// entry applied now, else once one does ([`maybe_snapshot`](Self::maybe_snapshot)
+    /// takes it as soon as it can).
+    fn snapshot_asked(&mut self, done: Done<Result<Index, SnapshotRequestError>>) {
+        if self.applied == 0 {
+            return done(Err(SnapshotRequestError::Empty));
+        }
+        self.snapshots.waiters.push((self.applied, done));
+        self.answer_snapshot_waiters();
+    }
+
+    /// Answers the callers of [`Handle::snapshot`] that the kept (durable) snapshot
+    /// satisfies.
+    fn answer_snapshot_waiters(&mut self) {
+        let kept = self.log.snapshot_point().map_or(0, |(index, _)| index);
+        if self
+            .snapshots
+            .waiters
+            .iter()
+            .all(|&(at_least, _)| at_least > kept)
+        {
+            return;
+        }
+        let (ready, waiting) = std::mem::take(&mut self.snapshots.waiters)
+            .into_iter()
+            .partition(|&(at_least, _)| at_least <= kept);
+        self.snapshots.waiters = waiting;
+        for (_, done) in ready {
+            done(Ok(kept));
+        }
+    }
+
+    /// Tells every caller of [`Handle::snapshot`] still waiting that no snapshot came.
+    fn fail_snapshot_waiters(&mut self, why: &str) {
+        self.fail_snapshot_waiters_above(0, why);
+    }
+
+    /// The same, for those waiting for a snapshot later than `index`.
+    fn fail_snapshot_waiters_above(&mut self, index: Index, why: &str) {
+        let (failed, waiting) = std::mem::take(&mut self.snapshots.waiters)
+            .into_iter()
+            .partition(|&(at_least, _)| at_least > index);
+        self.snapshots.waiters = waiting;
+        for (_, done) in failed {
+            done(Err(SnapshotRequestError::Failed(why.to_string())));
+        }
     }
 
     /// Replaces the state machine with the snapshot the store keeps (installed from the
@@ -1691,6 +1755,7 @@ impl<S: StateMachine> Runtime<S> {
                 Err(e) => Err(MembershipError::Refused(e.to_string())),
             }),
             Op::Status { run } => run(self.status(node), &self.sm),
+            Op::Snapshot { done } => self.snapshot_asked(done),
             Op::Isolate { peers, done } => {
                 let ids: Vec<NodeId> = node.members().map(|m| m.id).chain(peers.clone()).collect();
                 for id in ids.into_iter().filter(|&id| id != self.id) {
@@ -2067,6 +2132,7 @@ impl<S: StateMachine> Runtime<S> {
                         connected: m.id == self.id || self.transport.connected(m.id),
                         match_index,
                         lag: match_index.map(|i| last.saturating_sub(i)),
+                        lag_bytes: match_index.map(|i| self.log.bytes_after(i)),
                     }
                 })
                 .collect(),

@@ -1375,6 +1375,26 @@ impl FileLog {
         self.queue.records.len()
     }
 
+    /// Bytes of the log's records after entry `index` (what a follower whose match index it
+    /// is lacks, on a leader): those written, from a running count (no scan of the log),
+    /// and those queued for the next flush. Record bytes as the segments hold them (each
+    /// entry's data and a few bytes of framing).
+    pub fn bytes_after(&self, index: Index) -> u64 {
+        let written = self.positions.read().map_or(0, |p| p.bytes_after(index));
+        let queued: u64 = self
+            .queue
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Append {
+                    index: i, range, ..
+                } if *i > index => Some(range.len() as u64),
+                _ => None,
+            })
+            .sum();
+        written + queued
+    }
+
     /// Bytes of all segments (as of the last flush), queued records included.
     pub fn disk_bytes(&self) -> u64 {
         self.summary.disk_bytes + self.queue.records.len() as u64
@@ -1586,7 +1606,8 @@ impl Disk {
         }
         let offset = self.segments.last().map_or(0, |s| s.len) + self.pending.len() as u64;
         self.pending.extend_from_slice(rec);
-        self.write_positions().push(term, kind, offset);
+        self.write_positions()
+            .push(term, kind, offset, rec.len() as u64);
         Ok(())
     }
 

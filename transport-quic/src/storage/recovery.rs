@@ -292,7 +292,8 @@ pub(crate) fn replay(
                             ),
                         ));
                     }
-                    out.positions.push(entry.term, entry.kind, at as u64);
+                    out.positions
+                        .push(entry.term, entry.kind, at as u64, (next - at) as u64);
                     next_index += 1;
                     at = next;
                 }

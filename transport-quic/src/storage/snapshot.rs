@@ -313,6 +313,9 @@ pub(crate) struct Header {
     pub meta: SnapshotMeta,
     pub size: u64,
     pub data_at: u64,
+    /// The CRC-32 of the header's bytes (fixed part and configuration), from which the
+    /// checksum of the data goes on.
+    pub crc: u32,
 }
 
 /// Reads and checks the header of the snapshot file `file` at `path` (not its checksum).
@@ -355,10 +358,14 @@ pub(crate) fn read_header(file: &File, path: &Path) -> Result<Header, FileLogErr
         .map_err(io_err(path, "read"))?;
     let meta = SnapshotMeta::new(index, term, &config)
         .ok_or_else(|| corrupt(36, "snapshot configuration is too large"))?;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&h);
+    crc.update(&config);
     Ok(Header {
         meta,
         size,
         data_at: FIXED as u64 + config_len,
+        crc: crc.finalize(),
     })
 }
 
@@ -394,6 +401,12 @@ pub(crate) fn read(dir: &Path) -> Result<Option<Snapshot>, FileLogError> {
 /// The kept snapshot of a data directory, open for reading: chunks to send to a follower,
 /// or the whole data streamed to restore a state machine ([`Read`]). Reads go to the file;
 /// nothing is held in memory but the piece being read.
+///
+/// [`Read`] checks the file's checksum as it goes: the read that reaches the end of the
+/// data fails with [`io::ErrorKind::InvalidData`] if the file is damaged, so whoever
+/// streams a snapshot whole (a restore, a backup) learns it without a second pass. The
+/// file stays readable while the node replaces its kept snapshot (a rename over it): an
+/// open snapshot is the one it was.
 #[derive(Debug)]
 pub struct SnapshotFile {
     file: File,
@@ -401,12 +414,19 @@ pub struct SnapshotFile {
     header: Header,
     /// Where [`Read`] reads next, in the data.
     at: u64,
+    /// The checksum of the header and of the data read so far by [`Read`].
+    crc: crc32fast::Hasher,
 }
 
 impl SnapshotFile {
     /// Opens the kept snapshot of `dir`, if it is the one at `index` (`None` otherwise: it
     /// was replaced by a newer one, or there is none).
     pub fn open(dir: &Path, index: Index) -> Result<Option<SnapshotFile>, FileLogError> {
+        Ok(Self::open_kept(dir)?.filter(|f| f.header.meta.index == index))
+    }
+
+    /// Opens the kept snapshot of `dir`, whichever it is (`None`: there is none).
+    pub fn open_kept(dir: &Path) -> Result<Option<SnapshotFile>, FileLogError> {
         let path = dir.join(FILE);
         let file = match File::open(&path) {
             Ok(f) => f,
@@ -414,15 +434,7 @@ impl SnapshotFile {
             Err(e) => return Err(io_err(&path, "open")(e)),
         };
         let header = read_header(&file, &path)?;
-        if header.meta.index != index {
-            return Ok(None);
-        }
-        Ok(Some(SnapshotFile {
-            file,
-            path,
-            header,
-            at: 0,
-        }))
+        Ok(Some(SnapshotFile::from_parts(file, path, header)))
     }
 
     /// A snapshot file open already, whose header was read.
@@ -430,6 +442,7 @@ impl SnapshotFile {
         SnapshotFile {
             file,
             path,
+            crc: crc32fast::Hasher::new_with_initial(header.crc),
             header,
             at: 0,
         }
@@ -448,6 +461,11 @@ impl SnapshotFile {
     /// Bytes of its data.
     pub fn size(&self) -> u64 {
         self.header.size
+    }
+
+    /// Bytes of its data that [`Read`] has not read yet.
+    pub fn remaining(&self) -> u64 {
+        self.header.size - self.at
     }
 
     /// Up to `max_len` bytes at `offset` of the data, and whether they reach its end;
@@ -480,7 +498,28 @@ impl Read for SnapshotFile {
         let n = self
             .file
             .read_at(&mut buf[..n], self.header.data_at + self.at)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} ends before its data", self.path.display()),
+            ));
+        }
+        self.crc.update(&buf[..n]);
         self.at += n as u64;
+        if self.at == self.header.size {
+            let mut trailer = [0u8; TRAILER as usize];
+            self.file
+                .read_exact_at(&mut trailer, self.header.data_at + self.at)?;
+            if self.crc.clone().finalize().to_le_bytes() != trailer {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} is damaged: snapshot checksum mismatch",
+                        self.path.display()
+                    ),
+                ));
+            }
+        }
         Ok(n)
     }
 }

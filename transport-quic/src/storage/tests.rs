@@ -6,6 +6,8 @@ use super::*;
 use coracle::conformance::durable::{self, Crash, DurableStore, Recovered};
 use coracle::{Entries, Entry, EntryKind, StorageError, SyncToken};
 use proptest::prelude::*;
+use std::io::Read as _;
+use std::os::unix::fs::FileExt as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A batch with nothing in it, to fill in.
@@ -2074,17 +2076,21 @@ fn snapshot_files_of_version_1_are_refused_with_a_clear_error() {
     assert!(message.contains("cannot be migrated"), "{message}");
 }
 
+/// A directory with a kept snapshot at index 7 with [`CONFIG`]: its data, and the file's
+/// bytes.
+fn saved_snapshot(dir: &TempDir) -> (Vec<u8>, Vec<u8>) {
+    let data = state_bytes(40, 6);
+    let mut log = FileLog::open(dir.path()).unwrap();
+    let m = SnapshotMeta::new(7, 2, CONFIG).unwrap();
+    log.save_snapshot(&m, data.clone()).unwrap();
+    (data, fs::read(dir.path().join(snapshot::FILE)).unwrap())
+}
+
 #[test]
 fn a_damaged_or_truncated_snapshot_file_is_refused_at_every_offset() {
     let dir = TempDir::new("snapshot-damage");
-    let data = state_bytes(40, 6);
-    {
-        let mut log = FileLog::open(dir.path()).unwrap();
-        let m = SnapshotMeta::new(7, 2, CONFIG).unwrap();
-        log.save_snapshot(&m, data.clone()).unwrap();
-    }
+    let (data, good) = saved_snapshot(&dir);
     let path = dir.path().join(snapshot::FILE);
-    let good = fs::read(&path).unwrap();
     assert_eq!(good.len(), 40 + CONFIG.len() + data.len() + 4);
     for i in 0..good.len() {
         let mut bad = good.clone();
@@ -2105,6 +2111,48 @@ fn a_damaged_or_truncated_snapshot_file_is_refused_at_every_offset() {
     let log = FileLog::open(dir.path()).unwrap();
     assert_eq!(log.snapshot_bytes().unwrap(), data);
     assert_eq!(log.snapshot().map(|s| s.meta).unwrap().config(), CONFIG);
+}
+
+/// A kept snapshot read whole through `Read` (a restore, a backup) checks the file's
+/// checksum on the way: a byte flipped in its header, configuration or data after it was
+/// opened or while it is read fails the read that reaches the end.
+#[test]
+fn a_snapshot_read_whole_checks_its_checksum() {
+    let dir = TempDir::new("snapshot-read-crc");
+    let (data, good) = saved_snapshot(&dir);
+    let path = dir.path().join(snapshot::FILE);
+    let mut whole = Vec::new();
+    let mut file = SnapshotFile::open_kept(dir.path()).unwrap().unwrap();
+    assert_eq!(file.remaining(), data.len() as u64);
+    file.read_to_end(&mut whole).unwrap();
+    assert_eq!(whole, data);
+    assert_eq!(file.remaining(), 0);
+    // Damaged before it is opened: refused at the open (magic, version, lengths) or by
+    // the reads.
+    for i in 0..good.len() {
+        let mut bad = good.clone();
+        bad[i] ^= 0x10;
+        fs::write(&path, &bad).unwrap();
+        let Ok(Some(mut file)) = SnapshotFile::open_kept(dir.path()) else {
+            continue;
+        };
+        let e = file.read_to_end(&mut Vec::new()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "flip at {i}: {e}");
+    }
+    // Damaged after it was opened (a disk going bad under a long read): found by the reads.
+    let data_at = good.len() - 4 - data.len();
+    for i in data_at..good.len() {
+        fs::write(&path, &good).unwrap();
+        let mut file = SnapshotFile::open_kept(dir.path()).unwrap().unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .write_all_at(&[good[i] ^ 0x10], i as u64)
+            .unwrap();
+        let e = file.read_to_end(&mut Vec::new()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "flip at {i}: {e}");
+    }
 }
 
 #[derive(Clone, Debug)]

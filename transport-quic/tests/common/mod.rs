@@ -180,6 +180,17 @@ pub fn leader(client: &Client, addrs: &[SocketAddr]) -> Option<u64> {
 pub const BIN: &str = env!("CARGO_BIN_EXE_coracle");
 
 /// A node process, killed (SIGKILL) when dropped. Only the child it holds is ever killed.
+/// A figure of process `pid`'s memory from `/proc/PID/status` (`field`: `VmRSS`, the
+/// resident memory now; `VmHWM`, its peak so far), in bytes.
+pub fn proc_memory(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib << 10)
+}
+
 pub struct Proc(pub Option<std::process::Child>);
 
 impl Proc {
