@@ -11,9 +11,10 @@ use std::path::Path;
 
 /// A node's kept snapshot, open: its index and term, the addresses and priorities the host
 /// keeps in it, and the state machine's bytes (what its
-/// [`SnapshotSource`](super::SnapshotSource) wrote) as a [`Read`](io::Read) over the file, a piece at a time. The read that reaches
-/// the end fails with [`io::ErrorKind::InvalidData`] if the file is damaged (its checksum
-/// is checked as it is read). The node may keep a newer snapshot meanwhile: this one stays
+/// [`SnapshotSource`](super::SnapshotSource) wrote) as a [`Read`](io::Read) over the file,
+/// a piece at a time. The read that reaches the end fails with
+/// [`io::ErrorKind::InvalidData`] if the file is damaged (its checksum is checked as it is
+/// read). The node may keep a newer snapshot meanwhile: this one stays
 /// readable, whole, until it is dropped.
 #[derive(Debug)]
 pub struct KeptSnapshot {
