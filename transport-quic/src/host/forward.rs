@@ -61,6 +61,19 @@ pub struct ResponseCodec<R> {
     pub decode: fn(&[u8]) -> Option<R>,
 }
 
+impl<R: serde::Serialize + serde::de::DeserializeOwned> ResponseCodec<R> {
+    /// Responses as postcard, the wire format of the core: the codec of a response type
+    /// that derives `Serialize` and `Deserialize`. A response postcard cannot write (a
+    /// serializer error) reaches the follower's caller as
+    /// [`ProposeError::OutcomeUnknown`] (applied, but the response does not decode).
+    pub fn postcard() -> Self {
+        ResponseCodec {
+            encode: |r| postcard::to_allocvec(r).unwrap_or_default(),
+            decode: |b| postcard::from_bytes(b).ok(),
+        }
+    }
+}
+
 impl<R> Clone for ResponseCodec<R> {
     fn clone(&self) -> Self {
         *self
@@ -305,6 +318,30 @@ mod tests {
             decode_answer(body(&encode_refusal("no codec")), 2, codec()),
             Err(ProposeError::Busy(m)) if m.contains("no codec")
         ));
+    }
+
+    #[test]
+    fn the_postcard_codec_round_trips_and_refuses_garbage() {
+        let codec = ResponseCodec::<Option<(u64, String)>>::postcard();
+        for r in [
+            None,
+            Some((7, "n1".to_string())),
+            Some((u64::MAX, String::new())),
+        ] {
+            let f = encode_answer(Ok(r.clone()), Some(codec));
+            assert_eq!(decode_answer(body(&f), 2, codec), Ok(r));
+        }
+        let good = encode_answer(Ok(Some((7, "n1".to_string()))), Some(codec));
+        let good = body(&good);
+        for cut in 0..good.len() {
+            let r = decode_answer(&good[..cut], 2, codec);
+            assert!(
+                matches!(r, Err(ProposeError::OutcomeUnknown(_))),
+                "{cut}: {r:?}"
+            );
+        }
+        let r = decode_answer(&[FORWARD_VERSION, APPLIED, 1, 7, 200, 200], 2, codec);
+        assert!(matches!(r, Err(ProposeError::OutcomeUnknown(m)) if m.contains("does not decode")));
     }
 
     #[test]
