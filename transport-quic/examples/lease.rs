@@ -4,14 +4,13 @@
 //! the count of committed ticks, so every replica decides expiry alike and no client's
 //! clock matters (while no leader ticks, leases do not run out). `cargo run -p coracle-quic
 //! --example lease`: 3 nodes, 3 campaigners on 127.0.0.1; the holder dies, then the holder
-//! and the Raft leader together.
+//! and the Raft leader together (in `tests/lease/processes.rs`, processes killed -9).
 use coracle::{Index, Role::Leader};
 use coracle_quic::{config::NodeConfig, host::*};
 use serde::{Deserialize, Serialize};
 use smol::block_on;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::time::{Duration, Instant};
-use std::{collections::BTreeMap, error::Error, path::Path, sync::Arc};
+use std::sync::{atomic::AtomicBool, atomic::Ordering::Relaxed, Arc};
+use std::{collections::BTreeMap, error::Error, path::Path, time::Duration, time::Instant};
 
 /// How often the leader advances lease time by one tick.
 pub(crate) const TICK: Duration = Duration::from_millis(50);
@@ -75,15 +74,13 @@ impl StateMachine for Leases {
         match (current, token) {
             (None, None) => {
                 self.current.insert(name.clone(), self.grants.len());
-                let (token, granted_at, expires) = (index, now, now.saturating_add(ttl));
-                let g = Grant {
+                self.grants.push(Grant {
                     name: name.clone(),
                     holder,
-                    token,
-                    granted_at,
-                    expires,
-                };
-                self.grants.push(g);
+                    token: index,
+                    granted_at: now,
+                    expires: now.saturating_add(ttl),
+                });
             }
             (Some((h, held)), Some(token)) if *h == holder && held == token => {
                 self.grants[self.current[&name]].expires = now.saturating_add(ttl);
@@ -100,6 +97,10 @@ impl StateMachine for Leases {
         from.read_to_end(&mut bytes).map_err(RestoreError::Io)?;
         *self = postcard::from_bytes(&bytes).map_err(|e| RestoreError::Invalid(e.to_string()))?;
         Ok(())
+    }
+    /// Postcard: a campaigner may ask any node (a follower forwards it to the leader).
+    fn response_codec() -> Option<ResponseCodec<Option<Grant>>> {
+        Some(ResponseCodec::postcard())
     }
 }
 
@@ -169,7 +170,6 @@ pub(crate) fn cluster(dir: &Path, extra: &str) -> Result<Vec<Host<Leases>>, Box<
     Ok(configs.iter().map(start).collect::<Result<_, _>>()?)
 }
 
-#[allow(dead_code)] // the test includes this file as a module
 fn main() -> Result<(), Box<dyn Error>> {
     let dir = std::env::temp_dir().join(format!("coracle-lease-{}", std::process::id()));
     let nodes = cluster(&dir, "")?;
