@@ -98,9 +98,8 @@ impl StateMachine for Leases {
         *self = postcard::from_bytes(&bytes).map_err(|e| RestoreError::Invalid(e.to_string()))?;
         Ok(())
     }
-    /// Postcard: a campaigner may ask any node (a follower forwards it to the leader).
     fn response_codec() -> Option<ResponseCodec<Option<Grant>>> {
-        Some(ResponseCodec::postcard())
+        Some(ResponseCodec::postcard()) // any node will do: a follower forwards to the leader
     }
 }
 
@@ -119,14 +118,17 @@ pub(crate) fn propose(nodes: &Nodes, command: &Command) -> Result<Option<Grant>,
     Err(last)
 }
 
-/// The leader's clock: while `node` leads, a `Tick` every [`TICK`]; ends with the node.
+/// The leader's clock: while `node` leads, a `Tick` every [`TICK`] on a schedule (slow commits
+/// do not slow lease time; missed ticks are skipped, not sent in a burst); ends with the node.
 pub(crate) fn tick(node: Handle<Leases>) {
     std::thread::spawn(move || {
+        let mut next = Instant::now();
         while let Some(status) = block_on(node.status()) {
             if status.role == Leader {
                 let _ = propose(std::slice::from_ref(&node), &Command::Tick);
             }
-            std::thread::sleep(TICK);
+            next = (next + TICK).max(Instant::now());
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
         }
     });
 }
@@ -156,11 +158,9 @@ pub(crate) fn campaign(nodes: &Nodes, name: &str, me: &str, ttl: u64) -> Arc<Ato
 
 /// Who holds lease `name` now (a linearizable read on the first node that answers).
 pub(crate) fn holder(nodes: &Nodes, name: &str) -> Option<Grant> {
-    nodes.iter().find_map(|h| {
-        let name = name.to_string();
-        let read = move |l: &Leases| l.holder(&name).cloned();
-        block_on(h.read(ReadMode::ReadIndex, read)).ok()
-    })?
+    let read = |name: String| move |l: &Leases| l.holder(&name).cloned();
+    let ask = |h: &Handle<Leases>| block_on(h.read(ReadMode::ReadIndex, read(name.into()))).ok();
+    nodes.iter().find_map(ask)?
 }
 
 /// Starts 3 nodes on 127.0.0.1, files under `dir`, `extra` added to their configurations.

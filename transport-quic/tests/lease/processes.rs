@@ -282,7 +282,10 @@ impl Reports {
                 _ => None,
             })
         })
-        .unwrap_or_else(|| panic!("no holder other than {dead:?} within {LIVENESS:?}"))
+        .unwrap_or_else(|| {
+            let tail = self.tail();
+            panic!("no holder other than {dead:?} within {LIVENESS:?}; last reports:\n{tail}")
+        })
     }
 
     /// The last reports received, one a line: what a failure message shows.
@@ -325,8 +328,10 @@ impl Reports {
             let holder = |s: &Seen| s.from == from && matches!(s.report, Ok(Report::Holder { .. }));
             reports.iter().any(holder).then_some(())
         };
-        wait_for(LIVENESS, serving)
-            .unwrap_or_else(|| panic!("{from} read no holder within {LIVENESS:?}"));
+        wait_for(LIVENESS, serving).unwrap_or_else(|| {
+            let tail = self.tail();
+            panic!("{from} read no holder within {LIVENESS:?}; last reports:\n{tail}")
+        });
     }
 
     /// The node that leads, if one of `nodes` says so in the highest term any of them
