@@ -25,6 +25,8 @@
 //!
 //! A forwarded proposal is proposed once, by the leader; the follower never resends it. If
 //! the connection to the leader fails, or the leader loses leadership, stops or shuts down before it answers,
+//! or the follower learns of another leader (or loses sight of this one: a leader that died
+//! or went silent, whose connection is not yet timed out) before the answer comes,
 //! the caller gets [`ProposeError::OutcomeUnknown`]: the command may be applied, and a retry
 //! is a new command (deduplicate it in the state machine, as the KV store's client
 //! sessions do: the session and sequence number are in the command's bytes).
@@ -236,12 +238,15 @@ pub(crate) fn decode_answer<R>(
     }
 }
 
-/// Sends `command` to `leader` and calls `done` with its answer (on a task of its own).
+/// Sends `command` to `leader` and calls `done` with its answer (on a task of its own), or
+/// with [`ProposeError::OutcomeUnknown`] once `replaced` closes (this node knows another
+/// leader, or none) before the answer came.
 pub(crate) fn spawn<S: StateMachine>(
     leader: NodeId,
     connection: quinn::Connection,
     command: Bytes,
     codec: ResponseCodec<S::Response>,
+    replaced: smol::channel::Receiver<()>,
     done: Done<Result<S::Response, ProposeError>>,
 ) {
     smol::spawn(async move {
@@ -262,9 +267,14 @@ pub(crate) fn spawn<S: StateMachine>(
                 Ok(None) => Err(lost(&"no answer")),
                 Err(e) => Err(lost(&e)),
             }
-        }
-        .await;
-        done(result);
+        };
+        let replaced = async {
+            let _ = replaced.recv().await; // never sent to: ends when closed
+            Err(ProposeError::OutcomeUnknown(format!(
+                "leader {leader} was replaced (or went silent) before it answered; retry"
+            )))
+        };
+        done(smol::future::or(result, replaced).await);
     })
     .detach();
 }
