@@ -252,6 +252,20 @@ struct Sighting {
     name: String,
 }
 
+impl Sighting {
+    /// The holder `seen` reports, if it reports one.
+    fn of(seen: &Seen) -> Option<Sighting> {
+        match &seen.report {
+            Ok(Report::Holder { token, name }) => Some(Sighting {
+                at: seen.at,
+                token: *token,
+                name: name.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 impl Reports {
     /// Reads `from`'s standard output until it ends, on a thread of its own.
     fn collect(&self, from: String, out: impl std::io::Read + Send + 'static) {
@@ -273,14 +287,10 @@ impl Reports {
     /// The first holder reported at `since` or later, other than the `dead` (waits up to
     /// [`LIVENESS`]).
     fn holder_after(&self, since: Instant, dead: &[String]) -> Sighting {
+        let after = |h: &Sighting| h.at >= since && !dead.contains(&h.name);
         wait_for(LIVENESS, || {
-            self.0.lock().unwrap().iter().find_map(|s| match &s.report {
-                Ok(Report::Holder { token, name }) if s.at >= since && !dead.contains(name) => {
-                    let (at, token, name) = (s.at, *token, name.clone());
-                    Some(Sighting { at, token, name })
-                }
-                _ => None,
-            })
+            let reports = self.0.lock().unwrap();
+            reports.iter().filter_map(Sighting::of).find(after)
         })
         .unwrap_or_else(|| {
             let tail = self.tail();
@@ -304,20 +314,14 @@ impl Reports {
         reports.iter().rev().take(TAIL).rev().map(line).collect()
     }
 
+    /// What `f` finds in the newest report it finds something in.
+    fn newest<T>(&self, f: impl FnMut(&Seen) -> Option<T>) -> Option<T> {
+        self.0.lock().unwrap().iter().rev().find_map(f)
+    }
+
     /// The last holder anyone reported.
     fn last_holder(&self) -> Option<Sighting> {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .rev()
-            .find_map(|s| match &s.report {
-                Ok(Report::Holder { token, name }) => {
-                    let (at, token, name) = (s.at, *token, name.clone());
-                    Some(Sighting { at, token, name })
-                }
-                _ => None,
-            })
+        self.newest(Sighting::of)
     }
 
     /// Waits (up to [`LIVENESS`]) until `from` reports a holder: its node serves
@@ -351,15 +355,10 @@ impl Reports {
 
     /// `from`'s last history received at `since` or later.
     fn history(&self, from: &str, since: Instant) -> Option<Vec<Grant>> {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .rev()
-            .find_map(|s| match &s.report {
-                Ok(Report::History(h)) if s.from == from && s.at >= since => Some(h.clone()),
-                _ => None,
-            })
+        self.newest(|s| match &s.report {
+            Ok(Report::History(h)) if s.from == from && s.at >= since => Some(h.clone()),
+            _ => None,
+        })
     }
 }
 
