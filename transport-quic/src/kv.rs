@@ -495,10 +495,7 @@ impl StateMachine for Kv {
 
     /// Postcard, as the client protocol: a follower forwards writes to the leader.
     fn response_codec() -> Option<ResponseCodec<(Index, Applied)>> {
-        Some(ResponseCodec {
-            encode: |r| postcard::to_allocvec(r).unwrap_or_default(),
-            decode: |b| postcard::from_bytes(b).ok(),
-        })
+        Some(ResponseCodec::postcard())
     }
 
     fn snapshot(&mut self, applied: Index) -> Result<KvSnapshot, SnapshotError> {

@@ -1,6 +1,7 @@
 //! A cluster on 127.0.0.1 in one directory, to try a state machine with
 //! [`Host`](crate::host::Host) or to test it: a CA, a certificate and a configuration for
-//! each node, on free ports (what `coracle certs` and a hand-written `node.toml` make).
+//! each node, on free ports (what `coracle certs` and a hand-written `node.toml` make), the
+//! configurations also written as `node-ID.toml` for nodes run as processes of their own.
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -65,7 +66,8 @@ impl From<ConfigError> for LoopbackError {
 /// nodes 1 to `nodes`, and returns their configurations: cluster id 7, each node on a free
 /// UDP port of 127.0.0.1 (the ports are taken together, then let go: a small race, fine on
 /// loopback), data in `dir/data-ID`, with `extra` (TOML sections such as `[raft]`)
-/// appended to every node's configuration. A directory that already holds a CA is refused
+/// appended to every node's configuration, each also written to `dir/node-ID.toml` (for
+/// [`NodeConfig::load`] in another process). A directory that already holds a CA is refused
 /// ([`LoopbackError::Cert`]), its files left as they were.
 pub fn configs(dir: &Path, nodes: u64, extra: &str) -> Result<Vec<NodeConfig>, LoopbackError> {
     std::fs::create_dir_all(dir)?;
@@ -92,6 +94,7 @@ pub fn configs(dir: &Path, nodes: u64, extra: &str) -> Result<Vec<NodeConfig>, L
              [tls]\nca = \"ca.pem\"\ncert = \"{stem}.pem\"\nkey = \"{stem}.key\"\n{extra}"
         );
         configs.push(NodeConfig::parse(&text, dir)?);
+        std::fs::write(dir.join(format!("node-{id}.toml")), text)?;
     }
     Ok(configs)
 }
@@ -129,6 +132,15 @@ mod tests {
         }
         assert_eq!(std::fs::read(dir.join("ca.pem")).unwrap(), ca);
         assert_eq!(first.len(), 3);
+        for (id, config) in (1..).zip(&first) {
+            let path = dir.join(format!("node-{id}.toml"));
+            assert_eq!(
+                &NodeConfig::load(&path).unwrap(),
+                config,
+                "{}",
+                path.display()
+            );
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

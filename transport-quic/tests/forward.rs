@@ -2,7 +2,8 @@
 //! write sent to a follower is proposed by the leader and answered by the follower (no
 //! redirect), and the client sessions keep writes exactly-once across forwarding: a write
 //! retried through another follower, or after the leader is killed (`kill -9`), is applied
-//! once.
+//! once. A write forwarded to a leader that went silent (`kill -STOP`) is answered as soon
+//! as another leads, not at the connection's idle timeout.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns: a panic is the report
 
 mod common;
@@ -82,4 +83,63 @@ fn kv_writes_sent_to_followers_are_forwarded_and_applied_once() {
     }
     let value = smol::block_on(client.get("k")).unwrap();
     assert_eq!(value, Some(b"v30".to_vec()));
+}
+
+/// How long a write forwarded to a leader that went silent may take to be answered: the
+/// followers elect another leader within a few election timeouts (200 ms here); generous
+/// for a loaded machine, and far below the connections' idle timeout ([`IDLE_MS`]).
+const ANSWERED_WITHIN: Duration = Duration::from_secs(10);
+/// The node-to-node idle timeout of this test: long, so that only a follower that gives
+/// up on its forwarded proposals when another leader is elected answers in time.
+const IDLE_MS: u64 = 30_000;
+
+/// Signals `process` with `kill -SIGNAL` (STOP freezes it: its sockets stay open, no
+/// packet tells its peers it is gone; CONT wakes it).
+fn signal(process: &common::Proc, signal: &str) {
+    let pid = process.0.as_ref().unwrap().id().to_string();
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+#[test]
+fn a_write_forwarded_to_a_leader_that_went_silent_is_answered_once_another_leads() {
+    let setup = Setup::new("forward-silent", 3);
+    let configs: Vec<_> = (1..=3)
+        .map(|id| {
+            let path = setup.path().join(format!("node-{id}.toml"));
+            let text = setup.config_text(id).replace(
+                "idle_timeout_ms = 1000",
+                &format!("idle_timeout_ms = {IDLE_MS}"),
+            );
+            assert!(text.contains(&IDLE_MS.to_string()));
+            std::fs::write(&path, text).unwrap();
+            path
+        })
+        .collect();
+    let procs = spawn_all(&setup, &configs);
+    let client = setup
+        .client("client-alice")
+        .with_attempt_timeout(Duration::from_millis(2 * IDLE_MS));
+    let l = wait_for(Duration::from_secs(20), || leader(&client, &setup.addrs))
+        .expect("a leader within 20 s");
+    let follower = setup.addrs[l as usize % 3];
+    assert_eq!(put_via(&client, follower, 1), replaced(1));
+
+    // The leader freezes; the next write reaches the follower before it notices, and is
+    // forwarded to the frozen leader.
+    signal(&procs[l as usize - 1], "STOP");
+    let asked = std::time::Instant::now();
+    let answer = smol::block_on(client.attempt(follower, &session_put(7, 2, "k", "v2")));
+    let took = asked.elapsed();
+    signal(&procs[l as usize - 1], "CONT");
+    println!("a write forwarded to a frozen leader was answered after {took:?}: {answer:?}");
+    assert!(
+        took < ANSWERED_WITHIN,
+        "answered after {took:?} (idle timeout {IDLE_MS} ms): {answer:?}"
+    );
+    // Whatever the answer was, the write retried is applied once.
+    assert_eq!(put_via(&client, follower, 2), replaced(2));
 }

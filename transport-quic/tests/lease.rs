@@ -4,12 +4,15 @@
 //! Checked on the replicated history of every node: grants never overlap in lease time,
 //! fencing tokens strictly increase, every node holds the same history; and a new holder
 //! takes over within TTL + 2 election timeouts (with a 3x margin for a shared machine).
+//! The same with a node and a campaigner per process, killed with SIGKILL: [`processes`].
 #![allow(clippy::unwrap_used)] // a test: a panic is the failure report
 
 mod common;
 #[path = "../examples/lease.rs"]
 #[allow(dead_code)]
 mod lease;
+#[path = "lease/processes.rs"]
+mod processes;
 
 use common::{wait_for, TempDir};
 use coracle::Role;

@@ -30,6 +30,8 @@
 //!
 //! A forwarded proposal is proposed once, by the leader; the follower never resends it. If
 //! the connection to the leader fails, or the leader loses leadership, stops or shuts down before it answers,
+//! or the follower learns of another leader (or loses sight of this one: a leader that died
+//! or went silent, whose connection is not yet timed out) before the answer comes,
 //! the caller gets [`ProposeError::OutcomeUnknown`]: the command may be applied, and a retry
 //! is a new command (deduplicate it in the state machine, as the KV store's client
 //! sessions do: the session and sequence number are in the command's bytes).
@@ -72,6 +74,19 @@ pub struct ResponseCodec<R> {
     pub encode: fn(&R) -> Vec<u8>,
     /// Reads them back (on the follower); `None` if they are no response.
     pub decode: fn(&[u8]) -> Option<R>,
+}
+
+impl<R: serde::Serialize + serde::de::DeserializeOwned> ResponseCodec<R> {
+    /// Responses as postcard, the wire format of the core: the codec of a response type
+    /// that derives `Serialize` and `Deserialize`. A response postcard cannot write (a
+    /// serializer error) reaches the follower's caller as
+    /// [`ProposeError::OutcomeUnknown`] (applied, but the response does not decode).
+    pub fn postcard() -> Self {
+        ResponseCodec {
+            encode: |r| postcard::to_allocvec(r).unwrap_or_default(),
+            decode: |b| postcard::from_bytes(b).ok(),
+        }
+    }
 }
 
 impl<R> Clone for ResponseCodec<R> {
@@ -374,12 +389,15 @@ pub(crate) fn decode_answer<R>(
     }
 }
 
-/// Sends `command` to `leader` and calls `done` with its answer (on a task of its own).
+/// Sends `command` to `leader` and calls `done` with its answer (on a task of its own), or
+/// with [`ProposeError::OutcomeUnknown`] once `replaced` closes (this node knows another
+/// leader, or none) before the answer came.
 pub(crate) fn spawn<S: StateMachine>(
     leader: NodeId,
     connection: quinn::Connection,
     command: Bytes,
     codec: ResponseCodec<S::Response>,
+    replaced: smol::channel::Receiver<()>,
     done: Done<Result<S::Response, ProposeError>>,
 ) {
     smol::spawn(async move {
@@ -400,9 +418,14 @@ pub(crate) fn spawn<S: StateMachine>(
                 Ok(None) => Err(lost(&"no answer")),
                 Err(e) => Err(lost(&e)),
             }
-        }
-        .await;
-        done(result);
+        };
+        let replaced = async {
+            let _ = replaced.recv().await; // never sent to: ends when closed
+            Err(ProposeError::OutcomeUnknown(format!(
+                "leader {leader} was replaced (or went silent) before it answered; retry"
+            )))
+        };
+        done(smol::future::or(result, replaced).await);
     })
     .detach();
 }
@@ -505,6 +528,30 @@ mod tests {
             let _ = decode_request(&Bytes::copy_from_slice(&[FORWARD_VERSION, b, 1, 2, 3]));
         }
         assert!(decode_member_answer(&[FORWARD_VERSION, APPLIED, 1], 2).is_err());
+    }
+
+    #[test]
+    fn the_postcard_codec_round_trips_and_refuses_garbage() {
+        let codec = ResponseCodec::<Option<(u64, String)>>::postcard();
+        for r in [
+            None,
+            Some((7, "n1".to_string())),
+            Some((u64::MAX, String::new())),
+        ] {
+            let f = encode_answer(Ok(r.clone()), Some(codec));
+            assert_eq!(decode_answer(body(&f), 2, codec), Ok(r));
+        }
+        let good = encode_answer(Ok(Some((7, "n1".to_string()))), Some(codec));
+        let good = body(&good);
+        for cut in 0..good.len() {
+            let r = decode_answer(&good[..cut], 2, codec);
+            assert!(
+                matches!(r, Err(ProposeError::OutcomeUnknown(_))),
+                "{cut}: {r:?}"
+            );
+        }
+        let r = decode_answer(&[FORWARD_VERSION, APPLIED, 1, 7, 200, 200], 2, codec);
+        assert!(matches!(r, Err(ProposeError::OutcomeUnknown(m)) if m.contains("does not decode")));
     }
 
     #[test]

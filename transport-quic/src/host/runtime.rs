@@ -334,6 +334,7 @@ impl<S: StateMachine> Host<S> {
             id: cfg.id,
             cluster: cfg.cluster_id,
             forward: cfg.raft.forward,
+            forwarded: None,
             transport: transport.clone(),
             sm: state_machine,
             applied: 0,
@@ -543,6 +544,11 @@ struct Runtime<S: StateMachine> {
     cluster: u64,
     /// Proposals made here while following go to the leader (`raft.forward`).
     forward: bool,
+    /// The leader the proposals forwarded from here went to, and the channel whose closing
+    /// answers those still in flight ([`ProposeError::OutcomeUnknown`]) once this node
+    /// knows another leader or none: a leader that died or went silent would otherwise
+    /// keep them waiting until its connection's idle timeout.
+    forwarded: Option<(NodeId, Sender<()>, Receiver<()>)>,
     transport: Arc<Transport>,
     sm: S,
     /// The index of the last entry applied to the state machine (or restored into it).
@@ -1330,6 +1336,13 @@ impl<S: StateMachine> Runtime<S> {
                 }
                 Output::StateChanged(s) => {
                     info!(node = self.id, role = ?s.role, term = s.term, leader = ?s.leader, "state changed");
+                    if self
+                        .forwarded
+                        .as_ref()
+                        .is_some_and(|f| s.leader != Some(f.0))
+                    {
+                        self.forwarded = None; // answers the proposals forwarded to it
+                    }
                     if s.role != Role::Leader {
                         let mut lost = 0;
                         for (_, (_, pending)) in self.writes.drain() {
@@ -1713,7 +1726,8 @@ impl<S: StateMachine> Runtime<S> {
         match op {
             Op::Propose { command, done } => {
                 if let Some((leader, connection, codec)) = self.forward_to(node) {
-                    return forward::spawn::<S>(leader, connection, command, codec, done);
+                    let replaced = self.leader_replaced(leader);
+                    return forward::spawn::<S>(leader, connection, command, codec, replaced, done);
                 }
                 entry::command_entry(&mut self.entry, &command);
                 self.propose(node, Pending::Command(done));
@@ -1961,6 +1975,19 @@ impl<S: StateMachine> Runtime<S> {
         let codec = S::response_codec()?;
         let leader = node.leader().filter(|&l| l != self.id)?;
         Some((leader, self.transport.connection(leader)?, codec))
+    }
+
+    /// What closes when `leader` is no longer the leader this node knows (see
+    /// [`Runtime::forwarded`]).
+    fn leader_replaced(&mut self, leader: NodeId) -> Receiver<()> {
+        match &self.forwarded {
+            Some((to, _, replaced)) if *to == leader => replaced.clone(),
+            _ => {
+                let (tx, replaced) = channel::bounded(1);
+                self.forwarded = Some((leader, tx, replaced.clone()));
+                replaced
+            }
+        }
     }
 
     /// Proposes a command a follower forwarded, and answers it with the outcome (never
