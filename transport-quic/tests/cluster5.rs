@@ -68,12 +68,16 @@ fn member_config(setup: &Setup, id: u64) -> NodeConfig {
 }
 
 /// Starts node `id`; retried while its address is still held by the endpoint of its
-/// previous run, which closes in the background.
+/// previous run, which closes in the background (up to 30 s: a liveness limit for a
+/// loaded machine, where 10 s once ran out). A failure names the last error.
 fn start_member(setup: &Setup, id: u64) -> RunningNode {
-    wait_for(Duration::from_secs(10), || {
-        RunningNode::start(&member_config(setup, id)).ok()
+    let mut last = String::new();
+    wait_for(Duration::from_secs(30), || {
+        RunningNode::start(&member_config(setup, id))
+            .map_err(|e| last = e.to_string())
+            .ok()
     })
-    .expect("node restarts")
+    .unwrap_or_else(|| panic!("node {id} did not restart within 30 s: {last}"))
 }
 
 fn voters(s: &NodeStatus) -> Vec<u64> {
@@ -130,7 +134,12 @@ fn membership_changes_through_the_admin_client_on_a_running_cluster() {
 
     // 3. Another follower is removed.
     let removed = (1..=3).find(|&id| id != first).unwrap();
-    smol::block_on(admin.admin(AdminOp::Remove { id: removed })).unwrap();
+    // Admin orders are at least once: an attempt that timed out on a loaded machine may
+    // have removed the node already, and its retry then finds no such member. Whether it
+    // is gone is checked just below either way.
+    if let Err(e) = smol::block_on(admin.admin(AdminOp::Remove { id: removed })) {
+        assert!(e.to_string().contains("no such member"), "remove: {e}");
+    }
     let expected: Vec<u64> = [1, 2, 3, 4]
         .into_iter()
         .filter(|&id| id != removed)

@@ -14,7 +14,9 @@ use coracle_quic::host::{
     ApplyError, Handle, Host, NodeError, ProposeError, ReadMode, ResponseCodec, RestoreError,
     SnapshotError, SnapshotRequestError, SnapshotSource, StateMachine,
 };
+use std::collections::BTreeMap;
 use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// A counter that remembers every amount added (so its state grows with the log and a
@@ -26,6 +28,9 @@ use std::time::Duration;
 struct Counter {
     total: u64,
     adds: Vec<u64>,
+    /// Adds proposed with a request id (`add_on_leader`): the total each one answered, so a
+    /// retried request is applied once and answered alike (a client session in small).
+    requests: BTreeMap<u64, u64>,
     /// Snapshots restored into this counter (from the leader or at a start).
     restores: u32,
     /// The last of `refuse`, `break` or `heal` applied.
@@ -67,9 +72,17 @@ impl StateMachine for Counter {
             }
             _ => {}
         }
-        let amount = u64::from_le_bytes(command.try_into().unwrap_or([0; 8]));
+        let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+        let request = (command.len() == 16).then(|| word(&command[8..]));
+        if let Some(total) = request.and_then(|id| self.requests.get(&id)) {
+            return Ok(*total);
+        }
+        let amount = word(&command[..command.len().min(8)]);
         self.total += amount;
         self.adds.push(amount);
+        if let Some(id) = request {
+            self.requests.insert(id, self.total);
+        }
         Ok(self.total)
     }
 
@@ -85,6 +98,11 @@ impl StateMachine for Counter {
         bytes.extend_from_slice(&(self.adds.len() as u64).to_le_bytes());
         for a in &self.adds {
             bytes.extend_from_slice(&a.to_le_bytes());
+        }
+        bytes.extend_from_slice(&(self.requests.len() as u64).to_le_bytes());
+        for (id, total) in &self.requests {
+            bytes.extend_from_slice(&id.to_le_bytes());
+            bytes.extend_from_slice(&total.to_le_bytes());
         }
         Ok(View {
             bytes: std::io::Cursor::new(bytes),
@@ -108,9 +126,14 @@ impl StateMachine for Counter {
         if adds.iter().sum::<u64>() != total {
             return Err(RestoreError::Invalid("the total is not the sum".into()));
         }
+        let mut requests = BTreeMap::new();
+        for _ in 0..next(source)? {
+            requests.insert(next(source)?, next(source)?);
+        }
         *self = Counter {
             total,
             adds,
+            requests,
             restores: self.restores + 1,
             snapshots: b"heal",
         };
@@ -170,14 +193,42 @@ fn add(n: u64) -> Vec<u8> {
     n.to_le_bytes().to_vec()
 }
 
-/// Proposes `n` on the leader, retrying while leadership moves.
+/// Proposes `n` on the leader, retrying while leadership moves. The add carries a request
+/// id of its own, so a retry after an unknown outcome (a timeout, a leader lost with the
+/// entry appended) is applied once: retried without one, a loaded machine once counted an
+/// add twice.
 fn add_on_leader(handles: &[Handle<Counter>], n: u64) -> u64 {
+    static REQUESTS: AtomicU64 = AtomicU64::new(1);
+    let mut command = add(n);
+    command.extend_from_slice(&REQUESTS.fetch_add(1, Ordering::Relaxed).to_le_bytes());
     wait_for(Duration::from_secs(20), || {
         let l = leader(handles);
         let on = handles.iter().find(|h| h.id() == l)?;
-        block_on(on.propose(add(n))).ok()
+        block_on(on.propose(command.clone())).ok()
     })
     .expect("the proposal is applied")
+}
+
+/// The test's own client session: an add retried with its request id is applied once and
+/// answered alike, also after a snapshot and restore.
+#[test]
+fn an_add_retried_with_its_request_id_is_applied_once() {
+    let mut c = Counter::default();
+    let with_id = |n: u64, id: u64| [n.to_le_bytes(), id.to_le_bytes()].concat();
+    assert_eq!(c.apply(1, &with_id(5, 7)).unwrap(), 5);
+    assert_eq!(c.apply(2, &add(1)).unwrap(), 6);
+    assert_eq!(
+        c.apply(3, &with_id(5, 7)).unwrap(),
+        5,
+        "the first answer again"
+    );
+    let mut bytes = Vec::new();
+    c.snapshot(3).unwrap().write_to(&mut bytes).unwrap();
+    let mut back = Counter::default();
+    back.restore(3, &mut bytes.as_slice()).unwrap();
+    assert_eq!(back.apply(4, &with_id(5, 7)).unwrap(), 5);
+    assert_eq!(back.apply(5, &with_id(5, 8)).unwrap(), 11);
+    assert_eq!(back.adds, [5, 1, 5]);
 }
 
 #[test]
