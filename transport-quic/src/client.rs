@@ -1133,6 +1133,7 @@ impl Client {
                 e => Miss::At(Cause::Connect(e.to_string())),
             })?;
         let timeout = self.connect_timeout;
+        let started = Instant::now();
         let (conn, send, recv) = smol::future::or(
             async {
                 let conn = connecting
@@ -1159,6 +1160,7 @@ impl Client {
         });
         smol::spawn(read_answers(Arc::downgrade(&session), recv)).detach();
         lock(&self.sessions).insert(addr, session.clone());
+        debug!(node = %addr, took = ?started.elapsed(), "connected");
         Ok(session)
     }
 

@@ -72,6 +72,12 @@ pub(crate) enum Op<S: StateMachine> {
 #[derive(Clone, Debug)]
 pub(crate) enum Gone {
     ShuttingDown,
+    /// Shutting down after handing leadership to `leader` (at `address`): proposals and
+    /// membership changes go there.
+    HandedOver {
+        leader: NodeId,
+        address: Option<String>,
+    },
     Stopped(String),
 }
 
@@ -79,13 +85,17 @@ impl Gone {
     pub(crate) fn propose_error(&self) -> ProposeError {
         match self {
             Gone::ShuttingDown => ProposeError::ShuttingDown,
+            Gone::HandedOver { leader, address } => ProposeError::NotLeader {
+                leader: Some(*leader),
+                address: address.clone(),
+            },
             Gone::Stopped(m) => ProposeError::Stopped(m.clone()),
         }
     }
 
     pub(crate) fn read_error(&self) -> ReadError {
         match self {
-            Gone::ShuttingDown => ReadError::ShuttingDown,
+            Gone::ShuttingDown | Gone::HandedOver { .. } => ReadError::ShuttingDown,
             Gone::Stopped(m) => ReadError::Stopped(m.clone()),
         }
     }
@@ -93,6 +103,10 @@ impl Gone {
     pub(crate) fn membership_error(&self) -> MembershipError {
         match self {
             Gone::ShuttingDown => MembershipError::ShuttingDown,
+            Gone::HandedOver { leader, address } => MembershipError::NotLeader {
+                leader: Some(*leader),
+                address: address.clone(),
+            },
             Gone::Stopped(m) => MembershipError::Stopped(m.clone()),
         }
     }

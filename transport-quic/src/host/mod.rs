@@ -36,6 +36,7 @@
 mod entry;
 pub mod forward;
 mod handle;
+mod handover;
 mod runtime;
 
 pub(crate) use entry::snapshot_head;
