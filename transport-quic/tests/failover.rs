@@ -437,6 +437,7 @@ fn fault_rounds(tag: &str, fault: Fault, rounds: usize) -> Rounds {
                 cluster.procs[leader as usize - 1]
                     .wait_exit(Duration::from_secs(10))
                     .expect("the leader exits within 10 s of SIGTERM");
+                keep_logs(&cluster.setup, tag);
                 assert_handed_over(&cluster.setup, leader);
                 cluster.restart(leader)
             }
@@ -457,21 +458,27 @@ fn fault_rounds(tag: &str, fault: Fault, rounds: usize) -> Rounds {
         }
     });
     observer.close();
-    if std::env::var_os("CORACLE_TEST_CLIENT_LOG").is_some() {
-        let kept = std::env::temp_dir().join(format!("coracle-{tag}-logs"));
-        std::fs::create_dir_all(&kept).unwrap();
-        for id in 1..=3 {
-            let _ = std::fs::copy(
-                common::node_log(&cluster.setup, id),
-                kept.join(format!("node-{id}.log")),
-            );
-        }
-        println!("the nodes' logs are in {}", kept.display());
-    }
+    keep_logs(&cluster.setup, tag);
     Rounds {
         rounds: results,
         failed,
     }
+}
+
+/// With `CORACLE_TEST_CLIENT_LOG` set, copies the nodes' logs where they outlive the test.
+fn keep_logs(setup: &Setup, tag: &str) {
+    if std::env::var_os("CORACLE_TEST_CLIENT_LOG").is_none() {
+        return;
+    }
+    let kept = std::env::temp_dir().join(format!("coracle-{tag}-logs"));
+    std::fs::create_dir_all(&kept).unwrap();
+    for id in 1..=3 {
+        let _ = std::fs::copy(
+            common::node_log(setup, id),
+            kept.join(format!("node-{id}.log")),
+        );
+    }
+    println!("the nodes' logs are in {}", kept.display());
 }
 
 fn distribution(values: &[Duration]) -> String {
