@@ -1297,7 +1297,10 @@ async fn redial_until_usable(addr: SocketAddr, redial: Redial) {
                 return;
             }
             Err(Miss::Fatal(_)) => return,
-            Err(Miss::At(_)) => pause = (pause * 2).min(REDIAL_MAX),
+            Err(Miss::At(cause)) => {
+                debug!(node = %addr, %cause, "dialling again failed");
+                pause = (pause * 2).min(REDIAL_MAX)
+            }
         }
     }
 }
@@ -1432,6 +1435,7 @@ async fn read_answers(
             s.broken.store(true, Ordering::Relaxed);
             lock(&s.pending).clear();
             drop(s);
+            debug!(node = %addr, "connection lost: dialling again in the background");
             smol::spawn(redial(addr, again)).detach();
             return;
         };

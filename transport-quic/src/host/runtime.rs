@@ -369,8 +369,8 @@ impl<S: StateMachine> Host<S> {
             syncing: None,
             incarnations,
             entry: Vec::new(),
-            handover_limit: Duration::from_millis(cfg.raft.election_timeout_ms),
-            held: Held::new(Duration::from_millis(cfg.raft.election_timeout_ms)),
+            handover_limit: Duration::from_millis(2 * cfg.raft.election_timeout_ms),
+            held: Held::new(Duration::from_millis(2 * cfg.raft.election_timeout_ms)),
             transferring: false,
             relays: Some(relays.0),
             relays_done: relays.1,
@@ -578,8 +578,10 @@ struct Runtime<S: StateMachine> {
     incarnations: Arc<Incarnations>,
     /// A command entry being built (its kind byte, then the command).
     entry: Vec<u8>,
-    /// How long a leader asked to stop waits for its hand-over at most (an election
-    /// timeout: then the others elect a leader by themselves anyway).
+    /// How long a leader asked to stop waits for its hand-over at most: two election
+    /// timeouts (the core abandons a transfer whose target did not campaign after one; a
+    /// campaign under way may take a while on a loaded machine, and waiting for it lets
+    /// this node send what it holds to the new leader).
     handover_limit: Duration,
     /// Proposals that came during a leadership transfer, answered when it ends.
     held: Held<(Pending<S>, bool)>,
@@ -1105,7 +1107,22 @@ impl<S: StateMachine> Runtime<S> {
                         .writes
                         .values()
                         .any(|(_, p)| matches!(p, Pending::Command(_)));
-                if handed_over || Instant::now() >= limit {
+                // The core gave up the transfer (an election timeout without the target
+                // taking over; on a loaded machine its campaign may still be under way):
+                // this node leads on, and tries again while time is left.
+                let abandoned = node.role() == Role::Leader && node.transferring_to().is_none();
+                let over = handed_over || Instant::now() >= limit;
+                if !over && abandoned {
+                    match self.hand_over(&mut node) {
+                        true => {
+                            if let Err(e) = self.settle(&mut node, &fsync) {
+                                return Err(self.stop_on_error(e, &calls).await);
+                            }
+                        }
+                        false => shutdown = true,
+                    }
+                }
+                if over {
                     info!(node = self.id, handed_over, "leadership hand-over ended");
                     shutdown = true;
                 }
