@@ -159,8 +159,9 @@ pub enum ProposeError {
         address: Option<String>,
     },
     /// The leader cannot take it now (too many entries uncommitted, the log full while a
-    /// snapshot compacts it, leadership being handed over): retry soon. Nothing was
-    /// appended.
+    /// snapshot compacts it, a leadership transfer that has lasted two election timeouts:
+    /// shorter ones hold the proposal and send it on to the new leader): retry soon.
+    /// Nothing was appended.
     Busy(String),
     /// The command is larger than `raft.max_entry_bytes`. Nothing was appended.
     TooLarge {
@@ -522,7 +523,9 @@ impl<S: StateMachine> Handle<S> {
     }
 
     /// Hands leadership to voter `id` (TimeoutNow once it is caught up). Returns once the
-    /// transfer has begun.
+    /// transfer has begun. Proposals made meanwhile are held, then forwarded to the new
+    /// leader (or answered [`ProposeError::NotLeader`] with it, when this node does not
+    /// forward), or proposed here if the transfer is abandoned.
     pub async fn transfer_leadership(&self, id: NodeId) -> Result<(), MembershipError> {
         self.ask(
             |done| Op::Transfer { to: id, done },
@@ -559,8 +562,9 @@ impl<S: StateMachine> Handle<S> {
         self.ask(|done| Op::Isolate { peers, done }, (), ()).await
     }
 
-    /// Asks the node to stop (a leader hands leadership over first; then it makes the log
-    /// durable and closes its connections); see
+    /// Asks the node to stop (a leader hands leadership over first, and what it holds or
+    /// is asked meanwhile goes to the new leader; then it makes the log durable and
+    /// closes its connections); see
     /// [`Host::shutdown`](super::Host::shutdown) to wait for it.
     pub fn shutdown(&self) {
         let _ = self.calls.try_send(Call::Shutdown);
