@@ -20,7 +20,10 @@
 //! Calls share one QUIC connection and one stream per node: each request is written with
 //! an id and the call waits for the answer with that id, so concurrent calls on one
 //! `Client` are in flight together (pipelined) and requests written together leave in the
-//! same packets.
+//! same packets. A connection that is lost (the node stopped or restarted) is dialled again
+//! in the background, with growing pauses, for 30 s at most: a redirect to that node later
+//! (it may be the new leader after a planned restart) finds it ready rather than waiting
+//! for a handshake.
 //!
 //! Each `Client` has a UDP socket of its own; clients made by one [`ClientEndpoint`] share
 //! its socket (each still with its own connections and session), as an application that
