@@ -318,6 +318,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             let _ = self.append_as_leader(EntryKind::Noop, &[]);
         }
         self.hand_over_to_higher_priority();
+        self.resend_timeout_now();
         // Each heartbeat starts a round: its answers renew the lease.
         self.open_round();
         let now = self.timers.now;

@@ -85,6 +85,17 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         }
     }
 
+    /// TimeoutNow has no answer, and a transport may lose it (the server binding sends it
+    /// as a QUIC datagram): each heartbeat while the transfer lasts sends it again to a
+    /// target that holds the whole log. A duplicate does no harm: the target campaigns only
+    /// while it follows this leader.
+    pub(crate) fn resend_timeout_now(&mut self) {
+        if let Some(t) = self.transfer.filter(|t| t.sent) {
+            self.transfer = Some(Transfer { sent: false, ..t });
+            self.maybe_send_timeout_now();
+        }
+    }
+
     pub(crate) fn abort_transfer_if_due(&mut self) {
         if self.transfer.is_some_and(|t| self.timers.now >= t.deadline) {
             self.transfer = None;

@@ -229,8 +229,8 @@ impl Load {
     }
 
     /// Stops the writers; checks that no write was applied twice and returns each
-    /// writer's last acknowledged value.
-    fn finish(self) -> Vec<Option<u64>> {
+    /// writer's last acknowledged value and how many of its writes failed.
+    fn finish(self) -> Vec<(Option<u64>, usize)> {
         self.stop.store(true, Ordering::Relaxed);
         let logs: Vec<WriterLog> = self
             .threads
@@ -247,8 +247,9 @@ impl Load {
 /// A writer's writes are sequential, and a write that failed is never applied after a later
 /// one (the next write's `ack_below` retires it). So the value each acknowledged write
 /// replaced is that of the last acknowledged write before it or of a failed write after
-/// that one; an older value means a write was applied twice. Returns the last acknowledged.
-fn check_writer(w: usize, log: &WriterLog) -> Option<u64> {
+/// that one; an older value means a write was applied twice. Returns the last acknowledged
+/// and the number of writes that failed.
+fn check_writer(w: usize, log: &WriterLog) -> (Option<u64>, usize) {
     let mut last_acked: Option<u64> = None;
     let mut errors = 0;
     for (n, result) in log {
@@ -278,7 +279,7 @@ fn check_writer(w: usize, log: &WriterLog) -> Option<u64> {
         log.len(),
         log.len() - errors
     );
-    last_acked
+    (last_acked, errors)
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -299,6 +300,14 @@ fn one_cluster_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     ONE_CLUSTER_AT_A_TIME
         .lock()
         .unwrap_or_else(|e| e.into_inner())
+}
+
+/// What a run of faults cost, round by round, and how many writes failed in all.
+#[derive(Debug)]
+struct Rounds {
+    rounds: Vec<Round>,
+    /// Writes that failed (the client gave up on them) across every round.
+    failed: usize,
 }
 
 /// What one fault cost: the longest a writer waited, and when a new leader was seen.
@@ -364,7 +373,7 @@ fn assert_handed_over(setup: &Setup, id: u64) {
 }
 
 /// Runs `rounds` of `fault` on the leader of a write load; what each cost.
-fn fault_rounds(tag: &str, fault: Fault, rounds: usize) -> Vec<Round> {
+fn fault_rounds(tag: &str, fault: Fault, rounds: usize) -> Rounds {
     if std::env::var_os("CORACLE_TEST_CLIENT_LOG").is_some() {
         use tracing_subscriber::prelude::*;
         let targets = tracing_subscriber::filter::Targets::new()
@@ -428,16 +437,18 @@ fn fault_rounds(tag: &str, fault: Fault, rounds: usize) -> Vec<Round> {
                 cluster.procs[leader as usize - 1]
                     .wait_exit(Duration::from_secs(10))
                     .expect("the leader exits within 10 s of SIGTERM");
+                keep_logs(&cluster.setup, tag);
                 assert_handed_over(&cluster.setup, leader);
                 cluster.restart(leader)
             }
         }
         cluster.wait_rejoined(leader);
     }
-    let last = load.finish();
+    let writers = load.finish();
+    let failed = writers.iter().map(|&(_, failed)| failed).sum();
     // Every writer's last acknowledged write (or a later one) is what the cluster holds.
     smol::block_on(async {
-        for (w, last) in last.iter().enumerate() {
+        for (w, (last, _)) in writers.iter().enumerate() {
             let v = cluster.probe.get(format!("w{w}")).await.unwrap();
             let v: Option<u64> = v.map(|v| String::from_utf8(v).unwrap().parse().unwrap());
             assert!(
@@ -447,18 +458,27 @@ fn fault_rounds(tag: &str, fault: Fault, rounds: usize) -> Vec<Round> {
         }
     });
     observer.close();
-    if std::env::var_os("CORACLE_TEST_CLIENT_LOG").is_some() {
-        let kept = std::env::temp_dir().join(format!("coracle-{tag}-logs"));
-        std::fs::create_dir_all(&kept).unwrap();
-        for id in 1..=3 {
-            let _ = std::fs::copy(
-                common::node_log(&cluster.setup, id),
-                kept.join(format!("node-{id}.log")),
-            );
-        }
-        println!("the nodes' logs are in {}", kept.display());
+    keep_logs(&cluster.setup, tag);
+    Rounds {
+        rounds: results,
+        failed,
     }
-    results
+}
+
+/// With `CORACLE_TEST_CLIENT_LOG` set, copies the nodes' logs where they outlive the test.
+fn keep_logs(setup: &Setup, tag: &str) {
+    if std::env::var_os("CORACLE_TEST_CLIENT_LOG").is_none() {
+        return;
+    }
+    let kept = std::env::temp_dir().join(format!("coracle-{tag}-logs"));
+    std::fs::create_dir_all(&kept).unwrap();
+    for id in 1..=3 {
+        let _ = std::fs::copy(
+            common::node_log(setup, id),
+            kept.join(format!("node-{id}.log")),
+        );
+    }
+    println!("the nodes' logs are in {}", kept.display());
 }
 
 fn distribution(values: &[Duration]) -> String {
@@ -475,7 +495,9 @@ fn distribution(values: &[Duration]) -> String {
     )
 }
 
-fn summary(name: &str, rounds: &[Round]) -> String {
+fn summary(name: &str, rounds: &Rounds) -> String {
+    let failed = rounds.failed;
+    let rounds = &rounds.rounds;
     let gaps: Vec<Duration> = rounds.iter().map(|r| r.gap).collect();
     let elections: Vec<Duration> = rounds.iter().map(|r| r.election).collect();
     let after: Vec<Duration> = rounds
@@ -483,8 +505,8 @@ fn summary(name: &str, rounds: &[Round]) -> String {
         .map(|r| r.gap.saturating_sub(r.election))
         .collect();
     format!(
-        "{name}, {} rounds (election timeout {ELECTION_TIMEOUT:?}):\n  write gap        {}\n  \
-         new leader seen  {}\n  gap - election   {}",
+        "{name}, {} rounds (election timeout {ELECTION_TIMEOUT:?}), {failed} writes failed:\n  \
+         write gap        {}\n  new leader seen  {}\n  gap - election   {}",
         rounds.len(),
         distribution(&gaps),
         distribution(&elections),
@@ -505,7 +527,7 @@ fn writers_follow_the_cluster(tag: &str, fault: Fault, name: &str) {
     let _one = one_cluster_at_a_time();
     let rounds = fault_rounds(tag, fault, 3);
     println!("{}", summary(name, &rounds));
-    for r in &rounds {
+    for r in &rounds.rounds {
         assert!(
             r.gap < LOOSE_BOUND,
             "a writer stalled for {:?}: {rounds:?}",
@@ -528,24 +550,43 @@ fn writers_follow_the_cluster_after_the_leader_is_paused() {
 /// leadership to the most caught-up voter and follows the new leader before it exits
 /// (checked in its log, every round), so the cluster has a new leader after a round of
 /// TimeoutNow and a vote rather than an election timeout after the leader is gone; every
-/// acknowledged write is kept. How long writers stall is measured by the ignored test
-/// below, not asserted: on these shared machines the vote's fsyncs and the client's
-/// pauses after "retry" answers vary too much for a bound that a stop without the
-/// handover could not also meet.
+/// acknowledged write is kept, and every write succeeds (the writes that come during the
+/// hand-over are held by the old leader and sent to the new one, never failed).
 #[test]
 fn a_planned_leader_restart_hands_leadership_over_first() {
     let _one = one_cluster_at_a_time();
     let rounds = fault_rounds("failover-stop", Fault::Stop, 3);
     println!("{}", summary("SIGTERM", &rounds));
+    assert_planned_restarts_kept_writes_flowing(&rounds);
 }
 
-/// The planned leader restart measured: 20 rounds. Run with `--release`.
+/// A bound on a writer's stall across a planned leader restart that holds on a loaded,
+/// shared machine with debug builds: generous on purpose (the target, under 50 ms at the
+/// median, is measured by the ignored test below, not asserted). A hand-over that failed
+/// (the cluster left to an election timeout, 300-600 ms, and clients pausing after "retry"
+/// answers) stays under it too; the log check of every round tells a hand-over happened.
+const PLANNED_BOUND: Duration = Duration::from_secs(2);
+
+/// No write failed, and no writer stalled beyond [`PLANNED_BOUND`].
+fn assert_planned_restarts_kept_writes_flowing(rounds: &Rounds) {
+    assert_eq!(rounds.failed, 0, "writes failed: {rounds:?}");
+    for r in &rounds.rounds {
+        assert!(
+            r.gap < PLANNED_BOUND,
+            "a writer stalled for {:?}: {rounds:?}",
+            r.gap
+        );
+    }
+}
+
+/// The planned leader restart measured: 20 rounds (the figures of the README's table).
 #[test]
 #[ignore]
 fn planned_leader_restart_gap_over_20_rounds() {
     let _one = one_cluster_at_a_time();
     let stops = fault_rounds("failover-stop20", Fault::Stop, 20);
     println!("{}", summary("SIGTERM", &stops));
+    assert_planned_restarts_kept_writes_flowing(&stops);
 }
 
 /// The measurement of issue 15's item 2: 20 kills and 20 pauses of the leader under a

@@ -1,7 +1,7 @@
 //! Leadership transfer (thesis 3.10).
 
 use crate::host::*;
-use coracle::{ProposeError, Role, TransferError};
+use coracle::{Message, ProposeError, Role, TransferError};
 
 #[test]
 fn transfer_to_an_up_to_date_follower() {
@@ -79,4 +79,32 @@ fn transfer_requests_are_checked() {
         c.node_mut(1).transfer_leadership(1),
         Err(TransferError::NotAVoter)
     );
+}
+
+/// TimeoutNow has no answer and may travel unacknowledged (a QUIC datagram in the server
+/// binding): one lost must not leave the cluster waiting for the transfer to abort. The
+/// leader sends it again with every heartbeat while the transfer lasts.
+#[test]
+fn a_lost_timeout_now_is_sent_again_at_the_next_heartbeat() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    c.node_mut(1).transfer_leadership(2).unwrap();
+    c.drain_all();
+    let lost = c.take(|e| matches!(e.message.as_message(), Message::TimeoutNow(_)));
+    assert_eq!(
+        lost.len(),
+        1,
+        "the target was up to date: TimeoutNow at once"
+    );
+    c.stabilize();
+    assert_eq!(c.leaders(), vec![1]);
+    let heartbeat = u64::from(default_config(1).heartbeat_ticks);
+    c.tick(1, heartbeat);
+    c.stabilize();
+    assert_eq!(
+        c.leaders(),
+        vec![2],
+        "the target took over after the next heartbeat"
+    );
+    assert_eq!(c.node(1).counters().transfers_aborted, 0);
 }

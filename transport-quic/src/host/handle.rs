@@ -92,6 +92,12 @@ pub(crate) enum Op<S: StateMachine> {
 #[derive(Clone, Debug)]
 pub(crate) enum Gone {
     ShuttingDown,
+    /// Shutting down after handing leadership to `leader` (at `address`): proposals and
+    /// membership changes go there.
+    HandedOver {
+        leader: NodeId,
+        address: Option<String>,
+    },
     Stopped(String),
 }
 
@@ -99,13 +105,17 @@ impl Gone {
     pub(crate) fn propose_error(&self) -> ProposeError {
         match self {
             Gone::ShuttingDown => ProposeError::ShuttingDown,
+            Gone::HandedOver { leader, address } => ProposeError::NotLeader {
+                leader: Some(*leader),
+                address: address.clone(),
+            },
             Gone::Stopped(m) => ProposeError::Stopped(m.clone()),
         }
     }
 
     pub(crate) fn read_error(&self) -> ReadError {
         match self {
-            Gone::ShuttingDown => ReadError::ShuttingDown,
+            Gone::ShuttingDown | Gone::HandedOver { .. } => ReadError::ShuttingDown,
             Gone::Stopped(m) => ReadError::Stopped(m.clone()),
         }
     }
@@ -113,20 +123,26 @@ impl Gone {
     pub(crate) fn membership_error(&self) -> MembershipError {
         match self {
             Gone::ShuttingDown => MembershipError::ShuttingDown,
+            Gone::HandedOver { leader, address } => MembershipError::NotLeader {
+                leader: Some(*leader),
+                address: address.clone(),
+            },
             Gone::Stopped(m) => MembershipError::Stopped(m.clone()),
         }
     }
 
     pub(crate) fn join_error(&self) -> JoinError {
         match self {
-            Gone::ShuttingDown => JoinError::Stopped("the node is shutting down".into()),
+            Gone::ShuttingDown | Gone::HandedOver { .. } => {
+                JoinError::Stopped("the node is shutting down".into())
+            }
             Gone::Stopped(m) => JoinError::Stopped(m.clone()),
         }
     }
 
     pub(crate) fn snapshot_error(&self) -> SnapshotRequestError {
         match self {
-            Gone::ShuttingDown => SnapshotRequestError::ShuttingDown,
+            Gone::ShuttingDown | Gone::HandedOver { .. } => SnapshotRequestError::ShuttingDown,
             Gone::Stopped(m) => SnapshotRequestError::Stopped(m.clone()),
         }
     }
@@ -183,8 +199,9 @@ pub enum ProposeError {
         address: Option<String>,
     },
     /// The leader cannot take it now (too many entries uncommitted, the log full while a
-    /// snapshot compacts it, leadership being handed over): retry soon. Nothing was
-    /// appended.
+    /// snapshot compacts it, a leadership transfer that has lasted two election timeouts:
+    /// shorter ones hold the proposal and send it on to the new leader): retry soon.
+    /// Nothing was appended.
     Busy(String),
     /// The command is larger than `raft.max_entry_bytes`. Nothing was appended.
     TooLarge {
@@ -770,7 +787,9 @@ impl<S: StateMachine> Handle<S> {
     }
 
     /// Hands leadership to voter `id` (TimeoutNow once it is caught up). Returns once the
-    /// transfer has begun.
+    /// transfer has begun. Proposals made meanwhile are held, then forwarded to the new
+    /// leader (or answered [`ProposeError::NotLeader`] with it, when this node does not
+    /// forward), or proposed here if the transfer is abandoned.
     pub async fn transfer_leadership(&self, id: NodeId) -> Result<(), MembershipError> {
         self.ask(
             |done| Op::Transfer { to: id, done },
@@ -837,8 +856,9 @@ impl<S: StateMachine> Handle<S> {
         self.ask(|done| Op::Isolate { peers, done }, (), ()).await
     }
 
-    /// Asks the node to stop (a leader hands leadership over first; then it makes the log
-    /// durable and closes its connections); see
+    /// Asks the node to stop (a leader hands leadership over first, and what it holds or
+    /// is asked meanwhile goes to the new leader; then it makes the log durable and
+    /// closes its connections); see
     /// [`Host::shutdown`](super::Host::shutdown) to wait for it.
     pub fn shutdown(&self) {
         let _ = self.calls.try_send(Call::Shutdown);

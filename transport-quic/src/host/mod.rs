@@ -37,6 +37,7 @@
 mod entry;
 pub mod forward;
 mod handle;
+mod handover;
 mod join;
 mod kept;
 mod runtime;

@@ -24,6 +24,7 @@ use super::handle::{
     Call, Change, Done, Gone, MemberStatus, MembershipError, Op, ProposeError, ReadError, ReadFn,
     ReadMode, SnapshotRequestError, SnapshotStatus, Status, TransportCounters, DEFAULT_TIMEOUT,
 };
+use super::handover::{Held, Release};
 use super::join::{self, Duties, JoinError};
 use super::{Handle, SnapshotSource, StateMachine};
 use crate::certs::Identity;
@@ -71,6 +72,10 @@ const MAX_FETCH_BYTES: usize = 8 << 20;
 
 /// How often a status is published to watchers at most while only the indices move.
 const WATCH_INTERVAL: Duration = Duration::from_millis(50);
+/// How long a node shutting down lets the answers it just gave leave before it closes its
+/// connections (a generous margin for a busy machine: the answers are written by the
+/// client sessions' tasks and sent by quinn's driver, each waiting for its turn).
+const ANSWERS_LEAVE: Duration = Duration::from_millis(100);
 
 /// The QUIC error code a node closes a client connection with when it serves no clients.
 const ERR_NO_SERVICE: u32 = 0x53;
@@ -330,6 +335,7 @@ impl<S: StateMachine> Host<S> {
             fetched_tx,
         )
         .map_err(NodeError::Thread)?;
+        let relays = channel::bounded(1);
         let runtime = Runtime {
             id: cfg.id,
             cluster: cfg.cluster_id,
@@ -368,7 +374,11 @@ impl<S: StateMachine> Host<S> {
             syncing: None,
             incarnations,
             entry: Vec::new(),
-            handover_limit: Duration::from_millis(cfg.raft.election_timeout_ms),
+            handover_limit: Duration::from_millis(2 * cfg.raft.election_timeout_ms),
+            held: Held::new(Duration::from_millis(2 * cfg.raft.election_timeout_ms)),
+            transferring: false,
+            relays: Some(relays.0),
+            relays_done: relays.1,
             watch: Watchers::default(),
             metrics,
             stall: StallWatch::new(cfg.stall_timeout()),
@@ -585,9 +595,23 @@ struct Runtime<S: StateMachine> {
     incarnations: Arc<Incarnations>,
     /// A command entry being built (its kind byte, then the command).
     entry: Vec<u8>,
-    /// How long a leader asked to stop waits for its hand-over at most (an election
-    /// timeout: then the others elect a leader by themselves anyway).
+    /// How long a leader asked to stop waits for its hand-over at most: two election
+    /// timeouts (the core abandons a transfer whose target did not campaign after one; a
+    /// campaign under way may take a while on a loaded machine, and waiting for it lets
+    /// this node send what it holds to the new leader).
     handover_limit: Duration,
+    /// Proposals that came during a leadership transfer, answered when it ends.
+    held: Held<(Pending<S>, bool)>,
+    /// Each held proposal forwarded to the new leader holds a clone until it is answered:
+    /// a node shutting down waits for them all ([`Runtime::await_relays`]) before it closes
+    /// its connections.
+    relays: Option<Sender<()>>,
+    relays_done: Receiver<()>,
+    /// A leadership transfer was under way when the current batch of inputs began. The
+    /// step-down that ends it keeps the pending writes: their entries are all on the target
+    /// (it got TimeoutNow only then), which commits them as the new leader, and this node
+    /// answers them as it applies them (or as lost, if another entry takes their place).
+    transferring: bool,
     watch: Watchers,
     /// The figures of `[metrics]` (recording nothing without it).
     metrics: Metrics,
@@ -974,6 +998,9 @@ impl<S: StateMachine> Runtime<S> {
             if let Some(stall) = self.stall.deadline(&node) {
                 deadline = deadline.min(stall);
             }
+            if let Some(held) = self.held.deadline() {
+                deadline = deadline.min(held);
+            }
             if armed.is_none_or(|a| deadline < a) {
                 timer.set_at(deadline);
                 armed = Some(deadline);
@@ -1040,6 +1067,7 @@ impl<S: StateMachine> Runtime<S> {
                     Err(_) => break,
                 }
             }
+            self.transferring = node.transferring_to().is_some();
             for wake in batch {
                 match wake {
                     Wake::In(Inbound::Message(frame)) => {
@@ -1093,6 +1121,7 @@ impl<S: StateMachine> Runtime<S> {
             }
             self.stall.check(&mut node);
             self.run_duties(&mut node);
+            self.release_held(&mut node, false);
             // One drain for everything that arrived together: the core computes its
             // outputs when they are polled, so draining once per batch rather than once
             // per input loses nothing, and the writes of the batch share one fsync.
@@ -1105,34 +1134,101 @@ impl<S: StateMachine> Runtime<S> {
             }
             if let Some(limit) = handing_over {
                 // Handed over once this node follows the new leader (stepping down alone
-                // is not enough: its vote may not have left yet, and the target may lose).
+                // is not enough: its vote may not have left yet, and the target may lose),
+                // and the writes it proposed are answered (the new leader commits them).
                 let handed_over = node.role() != Role::Leader
-                    && node.leader().is_some_and(|leader| leader != self.id);
-                if handed_over || Instant::now() >= limit {
+                    && node.leader().is_some_and(|leader| leader != self.id)
+                    && !self
+                        .writes
+                        .values()
+                        .any(|(_, p)| matches!(p, Pending::Command(_)));
+                // The core gave up the transfer (an election timeout without the target
+                // taking over; on a loaded machine its campaign may still be under way):
+                // this node leads on, and tries again while time is left.
+                let abandoned = node.role() == Role::Leader && node.transferring_to().is_none();
+                let over = handed_over || Instant::now() >= limit;
+                if !over && abandoned {
+                    match self.hand_over(&mut node) {
+                        true => {
+                            if let Err(e) = self.settle(&mut node, &fsync) {
+                                return Err(self.stop_on_error(e, &calls).await);
+                            }
+                        }
+                        false => shutdown = true,
+                    }
+                }
+                if over {
                     info!(node = self.id, handed_over, "leadership hand-over ended");
                     shutdown = true;
                 }
             }
         }
         info!(node = self.id, "shutting down");
-        calls.close();
+        // Once leadership is handed over, what comes from now on goes to the new leader.
+        let why = match node.leader().filter(|&l| l != self.id) {
+            Some(leader) if handing_over.is_some() => Gone::HandedOver {
+                leader,
+                address: self.addrs.get(&leader).cloned(),
+            },
+            _ => Gone::ShuttingDown,
+        };
+        let answered = Instant::now();
+        let mut answers = self.release_held(&mut node, true);
+        answers += self.writes.len() + self.reads.len();
         self.fail_pending(&Gone::ShuttingDown);
-        while let Ok(call) = calls.try_recv() {
-            if let Call::Ops(ops) = call {
-                for op in ops {
-                    op.fail(&Gone::ShuttingDown);
-                }
-            }
-        }
         if self.syncing.take().is_some() {
             if let Ok(done) = durable.recv().await {
                 self.log.end_flush(done).map_err(NodeError::Sync)?;
             }
         }
         self.log.flush().map_err(NodeError::Sync)?;
+        let answered = match self.await_relays().await {
+            true => Instant::now(),
+            false => answered,
+        };
+        if answers > 0 || handing_over.is_some() {
+            // Closing a QUIC connection drops what its streams have not sent yet: the
+            // answers just given (above all the redirects to the new leader, given as the
+            // hand-over ended) leave first; requests that come meanwhile are answered
+            // (proposals with the new leader).
+            let until = answered + ANSWERS_LEAVE;
+            while let Ok(call) = calls
+                .recv()
+                .or(async {
+                    smol::Timer::at(until).await;
+                    Err(channel::RecvError)
+                })
+                .await
+            {
+                fail_call(call, &why);
+            }
+        }
+        calls.close();
+        while let Ok(call) = calls.try_recv() {
+            fail_call(call, &why);
+        }
         self.transport.close();
         self.transport.wait_idle(Duration::from_millis(500)).await;
         Ok(())
+    }
+
+    /// Waits until every held proposal forwarded to the new leader is answered (an
+    /// election timeout at most); true if there was any.
+    async fn await_relays(&mut self) -> bool {
+        drop(self.relays.take());
+        if self.relays_done.sender_count() == 0 {
+            return false;
+        }
+        let limit = self.handover_limit;
+        let _ = self
+            .relays_done
+            .recv()
+            .or(async {
+                smol::Timer::after(limit).await;
+                Ok(())
+            })
+            .await;
+        true
     }
 
     /// The node stops on `e` (a failed fsync, a snapshot that cannot be restored, a state
@@ -1343,7 +1439,7 @@ impl<S: StateMachine> Runtime<S> {
                     {
                         self.forwarded = None; // answers the proposals forwarded to it
                     }
-                    if s.role != Role::Leader {
+                    if s.role != Role::Leader && !self.transferring {
                         let mut lost = 0;
                         for (_, (_, pending)) in self.writes.drain() {
                             lost += matches!(pending, Pending::Command(_)) as usize;
@@ -1730,7 +1826,7 @@ impl<S: StateMachine> Runtime<S> {
                     return forward::spawn::<S>(leader, connection, command, codec, replaced, done);
                 }
                 entry::command_entry(&mut self.entry, &command);
-                self.propose(node, Pending::Command(done));
+                self.propose(node, Pending::Command(done), false);
             }
             Op::Read {
                 mode: ReadMode::Stale,
@@ -1959,7 +2055,7 @@ impl<S: StateMachine> Runtime<S> {
             ))));
         }
         self.entry = entry::record_entry(&HostRecord::Priority { id, priority });
-        self.propose(node, Pending::Membership(done));
+        self.propose(node, Pending::Membership(done), false);
     }
 
     /// Where a proposal made here goes instead, if this node forwards it: a follower that
@@ -2026,21 +2122,29 @@ impl<S: StateMachine> Runtime<S> {
             Pending::Command(Box::new(move |result| {
                 let _ = reply.try_send(forward::encode_answer(result, Some(codec)));
             })),
+            true,
         );
     }
 
     /// Proposes the entry in `self.entry` (a command with its kind byte, or a record).
-    fn propose(&mut self, node: &mut CoreNode, pending: Pending<S>) {
+    /// `relayed`: forwarded here by another node (never forwarded again).
+    fn propose(&mut self, node: &mut CoreNode, pending: Pending<S>, relayed: bool) {
         let command = matches!(pending, Pending::Command(_));
-        let outcome = self.try_propose(node, pending);
-        if command {
+        let outcome = self.try_propose(node, pending, relayed);
+        if let (true, Some(outcome)) = (command, outcome) {
             self.metrics.proposals(outcome, 1);
         }
     }
 
-    /// Proposes the entry built in `self.entry`, or answers `pending` why not; returns the
-    /// outcome for the metrics.
-    fn try_propose(&mut self, node: &mut CoreNode, pending: Pending<S>) -> ProposalOutcome {
+    /// Proposes the entry built in `self.entry`, holds it while a leadership transfer is
+    /// under way, or answers `pending` why not; returns the outcome for the metrics (none
+    /// for a proposal held: it is counted when released).
+    fn try_propose(
+        &mut self,
+        node: &mut CoreNode,
+        pending: Pending<S>,
+        relayed: bool,
+    ) -> Option<ProposalOutcome> {
         if node.role() == Role::Leader {
             if let Err(e) = self.log.check_room(EntryKind::Command, self.entry.len()) {
                 // A snapshot compacts the log: room soon.
@@ -2052,21 +2156,52 @@ impl<S: StateMachine> Runtime<S> {
                     pending,
                     ProposeError::Busy("the log is full; compacting; retry".into()),
                 );
-                return ProposalOutcome::Busy;
+                return Some(ProposalOutcome::Busy);
             }
         }
         let error = match node.propose(&self.entry) {
             Ok(p) => {
                 self.writes.insert(p.index, (p.term, pending));
-                return ProposalOutcome::Accepted;
+                return Some(ProposalOutcome::Accepted);
+            }
+            // No leader to send it to yet (the vote that ends a transfer, an election):
+            // held until one is known, as during a transfer.
+            Err(e @ coracle::ProposeError::NotLeader { leader: None })
+            | Err(e @ coracle::ProposeError::Transferring) => {
+                let pending = match pending {
+                    Pending::Command(_) => {
+                        match self
+                            .held
+                            .hold(&self.entry, (pending, relayed), Instant::now())
+                        {
+                            Ok(()) => return None,
+                            Err((pending, _)) => pending,
+                        }
+                    }
+                    _ => pending,
+                };
+                return Some(match e {
+                    coracle::ProposeError::Transferring => {
+                        refuse(pending, ProposeError::Busy(e.to_string()));
+                        ProposalOutcome::Busy
+                    }
+                    _ => {
+                        refuse(
+                            pending,
+                            ProposeError::NotLeader {
+                                leader: None,
+                                address: None,
+                            },
+                        );
+                        ProposalOutcome::NotLeader
+                    }
+                });
             }
             Err(coracle::ProposeError::NotLeader { leader }) => {
                 let (leader, address) = self.leader_address(leader);
                 ProposeError::NotLeader { leader, address }
             }
-            Err(e @ (coracle::ProposeError::Busy | coracle::ProposeError::Transferring)) => {
-                ProposeError::Busy(e.to_string())
-            }
+            Err(e @ coracle::ProposeError::Busy) => ProposeError::Busy(e.to_string()),
             Err(coracle::ProposeError::TooLarge { len, max }) => ProposeError::TooLarge {
                 // Less the kind byte.
                 len: len.saturating_sub(1),
@@ -2084,7 +2219,87 @@ impl<S: StateMachine> Runtime<S> {
             _ => ProposalOutcome::Rejected,
         };
         refuse(pending, error);
-        outcome
+        Some(outcome)
+    }
+
+    /// Releases the proposals held during a leadership transfer once it ended
+    /// ([`handover`](super::handover)): proposed if this node still leads, answered "not
+    /// leader" with the new leader once this node follows one, refused when held too long
+    /// or the node stops (`stopping`) with no leader known.
+    /// Returns how many it answered.
+    fn release_held(&mut self, node: &mut CoreNode, stopping: bool) -> usize {
+        let leader = node.leader().filter(|&l| l != self.id);
+        let release = self.held.decide(
+            Instant::now(),
+            node.role() == Role::Leader,
+            node.transferring_to().is_some(),
+            leader,
+            stopping,
+        );
+        if release == Release::Wait {
+            return 0;
+        }
+        let held = self.held.take();
+        let count = held.len();
+        info!(
+            node = self.id,
+            count = held.len(),
+            ?release,
+            ?leader,
+            "proposals held during the leadership transfer released"
+        );
+        for (entry, (pending, relayed)) in held {
+            match release {
+                Release::Propose => {
+                    self.entry = entry;
+                    self.propose(node, pending, relayed);
+                }
+                Release::Redirect => {
+                    // Forwarded over the connection to the new leader when this node
+                    // forwards (the client needs no new connection, no second round
+                    // trip), else the proposer is told where to go.
+                    let to = self.forward_to(node).filter(|_| !relayed);
+                    match (pending, to) {
+                        (Pending::Command(done), Some((leader, connection, codec))) => {
+                            let command =
+                                bytes::Bytes::copy_from_slice(entry.get(1..).unwrap_or(&[]));
+                            let relay = self.relays.clone();
+                            let done: Done<Result<S::Response, ProposeError>> =
+                                Box::new(move |result| {
+                                    done(result);
+                                    drop(relay);
+                                });
+                            let replaced = self.leader_replaced(leader);
+                            forward::spawn::<S>(leader, connection, command, codec, replaced, done);
+                        }
+                        (pending, _) => {
+                            let (leader, address) = self.leader_address(leader);
+                            self.metrics.proposals(ProposalOutcome::NotLeader, 1);
+                            refuse(pending, ProposeError::NotLeader { leader, address });
+                        }
+                    }
+                }
+                Release::Refuse | Release::Wait => {
+                    let (error, outcome) = match (stopping, node.role()) {
+                        (true, _) => (ProposeError::ShuttingDown, ProposalOutcome::Busy),
+                        (false, Role::Leader) => (
+                            ProposeError::Busy("leadership transfer under way; retry".into()),
+                            ProposalOutcome::Busy,
+                        ),
+                        (false, _) => (
+                            ProposeError::NotLeader {
+                                leader: None,
+                                address: None,
+                            },
+                            ProposalOutcome::NotLeader,
+                        ),
+                    };
+                    self.metrics.proposals(outcome, 1);
+                    refuse(pending, error);
+                }
+            }
+        }
+        count
     }
 
     fn change(
@@ -2115,7 +2330,7 @@ impl<S: StateMachine> Runtime<S> {
                     let addr = addr.to_string();
                     self.learn_address(id, &addr);
                     self.entry = entry::record_entry(&HostRecord::Address { id, addr });
-                    self.propose(node, Pending::Record);
+                    self.propose(node, Pending::Record, false);
                 }
             }
             Err(coracle::MembershipError::NotLeader { leader }) => {
@@ -2210,6 +2425,15 @@ impl<S: StateMachine> Runtime<S> {
 }
 
 /// Answers a proposal that was refused before it reached the log.
+/// Answers every operation of `call` with the reason the node cannot carry it out.
+fn fail_call<S: StateMachine>(call: Call<S>, why: &Gone) {
+    if let Call::Ops(ops) = call {
+        for op in ops {
+            op.fail(why);
+        }
+    }
+}
+
 fn refuse<S: StateMachine>(pending: Pending<S>, error: ProposeError) {
     match pending {
         Pending::Command(done) => done(Err(error)),
