@@ -105,6 +105,7 @@ pub mod kv;
 pub mod loopback;
 pub mod metrics;
 pub mod protocol;
+pub mod rt;
 pub mod server;
 pub mod stall;
 pub mod storage;

@@ -28,6 +28,7 @@ use crate::protocol::{
     append_frame, decode_request_command, AdminOp, Consistency, ErrorKind, MemberStatus,
     NodeStatus, ReadOp, Request, RequestFrame, Response, ResponseFrame, MAX_CLIENT_FRAME,
 };
+use crate::rt::Runtime;
 use crate::transport::{FrameError, FrameReader, TransportStats, ERR_MALFORMED};
 use coracle::{Index, NodeId};
 use smol::channel::{self, Receiver, Sender};
@@ -82,10 +83,16 @@ impl RunningNode {
     /// Opens the data directory, loads the certificates, binds the address and starts the
     /// node. Errors name what is wrong (bad certificate, locked directory, address in use).
     pub fn start(cfg: &NodeConfig) -> Result<RunningNode, NodeError> {
+        RunningNode::start_on(Runtime::Smol, cfg)
+    }
+
+    /// [`start`](Self::start) on `runtime` (see [`crate::rt`]).
+    pub fn start_on(runtime: Runtime, cfg: &NodeConfig) -> Result<RunningNode, NodeError> {
         let serve: ServeClient<Kv> = Arc::new(|conn, identity, handle| {
-            smol::spawn(serve_client(conn, identity, handle)).detach();
+            let runtime = handle.runtime().clone();
+            runtime.spawn_detached(serve_client(conn, identity, handle));
         });
-        let host = Host::start_serving(cfg, Kv::new(), Some(serve))?;
+        let host = Host::start_on(runtime, cfg, Kv::new(), Some(serve))?;
         Ok(RunningNode { host })
     }
 
@@ -273,7 +280,9 @@ fn on_request(
                 return;
             }
             info!(node = handle.id(), by = %identity, ?op, "admin operation");
-            smol::spawn(admin(handle.clone(), op, reply)).detach();
+            handle
+                .runtime()
+                .spawn_detached(admin(handle.clone(), op, reply));
         }
     }
 }
@@ -365,17 +374,16 @@ async fn serve_client(conn: quinn::Connection, identity: Identity, handle: Handl
     while let Ok((send, recv)) = conn.accept_bi().await {
         let answers = {
             let (to, queue) = channel::unbounded();
-            smol::spawn(write_answers(send, queue)).detach();
+            handle.runtime().spawn_detached(write_answers(send, queue));
             to
         };
-        smol::spawn(read_requests(
+        handle.runtime().spawn_detached(read_requests(
             recv,
             answers,
             identity.clone(),
             handle.clone(),
             stats.clone(),
-        ))
-        .detach();
+        ));
     }
 }
 

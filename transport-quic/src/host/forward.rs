@@ -230,8 +230,9 @@ pub(crate) fn spawn<S: StateMachine>(
     command: Bytes,
     codec: ResponseCodec<S::Response>,
     done: Done<Result<S::Response, ProposeError>>,
+    runtime: &crate::rt::Runtime,
 ) {
-    smol::spawn(async move {
+    runtime.spawn_detached(async move {
         let lost = |e: &dyn std::fmt::Display| {
             ProposeError::OutcomeUnknown(format!(
                 "the connection to leader {leader} failed before it answered ({e}); retry"
@@ -252,8 +253,7 @@ pub(crate) fn spawn<S: StateMachine>(
         }
         .await;
         done(result);
-    })
-    .detach();
+    });
 }
 
 #[cfg(test)]

@@ -351,6 +351,8 @@ pub struct Handle<S: StateMachine> {
     pub(crate) stats: Arc<OnceLock<Arc<TransportStats>>>,
     /// The largest command accepted (`raft.max_entry_bytes`).
     pub(crate) max_command: usize,
+    /// What the handle's timeouts run on (the node's runtime).
+    pub(crate) runtime: crate::rt::Runtime,
 }
 
 impl<S: StateMachine> Clone for Handle<S> {
@@ -361,6 +363,7 @@ impl<S: StateMachine> Clone for Handle<S> {
             timeout: self.timeout,
             stats: self.stats.clone(),
             max_command: self.max_command,
+            runtime: self.runtime.clone(),
         }
     }
 }
@@ -395,6 +398,12 @@ impl<S: StateMachine> Handle<S> {
         }
     }
 
+    /// The runtime the node runs on (to run a task beside it, as a
+    /// [`ServeClient`](crate::host::ServeClient) does for each connection).
+    pub fn runtime(&self) -> &crate::rt::Runtime {
+        &self.runtime
+    }
+
     /// Hands the operation `op` makes to the node and waits for its answer: `gone` if the
     /// node drops it unanswered, `timed_out` after the handle's timeout.
     async fn ask<T: Send + 'static>(
@@ -411,7 +420,7 @@ impl<S: StateMachine> Handle<S> {
         batch.ops.push(op(done));
         batch.submit().await;
         smol::future::or(async { rx.recv().await.unwrap_or(gone) }, async {
-            smol::Timer::after(self.timeout).await;
+            self.runtime.sleep(self.timeout).await;
             timed_out
         })
         .await

@@ -28,6 +28,7 @@ use super::{Handle, SnapshotSource, StateMachine};
 use crate::certs::Identity;
 use crate::config::{ConfigError, NodeConfig};
 use crate::metrics::{Metrics, ProposalOutcome, ReadOutcome};
+use crate::rt;
 use crate::stall::{FlushGate, FlushHold, StallWatch};
 use crate::storage::{
     FileLog, FileLogError, FlushDone, FlushJob, Incarnations, LogReader, SnapshotFile,
@@ -181,12 +182,12 @@ pub type ServeClient<S> = Arc<dyn Fn(quinn::Connection, Identity, Handle<S>) + S
 /// machine `S`.
 pub struct Host<S: StateMachine> {
     id: NodeId,
-    task: Option<smol::Task<Result<(), NodeError>>>,
+    task: Option<rt::Task<Result<(), NodeError>>>,
     handle: Handle<S>,
     local_addr: SocketAddr,
     transport: Arc<Transport>,
     /// The metrics endpoint's address, its registry and its task (dropped with the node).
-    metrics: Option<(SocketAddr, Arc<Registry>, smol::Task<()>)>,
+    metrics: Option<(SocketAddr, Arc<Registry>, rt::Task<()>)>,
     /// Holds the fsync thread ([`Host::hold_flushes`]).
     flush_gate: FlushGate,
 }
@@ -206,6 +207,8 @@ impl<S: StateMachine> Host<S> {
     /// replays the log). Client connections are refused; see
     /// [`start_serving`](Self::start_serving). Errors name what is wrong (bad certificate,
     /// locked directory, address in use).
+    ///
+    /// The node runs on smol; [`start_on`](Self::start_on) runs it on tokio.
     pub fn start(cfg: &NodeConfig, state_machine: S) -> Result<Host<S>, NodeError> {
         Self::start_serving(cfg, state_machine, None)
     }
@@ -213,6 +216,34 @@ impl<S: StateMachine> Host<S> {
     /// [`start`](Self::start), with `clients` serving the connections of client
     /// certificates on the node's own address.
     pub fn start_serving(
+        cfg: &NodeConfig,
+        state_machine: S,
+        clients: Option<ServeClient<S>>,
+    ) -> Result<Host<S>, NodeError> {
+        Self::start_on(rt::Runtime::Smol, cfg, state_machine, clients)
+    }
+
+    /// [`start_serving`](Self::start_serving) on `runtime`: the node loop, its transport,
+    /// forwarding and metrics endpoint run there, and so do the client connections given
+    /// to `clients`. On tokio (feature `tokio`), give
+    /// [`Runtime::Tokio`](rt::Runtime) a handle on a runtime with I/O and time enabled;
+    /// from inside one, [`Runtime::tokio_current`](rt::Runtime). The node's blocking work
+    /// (fsync, disk reads, snapshots) runs on threads of its own on either runtime.
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "tokio")]
+    /// # async fn on_tokio<S: coracle_quic::host::StateMachine>(
+    /// #     cfg: &coracle_quic::config::NodeConfig, sm: S,
+    /// # ) -> Result<(), Box<dyn std::error::Error>> {
+    /// use coracle_quic::{host::Host, rt::Runtime};
+    /// let node = Host::start_on(Runtime::tokio_current(), cfg, sm, None)?;
+    /// // ... node.handle() from any task ...
+    /// node.handle().shutdown();
+    /// node.stop().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn start_on(
+        runtime: rt::Runtime,
         cfg: &NodeConfig,
         state_machine: S,
         clients: Option<ServeClient<S>>,
@@ -264,6 +295,7 @@ impl<S: StateMachine> Host<S> {
             timeout: DEFAULT_TIMEOUT,
             stats: Arc::new(OnceLock::new()),
             max_command,
+            runtime: runtime.clone(),
         };
         let on_client = {
             let handle = handle.clone();
@@ -284,6 +316,7 @@ impl<S: StateMachine> Host<S> {
             in_tx,
             on_client,
             greeting,
+            runtime.clone(),
         )
         .map_err(|e| match e {
             StartError::Tls(e) => NodeError::Tls(e),
@@ -304,7 +337,7 @@ impl<S: StateMachine> Host<S> {
                 })?;
                 info!(node = cfg.id, %addr, "serving metrics at http://{addr}/metrics");
                 let registry = Arc::new(registry);
-                let task = endpoint.serve(registry.clone());
+                let task = endpoint.serve(registry.clone(), &runtime);
                 (metrics, Some((addr, registry, task)))
             }
             None => (Metrics::disabled(), None),
@@ -384,7 +417,7 @@ impl<S: StateMachine> Host<S> {
             },
             fsync,
         ));
-        let task = smol::spawn(async move {
+        let task = transport.runtime().spawn(async move {
             std::panic::AssertUnwindSafe(run)
                 .catch_unwind()
                 .await
@@ -459,6 +492,14 @@ impl<S: StateMachine> Host<S> {
     pub fn shutdown(mut self) -> Result<(), NodeError> {
         self.handle.shutdown();
         self.join()
+    }
+
+    /// [`shutdown`](Self::shutdown) from async code: asks the node to stop and waits for it
+    /// without blocking the thread (what a task on tokio must use: `shutdown`, `join` and
+    /// dropping a running `Host` block the calling thread until the node has stopped).
+    pub async fn stop(mut self) -> Result<(), NodeError> {
+        self.handle.shutdown();
+        self.stopped().await
     }
 
     /// Waits until the node stops by itself (an error) or is shut down.
@@ -931,7 +972,7 @@ impl<S: StateMachine> Runtime<S> {
         // for (or it fired): each arming wakes the reactor with a syscall, and a follower's
         // deadline moves later with every message from the leader. Firing early costs one
         // turn of the loop.
-        let mut timer = smol::Timer::never();
+        let mut timer = self.transport.runtime().timer_never();
         let mut armed: Option<Instant> = None;
         while !shutdown {
             let wait = node.ticks_until_deadline().clamp(1, 1000);
@@ -1117,7 +1158,10 @@ impl<S: StateMachine> Runtime<S> {
             }
         }
         self.watch.to.clear();
-        smol::Timer::after(Duration::from_millis(200)).await;
+        self.transport
+            .runtime()
+            .sleep(Duration::from_millis(200))
+            .await;
         self.transport.close();
         self.transport.wait_idle(Duration::from_millis(300)).await;
         e
@@ -1608,7 +1652,8 @@ impl<S: StateMachine> Runtime<S> {
         match op {
             Op::Propose { command, done } => {
                 if let Some((leader, connection, codec)) = self.forward_to(node) {
-                    return forward::spawn::<S>(leader, connection, command, codec, done);
+                    let runtime = self.transport.runtime();
+                    return forward::spawn::<S>(leader, connection, command, codec, done, runtime);
                 }
                 entry::command_entry(&mut self.entry, &command);
                 self.propose(node, Pending::Command(done));
