@@ -586,7 +586,7 @@ impl Endpoint {
     /// parse gets 400 (431 for a head over [`MAX_REQUEST_HEAD`]) and the connection is
     /// closed, as is one silent for [`HEADER_TIMEOUT`]. At most [`MAX_CONNECTIONS`] at once.
     /// A listener the runtime's reactor does not take ends the task with a warning.
-    pub(crate) fn serve(self, registry: Arc<Registry>, runtime: &Runtime) -> crate::rt::Task<()> {
+    pub fn serve(self, registry: Arc<Registry>, runtime: &Runtime) -> crate::rt::Task<()> {
         let listener = Listener::on(self.listener, runtime);
         runtime.spawn(accept_loop(listener, registry, runtime.clone()))
     }

@@ -5,7 +5,7 @@
 //! through a [`Runtime`] value, so the node loop, the transport, forwarding, the handle,
 //! the metrics endpoint and the client are written once for both. The caller chooses:
 //! [`Runtime::Smol`] (what [`Host::start`](crate::host::Host::start) and
-//! [`Client::new`](crate::client::Client::new) use) or [`Runtime::Tokio`] with a handle
+//! [`Client::new`](crate::client::Client::new) use) or `Runtime::Tokio` with a handle
 //! on a running tokio runtime, given to [`Host::start_on`](crate::host::Host::start_on)
 //! and [`ClientEndpoint::new_on`](crate::client::ClientEndpoint::new_on). With the
 //! `tokio` feature both variants exist, so one program (or one test binary) may run nodes
@@ -56,8 +56,9 @@ impl Runtime {
         }
     }
 
-    /// Runs `future` as a task of its own.
-    pub(crate) fn spawn<T: Send + 'static>(
+    /// Runs `future` as a task of its own on this runtime (dropping the [`Task`] cancels
+    /// it).
+    pub fn spawn<T: Send + 'static>(
         &self,
         future: impl Future<Output = T> + Send + 'static,
     ) -> Task<T> {
@@ -166,7 +167,15 @@ fn far_future() -> Instant {
 
 /// A spawned task: await it for its output; dropping it cancels it (smol's rule, kept on
 /// tokio); [`detach`](Self::detach) lets it run on.
-pub(crate) struct Task<T>(Option<TaskInner<T>>);
+pub struct Task<T>(Option<TaskInner<T>>);
+
+impl<T> std::fmt::Debug for Task<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Task")
+            .field("finished", &self.is_finished())
+            .finish()
+    }
+}
 
 enum TaskInner<T> {
     Smol(smol::Task<T>),
@@ -176,7 +185,7 @@ enum TaskInner<T> {
 
 impl<T> Task<T> {
     /// Lets the task run on with nobody waiting for it.
-    pub(crate) fn detach(mut self) {
+    pub fn detach(mut self) {
         match self.0.take() {
             Some(TaskInner::Smol(t)) => t.detach(),
             #[cfg(feature = "tokio")]
@@ -186,7 +195,7 @@ impl<T> Task<T> {
     }
 
     /// True once the task has finished.
-    pub(crate) fn is_finished(&self) -> bool {
+    pub fn is_finished(&self) -> bool {
         match &self.0 {
             Some(TaskInner::Smol(t)) => t.is_finished(),
             #[cfg(feature = "tokio")]
