@@ -102,6 +102,8 @@ pub enum ClientError {
     NoNodes,
     /// The client's endpoint was closed ([`Client::close`], [`ClientEndpoint::close`]).
     Closed,
+    /// The runtime given cannot run a client ([`ClientEndpoint::new_on`]).
+    Runtime(crate::rt::RuntimeError),
 }
 
 impl fmt::Display for ClientError {
@@ -128,6 +130,7 @@ impl fmt::Display for ClientError {
                 }
             }
             ClientError::Closed => write!(f, "the client was closed"),
+            ClientError::Runtime(e) => write!(f, "{e}"),
             ClientError::Server {
                 node,
                 kind,
@@ -269,6 +272,7 @@ impl ClientEndpoint {
         bind: SocketAddr,
         runtime: Runtime,
     ) -> Result<ClientEndpoint, ClientError> {
+        runtime.check().map_err(ClientError::Runtime)?;
         let config =
             tls::client_config(creds, &QuicSettings::default()).map_err(ClientError::Tls)?;
         let socket = crate::transport::bind_udp(bind).map_err(ClientError::Io)?;

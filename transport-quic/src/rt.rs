@@ -56,6 +56,31 @@ impl Runtime {
         }
     }
 
+    /// Whether a node or client can run here: a tokio runtime needs its I/O and time
+    /// drivers (tokio panics on first use without them; this turns that into an error).
+    pub(crate) fn check(&self) -> Result<(), RuntimeError> {
+        match self {
+            Runtime::Smol => Ok(()),
+            #[cfg(feature = "tokio")]
+            Runtime::Tokio(h) => {
+                let _entered = h.enter();
+                let timers = std::panic::catch_unwind(|| {
+                    drop(tokio::time::sleep(Duration::ZERO));
+                });
+                timers.map_err(|_| RuntimeError::NoTimers)?;
+                let io = std::panic::catch_unwind(|| {
+                    let socket = std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+                    socket.set_nonblocking(true)?;
+                    tokio::net::UdpSocket::from_std(socket).map(drop)
+                });
+                match io {
+                    Ok(_) => Ok(()),
+                    Err(_) => Err(RuntimeError::NoIo),
+                }
+            }
+        }
+    }
+
     /// Runs `future` as a task of its own on this runtime (dropping the [`Task`] cancels
     /// it).
     pub fn spawn<T: Send + 'static>(
@@ -160,6 +185,40 @@ impl Runtime {
     }
 }
 
+/// Why a node cannot run, or be waited for, on the runtime it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// The tokio runtime was built without its I/O driver.
+    NoIo,
+    /// The tokio runtime was built without its time driver.
+    NoTimers,
+    /// Waiting here, from blocking code, would block the only thread that runs the node (a
+    /// current-thread tokio runtime): await [`Host::stop`](crate::host::Host::stop) instead.
+    WouldBlock,
+    /// The runtime shut down before the node stopped.
+    ShutDown,
+}
+
+impl std::fmt::Display for RuntimeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RuntimeError::NoIo => {
+                "the tokio runtime has no I/O driver: build it with `enable_all()` (or `enable_io()`)"
+            }
+            RuntimeError::NoTimers => {
+                "the tokio runtime has no time driver: build it with `enable_all()` (or `enable_time()`)"
+            }
+            RuntimeError::WouldBlock => {
+                "waiting for the node here would block the current-thread tokio runtime it runs on: use `Host::stop().await`"
+            }
+            RuntimeError::ShutDown => "the runtime shut down before the node stopped",
+        })
+    }
+}
+
+impl std::error::Error for RuntimeError {}
+
 /// An instant no timer reaches (what a timer set past `Instant`'s range waits for).
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365 * 30)
@@ -194,6 +253,50 @@ impl<T> Task<T> {
         }
     }
 
+    /// True if blocking this thread until the task ends would block the only thread that
+    /// can run it (a tokio task, waited for on a current-thread tokio runtime's thread).
+    pub(crate) fn would_deadlock(&self) -> bool {
+        #[cfg(feature = "tokio")]
+        if matches!(self.0, Some(TaskInner::Tokio(_))) {
+            return tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+        }
+        false
+    }
+
+    /// Blocks this thread until the task ends (see [`would_deadlock`](Self::would_deadlock)
+    /// first); `None` if its runtime cancelled it. On a tokio worker thread, the worker's
+    /// other tasks are handed to another thread meanwhile.
+    pub(crate) fn wait(self) -> Option<T> {
+        let wait = move || {
+            let mut task = self;
+            smol::future::block_on(std::future::poll_fn(|cx| task.poll_outcome(cx)))
+        };
+        #[cfg(feature = "tokio")]
+        if tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+        {
+            return tokio::task::block_in_place(wait);
+        }
+        wait()
+    }
+
+    /// The task's output once it ends, `None` if its runtime cancelled it (a tokio runtime
+    /// shutting down); a panic in the task is resumed here (as smol does).
+    pub(crate) fn poll_outcome(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        match &mut self.0 {
+            Some(TaskInner::Smol(t)) => Pin::new(t).poll(cx).map(Some),
+            #[cfg(feature = "tokio")]
+            Some(TaskInner::Tokio(h)) => match Pin::new(h).poll(cx) {
+                Poll::Ready(Ok(t)) => Poll::Ready(Some(t)),
+                Poll::Ready(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Poll::Ready(Err(_)) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+            None => Poll::Ready(None),
+        }
+    }
+
     /// True once the task has finished.
     pub fn is_finished(&self) -> bool {
         match &self.0 {
@@ -208,19 +311,12 @@ impl<T> Task<T> {
 impl<T> Future for Task<T> {
     type Output = T;
 
-    /// The task's output; a panic in the task is resumed here (as smol does).
+    /// The task's output; a panic in the task is resumed here (as smol does). A task its
+    /// runtime cancelled (a tokio runtime shutting down) never ends.
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-        match &mut self.0 {
-            Some(TaskInner::Smol(t)) => Pin::new(t).poll(cx),
-            #[cfg(feature = "tokio")]
-            Some(TaskInner::Tokio(h)) => match Pin::new(h).poll(cx) {
-                Poll::Ready(Ok(t)) => Poll::Ready(t),
-                Poll::Ready(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                // Cancelled: only by its runtime shutting down, so it never ends.
-                Poll::Ready(Err(_)) => Poll::Pending,
-                Poll::Pending => Poll::Pending,
-            },
-            None => Poll::Pending,
+        match self.poll_outcome(cx) {
+            Poll::Ready(Some(t)) => Poll::Ready(t),
+            _ => Poll::Pending,
         }
     }
 }

@@ -15,12 +15,13 @@ mod common;
 use common::scrape::{exchange, parse, scrape_raw};
 use common::Setup;
 use coracle::{Index, NodeId};
-use coracle_quic::client::Client;
+use coracle_quic::client::{Client, ClientError};
 use coracle_quic::config::NodeConfig;
 use coracle_quic::host::{
-    ApplyError, Handle, Host, ReadMode, ResponseCodec, RestoreError, SnapshotError, StateMachine,
+    ApplyError, Handle, Host, NodeError, ReadMode, ResponseCodec, RestoreError, SnapshotError,
+    StateMachine,
 };
-use coracle_quic::rt::Runtime;
+use coracle_quic::rt::{Runtime, RuntimeError};
 use coracle_quic::server::RunningNode;
 use std::future::Future;
 use std::io::Read;
@@ -363,4 +364,93 @@ fn the_kv_store_and_its_client_on_smol() {
 #[test]
 fn the_kv_store_and_its_client_on_tokio() {
     run_on("tokio", kv_cluster);
+}
+
+fn tokio_runtime(io: bool, time: bool) -> tokio::runtime::Runtime {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.worker_threads(1);
+    if io {
+        b.enable_io();
+    }
+    if time {
+        b.enable_time();
+    }
+    b.build().unwrap()
+}
+
+/// A tokio runtime built without its I/O or time driver is refused with an error that says
+/// what to enable, by nodes and clients alike (tokio would panic on first use).
+#[test]
+fn a_tokio_runtime_without_io_or_timers_is_refused_with_what_to_enable() {
+    let setup = Setup::new("runtimes-drivers", 1);
+    for (io, time, missing) in [
+        (true, false, RuntimeError::NoTimers),
+        (false, true, RuntimeError::NoIo),
+    ] {
+        let tokio = tokio_runtime(io, time);
+        let runtime = Runtime::Tokio(tokio.handle().clone());
+        match Host::start_on(runtime.clone(), &setup.config(1), Counter::default(), None) {
+            Err(NodeError::Runtime(e)) => {
+                assert_eq!(e, missing);
+                assert!(e.to_string().contains("enable_all()"), "{e}");
+            }
+            other => panic!("a runtime without {missing:?} gave {other:?}"),
+        }
+        match Client::new_on(&setup.creds("client-alice"), setup.addrs.clone(), runtime) {
+            Err(ClientError::Runtime(e)) => assert_eq!(e, missing),
+            other => panic!("a client on a runtime without {missing:?} gave {other:?}"),
+        }
+    }
+}
+
+/// On a current-thread tokio runtime (`#[tokio::test]`'s), blocking until the node stops
+/// would wait forever: `join` says so at once, `stop().await` stops it, and dropping a
+/// running node there returns (the node stops in the background).
+#[test]
+fn on_a_current_thread_tokio_runtime_join_refuses_to_block_and_stop_awaits() {
+    let setup = Setup::new("runtimes-current-thread", 1);
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio.block_on(async {
+        let runtime = Runtime::tokio_current();
+        let mut node =
+            Host::start_on(runtime.clone(), &setup.config(1), Counter::default(), None).unwrap();
+        let h = node.handle();
+        let total = until(&runtime, LIMIT, || async { h.propose(add(3)).await.ok() }).await;
+        assert_eq!(total, Some(3));
+        assert!(matches!(
+            node.join(),
+            Err(NodeError::Runtime(RuntimeError::WouldBlock))
+        ));
+        node.stop().await.unwrap();
+        // The same directory again, dropped while it runs.
+        let again = until(&runtime, LIMIT, || async {
+            Host::start_on(runtime.clone(), &setup.config(1), Counter::default(), None).ok()
+        })
+        .await
+        .expect("the node starts again");
+        drop(again);
+    });
+}
+
+/// A node whose tokio runtime shut down under it: `join` answers that, instead of waiting
+/// for a task that will never end.
+#[test]
+fn a_node_whose_tokio_runtime_shut_down_is_reported_as_such() {
+    let setup = Setup::new("runtimes-shut-down", 1);
+    let tokio = tokio_runtime(true, true);
+    let mut node = Host::start_on(
+        Runtime::Tokio(tokio.handle().clone()),
+        &setup.config(1),
+        Counter::default(),
+        None,
+    )
+    .unwrap();
+    drop(tokio);
+    assert!(matches!(
+        node.join(),
+        Err(NodeError::Runtime(RuntimeError::ShutDown))
+    ));
 }

@@ -139,6 +139,9 @@ pub enum NodeError {
     Metrics(crate::metrics::BindError),
     /// The node's event loop panicked (a bug).
     Panicked,
+    /// The runtime cannot run the node, or the node cannot be waited for here
+    /// ([`Host::start_on`], [`Host::join`]).
+    Runtime(rt::RuntimeError),
 }
 
 impl fmt::Display for NodeError {
@@ -168,6 +171,7 @@ impl fmt::Display for NodeError {
             }
             NodeError::Metrics(e) => write!(f, "{e}"),
             NodeError::Panicked => f.write_str("the node's event loop panicked"),
+            NodeError::Runtime(e) => write!(f, "{e}"),
         }
     }
 }
@@ -248,6 +252,7 @@ impl<S: StateMachine> Host<S> {
         state_machine: S,
         clients: Option<ServeClient<S>>,
     ) -> Result<Host<S>, NodeError> {
+        runtime.check().map_err(NodeError::Runtime)?;
         let creds =
             Credentials::load(&cfg.tls.ca, &cfg.tls.cert, &cfg.tls.key).map_err(NodeError::Tls)?;
         match creds.identity().map_err(NodeError::Tls)? {
@@ -502,12 +507,21 @@ impl<S: StateMachine> Host<S> {
         self.stopped().await
     }
 
-    /// Waits until the node stops by itself (an error) or is shut down.
+    /// Waits until the node stops by itself (an error) or is shut down. On the thread of
+    /// a current-thread tokio runtime the node runs on, this would wait forever: it
+    /// answers [`RuntimeError::WouldBlock`](rt::RuntimeError::WouldBlock) at once (await
+    /// [`stop`](Self::stop) or [`stopped`](Self::stopped) there).
     pub fn join(&mut self) -> Result<(), NodeError> {
         match self.task.take() {
+            Some(t) if t.would_deadlock() => {
+                self.task = Some(t);
+                Err(NodeError::Runtime(rt::RuntimeError::WouldBlock))
+            }
             // A plain parker, not `smol::block_on`: the executor thread drives the I/O
             // reactor (a second driver would hand every event over with a thread switch).
-            Some(t) => smol::future::block_on(t),
+            Some(t) => t
+                .wait()
+                .unwrap_or(Err(NodeError::Runtime(rt::RuntimeError::ShutDown))),
             None => Ok(()),
         }
     }
@@ -515,7 +529,9 @@ impl<S: StateMachine> Host<S> {
     /// Waits, from async code, until the node stops by itself (an error) or is shut down.
     pub async fn stopped(&mut self) -> Result<(), NodeError> {
         match self.task.take() {
-            Some(t) => t.await,
+            Some(mut t) => std::future::poll_fn(|cx| t.poll_outcome(cx))
+                .await
+                .unwrap_or(Err(NodeError::Runtime(rt::RuntimeError::ShutDown))),
             None => Ok(()),
         }
     }
@@ -527,10 +543,20 @@ impl<S: StateMachine> Host<S> {
 }
 
 impl<S: StateMachine> Drop for Host<S> {
+    /// Shuts the node down and waits for it, except on the thread of the current-thread
+    /// tokio runtime it runs on, where the node stops in the background.
     fn drop(&mut self) {
         if self.task.is_some() {
             self.handle.shutdown();
-            let _ = self.join();
+            if let Err(NodeError::Runtime(rt::RuntimeError::WouldBlock)) = self.join() {
+                warn!(
+                    node = self.id,
+                    "a running node dropped on its current-thread tokio runtime: it stops in the background (await Host::stop to wait)"
+                );
+                if let Some(t) = self.task.take() {
+                    t.detach();
+                }
+            }
         }
     }
 }
