@@ -142,6 +142,12 @@ impl RunningNode {
         self.host.shutdown()
     }
 
+    /// [`shutdown`](Self::shutdown) from async code, without blocking the thread
+    /// ([`Host::stop`]).
+    pub async fn stop(self) -> Result<(), NodeError> {
+        self.host.stop().await
+    }
+
     /// Waits until the node stops by itself (an error) or is shut down.
     pub fn join(&mut self) -> Result<(), NodeError> {
         self.host.join()

@@ -331,9 +331,12 @@ async fn kv_cluster(runtime: Runtime) {
         .flatten()
         .find_map(|s| s.leader)
         .expect("a node names the leader");
-    let stopping = nodes[old as usize - 1].take().unwrap();
-    // Blocking, but on the test thread: the nodes run on the runtime's own threads.
-    stopping.shutdown().unwrap();
+    nodes[old as usize - 1]
+        .take()
+        .unwrap()
+        .stop()
+        .await
+        .unwrap();
     client.put("after", "failover").await.unwrap();
     assert_eq!(
         client.get("after").await.unwrap(),
@@ -342,7 +345,7 @@ async fn kv_cluster(runtime: Runtime) {
     assert_eq!(client.get("k19").await.unwrap(), Some(b"v19".to_vec()));
     client.close();
     for node in nodes.into_iter().flatten() {
-        node.shutdown().unwrap();
+        node.stop().await.unwrap();
     }
 }
 

@@ -182,8 +182,8 @@ impl std::error::Error for NodeError {}
 /// role): called once per connection, on the node's executor, with a handle on the node.
 pub type ServeClient<S> = Arc<dyn Fn(quinn::Connection, Identity, Handle<S>) + Send + Sync>;
 
-/// A node running as a task on the smol executor, with its transport, hosting the state
-/// machine `S`.
+/// A node running as a task on its runtime (smol, or tokio: [`Host::start_on`]), with its
+/// transport, hosting the state machine `S`.
 pub struct Host<S: StateMachine> {
     id: NodeId,
     task: Option<rt::Task<Result<(), NodeError>>>,
@@ -242,7 +242,6 @@ impl<S: StateMachine> Host<S> {
     /// use coracle_quic::{host::Host, rt::Runtime};
     /// let node = Host::start_on(Runtime::tokio_current(), cfg, sm, None)?;
     /// // ... node.handle() from any task ...
-    /// node.handle().shutdown();
     /// node.stop().await?;
     /// # Ok(()) }
     /// ```
