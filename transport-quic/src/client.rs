@@ -58,11 +58,11 @@ use crate::protocol::{
     append_frame, AdminOp, Consistency, ErrorKind, NodeStatus, ReadOp, Request, Response,
     ResponseFrame, WriteOp, WriteOutcome, MAX_CLIENT_FRAME,
 };
+use crate::rt::Runtime;
 use crate::tls::{self, Credentials, QuicSettings, TlsError};
 use crate::transport::FrameReader;
 use coracle::{Index, NodeId, Term};
 use smol::channel::{self, Sender};
-use smol::Timer;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
@@ -110,6 +110,8 @@ pub enum ClientError {
     Closed,
     /// A backup could not be written ([`Client::save_backup`]).
     Backup(BackupError),
+    /// The runtime given cannot run a client ([`ClientEndpoint::new_on`]).
+    Runtime(crate::rt::RuntimeError),
 }
 
 impl fmt::Display for ClientError {
@@ -136,6 +138,7 @@ impl fmt::Display for ClientError {
                 }
             }
             ClientError::Closed => write!(f, "the client was closed"),
+            ClientError::Runtime(e) => write!(f, "{e}"),
             ClientError::Server {
                 node,
                 kind,
@@ -252,6 +255,8 @@ impl From<Cause> for Miss {
 pub struct ClientEndpoint {
     endpoint: quinn::Endpoint,
     config: quinn::ClientConfig,
+    /// What the endpoint, its clients' tasks and their timers run on.
+    runtime: Runtime,
 }
 
 impl fmt::Debug for ClientEndpoint {
@@ -263,29 +268,51 @@ impl fmt::Debug for ClientEndpoint {
 }
 
 impl ClientEndpoint {
-    /// An endpoint that presents `creds`, on a UDP socket bound to `bind` (port 0: any).
+    /// An endpoint that presents `creds`, on a UDP socket bound to `bind` (port 0: any),
+    /// on smol.
     pub fn new(creds: &Credentials, bind: SocketAddr) -> Result<ClientEndpoint, ClientError> {
+        ClientEndpoint::new_on(creds, bind, Runtime::Smol)
+    }
+
+    /// [`new`](Self::new) on `runtime` (see [`crate::rt`]): the endpoint, its clients'
+    /// tasks and timers run there.
+    pub fn new_on(
+        creds: &Credentials,
+        bind: SocketAddr,
+        runtime: Runtime,
+    ) -> Result<ClientEndpoint, ClientError> {
+        runtime.check().map_err(ClientError::Runtime)?;
         let config =
             tls::client_config(creds, &QuicSettings::default()).map_err(ClientError::Tls)?;
         let socket = crate::transport::bind_udp(bind).map_err(ClientError::Io)?;
-        let endpoint = quinn::Endpoint::new(
-            tls::endpoint_config(),
-            None,
-            socket,
-            std::sync::Arc::new(quinn::SmolRuntime),
-        )
-        .map_err(ClientError::Io)?;
-        Ok(ClientEndpoint { endpoint, config })
+        let socket = runtime.wrap_udp_socket(socket).map_err(ClientError::Io)?;
+        let endpoint = runtime
+            .endpoint(tls::endpoint_config(), None, socket)
+            .map_err(ClientError::Io)?;
+        Ok(ClientEndpoint {
+            endpoint,
+            config,
+            runtime,
+        })
     }
 
     /// An endpoint on any port of the unspecified address (IPv4 or IPv6) of the first of
-    /// `nodes`'s family.
+    /// `nodes`'s family, on smol.
     pub fn for_nodes(creds: &Credentials, nodes: &[SocketAddr]) -> Result<Self, ClientError> {
+        ClientEndpoint::for_nodes_on(creds, nodes, Runtime::Smol)
+    }
+
+    /// [`for_nodes`](Self::for_nodes) on `runtime`.
+    pub fn for_nodes_on(
+        creds: &Credentials,
+        nodes: &[SocketAddr],
+        runtime: Runtime,
+    ) -> Result<Self, ClientError> {
         let bind: SocketAddr = match nodes.first().ok_or(ClientError::NoNodes)? {
             SocketAddr::V4(_) => ([0, 0, 0, 0], 0).into(),
             SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
         };
-        ClientEndpoint::new(creds, bind)
+        ClientEndpoint::new_on(creds, bind, runtime)
     }
 
     /// A client on this endpoint that knows the nodes at `nodes` (see [`Client::new`]).
@@ -472,8 +499,22 @@ impl Client {
     /// A client that presents `creds` and knows the nodes at `nodes` (one is enough to
     /// reach the leader, which it then knows too; give every node so that the client can
     /// ask the others who leads when one fails). A random session id is chosen.
+    /// It runs on smol; [`new_on`](Self::new_on) runs it on another runtime.
     pub fn new(creds: &Credentials, nodes: Vec<SocketAddr>) -> Result<Client, ClientError> {
-        Client::on(ClientEndpoint::for_nodes(creds, &nodes)?, true, nodes)
+        Client::new_on(creds, nodes, Runtime::Smol)
+    }
+
+    /// [`new`](Self::new) on `runtime` (see [`crate::rt`]).
+    pub fn new_on(
+        creds: &Credentials,
+        nodes: Vec<SocketAddr>,
+        runtime: Runtime,
+    ) -> Result<Client, ClientError> {
+        Client::on(
+            ClientEndpoint::for_nodes_on(creds, &nodes, runtime)?,
+            true,
+            nodes,
+        )
     }
 
     fn on(
@@ -767,7 +808,7 @@ impl Client {
                     last: Some(Failure { node: addr, cause }),
                 });
             }
-            Timer::after(backoff).await;
+            self.endpoint.runtime.timer_after(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
@@ -792,7 +833,7 @@ impl Client {
                 message,
             }),
         };
-        let header = match next_answer(&mut frames, timeout).await? {
+        let header = match next_answer(&mut frames, timeout, &self.endpoint.runtime).await? {
             Response::BackupBegin(header) => header,
             Response::Error { kind, message } => return Err(refused(kind, message)),
             other => return Err(Miss::Fatal(unexpected(other))),
@@ -803,7 +844,7 @@ impl Client {
             .await
             .map_err(fatal)?;
         loop {
-            match next_answer(&mut frames, timeout).await? {
+            match next_answer(&mut frames, timeout, &self.endpoint.runtime).await? {
                 Response::BackupChunk(chunk) => {
                     // File writes on the blocking pool: the caller's executor goes on.
                     writer = smol::unblock(move || writer.write_all(&chunk).map(|()| writer))
@@ -952,7 +993,7 @@ impl Client {
         let timeout = self.attempt_timeout;
         let work = async { self.session_with(addr).await?.call(request).await };
         let result = smol::future::or(work, async {
-            Timer::after(timeout).await;
+            self.endpoint.runtime.timer_after(timeout).await;
             Err(Miss::At(Cause::NoAnswer(timeout)))
         })
         .await;
@@ -1004,7 +1045,7 @@ impl Client {
     ) -> Result<SocketAddr, Cause> {
         let no_answer = || Cause::NoAnswer(end.saturating_duration_since(since));
         if served == ServedBy::ThisNode {
-            Timer::at(end).await;
+            self.endpoint.runtime.timer_at(end).await;
             return Err(no_answer());
         }
         // At once while a failover is under way: the client asked lately, and did not
@@ -1018,7 +1059,10 @@ impl Client {
             !fine && v.asked.is_some_and(|t| t.elapsed() <= self.probe_after)
         };
         if !under_way {
-            Timer::at((since + self.probe_after).min(end)).await;
+            self.endpoint
+                .runtime
+                .timer_at((since + self.probe_after).min(end))
+                .await;
         }
         let mut interval = PROBE_INTERVAL;
         loop {
@@ -1036,7 +1080,10 @@ impl Client {
             } else {
                 PROBE_INTERVAL
             };
-            Timer::at((Instant::now() + interval).min(end)).await;
+            self.endpoint
+                .runtime
+                .timer_at((Instant::now() + interval).min(end))
+                .await;
         }
     }
 
@@ -1051,7 +1098,7 @@ impl Client {
         until: Instant,
     ) -> Option<SocketAddr> {
         if served != ServedBy::Leader {
-            Timer::at(until).await;
+            self.endpoint.runtime.timer_at(until).await;
             return None;
         }
         let before = lock(&self.view).changes;
@@ -1064,11 +1111,16 @@ impl Client {
             match leader {
                 Some(l) if l != left || changes != before => return Some(l),
                 Some(l) => {
-                    Timer::at(until).await;
+                    self.endpoint.runtime.timer_at(until).await;
                     return Some(l);
                 }
                 None if Instant::now() >= until => return None,
-                None => Timer::at((Instant::now() + PROBE_INTERVAL).min(until)).await,
+                None => {
+                    self.endpoint
+                        .runtime
+                        .timer_at((Instant::now() + PROBE_INTERVAL).min(until))
+                        .await
+                }
             };
         }
     }
@@ -1090,8 +1142,11 @@ impl Client {
         if last.is_none_or(|t| t.elapsed() >= PROBE_INTERVAL) {
             let nodes = lock(&self.nodes).clone();
             let majority = nodes.len() / 2 + 1;
-            let mut end = Timer::at(until.min(Instant::now() + ROUND_LIMIT));
-            let mut grace: Option<Timer> = None;
+            let mut end = self
+                .endpoint
+                .runtime
+                .timer_at(until.min(Instant::now() + ROUND_LIMIT));
+            let mut grace: Option<crate::rt::Timer> = None;
             let probes = nodes.iter().map(|&a| self.probe(a)).collect();
             let answers = gather(probes, |finished, cx| {
                 if Pin::new(&mut end).poll(cx).is_ready() {
@@ -1108,7 +1163,8 @@ impl Client {
                 if finished.iter().filter(|&&done| done).count() < majority {
                     return false;
                 }
-                let grace = grace.get_or_insert_with(|| Timer::after(ROUND_GRACE));
+                let grace =
+                    grace.get_or_insert_with(|| self.endpoint.runtime.timer_after(ROUND_GRACE));
                 Pin::new(grace).poll(cx).is_ready()
             })
             .await;
@@ -1355,7 +1411,7 @@ async fn dial(addr: SocketAddr, redial: Redial) -> Result<Arc<Session>, Miss> {
             Ok((conn, send, recv))
         },
         async {
-            Timer::after(timeout).await;
+            redial.endpoint.runtime.timer_after(timeout).await;
             Err(Cause::ConnectTimeout(timeout))
         },
     )
@@ -1367,7 +1423,8 @@ async fn dial(addr: SocketAddr, redial: Redial) -> Result<Arc<Session>, Miss> {
         next_id: AtomicU64::new(1),
         broken: AtomicBool::new(false),
     });
-    smol::spawn(read_answers(Arc::downgrade(&session), recv, addr, redial)).detach();
+    let runtime = redial.endpoint.runtime.clone();
+    runtime.spawn_detached(read_answers(Arc::downgrade(&session), recv, addr, redial));
     debug!(node = %addr, took = ?started.elapsed(), "connected");
     Ok(session)
 }
@@ -1387,7 +1444,7 @@ async fn redial_until_usable(addr: SocketAddr, redial: Redial) {
     let give_up = Instant::now() + REDIAL_FOR;
     let mut pause = REDIAL_MIN;
     while Instant::now() < give_up {
-        Timer::after(pause).await;
+        redial.endpoint.runtime.timer_after(pause).await;
         let wanted = |sessions: &Sessions| {
             !sessions.closed.load(Ordering::Relaxed) && sessions.usable(addr).is_none()
         };
@@ -1541,7 +1598,8 @@ async fn read_answers(
             lock(&s.pending).clear();
             drop(s);
             debug!(node = %addr, "connection lost: dialling again in the background");
-            smol::spawn(redial(addr, again)).detach();
+            let runtime = again.endpoint.runtime.clone();
+            runtime.spawn_detached(redial(addr, again));
             return;
         };
         let waiting = lock(&s.pending).remove(&id);
@@ -1552,9 +1610,13 @@ async fn read_answers(
 }
 
 /// The next answer on a stream of one streamed request, within `timeout`.
-async fn next_answer(frames: &mut FrameReader, timeout: Duration) -> Result<Response, Miss> {
+async fn next_answer(
+    frames: &mut FrameReader,
+    timeout: Duration,
+    runtime: &Runtime,
+) -> Result<Response, Miss> {
     let answer = smol::future::or(async { Ok(frames.next(MAX_CLIENT_FRAME).await) }, async {
-        Timer::after(timeout).await;
+        runtime.timer_after(timeout).await;
         Err(Miss::At(Cause::NoAnswer(timeout)))
     })
     .await?;

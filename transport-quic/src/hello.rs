@@ -271,6 +271,9 @@ pub struct Greeting {
     /// Refusals per peer (errors are logged the first time and then every
     /// [`LOG_EVERY`]th, about once a minute at the longest redial delay).
     refusals: Mutex<HashMap<NodeId, u64>>,
+    /// What the hello's timers and its durable write run on (the transport's runtime,
+    /// set by [`Transport::start`](crate::transport::Transport::start); smol until then).
+    pub(crate) runtime: crate::rt::Runtime,
 }
 
 const LOG_EVERY: u64 = 30;
@@ -291,6 +294,7 @@ impl Greeting {
             versions,
             book,
             refusals: Mutex::new(HashMap::new()),
+            runtime: crate::rt::Runtime::Smol,
         }
     }
 
@@ -456,7 +460,9 @@ async fn judge(g: &Greeting, peer: NodeId, hello: &Hello) -> Result<Judged, Hell
     }
     let incarnation = hello.incarnation;
     let book = g.book.clone();
-    let verdict = smol::unblock(move || book.check(peer, incarnation))
+    let verdict = g
+        .runtime
+        .unblock(move || book.check(peer, incarnation))
         .await
         .map_err(|e| HelloError::Protocol(format!("cannot record its incarnation: {e}")))?;
     match verdict {
@@ -603,7 +609,7 @@ async fn accept_side(
     refused_by(g, peer, on_me, &theirs.versions);
     if on_me != Judged::Taken || on_them != Judged::Taken {
         // Give the finish a moment to reach the dialer before the connection closes.
-        smol::Timer::after(Duration::from_millis(50)).await;
+        g.runtime.sleep(Duration::from_millis(50)).await;
         return Err(HelloError::Refused);
     }
     Ok(())
@@ -626,7 +632,7 @@ pub async fn exchange(
         }
     };
     let timeout = async {
-        smol::Timer::after(HELLO_TIMEOUT).await;
+        g.runtime.sleep(HELLO_TIMEOUT).await;
         Err(HelloError::Protocol("no hello in time".into()))
     };
     match smol::future::or(run, timeout).await {

@@ -61,6 +61,21 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Runtimes
+//!
+//! The example runs on smol, the default: [`host::Host::start`], [`server::RunningNode::start`]
+//! and [`client::Client::new`] use it. With the `tokio` feature, the same node runs on a
+//! tokio runtime of yours: pass `rt::Runtime::Tokio` (a handle on a runtime with I/O and
+//! time enabled; `rt::Runtime::tokio_current` from inside one) to
+//! [`host::Host::start_on`], [`server::RunningNode::start_on`] or
+//! [`client::Client::new_on`]. quinn then uses its tokio runtime, and the node loop, the
+//! transport, forwarding, the metrics endpoint, the KV service and the client spawn their
+//! tasks and set their timers on tokio, through the one seam of [`rt`]; nothing is
+//! written twice. The choice is an argument, not a global, so one program may run nodes
+//! on both. On tokio, stop a node from a task with [`host::Host::stop`]`.await`:
+//! [`host::Host::shutdown`], `join` and dropping a running `Host` block the thread until
+//! the node has stopped. The `coracle` command runs on smol.
+//!
 //! The modules:
 //!
 //! - [`host`]: the node runtime as a host for any state machine: the core with a memory
@@ -70,7 +85,9 @@
 //!   certificates with a `client` or `admin` role (rcgen);
 //! - [`tls`]: mutual TLS 1.3 for QUIC with our own ALPN, client certificates verified
 //!   against the cluster CA;
-//! - [`transport`]: Raft messages between nodes over quinn on smol: one connection per pair
+//! - [`rt`]: the runtime a node or client runs on (smol, or tokio with the `tokio`
+//!   feature), the seam every task and timer goes through;
+//! - [`transport`]: Raft messages between nodes over quinn on smol or tokio: one connection per pair
 //!   of nodes, the sender's id taken from its certificate, datagrams for small messages and
 //!   streams for entries and snapshots, malformed frames counted and their stream closed;
 //!   [`stray`] counts the datagrams to a node's port that are no QUIC packet for it;
@@ -109,6 +126,7 @@ pub mod loopback;
 pub mod metrics;
 pub mod protocol;
 pub mod recover;
+pub mod rt;
 pub mod server;
 pub mod stall;
 pub mod storage;

@@ -13,6 +13,7 @@
 //! Rust client), which Prometheus reads natively; names start with `coracle_` and every
 //! series carries the node's id as label `node`.
 
+use crate::rt::Runtime;
 use crate::server::CoreNode;
 use crate::storage::FileLog;
 use crate::transport::TransportStats;
@@ -575,15 +576,15 @@ impl std::error::Error for BindError {}
 
 /// The metrics endpoint's socket, bound (so a node whose address is taken does not start).
 pub struct Endpoint {
-    listener: smol::net::TcpListener,
+    listener: std::net::TcpListener,
 }
 
 impl Endpoint {
     /// Binds `addr` (TCP).
     pub fn bind(addr: SocketAddr) -> Result<Endpoint, BindError> {
         let err = |source| BindError { addr, source };
-        let std = std::net::TcpListener::bind(addr).map_err(err)?;
-        let listener = smol::net::TcpListener::try_from(std).map_err(err)?;
+        let listener = std::net::TcpListener::bind(addr).map_err(err)?;
+        listener.set_nonblocking(true).map_err(err)?;
         Ok(Endpoint { listener })
     }
 
@@ -592,16 +593,63 @@ impl Endpoint {
         self.listener.local_addr()
     }
 
-    /// Serves `registry` until the task is dropped: `GET /metrics` (or `/`) gets the
-    /// exposition, another path 404, another method 405; a request hyper cannot parse gets
-    /// 400 (431 for a head over [`MAX_REQUEST_HEAD`]) and the connection is closed, as is
-    /// one silent for [`HEADER_TIMEOUT`]. At most [`MAX_CONNECTIONS`] at once.
-    pub fn serve(self, registry: Arc<Registry>) -> smol::Task<()> {
-        smol::spawn(accept_loop(self.listener, registry))
+    /// Serves `registry` on `runtime` until the task is dropped: `GET /metrics` (or `/`)
+    /// gets the exposition, another path 404, another method 405; a request hyper cannot
+    /// parse gets 400 (431 for a head over [`MAX_REQUEST_HEAD`]) and the connection is
+    /// closed, as is one silent for [`HEADER_TIMEOUT`]. At most [`MAX_CONNECTIONS`] at once.
+    /// A listener the runtime's reactor does not take ends the task with a warning.
+    pub fn serve(self, registry: Arc<Registry>, runtime: &Runtime) -> crate::rt::Task<()> {
+        let listener = Listener::on(self.listener, runtime);
+        runtime.spawn(accept_loop(listener, registry, runtime.clone()))
     }
 }
 
-async fn accept_loop(listener: smol::net::TcpListener, registry: Arc<Registry>) {
+/// The endpoint's listener on the runtime's reactor.
+enum Listener {
+    Smol(smol::net::TcpListener),
+    #[cfg(feature = "tokio")]
+    Tokio(tokio::net::TcpListener),
+}
+
+/// An accepted connection on the runtime's reactor.
+enum Stream {
+    Smol(smol::net::TcpStream),
+    #[cfg(feature = "tokio")]
+    Tokio(tokio::net::TcpStream),
+}
+
+impl Listener {
+    fn on(listener: std::net::TcpListener, runtime: &Runtime) -> std::io::Result<Listener> {
+        match runtime {
+            Runtime::Smol => smol::net::TcpListener::try_from(listener).map(Listener::Smol),
+            #[cfg(feature = "tokio")]
+            Runtime::Tokio(_) => runtime
+                .enter(|| tokio::net::TcpListener::from_std(listener))
+                .map(Listener::Tokio),
+        }
+    }
+
+    async fn accept(&self) -> std::io::Result<(Stream, SocketAddr)> {
+        match self {
+            Listener::Smol(l) => l.accept().await.map(|(s, a)| (Stream::Smol(s), a)),
+            #[cfg(feature = "tokio")]
+            Listener::Tokio(l) => l.accept().await.map(|(s, a)| (Stream::Tokio(s), a)),
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: std::io::Result<Listener>,
+    registry: Arc<Registry>,
+    runtime: Runtime,
+) {
+    let listener = match listener {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e, "metrics endpoint: the runtime cannot watch its socket; not serving");
+            return;
+        }
+    };
     let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     loop {
         let (stream, remote) = match listener.accept().await {
@@ -609,7 +657,7 @@ async fn accept_loop(listener: smol::net::TcpListener, registry: Arc<Registry>) 
             Err(e) => {
                 // Out of file descriptors, say: wait a little rather than spin.
                 warn!(error = %e, "metrics endpoint: accept failed");
-                smol::Timer::after(Duration::from_millis(100)).await;
+                runtime.sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
@@ -620,24 +668,42 @@ async fn accept_loop(listener: smol::net::TcpListener, registry: Arc<Registry>) 
         }
         let registry = registry.clone();
         let open = open.clone();
-        smol::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let answer = respond(&req, &registry);
-                async move { Ok::<_, std::convert::Infallible>(answer) }
-            });
-            let served = hyper::server::conn::http1::Builder::new()
-                .timer(smol_hyper::rt::SmolTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(MAX_REQUEST_HEAD)
-                .serve_connection(smol_hyper::rt::FuturesIo::new(stream), service)
-                .await;
+        runtime.spawn_detached(async move {
+            let served = match stream {
+                Stream::Smol(s) => {
+                    let io = smol_hyper::rt::FuturesIo::new(s);
+                    serve_connection(io, smol_hyper::rt::SmolTimer::new(), registry).await
+                }
+                #[cfg(feature = "tokio")]
+                Stream::Tokio(s) => {
+                    let io = hyper_util::rt::TokioIo::new(s);
+                    serve_connection(io, hyper_util::rt::TokioTimer::new(), registry).await
+                }
+            };
             if let Err(e) = served {
                 debug!(%remote, error = %e, "metrics endpoint: connection ended");
             }
             open.fetch_sub(1, Ordering::Relaxed);
-        })
-        .detach();
+        });
     }
+}
+
+/// Serves one HTTP/1.1 connection (`io`, with `timer` for the header timeout).
+async fn serve_connection<I, T>(io: I, timer: T, registry: Arc<Registry>) -> hyper::Result<()>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    T: hyper::rt::Timer + Send + Sync + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let answer = respond(&req, &registry);
+        async move { Ok::<_, std::convert::Infallible>(answer) }
+    });
+    hyper::server::conn::http1::Builder::new()
+        .timer(timer)
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_REQUEST_HEAD)
+        .serve_connection(io, service)
+        .await
 }
 
 type Body = http_body_util::Full<bytes::Bytes>;

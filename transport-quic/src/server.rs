@@ -29,6 +29,7 @@ use crate::protocol::{
     append_frame, decode_request_command, AdminOp, Consistency, ErrorKind, MemberStatus,
     NodeStatus, ReadOp, Request, RequestFrame, Response, ResponseFrame, MAX_CLIENT_FRAME,
 };
+use crate::rt::Runtime;
 use crate::transport::{FrameError, FrameReader, TransportStats, ERR_MALFORMED};
 use coracle::{Index, NodeId};
 use smol::channel::{self, Receiver, Sender};
@@ -94,10 +95,16 @@ impl RunningNode {
     /// Opens the data directory, loads the certificates, binds the address and starts the
     /// node. Errors name what is wrong (bad certificate, locked directory, address in use).
     pub fn start(cfg: &NodeConfig) -> Result<RunningNode, NodeError> {
+        RunningNode::start_on(Runtime::Smol, cfg)
+    }
+
+    /// [`start`](Self::start) on `runtime` (see [`crate::rt`]).
+    pub fn start_on(runtime: Runtime, cfg: &NodeConfig) -> Result<RunningNode, NodeError> {
         let serve: ServeClient<Kv> = Arc::new(|conn, identity, handle| {
-            smol::spawn(serve_client(conn, identity, handle)).detach();
+            let runtime = handle.runtime().clone();
+            runtime.spawn_detached(serve_client(conn, identity, handle));
         });
-        let host = Host::start_serving(cfg, Kv::new(), Some(serve))?;
+        let host = Host::start_on(runtime, cfg, Kv::new(), Some(serve))?;
         Ok(RunningNode { host })
     }
 
@@ -145,6 +152,12 @@ impl RunningNode {
     /// Stops the node: makes the log durable, closes the connections, waits for the end.
     pub fn shutdown(self) -> Result<(), NodeError> {
         self.host.shutdown()
+    }
+
+    /// [`shutdown`](Self::shutdown) from async code, without blocking the thread
+    /// ([`Host::stop`]).
+    pub async fn stop(self) -> Result<(), NodeError> {
+        self.host.stop().await
     }
 
     /// Waits until the node stops by itself (an error) or is shut down.
@@ -286,9 +299,13 @@ fn on_request(
             }
             info!(node = handle.id(), by = %identity, ?op, "admin operation");
             if op == AdminOp::BackupStream {
-                smol::spawn(stream_backup(handle.clone(), reply)).detach();
+                handle
+                    .runtime()
+                    .spawn_detached(stream_backup(handle.clone(), reply));
             } else {
-                smol::spawn(admin(handle.clone(), op, reply)).detach();
+                handle
+                    .runtime()
+                    .spawn_detached(admin(handle.clone(), op, reply));
             }
         }
     }
@@ -319,7 +336,10 @@ async fn admin(handle: Handle<Kv>, op: AdminOp, reply: Reply) {
                 );
                 reply.send(Response::Done);
                 // The answer leaves before the connections close.
-                smol::Timer::after(std::time::Duration::from_millis(200)).await;
+                handle
+                    .runtime()
+                    .sleep(std::time::Duration::from_millis(200))
+                    .await;
                 handle.shutdown();
                 return;
             }
@@ -463,17 +483,16 @@ async fn serve_client(conn: quinn::Connection, identity: Identity, handle: Handl
     while let Ok((send, recv)) = conn.accept_bi().await {
         let answers = {
             let (to, queue) = channel::unbounded();
-            smol::spawn(write_answers(send, queue)).detach();
+            handle.runtime().spawn_detached(write_answers(send, queue));
             to
         };
-        smol::spawn(read_requests(
+        handle.runtime().spawn_detached(read_requests(
             recv,
             answers,
             identity.clone(),
             handle.clone(),
             stats.clone(),
-        ))
-        .detach();
+        ));
     }
 }
 

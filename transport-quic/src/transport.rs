@@ -43,6 +43,7 @@
 //!   slow or gone) frames are dropped and counted, and Raft retransmits.
 
 use crate::certs::{node_server_name, Identity};
+use crate::rt::Runtime;
 use crate::tls;
 use bytes::{Bytes, BytesMut};
 use coracle::wire;
@@ -423,6 +424,8 @@ pub struct Transport {
     closing: AtomicBool,
     /// The hello every node connection starts with ([`crate::hello`]).
     greeting: crate::hello::Greeting,
+    /// What the endpoint and the transport's tasks run on.
+    runtime: Runtime,
 }
 
 impl std::fmt::Debug for Transport {
@@ -447,20 +450,21 @@ impl Transport {
         settings: TransportSettings,
         inbound: Sender<Inbound>,
         on_client: ClientHandler,
-        greeting: crate::hello::Greeting,
+        mut greeting: crate::hello::Greeting,
+        runtime: Runtime,
     ) -> Result<Arc<Transport>, StartError> {
+        greeting.runtime = runtime.clone();
         let server = tls::server_config(creds, quic).map_err(StartError::Tls)?;
         let client_config = tls::client_config(creds, quic).map_err(StartError::Tls)?;
         let stats = Arc::new(TransportStats::default());
-        let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::SmolRuntime);
         let socket = runtime
             .wrap_udp_socket(bind_udp(listen).map_err(StartError::Bind)?)
             .map_err(StartError::Bind)?;
         let (config, socket) =
             crate::stray::counting_socket(id, socket, stats.clone(), &creds.endpoint_keys());
-        let endpoint =
-            quinn::Endpoint::new_with_abstract_socket(config, Some(server), socket, runtime)
-                .map_err(StartError::Bind)?;
+        let endpoint = runtime
+            .endpoint(config, Some(server), socket)
+            .map_err(StartError::Bind)?;
         let t = Arc::new(Transport {
             id,
             cluster,
@@ -474,14 +478,20 @@ impl Transport {
             inbound,
             closing: AtomicBool::new(false),
             greeting,
+            runtime,
         });
-        smol::spawn(accept_loop(t.clone(), on_client)).detach();
+        t.runtime.spawn_detached(accept_loop(t.clone(), on_client));
         Ok(t)
     }
 
     /// The address the endpoint is bound to.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.endpoint.local_addr()
+    }
+
+    /// The runtime the endpoint and the transport's tasks run on.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
     }
 
     /// The counters.
@@ -583,12 +593,16 @@ impl Transport {
         });
         let (main, main_rx) = channel::bounded(self.settings.queue);
         let (bulk, bulk_rx) = channel::bounded(64);
-        smol::spawn(writer(self.clone(), link.clone(), main_rx)).detach();
-        smol::spawn(writer(self.clone(), link.clone(), bulk_rx)).detach();
+        self.runtime
+            .spawn_detached(writer(self.clone(), link.clone(), main_rx));
+        self.runtime
+            .spawn_detached(writer(self.clone(), link.clone(), bulk_rx));
         if self.id < peer {
-            smol::spawn(dialer(self.clone(), link.clone())).detach();
+            self.runtime
+                .spawn_detached(dialer(self.clone(), link.clone()));
         } else {
-            smol::spawn(announce(self.clone(), link.clone())).detach();
+            self.runtime
+                .spawn_detached(announce(self.clone(), link.clone()));
         }
         LinkHandle { link, main, bulk }
     }
@@ -610,24 +624,28 @@ impl Transport {
             TransportStats::inc(&self.stats.reconnects);
         }
         info!(node = self.id, peer, remote = %conn.remote_address(), "connected");
-        smol::spawn(read_datagrams(self.clone(), peer, conn.clone())).detach();
-        smol::spawn(accept_streams(self.clone(), peer, conn.clone())).detach();
-        smol::spawn(accept_forwards(self.clone(), peer, conn.clone())).detach();
+        self.runtime
+            .spawn_detached(read_datagrams(self.clone(), peer, conn.clone()));
+        self.runtime
+            .spawn_detached(accept_streams(self.clone(), peer, conn.clone()));
+        self.runtime
+            .spawn_detached(accept_forwards(self.clone(), peer, conn.clone()));
         let t = self.clone();
-        smol::spawn(async move {
-            let reason = conn.closed().await;
-            let mut current = lock(&link.conn);
-            if current
-                .as_ref()
-                .is_some_and(|c| c.stable_id() == conn.stable_id())
-            {
-                *current = None;
-                drop(current);
-                info!(node = t.id, peer, %reason, "disconnected");
-                let _ = t.inbound.try_send(Inbound::Unreachable(peer));
-            }
-        })
-        .detach();
+        self.runtime
+            .spawn(async move {
+                let reason = conn.closed().await;
+                let mut current = lock(&link.conn);
+                if current
+                    .as_ref()
+                    .is_some_and(|c| c.stable_id() == conn.stable_id())
+                {
+                    *current = None;
+                    drop(current);
+                    info!(node = t.id, peer, %reason, "disconnected");
+                    let _ = t.inbound.try_send(Inbound::Unreachable(peer));
+                }
+            })
+            .detach();
     }
 
     /// Closes every connection and stops dialing.
@@ -641,10 +659,7 @@ impl Transport {
     /// Waits (up to `timeout`) until the connections are closed cleanly.
     pub async fn wait_idle(&self, timeout: Duration) {
         let idle = self.endpoint.wait_idle();
-        smol::future::or(idle, async {
-            smol::Timer::after(timeout).await;
-        })
-        .await;
+        smol::future::or(idle, self.runtime.sleep(timeout)).await;
     }
 
     async fn deliver(&self, from: NodeId, frame: Bytes, origin: Origin) {
@@ -733,7 +748,8 @@ async fn accept_loop(t: Arc<Transport>, on_client: ClientHandler) {
     while let Some(incoming) = t.endpoint.accept().await {
         let t = t.clone();
         let on_client = on_client.clone();
-        smol::spawn(async move {
+        let runtime = t.runtime.clone();
+        runtime.spawn(async move {
             let remote = incoming.remote_address();
             let conn = match incoming.await {
                 Ok(c) => c,
@@ -807,7 +823,7 @@ impl Transport {
             .connect_with(self.client_config.clone(), addr, tls::any_node())
             .map_err(|e| DialFailure::Unreachable(format!("cannot dial {addr}: {e}")))?;
         let timed_out = async {
-            smol::Timer::after(limit).await;
+            self.runtime().sleep(limit).await;
             Err(quinn::ConnectionError::TimedOut)
         };
         let conn = match smol::future::or(connecting, timed_out).await {
@@ -901,7 +917,7 @@ async fn connect(t: &Arc<Transport>, link: &Link) -> Option<quinn::Connection> {
     let mut backoff = t.settings.reconnect_min;
     let mut failures = 0u32;
     let mut attempts: Vec<Attempt> = Vec::new();
-    let mut timer = smol::Timer::after(Duration::ZERO);
+    let mut timer = t.runtime.timer_after(Duration::ZERO);
     loop {
         if !t.dials(peer) || link.current().is_some_and(|c| c.close_reason().is_none()) {
             return None;
@@ -1015,7 +1031,7 @@ async fn read_datagrams(t: Arc<Transport>, peer: NodeId, conn: quinn::Connection
 
 async fn accept_streams(t: Arc<Transport>, peer: NodeId, conn: quinn::Connection) {
     while let Ok(recv) = conn.accept_uni().await {
-        smol::spawn(read_stream(t.clone(), peer, recv)).detach();
+        t.runtime.spawn_detached(read_stream(t.clone(), peer, recv));
     }
 }
 
@@ -1024,7 +1040,8 @@ async fn accept_streams(t: Arc<Transport>, peer: NodeId, conn: quinn::Connection
 async fn accept_forwards(t: Arc<Transport>, peer: NodeId, conn: quinn::Connection) {
     while let Ok((mut send, recv)) = conn.accept_bi().await {
         let t = t.clone();
-        smol::spawn(async move {
+        let runtime = t.runtime.clone();
+        runtime.spawn(async move {
             let mut frames = FrameReader::new(recv);
             let body = match frames.next(t.settings.max_frame).await {
                 Ok(Some(body)) => body,

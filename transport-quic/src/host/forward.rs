@@ -399,8 +399,9 @@ pub(crate) fn spawn<S: StateMachine>(
     codec: ResponseCodec<S::Response>,
     replaced: smol::channel::Receiver<()>,
     done: Done<Result<S::Response, ProposeError>>,
+    runtime: &crate::rt::Runtime,
 ) {
-    smol::spawn(async move {
+    runtime.spawn_detached(async move {
         let lost = |e: &dyn std::fmt::Display| {
             ProposeError::OutcomeUnknown(format!(
                 "the connection to leader {leader} failed before it answered ({e}); retry"
@@ -426,8 +427,7 @@ pub(crate) fn spawn<S: StateMachine>(
             )))
         };
         done(smol::future::or(result, replaced).await);
-    })
-    .detach();
+    });
 }
 
 #[cfg(test)]

@@ -443,6 +443,8 @@ pub struct Handle<S: StateMachine> {
     pub(crate) max_command: usize,
     /// The node's data directory (where its kept snapshot is).
     pub(crate) dir: Arc<PathBuf>,
+    /// What the handle's timeouts run on (the node's runtime).
+    pub(crate) runtime: crate::rt::Runtime,
 }
 
 impl<S: StateMachine> Clone for Handle<S> {
@@ -454,6 +456,7 @@ impl<S: StateMachine> Clone for Handle<S> {
             stats: self.stats.clone(),
             max_command: self.max_command,
             dir: self.dir.clone(),
+            runtime: self.runtime.clone(),
         }
     }
 }
@@ -488,6 +491,12 @@ impl<S: StateMachine> Handle<S> {
         }
     }
 
+    /// The runtime the node runs on (to run a task beside it, as a
+    /// [`ServeClient`](crate::host::ServeClient) does for each connection).
+    pub fn runtime(&self) -> &crate::rt::Runtime {
+        &self.runtime
+    }
+
     /// Hands the operation `op` makes to the node and waits for its answer: `gone` if the
     /// node drops it unanswered, `timed_out` after the handle's timeout.
     async fn ask<T: Send + 'static>(
@@ -515,7 +524,7 @@ impl<S: StateMachine> Handle<S> {
         batch.ops.push(op(done));
         batch.submit().await;
         smol::future::or(async { rx.recv().await.unwrap_or(gone) }, async {
-            smol::Timer::after(limit).await;
+            self.runtime.sleep(limit).await;
             timed_out
         })
         .await
@@ -671,7 +680,7 @@ impl<S: StateMachine> Handle<S> {
                         ))
                     }
                 }
-                smol::Timer::after(Duration::from_millis(50)).await;
+                self.runtime.sleep(Duration::from_millis(50)).await;
                 continue;
             }
             let asked = self
@@ -691,7 +700,7 @@ impl<S: StateMachine> Handle<S> {
                 }
                 Err(e) => last = e,
             }
-            smol::Timer::after(Duration::from_millis(100)).await;
+            self.runtime.sleep(Duration::from_millis(100)).await;
         }
         Err(last)
     }
@@ -752,7 +761,7 @@ impl<S: StateMachine> Handle<S> {
                             .is_some_and(|m| !m.voter && m.match_index.unwrap_or(0) < status.commit)
                     });
                     if behind {
-                        smol::Timer::after(Duration::from_millis(50)).await;
+                        self.runtime.sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                     let voters: Vec<NodeId> = status
@@ -778,7 +787,7 @@ impl<S: StateMachine> Handle<S> {
                 Ok(_) => {}
                 Err(e @ MembershipError::Retry(_)) | Err(e @ MembershipError::Timeout) => {
                     last = e;
-                    smol::Timer::after(Duration::from_millis(50)).await;
+                    self.runtime.sleep(Duration::from_millis(50)).await;
                 }
                 Err(e) => return Err(e),
             }

@@ -144,7 +144,7 @@ pub(crate) async fn join(
                 None => JoinError::Unreachable(failures),
             });
         }
-        smol::Timer::after(RETRY_PAUSE).await;
+        transport.runtime().sleep(RETRY_PAUSE).await;
     }
 }
 

@@ -30,6 +30,7 @@ use super::{Handle, SnapshotSource, StateMachine};
 use crate::certs::Identity;
 use crate::config::{ConfigError, NodeConfig};
 use crate::metrics::{Metrics, ProposalOutcome, ReadOutcome};
+use crate::rt;
 use crate::stall::{FlushGate, FlushHold, StallWatch};
 use crate::storage::{
     FileLog, FileLogError, FlushDone, FlushJob, Incarnations, LogReader, SnapshotFile,
@@ -144,6 +145,9 @@ pub enum NodeError {
     Metrics(crate::metrics::BindError),
     /// The node's event loop panicked (a bug).
     Panicked,
+    /// The runtime cannot run the node, or the node cannot be waited for here
+    /// ([`Host::start_on`], [`Host::join`]).
+    Runtime(rt::RuntimeError),
 }
 
 impl fmt::Display for NodeError {
@@ -173,6 +177,7 @@ impl fmt::Display for NodeError {
             }
             NodeError::Metrics(e) => write!(f, "{e}"),
             NodeError::Panicked => f.write_str("the node's event loop panicked"),
+            NodeError::Runtime(e) => write!(f, "{e}"),
         }
     }
 }
@@ -183,16 +188,16 @@ impl std::error::Error for NodeError {}
 /// role): called once per connection, on the node's executor, with a handle on the node.
 pub type ServeClient<S> = Arc<dyn Fn(quinn::Connection, Identity, Handle<S>) + Send + Sync>;
 
-/// A node running as a task on the smol executor, with its transport, hosting the state
-/// machine `S`.
+/// A node running as a task on its runtime (smol, or tokio: [`Host::start_on`]), with its
+/// transport, hosting the state machine `S`.
 pub struct Host<S: StateMachine> {
     id: NodeId,
-    task: Option<smol::Task<Result<(), NodeError>>>,
+    task: Option<rt::Task<Result<(), NodeError>>>,
     handle: Handle<S>,
     local_addr: SocketAddr,
     transport: Arc<Transport>,
     /// The metrics endpoint's address, its registry and its task (dropped with the node).
-    metrics: Option<(SocketAddr, Arc<Registry>, smol::Task<()>)>,
+    metrics: Option<(SocketAddr, Arc<Registry>, rt::Task<()>)>,
     /// Holds the fsync thread ([`Host::hold_flushes`]).
     flush_gate: FlushGate,
 }
@@ -212,6 +217,8 @@ impl<S: StateMachine> Host<S> {
     /// replays the log). Client connections are refused; see
     /// [`start_serving`](Self::start_serving). Errors name what is wrong (bad certificate,
     /// locked directory, address in use).
+    ///
+    /// The node runs on smol; [`start_on`](Self::start_on) runs it on tokio.
     pub fn start(cfg: &NodeConfig, state_machine: S) -> Result<Host<S>, NodeError> {
         Self::start_serving(cfg, state_machine, None)
     }
@@ -223,6 +230,34 @@ impl<S: StateMachine> Host<S> {
         state_machine: S,
         clients: Option<ServeClient<S>>,
     ) -> Result<Host<S>, NodeError> {
+        Self::start_on(rt::Runtime::Smol, cfg, state_machine, clients)
+    }
+
+    /// [`start_serving`](Self::start_serving) on `runtime`: the node loop, its transport,
+    /// forwarding and metrics endpoint run there, and so do the client connections given
+    /// to `clients`. On tokio (feature `tokio`), give
+    /// [`Runtime::Tokio`](rt::Runtime) a handle on a runtime with I/O and time enabled;
+    /// from inside one, [`Runtime::tokio_current`](rt::Runtime). The node's blocking work
+    /// (fsync, disk reads, snapshots) runs on threads of its own on either runtime.
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "tokio")]
+    /// # async fn on_tokio<S: coracle_quic::host::StateMachine>(
+    /// #     cfg: &coracle_quic::config::NodeConfig, sm: S,
+    /// # ) -> Result<(), Box<dyn std::error::Error>> {
+    /// use coracle_quic::{host::Host, rt::Runtime};
+    /// let node = Host::start_on(Runtime::tokio_current(), cfg, sm, None)?;
+    /// // ... node.handle() from any task ...
+    /// node.stop().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn start_on(
+        runtime: rt::Runtime,
+        cfg: &NodeConfig,
+        state_machine: S,
+        clients: Option<ServeClient<S>>,
+    ) -> Result<Host<S>, NodeError> {
+        runtime.check().map_err(NodeError::Runtime)?;
         let creds = node_credentials(cfg)?;
         // Bound first: a node whose metrics address is taken does not start at all.
         let endpoint = cfg
@@ -266,6 +301,7 @@ impl<S: StateMachine> Host<S> {
             stats: Arc::new(OnceLock::new()),
             max_command,
             dir: Arc::new(cfg.data_dir.clone()),
+            runtime: runtime.clone(),
         };
         let on_client = {
             let handle = handle.clone();
@@ -286,6 +322,7 @@ impl<S: StateMachine> Host<S> {
             in_tx,
             on_client,
             greeting,
+            runtime.clone(),
         )
         .map_err(|e| match e {
             StartError::Tls(e) => NodeError::Tls(e),
@@ -306,7 +343,7 @@ impl<S: StateMachine> Host<S> {
                 })?;
                 info!(node = cfg.id, %addr, "serving metrics at http://{addr}/metrics");
                 let registry = Arc::new(registry);
-                let task = endpoint.serve(registry.clone());
+                let task = endpoint.serve(registry.clone(), &runtime);
                 (metrics, Some((addr, registry, task)))
             }
             None => (Metrics::disabled(), None),
@@ -399,7 +436,7 @@ impl<S: StateMachine> Host<S> {
             },
             fsync,
         ));
-        let task = smol::spawn(async move {
+        let task = transport.runtime().spawn(async move {
             std::panic::AssertUnwindSafe(run)
                 .catch_unwind()
                 .await
@@ -476,12 +513,29 @@ impl<S: StateMachine> Host<S> {
         self.join()
     }
 
-    /// Waits until the node stops by itself (an error) or is shut down.
+    /// [`shutdown`](Self::shutdown) from async code: asks the node to stop and waits for it
+    /// without blocking the thread (what a task on tokio must use: `shutdown`, `join` and
+    /// dropping a running `Host` block the calling thread until the node has stopped).
+    pub async fn stop(mut self) -> Result<(), NodeError> {
+        self.handle.shutdown();
+        self.stopped().await
+    }
+
+    /// Waits until the node stops by itself (an error) or is shut down. On the thread of
+    /// a current-thread tokio runtime the node runs on, this would wait forever: it
+    /// answers [`RuntimeError::WouldBlock`](rt::RuntimeError::WouldBlock) at once (await
+    /// [`stop`](Self::stop) or [`stopped`](Self::stopped) there).
     pub fn join(&mut self) -> Result<(), NodeError> {
         match self.task.take() {
+            Some(t) if t.would_deadlock() => {
+                self.task = Some(t);
+                Err(NodeError::Runtime(rt::RuntimeError::WouldBlock))
+            }
             // A plain parker, not `smol::block_on`: the executor thread drives the I/O
             // reactor (a second driver would hand every event over with a thread switch).
-            Some(t) => smol::future::block_on(t),
+            Some(t) => t
+                .wait()
+                .unwrap_or(Err(NodeError::Runtime(rt::RuntimeError::ShutDown))),
             None => Ok(()),
         }
     }
@@ -489,7 +543,9 @@ impl<S: StateMachine> Host<S> {
     /// Waits, from async code, until the node stops by itself (an error) or is shut down.
     pub async fn stopped(&mut self) -> Result<(), NodeError> {
         match self.task.take() {
-            Some(t) => t.await,
+            Some(mut t) => std::future::poll_fn(|cx| t.poll_outcome(cx))
+                .await
+                .unwrap_or(Err(NodeError::Runtime(rt::RuntimeError::ShutDown))),
             None => Ok(()),
         }
     }
@@ -501,10 +557,20 @@ impl<S: StateMachine> Host<S> {
 }
 
 impl<S: StateMachine> Drop for Host<S> {
+    /// Shuts the node down and waits for it, except on the thread of the current-thread
+    /// tokio runtime it runs on, where the node stops in the background.
     fn drop(&mut self) {
         if self.task.is_some() {
             self.handle.shutdown();
-            let _ = self.join();
+            if let Err(NodeError::Runtime(rt::RuntimeError::WouldBlock)) = self.join() {
+                warn!(
+                    node = self.id,
+                    "a running node dropped on its current-thread tokio runtime: it stops in the background (await Host::stop to wait)"
+                );
+                if let Some(t) = self.task.take() {
+                    t.detach();
+                }
+            }
         }
     }
 }
@@ -988,7 +1054,7 @@ impl<S: StateMachine> Runtime<S> {
         // for (or it fired): each arming wakes the reactor with a syscall, and a follower's
         // deadline moves later with every message from the leader. Firing early costs one
         // turn of the loop.
-        let mut timer = smol::Timer::never();
+        let mut timer = self.transport.runtime().timer_never();
         let mut armed: Option<Instant> = None;
         while !shutdown {
             let wait = node.ticks_until_deadline().clamp(1, 1000);
@@ -1192,10 +1258,11 @@ impl<S: StateMachine> Runtime<S> {
             // hand-over ended) leave first; requests that come meanwhile are answered
             // (proposals with the new leader).
             let until = answered + ANSWERS_LEAVE;
+            let runtime = self.transport.runtime().clone();
             while let Ok(call) = calls
                 .recv()
                 .or(async {
-                    smol::Timer::at(until).await;
+                    runtime.timer_at(until).await;
                     Err(channel::RecvError)
                 })
                 .await
@@ -1220,11 +1287,12 @@ impl<S: StateMachine> Runtime<S> {
             return false;
         }
         let limit = self.handover_limit;
+        let runtime = self.transport.runtime().clone();
         let _ = self
             .relays_done
             .recv()
             .or(async {
-                smol::Timer::after(limit).await;
+                runtime.sleep(limit).await;
                 Ok(())
             })
             .await;
@@ -1248,7 +1316,10 @@ impl<S: StateMachine> Runtime<S> {
             }
         }
         self.watch.to.clear();
-        smol::Timer::after(Duration::from_millis(200)).await;
+        self.transport
+            .runtime()
+            .sleep(Duration::from_millis(200))
+            .await;
         self.transport.close();
         self.transport.wait_idle(Duration::from_millis(300)).await;
         e
@@ -1823,7 +1894,10 @@ impl<S: StateMachine> Runtime<S> {
             Op::Propose { command, done } => {
                 if let Some((leader, connection, codec)) = self.forward_to(node) {
                     let replaced = self.leader_replaced(leader);
-                    return forward::spawn::<S>(leader, connection, command, codec, replaced, done);
+                    let runtime = self.transport.runtime();
+                    return forward::spawn::<S>(
+                        leader, connection, command, codec, replaced, done, runtime,
+                    );
                 }
                 entry::command_entry(&mut self.entry, &command);
                 self.propose(node, Pending::Command(done), false);
@@ -1918,7 +1992,9 @@ impl<S: StateMachine> Runtime<S> {
         }
         info!(node = self.id, ?members, addr = %own, "joining the cluster");
         let transport = self.transport.clone();
-        smol::spawn(async move { done(join::join(transport, own, members, limit).await) }).detach();
+        let runtime = transport.runtime().clone();
+        runtime
+            .spawn_detached(async move { done(join::join(transport, own, members, limit).await) });
     }
 
     /// What this node asks the leader about itself, when due ([`Duties`]).
@@ -1966,8 +2042,9 @@ impl<S: StateMachine> Runtime<S> {
                 "not connected to leader {leader}; retry"
             ))));
         };
-        smol::spawn(async move { done(forward::ask_member(leader, &conn, &request).await) })
-            .detach();
+        self.transport.runtime().spawn_detached(async move {
+            done(forward::ask_member(leader, &conn, &request).await)
+        });
     }
 
     /// Carries out what node `from` asks about itself (on the leader; others answer with
@@ -2270,7 +2347,10 @@ impl<S: StateMachine> Runtime<S> {
                                     drop(relay);
                                 });
                             let replaced = self.leader_replaced(leader);
-                            forward::spawn::<S>(leader, connection, command, codec, replaced, done);
+                            let runtime = self.transport.runtime();
+                            forward::spawn::<S>(
+                                leader, connection, command, codec, replaced, done, runtime,
+                            );
                         }
                         (pending, _) => {
                             let (leader, address) = self.leader_address(leader);
