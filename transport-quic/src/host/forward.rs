@@ -13,7 +13,7 @@
 //! leader -> follower   answer:  version u8 (1) | code u8 | payload
 //! ```
 //!
-//! A node's requests about itself ([`super::join`]) travel the same way, the node named by
+//! A node's requests about itself ([`Handle::join`](super::Handle::join), leave, priority) travel the same way, the node named by
 //! its certificate: kind 2 join (then its address, UTF-8), 3 promote, 4 leave, 5 priority
 //! (then one byte). Their answers: code 0 with no payload (done), 1 not leader, 2 retry, 5
 //! refused, 4 and 7 as below.
