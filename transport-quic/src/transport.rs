@@ -25,9 +25,10 @@
 //! - **Per message kind.** Small messages (heartbeats, acknowledgements, reads) go as QUIC
 //!   datagrams when they fit; AppendEntries with entries go on a long-lived
 //!   unidirectional stream, and so do the messages of elections and leadership transfers
-//!   (RequestVote, its answer, TimeoutNow: rare, and one lost costs the cluster an election
-//!   timeout, where QUIC resends a lost stream packet within a round trip); InstallSnapshot chunks on another stream with its own queue,
-//!   so a snapshot never delays heartbeats or entries. Stream frames are a 4-byte
+//!   (RequestVote, its answer, TimeoutNow: rare, and one lost costs the cluster an
+//!   election timeout, where QUIC resends a lost stream packet within a round trip);
+//!   InstallSnapshot chunks go on another stream with its own queue, so a snapshot never
+//!   delays heartbeats or entries. Stream frames are a 4-byte
 //!   little-endian length and the core's postcard envelope ([`coracle::wire`]).
 //! - **Decoded once.** The transport splits streams into frames and hands them to the node
 //!   undecoded ([`PeerFrame`]); the node decodes and checks each one once
