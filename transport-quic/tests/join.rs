@@ -8,12 +8,14 @@
 
 mod common;
 
-use common::{admin_command, leader, node_log, wait_for, Proc, Setup, BIN};
+use common::{
+    admin_command, leader, node_log, spawn_with, spawn_with_args, wait_for, Proc, Setup, BIN,
+};
 use coracle_quic::client::Client;
 use coracle_quic::protocol::{Consistency, NodeStatus};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
 /// Liveness bound of every wait below: generous, the machine is shared (not a timing
@@ -51,25 +53,6 @@ fn joiner_config(setup: &Setup, id: u64, listen: SocketAddr) -> PathBuf {
     let path = setup.path().join(format!("joiner-{id}.toml"));
     std::fs::write(&path, kept).unwrap();
     path
-}
-
-/// Starts `coracle node --config CONFIG ARGS...`, its log appended to the node's log.
-fn spawn(setup: &Setup, id: u64, config: &Path, args: &[String]) -> Proc {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(node_log(setup, id))
-        .unwrap();
-    let child = Command::new(BIN)
-        .args(["node", "--log", "info", "--watch-stdin", "--config"])
-        .arg(config)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    Proc(Some(child))
 }
 
 fn join_args(addrs: &[SocketAddr]) -> Vec<String> {
@@ -141,7 +124,7 @@ fn keys_on(setup: &Setup, id: u64) -> usize {
 fn a_node_joins_by_itself_one_leaves_and_two_change_at_once() {
     let setup = Setup::new("join", 5);
     let mut procs: Vec<Proc> = (1..=3)
-        .map(|id| spawn(&setup, id, &config(&setup, id, ""), &[]))
+        .map(|id| spawn_with(&setup, id, &config(&setup, id, "")))
         .collect();
     let client = setup.client("client-alice");
     wait_for(LIMIT, || leader(&client, &setup.addrs[..3])).expect("a leader");
@@ -155,7 +138,12 @@ fn a_node_joins_by_itself_one_leaves_and_two_change_at_once() {
     //    made a voter by itself once caught up.
     let four = joiner_config(&setup, 4, setup.addrs[3]);
     assert!(!std::fs::read_to_string(&four).unwrap().contains("peers"));
-    procs.push(spawn(&setup, 4, &four, &join_args(&setup.addrs[..1])));
+    procs.push(spawn_with_args(
+        &setup,
+        4,
+        &four,
+        join_args(&setup.addrs[..1]),
+    ));
     let s = wait_voters(&client, &setup, &[1, 2, 3, 4], &[1, 2, 3, 4]);
     let logged = wait_for(LIMIT, || {
         let log4 = std::fs::read_to_string(node_log(&setup, 4)).unwrap();
@@ -172,7 +160,7 @@ fn a_node_joins_by_itself_one_leaves_and_two_change_at_once() {
 
     // 2. A restart (kill -9) of the joined node does not join again: same configuration.
     procs[3].kill();
-    procs[3] = spawn(&setup, 4, &four, &join_args(&setup.addrs[..1]));
+    procs[3] = spawn_with_args(&setup, 4, &four, join_args(&setup.addrs[..1]));
     let again = wait_for(LIMIT, || {
         let log = std::fs::read_to_string(node_log(&setup, 4)).unwrap();
         log.contains("not joining again").then_some(())
@@ -198,7 +186,7 @@ fn a_node_joins_by_itself_one_leaves_and_two_change_at_once() {
 
     // 4. Two members at once (joint consensus): node 5 (started knowing the cluster, not a
     //    member) is added and another member removed.
-    procs.push(spawn(&setup, 5, &config(&setup, 5, ""), &[]));
+    procs.push(spawn_with(&setup, 5, &config(&setup, 5, "")));
     let removed = *rest.iter().find(|&&id| id != s.id).unwrap();
     let mut change = admin_command(&setup, &rest);
     change.args([
@@ -235,7 +223,7 @@ fn the_highest_priority_caught_up_node_leads_and_a_run_time_change_moves_it() {
     let mut procs: Vec<Proc> = (1..=3)
         .map(|id| {
             let extra = if id == 3 { "priority = 5" } else { "" };
-            spawn(&setup, id, &config(&setup, id, extra), &[])
+            spawn_with(&setup, id, &config(&setup, id, extra))
         })
         .collect();
     let client = setup.client("client-alice");
@@ -273,7 +261,7 @@ fn the_highest_priority_caught_up_node_leads_and_a_run_time_change_moves_it() {
 fn bad_joins_and_garbage_are_refused_clearly_and_change_nothing() {
     let setup = Setup::new("badjoin", 3);
     let _procs: Vec<Proc> = (1..=3)
-        .map(|id| spawn(&setup, id, &config(&setup, id, ""), &[]))
+        .map(|id| spawn_with(&setup, id, &config(&setup, id, "")))
         .collect();
     let client = setup.client("client-alice");
     wait_for(LIMIT, || leader(&client, &setup.addrs)).expect("a leader");

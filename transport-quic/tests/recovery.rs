@@ -32,24 +32,14 @@ fn config(setup: &Setup, id: u64, cluster: u64, voters: &str) -> PathBuf {
     path
 }
 
-/// `coracle node --config CONFIG` with `--force-new-cluster` `times` times, its log
-/// appended to node `id`'s log file.
+/// `coracle node --config CONFIG` with `--force-new-cluster` `times` times.
 fn spawn_forced(setup: &Setup, id: u64, config: &Path, times: usize) -> Proc {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(node_log(setup, id))
-        .unwrap();
-    let child = Command::new(BIN)
-        .args(["node", "--log", "info", "--watch-stdin", "--config"])
-        .arg(config)
-        .args(std::iter::repeat_n("--force-new-cluster", times))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    Proc(Some(child))
+    spawn_with_args(
+        setup,
+        id,
+        config,
+        std::iter::repeat_n("--force-new-cluster", times),
+    )
 }
 
 /// Runs `--force-new-cluster` on `config`, expecting a refusal: the process exits (within

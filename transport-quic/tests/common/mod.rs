@@ -228,12 +228,34 @@ pub fn spawn_with(setup: &Setup, id: u64, config: &Path) -> Proc {
     spawn_customised(setup, id, config, |c| c)
 }
 
+/// [`spawn_with`], with `args` after `--config CONFIG` (`--join ...`, `--force-new-cluster`).
+pub fn spawn_with_args<S: AsRef<std::ffi::OsStr>>(
+    setup: &Setup,
+    id: u64,
+    config: &Path,
+    args: impl IntoIterator<Item = S>,
+) -> Proc {
+    spawn_node_command(setup, id, config, |c| c, args)
+}
+
 /// [`spawn_with`], the command first changed by `customise` (environment, more flags).
 pub fn spawn_customised(
     setup: &Setup,
     id: u64,
     config: &Path,
     customise: impl FnOnce(&mut std::process::Command) -> &mut std::process::Command,
+) -> Proc {
+    spawn_node_command(setup, id, config, customise, std::iter::empty::<&str>())
+}
+
+/// `coracle node --config CONFIG ARGS...`, the command first changed by `customise`, its
+/// standard error appended to the node's log, stopped when its standard input closes.
+fn spawn_node_command<S: AsRef<std::ffi::OsStr>>(
+    setup: &Setup,
+    id: u64,
+    config: &Path,
+    customise: impl FnOnce(&mut std::process::Command) -> &mut std::process::Command,
+    args: impl IntoIterator<Item = S>,
 ) -> Proc {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -244,6 +266,7 @@ pub fn spawn_customised(
     let child = customise(&mut command)
         .args(["node", "--log", "info", "--watch-stdin", "--config"])
         .arg(config)
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(log)
