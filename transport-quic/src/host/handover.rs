@@ -69,6 +69,11 @@ impl<P> Held<P> {
         self.since.map(|s| s + self.limit)
     }
 
+    /// Whether no proposal is held.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// What to do with the held proposals at `now`, for a node that `leads` (and is still
     /// `transferring`, or not), follows `leader` (another node), or is `stopping`.
     pub(crate) fn decide(

@@ -208,6 +208,12 @@ impl Duties {
         Some(request)
     }
 
+    /// Whether anything may still be asked (else [`due`](Self::due) has nothing to do:
+    /// the node loop skips it).
+    pub(crate) fn pending(&self) -> bool {
+        self.promote.is_some() || self.announce.is_some()
+    }
+
     fn is_busy(&self) -> bool {
         *self.busy.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -1999,6 +1999,10 @@ impl<S: StateMachine> Runtime<S> {
 
     /// What this node asks the leader about itself, when due ([`Duties`]).
     fn run_duties(&mut self, node: &mut CoreNode) {
+        // Every turn of the loop comes here: nothing to scan once the duties are done.
+        if !self.duties.pending() {
+            return;
+        }
         let (learner, voter) = node
             .members()
             .find(|m| m.id == self.id)
@@ -2305,6 +2309,10 @@ impl<S: StateMachine> Runtime<S> {
     /// or the node stops (`stopping`) with no leader known.
     /// Returns how many it answered.
     fn release_held(&mut self, node: &mut CoreNode, stopping: bool) -> usize {
+        // Every turn of the loop comes here: nothing to decide with nothing held.
+        if self.held.is_empty() {
+            return 0;
+        }
         let leader = node.leader().filter(|&l| l != self.id);
         let release = self.held.decide(
             Instant::now(),
