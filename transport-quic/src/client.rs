@@ -761,6 +761,13 @@ impl Client {
             .collect()
     }
 
+    /// The node this client takes for the leader (where requests only a leader serves go
+    /// first), if any: named by a node in the newest term it heard of, or the node that
+    /// served such a request and did not name another.
+    pub fn leader(&self) -> Option<SocketAddr> {
+        lock(&self.view).leader
+    }
+
     /// Runs an admin operation on the leader (needs an admin certificate).
     pub async fn admin(&self, op: AdminOp) -> Result<(), ClientError> {
         match self.call(&Request::Admin(op)).await? {
@@ -792,7 +799,7 @@ impl Client {
             let cause = match self.backup_at(addr, path).await {
                 Ok(header) => {
                     // Any node serves a backup (its read confirmed by the leader).
-                    self.answered(addr, ServedBy::AnyNode);
+                    let _ = self.answered(addr, ServedBy::AnyNode);
                     return Ok(header);
                 }
                 Err(Miss::Fatal(e)) => return Err(e),
@@ -901,6 +908,8 @@ impl Client {
             if !tried.is_empty() && Instant::now() >= deadline {
                 return Err(unavailable(&tried, &last));
             }
+            // Named as the leader by a node (a redirect, a move, a round of "who leads?").
+            let named = target.is_some();
             let addr = match target.take() {
                 Some(a) => a,
                 None => self.pick(served, avoid),
@@ -938,7 +947,13 @@ impl Client {
                     })
                 }
                 Ok(Watched::Answer(answer)) => {
-                    self.answered(addr, served);
+                    if self.answered(addr, served) && !named {
+                        // A follower forwards what only a leader serves, so an answer
+                        // does not show that `addr` leads: ask it, so that the next
+                        // requests go straight to the leader it names (once per change
+                        // of the leader taken; forwarding costs the cluster a hop).
+                        self.check_leader(addr).await;
+                    }
                     return Ok(answer);
                 }
                 Ok(Watched::Moved(to)) => {
@@ -1212,14 +1227,16 @@ impl Client {
     }
 
     /// The node at `addr` answered a request `served` this way (it leads, if only a leader
-    /// serves it); a node reached through a redirect becomes known.
-    fn answered(&self, addr: SocketAddr, served: ServedBy) {
-        let moved = {
+    /// serves it); a node reached through a redirect becomes known. True if the client
+    /// took `addr` for the leader on this answer (it did not before).
+    fn answered(&self, addr: SocketAddr, served: ServedBy) -> bool {
+        let (moved, new_leader) = {
             let mut v = lock(&self.view);
-            if served == ServedBy::Leader {
+            let new_leader = served == ServedBy::Leader && v.leader != Some(addr);
+            if new_leader {
                 v.set_leader(Some(addr));
             }
-            v.last_answered.replace(addr) != Some(addr)
+            (v.last_answered.replace(addr) != Some(addr), new_leader)
         };
         if moved {
             let mut nodes = lock(&self.nodes);
@@ -1227,6 +1244,17 @@ impl Client {
                 nodes.push(addr);
             }
         }
+        new_leader
+    }
+
+    /// Asks the node at `addr`, which just served a request only a leader serves, who
+    /// leads (a follower that forwarded it names the leader); gives up after
+    /// [`ROUND_LIMIT`], keeping what the client believed.
+    async fn check_leader(&self, addr: SocketAddr) {
+        let asked = async {
+            self.probe(addr).await;
+        };
+        smol::future::or(asked, self.endpoint.runtime.sleep(ROUND_LIMIT)).await;
     }
 
     /// The node at `addr` failed a request: no longer taken for the leader or the node
