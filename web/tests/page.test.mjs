@@ -304,6 +304,28 @@ test('a nonsense seed or node count is refused with a message, and the run goes 
   assert.deepEqual(other.problems, []);
 });
 
+test('nonsense in the address (scenario, speed) is refused with a message, and a run starts', async () => {
+  for (const [query, words] of [['?scenario=nonsense', /there is no scenario "nonsense"/],
+    ['?speed=fast', /speed "fast" refused/], ['?speed=101', /speed "101" refused/],
+    ['?scenario=leader-crash&seed=x', /seed "x" refused/]]) {
+    const { page, problems } = await open(query);
+    assert.equal(await page.isVisible('#error'), true, query);
+    assert.match(await page.textContent('#error'), words);
+    const before = await state(page);
+    await page.waitForTimeout(150);
+    assert.ok((await state(page)).t > before.t, `${query}: a run goes on`);
+    assert.deepEqual(problems, []);
+    await page.close();
+  }
+  const { page, problems } = await open('?scenario=transfer&seed=3&speed=100');
+  assert.equal(await page.isVisible('#error'), false);
+  const s = await state(page);
+  assert.equal(s.scenario.id, 'transfer');
+  assert.equal(s.speed, 1);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
 test('frame time with 7 nodes at full speed (measured, not asserted)', async () => {
   const { page, problems } = await open('?seed=1&nodes=7');
   await setSpeed(page, FULL_SPEED);

@@ -446,27 +446,31 @@ function use(newModel, text) {
   draw(performance.now(), true);
 }
 
-function startFree() {
+// A new run from the seed and node fields; on refusal, the reason (the run shown goes on).
+function tryStartFree() {
   try {
     use(new Model($('seed').value, $('nodes').value), `Started ${$('nodes').value.trim()} nodes from seed ${$('seed').value.trim()}.`);
-    return true;
+    return null;
   } catch (e) {
-    showError(`${e.message || e} (the run goes on unchanged).`);
-    return false;
+    return `${e.message || e}`;
   }
 }
 
-function startScenario(id) {
+// The scenario `id` from the seed field; on refusal, the reason.
+function tryStartScenario(id) {
   try {
     use(Model.scenario(id, $('seed').value), '');
     playing = true;
     showPlaying();
-    return true;
+    return null;
   } catch (e) {
-    showError(`${e.message || e} (the run goes on unchanged).`);
-    return false;
+    return `${e.message || e}`;
   }
 }
+
+const unchanged = (refused) => { if (refused) showError(`${refused} (the run goes on unchanged).`); };
+function startFree() { unchanged(tryStartFree()); }
+function startScenario(id) { unchanged(tryStartScenario(id)); }
 
 function act(f) {
   if (!model) return;
@@ -569,20 +573,28 @@ async function main() {
   const params = new URLSearchParams(location.search);
   if (params.has('seed')) $('seed').value = params.get('seed');
   if (params.has('nodes')) $('nodes').value = params.get('nodes');
-  if (params.has('speed')) $('speed').value = params.get('speed');
+  // What the address asks for and cannot be: said on the page once a run has started.
+  const refused = [];
+  if (params.has('speed')) {
+    const v = params.get('speed');
+    if (/^\s*\d{1,3}\s*$/.test(v) && Number(v) <= 100) $('speed').value = v.trim();
+    else refused.push(`speed "${v}" refused: give a whole number from 0 (a hundredth of real time) to 100 (real time)`);
+  }
   setSpeedFromSlider();
   buildLegend();
   wire();
-  const scenario = params.get('scenario');
-  if (!(scenario && startScenario(scenario))) {
-    if (!startFree()) {
+  let why = params.has('scenario') ? tryStartScenario(params.get('scenario')) : 'no scenario asked';
+  if (why !== null) {
+    if (params.has('scenario')) refused.push(`${why}; a free run instead`);
+    why = tryStartFree();
+    if (why !== null) {
       $('seed').value = '1';
       $('nodes').value = '5';
-      const reason = $('error').textContent;
-      startFree();
-      showError(reason);
+      tryStartFree();
+      refused.push(`${why}; 5 nodes from seed 1 instead`);
     }
   }
+  if (refused.length) showError(refused.join('. ') + '.');
   window.coracleReady = true;
   requestAnimationFrame(frame);
 }
