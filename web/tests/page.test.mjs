@@ -146,6 +146,32 @@ test('pause stops time, step moves one event, and the slowest speed is a hundred
   await page.close();
 });
 
+test('the same seed replays the same run, clicks included; another seed plays another', async () => {
+  const { page, problems } = await open('?seed=11&nodes=5');
+  // From time 0: 300 events, a crash of S1, 300 more; what the page then shows.
+  const run = async (seed) => {
+    await page.fill('#seed', seed);
+    await page.click('#start');
+    await pause(page);
+    await seek(page, 0);
+    return page.evaluate(() => {
+      const step = (k) => { for (let i = 0; i < k; i++) document.getElementById('step').click(); };
+      step(300);
+      document.getElementById('node-1').dispatchEvent(new MouseEvent('click'));
+      step(300);
+      const { t, events, nodes, msgs, cut, sent } = window.coracleState();
+      return { t, events, nodes, msgs, cut, sent };
+    });
+  };
+  const first = await run('11');
+  assert.equal(first.events, 600);
+  assert.equal(first.nodes[0].up, false);
+  assert.deepEqual(await run('11'), first);
+  assert.notDeepEqual(await run('12'), first);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
 test('links are cut one way by a click, both ways by a shift-click, and healed', async () => {
   const { page, problems } = await open('?seed=3&nodes=4');
   await pause(page);
@@ -173,6 +199,118 @@ test('a client write commits on every node', async () => {
   const s = await waitFor(page, () => window.coracleState().nodes.every((n) => n.applied >= 3));
   assert.ok(s.nodes.every((n) => n.state === s.nodes[0].state && n.state.length > 0));
   assert.match(await page.textContent('#message'), /written to S\d at index/);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+// Steps a paused page one event at a time (the Step button) until its scenario is over,
+// and returns what was drawn on the way: every message kind seen in flight, whether each
+// AppendEntries showed its entry count and their terms, and whether the election timer
+// arcs only shrank while their timer stood (and did shrink).
+function stepThrough(page, maxSteps) {
+  return page.evaluate((maxSteps) => {
+    const seen = {};
+    let badCount = 0, shrank = 0, grew = 0;
+    let before = new Map();
+    for (let i = 0; i < maxSteps && !(window.coracleState().scenario?.done); i++) {
+      document.getElementById('step').click();
+      const s = window.coracleState();
+      for (const g of document.querySelectorAll('#layer-messages .msg')) {
+        seen[g.dataset.kind] = (seen[g.dataset.kind] || 0) + 1;
+      }
+      for (const m of s.msgs.filter((x) => x.kind === 'AppendEntries')) {
+        const label = [...document.querySelectorAll('#layer-messages .msg[data-kind=AppendEntries] text')]
+          .some((t) => t.textContent === String(m.entries.length));
+        if (!label || m.entries.length === 0) badCount++;
+      }
+      const now = new Map();
+      for (const n of s.nodes) {
+        const frac = document.getElementById(`node-${n.id}`).querySelector('.timer').dataset.timer;
+        if (n.timer === null || frac === undefined) continue;
+        now.set(n.id, [n.timer[0], Number(frac)]);
+        const was = before.get(n.id);
+        if (was && was[0] === n.timer[0]) {
+          if (Number(frac) < was[1]) shrank++;
+          if (Number(frac) > was[1]) grew++;
+        }
+      }
+      before = now;
+    }
+    return { seen, badCount, shrank, grew, done: !!window.coracleState().scenario?.done };
+  }, maxSteps);
+}
+
+// The logs as drawn match the state: one box per entry with its term and colour (one
+// colour per term), dashed when not committed, the commit and applied marks, and the
+// leader's nextIndex and matchIndex per follower, in the marks and in the table.
+async function checkLogsDrawn(page) {
+  const s = await state(page);
+  const drawn = await page.evaluate(() => [...document.querySelectorAll('#logs g[id^=log-]')].map((g) => ({
+    id: Number(g.id.slice(4)),
+    entries: [...g.querySelectorAll('.entry')].map((e) => {
+      const r = e.querySelector('rect');
+      return [Number(e.dataset.index), Number(e.dataset.term), r.getAttribute('fill'), r.hasAttribute('stroke-dasharray')];
+    }),
+    commit: g.querySelector('.commit-mark')?.dataset.index,
+    applied: g.querySelector('.applied-mark')?.dataset.index,
+    markers: [...g.querySelectorAll('.marker')].map((m) => [m.dataset.what, Number(m.dataset.index)]),
+  })));
+  assert.equal(drawn.length, s.nodes.length);
+  const colour = new Map();
+  for (const n of s.nodes) {
+    const row = drawn.find((d) => d.id === n.id);
+    assert.deepEqual(row.entries.map(([i, t]) => [i, t]), n.log.map(([t], k) => [n.logFrom + k, t]), `S${n.id}'s boxes`);
+    for (const [index, term, fill, dashed] of row.entries) {
+      if (!colour.has(term)) colour.set(term, fill);
+      assert.equal(colour.get(term), fill, `term ${term} has one colour`);
+      assert.equal(dashed, index > n.commit, `S${n.id} index ${index}: dashed iff not committed`);
+    }
+    if (n.commit >= s.from) assert.equal(Number(row.commit), n.commit, `S${n.id}'s commit mark`);
+    if (n.applied >= s.from) assert.equal(Number(row.applied), n.applied, `S${n.id}'s applied mark`);
+  }
+  const fills = [...colour.values()];
+  assert.equal(new Set(fills).size, fills.length, 'different terms, different colours');
+  const leader = leaders(s).sort((a, b) => b.term - a.term)[0];
+  if (leader) {
+    const table = await page.textContent('#progress');
+    for (const [peer, next, match] of leader.progress) {
+      const row = drawn.find((d) => d.id === peer);
+      const inWindow = (i) => i >= s.from && i < s.from + s.window;
+      const want = [['matchIndex', match], ['nextIndex', next]].filter(([, i]) => inWindow(i));
+      assert.deepEqual(row.markers, want, `the leader's marks under S${peer}`);
+      assert.ok(table.includes(`S${peer}: next ${next}, match ${match}`), table);
+    }
+  }
+  return s;
+}
+
+test('the drawing: every message kind in flight, shrinking timer arcs, logs by term, commit, applied, next and match', async () => {
+  const { page, problems } = await open('?seed=1');
+  const seen = {};
+  for (const id of ['replica-crash', 'transfer', 'figure-7']) {
+    await page.click(`#scenario-${id}`);
+    await pause(page);
+    const run = await stepThrough(page, 20_000);
+    assert.ok(run.done, `${id}: the scenario ended within 20,000 steps`);
+    assert.equal(run.badCount, 0, `${id}: every AppendEntries shows its entry count`);
+    assert.ok(run.shrank > 0 && run.grew === 0, `${id}: timer arcs shrink (${run.shrank} shrank, ${run.grew} grew)`);
+    for (const [k, c] of Object.entries(run.seen)) seen[k] = (seen[k] || 0) + c;
+    await checkLogsDrawn(page);
+    await shot(page, `drawing-${id}`);
+  }
+  for (const kind of ['PreVote', 'PreVoteResponse', 'RequestVote', 'RequestVoteResponse', 'Heartbeat',
+    'AppendEntries', 'AppendEntriesResponse', 'InstallSnapshot', 'InstallSnapshotResponse', 'TimeoutNow']) {
+    assert.ok(seen[kind] > 0, `${kind} was drawn in flight: ${JSON.stringify(seen)}`);
+  }
+  // Mid-run, with uncommitted entries: a minority leader's write in the network split.
+  await page.click('#scenario-net-split');
+  await waitFor(page, () => window.coracleState().scenario.lines.length >= 2);
+  await pause(page);
+  const s = await checkLogsDrawn(page);
+  assert.ok(s.nodes.some((n) => n.last > n.commit), 'an uncommitted entry is drawn');
+  // The leader has no election timer: no arc.
+  const leader = leaders(s)[0];
+  assert.equal(await page.getAttribute(`#node-${leader.id} .timer`, 'd'), '');
   assert.deepEqual(problems, []);
   await page.close();
 });

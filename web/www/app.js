@@ -166,6 +166,7 @@ function drawNodes(s) {
       frac = Math.max(0, Math.min(1, (fires - s.t) / Math.max(1, fires - set)));
     }
     setAttr(e.timer, 'd', arcPath(e.x, e.y, NODE_R + 7, frac));
+    setAttr(e.timer, 'data-timer', frac.toFixed(4));
   }
 }
 
@@ -295,18 +296,18 @@ function drawLogs(s) {
     });
     if (node.commit >= from) {
       const x = LABEL_W + (node.commit - from + 1) * BOX_W - 2;
-      parts.push(`<line x1="${x}" y1="${y - 3}" x2="${x}" y2="${y + 23}" stroke="#0f172a" stroke-width="2.5"><title>commit index ${node.commit}</title></line>`);
+      parts.push(`<line class="commit-mark" data-index="${node.commit}" x1="${x}" y1="${y - 3}" x2="${x}" y2="${y + 23}" stroke="#0f172a" stroke-width="2.5"><title>commit index ${node.commit}</title></line>`);
     }
     if (node.applied >= from) {
       const w = (node.applied - from + 1) * BOX_W - 3;
-      parts.push(`<rect x="${LABEL_W}" y="${y + 23}" width="${w}" height="3" fill="#059669"><title>applied through ${node.applied}</title></rect>`);
+      parts.push(`<rect class="applied-mark" data-index="${node.applied}" x="${LABEL_W}" y="${y + 23}" width="${w}" height="3" fill="#059669"><title>applied through ${node.applied}</title></rect>`);
     }
     const p = progress.get(node.id);
     if (p && node.id !== leader.id) {
       for (const [index, letter, color, what] of [[p.match, 'm', '#2563eb', 'matchIndex'], [p.next, 'n', '#ea580c', 'nextIndex']]) {
         if (index < from || index >= from + cols) continue;
         const x = LABEL_W + (index - from) * BOX_W + (BOX_W - 3) / 2;
-        parts.push(`<text class="marker" x="${x}" y="${y + 38}" fill="${color}" font-size="10" font-weight="700" text-anchor="middle">▲${letter}<title>the leader's ${what} for S${node.id}: ${index}</title></text>`);
+        parts.push(`<text class="marker" data-what="${what}" data-index="${index}" x="${x}" y="${y + 38}" fill="${color}" font-size="10" font-weight="700" text-anchor="middle">▲${letter}<title>the leader's ${what} for S${node.id}: ${index}</title></text>`);
       }
     }
     parts.push('</g>');
