@@ -119,6 +119,16 @@ test('clicking the leader crashes it and a new leader of a higher term appears',
   const again = await state(page);
   assert.equal(again.nodes[old.id - 1].up, false, 'the recorded crash replays');
   assert.equal(leaders(again)[0].id, next.id, 'the same seed and actions: the same leader');
+  // A click on the crashed node restarts it: it follows the new leader in its term.
+  await page.click(`#node-${old.id}`);
+  assert.equal((await state(page)).nodes[old.id - 1].up, true);
+  assert.doesNotMatch(await page.getAttribute(`#node-${old.id}`, 'class'), /\bdown\b/);
+  await page.click('#play');
+  const back = await waitFor(page, ([id, leader]) => {
+    const n = window.coracleState().nodes[id - 1];
+    return n.up && n.leader === leader && n.role === 'follower';
+  }, [old.id, next.id]);
+  assert.equal(back.nodes[old.id - 1].term, leaders(back)[0].term);
   assert.deepEqual(problems, []);
   await page.close();
 });
