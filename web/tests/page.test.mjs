@@ -486,6 +486,39 @@ test('nonsense in the address (scenario, speed) is refused with a message, and a
   await page.close();
 });
 
+test('a storm of random clicks never stops the page, and it never shows two leaders of one term', async () => {
+  const { page, problems } = await open('?seed=8&nodes=5');
+  await setSpeed(page, FULL_SPEED);
+  // A fixed sequence (xorshift from a constant): nodes, lanes (one way and both), writes,
+  // heal, step, pause/play, the timeline back and forth, a new run of another size.
+  let x = 0x2545F491;
+  const next = (n) => { x ^= x << 13; x ^= x >>> 17; x ^= x << 5; return (x >>> 0) % n; };
+  for (let i = 0; i < 250; i++) {
+    const s = await state(page);
+    const a = 1 + next(s.n), b = 1 + ((a + next(s.n - 1)) % s.n);
+    switch (next(10)) {
+      case 0: case 1: await page.click(`#node-${a}`, { force: true }); break;
+      case 2: case 3: await page.click(`#lane-${a}-${b}`, { force: true, modifiers: next(2) ? ['Shift'] : [] }); break;
+      case 4: await page.click('#write'); break;
+      case 5: await page.click('#heal'); break;
+      case 6: await page.click('#step'); break;
+      case 7: await page.click('#play'); break;
+      case 8: await seek(page, next(Math.max(1, Math.round(s.end / 1000)))); break;
+      default:
+        if (next(4) === 0) {
+          await page.fill('#nodes', String(3 + next(5)));
+          await page.click('#start');
+        } else await page.waitForTimeout(40);
+    }
+    const now = await state(page);
+    const terms = now.nodes.filter((n) => n.up && n.role === 'leader').map((n) => n.term);
+    assert.equal(new Set(terms).size, terms.length, `step ${i}: two leaders in one term ${terms}`);
+    assert.equal(now.error, null, `step ${i}`);
+  }
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
 test('frame time with 7 nodes at full speed (measured, not asserted)', async () => {
   const { page, problems } = await open('?seed=1&nodes=7');
   await setSpeed(page, FULL_SPEED);
