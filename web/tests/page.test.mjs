@@ -237,9 +237,9 @@ function stepThrough(page, maxSteps) {
       for (const n of s.nodes) {
         const frac = document.getElementById(`node-${n.id}`).querySelector('.timer').dataset.timer;
         if (n.timer === null || frac === undefined) continue;
-        now.set(n.id, [n.timer[0], Number(frac)]);
+        now.set(n.id, [`${n.timer[0]}-${n.timer[1]}`, Number(frac)]);
         const was = before.get(n.id);
-        if (was && was[0] === n.timer[0]) {
+        if (was && was[0] === `${n.timer[0]}-${n.timer[1]}`) {
           if (Number(frac) < was[1]) shrank++;
           if (Number(frac) > was[1]) grew++;
         }
