@@ -180,3 +180,53 @@ fn a_client_whose_write_was_forwarded_goes_to_the_leader_next() {
         client.close();
     }
 }
+
+/// A measurement, not a test (`cargo test --release -p coracle-quic --test forward
+/// forwarded_write_latency -- --ignored --nocapture`): one closed-loop writer, its writes
+/// sent to a follower that forwards them or straight to the leader, in alternating blocks
+/// of 500 (so both see the same machine), 4 000 of each; prints the latency distributions.
+#[test]
+#[ignore]
+fn forwarded_write_latency_against_direct() {
+    let setup = Setup::new("forward-latency", 3);
+    let configs: Vec<_> = (1..=3).map(|id| setup.write_config(id)).collect();
+    let _procs = spawn_all(&setup, &configs);
+    let client = setup.client("client-alice");
+    let l = wait_for(Duration::from_secs(20), || leader(&client, &setup.addrs))
+        .expect("a leader within 20 s");
+    let leader_addr = setup.addrs[l as usize - 1];
+    let follower = setup.addrs[l as usize % 3];
+    let (mut direct, mut forwarded) = (Vec::new(), Vec::new());
+    let mut seq = 0;
+    for block in 0..16 {
+        let (to, into) = match block % 2 {
+            0 => (follower, &mut forwarded),
+            _ => (leader_addr, &mut direct),
+        };
+        for _ in 0..500 {
+            seq += 1;
+            let request = session_put(9, seq, "k", "v");
+            let sent = std::time::Instant::now();
+            match smol::block_on(client.attempt(to, &request)) {
+                Ok(Response::Written { .. }) => into.push(sent.elapsed()),
+                other => panic!("write {seq} to {to}: {other:?}"),
+            }
+        }
+    }
+    for (name, values) in [
+        ("direct to the leader", direct),
+        ("forwarded by a follower", forwarded),
+    ] {
+        let mut sorted = values;
+        sorted.sort();
+        let at = |p: f64| sorted[((sorted.len() - 1) as f64 * p).round() as usize];
+        println!(
+            "{name}: {} writes, p50 {:?} p90 {:?} p99 {:?} max {:?}",
+            sorted.len(),
+            at(0.5),
+            at(0.9),
+            at(0.99),
+            sorted[sorted.len() - 1]
+        );
+    }
+}
