@@ -10,6 +10,8 @@
 //! (a status request on a stream of its own), and asks again every 15 ms while the node
 //! waited on is silent: as soon as a node names a leader in a newer term (the one waited
 //! on died, was paused, or was cut off from its peers and replaced), the call moves there.
+//! A round of these questions waits 20 ms for the slower nodes once one answered, never
+//! for a majority: a node that cannot answer does not hold the move up.
 //! A leader that is alive but slow is waited for. After a "retry" answer or a failed
 //! connection, the client asks the same way and goes to the leader named, else to the next
 //! node, after a pause that grows from 10 to 300 ms, until the call's deadline
@@ -23,7 +25,9 @@
 //! same packets. A connection that is lost (the node stopped or restarted) is dialled again
 //! in the background, with growing pauses, for 30 s at most: a redirect to that node later
 //! (it may be the new leader after a planned restart) finds it ready rather than waiting
-//! for a handshake.
+//! for a handshake. A connection that has received nothing for two keep-alive intervals
+//! (1 s) is not used: QUIC would keep it until its idle timeout (3 s), although the node
+//! died or, restarted, no longer knows it; a new one is dialled.
 //!
 //! Each `Client` has a UDP socket of its own; clients made by one [`ClientEndpoint`] share
 //! its socket (each still with its own connections and session), as an application that
@@ -335,7 +339,7 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(15);
 /// While the node a call waits on answers the probes (it lives and leads still), they slow
 /// down to one round per this long.
 const PROBE_INTERVAL_ALIVE: Duration = Duration::from_millis(200);
-/// Once a majority of the nodes answered a round, the others get this much longer.
+/// Once a node answered a round, the others get this much longer.
 const ROUND_GRACE: Duration = Duration::from_millis(20);
 /// A round of probes lasts this long at most.
 const ROUND_LIMIT: Duration = Duration::from_millis(250);
@@ -1143,10 +1147,14 @@ impl Client {
     /// A round of "who leads?": a status request to every node known, all at once, on
     /// streams of their own. The round ends when every node answered or failed; when
     /// every node but `suspect` did, unless `wait_for_suspect` (the suspect's answer
-    /// matters only for a request any node serves, and a dead one never comes); when a
-    /// majority did and the others had 20 ms more; or after 250 ms (or at `until`). A
-    /// round that ended less than 15 ms ago stands for a new one, and calls that ask
-    /// during a round wait for it. True if `suspect` answered the last round.
+    /// matters only for a request any node serves, and a dead one never comes); as soon
+    /// as an answer names a leader other than `suspect`; 20 ms after the first node
+    /// answered or failed; or after 250 ms (or at `until`). A node that cannot answer
+    /// (dead, paused, or reached through a stale connection of its previous run) never
+    /// holds a round beyond those 20 ms: the next round asks again 15 ms later, and
+    /// answers come in the newest term ([`View::learn`]), so one answer is enough to
+    /// move on. A round that ended less than 15 ms ago stands for a new one, and calls
+    /// that ask during a round wait for it. True if `suspect` answered the last round.
     async fn ask_who_leads(
         &self,
         suspect: Option<SocketAddr>,
@@ -1155,8 +1163,8 @@ impl Client {
     ) -> bool {
         let mut last = self.asking.lock().await;
         if last.is_none_or(|t| t.elapsed() >= PROBE_INTERVAL) {
+            let began = Instant::now();
             let nodes = lock(&self.nodes).clone();
-            let majority = nodes.len() / 2 + 1;
             let mut end = self
                 .endpoint
                 .runtime
@@ -1172,10 +1180,10 @@ impl Client {
                         .iter()
                         .zip(finished)
                         .all(|(&a, &done)| done || Some(a) == suspect);
-                if others_done {
+                if others_done || (!wait_for_suspect && self.names_other_leader(suspect)) {
                     return true;
                 }
-                if finished.iter().filter(|&&done| done).count() < majority {
+                if !finished.contains(&true) {
                     return false;
                 }
                 let grace =
@@ -1186,11 +1194,17 @@ impl Client {
             let now = Instant::now();
             let mut view = lock(&self.view);
             view.alive = answers.into_iter().flatten().flatten().collect();
-            debug!(term = view.term, leader = ?view.leader, alive = ?view.alive, "asked who leads");
+            debug!(term = view.term, leader = ?view.leader, alive = ?view.alive, took = ?now - began, "asked who leads");
             view.asked = Some(now);
             *last = Some(now);
         }
         suspect.is_some_and(|s| lock(&self.view).alive.contains(&s))
+    }
+
+    /// A call waits on `suspect`, and the client now knows another leader (named in the
+    /// newest term an answer reported: [`View::learn`]).
+    fn names_other_leader(&self, suspect: Option<SocketAddr>) -> bool {
+        suspect.is_some() && lock(&self.view).leader.is_some_and(|l| Some(l) != suspect)
     }
 
     /// Asks the node at `addr` for its status and takes in what it says; its address if
@@ -1444,14 +1458,9 @@ async fn dial(addr: SocketAddr, redial: Redial) -> Result<Arc<Session>, Miss> {
         },
     )
     .await?;
-    let session = Arc::new(Session {
-        conn,
-        send: smol::lock::Mutex::new(send),
-        pending: Mutex::new(HashMap::new()),
-        next_id: AtomicU64::new(1),
-        broken: AtomicBool::new(false),
-    });
+    let session = Arc::new(Session::new(conn, send));
     let runtime = redial.endpoint.runtime.clone();
+    runtime.spawn_detached(listen(Arc::downgrade(&session), runtime.clone()));
     runtime.spawn_detached(read_answers(Arc::downgrade(&session), recv, addr, redial));
     debug!(node = %addr, took = ?started.elapsed(), "connected");
     Ok(session)
@@ -1495,6 +1504,33 @@ async fn redial_until_usable(addr: SocketAddr, redial: Redial) {
     }
 }
 
+/// A connection that has received no datagram for this long is taken for dead although
+/// QUIC has not closed it yet: twice the keep-alive interval, in which a live peer
+/// acknowledges at least one keep-alive ([`QuicSettings`]).
+fn silent_after() -> Duration {
+    QuicSettings::default().keep_alive * 2
+}
+
+/// How often a session's connection is looked at to know when it last received a
+/// datagram ([`listen`]).
+const LISTEN_EVERY: Duration = Duration::from_millis(250);
+
+/// Looks at the session's connection every [`LISTEN_EVERY`] while it is open, so that
+/// [`Session::went_silent`] knows within that much when the connection last received a
+/// datagram, even for a session no call used for a while (a connection seen only when a
+/// call comes may have received its last datagram long before).
+async fn listen(session: Weak<Session>, runtime: Runtime) {
+    loop {
+        runtime.timer_after(LISTEN_EVERY).await;
+        match session.upgrade() {
+            Some(s) if s.conn.close_reason().is_none() => {
+                s.went_silent();
+            }
+            _ => return,
+        }
+    }
+}
+
 /// A connection to one node and the stream that carries the requests: answers come back
 /// tagged with the request's id, in any order. Closed when dropped: when the client or its
 /// endpoint closes, or a new connection to the node replaces it and no call uses it.
@@ -1506,11 +1542,59 @@ struct Session {
     next_id: AtomicU64,
     /// The stream or connection failed: a new session is needed.
     broken: AtomicBool,
+    /// Whether the connection still hears from the node ([`Session::went_silent`]).
+    heard: Mutex<Heard>,
+}
+
+/// When a session's connection was last seen to receive a datagram.
+struct Heard {
+    /// The connection's count of datagrams received when last looked at.
+    datagrams: u64,
+    /// When that count was last seen to grow (or the session was made).
+    at: Instant,
 }
 
 impl Session {
+    fn new(conn: quinn::Connection, send: quinn::SendStream) -> Session {
+        Session {
+            heard: Mutex::new(Heard {
+                datagrams: conn.stats().udp_rx.datagrams,
+                at: Instant::now(),
+            }),
+            conn,
+            send: smol::lock::Mutex::new(send),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            broken: AtomicBool::new(false),
+        }
+    }
+
     fn is_usable(&self) -> bool {
-        !self.broken.load(Ordering::Relaxed) && self.conn.close_reason().is_none()
+        !self.broken.load(Ordering::Relaxed)
+            && self.conn.close_reason().is_none()
+            && !self.went_silent()
+    }
+
+    /// The connection has received nothing for [`silent_after`] (seen when the client
+    /// looks: whenever it is about to use the session, and every [`LISTEN_EVERY`]
+    /// besides): the node died or
+    /// stopped, or it restarted and the connection is one of its previous run's. QUIC
+    /// keeps such a connection open until its idle timeout (3 s), and once its packets go
+    /// unacknowledged, congestion control holds new requests back until a loss probe,
+    /// whose interval doubles each time: the restarted node would answer the next packet
+    /// with a stateless reset, but that packet may leave a second later. A new connection
+    /// is dialled instead.
+    fn went_silent(&self) -> bool {
+        let datagrams = self.conn.stats().udp_rx.datagrams;
+        let mut heard = lock(&self.heard);
+        if datagrams != heard.datagrams {
+            *heard = Heard {
+                datagrams,
+                at: Instant::now(),
+            };
+            return false;
+        }
+        heard.at.elapsed() >= silent_after()
     }
 
     /// Why the connection can carry no more answers.

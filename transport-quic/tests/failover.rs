@@ -155,15 +155,17 @@ impl Load {
                 // The library's defaults: no test-specific timeouts.
                 let client =
                     Client::new(&setup.creds("client-alice"), setup.addrs.clone()).unwrap();
-                std::thread::spawn(move || {
-                    let mut log = WriterLog::new();
-                    let mut n = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        n += 1;
-                        let issued = Instant::now();
-                        let put = client.put_returning_previous(format!("w{w}"), n.to_string());
-                        let result =
-                            match smol::block_on(put) {
+                // Named: the client's log (CORACLE_TEST_CLIENT_LOG) tells the writers apart.
+                let thread = std::thread::Builder::new().name(format!("writer-{w}"));
+                thread
+                    .spawn(move || {
+                        let mut log = WriterLog::new();
+                        let mut n = 0u64;
+                        while !stop.load(Ordering::Relaxed) {
+                            n += 1;
+                            let issued = Instant::now();
+                            let put = client.put_returning_previous(format!("w{w}"), n.to_string());
+                            let result = match smol::block_on(put) {
                                 Ok(previous) => {
                                     acks[w].lock().unwrap().push((issued, Instant::now()));
                                     Ok(previous
@@ -171,11 +173,12 @@ impl Load {
                                 }
                                 Err(e) => Err(e.to_string()),
                             };
-                        log.push((n, result));
-                    }
-                    client.close();
-                    log
-                })
+                            log.push((n, result));
+                        }
+                        client.close();
+                        log
+                    })
+                    .unwrap()
             })
             .collect();
         Load {
@@ -380,7 +383,11 @@ fn fault_rounds(tag: &str, fault: Fault, rounds: usize) -> Rounds {
             .with_target("coracle_quic::client", tracing::Level::DEBUG)
             .with_target("failover", tracing::Level::INFO);
         let _ = tracing_subscriber::registry()
-            .with(tracing_subscriber::fmt::layer().with_filter(targets))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_thread_names(true)
+                    .with_filter(targets),
+            )
             .try_init();
     }
     let mut cluster = Cluster::start(tag);
