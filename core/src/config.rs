@@ -13,9 +13,17 @@ pub struct Config {
     /// different seed; a simulation replays exactly with the same seeds.
     pub seed: u64,
     /// The minimum election timeout `T` in ticks. A follower that hears nothing from a leader
-    /// campaigns after a random timeout in `[T, 2T)`; a leader with check-quorum steps down if
+    /// campaigns after a random timeout in `[T, 2T)` (see `election_jitter_percent`); a leader with check-quorum steps down if
     /// it has not heard from a quorum within `T`.
     pub election_ticks: u32,
+    /// How far above `T` the random election timeout may fall, in per cent of `T`: the
+    /// timeout is drawn from `[T, T + T * election_jitter_percent / 100)` (at least one tick
+    /// wide). 100, the default, is the paper's `[T, 2T)`. A narrower spread elects sooner
+    /// after a leader dies (with two voters left, the first timeout fires at 1.68 T at the
+    /// 90th percentile with 100 %, at 1.34 T with 50 %), at a higher risk of split votes
+    /// when the spread nears the time a vote round takes (the paper's Figure 16). The
+    /// minimum, `T`, and so lease reads and check-quorum, do not change. From 1 to 100.
+    pub election_jitter_percent: u8,
     /// Ticks between two heartbeats of a leader. Must be below `election_ticks`.
     pub heartbeat_ticks: u32,
     /// Ticks without acknowledgement after which a leader resends what it pipelined to a peer.
@@ -72,6 +80,7 @@ impl Config {
             id,
             seed,
             election_ticks: 10,
+            election_jitter_percent: 100,
             heartbeat_ticks: 1,
             retransmit_ticks: 5,
             pre_vote: true,
@@ -94,6 +103,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.election_ticks < 2 {
             return Err(ConfigError::ElectionTimeoutTooShort);
+        }
+        if self.election_jitter_percent == 0 || self.election_jitter_percent > 100 {
+            return Err(ConfigError::ElectionJitterOutOfRange);
         }
         if self.heartbeat_ticks == 0 || self.heartbeat_ticks >= self.election_ticks {
             return Err(ConfigError::HeartbeatNotBelowElection);
@@ -120,6 +132,8 @@ impl Config {
 pub enum ConfigError {
     /// `election_ticks` must be at least 2.
     ElectionTimeoutTooShort,
+    /// `election_jitter_percent` must be from 1 to 100.
+    ElectionJitterOutOfRange,
     /// `heartbeat_ticks` must be at least 1 and below `election_ticks`.
     HeartbeatNotBelowElection,
     /// `retransmit_ticks` must be at least 1.
@@ -139,6 +153,7 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             ConfigError::ElectionTimeoutTooShort => "election_ticks must be at least 2",
+            ConfigError::ElectionJitterOutOfRange => "election_jitter_percent must be 1 to 100",
             ConfigError::HeartbeatNotBelowElection => {
                 "heartbeat_ticks must be at least 1 and below election_ticks"
             }

@@ -19,10 +19,12 @@ pub(crate) struct Campaign {
 }
 
 impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I, R> {
-    /// A fresh randomized election timeout in `[T, 2T)` ticks (§5.2), later by `T/2` for
-    /// each voter of higher priority, so the highest-ranked live node campaigns first.
+    /// A fresh randomized election timeout in `[T, T + J)` ticks (§5.2; `J` is
+    /// `election_jitter_percent` of `T`, so `[T, 2T)` by default), later by `T/2` for each
+    /// voter of higher priority, so the highest-ranked live node campaigns first.
     pub(crate) fn reset_election_timer(&mut self) {
         let t = self.cfg.election_ticks as u64;
+        let jitter = (t * u64::from(self.cfg.election_jitter_percent) / 100).max(1);
         let me = self.cfg.priority;
         let outranked = self
             .peers
@@ -30,7 +32,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             .filter(|p| (p.voter || p.voter_outgoing) && p.priority > me)
             .count() as u64;
         self.timers.election_deadline =
-            self.timers.now + outranked * (t / 2) + self.rng.in_range(t, t);
+            self.timers.now + outranked * (t / 2) + self.rng.in_range(t, jitter);
     }
 
     /// A leader hands leadership to a caught-up, active voter of higher priority (the

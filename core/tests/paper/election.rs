@@ -64,6 +64,47 @@ fn follower_campaigns_after_a_randomized_timeout_between_t_and_2t() {
 }
 
 #[test]
+fn a_narrower_jitter_draws_the_timeout_from_t_to_t_plus_its_share_of_t() {
+    let mut seen = std::collections::BTreeSet::new();
+    for (percent, range) in [(50u8, 20..30), (1, 20..21), (100, 20..40)] {
+        for seed in 0..60 {
+            let mut cfg = Config::new(1, seed);
+            cfg.election_ticks = 20;
+            cfg.election_jitter_percent = percent;
+            let n: TestNode = coracle::Node::new(cfg, coracle::VecLog::new(), &[1, 2, 3]).unwrap();
+            let t = n.ticks_until_deadline();
+            assert!(
+                range.contains(&t),
+                "{percent} %: timeout {t} outside {range:?}"
+            );
+            seen.insert((percent, t));
+        }
+    }
+    let spread = |p: u8| seen.iter().filter(|(q, _)| *q == p).count();
+    assert!(
+        spread(50) > 3 && spread(100) > 6,
+        "not randomized: {seen:?}"
+    );
+    assert_eq!(spread(1), 1, "1 % of 20 ticks is the one-tick minimum");
+}
+
+#[test]
+fn an_election_jitter_of_0_or_above_100_percent_is_refused() {
+    for percent in [0u8, 101, 255] {
+        let mut cfg = Config::new(1, 1);
+        cfg.election_jitter_percent = percent;
+        assert_eq!(
+            cfg.validate(),
+            Err(coracle::ConfigError::ElectionJitterOutOfRange),
+            "{percent} %"
+        );
+        let built: Result<TestNode, _> =
+            coracle::Node::new(cfg, coracle::VecLog::new(), &[1, 2, 3]);
+        assert!(built.is_err(), "{percent} %: a node was built");
+    }
+}
+
+#[test]
 fn candidate_with_a_majority_becomes_leader_and_appends_a_noop() {
     let mut c = Cluster::new(&[1, 2, 3]);
     c.elect(1);
