@@ -144,6 +144,34 @@ fn a_write_forwarded_to_a_leader_that_went_silent_is_answered_once_another_leads
     assert_eq!(put_via(&client, follower, 2), replaced(2));
 }
 
+/// A 3-node cluster with an agreed leader: its id and address, and one follower's address.
+/// The node processes stop when it is dropped (before the setup's directory goes).
+struct Elected {
+    _procs: Vec<common::Proc>,
+    setup: Setup,
+    l: u64,
+    leader_addr: SocketAddr,
+    follower: SocketAddr,
+}
+
+impl Elected {
+    fn start(tag: &str) -> Elected {
+        let setup = Setup::new(tag, 3);
+        let configs: Vec<_> = (1..=3).map(|id| setup.write_config(id)).collect();
+        let procs = spawn_all(&setup, &configs);
+        let probe = setup.client("client-alice");
+        let l = wait_for(Duration::from_secs(20), || leader(&probe, &setup.addrs))
+            .expect("a leader within 20 s");
+        Elected {
+            _procs: procs,
+            leader_addr: setup.addrs[l as usize - 1],
+            follower: setup.addrs[l as usize % 3],
+            setup,
+            l,
+        }
+    }
+}
+
 /// A client that reaches a follower first has its write forwarded, and learns from that
 /// follower who leads: its next requests go straight to the leader (a forwarded request
 /// costs the cluster a hop and a stream; with every write of a bench forwarded, 64 writers
@@ -151,14 +179,13 @@ fn a_write_forwarded_to_a_leader_that_went_silent_is_answered_once_another_leads
 /// it finds the leader's in the follower's member list.
 #[test]
 fn a_client_whose_write_was_forwarded_goes_to_the_leader_next() {
-    let setup = Setup::new("forward-learn", 3);
-    let configs: Vec<_> = (1..=3).map(|id| setup.write_config(id)).collect();
-    let _procs = spawn_all(&setup, &configs);
-    let probe = setup.client("client-alice");
-    let l = wait_for(Duration::from_secs(20), || leader(&probe, &setup.addrs))
-        .expect("a leader within 20 s");
-    let leader_addr = setup.addrs[l as usize - 1];
-    let follower = setup.addrs[l as usize % 3];
+    let Elected {
+        setup,
+        l,
+        leader_addr,
+        follower,
+        _procs,
+    } = Elected::start("forward-learn");
     let others: Vec<SocketAddr> = setup
         .addrs
         .iter()
@@ -188,14 +215,14 @@ fn a_client_whose_write_was_forwarded_goes_to_the_leader_next() {
 #[test]
 #[ignore]
 fn forwarded_write_latency_against_direct() {
-    let setup = Setup::new("forward-latency", 3);
-    let configs: Vec<_> = (1..=3).map(|id| setup.write_config(id)).collect();
-    let _procs = spawn_all(&setup, &configs);
+    let Elected {
+        setup,
+        leader_addr,
+        follower,
+        _procs,
+        ..
+    } = Elected::start("forward-latency");
     let client = setup.client("client-alice");
-    let l = wait_for(Duration::from_secs(20), || leader(&client, &setup.addrs))
-        .expect("a leader within 20 s");
-    let leader_addr = setup.addrs[l as usize - 1];
-    let follower = setup.addrs[l as usize % 3];
     let (mut direct, mut forwarded) = (Vec::new(), Vec::new());
     let mut seq = 0;
     for block in 0..16 {
