@@ -16,7 +16,7 @@
 //! [`TransportStats::refused`].
 //!
 //! This build speaks protocol [`PROTOCOL`] only (it is the first to announce versions; the
-//! core's wire format decodes only its own version), and reads storage format 2 (the
+//! core's wire format decodes only its own version), and reads storage formats 2 and 3 (the
 //! previous release's format 1 holds entries in the format before the host's). Tests play nodes of other releases by
 //! setting [`TEST_VERSIONS_ENV`] (for tests only).
 //!
@@ -770,7 +770,10 @@ mod tests {
         );
         assert!(too_new.agree(&this).is_err(), "symmetric");
         let e = this
-            .agree(&versions((PROTOCOL, PROTOCOL), (3, 3)))
+            .agree(&versions(
+                (PROTOCOL, PROTOCOL),
+                (format::CURRENT + 1, format::CURRENT + 1),
+            ))
             .unwrap_err();
         assert!(e.to_string().contains("no storage format in common"), "{e}");
         let e = this.agree(&versions((1, 1), (1, 1))).unwrap_err();

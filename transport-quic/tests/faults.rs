@@ -19,6 +19,7 @@ use common::{leader, node_log, spawn_node, spawn_with, wait_for, Proc, Setup, BI
 use coracle_quic::client::{Client, ClientError};
 use coracle_quic::protocol::Consistency;
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -450,11 +451,12 @@ fn a_read_only_data_directory_is_refused_with_a_clear_error() {
     proc.kill();
 }
 
-/// Cuts the last 5 bytes of the records of `dir`'s last segment (the rest of a
+/// Zeroes the last 5 bytes of the records of `dir`'s last segment (the rest of a
 /// preallocated segment is zeros): a disk that lost the tail of the last flush it
-/// acknowledged. The log cannot tell this from a write torn by a crash, so the node starts
-/// with less log than it acknowledged (a cut below what an earlier flush recorded as
-/// durable is refused at start instead: see `storage.rs`).
+/// acknowledged and kept the file's size. The log cannot tell this from a write torn by a
+/// crash, so the node starts with less log than it acknowledged (a file cut short, or cut
+/// below what an earlier flush recorded as durable, is refused at start instead: see
+/// "Durability marks" in `storage/segment.rs`).
 fn cut_tail_of_last_segment(dir: &Path) {
     let mut segments: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
@@ -466,7 +468,7 @@ fn cut_tail_of_last_segment(dir: &Path) {
     let bytes = std::fs::read(last).unwrap();
     let used = bytes.iter().rposition(|&b| b != 0).expect("records") as u64 + 1;
     let file = std::fs::OpenOptions::new().write(true).open(last).unwrap();
-    file.set_len(used - 5).unwrap();
+    file.write_all_at(&[0; 5], used - 5).unwrap();
 }
 
 /// Issue 15, item 1: a follower that comes back with less log than it acknowledged (the

@@ -133,8 +133,9 @@ fn an_incompatible_node_is_refused_and_the_next_release_is_taken() {
         let (one, three) = (log_of(&setup, 1), log_of(&setup, 3));
         (one.contains("refusing node 3: no protocol version in common")
             && one.contains(&format!(
-                "this node speaks protocol {PROTOCOL} (only) and reads storage format {} (only); the peer speaks protocol {} (and down to {})",
+                "this node speaks protocol {PROTOCOL} (only) and reads storage format {} (and down to {}); the peer speaks protocol {} (and down to {})",
                 format::CURRENT,
+                format::OLDEST,
                 PROTOCOL + 2,
                 PROTOCOL + 1
             ))

@@ -200,6 +200,18 @@ pub enum Damage {
         /// The last entry known lost (later ones may be lost too).
         to: Index,
     },
+    /// The last segment is shorter than the size it was preallocated at (its durability
+    /// mark says): the file was cut short, and entries after what it holds may be lost.
+    CutShort {
+        /// The segment.
+        file: PathBuf,
+        /// Its size now.
+        len: u64,
+        /// The size it had at least.
+        allocated: u64,
+        /// The first entry that may be lost.
+        from: Index,
+    },
     /// Segments after the last one are gone: it is sealed (a later segment existed).
     MissingSegments {
         /// The last segment left.
@@ -258,6 +270,16 @@ impl fmt::Display for Damage {
                 file.display(),
                 from - 1,
                 to - from + 1
+            ),
+            Damage::CutShort {
+                file,
+                len,
+                allocated,
+                from,
+            } => write!(
+                f,
+                "{} is {len} bytes, but it was preallocated at {allocated}: the file was cut short, and entries from {from} on may be lost, acknowledged ones among them",
+                file.display()
             ),
             Damage::MissingSegments { file, from } => write!(
                 f,

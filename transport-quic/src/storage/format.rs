@@ -13,8 +13,11 @@
 //!   file, and its command entries and snapshots are in the format before the host's
 //!   (`host::entry`). This build cannot read it: open refuses it before it changes anything
 //!   ([`FileLogError::FormatTooOld`]), saying to start the node on a new data directory.
-//! - Format 2 ([`CURRENT`]) is this build's: a new directory gets the file before its
-//!   identity. A directory of a format between [`OLDEST`] and [`CURRENT`] (none yet) is
+//! - Format 2: segments of version 2 or older (durability marks without an allocated size,
+//!   [`segment`](super::segment)). This build reads them and keeps writing version 2 marks
+//!   into them; the segments it creates are of version 3, which a format 2 build cannot read.
+//! - Format 3 ([`CURRENT`]) is this build's: a new directory gets the file before its
+//!   identity. A directory of a format between [`OLDEST`] and [`CURRENT`] (format 2) is
 //!   upgraded in place once [`FileLog::open_with`] has found it consistent: the file is
 //!   written atomically (written to `format.tmp`, fsynced, renamed, the directory fsynced),
 //!   so a crash leaves the old format or the new one, never a half-written marker.
@@ -34,7 +37,7 @@ use std::path::Path;
 /// Name of the format file.
 pub(crate) const FILE: &str = "format";
 /// The data directory format this build writes.
-pub const CURRENT: u32 = 2;
+pub const CURRENT: u32 = 3;
 /// The oldest data directory format this build reads (and upgrades to [`CURRENT`]).
 pub const OLDEST: u32 = 2;
 /// The format of a directory without a `format` file: the releases before it existed.

@@ -199,7 +199,7 @@
 //! | `LOCK` | empty; holds the exclusive lock of an open `FileLog` |
 //! | `format` | the directory's format version ([`format`](mod@format); none in format 1, the previous release's) |
 //! | `identity` | cluster, node and incarnation of the directory ([`identity`]); written once (again only by [`FileLog::force_new_cluster`]) |
-//! | `00000000000000000001.seg` | a [`segment`] (format version 2, version 1 still read): header, durability marks, then records ([`record`]) |
+//! | `00000000000000000001.seg` | a [`segment`] (format version 3, versions 2 and 1 still read): header, durability marks, then records ([`record`]) |
 //! | `hard_state` | term and vote ([`hard_state`]) |
 //! | `snapshot` | the latest snapshot ([`snapshot`], its own format version 2) |
 //! | `incarnations` | the incarnation of each member the node talked to ([`incarnations`]; the node runtime's, not the log's) |
@@ -902,11 +902,35 @@ impl FileLog {
                         to: mark.durable,
                     }));
                 }
+                if mark.allocated > 0 {
+                    let len = fs::metadata(&last.path)
+                        .map_err(io_err(&last.path, "read the size of a segment"))?
+                        .len();
+                    if len < mark.allocated {
+                        return Err(damaged(Damage::CutShort {
+                            file: last.path.clone(),
+                            len,
+                            allocated: mark.allocated,
+                            from,
+                        }));
+                    }
+                }
             }
         }
         let mut stats = Stats::default();
+        let mut segments = replayed.segments;
         // The directory is consistent: repair what a crash left, then make it whole.
         if let Some(tail) = &replayed.tail {
+            // The mark stops saying an allocated size before the file gets shorter.
+            if let Some(last) = segments.last_mut() {
+                if let Some(m) = last.mark.filter(|m| m.allocated > 0) {
+                    let file = segment::open_for_write(last)?;
+                    segment::write_mark(&file, last, m.durable, m.sealed, 0)?;
+                    file.sync_data()
+                        .map_err(io_err(&last.path, "sync the mark of a segment to cut"))?;
+                    stats.fsyncs += 1;
+                }
+            }
             recovery::cut(tail)?;
             stats.fsyncs += 1;
         }
@@ -919,7 +943,7 @@ impl FileLog {
         }
         report.tail_cut = replayed.tail;
         report.superseded = replayed.superseded;
-        report.segments = replayed.segments.len();
+        report.segments = segments.len();
         report.entries = replayed.positions.len();
         let hard_state = match hard_state {
             Some(hs) => hs,
@@ -929,7 +953,6 @@ impl FileLog {
                 HardState::default()
             }
         };
-        let mut segments = replayed.segments;
         let mut positions = replayed.positions;
         let active = match segments.last() {
             Some(last) => segment::open_for_write(last)?,
@@ -1550,10 +1573,15 @@ impl Disk {
         }
         let last = self.read_positions().last_index();
         let seg = self.segments.last_mut().ok_or(FileLogError::Failed)?;
-        // What the previous flush made durable, in this one's fdatasync (see "Durability
-        // marks" in `segment`): never more than is durable, whatever a crash keeps.
-        if seg.mark.is_some_and(|m| m.durable < self.durable) {
-            segment::write_mark(&self.active, seg, self.durable, false)?;
+        // What the previous flush made durable, in this one's fdatasync, if this one grows
+        // the file (see "Durability marks" in `segment`): never more than is durable,
+        // whatever a crash keeps. Inside the allocated size, the size tells a cut.
+        let end = seg.len + self.pending.len() as u64;
+        if let Some(m) = seg
+            .mark
+            .filter(|m| m.durable < self.durable && end > m.allocated)
+        {
+            segment::write_mark(&self.active, seg, self.durable, false, m.allocated)?;
         }
         let path = &seg.path;
         self.active
@@ -1831,28 +1859,49 @@ impl Disk {
     fn roll_over(&mut self, base: Index) -> Result<(), FileLogError> {
         // Every record written is durable once written (a job writes and syncs at once).
         self.write_pending()?;
-        let seg = self.segments.last_mut().ok_or(FileLogError::Failed)?;
-        if seg.preallocated {
-            // Only the last segment may end in zeros (see `recovery`).
-            self.active
-                .set_len(seg.len)
-                .and_then(|()| self.active.sync_data())
-                .map_err(io_err(&seg.path, "trim the preallocated tail of a segment"))?;
-            self.stats.fsyncs += 1;
-            seg.preallocated = false;
-        }
+        self.trim_preallocated()?;
         self.durable = base - 1;
-        // Sealed once its records are durable and before the next segment exists: a last
-        // segment that is sealed tells that the ones after it were lost.
-        if seg.mark.is_some() {
-            segment::write_mark(&self.active, seg, base - 1, true)?;
+        let prev_term = self.read_positions().term(base - 1).unwrap_or(0);
+        self.new_segment(base, prev_term)?;
+        self.crash_point("next-created")?;
+        // Sealed once the next segment exists (a crash before leaves it unsealed, and
+        // nothing is taken for lost): a last segment that is sealed tells that the ones
+        // after it were lost.
+        let n = self.segments.len();
+        let old = &mut self.segments[n - 2];
+        if old.mark.is_some() {
+            let file = segment::open_for_write(old)?;
+            segment::write_mark(&file, old, base - 1, true, 0)?;
+            file.sync_data()
+                .map_err(io_err(&old.path, "sync the sealed segment"))?;
+            self.stats.fsyncs += 1;
+        }
+        Ok(())
+    }
+
+    /// Trims the last segment to its records if it is preallocated (only the last segment
+    /// may end in zeros or old records, see `recovery`; it is about to stop being the
+    /// last). If that makes it shorter than its mark's allocated size (a full segment's
+    /// records reach past it), the mark stops saying one first, durably, so the shorter
+    /// file is never taken for one cut short.
+    fn trim_preallocated(&mut self) -> Result<(), FileLogError> {
+        let Some(s) = self.segments.last_mut().filter(|s| s.preallocated) else {
+            return Ok(());
+        };
+        if let Some(m) = s.mark.filter(|m| s.len < m.allocated) {
+            segment::write_mark(&self.active, s, m.durable, m.sealed, 0)?;
             self.active
                 .sync_data()
-                .map_err(io_err(&seg.path, "sync the sealed segment"))?;
+                .map_err(io_err(&s.path, "sync the mark of a segment to trim"))?;
             self.stats.fsyncs += 1;
         }
-        let prev_term = self.read_positions().term(base - 1).unwrap_or(0);
-        self.new_segment(base, prev_term)
+        self.active
+            .set_len(s.len)
+            .and_then(|()| self.active.sync_data())
+            .map_err(io_err(&s.path, "trim the preallocated tail of a segment"))?;
+        self.stats.fsyncs += 1;
+        s.preallocated = false;
+        self.crash_point("trimmed")
     }
 
     /// Durably cuts the log at entry `from`, whose record is in segment `seg` at `offset`
@@ -1860,13 +1909,18 @@ impl Disk {
     fn cut_durable(&mut self, seg: usize, offset: u64, from: Index) -> Result<(), FileLogError> {
         self.pending.clear();
         // First the marks of that segment and the later ones say no more than what stays,
-        // and none is sealed, durably: then no step of the cut looks like lost entries.
+        // none is sealed and the one cut says no allocated size, durably: then no step of
+        // the cut looks like lost entries.
         let keep = from - 1;
         self.durable = self.durable.min(keep);
-        for s in &mut self.segments[seg..] {
-            if let Some(m) = s.mark.filter(|m| m.sealed || m.durable > keep) {
+        for (i, s) in self.segments.iter_mut().enumerate().skip(seg) {
+            let allocated = if i == seg { 0 } else { s.allocated() };
+            if let Some(m) = s
+                .mark
+                .filter(|m| m.sealed || m.durable > keep || m.allocated > allocated)
+            {
                 let file = segment::open_for_write(s)?;
-                segment::write_mark(&file, s, m.durable.min(keep), false)?;
+                segment::write_mark(&file, s, m.durable.min(keep), false, allocated)?;
                 file.sync_data()
                     .map_err(io_err(&s.path, "sync the lowered durability mark"))?;
                 self.stats.fsyncs += 1;
@@ -2001,15 +2055,7 @@ impl Disk {
                 self.crash_point("discarding")?;
             }
         }
-        // Only the last segment may end in zeros or old records (see `recovery`).
-        if let Some(s) = self.segments.last_mut().filter(|s| s.preallocated) {
-            self.active
-                .set_len(s.len)
-                .and_then(|()| self.active.sync_data())
-                .map_err(io_err(&s.path, "trim the preallocated tail of a segment"))?;
-            self.stats.fsyncs += 1;
-            s.preallocated = false;
-        }
+        self.trim_preallocated()?;
         let older = std::mem::take(&mut self.segments);
         self.new_segment(base, term)?;
         self.crash_point("discarding")?;

@@ -339,6 +339,7 @@ pub(crate) fn replay(
             path: path.clone(),
             len: end as u64,
             preallocated: end < bytes.len() && out.tail.is_none(),
+            version: header.version,
             mark: header.mark,
         });
     }

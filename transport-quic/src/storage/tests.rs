@@ -916,6 +916,236 @@ fn entries_cut_inside_preallocated_space_never_come_back() {
     assert_eq!(log.recovery().tail_cut, None);
 }
 
+/// A preallocated segment's flushes write no durability mark (their `fdatasync` writes the
+/// records' pages only): the size its mark says tells a cut instead. Cut anywhere in its
+/// records or its zeros, open refuses it, naming the file and the first entry that may be
+/// lost, and changes nothing; whole again, it opens with every entry.
+#[test]
+fn a_preallocated_segment_cut_short_is_refused_and_its_flushes_write_no_mark() {
+    let dir = TempDir::new("prealloc-cut-short");
+    let log = open_preallocated(dir.path());
+    let n = log.last_index();
+    assert!(
+        log.disk_ref().segments[0].mark.unwrap().seq > 0,
+        "the first segment, not preallocated, has marks of its flushes"
+    );
+    let active = &log.disk_ref().segments[1];
+    let (seg, base, mark) = (active.path.clone(), active.base, active.mark.unwrap());
+    let size = fs::metadata(&seg).unwrap().len();
+    assert_eq!(
+        (mark.seq, mark.durable, mark.allocated),
+        (0, base - 1, size),
+        "no mark written since the segment was made"
+    );
+    drop(log);
+    let original = fs::read(&seg).unwrap();
+    let (starts, end) = records_before_zeros(&original);
+    let ends: Vec<usize> = starts[1..].iter().copied().chain([end]).collect();
+    let cuts = (segment::HEADER..end)
+        .step_by(7)
+        .chain(starts.iter().copied())
+        .chain([end, end + 1, original.len() - 1]);
+    for cut in cuts {
+        fs::write(&seg, &original[..cut]).unwrap();
+        let from = base + ends.iter().filter(|&&e| e <= cut).count() as Index;
+        let e = FileLog::open_with(dir.path(), preallocated()).unwrap_err();
+        let FileLogError::Damaged {
+            damage:
+                Damage::CutShort {
+                    ref file,
+                    len,
+                    allocated,
+                    from: said,
+                },
+            ..
+        } = e
+        else {
+            panic!("cut at {cut}: {e}");
+        };
+        assert_eq!(
+            (file, len, allocated, said),
+            (&seg, cut as u64, size, from),
+            "cut at {cut}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("cut short")
+                && text.contains(&format!("entries from {from} on may be lost"))
+                && text.contains("add-learner"),
+            "{text}"
+        );
+        assert_eq!(fs::read(&seg).unwrap(), &original[..cut], "nothing is cut");
+    }
+    fs::write(&seg, &original).unwrap();
+    let log = FileLog::open_with(dir.path(), preallocated()).unwrap();
+    assert_eq!(contents(&log), expected(1..=n, 1));
+}
+
+/// A crash at any step of a roll-over (the old segment trimmed, the next one created, the
+/// old one sealed) leaves a log that opens with every entry synced: never a sealed last
+/// segment, nor one shorter than its mark says. The active segment is made from a spare of
+/// zeros or recycled from a compacted one, and ends inside its allocated size (the
+/// configured segment size went down), so its trim makes the file shorter. (The old segment used to be sealed
+/// before the next one existed: a crash between the two looked like a deleted segment,
+/// and the node refused to start.)
+#[test]
+fn a_crash_at_any_step_of_a_roll_over_loses_nothing() {
+    for recycled in [false, true] {
+        for step in [Some("trimmed"), Some("next-created"), None] {
+            let dir = TempDir::new("roll-over-crash");
+            let mut written = Written::new();
+            let log = if recycled {
+                open_recycled(dir.path(), &mut written, |i| (i % 7) as usize * 5)
+            } else {
+                let log = open_preallocated(dir.path());
+                written = expected(1..=log.last_index(), 1);
+                log
+            };
+            // Segments half as long from now on: the active one ends well inside its
+            // allocated size, and its trim takes the file below it.
+            drop(log);
+            let mut log =
+                FileLog::open_with(dir.path(), preallocated().segment_bytes(2048)).unwrap();
+            let segments = log.disk_ref().segments.len();
+            let active = &log.disk_ref().segments[segments - 1];
+            let allocated = active.allocated();
+            assert_eq!(allocated, fs::metadata(&active.path).unwrap().len());
+            log.crash_at(step);
+            // Until the segment is full: the sync that rolls over stops at `step`.
+            let mut synced = written.len() as Index;
+            while log.disk_ref().segments.len() == segments {
+                let len = (synced + 1) % 7 * 5;
+                append_next(&mut log, &mut written, 1, len as usize);
+                if log.sync().is_err() {
+                    assert!(step.is_some());
+                    break;
+                }
+                synced += 1;
+            }
+            drop(log);
+            let at = format!("recycled {recycled}, crash at {step:?}");
+            let log = FileLog::open_with(dir.path(), preallocated())
+                .unwrap_or_else(|e| panic!("{at}: {e}"));
+            assert!(log.last_index() >= synced, "{at}");
+            written.truncate(log.last_index() as usize);
+            assert_eq!(contents(&log), kept(&log, &written), "{at}");
+            let segs = &log.disk_ref().segments;
+            let old = &segs[segments - 1];
+            let len = fs::metadata(&old.path).unwrap().len();
+            assert_eq!(
+                (segs.len() > segments, old.mark.unwrap().sealed),
+                (step != Some("trimmed"), step.is_none()),
+                "{at}"
+            );
+            assert!(old.allocated() <= len, "{at}");
+            if step.is_some() {
+                assert!(
+                    len < allocated,
+                    "{at}: the trim went below the allocated size"
+                );
+            }
+        }
+    }
+}
+
+/// A snapshot that replaces a log whose last segment is preallocated and partly filled:
+/// a crash right after that segment is trimmed (shorter than its allocated size, before
+/// the log's next segment exists) leaves the new state, which opens, never one taken for
+/// a file cut short.
+#[test]
+fn a_crash_after_trimming_for_a_snapshot_leaves_a_log_that_opens() {
+    let dir = TempDir::new("discard-trim-crash");
+    let mut log = open_preallocated(dir.path());
+    let n = log.last_index();
+    let m = SnapshotMeta::new(n + 50, 3, CONFIG).unwrap();
+    receive(&mut log, &m, &state_bytes(300, 3), 128);
+    log.crash_at(Some("trimmed"));
+    assert!(log.install_snapshot(&m).is_err());
+    drop(log);
+    let mut log = FileLog::open_with(dir.path(), preallocated())
+        .unwrap_or_else(|e| panic!("after the crash: {e}"));
+    assert_eq!(
+        (log.snapshot_point(), log.last_index()),
+        (Some((n + 50, 3)), n + 50)
+    );
+    append(&mut log, n + 51, 3);
+    log.sync().unwrap();
+    drop(log);
+    let log = FileLog::open_with(dir.path(), preallocated()).unwrap();
+    assert_eq!(log.term(n + 51), Some(3));
+}
+
+/// A directory of the previous format (2: segments whose marks say no allocated size) is
+/// upgraded in place: its segments are read, and written to with marks of their own
+/// version (a cut below one is still caught); the segments it gets next are version 3.
+#[test]
+fn a_format_2_directory_is_upgraded_and_its_segments_keep_their_marks() {
+    let dir = TempDir::new("format-2");
+    let one_segment = Options::new().segment_bytes(4096).preallocate(false);
+    {
+        let mut log = FileLog::open_with(dir.path(), one_segment.clone()).unwrap();
+        append_range(&mut log, 1..=40, 1);
+        log.sync().unwrap();
+    }
+    // As the previous release left it.
+    let seg = segment_files(dir.path()).pop().unwrap();
+    fs::write(&seg, segment::as_version_2(&fs::read(&seg).unwrap())).unwrap();
+    let marker = dir.path().join(format::FILE);
+    let mut b = fs::read(&marker).unwrap();
+    b[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let crc = crc32fast::hash(&b[..12]);
+    b[12..].copy_from_slice(&crc.to_le_bytes());
+    fs::write(&marker, b).unwrap();
+
+    let mut log = FileLog::open_with(dir.path(), one_segment.clone()).unwrap();
+    assert_eq!(log.recovery().upgraded_from, Some(2));
+    assert_eq!(format::read(dir.path()).unwrap(), format::CURRENT);
+    assert_eq!(contents(&log), expected(1..=40, 1));
+    assert_eq!(log.disk_ref().segments[0].version, segment::MARKS_VERSION);
+    for i in 41..=43 {
+        append(&mut log, i, 2);
+        log.sync().unwrap();
+    }
+    drop(log);
+    let bytes = fs::read(&seg).unwrap();
+    let header = segment::decode_header(&bytes, &seg).unwrap();
+    assert_eq!(header.version, segment::MARKS_VERSION);
+    assert_eq!(header.mark.map(|m| (m.durable, m.allocated)), Some((42, 0)));
+    // Entry 40 on cut off: entries up to the mark are named lost.
+    let mut at = header.records_start;
+    for _ in 1..40 {
+        at = record::read_frame(&bytes, at, 1 << 20).unwrap().1;
+    }
+    fs::write(&seg, &bytes[..at]).unwrap();
+    assert_eq!(
+        damage(dir.path(), one_segment),
+        Damage::LostEntries {
+            file: seg.clone(),
+            from: 40,
+            to: 42
+        }
+    );
+    fs::write(&seg, &bytes).unwrap();
+    // Small segments: the next entry starts a new segment, of version 3.
+    let mut log = FileLog::open_with(dir.path(), small_segments()).unwrap();
+    append(&mut log, 44, 2);
+    log.sync().unwrap();
+    drop(log);
+    let log = FileLog::open_with(dir.path(), small_segments()).unwrap();
+    let mut want = expected(1..=40, 1);
+    want.extend(expected(41..=44, 2));
+    assert_eq!(contents(&log), want);
+    let segs = &log.disk_ref().segments;
+    assert_eq!(
+        segs.iter().map(|s| s.version).collect::<Vec<_>>(),
+        [segment::MARKS_VERSION, segment::SEGMENT_VERSION]
+    );
+    assert!(
+        segs[0].mark.unwrap().sealed,
+        "the version 2 segment is sealed"
+    );
+}
+
 #[test]
 fn a_spare_is_not_left_behind_when_the_log_is_dropped() {
     let dir = TempDir::new("spare-drop");
