@@ -561,6 +561,9 @@ pub struct FileLog {
     /// Operations of the batches given to [`persist`](Self::persist) and not yet handed to
     /// a flush.
     queue: Queue,
+    /// The queue of the last job, emptied and handed back: the next one to fill, so its
+    /// buffers are not grown again from nothing for every flush.
+    spent: Queue,
     /// The files; away (on the fsync thread) while a [`FlushJob`] runs.
     disk: Option<Box<Disk>>,
     /// Where each entry is, shared with the readers.
@@ -596,21 +599,35 @@ impl Queue {
     fn is_empty(&self) -> bool {
         self.hard_state.is_none() && self.ops.is_empty()
     }
+
+    /// Empties it for the next job, keeping its buffers (up to what a burst may leave:
+    /// memory follows the configuration).
+    fn clear(&mut self) {
+        self.hard_state = None;
+        self.ops.clear();
+        self.ops.shrink_to(OPS_KEPT);
+        self.records.clear();
+        self.records.shrink_to(PENDING_KEPT);
+    }
 }
 
-/// One operation of a batch.
+/// Operations a spent queue keeps room for.
+const OPS_KEPT: usize = 1 << 14;
+
+/// One operation of a batch (the snapshot metadata, large and rare, boxed: one `Append` per
+/// entry is what the queue mostly holds).
 #[derive(Debug)]
 enum Op {
     /// Bytes of a snapshot being received.
     Chunk {
-        meta: SnapshotMeta,
+        meta: Box<SnapshotMeta>,
         offset: u64,
         data: Vec<u8>,
     },
     /// The snapshot received is the kept one.
-    Installed(SnapshotMeta),
+    Installed(Box<SnapshotMeta>),
     /// The host's own snapshot at `meta.index` is the kept one.
-    Taken(SnapshotMeta),
+    Taken(Box<SnapshotMeta>),
     /// Every entry goes; the log continues after (index, term).
     Reset(Index, Term),
     /// Entries from this index on go.
@@ -639,6 +656,8 @@ pub struct FlushJob {
 #[derive(Debug)]
 pub struct FlushDone {
     disk: Box<Disk>,
+    /// The job's queue, emptied.
+    spent: Queue,
     result: Result<(), FileLogError>,
 }
 
@@ -646,9 +665,11 @@ impl FlushJob {
     /// Performs the operations in order and makes them durable (blocks for the writes and
     /// the `fdatasync`s).
     pub fn run(mut self) -> FlushDone {
-        let result = self.disk.perform(self.queue);
+        let result = self.disk.perform(&mut self.queue);
+        self.queue.clear();
         FlushDone {
             disk: self.disk,
+            spent: self.queue,
             result,
         }
     }
@@ -1047,6 +1068,7 @@ impl FileLog {
             identity,
             recovery: report,
             queue: Queue::default(),
+            spent: Queue::default(),
             disk: Some(disk),
             positions,
             summary,
@@ -1165,14 +1187,14 @@ impl FileLog {
         }
         if let Some(c) = batch.snapshot_chunk {
             q.ops.push(Op::Chunk {
-                meta: *c.meta,
+                meta: Box::new(*c.meta),
                 offset: c.offset,
                 data: c.data.to_vec(),
             });
         }
         match batch.snapshot {
-            Some(SnapshotWrite::Installed(meta)) => q.ops.push(Op::Installed(*meta)),
-            Some(SnapshotWrite::Taken(meta)) => q.ops.push(Op::Taken(*meta)),
+            Some(SnapshotWrite::Installed(meta)) => q.ops.push(Op::Installed(Box::new(*meta))),
+            Some(SnapshotWrite::Taken(meta)) => q.ops.push(Op::Taken(Box::new(*meta))),
             None => {}
         }
         if let Some((index, term)) = batch.reset {
@@ -1233,7 +1255,7 @@ impl FileLog {
         };
         Ok(Some(FlushJob {
             disk,
-            queue: std::mem::take(&mut self.queue),
+            queue: std::mem::replace(&mut self.queue, std::mem::take(&mut self.spent)),
         }))
     }
 
@@ -1247,6 +1269,7 @@ impl FileLog {
     pub fn end_flush(&mut self, done: FlushDone) -> io::Result<()> {
         self.summary = done.disk.summary();
         self.disk = Some(done.disk);
+        self.spent = done.spent;
         self.poison_on_error(done.result)
     }
 
@@ -1521,14 +1544,14 @@ impl Disk {
     }
 
     /// Performs a job's operations in order (see "Order" in the module docs).
-    fn perform(&mut self, queue: Queue) -> Result<(), FileLogError> {
+    fn perform(&mut self, queue: &mut Queue) -> Result<(), FileLogError> {
         let Queue {
             hard_state,
             ops,
             records,
         } = queue;
         self.stats.syncs += 1;
-        if let Some(hs) = hard_state {
+        if let Some(hs) = hard_state.take() {
             if hs != self.hard_state {
                 hard_state::write(&self.dir, hs)?;
                 self.stats.fsyncs += 2;
@@ -1536,7 +1559,7 @@ impl Disk {
             }
         }
         let mut compact: Option<Index> = None;
-        for op in ops {
+        for op in ops.drain(..) {
             match op {
                 Op::Chunk { meta, offset, data } => self.receive_chunk(&meta, offset, &data)?,
                 Op::Installed(meta) => self.install_incoming(&meta)?,
@@ -1566,7 +1589,8 @@ impl Disk {
     }
 
     /// Writes the pending records with one write and makes them durable with one
-    /// `fdatasync` (with the durability mark of what the previous one made durable).
+    /// `fdatasync` (with the durability mark of what the previous one made durable if
+    /// this one grows the file).
     fn write_pending(&mut self) -> Result<(), FileLogError> {
         if self.pending.is_empty() {
             return Ok(());
@@ -1613,12 +1637,6 @@ impl Disk {
         kind: EntryKind,
         rec: &[u8],
     ) -> Result<(), FileLogError> {
-        let last = self.read_positions().last_index();
-        if index != last + 1 {
-            // A batch that does not follow the log (a bug of the host): written, it would
-            // be read back as damage.
-            return Err(FileLogError::OutOfOrder { index, last });
-        }
         let active = self.segments.last();
         let preallocated = active.is_some_and(|s| s.preallocated);
         let active_len = active.map_or(0, |s| s.len) + self.pending.len() as u64;
@@ -1629,13 +1647,27 @@ impl Disk {
                 || (!preallocated
                     && active_len >= self.options.spare_after(false)
                     && self.spare_ready()));
+        // A batch that does not follow the log (a bug of the host) is refused before
+        // anything is written: written, it would be read back as damage. One lock of the
+        // positions for the check and the push, but for a roll-over, which writes.
+        let out_of_order = |last: Index| FileLogError::OutOfOrder { index, last };
         if roll {
+            let last = self.read_positions().last_index();
+            if index != last + 1 {
+                return Err(out_of_order(last));
+            }
             self.roll_over(index)?;
         }
         let offset = self.segments.last().map_or(0, |s| s.len) + self.pending.len() as u64;
+        {
+            let mut positions = self.write_positions();
+            let last = positions.last_index();
+            if index != last + 1 {
+                return Err(out_of_order(last));
+            }
+            positions.push(term, kind, offset, rec.len() as u64);
+        }
         self.pending.extend_from_slice(rec);
-        self.write_positions()
-            .push(term, kind, offset, rec.len() as u64);
         Ok(())
     }
 
