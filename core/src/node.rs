@@ -33,6 +33,7 @@ use crate::snapshot::SnapshotTransfer;
 use crate::storage::{LogStorage, StorageError};
 use crate::transfer::Transfer;
 use crate::types::{Entry, EntryKind, HardState, Index, NodeId, Role, Term};
+use core::cmp::Reverse;
 use core::fmt;
 
 /// One Raft server, driven by its host.
@@ -136,6 +137,9 @@ impl Outbox {
 pub(crate) struct Fetch {
     /// To ask for at the next [`Node::poll_output`].
     wanted: Option<(Index, Index)>,
+    /// Whom `wanted` is for: among those who need entries read back while no fetch is
+    /// under way, the first by [`Reader`]'s order gets the fetch.
+    wanted_for: Reader,
     /// Asked for; no answer yet.
     in_flight: bool,
     /// The range asked for last.
@@ -149,6 +153,30 @@ pub(crate) struct Fetch {
     failed_at: Option<u64>,
     /// The index the answer is to hand in next.
     next: Index,
+}
+
+/// Who needs entries read back, in the order a fetch serves them: the greatest first.
+///
+/// A fetch reads what one follower needs next (a memory log may hold no more than that),
+/// and followers at the same `nextIndex` share it. The commit rule (§5.3) waits for a
+/// majority of voters: the voters it waits for go first, and among them, as among the
+/// other followers, the one furthest behind, so that those ahead of it wait while it
+/// catches up with them, and from then on every read serves them all. Reads spread over
+/// every follower behind would serve one follower each: a majority would hold the log
+/// again only once nearly all had caught up. The node's own state machine asks only when
+/// no follower does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Reader {
+    /// The node applying committed entries.
+    #[default]
+    Apply,
+    /// A follower the commit index does not wait for: a learner, or a voter while the
+    /// leader and the voters with a higher `nextIndex` make up a majority. By `nextIndex`:
+    /// the lowest first.
+    Follower(Reverse<Index>),
+    /// A voter the commit index waits for: the leader and the voters with a higher
+    /// `nextIndex` make up no majority without it. By `nextIndex`: the lowest first.
+    Majority(Reverse<Index>),
 }
 
 /// Everything the node keeps about one other member.
@@ -790,7 +818,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                 );
                 return self.log.entry(self.applied).map(Output::Apply);
             }
-            self.want_entries(self.applied + 1);
+            self.want_entries(self.applied + 1, Reader::Apply);
         }
         if let Some((from, to)) = self.fetch.wanted.take() {
             self.fetch.in_flight = true;
@@ -814,12 +842,16 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         }
     }
 
-    /// Entry `from` is needed and its data is not in memory: ask the host for it and the
-    /// missing ones after it (up to a pipeline's worth, or as many as the memory log could
-    /// hold of an earlier answer), unless a fetch is under way.
-    pub(crate) fn want_entries(&mut self, from: Index) {
+    /// Entry `from` is needed by `reader` and its data is not in memory: ask the host for
+    /// it and the missing ones after it (up to a pipeline's worth, or as many as the memory
+    /// log could hold of an earlier answer), unless a fetch is under way or one is wanted
+    /// for a reader that goes first.
+    pub(crate) fn want_entries(&mut self, from: Index, reader: Reader) {
         if self.fetch.in_flight
-            || self.fetch.wanted.is_some()
+            || self
+                .fetch
+                .wanted
+                .is_some_and(|_| reader <= self.fetch.wanted_for)
             || from < self.log.first_index()
             || self.fetch.failed_at == Some(self.timers.now)
         {
@@ -835,6 +867,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             to += 1;
         }
         self.fetch.wanted = Some((from, to));
+        self.fetch.wanted_for = reader;
     }
 
     /// Ticks until the next timer (election timeout, heartbeat, quorum check) fires; 0 if it

@@ -4,10 +4,11 @@
 
 use crate::log_macros::debug;
 use crate::message::{AppendEntries, AppendEntriesResponse};
-use crate::node::{Node, Outgoing};
+use crate::node::{Node, Outgoing, Reader};
 use crate::progress::ProgressState;
 use crate::storage::{LogStorage, StorageError};
 use crate::types::{EntryKind, Index, NodeId, Role};
+use core::cmp::Reverse;
 
 impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I, R> {
     /// AppendEntries RPC, receiver implementation (Figure 2).
@@ -375,7 +376,8 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             let len = self.batch_len(next, last);
             if len == 0 && next <= last {
                 // The data of `next` is not in memory: ask the host, send when it is.
-                self.want_entries(next);
+                let reader = self.reader_of(i);
+                self.want_entries(next, reader);
                 return self.heartbeat_for(i);
             }
             let leader_commit = self.commit_index;
@@ -401,6 +403,19 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
             });
         }
         self.heartbeat_for(i)
+    }
+
+    /// Where peer `i`, which needs entries read back, stands among the readers of the
+    /// next fetch ([`Reader`]).
+    fn reader_of(&self, i: usize) -> Reader {
+        let peer = &self.peers[i];
+        let next = peer.replication.next_index;
+        let voter = peer.voter || peer.voter_outgoing;
+        if voter && !self.quorum_agrees(true, |p| p.replication.next_index > next) {
+            Reader::Majority(Reverse(next))
+        } else {
+            Reader::Follower(Reverse(next))
+        }
     }
 
     /// A heartbeat for peer `i`, if one is due.

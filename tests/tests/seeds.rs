@@ -88,6 +88,24 @@ fn seed_301182_a_voter_of_a_higher_term_served_by_snapshot_rejoins() {
     assert!(report.is_ok(), "{report}");
 }
 
+/// Found by a soak: a joint configuration made four voters that were 80 to 100 entries
+/// behind a majority of C_new; after the faults healed the leader (a 256-byte memory log:
+/// one entry read back per fetch, under slow reads) spread its reads over all four, so
+/// no majority held its log, and nothing committed, for 587 ticks, and a client timed
+/// out. The leader now reads back first for the voter closest to its log (the paper test
+/// `a_leader_reads_back_first_for_the_voter_closest_to_its_log` shows it in a few steps;
+/// this seed's run shifts with any change of behaviour, like the seeds above).
+#[test]
+fn seed_811132671461_new_voters_behind_are_caught_up_in_time() {
+    let options = SimOptions {
+        nodes: 7,
+        steps: 50_000,
+        ..SimOptions::default()
+    };
+    let report = run(811_132_671_461, &options, None);
+    assert!(report.is_ok(), "{report}");
+}
+
 /// The run that found the AppendEntries storm between a leader and a follower whose
 /// memory log was full behind a hung disk (the paper test
 /// `a_follower_with_a_full_log_gets_one_probe_per_tick` in core/tests/paper shows it

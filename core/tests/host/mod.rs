@@ -147,6 +147,10 @@ pub struct Cluster<S: LogStorage = VecLog> {
     /// are made durable as soon as they are drained.
     pub manual_sync: BTreeSet<NodeId>,
     pub held_syncs: BTreeMap<NodeId, SyncToken>,
+    /// Nodes whose fetches wait in `held_fetches` for [`Cluster::answer_fetch`] (reads
+    /// slower than the network); the others are answered as soon as they are drained.
+    pub manual_fetch: BTreeSet<NodeId>,
+    pub held_fetches: BTreeMap<NodeId, (Index, Index)>,
     /// The members each node was started with (it restarts with them).
     pub bootstrap: BTreeMap<NodeId, Vec<NodeId>>,
     /// Every event, in order, while set.
@@ -276,6 +280,8 @@ impl<S: LogStorage> Cluster<S> {
             cut: BTreeSet::new(),
             manual_sync: BTreeSet::new(),
             held_syncs: BTreeMap::new(),
+            manual_fetch: BTreeSet::new(),
+            held_fetches: BTreeMap::new(),
             bootstrap: BTreeMap::new(),
             trace: None,
             depth: 0,
@@ -327,6 +333,7 @@ impl<S: LogStorage> Cluster<S> {
         let written = self.written.get_mut(&id).expect("a store");
         let machine = self.machines.get_mut(&id).expect("a state machine");
         let held = self.manual_sync.contains(&id);
+        let fetch_held = self.manual_fetch.contains(&id);
         let trace = &mut self.trace;
         let depth = self.depth;
         loop {
@@ -372,6 +379,12 @@ impl<S: LogStorage> Cluster<S> {
                         });
                         written.persist(&batch.batch());
                         sync = Some(batch.token);
+                    }
+                    Output::Fetch { from, to } if fetch_held => {
+                        note(trace, depth, EventKind::Host, || {
+                            format!("{id} fetch {from}..={to} (held)")
+                        });
+                        self.held_fetches.insert(id, (from, to));
                     }
                     Output::Fetch { from, to } => {
                         let found = written.fetch(from, to).count();
@@ -450,6 +463,22 @@ impl<S: LogStorage> Cluster<S> {
             node.persisted(t);
             self.drain(id);
         }
+    }
+
+    /// Answers the held fetch of node `id` from its store; false if none was held.
+    pub fn answer_fetch(&mut self, id: NodeId) -> bool {
+        let Some((from, to)) = self.held_fetches.remove(&id) else {
+            return false;
+        };
+        let written = &self.written[&id];
+        let found = written.fetch(from, to).count();
+        note(&mut self.trace, self.depth, EventKind::Host, || {
+            format!("{id} fetch {from}..={to}: {found} read from disk")
+        });
+        let node = self.nodes.get_mut(&id).expect("node is up");
+        node.fetched(written.fetch(from, to));
+        self.drain(id);
+        true
     }
 
     pub fn drain_all(&mut self) {
