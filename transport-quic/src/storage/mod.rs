@@ -884,12 +884,13 @@ impl FileLog {
             .chain(point.map(|(_, t)| t))
             .max()
             .unwrap_or(0);
-        // A new directory, or one whose initialisation a crash interrupted after the hard
-        // state of a new node (term 0, no vote) and before the first segment.
+        // A new directory, or one whose initialisation a crash interrupted (the hard state
+        // of a new node, term 0 and no vote, and perhaps the first segment, empty, but no
+        // identity yet): nothing in it a node ever acknowledged.
         let fresh = identity.is_none()
             && hard_state.is_none_or(|hs| hs == HardState::default())
             && snapshot.is_none()
-            && replayed.segments.is_empty();
+            && read.len() == 0;
         // Incomplete durable state: a directory that had a hard state or segments (it has
         // an identity, or entries, or a snapshot) and lost them.
         let had_state = identity.is_some() || newest_term > 0 || snapshot.is_some();

@@ -3062,6 +3062,33 @@ fn files_of(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     v
 }
 
+/// A crash inside a new directory's first open, after its first segment is created and
+/// before its `format` and `identity` files are written, leaves a directory with no entry,
+/// no vote and no identity: the next open takes it for the new directory it is (it used to
+/// refuse it as the previous release's format 1).
+#[test]
+fn a_crash_inside_the_first_open_leaves_a_new_directory() {
+    let dir = TempDir::new("first-open-crash");
+    drop(FileLog::open_with(dir.path(), small_segments()).unwrap());
+    fs::remove_file(dir.path().join(identity::FILE)).unwrap();
+    fs::remove_file(dir.path().join(format::FILE)).unwrap();
+    assert_eq!(
+        segment_files(dir.path()).len(),
+        1,
+        "the first segment, empty"
+    );
+    let mut log = FileLog::open_with(dir.path(), small_segments())
+        .unwrap_or_else(|e| panic!("a new directory: {e}"));
+    assert!(log.recovery().initialised && !log.recovery().adopted);
+    assert_eq!(log.recovery().upgraded_from, None);
+    assert_eq!(format::read(dir.path()).unwrap(), format::CURRENT);
+    append_range(&mut log, 1..=3, 1);
+    log.sync().unwrap();
+    drop(log);
+    let log = FileLog::open_with(dir.path(), small_segments()).unwrap();
+    assert_eq!(contents(&log), expected(1..=3, 1));
+}
+
 /// The data directory's format (issue 19): a new directory is marked with this build's
 /// format; one of the previous release (no marker: its command entries are in the format
 /// before the host's) is refused with what to do, and so is a newer build's directory or
