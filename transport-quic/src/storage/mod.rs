@@ -607,12 +607,14 @@ impl Queue {
         self.ops.clear();
         self.ops.shrink_to(OPS_KEPT);
         self.records.clear();
-        self.records.shrink_to(PENDING_KEPT);
+        self.records.shrink_to(RECORDS_KEPT);
     }
 }
 
 /// Operations a spent queue keeps room for.
-const OPS_KEPT: usize = 1 << 14;
+const OPS_KEPT: usize = 1 << 12;
+/// Bytes of records a spent queue keeps room for.
+const RECORDS_KEPT: usize = 256 << 10;
 
 /// One operation of a batch (the snapshot metadata, large and rare, boxed: one `Append` per
 /// entry is what the queue mostly holds).
