@@ -56,6 +56,10 @@ pub(crate) struct Replication<const I: usize> {
     pub snapshot_index: Index,
     pub snapshot_sent: u64,
     pub snapshot_acked: u64,
+    /// In snapshot state: the offset the follower's latest answer expects. Below
+    /// `snapshot_acked` when it lost chunks it had taken (a restart, then a late copy of the
+    /// first chunk) or when that answer was overtaken by a newer one.
+    pub snapshot_heard: u64,
 }
 
 impl<const I: usize> Replication<I> {
@@ -72,6 +76,7 @@ impl<const I: usize> Replication<I> {
             snapshot_index: 0,
             snapshot_sent: 0,
             snapshot_acked: 0,
+            snapshot_heard: 0,
         }
     }
 
@@ -81,6 +86,7 @@ impl<const I: usize> Replication<I> {
         self.snapshot_index = index;
         self.snapshot_sent = 0;
         self.snapshot_acked = 0;
+        self.snapshot_heard = 0;
         self.probe_sent = false;
         self.answered_since_probe = false;
         self.inflight.clear();

@@ -339,7 +339,9 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                 && r.snapshot_sent > r.snapshot_acked
                 && now >= r.last_progress + retransmit
             {
-                // A chunk or its answer was lost: send again from where the follower stands.
+                // A chunk or its answer was lost, or the follower lost chunks it had taken:
+                // send again from where it last said it stands.
+                r.snapshot_acked = r.snapshot_acked.min(r.snapshot_heard);
                 r.snapshot_sent = r.snapshot_acked;
                 r.last_progress = now;
                 self.counters.retransmits += 1;

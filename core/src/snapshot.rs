@@ -323,7 +323,10 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
         }
         // The follower's offset grows; a lost chunk is sent again when the window stalls
         // for the retransmission timeout (`on_heartbeat_timeout`). Back at 0, it lost the
-        // chunks it had (a restart forgets the snapshot being received): start over.
+        // chunks it had (a restart forgets the snapshot being received): start over. Back
+        // anywhere else (after a restart, a late copy of the first chunk), the timeout
+        // resumes from its latest answer: a reordered answer looks the same.
+        r.snapshot_heard = m.next_offset;
         if m.next_offset > r.snapshot_acked {
             r.snapshot_acked = m.next_offset;
             r.snapshot_sent = r.snapshot_sent.max(m.next_offset);
