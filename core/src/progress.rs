@@ -49,7 +49,9 @@ pub(crate) struct Replication<const I: usize> {
     /// Last index of each AppendEntries in flight, oldest first.
     pub inflight: heapless::Deque<Index, I>,
     pub recent_active: bool,
-    /// Tick of the last increase of `match_index` (or of the reset), for retransmission.
+    /// Tick the retransmission timer counts from: the last increase of `match_index`, the
+    /// sending of an AppendEntries into an empty window, or the last reset, whichever came
+    /// last. What is in flight is sent again once `retransmit_ticks` pass from it.
     pub last_progress: u64,
     /// In snapshot state: the snapshot being sent, the next byte to send, and the offset
     /// the follower last said it expects.

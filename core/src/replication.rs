@@ -383,6 +383,7 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                 return self.heartbeat_for(i);
             }
             let leader_commit = self.commit_index;
+            let now = self.timers.now;
             let p = &mut self.peers[i];
             p.send_heartbeat = false;
             let r = &mut p.replication;
@@ -392,6 +393,10 @@ impl<S: LogStorage, const N: usize, const I: usize, const R: usize> Node<S, N, I
                     r.answered_since_probe = false;
                 }
                 ProgressState::Replicate => {
+                    if r.inflight.is_empty() {
+                        // The retransmission timer starts with the oldest message in flight.
+                        r.last_progress = now;
+                    }
                     r.next_index = next + len as u64;
                     let _ = r.inflight.push_back(next + len as u64 - 1);
                 }

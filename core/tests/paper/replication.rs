@@ -166,6 +166,50 @@ fn lost_appends_are_retransmitted() {
     assert_eq!(c.commands(2), vec![b"lost".to_vec()]);
 }
 
+/// The retransmission timer counts from when the oldest unanswered AppendEntries left, not
+/// from the last rise of `matchIndex`: after a quiet spell (or a long wait for entries read
+/// back from disk) an AppendEntries just sent is not sent again at the next heartbeat, before
+/// its answer could have come.
+#[test]
+fn an_append_just_sent_is_not_retransmitted_at_the_next_heartbeat() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    c.stabilize();
+    let retransmit = default_config(1).retransmit_ticks as u64;
+    // A quiet cluster: heartbeats only, `matchIndex` does not move.
+    c.run(3 * retransmit);
+    let before = c.node(1).counters().retransmits;
+    c.propose(1, b"slow answer");
+    // The follower's answers take a few ticks, fewer than `retransmit_ticks`.
+    let mut held = c.take(|e| e.to == 2 || e.from == 2);
+    for _ in 1..retransmit {
+        c.tick(1, 1);
+        held.extend(c.take(|e| e.to == 2 || e.from == 2));
+        c.stabilize();
+    }
+    let appends = held
+        .iter()
+        .filter(|e| e.to == 2 && !e.message.entries().is_empty())
+        .count();
+    assert_eq!(appends, 1, "the entry went to node 2 once");
+    assert_eq!(c.node(1).counters().retransmits, before);
+    assert_eq!(
+        c.node(1).progress(2).unwrap().state,
+        ProgressState::Replicate
+    );
+    for env in held {
+        c.deliver(env);
+    }
+    c.stabilize();
+    assert_eq!(c.node(2).last_index(), c.node(1).last_index());
+    // An answer that never comes is still made up for.
+    c.propose(1, b"lost");
+    c.take(|e| e.to == 2);
+    c.run(retransmit + 1);
+    assert_eq!(c.node(2).last_index(), c.node(1).last_index());
+    assert!(c.node(1).counters().retransmits > before);
+}
+
 #[test]
 fn rejection_moves_next_index_back_a_whole_term_at_a_time() {
     // The follower holds a long run of term-2 entries the leader never had.
