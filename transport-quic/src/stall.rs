@@ -32,6 +32,11 @@ impl StallWatch {
         }
     }
 
+    /// How long a flush may run before it counts as a stall.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// A flush was handed to the fsync thread.
     pub fn began(&mut self) {
         self.began = Some(Instant::now());

@@ -20,7 +20,8 @@ use common::{wait_for, Setup};
 use coracle_quic::client::Client;
 use coracle_quic::config::NodeConfig;
 use coracle_quic::protocol::AdminOp;
-use coracle_quic::server::RunningNode;
+use coracle_quic::server::{NodeError, RunningNode};
+use coracle_quic::storage::FileLogError;
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,87 @@ fn a_leader_whose_disk_hangs_steps_down_and_writes_resume_through_a_new_leader()
     });
     client.close();
     for node in nodes {
+        node.shutdown().unwrap();
+    }
+}
+
+/// A follower whose disk hangs is shut down: it gives up its last flush after the stall
+/// timeout rather than wait for the disk for ever, and says why. The flush it gave up keeps
+/// the data directory locked until the disk answers; then the node restarts from it,
+/// having lost nothing, and catches up.
+#[test]
+fn a_node_whose_disk_hangs_shuts_down_after_the_stall_timeout() {
+    let setup = Setup::new("disk-stall-shutdown", 3);
+    let mut nodes: Vec<Option<RunningNode>> = (1..=3)
+        .map(|id| Some(RunningNode::start(&config(&setup, id)).unwrap()))
+        .collect();
+    let client = setup.client("client-alice");
+    smol::block_on(client.put("before", "1")).unwrap();
+    let leader = common::leader(&client, &setup.addrs).unwrap();
+    let stalled = if leader == 1 { 2 } else { 1 };
+    let node = nodes[stalled as usize - 1].take().unwrap();
+    let hold = node.hold_flushes();
+    // The others commit these; the stalled node's flush of them hangs.
+    for i in 0..5 {
+        smol::block_on(client.put(format!("k{i}"), "v")).unwrap();
+    }
+    let metrics = node.metrics_addr().unwrap();
+    let stalled_gauge = format!("coracle_storage_stalled{{node=\"{stalled}\"}}");
+    wait_for(Duration::from_secs(10), || {
+        (get(&scrape(metrics), &stalled_gauge) == 1.0).then_some(())
+    })
+    .expect("the node's flush hangs");
+    // Shut down on another thread: a shutdown that waited for the disk would never end.
+    let (done, outcome) = std::sync::mpsc::channel();
+    let asked = Instant::now();
+    std::thread::spawn(move || {
+        let _ = done.send(node.shutdown());
+    });
+    let result = outcome
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the shutdown waits for a disk that hangs");
+    let took = asked.elapsed();
+    match result {
+        Err(e @ NodeError::DiskStalled { .. }) => {
+            assert!(e.to_string().contains("storage.stall_timeout_ms"), "{e}")
+        }
+        other => panic!("shut down with {other:?}, not DiskStalled"),
+    }
+    // The flush given up still holds the directory: nothing opens it meanwhile.
+    match RunningNode::start(&config(&setup, stalled)) {
+        Err(NodeError::Storage(FileLogError::Locked(_))) => {}
+        other => panic!(
+            "restarted while the given-up flush may still write: {:?}",
+            other.err()
+        ),
+    }
+    // More writes while it is down; then its disk answers and it comes back.
+    smol::block_on(client.put("while-down", "3")).unwrap();
+    drop(hold);
+    let restarted = wait_for(Duration::from_secs(10), || {
+        RunningNode::start(&config(&setup, stalled)).ok()
+    })
+    .expect("the directory is let go once the flush is done");
+    let addr = setup.addrs[stalled as usize - 1];
+    let caught_up = wait_for(Duration::from_secs(30), || {
+        let s = smol::block_on(client.status_of(addr)).ok()?;
+        let l = smol::block_on(client.status_of(setup.addrs[leader as usize - 1])).ok()?;
+        (s.applied >= l.commit).then_some(())
+    });
+    assert!(
+        caught_up.is_some(),
+        "node {stalled} caught up after its restart"
+    );
+    nodes[stalled as usize - 1] = Some(restarted);
+    for key in ["before", "k4", "while-down"] {
+        assert!(smol::block_on(client.get(key)).unwrap().is_some(), "{key}");
+    }
+    eprintln!(
+        "shutdown of node {stalled} on a disk that hangs: {} ms (stall timeout {STALL_MS} ms)",
+        took.as_millis()
+    );
+    client.close();
+    for node in nodes.into_iter().flatten() {
         node.shutdown().unwrap();
     }
 }

@@ -143,6 +143,14 @@ pub enum NodeError {
     },
     /// The metrics endpoint cannot be bound (`[metrics] listen`).
     Metrics(crate::metrics::BindError),
+    /// The node was shut down while its disk hung: the last flush did not return within
+    /// `storage.stall_timeout_ms`, so the node stopped without it. Nothing it held back had
+    /// been acknowledged (a node answers only once its writes are durable); a restart on a
+    /// disk that answers recovers what reached it.
+    DiskStalled {
+        /// How long the shutdown waited for the flush.
+        waited: Duration,
+    },
     /// The node's event loop panicked (a bug).
     Panicked,
     /// The runtime cannot run the node, or the node cannot be waited for here
@@ -176,6 +184,13 @@ impl fmt::Display for NodeError {
                 write!(f, "entry {index} of the log: {source}; node stopped")
             }
             NodeError::Metrics(e) => write!(f, "{e}"),
+            NodeError::DiskStalled { waited } => write!(
+                f,
+                "the disk did not finish the log's last flush within {} ms \
+                 (storage.stall_timeout_ms): stopped without it; nothing that was not \
+                 durable had been acknowledged",
+                waited.as_millis()
+            ),
             NodeError::Panicked => f.write_str("the node's event loop panicked"),
             NodeError::Runtime(e) => write!(f, "{e}"),
         }
@@ -469,9 +484,9 @@ impl<S: StateMachine> Host<S> {
     /// Fault injection (tests, drills): the node's disk hangs. Its fsync thread runs no
     /// flush (the one running finishes) until the returned guard is dropped, so after
     /// `storage.stall_timeout_ms` the node steps down and stays out of elections; it comes
-    /// back once the guard is dropped. Nothing is lost: the writes wait in memory. Drop the
-    /// guard before shutting the node down: a shutdown waits for the running flush, as it
-    /// would for a real disk that hangs.
+    /// back once the guard is dropped. Nothing is lost: the writes wait in memory. A
+    /// shutdown meanwhile waits `storage.stall_timeout_ms` for the flush, then stops
+    /// without it ([`NodeError::DiskStalled`]), as it would on a real disk that hangs.
     pub fn hold_flushes(&self) -> FlushHold {
         warn!(
             node = self.id,
@@ -507,7 +522,8 @@ impl<S: StateMachine> Host<S> {
 
     /// Stops the node: a leader first hands leadership to its most caught-up voter
     /// (waiting an election timeout at most), then the node makes the log durable, closes
-    /// the connections and ends; this waits for it.
+    /// the connections and ends; this waits for it. On a disk that hangs it gives up the
+    /// last flush after `storage.stall_timeout_ms` ([`NodeError::DiskStalled`]).
     pub fn shutdown(mut self) -> Result<(), NodeError> {
         self.handle.shutdown();
         self.join()
@@ -1242,12 +1258,7 @@ impl<S: StateMachine> Runtime<S> {
         let mut answers = self.release_held(&mut node, true);
         answers += self.writes.len() + self.reads.len();
         self.fail_pending(&Gone::ShuttingDown);
-        if self.syncing.take().is_some() {
-            if let Ok(done) = durable.recv().await {
-                self.log.end_flush(done).map_err(NodeError::Sync)?;
-            }
-        }
-        self.log.flush().map_err(NodeError::Sync)?;
+        let disk_stalled = self.last_flush(&durable, &fsync).await?;
         let answered = match self.await_relays().await {
             true => Instant::now(),
             false => answered,
@@ -1276,7 +1287,57 @@ impl<S: StateMachine> Runtime<S> {
         }
         self.transport.close();
         self.transport.wait_idle(Duration::from_millis(500)).await;
-        Ok(())
+        match disk_stalled {
+            Some(waited) => {
+                error!(
+                    node = self.id,
+                    waited_ms = waited.as_millis() as u64,
+                    "shut down without the last flush: the disk hangs"
+                );
+                Err(NodeError::DiskStalled { waited })
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// At shutdown: waits for the flush running, then flushes what is still queued, on the
+    /// fsync thread, for `storage.stall_timeout_ms` in all at most (a disk that hangs must
+    /// not hang the shutdown with it). The time waited in vain, if the disk hung.
+    async fn last_flush(
+        &mut self,
+        durable: &Receiver<FlushDone>,
+        fsync: &std::sync::mpsc::Sender<FlushJob>,
+    ) -> Result<Option<Duration>, NodeError> {
+        let started = Instant::now();
+        let until = started + self.stall.timeout();
+        let mut running = self.syncing.take().is_some();
+        loop {
+            if running {
+                let runtime = self.transport.runtime().clone();
+                let done = async { durable.recv().await.ok() }
+                    .or(async {
+                        runtime.timer_at(until).await;
+                        None
+                    })
+                    .await;
+                let Some(done) = done else {
+                    if durable.is_closed() {
+                        return Err(NodeError::Sync(std::io::Error::other(
+                            "the fsync thread is gone",
+                        )));
+                    }
+                    return Ok(Some(started.elapsed()));
+                };
+                self.log.end_flush(done).map_err(NodeError::Sync)?;
+            }
+            let Some(job) = self.log.begin_flush().map_err(NodeError::Sync)? else {
+                return Ok(None);
+            };
+            fsync
+                .send(job)
+                .map_err(|_| NodeError::Sync(std::io::Error::other("the fsync thread is gone")))?;
+            running = true;
+        }
     }
 
     /// Waits until every held proposal forwarded to the new leader is answered (an

@@ -554,8 +554,6 @@ impl RecoveryReport {
 pub struct FileLog {
     dir: PathBuf,
     options: Options,
-    /// Held for the lock; released when dropped.
-    _lock: File,
     identity: DirIdentity,
     recovery: RecoveryReport,
     /// Operations of the batches given to [`persist`](Self::persist) and not yet handed to
@@ -802,6 +800,10 @@ struct Disk {
     stats: Stats,
     /// Every entry up to this index is durable (what the next durability mark says).
     durable: Index,
+    /// The directory's lock, held by whoever holds the files: a flush job that outlives
+    /// its log (a shutdown gave up on a disk that hangs) keeps the directory from being
+    /// opened again until it is done with it. Last, so it is released after the files.
+    _lock: File,
 }
 
 impl std::fmt::Debug for Disk {
@@ -1041,6 +1043,7 @@ impl FileLog {
             crash_at: None,
             stats,
             durable: 0,
+            _lock: lock,
         });
         if let Some((index, term)) = point {
             let (held, first) = {
@@ -1067,7 +1070,6 @@ impl FileLog {
         Ok(FileLog {
             dir,
             options,
-            _lock: lock,
             identity,
             recovery: report,
             queue: Queue::default(),

@@ -1559,6 +1559,24 @@ fn the_data_directory_is_locked() {
     FileLog::open(dir.path()).unwrap();
 }
 
+/// A node that shuts down on a disk that hangs gives up its last flush job and drops its
+/// log: the directory stays locked until the job is done with the files, so nothing opens
+/// it while a stale write may still land in it.
+#[test]
+fn a_flush_job_that_outlives_its_log_keeps_the_directory_locked() {
+    let dir = TempDir::new("lock-job");
+    let mut log = FileLog::open(dir.path()).unwrap();
+    append_range(&mut log, 1..=10, 1);
+    let job = log.begin_flush().unwrap().expect("batches were queued");
+    drop(log);
+    let e = FileLog::open(dir.path()).unwrap_err();
+    assert!(matches!(e, FileLogError::Locked(_)), "{e}");
+    // The disk answers at last: the job writes what it took, then lets go.
+    drop(job.run());
+    let log = FileLog::open(dir.path()).unwrap();
+    assert_eq!(contents(&log), expected(1..=10, 1));
+}
+
 /// Makes a directory read-only for the rest of the test: `chmod 0555`, or for root (whom
 /// permissions do not stop) the immutable attribute. `None` if neither works here.
 struct ReadOnly(PathBuf, bool);
