@@ -496,6 +496,11 @@ impl Collector for TransportCollector {
                 get(&s.connections),
             ),
             (
+                "peer_dials",
+                "Handshakes started to reach other nodes",
+                get(&s.dials),
+            ),
+            (
                 "client_connections",
                 "Client connections accepted",
                 get(&s.client_connections),

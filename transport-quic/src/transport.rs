@@ -159,6 +159,9 @@ pub struct TransportStats {
     pub received: AtomicU64,
     /// Connections established with other nodes (either direction).
     pub connections: AtomicU64,
+    /// Handshakes this node started to reach other nodes (each dial of a peer that is down
+    /// counts, every backoff step).
+    pub dials: AtomicU64,
     /// Client connections accepted.
     pub client_connections: AtomicU64,
 }
@@ -373,6 +376,8 @@ struct Link {
     conn: Mutex<Option<quinn::Connection>>,
     /// A connection to the peer was installed before (the next one is a reconnect).
     connected_before: std::sync::atomic::AtomicBool,
+    /// A [`dialer`] runs for this link (at most one does).
+    dialing: AtomicBool,
 }
 
 impl Link {
@@ -420,6 +425,10 @@ pub struct Transport {
     links: Mutex<HashMap<NodeId, LinkHandle>>,
     addrs: Mutex<HashMap<NodeId, SocketAddr>>,
     isolated: Mutex<HashSet<NodeId>>,
+    /// Nodes the configuration no longer has ([`keep_links`](Self::keep_links)): never
+    /// dialed. A connection one of them makes is still taken (a node added back, or joining
+    /// with a removed node's id, comes in that way).
+    removed: Mutex<HashSet<NodeId>>,
     stats: Arc<TransportStats>,
     inbound: Sender<Inbound>,
     closing: AtomicBool,
@@ -475,6 +484,7 @@ impl Transport {
             links: Mutex::new(HashMap::new()),
             addrs: Mutex::new(HashMap::new()),
             isolated: Mutex::new(HashSet::new()),
+            removed: Mutex::new(HashSet::new()),
             stats,
             inbound,
             closing: AtomicBool::new(false),
@@ -538,10 +548,52 @@ impl Transport {
         }
     }
 
-    /// True while this node is to keep dialing `peer` (a link to it exists, and this node
-    /// is not shutting down).
+    /// True while this node is to keep dialing `peer` (a link to it exists, it is a member,
+    /// and this node is not shutting down).
     fn dials(&self, peer: NodeId) -> bool {
-        !self.closing.load(Ordering::Relaxed) && lock(&self.links).contains_key(&peer)
+        !self.closing.load(Ordering::Relaxed)
+            && lock(&self.links).contains_key(&peer)
+            && !lock(&self.removed).contains(&peer)
+    }
+
+    /// The configuration is `members` now: the link to every other node is dropped and its
+    /// dialing stopped, so a removed node is no longer called; a node dropped before and
+    /// back in the configuration is dialed again. A connection up to a removed node is left
+    /// to end by itself: it may still carry the answer to that node's last request (a node
+    /// that leaves waits for the answer to its removal). Links to members are made as
+    /// messages go to them ([`ensure_link`](Self::ensure_link)).
+    pub fn keep_links(self: &Arc<Self>, members: &[NodeId]) {
+        let mut dropped = Vec::new();
+        let mut back = Vec::new();
+        {
+            let mut links = lock(&self.links);
+            let mut removed = lock(&self.removed);
+            removed.retain(|peer| {
+                let member = members.contains(peer);
+                if member {
+                    back.extend(links.get(peer).map(|h| h.link.clone()));
+                }
+                !member
+            });
+            links.retain(|&peer, _| {
+                let keep = members.contains(&peer);
+                if !keep {
+                    removed.insert(peer);
+                    dropped.push(peer);
+                }
+                keep
+            });
+        }
+        for peer in dropped {
+            info!(
+                node = self.id,
+                peer, "no longer a member: not dialed any more"
+            );
+        }
+        for link in back {
+            // Its dialer ended while it was out of the configuration.
+            self.spawn_dialing(link);
+        }
     }
 
     fn is_isolated(&self, peer: NodeId) -> bool {
@@ -591,6 +643,7 @@ impl Transport {
             peer,
             conn: Mutex::new(None),
             connected_before: std::sync::atomic::AtomicBool::new(false),
+            dialing: AtomicBool::new(false),
         });
         let (main, main_rx) = channel::bounded(self.settings.queue);
         let (bulk, bulk_rx) = channel::bounded(64);
@@ -598,14 +651,20 @@ impl Transport {
             .spawn_detached(writer(self.clone(), link.clone(), main_rx));
         self.runtime
             .spawn_detached(writer(self.clone(), link.clone(), bulk_rx));
-        if self.id < peer {
-            self.runtime
-                .spawn_detached(dialer(self.clone(), link.clone()));
-        } else {
-            self.runtime
-                .spawn_detached(announce(self.clone(), link.clone()));
-        }
+        self.spawn_dialing(link.clone());
         LinkHandle { link, main, bulk }
+    }
+
+    /// The lower node of a pair dials the higher one for as long as the link lasts; the
+    /// higher one dials once ([`announce`]).
+    fn spawn_dialing(self: &Arc<Self>, link: Arc<Link>) {
+        if self.id < link.peer {
+            if !link.dialing.swap(true, Ordering::AcqRel) {
+                self.runtime.spawn_detached(dialer(self.clone(), link));
+            }
+        } else {
+            self.runtime.spawn_detached(announce(self.clone(), link));
+        }
     }
 
     /// Installs a connection to `peer` (replacing an older one) and starts reading it.
@@ -873,7 +932,14 @@ impl Transport {
 }
 
 async fn dialer(t: Arc<Transport>, link: Arc<Link>) {
-    while t.dials(link.peer) {
+    loop {
+        if !t.dials(link.peer) {
+            // Ends, unless the peer came back meanwhile and no other dialer took over.
+            link.dialing.store(false, Ordering::Release);
+            if !t.dials(link.peer) || link.dialing.swap(true, Ordering::AcqRel) {
+                return;
+            }
+        }
         if let Some(conn) = link.current().filter(|c| c.close_reason().is_none()) {
             // Connected (perhaps by the peer): wait until that connection ends, then redial
             // at once (a closed one still installed is passed over, never waited on again).
@@ -939,7 +1005,10 @@ async fn connect(t: &Arc<Transport>, link: &Link) -> Option<quinn::Connection> {
                     .endpoint
                     .connect_with(t.client_config.clone(), addr, &name)
                 {
-                    Ok(connecting) => attempts.push(Box::pin(connecting)),
+                    Ok(connecting) => {
+                        TransportStats::inc(&t.stats.dials);
+                        attempts.push(Box::pin(connecting))
+                    }
                     Err(e) => warn!(node = t.id, peer, %addr, error = %e, "cannot dial"),
                 }
             }

@@ -5,7 +5,8 @@
 //!   restart from its data directory;
 //! - against a running 3-node cluster, through the admin client: a new node is added as a
 //!   learner (it joins from a snapshot: the log is compacted already), promoted to voter,
-//!   another member is removed, and leadership is transferred to the new node.
+//!   another member is removed, and leadership is transferred to the new node;
+//! - the members stop dialing a node once it is removed.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns: a panic is the report
 
 mod common;
@@ -15,6 +16,7 @@ use coracle_quic::client::Client;
 use coracle_quic::config::NodeConfig;
 use coracle_quic::protocol::{AdminOp, Consistency, NodeStatus};
 use coracle_quic::server::RunningNode;
+use coracle_quic::transport::TransportStats;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -225,5 +227,68 @@ fn membership_changes_through_the_admin_client_on_a_running_cluster() {
     client.close();
     for (_, n) in nodes {
         n.shutdown().unwrap();
+    }
+}
+
+/// A node removed from the configuration is no longer called: while it is a member and
+/// down its peers dial it on their backoff; once it is removed they drop the link and
+/// stop; added back, it is dialed again.
+#[test]
+fn members_stop_dialing_a_removed_node() {
+    let setup = Setup::new("removed-links", 3);
+    let mut nodes: BTreeMap<u64, RunningNode> = (1..=3)
+        .map(|id| (id, RunningNode::start(&setup.config(id)).unwrap()))
+        .collect();
+    let client = setup.client("client-alice");
+    let admin = setup.client("admin-ops");
+    smol::block_on(client.put("before", "1")).unwrap();
+    let first = leader(&client, &setup.addrs).unwrap();
+    // The highest id that does not lead: the nodes below it are the ones that dial it.
+    let removed = (1..=3).rev().find(|&id| id != first).unwrap();
+    nodes.remove(&removed).unwrap().shutdown().unwrap();
+    let dials = |nodes: &BTreeMap<u64, RunningNode>| -> u64 {
+        nodes
+            .values()
+            .map(|n| TransportStats::get(&n.stats().dials))
+            .sum()
+    };
+    let before = dials(&nodes);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        dials(&nodes) > before,
+        "a member that is down is dialed (reconnect_max_ms = 300)"
+    );
+    // Admin orders are at least once (see above).
+    if let Err(e) = smol::block_on(admin.admin(AdminOp::Remove { id: removed })) {
+        assert!(e.to_string().contains("no such member"), "remove: {e}");
+    }
+    let gone = wait_for(Duration::from_secs(20), || {
+        nodes
+            .keys()
+            .all(|&id| {
+                status(&client, &setup, id)
+                    .is_some_and(|s| s.members.iter().all(|m| m.id != removed))
+            })
+            .then_some(())
+    });
+    assert!(gone.is_some(), "node {removed} was not removed everywhere");
+    // A dial under way when the removal was applied may still end; then none.
+    std::thread::sleep(Duration::from_millis(500));
+    let after = dials(&nodes);
+    std::thread::sleep(Duration::from_millis(2000));
+    assert_eq!(dials(&nodes), after, "node {removed} is still dialed");
+    // The two go on.
+    smol::block_on(client.put("after", "2")).unwrap();
+    // Added back (as a learner, still down): dialed again.
+    let addr = setup.addrs[removed as usize - 1].to_string();
+    smol::block_on(admin.admin(AdminOp::AddLearner { id: removed, addr })).unwrap();
+    let redialed = wait_for(Duration::from_secs(10), || {
+        (dials(&nodes) > after).then_some(())
+    });
+    assert!(redialed.is_some(), "node {removed} added back is dialed");
+    client.close();
+    admin.close();
+    for (_, node) in nodes {
+        node.shutdown().unwrap();
     }
 }

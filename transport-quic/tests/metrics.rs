@@ -95,6 +95,7 @@ fn a_scrape_of_a_running_cluster_shows_its_state() {
     // connecting on a busy machine).
     assert!(get(&s, &n("coracle_peer_connections_total")) >= 1.0);
     get(&s, &n("coracle_reconnects_total"));
+    get(&s, &n("coracle_peer_dials_total"));
     // A follower: its role, the same leader, and no replication progress of its own.
     let f = (1..=3u64).find(|&p| p != leader).unwrap();
     let fs = scrape(nodes[f as usize - 1].metrics_addr().unwrap());

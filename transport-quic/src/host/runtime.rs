@@ -374,7 +374,17 @@ impl<S: StateMachine> Host<S> {
         }
         // Where the others reach this node: its [[peers]] entry (`listen` may be 0.0.0.0).
         addrs.insert(cfg.id, cfg.advertised().unwrap_or(local_addr).to_string());
-        for &v in &voters {
+        // The members of the configuration in the log (node.toml's peers may name nodes
+        // removed since, which are not dialed); none yet for a node that joins.
+        let members: Vec<NodeId> = node.members().map(|m| m.id).collect();
+        if !members.is_empty() {
+            transport.keep_links(&members);
+        }
+        for &v in if members.is_empty() {
+            &voters
+        } else {
+            &members
+        } {
             transport.ensure_link(v);
         }
         let (written_tx, written_rx) = channel::bounded(1);
@@ -1601,6 +1611,7 @@ impl<S: StateMachine> Runtime<S> {
         }
         if membership {
             let ids: Vec<NodeId> = node.members().map(|m| m.id).collect();
+            self.transport.keep_links(&ids);
             for id in ids {
                 self.transport.ensure_link(id);
             }
