@@ -564,6 +564,9 @@ pub struct FileLog {
     spent: Queue,
     /// The files; away (on the fsync thread) while a [`FlushJob`] runs.
     disk: Option<Box<Disk>>,
+    /// The index and record length of each entry the running job appends: in neither the
+    /// queue nor (until the job writes them) the positions ([`bytes_after`](Self::bytes_after)).
+    flushing: Vec<(Index, u64)>,
     /// Where each entry is, shared with the readers.
     positions: Arc<RwLock<Positions>>,
     /// What the disk said when it was last here.
@@ -1075,6 +1078,7 @@ impl FileLog {
             queue: Queue::default(),
             spent: Queue::default(),
             disk: Some(disk),
+            flushing: Vec::new(),
             positions,
             summary,
             failed: false,
@@ -1258,6 +1262,12 @@ impl FileLog {
         let Some(disk) = self.disk.take() else {
             return Ok(None);
         };
+        self.flushing.clear();
+        self.flushing
+            .extend(self.queue.ops.iter().filter_map(|op| match op {
+                Op::Append { index, range, .. } => Some((*index, range.len() as u64)),
+                _ => None,
+            }));
         Ok(Some(FlushJob {
             disk,
             queue: std::mem::replace(&mut self.queue, std::mem::take(&mut self.spent)),
@@ -1272,6 +1282,7 @@ impl FileLog {
     /// [`Node::persist_failed`](coracle::Node::persist_failed) and reopen it. The detailed
     /// error is also kept in [`last_error`](Self::last_error).
     pub fn end_flush(&mut self, done: FlushDone) -> io::Result<()> {
+        self.flushing.clear();
         self.summary = done.disk.summary();
         self.disk = Some(done.disk);
         self.spent = done.spent;
@@ -1428,10 +1439,20 @@ impl FileLog {
 
     /// Bytes of the log's records after entry `index` (what a follower whose match index it
     /// is lacks, on a leader): those written, from a running count (no scan of the log),
-    /// and those queued for the next flush. Record bytes as the segments hold them (each
-    /// entry's data and a few bytes of framing).
+    /// those the running flush is writing, and those queued for the next flush. Record
+    /// bytes as the segments hold them (each entry's data and a few bytes of framing).
     pub fn bytes_after(&self, index: Index) -> u64 {
-        let written = self.positions.read().map_or(0, |p| p.bytes_after(index));
+        let (written, last_written) = self
+            .positions
+            .read()
+            .map_or((0, 0), |p| (p.bytes_after(index), p.last_index()));
+        // The running job's entries, until it has written them into the positions.
+        let flushing: u64 = self
+            .flushing
+            .iter()
+            .filter(|&&(i, _)| i > index && i > last_written)
+            .map(|&(_, len)| len)
+            .sum();
         let queued: u64 = self
             .queue
             .ops
@@ -1443,7 +1464,7 @@ impl FileLog {
                 _ => None,
             })
             .sum();
-        written + queued
+        written + flushing + queued
     }
 
     /// Bytes of all segments (as of the last flush), queued records included.

@@ -1559,6 +1559,31 @@ fn the_data_directory_is_locked() {
     FileLog::open(dir.path()).unwrap();
 }
 
+/// The bytes after an index (a follower's lag) count the records of every entry after it:
+/// written, queued, or in the flush job running, which holds them neither in the queue nor
+/// yet in the positions.
+#[test]
+fn bytes_after_counts_the_records_of_a_flush_under_way() {
+    let dir = TempDir::new("bytes-after");
+    let mut log = FileLog::open(dir.path()).unwrap();
+    append_range(&mut log, 1..=10, 1);
+    let queued = log.bytes_after(3);
+    assert!(queued > 0);
+    let job = log.begin_flush().unwrap().unwrap();
+    assert_eq!(log.bytes_after(3), queued, "while the job runs");
+    let done = job.run();
+    assert_eq!(log.bytes_after(3), queued, "written, not yet taken back");
+    log.end_flush(done).unwrap();
+    assert_eq!(log.bytes_after(3), queued, "once durable");
+    append_range(&mut log, 11..=12, 1);
+    let job = log.begin_flush().unwrap().unwrap();
+    let more = log.bytes_after(3);
+    assert!(more > queued, "{more} after two more");
+    log.end_flush(job.run()).unwrap();
+    assert_eq!(log.bytes_after(3), more);
+    assert_eq!(log.bytes_after(12), 0);
+}
+
 /// A node that shuts down on a disk that hangs gives up its last flush job and drops its
 /// log: the directory stays locked until the job is done with the files, so nothing opens
 /// it while a stale write may still land in it.
