@@ -567,6 +567,9 @@ pub struct FileLog {
     /// The index and record length of each entry the running job appends: in neither the
     /// queue nor (until the job writes them) the positions ([`bytes_after`](Self::bytes_after)).
     flushing: Vec<(Index, u64)>,
+    /// Their bytes: in neither the queue nor (until the job is taken back) the summary's
+    /// count ([`disk_bytes`](Self::disk_bytes)).
+    flushing_bytes: u64,
     /// Where each entry is, shared with the readers.
     positions: Arc<RwLock<Positions>>,
     /// What the disk said when it was last here.
@@ -1079,6 +1082,7 @@ impl FileLog {
             spent: Queue::default(),
             disk: Some(disk),
             flushing: Vec::new(),
+            flushing_bytes: 0,
             positions,
             summary,
             failed: false,
@@ -1263,6 +1267,7 @@ impl FileLog {
             return Ok(None);
         };
         self.flushing.clear();
+        self.flushing_bytes = self.queue.records.len() as u64;
         self.flushing
             .extend(self.queue.ops.iter().filter_map(|op| match op {
                 Op::Append { index, range, .. } => Some((*index, range.len() as u64)),
@@ -1283,6 +1288,7 @@ impl FileLog {
     /// error is also kept in [`last_error`](Self::last_error).
     pub fn end_flush(&mut self, done: FlushDone) -> io::Result<()> {
         self.flushing.clear();
+        self.flushing_bytes = 0;
         self.summary = done.disk.summary();
         self.disk = Some(done.disk);
         self.spent = done.spent;
@@ -1350,7 +1356,7 @@ impl FileLog {
             return Ok(());
         };
         // A new segment's header too if the records queued fill the active one.
-        let queued = self.queue.records.len() as u64;
+        let queued = self.flushing_bytes + self.queue.records.len() as u64;
         let rolls = self.summary.active_bytes + queued >= self.options.segment_bytes;
         let needed = self.disk_bytes()
             + record::entry_record_len(len) as u64
@@ -1467,9 +1473,10 @@ impl FileLog {
         written + flushing + queued
     }
 
-    /// Bytes of all segments (as of the last flush), queued records included.
+    /// Bytes of all segments (as of the last flush), the records of the flush under way and
+    /// those queued included.
     pub fn disk_bytes(&self) -> u64 {
-        self.summary.disk_bytes + self.queue.records.len() as u64
+        self.summary.disk_bytes + self.flushing_bytes + self.queue.records.len() as u64
     }
 
     /// The segment files, oldest first.

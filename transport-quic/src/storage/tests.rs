@@ -1700,6 +1700,52 @@ fn a_read_only_directory_is_a_clear_error() {
     assert!(log.sync().is_err());
 }
 
+/// The quota counts the records of the flush under way: they are neither queued nor yet
+/// in the disk's count, and appends made while the job runs must not go past the quota.
+#[test]
+fn the_quota_counts_the_records_of_a_flush_under_way() {
+    let dir = TempDir::new("full-flushing");
+    let options = small_segments()
+        .max_entry_bytes(100)
+        .max_log_bytes(Some(MIN_LOG_BYTES));
+    let mut log = FileLog::open_with(dir.path(), options).unwrap();
+    let mut next = 1;
+    let entry = |index| Entry {
+        index,
+        term: 1,
+        kind: EntryKind::Command,
+        data: &[7u8; 20],
+    };
+    // Half the quota in one batch, as a leader queues it (a host checks the room first).
+    while log.disk_bytes() < MIN_LOG_BYTES / 2 {
+        log.check_room(EntryKind::Command, 20).unwrap();
+        let one = [entry(next)];
+        log.persist(&Batch {
+            entries: Entries::from_slice(&one),
+            ..batch()
+        });
+        next += 1;
+    }
+    let mut append = |log: &mut FileLog| {
+        let appended = log.append(&entry(next));
+        next += appended.is_ok() as u64;
+        assert!(next < 1000);
+        appended
+    };
+    let queued = log.disk_bytes();
+    let job = log.begin_flush().unwrap().unwrap();
+    assert_eq!(log.disk_bytes(), queued, "while the job runs");
+    while append(&mut log).is_ok() {}
+    // What the files will hold: the job's records and those queued meanwhile.
+    let records = queued + log.pending_bytes() as u64;
+    assert!(
+        records <= MIN_LOG_BYTES - 1024,
+        "{records} bytes of records for a quota of {MIN_LOG_BYTES} less 1024 kept back"
+    );
+    log.end_flush(job.run()).unwrap();
+    log.sync().unwrap();
+}
+
 /// A real full disk cannot be made here without mounting a file system, so the quota option
 /// stands in for it: past it an append is `Full` (the node pushes back) and compaction makes
 /// room. A real `ENOSPC` surfaces as an I/O error; its text is checked below.
